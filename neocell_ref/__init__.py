@@ -1,0 +1,29 @@
+"""neocell_ref: a pure-NumPy reference implementation and verifier for NeoCell and NeoNeXt.
+
+NeoCell (Korviakov & Koposov, arXiv 2403.11251) multiplies every channel plane by
+block-diagonal matrices from both sides: ``y[n, c] = Â_c x[n, c] B̂_c``. See
+``docs/`` for the exact semantics and the derivations.
+"""
+
+from .expand import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint, nnz
+from .init import neo_init, skewed_identity
+from .neocell import neocell_backward, neocell_forward
+from .spec import GroupSpec, parse_group, parse_kernel_code, parse_specs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GroupSpec",
+    "parse_group",
+    "parse_specs",
+    "parse_kernel_code",
+    "expand",
+    "expand_adjoint",
+    "expand_kernel",
+    "expand_kernel_adjoint",
+    "nnz",
+    "neocell_forward",
+    "neocell_backward",
+    "neo_init",
+    "skewed_identity",
+]

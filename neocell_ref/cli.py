@@ -1,0 +1,43 @@
+"""The ``neocell-ref`` console script.
+
+Each subcommand lives in the module that owns its subject; that module exposes
+``register_cli(subparsers)``, which adds a sub-parser whose ``func`` default
+handles the parsed arguments and returns an exit status. This file only lists
+those modules, so adding a command never means editing another command's code.
+Run without a subcommand, ``neocell-ref`` runs ``demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that contribute subcommands, in the order ``--help`` lists them.
+COMMAND_MODULES = [
+    "neocell_ref.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neocell-ref",
+        description="Reference implementation and verifier for NeoCell and NeoNeXt. "
+        "Without a subcommand, runs 'demo'.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register_cli(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["demo", *([] if argv is None else argv)])
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

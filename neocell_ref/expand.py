@@ -1,0 +1,203 @@
+"""The block-expansion rule (SPEC section 3) and its adjoint (SPEC section 5).
+
+This module is the single place that knows how a kernel is laid along the
+diagonal of an expanded matrix: where the blocks go, how they are clipped at the
+border, and how a shift moves them and wraps the kernel's bottom-right corner into
+the top-left corner. Everything else that needs that picture asks
+:func:`block_layout`:
+
+* :func:`expand_kernel` scatters kernel entries into the expanded matrix;
+* :func:`expand_kernel_adjoint` gathers an expanded-matrix gradient back onto the
+  kernel, summing every place a kernel entry was copied to (the corner included);
+* :func:`nnz` counts the filled entries (the complexity calculator uses it).
+
+The patch-wise formulation in :mod:`neocell_ref.neocell` follows the same rule by
+padding and cropping instead (SPEC 3, "an equivalent view"); the tests prove the
+two agree.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .spec import check_input_size, parse_specs, shift_segments
+
+__all__ = [
+    "block_layout",
+    "expand_kernel",
+    "expand_kernel_adjoint",
+    "nnz",
+    "expand",
+    "expand_adjoint",
+]
+
+
+@lru_cache(maxsize=1024)
+def block_layout(p: int, q: int, rows: int, cols: int, shift: int):
+    """Where each entry of a ``p x q`` kernel lands in a ``rows x cols`` expanded matrix.
+
+    Follows SPEC section 3 literally:
+
+    1. if ``shift > 0``, the top-left ``shift x shift`` corner receives the kernel's
+       bottom-right ``shift x shift`` part ``K[p-shift:, q-shift:]``;
+    2. block ``i`` starts at ``(shift + i*p, shift + i*q)``; the part inside the
+       matrix, ``r x t``, receives the kernel's top-left part ``K[:r, :t]``.
+
+    Parameters
+    ----------
+    p, q : int
+        Kernel shape.
+    rows, cols : int
+        Expanded-matrix shape ``R x S``.
+    shift : int
+        Block shift ``s >= 0``.
+
+    Returns
+    -------
+    (m_rows, m_cols, k_rows, k_cols) : tuple of read-only int arrays, each shape (nnz,)
+        Entry ``(m_rows[j], m_cols[j])`` of the expanded matrix holds kernel entry
+        ``(k_rows[j], k_cols[j])``. Matrix positions are distinct.
+    """
+    pieces = []  # (matrix row 0, matrix col 0, kernel row 0, kernel col 0, n rows, n cols)
+    if shift > 0:
+        r, t = min(shift, rows), min(shift, cols)
+        pieces.append((0, 0, p - shift, q - shift, r, t))
+    r0, c0 = shift, shift
+    while r0 < rows and c0 < cols:
+        pieces.append((r0, c0, 0, 0, min(p, rows - r0), min(q, cols - c0)))
+        r0 += p
+        c0 += q
+    parts = [[], [], [], []]
+    for mr, mc, kr, kc, nr, nc in pieces:
+        ii, jj = np.meshgrid(np.arange(nr), np.arange(nc), indexing="ij")
+        for out, base, offs in zip(parts, (mr, mc, kr, kc), (ii, jj, ii, jj)):
+            out.append((base + offs).ravel())
+    result = tuple(
+        np.concatenate(part) if part else np.zeros(0, dtype=np.intp) for part in parts
+    )
+    for arr in result:
+        arr.setflags(write=False)
+    return result
+
+
+def nnz(p: int, q: int, rows: int, cols: int, shift: int) -> int:
+    """Number of entries of the expanded ``rows x cols`` matrix that the rule fills."""
+    return len(block_layout(p, q, rows, cols, shift)[0])
+
+
+def expand_kernel(kernel: np.ndarray, rows: int, cols: int, shift: int) -> np.ndarray:
+    """Expand kernels into block-diagonal matrices.
+
+    Parameters
+    ----------
+    kernel : ndarray, shape (..., p, q)
+        One kernel or a stack of kernels sharing ``shift``.
+    rows, cols : int
+        Shape ``R x S`` of the expanded matrix.
+    shift : int
+        Block shift ``s``.
+
+    Returns
+    -------
+    ndarray, shape (..., rows, cols)
+    """
+    p, q = kernel.shape[-2:]
+    m_r, m_c, k_r, k_c = block_layout(p, q, rows, cols, shift)
+    out = np.zeros(kernel.shape[:-2] + (rows, cols), dtype=kernel.dtype)
+    out[..., m_r, m_c] = kernel[..., k_r, k_c]
+    return out
+
+
+def expand_kernel_adjoint(grad_full: np.ndarray, p: int, q: int, shift: int) -> np.ndarray:
+    """Adjoint of :func:`expand_kernel`: gradient of the kernel from that of the expanded matrix.
+
+    Every expanded entry filled from ``K[a, b]`` adds into ``dK[a, b]`` (SPEC 5).
+
+    Parameters
+    ----------
+    grad_full : ndarray, shape (..., rows, cols)
+    p, q : int
+        Kernel shape.
+    shift : int
+
+    Returns
+    -------
+    ndarray, shape (..., p, q)
+    """
+    rows, cols = grad_full.shape[-2:]
+    m_r, m_c, k_r, k_c = block_layout(p, q, rows, cols, shift)
+    lead = grad_full.shape[:-2]
+    values = grad_full[..., m_r, m_c].reshape(-1, len(m_r))
+    flat = np.zeros((values.shape[0], p * q), dtype=grad_full.dtype)
+    # Sum duplicates: a kernel entry is copied into every block (and the corner).
+    np.add.at(flat, (slice(None), k_r * q + k_c), values)
+    return flat.reshape(lead + (p, q))
+
+
+def _per_channel(specs):
+    """Yield ``(group index, channel slice in group, shift_a, shift_b)`` runs."""
+    for g, spec in enumerate(specs):
+        for start, stop, sa, sb in shift_segments(spec):
+            yield g, slice(start, stop), sa, sb
+
+
+def expand(weights_a, weights_b, specs, size):
+    """Expanded matrices of a whole NeoCell layer.
+
+    Parameters
+    ----------
+    weights_a : list of ndarray
+        ``weights_a[g]`` has shape ``(channels_g, h_out, h_in)``.
+    weights_b : list of ndarray
+        ``weights_b[g]`` has shape ``(channels_g, w_in, w_out)``.
+    specs : list of dict or GroupSpec
+    size : (int, int)
+        Input ``(H, W)``.
+
+    Returns
+    -------
+    A_full : ndarray, shape (C, H_out, H)
+    B_full : ndarray, shape (C, W, W_out)
+        Per channel ``c``, ``y[n, c] = A_full[c] @ x[n, c] @ B_full[c]``.
+    """
+    from .neocell import _check_weights  # validation lives with the operator
+
+    specs = parse_specs(specs)
+    height, width = size
+    h_out, w_out = check_input_size(specs, height, width)
+    weights_a, weights_b, dtype = _check_weights(weights_a, weights_b, specs)
+    offsets = np.cumsum([0] + [g.channels for g in specs])
+    a_full = np.zeros((offsets[-1], h_out, height), dtype=dtype)
+    b_full = np.zeros((offsets[-1], width, w_out), dtype=dtype)
+    for g, sl, sa, sb in _per_channel(specs):
+        c = slice(offsets[g] + sl.start, offsets[g] + sl.stop)
+        a_full[c] = expand_kernel(weights_a[g][sl], h_out, height, sa)
+        b_full[c] = expand_kernel(weights_b[g][sl], width, w_out, sb)
+    return a_full, b_full
+
+
+def expand_adjoint(grad_a_full, grad_b_full, specs):
+    """Adjoint of :func:`expand`: kernel gradients from expanded-matrix gradients.
+
+    Parameters
+    ----------
+    grad_a_full : ndarray, shape (C, H_out, H)
+    grad_b_full : ndarray, shape (C, W, W_out)
+    specs : list of dict or GroupSpec
+
+    Returns
+    -------
+    grads_a, grads_b : lists of ndarray shaped like the weights
+    """
+    specs = parse_specs(specs)
+    offsets = np.cumsum([0] + [g.channels for g in specs])
+    grads_a = [np.zeros(g.shape_a, dtype=grad_a_full.dtype) for g in specs]
+    grads_b = [np.zeros(g.shape_b, dtype=grad_b_full.dtype) for g in specs]
+    for g, sl, sa, sb in _per_channel(specs):
+        spec = specs[g]
+        c = slice(offsets[g] + sl.start, offsets[g] + sl.stop)
+        grads_a[g][sl] = expand_kernel_adjoint(grad_a_full[c], spec.h_out, spec.h_in, sa)
+        grads_b[g][sl] = expand_kernel_adjoint(grad_b_full[c], spec.w_in, spec.w_out, sb)
+    return grads_a, grads_b

@@ -1,0 +1,266 @@
+"""A reusable gradient checker: central finite differences and the dot-product test.
+
+A backward is a function ``backward(grad_out, *inputs) -> grads`` returning one
+gradient per input (``None`` for an input that is not differentiated). Two checks:
+
+**Finite differences** (per element). For a fixed random cotangent ``g`` the scalar
+``L(inputs) = <forward(inputs), g>`` has partial derivatives
+``(L(x + e·δ) - L(x - e·δ)) / 2e`` that must match ``backward(g, ...)``
+element by element. Large inputs are checked on a random sample of elements.
+
+**Dot-product (adjoint) test** (per input). For a random direction ``d`` the
+directional derivative ``<g, J d>`` (by central differences; exact for inputs on
+which the forward is linear) must equal ``<Jᵀ g, d> = <backward(g)_i, d>``.
+
+Run both in float64: in float32 the differencing error swamps the comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["GradcheckReport", "InputReport", "check_gradients", "assert_gradients", "neocell_gradcheck"]
+
+
+@dataclass
+class InputReport:
+    """What the checker found for one input.
+
+    Attributes
+    ----------
+    name : str
+    fd_max_error : float
+        ``|analytic - numeric|`` at the worst element.
+    worst_index : tuple
+        Index of the element with the largest error relative to its tolerance.
+    analytic, numeric : float
+        The two values at ``worst_index``.
+    fd_passed : bool
+    dot_analytic, dot_numeric : float
+        ``<backward_i, d>`` and ``<g, J d>`` for the dot-product test.
+    dot_passed : bool
+    checked : int
+        Number of elements compared by finite differences.
+    """
+
+    name: str
+    fd_max_error: float
+    worst_index: tuple
+    analytic: float
+    numeric: float
+    fd_passed: bool
+    dot_analytic: float
+    dot_numeric: float
+    dot_passed: bool
+    checked: int
+
+    @property
+    def passed(self) -> bool:
+        return self.fd_passed and self.dot_passed
+
+
+@dataclass
+class GradcheckReport:
+    """Result of :func:`check_gradients`; ``str(report)`` is a readable table."""
+
+    inputs: list = field(default_factory=list)
+    rtol: float = 0.0
+    atol: float = 0.0
+    dot_rtol: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.inputs)
+
+    @property
+    def worst(self):
+        """The input report with the largest finite-difference error."""
+        return max(self.inputs, key=lambda r: r.fd_max_error) if self.inputs else None
+
+    def __str__(self) -> str:
+        lines = [
+            f"gradient check: {'PASSED' if self.passed else 'FAILED'} "
+            f"(finite differences rtol={self.rtol:g} atol={self.atol:g}; dot-product rtol={self.dot_rtol:g})"
+        ]
+        for r in self.inputs:
+            lines.append(
+                f"  {r.name:<24} fd {'ok ' if r.fd_passed else 'BAD'} max|err|={r.fd_max_error:.3e} "
+                f"worst at {r.worst_index}: analytic={r.analytic:.12g} numeric={r.numeric:.12g} "
+                f"({r.checked} elements) | dot {'ok ' if r.dot_passed else 'BAD'} "
+                f"<Jᵀg,d>={r.dot_analytic:.12g} <g,Jd>={r.dot_numeric:.12g}"
+            )
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _inner(a, b) -> float:
+    return float(np.vdot(np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()))
+
+
+def check_gradients(
+    forward: Callable,
+    backward: Callable,
+    inputs: Sequence[np.ndarray],
+    *,
+    names: Sequence[str] | None = None,
+    rng: np.random.Generator | None = None,
+    eps: float = 1e-6,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    dot_rtol: float = 1e-8,
+    max_elements: int = 64,
+    wrt: Sequence[int] | None = None,
+) -> GradcheckReport:
+    """Check ``backward`` against ``forward`` by finite differences and the dot-product test.
+
+    Parameters
+    ----------
+    forward : callable
+        ``forward(*inputs) -> ndarray`` (any shape).
+    backward : callable
+        ``backward(grad_out, *inputs) -> sequence`` with one gradient per input
+        (same shape as the input) or ``None`` where not differentiated.
+    inputs : sequence of float64 ndarray
+        The point at which to check. Not modified.
+    names : sequence of str, optional
+        Names for the report (default ``input0``, ``input1``, ...).
+    rng : numpy.random.Generator, optional
+        For the cotangent, directions and element sample (default: seed 0).
+    eps : float
+        Central-difference step.
+    rtol, atol : float
+        Element check passes where ``|analytic - numeric| <= atol + rtol * |numeric|``.
+    dot_rtol : float
+        Dot-product check passes where
+        ``|a - n| <= dot_rtol * max(|a|, |n|, scale)`` with ``scale`` the product of norms.
+    max_elements : int
+        Check at most this many elements per input (sampled without replacement).
+    wrt : sequence of int, optional
+        Indices of inputs to check (default: all whose gradient is not ``None``).
+
+    Returns
+    -------
+    GradcheckReport
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    inputs = [np.array(a, dtype=np.float64, copy=True) for a in inputs]
+    names = list(names) if names is not None else [f"input{i}" for i in range(len(inputs))]
+    if len(names) != len(inputs):
+        raise ValueError(f"names has {len(names)} entries but there are {len(inputs)} inputs")
+    out = np.asarray(forward(*inputs))
+    g = rng.standard_normal(out.shape)
+    grads = list(backward(g, *inputs))
+    if len(grads) != len(inputs):
+        raise ValueError(f"backward returned {len(grads)} gradients for {len(inputs)} inputs")
+
+    def loss(args):
+        return _inner(forward(*args), g)
+
+    report = GradcheckReport(rtol=rtol, atol=atol, dot_rtol=dot_rtol)
+    indices = range(len(inputs)) if wrt is None else wrt
+    for i in indices:
+        if grads[i] is None:
+            continue
+        x = inputs[i]
+        grad = np.asarray(grads[i], dtype=np.float64)
+        if grad.shape != x.shape:
+            raise ValueError(f"gradient of {names[i]} has shape {grad.shape}, input has {x.shape}")
+        # -- element-wise central differences on a sample of elements
+        flat = np.arange(x.size)
+        if x.size > max_elements:
+            flat = rng.choice(x.size, size=max_elements, replace=False)
+        worst = (-np.inf, (), 0.0, 0.0, 0.0)  # (score, index, analytic, numeric, |error|)
+        fd_ok = True
+        for f in flat:
+            idx = np.unravel_index(f, x.shape)
+            args = list(inputs)
+            xp, xm = x.copy(), x.copy()
+            xp[idx] += eps
+            xm[idx] -= eps
+            args[i] = xp
+            lp = loss(args)
+            args[i] = xm
+            lm = loss(args)
+            num = (lp - lm) / (2 * eps)
+            ana = grad[idx]
+            err = abs(ana - num)
+            bound = atol + rtol * abs(num)
+            fd_ok &= err <= bound
+            score = err / bound
+            if score > worst[0]:
+                worst = (score, idx, ana, num, err)
+        # -- dot-product test along a random direction
+        d = rng.standard_normal(x.shape)
+        args = list(inputs)
+        args[i] = x + eps * d
+        lp = loss(args)
+        args[i] = x - eps * d
+        lm = loss(args)
+        dot_num = (lp - lm) / (2 * eps)
+        dot_ana = _inner(grad, d)
+        scale = max(abs(dot_ana), abs(dot_num), np.linalg.norm(grad) * np.linalg.norm(d) * 1e-3)
+        dot_ok = abs(dot_ana - dot_num) <= dot_rtol * scale + atol
+        report.inputs.append(
+            InputReport(
+                name=names[i],
+                fd_max_error=float(worst[4]),
+                worst_index=tuple(int(j) for j in worst[1]),
+                analytic=float(worst[2]),
+                numeric=float(worst[3]),
+                fd_passed=bool(fd_ok),
+                dot_analytic=dot_ana,
+                dot_numeric=dot_num,
+                dot_passed=bool(dot_ok),
+                checked=len(flat),
+            )
+        )
+    return report
+
+
+def assert_gradients(forward, backward, inputs, **kwargs) -> GradcheckReport:
+    """:func:`check_gradients`, raising ``AssertionError`` with the report on failure."""
+    report = check_gradients(forward, backward, inputs, **kwargs)
+    if not report.passed:
+        raise AssertionError(str(report))
+    return report
+
+
+def neocell_gradcheck(x, weights_a, weights_b, specs, method="patchwise", backward=None, **kwargs):
+    """Gradient-check NeoCell with respect to ``x`` and every kernel.
+
+    Parameters
+    ----------
+    x, weights_a, weights_b, specs, method
+        As in :func:`neocell_ref.neocell_forward`; converted to float64.
+    backward : callable, optional
+        A backward with the signature of :func:`neocell_ref.neocell_backward`
+        (without ``method``) to check instead of the package's own, for example a
+        port's.
+    **kwargs
+        Passed to :func:`check_gradients`.
+
+    Returns
+    -------
+    GradcheckReport
+        Inputs named ``x``, ``weights_a[g]``, ``weights_b[g]``.
+    """
+    from .neocell import neocell_backward, neocell_forward
+    from .spec import parse_specs
+
+    specs = parse_specs(specs)
+    groups = len(specs)
+    bwd = backward or (lambda gy, x_, wa, wb, sp: neocell_backward(gy, x_, wa, wb, sp, method=method))
+
+    def fwd(x_, *w):
+        return neocell_forward(x_, list(w[:groups]), list(w[groups:]), specs, method=method)
+
+    def back(gy, x_, *w):
+        gx, ga, gb = bwd(gy, x_, list(w[:groups]), list(w[groups:]), specs)
+        return [gx, *ga, *gb]
+
+    names = ["x"] + [f"weights_a[{g}]" for g in range(groups)] + [f"weights_b[{g}]" for g in range(groups)]
+    return check_gradients(fwd, back, [x, *weights_a, *weights_b], names=names, **kwargs)

@@ -1,0 +1,97 @@
+"""NeoInit (SPEC section 6): skewed identity plus scaled Gaussian noise."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .spec import parse_specs
+
+__all__ = ["skewed_identity", "neo_init"]
+
+
+def skewed_identity(n_rows: int, n_cols: int, dtype=np.float64) -> np.ndarray:
+    """The skewed identity ``S(n, m)`` of SPEC section 6.
+
+    * ``n == m``: the identity.
+    * ``m < n`` (tall): ``step = round(n / m)`` with Python's round (halves to even);
+      column ``i`` has ones in rows ``i*step ... min((i+1)*step, n) - 1``; each
+      column is then divided by its sum.
+    * ``m > n`` (wide): the transpose rule along rows.
+
+    Rows (tall) or columns (wide) past the last step stay zero. A column (tall) or
+    row (wide) that the rule leaves empty stays zero; the official code divides by
+    zero there and produces NaN (for example ``S(6, 4)``). This is a documented
+    divergence.
+
+    Parameters
+    ----------
+    n_rows, n_cols : int
+        Shape, both >= 1.
+
+    Returns
+    -------
+    ndarray, shape (n_rows, n_cols)
+    """
+    for name, v in (("n_rows", n_rows), ("n_cols", n_cols)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {v!r}")
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    n, m = int(n_rows), int(n_cols)
+    if n == m:
+        return np.eye(n, dtype=dtype)
+    if m > n:
+        return skewed_identity(m, n, dtype).T.copy()
+    step = round(n / m)  # Python's round: 2.5 -> 2, 3.5 -> 4
+    s = np.zeros((n, m), dtype=dtype)
+    for i in range(m):
+        s[i * step:min((i + 1) * step, n), i] = 1.0
+    sums = s.sum(axis=0)
+    # Leave empty columns at zero instead of dividing 0 by 0.
+    return np.divide(s, sums, out=np.zeros_like(s), where=sums > 0)
+
+
+def neo_init(specs, rng=None, *, dtype=np.float64, noise_scale=1.0):
+    """NeoInit weights for every group of a layer.
+
+    ``A = S(h_out, h_in) + noise_scale * G / sqrt(h_in * h_out)`` and
+    ``B = S(w_in, w_out) + noise_scale * G / sqrt(w_in * w_out)``, ``G`` standard
+    normal, drawn per group in the order ``A`` then ``B``.
+
+    Parameters
+    ----------
+    specs : list of dict or GroupSpec
+    rng : numpy.random.Generator
+        Source of the noise. Required to be explicit for reproducibility; ``None``
+        raises.
+    dtype : float32 or float64
+    noise_scale : float, default 1.0
+        Multiplies the noise (1 is NeoInit; 0 gives the bare skewed identity).
+        Must be finite and >= 0.
+
+    Returns
+    -------
+    weights_a : list of ndarray, ``weights_a[g]`` shape (channels_g, h_out, h_in)
+    weights_b : list of ndarray, ``weights_b[g]`` shape (channels_g, w_in, w_out)
+    """
+    specs = parse_specs(specs)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)), got {rng!r}"
+        )
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    if isinstance(noise_scale, bool) or not isinstance(noise_scale, numbers.Real):
+        raise TypeError(f"noise_scale must be a real number, got {noise_scale!r}")
+    if not np.isfinite(noise_scale) or noise_scale < 0:
+        raise ValueError(f"noise_scale must be finite and >= 0, got {noise_scale!r}")
+    weights_a, weights_b = [], []
+    for spec in specs:
+        for (rows, cols), out in (((spec.h_out, spec.h_in), weights_a), ((spec.w_in, spec.w_out), weights_b)):
+            noise = rng.standard_normal((spec.channels, rows, cols))
+            w = skewed_identity(rows, cols) + noise * (noise_scale / np.sqrt(rows * cols))
+            out.append(w.astype(dtype))
+    return weights_a, weights_b

@@ -1,0 +1,401 @@
+"""Channel-group specifications of a NeoCell layer (SPEC sections 2 and 4).
+
+A NeoCell layer splits its channels into consecutive *groups*. Every channel of a
+group owns a left kernel ``A`` of shape ``(h_out, h_in)`` and a right kernel ``B``
+of shape ``(w_in, w_out)``; a group may shift its blocks to exchange information
+across patch borders.
+
+This module is the one place that knows
+
+* the three dict forms the official code accepts, and how they are validated;
+* kernel codes such as ``"4+7"``;
+* the output-size rule;
+* how a shifted group is cut into sub-groups and which shift each channel uses;
+* the shift-size rule that depends on the input size.
+
+Every other module takes the validated, immutable :class:`GroupSpec` objects
+produced by :func:`parse_specs`, never raw dicts.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "GroupSpec",
+    "parse_group",
+    "parse_specs",
+    "parse_kernel_code",
+    "output_size",
+    "check_input_size",
+    "channel_shifts",
+    "shift_segments",
+]
+
+_SIZE_FORMS = {
+    "kernel": ("kernel",),
+    "kernel_a/kernel_b": ("kernel_a", "kernel_b"),
+    "h_in/h_out/w_in/w_out": ("h_in", "h_out", "w_in", "w_out"),
+}
+_ALLOWED_KEYS = frozenset(
+    {"channels", "shift", "shift_a", "shift_b"}.union(*map(set, _SIZE_FORMS.values()))
+)
+
+
+def _as_int(value, name: str, minimum: int) -> int:
+    """Return ``value`` as a Python int, refusing bools, floats and small values."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One channel group of a NeoCell layer, validated.
+
+    Parameters
+    ----------
+    channels : int
+        Number of channels in the group (>= 1).
+    h_in, h_out : int
+        The left kernel ``A`` has shape ``(h_out, h_in)``: ``h_in`` input rows of a
+        tile become ``h_out`` output rows.
+    w_in, w_out : int
+        The right kernel ``B`` has shape ``(w_in, w_out)``.
+    shift_a, shift_b : int
+        Block shift amounts ``s`` for ``A`` and ``B`` (0 = no shift). A shift needs a
+        square kernel on its axis and must be smaller than the kernel.
+
+    Notes
+    -----
+    Construction validates everything that does not depend on the input size;
+    :func:`check_input_size` validates the rest.
+    """
+
+    channels: int
+    h_in: int
+    h_out: int
+    w_in: int
+    w_out: int
+    shift_a: int = 0
+    shift_b: int = 0
+
+    def __post_init__(self):
+        for name in ("channels", "h_in", "h_out", "w_in", "w_out"):
+            object.__setattr__(self, name, _as_int(getattr(self, name), name, 1))
+        for name in ("shift_a", "shift_b"):
+            object.__setattr__(self, name, _as_int(getattr(self, name), name, 0))
+        for shift_name, k_in, k_out, kernel in (
+            ("shift_a", self.h_in, self.h_out, "A (h_in, h_out)"),
+            ("shift_b", self.w_in, self.w_out, "B (w_in, w_out)"),
+        ):
+            shift = getattr(self, shift_name)
+            if shift == 0:
+                continue
+            if k_in != k_out:
+                raise ValueError(
+                    f"{shift_name}={shift} needs a square kernel, but kernel {kernel} "
+                    f"is ({k_in}, {k_out})"
+                )
+            if shift >= k_out:
+                raise ValueError(
+                    f"{shift_name}={shift} must be smaller than the kernel size {k_out}"
+                )
+
+    # -- shapes -----------------------------------------------------------------
+    @property
+    def shape_a(self) -> tuple[int, int, int]:
+        """Shape of this group's ``weight_a``: ``(channels, h_out, h_in)``."""
+        return (self.channels, self.h_out, self.h_in)
+
+    @property
+    def shape_b(self) -> tuple[int, int, int]:
+        """Shape of this group's ``weight_b``: ``(channels, w_in, w_out)``."""
+        return (self.channels, self.w_in, self.w_out)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Output ``(H_out, W_out)`` of this group for an ``H x W`` input (SPEC 2).
+
+        ``H_out = H`` when ``h_in == h_out``, else ``floor(H * h_out / h_in)``;
+        likewise for the width. Integer arithmetic, so no rounding surprises.
+        """
+        h_out = height if self.h_in == self.h_out else (height * self.h_out) // self.h_in
+        w_out = width if self.w_in == self.w_out else (width * self.w_out) // self.w_in
+        return h_out, w_out
+
+    # -- shifts -----------------------------------------------------------------
+    @property
+    def subgroups_a(self) -> int:
+        """Number of shifted sub-groups for ``A``: ``(h_out - 1) // s + 1`` (1 if unshifted)."""
+        return 1 if self.shift_a == 0 else (self.h_out - 1) // self.shift_a + 1
+
+    @property
+    def subgroups_b(self) -> int:
+        """Number of shifted sub-groups for ``B``: ``(w_out - 1) // s + 1`` (1 if unshifted)."""
+        return 1 if self.shift_b == 0 else (self.w_out - 1) // self.shift_b + 1
+
+    @property
+    def max_shift_a(self) -> int:
+        """Largest shift any channel uses for ``A``: ``(n_a - 1) * shift_a``."""
+        return (self.subgroups_a - 1) * self.shift_a
+
+    @property
+    def max_shift_b(self) -> int:
+        """Largest shift any channel uses for ``B``: ``(n_b - 1) * shift_b``."""
+        return (self.subgroups_b - 1) * self.shift_b
+
+    def channel_shifts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel shifts ``(shifts_a, shifts_b)``, each an int array of length ``channels``."""
+        return (
+            channel_shifts(self.channels, self.shift_a, self.subgroups_a),
+            channel_shifts(self.channels, self.shift_b, self.subgroups_b),
+        )
+
+    def to_dict(self) -> dict:
+        """The official general dict form of this group (round-trips through :func:`parse_group`)."""
+        return {
+            "h_in": self.h_in,
+            "h_out": self.h_out,
+            "w_in": self.w_in,
+            "w_out": self.w_out,
+            "channels": self.channels,
+            "shift_a": self.shift_a,
+            "shift_b": self.shift_b,
+        }
+
+
+def channel_shifts(channels: int, shift: int, subgroups: int) -> np.ndarray:
+    """Shift used by every channel of a group (SPEC section 4).
+
+    The group is split into ``subgroups`` consecutive sub-groups of
+    ``channels // subgroups`` channels, the last one taking the remainder;
+    sub-group ``j`` uses shift ``j * shift``. When ``channels < subgroups`` every
+    channel falls into the last sub-group.
+
+    Returns
+    -------
+    numpy.ndarray of int, shape (channels,)
+    """
+    size = channels // subgroups
+    index = np.arange(channels)
+    # With size == 0 all channels belong to the last sub-group.
+    sub = np.full(channels, subgroups - 1) if size == 0 else np.minimum(index // size, subgroups - 1)
+    return sub * shift
+
+
+def shift_segments(spec: GroupSpec) -> list[tuple[int, int, int, int]]:
+    """Cut a group into runs of consecutive channels sharing one ``(shift_a, shift_b)``.
+
+    ``A`` and ``B`` are split into sub-groups independently, so the runs are the
+    intersections of both splits.
+
+    Returns
+    -------
+    list of (start, stop, shift_a, shift_b)
+        Channel ranges ``start:stop`` relative to the group, in order, covering it.
+    """
+    sa, sb = spec.channel_shifts()
+    segments = []
+    start = 0
+    for c in range(1, spec.channels + 1):
+        if c == spec.channels or sa[c] != sa[start] or sb[c] != sb[start]:
+            segments.append((start, c, int(sa[start]), int(sb[start])))
+            start = c
+    return segments
+
+
+def parse_group(group) -> GroupSpec:
+    """Parse one group written in any official dict form, or pass a :class:`GroupSpec` through.
+
+    Accepted dicts (SPEC section 2), each with ``"channels"`` and optionally
+    ``"shift"`` or both ``"shift_a"`` and ``"shift_b"``:
+
+    * ``{"kernel": k}``
+    * ``{"kernel_a": ka, "kernel_b": kb}``
+    * ``{"h_in": .., "h_out": .., "w_in": .., "w_out": ..}``
+
+    Raises
+    ------
+    TypeError
+        If ``group`` is neither a mapping nor a :class:`GroupSpec`, or a value is not an int.
+    ValueError
+        On unknown keys, a mixture of size forms, an incomplete size form, ``shift``
+        together with ``shift_a``/``shift_b``, one of ``shift_a``/``shift_b`` without
+        the other, or invalid values.
+    """
+    if isinstance(group, GroupSpec):
+        return group
+    if not hasattr(group, "keys"):
+        raise TypeError(
+            f"a group spec must be a dict or GroupSpec, got {type(group).__name__}: {group!r}"
+        )
+    keys = set(group.keys())
+    unknown = keys - _ALLOWED_KEYS
+    if unknown:
+        raise ValueError(
+            f"unknown group spec key(s) {sorted(map(str, unknown))}; allowed keys are "
+            f"{sorted(_ALLOWED_KEYS)}"
+        )
+    if "channels" not in keys:
+        raise ValueError(f"group spec {dict(group)!r} has no 'channels' key")
+    forms = [name for name, fields in _SIZE_FORMS.items() if keys & set(fields)]
+    if len(forms) != 1:
+        present = sorted(keys & (_ALLOWED_KEYS - {"channels", "shift", "shift_a", "shift_b"}))
+        if not forms:
+            raise ValueError(
+                f"group spec {dict(group)!r} gives no kernel size: use one of the forms "
+                f"{list(_SIZE_FORMS)}"
+            )
+        raise ValueError(
+            f"group spec mixes size forms {forms} (keys {present}); use exactly one"
+        )
+    fields = _SIZE_FORMS[forms[0]]
+    missing = [f for f in fields if f not in keys]
+    if missing:
+        raise ValueError(f"group spec form {forms[0]!r} is missing key(s) {missing}")
+    if "shift" in keys and keys & {"shift_a", "shift_b"}:
+        raise ValueError(
+            "group spec gives both 'shift' and 'shift_a'/'shift_b' "
+            f"(keys {sorted(keys & {'shift', 'shift_a', 'shift_b'})}); use one"
+        )
+    if ("shift_a" in keys) != ("shift_b" in keys):
+        given, absent = ("shift_a", "shift_b") if "shift_a" in keys else ("shift_b", "shift_a")
+        raise ValueError(f"group spec gives {given!r} without {absent!r}; give both or 'shift'")
+
+    if forms[0] == "kernel":
+        k = group["kernel"]
+        sizes = dict(h_in=k, h_out=k, w_in=k, w_out=k)
+    elif forms[0] == "kernel_a/kernel_b":
+        ka, kb = group["kernel_a"], group["kernel_b"]
+        sizes = dict(h_in=ka, h_out=ka, w_in=kb, w_out=kb)
+    else:
+        sizes = {f: group[f] for f in fields}
+    if "shift" in keys:
+        shift_a = shift_b = group["shift"]
+    else:
+        shift_a, shift_b = group.get("shift_a", 0), group.get("shift_b", 0)
+    return GroupSpec(channels=group["channels"], shift_a=shift_a, shift_b=shift_b, **sizes)
+
+
+def parse_specs(specs) -> tuple[GroupSpec, ...]:
+    """Parse a list of groups (dicts or :class:`GroupSpec`) into a tuple of :class:`GroupSpec`.
+
+    A single dict or :class:`GroupSpec` is refused: a layer is always a list of groups.
+    """
+    if isinstance(specs, (GroupSpec, str, bytes)) or hasattr(specs, "keys"):
+        raise TypeError(
+            f"specs must be a list of group specs, got {type(specs).__name__}: {specs!r}"
+        )
+    try:
+        groups = tuple(parse_group(g) for g in specs)
+    except TypeError as exc:
+        if "not iterable" in str(exc):
+            raise TypeError(f"specs must be a list of group specs, got {specs!r}") from None
+        raise
+    if not groups:
+        raise ValueError("specs must contain at least one channel group, got an empty list")
+    return groups
+
+
+def parse_kernel_code(code: str, channels: int, shift: int = 0) -> list[GroupSpec]:
+    """Groups of a NeoNeXt stage from a kernel code such as ``"7"`` or ``"4+7"``.
+
+    Parameters
+    ----------
+    code : str
+        Kernel sizes joined by ``+``, in group order.
+    channels : int
+        Total number of channels ``D``. Each of the ``m`` groups gets ``D // m``
+        channels; the last also takes the remainder.
+    shift : int, default 0
+        Shift amount ``s`` given to every group (for ``A`` and ``B``).
+
+    Returns
+    -------
+    list of GroupSpec
+
+    Raises
+    ------
+    ValueError
+        On a malformed code, or if a group would get no channels.
+    """
+    if not isinstance(code, str):
+        raise TypeError(f"kernel code must be a str such as '4+7', got {code!r}")
+    channels = _as_int(channels, "channels", 1)
+    parts = code.split("+")
+    try:
+        kernels = [int(p.strip()) for p in parts]
+    except ValueError:
+        raise ValueError(f"kernel code {code!r} is not a '+'-separated list of integers") from None
+    if any(k < 1 for k in kernels):
+        raise ValueError(f"kernel code {code!r} has a kernel size < 1")
+    m = len(kernels)
+    per_group = channels // m
+    if per_group == 0:
+        raise ValueError(
+            f"kernel code {code!r} has {m} groups but only channels={channels}: "
+            "a group would get no channels"
+        )
+    sizes = [per_group] * (m - 1) + [channels - (m - 1) * per_group]
+    return [
+        GroupSpec(channels=c, h_in=k, h_out=k, w_in=k, w_out=k, shift_a=shift, shift_b=shift)
+        for k, c in zip(kernels, sizes)
+    ]
+
+
+def output_size(specs: Sequence[GroupSpec], height: int, width: int) -> tuple[int, int]:
+    """Common output size ``(H_out, W_out)`` of all groups, validated (SPEC 2).
+
+    Raises
+    ------
+    ValueError
+        If groups disagree or the output would be empty.
+    """
+    sizes = {g.output_size(height, width) for g in specs}
+    if len(sizes) > 1:
+        detail = ", ".join(
+            f"group {i} ({g.h_in}->{g.h_out}, {g.w_in}->{g.w_out}) gives {g.output_size(height, width)}"
+            for i, g in enumerate(specs)
+        )
+        raise ValueError(f"groups disagree on the output size for input {height}x{width}: {detail}")
+    (h_out, w_out), = sizes
+    if h_out < 1 or w_out < 1:
+        raise ValueError(
+            f"output size would be {h_out}x{w_out} for input {height}x{width}; "
+            "the input is too small for the down-sampling kernel"
+        )
+    return h_out, w_out
+
+
+def check_input_size(specs: Sequence[GroupSpec], height: int, width: int) -> tuple[int, int]:
+    """Validate an ``H x W`` input against the groups; return ``(H_out, W_out)``.
+
+    Checks positive sizes, the output-size rule and the shift-size rule of
+    SPEC section 4 (the largest used shift may equal but not exceed the size).
+    """
+    height = _as_int(height, "input height H", 1)
+    width = _as_int(width, "input width W", 1)
+    for i, g in enumerate(specs):
+        if g.max_shift_a > height:
+            raise ValueError(
+                f"group {i}: largest used shift_a {g.max_shift_a} (= ({g.subgroups_a} - 1) * "
+                f"{g.shift_a}) exceeds the input height H={height}"
+            )
+        if g.max_shift_b > width:
+            raise ValueError(
+                f"group {i}: largest used shift_b {g.max_shift_b} (= ({g.subgroups_b} - 1) * "
+                f"{g.shift_b}) exceeds the input width W={width}"
+            )
+    return output_size(specs, height, width)
+
+
+def total_channels(specs: Iterable[GroupSpec]) -> int:
+    """Sum of the channels of all groups."""
+    return sum(g.channels for g in specs)

@@ -1,0 +1,34 @@
+"""Shared pytest configuration: hypothesis profiles and paths to the test data.
+
+Profiles (select with the environment variable ``NEOCELL_HYPOTHESIS_PROFILE``):
+
+``default``
+    Derandomized (same examples every run) and small, so the whole suite stays
+    within a few minutes on 2 cores.
+``deep``
+    Randomized with many more examples, for a thorough run before a release.
+"""
+
+import os
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default",
+    derandomize=True,
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile(
+    "deep",
+    max_examples=600,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("NEOCELL_HYPOTHESIS_PROFILE", "default"))
+
+DATA = Path(__file__).parent / "data"
