@@ -36,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from .expand import expand, expand_adjoint
+from .instrument import matmul
 from .spec import check_input_size, parse_specs, shift_segments
 
 __all__ = ["neocell_forward", "neocell_backward", "METHODS"]
@@ -175,7 +176,7 @@ def _loop_forward(x, weights_a, weights_b, specs, out_size):
             for i in range(ta):
                 for j in range(tb):
                     tile = plane[:, i * spec.h_in:(i + 1) * spec.h_in, j * spec.w_in:(j + 1) * spec.w_in]
-                    out[:, i * spec.h_out:(i + 1) * spec.h_out, j * spec.w_out:(j + 1) * spec.w_out] = a @ tile @ b
+                    out[:, i * spec.h_out:(i + 1) * spec.h_out, j * spec.w_out:(j + 1) * spec.w_out] = matmul(matmul(a, tile, "loop"), b, "loop")
             y[:, c] = out[:, ca:ca + out_size[0], cb:cb + out_size[1]]
     return y
 
@@ -204,9 +205,9 @@ def _loop_backward(grad_y, x, weights_a, weights_b, specs, out_size):
                     tile = plane[:, rows_in, cols_in]
                     d_out = grad_out[:, i * spec.h_out:(i + 1) * spec.h_out, j * spec.w_out:(j + 1) * spec.w_out]
                     # Y = A P B:  dP = Aᵀ dY Bᵀ,  dA = Σ dY (P B)ᵀ,  dB = Σ (A P)ᵀ dY
-                    grad_plane[:, rows_in, cols_in] = a.T @ d_out @ b.T
-                    grads_a[g][c_local] += np.einsum("nij,nkj->ik", d_out, tile @ b)
-                    grads_b[g][c_local] += np.einsum("nji,njk->ik", a @ tile, d_out)
+                    grad_plane[:, rows_in, cols_in] = matmul(matmul(a.T, d_out, "loop"), b.T, "loop")
+                    grads_a[g][c_local] += matmul(d_out, matmul(tile, b, "loop").transpose(0, 2, 1), "loop").sum(axis=0)
+                    grads_b[g][c_local] += matmul(matmul(a, tile, "loop").transpose(0, 2, 1), d_out, "loop").sum(axis=0)
             # The padding's adjoint: keep the part that was x.
             grad_x[:, c] = grad_plane[:, fa:fa + height, fb:fb + width]
     return grad_x, grads_a, grads_b
@@ -236,7 +237,7 @@ def _slab_forward(v, kernel, shift, length_out):
     padded = np.zeros((c, m, tiles * k_in), dtype=v.dtype)
     padded[:, :, front:front + length] = v
     slabs = padded.reshape(c, m * tiles, k_in)
-    out = np.matmul(slabs, kernel).reshape(c, m, tiles * k_out)
+    out = matmul(slabs, kernel, "patchwise").reshape(c, m, tiles * k_out)
     return out[:, :, crop:crop + length_out], slabs
 
 
@@ -251,8 +252,8 @@ def _slab_backward(grad_out, slabs, kernel, shift, length):
     full = np.zeros((c, m, tiles * k_out), dtype=grad_out.dtype)
     full[:, :, crop:crop + length_out] = grad_out  # adjoint of the crop
     d_slabs = full.reshape(c, m * tiles, k_out)
-    grad_kernel = np.matmul(slabs.transpose(0, 2, 1), d_slabs)
-    grad_padded = np.matmul(d_slabs, kernel.transpose(0, 2, 1)).reshape(c, m, tiles * k_in)
+    grad_kernel = matmul(slabs.transpose(0, 2, 1), d_slabs, "patchwise")
+    grad_padded = matmul(d_slabs, kernel.transpose(0, 2, 1), "patchwise").reshape(c, m, tiles * k_in)
     return grad_padded[:, :, front:front + length], grad_kernel  # adjoint of the padding
 
 
@@ -300,16 +301,16 @@ def _patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
 # --------------------------------------------------------------------------------------
 def _blockdiag_forward(x, weights_a, weights_b, specs, out_size):
     a_full, b_full = expand(weights_a, weights_b, specs, x.shape[2:])
-    return a_full @ x @ b_full  # (C,Ho,H) @ (N,C,H,W) @ (C,W,Wo), broadcast over N
+    return matmul(matmul(a_full, x, "blockdiag"), b_full, "blockdiag")  # (C,Ho,H) @ (N,C,H,W) @ (C,W,Wo), broadcast over N
 
 
 def _blockdiag_backward(grad_y, x, weights_a, weights_b, specs, out_size):
     a_full, b_full = expand(weights_a, weights_b, specs, x.shape[2:])
-    z = a_full @ x
-    grad_b_full = (z.transpose(0, 1, 3, 2) @ grad_y).sum(axis=0)   # dB̂ = Σ_n zᵀ dy
-    grad_z = grad_y @ b_full.transpose(0, 2, 1)                     # dz = dy B̂ᵀ
-    grad_a_full = (grad_z @ x.transpose(0, 1, 3, 2)).sum(axis=0)   # dÂ = Σ_n dz xᵀ
-    grad_x = a_full.transpose(0, 2, 1) @ grad_z                     # dx = Âᵀ dz
+    z = matmul(a_full, x, "blockdiag")
+    grad_b_full = matmul(z.transpose(0, 1, 3, 2), grad_y, "blockdiag").sum(axis=0)   # dB̂ = Σ_n zᵀ dy
+    grad_z = matmul(grad_y, b_full.transpose(0, 2, 1), "blockdiag")                     # dz = dy B̂ᵀ
+    grad_a_full = matmul(grad_z, x.transpose(0, 1, 3, 2), "blockdiag").sum(axis=0)   # dÂ = Σ_n dz xᵀ
+    grad_x = matmul(a_full.transpose(0, 2, 1), grad_z, "blockdiag")                     # dx = Âᵀ dz
     grads_a, grads_b = expand_adjoint(grad_a_full, grad_b_full, specs)
     return grad_x, grads_a, grads_b
 

@@ -1,0 +1,364 @@
+"""The single description of a NeoNeXt network (SPEC section 7).
+
+:func:`describe` turns a :class:`NeoNeXtConfig` and an input resolution into an
+:class:`Architecture`: an ordered list of :class:`Unit` objects (stem, blocks,
+down-sampling layers, head), each an ordered list of :class:`LayerDesc` with the
+layer's kind, state-dict name, parameter and buffer shapes, per-sample input and
+output shapes, and options. Three consumers read it and nothing else:
+
+* :mod:`neocell_ref.models` builds the runnable network from it,
+* the state-dict names (and PyTorch layouts) come from it,
+* :mod:`neocell_ref.complexity` counts its parameters and operations.
+
+Layer kinds and their options (``LayerDesc.options``):
+
+=============== ==================================================================
+kind            options
+=============== ==================================================================
+``patchify``    ``patch`` (4): ``(C, H, W) -> (C*16, H/4, W/4)``
+``conv1x1``     bias-free 1x1 convolution; param ``weight`` (out, in, 1, 1)
+``batchnorm``   ``eps``, ``momentum``; params ``weight``, ``bias``; buffers
+                ``running_mean``, ``running_var``, ``num_batches_tracked``
+``neocell``     ``specs`` (tuple of GroupSpec); params ``weight_a.{g}``, ``weight_b.{g}``
+``linear``      on the channel axis; ``bias`` (bool); params ``weight`` (out, in)
+                and ``bias`` (out,) when present
+``gelu``        exact (erf) GELU
+``layer_scale`` param ``gamma`` (C,); ``init_value``
+``drop_path``   ``rate`` (probability of dropping the residual branch, training only)
+``avgpool``     global average pooling ``(C, H, W) -> (C,)``
+``layernorm``   over channels; ``eps``; params ``weight``, ``bias``
+=============== ==================================================================
+
+A :class:`Unit` of kind ``"residual"`` computes ``x + layers(x)``; one of kind
+``"sequential"`` computes ``layers(x)``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field, replace
+from typing import Iterator
+
+from .spec import GroupSpec, check_input_size, parse_kernel_code
+
+__all__ = [
+    "NeoNeXtConfig",
+    "LayerDesc",
+    "Unit",
+    "Architecture",
+    "MODEL_CONFIGS",
+    "describe",
+    "get_config",
+    "stage_kernel_codes",
+    "RELEASED_CHECKPOINT_OPTIONS",
+]
+
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+LN_EPS = 1e-6
+PATCH = 4
+STEM_IN = 3
+
+
+@dataclass(frozen=True)
+class NeoNeXtConfig:
+    """Options of a NeoNeXt (SPEC section 7), with the official defaults.
+
+    Parameters
+    ----------
+    per_stage_layers : tuple of 4 int
+        Blocks per stage.
+    dims : tuple of 4 int
+        Channel widths per stage.
+    num_classes : int, default 1000
+    kernel_spec : str, default "default"
+        ``"default"`` gives ``"4+7"`` in stages 1-2 and ``"7"`` in stages 3-4; any
+        other kernel code is used in every stage.
+    shifts : tuple of 4 int, default (1, 1, 1, 0)
+        Shift amount per stage (0 = none).
+    layer_scale_init_value : float, default 0.0
+        Layer scale exists only when > 0.
+    linear_bias : bool, default False
+        Biases of ``fc_1`` and ``fc_2`` (the head always has a bias).
+    drop_path : float, default 0.0
+        Largest drop-path rate; block ``i`` of ``n`` gets ``drop_path * i / (n - 1)``
+        (ConvNeXt's linear schedule).
+    in_chans : int, default 3
+    """
+
+    per_stage_layers: tuple = (3, 3, 9, 3)
+    dims: tuple = (96, 192, 384, 768)
+    num_classes: int = 1000
+    kernel_spec: str = "default"
+    shifts: tuple = (1, 1, 1, 0)
+    layer_scale_init_value: float = 0.0
+    linear_bias: bool = False
+    drop_path: float = 0.0
+    in_chans: int = STEM_IN
+
+    def __post_init__(self):
+        for name in ("per_stage_layers", "dims", "shifts"):
+            value = getattr(self, name)
+            try:
+                value = tuple(value)
+            except TypeError:
+                raise TypeError(f"{name} must be a sequence of 4 integers, got {value!r}") from None
+            if len(value) != 4:
+                raise ValueError(f"{name} must have 4 entries (one per stage), got {value!r}")
+            for v in value:
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                    raise TypeError(f"{name} entries must be integers, got {value!r}")
+            minimum = 0 if name == "shifts" else 1
+            if min(value) < minimum:
+                raise ValueError(f"{name} entries must be >= {minimum}, got {value!r}")
+            object.__setattr__(self, name, tuple(int(v) for v in value))
+        for name in ("num_classes", "in_chans"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.kernel_spec, str):
+            raise TypeError(f"kernel_spec must be a str such as 'default' or '4+7', got {self.kernel_spec!r}")
+        for name in ("layer_scale_init_value", "drop_path"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (v == v) or abs(v) == float("inf"):
+                raise ValueError(f"{name} must be a finite real number, got {v!r}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}")
+        if self.layer_scale_init_value < 0:
+            raise ValueError(f"layer_scale_init_value must be >= 0, got {self.layer_scale_init_value!r}")
+        if not isinstance(self.linear_bias, (bool,)):
+            raise TypeError(f"linear_bias must be a bool, got {self.linear_bias!r}")
+        # Kernel codes are validated per stage here so that a bad code fails early.
+        for code, dim, shift in zip(stage_kernel_codes(self.kernel_spec), self.dims, self.shifts):
+            parse_kernel_code(code, dim, shift)
+
+
+MODEL_CONFIGS = {
+    "neonext_t": dict(per_stage_layers=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
+    "neonext_s": dict(per_stage_layers=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
+    "neonext_b": dict(per_stage_layers=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
+    "neonext_l": dict(per_stage_layers=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
+    "neonext_xl": dict(per_stage_layers=(3, 3, 27, 3), dims=(256, 512, 1024, 2048)),
+}
+
+#: Options of the released ImageNet checkpoints (SPEC section 7); shifts at 224 px.
+RELEASED_CHECKPOINT_OPTIONS = dict(
+    linear_bias=True, kernel_spec="4+7", layer_scale_init_value=1e-6, shifts=(1, 1, 1, 0)
+)
+
+
+def get_config(name: str, **options) -> NeoNeXtConfig:
+    """The :class:`NeoNeXtConfig` of a named model (``neonext_t`` ... ``neonext_xl``) with options."""
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model name {name!r}; known: {sorted(MODEL_CONFIGS)}")
+    unknown = set(options) - set(NeoNeXtConfig.__dataclass_fields__) | (
+        set(options) & {"per_stage_layers", "dims"}
+    )
+    if unknown:
+        raise TypeError(f"unknown option(s) for {name}: {sorted(unknown)}")
+    return NeoNeXtConfig(**MODEL_CONFIGS[name], **options)
+
+
+def stage_kernel_codes(kernel_spec: str) -> tuple[str, str, str, str]:
+    """Kernel code per stage: ``"default"`` is ``("4+7", "4+7", "7", "7")``."""
+    if kernel_spec == "default":
+        return ("4+7", "4+7", "7", "7")
+    return (kernel_spec,) * 4
+
+
+@dataclass(frozen=True)
+class LayerDesc:
+    """One layer of the network.
+
+    Attributes
+    ----------
+    name : str
+        State-dict prefix (``stage_1.0.ops.content.fc_1``); parameter-free layers get
+        a descriptive name of the same shape that never appears in a state dict.
+    kind : str
+        See the module docstring.
+    in_shape, out_shape : tuple of int
+        Per-sample shapes, ``(C, H, W)`` or ``(C,)``.
+    params : dict
+        Trainable parameter name (relative to ``name``) -> shape, in state-dict order.
+    buffers : dict
+        Non-trainable state name -> shape (``()`` for scalars).
+    options : dict
+        Kind-specific options.
+    """
+
+    name: str
+    kind: str
+    in_shape: tuple
+    out_shape: tuple
+    params: dict = field(default_factory=dict)
+    buffers: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+    def param_keys(self) -> list[str]:
+        """Full state-dict names of the trainable parameters."""
+        return [f"{self.name}.{p}" for p in self.params]
+
+    def buffer_keys(self) -> list[str]:
+        return [f"{self.name}.{b}" for b in self.buffers]
+
+    @property
+    def num_params(self) -> int:
+        total = 0
+        for shape in self.params.values():
+            n = 1
+            for s in shape:
+                n *= s
+            total += n
+        return total
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A run of layers: ``"sequential"`` (``layers(x)``) or ``"residual"`` (``x + layers(x)``)."""
+
+    name: str
+    kind: str
+    layers: tuple
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A described network: config, input resolution and units in execution order."""
+
+    config: NeoNeXtConfig
+    resolution: tuple
+    units: tuple
+
+    def layers(self) -> Iterator[LayerDesc]:
+        """Every layer in execution order."""
+        for unit in self.units:
+            yield from unit.layers
+
+    def param_shapes(self) -> dict:
+        """State-dict name -> shape of every trainable parameter, in state-dict order."""
+        return {f"{l.name}.{p}": s for l in self.layers() for p, s in l.params.items()}
+
+    def buffer_shapes(self) -> dict:
+        return {f"{l.name}.{b}": s for l in self.layers() for b, s in l.buffers.items()}
+
+    def state_shapes(self) -> dict:
+        """Every state-dict entry (parameters and buffers), grouped per layer."""
+        out = {}
+        for l in self.layers():
+            out.update({f"{l.name}.{p}": s for p, s in l.params.items()})
+            out.update({f"{l.name}.{b}": s for b, s in l.buffers.items()})
+        return out
+
+    @property
+    def num_params(self) -> int:
+        """Number of trainable scalars."""
+        return sum(l.num_params for l in self.layers())
+
+
+def _batchnorm(name, shape):
+    c = shape[0]
+    return LayerDesc(
+        name, "batchnorm", shape, shape,
+        params={"weight": (c,), "bias": (c,)},
+        buffers={"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()},
+        options={"eps": BN_EPS, "momentum": BN_MOMENTUM},
+    )
+
+
+def _conv1x1(name, shape, c_out):
+    return LayerDesc(name, "conv1x1", shape, (c_out, *shape[1:]), params={"weight": (c_out, shape[0], 1, 1)})
+
+
+def _neocell(name, shape, specs):
+    specs = tuple(specs)
+    h_out, w_out = check_input_size(specs, shape[1], shape[2])
+    params = {f"weight_a.{g}": s.shape_a for g, s in enumerate(specs)}
+    params.update({f"weight_b.{g}": s.shape_b for g, s in enumerate(specs)})
+    return LayerDesc(name, "neocell", shape, (shape[0], h_out, w_out), params=params, options={"specs": specs})
+
+
+def _linear(name, shape, c_out, bias):
+    params = {"weight": (c_out, shape[0])}
+    if bias:
+        params["bias"] = (c_out,)
+    return LayerDesc(name, "linear", shape, (c_out, *shape[1:]), params=params, options={"bias": bias})
+
+
+def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
+    """Describe a NeoNeXt for an input of ``resolution`` (int or ``(H, W)``) pixels.
+
+    Raises
+    ------
+    ValueError
+        If the height or width is not a positive multiple of 4, or a stage's shift
+        does not fit its feature map (SPEC section 4).
+    """
+    if isinstance(resolution, numbers.Integral):
+        resolution = (int(resolution), int(resolution))
+    resolution = tuple(resolution)
+    if len(resolution) != 2 or any(
+        isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < PATCH or r % PATCH for r in resolution
+    ):
+        raise ValueError(
+            f"input resolution must be (H, W) with positive multiples of {PATCH}, got {resolution!r}"
+        )
+    h, w = resolution
+    dims = config.dims
+    units = []
+
+    # Stem: patchify 4x4, 1x1 conv 48 -> d0, BatchNorm.
+    shape = (config.in_chans, h, w)
+    patched = (config.in_chans * PATCH * PATCH, h // PATCH, w // PATCH)
+    stem = [
+        LayerDesc("stem.patchify", "patchify", shape, patched, options={"patch": PATCH}),
+        _conv1x1("stem.conv", patched, dims[0]),
+    ]
+    shape = stem[-1].out_shape
+    stem.append(_batchnorm("stem.norm", shape))
+    units.append(Unit("stem", "sequential", tuple(stem)))
+
+    total_blocks = sum(config.per_stage_layers)
+    block_index = 0
+    codes = stage_kernel_codes(config.kernel_spec)
+    for stage in range(4):
+        if stage > 0:
+            prefix = f"downsample_{stage}"
+            down = [_conv1x1(f"{prefix}.conv", shape, dims[stage])]
+            shape = down[-1].out_shape
+            down_spec = GroupSpec(channels=dims[stage], h_in=2, h_out=1, w_in=2, w_out=1)
+            down.append(_neocell(f"{prefix}.neocell", shape, [down_spec]))
+            shape = down[-1].out_shape
+            down.append(_batchnorm(f"{prefix}.norm_1", shape))
+            units.append(Unit(prefix, "sequential", tuple(down)))
+        d = dims[stage]
+        specs = parse_kernel_code(codes[stage], d, config.shifts[stage])
+        for b in range(config.per_stage_layers[stage]):
+            p = f"stage_{stage + 1}.{b}.ops.content"
+            rate = config.drop_path * block_index / (total_blocks - 1) if total_blocks > 1 else 0.0
+            block_index += 1
+            try:
+                neocell = _neocell(f"{p}.neocell", shape, specs)
+            except ValueError as exc:
+                raise ValueError(f"stage {stage + 1} at {shape[1]}x{shape[2]}: {exc}") from None
+            layers = [neocell, _batchnorm(f"{p}.norm", shape)]
+            layers.append(_linear(f"{p}.fc_1", shape, 4 * d, config.linear_bias))
+            wide = layers[-1].out_shape
+            layers.append(LayerDesc(f"{p}.gelu", "gelu", wide, wide))
+            layers.append(_linear(f"{p}.fc_2", wide, d, config.linear_bias))
+            if config.layer_scale_init_value > 0:
+                layers.append(
+                    LayerDesc(f"{p}.layer_scale", "layer_scale", shape, shape, params={"gamma": (d,)},
+                              options={"init_value": config.layer_scale_init_value})
+                )
+            layers.append(LayerDesc(f"{p}.drop_path", "drop_path", shape, shape, options={"rate": rate}))
+            units.append(Unit(f"stage_{stage + 1}.{b}", "residual", tuple(layers)))
+
+    c = dims[3]
+    head = [
+        LayerDesc("head.avgpool", "avgpool", shape, (c,)),
+        LayerDesc("head.ln", "layernorm", (c,), (c,), params={"weight": (c,), "bias": (c,)}, options={"eps": LN_EPS}),
+        _linear("head.fc", (c,), config.num_classes, True),
+    ]
+    units.append(Unit("head", "sequential", tuple(head)))
+    return Architecture(config=config, resolution=resolution, units=tuple(units))

@@ -1,0 +1,78 @@
+"""Counting the multiply-accumulates that the code actually executes.
+
+Every matrix product in the package's forward and backward passes goes through
+:func:`matmul`. Inside a :func:`count_macs` block each call is recorded, so the
+analytic counts of :mod:`neocell_ref.complexity` can be compared with what ran.
+Outside such a block the only cost is one check of an empty list.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["matmul", "count_macs", "MacCounter"]
+
+_COUNTERS: list = []
+
+
+@dataclass
+class MacCounter:
+    """Multiply-accumulates recorded inside a :func:`count_macs` block.
+
+    Attributes
+    ----------
+    macs : int
+        Total over all recorded products.
+    calls : list of (str, tuple, tuple, int)
+        ``(tag, shape_a, shape_b, macs)`` per product, in call order.
+    """
+
+    macs: int = 0
+    calls: list = field(default_factory=list)
+
+    def record(self, tag, shape_a, shape_b, shape_out):
+        k = shape_a[-1]
+        macs = int(np.prod(shape_out, dtype=np.int64)) * int(k)
+        self.macs += macs
+        self.calls.append((tag, tuple(shape_a), tuple(shape_b), macs))
+
+    def by_tag(self) -> dict:
+        """Total MACs per tag."""
+        out: dict = {}
+        for tag, _, _, macs in self.calls:
+            out[tag] = out.get(tag, 0) + macs
+        return out
+
+
+@contextmanager
+def count_macs():
+    """Record every :func:`matmul` executed inside the block.
+
+    Examples
+    --------
+    >>> with count_macs() as counter:            # doctest: +SKIP
+    ...     neocell_forward(x, wa, wb, specs)
+    >>> counter.macs                             # doctest: +SKIP
+    """
+    counter = MacCounter()
+    _COUNTERS.append(counter)
+    try:
+        yield counter
+    finally:
+        _COUNTERS.remove(counter)
+
+
+def matmul(a, b, tag: str = "", out=None):
+    """``np.matmul(a, b)`` that reports its multiply-accumulates to active counters.
+
+    One product ``(..., m, k) @ (..., k, n)`` costs ``prod(out.shape) * k`` MACs
+    (broadcast batch dimensions included).
+    """
+    result = np.matmul(a, b, out=out)
+    if _COUNTERS:
+        for counter in _COUNTERS:
+            counter.record(tag, np.shape(a), np.shape(b), result.shape)
+    return result
