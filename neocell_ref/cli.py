@@ -16,6 +16,7 @@ import sys
 # Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
     "neocell_ref.demo",
+    "neocell_ref.golden",
 ]
 
 
