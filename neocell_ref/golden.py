@@ -520,12 +520,17 @@ def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, r
             report.excluded.append((case["name"], reasons[0]))
             continue
         arrays = load_case(directory, case)
-        try:
-            got = OPERATIONS[op].run_port(arrays, case, forward, backward)
-        except Exception as exc:  # a port that raises fails that case, with the error
-            report.results.append(ArrayComparison(case["name"], "(call)", False,
-                                                  message=f"port raised {type(exc).__name__}: {exc}"))
-            continue
+        got = {}
+        # Forward and backward run separately, so that one raising does not hide the other.
+        for label, fns in (("forward", (forward, None)), ("backward", (None, backward))):
+            if fns == (None, None):
+                continue
+            try:
+                got.update(OPERATIONS[op].run_port(arrays, case, *fns))
+            except Exception as exc:  # a port that raises fails that case, with the error
+                report.results.append(ArrayComparison(
+                    case["name"], f"({label} call)", False,
+                    message=f"port's {label} raised {type(exc).__name__}: {exc}"))
         for key, value in got.items():
             tol = case["tolerances"][key]
             report.results.append(compare_arrays(
@@ -586,6 +591,9 @@ def _cli_verify(args) -> int:
                                exclude=_parse_exclusions(args.exclude), rtol_scale=args.rtol_scale)
     except GoldenError as exc:
         print(f"golden verify: ERROR: {exc}")
+        return 2
+    except (ValueError, TypeError, ImportError, AttributeError) as exc:
+        print(f"golden verify: ERROR: bad argument: {exc}")
         return 2
     print(report.table())
     if args.json:

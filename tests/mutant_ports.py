@@ -1,0 +1,155 @@
+"""A small NeoCell port written independently of the package, with switchable bugs.
+
+The golden oracle and the conformance kit must catch realistic porting bugs. This
+port builds the expanded matrices with its own loops (not ``neocell_ref.expand``),
+parses group dicts itself, and computes in float64. Each ``bug`` reproduces one
+mistake a porting engineer could plausibly make:
+
+``corner_dropped``
+    shifted blocks without the wrapped bottom-right corner;
+``split_ceil``
+    shift sub-groups of ``ceil(channels / n)`` channels instead of ``floor``;
+``round_size``
+    output size ``round(H * h_out / h_in)`` (half up) instead of ``floor``;
+``swap_ab``
+    the left and right kernels exchanged (``A`` applied along the width);
+``transpose_a``
+    ``weight_a`` read as ``(h_in, h_out)``, i.e. transposed;
+``float32_accumulation``
+    everything computed in float32 although float64 is claimed.
+
+With ``bug=None`` it is a correct port; the tests check that too, so a bug is
+caught because of the bug and not because the port is wrong everywhere.
+"""
+
+import math
+from functools import partial
+
+import numpy as np
+
+BUGS = ("corner_dropped", "split_ceil", "round_size", "swap_ab", "transpose_a", "float32_accumulation")
+
+
+def _sizes(group):
+    if "h_in" in group:
+        return group["h_in"], group["h_out"], group["w_in"], group["w_out"]
+    if "kernel_a" in group:
+        return group["kernel_a"], group["kernel_a"], group["kernel_b"], group["kernel_b"]
+    k = group["kernel"]
+    return k, k, k, k
+
+
+def _shifts(group):
+    if "shift_a" in group:
+        return group["shift_a"], group["shift_b"]
+    return group.get("shift", 0), group.get("shift", 0)
+
+
+def _out_len(length, k_in, k_out, bug):
+    if k_in == k_out:
+        return length
+    if bug == "round_size":
+        return int(math.floor(length * k_out / k_in + 0.5))
+    return (length * k_out) // k_in
+
+
+def _channel_shift(index, channels, k_out, shift, bug):
+    if shift == 0:
+        return 0
+    n = (k_out - 1) // shift + 1
+    size = -(-channels // n) if bug == "split_ceil" else channels // n
+    sub = n - 1 if size == 0 else min(index // size, n - 1)
+    return sub * shift
+
+
+def _place(kernel, rows, cols, shift, bug):
+    """Expanded matrix by explicit block placement; returns it and the placed pieces."""
+    p, q = kernel.shape
+    m = np.zeros((rows, cols), dtype=kernel.dtype)
+    pieces = []  # (matrix row, matrix col, kernel row, kernel col, rows, cols)
+    i = 0
+    while shift + i * p < rows and shift + i * q < cols:
+        r0, c0 = shift + i * p, shift + i * q
+        pieces.append((r0, c0, 0, 0, min(p, rows - r0), min(q, cols - c0)))
+        i += 1
+    if shift and bug != "corner_dropped":
+        pieces.append((0, 0, p - shift, q - shift, min(shift, rows), min(shift, cols)))
+    for r0, c0, kr, kc, r, c in pieces:
+        m[r0:r0 + r, c0:c0 + c] = kernel[kr:kr + r, kc:kc + c]
+    return m, pieces
+
+
+def _gather(grad_m, shape, pieces):
+    grad_k = np.zeros(shape, dtype=grad_m.dtype)
+    for r0, c0, kr, kc, r, c in pieces:
+        grad_k[kr:kr + r, kc:kc + c] += grad_m[r0:r0 + r, c0:c0 + c]
+    return grad_k
+
+
+def _per_channel(x_shape, weights_a, weights_b, specs, bug):
+    """Yield (channel, group, index in group, A_full, B_full, pieces_a, pieces_b, kernels)."""
+    _, _, h, w = x_shape
+    c = 0
+    for g, group in enumerate(specs):
+        h_in, h_out, w_in, w_out = _sizes(group)
+        sa, sb = _shifts(group)
+        rows, cols = _out_len(h, h_in, h_out, bug), _out_len(w, w_in, w_out, bug)
+        for i in range(group["channels"]):
+            a, b = np.asarray(weights_a[g][i]), np.asarray(weights_b[g][i])
+            if bug == "transpose_a":
+                a = a.T
+            if bug == "swap_ab":
+                a, b = b.T, a.T
+            a_full, pa = _place(a, rows, h, _channel_shift(i, group["channels"], h_out, sa, bug), bug)
+            b_full, pb = _place(b.T, cols, w, _channel_shift(i, group["channels"], w_out, sb, bug), bug)
+            yield c, g, i, a_full, b_full.T, pa, pb, a.shape, b.shape
+            c += 1
+
+
+def port_forward(x, weights_a, weights_b, specs, bug=None):
+    """``y[n, c] = Â_c x[n, c] B̂_c`` with optional planted bug."""
+    dtype = np.float32 if bug == "float32_accumulation" else np.float64
+    x = np.asarray(x, dtype=dtype)
+    weights_a = [np.asarray(w, dtype=dtype) for w in weights_a]
+    weights_b = [np.asarray(w, dtype=dtype) for w in weights_b]
+    out = None
+    for c, g, i, a_full, b_full, *_ in _per_channel(x.shape, weights_a, weights_b, specs, bug):
+        if out is None:
+            out = np.zeros((x.shape[0], x.shape[1], a_full.shape[0], b_full.shape[1]), dtype=dtype)
+        out[:, c] = a_full @ x[:, c] @ b_full
+    return out.astype(np.float64)
+
+
+def port_backward(grad_y, x, weights_a, weights_b, specs, bug=None):
+    """Hand-derived backward of :func:`port_forward` with the same planted bug."""
+    dtype = np.float32 if bug == "float32_accumulation" else np.float64
+    x, grad_y = np.asarray(x, dtype=dtype), np.asarray(grad_y, dtype=dtype)
+    weights_a = [np.asarray(w, dtype=dtype) for w in weights_a]
+    weights_b = [np.asarray(w, dtype=dtype) for w in weights_b]
+    grad_x = np.zeros_like(x)
+    grads_a = [np.zeros_like(w) for w in weights_a]
+    grads_b = [np.zeros_like(w) for w in weights_b]
+    for c, g, i, a_full, b_full, pa, pb, a_shape, b_shape in _per_channel(x.shape, weights_a, weights_b, specs, bug):
+        dy = grad_y[:, c]
+        z = a_full @ x[:, c]
+        grad_b_full = np.einsum("nij,nik->jk", z, dy)
+        dz = dy @ b_full.T
+        grad_a_full = np.einsum("nij,nkj->ik", dz, x[:, c])
+        grad_x[:, c] = a_full.T @ dz
+        ga = _gather(grad_a_full, a_shape, pa)
+        gb = _gather(grad_b_full.T, b_shape[::-1], pb).T
+        if bug == "swap_ab":
+            ga, gb = gb.T, ga.T
+        if bug == "transpose_a":
+            ga = ga.T
+        grads_a[g][i] = ga
+        grads_b[g][i] = gb
+    return grad_x.astype(np.float64), [a.astype(np.float64) for a in grads_a], [b.astype(np.float64) for b in grads_b]
+
+
+# Module-level callables so that `neocell-ref golden verify --forward mutant_ports:NAME` works.
+correct_forward = port_forward
+correct_backward = port_backward
+for _bug in BUGS:
+    globals()[f"{_bug}_forward"] = partial(port_forward, bug=_bug)
+    globals()[f"{_bug}_backward"] = partial(port_backward, bug=_bug)
