@@ -1,0 +1,864 @@
+"""Analytic complexity of NeoCell layers and NeoNeXt networks (SPEC section 8).
+
+Two questions, answered by counting, never by running:
+
+* :func:`complexity` -- what does one NeoCell layer cost, and what does the
+  depthwise convolution it replaces cost?
+* :func:`model_complexity` -- what does a whole NeoNeXt cost, in each counting
+  convention that published figures use?
+
+Everything here is integer arithmetic on shapes. The layer counts read the
+expansion rule only through :func:`neocell_ref.expand.nnz` and the spec rules only
+through :mod:`neocell_ref.spec`; the model counts read the network only through
+:func:`neocell_ref.architecture.describe`. The derivations of every formula are in
+``docs/complexity.md``; the tests prove the counts equal the multiply-accumulates
+that the package's own forward passes execute (:func:`neocell_ref.instrument.count_macs`).
+
+Conventions (all counts are multiply-accumulates, MACs; "GFLOPs" in the NeoNeXt
+and ConvNeXt papers means GMACs):
+
+``neocell_macs`` (layer) / ``"fvcore_patchwise"`` (model)
+    The useful multiplies of the patch-wise algorithm, SPEC 8:
+    ``nnz(Â)·W + H_out·nnz(B̂)`` per channel and sample.
+``patchwise_padded_macs`` (layer) / ``"executed"`` (model)
+    What :mod:`neocell_ref.neocell`'s ``"patchwise"`` method actually multiplies:
+    it pads partial and shifted tiles with zeros and multiplies them too.
+``blockdiag_macs`` (layer) / ``"fvcore"`` (model)
+    Dense products with the expanded matrices,
+    ``C·H_out·H·W + C·H_out·W·W_out`` per sample (the authors' fvcore hook).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .architecture import (
+    MODEL_CONFIGS,
+    RELEASED_CHECKPOINT_OPTIONS,
+    Architecture,
+    NeoNeXtConfig,
+    describe,
+    get_config,
+)
+from .expand import nnz
+from .spec import GroupSpec, check_input_size, parse_kernel_code, parse_specs, shift_segments
+
+__all__ = [
+    "complexity",
+    "LayerComplexity",
+    "neocell_counts",
+    "closed_form_neocell_macs",
+    "closed_form_depthwise_macs",
+    "depthwise_in_bounds_taps",
+    "model_complexity",
+    "ModelComplexity",
+    "LayerCount",
+    "CONVENTIONS",
+    "released_checkpoint_options",
+]
+
+#: The four counting conventions of :func:`model_complexity`, in table order.
+CONVENTIONS = ("executed", "fvcore", "fvcore_without_neocell", "fvcore_patchwise")
+
+_CONVENTION_NOTES = {
+    "executed": "matrix products this package's forward runs (NeoCell patch-wise, zero padding included)",
+    "fvcore": "fvcore rules, NeoCell as dense block-diagonal products",
+    "fvcore_without_neocell": "fvcore rules, NeoCell left out",
+    "fvcore_patchwise": "fvcore rules, NeoCell as its patch-wise nnz MACs (SPEC 8)",
+}
+
+# fvcore's per-element costs (SPEC 8): BatchNorm in inference and LayerNorm.
+_FVCORE_BATCHNORM_PER_ELEMENT = 2
+_FVCORE_LAYERNORM_PER_ELEMENT = 5
+
+# Element-wise operations of the "executed" convention, per element (see docs/complexity.md):
+# they are reported beside the MACs, never added to them.
+_ELEMENTWISE_PER_ELEMENT = {
+    "batchnorm": 2,    # inference: x * scale + shift with per-channel folded scale and shift
+    "layernorm": 5,    # mean, variance, normalise, scale, shift
+    "gelu": 1,         # one erf-based GELU evaluation
+    "layer_scale": 1,  # one multiply by gamma
+    "bias": 1,         # one addition per output element of a linear layer with bias
+    "residual": 1,     # the block's x + branch
+    "avgpool": 1,      # one addition per input element (the division per output is ignored)
+}
+
+
+# --------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------
+def _check_int(value, name: str, minimum: int) -> int:
+    """``value`` as a Python int >= ``minimum``; bools, floats and strings are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_pair(value, name: str, minimum: int) -> tuple[int, int]:
+    """An int ``k`` (meaning ``(k, k)``) or a pair of ints, validated."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        return (_check_int(value[0], f"{name}[0]", minimum), _check_int(value[1], f"{name}[1]", minimum))
+    v = _check_int(value, name, minimum)
+    return (v, v)
+
+
+def _layer_specs(k, c, shift, code, specs) -> tuple[GroupSpec, ...]:
+    """Resolve the ways of naming a layer into validated groups."""
+    if specs is not None:
+        given = [n for n, v in (("k", k), ("c", c), ("code", code)) if v is not None]
+        if shift != 0:
+            given.append("shift")
+        if given:
+            raise ValueError(
+                f"give either specs= or the shorthand k/c/code/shift, not both (also got {given})"
+            )
+        return parse_specs(specs)
+    if code is not None and not isinstance(code, str):
+        raise TypeError(f"code must be a kernel code string such as '4+7', got {code!r}")
+    if k is not None and code is not None:
+        raise ValueError(f"give either k={k!r} or code={code!r}, not both")
+    channels = 96 if c is None else _check_int(c, "c", 1)
+    shift = _check_int(shift, "shift", 0)
+    kernel = code if code is not None else (7 if k is None else k)
+    if isinstance(kernel, str):
+        return tuple(parse_kernel_code(kernel, channels, shift))
+    ka, kb = _check_pair(kernel, "k", 1)
+    return (GroupSpec(channels=channels, h_in=ka, h_out=ka, w_in=kb, w_out=kb, shift_a=shift, shift_b=shift),)
+
+
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must name a NumPy floating dtype such as 'float32', got {dtype!r}") from None
+    if dt.kind != "f":
+        raise ValueError(f"dtype must be a floating dtype (memory is reported in it), got {dt}")
+    return dt
+
+
+# --------------------------------------------------------------------------------------
+# NeoCell counts (shared by the layer and the model calculators)
+# --------------------------------------------------------------------------------------
+def _tiles(length: int, k_in: int, shift: int) -> int:
+    """Tiles of ``k_in`` covering the padded axis of SPEC 3's padding view.
+
+    ``k_in - shift`` zeros go in front when shifted, zeros at the back up to a
+    multiple of ``k_in``.
+    """
+    front = k_in - shift if shift else 0
+    return -(-(length + front) // k_in)
+
+
+def neocell_counts(specs, height: int, width: int, batch: int = 1) -> dict:
+    """Multiply-accumulates of a NeoCell layer, three ways.
+
+    Parameters
+    ----------
+    specs : list of dict or GroupSpec
+    height, width : int
+        Input ``H, W``.
+    batch : int
+        Samples ``N``.
+
+    Returns
+    -------
+    dict with int values
+        ``"nnz"``: ``N · Σ_c (nnz(Â_c)·W + H_out·nnz(B̂_c))`` (SPEC 8, the useful
+        multiplies); ``"padded"``: what the zero-padded patch-wise method executes,
+        ``N · Σ_c (W·T_a·h_in·h_out + H_out·T_b·w_in·w_out)``; ``"blockdiag"``:
+        ``N · C · (H_out·H·W + H_out·W·W_out)``; ``"height_out"``, ``"width_out"``.
+    """
+    specs = parse_specs(specs)
+    batch = _check_int(batch, "batch", 1)
+    h_out, w_out = check_input_size(specs, height, width)
+    channels = sum(g.channels for g in specs)
+    useful = padded = 0
+    for g in specs:
+        for start, stop, sa, sb in shift_segments(g):
+            c = stop - start
+            nnz_a = nnz(g.h_out, g.h_in, h_out, height, sa)
+            nnz_b = nnz(g.w_in, g.w_out, width, w_out, sb)
+            useful += c * (nnz_a * width + h_out * nnz_b)
+            padded += c * (
+                width * _tiles(height, g.h_in, sa) * g.h_in * g.h_out
+                + h_out * _tiles(width, g.w_in, sb) * g.w_in * g.w_out
+            )
+    blockdiag = channels * (h_out * height * width + h_out * width * w_out)
+    return {
+        "nnz": batch * useful,
+        "padded": batch * padded,
+        "blockdiag": batch * blockdiag,
+        "height_out": h_out,
+        "width_out": w_out,
+    }
+
+
+def closed_form_neocell_macs(k: int, c: int, h: int, w: int, batch: int = 1) -> int:
+    """``2·k·C·H·W·N``: NeoCell MACs for square ``k x k`` kernels, no shift, ``k`` dividing ``H`` and ``W``.
+
+    Derivation: ``Â`` is ``diag(A, ..., A)`` with ``H/k`` blocks of ``k²`` entries,
+    so ``nnz(Â) = k·H`` and ``nnz(Â)·W = k·H·W``; likewise ``H·nnz(B̂) = k·H·W``.
+    """
+    for name, v in (("k", k), ("c", c), ("h", h), ("w", w), ("batch", batch)):
+        _check_int(v, name, 1)
+    if h % k or w % k:
+        raise ValueError(f"the closed form needs k={k} to divide h={h} and w={w}")
+    return 2 * k * c * h * w * batch
+
+
+def closed_form_depthwise_macs(k: int, c: int, h: int, w: int, batch: int = 1) -> int:
+    """``k²·C·H·W·N``: a stride-1, same-padded ``k x k`` depthwise convolution, every tap counted."""
+    for name, v in (("k", k), ("c", c), ("h", h), ("w", w), ("batch", batch)):
+        _check_int(v, name, 1)
+    return k * k * c * h * w * batch
+
+
+def depthwise_in_bounds_taps(length: int, k: int) -> int:
+    """Taps of a same-padded, stride-1 ``k``-tap 1-D correlation that land inside the input.
+
+    With ``pl = (k-1)//2`` zeros before and ``pr = k-1-pl`` after (PyTorch's
+    ``padding="same"``), the tap at offset ``d`` (``-pl <= d <= pr``) reads inside
+    the input for ``max(0, length - |d|)`` output positions. A 2-D depthwise
+    kernel is the product of its two axes. The sum is symmetric in ``pl, pr``, so
+    it does not matter which side gets the extra zero of an even kernel.
+    """
+    pl = (k - 1) // 2
+    pr = k - 1 - pl
+    return sum(max(0, length - abs(d)) for d in range(-pl, pr + 1))
+
+
+# --------------------------------------------------------------------------------------
+# formatting helpers
+# --------------------------------------------------------------------------------------
+def _human(n: float, unit: str = "") -> str:
+    """``12_345_678`` -> ``"12.35 M"``."""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {prefix}{unit}"
+    return f"{n:g} {unit}".rstrip()
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def _shape(s) -> str:
+    return "x".join(str(v) for v in s)
+
+
+# --------------------------------------------------------------------------------------
+# layer level
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerComplexity:
+    """Costs of one NeoCell layer and of the depthwise convolution it replaces.
+
+    All MAC and memory counts are for the whole batch of ``batch`` samples; the
+    parameters and the expanded matrices do not depend on the batch.
+
+    Attributes
+    ----------
+    specs : tuple of GroupSpec
+        The channel groups.
+    channels, height, width, height_out, width_out, batch : int
+        ``C``, input ``H x W``, output ``H_out x W_out``, ``N``.
+    dw_kernel : (int, int)
+        Kernel ``kh x kw`` of the compared depthwise convolution (stride 1, same padding).
+    dtype : str
+        Floating dtype in which memory is also reported in bytes.
+    neocell_params : int
+        Trainable scalars: ``Σ_g channels_g · (h_out·h_in + w_in·w_out)``.
+    neocell_macs : int
+        SPEC 8's executed patch-wise MACs, ``N · Σ_c (nnz(Â_c)·W + H_out·nnz(B̂_c))``.
+    neocell_macs_per_output : float
+        ``neocell_macs / (N·C·H_out·W_out)``.
+    patchwise_padded_macs : int
+        MACs of this package's ``"patchwise"`` method, which also multiplies the zero
+        padding of partial and shifted tiles (``>= neocell_macs``; equal when no tile is cut).
+    blockdiag_macs : int
+        Dense products with the expanded matrices, ``N·C·(H_out·H·W + H_out·W·W_out)``.
+    neocell_extra_memory : int
+        Elements of the one intermediate the patch-wise algorithm needs, ``z = Â x``:
+        ``N·C·H_out·W``.
+    blockdiag_extra_memory : int
+        Elements of the expanded matrices, ``C·(H_out·H + W·W_out)`` (the block-diagonal
+        method needs the same ``z`` as well).
+    depthwise_params : int
+        ``kh·kw·C``, **without** bias (NeoCell has none either).
+    depthwise_params_with_bias : int
+        ``kh·kw·C + C``.
+    depthwise_macs : int
+        ``kh·kw·C·H·W·N``: every tap of every output, the zero-padding taps included
+        (the convention of fvcore and of SPEC 8).
+    depthwise_macs_in_bounds : int
+        Only the taps that land on the input (not on the padding).
+    im2col_elements : int
+        Elements the im2col lowering materialises, ``N·C·kh·kw·H·W``.
+    depthwise_macs_over_neocell_macs : float
+        ``depthwise_macs / neocell_macs``.
+    neocell_params_over_depthwise_params : float
+        ``neocell_params / depthwise_params`` (bias-free on both sides).
+    """
+
+    specs: tuple
+    channels: int
+    height: int
+    width: int
+    height_out: int
+    width_out: int
+    batch: int
+    dw_kernel: tuple
+    dtype: str
+    neocell_params: int
+    neocell_macs: int
+    neocell_macs_per_output: float
+    patchwise_padded_macs: int
+    blockdiag_macs: int
+    neocell_extra_memory: int
+    blockdiag_extra_memory: int
+    depthwise_params: int
+    depthwise_params_with_bias: int
+    depthwise_macs: int
+    depthwise_macs_in_bounds: int
+    im2col_elements: int
+    depthwise_macs_over_neocell_macs: float
+    neocell_params_over_depthwise_params: float
+
+    def to_dict(self) -> dict:
+        """Every attribute under its own name; ``specs`` as the official general dicts."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["specs"] = [g.to_dict() for g in self.specs]
+        out["dw_kernel"] = list(self.dw_kernel)
+        return out
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def _mb(self, elements: int) -> str:
+        return f"{elements * np.dtype(self.dtype).itemsize / 1e6:.2f} MB"
+
+    def __str__(self) -> str:
+        kh, kw = self.dw_kernel
+        lines = [
+            f"NeoCell layer vs {kh}x{kw} depthwise convolution (stride 1, same padding)",
+            f"  input N={self.batch}, C={self.channels}, {self.height}x{self.width} -> "
+            f"NeoCell output {self.height_out}x{self.width_out}",
+        ]
+        for i, g in enumerate(self.specs):
+            lines.append(
+                f"  group {i}: {g.channels} channels, A {g.h_out}x{g.h_in}, B {g.w_in}x{g.w_out}, "
+                f"shift {g.shift_a}/{g.shift_b}"
+            )
+        rows = [
+            ("NeoCell parameters", self.neocell_params, "scalars (no bias)"),
+            ("depthwise parameters", self.depthwise_params, "scalars (no bias)"),
+            ("depthwise parameters with bias", self.depthwise_params_with_bias, "scalars"),
+            ("NeoCell MACs (patch-wise, nnz)", self.neocell_macs, _human(self.neocell_macs, "MACs")),
+            ("NeoCell MACs per output element", self.neocell_macs_per_output, "MACs"),
+            ("patch-wise MACs incl. zero padding", self.patchwise_padded_macs, _human(self.patchwise_padded_macs, "MACs")),
+            ("block-diagonal MACs (dense)", self.blockdiag_macs, _human(self.blockdiag_macs, "MACs")),
+            ("depthwise MACs (all taps)", self.depthwise_macs, _human(self.depthwise_macs, "MACs")),
+            ("depthwise MACs (in-bounds taps)", self.depthwise_macs_in_bounds, _human(self.depthwise_macs_in_bounds, "MACs")),
+            ("NeoCell extra memory (z = Âx)", self.neocell_extra_memory, f"elements, {self._mb(self.neocell_extra_memory)} {self.dtype}"),
+            ("block-diagonal extra memory (Â, B̂)", self.blockdiag_extra_memory, f"elements, {self._mb(self.blockdiag_extra_memory)} {self.dtype}"),
+            ("im2col elements (depthwise)", self.im2col_elements, f"elements, {self._mb(self.im2col_elements)} {self.dtype}"),
+            ("depthwise MACs / NeoCell MACs", self.depthwise_macs_over_neocell_macs, "x"),
+            ("NeoCell params / depthwise params", self.neocell_params_over_depthwise_params, "x"),
+        ]
+        width = max(len(r[0]) for r in rows)
+        for label, value, unit in rows:
+            text = _fmt_int(value) if isinstance(value, int) else f"{value:,.3f}"
+            lines.append(f"  {label:<{width}}  {text:>15}  {unit}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def complexity(
+    k=None,
+    c=None,
+    h: int = 56,
+    w: int | None = None,
+    *,
+    batch: int = 1,
+    shift: int = 0,
+    code: str | None = None,
+    specs=None,
+    dw_kernel=None,
+    dtype="float32",
+) -> LayerComplexity:
+    """Analytic costs of a NeoCell layer and of the depthwise convolution it replaces.
+
+    Parameters
+    ----------
+    k : int, (int, int) or str, default 7
+        Square kernel size for ``A`` and ``B``; a pair ``(kernel_a, kernel_b)``; or a
+        kernel code such as ``"4+7"`` (SPEC 2).
+    c : int, default 96
+        Channels (for ``k`` or ``code``).
+    h, w : int, default 56 and ``w = h``
+        Input height and width.
+    batch : int, default 1
+    shift : int, default 0
+        Shift amount given to every group (for ``k`` or ``code``).
+    code : str, optional
+        Kernel code, as an alternative to a string ``k``.
+    specs : list of dict or GroupSpec, optional
+        The channel groups in any official form (non-square ``h_in != h_out``
+        kernels, different shifts...). Excludes ``k``, ``c``, ``code`` and ``shift``.
+    dw_kernel : int or (int, int), optional
+        The compared depthwise kernel. Default: the largest ``h_in`` and the largest
+        ``w_in`` over the groups (7x7 for ``"4+7"``).
+    dtype : str, default "float32"
+        Dtype for the memory figures in bytes.
+
+    Returns
+    -------
+    LayerComplexity
+
+    Raises
+    ------
+    ValueError, TypeError
+        On any invalid or conflicting argument, naming it.
+
+    Examples
+    --------
+    >>> r = complexity(k=7, c=96)
+    >>> r.neocell_macs == 2 * 7 * 96 * 56 * 56
+    True
+    """
+    layer = _layer_specs(k, c, shift, code, specs)
+    height = _check_int(h, "h", 1)
+    width = height if w is None else _check_int(w, "w", 1)
+    batch = _check_int(batch, "batch", 1)
+    dt = _check_dtype(dtype)
+    if dw_kernel is None:
+        dw = (max(g.h_in for g in layer), max(g.w_in for g in layer))
+    else:
+        dw = _check_pair(dw_kernel, "dw_kernel", 1)
+    counts = neocell_counts(layer, height, width, batch)
+    h_out, w_out = counts["height_out"], counts["width_out"]
+    channels = sum(g.channels for g in layer)
+    neocell_params = sum(g.channels * (g.h_out * g.h_in + g.w_in * g.w_out) for g in layer)
+    kh, kw = dw
+    dw_params = kh * kw * channels
+    dw_macs = kh * kw * channels * height * width * batch
+    dw_in = depthwise_in_bounds_taps(height, kh) * depthwise_in_bounds_taps(width, kw) * channels * batch
+    return LayerComplexity(
+        specs=layer,
+        channels=channels,
+        height=height,
+        width=width,
+        height_out=h_out,
+        width_out=w_out,
+        batch=batch,
+        dw_kernel=dw,
+        dtype=str(dt),
+        neocell_params=neocell_params,
+        neocell_macs=counts["nnz"],
+        neocell_macs_per_output=counts["nnz"] / (batch * channels * h_out * w_out),
+        patchwise_padded_macs=counts["padded"],
+        blockdiag_macs=counts["blockdiag"],
+        neocell_extra_memory=batch * channels * h_out * width,
+        blockdiag_extra_memory=channels * (h_out * height + width * w_out),
+        depthwise_params=dw_params,
+        depthwise_params_with_bias=dw_params + channels,
+        depthwise_macs=dw_macs,
+        depthwise_macs_in_bounds=dw_in,
+        im2col_elements=batch * channels * kh * kw * height * width,
+        depthwise_macs_over_neocell_macs=dw_macs / counts["nnz"],
+        neocell_params_over_depthwise_params=neocell_params / dw_params,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# model level
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerCount:
+    """One row of the per-layer table of :func:`model_complexity` (per image).
+
+    Attributes
+    ----------
+    name : str
+        State-dict prefix of the layer (``stage_1.0.ops.content.neocell``).
+    kind : str
+        Layer kind of :mod:`neocell_ref.architecture`, or ``"residual"`` for the
+        addition that closes a block.
+    in_shape, out_shape : tuple of int
+    params : int
+        Trainable scalars.
+    macs : dict
+        MACs per convention (keys :data:`CONVENTIONS`).
+    elementwise_ops : int
+        Element-wise operations of the executed forward (bias additions,
+        normalisation, GELU, ...), counted as documented in ``docs/complexity.md``;
+        not MACs.
+    """
+
+    name: str
+    kind: str
+    in_shape: tuple
+    out_shape: tuple
+    params: int
+    macs: dict
+    elementwise_ops: int
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "in_shape": list(self.in_shape),
+            "out_shape": list(self.out_shape),
+            "params": self.params,
+            "macs": dict(self.macs),
+            "elementwise_ops": self.elementwise_ops,
+        }
+
+
+def _count_layer(layer) -> LayerCount:
+    """MACs of one described layer in every convention (per image)."""
+    kind = layer.kind
+    out_elems = math.prod(layer.out_shape)
+    macs = dict.fromkeys(CONVENTIONS, 0)
+    elementwise = 0
+    if kind in ("conv1x1", "linear"):
+        # One multiply per (output element, input channel); the bias is an addition.
+        product = out_elems * layer.in_shape[0]
+        macs = dict.fromkeys(CONVENTIONS, product)
+        if layer.options.get("bias"):
+            elementwise = _ELEMENTWISE_PER_ELEMENT["bias"] * out_elems
+    elif kind == "neocell":
+        _, height, width = layer.in_shape
+        counts = neocell_counts(layer.options["specs"], height, width, 1)
+        macs = {
+            "executed": counts["padded"],
+            "fvcore": counts["blockdiag"],
+            "fvcore_without_neocell": 0,
+            "fvcore_patchwise": counts["nnz"],
+        }
+    elif kind == "batchnorm":
+        fv = _FVCORE_BATCHNORM_PER_ELEMENT * out_elems
+        macs = {"executed": 0, "fvcore": fv, "fvcore_without_neocell": fv, "fvcore_patchwise": fv}
+        elementwise = _ELEMENTWISE_PER_ELEMENT["batchnorm"] * out_elems
+    elif kind == "layernorm":
+        fv = _FVCORE_LAYERNORM_PER_ELEMENT * out_elems
+        macs = {"executed": 0, "fvcore": fv, "fvcore_without_neocell": fv, "fvcore_patchwise": fv}
+        elementwise = _ELEMENTWISE_PER_ELEMENT["layernorm"] * out_elems
+    elif kind in ("gelu", "layer_scale"):
+        elementwise = _ELEMENTWISE_PER_ELEMENT[kind] * out_elems
+    elif kind == "avgpool":
+        elementwise = _ELEMENTWISE_PER_ELEMENT["avgpool"] * math.prod(layer.in_shape)
+    elif kind == "residual":
+        elementwise = _ELEMENTWISE_PER_ELEMENT["residual"] * out_elems
+    elif kind in ("patchify", "drop_path"):
+        pass  # a reshape; identity in inference
+    else:  # pragma: no cover - a new kind in architecture.py must be counted here
+        raise ValueError(f"complexity does not know how to count layer kind {kind!r} ({layer.name})")
+    params = sum(math.prod(s) for s in layer.params.values())
+    return LayerCount(layer.name, kind, tuple(layer.in_shape), tuple(layer.out_shape), params, macs, elementwise)
+
+
+def _display_name(name: str) -> str:
+    if name in MODEL_CONFIGS:
+        return "NeoNeXt-" + name.split("_", 1)[1].upper()
+    return name
+
+
+@dataclass(frozen=True)
+class ModelComplexity:
+    """Parameters and MACs of a NeoNeXt, per image.
+
+    Attributes
+    ----------
+    name : str
+        Model name, or ``"custom"`` for a :class:`NeoNeXtConfig`.
+    config : NeoNeXtConfig
+    resolution : (int, int)
+        Input ``H, W``.
+    params : int
+        Trainable scalars (BatchNorm running statistics are buffers, not counted).
+    macs : dict
+        Total MACs per convention, keys :data:`CONVENTIONS`.
+    elementwise_ops : int
+        Element-wise operations of the executed forward (not MACs).
+    layers : tuple of LayerCount
+        Per layer, in execution order, plus one ``"residual"`` row per block.
+    """
+
+    name: str
+    config: NeoNeXtConfig
+    resolution: tuple
+    params: int
+    macs: dict
+    elementwise_ops: int
+    layers: tuple = field(repr=False)
+
+    def to_list(self) -> list:
+        """The per-layer table as a list of dicts."""
+        return [row.to_dict() for row in self.layers]
+
+    def to_dict(self, per_layer: bool = True) -> dict:
+        out = {
+            "name": self.name,
+            "config": dataclasses.asdict(self.config),
+            "resolution": list(self.resolution),
+            "params": self.params,
+            "macs": dict(self.macs),
+            "elementwise_ops": self.elementwise_ops,
+        }
+        if per_layer:
+            out["layers"] = self.to_list()
+        return out
+
+    def to_json(self, per_layer: bool = True, **kwargs) -> str:
+        return json.dumps(self.to_dict(per_layer), **kwargs)
+
+    def summary(self) -> str:
+        cfg = self.config
+        h, w = self.resolution
+        lines = [
+            f"{_display_name(self.name)} at {h}x{w}, per image",
+            f"  blocks {cfg.per_stage_layers}, widths {cfg.dims}, kernel_spec={cfg.kernel_spec!r}, "
+            f"shifts={cfg.shifts},",
+            f"  layer_scale_init_value={cfg.layer_scale_init_value}, linear_bias={cfg.linear_bias}, "
+            f"num_classes={cfg.num_classes}",
+            f"  parameters: {_fmt_int(self.params)} ({self.params / 1e6:.2f} M)",
+            "  MACs per convention (GFLOPs as in the papers = GMACs):",
+        ]
+        for conv in CONVENTIONS:
+            lines.append(
+                f"    {conv:<24} {self.macs[conv] / 1e9:9.3f} GMACs  {_CONVENTION_NOTES[conv]}"
+            )
+        lines.append(
+            f"  element-wise ops of the executed forward (not MACs): {self.elementwise_ops / 1e9:.3f} G"
+        )
+        return "\n".join(lines)
+
+    def table(self) -> str:
+        """The per-layer table as fixed-width text (MACs in M, per image)."""
+        head = (
+            f"{'layer':<40} {'kind':<11} {'input':>13} {'output':>13} {'params':>11} "
+            + " ".join(f"{c:>14}" for c in ("executed M", "fvcore M", "fv w/o neo M", "fv patch M"))
+            + f" {'elem-ops M':>11}"
+        )
+        lines = [head, "-" * len(head)]
+        for r in self.layers:
+            lines.append(
+                f"{r.name:<40} {r.kind:<11} {_shape(r.in_shape):>13} {_shape(r.out_shape):>13} "
+                f"{_fmt_int(r.params):>11} "
+                + " ".join(f"{r.macs[c] / 1e6:>14.3f}" for c in CONVENTIONS)
+                + f" {r.elementwise_ops / 1e6:>11.3f}"
+            )
+        lines.append("-" * len(head))
+        lines.append(
+            f"{'total':<40} {'':<11} {'':>13} {'':>13} {_fmt_int(self.params):>11} "
+            + " ".join(f"{self.macs[c] / 1e6:>14.3f}" for c in CONVENTIONS)
+            + f" {self.elementwise_ops / 1e6:>11.3f}"
+        )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+
+def released_checkpoint_options(resolution=224) -> dict:
+    """Options of the released ImageNet checkpoints (SPEC 7) for a resolution.
+
+    :data:`neocell_ref.architecture.RELEASED_CHECKPOINT_OPTIONS` holds the 224 px
+    options; the 384 px checkpoints also shift stage 4 (shifts ``(1, 1, 1, 1)``).
+    """
+    options = dict(RELEASED_CHECKPOINT_OPTIONS)
+    side = resolution if isinstance(resolution, numbers.Integral) else max(resolution)
+    if side == 384:
+        options["shifts"] = (1, 1, 1, 1)
+    return options
+
+
+def _resolve_config(model, model_options) -> tuple[str, NeoNeXtConfig]:
+    """A name, a NeoNeXtConfig, an Architecture or a model object -> (name, config)."""
+    if isinstance(model, str):
+        return model, get_config(model, **model_options)
+    config = None
+    if isinstance(model, NeoNeXtConfig):
+        config = model
+    elif isinstance(model, Architecture):
+        config = model.config
+    else:
+        # A model object (neocell_ref.models) carries its config or its architecture.
+        candidate = getattr(model, "config", None)
+        if not isinstance(candidate, NeoNeXtConfig):
+            candidate = getattr(getattr(model, "architecture", None), "config", None)
+        if isinstance(candidate, NeoNeXtConfig):
+            config = candidate
+    if config is None:
+        raise TypeError(
+            "model must be a model name (one of "
+            f"{sorted(MODEL_CONFIGS)}), a NeoNeXtConfig, an Architecture or a NeoNeXt model, "
+            f"got {type(model).__name__}"
+        )
+    if model_options:
+        unknown = set(model_options) - set(NeoNeXtConfig.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown model option(s): {sorted(unknown)}")
+        config = dataclasses.replace(config, **model_options)
+    name = "custom"
+    for known, sizes in MODEL_CONFIGS.items():
+        if (config.per_stage_layers, config.dims) == (tuple(sizes["per_stage_layers"]), tuple(sizes["dims"])):
+            name = known
+    return name, config
+
+
+def model_complexity(model, resolution=224, **model_options) -> ModelComplexity:
+    """Parameters and MACs of a NeoNeXt in every counting convention (per image).
+
+    Parameters
+    ----------
+    model : str, NeoNeXtConfig, Architecture or model object
+        ``"neonext_t"``, ``"neonext_s"``, ``"neonext_b"``, ``"neonext_l"``,
+        ``"neonext_xl"``; a custom :class:`NeoNeXtConfig`; or anything carrying one
+        as ``.config`` (or ``.architecture.config``), such as a built model.
+    resolution : int or (int, int), default 224
+        Input height and width (multiples of 4).
+    **model_options
+        SPEC 7 options: ``num_classes``, ``kernel_spec``, ``shifts``,
+        ``layer_scale_init_value``, ``linear_bias`` (and ``drop_path``, ``in_chans``).
+        See :func:`released_checkpoint_options` for the released checkpoints.
+
+    Returns
+    -------
+    ModelComplexity
+
+    Examples
+    --------
+    >>> r = model_complexity("neonext_t", 224, **released_checkpoint_options(224))
+    >>> round(r.params / 1e6, 1), round(r.macs["fvcore_patchwise"] / 1e9, 1)
+    (27.5, 4.4)
+    """
+    name, config = _resolve_config(model, model_options)
+    arch = describe(config, resolution)
+    rows = []
+    for unit in arch.units:
+        for layer in unit.layers:
+            rows.append(_count_layer(layer))
+        if unit.kind == "residual":
+            shape = unit.layers[-1].out_shape
+            # The block's closing addition x + branch: no MACs, one element-wise op per element.
+            rows.append(LayerCount(
+                f"{unit.name}.residual", "residual", tuple(shape), tuple(shape), 0,
+                dict.fromkeys(CONVENTIONS, 0), _ELEMENTWISE_PER_ELEMENT["residual"] * math.prod(shape),
+            ))
+    macs = {conv: sum(r.macs[conv] for r in rows) for conv in CONVENTIONS}
+    return ModelComplexity(
+        name=name,
+        config=config,
+        resolution=tuple(arch.resolution),
+        params=arch.num_params,
+        macs=macs,
+        elementwise_ops=sum(r.elementwise_ops for r in rows),
+        layers=tuple(rows),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------
+def _cli_complexity(args) -> int:
+    try:
+        result = complexity(
+            k=args.kernel,
+            c=args.channels,
+            h=args.hw[0],
+            w=args.hw[1],
+            batch=args.batch,
+            shift=args.shift,
+            code=args.code,
+            dw_kernel=args.dw_kernel,
+            dtype=args.dtype,
+        )
+    except (ValueError, TypeError) as exc:
+        print(f"neocell-ref complexity: error: {exc}")
+        return 2
+    print(result.to_json(indent=2) if args.json else result)
+    return 0
+
+
+def _cli_model_complexity(args) -> int:
+    options = released_checkpoint_options(args.resolution[0]) if args.released else {}
+    for key in ("num_classes", "kernel_spec", "layer_scale_init_value", "linear_bias"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    if args.shifts is not None:
+        options["shifts"] = tuple(args.shifts)
+    resolution = args.resolution[0] if len(args.resolution) == 1 else tuple(args.resolution)
+    try:
+        result = model_complexity(args.model, resolution, **options)
+    except (ValueError, TypeError) as exc:
+        print(f"neocell-ref model-complexity: error: {exc}")
+        return 2
+    if args.json:
+        print(result.to_json(per_layer=args.per_layer, indent=2))
+    else:
+        print(result)
+        if args.per_layer:
+            print()
+            print(result.table())
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add the ``complexity`` and ``model-complexity`` subcommands."""
+    p = subparsers.add_parser(
+        "complexity",
+        help="analytic cost of a NeoCell layer vs the depthwise convolution it replaces",
+        description="Parameters, MACs and memory of a NeoCell layer and of a stride-1 depthwise "
+        "convolution on the same input. Counting rules: docs/complexity.md.",
+    )
+    p.add_argument("-k", "--kernel", type=int, default=None, help="square kernel size (default 7)")
+    p.add_argument("-c", "--channels", type=int, default=None, help="channels (default 96)")
+    p.add_argument("--hw", type=int, nargs=2, default=(56, 56), metavar=("H", "W"), help="input size (default 56 56)")
+    p.add_argument("--code", default=None, help="kernel code such as 4+7 (instead of -k)")
+    p.add_argument("--shift", type=int, default=0, help="shift amount of every group (default 0)")
+    p.add_argument("--batch", type=int, default=1, help="samples N (default 1)")
+    p.add_argument("--dw-kernel", type=int, default=None, help="depthwise kernel compared (default: largest NeoCell kernel)")
+    p.add_argument("--dtype", default="float32", help="dtype for memory in bytes (default float32)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_cli_complexity)
+
+    q = subparsers.add_parser(
+        "model-complexity",
+        help="parameters and MACs of a NeoNeXt in every counting convention",
+        description="Parameters and MACs per image of a NeoNeXt (executed, fvcore, "
+        "fvcore_without_neocell, fvcore_patchwise). Counting rules: docs/complexity.md.",
+    )
+    q.add_argument("model", choices=sorted(MODEL_CONFIGS))
+    q.add_argument("--resolution", type=int, nargs="+", default=[224], metavar="PX",
+                   help="input size: one value or H W (default 224)")
+    q.add_argument("--released", action="store_true",
+                   help="options of the released checkpoints (linear_bias, '4+7', layer scale 1e-6; "
+                   "shifts 1,1,1,1 at 384 px)")
+    q.add_argument("--num-classes", type=int, default=None)
+    q.add_argument("--kernel-spec", default=None, help="'default' or a kernel code such as 4+7")
+    q.add_argument("--shifts", type=int, nargs=4, default=None, metavar="S")
+    q.add_argument("--layer-scale-init-value", type=float, default=None)
+    q.add_argument("--linear-bias", action=argparse.BooleanOptionalAction, default=None)
+    q.add_argument("--per-layer", action="store_true", help="also print the per-layer table")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=_cli_model_complexity)
