@@ -269,6 +269,11 @@ def parse_group(group) -> GroupSpec:
         given, absent = ("shift_a", "shift_b") if "shift_a" in keys else ("shift_b", "shift_a")
         raise ValueError(f"group spec gives {given!r} without {absent!r}; give both or 'shift'")
 
+    # Validate every given value under the key the user wrote ("kernel", "shift"...),
+    # so that messages name that key rather than the derived GroupSpec field.
+    for key in keys - {"channels"}:
+        _as_int(group[key], key, 0 if key.startswith("shift") else 1)
+
     if forms[0] == "kernel":
         k = group["kernel"]
         sizes = dict(h_in=k, h_out=k, w_in=k, w_out=k)
@@ -329,11 +334,11 @@ def parse_kernel_code(code: str, channels: int, shift: int = 0) -> list[GroupSpe
     if not isinstance(code, str):
         raise TypeError(f"kernel code must be a str such as '4+7', got {code!r}")
     channels = _as_int(channels, "channels", 1)
-    parts = code.split("+")
-    try:
-        kernels = [int(p.strip()) for p in parts]
-    except ValueError:
-        raise ValueError(f"kernel code {code!r} is not a '+'-separated list of integers") from None
+    parts = [p.strip() for p in code.split("+")]
+    # ASCII digits only: int() would also read "4_7" as 47 and accept non-ASCII digits.
+    if not all(p and p.isascii() and p.isdigit() for p in parts):
+        raise ValueError(f"kernel code {code!r} is not a '+'-separated list of integers")
+    kernels = [int(p) for p in parts]
     if any(k < 1 for k in kernels):
         raise ValueError(f"kernel code {code!r} has a kernel size < 1")
     m = len(kernels)
