@@ -5,6 +5,7 @@ block-diagonal matrices from both sides: ``y[n, c] = Â_c x[n, c] B̂_c``. See
 ``docs/`` for the exact semantics and the derivations.
 """
 
+from .complexity import complexity, model_complexity
 from .expand import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint, nnz
 from .init import neo_init, skewed_identity
 from .neocell import neocell_backward, neocell_forward
@@ -26,4 +27,6 @@ __all__ = [
     "neocell_backward",
     "neo_init",
     "skewed_identity",
+    "complexity",
+    "model_complexity",
 ]
