@@ -271,7 +271,7 @@ def parse_group(group) -> GroupSpec:
 
     # Validate every given value under the key the user wrote ("kernel", "shift"...),
     # so that messages name that key rather than the derived GroupSpec field.
-    for key in keys - {"channels"}:
+    for key in sorted(keys - {"channels"}):
         _as_int(group[key], key, 0 if key.startswith("shift") else 1)
 
     if forms[0] == "kernel":
