@@ -614,7 +614,8 @@ class ModelComplexity:
     def to_dict(self, per_layer: bool = True) -> dict:
         out = {
             "name": self.name,
-            "config": dataclasses.asdict(self.config),
+            "config": {k: list(v) if isinstance(v, tuple) else v
+                       for k, v in dataclasses.asdict(self.config).items()},
             "resolution": list(self.resolution),
             "params": self.params,
             "macs": dict(self.macs),
