@@ -26,9 +26,10 @@ and kernel gradients are the adjoint of the expansion. Every backward here
 recomputes ``z`` from ``x`` instead of caching it: the operator is cheap and the
 signatures stay pure functions of their inputs.
 
-Dtypes: computation runs in the result type of ``x`` and the weights (NumPy
-promotion), float32 or float64; integer and float16 inputs compute in float64 and
-float32 respectively; complex input is refused. float64 is the reference precision.
+Dtypes: computation runs in float32 when every operand (``x``, the weights and, in
+the backward, ``grad_y``) is float16 or float32, and in float64 otherwise (integer
+input included, whatever its width); complex input is refused. float64 is the
+reference precision.
 """
 
 from __future__ import annotations
@@ -56,9 +57,14 @@ def _as_real_array(value, name):
 
 
 def _compute_dtype(*dtypes):
-    """float32 when every operand is float16/float32, else float64 (the reference)."""
-    dtype = np.result_type(*dtypes)
-    return np.dtype(np.float32) if dtype.kind == "f" and dtype.itemsize <= 4 else np.dtype(np.float64)
+    """float32 when every operand is float16/float32, else float64 (the reference).
+
+    Decided per operand, not by NumPy promotion: ``result_type(int8, float32)`` is
+    float32, but integer input always computes in float64.
+    """
+    dtypes = [np.dtype(d) for d in dtypes]
+    low = all(d.kind == "f" and d.itemsize <= 4 for d in dtypes)
+    return np.dtype(np.float32) if low else np.dtype(np.float64)
 
 
 def _check_weights(weights_a, weights_b, specs):
