@@ -247,6 +247,22 @@ def test_shorthand_forms_equal_explicit_specs(data):
     assert pair.to_dict() == ref.to_dict(), f"k=({ka}, {kb}) differs from the kernel_a/kernel_b spec"
 
 
+@pytest.mark.parametrize(
+    "specs, size, batch",
+    [
+        ([{"h_in": 3, "h_out": 2, "w_in": 4, "w_out": 4, "channels": 5, "shift_a": 0, "shift_b": 2}], (11, 13), 2),
+        ([{"h_in": 1, "h_out": 3, "w_in": 2, "w_out": 5, "channels": 2}], (4, 6), 1),
+        ([{"kernel": 4, "channels": 2, "shift": 1}, {"kernel": 7, "channels": 9, "shift": 1}], (6, 6), 1),
+        ([{"kernel_a": 5, "kernel_b": 3, "channels": 7, "shift_a": 2, "shift_b": 1}], (4, 2), 3),
+        ([{"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 4}], (7, 9), 1),
+        ([{"kernel": 7, "channels": 3}], (1, 1), 1),
+    ],
+    ids=["down3to2-shiftB", "upsample", "4+7-shift-small-H", "ka5-kb3-shifts", "2to1-odd", "1x1-input"],
+)
+def test_counts_equal_instrumented_execution_edge_cases(specs, size, batch):
+    assert_layer_counts_match_execution(specs, size, batch)
+
+
 def test_padding_costs_extra_only_when_a_tile_is_cut():
     divisible = complexity(k=7, c=8, h=21, w=14)
     assert divisible.patchwise_padded_macs == divisible.neocell_macs, "no padding when 7 | H, W"
