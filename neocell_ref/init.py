@@ -29,6 +29,7 @@ def skewed_identity(n_rows: int, n_cols: int, dtype=np.float64) -> np.ndarray:
     ----------
     n_rows, n_cols : int
         Shape, both >= 1.
+    dtype : floating dtype, default float64
 
     Returns
     -------
@@ -39,6 +40,8 @@ def skewed_identity(n_rows: int, n_cols: int, dtype=np.float64) -> np.ndarray:
             raise TypeError(f"{name} must be an integer, got {v!r}")
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
+    if np.dtype(dtype).kind != "f":  # the entries are fractions such as 1/2 and 1/3
+        raise TypeError(f"dtype must be a floating-point dtype, got {np.dtype(dtype)}")
     n, m = int(n_rows), int(n_cols)
     if n == m:
         return np.eye(n, dtype=dtype)
