@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from neocell_ref import neocell_backward, neocell_forward, parse_kernel_code
 from neocell_ref.gradcheck import neocell_gradcheck
-from neocell_ref.spec import parse_specs
+from neocell_ref.spec import check_input_size, parse_specs
 from neocell_ref.testing import NeoCellCase, group_specs, kernel_sizes, neocell_cases, relative_error
 
 METHODS = ("loop", "patchwise", "blockdiag")
@@ -110,8 +110,6 @@ def make_case(specs, x_shape, seed=0):
     """A case with standard-normal arrays for hand-chosen specs and input shape."""
     groups = parse_specs(specs)
     rng = np.random.default_rng(seed)
-    from neocell_ref.spec import check_input_size
-
     h_out, w_out = check_input_size(groups, *x_shape[2:])
     x = rng.standard_normal(x_shape)
     wa = [rng.standard_normal(g.shape_a) for g in groups]
@@ -432,3 +430,25 @@ def test_dtype_rule(x_dtype, w_dtype, gy_dtype, forward, backward):
         gx, ga, gb = neocell_backward(gy, x, wa, wb, specs, method=method)
         for name, arr in (("grad_x", gx), ("grads_a[0]", ga[0]), ("grads_b[0]", gb[0])):
             assert arr.dtype == backward, f"{method} {name}: dtype {arr.dtype}, expected {backward}"
+
+
+# ======================================================================================
+# pure functions: no hidden state, inputs untouched (docs/semantics.md)
+# ======================================================================================
+@pytest.mark.parametrize("method", METHODS)
+def test_backward_is_a_pure_function_of_its_arguments(method):
+    """The backward recomputes z = Â x from its arguments instead of a cache of the forward:
+    it needs no preceding forward, a forward on other data in between changes nothing,
+    and no argument is modified in place."""
+    case = make_case(NAMED["4p7_uneven_9ch_shift1"][0], (2, 9, 10, 11), seed=3)
+    specs, x, wa, wb, gy = case
+    copies = [a.copy() for a in (x, gy, *wa, *wb)]
+    first = named_outputs((None, *neocell_backward(gy, x, wa, wb, specs, method=method)))
+    other = make_case(specs, (1, 9, 10, 11), seed=4)
+    neocell_forward(other.x, other.weights_a, other.weights_b, specs, method=method)
+    second = named_outputs((None, *neocell_backward(gy, x, wa, wb, specs, method=method)))
+    for key in first:
+        if key != "y":
+            assert np.array_equal(first[key], second[key]), f"{method}: {key} changed between identical calls"
+    for before, after in zip(copies, (x, gy, *wa, *wb)):
+        assert np.array_equal(before, after), f"{method}: an argument was modified in place"
