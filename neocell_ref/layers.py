@@ -1,0 +1,857 @@
+"""Every NeoNeXt layer other than NeoCell, each forward beside its hand-derived backward.
+
+Conventions (the same for every pair, so that :func:`neocell_ref.gradcheck.check_gradients`
+can check any of them directly):
+
+* ``<layer>_forward(x, *params, **options) -> y`` is a pure function;
+* ``<layer>_backward(grad_y, x, *params, **options) -> tuple`` returns one gradient per
+  positional input of the forward, in the same order (``None`` where an input is not
+  differentiable, for example the drop-path scale). Backward functions **recompute**
+  what they need from the inputs (batch statistics, ``x̂``, ``Φ(x)``...): nothing is
+  cached between the two calls, so each pair can be read, ported and checked on its own.
+  :class:`neocell_ref.models.NeoNeXt` keeps the layer inputs of a forward for that reason.
+
+Activations are ``(N, C, H, W)`` with the channel axis 1 (SPEC section 7); channel-axis
+layers (:func:`linear_forward`, :func:`layernorm_forward`, :func:`layer_scale_forward`)
+also accept ``(N, C)`` or any ``(N, C, *S)``. Every matrix product goes through
+:func:`neocell_ref.instrument.matmul` with the tag ``"linear"`` or ``"conv1x1"``, so the
+multiply-accumulates that run can be counted.
+
+Dtypes: a layer computes in float32 when all its floating operands are float16/float32 and
+in float64 otherwise (integer inputs compute in float64), and returns that dtype. float64
+is the reference precision. The exact GELU is evaluated with :func:`scipy.special.ndtr` in
+float64; in float32 it uses a fitted approximation whose accuracy is stated and tested
+(:func:`gelu_forward`, ``docs/model.md``).
+
+Bad input (wrong rank, mismatched shapes, non-numeric or complex dtypes, out-of-range
+options) raises ``ValueError``/``TypeError`` naming the argument before any arithmetic.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from scipy import special
+
+from .instrument import matmul
+
+__all__ = [
+    "linear_forward", "linear_backward",
+    "conv1x1_forward", "conv1x1_backward",
+    "batchnorm_stats", "batchnorm_forward", "batchnorm_backward", "batchnorm_update_running",
+    "layernorm_forward", "layernorm_backward",
+    "gelu_forward", "gelu_backward",
+    "patchify_forward", "patchify_backward",
+    "avgpool_forward", "avgpool_backward",
+    "layer_scale_forward", "layer_scale_backward",
+    "drop_path_scale", "drop_path_forward", "drop_path_backward",
+    "residual_add_forward", "residual_add_backward",
+    "cross_entropy_forward", "cross_entropy_backward",
+    "GELU_FLOAT32_COEFFICIENTS", "GELU_FLOAT32_CLIP",
+]
+
+
+# --------------------------------------------------------------------------------------
+# validation helpers: cheap (shape and dtype checks only), run before any arithmetic
+# --------------------------------------------------------------------------------------
+def _array(value, name):
+    """``value`` as an ndarray of a real numeric dtype (bool and complex refused)."""
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # pragma: no cover - exotic objects
+        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def _compute_dtype(*arrays):
+    """float32 when every floating operand is float16/float32 and no operand is an integer
+    array, else float64 (the reference precision)."""
+    kinds = [a.dtype for a in arrays if a is not None]
+    if all(d.kind == "f" and d.itemsize <= 4 for d in kinds):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def _cast(dtype, *arrays):
+    return tuple(None if a is None else a.astype(dtype, copy=False) for a in arrays)
+
+
+def _check_ndim(arr, name, minimum, maximum=None, layout="(N, C, ...)"):
+    if arr.ndim < minimum or (maximum is not None and arr.ndim > maximum):
+        want = f"{minimum}-D" if maximum == minimum else f"at least {minimum}-D"
+        raise ValueError(f"{name} must be {want} {layout}, got shape {arr.shape}")
+
+
+def _check_shape(arr, name, expected):
+    if arr.shape != tuple(expected):
+        raise ValueError(f"{name} has shape {arr.shape}, expected {tuple(expected)}")
+
+
+def _check_grad(grad_y, expected_shape):
+    grad_y = _array(grad_y, "grad_y")
+    _check_shape(grad_y, "grad_y", expected_shape)
+    return grad_y
+
+
+def _real(value, name, low=None, high=None, low_open=False, high_open=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    value = float(value)
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
+    return value
+
+
+def _channel_view(shape):
+    """Shape that broadcasts a per-channel vector against an array of ``shape`` (axis 1)."""
+    return (1, shape[1]) + (1,) * (len(shape) - 2)
+
+
+def _reduce_axes(ndim, keep=1):
+    return tuple(a for a in range(ndim) if a != keep)
+
+
+# --------------------------------------------------------------------------------------
+# Linear on the channel axis, and the 1x1 convolution (the same product)
+# --------------------------------------------------------------------------------------
+def _linear_prepare(x, weight, bias, grad_y=None, *, weight_name="weight"):
+    x = _array(x, "x")
+    weight = _array(weight, weight_name)
+    _check_ndim(x, "x", 2)
+    if weight.ndim != 2:
+        raise ValueError(f"{weight_name} must be 2-D (out, in), got shape {weight.shape}")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"{weight_name} has {weight.shape[1]} input channels (shape {weight.shape}) but x has "
+            f"{x.shape[1]} channels (x.shape[1], shape {x.shape})"
+        )
+    if bias is not None:
+        bias = _array(bias, "bias")
+        _check_shape(bias, "bias", (weight.shape[0],))
+    expected_y = (x.shape[0], weight.shape[0], *x.shape[2:])
+    if grad_y is not None:
+        grad_y = _check_grad(grad_y, expected_y)
+    dtype = _compute_dtype(x, weight, bias, grad_y)
+    return _cast(dtype, x, weight, bias, grad_y)
+
+
+def _linear(x, weight, bias, tag):
+    n, c = x.shape[:2]
+    if x.ndim == 2:
+        # (N, C_in) @ (C_in, C_out): one product for the whole batch.
+        y = matmul(x, weight.T, tag)
+        if bias is not None:
+            y += bias
+        return y
+    # (C_out, C_in) @ (N, C_in, P): one GEMM per sample on the contiguous NCHW planes,
+    # no layout copy (a reshape of a C-contiguous array is a view).
+    x3 = x.reshape(n, c, -1)
+    y = matmul(weight, x3, tag)
+    if bias is not None:
+        y += bias[:, None]
+    return y.reshape(n, weight.shape[0], *x.shape[2:])
+
+
+def _linear_grads(grad_y, x, weight, bias, tag):
+    n = x.shape[0]
+    if x.ndim == 2:
+        grad_x = matmul(grad_y, weight, tag)                       # dx = dy W
+        grad_w = matmul(grad_y.T, x, tag)                          # dW = dyᵀ x
+        grad_b = None if bias is None else grad_y.sum(axis=0)
+        return grad_x, grad_w, grad_b
+    c_out, c_in = weight.shape
+    g3 = grad_y.reshape(n, c_out, -1)
+    x3 = x.reshape(n, c_in, -1)
+    grad_x = matmul(weight.T, g3, tag).reshape(x.shape)            # dx[n] = Wᵀ dy[n]
+    if n == 1:
+        grad_w = matmul(g3[0], x3[0].T, tag)                       # dW = Σ_n dy[n] x[n]ᵀ
+    else:
+        grad_w = matmul(g3, x3.transpose(0, 2, 1), tag).sum(axis=0)
+    grad_b = None if bias is None else g3.sum(axis=(0, 2))
+    return grad_x, grad_w, grad_b
+
+
+def linear_forward(x, weight, bias=None, *, tag="linear"):
+    """Linear layer on the channel axis: ``y[n, o, ...] = Σ_i W[o, i] x[n, i, ...] + b[o]``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C_in) or (N, C_in, *S)
+    weight : array_like, shape (C_out, C_in)
+        PyTorch ``Linear.weight`` layout.
+    bias : array_like, shape (C_out,), optional
+    tag : str
+        Tag of the matrix products for :func:`neocell_ref.instrument.count_macs`.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out) or (N, C_out, *S)
+    """
+    x, weight, bias, _ = _linear_prepare(x, weight, bias)
+    return _linear(x, weight, bias, tag)
+
+
+def linear_backward(grad_y, x, weight, bias=None, *, tag="linear"):
+    """Backward of :func:`linear_forward`.
+
+    ``dx = Wᵀ dy`` per sample and position, ``dW = Σ dy xᵀ`` over samples and
+    positions, ``db = Σ dy``.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x``
+    grad_weight : ndarray, shape (C_out, C_in)
+    grad_bias : ndarray, shape (C_out,), or None when ``bias`` is None
+    """
+    x, weight, bias, grad_y = _linear_prepare(x, weight, bias, grad_y)
+    return _linear_grads(grad_y, x, weight, bias, tag)
+
+
+def _conv_weight(weight, x):
+    weight = _array(weight, "weight")
+    if weight.ndim != 4 or weight.shape[2:] != (1, 1):
+        raise ValueError(f"weight must be (out, in, 1, 1) (PyTorch Conv2d layout), got shape {weight.shape}")
+    x = _array(x, "x")
+    _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
+    return weight.reshape(weight.shape[:2]), x
+
+
+def conv1x1_forward(x, weight):
+    """Bias-free 1x1 convolution: ``y[n, o] = Σ_i W[o, i] x[n, i]`` at every pixel.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C_in, H, W)
+    weight : array_like, shape (C_out, C_in, 1, 1)
+        PyTorch ``Conv2d.weight`` layout.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, H, W)
+    """
+    w2, x = _conv_weight(weight, x)
+    x, w2, _, _ = _linear_prepare(x, w2, None)
+    return _linear(x, w2, None, "conv1x1")
+
+
+def conv1x1_backward(grad_y, x, weight):
+    """Backward of :func:`conv1x1_forward`: ``(grad_x, grad_weight)``, the weight gradient
+    in the ``(C_out, C_in, 1, 1)`` layout."""
+    w2, x = _conv_weight(weight, x)
+    x, w2, _, grad_y = _linear_prepare(x, w2, None, grad_y)
+    grad_x, grad_w, _ = _linear_grads(grad_y, x, w2, None, "conv1x1")
+    return grad_x, grad_w.reshape(w2.shape + (1, 1))
+
+
+# --------------------------------------------------------------------------------------
+# BatchNorm2d
+# --------------------------------------------------------------------------------------
+def _bn_prepare(x, weight, bias, running_mean, running_var, training, eps, grad_y=None):
+    x = _array(x, "x")
+    _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
+    c = x.shape[1]
+    arrays = []
+    for name, arr in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                      ("running_var", running_var)):
+        if arr is None and name.startswith("running") and training:
+            arrays.append(None)
+            continue
+        arr = _array(arr, name)
+        _check_shape(arr, name, (c,))
+        arrays.append(arr)
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training must be a bool, got {training!r}")
+    eps = _real(eps, "eps", 0.0, low_open=True)
+    if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
+        raise ValueError(
+            f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}"
+        )
+    if grad_y is not None:
+        grad_y = _check_grad(grad_y, x.shape)
+    dtype = _compute_dtype(x, *arrays, grad_y)
+    return (*_cast(dtype, x, *arrays, grad_y), eps)
+
+
+def _bn_stats(x):
+    # Two-pass (mean, then mean of squared deviations): no cancellation in float32.
+    mean = x.mean(axis=(0, 2, 3))
+    var = np.square(x - mean[:, None, None]).mean(axis=(0, 2, 3))
+    return mean, var
+
+
+def batchnorm_stats(x):
+    """Batch statistics of BatchNorm2d: per-channel mean and *biased* variance.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+
+    Returns
+    -------
+    mean, var : ndarray, shape (C,)
+        Over the ``N·H·W`` values of each channel; ``var`` divides by ``N·H·W``.
+    """
+    x = _array(x, "x")
+    _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
+    x = x.astype(_compute_dtype(x), copy=False)
+    return _bn_stats(x)
+
+
+def _bn_scale_shift(weight, bias, mean, var, eps):
+    inv_std = 1.0 / np.sqrt(var + eps)
+    scale = weight * inv_std
+    return inv_std, scale, bias - mean * scale
+
+
+def batchnorm_forward(x, weight, bias, running_mean=None, running_var=None, *, training, eps=1e-5, out=None):
+    """BatchNorm2d: ``y = (x - μ) / sqrt(σ² + eps) · weight + bias`` per channel.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    weight, bias : array_like, shape (C,)
+    running_mean, running_var : array_like, shape (C,)
+        Used as ``μ``, ``σ²`` in inference mode; ignored (may be None) in training mode.
+    training : bool
+        True: ``μ``, ``σ²`` are the batch mean and biased batch variance of ``x``
+        (:func:`batchnorm_stats`). False: the running statistics.
+    eps : float, default 1e-5
+    out : ndarray, optional
+        Where to write ``y`` (may be ``x`` itself for an in-place update).
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, H, W)
+
+    Notes
+    -----
+    The running statistics are not updated here (a forward is a pure function); see
+    :func:`batchnorm_update_running`.
+    """
+    x, weight, bias, rm, rv, _, eps = _bn_prepare(x, weight, bias, running_mean, running_var, training, eps)
+    mean, var = _bn_stats(x) if training else (rm, rv)
+    _, scale, shift = _bn_scale_shift(weight, bias, mean, var, eps)
+    y = np.multiply(x, scale[:, None, None], out=out)
+    y += shift[:, None, None]
+    return y
+
+
+def batchnorm_backward(grad_y, x, weight, bias, running_mean=None, running_var=None, *, training, eps=1e-5):
+    """Backward of :func:`batchnorm_forward` (batch statistics recomputed from ``x``).
+
+    With ``x̂ = (x - μ)·r``, ``r = 1/sqrt(σ² + eps)`` and ``M = N·H·W`` values per channel:
+
+    * ``d bias = Σ dy``, ``d weight = Σ dy · x̂`` (sums over N, H, W);
+    * inference (``μ``, ``σ²`` constants): ``dx = dy · weight · r``;
+    * training (``μ``, ``σ²`` functions of ``x``):
+      ``dx = weight · r / M · (M·dy - d bias - x̂ · d weight)``.
+
+    Returns
+    -------
+    grad_x : ndarray, shape (N, C, H, W)
+    grad_weight, grad_bias : ndarray, shape (C,)
+    grad_running_mean, grad_running_var : None
+        The running statistics are buffers, not differentiated.
+    """
+    x, weight, bias, rm, rv, grad_y, eps = _bn_prepare(
+        x, weight, bias, running_mean, running_var, training, eps, grad_y
+    )
+    mean, var = _bn_stats(x) if training else (rm, rv)
+    inv_std, scale, _ = _bn_scale_shift(weight, bias, mean, var, eps)
+    x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
+    grad_b = grad_y.sum(axis=(0, 2, 3))
+    grad_w = (grad_y * x_hat).sum(axis=(0, 2, 3))
+    if training:
+        m = x.shape[0] * x.shape[2] * x.shape[3]
+        grad_x = grad_y - (grad_b / m)[:, None, None]
+        grad_x -= x_hat * (grad_w / m)[:, None, None]
+        grad_x *= scale[:, None, None]
+    else:
+        grad_x = grad_y * scale[:, None, None]
+    return grad_x, grad_w, grad_b, None, None
+
+
+def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, *, momentum=0.1):
+    """New running statistics after a training-mode forward on ``x`` (PyTorch's rule).
+
+    ``running_mean ← (1 - m)·running_mean + m·μ`` and
+    ``running_var ← (1 - m)·running_var + m·σ²·M/(M - 1)`` (the *unbiased* batch
+    variance, ``M = N·H·W``), ``num_batches_tracked ← num_batches_tracked + 1``.
+
+    Returns
+    -------
+    running_mean, running_var : ndarray, shape (C,)
+        New arrays in the dtype of ``running_mean``/``running_var``'s common float type.
+    num_batches_tracked : ndarray, shape (), int64
+    """
+    x, _, _, rm, rv, _, _ = _bn_prepare(x, running_mean, running_mean, running_mean, running_var, True, 1.0)
+    rm = _array(running_mean, "running_mean")
+    rv = _array(running_var, "running_var")
+    momentum = _real(momentum, "momentum", 0.0, 1.0)
+    nbt = np.asarray(num_batches_tracked)
+    if nbt.shape != () or nbt.dtype.kind not in "iu":
+        raise TypeError(f"num_batches_tracked must be an integer scalar, got {num_batches_tracked!r}")
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    mean, var = _bn_stats(x)
+    dtype = _compute_dtype(rm, rv)
+    new_mean = ((1.0 - momentum) * rm + momentum * mean).astype(dtype, copy=False)
+    new_var = ((1.0 - momentum) * rv + momentum * var * (m / (m - 1))).astype(dtype, copy=False)
+    return new_mean, new_var, np.asarray(int(nbt) + 1, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------
+# LayerNorm over the channel axis
+# --------------------------------------------------------------------------------------
+def _ln_prepare(x, weight, bias, eps, grad_y=None):
+    x = _array(x, "x")
+    _check_ndim(x, "x", 2)
+    weight = _array(weight, "weight")
+    bias = _array(bias, "bias")
+    _check_shape(weight, "weight", (x.shape[1],))
+    _check_shape(bias, "bias", (x.shape[1],))
+    eps = _real(eps, "eps", 0.0, low_open=True)
+    if grad_y is not None:
+        grad_y = _check_grad(grad_y, x.shape)
+    dtype = _compute_dtype(x, weight, bias, grad_y)
+    return (*_cast(dtype, x, weight, bias, grad_y), eps)
+
+
+def _ln_normalise(x, eps):
+    mean = x.mean(axis=1, keepdims=True)
+    centred = x - mean
+    inv_std = 1.0 / np.sqrt(np.square(centred).mean(axis=1, keepdims=True) + eps)
+    return centred * inv_std, inv_std
+
+
+def layernorm_forward(x, weight, bias, *, eps=1e-6):
+    """LayerNorm over the channel axis: ``y = (x - μ)/sqrt(σ² + eps)·weight + bias``.
+
+    ``μ`` and the biased ``σ²`` are taken over axis 1 (the ``C`` channels) separately for
+    every sample and position.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C) or (N, C, *S)
+    weight, bias : array_like, shape (C,)
+    eps : float, default 1e-6 (the NeoNeXt head)
+
+    Returns
+    -------
+    y : ndarray, shape of ``x``
+    """
+    x, weight, bias, _, eps = _ln_prepare(x, weight, bias, eps)
+    x_hat, _ = _ln_normalise(x, eps)
+    view = _channel_view(x.shape)
+    return x_hat * weight.reshape(view) + bias.reshape(view)
+
+
+def layernorm_backward(grad_y, x, weight, bias, *, eps=1e-6):
+    """Backward of :func:`layernorm_forward`.
+
+    With ``g = dy·weight`` and means ``⟨·⟩`` over the channel axis:
+    ``dx = r·(g - ⟨g⟩ - x̂·⟨g·x̂⟩)``, ``d weight = Σ dy·x̂``, ``d bias = Σ dy`` (sums over
+    samples and positions), ``r = 1/sqrt(σ² + eps)``.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x``
+    grad_weight, grad_bias : ndarray, shape (C,)
+    """
+    x, weight, bias, grad_y, eps = _ln_prepare(x, weight, bias, eps, grad_y)
+    x_hat, inv_std = _ln_normalise(x, eps)
+    axes = _reduce_axes(x.ndim)
+    grad_w = (grad_y * x_hat).sum(axis=axes)
+    grad_b = grad_y.sum(axis=axes)
+    g = grad_y * weight.reshape(_channel_view(x.shape))
+    grad_x = g - g.mean(axis=1, keepdims=True)
+    grad_x -= x_hat * (g * x_hat).mean(axis=1, keepdims=True)
+    grad_x *= inv_std
+    return grad_x, grad_w, grad_b
+
+
+# --------------------------------------------------------------------------------------
+# GELU (exact): x·Φ(x)
+# --------------------------------------------------------------------------------------
+#: float32 evaluation of ``Φ(-t) = exp(P(t))`` for ``t = min(|x|, GELU_FLOAT32_CLIP)``:
+#: the coefficients of ``P`` in increasing powers of ``t``. A weighted minimax fit of
+#: ``log Φ(-t)`` on ``[0, 8]`` (Lawson iteration on Chebyshev points, weight ``Φ(-t)``
+#: so that the *absolute* error of ``Φ`` is levelled); see docs/model.md, where the
+#: derivation is reproduced. Note ``P(0) ≈ -log 2`` and ``P'(0) ≈ -sqrt(2/π)``.
+GELU_FLOAT32_COEFFICIENTS = (
+    -0.6931471655068938,
+    -0.7978856867783646,
+    -0.3182965868293487,
+    -0.036393712422422175,
+    0.004904343044507791,
+    -0.00010110926069449209,
+    -0.00012653244772508113,
+    2.6769882535829058e-05,
+    -1.9214398670241496e-06,
+)
+#: ``t`` is clipped here: ``exp(P(12))`` underflows to exactly 0 in float32, so beyond
+#: ``|x| = 12`` the float32 GELU is exactly ``max(x, 0)`` (``Φ(-12) ≈ 2e-33``), also for
+#: ``±inf``. Between 8 (the end of the fit) and 12, ``P`` keeps decreasing and the tail
+#: stays below ``Φ(-8) ≈ 6e-16``, far under float32 resolution relative to ``|x|``.
+GELU_FLOAT32_CLIP = 12.0
+_GELU_CHUNK = 32768  # elements per block of the float32 path: the temporaries stay in L2
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def _gelu32_tail(t, work):
+    """``Φ(-t)`` in float32, overwriting ``t``'s clipped copy in ``work`` (same shape)."""
+    c = GELU_FLOAT32_COEFFICIENTS
+    np.minimum(t, np.float32(GELU_FLOAT32_CLIP), out=t)
+    np.multiply(t, np.float32(c[-1]), out=work)
+    for ck in c[-2:0:-1]:  # Horner: P(t) = (...(c8 t + c7) t + ...) t + c0
+        work += np.float32(ck)
+        work *= t
+    work += np.float32(c[0])
+    return np.exp(work, out=work)
+
+
+def _gelu32_forward(x, out):
+    """float32 GELU as ``max(x, 0) - |x|·Φ(-|x|)`` in cache-sized blocks.
+
+    ``x·Φ(x) = max(x, 0) - |x|·Φ(-|x|)`` holds for both signs (``Φ(x) = 1 - Φ(-x)``);
+    the form never subtracts nearly equal numbers, so the fitted ``Φ(-t)``'s accuracy
+    carries over to ``y``.
+    """
+    flat_x = x.reshape(-1)
+    flat_y = out.reshape(-1)
+    size = min(_GELU_CHUNK, flat_x.size)
+    t_buf = np.empty(size, dtype=np.float32)
+    w_buf = np.empty(size, dtype=np.float32)
+    with np.errstate(under="ignore"):  # exp(P(t)) underflows to 0 on purpose for large t
+        for start in range(0, flat_x.size, _GELU_CHUNK):
+            xs = flat_x[start:start + _GELU_CHUNK]
+            ys = flat_y[start:start + _GELU_CHUNK]
+            t = np.abs(xs, out=t_buf[:xs.size])
+            q = _gelu32_tail(t, w_buf[:xs.size])  # clips t in place
+            # The clipped t equals |x| wherever Φ(-t) is not exactly 0, so the product is
+            # |x|·Φ(-|x|); for |x| = inf it is 12·0 = 0 instead of inf·0 = NaN.
+            q *= t
+            np.maximum(xs, np.float32(0.0), out=ys)
+            ys -= q
+    return out
+
+
+def gelu_forward(x, *, out=None):
+    """Exact GELU, ``y = x·Φ(x) = x·(1 + erf(x/√2))/2`` (not the tanh approximation).
+
+    float64 (and integer) input: ``Φ`` is :func:`scipy.special.ndtr`, SciPy's erf-based
+    normal CDF, which keeps full relative precision in the negative tail where
+    ``(1 + erf)`` would cancel.
+
+    float32 input: a fitted approximation (:data:`GELU_FLOAT32_COEFFICIENTS`), about ten
+    times faster than SciPy's erf, evaluated as ``max(x, 0) - |x|·Φ(-|x|)`` with
+    ``Φ(-t) = exp(P(min(t, 12)))``. Tested accuracy for every float32 ``x`` sampled:
+    ``|y - x·Φ(x)| <= 1.5·ε₃₂·|x|`` (``ε₃₂ = 2⁻²³``), relative error below ``8·ε₃₂``
+    for ``x >= -1`` — the same order as the rounding of ``x`` itself, which a float32
+    matrix product upstream leaves at ``ε₃₂·|x|`` anyway.
+
+    Parameters
+    ----------
+    x : array_like, any shape
+    out : ndarray, optional
+        Output array of the compute dtype and ``x``'s shape; may be ``x`` (in place).
+
+    Returns
+    -------
+    y : ndarray, shape of ``x``
+    """
+    x = _array(x, "x")
+    dtype = _compute_dtype(x)
+    x = x.astype(dtype, copy=False)
+    if out is not None and (not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != dtype):
+        raise ValueError(f"out must be an ndarray of shape {x.shape} and dtype {dtype}")
+    if dtype == np.float32:
+        if out is None:
+            out = np.empty_like(x, order="C")
+        if not (x.flags.c_contiguous and out.flags.c_contiguous):
+            tmp = _gelu32_forward(np.ascontiguousarray(x), np.empty(x.shape, np.float32))
+            out[...] = tmp
+            return out
+        return _gelu32_forward(x, out)
+    cdf = special.ndtr(x)
+    return np.multiply(x, cdf, out=out)
+
+
+def gelu_backward(grad_y, x):
+    """Backward of :func:`gelu_forward`: ``dx = dy·(Φ(x) + x·φ(x))``, ``φ`` the normal density.
+
+    float32 uses the same fitted ``Φ`` as the forward and ``np.exp`` for ``φ``.
+
+    Returns
+    -------
+    (grad_x,) : tuple of one ndarray, shape of ``x``
+    """
+    x = _array(x, "x")
+    grad_y = _check_grad(grad_y, x.shape)
+    dtype = _compute_dtype(x, grad_y)
+    x, grad_y = _cast(dtype, x, grad_y)
+    if dtype == np.float32:
+        t = np.abs(x)
+        tail = _gelu32_tail(t.copy(), np.empty_like(t))       # Φ(-|x|)
+        cdf = np.where(x >= 0, np.float32(1.0) - tail, tail)  # Φ(x)
+    else:
+        cdf = special.ndtr(x)
+    pdf = np.exp(np.square(x) * dtype.type(-0.5)) * dtype.type(_INV_SQRT_2PI)
+    return (grad_y * (cdf + x * pdf),)
+
+
+# --------------------------------------------------------------------------------------
+# 4x4 patchify (the stem's space-to-depth)
+# --------------------------------------------------------------------------------------
+def _patch_prepare(x, patch):
+    x = _array(x, "x")
+    _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
+    if isinstance(patch, bool) or not isinstance(patch, numbers.Integral) or patch < 1:
+        raise ValueError(f"patch must be a positive integer, got {patch!r}")
+    h, w = x.shape[2:]
+    if h % patch or w % patch:
+        raise ValueError(f"input height and width must be multiples of {patch}, got {h}x{w} (x shape {x.shape})")
+    return x.astype(_compute_dtype(x), copy=False), int(patch)
+
+
+def patchify_forward(x, *, patch=4):
+    """Space-to-depth: ``y[n, c·p² + p·py + px, i, j] = x[n, c, p·i + py, p·j + px]``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+        ``H`` and ``W`` multiples of ``patch``.
+    patch : int, default 4
+
+    Returns
+    -------
+    y : ndarray, shape (N, C·p², H/p, W/p), C-contiguous
+    """
+    x, p = _patch_prepare(x, patch)
+    n, c, h, w = x.shape
+    blocks = x.reshape(n, c, h // p, p, w // p, p)             # (n, c, i, py, j, px)
+    return np.ascontiguousarray(blocks.transpose(0, 1, 3, 5, 2, 4)).reshape(n, c * p * p, h // p, w // p)
+
+
+def patchify_backward(grad_y, x, *, patch=4):
+    """Backward of :func:`patchify_forward`: the inverse permutation of ``grad_y``.
+
+    Returns
+    -------
+    (grad_x,) : tuple of one ndarray, shape (N, C, H, W)
+    """
+    x, p = _patch_prepare(x, patch)
+    n, c, h, w = x.shape
+    grad_y = _check_grad(grad_y, (n, c * p * p, h // p, w // p)).astype(_compute_dtype(x, np.asarray(grad_y)), copy=False)
+    blocks = grad_y.reshape(n, c, p, p, h // p, w // p)        # (n, c, py, px, i, j)
+    return (np.ascontiguousarray(blocks.transpose(0, 1, 4, 2, 5, 3)).reshape(n, c, h, w),)
+
+
+# --------------------------------------------------------------------------------------
+# global average pooling
+# --------------------------------------------------------------------------------------
+def avgpool_forward(x):
+    """Global average pooling ``(N, C, H, W) -> (N, C)``: the mean over ``H·W`` pixels."""
+    x = _array(x, "x")
+    _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
+    return x.astype(_compute_dtype(x), copy=False).mean(axis=(2, 3))
+
+
+def avgpool_backward(grad_y, x):
+    """Backward of :func:`avgpool_forward`: every pixel receives ``dy / (H·W)``.
+
+    Returns
+    -------
+    (grad_x,) : tuple of one ndarray, shape (N, C, H, W)
+    """
+    x = _array(x, "x")
+    _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
+    grad_y = _check_grad(grad_y, x.shape[:2])
+    dtype = _compute_dtype(x, grad_y)
+    g = grad_y.astype(dtype, copy=False) / dtype.type(x.shape[2] * x.shape[3])
+    return (np.broadcast_to(g[:, :, None, None], x.shape).copy(),)
+
+
+# --------------------------------------------------------------------------------------
+# layer scale
+# --------------------------------------------------------------------------------------
+def _ls_prepare(x, gamma, grad_y=None):
+    x = _array(x, "x")
+    _check_ndim(x, "x", 2)
+    gamma = _array(gamma, "gamma")
+    _check_shape(gamma, "gamma", (x.shape[1],))
+    if grad_y is not None:
+        grad_y = _check_grad(grad_y, x.shape)
+    return _cast(_compute_dtype(x, gamma, grad_y), x, gamma, grad_y)
+
+
+def layer_scale_forward(x, gamma, *, out=None):
+    """Per-channel factor: ``y[n, c, ...] = gamma[c]·x[n, c, ...]``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, *S)
+    gamma : array_like, shape (C,)
+    out : ndarray, optional (may be ``x``)
+    """
+    x, gamma, _ = _ls_prepare(x, gamma)
+    return np.multiply(x, gamma.reshape(_channel_view(x.shape)), out=out)
+
+
+def layer_scale_backward(grad_y, x, gamma):
+    """Backward of :func:`layer_scale_forward`: ``(dy·gamma, Σ dy·x)`` (sum over all but axis 1)."""
+    x, gamma, grad_y = _ls_prepare(x, gamma, grad_y)
+    return grad_y * gamma.reshape(_channel_view(x.shape)), (grad_y * x).sum(axis=_reduce_axes(x.ndim))
+
+
+# --------------------------------------------------------------------------------------
+# drop path (stochastic depth)
+# --------------------------------------------------------------------------------------
+def drop_path_scale(rng, n, rate, dtype=np.float64):
+    """Per-sample factors of drop path in training mode.
+
+    Each sample's residual branch is kept with probability ``1 - rate`` (one
+    ``rng.random(n)`` draw: kept where the uniform number is ``< 1 - rate``) and kept
+    branches are multiplied by ``1/(1 - rate)`` so that the expectation is unchanged (as
+    timm's ``drop_path`` with ``scale_by_keep=True``, used by ConvNeXt).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    n : int
+        Batch size.
+    rate : float in [0, 1)
+        Drop probability. ``rate == 0`` draws nothing and returns ones.
+    dtype : float dtype
+
+    Returns
+    -------
+    scale : ndarray, shape (n,)
+        ``0`` or ``1/(1 - rate)``.
+    """
+    rate = _real(rate, "rate", 0.0, 1.0, high_open=True)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if rate == 0.0:
+        return np.ones(int(n), dtype=dtype)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {rng!r}")
+    keep = 1.0 - rate
+    return np.where(rng.random(int(n)) < keep, 1.0 / keep, 0.0).astype(dtype)
+
+
+def _dp_prepare(x, scale, grad_y=None):
+    x = _array(x, "x")
+    _check_ndim(x, "x", 1)
+    scale = _array(scale, "scale")
+    _check_shape(scale, "scale", (x.shape[0],))
+    if grad_y is not None:
+        grad_y = _check_grad(grad_y, x.shape)
+    return _cast(_compute_dtype(x, scale, grad_y), x, scale, grad_y)
+
+
+def drop_path_forward(x, scale, *, out=None):
+    """Drop path with given per-sample factors: ``y[n] = scale[n]·x[n]``.
+
+    In inference the layer is the identity (the model does not call it); in training
+    ``scale`` comes from :func:`drop_path_scale`.
+    """
+    x, scale, _ = _dp_prepare(x, scale)
+    return np.multiply(x, scale.reshape((-1,) + (1,) * (x.ndim - 1)), out=out)
+
+
+def drop_path_backward(grad_y, x, scale):
+    """Backward of :func:`drop_path_forward`: ``(dy·scale, None)``; the factors are not
+    differentiated (they are random draws, not parameters)."""
+    x, scale, grad_y = _dp_prepare(x, scale, grad_y)
+    return grad_y * scale.reshape((-1,) + (1,) * (x.ndim - 1)), None
+
+
+# --------------------------------------------------------------------------------------
+# residual add
+# --------------------------------------------------------------------------------------
+def residual_add_forward(x, branch):
+    """``y = x + branch`` (the block's skip connection)."""
+    x, branch = _array(x, "x"), _array(branch, "branch")
+    _check_shape(branch, "branch", x.shape)
+    x, branch = _cast(_compute_dtype(x, branch), x, branch)
+    return x + branch
+
+
+def residual_add_backward(grad_y, x, branch):
+    """Backward of :func:`residual_add_forward`: the gradient reaches both inputs unchanged."""
+    x, branch = _array(x, "x"), _array(branch, "branch")
+    _check_shape(branch, "branch", x.shape)
+    grad_y = _check_grad(grad_y, x.shape)
+    grad_y = grad_y.astype(_compute_dtype(x, branch, grad_y), copy=False)
+    return grad_y.copy(), grad_y.copy()
+
+
+# --------------------------------------------------------------------------------------
+# cross-entropy with label smoothing
+# --------------------------------------------------------------------------------------
+def _ce_prepare(logits, labels, smoothing):
+    logits = _array(logits, "logits")
+    if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] < 1:
+        raise ValueError(f"logits must be 2-D (N, K) with N, K >= 1, got shape {logits.shape}")
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"labels has shape {labels.shape}, expected ({logits.shape[0]},)")
+    k = logits.shape[1]
+    bad = (labels < 0) | (labels >= k)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"labels[{i}] = {int(labels[i])} is outside [0, {k}) for {k} classes")
+    smoothing = _real(smoothing, "smoothing", 0.0, 1.0)
+    return logits.astype(_compute_dtype(logits), copy=False), labels, smoothing
+
+
+def _log_softmax(z):
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _smoothed_targets(labels, k, smoothing, dtype):
+    q = np.full((labels.shape[0], k), smoothing / k, dtype=dtype)
+    q[np.arange(labels.shape[0]), labels] += 1.0 - smoothing
+    return q
+
+
+def cross_entropy_forward(logits, labels, *, smoothing=0.0):
+    """Mean cross-entropy with label smoothing (PyTorch's ``label_smoothing`` rule).
+
+    The target distribution of sample ``n`` is ``q = (1 - ε)·onehot(labels[n]) + ε/K``;
+    the loss is ``-(1/N) Σ_n Σ_k q[n, k]·log softmax(logits[n])[k]``.
+
+    Parameters
+    ----------
+    logits : array_like, shape (N, K)
+    labels : array_like of int, shape (N,)
+        Class indices in ``[0, K)``.
+    smoothing : float in [0, 1], default 0
+
+    Returns
+    -------
+    loss : float
+    """
+    logits, labels, smoothing = _ce_prepare(logits, labels, smoothing)
+    q = _smoothed_targets(labels, logits.shape[1], smoothing, logits.dtype)
+    return float(-(q * _log_softmax(logits)).sum() / logits.shape[0])
+
+
+def cross_entropy_backward(logits, labels, *, smoothing=0.0):
+    """Gradient of :func:`cross_entropy_forward` with respect to the logits: ``(softmax - q)/N``.
+
+    Returns
+    -------
+    grad_logits : ndarray, shape (N, K)
+    """
+    logits, labels, smoothing = _ce_prepare(logits, labels, smoothing)
+    q = _smoothed_targets(labels, logits.shape[1], smoothing, logits.dtype)
+    return (np.exp(_log_softmax(logits)) - q) / logits.shape[0]

@@ -1,0 +1,733 @@
+"""Runnable NeoNeXt networks, built from the single architecture description.
+
+:class:`NeoNeXt` reads :func:`neocell_ref.architecture.describe` and nothing else to know
+its layers: the order of the units and layers, the state-dict names, the parameter and
+buffer shapes and the per-layer options (kernel specs, eps, momentum, drop-path rate) all
+come from the :class:`~neocell_ref.architecture.LayerDesc` objects. This module only knows,
+per layer *kind*, which function of :mod:`neocell_ref.layers` (or the NeoCell core) runs it
+and how its parameters are initialised.
+
+Quick start::
+
+    import numpy as np
+    import neocell_ref as nr
+
+    m = nr.models.neonext_t(num_classes=1000, dtype=np.float32, rng=np.random.default_rng(0))
+    logits = m.forward(x, training=False)         # x: (N, 3, H, W), H and W multiples of 4
+    grad_x = m.backward(grad_logits)              # parameter gradients in m.grads
+    m.save_npz("weights.npz"); m.load_npz("weights.npz")
+
+Semantics that SPEC leaves open are decided in ``docs/model.md`` (cache semantics,
+initialisation, dtype casting, drop-path randomness, float32 accuracy).
+"""
+
+from __future__ import annotations
+
+import numbers
+import time
+from collections import namedtuple
+from typing import Mapping
+
+import numpy as np
+
+from . import layers as L
+from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, get_config
+from .init import neo_init
+from .neocell import neocell_backward, neocell_forward
+
+__all__ = [
+    "NeoNeXt",
+    "IncompatibleKeys",
+    "neonext_t",
+    "neonext_s",
+    "neonext_b",
+    "neonext_l",
+    "neonext_xl",
+    "trunc_normal",
+    "INIT_STD",
+]
+
+#: Standard deviation of the truncated normal used for 1x1 convolutions and Linear layers.
+INIT_STD = 0.02
+
+#: Result of a non-strict :meth:`NeoNeXt.load_state_dict` (as in PyTorch).
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def trunc_normal(rng, shape, std=INIT_STD, dtype=np.float64):
+    """Normal ``N(0, std²)`` samples truncated to ``[-2·std, 2·std]`` by redrawing.
+
+    Every value outside the interval is replaced by a fresh draw until none is left
+    (the redraws consume ``rng`` in a deterministic order).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    shape : tuple of int
+    std : float
+    dtype : float32 or float64
+
+    Returns
+    -------
+    ndarray of ``shape``
+    """
+    values = rng.standard_normal(shape)
+    bad = np.abs(values) > 2.0
+    while bad.any():
+        values[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(values) > 2.0
+    return (values * std).astype(dtype)
+
+
+class NeoNeXt:
+    """A NeoNeXt network (SPEC section 7) with forward and hand-written backward.
+
+    Parameters
+    ----------
+    per_stage_layers, dims, num_classes, kernel_spec, shifts, layer_scale_init_value,
+    linear_bias, drop_path, in_chans
+        The options of :class:`~neocell_ref.architecture.NeoNeXtConfig` (same defaults:
+        NeoNeXt-T widths and depths, the official option defaults).
+    dtype : float32 or float64, default float64
+        Dtype of every parameter and activation. float64 is the reference precision.
+    rng : numpy.random.Generator, optional
+        Source of the initial weights (default ``np.random.default_rng(0)``).
+    resolution : int or (int, int), default 224
+        Input size used to validate the description at construction (the shift rule
+        depends on it). :meth:`forward` accepts any other size that the configuration
+        supports.
+    drop_path_seed : int, default 0
+        Seed of :attr:`drop_path_rng`, the generator of the drop-path masks.
+
+    Attributes
+    ----------
+    config : NeoNeXtConfig
+    architecture : Architecture
+        The description the model was built from (at ``resolution``).
+    params : dict of str -> ndarray
+        Trainable parameters under their official state-dict names, PyTorch layouts.
+    buffers : dict of str -> ndarray
+        BatchNorm ``running_mean``, ``running_var`` (model dtype) and
+        ``num_batches_tracked`` (int64 scalar).
+    grads : dict of str -> ndarray
+        Parameter gradients of the last :meth:`backward`, keyed like :attr:`params`.
+    drop_path_rng : numpy.random.Generator
+        Draws the per-sample drop-path masks in training mode (one ``random(N)`` draw per
+        block with a non-zero rate, in execution order). Replace it to re-seed.
+    profile : dict or None
+        Set to a dict to accumulate seconds per layer kind (``"neocell"``, ``"linear"``,
+        ``"gelu"``, ..., ``"residual_add"``) over forward and backward calls; forward and
+        backward times go under ``"forward:<kind>"`` and ``"backward:<kind>"``.
+    """
+
+    def __init__(
+        self,
+        per_stage_layers=(3, 3, 9, 3),
+        dims=(96, 192, 384, 768),
+        *,
+        num_classes=1000,
+        kernel_spec="default",
+        shifts=(1, 1, 1, 0),
+        layer_scale_init_value=0.0,
+        linear_bias=False,
+        drop_path=0.0,
+        in_chans=3,
+        dtype=np.float64,
+        rng=None,
+        resolution=224,
+        drop_path_seed=0,
+    ):
+        config = NeoNeXtConfig(
+            per_stage_layers=per_stage_layers, dims=dims, num_classes=num_classes,
+            kernel_spec=kernel_spec, shifts=shifts, layer_scale_init_value=layer_scale_init_value,
+            linear_bias=linear_bias, drop_path=drop_path, in_chans=in_chans,
+        )
+        self._setup(config, dtype, rng, resolution, drop_path_seed)
+
+    @classmethod
+    def from_config(cls, config, *, dtype=np.float64, rng=None, resolution=224, drop_path_seed=0):
+        """Build a model from a :class:`~neocell_ref.architecture.NeoNeXtConfig`."""
+        if not isinstance(config, NeoNeXtConfig):
+            raise TypeError(f"config must be a NeoNeXtConfig, got {type(config).__name__}")
+        model = cls.__new__(cls)
+        model._setup(config, dtype, rng, resolution, drop_path_seed)
+        return model
+
+    # ----------------------------------------------------------------------------------
+    # construction and initialisation
+    # ----------------------------------------------------------------------------------
+    def _setup(self, config, dtype, rng, resolution, drop_path_seed):
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+        if dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        if rng is None:
+            rng = np.random.default_rng(0)
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)), got {rng!r}")
+        if isinstance(drop_path_seed, bool) or not isinstance(drop_path_seed, numbers.Integral):
+            raise TypeError(f"drop_path_seed must be an integer, got {drop_path_seed!r}")
+        self.config = config
+        self.dtype = dtype
+        self.architecture = describe(config, resolution)
+        self._architectures = {self.architecture.resolution: self.architecture}
+        self.drop_path_rng = np.random.default_rng(int(drop_path_seed))
+        self.params = {}
+        self.buffers = {}
+        self.grads = {}
+        self.profile = None
+        self._tape = None
+        for desc in self.architecture.layers():
+            values = _INIT[desc.kind](desc, rng, dtype)
+            expected = {**desc.params, **desc.buffers}
+            got = {k: np.shape(v) for k, v in values.items()}
+            if got != {k: tuple(s) for k, s in expected.items()}:  # pragma: no cover - programming error
+                raise RuntimeError(f"initialiser of {desc.kind!r} made {got} for {desc.name}, description says {expected}")
+            for key, value in values.items():
+                (self.params if key in desc.params else self.buffers)[f"{desc.name}.{key}"] = value
+
+    def num_parameters(self) -> int:
+        """Number of trainable scalars (from the description; buffers not counted)."""
+        return self.architecture.num_params
+
+    def __repr__(self):
+        c = self.config
+        return (
+            f"NeoNeXt(per_stage_layers={c.per_stage_layers}, dims={c.dims}, num_classes={c.num_classes}, "
+            f"kernel_spec={c.kernel_spec!r}, shifts={c.shifts}, dtype={self.dtype.name}, "
+            f"params={self.num_parameters():,})"
+        )
+
+    # ----------------------------------------------------------------------------------
+    # state dict
+    # ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Copies of every parameter and buffer under the official names, in description order.
+
+        Parameters and running statistics have the model dtype; ``num_batches_tracked`` is
+        an int64 scalar array. Round-trips through :meth:`load_state_dict`.
+        """
+        out = {}
+        for key in self.architecture.state_shapes():
+            source = self.params if key in self.params else self.buffers
+            out[key] = source[key].copy()
+        return out
+
+    def load_state_dict(self, state, strict=True):
+        """Load parameters and buffers from a mapping of official names to arrays.
+
+        Every entry is validated before anything is assigned, so a failed load leaves the
+        model unchanged. Accepted values: real floating arrays of the exact shape (cast
+        to the model dtype, so a float64 checkpoint loads into a float32 model with
+        rounding) and, for ``num_batches_tracked``, an integer scalar (Python int, NumPy
+        integer or 0-d integer array). Values must be finite; running variances >= 0.
+
+        Parameters
+        ----------
+        state : mapping of str -> array_like
+            For example :meth:`state_dict`'s output or an opened ``.npz`` file.
+        strict : bool, default True
+            Refuse missing and unexpected keys (the error lists them). With False they
+            are skipped and reported in the return value.
+
+        Returns
+        -------
+        IncompatibleKeys
+            ``(missing_keys, unexpected_keys)``, both empty after a strict load.
+
+        Raises
+        ------
+        ValueError
+            Missing/unexpected keys (strict), a shape mismatch (key, expected, got), a
+            non-finite value or a negative running variance; all problems in one message.
+        TypeError
+            ``state`` is not a mapping, a key is not a str, or a value has a wrong dtype
+            (key and dtype named).
+        """
+        if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+            raise TypeError(f"state must be a mapping of state-dict names to arrays, got {type(state).__name__}")
+        if not isinstance(strict, (bool, np.bool_)):
+            raise TypeError(f"strict must be a bool, got {strict!r}")
+        keys = list(state.keys())
+        for key in keys:
+            if not isinstance(key, str):
+                raise TypeError(f"state-dict keys must be str, got {key!r} ({type(key).__name__})")
+        expected = self.architecture.state_shapes()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in keys if k not in expected]
+        problems = []
+        if strict and (missing or unexpected):
+            if missing:
+                problems.append(f"missing key(s): {missing}")
+            if unexpected:
+                problems.append(f"unexpected key(s): {unexpected}")
+        type_problems = []
+        new = {}
+        for key, shape in expected.items():
+            if key not in state:
+                continue
+            try:
+                new[key] = self._validate_entry(key, state[key], tuple(shape))
+            except TypeError as exc:
+                type_problems.append(str(exc))
+            except ValueError as exc:
+                problems.append(str(exc))
+        if type_problems:
+            raise TypeError("cannot load state dict: " + "; ".join(type_problems + problems))
+        if problems:
+            raise ValueError("cannot load state dict: " + "; ".join(problems))
+        for key, value in new.items():
+            (self.params if key in self.params else self.buffers)[key] = value
+        self._tape = None  # a cached forward no longer matches the weights
+        return IncompatibleKeys(missing if not strict else [], unexpected if not strict else [])
+
+    def _validate_entry(self, key, value, shape):
+        if key.endswith(".num_batches_tracked"):
+            arr = np.asarray(value)
+            if arr.dtype.kind not in "iu" or arr.shape not in ((), (1,)):
+                raise TypeError(
+                    f"{key}: expected an integer scalar, got dtype {arr.dtype} shape {arr.shape}"
+                )
+            if int(arr.reshape(())) < 0:
+                raise ValueError(f"{key}: must be >= 0, got {int(arr.reshape(()))}")
+            return np.asarray(int(arr.reshape(())), dtype=np.int64)
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:
+            raise TypeError(f"{key}: could not be converted to an array ({exc})") from None
+        if arr.dtype.kind != "f":
+            raise TypeError(f"{key}: expected a floating-point array, got dtype {arr.dtype}")
+        if arr.shape != shape:
+            raise ValueError(f"{key}: shape mismatch, expected {shape}, got {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{key}: contains NaN or Inf")
+        if key.endswith(".running_var") and (arr < 0).any():
+            raise ValueError(f"{key}: running variance must be >= 0, got min {arr.min()!r}")
+        return arr.astype(self.dtype, copy=True)
+
+    def save_npz(self, path):
+        """Write :meth:`state_dict` to an uncompressed ``.npz`` (no pickled objects)."""
+        np.savez(path, **self.state_dict())
+
+    def load_npz(self, path, strict=True):
+        """Load a ``.npz`` written by :meth:`save_npz` (or any archive of official names).
+
+        Opened with ``np.load(path, allow_pickle=False)``: object arrays are refused.
+        """
+        with np.load(path, allow_pickle=False) as archive:
+            state = {k: archive[k] for k in archive.files}
+        return self.load_state_dict(state, strict=strict)
+
+    # ----------------------------------------------------------------------------------
+    # forward / backward
+    # ----------------------------------------------------------------------------------
+    def describe(self, resolution):
+        """The architecture description at another input size (memoised)."""
+        if isinstance(resolution, numbers.Integral):
+            resolution = (int(resolution), int(resolution))
+        resolution = tuple(resolution)
+        if resolution not in self._architectures:
+            self._architectures[resolution] = describe(self.config, resolution)
+        return self._architectures[resolution]
+
+    def _check_input(self, x):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # pragma: no cover
+            raise TypeError(f"x could not be converted to an array: {exc}") from None
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"x must be a real numeric array, got dtype {x.dtype}")
+        if x.ndim != 4:
+            raise ValueError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
+        if x.shape[0] < 1:
+            raise ValueError(f"x must hold at least one sample, got shape {x.shape}")
+        if x.shape[1] != self.config.in_chans:
+            raise ValueError(f"x has {x.shape[1]} channels (x.shape[1]) but the model expects in_chans={self.config.in_chans}")
+        return x
+
+    def forward(self, x, training=False, *, cache=True):
+        """Logits of a batch.
+
+        Parameters
+        ----------
+        x : array_like, shape (N, in_chans, H, W)
+            ``H`` and ``W`` positive multiples of 4 that the shifts fit (SPEC 4, 7).
+            Cast to the model dtype.
+        training : bool, default False
+            True: BatchNorm normalises with batch statistics and updates its running
+            statistics (and ``num_batches_tracked``), drop path draws masks from
+            :attr:`drop_path_rng`. False: running statistics, drop path is the identity.
+        cache : bool, default True
+            Keep what :meth:`backward` needs (the input of every layer, the drop-path
+            factors and the BatchNorm statistics used). ``cache=False`` is the fast
+            inference path: intermediate arrays are overwritten in place and
+            :meth:`backward` is refused until the next cached forward.
+
+        Returns
+        -------
+        logits : ndarray, shape (N, num_classes), model dtype
+        """
+        if not isinstance(training, (bool, np.bool_)):
+            raise TypeError(f"training must be a bool, got {training!r}")
+        x = self._check_input(x)
+        arch = self.describe(x.shape[2:])
+        x = x.astype(self.dtype, copy=False)
+        tape = [] if cache else None
+        self._tape = None
+        owned = False  # may x be overwritten? Never the caller's array.
+        for unit in arch.units:
+            if unit.kind == "residual":
+                skip = x
+                if tape is not None:
+                    tape.append(("fork", None, None))  # x feeds both the branch and the skip
+                owned = False
+                for desc in unit.layers:
+                    x, owned = self._forward_layer(desc, x, owned, training, tape)
+                start = time.perf_counter() if self.profile is not None else 0.0
+                if owned:
+                    x += skip
+                else:
+                    x = skip + x
+                owned = True
+                if self.profile is not None:
+                    self._tick("forward:residual_add", start)
+                if tape is not None:
+                    tape.append(("join", None, None))  # x + branch(x)
+            else:
+                for desc in unit.layers:
+                    x, owned = self._forward_layer(desc, x, owned, training, tape)
+        if tape is not None:
+            self._tape = {"layers": tape, "output_shape": x.shape, "training": bool(training)}
+        return x
+
+    __call__ = forward
+
+    def backward(self, grad_logits):
+        """Gradients of the last cached :meth:`forward` (``training`` as it was then).
+
+        Parameters
+        ----------
+        grad_logits : array_like, shape (N, num_classes)
+            Gradient of the loss with respect to the logits of that forward.
+
+        Returns
+        -------
+        grad_x : ndarray, shape (N, in_chans, H, W)
+            Gradient with respect to the input.
+
+        Notes
+        -----
+        Fills :attr:`grads` (replacing it: gradients are not accumulated across calls)
+        with one entry per trainable parameter, keyed by state-dict name, in the
+        parameter's layout. Uses the parameter values current at the call: do not
+        update parameters between the forward and its backward. The cache is kept, so
+        backward may be called again on the same forward with another ``grad_logits``.
+        """
+        if self._tape is None:
+            raise RuntimeError(
+                "backward needs a preceding forward with cache=True (none since construction, "
+                "the last forward had cache=False, or a state dict was loaded since)"
+            )
+        grad = np.asarray(grad_logits)
+        if grad.dtype.kind not in "fiu":
+            raise TypeError(f"grad_logits must be a real numeric array, got dtype {grad.dtype}")
+        if grad.shape != self._tape["output_shape"]:
+            raise ValueError(f"grad_logits has shape {grad.shape}, expected {self._tape['output_shape']} (the logits' shape)")
+        grad = grad.astype(self.dtype, copy=True)
+        self.grads = {}
+        skips = []
+        for kind, desc, saved in reversed(self._tape["layers"]):
+            if kind == "join":
+                skips.append(grad)           # d(x + branch)/dx: the skip path passes grad on
+            elif kind == "fork":
+                start = time.perf_counter() if self.profile is not None else 0.0
+                grad = grad + skips.pop()    # branch gradient plus skip gradient (new array)
+                if self.profile is not None:
+                    self._tick("backward:residual_add", start)
+            else:
+                start = time.perf_counter() if self.profile is not None else 0.0
+                grad = _BACKWARD[desc.kind](self, desc, grad, saved)
+                if self.profile is not None:
+                    self._tick(f"backward:{desc.kind}", start)
+        # Parameters in state-dict order.
+        self.grads = {k: self.grads[k] for k in self.architecture.param_shapes() if k in self.grads}
+        return grad
+
+    def clear_cache(self):
+        """Drop the cached forward (frees its memory); :meth:`backward` then needs a new forward."""
+        self._tape = None
+
+    def _forward_layer(self, desc, x, owned, training, tape):
+        start = time.perf_counter() if self.profile is not None else 0.0
+        y, saved, fresh = _FORWARD[desc.kind](self, desc, x, training, inplace=owned and tape is None)
+        if tape is not None:
+            tape.append(("layer", desc, saved))
+        if self.profile is not None:
+            self._tick(f"forward:{desc.kind}", start)
+        return y, (fresh or owned)
+
+    def _tick(self, key, start):
+        self.profile[key] = self.profile.get(key, 0.0) + time.perf_counter() - start
+
+    def _p(self, desc, name):
+        return self.params[f"{desc.name}.{name}"]
+
+    def _grad(self, desc, name, value):
+        self.grads[f"{desc.name}.{name}"] = value
+
+
+# --------------------------------------------------------------------------------------
+# per-kind initialisers: values for exactly the names and shapes of the description
+# --------------------------------------------------------------------------------------
+def _init_conv1x1(desc, rng, dtype):
+    return {"weight": trunc_normal(rng, desc.params["weight"], dtype=dtype)}
+
+
+def _init_linear(desc, rng, dtype):
+    out = {"weight": trunc_normal(rng, desc.params["weight"], dtype=dtype)}
+    if "bias" in desc.params:
+        out["bias"] = np.zeros(desc.params["bias"], dtype=dtype)
+    return out
+
+
+def _init_batchnorm(desc, rng, dtype):
+    c = desc.params["weight"]
+    return {
+        "weight": np.ones(c, dtype=dtype), "bias": np.zeros(c, dtype=dtype),
+        "running_mean": np.zeros(desc.buffers["running_mean"], dtype=dtype),
+        "running_var": np.ones(desc.buffers["running_var"], dtype=dtype),
+        "num_batches_tracked": np.asarray(0, dtype=np.int64),
+    }
+
+
+def _init_layernorm(desc, rng, dtype):
+    return {"weight": np.ones(desc.params["weight"], dtype=dtype), "bias": np.zeros(desc.params["bias"], dtype=dtype)}
+
+
+def _init_neocell(desc, rng, dtype):
+    specs = desc.options["specs"]
+    weights_a, weights_b = neo_init(specs, rng, dtype=dtype)
+    out = {f"weight_a.{g}": w for g, w in enumerate(weights_a)}
+    out.update({f"weight_b.{g}": w for g, w in enumerate(weights_b)})
+    return out
+
+
+def _init_layer_scale(desc, rng, dtype):
+    return {"gamma": np.full(desc.params["gamma"], desc.options["init_value"], dtype=dtype)}
+
+
+def _no_params(desc, rng, dtype):
+    return {}
+
+
+_INIT = {
+    "patchify": _no_params,
+    "conv1x1": _init_conv1x1,
+    "batchnorm": _init_batchnorm,
+    "neocell": _init_neocell,
+    "linear": _init_linear,
+    "gelu": _no_params,
+    "layer_scale": _init_layer_scale,
+    "drop_path": _no_params,
+    "avgpool": _no_params,
+    "layernorm": _init_layernorm,
+}
+
+
+# --------------------------------------------------------------------------------------
+# per-kind forward / backward adapters
+#   forward(model, desc, x, training, inplace) -> (y, saved, fresh)
+#       saved: what backward needs; fresh: whether y is a new array the model owns
+#   backward(model, desc, grad_y, saved) -> grad_x, parameter gradients into model.grads
+# --------------------------------------------------------------------------------------
+def _neocell_weights(model, desc):
+    wa = [model._p(desc, k) for k in desc.params if k.startswith("weight_a.")]
+    wb = [model._p(desc, k) for k in desc.params if k.startswith("weight_b.")]
+    return wa, wb
+
+
+def _fwd_patchify(model, desc, x, training, inplace):
+    return L.patchify_forward(x, patch=desc.options["patch"]), x, True
+
+
+def _bwd_patchify(model, desc, grad, x):
+    return L.patchify_backward(grad, x, patch=desc.options["patch"])[0]
+
+
+def _fwd_conv1x1(model, desc, x, training, inplace):
+    return L.conv1x1_forward(x, model._p(desc, "weight")), x, True
+
+
+def _bwd_conv1x1(model, desc, grad, x):
+    grad_x, grad_w = L.conv1x1_backward(grad, x, model._p(desc, "weight"))
+    model._grad(desc, "weight", grad_w)
+    return grad_x
+
+
+def _fwd_batchnorm(model, desc, x, training, inplace):
+    w, b = model._p(desc, "weight"), model._p(desc, "bias")
+    prefix, eps = desc.name, desc.options["eps"]
+    running = (model.buffers[f"{prefix}.running_mean"], model.buffers[f"{prefix}.running_var"])
+    if training:
+        new_mean, new_var, nbt = L.batchnorm_update_running(
+            x, *running, model.buffers[f"{prefix}.num_batches_tracked"], momentum=desc.options["momentum"]
+        )
+        model.buffers[f"{prefix}.running_mean"] = new_mean
+        model.buffers[f"{prefix}.running_var"] = new_var
+        model.buffers[f"{prefix}.num_batches_tracked"] = nbt
+    y = L.batchnorm_forward(x, w, b, *running, training=training, eps=eps, out=x if inplace else None)
+    # Inference backward needs the running statistics used here (later training forwards
+    # replace the arrays, they never modify them, so keeping the references is a snapshot).
+    return y, (x, running, training), not inplace
+
+
+def _bwd_batchnorm(model, desc, grad, saved):
+    x, running, training = saved
+    grad_x, grad_w, grad_b, _, _ = L.batchnorm_backward(
+        grad, x, model._p(desc, "weight"), model._p(desc, "bias"), *running,
+        training=training, eps=desc.options["eps"],
+    )
+    model._grad(desc, "weight", grad_w)
+    model._grad(desc, "bias", grad_b)
+    return grad_x
+
+
+def _fwd_neocell(model, desc, x, training, inplace):
+    wa, wb = _neocell_weights(model, desc)
+    return neocell_forward(x, wa, wb, desc.options["specs"]), x, True
+
+
+def _bwd_neocell(model, desc, grad, x):
+    wa, wb = _neocell_weights(model, desc)
+    grad_x, grads_a, grads_b = neocell_backward(grad, x, wa, wb, desc.options["specs"])
+    keys_a = [k for k in desc.params if k.startswith("weight_a.")]
+    keys_b = [k for k in desc.params if k.startswith("weight_b.")]
+    for key, g in zip(keys_a + keys_b, list(grads_a) + list(grads_b)):
+        model._grad(desc, key, g)
+    return grad_x
+
+
+def _fwd_linear(model, desc, x, training, inplace):
+    bias = model._p(desc, "bias") if "bias" in desc.params else None
+    return L.linear_forward(x, model._p(desc, "weight"), bias), x, True
+
+
+def _bwd_linear(model, desc, grad, x):
+    bias = model._p(desc, "bias") if "bias" in desc.params else None
+    grad_x, grad_w, grad_b = L.linear_backward(grad, x, model._p(desc, "weight"), bias)
+    model._grad(desc, "weight", grad_w)
+    if bias is not None:
+        model._grad(desc, "bias", grad_b)
+    return grad_x
+
+
+def _fwd_gelu(model, desc, x, training, inplace):
+    return L.gelu_forward(x, out=x if inplace else None), x, not inplace
+
+
+def _bwd_gelu(model, desc, grad, x):
+    return L.gelu_backward(grad, x)[0]
+
+
+def _fwd_layer_scale(model, desc, x, training, inplace):
+    return L.layer_scale_forward(x, model._p(desc, "gamma"), out=x if inplace else None), x, not inplace
+
+
+def _bwd_layer_scale(model, desc, grad, x):
+    grad_x, grad_gamma = L.layer_scale_backward(grad, x, model._p(desc, "gamma"))
+    model._grad(desc, "gamma", grad_gamma)
+    return grad_x
+
+
+def _fwd_drop_path(model, desc, x, training, inplace):
+    rate = desc.options["rate"]
+    if not training or rate == 0.0:
+        return x, None, False  # identity: nothing drawn, nothing to save
+    scale = L.drop_path_scale(model.drop_path_rng, x.shape[0], rate, dtype=x.dtype)
+    return L.drop_path_forward(x, scale, out=x if inplace else None), (x, scale), not inplace
+
+
+def _bwd_drop_path(model, desc, grad, saved):
+    if saved is None:
+        return grad
+    x, scale = saved
+    return L.drop_path_backward(grad, x, scale)[0]
+
+
+def _fwd_avgpool(model, desc, x, training, inplace):
+    return L.avgpool_forward(x), x, True
+
+
+def _bwd_avgpool(model, desc, grad, x):
+    return L.avgpool_backward(grad, x)[0]
+
+
+def _fwd_layernorm(model, desc, x, training, inplace):
+    y = L.layernorm_forward(x, model._p(desc, "weight"), model._p(desc, "bias"), eps=desc.options["eps"])
+    return y, x, True
+
+
+def _bwd_layernorm(model, desc, grad, x):
+    grad_x, grad_w, grad_b = L.layernorm_backward(
+        grad, x, model._p(desc, "weight"), model._p(desc, "bias"), eps=desc.options["eps"]
+    )
+    model._grad(desc, "weight", grad_w)
+    model._grad(desc, "bias", grad_b)
+    return grad_x
+
+
+_FORWARD = {
+    "patchify": _fwd_patchify,
+    "conv1x1": _fwd_conv1x1,
+    "batchnorm": _fwd_batchnorm,
+    "neocell": _fwd_neocell,
+    "linear": _fwd_linear,
+    "gelu": _fwd_gelu,
+    "layer_scale": _fwd_layer_scale,
+    "drop_path": _fwd_drop_path,
+    "avgpool": _fwd_avgpool,
+    "layernorm": _fwd_layernorm,
+}
+_BACKWARD = {
+    "patchify": _bwd_patchify,
+    "conv1x1": _bwd_conv1x1,
+    "batchnorm": _bwd_batchnorm,
+    "neocell": _bwd_neocell,
+    "linear": _bwd_linear,
+    "gelu": _bwd_gelu,
+    "layer_scale": _bwd_layer_scale,
+    "drop_path": _bwd_drop_path,
+    "avgpool": _bwd_avgpool,
+    "layernorm": _bwd_layernorm,
+}
+
+
+# --------------------------------------------------------------------------------------
+# named models
+# --------------------------------------------------------------------------------------
+def _factory(name):
+    def build(*, dtype=np.float64, rng=None, resolution=224, drop_path_seed=0, **options):
+        config = get_config(name, **options)
+        return NeoNeXt.from_config(config, dtype=dtype, rng=rng, resolution=resolution, drop_path_seed=drop_path_seed)
+
+    sizes = MODEL_CONFIGS[name]
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"""NeoNeXt-{name.split('_')[1].upper()}: blocks {sizes['per_stage_layers']}, widths {sizes['dims']}.
+
+    Keyword options are those of :class:`~neocell_ref.architecture.NeoNeXtConfig` except
+    the sizes (``num_classes``, ``kernel_spec``, ``shifts``, ``layer_scale_init_value``,
+    ``linear_bias``, ``drop_path``, ``in_chans``), plus ``dtype``, ``rng``, ``resolution``
+    and ``drop_path_seed`` of :class:`NeoNeXt`.
+    """
+    return build
+
+
+neonext_t = _factory("neonext_t")
+neonext_s = _factory("neonext_s")
+neonext_b = _factory("neonext_b")
+neonext_l = _factory("neonext_l")
+neonext_xl = _factory("neonext_xl")
