@@ -34,6 +34,9 @@ reference precision.
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 
 from .expand import expand, expand_adjoint
@@ -220,85 +223,280 @@ def _loop_backward(grad_y, x, weights_a, weights_b, specs, out_size):
 
 
 # --------------------------------------------------------------------------------------
-# "patchwise": each axis as pad -> slabs -> one product per channel -> crop
+# "patchwise": SPEC 3's padding view on both axes, in a tiled layout, few large products
 # --------------------------------------------------------------------------------------
-def _slab_forward(v, kernel, shift, length_out):
-    """Apply a stack of kernels along the last axis of ``v``.
+# Layout. A run of ``m`` channels that share one kernel size and one shift pair is
+# padded (SPEC 3, the equivalent view) and stored *tiled*:
+#
+#     tiled[c, j, n, i, q] = padded[n, c, i*k + j, q]      shape (m, k, N, T, P)
+#
+# with ``k`` the tile height, ``T`` the number of tiles along the height and ``P`` the
+# padded width. Row ``j`` of every tile of every sample of channel ``c`` then lies in
+# one contiguous run of ``N*T*P`` values, so
+#
+# * the left product of a tile, ``A @ tile``, for all tiles and samples of a channel
+#   is ONE matrix product ``A_c (h_out, h_in) @ X_c (h_in, N*T*P)``;
+# * the right product of a tile, ``tile @ B``, is ONE product of the rows cut into
+#   slabs of ``w_in``: ``(h_out*N*T*P/w_in, w_in) @ B_c (w_in, w_out)``;
+#
+# and the result comes out in the same tiled layout with ``k = h_out``. Going in and
+# out of the layout is one strided copy each way (padding and cropping included).
+#
+# Speed (measured, see benchmarks/README.md): with kernels of 4 or 7 the products are
+# memory-bound, so the cost is the number of passes over the data. Channels are
+# processed in chunks whose work buffers fit in the L2 cache and are reused from
+# chunk to chunk, which roughly halves the time against whole-layer buffers.
 
-    Parameters
-    ----------
-    v : ndarray, shape (c, M, L)
-    kernel : ndarray, shape (c, k_in, k_out)
-        Each slab of ``k_in`` values maps to ``k_out`` values: ``out_slab = slab @ kernel``.
+#: Size in bytes of the largest work buffer of one chunk (a cache-size heuristic).
+_CHUNK_BYTES = 1 << 18
+
+
+class _Chunk(NamedTuple):
+    """Consecutive channels of one group with one shift pair, processed together.
+
+    ``group``: index of the group; ``local``/``chans``: channel slice in the group's
+    weights / in ``x``; ``front_*``, ``tiles_*``, ``crop_*``: :func:`_axis_geometry`
+    of the height (``a``) and width (``b``) axes for this chunk's shifts.
+    """
+
+    group: int
+    local: slice
+    chans: slice
+    front_a: int
+    tiles_a: int
+    crop_a: int
+    front_b: int
+    tiles_b: int
+    crop_b: int
+
+
+def _patchwise_chunks(specs, batch, height, width, itemsize, chunk_bytes=None):
+    """Cut the layer into :class:`_Chunk` s of at most ``chunk_bytes`` per work buffer.
+
+    Every shift segment (:func:`_segments`) is split into near-equal runs of
+    channels, largest first; a run holds at least one channel, so a single huge
+    channel still works.
 
     Returns
     -------
-    out : ndarray, shape (c, M, length_out)
-    slabs : ndarray, shape (c, M * tiles, k_in)
-        The padded input cut into slabs (the backward needs it for the kernel gradient).
+    list of _Chunk
+        In channel order, covering every channel exactly once.
     """
-    c, m, length = v.shape
-    k_in, k_out = kernel.shape[1:]
-    front, tiles, crop, _ = _axis_geometry(length, k_in, k_out, shift)
-    padded = np.zeros((c, m, tiles * k_in), dtype=v.dtype)
-    padded[:, :, front:front + length] = v
-    slabs = padded.reshape(c, m * tiles, k_in)
-    out = matmul(slabs, kernel, "patchwise").reshape(c, m, tiles * k_out)
-    return out[:, :, crop:crop + length_out], slabs
+    if chunk_bytes is None:
+        chunk_bytes = _CHUNK_BYTES
+    chunks = []
+    for g, local, chans, sa, sb in _segments(specs):
+        spec = specs[g]
+        fa, ta, ca, _ = _axis_geometry(height, spec.h_in, spec.h_out, sa)
+        fb, tb, cb, _ = _axis_geometry(width, spec.w_in, spec.w_out, sb)
+        per_channel = (
+            batch * ta * tb * max(spec.h_in, spec.h_out) * max(spec.w_in, spec.w_out) * itemsize
+        )
+        count = local.stop - local.start
+        parts = min(count, max(1, -(-count * per_channel // chunk_bytes)))
+        lo = 0
+        for p in range(parts):
+            # Non-increasing sizes: a later chunk fits the frame zeroed for the first.
+            hi = lo + count // parts + (p < count % parts)
+            chunks.append(_Chunk(
+                g, slice(local.start + lo, local.start + hi),
+                slice(chans.start + lo, chans.start + hi), fa, ta, ca, fb, tb, cb,
+            ))
+            lo = hi
+    return chunks
 
 
-def _slab_backward(grad_out, slabs, kernel, shift, length):
-    """Adjoint of :func:`_slab_forward`: ``(grad_v, grad_kernel)``.
+def _tiled_shapes(chunk, spec, batch):
+    """Shapes of a chunk's tiled arrays: input ``X``, ``Z = A X`` and output ``Y = Z B``.
 
-    ``out_slab = slab @ K`` gives ``d_slab = d_out_slab @ Kᵀ`` and ``dK = Σ slabᵀ d_out_slab``.
+    ``X``: (m, h_in, N, T_a, T_b*w_in); ``Z``: (m, h_out, N, T_a, T_b*w_in);
+    ``Y``: (m, h_out, N, T_a, T_b*w_out).
     """
-    c, m, length_out = grad_out.shape
-    k_in, k_out = kernel.shape[1:]
-    front, tiles, crop, _ = _axis_geometry(length, k_in, k_out, shift)
-    full = np.zeros((c, m, tiles * k_out), dtype=grad_out.dtype)
-    full[:, :, crop:crop + length_out] = grad_out  # adjoint of the crop
-    d_slabs = full.reshape(c, m * tiles, k_out)
-    grad_kernel = matmul(slabs.transpose(0, 2, 1), d_slabs, "patchwise")
-    grad_padded = matmul(d_slabs, kernel.transpose(0, 2, 1), "patchwise").reshape(c, m, tiles * k_in)
-    return grad_padded[:, :, front:front + length], grad_kernel  # adjoint of the padding
+    m = chunk.local.stop - chunk.local.start
+    n, ta, tb = batch, chunk.tiles_a, chunk.tiles_b
+    return (
+        (m, spec.h_in, n, ta, tb * spec.w_in),
+        (m, spec.h_out, n, ta, tb * spec.w_in),
+        (m, spec.h_out, n, ta, tb * spec.w_out),
+    )
 
 
-def _patchwise_segment_forward(xs, a, b, sa, sb, out_size):
-    """One run of channels: ``xs`` (N, c, H, W) -> (N, c, H_out, W_out) plus the slabs."""
-    n, c, height, width = xs.shape
-    # Height axis: z = Â x, i.e. zᵀ = xᵀ Âᵀ, slabs along H with kernel Aᵀ.
-    xt = xs.transpose(1, 0, 3, 2).reshape(c, n * width, height)
-    zt, slabs_a = _slab_forward(xt, a.transpose(0, 2, 1), sa, out_size[0])
-    # Width axis: y = z B̂, slabs along W with kernel B.
-    z = zt.reshape(c, n, width, out_size[0]).transpose(0, 1, 3, 2).reshape(c, n * out_size[0], width)
-    y, slabs_b = _slab_forward(z, b, sb, out_size[1])
-    return y.reshape(c, n, *out_size).transpose(1, 0, 2, 3), slabs_a, slabs_b
+def _view(buffer, shape):
+    """The first ``prod(shape)`` values of a flat work buffer, as an array of ``shape``."""
+    return buffer[: math.prod(shape)].reshape(shape)
+
+
+def _tile_pieces(tiled, planes, front_h, front_w):
+    """Matching views of a tiled array and of the planes it holds.
+
+    The map is ``tiled[c, j, n, i, front_w + q] <-> planes[n, c, i*k + j - front_h, q]``
+    for every plane element (``0 <= i*k + j - front_h < L``, ``0 <= q < M``).
+
+    Parameters
+    ----------
+    tiled : ndarray, shape (m, k, N, T, P)
+    planes : ndarray, shape (N, m, L, M)
+        With ``front_h + L <= T*k`` and ``front_w + M <= P``.
+    front_h, front_w : int
+        Zeros in front of the planes (``front_h < k``).
+
+    Returns
+    -------
+    list of (tiled_view, planes_view)
+        Pairs of equal shape, at most three (first partial tile, full tiles, last
+        partial tile), covering every plane element exactly once. Assigning either
+        way copies in or out of the layout.
+    """
+    k = tiled.shape[1]
+    n, m, length, width = planes.shape
+    cols = slice(front_w, front_w + width)
+    pieces = []
+    row, tile = 0, 0  # next plane row to place, and the tile it falls in
+    if front_h:
+        rows = min(k - front_h, length)
+        pieces.append((tiled[:, front_h:front_h + rows, :, 0, cols],
+                       planes[:, :, :rows].transpose(1, 2, 0, 3)))
+        row, tile = rows, 1
+    full = (length - row) // k
+    if full:
+        # Splitting the row axis into (tile, row in tile) is always a view.
+        block = planes[:, :, row:row + full * k].reshape(n, m, full, k, width)
+        pieces.append((tiled[:, :, :, tile:tile + full, cols], block.transpose(1, 3, 0, 2, 4)))
+        row, tile = row + full * k, tile + full
+    if row < length:
+        pieces.append((tiled[:, :length - row, :, tile, cols],
+                       planes[:, :, row:].transpose(1, 2, 0, 3)))
+    return pieces
+
+
+def _zero_frame(tiled, front_h, length, front_w, width):
+    """Zero every entry of ``tiled`` (m, k, N, T, P) that holds no plane value.
+
+    These are the padding zeros of SPEC 3's view. Only the frame is written, so a
+    reused work buffer costs no full clearing pass.
+    """
+    k = tiled.shape[1]
+    tiled[..., :front_w] = 0
+    tiled[..., front_w + width:] = 0
+    cols = slice(front_w, front_w + width)
+    if front_h:
+        tiled[:, :front_h, :, 0, cols] = 0
+    end_tile, end_row = divmod(front_h + length, k)
+    if end_row:
+        tiled[:, end_row:, :, end_tile, cols] = 0
+        end_tile += 1
+    tiled[:, :, :, end_tile:, cols] = 0
+
+
+class _TiledBuffer:
+    """A flat work buffer, reused chunk after chunk, that pads planes into the tiled layout.
+
+    Padding only ever writes the data positions, so the zero frame written for one
+    chunk stays valid for the next chunk with the same geometry and no more channels
+    (channels are the outermost axis). The frame is rewritten only when that changes.
+    """
+
+    def __init__(self, size, dtype):
+        self.data = np.empty(size, dtype=dtype)
+        self._framed = None  # (geometry, channels) whose frame is currently zero
+
+    def pad(self, planes, shape, front_h, front_w):
+        """Return ``planes`` (N, m, L, M) padded into a tiled view of ``shape`` (m, k, N, T, P)."""
+        tiled = _view(self.data, shape)
+        geometry = (shape[1:], planes.shape[2:], front_h, front_w)
+        if self._framed is None or self._framed[0] != geometry or self._framed[1] < shape[0]:
+            _zero_frame(tiled, front_h, planes.shape[2], front_w, planes.shape[3])
+            self._framed = (geometry, shape[0])
+        for t, p in _tile_pieces(tiled, planes, front_h, front_w):
+            t[...] = p
+        return tiled
+
+
+def _from_tiled(planes, tiled, front_h, front_w):
+    """Crop the tiled layout ``tiled`` back into ``planes`` (N, m, L, M), in place."""
+    for t, p in _tile_pieces(tiled, planes, front_h, front_w):
+        p[...] = t
 
 
 def _patchwise_forward(x, weights_a, weights_b, specs, out_size):
-    y = np.empty((x.shape[0], x.shape[1], *out_size), dtype=x.dtype)
-    for g, local, chans, sa, sb in _segments(specs):
-        y[:, chans] = _patchwise_segment_forward(
-            x[:, chans], weights_a[g][local], weights_b[g][local], sa, sb, out_size
-        )[0]
+    """Forward pass, chunk by chunk, two matrix products per chunk.
+
+    For a chunk of ``m`` channels with tile counts ``T_a`` (height) and ``T_b``
+    (width) of SPEC 3's padding view, the executed products are (tag
+    ``"patchwise"``)::
+
+        Z = A @ X:   (m, h_out, h_in) @ (m, h_in, N*T_a*T_b*w_in)
+        Y = Z @ B:   (m, h_out*N*T_a*T_b, w_in) @ (m, w_in, w_out)
+
+    so every channel costs ``N*T_a*T_b*h_out*w_in*(h_in + w_out)`` MACs, zeros of the
+    padding included, whatever the chunking. ``T_a = ceil((H + f_a) / h_in)`` with
+    ``f_a = h_in - s_a`` for the channel's shift ``s_a > 0`` and 0 otherwise; ``T_b``
+    likewise from ``W``, ``w_in`` and ``s_b``.
+    """
+    n, _, height, width = x.shape
+    y = np.empty((n, x.shape[1], *out_size), dtype=x.dtype)
+    chunks = _patchwise_chunks(specs, n, height, width, x.itemsize)
+    shapes = [_tiled_shapes(ch, specs[ch.group], n) for ch in chunks]
+    buf_x = _TiledBuffer(max(math.prod(s[0]) for s in shapes), x.dtype)
+    buf_z = np.empty(max(math.prod(s[1]) for s in shapes), dtype=x.dtype)
+    buf_y = np.empty(max(math.prod(s[2]) for s in shapes), dtype=x.dtype)
+    for ch, (shape_x, shape_z, shape_y) in zip(chunks, shapes):
+        spec = specs[ch.group]
+        m, cols = shape_x[0], math.prod(shape_x[2:])
+        xt = buf_x.pad(x[:, ch.chans], shape_x, ch.front_a, ch.front_b)
+        z = _view(buf_z, (m, spec.h_out, cols))
+        matmul(weights_a[ch.group][ch.local], xt.reshape(m, spec.h_in, cols), "patchwise", out=z)
+        yt = _view(buf_y, (m, cols // spec.w_in * spec.h_out, spec.w_out))
+        matmul(z.reshape(m, -1, spec.w_in), weights_b[ch.group][ch.local], "patchwise", out=yt)
+        _from_tiled(y[:, ch.chans], yt.reshape(shape_y), ch.crop_a, ch.crop_b)
     return y
 
 
 def _patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
+    """Backward pass (SPEC 5) in the tiled layout of :func:`_patchwise_forward`.
+
+    Per chunk, with ``X`` the tiled input, ``G`` the tiled ``grad_y`` (zeros where the
+    forward cropped) and ``R = h_out*N*T_a*T_b`` rows of ``w_in``/``w_out`` values::
+
+        Z  = A @ X        (m, h_out, h_in)  @ (m, h_in, N*T_a*T_b*w_in)    recomputed
+        dB = Zᵀ @ G       (m, w_in, R)      @ (m, R, w_out)
+        dZ = G @ Bᵀ       (m, R, w_out)     @ (m, w_out, w_in)
+        dA = dZ @ Xᵀ      (m, h_out, N*T_a*T_b*w_in) @ (m, N*T_a*T_b*w_in, h_in)
+        dX = Aᵀ @ dZ      (m, h_in, h_out)  @ (m, h_out, N*T_a*T_b*w_in)
+
+    so every channel costs ``N*T_a*T_b*h_out*w_in*(3*h_in + 2*w_out)`` MACs (tag
+    ``"patchwise"``). The sums over tiles and samples of SPEC 5 are the long inner
+    dimension of ``dB`` and ``dA``; the padding zeros in ``X`` and ``G`` make the
+    shift-corner and clipped-block contributions come out exactly as the adjoint of
+    the expansion. ``dX`` cropped to the input is ``grad_x``.
+    """
     n, _, height, width = x.shape
     grad_x = np.empty_like(x)
     grads_a = [np.empty_like(w) for w in weights_a]
     grads_b = [np.empty_like(w) for w in weights_b]
-    for g, local, chans, sa, sb in _segments(specs):
-        a, b = weights_a[g][local], weights_b[g][local]
-        c = a.shape[0]
-        _, slabs_a, slabs_b = _patchwise_segment_forward(x[:, chans], a, b, sa, sb, out_size)
-        dy = grad_y[:, chans].transpose(1, 0, 2, 3).reshape(c, n * out_size[0], out_size[1])
-        dz, grads_b[g][local] = _slab_backward(dy, slabs_b, b, sb, width)
-        dzt = dz.reshape(c, n, out_size[0], width).transpose(0, 1, 3, 2).reshape(c, n * width, out_size[0])
-        dxt, grad_at = _slab_backward(dzt, slabs_a, a.transpose(0, 2, 1), sa, height)
-        grads_a[g][local] = grad_at.transpose(0, 2, 1)
-        grad_x[:, chans] = dxt.reshape(c, n, width, height).transpose(1, 0, 3, 2)
+    chunks = _patchwise_chunks(specs, n, height, width, x.itemsize)
+    shapes = [_tiled_shapes(ch, specs[ch.group], n) for ch in chunks]
+    buf_x = _TiledBuffer(max(math.prod(s[0]) for s in shapes), x.dtype)
+    buf_g = _TiledBuffer(max(math.prod(s[2]) for s in shapes), x.dtype)
+    buf_z = np.empty(max(math.prod(s[1]) for s in shapes), dtype=x.dtype)
+    buf_dx = np.empty(max(math.prod(s[0]) for s in shapes), dtype=x.dtype)
+    for ch, (shape_x, shape_z, shape_y) in zip(chunks, shapes):
+        spec = specs[ch.group]
+        a, b = weights_a[ch.group][ch.local], weights_b[ch.group][ch.local]
+        m, cols = shape_x[0], math.prod(shape_x[2:])
+        rows = cols // spec.w_in * spec.h_out
+        x2 = buf_x.pad(x[:, ch.chans], shape_x, ch.front_a, ch.front_b).reshape(m, spec.h_in, cols)
+        z = _view(buf_z, (m, spec.h_out, cols))
+        matmul(a, x2, "patchwise", out=z)
+        g2 = buf_g.pad(grad_y[:, ch.chans], shape_y, ch.crop_a, ch.crop_b).reshape(m, rows, spec.w_out)
+        matmul(z.reshape(m, rows, spec.w_in).transpose(0, 2, 1), g2, "patchwise",
+               out=grads_b[ch.group][ch.local])
+        dz = z  # Z is used up: dZ goes into its buffer.
+        matmul(g2, b.transpose(0, 2, 1), "patchwise", out=dz.reshape(m, rows, spec.w_in))
+        matmul(dz, x2.transpose(0, 2, 1), "patchwise", out=grads_a[ch.group][ch.local])
+        dx = _view(buf_dx, shape_x)
+        matmul(a.transpose(0, 2, 1), dz, "patchwise", out=dx.reshape(m, spec.h_in, cols))
+        _from_tiled(grad_x[:, ch.chans], dx, ch.front_a, ch.front_b)
     return grad_x, grads_a, grads_b
 
 
