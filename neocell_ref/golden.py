@@ -16,7 +16,7 @@ Every expected value is a sum of products. Running the same computation on the
 absolute values of all inputs gives, per element, ``bound = Σ |terms|``; the
 classic floating-point bound for a sum of ``n`` products evaluated in any order is
 ``|fl(s) - s| <= γ_n · bound`` with ``γ_n ≈ n·u`` (``u`` the unit roundoff of the
-port's dtype). A port passes an element when
+port's dtype). A port passes an element when::
 
     |got - expected| <= safety · (n + 1) · u · bound + atol
 
