@@ -550,8 +550,8 @@ def gelu_forward(x, *, out=None):
     float32 input: a fitted approximation (:data:`GELU_FLOAT32_COEFFICIENTS`), about ten
     times faster than SciPy's erf, evaluated as ``max(x, 0) - |x|·Φ(-|x|)`` with
     ``Φ(-t) = exp(P(min(t, 12)))``. Tested accuracy for every float32 ``x`` sampled:
-    ``|y - x·Φ(x)| <= 1.5·ε₃₂·|x|`` (``ε₃₂ = 2⁻²³``), relative error below ``8·ε₃₂``
-    for ``x >= -1`` — the same order as the rounding of ``x`` itself, which a float32
+    ``|y - x·Φ(x)| <= 1.5·ε₃₂·|x| + 2⁻¹⁴⁹`` (``ε₃₂ = 2⁻²³``; the second term is the
+    smallest subnormal), relative error below ``8·ε₃₂`` for ``x >= -1`` — the same order as the rounding of ``x`` itself, which a float32
     matrix product upstream leaves at ``ε₃₂·|x|`` anyway.
 
     Parameters

@@ -1,0 +1,492 @@
+"""The non-NeoCell layers of neocell_ref.layers, each checked against an independent source.
+
+* every backward passes the package's gradient checker (central finite differences and
+  the dot-product test) in float64, property-based over shapes; BatchNorm in both modes,
+  GELU near 0, LayerNorm with a tiny variance;
+* every forward agrees with an independent formulation written here (explicit loops,
+  ``np.einsum``, ``math.erfc``, ``np.var``, hand-computed values);
+* the float32 GELU meets its documented accuracy on a dense sample of float32 values;
+* matrix products are reported to ``neocell_ref.instrument`` with the right tags and MACs;
+* bad input raises a ValueError/TypeError naming the argument;
+* deliberately broken backwards are rejected (the checks have teeth).
+"""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from neocell_ref import layers as L
+from neocell_ref.gradcheck import check_gradients
+from neocell_ref.instrument import count_macs
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _report(forward, backward, inputs, names, **kwargs):
+    kwargs.setdefault("max_elements", 24)
+    return check_gradients(forward, backward, inputs, names=names, **kwargs)
+
+
+def _assert_passes(report, what):
+    assert report.passed, f"{what}: gradient check failed\n{report}"
+
+
+def _dims(data, label, low=1, high=5):
+    return data.draw(st.integers(low, high), label=label)
+
+
+# ======================================================================================
+# gradient checks, property-based over shapes (float64)
+# ======================================================================================
+@given(data=st.data())
+def test_linear_gradients(data):
+    n = _dims(data, "N", 1, 3)
+    c_in, c_out = _dims(data, "C_in"), _dims(data, "C_out")
+    spatial = tuple(data.draw(st.lists(st.integers(1, 4), min_size=0, max_size=2), label="spatial dims"))
+    bias = data.draw(st.booleans(), label="bias")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c_in, *spatial))
+    w = rng.standard_normal((c_out, c_in))
+    inputs, names = [x, w], ["x", "weight"]
+    if bias:
+        inputs.append(rng.standard_normal(c_out))
+        names.append("bias")
+    # without a bias the backward's third gradient is None: keep one per checked input
+    report = _report(lambda *a: L.linear_forward(*a), lambda g, *a: L.linear_backward(g, *a)[:len(a)], inputs, names,
+                     rng=np.random.default_rng(seed))
+    _assert_passes(report, f"linear x{x.shape} w{w.shape} bias={bias}")
+
+
+@given(data=st.data())
+def test_conv1x1_gradients(data):
+    n, c_in, c_out = _dims(data, "N", 1, 3), _dims(data, "C_in"), _dims(data, "C_out")
+    h, w_ = _dims(data, "H"), _dims(data, "W")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x = rng.standard_normal((n, c_in, h, w_))
+    w = rng.standard_normal((c_out, c_in, 1, 1))
+    report = _report(L.conv1x1_forward, L.conv1x1_backward, [x, w], ["x", "weight"], rng=rng)
+    _assert_passes(report, f"conv1x1 x{x.shape} w{w.shape}")
+
+
+@given(data=st.data())
+def test_batchnorm_gradients_both_modes(data):
+    training = data.draw(st.booleans(), label="training")
+    n, c = _dims(data, "N", 1, 3), _dims(data, "C", 1, 4)
+    h, w_ = _dims(data, "H", 1, 4), _dims(data, "W", 1, 4)
+    if training and n * h * w_ < 2:
+        h = 2  # training needs two values per channel (tested separately as an error)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x = rng.standard_normal((n, c, h, w_)) * rng.uniform(0.5, 3) + rng.uniform(-2, 2)
+    weight, bias = rng.standard_normal(c), rng.standard_normal(c)
+    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2.0, c)
+
+    def forward(x_, w_, b_):
+        return L.batchnorm_forward(x_, w_, b_, rm, rv, training=training)
+
+    def backward(g, x_, w_, b_):
+        return L.batchnorm_backward(g, x_, w_, b_, rm, rv, training=training)[:3]
+
+    report = _report(forward, backward, [x, weight, bias], ["x", "weight", "bias"], rng=rng)
+    _assert_passes(report, f"batchnorm training={training} x{x.shape}")
+
+
+@given(data=st.data())
+def test_layernorm_gradients(data):
+    n, c = _dims(data, "N", 1, 3), _dims(data, "C", 2, 6)
+    spatial = tuple(data.draw(st.lists(st.integers(1, 3), min_size=0, max_size=2), label="spatial dims"))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x = rng.standard_normal((n, c, *spatial)) * 2 + 1
+    weight, bias = rng.standard_normal(c), rng.standard_normal(c)
+    report = _report(lambda *a: L.layernorm_forward(*a), lambda g, *a: L.layernorm_backward(g, *a),
+                     [x, weight, bias], ["x", "weight", "bias"], rng=rng)
+    _assert_passes(report, f"layernorm x{x.shape}")
+
+
+def test_layernorm_gradients_with_tiny_variance():
+    """Variance 1e-8 against eps 1e-6: the eps term dominates the normalisation.
+
+    The finite-difference step (1e-7) is scaled to the spread of the values (1e-4), so
+    the check probes the function where its curvature lives rather than stepping over
+    it; the offset 0.5 keeps the rounding noise of the differences below 1e-9 relative.
+    """
+    rng = np.random.default_rng(3)
+    x = 0.5 + 1e-4 * rng.standard_normal((3, 8))
+    weight, bias = rng.standard_normal(8), rng.standard_normal(8)
+    report = _report(lambda *a: L.layernorm_forward(*a), lambda g, *a: L.layernorm_backward(g, *a),
+                     [x, weight, bias], ["x", "weight", "bias"], rng=rng, eps=1e-7, rtol=1e-5, atol=1e-6)
+    _assert_passes(report, "layernorm with variance 1e-8")
+    # and the forward is really in the eps-dominated regime: |y - bias| << |weight|
+    y = L.layernorm_forward(x, weight, bias)
+    assert np.abs(y - bias).max() < 0.1 * np.abs(weight).max(), "tiny-variance case is not eps-dominated"
+
+
+@given(data=st.data())
+def test_gelu_gradients(data):
+    shape = tuple(data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=3), label="shape"))
+    scale = data.draw(st.sampled_from([1e-3, 1.0, 4.0]), label="input scale")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x = scale * rng.standard_normal(shape)
+    report = _report(lambda x_: L.gelu_forward(x_), L.gelu_backward, [x], ["x"], rng=rng)
+    _assert_passes(report, f"gelu scale {scale} shape {shape}")
+
+
+def test_gelu_gradient_near_zero():
+    """At and around 0: GELU'(0) = 1/2 and GELU''(0) = 2φ(0) (a hand value)."""
+    x = np.array([0.0, 1e-8, -1e-8, 1e-4, -1e-4, 1e-2, -1e-2])
+    report = _report(lambda x_: L.gelu_forward(x_), L.gelu_backward, [x], ["x"], eps=1e-7)
+    _assert_passes(report, "gelu near 0")
+    (d,) = L.gelu_backward(np.ones(3), np.array([0.0, 1e-3, -1e-3]))
+    phi0 = 1.0 / math.sqrt(2 * math.pi)
+    expected = np.array([0.5, 0.5 + 2 * phi0 * 1e-3, 0.5 - 2 * phi0 * 1e-3])  # Taylor, error O(1e-9)
+    assert np.allclose(d, expected, rtol=0, atol=1e-8), f"GELU' near 0: got {d}, expected {expected}"
+
+
+@given(data=st.data())
+def test_patchify_gradients(data):
+    n, c = _dims(data, "N", 1, 2), _dims(data, "C", 1, 3)
+    patch = data.draw(st.sampled_from([1, 2, 4]), label="patch")
+    h, w = patch * _dims(data, "H tiles", 1, 3), patch * _dims(data, "W tiles", 1, 3)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x = rng.standard_normal((n, c, h, w))
+    report = _report(lambda x_: L.patchify_forward(x_, patch=patch), lambda g, x_: L.patchify_backward(g, x_, patch=patch),
+                     [x], ["x"], rng=rng)
+    _assert_passes(report, f"patchify {patch} x{x.shape}")
+
+
+@given(data=st.data())
+def test_pool_scale_droppath_residual_gradients(data):
+    n, c, h, w = _dims(data, "N", 1, 3), _dims(data, "C"), _dims(data, "H"), _dims(data, "W")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    x, other = rng.standard_normal((n, c, h, w)), rng.standard_normal((n, c, h, w))
+    gamma = rng.standard_normal(c)
+    scale = rng.choice([0.0, 1.0 / 0.7], size=n)
+    checks = {
+        "avgpool": (L.avgpool_forward, L.avgpool_backward, [x], ["x"]),
+        "layer_scale": (lambda *a: L.layer_scale_forward(*a), L.layer_scale_backward, [x, gamma], ["x", "gamma"]),
+        "drop_path": (lambda x_: L.drop_path_forward(x_, scale),
+                      lambda g, x_: L.drop_path_backward(g, x_, scale)[:1], [x], ["x"]),
+        "residual_add": (L.residual_add_forward, L.residual_add_backward, [x, other], ["x", "branch"]),
+    }
+    for name, (fwd, bwd, inputs, names) in checks.items():
+        _assert_passes(_report(fwd, bwd, inputs, names, rng=rng), f"{name} x{x.shape}")
+
+
+@given(data=st.data())
+def test_cross_entropy_gradient(data):
+    n, k = _dims(data, "N", 1, 4), _dims(data, "K", 2, 6)
+    smoothing = data.draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]), label="smoothing")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+    logits = 3 * rng.standard_normal((n, k))
+    labels = rng.integers(0, k, n)
+
+    def forward(z):
+        return np.array(L.cross_entropy_forward(z, labels, smoothing=smoothing))
+
+    def backward(g, z):
+        return [float(g) * L.cross_entropy_backward(z, labels, smoothing=smoothing)]
+
+    _assert_passes(_report(forward, backward, [logits], ["logits"], rng=rng), f"cross-entropy eps={smoothing}")
+
+
+# ======================================================================================
+# forwards against independent formulations
+# ======================================================================================
+def test_linear_and_conv1x1_against_einsum_and_pixel_loop():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 3, 4))
+    w = rng.standard_normal((7, 5))
+    b = rng.standard_normal(7)
+    y = L.linear_forward(x, w, b)
+    expected = np.einsum("oi,nihw->nohw", w, x) + b[None, :, None, None]
+    assert np.allclose(y, expected, rtol=1e-13, atol=1e-13), f"linear vs einsum: max diff {np.abs(y - expected).max()}"
+    conv = L.conv1x1_forward(x, w[:, :, None, None])
+    for n, i, j in [(0, 0, 0), (1, 2, 3), (0, 1, 2)]:
+        pixel = w @ x[n, :, i, j]
+        assert np.allclose(conv[n, :, i, j], pixel, rtol=1e-13, atol=1e-13), f"conv1x1 pixel ({n},{i},{j})"
+    head = L.linear_forward(x[:, :, 0, 0], w, b)
+    assert np.allclose(head, x[:, :, 0, 0] @ w.T + b, rtol=1e-13, atol=1e-13), "2-D linear"
+
+
+def test_patchify_channel_order_by_definition():
+    """Channel c·16 + 4·py + px holds pixel (4i+py, 4j+px) of channel c (SPEC 7), by loops."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 8, 12))
+    y = L.patchify_forward(x)
+    assert y.shape == (2, 48, 2, 3), y.shape
+    for n in range(2):
+        for c in range(3):
+            for py in range(4):
+                for px in range(4):
+                    for i in range(2):
+                        for j in range(3):
+                            got, want = y[n, c * 16 + 4 * py + px, i, j], x[n, c, 4 * i + py, 4 * j + px]
+                            assert got == want, f"channel {c * 16 + 4 * py + px} at ({i},{j}): {got} != {want}"
+    # a hand example: one channel, 4x4 image numbered row by row -> 16 channels of 1 pixel
+    tiny = np.arange(16.0).reshape(1, 1, 4, 4)
+    assert L.patchify_forward(tiny).ravel().tolist() == list(range(16)), "4x4 patch not in row-major order"
+    (back,) = L.patchify_backward(y, x)
+    assert np.array_equal(back, x), "patchify_backward is not the inverse permutation"
+
+
+def test_batchnorm_forward_and_running_update_by_hand():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 2, 2, 5)) * 2 + 1
+    w, b = np.array([1.5, -0.5]), np.array([0.1, 0.2])
+    rm, rv = np.array([0.3, -0.2]), np.array([2.0, 0.5])
+    y = L.batchnorm_forward(x, w, b, rm, rv, training=True)
+    for c in range(2):
+        values = x[:, c]
+        expected = (values - values.mean()) / np.sqrt(np.var(values) + 1e-5) * w[c] + b[c]
+        assert np.allclose(y[:, c], expected, rtol=1e-12, atol=1e-12), f"training BN channel {c}"
+    y_eval = L.batchnorm_forward(x, w, b, rm, rv, training=False)
+    expected = (x - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-5) * w[None, :, None, None] + b[None, :, None, None]
+    assert np.allclose(y_eval, expected, rtol=1e-12, atol=1e-12), "inference BN"
+    new_mean, new_var, nbt = L.batchnorm_update_running(x, rm, rv, np.int64(4), momentum=0.1)
+    for c in range(2):
+        values = x[:, c].ravel()
+        assert math.isclose(new_mean[c], 0.9 * rm[c] + 0.1 * values.mean(), rel_tol=1e-13), f"running_mean {c}"
+        unbiased = np.var(values, ddof=1)
+        assert math.isclose(new_var[c], 0.9 * rv[c] + 0.1 * unbiased, rel_tol=1e-13), f"running_var {c} (unbiased)"
+    assert nbt.dtype == np.int64 and nbt.shape == () and int(nbt) == 5, f"num_batches_tracked {nbt!r}"
+    assert np.array_equal(rm, [0.3, -0.2]) and np.array_equal(rv, [2.0, 0.5]), "update modified its inputs"
+
+
+def test_layernorm_and_avgpool_against_formulas():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 6)) * 3 + 2
+    w, b = rng.standard_normal(6), rng.standard_normal(6)
+    y = L.layernorm_forward(x, w, b)
+    for n in range(3):
+        expected = (x[n] - x[n].mean()) / math.sqrt(np.var(x[n]) + 1e-6) * w + b
+        assert np.allclose(y[n], expected, rtol=1e-12, atol=1e-12), f"layernorm row {n}"
+    img = rng.standard_normal((2, 3, 4, 5))
+    pooled = L.avgpool_forward(img)
+    assert np.allclose(pooled[1, 2], sum(img[1, 2].ravel()) / 20, rtol=1e-13), "avgpool"
+
+
+def test_gelu_float64_against_math_erfc():
+    """x·Φ(x) with Φ(x) = erfc(-x/√2)/2 from the C library (math.erfc), tails included.
+
+    Tolerance: a few ulps, plus the conditioning of the tail: erfc(z) changes by the
+    relative amount 2z²·δ when its argument z = -x/√2 is rounded by δ ≈ ε₆₄, and the two
+    sides round z differently (multiply by 1/√2 or divide by √2).
+    """
+    eps64 = float(np.finfo(np.float64).eps)
+    xs = np.concatenate([np.linspace(-30, 30, 601), [0.0, 1e-300, -1e-300, 0.5, -0.5]])
+    got = L.gelu_forward(xs)
+    for x, g in zip(xs, got):
+        expected = x * 0.5 * math.erfc(-x / math.sqrt(2))
+        tol = (8 + 2 * x * x) * eps64 * abs(expected) + 1e-320
+        assert abs(g - expected) <= tol, f"GELU({x!r}) = {g!r}, math.erfc gives {expected!r}"
+
+
+def test_gelu_float32_documented_accuracy():
+    """|y - x·Φ(x)| <= 1.5·ε₃₂·|x| + 2⁻¹⁴⁹ on a dense float32 sample; relative <= 8·ε₃₂ for
+    x >= -1 (away from the subnormal range). 2⁻¹⁴⁹ is the smallest float32 subnormal: a
+    result below it cannot be represented, whatever the formula."""
+    grid = np.linspace(-16, 16, 2_000_001, dtype=np.float32)
+    rng = np.random.default_rng(5)
+    extra = np.concatenate([rng.standard_normal(300_000) * 3, rng.standard_normal(20_000) * 1e-3,
+                            [1e-38, -1e-38, 1e-45, -1e-45, 8.0, -8.0, 12.0, -12.0, 11.99, -11.99, 3e38, -3e38]])
+    x32 = np.concatenate([grid, extra.astype(np.float32)])
+    got = L.gelu_forward(x32).astype(np.float64)
+    x64 = x32.astype(np.float64)
+    ref = L.gelu_forward(x64)  # float64 path, itself checked against math.erfc above
+    err = np.abs(got - ref)
+    tiny = 2.0 ** -149
+    ratio = np.maximum(err - tiny, 0.0) / (EPS32 * np.abs(x64) + 1e-300)
+    worst = int(np.argmax(ratio))
+    assert ratio[worst] <= 1.5, f"float32 GELU at x={x32[worst]!r}: error {err[worst]:.3g} = {ratio[worst]:.3f} eps|x|"
+    near = (x64 >= -1) & (np.abs(x64) > 1e-30)
+    rel = err[near] / np.abs(ref[near])
+    worst = int(np.argmax(rel))
+    assert rel[worst] <= 8 * EPS32, f"float32 GELU relative error {rel[worst] / EPS32:.2f} eps at x={x64[near][worst]!r}"
+
+
+def test_gelu_float32_special_values_and_derivative():
+    specials = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 100.0, -100.0], dtype=np.float32)
+    y = L.gelu_forward(specials)
+    assert y.dtype == np.float32
+    assert y[0] == np.inf and y[1] == 0 and np.isnan(y[2]), f"inf/-inf/nan -> {y[:3]}"
+    assert y[3] == 0 and y[4] == 0 and y[5] == 100 and y[6] == 0, f"0, -0, ±100 -> {y[3:]}"
+    x32 = np.linspace(-10, 10, 200_001, dtype=np.float32)
+    (d32,) = L.gelu_backward(np.ones_like(x32), x32)
+    (d64,) = L.gelu_backward(np.ones(x32.shape), x32.astype(np.float64))
+    assert d32.dtype == np.float32
+    err = np.abs(d32 - d64).max()
+    assert err <= 4 * EPS32, f"float32 GELU' absolute error {err:.3g} > 4 eps"
+
+
+def test_gelu_in_place_and_non_contiguous():
+    rng = np.random.default_rng(6)
+    base = rng.standard_normal((70, 1000)).astype(np.float32)  # > one block of the float32 path
+    expected = L.gelu_forward(base.copy())
+    view = base[:, ::2]
+    assert np.array_equal(L.gelu_forward(view), expected[:, ::2]), "non-contiguous float32 input"
+    buf = base.copy()
+    out = L.gelu_forward(buf, out=buf)
+    assert out is buf and np.array_equal(buf, expected), "in-place float32 GELU differs"
+    x64 = rng.standard_normal(10)
+    assert np.array_equal(L.gelu_forward(x64.copy(), out=x64.copy()), L.gelu_forward(x64)), "float64 out="
+
+
+def test_cross_entropy_by_hand():
+    # two equal logits: softmax = (1/2, 1/2), loss = log 2 whatever the smoothing
+    assert math.isclose(L.cross_entropy_forward(np.zeros((1, 2)), np.array([1]), smoothing=0.3), math.log(2), rel_tol=1e-15)
+    # logits (0, log 3): p = (1/4, 3/4); label 1, smoothing 0.2 -> q = (0.1, 0.9)
+    z = np.array([[0.0, math.log(3)]])
+    expected = -(0.1 * math.log(0.25) + 0.9 * math.log(0.75))
+    assert math.isclose(L.cross_entropy_forward(z, np.array([1]), smoothing=0.2), expected, rel_tol=1e-14)
+    g = L.cross_entropy_backward(z, np.array([1]), smoothing=0.2)
+    assert np.allclose(g, [[0.25 - 0.1, 0.75 - 0.9]], rtol=1e-14, atol=1e-15), f"grad {g}"
+    # PyTorch's definition: (1-ε)·NLL + ε·mean_k(-log p_k), averaged over the batch
+    rng = np.random.default_rng(7)
+    z, labels = rng.standard_normal((5, 4)) * 2, rng.integers(0, 4, 5)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    torch_rule = np.mean(0.9 * -logp[np.arange(5), labels] + 0.1 * -logp.mean(axis=1))
+    assert math.isclose(L.cross_entropy_forward(z, labels, smoothing=0.1), torch_rule, rel_tol=1e-13)
+    # large logits stay finite (log-sum-exp shift)
+    assert math.isfinite(L.cross_entropy_forward(np.array([[1000.0, -1000.0]]), np.array([1])))
+
+
+def test_drop_path_scale_statistics_and_determinism():
+    rate = 0.3
+    scale = L.drop_path_scale(np.random.default_rng(8), 20_000, rate)
+    values = set(np.unique(scale).tolist())
+    assert values == {0.0, 1.0 / 0.7}, f"drop-path factors {values}"
+    kept = float(np.mean(scale > 0))
+    sd = math.sqrt(0.7 * 0.3 / 20_000)
+    assert abs(kept - 0.7) < 5 * sd, f"kept fraction {kept} vs 0.7 (5 sd = {5 * sd:.4f})"
+    assert abs(scale.mean() - 1.0) < 5 * sd / 0.7, "expectation not preserved by 1/(1-rate)"
+    again = L.drop_path_scale(np.random.default_rng(8), 20_000, rate)
+    assert np.array_equal(scale, again), "same seed gave different masks"
+    rng = np.random.default_rng(9)
+    state = rng.bit_generator.state
+    assert np.array_equal(L.drop_path_scale(rng, 4, 0.0), np.ones(4)), "rate 0 is not the identity"
+    assert rng.bit_generator.state == state, "rate 0 consumed random numbers"
+
+
+# ======================================================================================
+# instrumented matrix products
+# ======================================================================================
+def test_matrix_products_are_counted_with_tags():
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 6, 3, 5))
+    with count_macs() as counter:
+        L.linear_forward(x, rng.standard_normal((4, 6)))
+        L.conv1x1_forward(x, rng.standard_normal((4, 6, 1, 1)))
+    assert counter.by_tag() == {"linear": 2 * 4 * 6 * 15, "conv1x1": 2 * 4 * 6 * 15}, counter.by_tag()
+    with count_macs() as counter:
+        L.linear_backward(rng.standard_normal((2, 4, 3, 5)), x, rng.standard_normal((4, 6)))
+    # dx and dW each cost N·C_out·C_in·P
+    assert counter.by_tag() == {"linear": 2 * (2 * 4 * 6 * 15)}, counter.by_tag()
+
+
+# ======================================================================================
+# float32 computation and dtype rule
+# ======================================================================================
+def test_float32_in_float32_out_and_promotion():
+    rng = np.random.default_rng(11)
+    x32 = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    w32 = rng.standard_normal((5, 3)).astype(np.float32)
+    assert L.linear_forward(x32, w32).dtype == np.float32
+    assert L.linear_forward(x32, w32.astype(np.float64)).dtype == np.float64
+    assert L.batchnorm_forward(x32, np.ones(3, np.float32), np.zeros(3, np.float32), training=True).dtype == np.float32
+    assert L.gelu_forward(np.arange(3)).dtype == np.float64, "integer input computes in float64"
+
+
+# ======================================================================================
+# errors name the argument
+# ======================================================================================
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda: L.linear_forward(np.zeros((2, 3)), np.zeros((4, 5))), ValueError, ["weight", "channels"]),
+        (lambda: L.linear_forward(np.zeros(3), np.zeros((4, 3))), ValueError, ["x", "2-D"]),
+        (lambda: L.linear_forward(np.zeros((2, 3)), np.zeros((4, 3)), np.zeros(5)), ValueError, ["bias", "(4,)"]),
+        (lambda: L.linear_forward(np.zeros((2, 3), bool), np.zeros((4, 3))), TypeError, ["x", "bool"]),
+        (lambda: L.linear_forward(np.zeros((2, 3), complex), np.zeros((4, 3))), TypeError, ["x", "complex"]),
+        (lambda: L.linear_backward(np.zeros((2, 5)), np.zeros((2, 3)), np.zeros((4, 3))), ValueError, ["grad_y", "(2, 4)"]),
+        (lambda: L.conv1x1_forward(np.zeros((1, 3, 2, 2)), np.zeros((4, 3, 3, 3))), ValueError, ["weight", "(out, in, 1, 1)"]),
+        (lambda: L.conv1x1_forward(np.zeros((3, 2, 2)), np.zeros((4, 3, 1, 1))), ValueError, ["x", "4-D"]),
+        (lambda: L.batchnorm_forward(np.zeros((1, 2, 1, 1)), np.ones(2), np.zeros(2), training=True), ValueError,
+         ["more than 1 value per channel"]),
+        (lambda: L.batchnorm_forward(np.zeros((2, 2, 2, 2)), np.ones(3), np.zeros(2), training=True), ValueError, ["weight", "(2,)"]),
+        (lambda: L.batchnorm_forward(np.zeros((2, 2, 2, 2)), np.ones(2), np.zeros(2), np.zeros(2), np.ones(2), training=False,
+                                     eps=0.0), ValueError, ["eps", "> 0"]),
+        (lambda: L.batchnorm_forward(np.zeros((2, 2, 2, 2)), np.ones(2), np.zeros(2), None, None, training=False), TypeError,
+         ["running_mean"]),
+        (lambda: L.batchnorm_forward(np.zeros((2, 2, 2, 2)), np.ones(2), np.zeros(2), training="yes"), TypeError, ["training"]),
+        (lambda: L.batchnorm_update_running(np.zeros((2, 2, 2, 2)), np.zeros(2), np.ones(2), 1.5), TypeError, ["num_batches_tracked"]),
+        (lambda: L.batchnorm_update_running(np.zeros((2, 2, 2, 2)), np.zeros(2), np.ones(2), 0, momentum=2.0), ValueError, ["momentum"]),
+        (lambda: L.layernorm_forward(np.zeros((2, 3)), np.ones(4), np.zeros(3)), ValueError, ["weight", "(3,)"]),
+        (lambda: L.layernorm_forward(np.zeros((2, 3)), np.ones(3), np.zeros(3), eps=-1.0), ValueError, ["eps"]),
+        (lambda: L.gelu_forward(np.zeros(3, complex)), TypeError, ["x", "complex"]),
+        (lambda: L.gelu_forward(np.zeros(3), out=np.zeros(4)), ValueError, ["out"]),
+        (lambda: L.gelu_backward(np.zeros(4), np.zeros(3)), ValueError, ["grad_y", "(3,)"]),
+        (lambda: L.patchify_forward(np.zeros((1, 3, 6, 8))), ValueError, ["multiples of 4", "6x8"]),
+        (lambda: L.patchify_forward(np.zeros((1, 3, 8, 8)), patch=0), ValueError, ["patch"]),
+        (lambda: L.avgpool_forward(np.zeros((2, 3))), ValueError, ["x", "4-D"]),
+        (lambda: L.layer_scale_forward(np.zeros((2, 3, 1, 1)), np.ones(2)), ValueError, ["gamma", "(3,)"]),
+        (lambda: L.drop_path_scale(np.random.default_rng(0), 4, 1.0), ValueError, ["rate", "< 1"]),
+        (lambda: L.drop_path_scale(None, 4, 0.5), TypeError, ["rng"]),
+        (lambda: L.drop_path_scale(np.random.default_rng(0), 0, 0.5), ValueError, ["n"]),
+        (lambda: L.drop_path_forward(np.zeros((2, 3)), np.ones(3)), ValueError, ["scale", "(2,)"]),
+        (lambda: L.residual_add_forward(np.zeros((2, 3)), np.zeros((2, 4))), ValueError, ["branch"]),
+        (lambda: L.cross_entropy_forward(np.zeros((2, 3)), np.array([0, 3])), ValueError, ["labels[1]", "[0, 3)"]),
+        (lambda: L.cross_entropy_forward(np.zeros((2, 3)), np.array([0.0, 1.0])), TypeError, ["labels", "integer"]),
+        (lambda: L.cross_entropy_forward(np.zeros((2, 3)), np.array([0])), ValueError, ["labels", "(2,)"]),
+        (lambda: L.cross_entropy_forward(np.zeros((2, 3)), np.array([0, 1]), smoothing=1.5), ValueError, ["smoothing"]),
+        (lambda: L.cross_entropy_forward(np.zeros(3), np.array([0])), ValueError, ["logits", "2-D"]),
+    ],
+)
+def test_errors_name_the_argument(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    message = str(info.value)
+    for word in words:
+        assert word in message, f"error message {message!r} does not mention {word!r}"
+
+
+# ======================================================================================
+# the checks have teeth: broken backwards are rejected
+# ======================================================================================
+def _bn_backward_without_mean_term(grad_y, x, weight, bias, rm, rv, *, training, eps=1e-5):
+    gx, gw, gb, _, _ = L.batchnorm_backward(grad_y, x, weight, bias, rm, rv, training=training, eps=eps)
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    _, var = L.batchnorm_stats(x)
+    gx = gx + (gb / m * weight / np.sqrt(var + eps))[None, :, None, None]  # forgets -Σdy/M
+    return gx, gw, gb, None, None
+
+
+def _gelu_backward_without_density(grad_y, x):
+    from scipy.special import ndtr
+
+    return (grad_y * ndtr(x),)  # the x·φ(x) term is missing
+
+
+def _linear_backward_scaled(grad_y, x, weight, bias=None):
+    gx, gw, gb = L.linear_backward(grad_y, x, weight, bias)
+    return gx, gw * 1.0001, gb  # a 1e-4 relative error in dW
+
+
+@pytest.mark.parametrize("mutant", ["batchnorm", "gelu", "linear"])
+def test_broken_backwards_are_rejected(mutant):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 3, 2, 2))
+    if mutant == "batchnorm":
+        w, b, rm, rv = rng.standard_normal(3), rng.standard_normal(3), np.zeros(3), np.ones(3)
+        report = _report(lambda x_: L.batchnorm_forward(x_, w, b, rm, rv, training=True),
+                         lambda g, x_: _bn_backward_without_mean_term(g, x_, w, b, rm, rv, training=True)[:1],
+                         [x], ["x"], rng=rng)
+    elif mutant == "gelu":
+        report = _report(lambda x_: L.gelu_forward(x_), _gelu_backward_without_density, [x], ["x"], rng=rng)
+    else:
+        w = rng.standard_normal((4, 3))
+        report = _report(lambda *a: L.linear_forward(*a), lambda g, *a: _linear_backward_scaled(g, *a)[:2],
+                         [x, w], ["x", "weight"], rng=rng)
+    assert not report.passed, f"the broken {mutant} backward was accepted\n{report}"
