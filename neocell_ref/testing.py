@@ -43,7 +43,11 @@ Design rules of the strategies:
   :class:`numpy.random.Generator` from a drawn seed (cheap to draw, shrinks to
   seed 0, reproducible from the printed seed);
 * **readable**: drawn objects print their structure (specs, shapes, seed), not
-  pages of numbers, so a falsifying example says what was drawn.
+  pages of numbers, so a falsifying example says what was drawn. (Draws inside a
+  ``@composite`` strategy cannot carry hypothesis labels; the returned objects name
+  their parts instead. Label your own ``data.draw(..., label=...)`` calls.)
+* **one source of truth**: the validity rules (output size, shift-size rule) are
+  asked from :mod:`neocell_ref.spec`, never re-encoded here.
 """
 
 from __future__ import annotations
@@ -169,8 +173,9 @@ def _valid_shifts(kernel: int, length: int | None) -> list[int]:
     ``0 <= s < kernel``; with ``n = (kernel - 1) // s + 1`` sub-groups the largest used
     shift ``(n - 1)·s`` must not exceed ``length`` (``None``: no input size yet).
     """
+    # The rule itself lives in spec.py (GroupSpec.max_shift_a); ask it, do not re-encode it.
     return [s for s in range(kernel)
-            if s == 0 or length is None or ((kernel - 1) // s) * s <= length]
+            if length is None or GroupSpec(1, kernel, kernel, 1, 1, s, 0).max_shift_a <= length]
 
 
 def _forms_for(group: GroupSpec) -> list:
@@ -300,13 +305,13 @@ class LayerSpecs(NamedTuple):
 
 def _axis_pairs(length: int, target: int, max_kernel: int):
     """All ``(k_in, k_out)`` giving output length ``target`` for input ``length`` (SPEC 2)."""
-    pairs = []
-    for k_in in range(1, max_kernel + 1):
-        for k_out in range(1, max_kernel + 1):
-            out = length if k_in == k_out else (length * k_out) // k_in
-            if out == target:
-                pairs.append((k_in, k_out))
-    return pairs
+    return [(k_in, k_out) for k_in in range(1, max_kernel + 1) for k_out in range(1, max_kernel + 1)
+            if _axis_output(length, k_in, k_out) == target]
+
+
+def _axis_output(length: int, k_in: int, k_out: int) -> int:
+    """Output length of one axis, by the rule of spec.py (GroupSpec.output_size)."""
+    return GroupSpec(1, k_in, k_out, 1, 1).output_size(length, 1)[0]
 
 
 @st.composite
@@ -315,13 +320,13 @@ def _axis_target(draw, length: int, max_kernel: int, resample: bool):
     if not resample or not draw(st.booleans()):
         return length
     resampling = [(i, o) for i in range(1, max_kernel + 1) for o in range(1, max_kernel + 1)
-                  if i != o and (length * o) // i >= 1]
+                  if i != o and _axis_output(length, i, o) >= 1]
     if not resampling:  # max_kernel == 1
         return length
     edges = [p for p in EDGE_RESAMPLING if p in resampling]
     k_in, k_out = draw(st.one_of(st.sampled_from(edges), st.sampled_from(resampling))
                        if edges else st.sampled_from(resampling))
-    return (length * k_out) // k_in
+    return _axis_output(length, k_in, k_out)
 
 
 @st.composite
