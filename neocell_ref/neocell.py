@@ -293,7 +293,8 @@ def _patchwise_chunks(specs, batch, height, width, itemsize, chunk_bytes=None):
             batch * ta * tb * max(spec.h_in, spec.h_out) * max(spec.w_in, spec.w_out) * itemsize
         )
         count = local.stop - local.start
-        parts = min(count, max(1, -(-count * per_channel // chunk_bytes)))
+        per_chunk = max(1, chunk_bytes // per_channel)  # channels that fit the budget
+        parts = -(-count // per_chunk)
         lo = 0
         for p in range(parts):
             # Non-increasing sizes: a later chunk fits the frame zeroed for the first.
