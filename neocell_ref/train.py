@@ -1,0 +1,197 @@
+"""Training in NumPy: SGD and AdamW, a synthetic pattern task, one training step.
+
+The optimizers follow PyTorch's update rules (``torch.optim.SGD`` with momentum and
+L2 weight decay; ``torch.optim.AdamW`` with decoupled weight decay and bias
+correction), written out so that a port can compare step by step. They update the
+arrays of a parameter dict **in place** (the arrays of :attr:`NeoNeXt.params
+<neocell_ref.models.NeoNeXt.params>`), keyed like the gradient dict.
+
+Example::
+
+    model = nr.models.NeoNeXt((1, 1, 1, 1), (8, 16, 24, 32), num_classes=4, kernel_spec="2+3")
+    opt = AdamW(model.params, lr=3e-3)
+    images, labels = synthetic_patterns(np.random.default_rng(0), 64)
+    loss = train_step(model, opt, images, labels, smoothing=0.1)
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .layers import cross_entropy_backward, cross_entropy_forward
+
+__all__ = ["SGD", "AdamW", "default_decay", "synthetic_patterns", "train_step", "PATTERN_CLASSES"]
+
+
+def default_decay(name: str, value: np.ndarray) -> bool:
+    """Weight decay for matrices and kernels (``ndim >= 2``); none for biases, norms, gammas."""
+    return value.ndim >= 2
+
+
+def _positive(value, name, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+class _Optimizer:
+    def __init__(self, params, weight_decay, decay):
+        if not hasattr(params, "items"):
+            raise TypeError(f"params must be a dict of name -> ndarray, got {type(params).__name__}")
+        for key, value in params.items():
+            if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+                raise TypeError(f"params[{key!r}] must be a floating ndarray (updated in place), got {type(value).__name__}")
+        self.params = params
+        self.weight_decay = _positive(weight_decay, "weight_decay", allow_zero=True)
+        self.decay = default_decay if decay is None else decay
+        self.steps = 0
+
+    def _check_grads(self, grads):
+        missing = [k for k in self.params if k not in grads]
+        unknown = [k for k in grads if k not in self.params]
+        if missing or unknown:
+            raise ValueError(f"grads do not match params: missing {missing}, unknown {unknown}")
+        for key, g in grads.items():
+            if np.shape(g) != self.params[key].shape:
+                raise ValueError(f"grads[{key!r}] has shape {np.shape(g)}, params has {self.params[key].shape}")
+
+
+class SGD(_Optimizer):
+    """Stochastic gradient descent with momentum (PyTorch's rule).
+
+    ``g ← grad + weight_decay·p`` (L2 decay on the parameters that ``decay`` selects),
+    ``v ← momentum·v + g`` (``v = g`` at the first step), ``p ← p - lr·v``.
+
+    Parameters
+    ----------
+    params : dict of str -> ndarray
+    lr : float
+    momentum : float, default 0.9
+    weight_decay : float, default 0
+    decay : callable(name, array) -> bool, optional
+        Which parameters get weight decay (default :func:`default_decay`).
+    """
+
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, decay=None):
+        super().__init__(params, weight_decay, decay)
+        self.lr = _positive(lr, "lr")
+        self.momentum = _positive(momentum, "momentum", allow_zero=True)
+        self.velocity = {}
+
+    def step(self, grads):
+        """Apply one update with ``grads`` (dict keyed like ``params``)."""
+        self._check_grads(grads)
+        for key, p in self.params.items():
+            g = np.asarray(grads[key], dtype=p.dtype)
+            if self.weight_decay and self.decay(key, p):
+                g = g + self.weight_decay * p
+            if self.momentum:
+                v = self.velocity.get(key)
+                v = g.copy() if v is None else self.momentum * v + g
+                self.velocity[key] = v
+                g = v
+            p -= self.lr * g
+        self.steps += 1
+
+
+class AdamW(_Optimizer):
+    """Adam with decoupled weight decay (PyTorch's ``AdamW``).
+
+    At step ``t``: ``p ← p·(1 - lr·weight_decay)`` (for parameters that ``decay``
+    selects), ``m ← β1·m + (1-β1)·g``, ``v ← β2·v + (1-β2)·g²``,
+    ``p ← p - lr·(m/(1-β1ᵗ)) / (sqrt(v/(1-β2ᵗ)) + eps)``.
+
+    Parameters
+    ----------
+    params : dict of str -> ndarray
+    lr : float, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+    eps : float, default 1e-8
+    weight_decay : float, default 0.05
+    decay : callable(name, array) -> bool, optional
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05, decay=None):
+        super().__init__(params, weight_decay, decay)
+        self.lr = _positive(lr, "lr")
+        if len(betas) != 2 or not all(0.0 <= _positive(b, "betas", allow_zero=True) < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = _positive(eps, "eps")
+        self.m = {k: np.zeros_like(p) for k, p in params.items()}
+        self.v = {k: np.zeros_like(p) for k, p in params.items()}
+
+    def step(self, grads):
+        """Apply one update with ``grads`` (dict keyed like ``params``)."""
+        self._check_grads(grads)
+        self.steps += 1
+        b1, b2 = self.betas
+        c1, c2 = 1.0 - b1 ** self.steps, 1.0 - b2 ** self.steps
+        for key, p in self.params.items():
+            g = np.asarray(grads[key], dtype=p.dtype)
+            if self.weight_decay and self.decay(key, p):
+                p *= 1.0 - self.lr * self.weight_decay
+            m, v = self.m[key], self.v[key]
+            m *= b1
+            m += (1.0 - b1) * g
+            v *= b2
+            v += (1.0 - b2) * np.square(g)
+            p -= self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
+
+
+#: Classes of :func:`synthetic_patterns`, by label.
+PATTERN_CLASSES = ("horizontal stripes", "vertical stripes", "diagonal stripes", "anti-diagonal stripes")
+
+
+def synthetic_patterns(rng, n, size=32, noise=0.5, dtype=np.float64):
+    """A small image-classification task: the orientation of noisy stripes.
+
+    Image ``i`` of class ``k = labels[i]`` is ``sin(2π·u/period + phase)`` with ``u`` the
+    row (k=0), column (1), row+column (2) or row-column (3), period drawn from
+    ``{4, 6, 8}``, a random phase and a random per-channel amplitude in ``[0.5, 1.5]``,
+    plus Gaussian noise of standard deviation ``noise``.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    n : int
+        Number of images.
+    size : int, default 32
+    noise : float, default 0.5
+
+    Returns
+    -------
+    images : ndarray, shape (n, 3, size, size)
+    labels : ndarray of int64, shape (n,)
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {rng!r}")
+    labels = rng.integers(0, len(PATTERN_CLASSES), size=n)
+    period = rng.choice(np.array([4.0, 6.0, 8.0]), size=n)
+    phase = rng.uniform(0.0, 2 * np.pi, size=n)
+    amplitude = rng.uniform(0.5, 1.5, size=(n, 3))
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    coords = np.stack([rows, cols, rows + cols, rows - cols])            # (4, size, size)
+    u = coords[labels]                                                   # (n, size, size)
+    wave = np.sin(2 * np.pi * u / period[:, None, None] + phase[:, None, None])
+    images = amplitude[:, :, None, None] * wave[:, None] + noise * rng.standard_normal((n, 3, size, size))
+    return images.astype(dtype), labels.astype(np.int64)
+
+
+def train_step(model, optimizer, images, labels, smoothing=0.0):
+    """One step: training forward, cross-entropy with label smoothing, backward, update.
+
+    Returns
+    -------
+    loss : float
+        The loss before the update.
+    """
+    logits = model.forward(images, training=True)
+    loss = cross_entropy_forward(logits, labels, smoothing=smoothing)
+    model.backward(cross_entropy_backward(logits, labels, smoothing=smoothing))
+    optimizer.step(model.grads)
+    return loss
