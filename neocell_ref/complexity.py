@@ -177,7 +177,8 @@ def neocell_counts(specs, height: int, width: int, batch: int = 1) -> dict:
     dict with int values
         ``"nnz"``: ``N · Σ_c (nnz(Â_c)·W + H_out·nnz(B̂_c))`` (SPEC 8, the useful
         multiplies); ``"padded"``: what the zero-padded patch-wise method executes,
-        ``N · Σ_c (W·T_a·h_in·h_out + H_out·T_b·w_in·w_out)``; ``"blockdiag"``:
+        ``N · Σ_c T_a·T_b·h_out·w_in·(h_in + w_out)`` (both axes are padded before
+        the first product, so each product runs over every padded tile); ``"blockdiag"``:
         ``N · C · (H_out·H·W + H_out·W·W_out)``; ``"height_out"``, ``"width_out"``.
     """
     specs = parse_specs(specs)
@@ -191,10 +192,9 @@ def neocell_counts(specs, height: int, width: int, batch: int = 1) -> dict:
             nnz_a = nnz(g.h_out, g.h_in, h_out, height, sa)
             nnz_b = nnz(g.w_in, g.w_out, width, w_out, sb)
             useful += c * (nnz_a * width + h_out * nnz_b)
-            padded += c * (
-                width * _tiles(height, g.h_in, sa) * g.h_in * g.h_out
-                + h_out * _tiles(width, g.w_in, sb) * g.w_in * g.w_out
-            )
+            # Z = A @ X over all T_a·T_b padded tiles, then Z @ B over the same tiles.
+            tiles = _tiles(height, g.h_in, sa) * _tiles(width, g.w_in, sb)
+            padded += c * tiles * g.h_out * g.w_in * (g.h_in + g.w_out)
     blockdiag = channels * (h_out * height * width + h_out * width * w_out)
     return {
         "nnz": batch * useful,

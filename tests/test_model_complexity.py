@@ -121,7 +121,8 @@ def hand_macs(blocks, dims, res, num_classes=1000, kernel_spec="default", shifts
         for k, c in hand_groups(hand_codes(kernel_spec)[i], d):
             for s in hand_channel_shifts(c, shifts[i], k):
                 per_block_nnz += 2 * hand_nnz_square(k, h, s) * h          # A and B alike (H = W)
-                per_block_padded += 2 * h * hand_tiles(h, k, s) * k * k
+                # both axes padded to T x T tiles of k x k; A @ tile and tile @ B: k³ each
+                per_block_padded += 2 * hand_tiles(h, k, s) ** 2 * k ** 3
         base += n * (2 * d * h * h + 8 * d * d * h * h)         # BN + fc_1 + fc_2
         dense += n * 2 * d * h ** 3
         nnz += n * per_block_nnz
