@@ -181,7 +181,7 @@ def linear_forward(x, weight, bias=None, *, tag="linear"):
 
     Parameters
     ----------
-    x : array_like, shape (N, C_in) or (N, C_in, *S)
+    x : array_like, shape (N, C_in) or ``(N, C_in, *S)``
     weight : array_like, shape (C_out, C_in)
         PyTorch ``Linear.weight`` layout.
     bias : array_like, shape (C_out,), optional
@@ -190,7 +190,7 @@ def linear_forward(x, weight, bias=None, *, tag="linear"):
 
     Returns
     -------
-    y : ndarray, shape (N, C_out) or (N, C_out, *S)
+    y : ndarray, shape (N, C_out) or ``(N, C_out, *S)``
     """
     x, weight, bias, _ = _linear_prepare(x, weight, bias)
     return _linear(x, weight, bias, tag)
@@ -436,7 +436,7 @@ def layernorm_forward(x, weight, bias, *, eps=1e-6):
 
     Parameters
     ----------
-    x : array_like, shape (N, C) or (N, C, *S)
+    x : array_like, shape (N, C) or ``(N, C, *S)``
     weight, bias : array_like, shape (C,)
     eps : float, default 1e-6 (the NeoNeXt head)
 
@@ -694,7 +694,7 @@ def layer_scale_forward(x, gamma, *, out=None):
 
     Parameters
     ----------
-    x : array_like, shape (N, C, *S)
+    x : array_like, shape ``(N, C, *S)``
     gamma : array_like, shape (C,)
     out : ndarray, optional (may be ``x``)
     """
