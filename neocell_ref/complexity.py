@@ -80,10 +80,12 @@ _FVCORE_LAYERNORM_PER_ELEMENT = 5
 
 # Element-wise operations of the "executed" convention, per element (see docs/complexity.md):
 # they are reported beside the MACs, never added to them.
+# The counts follow what neocell_ref.layers executes in inference (float64 path).
 _ELEMENTWISE_PER_ELEMENT = {
-    "batchnorm": 2,    # inference: x * scale + shift with per-channel folded scale and shift
-    "layernorm": 5,    # mean, variance, normalise, scale, shift
-    "gelu": 1,         # one erf-based GELU evaluation
+    "batchnorm": 2,    # x * scale + shift, scale and shift folded once per channel
+    "layernorm": 7,    # sum for the mean, subtract, square, sum for the variance,
+                       # times 1/std, times weight, plus bias
+    "gelu": 2,         # one normal-CDF evaluation Φ(x) (an erf) and one multiply x·Φ(x)
     "layer_scale": 1,  # one multiply by gamma
     "bias": 1,         # one addition per output element of a linear layer with bias
     "residual": 1,     # the block's x + branch

@@ -7,7 +7,8 @@ Independent sources of the expected values:
   never from :mod:`neocell_ref.architecture` or :mod:`neocell_ref.expand`;
 * the official tiny model's state dict in ``tests/data`` (outputs of the authors' code):
   its trainable arrays are exactly those that have a gradient (``grad/KEY``);
-* the MACs the package's NeoCell forward executes, recorded by ``count_macs``;
+* the MACs the package's NeoCell forward and a whole built ``neocell_ref.models.NeoNeXt``
+  forward execute, recorded by ``count_macs``, and the built model's parameter arrays;
 * the published figures of SPEC section 7, written below as literals.
 """
 
@@ -31,6 +32,7 @@ from neocell_ref.complexity import (
     released_checkpoint_options,
 )
 from neocell_ref.instrument import count_macs
+from neocell_ref.models import NeoNeXt, neonext_t
 from neocell_ref.neocell import neocell_forward
 
 from conftest import DATA
@@ -259,6 +261,64 @@ def test_executed_neocell_macs_equal_instrumented_forward():
         assert got == counter.macs, f"{layer.name}: executed {got} != instrumented {counter.macs}"
         checked += 1
     assert checked == 8, f"expected 5 block + 3 down-sampling NeoCells, checked {checked}"
+
+
+# A small custom network whose sizes leave partial tiles and use shifts in three stages.
+CUSTOM = NeoNeXtConfig(per_stage_layers=(1, 2, 1, 1), dims=(6, 12, 18, 24), num_classes=7,
+                       kernel_spec="3+5", shifts=(2, 1, 1, 0), layer_scale_init_value=0.5,
+                       linear_bias=True)
+
+
+@pytest.mark.parametrize("which", ["official_tiny", "custom_3+5"])
+def test_executed_macs_and_params_equal_the_running_model(which):
+    """A built NeoNeXt: its parameter arrays and the MACs its forward executes."""
+    if which == "official_tiny":
+        config, resolution, _ = _official_tiny()
+    else:
+        config, resolution = CUSTOM, (96, 96)
+    model = NeoNeXt.from_config(config, dtype=np.float32, resolution=resolution, rng=np.random.default_rng(1))
+    result = model_complexity(model, resolution)
+    scalars = sum(v.size for v in model.params.values())
+    assert result.params == scalars, f"{which}: params {result.params} != model's parameter scalars {scalars}"
+    batch = 2
+    x = np.random.default_rng(2).standard_normal((batch, 3, *resolution)).astype(np.float32)
+    with count_macs() as counter:
+        model.forward(x, training=False, cache=False)
+    assert counter.macs == batch * result.macs["executed"], (
+        f"{which}: forward executed {counter.macs} MACs, calculator says {batch} x "
+        f"{result.macs['executed']} = {batch * result.macs['executed']}"
+    )
+    tags = counter.by_tag()
+    neocell = sum(r.macs["executed"] for r in result.layers if r.kind == "neocell")
+    dense = sum(r.macs["executed"] for r in result.layers if r.kind in ("conv1x1", "linear"))
+    assert tags.get("patchwise", 0) == batch * neocell, f"{which}: NeoCell MACs {tags} vs {batch * neocell}"
+    assert tags.get("conv1x1", 0) + tags.get("linear", 0) == batch * dense, (
+        f"{which}: 1x1 conv + linear MACs {tags} vs {batch * dense}"
+    )
+
+
+def test_params_equal_the_built_neonext_t_with_released_options():
+    options = released_checkpoint_options(224)
+    model = neonext_t(dtype=np.float32, rng=np.random.default_rng(0), **options)
+    scalars = sum(v.size for v in model.params.values())
+    got = model_complexity("neonext_t", 224, **options).params
+    assert got == scalars, f"neonext_t released: params {got} != model's parameter scalars {scalars}"
+
+
+def test_elementwise_ops_hand_count():
+    """The documented per-element counts, added up by hand for NeoNeXt-T (released options)."""
+    blocks, dims = SIZES["neonext_t"]
+    h = 56
+    ops = 2 * dims[0] * h * h                                    # stem BN
+    for i, (n, d) in enumerate(zip(blocks, dims)):
+        if i:
+            h //= 2
+            ops += 2 * d * h * h                                 # down-sampling BN
+        # BN 2, fc_1 bias 1 on 4d, GELU 2 on 4d, fc_2 bias 1, layer scale 1, residual 1
+        ops += n * (2 * d + 4 * d + 2 * 4 * d + d + d + d) * h * h
+    ops += dims[3] * h * h + 7 * dims[3] + 1000                  # pooling, LayerNorm, head bias
+    got = model_complexity("neonext_t", 224, **released_checkpoint_options(224)).elementwise_ops
+    assert got == ops, f"elementwise ops {got} != hand count {ops} (diff {got - ops})"
 
 
 def test_per_layer_rows_sum_to_totals_and_convert():
