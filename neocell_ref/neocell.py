@@ -35,6 +35,7 @@ reference precision.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -251,12 +252,13 @@ def _loop_backward(grad_y, x, weights_a, weights_b, specs, out_size):
 _CHUNK_BYTES = 1 << 18
 
 
-class _Chunk(NamedTuple):
-    """Consecutive channels of one group with one shift pair, processed together.
+class _Segment(NamedTuple):
+    """Consecutive channels of one group with one shift pair (one padding geometry).
 
     ``group``: index of the group; ``local``/``chans``: channel slice in the group's
     weights / in ``x``; ``front_*``, ``tiles_*``, ``crop_*``: :func:`_axis_geometry`
-    of the height (``a``) and width (``b``) axes for this chunk's shifts.
+    of the height (``a``) and width (``b``) axes; ``chunks``: ``(start, stop)``
+    channel ranges relative to the segment, processed one at a time.
     """
 
     group: int
@@ -268,23 +270,39 @@ class _Chunk(NamedTuple):
     front_b: int
     tiles_b: int
     crop_b: int
+    chunks: tuple
+
+    @property
+    def most_channels(self):
+        """Channels of the largest chunk (the first one)."""
+        return self.chunks[0][1] - self.chunks[0][0]
 
 
-def _patchwise_chunks(specs, batch, height, width, itemsize, chunk_bytes=None):
-    """Cut the layer into :class:`_Chunk` s of at most ``chunk_bytes`` per work buffer.
+@lru_cache(maxsize=256)
+def _patchwise_plan(specs, batch, height, width, itemsize, chunk_bytes):
+    """Cut the layer into :class:`_Segment` s and each segment into chunks.
 
-    Every shift segment (:func:`_segments`) is split into near-equal runs of
-    channels, largest first; a run holds at least one channel, so a single huge
-    channel still works.
+    A chunk holds as many channels as fit ``chunk_bytes`` per work buffer (at least
+    one, so a single huge channel still works); a segment's chunks are near-equal,
+    largest first, so every chunk fits the buffers and the zero frame laid out for
+    the first one. Pure function of its arguments, hence cached: planning costs
+    Python time on every call otherwise.
+
+    Parameters
+    ----------
+    specs : tuple of GroupSpec
+    batch, height, width : int
+        ``N``, ``H``, ``W`` of the input.
+    itemsize : int
+        Bytes per value.
+    chunk_bytes : int
 
     Returns
     -------
-    list of _Chunk
-        In channel order, covering every channel exactly once.
+    tuple of _Segment
+        In channel order, together covering every channel exactly once.
     """
-    if chunk_bytes is None:
-        chunk_bytes = _CHUNK_BYTES
-    chunks = []
+    segments = []
     for g, local, chans, sa, sb in _segments(specs):
         spec = specs[g]
         fa, ta, ca, _ = _axis_geometry(height, spec.h_in, spec.h_out, sa)
@@ -293,33 +311,33 @@ def _patchwise_chunks(specs, batch, height, width, itemsize, chunk_bytes=None):
             batch * ta * tb * max(spec.h_in, spec.h_out) * max(spec.w_in, spec.w_out) * itemsize
         )
         count = local.stop - local.start
-        per_chunk = max(1, chunk_bytes // per_channel)  # channels that fit the budget
-        parts = -(-count // per_chunk)
-        lo = 0
+        parts = -(-count // max(1, chunk_bytes // per_channel))
+        bounds = [0]
         for p in range(parts):
-            # Non-increasing sizes: a later chunk fits the frame zeroed for the first.
-            hi = lo + count // parts + (p < count % parts)
-            chunks.append(_Chunk(
-                g, slice(local.start + lo, local.start + hi),
-                slice(chans.start + lo, chans.start + hi), fa, ta, ca, fb, tb, cb,
-            ))
-            lo = hi
-    return chunks
+            bounds.append(bounds[-1] + count // parts + (p < count % parts))
+        segments.append(_Segment(g, local, chans, fa, ta, ca, fb, tb, cb,
+                                 tuple(zip(bounds[:-1], bounds[1:]))))
+    return tuple(segments)
 
 
-def _tiled_shapes(chunk, spec, batch):
-    """Shapes of a chunk's tiled arrays: input ``X``, ``Z = A X`` and output ``Y = Z B``.
+def _tiled_shapes(segment, spec, batch):
+    """Shapes of a segment's tiled arrays for its largest chunk of ``m`` channels.
 
-    ``X``: (m, h_in, N, T_a, T_b*w_in); ``Z``: (m, h_out, N, T_a, T_b*w_in);
-    ``Y``: (m, h_out, N, T_a, T_b*w_out).
+    ``X``: (m, h_in, N, T_a, T_b*w_in); ``Z = A X``: (m, h_out, N, T_a, T_b*w_in);
+    ``Y = Z B``: (m, h_out, N, T_a, T_b*w_out).
     """
-    m = chunk.local.stop - chunk.local.start
-    n, ta, tb = batch, chunk.tiles_a, chunk.tiles_b
+    m, n, ta, tb = segment.most_channels, batch, segment.tiles_a, segment.tiles_b
     return (
         (m, spec.h_in, n, ta, tb * spec.w_in),
         (m, spec.h_out, n, ta, tb * spec.w_in),
         (m, spec.h_out, n, ta, tb * spec.w_out),
     )
+
+
+def _buffer_sizes(plan, specs, batch):
+    """Largest ``(X, Z, Y)`` sizes over the plan's segments: one work buffer of each."""
+    shapes = [_tiled_shapes(seg, specs[seg.group], batch) for seg in plan]
+    return tuple(max(math.prod(s[i]) for s in shapes) for i in range(3))
 
 
 def _view(buffer, shape):
@@ -336,17 +354,19 @@ def _tile_pieces(tiled, planes, front_h, front_w):
     Parameters
     ----------
     tiled : ndarray, shape (m, k, N, T, P)
-    planes : ndarray, shape (N, m, L, M)
-        With ``front_h + L <= T*k`` and ``front_w + M <= P``.
+    planes : ndarray, shape (N, m', L, M)
+        With ``front_h + L <= T*k`` and ``front_w + M <= P``. The channel counts ``m``
+        and ``m'`` may differ: every returned view has the channel axis first, so
+        ``t[:c]`` and ``p[lo:lo + c]`` pair up any ``c`` channels.
     front_h, front_w : int
         Zeros in front of the planes (``front_h < k``).
 
     Returns
     -------
     list of (tiled_view, planes_view)
-        Pairs of equal shape, at most three (first partial tile, full tiles, last
-        partial tile), covering every plane element exactly once. Assigning either
-        way copies in or out of the layout.
+        Pairs of equal shape apart from the channel axis, at most three (first
+        partial tile, full tiles, last partial tile), covering every plane element
+        exactly once. Assigning either way copies in or out of the layout.
     """
     k = tiled.shape[1]
     n, m, length, width = planes.shape
@@ -373,8 +393,9 @@ def _tile_pieces(tiled, planes, front_h, front_w):
 def _zero_frame(tiled, front_h, length, front_w, width):
     """Zero every entry of ``tiled`` (m, k, N, T, P) that holds no plane value.
 
-    These are the padding zeros of SPEC 3's view. Only the frame is written, so a
-    reused work buffer costs no full clearing pass.
+    These are the padding zeros of SPEC 3's view. Padding a chunk into the layout
+    writes only the other entries, so the frame written once per segment serves all
+    of its chunks and no full clearing pass is needed.
     """
     k = tiled.shape[1]
     tiled[..., :front_w] = 0
@@ -389,28 +410,11 @@ def _zero_frame(tiled, front_h, length, front_w, width):
     tiled[:, :, :, end_tile:, cols] = 0
 
 
-class _TiledBuffer:
-    """A flat work buffer, reused chunk after chunk, that pads planes into the tiled layout.
-
-    Padding only ever writes the data positions, so the zero frame written for one
-    chunk stays valid for the next chunk with the same geometry and no more channels
-    (channels are the outermost axis). The frame is rewritten only when that changes.
-    """
-
-    def __init__(self, size, dtype):
-        self.data = np.empty(size, dtype=dtype)
-        self._framed = None  # (geometry, channels) whose frame is currently zero
-
-    def pad(self, planes, shape, front_h, front_w):
-        """Return ``planes`` (N, m, L, M) padded into a tiled view of ``shape`` (m, k, N, T, P)."""
-        tiled = _view(self.data, shape)
-        geometry = (shape[1:], planes.shape[2:], front_h, front_w)
-        if self._framed is None or self._framed[0] != geometry or self._framed[1] < shape[0]:
-            _zero_frame(tiled, front_h, planes.shape[2], front_w, planes.shape[3])
-            self._framed = (geometry, shape[0])
-        for t, p in _tile_pieces(tiled, planes, front_h, front_w):
-            t[...] = p
-        return tiled
+def _padded_pieces(buffer, shape, planes, front_h, front_w):
+    """A tiled view of ``shape`` in ``buffer`` with its zero frame, and its pieces for ``planes``."""
+    tiled = _view(buffer, shape)
+    _zero_frame(tiled, front_h, planes.shape[2], front_w, planes.shape[3])
+    return tiled, _tile_pieces(tiled, planes, front_h, front_w)
 
 
 def _from_tiled(planes, tiled, front_h, front_w):
@@ -436,20 +440,27 @@ def _patchwise_forward(x, weights_a, weights_b, specs, out_size):
     """
     n, _, height, width = x.shape
     y = np.empty((n, x.shape[1], *out_size), dtype=x.dtype)
-    chunks = _patchwise_chunks(specs, n, height, width, x.itemsize)
-    shapes = [_tiled_shapes(ch, specs[ch.group], n) for ch in chunks]
-    buf_x = _TiledBuffer(max(math.prod(s[0]) for s in shapes), x.dtype)
-    buf_z = np.empty(max(math.prod(s[1]) for s in shapes), dtype=x.dtype)
-    buf_y = np.empty(max(math.prod(s[2]) for s in shapes), dtype=x.dtype)
-    for ch, (shape_x, shape_z, shape_y) in zip(chunks, shapes):
-        spec = specs[ch.group]
-        m, cols = shape_x[0], math.prod(shape_x[2:])
-        xt = buf_x.pad(x[:, ch.chans], shape_x, ch.front_a, ch.front_b)
-        z = _view(buf_z, (m, spec.h_out, cols))
-        matmul(weights_a[ch.group][ch.local], xt.reshape(m, spec.h_in, cols), "patchwise", out=z)
-        yt = _view(buf_y, (m, cols // spec.w_in * spec.h_out, spec.w_out))
-        matmul(z.reshape(m, -1, spec.w_in), weights_b[ch.group][ch.local], "patchwise", out=yt)
-        _from_tiled(y[:, ch.chans], yt.reshape(shape_y), ch.crop_a, ch.crop_b)
+    plan = _patchwise_plan(specs, n, height, width, x.itemsize, _CHUNK_BYTES)
+    size_x, size_z, size_y = _buffer_sizes(plan, specs, n)
+    buf_x, buf_z, buf_y = (np.empty(s, dtype=x.dtype) for s in (size_x, size_z, size_y))
+    for seg in plan:
+        spec = specs[seg.group]
+        wa, wb = weights_a[seg.group][seg.local], weights_b[seg.group][seg.local]
+        shape_x, shape_z, shape_y = _tiled_shapes(seg, spec, n)
+        xt, x_pieces = _padded_pieces(buf_x, shape_x, x[:, seg.chans], seg.front_a, seg.front_b)
+        yt = _view(buf_y, shape_y)
+        y_pieces = _tile_pieces(yt, y[:, seg.chans], seg.crop_a, seg.crop_b)
+        z = _view(buf_z, shape_z)
+        for lo, hi in seg.chunks:
+            m = hi - lo
+            for t, p in x_pieces:
+                t[:m] = p[lo:hi]
+            matmul(wa[lo:hi], xt[:m].reshape(m, spec.h_in, -1), "patchwise",
+                   out=z[:m].reshape(m, spec.h_out, -1))
+            matmul(z[:m].reshape(m, -1, spec.w_in), wb[lo:hi], "patchwise",
+                   out=yt[:m].reshape(m, -1, spec.w_out))
+            for t, p in y_pieces:
+                p[lo:hi] = t[:m]
     return y
 
 
@@ -475,29 +486,38 @@ def _patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
     grad_x = np.empty_like(x)
     grads_a = [np.empty_like(w) for w in weights_a]
     grads_b = [np.empty_like(w) for w in weights_b]
-    chunks = _patchwise_chunks(specs, n, height, width, x.itemsize)
-    shapes = [_tiled_shapes(ch, specs[ch.group], n) for ch in chunks]
-    buf_x = _TiledBuffer(max(math.prod(s[0]) for s in shapes), x.dtype)
-    buf_g = _TiledBuffer(max(math.prod(s[2]) for s in shapes), x.dtype)
-    buf_z = np.empty(max(math.prod(s[1]) for s in shapes), dtype=x.dtype)
-    buf_dx = np.empty(max(math.prod(s[0]) for s in shapes), dtype=x.dtype)
-    for ch, (shape_x, shape_z, shape_y) in zip(chunks, shapes):
-        spec = specs[ch.group]
-        a, b = weights_a[ch.group][ch.local], weights_b[ch.group][ch.local]
-        m, cols = shape_x[0], math.prod(shape_x[2:])
-        rows = cols // spec.w_in * spec.h_out
-        x2 = buf_x.pad(x[:, ch.chans], shape_x, ch.front_a, ch.front_b).reshape(m, spec.h_in, cols)
-        z = _view(buf_z, (m, spec.h_out, cols))
-        matmul(a, x2, "patchwise", out=z)
-        g2 = buf_g.pad(grad_y[:, ch.chans], shape_y, ch.crop_a, ch.crop_b).reshape(m, rows, spec.w_out)
-        matmul(z.reshape(m, rows, spec.w_in).transpose(0, 2, 1), g2, "patchwise",
-               out=grads_b[ch.group][ch.local])
-        dz = z  # Z is used up: dZ goes into its buffer.
-        matmul(g2, b.transpose(0, 2, 1), "patchwise", out=dz.reshape(m, rows, spec.w_in))
-        matmul(dz, x2.transpose(0, 2, 1), "patchwise", out=grads_a[ch.group][ch.local])
-        dx = _view(buf_dx, shape_x)
-        matmul(a.transpose(0, 2, 1), dz, "patchwise", out=dx.reshape(m, spec.h_in, cols))
-        _from_tiled(grad_x[:, ch.chans], dx, ch.front_a, ch.front_b)
+    plan = _patchwise_plan(specs, n, height, width, x.itemsize, _CHUNK_BYTES)
+    size_x, size_z, size_y = _buffer_sizes(plan, specs, n)
+    buf_x, buf_dx, buf_z, buf_g = (
+        np.empty(s, dtype=x.dtype) for s in (size_x, size_x, size_z, size_y)
+    )
+    for seg in plan:
+        spec = specs[seg.group]
+        a, b = weights_a[seg.group][seg.local], weights_b[seg.group][seg.local]
+        ga, gb = grads_a[seg.group][seg.local], grads_b[seg.group][seg.local]
+        shape_x, shape_z, shape_y = _tiled_shapes(seg, spec, n)
+        xt, x_pieces = _padded_pieces(buf_x, shape_x, x[:, seg.chans], seg.front_a, seg.front_b)
+        gt, g_pieces = _padded_pieces(buf_g, shape_y, grad_y[:, seg.chans], seg.crop_a, seg.crop_b)
+        dxt = _view(buf_dx, shape_x)
+        dx_pieces = _tile_pieces(dxt, grad_x[:, seg.chans], seg.front_a, seg.front_b)
+        z = _view(buf_z, shape_z)
+        for lo, hi in seg.chunks:
+            m = hi - lo
+            for t, p in x_pieces:
+                t[:m] = p[lo:hi]
+            for t, p in g_pieces:
+                t[:m] = p[lo:hi]
+            x2 = xt[:m].reshape(m, spec.h_in, -1)            # (m, h_in, N*T_a*T_b*w_in)
+            g2 = gt[:m].reshape(m, -1, spec.w_out)           # (m, R, w_out)
+            z2 = z[:m].reshape(m, spec.h_out, -1)            # Z, later dZ
+            matmul(a[lo:hi], x2, "patchwise", out=z2)
+            matmul(z2.reshape(m, -1, spec.w_in).transpose(0, 2, 1), g2, "patchwise", out=gb[lo:hi])
+            # Z is used up: dZ goes into its buffer.
+            matmul(g2, b[lo:hi].transpose(0, 2, 1), "patchwise", out=z2.reshape(m, -1, spec.w_in))
+            matmul(z2, x2.transpose(0, 2, 1), "patchwise", out=ga[lo:hi])
+            matmul(a[lo:hi].transpose(0, 2, 1), z2, "patchwise", out=dxt[:m].reshape(m, spec.h_in, -1))
+            for t, p in dx_pieces:
+                p[lo:hi] = t[:m]
     return grad_x, grads_a, grads_b
 
 

@@ -2,14 +2,14 @@
 
 What is proven, each against an independent construction written here:
 
-* the tiled layout: padding planes into the layout (:func:`_tile_pieces`,
-  :func:`_zero_frame`, :class:`_TiledBuffer`) equals "pad with ``np.pad``-style slicing,
-  then ``reshape``/``transpose``", and cropping back out is its exact inverse;
-* a reused :class:`_TiledBuffer` stays correct across chunks of changing geometry and
-  channel count, starting from garbage (NaN) memory; a buffer that forgets to rewrite
-  its zero frame is caught (the test of the test);
-* :func:`_patchwise_chunks` covers every channel once, never mixes shifts, keeps the
-  size budget, and sizes each shift segment's chunks largest first;
+* the tiled layout: padding planes into the layout (:func:`_padded_pieces`,
+  :func:`_tile_pieces`, :func:`_zero_frame`) equals "pad by slicing into zeros, then
+  ``reshape``/``transpose``", and cropping back out is its exact inverse;
+* a reused work buffer stays correct chunk after chunk and segment after segment
+  (changing geometry, shrinking chunks), starting from garbage (NaN) memory; a frame
+  written only once is caught (the test of the test);
+* :func:`_patchwise_plan` covers every channel once, never mixes shifts, keeps the
+  size budget, and sizes each shift segment's chunks near-equal, largest first;
 * results do not depend on the chunking: one channel per chunk, a middle budget and
   a single chunk per segment give identical outputs and gradients, equal to the
   ``"blockdiag"`` formulation, for layers with uneven shifted sub-groups,
@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 import neocell_ref.neocell as nc
 from neocell_ref import neocell_backward, neocell_forward
 from neocell_ref.instrument import count_macs
-from neocell_ref.spec import parse_specs, shift_segments
+from neocell_ref.spec import parse_specs
 from neocell_ref.testing import neocell_cases, relative_error
 
 BUDGETS = (1, 3000, 1 << 40)  # one channel per chunk, a few channels, one chunk per segment
@@ -92,9 +92,10 @@ def test_padding_into_the_tiled_layout_matches_pad_reshape_transpose(geo):
     planes = numbered_planes(geo["shape"])
     n, m, _, _ = geo["shape"]
     shape = (m, geo["k"], n, geo["tiles"], geo["width_padded"])
-    buffer = nc._TiledBuffer(math.prod(shape), np.float64)
-    buffer.data[:] = np.nan  # fresh memory may hold anything
-    got = buffer.pad(planes, shape, geo["front_h"], geo["front_w"])
+    buffer = np.full(math.prod(shape), np.nan)  # fresh memory may hold anything
+    got, pieces = nc._padded_pieces(buffer, shape, planes, geo["front_h"], geo["front_w"])
+    for t, p in pieces:
+        t[...] = p
     expected = tiled_by_padding(planes, geo["k"], geo["tiles"], geo["width_padded"],
                                 geo["front_h"], geo["front_w"])
     bad = np.argwhere(~(got == expected))
@@ -124,29 +125,30 @@ def test_cropping_out_of_the_tiled_layout_is_the_inverse_and_covers_every_elemen
     assert len(pieces) <= 3, f"{len(pieces)} pieces; at most 3 expected ({geo})"
 
 
-def test_a_reused_buffer_stays_correct_across_changing_geometry_and_channel_counts():
-    """Frame rewritten when the geometry changes or a chunk has more channels than before."""
+def test_a_reused_buffer_stays_correct_chunk_after_chunk_and_segment_after_segment():
+    """The forward's pattern: frame once per segment, then every chunk copied into a prefix."""
     rng = np.random.default_rng(5)
-    steps = [  # (m, k, tiles, width_padded, front_h, front_w, L, M)
-        (3, 4, 4, 9, 3, 3, 13, 6),
-        (2, 4, 4, 9, 3, 3, 13, 6),   # same geometry, fewer channels: frame still valid
-        (3, 4, 4, 9, 3, 3, 13, 6),   # back to 3 channels: frame of channel 2 was kept
-        (3, 4, 4, 9, 1, 1, 13, 6),   # other shift: other frame
-        (4, 4, 4, 9, 1, 1, 13, 6),   # more channels than framed: must rewrite
-        (2, 2, 7, 5, 0, 0, 13, 5),   # other kernel
-        (1, 4, 4, 9, 3, 3, 13, 6),
+    segments = [  # (chunk sizes largest first, k, tiles, width_padded, front_h, front_w, L, M)
+        ((3, 3, 2), 4, 4, 9, 3, 3, 13, 6),
+        ((4, 3), 4, 4, 9, 1, 1, 13, 6),   # other shift: other frame, more channels
+        ((2,), 2, 7, 5, 0, 0, 13, 5),     # other kernel
+        ((1, 1), 4, 4, 9, 3, 3, 13, 6),
     ]
-    size = max(m * k * 2 * t * p for m, k, t, p, *_ in steps)
-    buffer = nc._TiledBuffer(size, np.float64)
-    buffer.data[:] = np.nan
-    for step, (m, k, tiles, width_padded, fh, fw, length, width) in enumerate(steps):
-        planes = rng.standard_normal((2, m, length, width))
-        got = buffer.pad(planes, (m, k, 2, tiles, width_padded), fh, fw)
-        expected = tiled_by_padding(planes, k, tiles, width_padded, fh, fw)
-        assert np.array_equal(got, expected), (
-            f"step {step} {steps[step]}: reused buffer differs at "
-            f"{np.argwhere(~(got == expected))[:3].tolist()}"
-        )
+    size = max(sizes[0] * k * 2 * t * p for sizes, k, t, p, *_ in segments)
+    buffer = np.full(size, np.nan)
+    for s_index, (sizes, k, tiles, width_padded, fh, fw, length, width) in enumerate(segments):
+        planes = rng.standard_normal((2, sum(sizes), length, width))
+        tiled, pieces = nc._padded_pieces(buffer, (sizes[0], k, 2, tiles, width_padded), planes, fh, fw)
+        lo = 0
+        for m in sizes:
+            for t, p in pieces:
+                t[:m] = p[lo:lo + m]
+            expected = tiled_by_padding(planes[:, lo:lo + m], k, tiles, width_padded, fh, fw)
+            assert np.array_equal(tiled[:m], expected), (
+                f"segment {s_index} {segments[s_index]}, chunk {lo}:{lo + m}: reused buffer "
+                f"differs at {np.argwhere(~(tiled[:m] == expected))[:3].tolist()}"
+            )
+            lo += m
 
 
 def test_the_reuse_test_catches_a_buffer_that_never_rewrites_its_frame(monkeypatch):
@@ -161,43 +163,46 @@ def test_the_reuse_test_catches_a_buffer_that_never_rewrites_its_frame(monkeypat
 
     monkeypatch.setattr(nc, "_zero_frame", first_time_only)
     with pytest.raises(AssertionError, match="reused buffer differs"):
-        test_a_reused_buffer_stays_correct_across_changing_geometry_and_channel_counts()
+        test_a_reused_buffer_stays_correct_chunk_after_chunk_and_segment_after_segment()
 
 
 # --------------------------------------------------------------------------------------
 # chunking
 # --------------------------------------------------------------------------------------
 @given(case=neocell_cases(max_batch=3), budget=st.sampled_from((1, 500, 5000, 1 << 40)))
-def test_chunks_cover_every_channel_once_within_one_shift_segment_and_the_budget(case, budget):
+def test_plan_covers_every_channel_once_within_one_shift_segment_and_the_budget(case, budget):
     groups = case.groups
     n, _, height, width = case.x.shape
-    chunks = nc._patchwise_chunks(groups, n, height, width, 8, chunk_bytes=budget)
-    seen = np.concatenate([np.arange(ch.chans.start, ch.chans.stop) for ch in chunks])
+    plan = nc._patchwise_plan(groups, n, height, width, 8, budget)
+    seen = np.concatenate([np.arange(seg.chans.start + lo, seg.chans.start + hi)
+                           for seg in plan for lo, hi in seg.chunks])
     assert np.array_equal(seen, np.arange(case.x.shape[1])), (
         f"chunks cover channels {seen.tolist()}, expected 0..{case.x.shape[1] - 1} once, in order"
     )
     offsets = np.cumsum([0] + [g.channels for g in groups])
-    for ch in chunks:
-        g = groups[ch.group]
-        assert ch.chans.start - offsets[ch.group] == ch.local.start, f"local/absolute slices disagree in {ch}"
+    for seg in plan:
+        g = groups[seg.group]
+        assert seg.chans.start - offsets[seg.group] == seg.local.start, f"local/absolute slices disagree in {seg}"
         shifts_a, shifts_b = g.channel_shifts()
-        sa, sb = set(shifts_a[ch.local]), set(shifts_b[ch.local])
-        assert len(sa) == 1 and len(sb) == 1, f"chunk {ch} mixes shifts {sa} x {sb}"
+        sa, sb = set(shifts_a[seg.local]), set(shifts_b[seg.local])
+        assert len(sa) == 1 and len(sb) == 1, f"segment {seg} mixes shifts {sa} x {sb}"
         (sa,), (sb,) = sa, sb
         front_a = g.h_in - sa if sa else 0
         front_b = g.w_in - sb if sb else 0
-        assert (ch.front_a, ch.front_b) == (front_a, front_b), f"fronts of {ch} for shifts ({sa}, {sb})"
-        assert ch.tiles_a == -(-(height + front_a) // g.h_in), f"tiles_a of {ch}, H={height}"
-        assert ch.tiles_b == -(-(width + front_b) // g.w_in), f"tiles_b of {ch}, W={width}"
-        m = ch.local.stop - ch.local.start
-        per_channel = n * ch.tiles_a * ch.tiles_b * max(g.h_in, g.h_out) * max(g.w_in, g.w_out) * 8
-        assert m == 1 or m * per_channel <= budget, f"chunk {ch} of {m * per_channel} B exceeds {budget} B"
-    for g_index, g in enumerate(groups):
-        for start, stop, _, _ in shift_segments(g):
-            sizes = [ch.local.stop - ch.local.start for ch in chunks
-                     if ch.group == g_index and start <= ch.local.start < stop]
-            assert sizes == sorted(sizes, reverse=True), f"segment {start}:{stop} chunk sizes {sizes} not largest first"
-            assert max(sizes) - min(sizes) <= 1, f"segment {start}:{stop} chunk sizes {sizes} not near-equal"
+        assert (seg.front_a, seg.front_b) == (front_a, front_b), f"fronts of {seg} for shifts ({sa}, {sb})"
+        assert (seg.crop_a, seg.crop_b) == (g.h_out - sa if sa else 0, g.w_out - sb if sb else 0), (
+            f"crops of {seg} for shifts ({sa}, {sb})"
+        )
+        assert seg.tiles_a == -(-(height + front_a) // g.h_in), f"tiles_a of {seg}, H={height}"
+        assert seg.tiles_b == -(-(width + front_b) // g.w_in), f"tiles_b of {seg}, W={width}"
+        sizes = [hi - lo for lo, hi in seg.chunks]
+        assert sum(sizes) == seg.local.stop - seg.local.start, f"chunks {seg.chunks} do not fill {seg}"
+        assert sizes == sorted(sizes, reverse=True), f"chunk sizes {sizes} of {seg} not largest first"
+        assert max(sizes) - min(sizes) <= 1, f"chunk sizes {sizes} of {seg} not near-equal"
+        per_channel = n * seg.tiles_a * seg.tiles_b * max(g.h_in, g.h_out) * max(g.w_in, g.w_out) * 8
+        assert sizes[0] == 1 or sizes[0] * per_channel <= budget, (
+            f"chunk of {sizes[0] * per_channel} B exceeds {budget} B in {seg}"
+        )
 
 
 def _forward_backward(case, budget):
