@@ -595,13 +595,37 @@ def gelu_backward(grad_y, x):
     dtype = _compute_dtype(x, grad_y)
     x, grad_y = _cast(dtype, x, grad_y)
     if dtype == np.float32:
-        t = np.abs(x)
-        tail = _gelu32_tail(t.copy(), np.empty_like(t))       # Φ(-|x|)
-        cdf = np.where(x >= 0, np.float32(1.0) - tail, tail)  # Φ(x)
-    else:
-        cdf = special.ndtr(x)
-    pdf = np.exp(np.square(x) * dtype.type(-0.5)) * dtype.type(_INV_SQRT_2PI)
+        return (_gelu32_backward(np.ascontiguousarray(grad_y), np.ascontiguousarray(x)),)
+    cdf = special.ndtr(x)
+    pdf = np.exp(np.square(x) * -0.5) * _INV_SQRT_2PI
     return (grad_y * (cdf + x * pdf),)
+
+
+def _gelu32_backward(grad_y, x):
+    """float32 ``dy·(Φ(x) + x·φ(x))`` in cache-sized blocks (as :func:`_gelu32_forward`)."""
+    grad_x = np.empty_like(x)
+    flat_x, flat_g, flat_out = x.reshape(-1), grad_y.reshape(-1), grad_x.reshape(-1)
+    size = min(_GELU_CHUNK, flat_x.size)
+    t_buf, w_buf, p_buf = (np.empty(size, dtype=np.float32) for _ in range(3))
+    with np.errstate(under="ignore"):
+        for start in range(0, flat_x.size, _GELU_CHUNK):
+            xs = flat_x[start:start + _GELU_CHUNK]
+            k = xs.size
+            t = np.abs(xs, out=t_buf[:k])
+            cdf = _gelu32_tail(t, w_buf[:k])                               # Φ(-|x|)
+            # Φ(x) = 1/2 + sign(x)·(1/2 - Φ(-|x|)): absolute accuracy ε, which is what a
+            # derivative of size O(1) needs (a masked ``where=`` update is 50x slower)
+            np.subtract(np.float32(0.5), cdf, out=cdf)
+            np.copysign(cdf, xs, out=cdf)
+            cdf += np.float32(0.5)
+            pdf = np.square(xs, out=p_buf[:k])
+            pdf *= np.float32(-0.5)
+            np.exp(pdf, out=pdf)
+            pdf *= np.float32(_INV_SQRT_2PI)                               # φ(x)
+            pdf *= xs
+            cdf += pdf
+            np.multiply(flat_g[start:start + _GELU_CHUNK], cdf, out=flat_out[start:start + k])
+    return grad_x
 
 
 # --------------------------------------------------------------------------------------

@@ -295,6 +295,26 @@ def test_cache_semantics():
     assert all(np.allclose(model.grads[k], 2 * grads1[k], rtol=1e-12, atol=1e-300) for k in grads1), "backward is not linear in grad"
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_inference_mlp_matches_the_layer_by_layer_path(monkeypatch, dtype):
+    """cache=False runs fc_1, GELU, fc_2 on blocks of pixels; blocks of 3 columns here, so
+    that samples split into several blocks with a short last one (64 = 21·3 + 1)."""
+    model = tiny(dtype, linear_bias=True, layer_scale_init_value=0.5)
+    for key in model.params:  # non-zero biases, so that a dropped bias would show
+        if key.endswith("bias"):
+            model.params[key] = np.random.default_rng(8).standard_normal(model.params[key].shape).astype(dtype)
+    monkeypatch.setattr(models, "_MLP_BLOCK", 16 * 3)  # stage 1: 16 hidden channels -> 3 columns
+    x = tiny_input(3).astype(dtype)
+    with count_macs() as fused_count:
+        fused = model.forward(x, cache=False)
+    with count_macs() as plain_count:
+        plain = model.forward(x, cache=True)
+    tol = 1e-13 if dtype == np.float64 else 1e-6
+    err = relative_error(fused, plain)
+    assert err <= tol, f"fused MLP differs from the layer-by-layer path: {err:.3e}"
+    assert fused_count.by_tag() == plain_count.by_tag(), (fused_count.by_tag(), plain_count.by_tag())
+
+
 def test_batchnorm_buffers_update_only_in_training():
     model = tiny()
     x = tiny_input(4)
