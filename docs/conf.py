@@ -95,7 +95,7 @@ html_title = f"neocell_ref {release}"
 html_theme_options = {
     "description": "Reference implementation and verifier for NeoCell and NeoNeXt",
     "fixed_sidebar": True,
-    "page_width": "1280px",
+    "page_width": "1160px",
     "sidebar_width": "240px",
 }
 html_sidebars = {"**": ["about.html", "navigation.html", "searchbox.html"]}
