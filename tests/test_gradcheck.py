@@ -276,11 +276,31 @@ def test_conformance_catches_an_adjoint_that_drops_repeated_copies(monkeypatch):
         )
 
 
+def _clear_caches(module):
+    """Forget everything the module memoised (e.g. patch-wise plans built from the geometry)."""
+    for value in vars(module).values():
+        if callable(getattr(value, "cache_clear", None)):
+            value.cache_clear()
+
+
 def test_conformance_catches_padding_geometry_without_shift(monkeypatch):
-    """The patch-wise view (used by "loop" and "patchwise") with the shift ignored."""
+    """The patch-wise view (used by "loop" and "patchwise") with the shift ignored.
+
+    Plans derived from the geometry may be cached, so caches are cleared before the
+    mutant runs and again after it is removed (no mutant plan may leak into other tests).
+    """
     original = neocell_module._axis_geometry
-    monkeypatch.setattr(neocell_module, "_axis_geometry",
-                        lambda length, k_in, k_out, shift: original(length, k_in, k_out, 0))
+    try:
+        with monkeypatch.context() as patch:
+            _clear_caches(neocell_module)
+            patch.setattr(neocell_module, "_axis_geometry",
+                          lambda length, k_in, k_out, shift: original(length, k_in, k_out, 0))
+            failing = {method: _failing(conformance_errors(case_by_name(SHIFTED_OFFICIAL), method))
+                       for method in ("loop", "patchwise")}
+    finally:
+        _clear_caches(neocell_module)
+    for method, bad in failing.items():
+        assert {"y", "grad_x"} <= set(bad), f"{method}: ignored shift not caught, failing {bad}"
+    # and with the real geometry back, everything passes again
     for method in ("loop", "patchwise"):
-        failing = _failing(conformance_errors(case_by_name(SHIFTED_OFFICIAL), method))
-        assert {"y", "grad_x"} <= set(failing), f"{method}: ignored shift not caught, failing {failing}"
+        assert not _failing(conformance_errors(case_by_name(SHIFTED_OFFICIAL), method))
