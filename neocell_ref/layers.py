@@ -483,15 +483,15 @@ def layernorm_backward(grad_y, x, weight, bias, *, eps=1e-6):
 #: so that the *absolute* error of ``Φ`` is levelled); see docs/model.md, where the
 #: derivation is reproduced. Note ``P(0) ≈ -log 2`` and ``P'(0) ≈ -sqrt(2/π)``.
 GELU_FLOAT32_COEFFICIENTS = (
-    -0.6931471655068938,
-    -0.7978856867783646,
-    -0.3182965868293487,
-    -0.036393712422422175,
-    0.004904343044507791,
-    -0.00010110926069449209,
-    -0.00012653244772508113,
-    2.6769882535829058e-05,
-    -1.9214398670241496e-06,
+    -0.6931471655136259,
+    -0.7978856866259371,
+    -0.3182965877943108,
+    -0.036393709785631105,
+    0.004904339362167626,
+    -0.00010110644315225016,
+    -0.0001265336358816922,
+    2.677014024869127e-05,
+    -1.921462212292386e-06,
 )
 #: ``t`` is clipped here: ``exp(P(12))`` underflows to exactly 0 in float32, so beyond
 #: ``|x| = 12`` the float32 GELU is exactly ``max(x, 0)`` (``Φ(-12) ≈ 2e-33``), also for

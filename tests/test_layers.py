@@ -490,3 +490,19 @@ def test_broken_backwards_are_rejected(mutant):
         report = _report(lambda *a: L.linear_forward(*a), lambda g, *a: _linear_backward_scaled(g, *a)[:2],
                          [x, w], ["x", "weight"], rng=rng)
     assert not report.passed, f"the broken {mutant} backward was accepted\n{report}"
+
+
+def test_gelu_float32_coefficients_come_from_the_documented_fit():
+    """docs/model.md lists the fit that produced GELU_FLOAT32_COEFFICIENTS; re-run it."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "model.md").read_text(encoding="utf-8")
+    listing = re.findall(r"```python\n(import numpy as np\nfrom scipy import linalg, special\n.*?)```", page, re.S)
+    assert len(listing) == 1, "the fitting listing was not found in docs/model.md"
+    namespace = {}
+    exec(listing[0], namespace)
+    fitted = namespace["fit_gelu32"]()
+    stored = np.array(L.GELU_FLOAT32_COEFFICIENTS)
+    rel = np.abs(fitted - stored) / np.abs(stored)
+    assert rel.max() < 1e-4, f"coefficients differ from the documented fit by {rel.max():.2e} (index {rel.argmax()})"
