@@ -57,6 +57,8 @@ __all__ = [
     "VerifyReport",
     "write_npz",
     "unit_roundoff",
+    "neocell_expected",
+    "run_and_compare",
 ]
 
 FORMAT_VERSION = 1
@@ -260,26 +262,50 @@ def _neocell_reference(arrays, specs, groups):
     return out
 
 
+def neocell_expected(specs, arrays):
+    """Reference outputs, magnitude bounds and tolerances for one NeoCell case.
+
+    Parameters
+    ----------
+    specs : list of dict or GroupSpec
+    arrays : dict
+        Inputs ``x``, ``weight_a_G``, ``weight_b_G``, ``grad_y`` in the port's dtype.
+
+    Returns
+    -------
+    expected : dict
+        ``y``, ``grad_x``, ``grad_weight_a_G``, ``grad_weight_b_G`` (float64) and their
+        bounds ``bound/NAME``.
+    tolerances : dict
+        Per expected array: ``rtol``, ``atol``, ``accumulation_length``, ``bound``
+        (see the module docstring).
+    """
+    groups = parse_specs(specs)
+    dtype = np.result_type(*(a.dtype for a in arrays.values()))
+    expected = _neocell_reference(arrays, groups, len(groups))
+    u = unit_roundoff(dtype)
+    tolerances = {
+        key: {"rtol": SAFETY * (n + 1) * u, "atol": 0.0, "accumulation_length": n, "bound": f"bound/{key}"}
+        for key, n in _neocell_accumulation(groups, arrays["x"].shape).items()
+    }
+    return expected, tolerances
+
+
 def _neocell_make(name, specs_dicts, x_shape, dtype, rng):
     specs = parse_specs(specs_dicts)
     x = rng.standard_normal(x_shape)
     h_out, w_out = check_input_size(specs, x_shape[2], x_shape[3])
     arrays = {"x": x}
     for g, spec in enumerate(specs):
-        # NeoInit-like kernels: the skewed identity would make many products exact;
-        # fully random kernels exercise every term.
+        # Fully random kernels (not NeoInit): the skewed identity would make many
+        # products exact and hide accumulation mistakes.
         arrays[f"weight_a_{g}"] = rng.standard_normal(spec.shape_a)
         arrays[f"weight_b_{g}"] = rng.standard_normal(spec.shape_b)
     arrays["grad_y"] = rng.standard_normal((x_shape[0], x_shape[1], h_out, w_out))
     arrays = {k: v.astype(dtype) for k, v in arrays.items()}
-    expected = _neocell_reference(arrays, specs, len(specs))
+    expected, tolerances = neocell_expected(specs_dicts, arrays)
     inputs = sorted(arrays)
     arrays.update(expected)
-    u = unit_roundoff(dtype)
-    tolerances = {
-        key: {"rtol": SAFETY * (n + 1) * u, "atol": 0.0, "accumulation_length": n, "bound": f"bound/{key}"}
-        for key, n in _neocell_accumulation(specs, x_shape).items()
-    }
     meta = {"specs": [g.to_dict() for g in specs], "specs_as_written": specs_dicts, "x_shape": list(x_shape)}
     return meta, arrays, inputs, tolerances
 
@@ -481,6 +507,34 @@ class VerifyReport:
         }
 
 
+def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, atol=None, rtol_scale=1.0):
+    """Run a port on one case and compare every output; return a list of :class:`ArrayComparison`.
+
+    ``meta`` needs what the operation's ``run_port`` reads (for NeoCell
+    ``specs_as_written``) and ``tolerances``; ``arrays`` holds inputs, expected
+    outputs and bounds. Forward and backward run separately, so that one raising
+    does not hide the other; an exception fails the case with its message.
+    """
+    results, got = [], {}
+    for label, fns in (("forward", (forward, None)), ("backward", (None, backward))):
+        if fns == (None, None):
+            continue
+        try:
+            got.update(OPERATIONS[op].run_port(arrays, meta, *fns))
+        except Exception as exc:
+            results.append(ArrayComparison(name, f"({label} call)", False,
+                                           message=f"port's {label} raised {type(exc).__name__}: {exc}"))
+    for key, value in got.items():
+        tol = meta["tolerances"][key]
+        results.append(compare_arrays(
+            name, key, value, arrays[key],
+            rtol=(tol["rtol"] * rtol_scale) if rtol is None else rtol,
+            atol=tol["atol"] if atol is None else atol,
+            bound=arrays[tol["bound"]] if tol.get("bound") else None,
+        ))
+    return results
+
+
 def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, rtol_scale=1.0,
                   rtol=None, atol=None) -> VerifyReport:
     """Run a port on every golden case of ``op`` and compare.
@@ -520,25 +574,8 @@ def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, r
             report.excluded.append((case["name"], reasons[0]))
             continue
         arrays = load_case(directory, case)
-        got = {}
-        # Forward and backward run separately, so that one raising does not hide the other.
-        for label, fns in (("forward", (forward, None)), ("backward", (None, backward))):
-            if fns == (None, None):
-                continue
-            try:
-                got.update(OPERATIONS[op].run_port(arrays, case, *fns))
-            except Exception as exc:  # a port that raises fails that case, with the error
-                report.results.append(ArrayComparison(
-                    case["name"], f"({label} call)", False,
-                    message=f"port's {label} raised {type(exc).__name__}: {exc}"))
-        for key, value in got.items():
-            tol = case["tolerances"][key]
-            report.results.append(compare_arrays(
-                case["name"], key, value, arrays[key],
-                rtol=(tol["rtol"] * rtol_scale) if rtol is None else rtol,
-                atol=tol["atol"] if atol is None else atol,
-                bound=arrays[tol["bound"]] if tol.get("bound") else None,
-            ))
+        report.results.extend(run_and_compare(op, case["name"], case, arrays, forward, backward,
+                                              rtol=rtol, atol=atol, rtol_scale=rtol_scale))
     if not report.results and not report.excluded:
         raise GoldenError(f"the golden set in {directory} has no cases of operation {op!r}")
     return report

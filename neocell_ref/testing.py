@@ -26,7 +26,9 @@ Layout of the module, so that it can grow without turning into a heap:
   that agree on the output size of a drawn input size);
 * **cases** -- :func:`neocell_cases`, a complete bundle ``(specs, x, weights_a,
   weights_b, grad_y)``;
-* assertion helpers for ports belong in a section of their own after these.
+* **assertion helpers for ports** -- :func:`check_neocell_case` and
+  :func:`assert_neocell_matches`, which run a port against the reference on the
+  curated golden cases and on drawn cases, with the golden set's tolerance policy.
 
 Design rules of the strategies:
 
@@ -75,6 +77,8 @@ __all__ = [
     "layer_specs",
     "NeoCellCase",
     "neocell_cases",
+    "check_neocell_case",
+    "assert_neocell_matches",
 ]
 
 
@@ -508,3 +512,126 @@ def neocell_cases(draw, dtype=np.float64, *, layers=None, max_batch: int = 2):
     weights_b = [rng.standard_normal(g.shape_b).astype(dtype) for g in groups]
     grad_y = rng.standard_normal((batch, channels, h_out, w_out)).astype(dtype)
     return NeoCellCase(list(specs), x, weights_a, weights_b, grad_y, seed)
+
+
+# ======================================================================================
+# assertion helpers for ports
+# ======================================================================================
+def _case_arrays(case: NeoCellCase) -> dict:
+    arrays = {"x": case.x, "grad_y": case.grad_y}
+    for g, (a, b) in enumerate(zip(case.weights_a, case.weights_b)):
+        arrays[f"weight_a_{g}"] = a
+        arrays[f"weight_b_{g}"] = b
+    return arrays
+
+
+def check_neocell_case(port_forward, port_backward, case: NeoCellCase, *, name=None,
+                       rtol=None, atol=None, rtol_scale=1.0):
+    """Run a port on one case and compare with the reference.
+
+    Parameters
+    ----------
+    port_forward : callable or None
+        ``forward(x, weights_a, weights_b, specs) -> y``.
+    port_backward : callable or None
+        ``backward(grad_y, x, weights_a, weights_b, specs) -> (grad_x, grads_a, grads_b)``.
+    case : NeoCellCase
+    name : str, optional
+        How the report names the case (default: the case's repr).
+    rtol, atol, rtol_scale
+        As in :func:`neocell_ref.golden.verify_golden`; by default the golden
+        tolerance policy (``2 (n + 1) u · bound``, see ``docs/porting.md``).
+
+    Returns
+    -------
+    list of neocell_ref.golden.ArrayComparison
+    """
+    from .golden import neocell_expected, run_and_compare
+
+    arrays = _case_arrays(case)
+    specs = [g if isinstance(g, dict) else g.to_dict() for g in case.specs]
+    expected, tolerances = neocell_expected(specs, arrays)
+    arrays.update(expected)
+    meta = {"specs_as_written": specs, "tolerances": tolerances}
+    return run_and_compare("neocell", name or repr(case), meta, arrays, port_forward, port_backward,
+                           rtol=rtol, atol=atol, rtol_scale=rtol_scale)
+
+
+def _failure_message(failures, header):
+    lines = [header] + ["  " + r.describe() for r in failures]
+    return "\n".join(lines)
+
+
+def assert_neocell_matches(port_forward, port_backward=None, *, dtype=np.float64, rtol=None, atol=None,
+                           rtol_scale=1.0, max_examples=50, golden=True, layers=None, seed=0, shrink=True):
+    """Assert that a NeoCell port agrees with the reference.
+
+    Runs the port first on every curated golden case (SPEC rules one by one, in
+    memory, no files), then on ``max_examples`` cases drawn by :func:`neocell_cases`
+    (hypothesis shrinks a failure to a small case before reporting it).
+
+    Parameters
+    ----------
+    port_forward : callable
+        ``forward(x, weights_a, weights_b, specs) -> y``; ``specs`` are official dicts.
+    port_backward : callable, optional
+        ``backward(grad_y, x, weights_a, weights_b, specs) -> (grad_x, grads_a, grads_b)``.
+    dtype : float64 or float32
+        dtype of the inputs given to the port; tolerances use its unit roundoff.
+    rtol, atol, rtol_scale
+        Override or scale the golden tolerance policy.
+    max_examples : int
+        Drawn cases (0 runs the golden cases only).
+    golden : bool
+        Also run the curated golden cases.
+    layers : SearchStrategy[LayerSpecs], optional
+        Restrict the drawn layers (for a port that supports a subset; say so in its docs).
+    seed : int
+        Seed of the golden cases' arrays.
+    shrink : bool
+        Let hypothesis shrink a failing drawn case to a minimal one before reporting
+        (slower on failure, much easier to read).
+
+    Raises
+    ------
+    AssertionError
+        Naming the case (golden name, or the drawn specs, shapes and seed), the array,
+        the worst element and its index, both values and the tolerance.
+    """
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    from .golden import OPERATIONS
+
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    if port_forward is None and port_backward is None:
+        raise ValueError("give at least one of port_forward and port_backward")
+    kwargs = dict(rtol=rtol, atol=atol, rtol_scale=rtol_scale)
+    if golden:
+        op = OPERATIONS["neocell"]
+        failures = []
+        for index, (name, specs, shape) in enumerate(op.cases("core")):
+            rng = np.random.default_rng([seed, index])
+            meta, arrays, inputs, _ = op.make(name, specs, shape, dtype, rng)
+            case = NeoCellCase(specs, arrays["x"], [arrays[f"weight_a_{g}"] for g in range(len(specs))],
+                               [arrays[f"weight_b_{g}"] for g in range(len(specs))], arrays["grad_y"], seed)
+            failures += [r for r in check_neocell_case(port_forward, port_backward, case, name=f"golden case {name!r}", **kwargs)
+                         if not r.passed]
+        if failures:
+            raise AssertionError(_failure_message(
+                failures, f"NeoCell port differs from the reference on {len({r.case for r in failures})} golden case(s) ({dtype}):"))
+    if max_examples <= 0:
+        return
+
+    phases = list(Phase) if shrink else [p for p in Phase if p not in (Phase.shrink, Phase.explain)]
+
+    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=True, phases=phases,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(case=neocell_cases(dtype=dtype, layers=layers))
+    def drawn(case):
+        failures = [r for r in check_neocell_case(port_forward, port_backward, case, **kwargs) if not r.passed]
+        if failures:
+            raise AssertionError(_failure_message(failures, f"NeoCell port differs from the reference on a drawn case ({dtype}):"))
+
+    drawn()

@@ -7,6 +7,7 @@ Skipped, with the reason shown in pytest's summary, when PyTorch is not installe
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from neocell_ref.golden import export_golden, verify_golden
@@ -22,3 +23,10 @@ def test_torch_port_passes_golden_set(tmp_path, dtype):
     export_golden(tmp_path, dtype=dtype)
     report = verify_golden(tmp_path, "neocell", neocell_torch.forward, neocell_torch.backward)
     assert report.passed, report.table()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_torch_port_passes_conformance_kit(dtype):
+    from neocell_ref.testing import assert_neocell_matches
+
+    assert_neocell_matches(neocell_torch.forward, neocell_torch.backward, dtype=np.dtype(dtype), max_examples=15)
