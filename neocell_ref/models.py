@@ -479,16 +479,21 @@ class NeoNeXt:
         return y, (fresh or owned)
 
     def _fused_mlp(self, fc_1, fc_2, x):
-        """``fc_2(GELU(fc_1(x)))`` for the fast inference path, one block of pixels at a time.
+        """``fc_2(GELU(fc_1(x)))`` for the fast inference path (``cache=False``).
 
-        The same layer functions as the unfused path (:func:`~neocell_ref.layers.linear`
-        products through :func:`~neocell_ref.instrument.matmul`, tag ``"linear"``, and
-        :func:`~neocell_ref.layers.gelu_forward`), applied to column blocks of
-        ``_MLP_BLOCK`` hidden values: the ``4d``-channel hidden activation then lives in
-        one reused, cache-sized buffer instead of a new ``(N, 4d, H, W)`` array that
-        would be written to and read back from main memory. Each output pixel is
-        computed by the same operations as unfused, so the results agree to rounding
-        (the products' summation order inside BLAS may differ).
+        The same operations as the layer-by-layer path (the products through
+        :func:`~neocell_ref.instrument.matmul` with the tag ``"linear"``, then
+        :func:`~neocell_ref.layers.gelu_forward`), arranged for the memory hierarchy:
+
+        * early stages, where the ``4d``-channel hidden activation dwarfs the weights:
+          blocks of about ``_MLP_BLOCK`` hidden values (pixels of one sample) pass
+          through one reused, cache-sized buffer, instead of a new ``(N, 4d, H, W)``
+          array written to and read back from main memory;
+        * late stages, where the weights are the larger operand: all samples form one
+          ``(C, N·H·W)`` matrix, so each weight matrix is streamed once per batch.
+
+        Each output pixel is computed by the same operations as unfused, so the results
+        agree to rounding (BLAS may order a product's sums differently for a block).
         """
         w1 = self._p(fc_1, "weight")
         w2 = self._p(fc_2, "weight")
@@ -502,33 +507,51 @@ class NeoNeXt:
         x3 = np.ascontiguousarray(x).reshape(n, c_in, positions)
         out = np.empty((n, c_out, *x.shape[2:]), dtype=self.dtype)
         out3 = out.reshape(n, c_out, positions)
-        columns = max(1, min(positions, _MLP_BLOCK // hidden))
-        buffer = np.empty(hidden * columns, dtype=self.dtype)
         profile = self.profile is not None
-        t_linear = t_gelu = 0.0
-        for sample in range(n):
-            for start in range(0, positions, columns):
-                stop = min(positions, start + columns)
-                h = buffer[:hidden * (stop - start)].reshape(hidden, stop - start)  # contiguous
-                t0 = time.perf_counter() if profile else 0.0
-                matmul(w1, x3[sample, :, start:stop], "linear", out=h)
-                if b1 is not None:
-                    h += b1[:, None]
-                t1 = time.perf_counter() if profile else 0.0
-                L.gelu_forward(h, out=h)
-                t2 = time.perf_counter() if profile else 0.0
-                y = out3[sample, :, start:stop]
-                matmul(w2, h, "linear", out=y)
-                if b2 is not None:
-                    y += b2[:, None]
-                if profile:
-                    t3 = time.perf_counter()
-                    t_linear += (t1 - t0) + (t3 - t2)
-                    t_gelu += t2 - t1
+        times = [0.0, 0.0]  # linear, gelu
+        if w1.size + w2.size >= hidden * positions:
+            # Late stages (few pixels, wide layers): the weights are the larger operand, so
+            # stream them once for the whole batch: one (c_in, N·H·W) matrix, not N blocks.
+            # The two layout copies are of the small activations.
+            xt = x3.transpose(1, 0, 2).reshape(c_in, n * positions) if n > 1 else x3[0]
+            y = self._mlp_block(w1, b1, w2, b2, xt, np.empty((hidden, xt.shape[1]), self.dtype), None, times)
+            out3[...] = y.reshape(c_out, n, positions).transpose(1, 0, 2)
+        else:
+            # Early stages: the hidden activation dwarfs the weights; run blocks of pixels
+            # of one sample through a reused cache-sized buffer, writing into ``out``.
+            columns = max(1, min(positions, _MLP_BLOCK // hidden))
+            buffer = np.empty(hidden * columns, dtype=self.dtype)
+            for sample in range(n):
+                for start in range(0, positions, columns):
+                    stop = min(positions, start + columns)
+                    h = buffer[:hidden * (stop - start)].reshape(hidden, stop - start)  # contiguous
+                    self._mlp_block(w1, b1, w2, b2, x3[sample, :, start:stop], h, out3[sample, :, start:stop], times)
         if profile:
-            self.profile["forward:linear"] = self.profile.get("forward:linear", 0.0) + t_linear
-            self.profile["forward:gelu"] = self.profile.get("forward:gelu", 0.0) + t_gelu
+            self.profile["forward:linear"] = self.profile.get("forward:linear", 0.0) + times[0]
+            self.profile["forward:gelu"] = self.profile.get("forward:gelu", 0.0) + times[1]
         return out
+
+    def _mlp_block(self, w1, b1, w2, b2, x, h, y, times):
+        """``y = w2 @ GELU(w1 @ x + b1) + b2`` for one block of columns, through buffer ``h``.
+
+        ``y`` may be a view to write into (or None for a new array); ``times``
+        accumulates (linear, gelu) seconds when profiling.
+        """
+        profile = self.profile is not None
+        t0 = time.perf_counter() if profile else 0.0
+        matmul(w1, x, "linear", out=h)
+        if b1 is not None:
+            h += b1[:, None]
+        t1 = time.perf_counter() if profile else 0.0
+        L.gelu_forward(h, out=h)
+        t2 = time.perf_counter() if profile else 0.0
+        y = matmul(w2, h, "linear", out=y)
+        if b2 is not None:
+            y += b2[:, None]
+        if profile:
+            times[0] += (t1 - t0) + (time.perf_counter() - t2)
+            times[1] += t2 - t1
+        return y
 
     def _tick(self, key, start):
         self.profile[key] = self.profile.get(key, 0.0) + time.perf_counter() - start
