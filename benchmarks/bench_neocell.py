@@ -36,7 +36,10 @@ batch 8, ``"4+7"``, shift 1): patch-wise forward <= 0.8 x ``dense`` at 56x56,
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import os
 import platform
 import statistics
@@ -204,6 +207,91 @@ def run_case(name, channels, size, code, shift, dtype, rounds, loop_budget, with
     return samples, rel, notes
 
 
+def profile_patchwise(calls=10, lines=12):
+    """cProfile of the patch-wise forward and backward at stage 1 (56x56, float32).
+
+    The strided copies into and out of the tiled layout run inline in
+    ``_patchwise_forward``/``_patchwise_backward``, so their own time ("tottime") is
+    the copies plus the Python loop; ``matmul`` is the matrix products.
+    """
+    name, channels, size, code, shift = CASES[0]
+    specs, x, grad_y, wa, wb = make_inputs(channels, size, code, shift, np.float32)
+    for label, fn in (
+        ("forward", lambda: neocell_forward(x, wa, wb, specs)),
+        ("backward", lambda: neocell_backward(grad_y, x, wa, wb, specs)),
+    ):
+        fn()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(calls):
+            fn()
+        prof.disable()
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(lines)
+        print(f"\nProfile of the patch-wise {label}, {name}, float32, {calls} calls "
+              "(cProfile adds overhead per Python call):")
+        print("\n".join(line for line in out.getvalue().splitlines() if line.strip()))
+
+
+def step_profile(rounds=15):
+    """Where the patch-wise time goes at stage 1 (56x56): matrix products by kind, the rest.
+
+    Every product goes through ``neocell_ref.neocell.matmul``; a timing wrapper put in
+    its place sorts each call by shape: a *left* product has the small kernel first
+    (``A @ X``), a *right* product has it second (``Z @ B``), a *reduction* has a
+    kernel-sized result (the kernel gradients). The rest of the time is the strided
+    copies into and out of the tiled layout, the zero frames and the Python loop.
+    Shown: the fastest of ``rounds`` calls (least disturbed by other processes).
+    """
+    import neocell_ref.neocell as nc
+
+    name, channels, size, code, shift = CASES[0]
+    real = nc.matmul
+    for dtype in (np.float32, np.float64):
+        specs, x, grad_y, wa, wb = make_inputs(channels, size, code, shift, dtype)
+        copy_buf = np.empty_like(x)
+        copy = min(_time_once(lambda: np.copyto(copy_buf, x)) for _ in range(rounds))
+        print(f"\nStep profile, {name}, {np.dtype(dtype).name}, fastest of {rounds} calls "
+              f"(copy floor {copy * 1e3:.2f} ms):")
+        for label, fn in (
+            ("forward", lambda: neocell_forward(x, wa, wb, specs)),
+            ("backward", lambda: neocell_backward(grad_y, x, wa, wb, specs)),
+        ):
+            best = None
+            for _ in range(rounds):
+                spent = {"left products": 0.0, "right products": 0.0, "reductions": 0.0}
+                counts = dict.fromkeys(spent, 0)
+
+                def timed(a, b, tag="", out=None, spent=spent, counts=counts):
+                    start = time.perf_counter()
+                    result = real(a, b, tag, out=out)
+                    kind = ("reductions" if result.shape[-1] * result.shape[-2] < a.shape[-1]
+                            else "left products" if a.shape[-1] * a.shape[-2] < b.shape[-1] * b.shape[-2]
+                            else "right products")
+                    spent[kind] += time.perf_counter() - start
+                    counts[kind] += 1
+                    return result
+
+                nc.matmul = timed
+                try:
+                    total = _time_once(fn)
+                finally:
+                    nc.matmul = real
+                if best is None or total < best[0]:
+                    best = (total, spent, counts)
+            total, spent, counts = best
+            rest = total - sum(spent.values())
+            parts = [f"{k} {v * 1e3:.2f} ms ({counts[k]} calls)" for k, v in spent.items() if counts[k]]
+            print(f"  {label}: total {total * 1e3:.2f} ms = " + ", ".join(parts)
+                  + f", copies in/out of the tiled layout + Python {rest * 1e3:.2f} ms")
+
+
+def _time_once(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 # --------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------
@@ -266,6 +354,9 @@ def main(argv=None):
                         help="time the loop method only where one forward takes at most this "
                              "many seconds (default 3)")
     parser.add_argument("--json", metavar="PATH", help="also write all samples to this JSON file")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print a cProfile and a step profile (products by kind vs copies) "
+                             "of the patch-wise forward and backward at 56x56")
     args = parser.parse_args(argv)
     rounds = args.repeat or (3 if args.quick else 9)
     if rounds < 1:
@@ -293,6 +384,9 @@ def main(argv=None):
                 results[(name, dtype)] += (samples,)
     print_table({k: v[:3] for k, v in results.items()})
     check_targets(results)
+    if args.profile:
+        profile_patchwise()
+        step_profile()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({

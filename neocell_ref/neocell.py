@@ -243,10 +243,11 @@ def _loop_backward(grad_y, x, weights_a, weights_b, specs, out_size):
 # and the result comes out in the same tiled layout with ``k = h_out``. Going in and
 # out of the layout is one strided copy each way (padding and cropping included).
 #
-# Speed (measured, see benchmarks/README.md): with kernels of 4 or 7 the products are
-# memory-bound, so the cost is the number of passes over the data. Channels are
-# processed in chunks whose work buffers fit in the L2 cache and are reused from
-# chunk to chunk, which roughly halves the time against whole-layer buffers.
+# Speed (measured, see benchmarks/README.md): with kernels of 4 or 7 every step moves
+# far more data than it computes, so the cost is the passes over the data: one
+# strided copy in, two products, one strided copy out. Channels are processed in
+# chunks whose work buffers fit in the L2 cache and are reused from chunk to chunk,
+# which roughly halves the time against whole-layer buffers.
 
 #: Size in bytes of the largest work buffer of one chunk (a cache-size heuristic).
 _CHUNK_BYTES = 1 << 18
