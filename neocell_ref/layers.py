@@ -40,6 +40,7 @@ __all__ = [
     "linear_forward", "linear_backward",
     "conv1x1_forward", "conv1x1_backward",
     "batchnorm_stats", "batchnorm_forward", "batchnorm_backward", "batchnorm_update_running",
+    "batchnorm_affine",
     "layernorm_forward", "layernorm_backward",
     "gelu_forward", "gelu_backward",
     "patchify_forward", "patchify_backward",
@@ -306,6 +307,32 @@ def _bn_scale_shift(weight, bias, mean, var, eps):
     inv_std = 1.0 / np.sqrt(var + eps)
     scale = weight * inv_std
     return inv_std, scale, bias - mean * scale
+
+
+def batchnorm_affine(weight, bias, mean, var, *, eps=1e-5):
+    """BatchNorm with fixed statistics as a per-channel affine map ``y = x·scale + shift``.
+
+    ``scale = weight/sqrt(var + eps)``, ``shift = bias - mean·scale``: exactly the numbers
+    :func:`batchnorm_forward` multiplies and adds.
+
+    Parameters
+    ----------
+    weight, bias, mean, var : array_like, shape (C,)
+    eps : float, default 1e-5
+
+    Returns
+    -------
+    scale, shift : ndarray, shape (C,)
+    """
+    arrays = [_array(a, n) for a, n in ((weight, "weight"), (bias, "bias"), (mean, "mean"), (var, "var"))]
+    for arr, name in zip(arrays[1:], ("bias", "mean", "var")):
+        _check_shape(arr, name, arrays[0].shape)
+    if arrays[0].ndim != 1:
+        raise ValueError(f"weight must be 1-D (C,), got shape {arrays[0].shape}")
+    eps = _real(eps, "eps", 0.0, low_open=True)
+    weight, bias, mean, var = _cast(_compute_dtype(*arrays), *arrays)
+    _, scale, shift = _bn_scale_shift(weight, bias, mean, var, eps)
+    return scale, shift
 
 
 def batchnorm_forward(x, weight, bias, running_mean=None, running_var=None, *, training, eps=1e-5, out=None):

@@ -385,24 +385,31 @@ class NeoNeXt:
                 skip = x
                 if tape is not None:
                     tape.append(("fork", None, None))  # x feeds both the branch and the skip
-                owned = False
+                owned = joined = False
                 layers = unit.layers
                 i = 0
                 while i < len(layers):
-                    if tape is None and _is_mlp(layers[i:i + 3]):
-                        x, owned = self._fused_mlp(layers[i], layers[i + 2], x), True
-                        i += 3
-                        continue
+                    if tape is None:  # fast path: fuse what follows the NeoCell
+                        tail = None if training else _inference_tail(layers[i:])
+                        if tail is not None:
+                            x, joined = self._fused_tail(tail, x, owned, skip), True
+                            break
+                        if _is_mlp(layers[i:i + 3]):
+                            fc_1, fc_2 = layers[i], layers[i + 2]
+                            x, owned = self._fused_mlp(self._mlp_weights(fc_1, fc_2), x), True
+                            i += 3
+                            continue
                     x, owned = self._forward_layer(layers[i], x, owned, training, tape)
                     i += 1
-                start = time.perf_counter() if self.profile is not None else 0.0
-                if owned:
-                    x += skip
-                else:
-                    x = skip + x
+                if not joined:
+                    start = time.perf_counter() if self.profile is not None else 0.0
+                    if owned:
+                        x += skip
+                    else:
+                        x = skip + x
+                    if self.profile is not None:
+                        self._tick("forward:residual_add", start)
                 owned = True
-                if self.profile is not None:
-                    self._tick("forward:residual_add", start)
                 if tape is not None:
                     tape.append(("join", None, None))  # x + branch(x)
             else:
@@ -478,10 +485,37 @@ class NeoNeXt:
             self._tick(f"forward:{desc.kind}", start)
         return y, (fresh or owned)
 
-    def _fused_mlp(self, fc_1, fc_2, x):
-        """``fc_2(GELU(fc_1(x)))`` for the fast inference path (``cache=False``).
+    def _mlp_weights(self, fc_1, fc_2):
+        """``(w1, b1, w2, b2)`` of a block's fc_1 and fc_2 (biases None when absent)."""
+        return (self._p(fc_1, "weight"), self._p(fc_1, "bias") if "bias" in fc_1.params else None,
+                self._p(fc_2, "weight"), self._p(fc_2, "bias") if "bias" in fc_2.params else None)
 
-        The same operations as the layer-by-layer path (the products through
+    def _fused_tail(self, tail, x, owned, skip):
+        """Inference fast path for the rest of a block after its NeoCell:
+        ``skip + drop_path(layer_scale(fc_2(GELU(fc_1(BN(x))))))``.
+
+        Exactly the operations of the layer-by-layer path, in the same order for every
+        value, but applied block by block (see :meth:`_fused_mlp`) so that each block of
+        pixels stays in cache from the BatchNorm to the residual addition: inference
+        BatchNorm as ``x·scale + shift`` in place (:func:`~neocell_ref.layers.batchnorm_affine`),
+        fc_1, GELU, fc_2, ``γ·`` and ``+ skip``; drop path is the identity in inference.
+        """
+        bn, fc_1, fc_2, scale = tail
+        affine = None
+        if bn is not None:
+            affine = L.batchnorm_affine(self._p(bn, "weight"), self._p(bn, "bias"),
+                                        self.buffers[f"{bn.name}.running_mean"],
+                                        self.buffers[f"{bn.name}.running_var"], eps=bn.options["eps"])
+            if not owned:
+                x = x.copy()  # the BatchNorm below works in place
+        gamma = None if scale is None else self._p(scale, "gamma")
+        return self._fused_mlp(self._mlp_weights(fc_1, fc_2), x, affine=affine, gamma=gamma, skip=skip)
+
+    def _fused_mlp(self, weights, x, *, affine=None, gamma=None, skip=None):
+        """``skip + γ·fc_2(GELU(fc_1(x·scale + shift)))`` for the fast path (``cache=False``).
+
+        ``affine = (scale, shift)`` (applied to ``x`` in place), ``gamma`` and ``skip``
+        are optional. The same operations as the layer-by-layer path (products through
         :func:`~neocell_ref.instrument.matmul` with the tag ``"linear"``, then
         :func:`~neocell_ref.layers.gelu_forward`), arranged for the memory hierarchy:
 
@@ -492,30 +526,30 @@ class NeoNeXt:
         * late stages, where the weights are the larger operand: all samples form one
           ``(C, N·H·W)`` matrix, so each weight matrix is streamed once per batch.
 
-        Each output pixel is computed by the same operations as unfused, so the results
+        Each output value is computed by the same operations as unfused, so the results
         agree to rounding (BLAS may order a product's sums differently for a block).
         """
-        w1 = self._p(fc_1, "weight")
-        w2 = self._p(fc_2, "weight")
-        b1 = self._p(fc_1, "bias") if "bias" in fc_1.params else None
-        b2 = self._p(fc_2, "bias") if "bias" in fc_2.params else None
+        w1, b1, w2, b2 = weights
         n, c_in = x.shape[:2]
         hidden, c_out = w1.shape[0], w2.shape[0]
         if w1.shape[1] != c_in or w2.shape[1] != hidden:  # pragma: no cover - guarded by the description
-            raise ValueError(f"{fc_1.name}/{fc_2.name}: weights {w1.shape}, {w2.shape} do not chain on x {x.shape}")
+            raise ValueError(f"MLP weights {w1.shape}, {w2.shape} do not chain on x {x.shape}")
         positions = int(np.prod(x.shape[2:], dtype=np.int64))
         x3 = np.ascontiguousarray(x).reshape(n, c_in, positions)
         out = np.empty((n, c_out, *x.shape[2:]), dtype=self.dtype)
         out3 = out.reshape(n, c_out, positions)
-        profile = self.profile is not None
-        times = [0.0, 0.0]  # linear, gelu
+        skip3 = None if skip is None else skip.reshape(n, c_out, positions)
+        lap = self._stopwatch()
         if w1.size + w2.size >= hidden * positions:
             # Late stages (few pixels, wide layers): the weights are the larger operand, so
             # stream them once for the whole batch: one (c_in, N·H·W) matrix, not N blocks.
             # The two layout copies are of the small activations.
+            if affine is not None:
+                self._affine(x3, affine, lap)
             xt = x3.transpose(1, 0, 2).reshape(c_in, n * positions) if n > 1 else x3[0]
-            y = self._mlp_block(w1, b1, w2, b2, xt, np.empty((hidden, xt.shape[1]), self.dtype), None, times)
+            y = self._mlp_block(w1, b1, w2, b2, xt, np.empty((hidden, xt.shape[1]), self.dtype), None, lap)
             out3[...] = y.reshape(c_out, n, positions).transpose(1, 0, 2)
+            self._finish(out3, gamma, skip3, lap)
         else:
             # Early stages: the hidden activation dwarfs the weights; run blocks of pixels
             # of one sample through a reused cache-sized buffer, writing into ``out``.
@@ -523,35 +557,64 @@ class NeoNeXt:
             buffer = np.empty(hidden * columns, dtype=self.dtype)
             for sample in range(n):
                 for start in range(0, positions, columns):
-                    stop = min(positions, start + columns)
-                    h = buffer[:hidden * (stop - start)].reshape(hidden, stop - start)  # contiguous
-                    self._mlp_block(w1, b1, w2, b2, x3[sample, :, start:stop], h, out3[sample, :, start:stop], times)
-        if profile:
-            self.profile["forward:linear"] = self.profile.get("forward:linear", 0.0) + times[0]
-            self.profile["forward:gelu"] = self.profile.get("forward:gelu", 0.0) + times[1]
+                    block = np.s_[sample, :, start:min(positions, start + columns)]
+                    xb = x3[block]
+                    if affine is not None:
+                        self._affine(xb, affine, lap)
+                    h = buffer[:hidden * xb.shape[1]].reshape(hidden, xb.shape[1])  # contiguous
+                    y = self._mlp_block(w1, b1, w2, b2, xb, h, out3[block], lap)
+                    self._finish(y, gamma, None if skip3 is None else skip3[block], lap)
         return out
 
-    def _mlp_block(self, w1, b1, w2, b2, x, h, y, times):
+    def _affine(self, x, affine, lap):
+        """Inference BatchNorm on a block of channels-first values, in place."""
+        scale, shift = affine
+        view = (-1,) + (1,) * (x.ndim - 1) if x.ndim == 2 else (1, -1, 1)
+        x *= scale.reshape(view)
+        x += shift.reshape(view)
+        lap("batchnorm")
+
+    def _finish(self, y, gamma, skip, lap):
+        """Layer scale and the residual addition on a block of the output, in place."""
+        view = (-1, 1) if y.ndim == 2 else (1, -1, 1)
+        if gamma is not None:
+            y *= gamma.reshape(view)
+            lap("layer_scale")
+        if skip is not None:
+            y += skip
+            lap("residual_add")
+
+    def _mlp_block(self, w1, b1, w2, b2, x, h, y, lap):
         """``y = w2 @ GELU(w1 @ x + b1) + b2`` for one block of columns, through buffer ``h``.
 
-        ``y`` may be a view to write into (or None for a new array); ``times``
-        accumulates (linear, gelu) seconds when profiling.
+        ``y`` may be a view to write into (or None for a new array).
         """
-        profile = self.profile is not None
-        t0 = time.perf_counter() if profile else 0.0
         matmul(w1, x, "linear", out=h)
         if b1 is not None:
             h += b1[:, None]
-        t1 = time.perf_counter() if profile else 0.0
+        lap("linear")
         L.gelu_forward(h, out=h)
-        t2 = time.perf_counter() if profile else 0.0
+        lap("gelu")
         y = matmul(w2, h, "linear", out=y)
         if b2 is not None:
             y += b2[:, None]
-        if profile:
-            times[0] += (t1 - t0) + (time.perf_counter() - t2)
-            times[1] += t2 - t1
+        lap("linear")
         return y
+
+    def _stopwatch(self):
+        """``lap(kind)`` adds the time since the previous lap to ``profile["forward:kind"]``
+        (a no-op when not profiling)."""
+        if self.profile is None:
+            return lambda kind: None
+        last = [time.perf_counter()]
+
+        def lap(kind):
+            now = time.perf_counter()
+            key = f"forward:{kind}"
+            self.profile[key] = self.profile.get(key, 0.0) + now - last[0]
+            last[0] = now
+
+        return lap
 
     def _tick(self, key, start):
         self.profile[key] = self.profile.get(key, 0.0) + time.perf_counter() - start
@@ -571,6 +634,21 @@ _MLP_BLOCK = 1 << 17
 def _is_mlp(layers):
     """True for the run ``linear, gelu, linear`` (a block's fc_1, GELU, fc_2)."""
     return len(layers) == 3 and tuple(d.kind for d in layers) == ("linear", "gelu", "linear")
+
+
+def _inference_tail(layers):
+    """``(batchnorm or None, fc_1, fc_2, layer_scale or None)`` if ``layers`` (the rest of
+    a residual unit) is ``[batchnorm], linear, gelu, linear, [layer_scale], [drop_path]``,
+    else None. Which layers a block has is read from the description, not assumed."""
+    layers = list(layers)
+    bn = layers.pop(0) if layers and layers[0].kind == "batchnorm" else None
+    if [d.kind for d in layers[:3]] != ["linear", "gelu", "linear"]:
+        return None
+    fc_1, fc_2, rest = layers[0], layers[2], layers[3:]
+    scale = rest.pop(0) if rest and rest[0].kind == "layer_scale" else None
+    if rest and rest[0].kind == "drop_path":
+        rest.pop(0)  # the identity in inference
+    return None if rest else (bn, fc_1, fc_2, scale)
 
 
 # --------------------------------------------------------------------------------------

@@ -296,13 +296,21 @@ def test_cache_semantics():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_fused_inference_mlp_matches_the_layer_by_layer_path(monkeypatch, dtype):
-    """cache=False runs fc_1, GELU, fc_2 on blocks of pixels; blocks of 3 columns here, so
-    that samples split into several blocks with a short last one (64 = 21·3 + 1)."""
+def test_fast_path_matches_the_layer_by_layer_path(monkeypatch, dtype):
+    """cache=False runs BatchNorm (inference), fc_1, GELU, fc_2, layer scale and the skip
+    addition on blocks of pixels: blocks of 3 columns here, so that samples split into
+    several blocks with a short last one (64 = 21·3 + 1). Training mode too (there only
+    fc_1, GELU, fc_2 are blocked)."""
     model = tiny(dtype, linear_bias=True, layer_scale_init_value=0.5)
-    for key in model.params:  # non-zero biases, so that a dropped bias would show
-        if key.endswith("bias"):
-            model.params[key] = np.random.default_rng(8).standard_normal(model.params[key].shape).astype(dtype)
+    rng = np.random.default_rng(8)
+    for key in model.params:  # non-trivial biases, BatchNorm affine and gamma
+        if key.endswith(("bias", "norm.weight", "gamma")):
+            model.params[key] = (1 + rng.standard_normal(model.params[key].shape)).astype(dtype)
+    for key in model.buffers:
+        if key.endswith("running_mean"):
+            model.buffers[key] = rng.standard_normal(model.buffers[key].shape).astype(dtype)
+        elif key.endswith("running_var"):
+            model.buffers[key] = rng.uniform(0.5, 2, model.buffers[key].shape).astype(dtype)
     monkeypatch.setattr(models, "_MLP_BLOCK", 16 * 3)  # stage 1: 16 hidden channels -> 3 columns
     x = tiny_input(3).astype(dtype)
     with count_macs() as fused_count:
@@ -311,8 +319,16 @@ def test_fused_inference_mlp_matches_the_layer_by_layer_path(monkeypatch, dtype)
         plain = model.forward(x, cache=True)
     tol = 1e-13 if dtype == np.float64 else 1e-6
     err = relative_error(fused, plain)
-    assert err <= tol, f"fused MLP differs from the layer-by-layer path: {err:.3e}"
+    assert err <= tol, f"fast inference path differs from the layer-by-layer path: {err:.3e}"
     assert fused_count.by_tag() == plain_count.by_tag(), (fused_count.by_tag(), plain_count.by_tag())
+    twin = tiny(dtype, linear_bias=True, layer_scale_init_value=0.5)
+    twin.load_state_dict(model.state_dict())
+    fast_train = model.forward(x, training=True, cache=False)
+    plain_train = twin.forward(x, training=True)
+    err = relative_error(fast_train, plain_train)
+    assert err <= tol, f"training-mode fast path differs: {err:.3e}"
+    for key in model.buffers:  # later BatchNorms see inputs that differ by rounding
+        assert np.allclose(model.buffers[key], twin.buffers[key], rtol=tol, atol=0), f"{key} differs"
 
 
 def test_batchnorm_buffers_update_only_in_training():
