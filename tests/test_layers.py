@@ -255,6 +255,21 @@ def test_batchnorm_forward_and_running_update_by_hand():
     assert np.array_equal(rm, [0.3, -0.2]) and np.array_equal(rv, [2.0, 0.5]), "update modified its inputs"
 
 
+def test_batchnorm_affine_is_the_inference_forward():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 3, 4, 5))
+    w, b, rm, rv = rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal(3), rng.uniform(0.1, 2, 3)
+    scale, shift = L.batchnorm_affine(w, b, rm, rv, eps=1e-5)
+    by_hand = w / np.sqrt(rv + 1e-5)
+    assert np.allclose(scale, by_hand, rtol=1e-15) and np.allclose(shift, b - rm * by_hand, rtol=1e-14, atol=1e-15)
+    y = x * scale[None, :, None, None] + shift[None, :, None, None]
+    assert np.array_equal(y, L.batchnorm_forward(x, w, b, rm, rv, training=False)), "not the numbers the forward uses"
+    with pytest.raises(ValueError, match="var"):
+        L.batchnorm_affine(w, b, rm, np.ones(4))
+    with pytest.raises(ValueError, match="eps"):
+        L.batchnorm_affine(w, b, rm, rv, eps=0)
+
+
 def test_layernorm_and_avgpool_against_formulas():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 6)) * 3 + 2
