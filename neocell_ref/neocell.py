@@ -258,8 +258,10 @@ class _Segment(NamedTuple):
 
     ``group``: index of the group; ``local``/``chans``: channel slice in the group's
     weights / in ``x``; ``front_*``, ``tiles_*``, ``crop_*``: :func:`_axis_geometry`
-    of the height (``a``) and width (``b``) axes; ``chunks``: ``(start, stop)``
-    channel ranges relative to the segment, processed one at a time.
+    of the height (``a``) and width (``b``) axes; ``chunks``: ``(c0, c1, n0, n1)``
+    channel ranges (relative to the segment) and sample ranges, processed one at a
+    time, in an order where the sample count ``n1 - n0`` changes at most once and
+    the channel count never grows while it stays the same.
     """
 
     group: int
@@ -273,21 +275,27 @@ class _Segment(NamedTuple):
     crop_b: int
     chunks: tuple
 
-    @property
-    def most_channels(self):
-        """Channels of the largest chunk (the first one)."""
-        return self.chunks[0][1] - self.chunks[0][0]
+
+def _near_equal(count, parts):
+    """``(start, stop)`` of ``parts`` near-equal consecutive ranges of ``count``, largest first."""
+    bounds = [0]
+    for p in range(parts):
+        bounds.append(bounds[-1] + count // parts + (p < count % parts))
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 @lru_cache(maxsize=256)
 def _patchwise_plan(specs, batch, height, width, itemsize, chunk_bytes):
     """Cut the layer into :class:`_Segment` s and each segment into chunks.
 
-    A chunk holds as many channels as fit ``chunk_bytes`` per work buffer (at least
-    one, so a single huge channel still works); a segment's chunks are near-equal,
-    largest first, so every chunk fits the buffers and the zero frame laid out for
-    the first one. Pure function of its arguments, hence cached: planning costs
-    Python time on every call otherwise.
+    A chunk's largest work buffer holds at most ``chunk_bytes``: a chunk is as many
+    channels (with all samples) as fit, or, when one channel with all samples does
+    not fit, one channel with as many samples as fit (at least one sample: a single
+    huge plane still works). Besides keeping the work in cache, this keeps every
+    product small enough that BLAS runs it on one thread: small products spread
+    over threads spend their time waiting for each other, and far more so when
+    other processes share the cores. Ranges are near-equal, largest first. Pure
+    function of its arguments, hence cached: planning costs Python time otherwise.
 
     Parameters
     ----------
@@ -301,33 +309,32 @@ def _patchwise_plan(specs, batch, height, width, itemsize, chunk_bytes):
     Returns
     -------
     tuple of _Segment
-        In channel order, together covering every channel exactly once.
+        In channel order; their chunks cover every (channel, sample) exactly once.
     """
     segments = []
     for g, local, chans, sa, sb in _segments(specs):
         spec = specs[g]
         fa, ta, ca, _ = _axis_geometry(height, spec.h_in, spec.h_out, sa)
         fb, tb, cb, _ = _axis_geometry(width, spec.w_in, spec.w_out, sb)
-        per_channel = (
-            batch * ta * tb * max(spec.h_in, spec.h_out) * max(spec.w_in, spec.w_out) * itemsize
-        )
+        per_plane = ta * tb * max(spec.h_in, spec.h_out) * max(spec.w_in, spec.w_out) * itemsize
         count = local.stop - local.start
-        parts = -(-count // max(1, chunk_bytes // per_channel))
-        bounds = [0]
-        for p in range(parts):
-            bounds.append(bounds[-1] + count // parts + (p < count % parts))
-        segments.append(_Segment(g, local, chans, fa, ta, ca, fb, tb, cb,
-                                 tuple(zip(bounds[:-1], bounds[1:]))))
+        if batch * per_plane <= chunk_bytes:
+            channel_ranges = _near_equal(count, -(-count // (chunk_bytes // (batch * per_plane))))
+            chunks = [(c0, c1, 0, batch) for c0, c1 in channel_ranges]
+        else:
+            sample_ranges = _near_equal(batch, -(-batch // max(1, chunk_bytes // per_plane)))
+            chunks = [(c, c + 1, n0, n1) for n0, n1 in sample_ranges for c in range(count)]
+        segments.append(_Segment(g, local, chans, fa, ta, ca, fb, tb, cb, tuple(chunks)))
     return tuple(segments)
 
 
-def _tiled_shapes(segment, spec, batch):
-    """Shapes of a segment's tiled arrays for its largest chunk of ``m`` channels.
+def _tiled_shapes(segment, spec, channels, samples):
+    """Shapes of the tiled arrays of ``channels`` channels and ``samples`` samples of a segment.
 
-    ``X``: (m, h_in, N, T_a, T_b*w_in); ``Z = A X``: (m, h_out, N, T_a, T_b*w_in);
-    ``Y = Z B``: (m, h_out, N, T_a, T_b*w_out).
+    ``X``: (m, h_in, n, T_a, T_b*w_in); ``Z = A X``: (m, h_out, n, T_a, T_b*w_in);
+    ``Y = Z B``: (m, h_out, n, T_a, T_b*w_out).
     """
-    m, n, ta, tb = segment.most_channels, batch, segment.tiles_a, segment.tiles_b
+    m, n, ta, tb = channels, samples, segment.tiles_a, segment.tiles_b
     return (
         (m, spec.h_in, n, ta, tb * spec.w_in),
         (m, spec.h_out, n, ta, tb * spec.w_in),
@@ -335,10 +342,14 @@ def _tiled_shapes(segment, spec, batch):
     )
 
 
-def _buffer_sizes(plan, specs, batch):
-    """Largest ``(X, Z, Y)`` sizes over the plan's segments: one work buffer of each."""
-    shapes = [_tiled_shapes(seg, specs[seg.group], batch) for seg in plan]
-    return tuple(max(math.prod(s[i]) for s in shapes) for i in range(3))
+def _buffer_sizes(plan, specs):
+    """Largest ``(X, Z, Y)`` sizes over all chunks: one work buffer of each."""
+    sizes = [0, 0, 0]
+    for seg in plan:
+        for c0, c1, n0, n1 in seg.chunks:
+            for i, shape in enumerate(_tiled_shapes(seg, specs[seg.group], c1 - c0, n1 - n0)):
+                sizes[i] = max(sizes[i], math.prod(shape))
+    return tuple(sizes)
 
 
 def _view(buffer, shape):
@@ -395,8 +406,9 @@ def _zero_frame(tiled, front_h, length, front_w, width):
     """Zero every entry of ``tiled`` (m, k, N, T, P) that holds no plane value.
 
     These are the padding zeros of SPEC 3's view. Padding a chunk into the layout
-    writes only the other entries, so the frame written once per segment serves all
-    of its chunks and no full clearing pass is needed.
+    writes only the other entries, so the frame written for a segment's first chunk
+    serves all of its chunks of the same sample count (a chunk with fewer channels
+    uses a prefix: channels are the outermost axis) and no clearing pass is needed.
     """
     k = tiled.shape[1]
     tiled[..., :front_w] = 0
@@ -427,12 +439,12 @@ def _from_tiled(planes, tiled, front_h, front_w):
 def _patchwise_forward(x, weights_a, weights_b, specs, out_size):
     """Forward pass, chunk by chunk, two matrix products per chunk.
 
-    For a chunk of ``m`` channels with tile counts ``T_a`` (height) and ``T_b``
-    (width) of SPEC 3's padding view, the executed products are (tag
+    For a chunk of ``m`` channels and ``n`` samples with tile counts ``T_a`` (height)
+    and ``T_b`` (width) of SPEC 3's padding view, the executed products are (tag
     ``"patchwise"``)::
 
-        Z = A @ X:   (m, h_out, h_in) @ (m, h_in, N*T_a*T_b*w_in)
-        Y = Z @ B:   (m, h_out*N*T_a*T_b, w_in) @ (m, w_in, w_out)
+        Z = A @ X:   (m, h_out, h_in) @ (m, h_in, n*T_a*T_b*w_in)
+        Y = Z @ B:   (m, h_out*n*T_a*T_b, w_in) @ (m, w_in, w_out)
 
     so every channel costs ``N*T_a*T_b*h_out*w_in*(h_in + w_out)`` MACs, zeros of the
     padding included, whatever the chunking. ``T_a = ceil((H + f_a) / h_in)`` with
@@ -442,26 +454,28 @@ def _patchwise_forward(x, weights_a, weights_b, specs, out_size):
     n, _, height, width = x.shape
     y = np.empty((n, x.shape[1], *out_size), dtype=x.dtype)
     plan = _patchwise_plan(specs, n, height, width, x.itemsize, _CHUNK_BYTES)
-    size_x, size_z, size_y = _buffer_sizes(plan, specs, n)
-    buf_x, buf_z, buf_y = (np.empty(s, dtype=x.dtype) for s in (size_x, size_z, size_y))
+    buf_x, buf_z, buf_y = (np.empty(s, dtype=x.dtype) for s in _buffer_sizes(plan, specs))
     for seg in plan:
         spec = specs[seg.group]
         wa, wb = weights_a[seg.group][seg.local], weights_b[seg.group][seg.local]
-        shape_x, shape_z, shape_y = _tiled_shapes(seg, spec, n)
-        xt, x_pieces = _padded_pieces(buf_x, shape_x, x[:, seg.chans], seg.front_a, seg.front_b)
-        yt = _view(buf_y, shape_y)
-        y_pieces = _tile_pieces(yt, y[:, seg.chans], seg.crop_a, seg.crop_b)
-        z = _view(buf_z, shape_z)
-        for lo, hi in seg.chunks:
-            m = hi - lo
+        x_planes, y_planes = x[:, seg.chans], y[:, seg.chans]
+        samples = None  # sample count the tiled views below are laid out for
+        for c0, c1, n0, n1 in seg.chunks:
+            m = c1 - c0
+            if n1 - n0 != samples:  # new layout: new zero frame and copy views
+                samples = n1 - n0
+                shape_x, shape_z, shape_y = _tiled_shapes(seg, spec, m, samples)
+                xt, x_pieces = _padded_pieces(buf_x, shape_x, x_planes, seg.front_a, seg.front_b)
+                z, yt = _view(buf_z, shape_z), _view(buf_y, shape_y)
+                y_pieces = _tile_pieces(yt, y_planes, seg.crop_a, seg.crop_b)
             for t, p in x_pieces:
-                t[:m] = p[lo:hi]
-            matmul(wa[lo:hi], xt[:m].reshape(m, spec.h_in, -1), "patchwise",
+                t[:m] = p[c0:c1, :, n0:n1]
+            matmul(wa[c0:c1], xt[:m].reshape(m, spec.h_in, -1), "patchwise",
                    out=z[:m].reshape(m, spec.h_out, -1))
-            matmul(z[:m].reshape(m, -1, spec.w_in), wb[lo:hi], "patchwise",
+            matmul(z[:m].reshape(m, -1, spec.w_in), wb[c0:c1], "patchwise",
                    out=yt[:m].reshape(m, -1, spec.w_out))
             for t, p in y_pieces:
-                p[lo:hi] = t[:m]
+                p[c0:c1, :, n0:n1] = t[:m]
     return y
 
 
@@ -469,56 +483,63 @@ def _patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
     """Backward pass (SPEC 5) in the tiled layout of :func:`_patchwise_forward`.
 
     Per chunk, with ``X`` the tiled input, ``G`` the tiled ``grad_y`` (zeros where the
-    forward cropped) and ``R = h_out*N*T_a*T_b`` rows of ``w_in``/``w_out`` values::
+    forward cropped) and ``R = h_out*n*T_a*T_b`` rows of ``w_in``/``w_out`` values::
 
-        Z  = A @ X        (m, h_out, h_in)  @ (m, h_in, N*T_a*T_b*w_in)    recomputed
+        Z  = A @ X        (m, h_out, h_in)  @ (m, h_in, n*T_a*T_b*w_in)    recomputed
         dB = Zᵀ @ G       (m, w_in, R)      @ (m, R, w_out)
         dZ = G @ Bᵀ       (m, R, w_out)     @ (m, w_out, w_in)
-        dA = dZ @ Xᵀ      (m, h_out, N*T_a*T_b*w_in) @ (m, N*T_a*T_b*w_in, h_in)
-        dX = Aᵀ @ dZ      (m, h_in, h_out)  @ (m, h_out, N*T_a*T_b*w_in)
+        dA = dZ @ Xᵀ      (m, h_out, n*T_a*T_b*w_in) @ (m, n*T_a*T_b*w_in, h_in)
+        dX = Aᵀ @ dZ      (m, h_in, h_out)  @ (m, h_out, n*T_a*T_b*w_in)
 
     so every channel costs ``N*T_a*T_b*h_out*w_in*(3*h_in + 2*w_out)`` MACs (tag
     ``"patchwise"``). The sums over tiles and samples of SPEC 5 are the long inner
-    dimension of ``dB`` and ``dA``; the padding zeros in ``X`` and ``G`` make the
-    shift-corner and clipped-block contributions come out exactly as the adjoint of
-    the expansion. ``dX`` cropped to the input is ``grad_x``.
+    dimension of ``dB`` and ``dA`` (plus a sum over the chunks of a channel when its
+    samples are split); the padding zeros in ``X`` and ``G`` make the shift-corner
+    and clipped-block contributions come out exactly as the adjoint of the
+    expansion. ``dX`` cropped to the input is ``grad_x``.
     """
     n, _, height, width = x.shape
     grad_x = np.empty_like(x)
     grads_a = [np.empty_like(w) for w in weights_a]
     grads_b = [np.empty_like(w) for w in weights_b]
     plan = _patchwise_plan(specs, n, height, width, x.itemsize, _CHUNK_BYTES)
-    size_x, size_z, size_y = _buffer_sizes(plan, specs, n)
-    buf_x, buf_dx, buf_z, buf_g = (
-        np.empty(s, dtype=x.dtype) for s in (size_x, size_x, size_z, size_y)
-    )
+    size_x, size_z, size_y = _buffer_sizes(plan, specs)
+    buf_x, buf_dx, buf_z, buf_g = (np.empty(s, dtype=x.dtype) for s in (size_x, size_x, size_z, size_y))
     for seg in plan:
         spec = specs[seg.group]
         a, b = weights_a[seg.group][seg.local], weights_b[seg.group][seg.local]
         ga, gb = grads_a[seg.group][seg.local], grads_b[seg.group][seg.local]
-        shape_x, shape_z, shape_y = _tiled_shapes(seg, spec, n)
-        xt, x_pieces = _padded_pieces(buf_x, shape_x, x[:, seg.chans], seg.front_a, seg.front_b)
-        gt, g_pieces = _padded_pieces(buf_g, shape_y, grad_y[:, seg.chans], seg.crop_a, seg.crop_b)
-        dxt = _view(buf_dx, shape_x)
-        dx_pieces = _tile_pieces(dxt, grad_x[:, seg.chans], seg.front_a, seg.front_b)
-        z = _view(buf_z, shape_z)
-        for lo, hi in seg.chunks:
-            m = hi - lo
+        x_planes, g_planes = x[:, seg.chans], grad_y[:, seg.chans]
+        dx_planes = grad_x[:, seg.chans]
+        samples = None  # sample count the tiled views below are laid out for
+        for c0, c1, n0, n1 in seg.chunks:
+            m = c1 - c0
+            if n1 - n0 != samples:  # new layout: new zero frames and copy views
+                samples = n1 - n0
+                shape_x, shape_z, shape_y = _tiled_shapes(seg, spec, m, samples)
+                xt, x_pieces = _padded_pieces(buf_x, shape_x, x_planes, seg.front_a, seg.front_b)
+                gt, g_pieces = _padded_pieces(buf_g, shape_y, g_planes, seg.crop_a, seg.crop_b)
+                z, dxt = _view(buf_z, shape_z), _view(buf_dx, shape_x)
+                dx_pieces = _tile_pieces(dxt, dx_planes, seg.front_a, seg.front_b)
             for t, p in x_pieces:
-                t[:m] = p[lo:hi]
+                t[:m] = p[c0:c1, :, n0:n1]
             for t, p in g_pieces:
-                t[:m] = p[lo:hi]
-            x2 = xt[:m].reshape(m, spec.h_in, -1)            # (m, h_in, N*T_a*T_b*w_in)
+                t[:m] = p[c0:c1, :, n0:n1]
+            x2 = xt[:m].reshape(m, spec.h_in, -1)            # (m, h_in, n*T_a*T_b*w_in)
             g2 = gt[:m].reshape(m, -1, spec.w_out)           # (m, R, w_out)
             z2 = z[:m].reshape(m, spec.h_out, -1)            # Z, later dZ
-            matmul(a[lo:hi], x2, "patchwise", out=z2)
-            matmul(z2.reshape(m, -1, spec.w_in).transpose(0, 2, 1), g2, "patchwise", out=gb[lo:hi])
+            matmul(a[c0:c1], x2, "patchwise", out=z2)
+            db = matmul(z2.reshape(m, -1, spec.w_in).transpose(0, 2, 1), g2, "patchwise",
+                        out=gb[c0:c1] if n0 == 0 else None)
             # Z is used up: dZ goes into its buffer.
-            matmul(g2, b[lo:hi].transpose(0, 2, 1), "patchwise", out=z2.reshape(m, -1, spec.w_in))
-            matmul(z2, x2.transpose(0, 2, 1), "patchwise", out=ga[lo:hi])
-            matmul(a[lo:hi].transpose(0, 2, 1), z2, "patchwise", out=dxt[:m].reshape(m, spec.h_in, -1))
+            matmul(g2, b[c0:c1].transpose(0, 2, 1), "patchwise", out=z2.reshape(m, -1, spec.w_in))
+            da = matmul(z2, x2.transpose(0, 2, 1), "patchwise", out=ga[c0:c1] if n0 == 0 else None)
+            if n0:  # later samples of a channel whose samples are split: accumulate
+                gb[c0:c1] += db
+                ga[c0:c1] += da
+            matmul(a[c0:c1].transpose(0, 2, 1), z2, "patchwise", out=dxt[:m].reshape(m, spec.h_in, -1))
             for t, p in dx_pieces:
-                p[lo:hi] = t[:m]
+                p[c0:c1, :, n0:n1] = t[:m]
     return grad_x, grads_a, grads_b
 
 
