@@ -416,15 +416,22 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
         New arrays in the dtype of ``running_mean``/``running_var``'s common float type.
     num_batches_tracked : ndarray, shape (), int64
     """
-    x, _, _, rm, rv, _, _ = _bn_prepare(x, running_mean, running_mean, running_mean, running_var, True, 1.0)
+    x = _array(x, "x")
+    _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
     rm = _array(running_mean, "running_mean")
     rv = _array(running_var, "running_var")
+    _check_shape(rm, "running_mean", (x.shape[1],))
+    _check_shape(rv, "running_var", (x.shape[1],))
+    if x.shape[0] * x.shape[2] * x.shape[3] < 2:
+        raise ValueError(
+            f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}"
+        )
     momentum = _real(momentum, "momentum", 0.0, 1.0)
     nbt = np.asarray(num_batches_tracked)
     if nbt.shape != () or nbt.dtype.kind not in "iu":
         raise TypeError(f"num_batches_tracked must be an integer scalar, got {num_batches_tracked!r}")
     m = x.shape[0] * x.shape[2] * x.shape[3]
-    mean, var = _bn_stats(x)
+    mean, var = _bn_stats(x.astype(_compute_dtype(x), copy=False))
     dtype = _compute_dtype(rm, rv)
     new_mean = ((1.0 - momentum) * rm + momentum * mean).astype(dtype, copy=False)
     new_var = ((1.0 - momentum) * rv + momentum * var * (m / (m - 1))).astype(dtype, copy=False)

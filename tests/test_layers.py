@@ -438,6 +438,8 @@ def test_float32_in_float32_out_and_promotion():
         (lambda: L.batchnorm_forward(np.zeros((2, 2, 2, 2)), np.ones(2), np.zeros(2), training="yes"), TypeError, ["training"]),
         (lambda: L.batchnorm_update_running(np.zeros((2, 2, 2, 2)), np.zeros(2), np.ones(2), 1.5), TypeError, ["num_batches_tracked"]),
         (lambda: L.batchnorm_update_running(np.zeros((2, 2, 2, 2)), np.zeros(2), np.ones(2), 0, momentum=2.0), ValueError, ["momentum"]),
+        (lambda: L.batchnorm_update_running(np.zeros((2, 2, 2, 2)), np.zeros(3), np.ones(2), 0), ValueError, ["running_mean", "(2,)"]),
+        (lambda: L.batchnorm_update_running(np.zeros((1, 2, 1, 1)), np.zeros(2), np.ones(2), 0), ValueError, ["more than 1 value"]),
         (lambda: L.layernorm_forward(np.zeros((2, 3)), np.ones(4), np.zeros(3)), ValueError, ["weight", "(3,)"]),
         (lambda: L.layernorm_forward(np.zeros((2, 3)), np.ones(3), np.zeros(3), eps=-1.0), ValueError, ["eps"]),
         (lambda: L.gelu_forward(np.zeros(3, complex)), TypeError, ["x", "complex"]),
