@@ -41,8 +41,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .neocell import neocell_backward, neocell_forward
-from .spec import check_input_size, parse_specs
+from .golden_ops import OPERATIONS, SAFETY, neocell_expected, unit_roundoff  # noqa: F401 (re-exported)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -63,16 +62,10 @@ __all__ = [
 
 FORMAT_VERSION = 1
 DEFAULT_SEED = 20240318
-SAFETY = 2.0
 
 
 class GoldenError(Exception):
     """A golden set is unusable: missing file, wrong hash, malformed manifest."""
-
-
-def unit_roundoff(dtype) -> float:
-    """``u = eps / 2`` of a floating dtype (2**-53 for float64, 2**-24 for float32)."""
-    return float(np.finfo(np.dtype(dtype)).eps) / 2
 
 
 # --------------------------------------------------------------------------------------
@@ -91,7 +84,7 @@ def write_npz(path, arrays: dict) -> bytes:
             info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            np.lib.format.write_array(member, np.asarray(arrays[name], order="C"), allow_pickle=False)
             zf.writestr(info, member.getvalue())
     data = buffer.getvalue()
     Path(path).write_bytes(data)
@@ -163,196 +156,6 @@ def compare_arrays(case, array, got, expected, *, rtol, atol=0.0, bound=None) ->
         case, array, bool(r <= 1.0), tuple(int(i) for i in worst), float(got[worst]),
         float(expected[worst]), float(error[worst]), float(allowed[worst]), r,
     )
-
-
-# --------------------------------------------------------------------------------------
-# the NeoCell operation
-# --------------------------------------------------------------------------------------
-def _k(kernel, channels, shift=0):
-    return {"kernel": kernel, "channels": channels, "shift": shift}
-
-
-#: Curated NeoCell cases: (name, specs as official dicts, input shape (N, C, H, W)).
-#: Each covers a rule of SPEC sections 2-6; the comment says which.
-NEOCELL_CASES_CORE = [
-    # plain square kernel, size a multiple of the kernel
-    ("k7_square_14x14", [_k(7, 4)], (2, 4, 14, 14)),
-    # partial tiles: 10 is not a multiple of 7
-    ("k7_partial_10x12", [_k(7, 3)], (2, 3, 10, 12)),
-    # input smaller than the kernel, down to 1x1
-    ("k7_input_1x1", [_k(7, 2)], (3, 2, 1, 1)),
-    ("k5_input_2x3", [_k(5, 2)], (2, 2, 2, 3)),
-    # "4+7" with shift 1 and uneven sub-groups (5 channels in 4 and in 7 sub-groups)
-    ("mixed_4p7_shift1_uneven", [_k(4, 5, 1), _k(7, 5, 1)], (2, 10, 20, 20)),
-    # "4+7" as a kernel code would split 96 channels, at a small size
-    ("mixed_4p7_shift1_c14", [_k(4, 7, 1), _k(7, 7, 1)], (1, 14, 16, 23)),
-    # every shift 1..6 of a 7-kernel, one group each
-    ("k7_every_shift", [_k(7, 7, s) for s in range(1, 7)], (1, 42, 16, 16)),
-    # shift_a != shift_b
-    ("k5_shifta2_shiftb1", [{"kernel": 5, "channels": 7, "shift_a": 2, "shift_b": 1}], (1, 7, 15, 13)),
-    # kernel_a / kernel_b form with shifts
-    ("ka3_kb5_shift1", [{"kernel_a": 3, "kernel_b": 5, "channels": 6, "shift": 1}], (2, 6, 9, 11)),
-    # largest used shift equal to the spatial size: kernel 4, shift 3 -> 2 sub-groups, max shift 3 = H
-    ("k4_shift3_max_eq_size", [_k(4, 4, 3)], (1, 4, 3, 5)),
-    # down-sampling 2 -> 1 (the NeoNeXt down-sampling layer), odd sizes (floor)
-    ("down_2to1_9x7", [{"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 6}], (2, 6, 9, 7)),
-    # up-sampling 1 -> 2 and 1 -> 3
-    ("up_1to2_1to3", [{"h_in": 1, "h_out": 2, "w_in": 1, "w_out": 3, "channels": 3}], (2, 3, 4, 5)),
-    # non-integer ratios 2 -> 3 and 3 -> 2 with partial tiles
-    ("ratio_2to3_3to2", [{"h_in": 2, "h_out": 3, "w_in": 3, "w_out": 2, "channels": 2}], (1, 2, 6, 9)),
-    # mixed groups with different kernels but the same down-sampling ratio
-    ("mixed_down_2to1_4to2", [
-        {"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 3},
-        {"h_in": 4, "h_out": 2, "w_in": 4, "w_out": 2, "channels": 2},
-    ], (1, 5, 12, 8)),
-    # rectangular input, mixed "3+5" with shift 2 (3: 2 sub-groups; 5: 3 sub-groups)
-    ("mixed_3p5_shift2_rect", [_k(3, 4, 2), _k(5, 5, 2)], (2, 9, 6, 17)),
-]
-
-#: Larger cases added by the "full" suite: NeoNeXt-T stage shapes at batch 1.
-NEOCELL_CASES_FULL = [
-    ("neonext_t_stage1", [_k(4, 48, 1), _k(7, 48, 1)], (1, 96, 56, 56)),
-    ("neonext_t_stage3", [_k(7, 384, 1)], (1, 384, 14, 14)),
-    ("neonext_t_stage4", [_k(7, 768, 0)], (1, 768, 7, 7)),
-    ("neonext_t_downsample", [{"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 192}], (1, 192, 56, 56)),
-]
-
-
-def _neocell_accumulation(specs, x_shape):
-    """Accumulation length per expected array (see the module docstring).
-
-    * ``y = Â x B̂``: at most ``h_in`` terms on the left, ``w_in`` on the right.
-    * ``grad_x = Âᵀ (dy B̂ᵀ)``: ``w_out + h_out``.
-    * ``grad_a``: ``dz = dy B̂ᵀ`` (``w_out``), then a sum over samples, columns and the
-      blocks sharing a kernel entry: ``N · W · (blocks_h + 1)``.
-    * ``grad_b``: ``z = Â x`` (``h_in``), then ``N · H_out · (blocks_w + 1)``.
-    """
-    n, _, h, w = x_shape
-    h_out, w_out = check_input_size(specs, h, w)
-    acc = {
-        "y": max(g.h_in + g.w_in for g in specs),
-        "grad_x": max(g.h_out + g.w_out for g in specs),
-    }
-    for i, g in enumerate(specs):
-        blocks_h = -(-h_out // g.h_out) + 1
-        blocks_w = -(-w // g.w_in) + 1
-        acc[f"grad_weight_a_{i}"] = g.w_out + n * w * blocks_h
-        acc[f"grad_weight_b_{i}"] = g.h_in + n * h_out * blocks_w
-    return acc
-
-
-def _neocell_reference(arrays, specs, groups):
-    """Expected outputs and magnitude bounds, in float64, from stored inputs."""
-    x = arrays["x"].astype(np.float64)
-    wa = [arrays[f"weight_a_{g}"].astype(np.float64) for g in range(groups)]
-    wb = [arrays[f"weight_b_{g}"].astype(np.float64) for g in range(groups)]
-    gy = arrays["grad_y"].astype(np.float64)
-    out = {}
-    for prefix, xs, was, wbs, gys in (
-        ("", x, wa, wb, gy),
-        ("bound/", np.abs(x), [np.abs(a) for a in wa], [np.abs(b) for b in wb], np.abs(gy)),
-    ):
-        # Same sums of products on absolute values: the per-element magnitude bound.
-        out[prefix + "y"] = neocell_forward(xs, was, wbs, specs, method="blockdiag")
-        gx, ga, gb = neocell_backward(gys, xs, was, wbs, specs, method="blockdiag")
-        out[prefix + "grad_x"] = gx
-        for g in range(groups):
-            out[prefix + f"grad_weight_a_{g}"] = ga[g]
-            out[prefix + f"grad_weight_b_{g}"] = gb[g]
-    return out
-
-
-def neocell_expected(specs, arrays):
-    """Reference outputs, magnitude bounds and tolerances for one NeoCell case.
-
-    Parameters
-    ----------
-    specs : list of dict or GroupSpec
-    arrays : dict
-        Inputs ``x``, ``weight_a_G``, ``weight_b_G``, ``grad_y`` in the port's dtype.
-
-    Returns
-    -------
-    expected : dict
-        ``y``, ``grad_x``, ``grad_weight_a_G``, ``grad_weight_b_G`` (float64) and their
-        bounds ``bound/NAME``.
-    tolerances : dict
-        Per expected array: ``rtol``, ``atol``, ``accumulation_length``, ``bound``
-        (see the module docstring).
-    """
-    groups = parse_specs(specs)
-    dtype = np.result_type(*(a.dtype for a in arrays.values()))
-    expected = _neocell_reference(arrays, groups, len(groups))
-    u = unit_roundoff(dtype)
-    tolerances = {
-        key: {"rtol": SAFETY * (n + 1) * u, "atol": 0.0, "accumulation_length": n, "bound": f"bound/{key}"}
-        for key, n in _neocell_accumulation(groups, arrays["x"].shape).items()
-    }
-    return expected, tolerances
-
-
-def _neocell_make(name, specs_dicts, x_shape, dtype, rng):
-    specs = parse_specs(specs_dicts)
-    x = rng.standard_normal(x_shape)
-    h_out, w_out = check_input_size(specs, x_shape[2], x_shape[3])
-    arrays = {"x": x}
-    for g, spec in enumerate(specs):
-        # Fully random kernels (not NeoInit): the skewed identity would make many
-        # products exact and hide accumulation mistakes.
-        arrays[f"weight_a_{g}"] = rng.standard_normal(spec.shape_a)
-        arrays[f"weight_b_{g}"] = rng.standard_normal(spec.shape_b)
-    arrays["grad_y"] = rng.standard_normal((x_shape[0], x_shape[1], h_out, w_out))
-    arrays = {k: v.astype(dtype) for k, v in arrays.items()}
-    expected, tolerances = neocell_expected(specs_dicts, arrays)
-    inputs = sorted(arrays)
-    arrays.update(expected)
-    meta = {"specs": [g.to_dict() for g in specs], "specs_as_written": specs_dicts, "x_shape": list(x_shape)}
-    return meta, arrays, inputs, tolerances
-
-
-def _neocell_run_port(arrays, meta, forward, backward):
-    """Call a port with the NeoCell convention; return ``{array name: output}``."""
-    specs = [dict(s) for s in meta["specs_as_written"]]
-    groups = len(specs)
-    x = arrays["x"]
-    wa = [arrays[f"weight_a_{g}"] for g in range(groups)]
-    wb = [arrays[f"weight_b_{g}"] for g in range(groups)]
-    got = {}
-    if forward is not None:
-        got["y"] = forward(x, wa, wb, specs)
-    if backward is not None:
-        gx, ga, gb = backward(arrays["grad_y"], x, wa, wb, specs)
-        got["grad_x"] = gx
-        for g in range(groups):
-            got[f"grad_weight_a_{g}"] = ga[g]
-            got[f"grad_weight_b_{g}"] = gb[g]
-    return got
-
-
-@dataclass(frozen=True)
-class Operation:
-    """A golden operation: its cases per suite, how to make one, how to call a port."""
-
-    name: str
-    cases: Callable  # suite -> list of (name, spec, shape)
-    make: Callable   # (name, spec, shape, dtype, rng) -> (meta, arrays, inputs, tolerances)
-    run_port: Callable  # (arrays, meta, forward, backward) -> {array: got}
-    convention: str
-
-
-OPERATIONS = {
-    "neocell": Operation(
-        name="neocell",
-        cases=lambda suite: NEOCELL_CASES_CORE + (NEOCELL_CASES_FULL if suite == "full" else []),
-        make=_neocell_make,
-        run_port=_neocell_run_port,
-        convention=(
-            "forward(x, weights_a, weights_b, specs) -> y; "
-            "backward(grad_y, x, weights_a, weights_b, specs) -> (grad_x, grads_a, grads_b); "
-            "specs are official-style dicts, weights lists per group"
-        ),
-    ),
-}
 
 
 # --------------------------------------------------------------------------------------
@@ -530,9 +333,22 @@ def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, ato
             name, key, value, arrays[key],
             rtol=(tol["rtol"] * rtol_scale) if rtol is None else rtol,
             atol=tol["atol"] if atol is None else atol,
-            bound=arrays[tol["bound"]] if tol.get("bound") else None,
+            bound=_scale(tol, arrays, key),
         ))
     return results
+
+
+def _scale(tol, arrays, key):
+    """What ``rtol`` multiplies: the stored magnitude bound; ``max|expected|`` over the
+    array and its listed peers (normwise); or, when neither is given, ``|expected|``
+    elementwise."""
+    if tol.get("bound"):
+        return arrays[tol["bound"]]
+    if tol.get("norm") == "max":
+        peers = tol.get("scale_with") or [key]
+        scale = max((float(np.max(np.abs(arrays[k]))) for k in peers if np.size(arrays[k])), default=0.0)
+        return np.full(np.shape(arrays[key]), scale)
+    return None
 
 
 def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, rtol_scale=1.0,

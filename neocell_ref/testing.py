@@ -79,6 +79,8 @@ __all__ = [
     "neocell_cases",
     "check_neocell_case",
     "assert_neocell_matches",
+    "assert_layer_matches",
+    "assert_model_matches",
 ]
 
 
@@ -562,6 +564,25 @@ def _failure_message(failures, header):
     return "\n".join(lines)
 
 
+def _assert_golden_cases(op_name, port_forward, port_backward, dtype, seed, **kwargs):
+    """Run a port on every curated case of ``op_name`` (made in memory) and raise on failure."""
+    from .golden import run_and_compare
+    from .golden_ops import OPERATIONS
+
+    op = OPERATIONS[op_name]
+    failures = []
+    for index, (name, spec, shape) in enumerate(op.cases("core")):
+        rng = np.random.default_rng([seed, index])
+        meta, arrays, _, tolerances = op.make(name, spec, shape, dtype, rng)
+        results = run_and_compare(op_name, f"golden case {name!r}", {**meta, "tolerances": tolerances}, arrays,
+                                  port_forward, port_backward, **kwargs)
+        failures += [r for r in results if not r.passed]
+    if failures:
+        raise AssertionError(_failure_message(
+            failures, f"{op_name} port differs from the reference on {len({r.case for r in failures})} "
+                      f"golden case(s) ({dtype}):"))
+
+
 def assert_neocell_matches(port_forward, port_backward=None, *, dtype=np.float64, rtol=None, atol=None,
                            rtol_scale=1.0, max_examples=50, golden=True, layers=None, seed=0, shrink=True):
     """Assert that a NeoCell port agrees with the reference.
@@ -600,27 +621,10 @@ def assert_neocell_matches(port_forward, port_backward=None, *, dtype=np.float64
     """
     from hypothesis import HealthCheck, Phase, given, settings
 
-    from .golden import OPERATIONS
-
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    if port_forward is None and port_backward is None:
-        raise ValueError("give at least one of port_forward and port_backward")
+    dtype = _check_port_args(port_forward, port_backward, dtype)
     kwargs = dict(rtol=rtol, atol=atol, rtol_scale=rtol_scale)
     if golden:
-        op = OPERATIONS["neocell"]
-        failures = []
-        for index, (name, specs, shape) in enumerate(op.cases("core")):
-            rng = np.random.default_rng([seed, index])
-            meta, arrays, inputs, _ = op.make(name, specs, shape, dtype, rng)
-            case = NeoCellCase(specs, arrays["x"], [arrays[f"weight_a_{g}"] for g in range(len(specs))],
-                               [arrays[f"weight_b_{g}"] for g in range(len(specs))], arrays["grad_y"], seed)
-            failures += [r for r in check_neocell_case(port_forward, port_backward, case, name=f"golden case {name!r}", **kwargs)
-                         if not r.passed]
-        if failures:
-            raise AssertionError(_failure_message(
-                failures, f"NeoCell port differs from the reference on {len({r.case for r in failures})} golden case(s) ({dtype}):"))
+        _assert_golden_cases("neocell", port_forward, port_backward, dtype, seed, **kwargs)
     if max_examples <= 0:
         return
 
@@ -635,3 +639,75 @@ def assert_neocell_matches(port_forward, port_backward=None, *, dtype=np.float64
             raise AssertionError(_failure_message(failures, f"NeoCell port differs from the reference on a drawn case ({dtype}):"))
 
     drawn()
+
+
+def _check_port_args(port_forward, port_backward, dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    if port_forward is None and port_backward is None:
+        raise ValueError("give at least one of port_forward and port_backward")
+    return dtype
+
+
+def assert_layer_matches(layer, port_forward, port_backward=None, *, dtype=np.float64, rtol=None, atol=None,
+                         rtol_scale=1.0, seed=0):
+    """Assert that a port of one NeoNeXt layer agrees with :mod:`neocell_ref.layers`.
+
+    Runs the curated golden cases of ``layer`` (``"linear"``, ``"conv1x1"``,
+    ``"batchnorm"``, ``"layernorm"``, ``"gelu"``, ``"patchify"``, ``"avgpool"``,
+    ``"layer_scale"``, ``"drop_path"``) with the golden tolerance policy.
+
+    Parameters
+    ----------
+    layer : str
+    port_forward : callable
+        ``forward(*inputs, **options) -> y`` with the positional inputs and keyword
+        options of ``neocell_ref.layers.<layer>_forward``.
+    port_backward : callable, optional
+        ``backward(grad_y, *inputs, **options)`` returning one gradient per positional
+        input (``None`` where not differentiated).
+    dtype, rtol, atol, rtol_scale, seed
+        As in :func:`assert_neocell_matches`.
+
+    Raises
+    ------
+    AssertionError
+        Naming the case, the array, the worst element, both values and the tolerance.
+    """
+    from .golden_ops import OPERATIONS
+
+    if layer not in OPERATIONS or layer in ("neocell", "model"):
+        known = sorted(k for k in OPERATIONS if k not in ("neocell", "model"))
+        raise ValueError(f"unknown layer {layer!r}; known: {known}")
+    dtype = _check_port_args(port_forward, port_backward, dtype)
+    _assert_golden_cases(layer, port_forward, port_backward, dtype, seed, rtol=rtol, atol=atol, rtol_scale=rtol_scale)
+
+
+def assert_model_matches(port_forward, port_backward=None, *, dtype=np.float64, rtol=None, atol=None,
+                         rtol_scale=1.0, seed=0):
+    """Assert that a port of a whole NeoNeXt agrees with :class:`neocell_ref.models.NeoNeXt`.
+
+    Runs the curated small models (official default options, and the released-checkpoint
+    style options with biases, layer scale and ``"4+7"`` everywhere) with every
+    parameter and BatchNorm buffer drawn at random, in inference and training mode.
+
+    Parameters
+    ----------
+    port_forward : callable
+        ``forward(x, state, config, training) -> logits``. ``state`` maps every official
+        state-dict name (parameters and buffers) to an array in PyTorch layout;
+        ``config`` holds the :class:`~neocell_ref.architecture.NeoNeXtConfig` options.
+    port_backward : callable, optional
+        ``backward(grad_logits, x, state, config) -> (grad_x, grads)``: gradients of
+        ``sum(logits * grad_logits)`` in training mode, ``grads`` keyed by state-dict name.
+    dtype, rtol, atol, rtol_scale, seed
+        As in :func:`assert_neocell_matches`; the model's tolerances are normwise
+        (``docs/porting.md``).
+
+    Raises
+    ------
+    AssertionError
+    """
+    dtype = _check_port_args(port_forward, port_backward, dtype)
+    _assert_golden_cases("model", port_forward, port_backward, dtype, seed, rtol=rtol, atol=atol, rtol_scale=rtol_scale)

@@ -153,3 +153,89 @@ correct_backward = port_backward
 for _bug in BUGS:
     globals()[f"{_bug}_forward"] = partial(port_forward, bug=_bug)
     globals()[f"{_bug}_backward"] = partial(port_backward, bug=_bug)
+
+
+# ======================================================================================
+# Layer and model ports with one planted bug each
+# ======================================================================================
+# These reuse the package's layers for everything except the bug, so that a failure
+# can only come from the bug. Each is a porting mistake seen in practice:
+#
+# ``batchnorm_unbiased``   BatchNorm normalising with the unbiased batch variance
+#                          (PyTorch uses the biased one for normalisation);
+# ``gelu_tanh``            the tanh approximation of GELU instead of the exact erf form;
+# ``float32``              the model computed in float32 although float64 is claimed.
+from contextlib import contextmanager  # noqa: E402
+
+import neocell_ref.layers as _layers  # noqa: E402
+from neocell_ref.models import NeoNeXt  # noqa: E402
+
+MODEL_BUGS = ("batchnorm_unbiased", "gelu_tanh", "float32")
+_batchnorm_forward = _layers.batchnorm_forward  # the correct one, before any swap
+
+
+def batchnorm_unbiased_forward(x, weight, bias, running_mean=None, running_var=None, *, training, eps=1e-5, out=None):
+    if not training:
+        return _batchnorm_forward(x, weight, bias, running_mean, running_var, training=False, eps=eps, out=out)
+    x = np.asarray(x, dtype=np.result_type(x, weight))
+    mean = x.mean(axis=(0, 2, 3))
+    var = x.var(axis=(0, 2, 3), ddof=1)  # the bug: unbiased variance
+    scale = np.asarray(weight) / np.sqrt(var + eps)
+    y = (x - mean[:, None, None]) * scale[:, None, None] + np.asarray(bias)[:, None, None]
+    if out is not None:
+        out[...] = y
+        return out
+    return y
+
+
+def gelu_tanh_forward(x, *, out=None):
+    x = np.asarray(x)
+    y = 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))  # the bug
+    if out is not None:
+        out[...] = y
+        return out
+    return y.astype(x.dtype, copy=False)
+
+
+@contextmanager
+def _layers_replaced(bug):
+    """Run the package's model with one layer function swapped for the buggy one."""
+    name, fn = {"batchnorm_unbiased": ("batchnorm_forward", batchnorm_unbiased_forward),
+                "gelu_tanh": ("gelu_forward", gelu_tanh_forward)}.get(bug, (None, None))
+    if name is None:
+        yield
+        return
+    original = getattr(_layers, name)
+    setattr(_layers, name, fn)
+    try:
+        yield
+    finally:
+        setattr(_layers, name, original)
+
+
+def _model(x, state, config, bug):
+    dtype = np.float32 if bug == "float32" else np.asarray(x).dtype
+    model = NeoNeXt(**config, dtype=dtype, resolution=tuple(np.shape(x)[2:]))
+    model.load_state_dict(state)
+    return model, np.asarray(x, dtype=dtype)
+
+
+def model_forward(x, state, config, training, bug=None):
+    with _layers_replaced(bug):
+        model, x = _model(x, state, config, bug)
+        return model.forward(x, training=training).astype(np.float64)
+
+
+def model_backward(grad_logits, x, state, config, bug=None):
+    with _layers_replaced(bug):
+        model, x = _model(x, state, config, bug)
+        model.forward(x, training=True)
+        grad_x = model.backward(np.asarray(grad_logits, dtype=x.dtype))
+        return grad_x, dict(model.grads)
+
+
+correct_model_forward = model_forward
+correct_model_backward = model_backward
+for _bug in MODEL_BUGS:
+    globals()[f"model_{_bug}_forward"] = partial(model_forward, bug=_bug)
+    globals()[f"model_{_bug}_backward"] = partial(model_backward, bug=_bug)

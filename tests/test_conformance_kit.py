@@ -6,7 +6,9 @@ import pytest
 
 import mutant_ports
 import neocell_ref as nr
-from neocell_ref.testing import assert_neocell_matches, check_neocell_case
+from neocell_ref import layers
+from neocell_ref.golden_ops import LAYER_CASES_CORE
+from neocell_ref.testing import assert_layer_matches, assert_model_matches, assert_neocell_matches, check_neocell_case
 
 
 def _reference(method):
@@ -77,3 +79,34 @@ def test_bad_arguments():
         assert_neocell_matches(None)
     with pytest.raises(TypeError, match="dtype"):
         assert_neocell_matches(*_reference("patchwise"), dtype=np.int32)
+
+
+@pytest.mark.parametrize("layer", sorted({kind for _, kind, _, _ in LAYER_CASES_CORE}))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_reference_layers_pass_the_layer_kit(layer, dtype):
+    assert_layer_matches(layer, getattr(layers, f"{layer}_forward"), getattr(layers, f"{layer}_backward"), dtype=dtype)
+
+
+@pytest.mark.parametrize("layer, forward", [
+    ("batchnorm", mutant_ports.batchnorm_unbiased_forward),
+    ("gelu", mutant_ports.gelu_tanh_forward),
+])
+def test_layer_bugs_are_caught_by_the_kit(layer, forward):
+    with pytest.raises(AssertionError, match="golden case"):
+        assert_layer_matches(layer, forward)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_reference_model_passes_the_model_kit(dtype):
+    assert_model_matches(mutant_ports.correct_model_forward, mutant_ports.correct_model_backward, dtype=dtype)
+
+
+@pytest.mark.parametrize("bug", mutant_ports.MODEL_BUGS)
+def test_model_bugs_are_caught_by_the_kit(bug):
+    with pytest.raises(AssertionError, match="tiny_default_options"):
+        assert_model_matches(getattr(mutant_ports, f"model_{bug}_forward"), getattr(mutant_ports, f"model_{bug}_backward"))
+
+
+def test_layer_kit_refuses_unknown_layers():
+    with pytest.raises(ValueError, match="unknown layer"):
+        assert_layer_matches("neocell", layers.gelu_forward)
