@@ -1,8 +1,10 @@
-"""``neocell-ref demo``: a short tour that checks itself.
+"""``neocell-ref demo``: a short tour that checks itself (the package's main job).
 
 Builds a "4+7" NeoCell with shifts, runs the three formulations, prints how far
-apart they are, and gradient-checks the patch-wise backward. Exit status 1 if
-anything disagrees, so the demo doubles as a smoke test.
+apart they are, and gradient-checks the patch-wise backward; then prints what a 7x7
+NeoCell layer costs against the depthwise convolution it replaces, and what a whole
+NeoNeXt-T costs in every counting convention. Exit status 1 if anything disagrees,
+so the demo doubles as a smoke test.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from .neocell import METHODS, neocell_backward, neocell_forward
 from .spec import parse_kernel_code
 
 
-def run_demo(channels=24, size=(23, 30), code="4+7", shift=1, seed=0, out=print) -> bool:
-    """Run the demonstration; return True when every check passed."""
+def run_demo(channels=24, size=(23, 30), code="4+7", shift=1, seed=0, out=print, costs=True) -> bool:
+    """Run the demonstration; return True when every check passed.
+
+    ``costs=False`` skips the complexity tables.
+    """
     rng = np.random.default_rng(seed)
     specs = parse_kernel_code(code, channels=channels, shift=shift)
     weights_a, weights_b = neo_init(specs, rng=rng)
@@ -42,6 +47,15 @@ def run_demo(channels=24, size=(23, 30), code="4+7", shift=1, seed=0, out=print)
     report = neocell_gradcheck(x[:1, :, :9, :11], weights_a, weights_b, specs, rng=np.random.default_rng(seed))
     out(str(report))
     ok &= report.passed
+    if costs:
+        from .complexity import complexity, model_complexity, released_checkpoint_options
+
+        out("")
+        out(str(complexity(k=7, c=96)))
+        out("")
+        out(str(model_complexity("neonext_t", 224, **released_checkpoint_options(224))))
+        out("(more: neocell-ref complexity --help, neocell-ref model-complexity --help, "
+            "neocell-ref golden --help)")
     out("demo: all checks passed" if ok else "demo: CHECKS FAILED")
     return ok
 
