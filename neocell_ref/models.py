@@ -365,8 +365,10 @@ class NeoNeXt:
         cache : bool, default True
             Keep what :meth:`backward` needs (the input of every layer, the drop-path
             factors and the BatchNorm statistics used). ``cache=False`` is the fast
-            inference path: intermediate arrays are overwritten in place and
-            :meth:`backward` is refused until the next cached forward.
+            inference path: intermediate arrays are overwritten in place, the part of
+            each block after its NeoCell runs fused over cache-sized blocks of pixels
+            (``docs/model.md``), and :meth:`backward` is refused until the next cached
+            forward.
 
         Returns
         -------
