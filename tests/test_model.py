@@ -12,6 +12,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import neocell_ref as nr
 from neocell_ref import layers as L
@@ -418,6 +420,43 @@ def test_whole_model_gradients_training_mode_with_drop_path_layer_scale_and_bias
     model = tiny(drop_path=0.6, layer_scale_init_value=0.5, linear_bias=True)
     report = model_gradcheck(model, training=True)
     assert report.passed, f"training-mode model gradients\n{report}"
+
+
+@settings(max_examples=8)
+@given(data=st.data())
+def test_random_small_models_gradients_and_fast_path(data):
+    """Property over small configurations: uneven channel groups, rectangular inputs, both
+    modes, with or without shifts, layer scale and biases. The input gradient passes the
+    gradient check (a few elements and the dot-product test), and the fast inference
+    path gives the layer-by-layer logits."""
+    code = data.draw(st.sampled_from(["2+3", "3", "2", "3+2"]), label="kernel code")
+    shifts = tuple(data.draw(st.integers(0, 1), label=f"shift stage {s + 1}") for s in range(3)) + (0,)
+    size = data.draw(st.sampled_from([(32, 32), (32, 64), (64, 32)]), label="input H, W")
+    dims = data.draw(st.sampled_from([(4, 8, 8, 8), (3, 5, 6, 7)]), label="dims")
+    depth = data.draw(st.sampled_from([(1, 1, 1, 1), (2, 1, 1, 1)]), label="blocks per stage")
+    training = data.draw(st.booleans(), label="training")
+    layer_scale = data.draw(st.sampled_from([0.0, 0.3]), label="layer_scale_init_value")
+    bias = data.draw(st.booleans(), label="linear_bias")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    model = nr.models.NeoNeXt(depth, dims, num_classes=3, kernel_spec=code, shifts=shifts,
+                              layer_scale_init_value=layer_scale, linear_bias=bias, resolution=size,
+                              rng=np.random.default_rng(seed))
+    x = np.random.default_rng(seed + 1).standard_normal((2, 3, *size))
+    if not training:
+        fast, cached = model.forward(x, cache=False), model.forward(x)
+        err = relative_error(fast, cached)
+        assert err <= 1e-13, f"fast path differs by {err:.2e} ({code}, shifts {shifts}, {size})"
+
+    def forward(x_):
+        return model.forward(x_, training=training)
+
+    def backward(g, x_):
+        model.forward(x_, training=training)
+        return [model.backward(g)]
+
+    report = check_gradients(forward, backward, [x], names=["x"], max_elements=4, dot_rtol=1e-7,
+                             rng=np.random.default_rng(seed))
+    assert report.passed, f"{code}, shifts {shifts}, size {size}, dims {dims}, training={training}\n{report}"
 
 
 def test_a_broken_layer_backward_fails_the_model_check(monkeypatch):
