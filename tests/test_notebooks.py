@@ -22,7 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 # The notebooks the documentation links to; each must exist.
-EXPECTED = ("01_neocell_from_scratch.ipynb", "02_backward_derivation.ipynb")
+EXPECTED = (
+    "01_neocell_from_scratch.ipynb",
+    "02_backward_derivation.ipynb",
+    "03_cost.ipynb",
+    "04_neonext_end_to_end.ipynb",
+    "05_porting_with_the_golden_oracle.ipynb",
+)
 CELL_TIMEOUT = 120  # seconds; each notebook takes seconds in total
 
 
