@@ -48,7 +48,7 @@ from .architecture import (
     get_config,
 )
 from .expand import nnz
-from .spec import GroupSpec, check_input_size, parse_kernel_code, parse_specs, shift_segments
+from .spec import GroupSpec, _as_int, check_input_size, parse_kernel_code, parse_specs, shift_segments
 
 __all__ = [
     "complexity",
@@ -96,14 +96,7 @@ _ELEMENTWISE_PER_ELEMENT = {
 # --------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------
-def _check_int(value, name: str, minimum: int) -> int:
-    """``value`` as a Python int >= ``minimum``; bools, floats and strings are refused."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+_check_int = _as_int  # one integer rule for specs and counts
 
 
 def _check_pair(value, name: str, minimum: int) -> tuple[int, int]:
