@@ -132,12 +132,16 @@ def measure(functions: dict, rounds: int, min_seconds: float = 0.02) -> dict:
     """Time every function ``rounds`` times, round-robin; return per-call seconds.
 
     Each sample repeats a function enough times to last ``min_seconds`` (a tiny
-    copy is otherwise below the clock's useful resolution).
+    copy is otherwise below the clock's useful resolution). The order rotates from
+    round to round, so that no function always runs right after the same other one
+    (a multi-threaded BLAS call, for one, leaves its threads spinning for a while).
     """
     inner = {name: _calibrate(fn, min_seconds) for name, fn in functions.items()}
     samples = {name: [] for name in functions}
-    for _ in range(rounds):
-        for name, fn in functions.items():
+    names = list(functions)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = functions[name]
             start = time.perf_counter()
             for _ in range(inner[name]):
                 fn()
