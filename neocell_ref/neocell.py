@@ -11,9 +11,11 @@ expanded kernels of SPEC section 3. Three formulations compute it:
     The paper's patch view, written literally: pad the plane, loop over channels
     and over tiles ``P``, compute ``A @ P @ B`` per tile, crop. Slow; for reading.
 ``"patchwise"`` (default)
-    Vectorised. Each axis is "pad, cut into slabs, one matrix product per channel,
-    crop" (SPEC 3, the equivalent view); the whole layer runs in a few large
-    products and never builds an ``H x H`` matrix.
+    Vectorised, following SPEC 3's equivalent view (pad, map every tile, crop).
+    Each shift sub-group is padded into a tiled layout where every tile row is one
+    contiguous run, so that each axis is one matrix product per channel; channels
+    (or samples) go through in cache-sized chunks with reused buffers. It never
+    builds an ``H x H`` matrix.
 ``"blockdiag"``
     Builds ``Â`` and ``B̂`` with :func:`neocell_ref.expand.expand` and multiplies
     densely. The most direct transcription of SPEC sections 1, 3 and 5.
