@@ -153,8 +153,8 @@ def test_a_reused_buffer_stays_correct_chunk_after_chunk_and_segment_after_segme
             lo += m
 
 
-def test_the_reuse_test_catches_a_buffer_that_never_rewrites_its_frame(monkeypatch):
-    """Test of the test above: with the frame written only once, garbage leaks through."""
+def _zero_frame_only_once(monkeypatch):
+    """Mutant: buffers get their zero padding frame on first use only, never again."""
     calls = []
     real = nc._zero_frame
 
@@ -164,6 +164,11 @@ def test_the_reuse_test_catches_a_buffer_that_never_rewrites_its_frame(monkeypat
         calls.append(args)
 
     monkeypatch.setattr(nc, "_zero_frame", first_time_only)
+
+
+def test_the_reuse_test_catches_a_buffer_that_never_rewrites_its_frame(monkeypatch):
+    """Test of the test above: with the frame written only once, garbage leaks through."""
+    _zero_frame_only_once(monkeypatch)
     with pytest.raises(AssertionError, match="reused buffer differs"):
         test_a_reused_buffer_stays_correct_chunk_after_chunk_and_segment_after_segment()
 
@@ -299,15 +304,7 @@ def test_named_layers_equal_blockdiag_for_every_chunking(specs, size):
 
 def test_the_chunking_tests_catch_stale_padding_in_a_reused_buffer(monkeypatch):
     """Test of the tests above: an operator whose buffers keep the first chunk's frame fails."""
-    calls = []
-    real = nc._zero_frame
-
-    def first_time_only(*args):
-        if not calls:
-            real(*args)
-        calls.append(args)
-
-    monkeypatch.setattr(nc, "_zero_frame", first_time_only)
+    _zero_frame_only_once(monkeypatch)
     specs = [{"kernel": 4, "channels": 9, "shift": 1}, {"kernel": 7, "channels": 10, "shift": 1}]
     with pytest.raises(AssertionError, match="relative error"):
         test_named_layers_equal_blockdiag_for_every_chunking(specs, (15, 15))
