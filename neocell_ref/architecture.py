@@ -36,7 +36,7 @@ A :class:`Unit` of kind ``"residual"`` computes ``x + layers(x)``; one of kind
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from .spec import GroupSpec, check_input_size, parse_kernel_code

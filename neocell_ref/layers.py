@@ -737,14 +737,20 @@ def avgpool_backward(grad_y, x):
 # --------------------------------------------------------------------------------------
 # layer scale
 # --------------------------------------------------------------------------------------
-def _ls_prepare(x, gamma, grad_y=None):
+def _factor_prepare(x, factor, name, axis, grad_y=None):
+    """Validate ``x`` and a vector ``factor`` with one value per index of ``x``'s ``axis``
+    (layer scale: per channel, axis 1; drop path: per sample, axis 0)."""
     x = _array(x, "x")
-    _check_ndim(x, "x", 2)
-    gamma = _array(gamma, "gamma")
-    _check_shape(gamma, "gamma", (x.shape[1],))
+    _check_ndim(x, "x", axis + 1)
+    factor = _array(factor, name)
+    _check_shape(factor, name, (x.shape[axis],))
     if grad_y is not None:
         grad_y = _check_grad(grad_y, x.shape)
-    return _cast(_compute_dtype(x, gamma, grad_y), x, gamma, grad_y)
+    return _cast(_compute_dtype(x, factor, grad_y), x, factor, grad_y)
+
+
+def _ls_prepare(x, gamma, grad_y=None):
+    return _factor_prepare(x, gamma, "gamma", 1, grad_y)
 
 
 def layer_scale_forward(x, gamma, *, out=None):
@@ -803,13 +809,7 @@ def drop_path_scale(rng, n, rate, dtype=np.float64):
 
 
 def _dp_prepare(x, scale, grad_y=None):
-    x = _array(x, "x")
-    _check_ndim(x, "x", 1)
-    scale = _array(scale, "scale")
-    _check_shape(scale, "scale", (x.shape[0],))
-    if grad_y is not None:
-        grad_y = _check_grad(grad_y, x.shape)
-    return _cast(_compute_dtype(x, scale, grad_y), x, scale, grad_y)
+    return _factor_prepare(x, scale, "scale", 0, grad_y)
 
 
 def drop_path_forward(x, scale, *, out=None):

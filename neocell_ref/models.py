@@ -26,12 +26,11 @@ from __future__ import annotations
 import numbers
 import time
 from collections import namedtuple
-from typing import Mapping
 
 import numpy as np
 
 from . import layers as L
-from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, get_config
+from .architecture import MODEL_CONFIGS, NeoNeXtConfig, describe, get_config
 from .init import neo_init
 from .instrument import matmul
 from .neocell import neocell_backward, neocell_forward

@@ -26,7 +26,7 @@ from contextlib import redirect_stdout
 import numpy as np
 import pytest
 import scipy.signal
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import neocell_ref
