@@ -1,0 +1,506 @@
+"""What went wrong: a catalogue of known porting defects, each a variant of the reference.
+
+When a port's array fails the golden comparison, the verifier asks this module
+whether the port's output is what a *known* mistake would have produced. Every
+entry of :data:`DEFECTS` is a small variant of the reference computation with one
+planted deviation (the corner of a shifted expansion dropped, the sub-group split
+rounded up, ...). If the failing output agrees with a variant within the case's
+own tolerance, and the variant itself does not pass, the report says
+``consistent with: ID — explanation (link)``. Nothing is ever guessed: no match, no
+diagnosis; a passing array is never diagnosed.
+
+The variants are written independently of the fast formulations: NeoCell variants
+build their expanded matrices channel by channel with
+:func:`neocell_ref.expand.expand_kernel` (the one expansion rule) and then deviate
+from it in the one place their defect names; layer and model variants reuse the
+reference layers with one function replaced. ``docs/defects.md`` explains each
+defect, with the symptom a port author sees.
+
+Public surface: :data:`DEFECTS` (id -> :class:`Defect`) and :func:`diagnose`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .expand import expand_kernel, expand_kernel_adjoint
+from .spec import channel_shifts, parse_specs
+
+__all__ = ["Defect", "DEFECTS", "diagnose", "variant_outputs"]
+
+#: Where the catalogue is documented; each defect has an anchor there.
+DOCS_PAGE = "docs/defects.md"
+
+
+@dataclass(frozen=True)
+class Defect:
+    """One known porting defect.
+
+    Attributes
+    ----------
+    id : str
+        Stable identifier, e.g. ``"shift-corner-dropped"``.
+    explanation : str
+        One line: what the port does wrong.
+    ops : tuple of str
+        Golden operations the defect can show up in.
+    variants : callable
+        ``variants(op, meta, arrays, dtype) -> list of dict`` of reference variants
+        (``{array name: output}``), each in the float64 answer's naming; an empty
+        list where the defect cannot occur in this case (an unshifted layer cannot
+        drop a shift corner).
+    precision : str or None
+        For a precision defect, the dtype whose unit roundoff sets the tolerance
+        of the match (a float32 computation cannot match to float64 accuracy).
+    """
+
+    id: str
+    explanation: str
+    ops: tuple
+    variants: Callable
+    precision: str | None = None
+
+    @property
+    def link(self) -> str:
+        return f"{DOCS_PAGE}#{self.id}"
+
+    def describe(self) -> str:
+        return f"{self.id} — {self.explanation} ({self.link})"
+
+
+# ======================================================================================
+# NeoCell variants: the dense formulation, channel by channel, with one deviation
+# ======================================================================================
+def _axis_out(length, k_in, k_out, rounding):
+    """Output length of one axis (SPEC section 2), floor or, as a defect, rounded half up."""
+    if k_in == k_out:
+        return length
+    if rounding == "floor":
+        return (length * k_out) // k_in
+    return (2 * length * k_out + k_in) // (2 * k_in)  # round(length·k_out/k_in), halves up
+
+
+def _ceil_split_shifts(channels, shift, subgroups):
+    """Per-channel shifts with sub-groups of ``ceil(channels / n)`` channels (the defect)."""
+    size = -(-channels // subgroups)
+    return np.minimum(np.arange(channels) // size, subgroups - 1) * shift
+
+
+def _neocell_variant(arrays, specs_as_written, *, corner=True, split="floor", rounding="floor",
+                     swap=False, transpose=None, dtype=np.float64, storage=None):
+    """One NeoCell case computed with the given deviations.
+
+    Returns ``{"y", "grad_x", "grad_weight_a_G", "grad_weight_b_G"}`` in float64, or
+    None where the deviation cannot be applied to this case (groups that would
+    disagree on the output size).
+    """
+    groups = parse_specs(specs_as_written)
+    cast = (lambda a: np.asarray(a, dtype=np.float64).astype(storage).astype(dtype)) if storage else (
+        lambda a: np.asarray(a, dtype=np.float64).astype(dtype))
+    x, grad_y = cast(arrays["x"]), cast(arrays["grad_y"])
+    _, _, height, width = x.shape
+    sizes = {(_axis_out(height, g.h_in, g.h_out, rounding), _axis_out(width, g.w_in, g.w_out, rounding))
+             for g in groups}
+    if len(sizes) != 1:
+        return None
+    h_out, w_out = sizes.pop()
+    if grad_y.shape[2:] != (h_out, w_out):
+        # The port's backward would have received the stored grad_y of the true
+        # output size; a size defect changes the forward's shape only.
+        grad_y = None
+    out = {"y": np.zeros(x.shape[:2] + (h_out, w_out))}
+    if grad_y is not None:
+        out["grad_x"] = np.zeros(x.shape)
+    channel = 0
+    for g, spec in enumerate(groups):
+        wa, wb = cast(arrays[f"weight_a_{g}"]), cast(arrays[f"weight_b_{g}"])
+        # A mixed-up kernel is laid out with its own shape: blocks of its rows and
+        # columns, its own bottom-right corner wrapped (what index arithmetic written
+        # against the kernel's shape does); the sizes and shifts still follow the spec.
+        if swap:  # A and B exchanged, each transposed to fit
+            wa, wb = wb.transpose(0, 2, 1), wa.transpose(0, 2, 1)
+        if transpose == "a":
+            wa = wa.transpose(0, 2, 1)
+        if transpose == "b":
+            wb = wb.transpose(0, 2, 1)
+        if split == "floor":
+            shifts_a, shifts_b = spec.channel_shifts()
+        else:
+            shifts_a = (channel_shifts(spec.channels, 0, 1) if spec.shift_a == 0
+                        else _ceil_split_shifts(spec.channels, spec.shift_a, spec.subgroups_a))
+            shifts_b = (channel_shifts(spec.channels, 0, 1) if spec.shift_b == 0
+                        else _ceil_split_shifts(spec.channels, spec.shift_b, spec.subgroups_b))
+        grads_a, grads_b = np.zeros(wa.shape), np.zeros(wb.shape)
+        if int(shifts_a.max(initial=0)) >= min(wa.shape[1:]) or int(shifts_b.max(initial=0)) >= min(wb.shape[1:]):
+            return None  # a mixed-up kernel smaller than its shift has no corner to wrap: undefined
+        for i in range(spec.channels):
+            sa, sb = int(shifts_a[i]), int(shifts_b[i])
+            a_full = expand_kernel(wa[i], h_out, height, sa)
+            b_full = expand_kernel(wb[i], width, w_out, sb)
+            if not corner:  # the wrapped bottom-right corner of a shifted kernel left out
+                a_full[:sa, :sa] = 0
+                b_full[:sb, :sb] = 0
+            xc = x[:, channel]
+            z = a_full @ xc
+            out["y"][:, channel] = z @ b_full
+            if grad_y is not None:
+                dy = grad_y[:, channel]
+                grad_b_full = np.einsum("nij,nik->jk", z, dy)           # Σ_n zᵀ dy
+                dz = dy @ b_full.T                                      # dy B̂ᵀ
+                grad_a_full = np.einsum("nij,nkj->ik", dz, xc)          # Σ_n dz xᵀ
+                out["grad_x"][:, channel] = a_full.T @ dz               # Âᵀ dz
+                if not corner:  # entries that hold no kernel value carry no gradient back
+                    grad_a_full[:sa, :sa] = 0
+                    grad_b_full[:sb, :sb] = 0
+                grads_a[i] = expand_kernel_adjoint(grad_a_full, *wa.shape[1:], sa)
+                grads_b[i] = expand_kernel_adjoint(grad_b_full, *wb.shape[1:], sb)
+            channel += 1
+        if grad_y is not None:
+            # Back to the stored weights' layout (the chain rule through the mix-up).
+            if transpose == "a":
+                grads_a = grads_a.transpose(0, 2, 1)
+            if transpose == "b":
+                grads_b = grads_b.transpose(0, 2, 1)
+            if swap:
+                grads_a, grads_b = grads_b.transpose(0, 2, 1), grads_a.transpose(0, 2, 1)
+            out[f"grad_weight_a_{g}"] = grads_a
+            out[f"grad_weight_b_{g}"] = grads_b
+    if storage is not None:  # results stored in the reduced type
+        out = {k: v.astype(storage) for k, v in out.items()}
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+def _shifted(meta):
+    return any(g.shift_a or g.shift_b for g in parse_specs(meta["specs_as_written"]))
+
+
+def _neocell_only(fn):
+    def variants(op, meta, arrays, dtype):
+        if op != "neocell":
+            return []
+        return [v for v in fn(meta, arrays, dtype) if v is not None]
+    return variants
+
+
+@_neocell_only
+def _corner_dropped(meta, arrays, dtype):
+    return [_neocell_variant(arrays, meta["specs_as_written"], corner=False)] if _shifted(meta) else []
+
+
+@_neocell_only
+def _split_rounded_up(meta, arrays, dtype):
+    return [_neocell_variant(arrays, meta["specs_as_written"], split="ceil")] if _shifted(meta) else []
+
+
+@_neocell_only
+def _size_rounded(meta, arrays, dtype):
+    return [_neocell_variant(arrays, meta["specs_as_written"], rounding="half-up")]
+
+
+@_neocell_only
+def _kernels_swapped(meta, arrays, dtype):
+    return [_neocell_variant(arrays, meta["specs_as_written"], swap=True)]
+
+
+@_neocell_only
+def _kernel_transposed(meta, arrays, dtype):
+    return [_neocell_variant(arrays, meta["specs_as_written"], transpose=t) for t in ("a", "b")]
+
+
+# ======================================================================================
+# layer and model variants: the reference layers with one function replaced
+# ======================================================================================
+def _bn_unbiased_forward(bn_forward):
+    """BatchNorm that normalises with the unbiased batch variance (training mode).
+
+    ``(x-μ)/sqrt(σ²·M/(M-1) + eps)·w + b`` equals the reference with
+    ``eps' = eps·(M-1)/M`` and ``w' = w·sqrt((M-1)/M)``: the variant reuses it.
+    """
+    def forward(x, weight, bias, running_mean=None, running_var=None, *, training, eps=1e-5, out=None):
+        if not training:
+            return bn_forward(x, weight, bias, running_mean, running_var, training=False, eps=eps, out=out)
+        m = x.shape[0] * x.shape[2] * x.shape[3]
+        k = np.sqrt((m - 1) / m)
+        return bn_forward(x, np.asarray(weight) * k, bias, running_mean, running_var, training=True,
+                          eps=eps * (m - 1) / m, out=out)
+    return forward
+
+
+def _bn_unbiased_backward(bn_backward):
+    def backward(grad_y, x, weight, bias, running_mean=None, running_var=None, *, training, eps=1e-5):
+        if not training:
+            return bn_backward(grad_y, x, weight, bias, running_mean, running_var, training=False, eps=eps)
+        m = x.shape[0] * x.shape[2] * x.shape[3]
+        k = np.sqrt((m - 1) / m)
+        gx, gw, gb, grm, grv = bn_backward(grad_y, x, np.asarray(weight) * k, bias, running_mean, running_var,
+                                           training=True, eps=eps * (m - 1) / m)
+        return gx, gw * k, gb, grm, grv  # ∂y/∂w = k·x̂'
+    return backward
+
+
+_TANH_C = np.sqrt(2.0 / np.pi)
+_TANH_K = 0.044715
+
+
+def _gelu_tanh_forward(x, *, out=None):
+    """The tanh approximation ``x/2·(1 + tanh(√(2/π)(x + 0.044715x³)))`` (the defect)."""
+    x = np.asarray(x)
+    y = 0.5 * x * (1.0 + np.tanh(_TANH_C * (x + _TANH_K * x ** 3)))
+    if out is not None:
+        out[...] = y
+        return out
+    return y.astype(x.dtype if x.dtype.kind == "f" else np.float64, copy=False)
+
+
+def _gelu_tanh_backward(grad_y, x):
+    """Its derivative ``(1 + t)/2 + x/2·(1 - t²)·√(2/π)(1 + 3·0.044715x²)``, ``t = tanh(...)``."""
+    x = np.asarray(x)
+    t = np.tanh(_TANH_C * (x + _TANH_K * x ** 3))
+    d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _TANH_C * (1.0 + 3.0 * _TANH_K * x * x)
+    return (np.asarray(grad_y) * d,)
+
+
+_PATCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _layers_replaced(replacements):
+    """The reference layers with some functions replaced, for the duration of a variant.
+
+    The model looks its layer functions up in :mod:`neocell_ref.layers` at call time,
+    so replacing them there changes exactly that layer everywhere in the network,
+    forward and backward. A lock keeps two diagnoses from interleaving.
+    """
+    from . import layers
+
+    with _PATCH_LOCK:
+        saved = {name: getattr(layers, name) for name in replacements}
+        try:
+            for name, make in replacements.items():
+                setattr(layers, name, make(saved[name]))
+            yield
+        finally:
+            for name, fn in saved.items():
+                setattr(layers, name, fn)
+
+
+def _layer_outputs(kind, meta, arrays, dtype):
+    """A layer case computed by the (possibly replaced) reference layer."""
+    from . import layers
+
+    forward = getattr(layers, f"{kind}_forward")
+    backward = getattr(layers, f"{kind}_backward")
+    order, options = meta["input_order"], meta["options"]
+    inputs = [np.asarray(arrays[n], dtype=np.float64).astype(dtype) for n in order]
+    out = {"y": forward(*inputs, **options)}
+    grads = backward(np.asarray(arrays["grad_y"], dtype=np.float64).astype(dtype), *inputs, **options)
+    for name, grad in zip(order, grads):
+        if grad is not None:
+            out[f"grad_{name}"] = grad
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+def _model_outputs(meta, arrays, dtype):
+    """A model case computed by the reference model (with whatever layers are in place)."""
+    from .models import NeoNeXt
+
+    x_shape = tuple(arrays["x"].shape)
+    model = NeoNeXt(**meta["config"], dtype=dtype, rng=np.random.default_rng(0), resolution=x_shape[2:])
+    state = {k[len("state/"):]: np.array(v) for k, v in arrays.items() if k.startswith("state/")}
+    model.load_state_dict(state)
+    x = np.asarray(arrays["x"], dtype=np.float64).astype(dtype)
+    out = {"logits_eval": model.forward(x, training=False), "logits_train": model.forward(x, training=True)}
+    out["grad_x"] = model.backward(np.asarray(arrays["grad_logits"], dtype=np.float64).astype(dtype))
+    for key, grad in model.grads.items():
+        out[f"grad/{key}"] = grad
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+def _replaced(replacements, layer_kinds):
+    """Variants of the layers in ``layer_kinds`` and of the model, with functions replaced."""
+    def variants(op, meta, arrays, dtype):
+        if op == "model":
+            with _layers_replaced(replacements):
+                return [_model_outputs(meta, arrays, np.float64)]
+        if op in layer_kinds:
+            if op == "batchnorm" and not meta["options"].get("training"):
+                return []  # inference normalises with the running statistics: nothing to get wrong
+            with _layers_replaced(replacements):
+                return [_layer_outputs(op, meta, arrays, np.float64)]
+        return []
+    return variants
+
+
+def _reduced_precision(op, meta, arrays, dtype):
+    """The reference computed in float32 although the set is float64 (the port's claim)."""
+    if np.dtype(dtype) != np.float64:
+        if op == "neocell" and np.dtype(dtype) == np.float32:
+            # A float32 port that stores its inputs and results in float16.
+            return [_neocell_variant(arrays, meta["specs_as_written"], dtype=np.float32, storage=np.float16)]
+        return []
+    if op == "neocell":
+        return [_neocell_variant(arrays, meta["specs_as_written"], dtype=np.float32)]
+    if op == "model":
+        return [_model_outputs(meta, arrays, np.float32)]
+    return [_layer_outputs(op, meta, arrays, np.float32)]
+
+
+def _precision_scale(op, dtype):
+    """How much looser a ``reduced-precision`` match is than the case's own tolerance.
+
+    Operator and layer tolerances are proportional to the unit roundoff, so the ratio
+    of the two roundoffs; the model's are measured per dtype (``MODEL_RTOL``), so the
+    ratio of those (the smaller one over logits and gradients, never looser).
+    """
+    dtype = np.dtype(dtype)
+    reduced = np.dtype(np.float32) if dtype == np.float64 else np.dtype(np.float16)
+    if op == "model":
+        from .golden_ops import MODEL_RTOL
+
+        low, high = MODEL_RTOL.get(reduced.name), MODEL_RTOL.get(dtype.name)
+        if low is None or high is None:
+            return 1.0
+        return min(low[k] / high[k] for k in high)
+    return float(np.finfo(reduced).eps) / float(np.finfo(dtype).eps)
+
+
+_LAYER_OPS = ("linear", "conv1x1", "batchnorm", "layernorm", "gelu", "patchify", "avgpool",
+              "layer_scale", "drop_path")
+
+#: The catalogue, by id. Order is the order in which matches are reported.
+DEFECTS = {d.id: d for d in (
+    Defect("shift-corner-dropped",
+           "shifted blocks are placed, but the kernel's bottom-right corner is not wrapped into the "
+           "top-left corner of the expanded matrix (SPEC section 3)",
+           ("neocell",), _corner_dropped),
+    Defect("subgroup-split-rounded-up",
+           "shift sub-groups hold ceil(channels / n) channels instead of floor(channels / n), the "
+           "last one the remainder (SPEC section 4)",
+           ("neocell",), _split_rounded_up),
+    Defect("output-size-rounded",
+           "the output size of a resampling group is rounded (halves up) instead of floored (SPEC section 2)",
+           ("neocell",), _size_rounded),
+    Defect("kernels-swapped",
+           "the left and right kernels are exchanged: B is applied along the height and A along the "
+           "width, each transposed to fit (SPEC section 1)",
+           ("neocell",), _kernels_swapped),
+    Defect("kernel-transposed",
+           "a kernel is read in the wrong layout: weight_a as (h_in, h_out) or weight_b as "
+           "(w_out, w_in) (SPEC section 2)",
+           ("neocell",), _kernel_transposed),
+    Defect("reduced-precision",
+           "the port computes in a lower precision than the golden set's inputs: float32 for a "
+           "float64 set, float16 storage for a float32 set",
+           ("neocell", "model") + _LAYER_OPS, _reduced_precision, precision="reduced"),
+    Defect("batchnorm-unbiased-variance",
+           "training-mode BatchNorm normalises with the unbiased batch variance (divides by M - 1) "
+           "instead of the biased one (SPEC section 7)",
+           ("batchnorm", "model"),
+           _replaced({"batchnorm_forward": _bn_unbiased_forward, "batchnorm_backward": _bn_unbiased_backward},
+                     ("batchnorm",))),
+    Defect("gelu-tanh-approximation",
+           "GELU uses the tanh approximation instead of the exact erf form (SPEC section 7)",
+           ("gelu", "model"),
+           _replaced({"gelu_forward": lambda _: _gelu_tanh_forward, "gelu_backward": lambda _: _gelu_tanh_backward},
+                     ("gelu",))),
+)}
+
+
+def variant_outputs(defect_id, op, meta, arrays, dtype=np.float64):
+    """Outputs of every variant of one defect on one golden case (for tests and docs).
+
+    Returns
+    -------
+    list of dict
+        ``{array name: float64 output}`` per variant; empty where the defect cannot occur.
+    """
+    defect = DEFECTS[defect_id]
+    if op not in defect.ops:
+        return []
+    return [v for v in defect.variants(op, meta, arrays, np.dtype(dtype)) if v is not None]
+
+
+def _agrees(got, reference, allowed) -> bool:
+    """``|got - reference| <= allowed`` everywhere, all finite, same shape."""
+    try:
+        got = np.asarray(got)
+        if got.dtype.kind not in "fiu" or got.dtype.kind == "b":
+            return False
+        got = got.astype(np.float64)
+    except (TypeError, ValueError):
+        return False
+    if got.shape != reference.shape or not np.all(np.isfinite(got)):
+        return False
+    return bool(np.all(np.abs(got - reference) <= allowed))
+
+
+def diagnose(op, meta, arrays, failing, allowed, dtype=np.float64):
+    """Known defects that explain a port's failing arrays on one golden case.
+
+    Parameters
+    ----------
+    op : str
+        Golden operation (``"neocell"``, a layer kind, ``"model"``).
+    meta : dict
+        The case's manifest entry (what the operation's port call reads).
+    arrays : dict
+        The case's arrays: inputs, expected outputs, bounds.
+    failing : dict
+        ``{array name: the port's output}`` for the arrays that failed only.
+    allowed : dict
+        ``{array name: elementwise allowed error}`` (shape of the expected array, or a
+        scalar) as the verifier computed it for the case's tolerance.
+    dtype : numpy dtype
+        dtype of the golden set's inputs.
+
+    Returns
+    -------
+    dict
+        ``{array name: [Defect, ...]}`` for each failing array that at least one
+        defect explains; arrays that none explains are absent.
+
+    Notes
+    -----
+    A defect explains an array when (1) one of its variants agrees with the port's
+    output within the array's allowed error (for ``reduced-precision``, scaled by the
+    ratio of the two unit roundoffs) and (2) that variant itself does *not* pass the
+    comparison with the expected array, so the match is evidence, not coincidence.
+    Where the variant's shape differs from the expected one (an output-size defect),
+    the largest allowed error of the array is used.
+    """
+    dtype = np.dtype(dtype)
+    found = {}
+    for defect in DEFECTS.values():
+        if op not in defect.ops or not failing:
+            continue
+        scale = 1.0
+        if defect.precision:
+            scale = _precision_scale(op, dtype)
+        try:
+            variants = [v for v in defect.variants(op, meta, arrays, dtype) if v is not None]
+        except (ValueError, TypeError, KeyError):
+            continue  # a variant that cannot be computed for this case explains nothing
+        for name, got in failing.items():
+            expected = np.asarray(arrays.get(name), dtype=np.float64) if name in arrays else None
+            if expected is None:
+                continue
+            tol = np.asarray(allowed[name], dtype=np.float64)
+            for variant in variants:
+                if name not in variant:
+                    continue
+                v = variant[name]
+                if v.shape == expected.shape:
+                    if _agrees(v, expected, tol):
+                        continue  # the defect does not change this array: no evidence
+                    ok = _agrees(got, v, tol * scale)
+                else:
+                    ok = _agrees(got, v, float(np.max(tol, initial=0.0)) * scale)
+                if ok:
+                    found.setdefault(name, []).append(defect)
+                    break
+    return found
