@@ -663,17 +663,20 @@ class LayerCount:
 def _count_layer(layer) -> LayerCount:
     """MACs of one described layer in every convention (per image)."""
     kind = layer.kind
-    out_elems = math.prod(layer.out_shape)
+    # Python ints throughout (a config may carry NumPy integers): exact at any size.
+    in_shape = tuple(int(v) for v in layer.in_shape)
+    out_shape = tuple(int(v) for v in layer.out_shape)
+    out_elems = math.prod(out_shape)
     macs = dict.fromkeys(CONVENTIONS, 0)
     elementwise = 0
     if kind in ("conv1x1", "linear"):
         # One multiply per (output element, input channel); the bias is an addition.
-        product = out_elems * layer.in_shape[0]
+        product = out_elems * in_shape[0]
         macs = dict.fromkeys(CONVENTIONS, product)
         if layer.options.get("bias"):
             elementwise = _ELEMENTWISE_PER_ELEMENT["bias"] * out_elems
     elif kind == "neocell":
-        _, height, width = layer.in_shape
+        _, height, width = in_shape
         counts = neocell_counts(layer.options["specs"], height, width, 1)
         macs = {
             "executed": counts["padded"],
@@ -692,15 +695,15 @@ def _count_layer(layer) -> LayerCount:
     elif kind in ("gelu", "layer_scale"):
         elementwise = _ELEMENTWISE_PER_ELEMENT[kind] * out_elems
     elif kind == "avgpool":
-        elementwise = _ELEMENTWISE_PER_ELEMENT["avgpool"] * math.prod(layer.in_shape)
+        elementwise = _ELEMENTWISE_PER_ELEMENT["avgpool"] * math.prod(in_shape)
     elif kind == "residual":
         elementwise = _ELEMENTWISE_PER_ELEMENT["residual"] * out_elems
     elif kind in ("patchify", "drop_path"):
         pass  # a reshape; identity in inference
     else:  # pragma: no cover - a new kind in architecture.py must be counted here
         raise ValueError(f"complexity does not know how to count layer kind {kind!r} ({layer.name})")
-    params = sum(math.prod(s) for s in layer.params.values())
-    return LayerCount(layer.name, kind, tuple(layer.in_shape), tuple(layer.out_shape), params, macs, elementwise)
+    params = sum(math.prod(int(v) for v in s) for s in layer.params.values())
+    return LayerCount(layer.name, kind, in_shape, out_shape, params, macs, elementwise)
 
 
 def _display_name(name: str) -> str:
@@ -935,10 +938,10 @@ def model_complexity(model, resolution=224, **model_options) -> ModelComplexity:
         if unit.kind != "residual":
             runs.append((None, tuple(rows), 1))
             continue
-        shape = unit.layers[-1].out_shape
+        shape = rows[-1].out_shape
         # The block's closing addition x + branch: no MACs, one element-wise op per element.
         rows.append(LayerCount(
-            f"{unit.name}.residual", "residual", tuple(shape), tuple(shape), 0,
+            f"{unit.name}.residual", "residual", shape, shape, 0,
             dict.fromkeys(CONVENTIONS, 0), _ELEMENTWISE_PER_ELEMENT["residual"] * math.prod(shape),
         ))
         prefix = f"stage_{stage + 1}"

@@ -421,6 +421,75 @@ def test_counts_beyond_the_float_range_are_refused():
 
 
 # --------------------------------------------------------------------------------------
+# fuzz: any argument gives a correct result or a named ValueError/TypeError, quickly
+# --------------------------------------------------------------------------------------
+ODD_VALUES = st.one_of(
+    st.integers(-2, 12),
+    st.integers(10**12, 10**13),
+    st.sampled_from([10**15, 7 * 10**100, 10**400, -(10**400)]),
+    st.sampled_from([0.0, 2.5, float("nan"), float("inf"), True, False, None, "7", (3, 4), (2, 0), [],
+                     np.int64(5), np.float64(3.0), np.bool_(True)]),
+)
+
+
+def call_within_bound(fn, *args, **kwargs):
+    """``fn(...)``, or None when it refused with ValueError/TypeError; either within the time bound."""
+    start = time.perf_counter()
+    try:
+        result = fn(*args, **kwargs)
+    except (ValueError, TypeError):
+        result = None
+    elapsed = time.perf_counter() - start
+    assert elapsed < FAST_SECONDS, f"{fn.__name__}(*{args!r}, **{kwargs!r}) took {elapsed:.3f} s"
+    return result
+
+
+@given(args=st.tuples(*[ODD_VALUES] * 5))
+def test_fuzz_nnz(args):
+    got = call_within_bound(nnz, *args)
+    if got is None:
+        return
+    p, q, rows, cols, s = (int(a) for a in args)
+    assert 0 <= got <= rows * cols, f"nnz{args} = {got} outside [0, rows·cols]"
+    if max(p, q, rows, cols) <= 20:
+        assert got == naive_nnz(p, q, rows, cols, s), f"nnz{args} = {got} != {naive_nnz(p, q, rows, cols, s)}"
+
+
+@given(data=st.data())
+def test_fuzz_complexity(data):
+    names = ("k", "c", "h", "w", "batch", "shift", "dw_kernel")
+    kwargs = {n: data.draw(ODD_VALUES, label=n) for n in names if data.draw(st.booleans(), label=f"give {n}")}
+    if data.draw(st.booleans(), label="code instead of k"):
+        kwargs.pop("k", None)
+        kwargs["code"] = data.draw(st.sampled_from(["4+7", "7", "3+5+7", "0", "4+", "10**9", "1000000000"]),
+                                   label="code")
+    result = call_within_bound(complexity, **kwargs)
+    if result is not None:
+        values = result.to_dict()
+        ints = [v for v in values.values() if isinstance(v, int)]
+        assert all(0 < v <= MAX_COUNT for v in ints), f"complexity(**{kwargs!r}) gave {values}"
+        assert result.neocell_macs <= result.patchwise_padded_macs, f"useful > padded for {kwargs!r}"
+        str(result)  # printable without overflow
+
+
+@given(data=st.data())
+def test_fuzz_model_complexity(data):
+    name = data.draw(st.sampled_from(["neonext_t", "neonext_xl", "neonext_q"]), label="model")
+    resolution = data.draw(st.one_of(ODD_VALUES, st.sampled_from([224, 384, 4 * 10**6, (224, 96), (8, 4)])),
+                           label="resolution")
+    options = {}
+    if data.draw(st.booleans(), label="num_classes"):
+        options["num_classes"] = data.draw(ODD_VALUES, label="num_classes value")
+    if data.draw(st.booleans(), label="shifts"):
+        options["shifts"] = data.draw(st.sampled_from([(0, 0, 0, 0), (1, 1, 1, 1), (2, 2, 2, 2), (1, -1, 0, 0)]),
+                                      label="shifts value")
+    result = call_within_bound(model_complexity, name, resolution, **options)
+    if result is not None:
+        assert result.params > 0 and all(0 <= v <= MAX_COUNT for v in result.macs.values()), result.macs
+        str(result)
+
+
+# --------------------------------------------------------------------------------------
 # command line: exact integers, and exit status 2 in one line for unusable arguments
 # --------------------------------------------------------------------------------------
 def run_cli(argv):
