@@ -1060,7 +1060,8 @@ def register_cli(subparsers) -> None:
         "complexity",
         help="analytic cost of a NeoCell layer vs the depthwise convolution it replaces",
         description="Parameters, MACs and memory of a NeoCell layer and of a stride-1 depthwise "
-        "convolution on the same input. Counting rules: docs/complexity.md.",
+        "convolution on the same input, counted in closed form, in exact integers. Integers may "
+        "be written as powers, e.g. -c 10**12. Counting rules: docs/complexity.md.",
     )
     p.add_argument("-k", "--kernel", type=_cli_int(1), default=None, help="square kernel size (default 7)")
     p.add_argument("-c", "--channels", type=_cli_int(1), default=None, help="channels (default 96)")
@@ -1077,7 +1078,9 @@ def register_cli(subparsers) -> None:
         "model-complexity",
         help="parameters and MACs of a NeoNeXt in every counting convention",
         description="Parameters and MACs per image of a NeoNeXt (executed, fvcore, "
-        "fvcore_without_neocell, fvcore_patchwise). Counting rules: docs/complexity.md.",
+        "fvcore_without_neocell, fvcore_patchwise), counted in closed form (each stage's identical "
+        "blocks once). Integers may be written as powers, e.g. --resolution 10**6. "
+        "Counting rules: docs/complexity.md.",
     )
     q.add_argument("model", choices=sorted(MODEL_CONFIGS))
     q.add_argument("--resolution", type=_cli_int(1), nargs="+", default=[224], metavar="PX",
