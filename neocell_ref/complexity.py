@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import numbers
+import re
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,7 +51,7 @@ from .architecture import (
     get_config,
 )
 from .expand import nnz
-from .spec import GroupSpec, _as_int, check_input_size, parse_kernel_code, parse_specs, shift_segments
+from .spec import GroupSpec, _as_int, check_input_size, parse_kernel_code, parse_specs
 
 __all__ = [
     "complexity",
@@ -57,6 +60,9 @@ __all__ = [
     "closed_form_neocell_macs",
     "closed_form_depthwise_macs",
     "depthwise_in_bounds_taps",
+    "subgroup_sizes",
+    "MAX_COUNT",
+    "MAX_LAYER_ROWS",
     "model_complexity",
     "ModelComplexity",
     "LayerCount",
@@ -143,6 +149,27 @@ def _check_dtype(dtype) -> np.dtype:
     return dt
 
 
+#: Largest count the calculators report. Every count is exact (Python ints) but is also
+#: printed as a float (MB, GMACs, ratios), so it must fit a float64 (about 1.8e308);
+#: larger sizes are refused with a ValueError rather than crashing while printing.
+MAX_COUNT = int(sys.float_info.max)
+
+#: Most rows :attr:`ModelComplexity.layers` (the per-layer table) builds; a network with
+#: more layers still gets its totals, in time independent of its number of blocks.
+MAX_LAYER_ROWS = 100_000
+
+
+def _check_representable(values: dict, context: str) -> None:
+    """Refuse counts beyond :data:`MAX_COUNT`, naming the first one and its size."""
+    for name, value in values.items():
+        if value > MAX_COUNT:
+            digits = int(value.bit_length() * math.log10(2))
+            raise ValueError(
+                f"{name} of {context} is about 10^{digits}, beyond the float range (about 1.8e308) "
+                "in which the report is printed; use smaller sizes"
+            )
+
+
 # --------------------------------------------------------------------------------------
 # NeoCell counts (shared by the layer and the model calculators)
 # --------------------------------------------------------------------------------------
@@ -156,8 +183,88 @@ def _tiles(length: int, k_in: int, shift: int) -> int:
     return -(-(length + front) // k_in)
 
 
+def subgroup_sizes(channels: int, subgroups: int) -> tuple[int, int]:
+    """Channels per shifted sub-group (SPEC 4), as two numbers instead of a per-channel array.
+
+    Returns
+    -------
+    (size, last) : (int, int)
+        Sub-groups ``0 .. n-2`` have ``size = channels // n`` channels each and the last
+        one ``last = channels - (n-1)·size``; when ``channels < n``, ``size = 0`` and the
+        last sub-group holds every channel. Same rule as
+        :func:`neocell_ref.spec.channel_shifts` (the tests compare the two).
+    """
+    channels = _check_int(channels, "channels", 1)
+    subgroups = _check_int(subgroups, "subgroups", 1)
+    size = channels // subgroups
+    return (0, channels) if size == 0 else (size, channels - (subgroups - 1) * size)
+
+
+def _axis_pieces(channels: int, subgroups: int, shift: int, k: int, length: int) -> list:
+    """Cut one axis of a group into runs of sub-groups with one closed form each.
+
+    Sub-group ``j`` uses shift ``s = j·shift``. With ``length = q·k + r`` (SPEC 4 keeps
+    ``s <= length`` and ``s < k``; a shifted axis has a square ``k x k`` kernel and
+    ``length x length`` matrix), docs/complexity.md shows that
+
+    * ``nnz = s² + q·k² + (r−s)²`` while ``s <= r`` and ``s² + (q−1)·k² + (k+r−s)²`` after:
+      a quadratic in ``j`` on each side of ``j·shift = r``;
+    * the padded tile count ``T`` is ``q + [r > 0]`` at ``j = 0``, ``q + 2`` while
+      ``0 < j·shift < r`` and ``q + 1`` from ``j·shift >= r`` on: constant on each run.
+
+    The runs start at ``j = 0``, ``1``, the first ``j`` with ``j·shift >= r``, the first
+    with ``j·shift > r``, and ``n − 1`` (the last sub-group, whose multiplicity differs).
+
+    Returns
+    -------
+    list of (c0, c1, j1, j2, m)
+        Channels ``c0:c1`` of the group are the sub-groups ``j1..j2`` (inclusive), each
+        with ``m`` channels; the runs cover ``0:channels`` in order.
+    """
+    if shift == 0:
+        return [(0, channels, 0, 0, channels)]
+    size, last = subgroup_sizes(channels, subgroups)
+    n = subgroups
+    if size == 0:
+        return [(0, channels, n - 1, n - 1, channels)]
+    r = length % k
+    starts = {0, 1, -(-r // shift), r // shift + 1, n - 1}
+    starts = sorted(j for j in starts if 0 <= j <= n - 1)
+    pieces = [(j1 * size, j2 * size, j1, j2 - 1, size) for j1, j2 in zip(starts, starts[1:])]
+    pieces.append(((n - 1) * size, channels, n - 1, n - 1, last))
+    return pieces
+
+
+def _sum_over_runs(value, j1: int, j2: int) -> int:
+    """``Σ_{j=j1..j2} value(j)`` for a ``value`` that is a polynomial of degree <= 2 in ``j`` there.
+
+    Newton's forward differences: with ``N`` terms, ``f0 = value(j1)``,
+    ``Δ = value(j1+1) − f0``, ``Δ² = value(j1+2) − 2·value(j1+1) + f0``, the sum is
+    ``N·f0 + C(N,2)·Δ + C(N,3)·Δ²`` exactly (three evaluations, any ``N``).
+    """
+    n = j2 - j1 + 1
+    if n <= 3:
+        return sum(value(j) for j in range(j1, j2 + 1))
+    f0, f1, f2 = value(j1), value(j1 + 1), value(j1 + 2)
+    return n * f0 + n * (n - 1) // 2 * (f1 - f0) + n * (n - 1) * (n - 2) // 6 * (f2 - 2 * f1 + f0)
+
+
+def _sum_of_products(pieces_a, t_a, pieces_b, t_b) -> int:
+    """``Σ_c T_a(c)·T_b(c)`` for two step functions of the channel index given as runs."""
+    total = i = j = 0
+    while i < len(pieces_a) and j < len(pieces_b):
+        lo = max(pieces_a[i][0], pieces_b[j][0])
+        hi = min(pieces_a[i][1], pieces_b[j][1])
+        total += max(0, hi - lo) * t_a[i] * t_b[j]
+        if pieces_a[i][1] <= pieces_b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
 def neocell_counts(specs, height: int, width: int, batch: int = 1) -> dict:
-    """Multiply-accumulates of a NeoCell layer, three ways.
+    """Multiply-accumulates of a NeoCell layer, three ways, in closed form.
 
     Parameters
     ----------
@@ -175,6 +282,12 @@ def neocell_counts(specs, height: int, width: int, batch: int = 1) -> dict:
         ``N · Σ_c T_a·T_b·h_out·w_in·(h_in + w_out)`` (both axes are padded before
         the first product, so each product runs over every padded tile); ``"blockdiag"``:
         ``N · C · (H_out·H·W + H_out·W·W_out)``; ``"height_out"``, ``"width_out"``.
+
+    Notes
+    -----
+    The sums over channels are taken per run of shifted sub-groups with one closed
+    form each (:func:`_axis_pieces`), never per channel, so the cost does not depend on
+    ``C``, the kernel sizes or ``H, W``. Derivation: docs/complexity.md.
     """
     specs = parse_specs(specs)
     batch = _check_int(batch, "batch", 1)
@@ -182,14 +295,18 @@ def neocell_counts(specs, height: int, width: int, batch: int = 1) -> dict:
     channels = sum(g.channels for g in specs)
     useful = padded = 0
     for g in specs:
-        for start, stop, sa, sb in shift_segments(g):
-            c = stop - start
-            nnz_a = nnz(g.h_out, g.h_in, h_out, height, sa)
-            nnz_b = nnz(g.w_in, g.w_out, width, w_out, sb)
-            useful += c * (nnz_a * width + h_out * nnz_b)
-            # Z = A @ X over all T_a·T_b padded tiles, then Z @ B over the same tiles.
-            tiles = _tiles(height, g.h_in, sa) * _tiles(width, g.w_in, sb)
-            padded += c * tiles * g.h_out * g.w_in * (g.h_in + g.w_out)
+        pieces_a = _axis_pieces(g.channels, g.subgroups_a, g.shift_a, g.h_in, height)
+        pieces_b = _axis_pieces(g.channels, g.subgroups_b, g.shift_b, g.w_in, width)
+        nnz_a = sum(m * _sum_over_runs(lambda j: nnz(g.h_out, g.h_in, h_out, height, j * g.shift_a), j1, j2)
+                    for _, _, j1, j2, m in pieces_a)
+        nnz_b = sum(m * _sum_over_runs(lambda j: nnz(g.w_in, g.w_out, width, w_out, j * g.shift_b), j1, j2)
+                    for _, _, j1, j2, m in pieces_b)
+        useful += nnz_a * width + h_out * nnz_b
+        # Z = A @ X over all T_a·T_b padded tiles, then Z @ B over the same tiles.
+        t_a = [_tiles(height, g.h_in, j1 * g.shift_a) for _, _, j1, _, _ in pieces_a]
+        t_b = [_tiles(width, g.w_in, j1 * g.shift_b) for _, _, j1, _, _ in pieces_b]
+        tiles = _sum_of_products(pieces_a, t_a, pieces_b, t_b)
+        padded += tiles * g.h_out * g.w_in * (g.h_in + g.w_out)
     blockdiag = channels * (h_out * height * width + h_out * width * w_out)
     return {
         "nnz": batch * useful,
@@ -228,10 +345,20 @@ def depthwise_in_bounds_taps(length: int, k: int) -> int:
     the input for ``max(0, length - |d|)`` output positions. A 2-D depthwise
     kernel is the product of its two axes. The sum is symmetric in ``pl, pr``, so
     it does not matter which side gets the extra zero of an even kernel.
+
+    Closed form: with ``g(m) = Σ_{d=0}^{m} max(0, L − d) = (m'+1)·L − m'(m'+1)/2``,
+    ``m' = min(m, L − 1)``, the count is ``g(pl) + g(pr) − L`` (``d = 0`` is in both).
     """
+    length = _check_int(length, "length", 1)
+    k = _check_int(k, "k", 1)
+
+    def one_side(m):
+        m = min(m, length - 1)
+        return (m + 1) * length - m * (m + 1) // 2
+
     pl = (k - 1) // 2
     pr = k - 1 - pl
-    return sum(max(0, length - abs(d)) for d in range(-pl, pr + 1))
+    return one_side(pl) + one_side(pr) - length
 
 
 # --------------------------------------------------------------------------------------
@@ -452,6 +579,25 @@ def complexity(
     dw_params = kh * kw * channels
     dw_macs = kh * kw * channels * height * width * batch
     dw_in = depthwise_in_bounds_taps(height, kh) * depthwise_in_bounds_taps(width, kw) * channels * batch
+    counted = dict(
+        neocell_params=neocell_params,
+        neocell_macs=counts["nnz"],
+        patchwise_padded_macs=counts["padded"],
+        blockdiag_macs=counts["blockdiag"],
+        neocell_extra_memory=batch * channels * h_out * width,
+        blockdiag_extra_memory=channels * (h_out * height + width * w_out),
+        depthwise_params=dw_params,
+        depthwise_params_with_bias=dw_params + channels,
+        depthwise_macs=dw_macs,
+        depthwise_macs_in_bounds=dw_in,
+        im2col_elements=batch * channels * kh * kw * height * width,
+    )
+    _check_representable(counted, "the layer")
+    _check_representable(
+        {f"{key} in bytes": counted[key] * dt.itemsize
+         for key in ("neocell_extra_memory", "blockdiag_extra_memory", "im2col_elements")},
+        "the layer",
+    )
     return LayerComplexity(
         specs=layer,
         channels=channels,
@@ -462,20 +608,10 @@ def complexity(
         batch=batch,
         dw_kernel=dw,
         dtype=str(dt),
-        neocell_params=neocell_params,
-        neocell_macs=counts["nnz"],
         neocell_macs_per_output=counts["nnz"] / (batch * channels * h_out * w_out),
-        patchwise_padded_macs=counts["padded"],
-        blockdiag_macs=counts["blockdiag"],
-        neocell_extra_memory=batch * channels * h_out * width,
-        blockdiag_extra_memory=channels * (h_out * height + width * w_out),
-        depthwise_params=dw_params,
-        depthwise_params_with_bias=dw_params + channels,
-        depthwise_macs=dw_macs,
-        depthwise_macs_in_bounds=dw_in,
-        im2col_elements=batch * channels * kh * kw * height * width,
         depthwise_macs_over_neocell_macs=dw_macs / counts["nnz"],
         neocell_params_over_depthwise_params=neocell_params / dw_params,
+        **counted,
     )
 
 
@@ -527,17 +663,20 @@ class LayerCount:
 def _count_layer(layer) -> LayerCount:
     """MACs of one described layer in every convention (per image)."""
     kind = layer.kind
-    out_elems = math.prod(layer.out_shape)
+    # Python ints throughout (a config may carry NumPy integers): exact at any size.
+    in_shape = tuple(int(v) for v in layer.in_shape)
+    out_shape = tuple(int(v) for v in layer.out_shape)
+    out_elems = math.prod(out_shape)
     macs = dict.fromkeys(CONVENTIONS, 0)
     elementwise = 0
     if kind in ("conv1x1", "linear"):
         # One multiply per (output element, input channel); the bias is an addition.
-        product = out_elems * layer.in_shape[0]
+        product = out_elems * in_shape[0]
         macs = dict.fromkeys(CONVENTIONS, product)
         if layer.options.get("bias"):
             elementwise = _ELEMENTWISE_PER_ELEMENT["bias"] * out_elems
     elif kind == "neocell":
-        _, height, width = layer.in_shape
+        _, height, width = in_shape
         counts = neocell_counts(layer.options["specs"], height, width, 1)
         macs = {
             "executed": counts["padded"],
@@ -556,15 +695,15 @@ def _count_layer(layer) -> LayerCount:
     elif kind in ("gelu", "layer_scale"):
         elementwise = _ELEMENTWISE_PER_ELEMENT[kind] * out_elems
     elif kind == "avgpool":
-        elementwise = _ELEMENTWISE_PER_ELEMENT["avgpool"] * math.prod(layer.in_shape)
+        elementwise = _ELEMENTWISE_PER_ELEMENT["avgpool"] * math.prod(in_shape)
     elif kind == "residual":
         elementwise = _ELEMENTWISE_PER_ELEMENT["residual"] * out_elems
     elif kind in ("patchify", "drop_path"):
         pass  # a reshape; identity in inference
     else:  # pragma: no cover - a new kind in architecture.py must be counted here
         raise ValueError(f"complexity does not know how to count layer kind {kind!r} ({layer.name})")
-    params = sum(math.prod(s) for s in layer.params.values())
-    return LayerCount(layer.name, kind, tuple(layer.in_shape), tuple(layer.out_shape), params, macs, elementwise)
+    params = sum(math.prod(int(v) for v in s) for s in layer.params.values())
+    return LayerCount(layer.name, kind, in_shape, out_shape, params, macs, elementwise)
 
 
 def _display_name(name: str) -> str:
@@ -590,8 +729,16 @@ class ModelComplexity:
         Total MACs per convention, keys :data:`CONVENTIONS`.
     elementwise_ops : int
         Element-wise operations of the executed forward (not MACs).
-    layers : tuple of LayerCount
-        Per layer, in execution order, plus one ``"residual"`` row per block.
+    runs : tuple of (str or None, tuple of LayerCount, int)
+        The counted rows in execution order, in runs ``(stage, rows, copies)``: a
+        stage's blocks are identical, so block 0's rows are counted once and stand for
+        ``copies`` blocks (``stage`` is ``"stage_i"``; ``None`` for the stem,
+        down-sampling and head rows, ``copies == 1``).
+
+    Notes
+    -----
+    :attr:`layers` spells the runs out, one row per layer; it refuses to build more than
+    :data:`MAX_LAYER_ROWS` rows (the totals never need it).
     """
 
     name: str
@@ -600,7 +747,38 @@ class ModelComplexity:
     params: int
     macs: dict
     elementwise_ops: int
-    layers: tuple = field(repr=False)
+    runs: tuple = field(repr=False)
+
+    @property
+    def num_layer_rows(self) -> int:
+        """Rows of the per-layer table (:attr:`layers`), counted without building them."""
+        return sum(len(rows) * copies for _, rows, copies in self.runs)
+
+    @functools.cached_property
+    def layers(self) -> tuple:
+        """Per layer, in execution order, plus one ``"residual"`` row per block (tuple of LayerCount).
+
+        Raises
+        ------
+        ValueError
+            If there would be more than :data:`MAX_LAYER_ROWS` rows.
+        """
+        n = self.num_layer_rows
+        if n > MAX_LAYER_ROWS:
+            raise ValueError(
+                f"the per-layer table of this network would have {n:,} rows, more than "
+                f"neocell_ref.complexity.MAX_LAYER_ROWS = {MAX_LAYER_ROWS:,}; the totals (params, macs, "
+                "elementwise_ops) and to_dict(per_layer=False) do not need it"
+            )
+        out = []
+        for stage, rows, copies in self.runs:
+            if stage is None:
+                out.extend(rows)
+                continue
+            template = f"{stage}.0"
+            for b in range(copies):
+                out.extend(dataclasses.replace(r, name=f"{stage}.{b}" + r.name[len(template):]) for r in rows)
+        return tuple(out)
 
     def to_list(self) -> list:
         """The per-layer table as a list of dicts."""
@@ -748,33 +926,91 @@ def model_complexity(model, resolution=224, **model_options) -> ModelComplexity:
     (27.5, 4.4)
     """
     name, config = _resolve_config(model, model_options)
-    arch = describe(config, resolution)
-    rows = []
-    for unit in arch.units:
-        for layer in unit.layers:
-            rows.append(_count_layer(layer))
-        if unit.kind == "residual":
-            shape = unit.layers[-1].out_shape
-            # The block's closing addition x + branch: no MACs, one element-wise op per element.
-            rows.append(LayerCount(
-                f"{unit.name}.residual", "residual", tuple(shape), tuple(shape), 0,
-                dict.fromkeys(CONVENTIONS, 0), _ELEMENTWISE_PER_ELEMENT["residual"] * math.prod(shape),
-            ))
-    macs = {conv: sum(r.macs[conv] for r in rows) for conv in CONVENTIONS}
+    # The blocks of a stage have the same layers and shapes (only their names and
+    # drop-path rates differ), so the network is described with one block per stage,
+    # each block counted once and multiplied: the cost does not grow with the blocks.
+    # (The tests compare this with counting the full description, layer by layer.)
+    template = describe(dataclasses.replace(config, per_stage_layers=(1, 1, 1, 1)), resolution)
+    runs = []
+    stage = 0
+    for unit in template.units:
+        rows = [_count_layer(layer) for layer in unit.layers]
+        if unit.kind != "residual":
+            runs.append((None, tuple(rows), 1))
+            continue
+        shape = rows[-1].out_shape
+        # The block's closing addition x + branch: no MACs, one element-wise op per element.
+        rows.append(LayerCount(
+            f"{unit.name}.residual", "residual", shape, shape, 0,
+            dict.fromkeys(CONVENTIONS, 0), _ELEMENTWISE_PER_ELEMENT["residual"] * math.prod(shape),
+        ))
+        prefix = f"stage_{stage + 1}"
+        if unit.name != f"{prefix}.0":  # pragma: no cover - architecture.py renamed its blocks
+            raise ValueError(f"unexpected block name {unit.name!r}: model_complexity expects {prefix}.0")
+        runs.append((prefix, tuple(rows), config.per_stage_layers[stage]))
+        stage += 1
+
+    def total(of):
+        return sum(copies * sum(of(r) for r in rows) for _, rows, copies in runs)
+
+    params = total(lambda r: r.params)
+    macs = {conv: total(lambda r, conv=conv: r.macs[conv]) for conv in CONVENTIONS}
+    elementwise = total(lambda r: r.elementwise_ops)
+    _check_representable(
+        {"params": params, **{f"{conv} MACs": v for conv, v in macs.items()}, "elementwise_ops": elementwise},
+        f"{_display_name(name)} at this resolution",
+    )
     return ModelComplexity(
         name=name,
         config=config,
-        resolution=tuple(arch.resolution),
-        params=arch.num_params,
+        resolution=tuple(template.resolution),
+        params=params,
         macs=macs,
-        elementwise_ops=sum(r.elementwise_ops for r in rows),
-        layers=tuple(rows),
+        elementwise_ops=elementwise,
+        runs=tuple(runs),
     )
 
 
 # --------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------
+_POWER_DIGITS = re.compile(r"([0-9]+)\*\*([0-9]+)")
+
+
+def _cli_int(minimum: int):
+    """An argparse ``type``: an integer ``>= minimum`` written in digits or as a power ``10**12``.
+
+    Anything else (a sign below the minimum, a fraction, ``1e12``, a power beyond
+    :data:`MAX_COUNT`) is an ``ArgumentTypeError``, which argparse reports in one line
+    and exits with status 2. The size of a power is bounded before it is computed.
+    """
+
+    def parse(text: str) -> int:
+        text = text.strip()
+        power = _POWER_DIGITS.fullmatch(text)
+        if text.isascii() and (text.isdigit() or (text[:1] == "-" and text[1:].isdigit())):
+            if len(text) > 400:
+                raise argparse.ArgumentTypeError(f"{text[:20]}... has {len(text)} digits, beyond the float range")
+            value = int(text)
+        elif power:
+            base, exponent = int(power[1]), int(power[2])
+            if base > 1 and base.bit_length() * exponent > MAX_COUNT.bit_length() + base.bit_length():
+                raise argparse.ArgumentTypeError(f"{text} is beyond the float range (about 1.8e308)")
+            value = base ** exponent
+        else:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer (digits, or a power such as 10**12), got {text!r}"
+            )
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        if value > MAX_COUNT:
+            raise argparse.ArgumentTypeError(f"{text} is beyond the float range (about 1.8e308)")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
 def _cli_complexity(args) -> int:
     try:
         result = complexity(
@@ -788,34 +1024,33 @@ def _cli_complexity(args) -> int:
             dw_kernel=args.dw_kernel,
             dtype=args.dtype,
         )
+        text = result.to_json(indent=2) if args.json else str(result)
     except (ValueError, TypeError) as exc:
         print(f"neocell-ref complexity: error: {exc}")
         return 2
-    print(result.to_json(indent=2) if args.json else result)
+    print(text)
     return 0
 
 
 def _cli_model_complexity(args) -> int:
-    options = released_checkpoint_options(args.resolution[0]) if args.released else {}
-    for key in ("num_classes", "kernel_spec", "layer_scale_init_value", "linear_bias"):
-        value = getattr(args, key)
-        if value is not None:
-            options[key] = value
-    if args.shifts is not None:
-        options["shifts"] = tuple(args.shifts)
-    resolution = args.resolution[0] if len(args.resolution) == 1 else tuple(args.resolution)
     try:
+        options = released_checkpoint_options(args.resolution[0]) if args.released else {}
+        for key in ("num_classes", "kernel_spec", "layer_scale_init_value", "linear_bias"):
+            value = getattr(args, key)
+            if value is not None:
+                options[key] = value
+        if args.shifts is not None:
+            options["shifts"] = tuple(args.shifts)
+        resolution = args.resolution[0] if len(args.resolution) == 1 else tuple(args.resolution)
         result = model_complexity(args.model, resolution, **options)
+        if args.json:
+            text = result.to_json(per_layer=args.per_layer, indent=2)
+        else:
+            text = str(result) + ("\n\n" + result.table() if args.per_layer else "")
     except (ValueError, TypeError) as exc:
         print(f"neocell-ref model-complexity: error: {exc}")
         return 2
-    if args.json:
-        print(result.to_json(per_layer=args.per_layer, indent=2))
-    else:
-        print(result)
-        if args.per_layer:
-            print()
-            print(result.table())
+    print(text)
     return 0
 
 
@@ -825,15 +1060,16 @@ def register_cli(subparsers) -> None:
         "complexity",
         help="analytic cost of a NeoCell layer vs the depthwise convolution it replaces",
         description="Parameters, MACs and memory of a NeoCell layer and of a stride-1 depthwise "
-        "convolution on the same input. Counting rules: docs/complexity.md.",
+        "convolution on the same input, counted in closed form, in exact integers. Integers may "
+        "be written as powers, e.g. -c 10**12. Counting rules: docs/complexity.md.",
     )
-    p.add_argument("-k", "--kernel", type=int, default=None, help="square kernel size (default 7)")
-    p.add_argument("-c", "--channels", type=int, default=None, help="channels (default 96)")
-    p.add_argument("--hw", type=int, nargs=2, default=(56, 56), metavar=("H", "W"), help="input size (default 56 56)")
+    p.add_argument("-k", "--kernel", type=_cli_int(1), default=None, help="square kernel size (default 7)")
+    p.add_argument("-c", "--channels", type=_cli_int(1), default=None, help="channels (default 96)")
+    p.add_argument("--hw", type=_cli_int(1), nargs=2, default=(56, 56), metavar=("H", "W"), help="input size (default 56 56)")
     p.add_argument("--code", default=None, help="kernel code such as 4+7 (instead of -k)")
-    p.add_argument("--shift", type=int, default=0, help="shift amount of every group (default 0)")
-    p.add_argument("--batch", type=int, default=1, help="samples N (default 1)")
-    p.add_argument("--dw-kernel", type=int, default=None, help="depthwise kernel compared (default: largest NeoCell kernel)")
+    p.add_argument("--shift", type=_cli_int(0), default=0, help="shift amount of every group (default 0)")
+    p.add_argument("--batch", type=_cli_int(1), default=1, help="samples N (default 1)")
+    p.add_argument("--dw-kernel", type=_cli_int(1), default=None, help="depthwise kernel compared (default: largest NeoCell kernel)")
     p.add_argument("--dtype", default="float32", help="dtype for memory in bytes (default float32)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_cli_complexity)
@@ -842,17 +1078,19 @@ def register_cli(subparsers) -> None:
         "model-complexity",
         help="parameters and MACs of a NeoNeXt in every counting convention",
         description="Parameters and MACs per image of a NeoNeXt (executed, fvcore, "
-        "fvcore_without_neocell, fvcore_patchwise). Counting rules: docs/complexity.md.",
+        "fvcore_without_neocell, fvcore_patchwise), counted in closed form (each stage's identical "
+        "blocks once). Integers may be written as powers, e.g. --resolution 10**6. "
+        "Counting rules: docs/complexity.md.",
     )
     q.add_argument("model", choices=sorted(MODEL_CONFIGS))
-    q.add_argument("--resolution", type=int, nargs="+", default=[224], metavar="PX",
+    q.add_argument("--resolution", type=_cli_int(1), nargs="+", default=[224], metavar="PX",
                    help="input size: one value or H W (default 224)")
     q.add_argument("--released", action="store_true",
                    help="options of the released checkpoints (linear_bias, '4+7', layer scale 1e-6; "
                    "shifts 1,1,1,1 at 384 px)")
-    q.add_argument("--num-classes", type=int, default=None)
+    q.add_argument("--num-classes", type=_cli_int(1), default=None)
     q.add_argument("--kernel-spec", default=None, help="'default' or a kernel code such as 4+7")
-    q.add_argument("--shifts", type=int, nargs=4, default=None, metavar="S")
+    q.add_argument("--shifts", type=_cli_int(0), nargs=4, default=None, metavar="S")
     q.add_argument("--layer-scale-init-value", type=float, default=None)
     q.add_argument("--linear-bias", action=argparse.BooleanOptionalAction, default=None)
     q.add_argument("--per-layer", action="store_true", help="also print the per-layer table")

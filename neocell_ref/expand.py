@@ -9,7 +9,7 @@ the top-left corner. Everything else that needs that picture asks
 * :func:`expand_kernel` scatters kernel entries into the expanded matrix;
 * :func:`expand_kernel_adjoint` gathers an expanded-matrix gradient back onto the
   kernel, summing every place a kernel entry was copied to (the corner included);
-* :func:`nnz` counts the filled entries (the complexity calculator uses it).
+* :func:`nnz` counts the filled entries in closed form (the complexity calculator uses it).
 
 The patch-wise formulation in :mod:`neocell_ref.neocell` follows the same rule by
 padding and cropping instead (SPEC 3, "an equivalent view"); the tests prove the
@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .spec import check_input_size, parse_specs, shift_segments
+from .spec import _as_int, check_input_size, parse_specs, shift_segments
 
 __all__ = [
     "block_layout",
@@ -34,7 +34,23 @@ __all__ = [
 ]
 
 
-@lru_cache(maxsize=1024)
+def _check_layout(p, q, rows, cols, shift) -> tuple[int, int, int, int, int]:
+    """Validate the arguments shared by :func:`block_layout` and :func:`nnz`.
+
+    Sizes are ints >= 1 (bools refused); the shift is an int with
+    ``0 <= shift < min(p, q)``, the range SPEC 4 gives a channel's shift (the corner
+    takes ``K[p-shift:, q-shift:]``, which must be a proper part of the kernel).
+    """
+    p, q = _as_int(p, "p (kernel rows)", 1), _as_int(q, "q (kernel columns)", 1)
+    rows, cols = _as_int(rows, "rows", 1), _as_int(cols, "cols", 1)
+    shift = _as_int(shift, "shift", 0)
+    if shift >= min(p, q):
+        raise ValueError(
+            f"shift must be smaller than the kernel ({p}x{q}): 0 <= shift <= {min(p, q) - 1}, got {shift}"
+        )
+    return p, q, rows, cols, shift
+
+
 def block_layout(p: int, q: int, rows: int, cols: int, shift: int):
     """Where each entry of a ``p x q`` kernel lands in a ``rows x cols`` expanded matrix.
 
@@ -48,34 +64,65 @@ def block_layout(p: int, q: int, rows: int, cols: int, shift: int):
     Parameters
     ----------
     p, q : int
-        Kernel shape.
+        Kernel shape (>= 1).
     rows, cols : int
-        Expanded-matrix shape ``R x S``.
+        Expanded-matrix shape ``R x S`` (>= 1).
     shift : int
-        Block shift ``s >= 0``.
+        Block shift ``0 <= s < min(p, q)``.
 
     Returns
     -------
     (m_rows, m_cols, k_rows, k_cols) : tuple of read-only int arrays, each shape (nnz,)
         Entry ``(m_rows[j], m_cols[j])`` of the expanded matrix holds kernel entry
-        ``(k_rows[j], k_cols[j])``. Matrix positions are distinct.
+        ``(k_rows[j], k_cols[j])``. Matrix positions are distinct. Order: the corner,
+        then the blocks in order, each row by row.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a non-integer (or bool) argument, a size < 1, or a shift outside ``[0, min(p, q))``.
     """
-    pieces = []  # (matrix row 0, matrix col 0, kernel row 0, kernel col 0, n rows, n cols)
+    return _block_layout(*_check_layout(p, q, rows, cols, shift))
+
+
+def _block_span(p, q, rows, cols, shift) -> tuple[int, int, int]:
+    """``(full, last_r, last_c)``: blocks whole on both axes, room left for the next block.
+
+    Block ``i`` starts at ``(shift + i*p, shift + i*q)``. It is whole when
+    ``(i+1)*p <= rows - shift`` and ``(i+1)*q <= cols - shift``, so the first
+    ``full = min((rows-shift)//p, (cols-shift)//q)`` blocks are whole; block ``full``
+    (if any) keeps ``min(p, last_r) x min(q, last_c)`` entries, and none after it starts
+    inside the matrix (see docs/complexity.md, "Closed form of nnz").
+    """
+    span_r, span_c = rows - shift, cols - shift
+    if span_r <= 0 or span_c <= 0:
+        return 0, 0, 0
+    full = min(span_r // p, span_c // q)
+    return full, span_r - full * p, span_c - full * q
+
+
+@lru_cache(maxsize=1024)
+def _block_layout(p, q, rows, cols, shift):
+    pieces = []  # (matrix row 0, matrix col 0, kernel row 0, kernel col 0, n rows, n cols, copies)
     if shift > 0:
-        r, t = min(shift, rows), min(shift, cols)
-        pieces.append((0, 0, p - shift, q - shift, r, t))
-    r0, c0 = shift, shift
-    while r0 < rows and c0 < cols:
-        pieces.append((r0, c0, 0, 0, min(p, rows - r0), min(q, cols - c0)))
-        r0 += p
-        c0 += q
+        pieces.append((0, 0, p - shift, q - shift, min(shift, rows), min(shift, cols), 1))
+    full, last_r, last_c = _block_span(p, q, rows, cols, shift)
+    if full:
+        pieces.append((shift, shift, 0, 0, p, q, full))
+    if last_r and last_c:
+        pieces.append((shift + full * p, shift + full * q, 0, 0, min(p, last_r), min(q, last_c), 1))
     parts = [[], [], [], []]
-    for mr, mc, kr, kc, nr, nc in pieces:
-        ii, jj = np.meshgrid(np.arange(nr), np.arange(nc), indexing="ij")
-        for out, base, offs in zip(parts, (mr, mc, kr, kc), (ii, jj, ii, jj)):
-            out.append((base + offs).ravel())
+    for mr, mc, kr, kc, nr, nc, copies in pieces:
+        # copies x nr x nc entries; copy i is moved by (i*p, i*q) in the matrix.
+        i = np.arange(copies)[:, None, None]
+        ii = np.arange(nr)[None, :, None]
+        jj = np.arange(nc)[None, None, :]
+        shape = (copies, nr, nc)
+        for out, value in zip(parts, (mr + i * p + ii, mc + i * q + jj, kr + ii, kc + jj)):
+            out.append(np.broadcast_to(value, shape).ravel())
     result = tuple(
-        np.concatenate(part) if part else np.zeros(0, dtype=np.intp) for part in parts
+        np.concatenate(part).astype(np.intp, copy=False) if part else np.zeros(0, dtype=np.intp)
+        for part in parts
     )
     for arr in result:
         arr.setflags(write=False)
@@ -83,8 +130,22 @@ def block_layout(p: int, q: int, rows: int, cols: int, shift: int):
 
 
 def nnz(p: int, q: int, rows: int, cols: int, shift: int) -> int:
-    """Number of entries of the expanded ``rows x cols`` matrix that the rule fills."""
-    return len(block_layout(p, q, rows, cols, shift)[0])
+    """Number of entries of the expanded ``rows x cols`` matrix that the rule fills (closed form).
+
+    ``min(s, R)·min(s, S)`` corner entries, ``full·p·q`` for the whole blocks and
+    ``min(p, last_r)·min(q, last_c)`` for the clipped one (:func:`_block_span`);
+    derived in docs/complexity.md. Integer arithmetic, time independent of the sizes;
+    :func:`block_layout` lists the same entries one by one (the tests compare them).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`block_layout`.
+    """
+    p, q, rows, cols, shift = _check_layout(p, q, rows, cols, shift)
+    full, last_r, last_c = _block_span(p, q, rows, cols, shift)
+    corner = min(shift, rows) * min(shift, cols)
+    return corner + full * p * q + min(p, last_r) * min(q, last_c)
 
 
 def expand_kernel(kernel: np.ndarray, rows: int, cols: int, shift: int) -> np.ndarray:
