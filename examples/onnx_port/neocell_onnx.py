@@ -91,7 +91,7 @@ MUTATIONS = ("shift-corner-dropped", "shifts-ignored", "kernels-swapped")
 INTRA_OP_THREADS = 0
 
 _CACHE_SIZE = 64
-_sessions: "OrderedDict[tuple, ort.InferenceSession]" = OrderedDict()
+_sessions: OrderedDict = OrderedDict()
 
 
 # ======================================================================================
@@ -693,10 +693,11 @@ def build_neonext_model(state, config, x_shape, *, training=False, mutation=None
             pre = f"stage_{stage + 1}.{b}.ops.content"
             y, _ = neocell(x, shape, groups, f"{pre}.neocell")
             y = batchnorm(y, f"{pre}.norm")
-            bias = lambda fc: const(f"{pre}.{fc}.bias") if cfg["linear_bias"] else None  # noqa: E731
-            y = emit_linear(g, y, 4, const(f"{pre}.fc_1.weight"), bias("fc_1"), f"{pre}.fc_1")
-            y = emit_gelu(g, y, f"{pre}.gelu")
-            y = emit_linear(g, y, 4, const(f"{pre}.fc_2.weight"), bias("fc_2"), f"{pre}.fc_2")
+            for fc in ("fc_1", "fc_2"):  # fc_1, exact GELU, fc_2
+                bias = const(f"{pre}.{fc}.bias") if cfg["linear_bias"] else None
+                y = emit_linear(g, y, 4, const(f"{pre}.{fc}.weight"), bias, f"{pre}.{fc}")
+                if fc == "fc_1":
+                    y = emit_gelu(g, y, f"{pre}.gelu")
             if cfg["layer_scale_init_value"] > 0:
                 y = emit_layer_scale(g, y, 4, const(f"{pre}.layer_scale.gamma"), f"{pre}.layer_scale")
             x = g.op("Add", [x, y], f"stage_{stage + 1}.{b}.residual")
