@@ -157,3 +157,28 @@ def test_neonext_t_logits_match_reference(port):
     error = np.max(np.abs(got - expected)) / np.max(np.abs(expected))
     rtol = MODEL_RTOL["float32"]["logits"]
     assert error <= rtol, f"NeoNeXt-T logits: normwise relative error {error:.3g} > {rtol:g}"
+
+
+# ------------------------------------------------------------------------------------
+# bad input: named errors before any graph runs
+# ------------------------------------------------------------------------------------
+def test_bad_input_gets_named_errors(port):
+    x = np.zeros((1, 4, 8, 8), np.float32)
+    w = [np.zeros((4, 3, 3), np.float32)]
+    with pytest.raises(ValueError, match="unknown key"):
+        port.forward(x, w, w, [{"kernel": 3, "channels": 4, "shfit": 1}])
+    w5 = [np.zeros((5, 3, 3), np.float32)]
+    with pytest.raises(ValueError, match="x has 4 channels but the groups' channels sum to 5"):
+        port.forward(x, w5, w5, [{"kernel": 3, "channels": 5}])
+    with pytest.raises(ValueError, match=r"weights_a\[0\] has shape"):
+        port.forward(x, [np.zeros((4, 2, 2))], w, [{"kernel": 3, "channels": 4}])
+    with pytest.raises(ValueError, match="shift"):
+        port.forward(x, w, w, [{"kernel": 3, "channels": 4, "shift": 3}])
+    with pytest.raises(ValueError, match="4-D"):
+        port.forward(x[0], w, w, [{"kernel": 3, "channels": 4}])
+    with pytest.raises(TypeError, match="x must be a real"):
+        port.forward(x.astype(complex), w, w, [{"kernel": 3, "channels": 4}])
+    with pytest.raises(ValueError, match="kernel_spec"):
+        port.model_forward(np.zeros((1, 3, 32, 32)), {}, {"kernel_spec": "4+x"})
+    with pytest.raises(ValueError, match="state has no entry 'stem.conv.weight'"):
+        port.model_forward(np.zeros((1, 3, 32, 32)), {}, {"dims": (8, 16, 24, 32), "per_stage_layers": (1, 1, 1, 1)})

@@ -103,6 +103,10 @@ def _int(value, name, minimum):
     return int(value)
 
 
+_GROUP_KEYS = {"kernel", "kernel_a", "kernel_b", "h_in", "h_out", "w_in", "w_out", "channels", "shift",
+               "shift_a", "shift_b"}
+
+
 def _group(group, index):
     """``(channels, h_in, h_out, w_in, w_out, shift_a, shift_b)`` from an official dict."""
     if not isinstance(group, dict):
@@ -111,6 +115,9 @@ def _group(group, index):
         else:
             raise TypeError(f"specs[{index}] must be a dict, got {type(group).__name__}")
     where = f"specs[{index}]"
+    unknown = set(group) - _GROUP_KEYS
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {sorted(unknown)}; allowed: {sorted(_GROUP_KEYS)}")
     if "h_in" in group:
         sizes = [group[k] for k in ("h_in", "h_out", "w_in", "w_out")]
     elif "kernel_a" in group:
@@ -606,13 +613,29 @@ def _config(config):
     unknown = set(config) - set(CONFIG_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown config option(s): {sorted(unknown)}")
-    return {**CONFIG_DEFAULTS, **config}
+    cfg = {**CONFIG_DEFAULTS, **config}
+    for name in ("per_stage_layers", "dims", "shifts"):
+        value = cfg[name]
+        if not hasattr(value, "__len__") or len(value) != 4:
+            raise ValueError(f"config {name} must have 4 entries (one per stage), got {value!r}")
+        cfg[name] = tuple(_int(v, f"config {name} entry", 0 if name != "dims" else 1) for v in value)
+    for code, dim, shift in zip(_stage_codes(cfg["kernel_spec"]), cfg["dims"], cfg["shifts"]):
+        _stage_groups(code, dim, shift)  # a bad kernel code or shift fails here, named
+    return cfg
+
+
+def _stage_codes(kernel_spec):
+    """Kernel code per stage: ``"default"`` is ``"4+7"`` in stages 1-2 and ``"7"`` in 3-4."""
+    return ("4+7", "4+7", "7", "7") if kernel_spec == "default" else (kernel_spec,) * 4
 
 
 def _stage_groups(code, channels, shift):
     """Groups of one stage from a kernel code: ``m`` parts of ``channels // m``, the last
     taking the remainder, all with the stage's shift."""
-    kernels = [int(k) for k in code.split("+")]
+    parts = code.split("+") if isinstance(code, str) else [""]
+    if not all(p.isascii() and p.isdigit() for p in parts):
+        raise ValueError(f"kernel_spec {code!r} is not 'default' or a '+'-separated list of kernel sizes")
+    kernels = [int(k) for k in parts]
     per = channels // len(kernels)
     sizes = [per] * (len(kernels) - 1) + [channels - per * (len(kernels) - 1)]
     if per == 0:
@@ -680,7 +703,7 @@ def build_neonext_model(state, config, x_shape, *, training=False, mutation=None
     x = batchnorm(conv(x, "stem.conv"), "stem.norm")
     dims = cfg["dims"]
     shape = (n, dims[0], *shape[2:])
-    codes = ("4+7", "4+7", "7", "7") if cfg["kernel_spec"] == "default" else (cfg["kernel_spec"],) * 4
+    codes = _stage_codes(cfg["kernel_spec"])
     for stage in range(4):
         if stage:  # down-sampling: 1x1 conv, NeoCell 2 -> 1, BatchNorm
             pre = f"downsample_{stage}"
