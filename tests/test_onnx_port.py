@@ -185,3 +185,24 @@ def test_bad_input_gets_named_errors(port):
         port.model_forward(np.zeros((1, 3, 32, 32)), {}, {"kernel_spec": "4+x"})
     with pytest.raises(ValueError, match="state has no entry 'stem.conv.weight'"):
         port.model_forward(np.zeros((1, 3, 32, 32)), {}, {"dims": (8, 16, 24, 32), "per_stage_layers": (1, 1, 1, 1)})
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 5), (2, 6, 3, 2, 2)])
+def test_channel_axis_layers_on_other_ranks(port, shape):
+    # The golden layer cases hold 2-D and 4-D inputs; the channel-axis layers also take
+    # (N, C, *S) of other ranks, through other nodes (Reshape to 4-D, Transpose).
+    from neocell_ref import layers
+    from neocell_ref.testing import relative_error
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w, b = rng.standard_normal((4, 6)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    g, beta = rng.uniform(0.5, 1.5, 6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    f64 = lambda *a: [np.asarray(v, np.float64) for v in a]  # noqa: E731
+    for name, got, ref in (
+        ("linear", port.linear_forward(x, w, b), layers.linear_forward(*f64(x, w, b))),
+        ("layernorm", port.layernorm_forward(x, g, beta), layers.layernorm_forward(*f64(x, g, beta))),
+        ("layer_scale", port.layer_scale_forward(x, g), layers.layer_scale_forward(*f64(x, g))),
+    ):
+        assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
+        assert relative_error(got, ref) < 1e-5, f"{name} on {shape}: relative error {relative_error(got, ref):.3g}"
