@@ -100,6 +100,14 @@ def test_folder_that_is_not_a_checkout_exits_2_without_torch(tmp_path):
     assert len(lines) == 1 and "not a checkout" in lines[0] and "csrc/neocell.cpp" in lines[0], done.stderr
 
 
+def test_missing_torch_exits_2_naming_the_extra(tmp_path):
+    checkout = fake_checkout(tmp_path / "fake")
+    done = run_cli("check", "--official", checkout, block_torch=True)
+    assert done.returncode == 2, f"exit {done.returncode}, stderr {done.stderr!r}"
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "torch" in lines[0] and ".[official]" in lines[0], done.stderr
+
+
 def test_missing_official_option_is_a_usage_error():
     done = run_cli("check", block_torch=True)
     assert done.returncode == 2 and "--official" in done.stderr, done.stderr
@@ -245,6 +253,18 @@ def test_check_fails_on_tampered_data(checkout, tmp_path, capsys, stem, key, cha
     assert flagged <= failed, f"expected {sorted(flagged)} to fail, failed: {sorted(failed)}"
     unexpected = {name for name in failed if name not in flagged}
     assert not unexpected, f"arrays that were not tampered with failed: {sorted(unexpected)}"
+
+
+def test_check_fails_when_a_case_description_is_tampered_with(checkout, tmp_path, capsys):
+    """A case whose specs no longer fit its stored weights is a failure (exit 1), not a crash."""
+    data = copy_data(tmp_path / "data", stems=("official_neocell",))
+    meta = json.loads((data / "official_neocell.json").read_text())
+    meta["cases"][3]["specs"][0]["kernel"] = 5  # k7_partial_10x10 with 7x7 weights stored
+    (data / "official_neocell.json").write_text(json.dumps(meta))
+    status, out, err = run_main(capsys, "check", "--official", checkout, "--data", data)
+    assert status == 1, f"exit {status}\n{out}\n{err}"
+    failed = [line for line in out.splitlines() if "FAIL" in line and line.startswith("  ")]
+    assert len(failed) == 1 and "k7_partial_10x10 (not re-derived" in failed[0], failed
 
 
 def test_generate_reproduces_the_stored_cases(checkout, tmp_path, capsys):
