@@ -102,6 +102,22 @@ def read_pair(json_path: Path):
     return meta, arrays
 
 
+def result_row(name, got, arrays, tolerance):
+    """``(label, error, tolerance)`` of one re-derived result against the stored array.
+
+    A missing stored array, a different shape or a different dtype is an infinite error,
+    and the label says which.
+    """
+    if name not in arrays:
+        return f"{name} (missing)", math.inf, tolerance
+    ref = arrays[name]
+    if np.asarray(got).dtype != ref.dtype:
+        return f"{name} (stored as {ref.dtype}, re-derived as {np.asarray(got).dtype})", math.inf, tolerance
+    if np.shape(got) != ref.shape:
+        return f"{name} (stored shape {ref.shape}, re-derived {np.shape(got)})", math.inf, tolerance
+    return name, compare(got, ref), tolerance
+
+
 def compare(got, ref) -> float:
     """SPEC section 9's relative error; integer arrays must be equal (0 or inf)."""
     from neocell_ref.testing import relative_error
@@ -208,8 +224,7 @@ def check_neocell_file(impl, meta, arrays, report):
         for key in results:
             full = f"{name}/{key}"
             used.add(full)
-            error = compare(got[key], arrays[full]) if full in arrays else math.inf
-            report.append((full if full in arrays else f"{full} (missing)", error, TOLERANCES[dtype]))
+            report.append(result_row(full, got[key], arrays, TOLERANCES[dtype]))
     return used
 
 
@@ -270,12 +285,9 @@ def check_model_file(impl, meta, arrays, report):
     except (RuntimeError, TypeError, ValueError) as exc:  # e.g. a state dict that does not fit
         report.append((f"model (not re-derived: {_first_line(exc)})", math.inf, TOLERANCES["float64"]))
         return set(arrays)
-    for key in sorted(arrays):
-        if key in used:
-            continue
-        if key in got:
-            used.add(key)
-            report.append((key, compare(got[key], arrays[key]), TOLERANCES["float64"]))
+    for key in sorted(got):  # every result their model produces must be stored
+        used.add(key)
+        report.append(result_row(key, got[key], arrays, TOLERANCES["float64"]))
     return used
 
 

@@ -239,9 +239,11 @@ def nudge(array):
          {"grad/stage_3.1.ops.content.fc_1.weight"}),
         ("official_tiny_model", "buffers_after_train/stem.norm.num_batches_tracked", lambda a: a + 1,
          {"buffers_after_train/stem.norm.num_batches_tracked"}),
+        ("official_tiny_model", "logits_eval", lambda a: None, {"logits_eval"}),
+        ("official_tiny_model", "grad/head.fc.bias", lambda a: a.astype(np.float32), {"grad/head.fc.bias"}),
     ],
     ids=["result-nudged", "result-transposed", "input-nudged", "result-removed", "unknown-array",
-         "model-gradient-nudged", "model-counter-changed"],
+         "model-gradient-nudged", "model-counter-changed", "model-result-removed", "model-dtype-changed"],
 )
 def test_check_fails_on_tampered_data(checkout, tmp_path, capsys, stem, key, change, flagged):
     """Test of the test: a tampered copy of tests/data fails (exit 1) and names what changed."""
