@@ -565,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p):
         p.add_argument("--official", required=True, metavar="PATH", help="checkout of github HapKoM/neonext")
         p.add_argument("--build-dir", metavar="DIR", default=None,
-                       help="cache for the C++ build (default: $NEOCELL_OFFICIAL_BUILD_DIR or ~/.cache/neocell_ref)")
+                       help="cache for the C++ build (default: $NEOCELL_OFFICIAL_BUILD_DIR, else the user cache folder)")
         p.add_argument("--verbose", action="store_true", help="show the compiler's output")
 
     check = sub.add_parser("check", help="re-derive every stored result and compare (exit 0 iff all within 1e-12)")

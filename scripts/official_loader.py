@@ -24,7 +24,7 @@ No file of the checkout is modified, copied or byte-compiled into it.
 Public API (used by ``scripts/official_data.py`` and by benchmarks)::
 
     from official_loader import load_official, OfficialImplementation
-    impl = load_official("/path/to/neonext")      # -> OfficialImplementation
+    impl = load_official(checkout)                 # checkout folder -> OfficialImplementation
     impl.NeoCellMatrices                           # their torch.autograd.Function
     impl.neocell_layer(specs, dtype=torch.float64)  # their NeoCellCPP module, weights to set
     impl.neocell_apply(x, weights_a, weights_b, specs)  # their forward, sizes as they compute them
@@ -131,9 +131,9 @@ def checkout_commit(root) -> str | None:
 def default_build_dir() -> Path:
     """Root of the build cache: ``$NEOCELL_OFFICIAL_BUILD_DIR``, else a user cache folder.
 
-    Defaults to ``$XDG_CACHE_HOME/neocell_ref/official-build`` (``~/.cache/...`` when
-    ``XDG_CACHE_HOME`` is unset), and to the system temporary folder when no home
-    folder can be found. Each build gets a sub-folder named by a hash of the C++ source,
+    Defaults to ``neocell_ref/official-build`` inside the user cache folder
+    (``$XDG_CACHE_HOME``, else ``.cache`` in the home folder), or inside the system
+    temporary folder when no home folder can be found. Each build gets a sub-folder named by a hash of the C++ source,
     the PyTorch version and the compiler flags, so a changed source is never mixed up
     with an old build.
     """

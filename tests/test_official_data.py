@@ -5,7 +5,7 @@ Two kinds of tests:
 * **without the authors' checkout** (always run, also in CI, no PyTorch needed): the
   command line rejects unusable arguments with exit status 2 and a one-line message,
   before it would import PyTorch;
-* **with the checkout** (``NEOCELL_OFFICIAL_CHECKOUT=/path/to/neonext``): ``check``
+* **with the checkout** (environment variable ``NEOCELL_OFFICIAL_CHECKOUT`` set to its folder): ``check``
   re-derives every stored array within 1e-12 (exit 0) and fails on tampered copies of
   the data (exit 1, naming what was tampered with); ``generate`` reproduces the stored
   cases from their inputs, writes the same format, and its new cases agree with this
