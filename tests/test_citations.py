@@ -322,9 +322,10 @@ def test_scanner_reads_notebook_cells_and_outputs(tmp_path):
     assert len(problems) == 2, f"exactly the two planted mistakes expected, got {problems}"
 
 
-def test_scanner_finds_planted_files_in_a_tree(tmp_path):
-    # Only text files of the tree are scanned (git's list, or the walk without git), build
-    # output is not, and a planted mistake is reported with its file.
+@pytest.mark.parametrize("with_git", [True, False], ids=["git", "walk"])
+def test_scanner_finds_planted_files_in_a_tree(tmp_path, with_git):
+    # Only text files of the tree are scanned (git's list, or the walk outside a git
+    # repository), build output is not, and a planted mistake is reported with its file.
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "spec.md").write_text(SPEC_SAMPLE, encoding="utf-8")
     (tmp_path / "pkg").mkdir()
@@ -333,6 +334,8 @@ def test_scanner_finds_planted_files_in_a_tree(tmp_path):
     (tmp_path / "docs" / "_build").mkdir()
     (tmp_path / "docs" / "_build" / "junk.md").write_text(f"{S} 99\n", encoding="utf-8")
     try:  # with git: a repository holding the three files; without git the walk is used
+        if not with_git:
+            raise OSError("no repository: the walk of the tree")
         subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, capture_output=True)
         subprocess.run(["git", "add", "docs/spec.md", "pkg/mod.py", "pkg/data.npz"], cwd=tmp_path,
                        check=True, capture_output=True)
