@@ -407,8 +407,15 @@ def _check_set_args(suite, dtype, seed, operations):
     return suite, name, seed, ops
 
 
-def _build_set(suite, dtype, seed, ops):
-    """The manifest and the case files (name -> bytes) of a set; arguments checked."""
+def _array_digest(array) -> str:
+    array = np.ascontiguousarray(array)
+    return _sha256(f"{array.dtype.str}{array.shape}".encode() + array.tobytes())
+
+
+def _build_set(suite, dtype, seed, ops, input_digests=None):
+    """The manifest and the case files (name -> bytes) of a set; arguments checked.
+
+    ``input_digests``, when a dict, receives ``{file: {input array: digest}}``."""
     manifest = {
         "format_version": FORMAT_VERSION,
         "generator": f"neocell_ref {__version__}",
@@ -437,6 +444,8 @@ def _build_set(suite, dtype, seed, ops):
             meta, arrays, inputs, tolerances = make_case(op_name, case, dtype, seed)
             file_name = f"{op_name}__{name}.npz"
             files[file_name] = data = _npz_bytes(arrays)
+            if input_digests is not None:
+                input_digests[file_name] = {key: _array_digest(arrays[key]) for key in inputs}
             manifest["cases"].append({
                 "name": name,
                 "op": op_name,
@@ -455,8 +464,11 @@ def _manifest_text(manifest) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _derived_text(suite, dtype, seed, ops) -> str:
-    return _manifest_text(_build_set(suite, dtype, seed, list(ops))[0])
+def _derived(suite, dtype, seed, ops):
+    """``(manifest text, input digests)`` this package exports; cached (about 1 s uncached)."""
+    digests = {}
+    manifest, _ = _build_set(suite, dtype, seed, list(ops), digests)
+    return _manifest_text(manifest), digests
 
 
 def derive_manifest(suite="core", dtype="float64", seed=DEFAULT_SEED, operations=None) -> dict:
@@ -473,7 +485,7 @@ def derive_manifest(suite="core", dtype="float64", seed=DEFAULT_SEED, operations
         A fresh copy, as ``json.loads`` of ``manifest.json`` gives it.
     """
     suite, dtype, seed, ops = _check_set_args(suite, dtype, seed, operations)
-    return json.loads(_derived_text(suite, dtype, seed, tuple(ops)))
+    return json.loads(_derived(suite, dtype, seed, tuple(ops))[0])
 
 
 # --------------------------------------------------------------------------------------
@@ -498,7 +510,7 @@ def _previous_set_problem(path: Path, entries) -> str | None:
     try:
         st = os.lstat(manifest_path)
     except OSError:
-        return "it has no manifest.json"
+        return f"it holds {entries[0].name} and no manifest.json"
     if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MANIFEST_BYTES:
         return "its manifest.json is not a regular file of acceptable size"
     try:
@@ -703,9 +715,10 @@ def _difference(got, want, path) -> str | None:
     return None
 
 
-def _check_manifest(manifest: dict, path) -> None:
+def _check_manifest(manifest: dict, path) -> dict:
     """Refuse a manifest that is not exactly what this package exports for its recorded
-    suite, dtype, seed and operations (environment fields and file hashes apart)."""
+    suite, dtype, seed and operations (environment fields and file hashes apart);
+    return the digests of the input arrays this package draws for them."""
     version = manifest.get("format_version")
     if type(version) is not int or version != FORMAT_VERSION:
         generator = manifest.get("generator")
@@ -741,7 +754,8 @@ def _check_manifest(manifest: dict, path) -> None:
         suite, dtype, seed, ops = _check_set_args(*recorded)
     except (TypeError, ValueError) as exc:
         raise GoldenError(f"{path}: {exc}") from None
-    want = json.loads(_derived_text(suite, dtype, seed, tuple(ops)))
+    text, input_digests = _derived(suite, dtype, seed, tuple(ops))
+    want = json.loads(text)
     context = f"suite {suite!r}, dtype {dtype!r}, seed {seed}, operations {ops}"
     got_cases, want_cases = manifest["cases"], want["cases"]
     got_ids = [(c.get("op"), c.get("name")) for c in got_cases]
@@ -762,6 +776,7 @@ def _check_manifest(manifest: dict, path) -> None:
     if diff:
         raise GoldenError(f"{path}: {diff} (this package exports {context} so; "
                           f"a golden set cannot be edited: export it again)")
+    return input_digests
 
 
 def _size_limit(case) -> int:
@@ -880,9 +895,15 @@ def _load_set(directory, digest=None):
         raise GoldenError(f"{path}: the set digest is {actual}, but {digest} was pinned: this is not "
                           f"the golden set the port is to be verified against")
     manifest = _parse_manifest(data, path)
-    _check_manifest(manifest, path)
+    input_digests = _check_manifest(manifest, path)
     for case in manifest["cases"]:
-        _read_case(directory, case)
+        arrays = _read_case(directory, case)
+        # Inputs are drawn bit-identically everywhere (the expected values may differ
+        # in the last bits between machines): an edited seed or input is caught here.
+        for key, want in input_digests[case["file"]].items():
+            if _array_digest(arrays[key]) != want:
+                raise GoldenError(f"case {case['name']!r} ({case['op']}): {case['file']}: input {key} is not "
+                                  f"what this package draws for seed {manifest['seed']} (seed or inputs edited)")
     return manifest, actual
 
 
