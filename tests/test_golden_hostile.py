@@ -768,3 +768,23 @@ def test_run_and_compare_rejects_loose_overrides_before_the_port_runs():
     with pytest.raises(ValueError, match="too loose"):
         check_neocell_case(port, None, case, atol=1e3)
     assert calls == [] and all(r.passed for r in check_neocell_case(port, None, case)) and calls
+
+
+def test_json_write_failing_after_the_run_is_exit_2_without_traceback(golden, tmp_path, capsys, monkeypatch):
+    """If the --json file still cannot be written after the checks (a full disk, a
+    permission changed meanwhile), the status is 2 with one line, never a traceback."""
+    from pathlib import Path
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    code, out, err = verify_cli(capsys, golden, "--json", str(tmp_path / "r.json"))
+    assert code == 2 and "PASSED" in out, (out, err)
+    assert err.startswith("neocell-ref: error: ") and "Permission denied" in err and err.count("\n") == 1
+
+
+def test_export_prints_the_set_digest(tmp_path, capsys):
+    code, out, err = run(capsys, "export", str(tmp_path / "g"))
+    assert code == 0, err
+    assert f"set digest (SHA-256 of manifest.json): {set_digest(tmp_path / 'g')}" in out
