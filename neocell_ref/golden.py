@@ -880,8 +880,9 @@ def _check_digest(digest):
     return text
 
 
-def _load_set(directory, digest=None):
-    """Verify a golden set as a whole; return ``(manifest, set digest)``."""
+def _load_set(directory, digest=None, keep_op=None):
+    """Verify a golden set as a whole; return ``(manifest, set digest)``, and with
+    ``keep_op`` also ``{case file: arrays}`` of that operation's cases."""
     digest = _check_digest(digest)
     directory = _folder_arg(directory)
     if not directory.is_dir():
@@ -896,15 +897,18 @@ def _load_set(directory, digest=None):
                           f"the golden set the port is to be verified against")
     manifest = _parse_manifest(data, path)
     input_digests = _check_manifest(manifest, path)
+    kept = {}
     for case in manifest["cases"]:
         arrays = _read_case(directory, case)
+        if case["op"] == keep_op:
+            kept[case["file"]] = arrays
         # Inputs are drawn bit-identically everywhere (the expected values may differ
         # in the last bits between machines): an edited seed or input is caught here.
         for key, want in input_digests[case["file"]].items():
             if _array_digest(arrays[key]) != want:
                 raise GoldenError(f"case {case['name']!r} ({case['op']}): {case['file']}: input {key} is not "
                                   f"what this package draws for seed {manifest['seed']} (seed or inputs edited)")
-    return manifest, actual
+    return (manifest, actual) if keep_op is None else (manifest, actual, kept)
 
 
 def set_digest(directory) -> str:
@@ -1096,7 +1100,7 @@ def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, r
         raise ValueError("give at least one of forward and backward")
     rtol, atol, rtol_scale = check_tolerance_overrides(rtol, atol, rtol_scale)
     exclude = _check_exclusions(exclude)
-    manifest, actual_digest = _load_set(directory, digest)
+    manifest, actual_digest, arrays_of = _load_set(directory, digest, keep_op=op)
     cases = [case for case in manifest["cases"] if case["op"] == op]
     if not cases:
         raise GoldenError(f"the golden set in {directory} has no cases of operation {op!r} "
@@ -1116,7 +1120,7 @@ def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, r
             selected.append(case)
     if not selected:
         raise ValueError(f"every case of operation {op!r} is excluded: nothing would be checked")
-    loaded = [(case, _read_case(Path(directory), case)) for case in selected]
+    loaded = [(case, arrays_of[case["file"]]) for case in selected]
     for case, arrays in loaded:  # every override checked before the port runs at all
         _check_loosening(case["name"], case, arrays, rtol, atol, rtol_scale)
     report.loosened = _loosens([t for case in selected for t in case["tolerances"].values()], rtol, atol, rtol_scale)
