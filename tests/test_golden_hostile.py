@@ -788,3 +788,64 @@ def test_export_prints_the_set_digest(tmp_path, capsys):
     code, out, err = run(capsys, "export", str(tmp_path / "g"))
     assert code == 0, err
     assert f"set digest (SHA-256 of manifest.json): {set_digest(tmp_path / 'g')}" in out
+
+
+# ==================================================================================== fuzz
+# Arguments of the verifier, the kit and the CLI: a correct result or a named
+# TypeError/ValueError (exit status 2 on the command line), never anything else.
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8), st.just([1.0]), st.just(np.float32(2.0)), st.just(np.int64(3)),
+)
+
+
+@given(rtol=ANY_VALUE, atol=ANY_VALUE, rtol_scale=ANY_VALUE)
+def test_fuzz_tolerance_overrides(rtol, atol, rtol_scale):
+    try:
+        got = nr.golden.check_tolerance_overrides(rtol, atol, rtol_scale)
+    except (TypeError, ValueError) as exc:
+        named = [n for n, v in (("rtol", rtol), ("atol", atol), ("rtol_scale", rtol_scale)) if n in str(exc)]
+        assert named, f"the error does not name the argument: {exc}"
+        return
+    r, a, s = got
+    assert (r is None or (np.isfinite(r) and r > 0)) and (a is None or (np.isfinite(a) and a >= 0))
+    assert np.isfinite(s) and 0 < s <= MAX_RTOL_SCALE
+
+
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scale=st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.text(max_size=6)),
+       exclude=st.lists(st.text(alphabet="k7*=_ ab", max_size=8), max_size=2),
+       digest=st.one_of(st.none(), st.text(alphabet="0123456789abcdefX", min_size=60, max_size=66)))
+def test_fuzz_verify_command_line(base, capsys, scale, exclude, digest):
+    argv = ["verify", str(base), "--op", "neocell", *FORWARD, f"--rtol-scale={scale}"]
+    argv += [f"--exclude={item}" for item in exclude]
+    argv += [] if digest is None else ["--digest", digest]
+    try:
+        code, out, err = run(capsys, *argv)
+    except SystemExit as exc:  # argparse refuses a malformed command line with 2
+        assert exc.code == 2
+        capsys.readouterr()
+        return
+    assert code in (0, 1, 2), code
+    if code == 2:
+        assert err.startswith("neocell-ref: error: ") and err.count("\n") == 1 and out == "", err
+
+
+@settings(max_examples=20)
+@given(kwargs=st.fixed_dictionaries({}, optional={
+    "max_examples": ANY_VALUE, "golden": ANY_VALUE, "layers": ANY_VALUE, "seed": ANY_VALUE, "dtype": ANY_VALUE,
+    "shrink": ANY_VALUE}))
+def test_fuzz_kit_arguments(kwargs):
+    """Only argument errors here (the port raises if it is ever run on bad arguments)."""
+    def port(*args):
+        raise AssertionError("ran")
+
+    try:
+        assert_neocell_matches(port, **kwargs)
+    except (TypeError, ValueError) as exc:
+        assert any(name in str(exc) for name in kwargs), f"{exc} names none of {sorted(kwargs)}"
+    except AssertionError as exc:
+        assert "raised AssertionError: ran" in str(exc), exc  # valid arguments: the port ran and failed
