@@ -531,6 +531,9 @@ def _previous_set_problem(path: Path, entries) -> str | None:
 
 def _check_export_target(directory) -> Path:
     path = _folder_arg(directory)
+    if path.name in ("", ".", ".."):
+        raise ValueError(f"{directory!s}: name the golden set's folder (not '.', '..' or a root), "
+                         f"it is replaced as a whole")
     if path.is_symlink():
         raise ValueError(f"{path} is a symbolic link; give the folder itself")
     if path.exists():
@@ -565,7 +568,11 @@ def _write_set(path: Path, files: dict, manifest_text: str) -> None:
             os.rename(tmp, path)
         else:
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
-            os.rename(path, old)  # onto the empty placeholder
+            try:
+                os.rename(path, old)  # onto the empty placeholder
+            except BaseException:
+                os.rmdir(old)
+                raise
             try:
                 os.rename(tmp, path)
             except BaseException:

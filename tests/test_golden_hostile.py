@@ -637,6 +637,8 @@ def test_unwritable_json_path_is_refused_before_running(golden, tmp_path, capsys
 def test_export_refuses_unusable_paths_and_leaves_nothing(tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
     assert_unusable(*run(capsys, "export", ""), "directory is empty")
+    assert_unusable(*run(capsys, "export", "."), "name the golden set's folder")
+    assert_unusable(*run(capsys, "export", str(tmp_path / "..")), "name the golden set's folder")
     assert_unusable(*run(capsys, "export", str(tmp_path / "a_file")), "exists and is not a folder")
     assert_unusable(*run(capsys, "export", str(tmp_path / "a_file" / "sub")), "a_file")  # NotADirectoryError
     assert_unusable(*run(capsys, "export", str(tmp_path / "g"), "--seed", "-1"), "seed")
@@ -849,3 +851,22 @@ def test_fuzz_kit_arguments(kwargs):
         assert any(name in str(exc) for name in kwargs), f"{exc} names none of {sorted(kwargs)}"
     except AssertionError as exc:
         assert "raised AssertionError: ran" in str(exc), exc  # valid arguments: the port ran and failed
+
+
+def test_failed_replacement_restores_the_previous_set(tmp_path, monkeypatch):
+    target = tmp_path / "g"
+    export_golden(target, operations=["gelu"])
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if os.path.basename(src).startswith(".g.partial-"):
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="No space left"):
+        export_golden(target, operations=["gelu"], seed=5)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g"], "temporary folders left behind"
