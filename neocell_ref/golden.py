@@ -28,11 +28,17 @@ inputs as stored, so a float32 golden set holds float32 inputs and float64 answe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import math
+import numbers
+import os
 import platform
+import shutil
+import stat
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,17 +46,31 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .golden_ops import OPERATIONS, SAFETY, neocell_expected, unit_roundoff  # noqa: F401 (re-exported)
+from .golden_ops import (  # noqa: F401 (re-exported)
+    DEFAULT_SEED,
+    OPERATIONS,
+    SAFETY,
+    check_seed,
+    make_case,
+    neocell_expected,
+    unit_roundoff,
+)
 
 __all__ = [
     "FORMAT_VERSION",
+    "DEFAULT_SEED",
+    "MAX_RTOL_SCALE",
+    "MAX_MANIFEST_BYTES",
     "GoldenError",
     "OPERATIONS",
     "export_golden",
+    "derive_manifest",
     "load_manifest",
     "load_case",
+    "set_digest",
     "verify_golden",
     "compare_arrays",
+    "check_tolerance_overrides",
     "ArrayComparison",
     "VerifyReport",
     "write_npz",
@@ -59,24 +79,34 @@ __all__ = [
     "run_and_compare",
 ]
 
-FORMAT_VERSION = 1
-DEFAULT_SEED = 20240318
+#: Version of the golden-set format. 2: the manifest records ``operations``, case
+#: arrays come from the name-keyed seeding rule (``golden_ops.case_rng``), and the
+#: whole manifest is checked against a re-derivation. Sets of format 1 are refused.
+FORMAT_VERSION = 2
+#: Largest factor by which a tolerance override may loosen a stored ``rtol``: a port
+#: computing with TF32 matrix units (unit roundoff ``2**-11``) checked against the
+#: float32 set (``2**-24``) needs ``2**13``; anything looser no longer verifies NeoCell.
+MAX_RTOL_SCALE = 2.0 ** 13
+#: Largest accepted ``manifest.json`` (the full suite's is about 0.2 MB).
+MAX_MANIFEST_BYTES = 4 * 2**20
+#: Largest accepted ``.npy`` header inside a case file (this package writes 128 bytes).
+MAX_NPY_HEADER = 4096
+#: Longest exception text kept in a report (the tail is kept: it holds the cause).
+MAX_MESSAGE = 4000
+#: Manifest fields that describe the machine that exported a set, not the set.
+_ENVIRONMENT = ("generator", "numpy_version", "python_version")
+_MANIFEST = "manifest.json"
 
 
-class GoldenError(Exception):
-    """A golden set is unusable: missing file, wrong hash, malformed manifest."""
+class GoldenError(ValueError):
+    """A golden set is unusable: missing or foreign file, wrong hash or digest, a
+    manifest that differs from what this package exports, a malformed case file."""
 
 
 # --------------------------------------------------------------------------------------
 # deterministic .npz
 # --------------------------------------------------------------------------------------
-def write_npz(path, arrays: dict) -> bytes:
-    """Write ``arrays`` as an uncompressed ``.npz`` with fixed timestamps; return its bytes.
-
-    ``numpy.savez`` stamps each member with the current time, so two exports differ;
-    this writer fixes the date and the member order (sorted by name) so that equal
-    arrays give equal bytes. The file loads with ``np.load(path, allow_pickle=False)``.
-    """
+def _npz_bytes(arrays: dict) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, mode="w", compression=zipfile.ZIP_STORED) as zf:
         for name in sorted(arrays):
@@ -85,13 +115,35 @@ def write_npz(path, arrays: dict) -> bytes:
             member = io.BytesIO()
             np.lib.format.write_array(member, np.asarray(arrays[name], order="C"), allow_pickle=False)
             zf.writestr(info, member.getvalue())
-    data = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def write_npz(path, arrays: dict) -> bytes:
+    """Write ``arrays`` as an uncompressed ``.npz`` with fixed timestamps; return its bytes.
+
+    ``numpy.savez`` stamps each member with the current time, so two exports differ;
+    this writer fixes the date and the member order (sorted by name) so that equal
+    arrays give equal bytes. The file loads with ``np.load(path, allow_pickle=False)``.
+    """
+    data = _npz_bytes(arrays)
     Path(path).write_bytes(data)
     return data
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _exception_text(exc: BaseException) -> str:
+    """``"Type: message"``, the message cut to its last :data:`MAX_MESSAGE` characters."""
+    try:
+        text = str(exc)
+    except Exception:  # a port's exception may fail to print itself
+        text = "<message not printable>"
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if len(text) > MAX_MESSAGE:
+        text = text[:200] + " [...] " + text[-(MAX_MESSAGE - 200):]
+    return text
 
 
 # --------------------------------------------------------------------------------------
@@ -102,7 +154,9 @@ class ArrayComparison:
     """Outcome of comparing one array of a port with the reference.
 
     ``index``, ``got``, ``expected`` and ``allowed`` describe the worst element
-    (largest ``|got - expected| / allowed``); ``ratio <= 1`` passes.
+    (largest ``|got - expected| / allowed``); ``ratio <= 1`` passes. ``message`` says
+    why an array failed without a worst element (the port raised, returned no real
+    floating array, or one of the wrong shape).
     """
 
     case: str
@@ -126,23 +180,52 @@ class ArrayComparison:
         )
 
 
+_KINDS = {"c": "complex", "O": "Python objects", "b": "booleans", "U": "strings", "S": "bytes",
+          "i": "integers", "u": "unsigned integers", "V": "raw or structured records",
+          "M": "datetimes", "m": "timedeltas"}
+
+
+def _port_array(value):
+    """``(array, None)`` when ``value`` is a real floating array, else ``(None, reason)``.
+
+    Nothing is converted silently: complex, integer, boolean, string and object
+    results, ragged sequences and anything ``numpy.asarray`` cannot convert fail.
+    """
+    if isinstance(value, (str, bytes)):
+        return None, f"the port returned a {type(value).__name__}, not an array"
+    try:
+        array = np.asarray(value)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a port's object may raise anything, SystemExit included
+        return None, f"the port's output is not an array ({_exception_text(exc)})"
+    if array.dtype.kind != "f":
+        what = _KINDS.get(array.dtype.kind, array.dtype.kind)
+        return None, (f"the port returned dtype {array.dtype} ({what}); "
+                      f"only a real floating array is a result")
+    return array, None
+
+
 def compare_arrays(case, array, got, expected, *, rtol, atol=0.0, bound=None) -> ArrayComparison:
     """Compare ``got`` with ``expected`` elementwise.
 
     Passes where ``|got - expected| <= rtol * scale + atol`` with ``scale = bound``
     when given (the magnitude bound of the tolerance policy) and ``|expected|``
-    otherwise. Shape mismatches and non-finite values fail with a message.
+    otherwise. ``got`` must be a real floating array of exactly ``expected``'s shape;
+    anything else (complex, integer, boolean, object, ragged, another shape) fails
+    with a message, and so does a non-finite value where a finite one is expected.
     """
     expected = np.asarray(expected, dtype=np.float64)
-    try:
-        got = np.asarray(got, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        return ArrayComparison(case, array, False, message=f"could not convert the port's output: {exc}")
+    got, reason = _port_array(got)
+    if reason:
+        return ArrayComparison(case, array, False, message=reason)
     if got.shape != expected.shape:
         return ArrayComparison(case, array, False, message=f"shape {got.shape}, expected {expected.shape}")
-    scale = np.abs(expected) if bound is None else np.asarray(bound, dtype=np.float64)
-    allowed = rtol * scale + atol
-    error = np.abs(got - expected)
+    with np.errstate(over="ignore", invalid="ignore"):
+        got = got.astype(np.float64)
+        scale = np.abs(expected) if bound is None else np.asarray(bound, dtype=np.float64)
+        allowed = rtol * scale + atol
+        error = np.abs(got - expected)
     bad_nonfinite = ~np.isfinite(got) & np.isfinite(expected)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(allowed > 0, error / allowed, np.where(error > 0, np.inf, 0.0))
@@ -158,183 +241,52 @@ def compare_arrays(case, array, got, expected, *, rtol, atol=0.0, bound=None) ->
 
 
 # --------------------------------------------------------------------------------------
-# export
+# tolerance overrides
 # --------------------------------------------------------------------------------------
-def export_golden(directory, suite="core", dtype="float64", seed=DEFAULT_SEED, operations=None):
-    """Write a golden set to ``directory``; return the manifest dict.
+def _real(value, name, *, allow_zero=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        what = "finite and >= 0" if allow_zero else "finite and > 0"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def check_tolerance_overrides(rtol=None, atol=None, rtol_scale=1.0):
+    """Validate tolerance overrides; return them as ``(rtol, atol, rtol_scale)`` floats.
 
     Parameters
     ----------
-    directory : path
-        Created if missing. Existing case files of the same names are overwritten.
-    suite : {"core", "full"}
-    dtype : {"float64", "float32"}
-        Dtype of the stored inputs (expected values are float64 either way).
-    seed : int
-        Each case draws from ``default_rng([seed, case index])``, so cases are
-        independent of one another and of the order of operations.
-    operations : list of str, optional
-        Subset of :data:`OPERATIONS` (default all).
-    """
-    if suite not in ("core", "full"):
-        raise ValueError(f"suite must be 'core' or 'full', got {suite!r}")
-    if dtype not in ("float64", "float32"):
-        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
-    ops = list(OPERATIONS) if operations is None else list(operations)
-    for op in ops:
-        if op not in OPERATIONS:
-            raise ValueError(f"unknown operation {op!r}; known: {sorted(OPERATIONS)}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "generator": f"neocell_ref {__version__}",
-        "numpy_version": np.__version__,
-        "python_version": platform.python_version(),
-        "suite": suite,
-        "dtype": dtype,
-        "seed": seed,
-        "tolerance_policy": {
-            "rule": "|got - expected| <= rtol * bound + atol, elementwise",
-            "rtol": "safety * (accumulation_length + 1) * unit_roundoff(dtype)",
-            "safety": SAFETY,
-            "unit_roundoff": unit_roundoff(dtype),
-            "bound": "the same computation on absolute values of all inputs (array 'bound/NAME')",
-        },
-        "conventions": {op: OPERATIONS[op].convention for op in ops},
-        "cases": [],
-    }
-    for op_name in ops:
-        op = OPERATIONS[op_name]
-        for index, (name, spec, shape) in enumerate(op.cases(suite)):
-            rng = np.random.default_rng([seed, index, sum(op_name.encode())])
-            meta, arrays, inputs, tolerances = op.make(name, spec, shape, np.dtype(dtype), rng)
-            file_name = f"{op_name}__{name}.npz"
-            data = write_npz(directory / file_name, arrays)
-            manifest["cases"].append({
-                "name": name,
-                "op": op_name,
-                "file": file_name,
-                "sha256": _sha256(data),
-                **meta,
-                "inputs": inputs,
-                "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in sorted(arrays.items())},
-                "tolerances": tolerances,
-            })
-    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-    (directory / "manifest.json").write_text(text)
-    return manifest
-
-
-# --------------------------------------------------------------------------------------
-# loading and verifying
-# --------------------------------------------------------------------------------------
-def load_manifest(directory) -> dict:
-    """Read and check ``manifest.json``: format version, every file present with its hash.
+    rtol : float, optional
+        Replaces every stored ``rtol``; finite and > 0.
+    atol : float, optional
+        Replaces every stored ``atol`` (0 in every set); finite and >= 0.
+    rtol_scale : float
+        Multiplies every ``rtol``; finite, > 0 and at most :data:`MAX_RTOL_SCALE`.
 
     Raises
     ------
-    GoldenError
-        On a missing or malformed manifest, an unknown format version, a missing
-        case file or a SHA-256 mismatch. Never passes silently.
+    TypeError
+        A value that is not a real number.
+    ValueError
+        Infinite, NaN, negative, zero (``rtol``, ``rtol_scale``), or ``rtol_scale``
+        above :data:`MAX_RTOL_SCALE`. How far ``rtol`` and ``atol`` may loosen each
+        array is checked against the array's stored tolerance when it is compared
+        (see ``docs/porting.md``, "What a verdict guarantees").
     """
-    directory = Path(directory)
-    path = directory / "manifest.json"
-    if not path.is_file():
-        raise GoldenError(f"no manifest.json in {directory}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise GoldenError(f"{path} is not valid JSON: {exc}") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise GoldenError(
-            f"{path}: format_version {manifest.get('format_version')!r}, this package reads {FORMAT_VERSION}"
-        )
-    for case in manifest.get("cases", []):
-        file = directory / case["file"]
-        if not file.is_file():
-            raise GoldenError(f"case {case['name']!r}: file {case['file']} is missing")
-        digest = _sha256(file.read_bytes())
-        if digest != case["sha256"]:
-            raise GoldenError(
-                f"case {case['name']!r}: {case['file']} has SHA-256 {digest}, manifest says {case['sha256']}"
-            )
-    return manifest
+    rtol = None if rtol is None else _real(rtol, "rtol")
+    atol = None if atol is None else _real(atol, "atol", allow_zero=True)
+    rtol_scale = _real(rtol_scale, "rtol_scale")
+    if rtol_scale > MAX_RTOL_SCALE:
+        raise ValueError(f"rtol_scale must be at most {MAX_RTOL_SCALE:g} (MAX_RTOL_SCALE, the loosest "
+                         f"documented accumulation), got {rtol_scale!r}")
+    return rtol, atol, rtol_scale
 
 
-def load_case(directory, case: dict) -> dict:
-    """Arrays of one case (``allow_pickle=False``)."""
-    with np.load(Path(directory) / case["file"], allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
-
-
-@dataclass
-class VerifyReport:
-    """Result of :func:`verify_golden`: one row per compared array, plus exclusions."""
-
-    op: str
-    results: list = field(default_factory=list)
-    excluded: list = field(default_factory=list)  # (case, reason)
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.results) and bool(self.results)
-
-    @property
-    def failures(self):
-        return [r for r in self.results if not r.passed]
-
-    def table(self) -> str:
-        lines = [f"golden verify: op {self.op}: {'PASSED' if self.passed else 'FAILED'} "
-                 f"({len(self.results) - len(self.failures)}/{len(self.results)} arrays pass, "
-                 f"{len(self.excluded)} cases excluded)"]
-        lines.append(f"  {'case':<28} {'array':<20} {'status':<6} {'error/allowed':>14}")
-        for r in self.results:
-            ratio = "-" if math.isnan(r.ratio) else f"{r.ratio:.3g}"
-            lines.append(f"  {r.case:<28} {r.array:<20} {'ok' if r.passed else 'FAIL':<6} {ratio:>14}")
-        for case, reason in self.excluded:
-            lines.append(f"  {case:<28} {'(excluded)':<20} {'skip':<6} {reason}")
-        for r in self.failures:
-            lines.append("  FAIL " + r.describe())
-        return "\n".join(lines)
-
-    __str__ = table
-
-    def to_dict(self) -> dict:
-        return {
-            "op": self.op,
-            "passed": self.passed,
-            "results": [r.__dict__ for r in self.results],
-            "excluded": [{"case": c, "reason": r} for c, r in self.excluded],
-        }
-
-
-def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, atol=None, rtol_scale=1.0):
-    """Run a port on one case and compare every output; return a list of :class:`ArrayComparison`.
-
-    ``meta`` needs what the operation's ``run_port`` reads (for NeoCell
-    ``specs_as_written``) and ``tolerances``; ``arrays`` holds inputs, expected
-    outputs and bounds. Forward and backward run separately, so that one raising
-    does not hide the other; an exception fails the case with its message.
-    """
-    results, got = [], {}
-    for label, fns in (("forward", (forward, None)), ("backward", (None, backward))):
-        if fns == (None, None):
-            continue
-        try:
-            got.update(OPERATIONS[op].run_port(arrays, meta, *fns))
-        except Exception as exc:
-            results.append(ArrayComparison(name, f"({label} call)", False,
-                                           message=f"port's {label} raised {type(exc).__name__}: {exc}"))
-    for key, value in got.items():
-        tol = meta["tolerances"][key]
-        results.append(compare_arrays(
-            name, key, value, arrays[key],
-            rtol=(tol["rtol"] * rtol_scale) if rtol is None else rtol,
-            atol=tol["atol"] if atol is None else atol,
-            bound=_scale(tol, arrays, key),
-        ))
-    return results
+def _effective(tol, rtol, atol, rtol_scale):
+    """The ``(rtol, atol)`` an array is compared with under the overrides."""
+    return ((tol["rtol"] if rtol is None else rtol) * rtol_scale, tol["atol"] if atol is None else atol)
 
 
 def _scale(tol, arrays, key):
@@ -350,15 +302,774 @@ def _scale(tol, arrays, key):
     return None
 
 
+def _check_loosening(name, meta, arrays, rtol, atol, rtol_scale):
+    """Refuse overrides that loosen any array of a case beyond :data:`MAX_RTOL_SCALE`.
+
+    For each expected array with stored ``rtol`` ``r`` and scale ``s`` (its bound, or
+    ``|expected|``): the effective ``rtol`` may be at most ``MAX_RTOL_SCALE · r`` and
+    the effective ``atol`` at most ``MAX_RTOL_SCALE · r · max(s)``, i.e. no override
+    allows more than what the largest loosening of ``rtol`` allows at the array's
+    largest element.
+    """
+    for key, tol in meta["tolerances"].items():
+        eff_rtol, eff_atol = _effective(tol, rtol, atol, rtol_scale)
+        limit = MAX_RTOL_SCALE * tol["rtol"]
+        if eff_rtol > limit * (1 + 1e-12):
+            raise ValueError(f"tolerance override too loose for {name}: {key}: rtol {eff_rtol:.3g} is "
+                             f"{eff_rtol / tol['rtol']:.3g}x the stored {tol['rtol']:.3g}; at most "
+                             f"{MAX_RTOL_SCALE:g}x (MAX_RTOL_SCALE) is allowed")
+        if eff_atol > tol["atol"]:
+            scale = _scale(tol, arrays, key)
+            scale = np.abs(arrays[key]) if scale is None else scale
+            top = float(np.max(scale)) if np.size(scale) else 0.0
+            if eff_atol > limit * top:
+                raise ValueError(f"tolerance override too loose for {name}: {key}: atol {eff_atol:.3g} exceeds "
+                                 f"{MAX_RTOL_SCALE:g} (MAX_RTOL_SCALE) x rtol {tol['rtol']:.3g} x the array's "
+                                 f"largest scale {top:.3g} = {limit * top:.3g}")
+
+
+def _loosens(tolerances, rtol, atol, rtol_scale) -> bool:
+    return any(e > s for tol in tolerances
+               for e, s in zip(_effective(tol, rtol, atol, rtol_scale), (tol["rtol"], tol["atol"])))
+
+
+def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, atol=None, rtol_scale=1.0):
+    """Run a port on one case and compare every output; return a list of :class:`ArrayComparison`.
+
+    ``meta`` needs what the operation's ``run_port`` reads (for NeoCell
+    ``specs_as_written``) and ``tolerances``; ``arrays`` holds inputs, expected
+    outputs and bounds. Forward and backward run separately, so that one failing
+    does not hide the other. A callable that raises anything (``SystemExit``
+    included; only ``KeyboardInterrupt`` propagates) fails the case with one row
+    ``(forward call)`` or ``(backward call)`` whose message holds the exception's type
+    and text (its tail when long): a wrapper around a port outside Python can raise
+    with the port's stderr tail as its message and it appears in the report. Every
+    output must be a real floating array of exactly the expected shape
+    (:func:`compare_arrays`).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Invalid tolerance overrides (:func:`check_tolerance_overrides`) or overrides
+        loosening an array beyond :data:`MAX_RTOL_SCALE`, before the port runs.
+    """
+    if op not in OPERATIONS:
+        raise ValueError(f"unknown operation {op!r}; known: {sorted(OPERATIONS)}")
+    rtol, atol, rtol_scale = check_tolerance_overrides(rtol, atol, rtol_scale)
+    _check_loosening(name, meta, arrays, rtol, atol, rtol_scale)
+    results, got = [], {}
+    for label, fns in (("forward", (forward, None)), ("backward", (None, backward))):
+        if fns[0] is None and fns[1] is None:
+            continue
+        try:
+            outputs = OPERATIONS[op].run_port(arrays, meta, *fns)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit and friends fail the case, the run goes on
+            results.append(ArrayComparison(name, f"({label} call)", False,
+                                           message=f"port's {label} raised {_exception_text(exc)}"))
+            continue
+        got.update(outputs)
+    for key, value in got.items():
+        tol = meta["tolerances"][key]
+        eff_rtol, eff_atol = _effective(tol, rtol, atol, rtol_scale)
+        results.append(compare_arrays(name, key, value, arrays[key], rtol=eff_rtol, atol=eff_atol,
+                                      bound=_scale(tol, arrays, key)))
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# building a set (export and re-derivation share it)
+# --------------------------------------------------------------------------------------
+def _check_set_args(suite, dtype, seed, operations):
+    if suite not in ("core", "full") or not isinstance(suite, str):
+        raise ValueError(f"suite must be 'core' or 'full', got {suite!r}")
+    try:
+        name = None if dtype is None or isinstance(dtype, bool) else np.dtype(dtype).name
+    except (TypeError, ValueError):
+        name = None
+    if name not in ("float64", "float32"):
+        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    seed = check_seed(seed)
+    if operations is None:
+        ops = list(OPERATIONS)
+    else:
+        if isinstance(operations, str) or not isinstance(operations, (list, tuple)):
+            raise TypeError(f"operations must be a list of operation names, got {operations!r}")
+        ops = list(operations)
+        for op in ops:
+            if not isinstance(op, str) or op not in OPERATIONS:
+                raise ValueError(f"unknown operation {op!r} in operations; known: {sorted(OPERATIONS)}")
+        if len(set(ops)) != len(ops):
+            raise ValueError(f"operations lists an operation twice: {ops}")
+        if not ops:
+            raise ValueError("operations is empty: a golden set must hold at least one operation")
+    return suite, name, seed, ops
+
+
+def _array_digest(array) -> str:
+    array = np.ascontiguousarray(array)
+    return _sha256(f"{array.dtype.str}{array.shape}".encode() + array.tobytes())
+
+
+def _build_set(suite, dtype, seed, ops, input_digests=None):
+    """The manifest and the case files (name -> bytes) of a set; arguments checked.
+
+    ``input_digests``, when a dict, receives ``{file: {input array: digest}}``."""
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "generator": f"neocell_ref {__version__}",
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "suite": suite,
+        "dtype": dtype,
+        "seed": seed,
+        "operations": list(ops),
+        "tolerance_policy": {
+            "rule": "|got - expected| <= rtol * bound + atol, elementwise",
+            "rtol": "safety * (accumulation_length + 1) * unit_roundoff(dtype)",
+            "safety": SAFETY,
+            "unit_roundoff": unit_roundoff(dtype),
+            "bound": "the same computation on absolute values of all inputs (array 'bound/NAME')",
+        },
+        "seeding": "numpy.random.default_rng(SeedSequence([seed, *first 16 bytes of "
+                   "SHA-256('<op>/<case name>') as 4 little-endian uint32]))",
+        "conventions": {op: OPERATIONS[op].convention for op in ops},
+        "cases": [],
+    }
+    files = {}
+    for op_name in ops:
+        for case in OPERATIONS[op_name].cases(suite):
+            name = case[0]
+            meta, arrays, inputs, tolerances = make_case(op_name, case, dtype, seed)
+            file_name = f"{op_name}__{name}.npz"
+            files[file_name] = data = _npz_bytes(arrays)
+            if input_digests is not None:
+                input_digests[file_name] = {key: _array_digest(arrays[key]) for key in inputs}
+            manifest["cases"].append({
+                "name": name,
+                "op": op_name,
+                "file": file_name,
+                "sha256": _sha256(data),
+                **meta,
+                "inputs": inputs,
+                "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in sorted(arrays.items())},
+                "tolerances": tolerances,
+            })
+    return manifest, files
+
+
+def _manifest_text(manifest) -> str:
+    return json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+
+
+@functools.lru_cache(maxsize=16)
+def _derived(suite, dtype, seed, ops):
+    """``(manifest text, input digests)`` this package exports; cached (about 1 s uncached)."""
+    digests = {}
+    manifest, _ = _build_set(suite, dtype, seed, list(ops), digests)
+    return _manifest_text(manifest), digests
+
+
+def derive_manifest(suite="core", dtype="float64", seed=DEFAULT_SEED, operations=None) -> dict:
+    """The manifest this package exports for ``suite``, ``dtype``, ``seed`` and ``operations``.
+
+    The verifier compares a set's manifest with this one (apart from the exporting
+    machine's versions and the case files' hashes) before it runs anything. Computed
+    by building the set in memory (about a second for the full suite), cached per
+    arguments within a process.
+
+    Returns
+    -------
+    dict
+        A fresh copy, as ``json.loads`` of ``manifest.json`` gives it.
+    """
+    suite, dtype, seed, ops = _check_set_args(suite, dtype, seed, operations)
+    return json.loads(_derived(suite, dtype, seed, tuple(ops))[0])
+
+
+# --------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------
+def _folder_arg(directory, what="directory") -> Path:
+    if isinstance(directory, bytes) or not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(directory).__name__} {directory!r}")
+    text = os.fspath(directory)
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a text path, got {directory!r}")
+    if text == "":
+        raise ValueError(f"{what} is empty: give the path of a folder")
+    if "\0" in text:
+        raise ValueError(f"{what} {text!r} contains a NUL character")
+    return Path(text)
+
+
+def _previous_set_problem(path: Path, entries) -> str | None:
+    """None when ``path`` holds a golden set and nothing else, else what is foreign in it."""
+    manifest_path = path / _MANIFEST
+    try:
+        st = os.lstat(manifest_path)
+    except OSError:
+        return f"it holds {entries[0].name} and no manifest.json"
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MANIFEST_BYTES:
+        return "its manifest.json is not a regular file of acceptable size"
+    try:
+        manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
+        files = {case["file"] for case in manifest["cases"]} if "format_version" in manifest else None
+    except (ValueError, TypeError, KeyError, RecursionError, OSError):
+        files = None
+    if not isinstance(files, set) or not all(isinstance(f, str) and f == Path(f).name for f in files):
+        return "its manifest.json is not a golden-set manifest"
+    for entry in entries:
+        st = os.lstat(entry)
+        if entry.name != _MANIFEST and entry.name not in files:
+            return f"{entry.name} is not a file of the golden set"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{entry.name} is not a regular file"
+    return None
+
+
+def _check_export_target(directory) -> Path:
+    path = _folder_arg(directory)
+    if path.name in ("", ".", ".."):
+        raise ValueError(f"{directory!s}: name the golden set's folder (not '.', '..' or a root), "
+                         f"it is replaced as a whole")
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link; give the folder itself")
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{path} exists and is not a folder")
+        entries = sorted(path.iterdir())
+        problem = _previous_set_problem(path, entries) if entries else None
+        if problem:
+            raise ValueError(f"{path} is not empty and does not hold only a golden set ({problem}); "
+                             f"export into a new or empty folder")
+    return path
+
+
+def _write_set(path: Path, files: dict, manifest_text: str) -> None:
+    """Write the set into a temporary sibling folder, then rename it to ``path``.
+
+    ``path`` never holds a half-written set: a previous set there is renamed away,
+    replaced by the complete new one, and deleted (restored if the rename fails).
+    """
+    parent = path.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=parent))
+    try:
+        os.chmod(tmp, 0o755)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        (tmp / _MANIFEST).write_bytes(manifest_text.encode("utf-8"))
+        if not path.exists():
+            os.rename(tmp, path)
+        elif not any(path.iterdir()):
+            os.rmdir(path)
+            os.rename(tmp, path)
+        else:
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
+            try:
+                os.rename(path, old)  # onto the empty placeholder
+            except BaseException:
+                os.rmdir(old)
+                raise
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export_golden(directory, suite="core", dtype="float64", seed=DEFAULT_SEED, operations=None):
+    """Write a golden set to ``directory``; return the manifest dict.
+
+    Parameters
+    ----------
+    directory : path
+        A new or empty folder, or one holding a previous golden set and nothing else
+        (it is replaced exactly, no stale file stays). The set is written into a
+        temporary sibling folder and renamed into place, so ``directory`` never holds
+        a half-written set.
+    suite : {"core", "full"}
+    dtype : {"float64", "float32"}
+        Dtype of the stored inputs (expected values are float64 either way).
+    seed : int
+        In ``[0, 2**63 - 1]``. Each case draws from
+        :func:`neocell_ref.golden_ops.case_rng` (keyed by seed, operation and case
+        name), exactly as the conformance kit does with the same seed.
+    operations : list of str, optional
+        Subset of :data:`OPERATIONS` (default all), recorded in the manifest.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad argument, an empty path, a path that is a file, or a non-empty folder
+        that holds something other than a golden set; nothing is written then.
+    OSError
+        The folder cannot be written.
+    """
+    suite, dtype, seed, ops = _check_set_args(suite, dtype, seed, operations)
+    path = _check_export_target(directory)
+    manifest, files = _build_set(suite, dtype, seed, ops)
+    text = _manifest_text(manifest)
+    _write_set(path, files, text)
+    return manifest
+
+
+# --------------------------------------------------------------------------------------
+# loading and verifying a set as a whole
+# --------------------------------------------------------------------------------------
+def _plain_name_problem(name) -> str | None:
+    if not isinstance(name, str) or not name:
+        return f"file {name!r} is not a file name"
+    if "/" in name or "\\" in name or "\0" in name or name in (".", "..") or os.path.isabs(name):
+        return f"file {name!r} is not a plain file name inside the set's folder (no paths, no '..')"
+    return None
+
+
+def _read_regular(directory: Path, name: str, limit: int, where: str) -> bytes:
+    """Bytes of ``directory/name``: a regular file (no link), at most ``limit`` bytes."""
+    problem = _plain_name_problem(name)
+    if problem:
+        raise GoldenError(f"{where}: {problem}")
+    path = directory / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise GoldenError(f"{where}: {path} is missing") from None
+    except OSError as exc:
+        raise GoldenError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise GoldenError(f"{where}: {path} is a symbolic link; a golden set holds regular files only")
+    if not stat.S_ISREG(st.st_mode):
+        raise GoldenError(f"{where}: {path} is not a regular file")
+    if st.st_size > limit:
+        raise GoldenError(f"{where}: {path} has {st.st_size} bytes, more than the {limit} it can have")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise GoldenError(f"{where}: cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise GoldenError(f"{where}: {path} grew beyond {limit} bytes while being read")
+    return data
+
+
+def _no_duplicate_keys(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_manifest(data: bytes, path) -> dict:
+    try:
+        manifest = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
+                              parse_constant=_reject_constant)
+    except RecursionError:
+        raise GoldenError(f"{path} is not a golden-set manifest: JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GoldenError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise GoldenError(f"{path} is not a golden-set manifest: the top level is a {type(manifest).__name__}")
+    return manifest
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _difference(got, want, path) -> str | None:
+    """The first difference between two JSON values (types compared strictly), or None."""
+    if isinstance(want, dict):
+        if not isinstance(got, dict):
+            return f"{path} is {_short(got)}, expected an object"
+        for key in want:
+            if key not in got:
+                return f"{path}.{key} is missing"
+        for key in got:
+            if key not in want:
+                return f"{path}.{key} is not a field this package writes"
+        for key in want:
+            diff = _difference(got[key], want[key], f"{path}.{key}")
+            if diff:
+                return diff
+        return None
+    if isinstance(want, list):
+        if not isinstance(got, list):
+            return f"{path} is {_short(got)}, expected a list"
+        if len(got) != len(want):
+            return f"{path} has {len(got)} entries, expected {len(want)}"
+        for i, (g, w) in enumerate(zip(got, want)):
+            diff = _difference(g, w, f"{path}[{i}]")
+            if diff:
+                return diff
+        return None
+    if type(got) is not type(want) or got != want:
+        return f"{path} is {_short(got)}, expected {_short(want)}"
+    return None
+
+
+def _check_manifest(manifest: dict, path) -> dict:
+    """Refuse a manifest that is not exactly what this package exports for its recorded
+    suite, dtype, seed and operations (environment fields and file hashes apart);
+    return the digests of the input arrays this package draws for them."""
+    version = manifest.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        generator = manifest.get("generator")
+        written = f", written by {_short(generator)}" if isinstance(generator, str) else ""
+        raise GoldenError(f"{path}: format_version {_short(version)}{written}; this package (neocell_ref "
+                          f"{__version__}) reads format {FORMAT_VERSION} only: export the set again with it")
+    for key in ("suite", "dtype", "seed", "operations", "cases", *_ENVIRONMENT):
+        if key not in manifest:
+            raise GoldenError(f"{path}: the manifest has no {key!r}")
+    for key in _ENVIRONMENT:
+        if not isinstance(manifest[key], str):
+            raise GoldenError(f"{path}: {key} is {_short(manifest[key])}, expected a string")
+    if not isinstance(manifest["cases"], list) or not all(isinstance(c, dict) for c in manifest["cases"]):
+        raise GoldenError(f"{path}: cases is not a list of objects")
+    # Paths first, so that an escaping path is named as such.
+    seen = set()
+    for case in manifest["cases"]:
+        label = f"case {_short(case.get('name'))} ({_short(case.get('op'))})"
+        if "file" not in case:
+            raise GoldenError(f"{path}: {label} has no 'file'")
+        problem = _plain_name_problem(case["file"])
+        if problem:
+            raise GoldenError(f"{path}: {label}: {problem}")
+        key = (_short(case.get("op")), _short(case.get("name")))
+        if key in seen:
+            raise GoldenError(f"{path}: {label} is listed twice")
+        seen.add(key)
+        digest = case.get("sha256")
+        if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")):
+            raise GoldenError(f"{path}: {label}: sha256 is {_short(digest)}, expected 64 lowercase hex digits")
+    recorded = (manifest["suite"], manifest["dtype"], manifest["seed"], manifest["operations"])
+    try:
+        suite, dtype, seed, ops = _check_set_args(*recorded)
+    except (TypeError, ValueError) as exc:
+        raise GoldenError(f"{path}: {exc}") from None
+    text, input_digests = _derived(suite, dtype, seed, tuple(ops))
+    want = json.loads(text)
+    context = f"suite {suite!r}, dtype {dtype!r}, seed {seed}, operations {ops}"
+    got_cases, want_cases = manifest["cases"], want["cases"]
+    got_ids = [(c.get("op"), c.get("name")) for c in got_cases]
+    want_ids = [(c["op"], c["name"]) for c in want_cases]
+    if got_ids != want_ids:
+        missing = [f"{n} ({o})" for o, n in want_ids if (o, n) not in got_ids]
+        extra = [f"{_short(n)} ({_short(o)})" for o, n in got_ids if (o, n) not in want_ids]
+        detail = (f"missing {missing[:5]}" if missing else "") + (f" unknown {extra[:5]}" if extra else "")
+        raise GoldenError(f"{path}: the case list differs from the one this package exports for {context}: "
+                          f"{len(got_ids)} cases instead of {len(want_ids)}; {detail.strip() or 'order differs'}")
+    rest = lambda m: {k: v for k, v in m.items() if k not in ("cases", *_ENVIRONMENT)}  # noqa: E731
+    diff = _difference(rest(manifest), rest(want), "manifest")
+    for got_case, want_case in zip(got_cases, want_cases):
+        if diff:
+            break
+        strip = lambda c: {k: v for k, v in c.items() if k != "sha256"}  # noqa: E731
+        diff = _difference(strip(got_case), strip(want_case), f"case {want_case['name']!r} ({want_case['op']})")
+    if diff:
+        raise GoldenError(f"{path}: {diff} (this package exports {context} so; "
+                          f"a golden set cannot be edited: export it again)")
+    return input_digests
+
+
+def _size_limit(case) -> int:
+    """Largest possible size of a case file with the manifest's (re-derived) arrays."""
+    total = 22
+    for key, info in case["arrays"].items():
+        nbytes = math.prod(info["shape"]) * np.dtype(info["dtype"]).itemsize
+        total += nbytes + MAX_NPY_HEADER + 2 * len(key.encode()) + 200
+    return total
+
+
+def _read_member(zf, info, shape, dtype, where):
+    """One ``.npy`` member as an array, its header checked before any data is read."""
+    if info.flag_bits & 0x1:
+        raise GoldenError(f"{where}: the member is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise GoldenError(f"{where}: unsupported zip compression method {info.compress_type}")
+    nbytes = math.prod(shape) * dtype.itemsize
+    with zf.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            header = np.lib.format.read_array_header_1_0(fp, max_header_size=MAX_NPY_HEADER)
+        elif version == (2, 0):
+            header = np.lib.format.read_array_header_2_0(fp, max_header_size=MAX_NPY_HEADER)
+        else:
+            raise GoldenError(f"{where}: .npy format version {version} (this package reads 1.0 and 2.0)")
+        header_length = fp.tell()
+        got_shape, fortran, got_dtype = header
+        if got_dtype.hasobject:
+            raise GoldenError(f"{where}: its header declares Python objects ({got_dtype}); a golden set holds numbers only")
+        if got_dtype != dtype:
+            raise GoldenError(f"{where}: its header declares dtype {got_dtype.str}, the manifest says {dtype.str}")
+        if tuple(got_shape) != tuple(shape):
+            raise GoldenError(f"{where}: its header declares shape {tuple(got_shape)}, the manifest says {tuple(shape)}")
+        if fortran:
+            raise GoldenError(f"{where}: its header declares Fortran order; this package writes C order")
+        if info.file_size != header_length + nbytes:
+            raise GoldenError(f"{where}: the zip directory says {info.file_size} bytes uncompressed, the header "
+                              f"and the manifest give exactly {header_length + nbytes}")
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+            raise GoldenError(f"{where}: stored (uncompressed) with {info.compress_size} bytes for {info.file_size}")
+        raw = fp.read(nbytes + 1)  # bounded; reading to the end checks the CRC
+    if len(raw) != nbytes:
+        raise GoldenError(f"{where}: {len(raw)} bytes of data, expected {nbytes}")
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise GoldenError(f"{where}: holds non-finite values")
+    return array
+
+
+def _case_arrays(data: bytes, case: dict, where: str) -> dict:
+    """The arrays of a case file, every member checked against the manifest first."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except Exception as exc:  # BadZipFile, truncated or garbled directories
+        raise GoldenError(f"{where}: not a readable .npz (zip) file: {_exception_text(exc)}") from None
+    with zf:
+        infos = zf.infolist()
+        names = [info.filename for info in infos]
+        wanted = {f"{key}.npy": key for key in case["arrays"]}
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise GoldenError(f"{where}: member {twice[0]} appears twice")
+        extra = sorted(set(names) - set(wanted))
+        missing = sorted(set(wanted) - set(names))
+        if extra or missing:
+            raise GoldenError(f"{where}: members differ from the manifest: "
+                              f"{'extra ' + str(extra[:5]) if extra else ''}"
+                              f"{' missing ' + str(missing[:5]) if missing else ''}".replace(":  ", ": "))
+        arrays = {}
+        for info in infos:
+            key = wanted[info.filename]
+            spec = case["arrays"][key]
+            member = f"{where}: member {info.filename}"
+            try:
+                arrays[key] = _read_member(zf, info, tuple(spec["shape"]), np.dtype(spec["dtype"]), member)
+            except GoldenError:
+                raise
+            except Exception as exc:  # corrupt data, bad CRC, garbled header
+                raise GoldenError(f"{member}: unreadable: {_exception_text(exc)}") from None
+    return arrays
+
+
+def _read_case(directory: Path, case: dict) -> dict:
+    where = f"case {case['name']!r} ({case['op']}): {case['file']}"
+    data = _read_regular(directory, case["file"], _size_limit(case), where)
+    digest = _sha256(data)
+    if digest != case["sha256"]:
+        raise GoldenError(f"{where} has SHA-256 {digest}, the manifest says {case['sha256']}")
+    return _case_arrays(data, case, where)
+
+
+def _check_digest(digest):
+    if digest is None:
+        return None
+    if not isinstance(digest, str):
+        raise TypeError(f"digest must be a SHA-256 hex string, got {type(digest).__name__}")
+    text = digest.strip().lower()
+    if len(text) != 64 or not set(text) <= set("0123456789abcdef"):
+        raise ValueError(f"digest must be 64 hex digits (a SHA-256), got {digest!r}")
+    return text
+
+
+def _load_set(directory, digest=None, keep_op=None):
+    """Verify a golden set as a whole; return ``(manifest, set digest)``, and with
+    ``keep_op`` also ``{case file: arrays}`` of that operation's cases."""
+    digest = _check_digest(digest)
+    directory = _folder_arg(directory)
+    if not directory.is_dir():
+        raise GoldenError(f"no golden set at {directory}: not a folder")
+    path = directory / _MANIFEST
+    if not os.path.lexists(path):
+        raise GoldenError(f"no manifest.json in {directory}: not a golden set")
+    data = _read_regular(directory, _MANIFEST, MAX_MANIFEST_BYTES, "golden set")
+    actual = _sha256(data)
+    if digest is not None and actual != digest:
+        raise GoldenError(f"{path}: the set digest is {actual}, but {digest} was pinned: this is not "
+                          f"the golden set the port is to be verified against")
+    manifest = _parse_manifest(data, path)
+    input_digests = _check_manifest(manifest, path)
+    kept = {}
+    for case in manifest["cases"]:
+        arrays = _read_case(directory, case)
+        if case["op"] == keep_op:
+            kept[case["file"]] = arrays
+        # Inputs are drawn bit-identically everywhere (the expected values may differ
+        # in the last bits between machines): an edited seed or input is caught here.
+        for key, want in input_digests[case["file"]].items():
+            if _array_digest(arrays[key]) != want:
+                raise GoldenError(f"case {case['name']!r} ({case['op']}): {case['file']}: input {key} is not "
+                                  f"what this package draws for seed {manifest['seed']} (seed or inputs edited)")
+    return (manifest, actual) if keep_op is None else (manifest, actual, kept)
+
+
+def set_digest(directory) -> str:
+    """The digest of a golden set: the SHA-256 of its ``manifest.json`` bytes.
+
+    The manifest holds every case file's SHA-256, and the verifier checks every file
+    against it, so this one value pins every byte of the set. The set is verified
+    as a whole first (:class:`GoldenError` if unusable).
+    """
+    return _load_set(directory)[1]
+
+
+def load_manifest(directory, *, digest=None) -> dict:
+    """Verify a golden set as a whole and return its manifest.
+
+    Checks, before anything else uses the set: ``manifest.json`` is a regular file of
+    at most :data:`MAX_MANIFEST_BYTES` bytes whose SHA-256 (the set digest) equals
+    ``digest`` when given; it is valid JSON of this :data:`FORMAT_VERSION` and equal to
+    :func:`derive_manifest` for its recorded suite, dtype, seed and operations (cases,
+    specs, shapes, dtypes, tolerances, input shapes; only the exporting machine's
+    versions and the file hashes may differ); every case file is a plain name inside
+    the folder, a regular file (no link) whose SHA-256 matches the manifest, a zip whose
+    members are exactly the manifest's arrays, each ``.npy`` header declaring the
+    manifest's shape and dtype and the exact byte size, with finite data.
+
+    Parameters
+    ----------
+    directory : path
+    digest : str, optional
+        The expected set digest (64 hex digits), see :func:`set_digest`.
+
+    Raises
+    ------
+    GoldenError
+        Naming the first problem and where it is. Never passes silently.
+    """
+    return _load_set(directory, digest)[0]
+
+
+def load_case(directory, case: dict) -> dict:
+    """Arrays of one case of a verified manifest (file hash, members and headers checked again)."""
+    return _read_case(_folder_arg(directory), case)
+
+
+@dataclass
+class VerifyReport:
+    """Result of :func:`verify_golden`: one row per compared array, plus exclusions.
+
+    ``passed`` is True only when at least one array was compared and every compared
+    array passed. ``digest`` is the set digest (:func:`set_digest`); ``overrides`` the
+    tolerance overrides and ``loosened`` whether they allowed more error than stored
+    for any array.
+    """
+
+    op: str
+    results: list = field(default_factory=list)
+    excluded: list = field(default_factory=list)  # (case, reason)
+    directory: str = ""
+    digest: str = ""
+    suite: str = ""
+    dtype: str = ""
+    seed: int | None = None
+    format_version: int = FORMAT_VERSION
+    overrides: dict = field(default_factory=dict)
+    loosened: bool = False
+    cases_run: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results) and bool(self.results)
+
+    @property
+    def failures(self):
+        return [r for r in self.results if not r.passed]
+
+    def _tolerance_line(self) -> str:
+        given = {k: v for k, v in self.overrides.items() if v is not None and not (k == "rtol_scale" and v == 1.0)}
+        if not given:
+            return "tolerances: as stored in the set"
+        text = ", ".join(f"{k} {v:g}" for k, v in given.items())
+        state = "LOOSENED" if self.loosened else "tightened (no array loosened)"
+        return f"tolerances: {state} by override: {text} (loosening limit {MAX_RTOL_SCALE:g}x the stored rtol)"
+
+    def table(self) -> str:
+        lines = [f"golden verify: op {self.op}: {'PASSED' if self.passed else 'FAILED'} "
+                 f"({len(self.results) - len(self.failures)}/{len(self.results)} arrays pass, "
+                 f"{self.cases_run} cases run, {len(self.excluded)} cases excluded)"]
+        if self.digest:
+            lines.append(f"  golden set {self.directory}: format {self.format_version}, suite {self.suite}, "
+                         f"dtype {self.dtype}, seed {self.seed}")
+            lines.append(f"  set digest (SHA-256 of manifest.json): {self.digest}")
+        lines.append("  " + self._tolerance_line())
+        lines.append(f"  {'case':<28} {'array':<20} {'status':<6} {'error/allowed':>14}")
+        for r in self.results:
+            ratio = "-" if math.isnan(r.ratio) else f"{r.ratio:.3g}"
+            lines.append(f"  {r.case:<28} {r.array:<20} {'ok' if r.passed else 'FAIL':<6} {ratio:>14}")
+        for case, reason in self.excluded:
+            lines.append(f"  {case:<28} {'(excluded)':<20} {'skip':<6} {reason}")
+        for r in self.failures:
+            lines.append("  FAIL " + r.describe().replace("\n", "\n       "))
+        return "\n".join(lines)
+
+    __str__ = table
+
+    def to_dict(self) -> dict:
+        def safe(value):  # strict JSON: no NaN or Infinity literals
+            if isinstance(value, float) and not math.isfinite(value):
+                return str(value)
+            if isinstance(value, (list, tuple)):
+                return [safe(v) for v in value]
+            return value
+
+        return {
+            "op": self.op,
+            "passed": self.passed,
+            "golden_set": {"directory": self.directory, "digest_sha256": self.digest,
+                           "format_version": self.format_version, "suite": self.suite,
+                           "dtype": self.dtype, "seed": self.seed},
+            "tolerance_overrides": dict(self.overrides),
+            "loosened": self.loosened,
+            "cases_run": self.cases_run,
+            "results": [{k: safe(v) for k, v in r.__dict__.items()} for r in self.results],
+            "excluded": [{"case": c, "reason": r} for c, r in self.excluded],
+        }
+
+
+def _check_port(fn, name):
+    if fn is not None and not callable(fn):
+        raise TypeError(f"{name} must be callable or None, got {type(fn).__name__} {fn!r}")
+
+
+def _check_exclusions(exclude) -> dict:
+    if exclude is None:
+        return {}
+    if not isinstance(exclude, dict):
+        raise TypeError(f"exclude must be a dict {{pattern: reason}}, got {type(exclude).__name__}")
+    for pattern, reason in exclude.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(f"exclude pattern {pattern!r} must be a non-empty string")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError(f"exclude pattern {pattern!r} needs a reason (a non-empty string)")
+    return dict(exclude)
+
+
 def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, rtol_scale=1.0,
-                  rtol=None, atol=None) -> VerifyReport:
+                  rtol=None, atol=None, digest=None) -> VerifyReport:
     """Run a port on every golden case of ``op`` and compare.
 
     Parameters
     ----------
     directory : path
-        A golden set written by :func:`export_golden`; the manifest and hashes are
-        checked first (:class:`GoldenError` on any problem).
+        A golden set written by :func:`export_golden`. It is verified as a whole
+        first (:func:`load_manifest`), and every case of ``op`` is loaded, before the
+        port runs.
     op : str
         Operation name, e.g. ``"neocell"``.
     forward, backward : callable, optional
@@ -366,33 +1077,64 @@ def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, r
         ``conventions``). At least one is required.
     exclude : dict, optional
         ``{fnmatch pattern: reason}``: cases whose name matches are not run and are
-        listed in the report with the reason.
+        listed in the report with the reason. A pattern that matches no case of
+        ``op``, or excluding every case, is an error.
     rtol_scale : float
-        Multiplies every stored ``rtol`` (a port documenting a looser accumulation).
+        Multiplies every stored ``rtol``; at most :data:`MAX_RTOL_SCALE`.
     rtol, atol : float, optional
-        Override the stored tolerances outright.
+        Replace the stored tolerances outright, within the same loosening limit.
+    digest : str, optional
+        Pin the set: its digest (:func:`set_digest`) must be this SHA-256.
+
+    Returns
+    -------
+    VerifyReport
+
+    Raises
+    ------
+    GoldenError
+        The set is unusable or not the pinned one.
+    TypeError, ValueError
+        A bad argument. Nothing of the port has run then.
     """
     from fnmatch import fnmatch
 
-    if op not in OPERATIONS:
+    if not isinstance(op, str) or op not in OPERATIONS:
         raise ValueError(f"unknown operation {op!r}; known: {sorted(OPERATIONS)}")
+    _check_port(forward, "forward")
+    _check_port(backward, "backward")
     if forward is None and backward is None:
         raise ValueError("give at least one of forward and backward")
-    manifest = load_manifest(directory)
-    report = VerifyReport(op=op)
-    exclude = exclude or {}
-    for case in manifest["cases"]:
-        if case["op"] != op:
-            continue
+    rtol, atol, rtol_scale = check_tolerance_overrides(rtol, atol, rtol_scale)
+    exclude = _check_exclusions(exclude)
+    manifest, actual_digest, arrays_of = _load_set(directory, digest, keep_op=op)
+    cases = [case for case in manifest["cases"] if case["op"] == op]
+    if not cases:
+        raise GoldenError(f"the golden set in {directory} has no cases of operation {op!r} "
+                          f"(it holds {manifest['operations']})")
+    unmatched = [p for p in exclude if not any(fnmatch(case["name"], p) for case in cases)]
+    if unmatched:
+        raise ValueError(f"exclude pattern {unmatched[0]!r} matches no case of operation {op!r}")
+    report = VerifyReport(op=op, directory=str(directory), digest=actual_digest, suite=manifest["suite"],
+                          dtype=manifest["dtype"], seed=manifest["seed"],
+                          overrides={"rtol": rtol, "atol": atol, "rtol_scale": rtol_scale})
+    selected = []
+    for case in cases:
         reasons = [reason for pattern, reason in exclude.items() if fnmatch(case["name"], pattern)]
         if reasons:
             report.excluded.append((case["name"], reasons[0]))
-            continue
-        arrays = load_case(directory, case)
+        else:
+            selected.append(case)
+    if not selected:
+        raise ValueError(f"every case of operation {op!r} is excluded: nothing would be checked")
+    loaded = [(case, arrays_of[case["file"]]) for case in selected]
+    for case, arrays in loaded:  # every override checked before the port runs at all
+        _check_loosening(case["name"], case, arrays, rtol, atol, rtol_scale)
+    report.loosened = _loosens([t for case in selected for t in case["tolerances"].values()], rtol, atol, rtol_scale)
+    for case, arrays in loaded:
         report.results.extend(run_and_compare(op, case["name"], case, arrays, forward, backward,
                                               rtol=rtol, atol=atol, rtol_scale=rtol_scale))
-    if not report.results and not report.excluded:
-        raise GoldenError(f"the golden set in {directory} has no cases of operation {op!r}")
+        report.cases_run += 1
     return report
 
 
@@ -402,7 +1144,6 @@ def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, r
 def load_callable(target: str):
     """Import ``"package.module:function"`` (the current directory is importable)."""
     import importlib
-    import os
     import sys
 
     if not isinstance(target, str) or target.count(":") != 1:
@@ -419,6 +1160,19 @@ def load_callable(target: str):
     return obj
 
 
+def _load_port(target, option):
+    """:func:`load_callable`, any failure (import error, SystemExit at import, not
+    callable) turned into a one-line ValueError naming the option and the target."""
+    if target is None:
+        return None
+    try:
+        return load_callable(target)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the port's module may raise anything while importing
+        raise ValueError(f"{option} {target!r}: the port cannot be loaded: {_exception_text(exc)}") from None
+
+
 def _parse_exclusions(items):
     exclude = {}
     for item in items or []:
@@ -429,38 +1183,62 @@ def _parse_exclusions(items):
     return exclude
 
 
+def _check_output_file(name, option):
+    """Refuse, before anything runs, an output file that cannot be written."""
+    if name == "":
+        raise ValueError(f"{option} is empty: give a file path")
+    path = Path(name)
+    if path.is_dir():
+        raise ValueError(f"{option} {name}: is a folder, not a file")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{option} {name}: the file is not writable")
+        return
+    parent = path.parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {name}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {name}: the folder {parent} is not writable")
+
+
 def _cli_export(args) -> int:
     manifest = export_golden(args.directory, suite=args.suite, dtype=args.dtype, seed=args.seed)
-    print(f"wrote {len(manifest['cases'])} cases ({args.suite}, {args.dtype}) and manifest.json to {args.directory}")
+    digest = _sha256(_manifest_text(manifest).encode("utf-8"))
+    print(f"wrote {len(manifest['cases'])} cases ({args.suite}, {args.dtype}, seed {args.seed}) and "
+          f"manifest.json to {args.directory}\nset digest (SHA-256 of manifest.json): {digest}")
     return 0
 
 
 def _cli_verify(args) -> int:
-    try:
-        forward = load_callable(args.forward) if args.forward else None
-        backward = load_callable(args.backward) if args.backward else None
-        report = verify_golden(args.directory, args.op, forward, backward,
-                               exclude=_parse_exclusions(args.exclude), rtol_scale=args.rtol_scale)
-    except GoldenError as exc:
-        print(f"golden verify: ERROR: {exc}")
-        return 2
-    except (ValueError, TypeError, ImportError, AttributeError) as exc:
-        print(f"golden verify: ERROR: bad argument: {exc}")
-        return 2
+    exclude = _parse_exclusions(args.exclude)
+    check_tolerance_overrides(None, None, args.rtol_scale)
+    _check_digest(args.digest)
+    if args.json is not None:
+        _check_output_file(args.json, "--json")
+    forward = _load_port(args.forward, "--forward")
+    backward = _load_port(args.backward, "--backward")
+    if forward is None and backward is None:
+        raise ValueError("give --forward and/or --backward")
+    report = verify_golden(args.directory, args.op, forward, backward, exclude=exclude,
+                           rtol_scale=args.rtol_scale, digest=args.digest)
     print(report.table())
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1, default=str) + "\n")
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n")
     return 0 if report.passed else 1
 
 
 def register_cli(subparsers):
-    golden = subparsers.add_parser("golden", help="export golden vectors or verify a port against them")
+    golden = subparsers.add_parser(
+        "golden", help="export golden vectors or verify a port against them",
+        description="Exit status: 0 only when every non-excluded case ran and passed (verify) or the set "
+                    "was written (export); 1 when a port failed; 2 when the set, an argument or the "
+                    "port is unusable (one line on stderr).")
     sub = golden.add_subparsers(dest="golden_command", metavar="ACTION", required=True)
     ex = sub.add_parser("export", help="write a deterministic golden set")
     ex.add_argument("directory")
     ex.add_argument("--suite", choices=["core", "full"], default="core")
     ex.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    ex.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    ex.add_argument("--seed", type=int, default=DEFAULT_SEED, help="in [0, 2**63 - 1]")
     ex.set_defaults(func=_cli_export)
     ve = sub.add_parser("verify", help="run a port's callables on every golden case of an operation")
     ve.add_argument("directory")
@@ -469,6 +1247,9 @@ def register_cli(subparsers):
     ve.add_argument("--backward", help="package.module:function")
     ve.add_argument("--exclude", action="append", metavar="PATTERN=REASON",
                     help="skip cases matching an fnmatch pattern, with a stated reason (repeatable)")
-    ve.add_argument("--rtol-scale", type=float, default=1.0, help="multiply every stored rtol")
+    ve.add_argument("--rtol-scale", type=float, default=1.0,
+                    help=f"multiply every stored rtol (finite, > 0, at most {MAX_RTOL_SCALE:g})")
+    ve.add_argument("--digest", metavar="SHA256",
+                    help="refuse the set unless its digest (SHA-256 of manifest.json) is this")
     ve.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     ve.set_defaults(func=_cli_verify)

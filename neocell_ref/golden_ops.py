@@ -10,10 +10,17 @@ An :class:`Operation` bundles
   expected array;
 * ``run_port(arrays, meta, forward, backward)``: the port called in the operation's
   convention, returning ``{expected array name: what the port computed}``.
+
+Seeding rule: the arrays of a case come from :func:`case_rng`, keyed by the seed, the
+operation and the case name (never by the case's position), and every case is made
+by :func:`make_case`. An exported golden set and the in-memory conformance kit
+(:mod:`neocell_ref.testing`) both call it, so the same case name, dtype and seed give
+the same arrays in both, and adding a case never reseeds the others.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +30,76 @@ from .neocell import neocell_backward, neocell_forward
 from .spec import check_input_size, parse_specs
 
 SAFETY = 2.0
+
+#: Seed of the golden cases when none is given (export and conformance kit alike).
+DEFAULT_SEED = 20240318
+#: Largest accepted seed (seeds are non-negative integers below 2**63).
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """Return ``seed`` as an int after checking it is an integer in ``[0, MAX_SEED]``.
+
+    Raises
+    ------
+    TypeError
+        If ``seed`` is not an integer (``bool`` included).
+    ValueError
+        If it is negative or larger than :data:`MAX_SEED`.
+    """
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(seed).__name__} {seed!r}")
+    seed = int(seed)
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer in [0, 2**63 - 1], got {seed}")
+    return seed
+
+
+def case_rng(op_name: str, case_name: str, seed: int) -> np.random.Generator:
+    """The random generator of one golden case: the single seeding rule of the package.
+
+    Seeded by ``SeedSequence([seed, w0, w1, w2, w3])`` where ``w0..w3`` are the first
+    16 bytes of ``SHA-256("<op_name>/<case_name>")`` read as four little-endian 32-bit
+    words. Keyed by name, not by position: adding, removing or reordering cases leaves
+    every other case's arrays unchanged. The dtype is not part of the key: arrays are
+    drawn in float64 and then rounded to the case's dtype.
+
+    Parameters
+    ----------
+    op_name, case_name : str
+    seed : int
+        In ``[0, MAX_SEED]``.
+
+    Returns
+    -------
+    numpy.random.Generator
+    """
+    seed = check_seed(seed)
+    digest = hashlib.sha256(f"{op_name}/{case_name}".encode()).digest()
+    words = [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
+    return np.random.default_rng(np.random.SeedSequence([seed, *words]))
+
+
+def make_case(op_name: str, case, dtype, seed: int):
+    """Make one curated case of ``op_name`` with the arrays of :func:`case_rng`.
+
+    Parameters
+    ----------
+    op_name : str
+        A key of :data:`OPERATIONS`.
+    case : tuple
+        ``(name, spec, shape)`` as listed by ``OPERATIONS[op_name].cases(suite)``.
+    dtype : float64 or float32
+        dtype of the stored inputs.
+    seed : int
+
+    Returns
+    -------
+    meta, arrays, inputs, tolerances
+        As the operation's ``make`` returns them.
+    """
+    name, spec, shape = case
+    return OPERATIONS[op_name].make(name, spec, shape, np.dtype(dtype), case_rng(op_name, name, seed))
 
 
 def unit_roundoff(dtype) -> float:

@@ -60,6 +60,7 @@ from typing import NamedTuple
 import numpy as np
 from hypothesis import strategies as st
 
+from .golden_ops import DEFAULT_SEED, check_seed
 from .spec import GroupSpec, check_input_size, parse_specs
 
 __all__ = [
@@ -547,9 +548,20 @@ def check_neocell_case(port_forward, port_backward, case: NeoCellCase, *, name=N
     Returns
     -------
     list of neocell_ref.golden.ArrayComparison
-    """
-    from .golden import neocell_expected, run_and_compare
+        A port that raises (anything but ``KeyboardInterrupt``) or returns anything
+        but a real floating array of the expected shape gives failing rows.
 
+    Raises
+    ------
+    TypeError, ValueError
+        Bad arguments, or tolerance overrides beyond ``golden.MAX_RTOL_SCALE``.
+    """
+    from .golden import check_tolerance_overrides, neocell_expected, run_and_compare
+
+    if not isinstance(case, NeoCellCase):
+        raise TypeError(f"case must be a NeoCellCase, got {type(case).__name__}")
+    _check_callables(port_forward, port_backward)
+    check_tolerance_overrides(rtol, atol, rtol_scale)
     arrays = _case_arrays(case)
     specs = [g if isinstance(g, dict) else g.to_dict() for g in case.specs]
     expected, tolerances = neocell_expected(specs, arrays)
@@ -565,17 +577,27 @@ def _failure_message(failures, header):
 
 
 def _assert_golden_cases(op_name, port_forward, port_backward, dtype, seed, **kwargs):
-    """Run a port on every curated case of ``op_name`` (made in memory) and raise on failure."""
-    from .golden import run_and_compare
-    from .golden_ops import OPERATIONS
+    """Run a port on every curated case of ``op_name`` (made in memory) and raise on failure.
 
-    op = OPERATIONS[op_name]
+    The cases are made by :func:`neocell_ref.golden_ops.make_case`, the function
+    ``golden export`` uses: with the same seed and dtype a port sees exactly the
+    arrays of an exported set. Every case is made and the tolerance overrides are
+    checked against all of them before the port runs.
+    """
+    from .golden import _check_loosening, run_and_compare
+    from .golden_ops import OPERATIONS, make_case
+
+    made = []
+    for case in OPERATIONS[op_name].cases("core"):
+        meta, arrays, _, tolerances = make_case(op_name, case, dtype, seed)
+        meta = {**meta, "tolerances": tolerances}
+        _check_loosening(f"golden case {case[0]!r}", meta, arrays, kwargs.get("rtol"), kwargs.get("atol"),
+                         kwargs.get("rtol_scale", 1.0))
+        made.append((case[0], meta, arrays))
     failures = []
-    for index, (name, spec, shape) in enumerate(op.cases("core")):
-        rng = np.random.default_rng([seed, index])
-        meta, arrays, _, tolerances = op.make(name, spec, shape, dtype, rng)
-        results = run_and_compare(op_name, f"golden case {name!r}", {**meta, "tolerances": tolerances}, arrays,
-                                  port_forward, port_backward, **kwargs)
+    for name, meta, arrays in made:
+        results = run_and_compare(op_name, f"golden case {name!r}", meta, arrays, port_forward, port_backward,
+                                  **kwargs)
         failures += [r for r in results if not r.passed]
     if failures:
         raise AssertionError(_failure_message(
@@ -584,7 +606,8 @@ def _assert_golden_cases(op_name, port_forward, port_backward, dtype, seed, **kw
 
 
 def assert_neocell_matches(port_forward, port_backward=None, *, dtype=np.float64, rtol=None, atol=None,
-                           rtol_scale=1.0, max_examples=50, golden=True, layers=None, seed=0, shrink=True):
+                           rtol_scale=1.0, max_examples=50, golden=True, layers=None, seed=DEFAULT_SEED,
+                           shrink=True):
     """Assert that a NeoCell port agrees with the reference.
 
     Runs the port first on every curated golden case (SPEC rules one by one, in
@@ -600,15 +623,19 @@ def assert_neocell_matches(port_forward, port_backward=None, *, dtype=np.float64
     dtype : float64 or float32
         dtype of the inputs given to the port; tolerances use its unit roundoff.
     rtol, atol, rtol_scale
-        Override or scale the golden tolerance policy.
+        Override or scale the golden tolerance policy, within the limits of
+        :func:`neocell_ref.golden.check_tolerance_overrides` (at most
+        ``MAX_RTOL_SCALE`` times looser than stored).
     max_examples : int
-        Drawn cases (0 runs the golden cases only).
+        Drawn cases, ``>= 0`` (0 runs the golden cases only).
     golden : bool
-        Also run the curated golden cases.
+        Also run the curated golden cases. ``golden=False`` with ``max_examples=0``
+        would check nothing and is an error.
     layers : SearchStrategy[LayerSpecs], optional
         Restrict the drawn layers (for a port that supports a subset; say so in its docs).
     seed : int
-        Seed of the golden cases' arrays.
+        Seed of the golden cases' arrays (default: the seed of ``golden export``, so
+        that the golden cases are those of the default exported set).
     shrink : bool
         Let hypothesis shrink a failing drawn case to a minimal one before reporting
         (slower on failure, much easier to read).
@@ -618,14 +645,28 @@ def assert_neocell_matches(port_forward, port_backward=None, *, dtype=np.float64
     AssertionError
         Naming the case (golden name, or the drawn specs, shapes and seed), the array,
         the worst element and its index, both values and the tolerance.
+    TypeError, ValueError
+        Bad arguments (named), checked before the port runs.
     """
     from hypothesis import HealthCheck, Phase, given, settings
 
-    dtype = _check_port_args(port_forward, port_backward, dtype)
+    dtype, seed = _check_port_args(port_forward, port_backward, dtype, seed, rtol, atol, rtol_scale)
+    if isinstance(max_examples, (bool, np.bool_)) or not isinstance(max_examples, (int, np.integer)):
+        raise TypeError(f"max_examples must be an integer, got {type(max_examples).__name__} {max_examples!r}")
+    if max_examples < 0:
+        raise ValueError(f"max_examples must be >= 0, got {max_examples}")
+    for flag, value in (("golden", golden), ("shrink", shrink)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{flag} must be True or False, got {value!r}")
+    if not golden and max_examples == 0:
+        raise ValueError("golden=False with max_examples=0 checks nothing; run the golden cases or draw some")
+    if layers is not None and not isinstance(layers, st.SearchStrategy):
+        raise TypeError(f"layers must be a hypothesis strategy of LayerSpecs (e.g. layer_specs(...)) or None, "
+                        f"got {type(layers).__name__} {layers!r}")
     kwargs = dict(rtol=rtol, atol=atol, rtol_scale=rtol_scale)
     if golden:
         _assert_golden_cases("neocell", port_forward, port_backward, dtype, seed, **kwargs)
-    if max_examples <= 0:
+    if max_examples == 0:
         return
 
     phases = list(Phase) if shrink else [p for p in Phase if p not in (Phase.shrink, Phase.explain)]
@@ -641,17 +682,31 @@ def assert_neocell_matches(port_forward, port_backward=None, *, dtype=np.float64
     drawn()
 
 
-def _check_port_args(port_forward, port_backward, dtype):
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+def _check_callables(port_forward, port_backward):
+    for name, fn in (("port_forward", port_forward), ("port_backward", port_backward)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable or None, got {type(fn).__name__} {fn!r}")
     if port_forward is None and port_backward is None:
         raise ValueError("give at least one of port_forward and port_backward")
-    return dtype
+
+
+def _check_port_args(port_forward, port_backward, dtype, seed, rtol, atol, rtol_scale):
+    """Validate what every ``assert_*_matches`` takes; return ``(dtype, seed)``."""
+    from .golden import check_tolerance_overrides
+
+    try:
+        dtype = np.dtype(dtype) if dtype is not None else None
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    _check_callables(port_forward, port_backward)
+    check_tolerance_overrides(rtol, atol, rtol_scale)
+    return dtype, check_seed(seed)
 
 
 def assert_layer_matches(layer, port_forward, port_backward=None, *, dtype=np.float64, rtol=None, atol=None,
-                         rtol_scale=1.0, seed=0):
+                         rtol_scale=1.0, seed=DEFAULT_SEED):
     """Assert that a port of one NeoNeXt layer agrees with :mod:`neocell_ref.layers`.
 
     Runs the curated golden cases of ``layer`` (``"linear"``, ``"conv1x1"``,
@@ -677,15 +732,15 @@ def assert_layer_matches(layer, port_forward, port_backward=None, *, dtype=np.fl
     """
     from .golden_ops import OPERATIONS
 
-    if layer not in OPERATIONS or layer in ("neocell", "model"):
+    if not isinstance(layer, str) or layer not in OPERATIONS or layer in ("neocell", "model"):
         known = sorted(k for k in OPERATIONS if k not in ("neocell", "model"))
         raise ValueError(f"unknown layer {layer!r}; known: {known}")
-    dtype = _check_port_args(port_forward, port_backward, dtype)
+    dtype, seed = _check_port_args(port_forward, port_backward, dtype, seed, rtol, atol, rtol_scale)
     _assert_golden_cases(layer, port_forward, port_backward, dtype, seed, rtol=rtol, atol=atol, rtol_scale=rtol_scale)
 
 
 def assert_model_matches(port_forward, port_backward=None, *, dtype=np.float64, rtol=None, atol=None,
-                         rtol_scale=1.0, seed=0):
+                         rtol_scale=1.0, seed=DEFAULT_SEED):
     """Assert that a port of a whole NeoNeXt agrees with :class:`neocell_ref.models.NeoNeXt`.
 
     Runs the curated small models (official default options, and the released-checkpoint
@@ -709,5 +764,5 @@ def assert_model_matches(port_forward, port_backward=None, *, dtype=np.float64, 
     ------
     AssertionError
     """
-    dtype = _check_port_args(port_forward, port_backward, dtype)
+    dtype, seed = _check_port_args(port_forward, port_backward, dtype, seed, rtol, atol, rtol_scale)
     _assert_golden_cases("model", port_forward, port_backward, dtype, seed, rtol=rtol, atol=atol, rtol_scale=rtol_scale)

@@ -239,3 +239,47 @@ correct_model_backward = model_backward
 for _bug in MODEL_BUGS:
     globals()[f"model_{_bug}_forward"] = partial(model_forward, bug=_bug)
     globals()[f"model_{_bug}_backward"] = partial(model_backward, bug=_bug)
+
+
+# ======================================================================================
+# Hostile ports: outputs and behaviour that must never pass (tests/test_golden_hostile.py)
+# ======================================================================================
+# ``complex``       the right values plus 1e6j (converting to float would drop the
+#                   imaginary part and pass);
+# ``exit``          calls sys.exit(0) (a verifier that lets it through exits 0);
+# ``interrupt``     raises KeyboardInterrupt (must abort the run, not fail a case);
+# ``zero``          all zeros of the right shape (must fail at any allowed loosening);
+# ``crash_log``     raises with a long multi-line message, like a wrapper around a port
+#                   outside Python that puts the port's stderr into its exception.
+import sys  # noqa: E402
+
+
+def complex_forward(x, weights_a, weights_b, specs):
+    return port_forward(x, weights_a, weights_b, specs) + 1e6j
+
+
+def exit_forward(*args, **kwargs):
+    sys.exit(0)
+
+
+def interrupt_forward(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def zero_forward(x, weights_a, weights_b, specs):
+    return np.zeros_like(port_forward(x, weights_a, weights_b, specs))
+
+
+CRASH_LOG_LAST_LINE = "fatal: kernel launch failed at neocell.cu:42"
+
+
+def crash_log_forward(*args, **kwargs):
+    lines = [f"port stderr line {i}: warming up" for i in range(500)] + [CRASH_LOG_LAST_LINE]
+    raise RuntimeError("the port exited with status 1; stderr tail:\n" + "\n".join(lines))
+
+
+def gelu_complex_forward(x, **options):
+    return _layers.gelu_forward(x, **options) + 1e6j
+
+
+not_callable = 42

@@ -286,13 +286,15 @@ def test_cli_export_and_verify(tmp_path, monkeypatch, capsys):
     assert code == 1 and "FAIL" in out and "mixed_4p7_shift1_uneven" in out
     (directory / "manifest.json").write_text(
         (directory / "manifest.json").read_text().replace('"sha256": "', '"sha256": "0', 1))
+    # Unusable input: exit 2 and one line on stderr (the generic rule of cli.main).
     code = cli.main(["golden", "verify", str(directory), "--op", "neocell", "--forward", "mutant_ports:correct_forward"])
-    assert code == 2 and "ERROR" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert code == 2 and captured.err.startswith("neocell-ref: error: ") and "sha256" in captured.err, captured
     code = cli.main(["golden", "verify", str(directory), "--op", "neocell", "--forward",
                      "mutant_ports:correct_forward", "--exclude", "k7*"])
-    assert code == 2 and "PATTERN=REASON" in capsys.readouterr().out
+    assert code == 2 and "PATTERN=REASON" in capsys.readouterr().err
     code = cli.main(["golden", "verify", str(directory), "--op", "neocell", "--forward", "no_such_module:f"])
-    assert code == 2 and "no_such_module" in capsys.readouterr().out
+    assert code == 2 and "no_such_module" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- layers and the model
