@@ -345,6 +345,26 @@ int main(int argc, char **argv)
             write_output(name, gb[g], 3, wb[g].shape);
         }
     }
-    /* The process ends here; the operating system releases the memory. */
+    free(y);
+    free(gx);
+    for (g = 0; g < n_groups; g++) {
+        npy_free(&wa[g]);
+        npy_free(&wb[g]);
+        if (backward) {
+            free(ga[g]);
+            free(gb[g]);
+        }
+    }
+    if (backward)
+        npy_free(&gy);
+    npy_free(&x);
+    free(ga);
+    free(gb);
+    free(wa);
+    free(wb);
+    free((void *)pa);
+    free((void *)pb);
+    free(groups);
+    json_free(&doc);
     return 0;
 }

@@ -248,6 +248,22 @@ int npy_read(const char *path, NpyArray *out, char *err, unsigned long err_len)
         }
         out->count *= out->shape[d];
     }
+    /* Check the data size against the file size BEFORE allocating anything, so that
+     * a header claiming a huge array cannot make us allocate it. */
+    {
+        long here = ftell(f), size;
+        if (here < 0 || fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, here, SEEK_SET) != 0) {
+            snprintf(err, err_len, "%s: cannot determine the file size", path);
+            goto fail;
+        }
+        if ((unsigned long long)(size - here) != (unsigned long long)out->count * itemsize) {
+            snprintf(err, err_len, "%s: %s data: the header (%s, %lld values) needs %llu bytes, the file holds %ld",
+                     path, (unsigned long long)(size - here) < (unsigned long long)out->count * itemsize
+                     ? "truncated" : "trailing", descr, out->count,
+                     (unsigned long long)out->count * itemsize, size - here);
+            goto fail;
+        }
+    }
     raw = malloc((size_t)out->count * itemsize + 1);
     out->data = malloc((size_t)out->count * sizeof(double) + 1);
     if (!raw || !out->data) {
