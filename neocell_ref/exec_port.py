@@ -22,8 +22,8 @@ the expected shape) are what the case expects. It never unpickles. Anything else
 raises :class:`PortFailure`, whose message names the case and the problem and
 carries the tail of the port's stderr.
 
-Public API
-----------
+The public API:
+
 :func:`run_exec`
     One process run with explicit inputs and expected outputs (any operation).
 :func:`run_golden_case`
@@ -383,7 +383,7 @@ def run_exec(command, *, op, case, inputs, outputs, fields=None, timeout=DEFAULT
         args = [a.replace("{in}", str(in_dir)).replace("{out}", str(out_dir)) for a in argv]
         code, _, err = _run_process(args, case, float(timeout))
         if code != 0:
-            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             raise PortFailure(case, f"the port {how}", err)
         return {name: _read_output(out_dir / file_name(name), name, shape, case, err)
                 for name, shape in shapes.items()}
