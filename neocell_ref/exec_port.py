@@ -136,6 +136,8 @@ def check_command(command) -> list:
     ExecCommandError
         If it is empty, lacks a placeholder, or its program is not an executable file.
     """
+    if os.name != "posix":  # pragma: no cover - process groups and O_NOFOLLOW are POSIX
+        raise ExecCommandError("the exec protocol needs a POSIX system (process groups, O_NOFOLLOW)")
     if isinstance(command, str):
         try:
             argv = shlex.split(command)
@@ -240,13 +242,31 @@ def _run_process(argv, case, timeout):
 # --------------------------------------------------------------------------------------
 # reading one output, defensively
 # --------------------------------------------------------------------------------------
-def _read_output(path: Path, name: str, shape: tuple, case: str, stderr: str) -> np.ndarray:
-    """Read ``{out}/name.npy`` after checking file type, size and header."""
+def _open_out_dir(out_dir: Path, case: str, stderr: str) -> int:
+    """A descriptor of ``{out}``, refusing a folder the port replaced by a link or a file."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(out_dir, flags)
+    except OSError as exc:
+        raise PortFailure(case, f"the output folder was removed or replaced by the port ({exc.strerror})",
+                          stderr) from None
+
+
+def _read_output(dir_fd: int, name: str, shape: tuple, case: str, stderr: str) -> np.ndarray:
+    """Read ``{out}/name.npy`` after checking file type, size and header.
+
+    Every check that can refuse the file runs before its data is read: the entry
+    is examined without following links, opened with ``O_NOFOLLOW`` and
+    ``O_NONBLOCK`` (a FIFO cannot block the runner), and its size is bounded by the
+    expected shape before the header is parsed.
+    """
+    fname = file_name(name)
+
     def fail(problem):
-        return PortFailure(case, f"output {path.name}: {problem}", stderr)
+        return PortFailure(case, f"output {fname}: {problem}", stderr)
 
     try:
-        info = os.lstat(path)
+        info = os.stat(fname, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         raise fail("missing (the port did not write it)") from None
     except OSError as exc:
@@ -255,19 +275,20 @@ def _read_output(path: Path, name: str, shape: tuple, case: str, stderr: str) ->
         raise fail("is a symbolic link; outputs must be regular files")
     if not stat.S_ISREG(info.st_mode):
         raise fail("is not a regular file")
-    count = math.prod(shape)
-    # No real floating type is wider than 16 bytes (long double).
-    limit = 16 + MAX_HEADER_BYTES + 16 * count
-    if info.st_size > limit:
-        raise fail(f"is {info.st_size} bytes, more than any .npy of shape {shape} can be ({limit})")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(fname, flags, dir_fd=dir_fd)
     except OSError as exc:
         raise fail(f"cannot be opened: {exc}") from None
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        info = os.fstat(f.fileno())  # the file actually opened
+        if not stat.S_ISREG(info.st_mode):
             raise fail("is not a regular file")
+        count = math.prod(shape)
+        # No real floating type is wider than 16 bytes (long double).
+        limit = 16 + MAX_HEADER_BYTES + 16 * count
+        if info.st_size > limit:
+            raise fail(f"is {info.st_size} bytes, more than any .npy of shape {shape} can be ({limit})")
         try:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
@@ -385,10 +406,19 @@ def run_exec(command, *, op, case, inputs, outputs, fields=None, timeout=DEFAULT
         if code != 0:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             raise PortFailure(case, f"the port {how}", err)
-        return {name: _read_output(out_dir / file_name(name), name, shape, case, err)
-                for name, shape in shapes.items()}
+        dir_fd = _open_out_dir(out_dir, case, err)
+        try:
+            return {name: _read_output(dir_fd, name, shape, case, err) for name, shape in shapes.items()}
+        finally:
+            os.close(dir_fd)
     finally:
         if keep_dir is None:
+            for folder in (root / "in", root / "out"):  # a port may have made them unwritable
+                try:
+                    if not folder.is_symlink():
+                        os.chmod(folder, 0o700)
+                except OSError:
+                    pass
             shutil.rmtree(root, ignore_errors=True)
 
 

@@ -7,7 +7,9 @@ or truncated outputs). Each misbehaviour must raise ``PortFailure`` naming the c
 and the problem, with the port's stderr tail; nothing may crash, hang or unpickle.
 """
 
+import io
 import json
+import math
 import os
 import sys
 import textwrap
@@ -34,7 +36,8 @@ from neocell_ref.golden_ops import OPERATIONS
 REPO = Path(__file__).resolve().parents[1]
 
 # One script, many behaviours: ``port.py MODE IN OUT [EXTRA]``. Modes that only
-# misbehave import nothing heavy, so that they start fast.
+# misbehave import nothing heavy, so that they start fast: bad output files are
+# prepared by the tests and only placed by the port.
 PORT = textwrap.dedent('''
     import json, os, subprocess, sys, time
     sys.path[:0] = [{repo!r}, {tests!r}]
@@ -65,6 +68,25 @@ PORT = textwrap.dedent('''
         sys.exit(0)
     if mode == "nothing":
         sys.exit(0)
+    if mode in ("copy", "symlink", "fifo", "directory", "replace_out"):
+        # Place outputs prepared by the test in the folder sys.argv[4] (no NumPy here: fast).
+        import shutil
+        source = sys.argv[4] if len(sys.argv) > 4 else None
+        for name in case["outputs"]:
+            prepared = os.path.join(source, name + ".npy") if source else None
+            if mode == "copy" and os.path.exists(prepared):
+                shutil.copyfile(prepared, out(name))
+            elif mode == "symlink":  # a correct-looking file outside {{out}}, linked in
+                os.symlink(prepared, out(name))
+            elif mode == "fifo":
+                os.mkfifo(out(name))
+            elif mode == "directory":
+                os.mkdir(out(name))
+        if mode == "replace_out":  # {{out}} itself becomes a link to the prepared folder
+            os.rmdir(out_dir)
+            os.symlink(source, out_dir)
+        sys.stderr.write(f"port: wrote {{mode}} outputs\\n")
+        sys.exit(0)
 
     import numpy as np
     arrays = {{n: np.load(os.path.join(in_dir, n + ".npy"), allow_pickle=False) for n in case["inputs"]}}
@@ -92,47 +114,7 @@ PORT = textwrap.dedent('''
             np.save(out(name), value)
         sys.exit(0)
 
-    # The remaining modes write wrong outputs; every expected output gets one.
-    for name, shape in shapes.items():
-        good = np.zeros(shape)
-        if mode == "missing":  # y only, no gradient
-            if name == "y":
-                np.save(out(name), good)
-        elif mode == "pickled":
-            np.save(out(name), np.array([{{"a": 1}}] * 3, dtype=object), allow_pickle=True)
-        elif mode == "complex":
-            np.save(out(name), good + 1e6j)
-        elif mode == "integer":
-            np.save(out(name), good.astype(np.int64))
-        elif mode == "wrong_shape":
-            np.save(out(name), np.zeros(shape[:-1] + (shape[-1] + 1,)))
-        elif mode == "huge_header":  # a header claiming a 8e14-byte array, a few bytes of data
-            with open(out(name), "wb") as f:
-                np.lib.format.write_array_header_1_0(
-                    f, {{"descr": "<f8", "fortran_order": False, "shape": (10**7, 10**7)}})
-                f.write(b"\\0" * 64)
-        elif mode == "truncated":
-            import io
-            buf = io.BytesIO()
-            np.save(buf, good)
-            with open(out(name), "wb") as f:
-                f.write(buf.getvalue()[:-8])
-        elif mode == "oversized":
-            np.save(out(name), good)
-            with open(out(name), "ab") as f:
-                f.write(b"\\0" * (16 * good.size + 10**6))
-        elif mode == "symlink":  # a correct-looking file outside {{out}}, linked in
-            target = os.path.join(sys.argv[4], name + ".npy")
-            np.save(target, good)
-            os.symlink(target, out(name))
-        elif mode == "directory":
-            os.mkdir(out(name))
-        elif mode == "garbage":
-            with open(out(name), "wb") as f:
-                f.write(b"this is not a .npy file at all")
-        else:
-            raise SystemExit(f"unknown mode {{mode}}")
-    sys.stderr.write(f"port: wrote {{mode}} outputs\\n")
+    raise SystemExit(f"unknown mode {{mode}}")
 ''')
 
 
@@ -348,35 +330,98 @@ def test_stderr_is_kept_bounded_to_its_tail(port):
     assert_port_failure(excinfo, "exited with status 1")
 
 
-@pytest.mark.parametrize("mode, words", [
-    ("nothing", ["y.npy", "missing"]),
-    ("missing", ["grad_", "missing"]),
-    ("pickled", ["Python objects", "unpickling", "refused"]),
-    ("complex", ["complex128", "real floating type"]),
-    ("integer", ["int64", "real floating type"]),
-    ("wrong_shape", ["has shape (1, 7, 15, 14)", "expected (1, 7, 15, 13)"]),
-    ("huge_header", ["has shape (10000000, 10000000)", "expected"]),
-    ("truncated", ["truncated or trailing data"]),
-    ("oversized", ["more than any .npy of shape"]),
-    ("directory", ["not a regular file"]),
-    ("garbage", ["not a readable .npy file"]),
-])
-def test_bad_outputs_fail_the_case(port, mode, words):
+def _npy(array, allow_pickle=False):
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+def _claiming(shape, data=bytes(64)):
+    """A .npy header claiming a float64 array of ``shape``, followed by ``data``."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + data
+
+
+#: Bad outputs: ``{label: (file bytes from the expected shape, or None to write no file; words)}``.
+BAD_OUTPUTS = {
+    "nothing written": (lambda name, shape: None, ["y.npy", "missing"]),
+    "gradients missing": (lambda name, shape: _npy(np.zeros(shape)) if name == "y" else None, ["grad_", "missing"]),
+    "pickled": (lambda name, shape: _npy(np.array([{"a": 1}] * 3, dtype=object), True),
+                ["Python objects", "unpickling", "refused"]),
+    "complex": (lambda name, shape: _npy(np.zeros(shape) + 1e6j), ["complex128", "real floating type"]),
+    "integer": (lambda name, shape: _npy(np.zeros(shape, dtype=np.int64)), ["int64", "real floating type"]),
+    "boolean": (lambda name, shape: _npy(np.zeros(shape, dtype=bool)), ["bool", "real floating type"]),
+    "structured": (lambda name, shape: _npy(np.zeros(shape, dtype=[("re", "<f8"), ("im", "<f8")])),
+                   ["real floating type"]),
+    "wrong shape": (lambda name, shape: _npy(np.zeros(shape[:-1] + (shape[-1] + 1,))),
+                    ["has shape (1, 7, 15, 14)", "expected (1, 7, 15, 13)"]),
+    "huge header claim": (lambda name, shape: _claiming((10**7, 10**7)), ["has shape (10000000, 10000000)", "expected"]),
+    "truncated": (lambda name, shape: _npy(np.zeros(shape))[:-8], ["truncated or trailing data"]),
+    "trailing data": (lambda name, shape: _npy(np.zeros(shape)) + b"\0" * 8, ["truncated or trailing data"]),
+    "oversized": (lambda name, shape: _npy(np.zeros(shape)) + bytes(16 * math.prod(shape) + 10**6),
+                  ["more than any .npy of shape"]),
+    "garbage": (lambda name, shape: b"this is not a .npy file at all", ["not a readable .npy file"]),
+    "format 3.0": (lambda name, shape: b"\x93NUMPY\x03\x00" + _npy(np.zeros(shape))[8:],
+                   ["not a readable .npy file", "format version 3.0"]),
+    "nested header": (lambda name, shape: b"\x93NUMPY\x01\x00" + (4000).to_bytes(2, "little")
+                      + b"(" * 3999 + b"\n", ["not a readable .npy file"]),
+}
+
+
+def prepare(folder, make, forward_only=False):
+    """Write ``make(name, shape)`` for every output of the SMALL case into ``folder``."""
+    meta, arrays = golden_case(SMALL)
+    shapes = neocell_outputs(meta["specs_as_written"], arrays["x"].shape, forward_only)
+    for name, shape in shapes.items():
+        data = make(name, shape)
+        if data is not None:
+            (folder / f"{name}.npy").write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize("label", sorted(BAD_OUTPUTS))
+def test_bad_outputs_fail_the_case(port, tmp_path, label):
+    make, words = BAD_OUTPUTS[label]
     with pytest.raises(PortFailure) as excinfo:
-        run_small(port(mode))
-    stderr = None if mode == "nothing" else f"wrote {mode} outputs"
-    assert_port_failure(excinfo, *words, stderr=stderr)
+        run_small(port("copy", prepare(tmp_path, make)))
+    assert_port_failure(excinfo, *words, stderr="wrote copy outputs")
+
+
+def test_prepared_outputs_pass_when_correct(port, tmp_path):
+    """The copying port itself is sound: with the expected arrays prepared, the case passes."""
+    meta, arrays = golden_case(SMALL)
+    got = run_small(port("copy", prepare(tmp_path, lambda name, shape: _npy(arrays[name]))))
+    assert failures(SMALL, got, meta, arrays) == []
+
+
+def _expected_files(tmp_path):
+    meta, arrays = golden_case(SMALL)
+    return prepare(tmp_path, lambda name, shape: _npy(arrays[name]))
 
 
 def test_symlinked_output_is_refused(port, tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    with pytest.raises(PortFailure) as excinfo:
-        run_small(port("symlink", outside))
+    with pytest.raises(PortFailure) as excinfo:  # links to files holding the right answers
+        run_small(port("symlink", _expected_files(tmp_path)))
     assert_port_failure(excinfo, "symbolic link", stderr="wrote symlink outputs")
 
 
-def test_pickled_output_is_never_unpickled(port, monkeypatch):
+@pytest.mark.parametrize("mode", ["fifo", "directory"])
+def test_non_regular_output_is_refused_without_blocking(port, mode):
+    with pytest.raises(PortFailure) as excinfo:
+        run_small(port(mode))
+    assert_port_failure(excinfo, "not a regular file", stderr=f"wrote {mode} outputs")
+
+
+def test_replaced_output_folder_is_refused(port, tmp_path):
+    elsewhere = _expected_files(tmp_path)
+    with pytest.raises(PortFailure) as excinfo:
+        run_small(port("replace_out", elsewhere))
+    assert_port_failure(excinfo, "output folder was removed or replaced", stderr="wrote replace_out outputs")
+    assert (elsewhere / "y.npy").is_file(), "the runner removed files outside its own folder"
+
+
+def test_pickled_output_is_never_unpickled(port, monkeypatch, tmp_path):
     """Loading with pickle enabled would call pickle.loads: make that fail loudly."""
     import pickle
 
@@ -386,7 +431,7 @@ def test_pickled_output_is_never_unpickled(port, monkeypatch):
     monkeypatch.setattr(pickle, "loads", forbidden)
     monkeypatch.setattr(pickle, "load", forbidden)
     with pytest.raises(PortFailure, match="Python objects"):
-        run_small(port("pickled"))
+        run_small(port("copy", prepare(tmp_path, BAD_OUTPUTS["pickled"][0])))
 
 
 # --------------------------------------------------------------------------------------
