@@ -199,6 +199,7 @@ def test_case_json_schema(port, tmp_path):
         run_golden_case(port("nothing"), "neocell", SMALL, meta, arrays, keep_dir=tmp_path)
     (case_dir,) = tmp_path.iterdir()
     case = json.loads((case_dir / "in" / "case.json").read_text())
+    assert case == json.loads(_doc_block("json")), "docs/exec_protocol.md's example differs from case.json"
     assert case == {
         "protocol": 1, "op": "neocell", "case": SMALL, "dtype": "float32",
         "specs": [{"kernel": 5, "channels": 7, "shift_a": 2, "shift_b": 1}],
@@ -213,6 +214,31 @@ def test_case_json_schema(port, tmp_path):
         assert "'descr': '<f4'" in header and "'fortran_order': False" in header, header
         np.testing.assert_array_equal(np.load(case_dir / "in" / f"{name}.npy", allow_pickle=False), arrays[name])
     assert list((case_dir / "out").iterdir()) == []
+
+
+def _doc_block(language):
+    """The first fenced ``language`` block of docs/exec_protocol.md."""
+    text = (REPO / "docs" / "exec_protocol.md").read_text()
+    return text.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("shape", [(), (5,), (2, 3), (1, 7, 15, 13)])
+def test_documented_npy_recipe(tmp_path, shape):
+    """The NumPy-free reader/writer of docs/exec_protocol.md: numpy.save's bytes, exact values."""
+    recipe = {}
+    exec(compile(_doc_block("python"), "docs/exec_protocol.md", "exec"), recipe)
+    values = np.random.default_rng(3).standard_normal(shape)
+    recipe["write_npy"](tmp_path / "a.npy", shape, list(values.ravel()))
+    np.save(tmp_path / "b.npy", values)
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+    for dtype in ("<f8", "<f4"):
+        np.save(tmp_path / "c.npy", values.astype(dtype))
+        got_shape, got = recipe["read_npy"](tmp_path / "c.npy")
+        assert got_shape == shape and np.array_equal(np.reshape(got, shape), values.astype(dtype)), dtype
+    for bad in (values.astype(">f8"), np.asfortranarray(np.ones((2, 3))), np.zeros(shape, dtype=np.int32)):
+        np.save(tmp_path / "d.npy", bad)
+        with pytest.raises(ValueError, match="unsupported"):
+            recipe["read_npy"](tmp_path / "d.npy")
 
 
 def test_temporary_folders_are_removed(port, monkeypatch, tmp_path):
