@@ -117,6 +117,23 @@ def test_core_golden_set(c_port, dtype, forward_only):
     assert not failed, "the C port differs from the reference:\n" + "\n".join(failed)
 
 
+def test_full_suite_stage_shapes(c_port):
+    """The NeoNeXt-T stage shapes of the "full" suite (float32), all outputs of each from one run."""
+    from neocell_ref.golden_ops import NEOCELL_CASES_FULL
+
+    op, failed = OPERATIONS["neocell"], []
+    for index, (name, spec, shape) in enumerate(NEOCELL_CASES_FULL):
+        meta, arrays, inputs, tolerances = op.make(name, spec, shape, np.dtype("float32"), np.random.default_rng([1, index]))
+        meta = {**meta, "inputs": inputs, "tolerances": tolerances}
+        got = run_golden_case(command(c_port), "neocell", name, meta, arrays)
+        for key, value in got.items():
+            tol = tolerances[key]
+            result = compare_arrays(name, key, value, arrays[key], rtol=tol["rtol"], bound=arrays[tol["bound"]])
+            if not result.passed:
+                failed.append(result.describe())
+    assert not failed, "\n".join(failed)
+
+
 def test_conformance_kit_through_exec_port(c_port):
     """The kit's curated cases and drawn cases (every spec form), via the golden calling conventions."""
     port = ExecPort(command(c_port))

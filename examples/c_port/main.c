@@ -188,6 +188,14 @@ static int listed(const JsonValue *list, const char *name)
     return 0;
 }
 
+/* a * b for non-negative sizes, refusing a product that does not fit. */
+static long long mul(long long a, long long b)
+{
+    if (a != 0 && b > LLONG_MAX / a)
+        die(2, "array size overflows");
+    return a * b;
+}
+
 static size_t checked_size(long long count)
 {
     if (count < 0 || (unsigned long long)count > (unsigned long long)((size_t)-1 / sizeof(double)))
@@ -328,7 +336,7 @@ int main(int argc, char **argv)
     }
 
     /* The computation, then the outputs. */
-    y = malloc(checked_size(n * c * h_out * w_out));
+    y = malloc(checked_size(mul(mul(n, c), mul(h_out, w_out))));
     if (!y || neocell_forward(x.data, n, c, h, w, pa, pb, groups, n_groups, y, h_out, w_out) != 0)
         die(1, "out of memory");
     write_output("y", y, 4, yshape);
