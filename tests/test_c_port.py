@@ -10,6 +10,7 @@ flags of its Makefile: C99, every warning an error), then checked
 * on the official conformance cases (outputs of the authors' implementation) with
   SPEC section 9's threshold;
 * on refused input: it must exit with status 2 and say what it refused;
+* as copies with one planted bug each (textual mutations of ``neocell.c``), which must fail;
 * built with AddressSanitizer and UndefinedBehaviorSanitizer, on valid and refused input.
 
 Without ``cc`` or ``make`` the tests skip with the reason; under ``CI`` they fail.
@@ -28,7 +29,7 @@ from test_neocell_conformance import CASES as OFFICIAL_CASES
 from test_neocell_conformance import TOLERANCE as OFFICIAL_TOLERANCE
 from test_neocell_conformance import official_inputs
 
-from neocell_ref.exec_port import ExecPort, neocell_outputs, run_exec, run_golden_case
+from neocell_ref.exec_port import ExecPort, PortFailure, neocell_outputs, run_exec, run_golden_case
 from neocell_ref.golden import compare_arrays
 from neocell_ref.golden_ops import OPERATIONS
 from neocell_ref.spec import parse_specs
@@ -157,6 +158,40 @@ def test_official_conformance_cases(c_port, case):
     for key, value in got.items():
         err = relative_error(value, ARRAYS[f"{case['name']}/{key}"])
         assert err <= OFFICIAL_TOLERANCE, f"{case['name']}: {key}: relative error {err:.3e} > {OFFICIAL_TOLERANCE}"
+
+
+# --------------------------------------------------------------------------------------
+# tests of the tests: C builds with one planted bug fail
+# --------------------------------------------------------------------------------------
+#: Textual mutations of neocell.c, each a porting mistake: ``{id: (original, mutant)}``.
+C_MUTANTS = {
+    "shift-and-corner-ignored": ("a.front_in = shift > 0 ? k_in - shift : 0;\n    a.front_out = shift > 0 ? k_out - shift : 0;",
+                                 "a.front_in = 0;\n    a.front_out = 0;"),
+    "subgroup-split-rounded-up": ("long long size = channels / n_sub;", "long long size = (channels + n_sub - 1) / n_sub;"),
+    "output-size-rounded-up": ("return length * k_out / k_in;", "return (length * k_out + k_in - 1) / k_in;"),
+    "last-partial-tile-dropped": ("a.tiles = (len + a.front_in + k_in - 1) / k_in;", "a.tiles = (len + a.front_in) / k_in;"),
+    "kernel-gradient-not-accumulated": ("gb[q * w_out + w] += sum;", "gb[q * w_out + w] = sum;"),
+}
+
+
+@pytest.mark.parametrize("mutant", sorted(C_MUTANTS))
+def test_c_mutant_is_caught(c_port, tmp_path, mutant):
+    """A copy of the port with one planted bug fails the float64 core set (c_port: tools are there)."""
+    original, replacement = C_MUTANTS[mutant]
+    source = tmp_path / "src"
+    shutil.copytree(SOURCE, source, ignore=shutil.ignore_patterns("neocell_port"))
+    text = (source / "neocell.c").read_text()
+    assert text.count(original) == 1, f"{mutant}: the code to mutate is no longer in neocell.c"
+    (source / "neocell.c").write_text(text.replace(original, replacement))
+    binary = tmp_path / "neocell_port"
+    result = subprocess.run(["make", "-C", str(source), f"OUT={binary}", "CFLAGS=-std=c99 -O0"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    try:
+        failed, _ = golden_failures(binary, "float64")
+    except PortFailure as exc:  # e.g. a wrong output size: the port refuses the case's shapes
+        failed = [str(exc)]
+    assert failed, f"the {mutant} mutant of the C port passed the float64 core set"
 
 
 # --------------------------------------------------------------------------------------
