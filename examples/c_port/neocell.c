@@ -157,10 +157,11 @@ static Axis make_axis(long long len, long long len_out, long long k_in, long lon
      * BOTTOM-RIGHT s x s corner K[k-s..k-1][k-s..k-1] (SPEC section 3).
      * In the patch view that is one zero padding: put k - s zeros in front of x.
      * The first tile then holds k - s zeros followed by x's first s rows; its
-     * output rows k-s..k-1 use only A's columns k-s..k-1 (the others meet zeros),
-     * i.e. exactly the corner. Dropping the first k - s outputs makes those rows
-     * the first s rows of y. Every later tile is a full block, shifted by s.
-     * (A shift needs k_in == k_out, so the two fronts are equal.) */
+     * output rows k-s..k-1 come from A's rows k-s..k-1 through A's columns
+     * k-s..k-1 only (the other columns meet zeros): exactly the corner. Dropping
+     * the first k - s outputs makes those rows the first s rows of y. Every later
+     * tile is one block of the shifted diagonal. The same holds for B along the
+     * width. (A shift needs k_in == k_out, so the two fronts are equal.) */
     a.front_in = shift > 0 ? k_in - shift : 0;
     a.front_out = shift > 0 ? k_out - shift : 0;
     /* Clipped tiles: enough tiles to cover front + len; the last one may run past the
