@@ -25,11 +25,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _optional import in_ci
+from test_neocell_conformance import ARRAYS as OFFICIAL_ARRAYS
 from test_neocell_conformance import CASES as OFFICIAL_CASES
 from test_neocell_conformance import TOLERANCE as OFFICIAL_TOLERANCE
 from test_neocell_conformance import official_inputs
 
-from neocell_ref.exec_port import ExecPort, PortFailure, neocell_outputs, run_exec, run_golden_case
+from neocell_ref.exec_port import (
+    ExecPort,
+    PortFailure,
+    neocell_outputs,
+    run_exec,
+    run_golden_case,
+)
 from neocell_ref.golden import compare_arrays
 from neocell_ref.golden_ops import OPERATIONS
 from neocell_ref.spec import parse_specs
@@ -146,8 +153,6 @@ def test_conformance_kit_through_exec_port(c_port):
 def test_official_conformance_cases(c_port, case):
     """The authors' implementation's outputs, within SPEC section 9's relative error."""
     specs, x, wa, wb, gy = official_inputs(case)
-    from test_neocell_conformance import ARRAYS
-
     inputs = {"x": x, "grad_y": gy}
     inputs.update({f"weight_a_{g}": w for g, w in enumerate(wa)})
     inputs.update({f"weight_b_{g}": w for g, w in enumerate(wb)})
@@ -156,7 +161,7 @@ def test_official_conformance_cases(c_port, case):
                    fields={"specs": specs})
     assert sorted(got) == sorted(outputs)
     for key, value in got.items():
-        err = relative_error(value, ARRAYS[f"{case['name']}/{key}"])
+        err = relative_error(value, OFFICIAL_ARRAYS[f"{case['name']}/{key}"])
         assert err <= OFFICIAL_TOLERANCE, f"{case['name']}: {key}: relative error {err:.3e} > {OFFICIAL_TOLERANCE}"
 
 

@@ -422,7 +422,7 @@ def test_prepared_outputs_pass_when_correct(port, tmp_path):
 
 
 def _expected_files(tmp_path):
-    meta, arrays = golden_case(SMALL)
+    _, arrays = golden_case(SMALL)
     return prepare(tmp_path, lambda name, shape: _npy(arrays[name]))
 
 
