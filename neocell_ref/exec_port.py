@@ -52,6 +52,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,29 @@ def _kill_group(pgid):
         pass
 
 
+def _wait_unreaped(proc, timeout) -> bool:
+    """Wait until ``proc`` exits, leaving it unreaped (a zombie); False on timeout."""
+    if not hasattr(os, "waitid"):  # pragma: no cover - POSIX systems without waitid
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    deadline = time.monotonic() + timeout
+    pause = 0.0005
+    while True:
+        try:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # pragma: no cover - already reaped
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(pause, remaining))
+        pause = min(2 * pause, 0.01)
+
+
 def _run_process(argv, case, timeout):
     """Run ``argv`` in a new session; return ``(returncode, stdout tail, stderr tail)``.
 
@@ -223,11 +247,11 @@ def _run_process(argv, case, timeout):
         r.start()
     timed_out = False
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        timed_out = not _wait_unreaped(proc, timeout)
     finally:
-        _kill_group(proc.pid)  # the session id is the leader's pid
+        # The group id is the leader's pid. Killing before the leader is reaped means
+        # the id cannot have been reused by an unrelated process group.
+        _kill_group(proc.pid)
         proc.wait()
         for r in readers:
             r.join(timeout=5.0)  # a process that left the group could hold a pipe open
@@ -401,7 +425,8 @@ def run_exec(command, *, op, case, inputs, outputs, fields=None, timeout=DEFAULT
         for name, fname in zip(inputs, in_names):
             _write_input(in_dir / fname, inputs[name])
         (in_dir / "case.json").write_text(json.dumps(meta, indent=1) + "\n")
-        args = [a.replace("{in}", str(in_dir)).replace("{out}", str(out_dir)) for a in argv]
+        folders = {"{in}": str(in_dir), "{out}": str(out_dir)}
+        args = [re.sub(r"\{in\}|\{out\}", lambda m: folders[m.group()], a) for a in argv]
         code, _, err = _run_process(args, case, float(timeout))
         if code != 0:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"

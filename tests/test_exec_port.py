@@ -66,6 +66,11 @@ PORT = textwrap.dedent('''
         sys.stderr.flush()
         time.sleep(60)
         sys.exit(0)
+    if mode == "orphan":  # exits at once, leaving a child running that holds stderr open
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        with open(sys.argv[4], "w") as f:
+            f.write(f"{{child.pid}}")
+        sys.exit(0)
     if mode == "nothing":
         sys.exit(0)
     if mode in ("copy", "symlink", "fifo", "directory", "replace_out"):
@@ -345,6 +350,20 @@ def test_timeout_kills_the_whole_process_group(port, tmp_path):
     while any(map(_alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(map(_alive, pids)), f"processes {[p for p in pids if _alive(p)]} of the port survived the timeout"
+
+
+def test_processes_left_behind_are_killed(port, tmp_path):
+    """A port that exits normally but leaves a child running: the child is killed too."""
+    pid_file = tmp_path / "pid"
+    start = time.monotonic()
+    with pytest.raises(PortFailure, match="missing"):
+        run_small(port("orphan", pid_file))
+    assert time.monotonic() - start < 20, "the runner waited for the left-behind child"
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), f"process {pid} left behind by the port is still running"
 
 
 def test_stderr_is_kept_bounded_to_its_tail(port):
