@@ -15,7 +15,8 @@ Design
   generated, never edited and never committed.
 * Notebooks and code-cell pages are executed on every build
   (``nb_execution_mode = "force"``), so the rendered outputs are always those of the
-  current code and the committed notebooks can stay stripped of outputs. A cell
+  current code (the committed notebooks also carry their outputs, for readers who
+  open them without running anything; tests/test_notebooks.py keeps those current). A cell
   error is reported as a warning *with the cell's traceback in the log* (with
   ``nb_execution_raise_on_error = True`` the log would name only the file), and
   ``-W``, which the documented build command and CI always pass, turns it into a
