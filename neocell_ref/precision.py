@@ -162,8 +162,28 @@ def store(values, dtype) -> np.ndarray:
 # emulations of the arithmetic model
 # --------------------------------------------------------------------------------------
 def _matmul_acc(a, b, acc):
-    """``a @ b`` of half-precision numbers: products exact, sums in ``acc``."""
-    return np.matmul(a.astype(acc), b.astype(acc))
+    """``a @ b`` of half-precision numbers: products exact, sums in ``acc``.
+
+    float32/float64: NumPy's matrix product in that type. float16: recursive
+    summation with every partial sum rounded to float16 (one rounding per fused
+    multiply-add; the product of two float16 numbers and its sum with a float16
+    number are exact in float64), as a port accumulating in half precision does.
+    """
+    if acc != "float16":
+        return np.matmul(a.astype(acc), b.astype(acc))
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    out = np.zeros(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]))
+    for k in range(a.shape[-1]):
+        out = round_to(out + a[..., :, k:k + 1] * b[..., k:k + 1, :], "float16")
+    return out
+
+
+def _fold(grad_full, p, q, shift, acc):
+    """:func:`expand_kernel_adjoint` with its sums over blocks in ``acc`` (float16:
+    ``numpy.add.at`` on a float16 array rounds every partial sum)."""
+    if acc != "float16":
+        return expand_kernel_adjoint(grad_full.astype(acc), p, q, shift)
+    return expand_kernel_adjoint(grad_full.astype(np.float16), p, q, shift).astype(np.float64)
 
 
 def emulate_neocell(arrays, specs, dtype, *, accumulate=ACCUMULATION_DTYPE, storage=None,
@@ -187,7 +207,9 @@ def emulate_neocell(arrays, specs, dtype, *, accumulate=ACCUMULATION_DTYPE, stor
     dtype : str
         The golden set's dtype: inputs are rounded to it (a no-op on its own inputs).
     accumulate : str
-        Accumulation dtype (``"float32"`` in the model).
+        Accumulation dtype: ``"float32"`` in the model, ``"float64"``, or
+        ``"float16"`` (every partial sum rounded to float16: a port that accumulates
+        in half precision, outside the model).
     storage : str, optional
         The type intermediates and results are rounded to; default ``dtype``.
         (``storage="bfloat16"`` on a float16 set emulates a port of lower precision.)
@@ -205,7 +227,9 @@ def emulate_neocell(arrays, specs, dtype, *, accumulate=ACCUMULATION_DTYPE, stor
     """
     dtype = dtype_name(dtype)
     storage = dtype if storage is None else dtype_name(storage, "storage")
-    acc = np.dtype(dtype_name(accumulate, "accumulate"))
+    acc = dtype_name(accumulate, "accumulate")
+    if acc == "bfloat16":
+        raise ValueError("accumulate='bfloat16' is not emulated; use 'float16', 'float32' or 'float64'")
     rnd = lambda a: round_to(a, storage)  # noqa: E731
     inp = lambda a: round_to(np.asarray(a, dtype=np.float64), storage)  # noqa: E731
     groups = parse_specs(specs)
@@ -244,8 +268,8 @@ def emulate_neocell(arrays, specs, dtype, *, accumulate=ACCUMULATION_DTYPE, stor
             if not corner:
                 grad_a_full[:sa, :sa] = 0
                 grad_b_full[:sb, :sb] = 0
-            grads_a[i] = rnd(expand_kernel_adjoint(grad_a_full, *wa.shape[1:], sa))
-            grads_b[i] = rnd(expand_kernel_adjoint(grad_b_full, *wb.shape[1:], sb))
+            grads_a[i] = rnd(_fold(grad_a_full, *wa.shape[1:], sa, acc))
+            grads_b[i] = rnd(_fold(grad_b_full, *wb.shape[1:], sb, acc))
             channel += 1
         if swap:
             grads_a, grads_b = grads_b.transpose(0, 2, 1), grads_a.transpose(0, 2, 1)

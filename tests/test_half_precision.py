@@ -299,3 +299,35 @@ def test_emulation_rounds_every_storage_point():
     for key, value in out.items():
         assert np.array_equal(value, round_to(value, "float16")), key
     assert np.max(np.abs(out["y"] - arrays["y"])) > 1e-4
+
+
+def test_half_precision_accumulation_is_outside_the_model():
+    """A port that sums in float16 (every partial sum rounded) is outside the model.
+
+    On positive data (no cancellation: the bound is the result itself, the partial sums
+    grow to the full result) with 2247-term weight gradients, the float32-accumulating
+    emulation uses at most half the tolerance and the float16-accumulating one exceeds
+    it; with ``rtol_scale`` = the largest accumulation length (docs/porting.md: what
+    recursive half-precision accumulation needs) it passes."""
+    from neocell_ref.golden import MAX_RTOL_SCALE, run_and_compare
+    from neocell_ref.golden_ops import neocell_expected
+    from neocell_ref.precision import store
+
+    specs, shape = [{"kernel": 7, "channels": 2, "shift": 1}], (16, 2, 28, 28)
+    rng = np.random.default_rng(7)
+    arrays = {"x": rng.uniform(0.5, 1, shape), "weight_a_0": rng.uniform(0.5, 1, (2, 7, 7)),
+              "weight_b_0": rng.uniform(0.5, 1, (2, 7, 7)), "grad_y": rng.uniform(0.5, 1, shape)}
+    arrays = {k: store(v, "float16") for k, v in arrays.items()}
+    expected, tolerances = neocell_expected(specs, arrays, "float16")
+    meta, everything = {"specs_as_written": specs, "tolerances": tolerances}, {**arrays, **expected}
+    n_max = max(t["accumulation_length"] for t in tolerances.values())
+    assert n_max == 7 + 16 * 28 * (4 + 1) and n_max <= MAX_RTOL_SCALE
+
+    model = run_and_compare("neocell", "positive", meta, everything, *_neocell_port("float16"))
+    assert max(r.ratio for r in model) <= 0.5, [(r.array, r.ratio) for r in model]
+    half_sums = _neocell_port("float16", accumulate="float16")
+    at_one = run_and_compare("neocell", "positive", meta, everything, *half_sums)
+    assert {r.array for r in at_one if not r.passed} >= {"grad_weight_a_0", "grad_weight_b_0"}, \
+        [(r.array, r.ratio) for r in at_one]
+    scaled = run_and_compare("neocell", "positive", meta, everything, *half_sums, rtol_scale=n_max)
+    assert all(r.passed for r in scaled), [(r.array, r.ratio) for r in scaled]
