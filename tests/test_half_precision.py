@@ -331,3 +331,21 @@ def test_half_precision_accumulation_is_outside_the_model():
         [(r.array, r.ratio) for r in at_one]
     scaled = run_and_compare("neocell", "positive", meta, everything, *half_sums, rtol_scale=n_max)
     assert all(r.passed for r in scaled), [(r.array, r.ratio) for r in scaled]
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m["cases"][0]["tolerances"]["y"].__setitem__("rtol", 0.5), "tolerances.y.rtol is 0.5"),
+    (lambda m: m["cases"][0]["tolerances"]["y"].__setitem__("half_roundings", 1), "half_roundings is 1"),
+    (lambda m: m["cases"][0]["tolerances"]["y"].__setitem__("atol", 1.0), "tolerances.y.atol is 1.0"),
+    (lambda m: m.__setitem__("storage_dtype", "float16"), 'storage_dtype is "float16"'),
+    (lambda m: m.__setitem__("operations", [*m["operations"], "model"]), "operation 'model' has no bfloat16"),
+    (lambda m: m.__setitem__("dtype", "float32"), "cannot be edited"),
+])
+def test_edited_half_manifest_is_refused(tmp_path, edit, words):
+    export_golden(tmp_path / "g", dtype="bfloat16", operations=["neocell"])
+    path = tmp_path / "g" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    with pytest.raises(GoldenError, match=words):
+        load_manifest(tmp_path / "g")
