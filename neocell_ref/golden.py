@@ -24,6 +24,11 @@ where ``n`` is the array's accumulation length (stored per array in the manifest
 ``+1`` accounts for rounding the result to the port's dtype, and ``safety = 2``
 covers the reference's own error. Expected values are computed in float64 from the
 inputs as stored, so a float32 golden set holds float32 inputs and float64 answers.
+
+Half-precision sets (float16; bfloat16 stored as float32 arrays of bfloat16 numbers)
+use the mixed-precision model of ``docs/porting.md``: ``rtol = safety · (k · u_half +
+(n + 1) · 2**-24)`` with ``k`` the roundings to the half type on the array's path
+(:func:`neocell_ref.golden_ops.half_tolerance`), and leave out the whole model.
 """
 
 from __future__ import annotations
