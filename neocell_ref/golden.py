@@ -24,6 +24,11 @@ where ``n`` is the array's accumulation length (stored per array in the manifest
 ``+1`` accounts for rounding the result to the port's dtype, and ``safety = 2``
 covers the reference's own error. Expected values are computed in float64 from the
 inputs as stored, so a float32 golden set holds float32 inputs and float64 answers.
+
+Half-precision sets (float16; bfloat16 stored as float32 arrays of bfloat16 numbers)
+use the mixed-precision model of ``docs/porting.md``: ``rtol = safety · (k · u_half +
+(n + 1) · 2**-24)`` with ``k`` the roundings to the half type on the array's path
+(:func:`neocell_ref.golden_ops.half_tolerance`), and leave out the whole model.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ from .golden_ops import (  # noqa: F401 (re-exported)
     neocell_expected,
     unit_roundoff,
 )
+from .golden_ops import ACCUMULATION_ROUNDOFF, HALF_EXCLUDED
+from .precision import FLOAT_DTYPES, HALF_DTYPES, STORAGE_DTYPE, UNDERFLOW, dtype_name, not_bfloat16
 
 __all__ = [
     "FORMAT_VERSION",
@@ -79,10 +86,12 @@ __all__ = [
     "run_and_compare",
 ]
 
-#: Version of the golden-set format. 2: the manifest records ``operations``, case
-#: arrays come from the name-keyed seeding rule (``golden_ops.case_rng``), and the
-#: whole manifest is checked against a re-derivation. Sets of format 1 are refused.
-FORMAT_VERSION = 2
+#: Version of the golden-set format. 3: the manifest records ``storage_dtype``, and
+#: sets can be float16 or bfloat16 (half-precision tolerances). 2: the manifest
+#: records ``operations``, case arrays come from the name-keyed seeding rule
+#: (``golden_ops.case_rng``), and the whole manifest is checked against a
+#: re-derivation. Sets of other formats are refused.
+FORMAT_VERSION = 3
 #: Largest factor by which a tolerance override may loosen a stored ``rtol``: a port
 #: computing with TF32 matrix units (unit roundoff ``2**-11``) checked against the
 #: float32 set (``2**-24``) needs ``2**13``; anything looser no longer verifies NeoCell.
@@ -384,15 +393,11 @@ def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, ato
 def _check_set_args(suite, dtype, seed, operations):
     if suite not in ("core", "full") or not isinstance(suite, str):
         raise ValueError(f"suite must be 'core' or 'full', got {suite!r}")
-    try:
-        name = None if dtype is None or isinstance(dtype, bool) else np.dtype(dtype).name
-    except (TypeError, ValueError):
-        name = None
-    if name not in ("float64", "float32"):
-        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    name = dtype_name(dtype)
     seed = check_seed(seed)
     if operations is None:
-        ops = list(OPERATIONS)
+        # A half-precision set leaves out the operations without a sound tolerance.
+        ops = [op for op in OPERATIONS if not (name in HALF_DTYPES and op in HALF_EXCLUDED)]
     else:
         if isinstance(operations, str) or not isinstance(operations, (list, tuple)):
             raise TypeError(f"operations must be a list of operation names, got {operations!r}")
@@ -404,6 +409,9 @@ def _check_set_args(suite, dtype, seed, operations):
             raise ValueError(f"operations lists an operation twice: {ops}")
         if not ops:
             raise ValueError("operations is empty: a golden set must hold at least one operation")
+        for op in ops:
+            if name in HALF_DTYPES and op in HALF_EXCLUDED:
+                raise ValueError(f"operation {op!r} has no {name} golden cases: {HALF_EXCLUDED[op]}")
     return suite, name, seed, ops
 
 
@@ -416,6 +424,30 @@ def _build_set(suite, dtype, seed, ops, input_digests=None):
     """The manifest and the case files (name -> bytes) of a set; arguments checked.
 
     ``input_digests``, when a dict, receives ``{file: {input array: digest}}``."""
+    if dtype in HALF_DTYPES:
+        policy = {
+            "rule": "|got - expected| <= rtol * bound + atol, elementwise (max|expected| for norm 'max')",
+            "rtol": "safety * (half_roundings * unit_roundoff(dtype) + (accumulation_length + 1) "
+                    "* accumulation_roundoff)",
+            "atol": "safety * (underflow(dtype) + (accumulation_length + 1) * underflow(float32)) * "
+                    "(1 + propagation of the stored intermediate), rounded up to a power of two",
+            "arithmetic": "products of half-precision numbers accumulated in float32 or better; the "
+                          "intermediate (A x, dy B^T) and every result stored in the half type",
+            "safety": SAFETY,
+            "unit_roundoff": unit_roundoff(dtype),
+            "accumulation_roundoff": ACCUMULATION_ROUNDOFF,
+            "underflow": UNDERFLOW[dtype],
+            "bound": "the same computation on absolute values of all inputs (array 'bound/NAME')",
+            "excluded_operations": dict(HALF_EXCLUDED),
+        }
+    else:
+        policy = {
+            "rule": "|got - expected| <= rtol * bound + atol, elementwise",
+            "rtol": "safety * (accumulation_length + 1) * unit_roundoff(dtype)",
+            "safety": SAFETY,
+            "unit_roundoff": unit_roundoff(dtype),
+            "bound": "the same computation on absolute values of all inputs (array 'bound/NAME')",
+        }
     manifest = {
         "format_version": FORMAT_VERSION,
         "generator": f"neocell_ref {__version__}",
@@ -423,15 +455,10 @@ def _build_set(suite, dtype, seed, ops, input_digests=None):
         "python_version": platform.python_version(),
         "suite": suite,
         "dtype": dtype,
+        "storage_dtype": STORAGE_DTYPE[dtype],
         "seed": seed,
         "operations": list(ops),
-        "tolerance_policy": {
-            "rule": "|got - expected| <= rtol * bound + atol, elementwise",
-            "rtol": "safety * (accumulation_length + 1) * unit_roundoff(dtype)",
-            "safety": SAFETY,
-            "unit_roundoff": unit_roundoff(dtype),
-            "bound": "the same computation on absolute values of all inputs (array 'bound/NAME')",
-        },
+        "tolerance_policy": policy,
         "seeding": "numpy.random.default_rng(SeedSequence([seed, *first 16 bytes of "
                    "SHA-256('<op>/<case name>') as 4 little-endian uint32]))",
         "conventions": {op: OPERATIONS[op].convention for op in ops},
@@ -595,8 +622,12 @@ def export_golden(directory, suite="core", dtype="float64", seed=DEFAULT_SEED, o
         temporary sibling folder and renamed into place, so ``directory`` never holds
         a half-written set.
     suite : {"core", "full"}
-    dtype : {"float64", "float32"}
-        Dtype of the stored inputs (expected values are float64 either way).
+    dtype : {"float64", "float32", "float16", "bfloat16"}
+        Dtype of the inputs (expected values are float64 either way). A float16 set
+        stores float16 arrays; a bfloat16 set stores float32 arrays whose every value
+        is a bfloat16 number (manifest ``storage_dtype``). Half-precision sets carry
+        the mixed-precision tolerances of ``docs/porting.md`` and leave out the
+        whole model (``golden_ops.HALF_EXCLUDED``).
     seed : int
         In ``[0, 2**63 - 1]``. Each case draws from
         :func:`neocell_ref.golden_ops.case_rng` (keyed by seed, operation and case
@@ -912,6 +943,10 @@ def _load_set(directory, digest=None, keep_op=None):
         # Inputs are drawn bit-identically everywhere (the expected values may differ
         # in the last bits between machines): an edited seed or input is caught here.
         for key, want in input_digests[case["file"]].items():
+            if manifest["dtype"] == "bfloat16" and not_bfloat16(arrays[key]).any():
+                raise GoldenError(f"case {case['name']!r} ({case['op']}): {case['file']}: input {key} holds "
+                                  f"values that are not bfloat16 numbers (a bfloat16 set stores float32 "
+                                  f"arrays of bfloat16 numbers only)")
             if _array_digest(arrays[key]) != want:
                 raise GoldenError(f"case {case['name']!r} ({case['op']}): {case['file']}: input {key} is not "
                                   f"what this package draws for seed {manifest['seed']} (seed or inputs edited)")
@@ -1237,7 +1272,9 @@ def register_cli(subparsers):
     ex = sub.add_parser("export", help="write a deterministic golden set")
     ex.add_argument("directory")
     ex.add_argument("--suite", choices=["core", "full"], default="core")
-    ex.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    ex.add_argument("--dtype", choices=list(FLOAT_DTYPES), default="float64",
+                    help="float16 and bfloat16 sets carry mixed-precision tolerances (docs/porting.md); "
+                         "bfloat16 inputs are stored as float32 arrays of bfloat16 numbers")
     ex.add_argument("--seed", type=int, default=DEFAULT_SEED, help="in [0, 2**63 - 1]")
     ex.set_defaults(func=_cli_export)
     ve = sub.add_parser("verify", help="run a port's callables on every golden case of an operation")

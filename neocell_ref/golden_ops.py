@@ -26,7 +26,9 @@ from typing import Callable
 
 import numpy as np
 
+from .expand import expand_kernel
 from .neocell import neocell_backward, neocell_forward
+from .precision import HALF_DTYPES, UNDERFLOW, UNIT_ROUNDOFF, dtype_name, store
 from .spec import check_input_size, parse_specs
 
 SAFETY = 2.0
@@ -89,8 +91,9 @@ def make_case(op_name: str, case, dtype, seed: int):
         A key of :data:`OPERATIONS`.
     case : tuple
         ``(name, spec, shape)`` as listed by ``OPERATIONS[op_name].cases(suite)``.
-    dtype : float64 or float32
-        dtype of the stored inputs.
+    dtype : {"float64", "float32", "float16", "bfloat16"} or a NumPy dtype
+        dtype of the inputs (a bfloat16 case stores them as float32 arrays of
+        bfloat16 numbers, :func:`neocell_ref.precision.store`).
     seed : int
 
     Returns
@@ -99,12 +102,77 @@ def make_case(op_name: str, case, dtype, seed: int):
         As the operation's ``make`` returns them.
     """
     name, spec, shape = case
-    return OPERATIONS[op_name].make(name, spec, shape, np.dtype(dtype), case_rng(op_name, name, seed))
+    return OPERATIONS[op_name].make(name, spec, shape, dtype_name(dtype), case_rng(op_name, name, seed))
 
 
 def unit_roundoff(dtype) -> float:
-    """``u = eps / 2`` of a floating dtype (2**-53 for float64, 2**-24 for float32)."""
-    return float(np.finfo(np.dtype(dtype)).eps) / 2
+    """``u = eps / 2`` of a floating dtype (2**-53 for float64, 2**-24 for float32,
+    2**-11 for float16, 2**-8 for ``"bfloat16"``)."""
+    return UNIT_ROUNDOFF[dtype_name(dtype)]
+
+
+# --------------------------------------------------------------------------------------
+# tolerances of half-precision sets (docs/porting.md, "Half precision")
+# --------------------------------------------------------------------------------------
+#: Unit roundoff of the accumulation in the mixed-precision model (float32).
+ACCUMULATION_ROUNDOFF = UNIT_ROUNDOFF["float32"]
+
+
+def _pow2_ceil(value: float) -> float:
+    """The smallest power of two >= ``value`` (> 0): a stored ``atol`` does not depend
+    on the last bits of a floating sum, so every machine re-derives the same one."""
+    mantissa, exponent = np.frexp(value)
+    return float(np.ldexp(1.0, int(exponent) - (1 if mantissa == 0.5 else 0)))
+
+
+def half_tolerance(dtype, n: int, roundings: int, propagation: float = 0.0) -> dict:
+    """Tolerance of one array of a float16 or bfloat16 set.
+
+    ``rtol = SAFETY · (k · u_half + (n + 1) · u_acc)`` with ``k = roundings`` the
+    number of roundings to the half type on the array's path (each intermediate
+    stored, and the result), ``n`` the accumulation length and ``u_acc = 2**-24``;
+    ``atol = SAFETY · (η_half + (n + 1) · η_acc) · (1 + propagation)`` rounded up to a
+    power of two, with ``η`` half the smallest subnormal of each type (the absolute
+    error of a rounding that underflows) and ``propagation`` the largest factor by
+    which the second product multiplies an absolute error of a stored intermediate.
+    """
+    dtype = dtype_name(dtype)
+    rtol = SAFETY * (roundings * UNIT_ROUNDOFF[dtype] + (n + 1) * ACCUMULATION_ROUNDOFF)
+    atol = _pow2_ceil(SAFETY * (UNDERFLOW[dtype] + (n + 1) * UNDERFLOW["float32"]) * (1.0 + propagation))
+    return {"rtol": rtol, "atol": atol, "accumulation_length": n, "half_roundings": roundings}
+
+
+def _largest_sum(values) -> float:
+    """``max`` over leading index of ``Σ |values[i]|`` (exact for the few hundred
+    half-precision numbers of a golden channel; float64 sums of them are exact)."""
+    values = np.abs(np.asarray(values, dtype=np.float64))
+    return float(values.reshape(values.shape[0], -1).sum(axis=1).max(initial=0.0))
+
+
+def _neocell_propagation(groups, arrays):
+    """Per expected NeoCell array, the factor by which the second product multiplies
+    the absolute error of the rounded intermediate (``z`` or ``dz``): the largest
+    column sum of ``|B̂|`` (for ``y``), of ``|Â|`` over its rows (``grad_x``), and the
+    largest ``Σ |x|`` (``grad_weight_a``) or ``Σ |dy|`` (``grad_weight_b``) of a channel."""
+    x, gy = arrays["x"], arrays["grad_y"]
+    _, _, h, w = x.shape
+    h_out, w_out = check_input_size(groups, h, w)
+    prop = {"y": 0.0, "grad_x": 0.0}
+    start = 0
+    for g, spec in enumerate(groups):
+        wa = np.abs(np.asarray(arrays[f"weight_a_{g}"], dtype=np.float64))
+        wb = np.abs(np.asarray(arrays[f"weight_b_{g}"], dtype=np.float64))
+        shifts_a, shifts_b = spec.channel_shifts()
+        for i in range(spec.channels):
+            b_full = expand_kernel(wb[i], w, w_out, int(shifts_b[i]))
+            a_full = expand_kernel(wa[i], h_out, h, int(shifts_a[i]))
+            prop["y"] = max(prop["y"], float(b_full.sum(axis=0).max(initial=0.0)))
+            prop["grad_x"] = max(prop["grad_x"], float(a_full.sum(axis=0).max(initial=0.0)))
+        channels = slice(start, start + spec.channels)
+        prop[f"grad_weight_a_{g}"] = _largest_sum(np.moveaxis(x[:, channels], 1, 0))
+        prop[f"grad_weight_b_{g}"] = _largest_sum(np.moveaxis(gy[:, channels], 1, 0))
+        start += spec.channels
+    return prop
 
 
 
@@ -205,7 +273,7 @@ def _neocell_reference(arrays, specs, groups):
     return out
 
 
-def neocell_expected(specs, arrays):
+def neocell_expected(specs, arrays, dtype=None):
     """Reference outputs, magnitude bounds and tolerances for one NeoCell case.
 
     Parameters
@@ -213,6 +281,10 @@ def neocell_expected(specs, arrays):
     specs : list of dict or GroupSpec
     arrays : dict
         Inputs ``x``, ``weight_a_G``, ``weight_b_G``, ``grad_y`` in the port's dtype.
+    dtype : str, optional
+        The case's dtype when it is not the arrays' own (``"bfloat16"``, stored as
+        float32). float16 and bfloat16 get the mixed-precision tolerances of
+        :func:`half_tolerance`: two roundings to the half type on every path.
 
     Returns
     -------
@@ -224,8 +296,19 @@ def neocell_expected(specs, arrays):
         (see the module docstring).
     """
     groups = parse_specs(specs)
-    dtype = np.result_type(*(a.dtype for a in arrays.values()))
+    dtype = dtype_name(np.result_type(*(a.dtype for a in arrays.values())) if dtype is None else dtype)
     expected = _neocell_reference(arrays, groups, len(groups))
+    if dtype in HALF_DTYPES:
+        # Every array passes through two roundings to the half type: the stored
+        # intermediate (z = Â x for y and grad_b, dz = dy B̂ᵀ for grad_x and grad_a)
+        # and the stored result; the intermediate's error reaches the result through
+        # the second product, i.e. relative to the same magnitude bound.
+        prop = _neocell_propagation(groups, arrays)
+        tolerances = {
+            key: {**half_tolerance(dtype, n, 2, prop[key]), "bound": f"bound/{key}"}
+            for key, n in _neocell_accumulation(groups, arrays["x"].shape).items()
+        }
+        return expected, tolerances
     u = unit_roundoff(dtype)
     tolerances = {
         key: {"rtol": SAFETY * (n + 1) * u, "atol": 0.0, "accumulation_length": n, "bound": f"bound/{key}"}
@@ -235,6 +318,7 @@ def neocell_expected(specs, arrays):
 
 
 def _neocell_make(name, specs_dicts, x_shape, dtype, rng):
+    dtype = dtype_name(dtype)
     specs = parse_specs(specs_dicts)
     x = rng.standard_normal(x_shape)
     h_out, w_out = check_input_size(specs, x_shape[2], x_shape[3])
@@ -245,8 +329,8 @@ def _neocell_make(name, specs_dicts, x_shape, dtype, rng):
         arrays[f"weight_a_{g}"] = rng.standard_normal(spec.shape_a)
         arrays[f"weight_b_{g}"] = rng.standard_normal(spec.shape_b)
     arrays["grad_y"] = rng.standard_normal((x_shape[0], x_shape[1], h_out, w_out))
-    arrays = {k: v.astype(dtype) for k, v in arrays.items()}
-    expected, tolerances = neocell_expected(specs_dicts, arrays)
+    arrays = {k: store(v, dtype) for k, v in arrays.items()}
+    expected, tolerances = neocell_expected(specs_dicts, arrays, dtype)
     inputs = sorted(arrays)
     arrays.update(expected)
     meta = {"specs": [g.to_dict() for g in specs], "specs_as_written": specs_dicts, "x_shape": list(x_shape)}
@@ -398,12 +482,13 @@ def _layer_expected(kind, arrays, order, options, grad_y):
 
 def _layer_make(kind):
     def make(name, spec, shapes, dtype, rng):
+        dtype = dtype_name(dtype)
         options = dict(spec)
-        arrays = {k: v.astype(dtype) for k, v in _layer_inputs(kind, shapes, rng).items()}
+        arrays = {k: store(v, dtype) for k, v in _layer_inputs(kind, shapes, rng).items()}
         order = list(shapes)
         forward, _ = _layer_functions(kind)
         y_shape = forward(*[arrays[n].astype(np.float64) for n in order], **options).shape
-        arrays["grad_y"] = rng.standard_normal(y_shape).astype(dtype)
+        arrays["grad_y"] = store(rng.standard_normal(y_shape), dtype)
         expected = _layer_expected(kind, arrays, order, options, arrays["grad_y"])
         inputs = sorted(arrays)
         u = unit_roundoff(dtype)
@@ -413,8 +498,12 @@ def _layer_make(kind):
             if key.startswith("bound/"):
                 continue
             n = acc[key]
+            # Half precision: one rounding to the half type, the stored result (sums,
+            # statistics and elementary functions in float32).
+            rule = (half_tolerance(dtype, n, 1) if dtype in HALF_DTYPES
+                    else {"rtol": SAFETY * (n + 1) * u, "atol": 0.0, "accumulation_length": n})
             tolerances[key] = {
-                "rtol": SAFETY * (n + 1) * u, "atol": 0.0, "accumulation_length": n,
+                **rule,
                 "bound": f"bound/{key}" if kind in _BILINEAR_LAYERS else None,
                 "norm": "elementwise" if kind in _BILINEAR_LAYERS else "max",
             }
@@ -495,9 +584,22 @@ def _random_state(model, rng):
     return state
 
 
+#: Operations that have no half-precision golden cases, with the reason (said in
+#: ``docs/porting.md``, "Half precision").
+HALF_EXCLUDED = {
+    "model": ("no sound tolerance: a whole NeoNeXt in half precision has no a-priori bound (a dozen "
+              "normalisations divide by computed standard deviations) and this package has no "
+              "mixed-precision emulation of the whole network to measure one on; verify the model "
+              "in float32 and its NeoCells and layers in half precision"),
+}
+
+
 def _model_make(name, config, x_shape, dtype, rng):
     from .models import NeoNeXt
 
+    dtype = dtype_name(dtype)
+    if dtype in HALF_DTYPES:
+        raise ValueError(f"operation 'model' has no {dtype} golden cases: {HALF_EXCLUDED['model']}")
     model = NeoNeXt(**config, dtype=np.float64, rng=np.random.default_rng(0), resolution=tuple(x_shape[2:]))
     state = _random_state(model, rng)
     arrays = {f"state/{k}": (v if k.endswith("num_batches_tracked") else v.astype(dtype)) for k, v in state.items()}

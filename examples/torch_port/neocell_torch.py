@@ -15,7 +15,21 @@ Verify it with::
     neocell-ref golden export golden/
     neocell-ref golden verify golden/ --op neocell \
         --forward neocell_torch:forward --backward neocell_torch:backward
+
+In half precision (the inputs converted to ``torch.float16`` or ``torch.bfloat16``,
+every tensor of the computation in that type, results returned as float32 arrays)::
+
+    neocell-ref golden export golden16/ --dtype float16
+    neocell-ref golden verify golden16/ --op neocell \
+        --forward neocell_torch:forward_float16 --backward neocell_torch:backward_float16
+
+and likewise ``--dtype bfloat16`` with ``forward_bfloat16``/``backward_bfloat16``.
+PyTorch's CPU matrix products of float16 and bfloat16 tensors accumulate in float32
+(``tests/test_torch_port.py`` checks it), which is the arithmetic model the half-
+precision golden sets are derived for (``docs/porting.md``, "Half precision").
 """
+
+import functools
 
 import numpy as np
 import torch
@@ -82,23 +96,38 @@ def neocell(x, weights_a, weights_b, specs):
     return torch.cat(outputs, dim=1)
 
 
-def _tensors(x, weights_a, weights_b, grad=False):
-    as_t = lambda a: torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
-    return as_t(x), [as_t(w) for w in weights_a], [as_t(w) for w in weights_b]
+def _tensor(a, dtype, grad=False):
+    # float64 -> float16/bfloat16 is exact for the inputs of a half-precision set.
+    return torch.tensor(np.asarray(a, dtype=np.float64)).to(dtype).requires_grad_(grad)
 
 
-def forward(x, weights_a, weights_b, specs):
-    """Kit convention: numpy arrays in, ``y`` as a float64 numpy array out."""
+def _numpy(t):
+    # NumPy has no bfloat16: half results are returned as float32 (exactly).
+    t = t.detach()
+    return (t if t.dtype == torch.float64 else t.to(torch.float32)).numpy()
+
+
+def forward(x, weights_a, weights_b, specs, dtype=torch.float64):
+    """Kit convention: numpy arrays in, ``y`` as a numpy array out (float64, or
+    float32 holding the ``dtype`` result)."""
     with torch.no_grad():
-        xt, wa, wb = _tensors(x, weights_a, weights_b)
-        return neocell(xt, wa, wb, specs).numpy()
+        xt = _tensor(x, dtype)
+        wa, wb = [_tensor(w, dtype) for w in weights_a], [_tensor(w, dtype) for w in weights_b]
+        return _numpy(neocell(xt, wa, wb, specs))
 
 
-def backward(grad_y, x, weights_a, weights_b, specs):
+def backward(grad_y, x, weights_a, weights_b, specs, dtype=torch.float64):
     """Kit convention: ``(grad_x, grads_a, grads_b)`` by autograd."""
-    xt, wa, wb = _tensors(x, weights_a, weights_b, grad=True)
+    xt = _tensor(x, dtype, grad=True)
+    wa = [_tensor(w, dtype, grad=True) for w in weights_a]
+    wb = [_tensor(w, dtype, grad=True) for w in weights_b]
     y = neocell(xt, wa, wb, specs)
-    grads = torch.autograd.grad(y, [xt, *wa, *wb], grad_outputs=torch.as_tensor(np.asarray(grad_y, dtype=np.float64)))
+    grads = torch.autograd.grad(y, [xt, *wa, *wb], grad_outputs=_tensor(grad_y, dtype))
     groups = len(specs)
-    to_np = lambda t: t.detach().numpy()
-    return to_np(grads[0]), [to_np(t) for t in grads[1:1 + groups]], [to_np(t) for t in grads[1 + groups:]]
+    return _numpy(grads[0]), [_numpy(t) for t in grads[1:1 + groups]], [_numpy(t) for t in grads[1 + groups:]]
+
+
+forward_float16 = functools.partial(forward, dtype=torch.float16)
+backward_float16 = functools.partial(backward, dtype=torch.float16)
+forward_bfloat16 = functools.partial(forward, dtype=torch.bfloat16)
+backward_bfloat16 = functools.partial(backward, dtype=torch.bfloat16)

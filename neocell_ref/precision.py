@@ -1,0 +1,302 @@
+"""Half precision: the dtypes of golden sets, rounding to float16 and bfloat16, and
+reference emulations of the mixed-precision arithmetic model of ``docs/porting.md``
+(section "Half precision").
+
+The arithmetic model (what a golden float16 or bfloat16 set is derived for):
+
+* inputs are half-precision numbers (exactly the stored inputs);
+* every product of two half-precision numbers is formed exactly and accumulated in
+  float32 or better (unit roundoff ``u_acc = 2**-24``);
+* every intermediate that the formulation stores (for NeoCell ``z = Â x`` in the
+  forward, ``dz = dy B̂ᵀ`` in the backward) and every result is rounded to the half
+  type (unit roundoff ``u_half``: ``2**-11`` for float16, ``2**-8`` for bfloat16).
+
+NumPy has no bfloat16 dtype, and this package depends on NumPy and SciPy only: a
+bfloat16 number is carried in a float32 array whose low 16 bits are zero, and
+:func:`round_bfloat16` rounds to it (round to nearest, ties to even) by bit
+manipulation. The emulations (:func:`emulate_neocell`, :func:`emulate_layer`) follow
+the model with every storage point rounded; the tests run them against golden sets
+(they must pass with margin) and with planted defects (they must fail).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .expand import expand_kernel, expand_kernel_adjoint
+from .spec import check_input_size, parse_specs
+
+__all__ = [
+    "FLOAT_DTYPES",
+    "HALF_DTYPES",
+    "STORAGE_DTYPE",
+    "UNIT_ROUNDOFF",
+    "UNDERFLOW",
+    "ACCUMULATION_DTYPE",
+    "dtype_name",
+    "round_bfloat16",
+    "not_bfloat16",
+    "round_to",
+    "store",
+    "emulate_neocell",
+    "emulate_layer",
+]
+
+#: The dtypes a golden set can be exported in.
+FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
+#: The half-precision ones (mixed-precision tolerance model).
+HALF_DTYPES = ("float16", "bfloat16")
+#: How the inputs of a set of each dtype are stored (NumPy has no bfloat16).
+STORAGE_DTYPE = {"float64": "float64", "float32": "float32", "float16": "float16", "bfloat16": "float32"}
+#: Unit roundoff ``u`` (half the machine epsilon): the largest relative error of
+#: rounding to nearest a value inside the normal range.
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+#: Half the smallest positive subnormal: the largest absolute error of rounding to
+#: nearest a value below the normal range (gradual underflow).
+UNDERFLOW = {"float64": 2.0**-1075, "float32": 2.0**-150, "float16": 2.0**-25, "bfloat16": 2.0**-134}
+#: Accumulation type of the arithmetic model.
+ACCUMULATION_DTYPE = "float32"
+
+
+def dtype_name(dtype, name: str = "dtype") -> str:
+    """The name in :data:`FLOAT_DTYPES` of ``dtype`` (a NumPy dtype, type or name).
+
+    Raises
+    ------
+    ValueError
+        For anything else (``bool`` and ``None`` included), naming the value.
+    """
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        return dtype
+    try:
+        text = None if dtype is None or isinstance(dtype, (bool, np.bool_)) else np.dtype(dtype).name
+    except (TypeError, ValueError):
+        text = None
+    if text not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
+    return text
+
+
+def round_bfloat16(values) -> np.ndarray:
+    """Round to the nearest bfloat16 number, ties to even; return float32 carrying it.
+
+    bfloat16 is float32 with the low 16 bits of the significand dropped (1 sign, 8
+    exponent, 7 stored significand bits). Float64 input is rounded directly (not
+    first to float32 and then to bfloat16, which could round a tie twice). NaN stays
+    NaN (quiet), infinities stay infinite, values beyond the largest bfloat16
+    (``(2 - 2**-7) * 2**127``) by half an ulp or more become infinite, values below
+    the smallest subnormal (``2**-133``) by half of it or more become signed zero.
+
+    Parameters
+    ----------
+    values : array_like of real floats
+
+    Returns
+    -------
+    ndarray of float32, the shape of ``values``
+    """
+    source = np.asarray(values)
+    if source.dtype.kind != "f":
+        raise TypeError(f"round_bfloat16 takes a real floating array, got dtype {source.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        wide = source.astype(np.float64)
+        single = wide.astype(np.float32)
+    bits = np.ascontiguousarray(single).view(np.uint32).astype(np.uint64)
+    low = bits & 0xFFFF
+    # Round to nearest even on the float32 bits: the carry runs into the exponent,
+    # which is exactly right (largest finite -> infinity, subnormal -> normal).
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    # Double rounding: when float64 -> float32 was inexact and landed exactly on a
+    # bfloat16 midpoint, the true value decides the direction, not "ties to even".
+    with np.errstate(invalid="ignore"):
+        above = np.abs(wide) > np.abs(single.astype(np.float64))
+        tie = (low == 0x8000) & (wide != single.astype(np.float64)) & np.isfinite(wide)
+    rounded = np.where(tie, np.where(above, (bits + 0x8000) & 0xFFFF0000, bits & 0xFFFF0000), rounded)
+    nan = np.isnan(wide)
+    rounded = np.where(nan, (bits & 0x80000000) | 0x7FC00000, rounded)
+    return rounded.astype(np.uint32).view(np.float32).reshape(source.shape)
+
+
+def not_bfloat16(values) -> np.ndarray:
+    """Boolean mask of the elements of ``values`` that are not bfloat16 numbers.
+
+    NaN counts as bfloat16 (it has a bfloat16 encoding); a float64 value that is not
+    even a float32 number does not.
+    """
+    source = np.asarray(values)
+    if source.dtype.kind != "f":
+        raise TypeError(f"not_bfloat16 takes a real floating array, got dtype {source.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        single = source.astype(np.float32)
+        exact = (single.astype(source.dtype) == source) | np.isnan(source)
+    bits = np.ascontiguousarray(single).view(np.uint32)
+    return ~exact | ((bits & 0xFFFF) != 0) & ~np.isnan(single)
+
+
+def round_to(values, dtype) -> np.ndarray:
+    """``values`` rounded (to nearest, ties to even) to ``dtype``, returned as float64.
+
+    ``dtype`` is a name of :data:`FLOAT_DTYPES`; float64 returns a copy.
+    """
+    dtype = dtype_name(dtype)
+    array = np.asarray(values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if dtype == "bfloat16":
+            return round_bfloat16(array).astype(np.float64)
+        return array.astype(dtype).astype(np.float64)
+
+
+def store(values, dtype) -> np.ndarray:
+    """The array a golden set of ``dtype`` stores for ``values`` (drawn in float64).
+
+    float64, float32 and float16 sets store ``values.astype(dtype)``; a bfloat16 set
+    stores float32 arrays holding ``round_bfloat16(values)``.
+    """
+    dtype = dtype_name(dtype)
+    if dtype == "bfloat16":
+        return round_bfloat16(values)
+    return np.asarray(values).astype(dtype)
+
+
+# --------------------------------------------------------------------------------------
+# emulations of the arithmetic model
+# --------------------------------------------------------------------------------------
+def _matmul_acc(a, b, acc):
+    """``a @ b`` of half-precision numbers: products exact, sums in ``acc``.
+
+    float32/float64: NumPy's matrix product in that type. float16: recursive
+    summation with every partial sum rounded to float16 (one rounding per fused
+    multiply-add; the product of two float16 numbers and its sum with a float16
+    number are exact in float64), as a port accumulating in half precision does.
+    """
+    if acc != "float16":
+        return np.matmul(a.astype(acc), b.astype(acc))
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    out = np.zeros(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]))
+    for k in range(a.shape[-1]):
+        out = round_to(out + a[..., :, k:k + 1] * b[..., k:k + 1, :], "float16")
+    return out
+
+
+def _fold(grad_full, p, q, shift, acc):
+    """:func:`expand_kernel_adjoint` with its sums over blocks in ``acc`` (float16:
+    ``numpy.add.at`` on a float16 array rounds every partial sum)."""
+    if acc != "float16":
+        return expand_kernel_adjoint(grad_full.astype(acc), p, q, shift)
+    return expand_kernel_adjoint(grad_full.astype(np.float16), p, q, shift).astype(np.float64)
+
+
+def emulate_neocell(arrays, specs, dtype, *, accumulate=ACCUMULATION_DTYPE, storage=None,
+                    corner=True, swap=False, shifts=True):
+    """NeoCell forward and backward as a mixed-precision port computes them.
+
+    Block-diagonal formulation per channel (SPEC section 3): ``z = Â x`` (sums in
+    ``accumulate``, stored rounded to ``storage``), ``y = z B̂`` (rounded);
+    ``dz = dy B̂ᵀ`` (rounded), ``grad_x = Âᵀ dz`` (rounded); ``dÂ = Σ_n dz xᵀ`` and
+    ``dB̂ = Σ_n zᵀ dy`` summed in ``accumulate``, folded onto the kernels (SPEC section
+    5) in ``accumulate`` and rounded. Every product is of two numbers of the storage
+    type, hence exact in float32.
+
+    Parameters
+    ----------
+    arrays : dict
+        ``x`` (N, C, H, W), ``weight_a_G`` (c_G, h_out, h_in), ``weight_b_G``
+        (c_G, w_in, w_out), ``grad_y`` (N, C, H_out, W_out): the inputs of a golden case.
+    specs : list of dict
+        The case's specs as written.
+    dtype : str
+        The golden set's dtype: inputs are rounded to it (a no-op on its own inputs).
+    accumulate : str
+        Accumulation dtype: ``"float32"`` in the model, ``"float64"``, or
+        ``"float16"`` (every partial sum rounded to float16: a port that accumulates
+        in half precision, outside the model).
+    storage : str, optional
+        The type intermediates and results are rounded to; default ``dtype``.
+        (``storage="bfloat16"`` on a float16 set emulates a port of lower precision.)
+    corner, swap, shifts : bool
+        Planted defects for the tests: ``corner=False`` drops the wrapped corner of a
+        shifted expansion, ``swap=True`` exchanges A and B (each transposed to fit),
+        ``shifts=False`` ignores every shift.
+
+    Returns
+    -------
+    dict
+        ``y``, ``grad_x``, ``grad_weight_a_G``, ``grad_weight_b_G`` as float64 arrays
+        holding numbers of the storage type; None when ``swap`` cannot be applied
+        (a transposed kernel smaller than its shift).
+    """
+    dtype = dtype_name(dtype)
+    storage = dtype if storage is None else dtype_name(storage, "storage")
+    acc = dtype_name(accumulate, "accumulate")
+    if acc == "bfloat16":
+        raise ValueError("accumulate='bfloat16' is not emulated; use 'float16', 'float32' or 'float64'")
+    rnd = lambda a: round_to(a, storage)  # noqa: E731
+    inp = lambda a: round_to(np.asarray(a, dtype=np.float64), storage)  # noqa: E731
+    groups = parse_specs(specs)
+    x, grad_y = inp(arrays["x"]), inp(arrays["grad_y"])
+    n, _, height, width = x.shape
+    h_out, w_out = check_input_size(groups, height, width)
+    out = {"y": np.zeros((n, x.shape[1], h_out, w_out)), "grad_x": np.zeros(x.shape)}
+    channel = 0
+    for g, spec in enumerate(groups):
+        wa, wb = inp(arrays[f"weight_a_{g}"]), inp(arrays[f"weight_b_{g}"])
+        if swap:
+            wa, wb = wb.transpose(0, 2, 1), wa.transpose(0, 2, 1)
+        shifts_a, shifts_b = spec.channel_shifts()
+        if not shifts:
+            shifts_a, shifts_b = 0 * shifts_a, 0 * shifts_b
+        if int(shifts_a.max(initial=0)) >= min(wa.shape[1:]) or int(shifts_b.max(initial=0)) >= min(wb.shape[1:]):
+            return None
+        grads_a, grads_b = np.zeros(wa.shape), np.zeros(wb.shape)
+        for i in range(spec.channels):
+            sa, sb = int(shifts_a[i]), int(shifts_b[i])
+            a_full = expand_kernel(wa[i], h_out, height, sa)
+            b_full = expand_kernel(wb[i], width, w_out, sb)
+            if not corner:
+                a_full[:sa, :sa] = 0
+                b_full[:sb, :sb] = 0
+            xc, dy = x[:, channel], grad_y[:, channel]
+            z = rnd(_matmul_acc(a_full, xc, acc))                       # stored Â x
+            out["y"][:, channel] = rnd(_matmul_acc(z, b_full, acc))
+            dz = rnd(_matmul_acc(dy, b_full.T, acc))                    # stored dy B̂ᵀ
+            out["grad_x"][:, channel] = rnd(_matmul_acc(a_full.T, dz, acc))
+            # Σ_n dz xᵀ and Σ_n zᵀ dy: one float32 sum over samples and columns.
+            grad_a_full = _matmul_acc(dz.transpose(1, 0, 2).reshape(h_out, -1),
+                                      xc.transpose(0, 2, 1).reshape(-1, height), acc)
+            grad_b_full = _matmul_acc(z.transpose(2, 0, 1).reshape(width, -1),
+                                      dy.reshape(-1, w_out), acc)
+            if not corner:
+                grad_a_full[:sa, :sa] = 0
+                grad_b_full[:sb, :sb] = 0
+            grads_a[i] = rnd(_fold(grad_a_full, *wa.shape[1:], sa, acc))
+            grads_b[i] = rnd(_fold(grad_b_full, *wb.shape[1:], sb, acc))
+            channel += 1
+        if swap:
+            grads_a, grads_b = grads_b.transpose(0, 2, 1), grads_a.transpose(0, 2, 1)
+        out[f"grad_weight_a_{g}"] = grads_a
+        out[f"grad_weight_b_{g}"] = grads_b
+    return out
+
+
+def emulate_layer(kind, arrays, order, options, dtype, *, storage=None):
+    """A layer as a mixed-precision port computes it: the reference layer run in
+    float32 on the half-precision inputs (sums, statistics and elementary functions
+    in float32), every result rounded once to ``storage`` (default ``dtype``).
+
+    Returns
+    -------
+    dict
+        ``y`` and ``grad_<input>`` for every differentiated input, float64 arrays.
+    """
+    from . import layers
+
+    dtype = dtype_name(dtype)
+    storage = dtype if storage is None else dtype_name(storage, "storage")
+    forward, backward = getattr(layers, f"{kind}_forward"), getattr(layers, f"{kind}_backward")
+    inputs = [round_to(np.asarray(arrays[k], dtype=np.float64), storage).astype(np.float32) for k in order]
+    grad_y = round_to(np.asarray(arrays["grad_y"], dtype=np.float64), storage).astype(np.float32)
+    out = {"y": round_to(forward(*inputs, **options), storage)}
+    for name, grad in zip(order, backward(grad_y, *inputs, **options)):
+        if grad is not None:
+            out[f"grad_{name}"] = round_to(grad, storage)
+    return out
