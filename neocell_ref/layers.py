@@ -35,6 +35,7 @@ import numpy as np
 from scipy import special
 
 from .instrument import matmul
+from .validation import as_real_array, real_number
 
 __all__ = [
     "linear_forward", "linear_backward",
@@ -56,15 +57,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # validation helpers: cheap (shape and dtype checks only), run before any arithmetic
 # --------------------------------------------------------------------------------------
-def _array(value, name):
-    """``value`` as an ndarray of a real numeric dtype (bool and complex refused)."""
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:  # pragma: no cover - exotic objects
-        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
-    return arr
+_array = as_real_array  # bool, complex, object and string arrays refused, naming the argument
 
 
 def _compute_dtype(*arrays):
@@ -97,15 +90,7 @@ def _check_grad(grad_y, expected_shape):
     return grad_y
 
 
-def _real(value, name, low=None, high=None, low_open=False, high_open=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    value = float(value)
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
-    return value
+_real = real_number
 
 
 def _channel_view(shape):

@@ -45,6 +45,7 @@ import numpy as np
 from .expand import expand, expand_adjoint
 from .instrument import matmul
 from .spec import check_input_size, parse_specs, shift_segments
+from .validation import as_real_array, check_nbytes
 
 __all__ = ["neocell_forward", "neocell_backward", "METHODS"]
 
@@ -52,14 +53,7 @@ __all__ = ["neocell_forward", "neocell_backward", "METHODS"]
 # --------------------------------------------------------------------------------------
 # validation shared by all methods
 # --------------------------------------------------------------------------------------
-def _as_real_array(value, name):
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:  # pragma: no cover - exotic objects
-        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
-    if arr.dtype.kind not in "fiu" or arr.dtype.kind == "b":
-        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
-    return arr
+_as_real_array = as_real_array
 
 
 def _compute_dtype(*dtypes):
