@@ -35,7 +35,7 @@ import numpy as np
 from scipy import special
 
 from .instrument import matmul
-from .validation import as_real_array, real_number
+from .validation import as_real_array, check_nbytes, real_number
 
 __all__ = [
     "linear_forward", "linear_backward",
@@ -257,10 +257,22 @@ def _bn_prepare(x, weight, bias, running_mean, running_var, training, eps, grad_
         raise ValueError(
             f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}"
         )
+    if not training:
+        _check_running(arrays[2], arrays[3])
     if grad_y is not None:
         grad_y = _check_grad(grad_y, x.shape)
     dtype = _compute_dtype(x, *arrays, grad_y)
     return (*_cast(dtype, x, *arrays, grad_y), eps)
+
+
+def _check_running(running_mean, running_var):
+    """Running statistics must be finite and the variance >= 0 (else ``sqrt`` gives NaN)."""
+    for name, arr in (("running_mean", running_mean), ("running_var", running_var)):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+    if (running_var < 0).any():
+        i = int(np.argmax(running_var < 0))
+        raise ValueError(f"running_var must be >= 0, got running_var[{i}] = {running_var[i]!r}")
 
 
 def _bn_stats(x):
@@ -328,7 +340,8 @@ def batchnorm_forward(x, weight, bias, running_mean=None, running_var=None, *, t
     x : array_like, shape (N, C, H, W)
     weight, bias : array_like, shape (C,)
     running_mean, running_var : array_like, shape (C,)
-        Used as ``μ``, ``σ²`` in inference mode; ignored (may be None) in training mode.
+        Used as ``μ``, ``σ²`` in inference mode (then they must be finite and
+        ``running_var >= 0``, else ``ValueError``); ignored (may be None) in training mode.
     training : bool
         True: ``μ``, ``σ²`` are the batch mean and biased batch variance of ``x``
         (:func:`batchnorm_stats`). False: the running statistics.
@@ -400,6 +413,13 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
     running_mean, running_var : ndarray, shape (C,)
         New arrays in the dtype of ``running_mean``/``running_var``'s common float type.
     num_batches_tracked : ndarray, shape (), int64
+
+    Raises
+    ------
+    ValueError
+        ``x`` holds NaN or Inf (checked before any statistic is computed), the running
+        statistics are not finite or the variance is negative, or
+        ``num_batches_tracked + 1`` would not fit int64.
     """
     x = _array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
@@ -415,12 +435,22 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
     nbt = np.asarray(num_batches_tracked)
     if nbt.shape != () or nbt.dtype.kind not in "iu":
         raise TypeError(f"num_batches_tracked must be an integer scalar, got {num_batches_tracked!r}")
+    count = int(nbt)
+    if not 0 <= count < np.iinfo(np.int64).max:
+        raise ValueError(
+            f"num_batches_tracked must be in [0, 2**63 - 1) so that the new count fits int64, got {count}"
+        )
+    _check_running(rm, rv)
+    # Refused before any statistic is computed: a NaN or Inf would enter the running
+    # statistics for good (and the model would then refuse its own state dict).
+    if not np.isfinite(x).all():
+        raise ValueError("x contains NaN or Inf; a training forward would write them into the running statistics")
     m = x.shape[0] * x.shape[2] * x.shape[3]
     mean, var = _bn_stats(x.astype(_compute_dtype(x), copy=False))
     dtype = _compute_dtype(rm, rv)
     new_mean = ((1.0 - momentum) * rm + momentum * mean).astype(dtype, copy=False)
     new_var = ((1.0 - momentum) * rv + momentum * var * (m / (m - 1))).astype(dtype, copy=False)
-    return new_mean, new_var, np.asarray(int(nbt) + 1, dtype=np.int64)
+    return new_mean, new_var, np.asarray(count + 1, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------
@@ -785,6 +815,7 @@ def drop_path_scale(rng, n, rate, dtype=np.float64):
     rate = _real(rate, "rate", 0.0, 1.0, high_open=True)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_nbytes((int(n),), dtype, "drop_path_scale: scale")
     if rate == 0.0:
         return np.ones(int(n), dtype=dtype)
     if not isinstance(rng, np.random.Generator):
