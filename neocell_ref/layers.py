@@ -265,14 +265,14 @@ def _bn_prepare(x, weight, bias, running_mean, running_var, training, eps, grad_
     return (*_cast(dtype, x, *arrays, grad_y), eps)
 
 
-def _check_running(running_mean, running_var):
-    """Running statistics must be finite and the variance >= 0 (else ``sqrt`` gives NaN)."""
-    for name, arr in (("running_mean", running_mean), ("running_var", running_var)):
+def _check_running(running_mean, running_var, names=("running_mean", "running_var")):
+    """Statistics must be finite and the variance >= 0 (else ``sqrt`` gives NaN)."""
+    for name, arr in zip(names, (running_mean, running_var)):
         if not np.isfinite(arr).all():
             raise ValueError(f"{name} contains NaN or Inf")
     if (running_var < 0).any():
         i = int(np.argmax(running_var < 0))
-        raise ValueError(f"running_var must be >= 0, got running_var[{i}] = {running_var[i]!r}")
+        raise ValueError(f"{names[1]} must be >= 0, got {names[1]}[{i}] = {float(running_var[i])!r}")
 
 
 def _bn_stats(x):
@@ -327,6 +327,7 @@ def batchnorm_affine(weight, bias, mean, var, *, eps=1e-5):
     if arrays[0].ndim != 1:
         raise ValueError(f"weight must be 1-D (C,), got shape {arrays[0].shape}")
     eps = _real(eps, "eps", 0.0, low_open=True)
+    _check_running(arrays[2], arrays[3], names=("mean", "var"))
     weight, bias, mean, var = _cast(_compute_dtype(*arrays), *arrays)
     _, scale, shift = _bn_scale_shift(weight, bias, mean, var, eps)
     return scale, shift
