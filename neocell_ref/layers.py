@@ -79,6 +79,12 @@ def _check_ndim(arr, name, minimum, maximum=None, layout="(N, C, ...)"):
         raise ValueError(f"{name} must be {want} {layout}, got shape {arr.shape}")
 
 
+def _check_nonempty(arr, name, axes, what):
+    """A mean over ``axes`` of ``arr`` needs at least one value (else it is NaN)."""
+    if any(arr.shape[a] == 0 for a in axes):
+        raise ValueError(f"{name} has shape {arr.shape}: {what} needs at least one value to average")
+
+
 def _check_shape(arr, name, expected):
     if arr.shape != tuple(expected):
         raise ValueError(f"{name} has shape {arr.shape}, expected {tuple(expected)}")
@@ -296,6 +302,7 @@ def batchnorm_stats(x):
     """
     x = _array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
+    _check_nonempty(x, "x", (0, 2, 3), "a batch statistic over N, H, W")
     x = x.astype(_compute_dtype(x), copy=False)
     return _bn_stats(x)
 
@@ -460,6 +467,7 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
 def _ln_prepare(x, weight, bias, eps, grad_y=None):
     x = _array(x, "x")
     _check_ndim(x, "x", 2)
+    _check_nonempty(x, "x", (1,), "LayerNorm over the channel axis")
     weight = _array(weight, "weight")
     bias = _array(bias, "bias")
     _check_shape(weight, "weight", (x.shape[1],))
@@ -732,6 +740,7 @@ def avgpool_forward(x):
     """Global average pooling ``(N, C, H, W) -> (N, C)``: the mean over ``H·W`` pixels."""
     x = _array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
+    _check_nonempty(x, "x", (2, 3), "average pooling over H, W")
     return x.astype(_compute_dtype(x), copy=False).mean(axis=(2, 3))
 
 
@@ -744,6 +753,7 @@ def avgpool_backward(grad_y, x):
     """
     x = _array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
+    _check_nonempty(x, "x", (2, 3), "average pooling over H, W")
     grad_y = _check_grad(grad_y, x.shape[:2])
     dtype = _compute_dtype(x, grad_y)
     g = grad_y.astype(dtype, copy=False) / dtype.type(x.shape[2] * x.shape[3])

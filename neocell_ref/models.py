@@ -34,7 +34,7 @@ from .architecture import MODEL_CONFIGS, NeoNeXtConfig, describe, get_config
 from .init import neo_init
 from .instrument import matmul
 from .neocell import neocell_backward, neocell_forward
-from .validation import check_nbytes
+from .validation import as_int, check_nbytes
 
 __all__ = [
     "NeoNeXt",
@@ -170,8 +170,7 @@ class NeoNeXt:
             rng = np.random.default_rng(0)
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)), got {rng!r}")
-        if isinstance(drop_path_seed, bool) or not isinstance(drop_path_seed, numbers.Integral):
-            raise TypeError(f"drop_path_seed must be an integer, got {drop_path_seed!r}")
+        drop_path_seed = as_int(drop_path_seed, "drop_path_seed", 0)
         self.config = config
         self.dtype = dtype
         self.architecture = describe(config, resolution)
@@ -737,7 +736,10 @@ def _init_neocell(desc, rng, dtype):
 
 
 def _init_layer_scale(desc, rng, dtype):
-    return {"gamma": np.full(desc.params["gamma"], desc.options["init_value"], dtype=dtype)}
+    value = desc.options["init_value"]
+    if abs(value) > np.finfo(dtype).max:
+        raise ValueError(f"layer_scale_init_value={value!r} overflows to Inf in {dtype}")
+    return {"gamma": np.full(desc.params["gamma"], value, dtype=dtype)}
 
 
 def _no_params(desc, rng, dtype):

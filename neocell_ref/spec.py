@@ -334,6 +334,7 @@ def parse_kernel_code(code: str, channels: int, shift: int = 0) -> list[GroupSpe
     if not isinstance(code, str):
         raise TypeError(f"kernel code must be a str such as '4+7', got {code!r}")
     channels = _as_int(channels, "channels", 1)
+    shift = _as_int(shift, "shift", 0)
     parts = [p.strip() for p in code.split("+")]
     # ASCII digits only: int() would also read "4_7" as 47 and accept non-ASCII digits.
     if not all(p and p.isascii() and p.isdigit() for p in parts):
