@@ -398,7 +398,8 @@ class NeoNeXt:
             raise TypeError(f"training must be a bool, got {training!r}")
         if not isinstance(cache, (bool, np.bool_)):
             raise TypeError(f"cache must be a bool, got {cache!r}")
-        x = self._check_input(x).astype(self.dtype, copy=False)
+        with np.errstate(over="ignore"):  # an overflow to Inf is refused below in training
+            x = self._check_input(x).astype(self.dtype, copy=False)
         if training and not np.isfinite(x).all():  # after the cast: 1e300 is Inf in float32
             raise ValueError(
                 f"x contains NaN or Inf (in the model dtype {self.dtype}); a training forward "
@@ -737,7 +738,7 @@ def _init_neocell(desc, rng, dtype):
 
 def _init_layer_scale(desc, rng, dtype):
     value = desc.options["init_value"]
-    if abs(value) > np.finfo(dtype).max:
+    if abs(value) > float(np.finfo(dtype).max):
         raise ValueError(f"layer_scale_init_value={value!r} overflows to Inf in {dtype}")
     return {"gamma": np.full(desc.params["gamma"], value, dtype=dtype)}
 
