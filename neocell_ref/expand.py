@@ -18,6 +18,7 @@ two agree.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -157,7 +158,8 @@ def expand_kernel_adjoint(grad_full: np.ndarray, p: int, q: int, shift: int) -> 
     check_nbytes((_layout_bound(p, q, rows, cols, shift),), np.intp, "expand_kernel_adjoint: block layout indices")
     m_r, m_c, k_r, k_c = block_layout(p, q, rows, cols, shift)
     lead = grad_full.shape[:-2]
-    values = grad_full[..., m_r, m_c].reshape(-1, len(m_r))
+    # An explicit row count: reshape(-1, 0) is ambiguous when nothing is filled (rows == 0).
+    values = grad_full[..., m_r, m_c].reshape(math.prod(lead), len(m_r))
     flat = np.zeros((values.shape[0], p * q), dtype=grad_full.dtype)
     # Sum duplicates: a kernel entry is copied into every block (and the corner).
     np.add.at(flat, (slice(None), k_r * q + k_c), values)
