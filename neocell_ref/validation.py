@@ -10,9 +10,7 @@ module needs live here, once:
   strings refused);
 * :func:`check_nbytes` — the **memory budget**.
 
-Memory budget
--------------
-Functions that build an array whose size follows from their arguments rather than from
+**Memory budget.** Functions that build an array whose size follows from their arguments rather than from
 an array the caller already holds (:func:`neocell_ref.expand.expand` and
 :func:`~neocell_ref.expand.expand_kernel`, :func:`neocell_ref.init.neo_init`,
 :func:`~neocell_ref.init.skewed_identity`, :class:`neocell_ref.models.NeoNeXt`, the
