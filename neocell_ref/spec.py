@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .validation import as_int as _as_int  # one integer rule for the package
+from .validation import check_nbytes
 
 __all__ = [
     "GroupSpec",
@@ -174,6 +175,7 @@ def channel_shifts(channels: int, shift: int, subgroups: int) -> np.ndarray:
     -------
     numpy.ndarray of int, shape (channels,)
     """
+    check_nbytes((channels,), np.intp, "channel_shifts")  # one shift per channel
     size = channels // subgroups
     index = np.arange(channels)
     # With size == 0 all channels belong to the last sub-group.

@@ -138,6 +138,7 @@ def test_shift_segments_is_instant_at_a_trillion_channels():
     assert [s[1] for s in segments] == sorted(cuts | {10**12})
     assert segments[0][2:] == (0, 0) and segments[-1][2:] == (6, 6)
 
+
 # --------------------------------------------------------------------------------------
 # check_gradients
 # --------------------------------------------------------------------------------------
@@ -379,6 +380,7 @@ HUGE = [
                                                   [{"h_in": 1, "h_out": 10**6, "w_in": 1, "w_out": 10**6, "channels": 1}]),
      ("neocell: output y", "bytes")),
     ("NeoNeXt", lambda: NeoNeXt(dims=(10**12, 16, 24, 32)), ("NeoNeXt", "stem.conv.weight", "bytes")),
+    ("channel_shifts", lambda: GroupSpec(10**12, 7, 7, 7, 7, 1, 1).channel_shifts(), ("channel_shifts", "bytes")),
     ("drop_path_scale", lambda: L.drop_path_scale(np.random.default_rng(0), 10**12, 0.5), ("drop_path_scale", "bytes")),
     ("synthetic_patterns", lambda: synthetic_patterns(np.random.default_rng(0), 10**9), ("synthetic_patterns", "bytes")),
 ]
