@@ -18,11 +18,13 @@ two agree.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
 
-from .spec import _as_int, check_input_size, parse_specs, shift_segments
+from .spec import check_input_size, parse_specs, shift_segments
+from .validation import as_int, as_real_array, check_nbytes
 
 __all__ = [
     "block_layout",
@@ -41,9 +43,9 @@ def _check_layout(p, q, rows, cols, shift) -> tuple[int, int, int, int, int]:
     ``0 <= shift < min(p, q)``, the range SPEC 4 gives a channel's shift (the corner
     takes ``K[p-shift:, q-shift:]``, which must be a proper part of the kernel).
     """
-    p, q = _as_int(p, "p (kernel rows)", 1), _as_int(q, "q (kernel columns)", 1)
-    rows, cols = _as_int(rows, "rows", 1), _as_int(cols, "cols", 1)
-    shift = _as_int(shift, "shift", 0)
+    p, q = as_int(p, "p (kernel rows)", 1), as_int(q, "q (kernel columns)", 1)
+    rows, cols = as_int(rows, "rows", 1), as_int(cols, "cols", 1)
+    shift = as_int(shift, "shift", 0)
     if shift >= min(p, q):
         raise ValueError(
             f"shift must be smaller than the kernel ({p}x{q}): 0 <= shift <= {min(p, q) - 1}, got {shift}"
@@ -163,11 +165,27 @@ def expand_kernel(kernel: np.ndarray, rows: int, cols: int, shift: int) -> np.nd
     Returns
     -------
     ndarray, shape (..., rows, cols)
+
+    Raises
+    ------
+    TypeError
+        ``kernel`` is not a real numeric array, or a size or the shift is not an integer.
+    ValueError
+        ``kernel`` has fewer than 2 dimensions or an empty kernel axis, ``rows`` or
+        ``cols`` is negative, ``shift`` is negative or not smaller than the kernel
+        (``0 <= shift < min(p, q)``; SPEC 3), or the result would exceed the memory
+        budget (:mod:`neocell_ref.validation`).
     """
-    p, q = kernel.shape[-2:]
-    m_r, m_c, k_r, k_c = block_layout(p, q, rows, cols, shift)
+    kernel = as_real_array(kernel, "kernel")
+    p, q = _kernel_shape(kernel, "kernel")
+    rows, cols = as_int(rows, "rows", 0), as_int(cols, "cols", 0)
+    shift = _check_shift(shift, p, q)
+    check_nbytes(kernel.shape[:-2] + (rows, cols), kernel.dtype, "expand_kernel: expanded matrix")
     out = np.zeros(kernel.shape[:-2] + (rows, cols), dtype=kernel.dtype)
-    out[..., m_r, m_c] = kernel[..., k_r, k_c]
+    if rows and cols:  # an empty matrix (a zero output size) holds no entry
+        check_nbytes((nnz(p, q, rows, cols, shift),), np.intp, "expand_kernel: block layout indices")
+        m_r, m_c, k_r, k_c = block_layout(p, q, rows, cols, shift)
+        out[..., m_r, m_c] = kernel[..., k_r, k_c]
     return out
 
 
@@ -186,15 +204,49 @@ def expand_kernel_adjoint(grad_full: np.ndarray, p: int, q: int, shift: int) -> 
     Returns
     -------
     ndarray, shape (..., p, q)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`expand_kernel`, for ``grad_full``, ``p``, ``q`` and ``shift``.
     """
+    grad_full = as_real_array(grad_full, "grad_full")
+    if grad_full.ndim < 2:
+        raise ValueError(f"grad_full must be at least 2-D (..., rows, cols), got shape {grad_full.shape}")
+    p, q = as_int(p, "p", 1), as_int(q, "q", 1)
+    shift = _check_shift(shift, p, q)
     rows, cols = grad_full.shape[-2:]
-    m_r, m_c, k_r, k_c = block_layout(p, q, rows, cols, shift)
+    check_nbytes(grad_full.shape[:-2] + (p, q), grad_full.dtype, "expand_kernel_adjoint: kernel gradient")
     lead = grad_full.shape[:-2]
-    values = grad_full[..., m_r, m_c].reshape(-1, len(m_r))
+    if not (rows and cols):  # nothing was filled, nothing flows back
+        return np.zeros(lead + (p, q), dtype=grad_full.dtype)
+    check_nbytes((nnz(p, q, rows, cols, shift),), np.intp, "expand_kernel_adjoint: block layout indices")
+    m_r, m_c, k_r, k_c = block_layout(p, q, rows, cols, shift)
+    # An explicit row count: reshape(-1, 0) is ambiguous when nothing is filled (rows == 0).
+    values = grad_full[..., m_r, m_c].reshape(math.prod(lead), len(m_r))
     flat = np.zeros((values.shape[0], p * q), dtype=grad_full.dtype)
     # Sum duplicates: a kernel entry is copied into every block (and the corner).
     np.add.at(flat, (slice(None), k_r * q + k_c), values)
     return flat.reshape(lead + (p, q))
+
+
+def _kernel_shape(kernel, name):
+    """``(p, q)`` of a ``(..., p, q)`` kernel stack; both axes non-empty."""
+    if kernel.ndim < 2:
+        raise ValueError(f"{name} must be at least 2-D (..., p, q), got shape {kernel.shape}")
+    p, q = kernel.shape[-2:]
+    if p < 1 or q < 1:
+        raise ValueError(f"{name} must have a non-empty (p, q) kernel, got shape {kernel.shape}")
+    return p, q
+
+
+def _check_shift(shift, p, q):
+    """A shift ``s`` with ``0 <= s < min(p, q)``: SPEC 3 takes the wrapped corner from
+    ``K[p-s:, q-s:]``, which a larger or negative ``s`` would index from the wrong end."""
+    shift = as_int(shift, "shift", 0)
+    if shift and shift >= min(p, q):
+        raise ValueError(f"shift={shift} must be smaller than the kernel shape ({p}, {q})")
+    return shift
 
 
 def _per_channel(specs):
@@ -226,10 +278,15 @@ def expand(weights_a, weights_b, specs, size):
     from .neocell import _check_weights  # validation lives with the operator
 
     specs = parse_specs(specs)
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2:
+        raise TypeError(f"size must be a pair (H, W) of integers, got {size!r}")
     height, width = size
     h_out, w_out = check_input_size(specs, height, width)
+    height, width = int(height), int(width)
     weights_a, weights_b, dtype = _check_weights(weights_a, weights_b, specs)
     offsets = np.cumsum([0] + [g.channels for g in specs])
+    check_nbytes((int(offsets[-1]), h_out, height), dtype, "expand: A_full")
+    check_nbytes((int(offsets[-1]), width, w_out), dtype, "expand: B_full")
     a_full = np.zeros((offsets[-1], h_out, height), dtype=dtype)
     b_full = np.zeros((offsets[-1], width, w_out), dtype=dtype)
     for g, sl, sa, sb in _per_channel(specs):
@@ -251,8 +308,34 @@ def expand_adjoint(grad_a_full, grad_b_full, specs):
     Returns
     -------
     grads_a, grads_b : lists of ndarray shaped like the weights
+
+    Raises
+    ------
+    TypeError
+        A gradient is not a real numeric array.
+    ValueError
+        A gradient does not have exactly the shape :func:`expand` returns for these
+        specs at the input size ``(H, W)`` read from ``grad_a_full.shape[2]`` and
+        ``grad_b_full.shape[1]`` (no broadcasting).
     """
     specs = parse_specs(specs)
+    grad_a_full = as_real_array(grad_a_full, "grad_a_full")
+    grad_b_full = as_real_array(grad_b_full, "grad_b_full")
+    for name, arr, layout in (("grad_a_full", grad_a_full, "(C, H_out, H)"), ("grad_b_full", grad_b_full, "(C, W, W_out)")):
+        if arr.ndim != 3:
+            raise ValueError(f"{name} must be 3-D {layout}, got shape {arr.shape}")
+    height, width = grad_a_full.shape[2], grad_b_full.shape[1]
+    h_out, w_out = check_input_size(specs, height, width)
+    channels = sum(g.channels for g in specs)
+    for name, arr, expected in (
+        ("grad_a_full", grad_a_full, (channels, h_out, height)),
+        ("grad_b_full", grad_b_full, (channels, width, w_out)),
+    ):
+        if arr.shape != expected:
+            raise ValueError(
+                f"{name} has shape {arr.shape}, expected {expected} for these specs and input "
+                f"size H={height}, W={width}"
+            )
     offsets = np.cumsum([0] + [g.channels for g in specs])
     grads_a = [np.zeros(g.shape_a, dtype=grad_a_full.dtype) for g in specs]
     grads_b = [np.zeros(g.shape_b, dtype=grad_b_full.dtype) for g in specs]

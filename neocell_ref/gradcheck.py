@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .validation import as_int, as_real_array, real_number
+
 __all__ = ["GradcheckReport", "InputReport", "check_gradients", "assert_gradients", "neocell_gradcheck"]
 
 
@@ -141,32 +143,79 @@ def check_gradients(
         Check at most this many elements per input (sampled without replacement).
     wrt : sequence of int, optional
         Indices of inputs to check (default: all whose gradient is not ``None``).
+        Every listed input must get a gradient.
 
     Returns
     -------
     GradcheckReport
+
+    Raises
+    ------
+    TypeError
+        ``rng`` is not a ``numpy.random.Generator`` (or None); an input, the forward's
+        output or a gradient is not real (complex, bool, object...): a complex gradient
+        is refused, never cast.
+    ValueError
+        ``eps`` is not finite and > 0; a tolerance is not finite and >= 0;
+        ``max_elements`` < 1; ``wrt`` names an input that does not exist, twice, or
+        whose gradient is None; **nothing would be checked** (no inputs, an empty
+        ``wrt``, or a backward returning None for every input); a gradient has the wrong
+        shape.
     """
-    rng = np.random.default_rng(0) if rng is None else rng
+    if rng is None:
+        rng = np.random.default_rng(0)
+    elif not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)) or None, got {rng!r}")
+    eps = real_number(eps, "eps", 0.0, low_open=True)
+    rtol = real_number(rtol, "rtol", 0.0)
+    atol = real_number(atol, "atol", 0.0)
+    dot_rtol = real_number(dot_rtol, "dot_rtol", 0.0)
+    max_elements = as_int(max_elements, "max_elements", 1)
+    if isinstance(inputs, np.ndarray) or not hasattr(inputs, "__len__"):
+        raise TypeError(f"inputs must be a list of arrays, got {type(inputs).__name__}")
+    if len(inputs) == 0:
+        raise ValueError("nothing to check: inputs is empty")
+    inputs = [as_real_array(a, f"inputs[{i}]") for i, a in enumerate(inputs)]
     inputs = [np.array(a, dtype=np.float64, copy=True) for a in inputs]
     names = list(names) if names is not None else [f"input{i}" for i in range(len(inputs))]
     if len(names) != len(inputs):
         raise ValueError(f"names has {len(names)} entries but there are {len(inputs)} inputs")
-    out = np.asarray(forward(*inputs))
+    if wrt is not None:
+        if isinstance(wrt, (str, bytes)) or not hasattr(wrt, "__iter__"):
+            raise TypeError(f"wrt must be a sequence of input indices, got {wrt!r}")
+        wrt = [as_int(i, "wrt entry", 0) for i in wrt]
+        if not wrt:
+            raise ValueError("nothing to check: wrt is empty")
+        bad = [i for i in wrt if i >= len(inputs)]
+        if bad:
+            raise ValueError(f"wrt names input(s) {bad}, but there are only {len(inputs)} inputs (indices 0..{len(inputs) - 1})")
+        if len(set(wrt)) != len(wrt):
+            raise ValueError(f"wrt lists an input twice: {wrt}")
+    out = as_real_array(forward(*inputs), "the forward's output")
     g = rng.standard_normal(out.shape)
-    grads = list(backward(g, *inputs))
+    grads = backward(g, *inputs)
+    if grads is None or isinstance(grads, np.ndarray) or not hasattr(grads, "__len__"):
+        raise TypeError(f"backward must return a sequence with one gradient per input, got {type(grads).__name__}")
+    grads = list(grads)
     if len(grads) != len(inputs):
         raise ValueError(f"backward returned {len(grads)} gradients for {len(inputs)} inputs")
+    if wrt is None:
+        indices = [i for i in range(len(inputs)) if grads[i] is not None]
+        if not indices:
+            raise ValueError("nothing to check: backward returned None for every input")
+    else:
+        indices = wrt
+        skipped = [names[i] for i in indices if grads[i] is None]
+        if skipped:
+            raise ValueError(f"wrt selects {skipped}, but backward returned None for them")
 
     def loss(args):
         return _inner(forward(*args), g)
 
     report = GradcheckReport(rtol=rtol, atol=atol, dot_rtol=dot_rtol)
-    indices = range(len(inputs)) if wrt is None else wrt
     for i in indices:
-        if grads[i] is None:
-            continue
         x = inputs[i]
-        grad = np.asarray(grads[i], dtype=np.float64)
+        grad = as_real_array(grads[i], f"gradient of {names[i]}").astype(np.float64)
         if grad.shape != x.shape:
             raise ValueError(f"gradient of {names[i]} has shape {grad.shape}, input has {x.shape}")
         # -- element-wise central differences on a sample of elements

@@ -7,6 +7,7 @@ import numbers
 import numpy as np
 
 from .spec import parse_specs
+from .validation import as_int, check_nbytes, real_number
 
 __all__ = ["skewed_identity", "neo_init"]
 
@@ -35,14 +36,10 @@ def skewed_identity(n_rows: int, n_cols: int, dtype=np.float64) -> np.ndarray:
     -------
     ndarray, shape (n_rows, n_cols)
     """
-    for name, v in (("n_rows", n_rows), ("n_cols", n_cols)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"{name} must be an integer, got {v!r}")
-        if v < 1:
-            raise ValueError(f"{name} must be >= 1, got {v}")
+    n, m = as_int(n_rows, "n_rows", 1), as_int(n_cols, "n_cols", 1)
     if np.dtype(dtype).kind != "f":  # the entries are fractions such as 1/2 and 1/3
         raise TypeError(f"dtype must be a floating-point dtype, got {np.dtype(dtype)}")
-    n, m = int(n_rows), int(n_cols)
+    check_nbytes((n, m), dtype, "skewed_identity")
     if n == m:
         return np.eye(n, dtype=dtype)
     if m > n:
@@ -72,7 +69,8 @@ def neo_init(specs, rng=None, *, dtype=np.float64, noise_scale=1.0):
     dtype : float32 or float64
     noise_scale : float, default 1.0
         Multiplies the noise (1 is NeoInit; 0 gives the bare skewed identity).
-        Must be finite and >= 0.
+        Must be finite and >= 0, and small enough that every weight is finite in
+        ``dtype`` (a ``ValueError`` names the group otherwise).
 
     Returns
     -------
@@ -87,14 +85,27 @@ def neo_init(specs, rng=None, *, dtype=np.float64, noise_scale=1.0):
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    if isinstance(noise_scale, bool) or not isinstance(noise_scale, numbers.Real):
+    if isinstance(noise_scale, (bool, np.bool_)) or not isinstance(noise_scale, numbers.Real):
         raise TypeError(f"noise_scale must be a real number, got {noise_scale!r}")
-    if not np.isfinite(noise_scale) or noise_scale < 0:
-        raise ValueError(f"noise_scale must be finite and >= 0, got {noise_scale!r}")
-    weights_a, weights_b = [], []
+    noise_scale = real_number(noise_scale, "noise_scale", 0.0)
+    # Refuse before drawing anything: the noise is drawn in float64 whatever ``dtype`` is.
     for spec in specs:
-        for (rows, cols), out in (((spec.h_out, spec.h_in), weights_a), ((spec.w_in, spec.w_out), weights_b)):
+        for shape, name in ((spec.shape_a, "weight_a"), (spec.shape_b, "weight_b")):
+            check_nbytes(shape, np.float64, f"neo_init: {name} noise")
+    weights_a, weights_b = [], []
+    for g, spec in enumerate(specs):
+        for (rows, cols), out, name in (
+            ((spec.h_out, spec.h_in), weights_a, "weights_a"),
+            ((spec.w_in, spec.w_out), weights_b, "weights_b"),
+        ):
             noise = rng.standard_normal((spec.channels, rows, cols))
-            w = skewed_identity(rows, cols) + noise * (noise_scale / np.sqrt(rows * cols))
-            out.append(w.astype(dtype))
+            with np.errstate(over="ignore"):  # overflow is detected and named just below
+                w = skewed_identity(rows, cols) + noise * (noise_scale / np.sqrt(rows * cols))
+                w = w.astype(dtype)
+            if not np.isfinite(w).all():
+                raise ValueError(
+                    f"noise_scale={noise_scale!r} makes {name}[{g}] overflow to Inf in {dtype}; "
+                    "use a smaller noise_scale"
+                )
+            out.append(w)
     return weights_a, weights_b

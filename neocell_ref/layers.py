@@ -35,6 +35,7 @@ import numpy as np
 from scipy import special
 
 from .instrument import matmul
+from .validation import as_real_array, check_nbytes, real_number
 
 __all__ = [
     "linear_forward", "linear_backward",
@@ -56,15 +57,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # validation helpers: cheap (shape and dtype checks only), run before any arithmetic
 # --------------------------------------------------------------------------------------
-def _array(value, name):
-    """``value`` as an ndarray of a real numeric dtype (bool and complex refused)."""
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:  # pragma: no cover - exotic objects
-        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
-    return arr
+_array = as_real_array  # bool, complex, object and string arrays refused, naming the argument
 
 
 def _compute_dtype(*arrays):
@@ -86,6 +79,12 @@ def _check_ndim(arr, name, minimum, maximum=None, layout="(N, C, ...)"):
         raise ValueError(f"{name} must be {want} {layout}, got shape {arr.shape}")
 
 
+def _check_nonempty(arr, name, axes, what):
+    """A mean over ``axes`` of ``arr`` needs at least one value (else it is NaN)."""
+    if any(arr.shape[a] == 0 for a in axes):
+        raise ValueError(f"{name} has shape {arr.shape}: {what} needs at least one value to average")
+
+
 def _check_shape(arr, name, expected):
     if arr.shape != tuple(expected):
         raise ValueError(f"{name} has shape {arr.shape}, expected {tuple(expected)}")
@@ -97,15 +96,7 @@ def _check_grad(grad_y, expected_shape):
     return grad_y
 
 
-def _real(value, name, low=None, high=None, low_open=False, high_open=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    value = float(value)
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
-    return value
+_real = real_number
 
 
 def _channel_view(shape):
@@ -272,10 +263,22 @@ def _bn_prepare(x, weight, bias, running_mean, running_var, training, eps, grad_
         raise ValueError(
             f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}"
         )
+    if not training:
+        _check_running(arrays[2], arrays[3])
     if grad_y is not None:
         grad_y = _check_grad(grad_y, x.shape)
     dtype = _compute_dtype(x, *arrays, grad_y)
     return (*_cast(dtype, x, *arrays, grad_y), eps)
+
+
+def _check_running(running_mean, running_var, names=("running_mean", "running_var")):
+    """Statistics must be finite and the variance >= 0 (else ``sqrt`` gives NaN)."""
+    for name, arr in zip(names, (running_mean, running_var)):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+    if (running_var < 0).any():
+        i = int(np.argmax(running_var < 0))
+        raise ValueError(f"{names[1]} must be >= 0, got {names[1]}[{i}] = {float(running_var[i])!r}")
 
 
 def _bn_stats(x):
@@ -299,6 +302,7 @@ def batchnorm_stats(x):
     """
     x = _array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
+    _check_nonempty(x, "x", (0, 2, 3), "a batch statistic over N, H, W")
     x = x.astype(_compute_dtype(x), copy=False)
     return _bn_stats(x)
 
@@ -330,6 +334,7 @@ def batchnorm_affine(weight, bias, mean, var, *, eps=1e-5):
     if arrays[0].ndim != 1:
         raise ValueError(f"weight must be 1-D (C,), got shape {arrays[0].shape}")
     eps = _real(eps, "eps", 0.0, low_open=True)
+    _check_running(arrays[2], arrays[3], names=("mean", "var"))
     weight, bias, mean, var = _cast(_compute_dtype(*arrays), *arrays)
     _, scale, shift = _bn_scale_shift(weight, bias, mean, var, eps)
     return scale, shift
@@ -343,7 +348,8 @@ def batchnorm_forward(x, weight, bias, running_mean=None, running_var=None, *, t
     x : array_like, shape (N, C, H, W)
     weight, bias : array_like, shape (C,)
     running_mean, running_var : array_like, shape (C,)
-        Used as ``μ``, ``σ²`` in inference mode; ignored (may be None) in training mode.
+        Used as ``μ``, ``σ²`` in inference mode (then they must be finite and
+        ``running_var >= 0``, else ``ValueError``); ignored (may be None) in training mode.
     training : bool
         True: ``μ``, ``σ²`` are the batch mean and biased batch variance of ``x``
         (:func:`batchnorm_stats`). False: the running statistics.
@@ -415,6 +421,13 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
     running_mean, running_var : ndarray, shape (C,)
         New arrays in the dtype of ``running_mean``/``running_var``'s common float type.
     num_batches_tracked : ndarray, shape (), int64
+
+    Raises
+    ------
+    ValueError
+        ``x`` holds NaN or Inf (checked before any statistic is computed), the running
+        statistics are not finite or the variance is negative, or
+        ``num_batches_tracked + 1`` would not fit int64.
     """
     x = _array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
@@ -430,12 +443,22 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
     nbt = np.asarray(num_batches_tracked)
     if nbt.shape != () or nbt.dtype.kind not in "iu":
         raise TypeError(f"num_batches_tracked must be an integer scalar, got {num_batches_tracked!r}")
+    count = int(nbt)
+    if not 0 <= count < np.iinfo(np.int64).max:
+        raise ValueError(
+            f"num_batches_tracked must be in [0, 2**63 - 1) so that the new count fits int64, got {count}"
+        )
+    _check_running(rm, rv)
+    # Refused before any statistic is computed: a NaN or Inf would enter the running
+    # statistics for good (and the model would then refuse its own state dict).
+    if not np.isfinite(x).all():
+        raise ValueError("x contains NaN or Inf; a training forward would write them into the running statistics")
     m = x.shape[0] * x.shape[2] * x.shape[3]
     mean, var = _bn_stats(x.astype(_compute_dtype(x), copy=False))
     dtype = _compute_dtype(rm, rv)
     new_mean = ((1.0 - momentum) * rm + momentum * mean).astype(dtype, copy=False)
     new_var = ((1.0 - momentum) * rv + momentum * var * (m / (m - 1))).astype(dtype, copy=False)
-    return new_mean, new_var, np.asarray(int(nbt) + 1, dtype=np.int64)
+    return new_mean, new_var, np.asarray(count + 1, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------------------
@@ -444,6 +467,7 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
 def _ln_prepare(x, weight, bias, eps, grad_y=None):
     x = _array(x, "x")
     _check_ndim(x, "x", 2)
+    _check_nonempty(x, "x", (1,), "LayerNorm over the channel axis")
     weight = _array(weight, "weight")
     bias = _array(bias, "bias")
     _check_shape(weight, "weight", (x.shape[1],))
@@ -716,6 +740,7 @@ def avgpool_forward(x):
     """Global average pooling ``(N, C, H, W) -> (N, C)``: the mean over ``H·W`` pixels."""
     x = _array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
+    _check_nonempty(x, "x", (2, 3), "average pooling over H, W")
     return x.astype(_compute_dtype(x), copy=False).mean(axis=(2, 3))
 
 
@@ -728,6 +753,7 @@ def avgpool_backward(grad_y, x):
     """
     x = _array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
+    _check_nonempty(x, "x", (2, 3), "average pooling over H, W")
     grad_y = _check_grad(grad_y, x.shape[:2])
     dtype = _compute_dtype(x, grad_y)
     g = grad_y.astype(dtype, copy=False) / dtype.type(x.shape[2] * x.shape[3])
@@ -800,6 +826,7 @@ def drop_path_scale(rng, n, rate, dtype=np.float64):
     rate = _real(rate, "rate", 0.0, 1.0, high_open=True)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_nbytes((int(n),), dtype, "drop_path_scale: scale")
     if rate == 0.0:
         return np.ones(int(n), dtype=dtype)
     if not isinstance(rng, np.random.Generator):

@@ -34,6 +34,7 @@ from .architecture import MODEL_CONFIGS, NeoNeXtConfig, describe, get_config
 from .init import neo_init
 from .instrument import matmul
 from .neocell import neocell_backward, neocell_forward
+from .validation import as_int, check_nbytes
 
 __all__ = [
     "NeoNeXt",
@@ -169,8 +170,7 @@ class NeoNeXt:
             rng = np.random.default_rng(0)
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)), got {rng!r}")
-        if isinstance(drop_path_seed, bool) or not isinstance(drop_path_seed, numbers.Integral):
-            raise TypeError(f"drop_path_seed must be an integer, got {drop_path_seed!r}")
+        drop_path_seed = as_int(drop_path_seed, "drop_path_seed", 0)
         self.config = config
         self.dtype = dtype
         self.architecture = describe(config, resolution)
@@ -181,6 +181,12 @@ class NeoNeXt:
         self.grads = {}
         self.profile = None
         self._tape = None
+        self._running_updates = None
+        # Refuse before allocating anything. Random initialisers draw in float64 first.
+        for desc in self.architecture.layers():
+            drawn = np.float64 if desc.kind in ("conv1x1", "linear", "neocell") else dtype
+            for key, shape in {**desc.params, **desc.buffers}.items():
+                check_nbytes(shape, drawn, f"NeoNeXt: {desc.name}.{key}")
         for desc in self.architecture.layers():
             values = _INIT[desc.kind](desc, rng, dtype)
             expected = {**desc.params, **desc.buffers}
@@ -292,9 +298,10 @@ class NeoNeXt:
                 raise TypeError(
                     f"{key}: expected an integer scalar, got dtype {arr.dtype} shape {arr.shape}"
                 )
-            if int(arr.reshape(())) < 0:
-                raise ValueError(f"{key}: must be >= 0, got {int(arr.reshape(()))}")
-            return np.asarray(int(arr.reshape(())), dtype=np.int64)
+            count = int(arr.reshape(()))
+            if not 0 <= count <= np.iinfo(np.int64).max:
+                raise ValueError(f"{key}: must be in [0, 2**63 - 1] (int64), got {count}")
+            return np.asarray(count, dtype=np.int64)
         try:
             arr = np.asarray(value)
         except Exception as exc:
@@ -303,11 +310,15 @@ class NeoNeXt:
             raise TypeError(f"{key}: expected a floating-point array, got dtype {arr.dtype}")
         if arr.shape != shape:
             raise ValueError(f"{key}: shape mismatch, expected {shape}, got {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{key}: contains NaN or Inf")
-        if key.endswith(".running_var") and (arr < 0).any():
-            raise ValueError(f"{key}: running variance must be >= 0, got min {arr.min()!r}")
-        return arr.astype(self.dtype, copy=True)
+        # Cast first, then check: 1e300 is finite in float64 but Inf in a float32 model.
+        with np.errstate(over="ignore"):
+            cast = arr.astype(self.dtype, copy=True)
+        if not np.isfinite(cast).all():
+            detail = f" after the cast to {self.dtype}" if np.isfinite(arr).all() else ""
+            raise ValueError(f"{key}: contains NaN or Inf{detail}")
+        if key.endswith(".running_var") and (cast < 0).any():
+            raise ValueError(f"{key}: running variance must be >= 0, got min {cast.min()!r}")
+        return cast
 
     def save_npz(self, path):
         """Write :meth:`state_dict` to an uncompressed ``.npz`` (no pickled objects)."""
@@ -372,10 +383,47 @@ class NeoNeXt:
         Returns
         -------
         logits : ndarray, shape (N, num_classes), model dtype
+
+        Raises
+        ------
+        TypeError
+            ``training`` or ``cache`` is not a bool, or ``x`` is not a real numeric array.
+        ValueError
+            ``x`` has a wrong shape or size; in training mode also when ``x`` holds NaN
+            or Inf, or a batch statistic is not finite. A training forward that raises
+            leaves the running statistics and ``num_batches_tracked`` unchanged: the
+            updates are committed only after the whole forward succeeded.
         """
         if not isinstance(training, (bool, np.bool_)):
             raise TypeError(f"training must be a bool, got {training!r}")
-        x = self._check_input(x)
+        if not isinstance(cache, (bool, np.bool_)):
+            raise TypeError(f"cache must be a bool, got {cache!r}")
+        with np.errstate(over="ignore"):  # an overflow to Inf is refused below in training
+            x = self._check_input(x).astype(self.dtype, copy=False)
+        if training and not np.isfinite(x).all():  # after the cast: 1e300 is Inf in float32
+            raise ValueError(
+                f"x contains NaN or Inf (in the model dtype {self.dtype}); a training forward "
+                "refuses it (it would enter the BatchNorm running statistics)"
+            )
+        self._tape = None
+        self._running_updates = {} if training else None
+        try:
+            logits = self._forward(x, training, cache)
+            updates = self._running_updates
+        finally:
+            self._running_updates = None
+        if updates:
+            bad = [key for key, value in updates.items() if not np.isfinite(value).all()]
+            if bad:
+                self._tape = None
+                raise ValueError(
+                    f"the training forward produced non-finite BatchNorm statistics for {bad}; "
+                    "running statistics left unchanged"
+                )
+            self.buffers.update(updates)
+        return logits
+
+    def _forward(self, x, training, cache):
         arch = self.describe(x.shape[2:])
         x = x.astype(self.dtype, copy=False)
         tape = [] if cache else None
@@ -689,7 +737,10 @@ def _init_neocell(desc, rng, dtype):
 
 
 def _init_layer_scale(desc, rng, dtype):
-    return {"gamma": np.full(desc.params["gamma"], desc.options["init_value"], dtype=dtype)}
+    value = desc.options["init_value"]
+    if abs(value) > float(np.finfo(dtype).max):
+        raise ValueError(f"layer_scale_init_value={value!r} overflows to Inf in {dtype}")
+    return {"gamma": np.full(desc.params["gamma"], value, dtype=dtype)}
 
 
 def _no_params(desc, rng, dtype):
@@ -748,9 +799,10 @@ def _fwd_batchnorm(model, desc, x, training, inplace):
         new_mean, new_var, nbt = L.batchnorm_update_running(
             x, *running, model.buffers[f"{prefix}.num_batches_tracked"], momentum=desc.options["momentum"]
         )
-        model.buffers[f"{prefix}.running_mean"] = new_mean
-        model.buffers[f"{prefix}.running_var"] = new_var
-        model.buffers[f"{prefix}.num_batches_tracked"] = nbt
+        # Committed by NeoNeXt.forward once the whole forward has succeeded.
+        model._running_updates[f"{prefix}.running_mean"] = new_mean
+        model._running_updates[f"{prefix}.running_var"] = new_var
+        model._running_updates[f"{prefix}.num_batches_tracked"] = nbt
     y = L.batchnorm_forward(x, w, b, *running, training=training, eps=eps, out=x if inplace else None)
     # Inference backward needs the running statistics used here (later training forwards
     # replace the arrays, they never modify them, so keeping the references is a snapshot).

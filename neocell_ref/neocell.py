@@ -45,6 +45,7 @@ import numpy as np
 from .expand import expand, expand_adjoint
 from .instrument import matmul
 from .spec import check_input_size, parse_specs, shift_segments
+from .validation import as_real_array, check_nbytes
 
 __all__ = ["neocell_forward", "neocell_backward", "METHODS"]
 
@@ -52,14 +53,7 @@ __all__ = ["neocell_forward", "neocell_backward", "METHODS"]
 # --------------------------------------------------------------------------------------
 # validation shared by all methods
 # --------------------------------------------------------------------------------------
-def _as_real_array(value, name):
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:  # pragma: no cover - exotic objects
-        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
-    if arr.dtype.kind not in "fiu" or arr.dtype.kind == "b":
-        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
-    return arr
+_as_real_array = as_real_array
 
 
 def _compute_dtype(*dtypes):
@@ -80,7 +74,11 @@ def _check_weights(weights_a, weights_b, specs):
     weights are small enough that checking them costs nothing.
     """
     for name, weights in (("weights_a", weights_a), ("weights_b", weights_b)):
-        if isinstance(weights, np.ndarray) or not hasattr(weights, "__len__"):
+        if (
+            isinstance(weights, (np.ndarray, str, bytes))
+            or hasattr(weights, "keys")  # a dict {0: w0, ...} would index like a list
+            or not hasattr(weights, "__len__")
+        ):
             raise TypeError(
                 f"{name} must be a list with one array per channel group, got "
                 f"{type(weights).__name__}"
@@ -131,6 +129,7 @@ def _prepare(x, weights_a, weights_b, specs, grad_y=None, check_finite=False):
             raise ValueError(f"grad_y has shape {grad_y.shape}, expected {expected}")
         operands.append(grad_y.dtype)
     dtype = _compute_dtype(*operands)
+    check_nbytes((x.shape[0], channels, h_out, w_out), dtype, "neocell: output y")
     if check_finite:
         for name, arr in (("x", x), ("grad_y", grad_y)):
             if arr is not None and not np.isfinite(arr).all():
@@ -574,8 +573,10 @@ METHODS = {
 }
 
 
-def _method(method, which):
-    if method not in METHODS:
+def _method(method, which, check_finite):
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     return METHODS[method][which]
 
@@ -608,7 +609,7 @@ def neocell_forward(x, weights_a, weights_b, specs, method="patchwise", *, check
     ValueError, TypeError
         On any inconsistency, before arithmetic; the message names the field.
     """
-    fn = _method(method, 0)
+    fn = _method(method, 0, check_finite)
     x, wa, wb, specs, _, out_size = _prepare(x, weights_a, weights_b, specs, check_finite=check_finite)
     return fn(x, wa, wb, specs, out_size)
 
@@ -631,7 +632,9 @@ def neocell_backward(grad_y, x, weights_a, weights_b, specs, method="patchwise",
     grads_b : list of ndarray
         Shaped like ``weights_b``.
     """
-    fn = _method(method, 1)
+    fn = _method(method, 1, check_finite)
+    if grad_y is None:  # _prepare reads None as "no gradient" (the forward's case)
+        raise TypeError("grad_y must be a real numeric array of the output's shape, got None")
     x, wa, wb, specs, grad_y, out_size = _prepare(
         x, weights_a, weights_b, specs, grad_y=grad_y, check_finite=check_finite
     )

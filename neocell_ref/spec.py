@@ -19,11 +19,13 @@ produced by :func:`parse_specs`, never raw dicts.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from .validation import as_int as _as_int  # one integer rule for the package
+from .validation import check_nbytes
 
 __all__ = [
     "GroupSpec",
@@ -44,16 +46,6 @@ _SIZE_FORMS = {
 _ALLOWED_KEYS = frozenset(
     {"channels", "shift", "shift_a", "shift_b"}.union(*map(set, _SIZE_FORMS.values()))
 )
-
-
-def _as_int(value, name: str, minimum: int) -> int:
-    """Return ``value`` as a Python int, refusing bools, floats and small values."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -183,6 +175,7 @@ def channel_shifts(channels: int, shift: int, subgroups: int) -> np.ndarray:
     -------
     numpy.ndarray of int, shape (channels,)
     """
+    check_nbytes((channels,), np.intp, "channel_shifts")  # one shift per channel
     size = channels // subgroups
     index = np.arange(channels)
     # With size == 0 all channels belong to the last sub-group.
@@ -201,14 +194,23 @@ def shift_segments(spec: GroupSpec) -> list[tuple[int, int, int, int]]:
     list of (start, stop, shift_a, shift_b)
         Channel ranges ``start:stop`` relative to the group, in order, covering it.
     """
-    sa, sb = spec.channel_shifts()
-    segments = []
-    start = 0
-    for c in range(1, spec.channels + 1):
-        if c == spec.channels or sa[c] != sa[start] or sb[c] != sb[start]:
-            segments.append((start, c, int(sa[start]), int(sb[start])))
-            start = c
-    return segments
+    # Closed form (no per-channel arrays, so any channel count works): a shifted axis
+    # with n sub-groups of size = channels // n changes its shift at j * size,
+    # j = 1 .. n - 1 (nowhere when size == 0: every channel is in the last sub-group).
+    # Each change is a real change, because sub-group j uses the shift j * s with s > 0.
+    def cuts(subgroups):
+        size = spec.channels // subgroups
+        return range(size, size * subgroups, size) if size else range(0)
+
+    def shift_at(channel, shift, subgroups):
+        size = spec.channels // subgroups
+        return shift * (subgroups - 1 if size == 0 else min(channel // size, subgroups - 1))
+
+    bounds = sorted({0, spec.channels, *cuts(spec.subgroups_a), *cuts(spec.subgroups_b)})
+    return [
+        (start, stop, shift_at(start, spec.shift_a, spec.subgroups_a), shift_at(start, spec.shift_b, spec.subgroups_b))
+        for start, stop in zip(bounds[:-1], bounds[1:])
+    ]
 
 
 def parse_group(group) -> GroupSpec:
@@ -334,6 +336,7 @@ def parse_kernel_code(code: str, channels: int, shift: int = 0) -> list[GroupSpe
     if not isinstance(code, str):
         raise TypeError(f"kernel code must be a str such as '4+7', got {code!r}")
     channels = _as_int(channels, "channels", 1)
+    shift = _as_int(shift, "shift", 0)
     parts = [p.strip() for p in code.split("+")]
     # ASCII digits only: int() would also read "4_7" as 47 and accept non-ASCII digits.
     if not all(p and p.isascii() and p.isdigit() for p in parts):
@@ -363,6 +366,9 @@ def output_size(specs: Sequence[GroupSpec], height: int, width: int) -> tuple[in
     ValueError
         If groups disagree or the output would be empty.
     """
+    specs = parse_specs(specs)
+    height = _as_int(height, "input height H", 1)
+    width = _as_int(width, "input width W", 1)
     sizes = {g.output_size(height, width) for g in specs}
     if len(sizes) > 1:
         detail = ", ".join(

@@ -16,11 +16,10 @@ Example::
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .layers import cross_entropy_backward, cross_entropy_forward
+from .validation import as_int, as_real_array, check_nbytes, real_number
 
 __all__ = ["SGD", "AdamW", "default_decay", "synthetic_patterns", "train_step", "PATTERN_CLASSES"]
 
@@ -31,11 +30,7 @@ def default_decay(name: str, value: np.ndarray) -> bool:
 
 
 def _positive(value, name, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
+    return real_number(value, name, 0.0, low_open=not allow_zero)
 
 
 class _Optimizer:
@@ -56,8 +51,12 @@ class _Optimizer:
         if missing or unknown:
             raise ValueError(f"grads do not match params: missing {missing}, unknown {unknown}")
         for key, g in grads.items():
-            if np.shape(g) != self.params[key].shape:
-                raise ValueError(f"grads[{key!r}] has shape {np.shape(g)}, params has {self.params[key].shape}")
+            g = as_real_array(g, f"grads[{key!r}]")  # a complex gradient is refused, never cast
+            if g.shape != self.params[key].shape:
+                raise ValueError(f"grads[{key!r}] has shape {g.shape}, params has {self.params[key].shape}")
+            # Refused before any parameter changes: a NaN step would corrupt the model for good.
+            if not np.isfinite(g).all():
+                raise ValueError(f"grads[{key!r}] contains NaN or Inf; no parameter was updated")
 
 
 class SGD(_Optimizer):
@@ -170,6 +169,11 @@ def synthetic_patterns(rng, n, size=32, noise=0.5, dtype=np.float64):
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {rng!r}")
+    n, size = as_int(n, "n", 1), as_int(size, "size", 1)
+    noise = real_number(noise, "noise", 0.0)
+    if np.dtype(dtype).kind != "f":
+        raise TypeError(f"dtype must be a floating-point dtype, got {np.dtype(dtype)}")
+    check_nbytes((n, 3, size, size), np.float64, "synthetic_patterns: images")
     labels = rng.integers(0, len(PATTERN_CLASSES), size=n)
     period = rng.choice(np.array([4.0, 6.0, 8.0]), size=n)
     phase = rng.uniform(0.0, 2 * np.pi, size=n)

@@ -1,0 +1,197 @@
+"""Argument checks shared by the package, and the memory budget of the array builders.
+
+Every public function refuses bad input with a ``ValueError`` or ``TypeError`` that
+names the argument and the value, before any arithmetic. The checks that more than one
+module needs live here, once:
+
+* :func:`as_int` — an integer option (bools and floats refused);
+* :func:`real_number` — a finite real option with optional bounds;
+* :func:`as_real_array` — an array of a real numeric dtype (complex, bool, object and
+  strings refused);
+* :func:`check_nbytes` — the **memory budget**.
+
+**Memory budget.** Functions that build an array whose size follows from their arguments rather than from
+an array the caller already holds (:func:`neocell_ref.expand.expand` and
+:func:`~neocell_ref.expand.expand_kernel`, :func:`neocell_ref.init.neo_init`,
+:func:`~neocell_ref.init.skewed_identity`, :class:`neocell_ref.models.NeoNeXt`, the
+output of :func:`neocell_ref.neocell_forward`, hence the ``"blockdiag"`` formulation)
+compute the size of every such array with Python integers first and refuse, with a
+``ValueError`` stating the size in bytes, any single array larger than the budget,
+instead of failing deep inside NumPy with ``MemoryError`` (or swapping).
+
+The budget is :data:`DEFAULT_MAX_BYTES` (2 GiB) per array unless the environment
+variable ``NEOCELL_MAX_BYTES`` gives another number of bytes, or :func:`set_max_bytes`
+(or the :func:`max_bytes_set_to` context manager) sets one for the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import os
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MAX_BYTES_ENV",
+    "max_bytes",
+    "set_max_bytes",
+    "max_bytes_set_to",
+    "check_nbytes",
+    "as_int",
+    "real_number",
+    "as_real_array",
+]
+
+#: Default memory budget: the largest single array a builder may allocate, in bytes.
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+#: Environment variable read when no budget was set with :func:`set_max_bytes`.
+MAX_BYTES_ENV = "NEOCELL_MAX_BYTES"
+
+_override = None  # set by set_max_bytes; None means "environment, else default"
+
+
+def as_int(value, name: str, minimum: int | None = None) -> int:
+    """``value`` as a Python int, refusing bools, floats and values below ``minimum``.
+
+    Raises
+    ------
+    TypeError
+        ``value`` is not an integer (``bool``, ``7.0``, ``"7"``, ``None``).
+    ValueError
+        ``value < minimum``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def real_number(value, name, low=None, high=None, low_open=False, high_open=False) -> float:
+    """``value`` as a finite Python float within optional bounds.
+
+    ``low_open``/``high_open`` make a bound strict. Anything that is not a finite real
+    number (``bool``, ``None``, a string, NaN, ±Inf, a complex number) is a
+    ``ValueError`` naming ``name``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    value = float(value)
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
+    return value
+
+
+def as_real_array(value, name) -> np.ndarray:
+    """``value`` as an ndarray of a real numeric dtype (integer or floating).
+
+    Raises
+    ------
+    TypeError
+        ``value`` is ``None``, cannot be converted, or converts to a bool, complex,
+        object or string array.
+    """
+    if value is None:
+        raise TypeError(f"{name} must be a real numeric array, got None")
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists and exotic objects
+        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def _parse_env(text):
+    try:
+        value = int(text.strip().replace("_", ""))
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise ValueError(
+            f"environment variable {MAX_BYTES_ENV}={text!r} must be a positive integer number of bytes"
+        )
+    return value
+
+
+def max_bytes() -> int:
+    """The memory budget in bytes now in force (see the module docstring)."""
+    if _override is not None:
+        return _override
+    text = os.environ.get(MAX_BYTES_ENV)
+    return DEFAULT_MAX_BYTES if text is None or not text.strip() else _parse_env(text)
+
+
+def set_max_bytes(limit) -> int | None:
+    """Set the memory budget for this process; return the previous setting.
+
+    Parameters
+    ----------
+    limit : int or None
+        Largest array, in bytes, a builder may allocate (>= 1). ``None`` returns to the
+        environment variable ``NEOCELL_MAX_BYTES``, else :data:`DEFAULT_MAX_BYTES`.
+
+    Returns
+    -------
+    int or None
+        The previous value given to this function (``None`` if none was in force), so
+        that ``set_max_bytes(previous)`` restores it.
+    """
+    global _override
+    if limit is not None:
+        limit = as_int(limit, "memory budget limit", 1)
+    previous, _override = _override, limit
+    return previous
+
+
+@contextlib.contextmanager
+def max_bytes_set_to(limit):
+    """Context manager: :func:`set_max_bytes` for the duration of a ``with`` block."""
+    previous = set_max_bytes(limit)
+    try:
+        yield
+    finally:
+        set_max_bytes(previous)
+
+
+def check_nbytes(shape, dtype, what: str) -> int:
+    """Refuse an array of ``shape`` and ``dtype`` larger than the memory budget.
+
+    The size is computed with Python integers (no overflow at any size). Call it before
+    allocating.
+
+    Parameters
+    ----------
+    shape : sequence of int
+    dtype : numpy dtype
+    what : str
+        Names the array in the message (for example ``"expand: A_full"``).
+
+    Returns
+    -------
+    int
+        The size in bytes.
+
+    Raises
+    ------
+    ValueError
+        The array would exceed :func:`max_bytes`; the message gives the shape, the size
+        in bytes and how to raise the budget.
+    """
+    shape = tuple(int(s) for s in shape)
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    limit = max_bytes()
+    if nbytes > limit:
+        raise ValueError(
+            f"{what} of shape {shape} ({np.dtype(dtype)}) would need {nbytes:,} bytes, more than "
+            f"the memory budget of {limit:,} bytes per array; raise it with "
+            f"neocell_ref.validation.set_max_bytes(n) or the environment variable {MAX_BYTES_ENV}"
+        )
+    return nbytes
