@@ -46,8 +46,10 @@ authors' repository, see :data:`HOW_TO`)::
     python benchmarks/bench_vs_official.py --official PATH [--repeats N]
         [--threads default|1|both] [--json FILE] [--quick] [--profile]
 
-Without a checkout it prints how to get one and exits 0. Exit status 1: the two
-implementations disagree (nothing is timed) or a thread setting's run failed.
+Without a checkout (no ``--official``, or a path that is not one) it prints how to get
+one and exits 0. Exit status 1: the two implementations disagree (nothing is timed) or
+a thread setting's run failed; 2: PyTorch or ninja is missing (the message says what
+to install) or the arguments are unusable.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import subprocess
 import sys
@@ -67,7 +70,7 @@ sys.path.insert(0, str(REPO / "scripts"))  # official_loader
 sys.path.insert(1, str(HERE))  # bench_model, bench_neocell
 sys.path.insert(2, str(REPO))  # neocell_ref, when it is not installed
 
-from official_loader import EXPECTED_COMMIT, NotACheckoutError, validate_checkout  # noqa: E402  (no torch)
+from official_loader import EXPECTED_COMMIT, NotACheckoutError, validate_checkout
 
 HOW_TO = f"""\
 To compare against the authors' implementation you need a checkout of their repository
@@ -119,10 +122,10 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 def workload_plan(smoke: bool) -> dict:
     """Shapes of the workloads: the issue's, or tiny ones for a test (``--smoke``)."""
     if smoke:
-        return dict(neocell=[(2, 12, 16), (2, 12, 32)], code="4+7", shift=1, model="tiny",
-                    resolution=112, batches=(1, 2), train_batch=2)
-    return dict(neocell=[(8, 96, 56), (8, 96, 112)], code="4+7", shift=1, model="neonext_t",
-                resolution=224, batches=(1, 8), train_batch=8)
+        return {"neocell": [(2, 12, 16), (2, 12, 32)], "code": "4+7", "shift": 1, "model": "tiny",
+                "resolution": 112, "batches": (1, 2), "train_batch": 2}
+    return {"neocell": [(8, 96, 56), (8, 96, 112)], "code": "4+7", "shift": 1, "model": "neonext_t",
+            "resolution": 224, "batches": (1, 8), "train_batch": 8}
 
 
 # --------------------------------------------------------------------------------------
@@ -218,7 +221,8 @@ def build_report(args, root, results) -> dict:
 
     first = results[0]
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # datetime.UTC is Python 3.11+; the package supports 3.10
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017
         "machine": machine_info(),
         "commit": git_commit(),
         "official_commit": first["official_commit"],
@@ -277,7 +281,6 @@ def run_child(args, root: Path) -> int:
 
     try:
         import torch
-
         from official_loader import load_official
 
         impl = load_official(root)
@@ -367,7 +370,7 @@ def check_agreement(name, pairs, bound, agreement, reference=None):
     for label, mine, theirs in pairs:
         error = relative_error(mine, theirs)
         entry = {"name": f"{name}: {label}", "error": error, "bound": bound}
-        if not error < bound and reference is not None and error == error:
+        if not error < bound and reference is not None and not math.isnan(error):
             exact = exact or reference()
             float32_error = relative_error(mine, exact[label])
             entry["float32_error"] = float32_error
@@ -462,11 +465,11 @@ def build_models(impl, plan):
     import neocell_ref as nr
 
     if plan["model"] == "tiny":
-        config = dict(per_stage_layers=(1, 1, 2, 1), dims=(8, 16, 32, 64), num_classes=10)
+        config = {"per_stage_layers": (1, 1, 2, 1), "dims": (8, 16, 32, 64), "num_classes": 10}
         mine = nr.models.NeoNeXt(**config, dtype=np.float32, rng=np.random.default_rng(0),
                                  resolution=plan["resolution"])
     else:
-        config = dict(per_stage_layers=(3, 3, 9, 3), dims=(96, 192, 384, 768))  # their neonext_t
+        config = {"per_stage_layers": (3, 3, 9, 3), "dims": (96, 192, 384, 768)}  # their neonext_t
         mine = nr.models.neonext_t(dtype=np.float32, rng=np.random.default_rng(0), resolution=plan["resolution"])
     theirs = impl.build_model(**config)
     state = {key: torch.from_numpy(np.array(value)) for key, value in mine.state_dict().items()}
@@ -490,7 +493,6 @@ def prepare_model(impl, plan, tamper, agreement):
     after checking that both models agree; items as :func:`prepare_neocell`'s."""
     import numpy as np
     import torch
-
     from bench_model import mlp_floor, mlp_operands
 
     mine, theirs = build_models(impl, plan)
