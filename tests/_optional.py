@@ -39,4 +39,4 @@ def require(module_name: str, extra: str):
         )
         if in_ci():
             pytest.fail(f"CI must run this test, but {message}", pytrace=False)
-        pytest.skip(message)
+        pytest.skip(message, allow_module_level=True)  # also usable at import time
