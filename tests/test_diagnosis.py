@@ -40,7 +40,11 @@ from neocell_ref.golden import (
 )
 from neocell_ref.golden_ops import OPERATIONS
 from neocell_ref.gradcheck import check_gradients
-from neocell_ref.testing import assert_layer_matches, assert_model_matches, assert_neocell_matches
+from neocell_ref.testing import (
+    assert_layer_matches,
+    assert_model_matches,
+    assert_neocell_matches,
+)
 
 
 def _exportable(dtype):
@@ -118,7 +122,8 @@ def _case_name(label):
 def assert_own_diagnosis(rows, bug, own):
     """Every failing row is diagnosed exactly ``[own]``, or is listed in :data:`NO_DIAGNOSIS`.
 
-    ``rows``: ``(case, array, passed, diagnosis)`` tuples. Returns the failing count.
+    ``rows``: ``(case, array, passed, diagnosis)`` tuples. Returns the number of failing
+    rows and the NO_DIAGNOSIS entries of ``bug`` that did not fail.
     """
     failing = [r for r in rows if not r[2]]
     assert failing, f"the {bug} mutant passed: nothing was diagnosed"
@@ -167,7 +172,7 @@ def test_neocell_mutant_diagnosed_through_verify(golden_set, bug, dtype):
     if bug in PRECISION_BUGS and dtype == "float32":
         assert report.passed, report.table()  # float32 arithmetic is this set's own precision
         return
-    count, unseen = assert_own_diagnosis(report_rows(report), bug, NEOCELL_BUGS[bug])
+    _, unseen = assert_own_diagnosis(report_rows(report), bug, NEOCELL_BUGS[bug])
     assert not unseen, f"rows expected without a diagnosis did not fail: {unseen}"
 
 
@@ -179,7 +184,7 @@ def test_model_mutant_diagnosed_through_verify(golden_set, bug, dtype):
     if bug in PRECISION_BUGS and dtype == "float32":
         assert report.passed, report.table()  # float32 arithmetic is this set's own precision
         return
-    count, _ = assert_own_diagnosis(report_rows(report), bug, MODEL_BUGS[bug])
+    assert_own_diagnosis(report_rows(report), bug, MODEL_BUGS[bug])
     # Logits and gradients fail, not only a handful of arrays (the backward is consistent).
     failed = {r.array for r in report.failures}
     assert {"logits_train", "grad_x"} <= failed, failed
@@ -275,7 +280,7 @@ def test_neocell_mutant_diagnosed_by_the_kit(bug):
     forward, backward = getattr(mp, f"{bug}_forward"), getattr(mp, f"{bug}_backward")
     message = kit_message(lambda: assert_neocell_matches(forward, backward, max_examples=0))
     rows = message_rows(message)
-    count, unseen = assert_own_diagnosis(rows, bug, NEOCELL_BUGS[bug])
+    _, unseen = assert_own_diagnosis(rows, bug, NEOCELL_BUGS[bug])
     assert not unseen, unseen
     assert message.count("consistent with: ") == sum(d != [] and d is not None for *_, d in rows)
 

@@ -18,7 +18,13 @@ from test_exec_port import PORT, REPO
 
 from neocell_ref.cli import main
 from neocell_ref.exec_port import DEFAULT_TIMEOUT, ExecCommandError
-from neocell_ref.golden import export_golden, load_case, load_manifest, run_exec_and_compare, verify_golden
+from neocell_ref.golden import (
+    export_golden,
+    load_case,
+    load_manifest,
+    run_exec_and_compare,
+    verify_golden,
+)
 from neocell_ref.golden_ops import OPERATIONS
 
 CASES = [c[0] for c in OPERATIONS["neocell"].cases("core")]
