@@ -1,7 +1,7 @@
 """The exec protocol: verify a port that is a program, not a Python callable.
 
 A port written in C, C++, CUDA or anything else is run once per golden case as a
-separate process (``docs/exec_protocol.md`` specifies the protocol; this module is
+separate process (``docs/porting.md``, section 8, specifies the protocol; this module is
 its reference runner)::
 
     COMMAND {in} {out}

@@ -84,6 +84,9 @@ __all__ = [
     "unit_roundoff",
     "neocell_expected",
     "run_and_compare",
+    "run_exec_and_compare",
+    "compare_outputs",
+    "allowed_error",
 ]
 
 #: Version of the golden-set format. 3: the manifest records ``storage_dtype``, and
@@ -178,15 +181,32 @@ class ArrayComparison:
     allowed: float = float("nan")
     ratio: float = float("nan")
     message: str = ""
+    diagnosis: list | None = None
 
     def describe(self) -> str:
         if self.message:
-            return f"{self.case}: {self.array}: {self.message}"
-        return (
-            f"{self.case}: {self.array}: worst element {self.index}: got {self.got!r}, "
-            f"expected {self.expected!r}, |error| {self.error:.3e} vs allowed {self.allowed:.3e} "
-            f"({self.ratio:.3g}x the tolerance)"
-        )
+            text = f"{self.case}: {self.array}: {self.message}"
+        else:
+            text = (
+                f"{self.case}: {self.array}: worst element {self.index}: got {self.got!r}, "
+                f"expected {self.expected!r}, |error| {self.error:.3e} vs allowed {self.allowed:.3e} "
+                f"({self.ratio:.3g}x the tolerance)"
+            )
+        lines = self.diagnosis_lines()
+        return text + "".join("\n  " + line for line in lines)
+
+    def diagnosis_lines(self) -> list:
+        """``consistent with: ID — explanation (link)`` per known defect that explains
+        this failing array, ``no known defect matches`` when none does; nothing when
+        no diagnosis was made (a passing array, or a port that returned nothing)."""
+        if self.diagnosis is None:
+            return []
+        if not self.diagnosis:
+            return ["no known defect matches"]
+        from .diagnosis import DEFECTS
+
+        return [f"consistent with: {DEFECTS[i].describe()}" if i in DEFECTS else f"consistent with: {i}"
+                for i in self.diagnosis]
 
 
 _KINDS = {"c": "complex", "O": "Python objects", "b": "booleans", "U": "strings", "S": "bytes",
@@ -215,6 +235,15 @@ def _port_array(value):
     return array, None
 
 
+def allowed_error(expected, *, rtol, atol=0.0, bound=None) -> np.ndarray:
+    """Elementwise allowed ``|got - expected|``: ``rtol · scale + atol``, ``scale`` the
+    magnitude ``bound`` when given and ``|expected|`` otherwise (float64, ``expected``'s shape)."""
+    expected = np.asarray(expected, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale = np.abs(expected) if bound is None else np.asarray(bound, dtype=np.float64)
+        return np.broadcast_to(rtol * scale + atol, expected.shape)
+
+
 def compare_arrays(case, array, got, expected, *, rtol, atol=0.0, bound=None) -> ArrayComparison:
     """Compare ``got`` with ``expected`` elementwise.
 
@@ -232,8 +261,7 @@ def compare_arrays(case, array, got, expected, *, rtol, atol=0.0, bound=None) ->
         return ArrayComparison(case, array, False, message=f"shape {got.shape}, expected {expected.shape}")
     with np.errstate(over="ignore", invalid="ignore"):
         got = got.astype(np.float64)
-        scale = np.abs(expected) if bound is None else np.asarray(bound, dtype=np.float64)
-        allowed = rtol * scale + atol
+        allowed = allowed_error(expected, rtol=rtol, atol=atol, bound=bound)
         error = np.abs(got - expected)
     bad_nonfinite = ~np.isfinite(got) & np.isfinite(expected)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -342,7 +370,17 @@ def _loosens(tolerances, rtol, atol, rtol_scale) -> bool:
                for e, s in zip(_effective(tol, rtol, atol, rtol_scale), (tol["rtol"], tol["atol"])))
 
 
-def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, atol=None, rtol_scale=1.0):
+def _case_overrides(op, name, meta, arrays, rtol, atol, rtol_scale):
+    """Validated overrides for one case (unknown operation, bad or too loose overrides raise)."""
+    if op not in OPERATIONS:
+        raise ValueError(f"unknown operation {op!r}; known: {sorted(OPERATIONS)}")
+    rtol, atol, rtol_scale = check_tolerance_overrides(rtol, atol, rtol_scale)
+    _check_loosening(name, meta, arrays, rtol, atol, rtol_scale)
+    return rtol, atol, rtol_scale
+
+
+def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, atol=None, rtol_scale=1.0,
+                    diagnose=True):
     """Run a port on one case and compare every output; return a list of :class:`ArrayComparison`.
 
     ``meta`` needs what the operation's ``run_port`` reads (for NeoCell
@@ -354,7 +392,8 @@ def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, ato
     and text (its tail when long): a wrapper around a port outside Python can raise
     with the port's stderr tail as its message and it appears in the report. Every
     output must be a real floating array of exactly the expected shape
-    (:func:`compare_arrays`).
+    (:func:`compare_arrays`). Failing arrays are diagnosed (:func:`compare_outputs`)
+    unless ``diagnose`` is False.
 
     Raises
     ------
@@ -362,10 +401,7 @@ def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, ato
         Invalid tolerance overrides (:func:`check_tolerance_overrides`) or overrides
         loosening an array beyond :data:`MAX_RTOL_SCALE`, before the port runs.
     """
-    if op not in OPERATIONS:
-        raise ValueError(f"unknown operation {op!r}; known: {sorted(OPERATIONS)}")
-    rtol, atol, rtol_scale = check_tolerance_overrides(rtol, atol, rtol_scale)
-    _check_loosening(name, meta, arrays, rtol, atol, rtol_scale)
+    rtol, atol, rtol_scale = _case_overrides(op, name, meta, arrays, rtol, atol, rtol_scale)
     results, got = [], {}
     for label, fns in (("forward", (forward, None)), ("backward", (None, backward))):
         if fns[0] is None and fns[1] is None:
@@ -379,12 +415,101 @@ def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, ato
                                            message=f"port's {label} raised {_exception_text(exc)}"))
             continue
         got.update(outputs)
+    return results + compare_outputs(op, name, meta, arrays, got, rtol=rtol, atol=atol, rtol_scale=rtol_scale,
+                                     diagnose=diagnose)
+
+
+def run_exec_and_compare(command, op, name, meta, arrays, *, forward_only=False, timeout=None, rtol=None,
+                         atol=None, rtol_scale=1.0, diagnose=True):
+    """Run a port that is a program (the exec protocol) on one golden case and compare.
+
+    One process run computes every output of the case (only the forward ones with
+    ``forward_only``), :func:`neocell_ref.exec_port.run_golden_case`. A run that fails
+    (:class:`~neocell_ref.exec_port.PortFailure`: bad exit, timeout, a missing,
+    malformed or wrongly shaped output) fails the case with one row ``(exec run)``
+    whose message carries the tail of the port's stderr. The outputs are compared by
+    :func:`compare_outputs`, exactly as a Python port's.
+
+    ``meta`` is the case's manifest entry (``inputs``, ``tolerances``, and the fields
+    the protocol copies into ``case.json``).
+
+    Raises
+    ------
+    neocell_ref.exec_port.ExecCommandError
+        The command cannot be run at all (a property of the port, not of the case).
+    TypeError, ValueError
+        Invalid overrides or timeout, an operation the protocol does not support.
+    """
+    from .exec_port import DEFAULT_TIMEOUT, PortFailure, run_golden_case
+
+    rtol, atol, rtol_scale = _case_overrides(op, name, meta, arrays, rtol, atol, rtol_scale)
+    try:
+        got = run_golden_case(command, op, name, meta, arrays, forward_only=forward_only,
+                              timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+    except PortFailure as exc:
+        return [ArrayComparison(name, "(exec run)", False, message=str(exc))]
+    return compare_outputs(op, name, meta, arrays, got, rtol=rtol, atol=atol, rtol_scale=rtol_scale,
+                           diagnose=diagnose)
+
+
+def compare_outputs(op, name, meta, arrays, got, *, rtol=None, atol=None, rtol_scale=1.0, diagnose=True):
+    """Compare a port's outputs with one case's expected arrays; diagnose the failures.
+
+    The comparison step shared by Python ports (:func:`run_and_compare`) and ports
+    run through the exec protocol (:func:`run_exec_and_compare`). Each array is
+    compared by :func:`compare_arrays` with the case's stored tolerance under the
+    overrides (already validated by the caller). When arrays fail, and ``diagnose``
+    is True, :func:`neocell_ref.diagnosis.diagnose` is asked which known porting
+    defects explain them, with the same elementwise allowed error; each failing
+    array that held a real floating array gets ``diagnosis`` (a list of defect ids,
+    empty when none matches). Passing arrays get none. A diagnosis never changes a
+    verdict, and a diagnosis that raises is treated as no match.
+
+    Parameters
+    ----------
+    got : dict
+        ``{expected array name: the port's output}``.
+
+    Returns
+    -------
+    list of ArrayComparison
+    """
+    results, failing, allowed = [], {}, {}
     for key, value in got.items():
         tol = meta["tolerances"][key]
         eff_rtol, eff_atol = _effective(tol, rtol, atol, rtol_scale)
-        results.append(compare_arrays(name, key, value, arrays[key], rtol=eff_rtol, atol=eff_atol,
-                                      bound=_scale(tol, arrays, key)))
+        bound = _scale(tol, arrays, key)
+        result = compare_arrays(name, key, value, arrays[key], rtol=eff_rtol, atol=eff_atol, bound=bound)
+        results.append(result)
+        if not result.passed:
+            array, reason = _port_array(value)
+            if reason is None:  # something to compare with a variant
+                failing[key] = array
+                allowed[key] = allowed_error(arrays[key], rtol=eff_rtol, atol=eff_atol, bound=bound)
+    if diagnose and failing:
+        found = _diagnosis(op, meta, arrays, failing, allowed)
+        for result in results:
+            if result.array in failing:
+                result.diagnosis = [d.id for d in found.get(result.array, [])]
     return results
+
+
+def _diagnosis(op, meta, arrays, failing, allowed) -> dict:
+    """:func:`neocell_ref.diagnosis.diagnose`, any failure of it meaning "no match"."""
+    import warnings
+
+    from .diagnosis import diagnose
+
+    x = arrays.get("x")
+    dtype = np.asarray(x).dtype if x is not None and np.asarray(x).dtype.kind == "f" else np.float64
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            return diagnose(op, meta, arrays, failing, allowed, dtype)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # a diagnosis is advice: it never breaks a verdict
+        return {}
 
 
 # --------------------------------------------------------------------------------------
@@ -1002,7 +1127,9 @@ class VerifyReport:
     ``passed`` is True only when at least one array was compared and every compared
     array passed. ``digest`` is the set digest (:func:`set_digest`); ``overrides`` the
     tolerance overrides and ``loosened`` whether they allowed more error than stored
-    for any array.
+    for any array; ``port`` says how the port was run (Python callables, or the exec
+    command with its timeout and mode). A failing array's ``diagnosis`` lists the
+    known defects that explain it (``docs/defects.md``).
     """
 
     op: str
@@ -1017,6 +1144,7 @@ class VerifyReport:
     overrides: dict = field(default_factory=dict)
     loosened: bool = False
     cases_run: int = 0
+    port: str = ""
 
     @property
     def passed(self) -> bool:
@@ -1043,6 +1171,8 @@ class VerifyReport:
                          f"dtype {self.dtype}, seed {self.seed}")
             lines.append(f"  set digest (SHA-256 of manifest.json): {self.digest}")
         lines.append("  " + self._tolerance_line())
+        if self.port:
+            lines.append(f"  port: {self.port}")
         lines.append(f"  {'case':<28} {'array':<20} {'status':<6} {'error/allowed':>14}")
         for r in self.results:
             ratio = "-" if math.isnan(r.ratio) else f"{r.ratio:.3g}"
@@ -1069,6 +1199,7 @@ class VerifyReport:
             "golden_set": {"directory": self.directory, "digest_sha256": self.digest,
                            "format_version": self.format_version, "suite": self.suite,
                            "dtype": self.dtype, "seed": self.seed},
+            "port": self.port,
             "tolerance_overrides": dict(self.overrides),
             "loosened": self.loosened,
             "cases_run": self.cases_run,
@@ -1095,8 +1226,36 @@ def _check_exclusions(exclude) -> dict:
     return dict(exclude)
 
 
+def _check_exec_args(op, forward, backward, command, forward_only, timeout):
+    """Validate the port arguments of :func:`verify_golden`; return ``(port description, timeout)``."""
+    if not isinstance(forward_only, (bool, np.bool_)):
+        raise TypeError(f"forward_only must be True or False, got {forward_only!r}")
+    if command is None:
+        if forward_only or timeout is not None:
+            raise ValueError("forward_only and timeout apply to an exec command; for a forward-only check of "
+                             "Python callables give only forward")
+        if forward is None and backward is None:
+            raise ValueError("give at least one of forward and backward (or an exec command)")
+        return "python callables: " + " and ".join(n for n, f in (("forward", forward), ("backward", backward))
+                                                   if f is not None), None
+    from .exec_port import CASE_FIELDS, DEFAULT_TIMEOUT, check_command
+
+    if forward is not None or backward is not None:
+        raise ValueError("an exec command and forward/backward callables are mutually exclusive: give one port")
+    check_command(command)
+    if op not in CASE_FIELDS:
+        raise ValueError(f"the exec protocol supports operations {sorted(CASE_FIELDS)}, not {op!r}")
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < float(timeout) < math.inf:
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    shown = command if isinstance(command, str) else " ".join(command)
+    mode = "forward outputs only" if forward_only else "all outputs"
+    return f"exec {shown!r} (one run per case, {mode}, timeout {float(timeout):g} s)", float(timeout)
+
+
 def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, rtol_scale=1.0,
-                  rtol=None, atol=None, digest=None) -> VerifyReport:
+                  rtol=None, atol=None, digest=None, command=None, forward_only=False,
+                  timeout=None) -> VerifyReport:
     """Run a port on every golden case of ``op`` and compare.
 
     Parameters
@@ -1109,7 +1268,7 @@ def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, r
         Operation name, e.g. ``"neocell"``.
     forward, backward : callable, optional
         The port's functions in the operation's calling convention (manifest
-        ``conventions``). At least one is required.
+        ``conventions``). At least one is required, unless ``command`` is given.
     exclude : dict, optional
         ``{fnmatch pattern: reason}``: cases whose name matches are not run and are
         listed in the report with the reason. A pattern that matches no case of
@@ -1120,17 +1279,29 @@ def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, r
         Replace the stored tolerances outright, within the same loosening limit.
     digest : str, optional
         Pin the set: its digest (:func:`set_digest`) must be this SHA-256.
+    command : str or sequence of str, optional
+        A port that is a program, run once per case through the exec protocol
+        (``docs/porting.md``, "The exec protocol"; :mod:`neocell_ref.exec_port`),
+        instead of ``forward``/``backward`` (mutually exclusive). A run that fails
+        fails its case with the port's stderr tail in the report; the run goes on.
+    forward_only : bool
+        With ``command``: expect only the forward outputs.
+    timeout : float, optional
+        With ``command``: seconds per run before the port's process group is killed
+        (default :data:`neocell_ref.exec_port.DEFAULT_TIMEOUT`).
 
     Returns
     -------
     VerifyReport
+        Failing arrays carry a diagnosis (``docs/defects.md``).
 
     Raises
     ------
     GoldenError
         The set is unusable or not the pinned one.
     TypeError, ValueError
-        A bad argument. Nothing of the port has run then.
+        A bad argument, or an exec command that cannot be run
+        (:class:`~neocell_ref.exec_port.ExecCommandError`). Nothing of the port has run then.
     """
     from fnmatch import fnmatch
 
@@ -1138,8 +1309,7 @@ def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, r
         raise ValueError(f"unknown operation {op!r}; known: {sorted(OPERATIONS)}")
     _check_port(forward, "forward")
     _check_port(backward, "backward")
-    if forward is None and backward is None:
-        raise ValueError("give at least one of forward and backward")
+    port, timeout = _check_exec_args(op, forward, backward, command, forward_only, timeout)
     rtol, atol, rtol_scale = check_tolerance_overrides(rtol, atol, rtol_scale)
     exclude = _check_exclusions(exclude)
     manifest, actual_digest, arrays_of = _load_set(directory, digest, keep_op=op)
@@ -1152,7 +1322,7 @@ def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, r
         raise ValueError(f"exclude pattern {unmatched[0]!r} matches no case of operation {op!r}")
     report = VerifyReport(op=op, directory=str(directory), digest=actual_digest, suite=manifest["suite"],
                           dtype=manifest["dtype"], seed=manifest["seed"],
-                          overrides={"rtol": rtol, "atol": atol, "rtol_scale": rtol_scale})
+                          overrides={"rtol": rtol, "atol": atol, "rtol_scale": rtol_scale}, port=port)
     selected = []
     for case in cases:
         reasons = [reason for pattern, reason in exclude.items() if fnmatch(case["name"], pattern)]
@@ -1167,8 +1337,13 @@ def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, r
         _check_loosening(case["name"], case, arrays, rtol, atol, rtol_scale)
     report.loosened = _loosens([t for case in selected for t in case["tolerances"].values()], rtol, atol, rtol_scale)
     for case, arrays in loaded:
-        report.results.extend(run_and_compare(op, case["name"], case, arrays, forward, backward,
-                                              rtol=rtol, atol=atol, rtol_scale=rtol_scale))
+        if command is not None:
+            results = run_exec_and_compare(command, op, case["name"], case, arrays, forward_only=forward_only,
+                                           timeout=timeout, rtol=rtol, atol=atol, rtol_scale=rtol_scale)
+        else:
+            results = run_and_compare(op, case["name"], case, arrays, forward, backward,
+                                      rtol=rtol, atol=atol, rtol_scale=rtol_scale)
+        report.results.extend(results)
         report.cases_run += 1
     return report
 
@@ -1250,12 +1425,24 @@ def _cli_verify(args) -> int:
     _check_digest(args.digest)
     if args.json is not None:
         _check_output_file(args.json, "--json")
-    forward = _load_port(args.forward, "--forward")
-    backward = _load_port(args.backward, "--backward")
-    if forward is None and backward is None:
-        raise ValueError("give --forward and/or --backward")
+    if args.exec is not None:
+        if args.forward is not None or args.backward is not None:
+            raise ValueError("--exec is mutually exclusive with --forward/--backward: give one port")
+        from .exec_port import check_command
+
+        check_command(args.exec)  # an unusable command is refused before the set is read
+        forward = backward = None
+    else:
+        if args.forward_only or args.timeout is not None:
+            raise ValueError("--forward-only and --timeout apply to --exec; for a forward-only check of a "
+                             "Python port give only --forward")
+        forward = _load_port(args.forward, "--forward")
+        backward = _load_port(args.backward, "--backward")
+        if forward is None and backward is None:
+            raise ValueError("give --forward and/or --backward, or --exec")
     report = verify_golden(args.directory, args.op, forward, backward, exclude=exclude,
-                           rtol_scale=args.rtol_scale, digest=args.digest)
+                           rtol_scale=args.rtol_scale, digest=args.digest, command=args.exec,
+                           forward_only=args.forward_only, timeout=args.timeout)
     print(report.table())
     if args.json is not None:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n")
@@ -1263,6 +1450,8 @@ def _cli_verify(args) -> int:
 
 
 def register_cli(subparsers):
+    from .exec_port import DEFAULT_TIMEOUT
+
     golden = subparsers.add_parser(
         "golden", help="export golden vectors or verify a port against them",
         description="Exit status: 0 only when every non-excluded case ran and passed (verify) or the set "
@@ -1277,11 +1466,21 @@ def register_cli(subparsers):
                          "bfloat16 inputs are stored as float32 arrays of bfloat16 numbers")
     ex.add_argument("--seed", type=int, default=DEFAULT_SEED, help="in [0, 2**63 - 1]")
     ex.set_defaults(func=_cli_export)
-    ve = sub.add_parser("verify", help="run a port's callables on every golden case of an operation")
+    ve = sub.add_parser("verify", help="run a port on every golden case of an operation",
+                        description="Failing arrays are diagnosed against known porting defects "
+                                    "(docs/defects.md).")
     ve.add_argument("directory")
     ve.add_argument("--op", required=True, choices=sorted(OPERATIONS))
     ve.add_argument("--forward", help="package.module:function")
     ve.add_argument("--backward", help="package.module:function")
+    ve.add_argument("--exec", metavar="COMMAND",
+                    help='a port that is a program: "COMMAND {in} {out}", run once per case through the exec '
+                         "protocol (docs/porting.md); not with --forward/--backward")
+    ve.add_argument("--timeout", type=float, metavar="SECONDS",
+                    help=f"with --exec: seconds per case before the port's process group is killed "
+                         f"(default {DEFAULT_TIMEOUT:g})")
+    ve.add_argument("--forward-only", action="store_true",
+                    help="with --exec: expect only the forward outputs")
     ve.add_argument("--exclude", action="append", metavar="PATTERN=REASON",
                     help="skip cases matching an fnmatch pattern, with a stated reason (repeatable)")
     ve.add_argument("--rtol-scale", type=float, default=1.0,

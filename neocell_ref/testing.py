@@ -529,7 +529,7 @@ def _case_arrays(case: NeoCellCase) -> dict:
 
 
 def check_neocell_case(port_forward, port_backward, case: NeoCellCase, *, name=None,
-                       rtol=None, atol=None, rtol_scale=1.0):
+                       rtol=None, atol=None, rtol_scale=1.0, diagnose=True):
     """Run a port on one case and compare with the reference.
 
     Parameters
@@ -544,12 +544,15 @@ def check_neocell_case(port_forward, port_backward, case: NeoCellCase, *, name=N
     rtol, atol, rtol_scale
         As in :func:`neocell_ref.golden.verify_golden`; by default the golden
         tolerance policy (``2 (n + 1) u · bound``, see ``docs/porting.md``).
+    diagnose : bool
+        Diagnose failing arrays against the known porting defects (``docs/defects.md``).
 
     Returns
     -------
     list of neocell_ref.golden.ArrayComparison
         A port that raises (anything but ``KeyboardInterrupt``) or returns anything
-        but a real floating array of the expected shape gives failing rows.
+        but a real floating array of the expected shape gives failing rows; a failing
+        array's ``diagnosis`` lists the known defects that explain it.
 
     Raises
     ------
@@ -568,12 +571,29 @@ def check_neocell_case(port_forward, port_backward, case: NeoCellCase, *, name=N
     arrays.update(expected)
     meta = {"specs_as_written": specs, "tolerances": tolerances}
     return run_and_compare("neocell", name or repr(case), meta, arrays, port_forward, port_backward,
-                           rtol=rtol, atol=atol, rtol_scale=rtol_scale)
+                           rtol=rtol, atol=atol, rtol_scale=rtol_scale, diagnose=diagnose)
 
 
 def _failure_message(failures, header):
-    lines = [header] + ["  " + r.describe() for r in failures]
+    """The header, then per failing array what differed and, below it, its diagnosis
+    (``consistent with: ID — explanation (link)`` or ``no known defect matches``)."""
+    lines = [header] + ["  " + r.describe().replace("\n", "\n  ") for r in failures]
     return "\n".join(lines)
+
+
+def _final_example() -> bool:
+    """Whether hypothesis is running the example it reports (not searching or shrinking).
+
+    Diagnosing a failure costs a few variants of the case; it is done once, for the
+    reported example. Outside hypothesis, or with a hypothesis that does not say,
+    every failure is diagnosed.
+    """
+    try:
+        from hypothesis.control import current_build_context
+
+        return bool(getattr(current_build_context(), "is_final", True))
+    except Exception:
+        return True
 
 
 def _assert_golden_cases(op_name, port_forward, port_backward, dtype, seed, **kwargs):
@@ -675,7 +695,8 @@ def assert_neocell_matches(port_forward, port_backward=None, *, dtype=np.float64
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(case=neocell_cases(dtype=dtype, layers=layers))
     def drawn(case):
-        failures = [r for r in check_neocell_case(port_forward, port_backward, case, **kwargs) if not r.passed]
+        results = check_neocell_case(port_forward, port_backward, case, diagnose=_final_example(), **kwargs)
+        failures = [r for r in results if not r.passed]
         if failures:
             raise AssertionError(_failure_message(failures, f"NeoCell port differs from the reference on a drawn case ({dtype}):"))
 

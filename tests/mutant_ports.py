@@ -165,13 +165,21 @@ for _bug in BUGS:
 #                          (PyTorch uses the biased one for normalisation);
 # ``gelu_tanh``            the tanh approximation of GELU instead of the exact erf form;
 # ``float32``              the model computed in float32 although float64 is claimed.
+#
+# A buggy layer comes with its own hand-derived backward, the exact gradient of the
+# buggy forward (what a port differentiated by autograd would compute), so that its
+# gradients are consistent with its forward: a diagnosis must explain them too. The
+# backward functions are checked against finite differences (tests/test_diagnosis.py).
+# The layer ports (``batchnorm_unbiased_forward``/``_backward``, ``gelu_tanh_forward``/
+# ``_backward``) follow the golden layer calling convention.
 from contextlib import contextmanager  # noqa: E402
 
 import neocell_ref.layers as _layers  # noqa: E402
 from neocell_ref.models import NeoNeXt  # noqa: E402
 
 MODEL_BUGS = ("batchnorm_unbiased", "gelu_tanh", "float32")
-_batchnorm_forward = _layers.batchnorm_forward  # the correct one, before any swap
+_batchnorm_forward = _layers.batchnorm_forward  # the correct ones, before any swap
+_batchnorm_backward = _layers.batchnorm_backward
 
 
 def batchnorm_unbiased_forward(x, weight, bias, running_mean=None, running_var=None, *, training, eps=1e-5, out=None):
@@ -188,6 +196,36 @@ def batchnorm_unbiased_forward(x, weight, bias, running_mean=None, running_var=N
     return y
 
 
+def batchnorm_unbiased_backward(grad_y, x, weight, bias, running_mean=None, running_var=None, *, training,
+                                eps=1e-5):
+    """Exact backward of :func:`batchnorm_unbiased_forward`, derived by hand.
+
+    Per channel, with ``M = N·H·W``, ``μ = Σx/M``, ``v = Σ(x-μ)²/(M-1)``,
+    ``s = (v + eps)^(-1/2)``, ``x̂ = (x-μ)·s``, ``y = w·x̂ + b`` and ``g = dy·w``:
+
+    * ``db = Σ dy``, ``dw = Σ dy·x̂``;
+    * ``∂μ/∂x_i = 1/M``; ``∂v/∂x_i = 2(x_i-μ)/(M-1)`` (the term through ``μ`` vanishes
+      because ``Σ(x-μ) = 0``); ``∂s/∂v = -s³/2``;
+    * ``dx_i = s·(g_i - Σg/M) - s³·(x_i-μ)·Σ_j g_j(x_j-μ)/(M-1)``
+      ``= s·(g_i - Σg/M - x̂_i·Σ_j g_j x̂_j/(M-1))``.
+
+    Only the last divisor differs from the biased BatchNorm (``M``).
+    """
+    if not training:
+        return _batchnorm_backward(grad_y, x, weight, bias, running_mean, running_var, training=False, eps=eps)
+    dtype = np.result_type(x, weight, grad_y)
+    x, dy = np.asarray(x, dtype=dtype), np.asarray(grad_y, dtype=dtype)
+    weight = np.asarray(weight, dtype=dtype)
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    centred = x - x.mean(axis=(0, 2, 3))[:, None, None]
+    s = 1.0 / np.sqrt((centred ** 2).sum(axis=(0, 2, 3)) / (m - 1) + eps)
+    x_hat = centred * s[:, None, None]
+    g = dy * weight[:, None, None]
+    grad_x = s[:, None, None] * (g - g.sum(axis=(0, 2, 3))[:, None, None] / m
+                                 - x_hat * (g * x_hat).sum(axis=(0, 2, 3))[:, None, None] / (m - 1))
+    return grad_x, (dy * x_hat).sum(axis=(0, 2, 3)), dy.sum(axis=(0, 2, 3)), None, None
+
+
 def gelu_tanh_forward(x, *, out=None):
     x = np.asarray(x)
     y = 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))  # the bug
@@ -197,20 +235,36 @@ def gelu_tanh_forward(x, *, out=None):
     return y.astype(x.dtype, copy=False)
 
 
+def gelu_tanh_backward(grad_y, x):
+    """Exact backward of :func:`gelu_tanh_forward`, derived by hand.
+
+    ``y = x/2·(1 + tanh u)``, ``u = c(x + k x³)``, ``c = √(2/π)``, ``k = 0.044715``:
+    ``dy/dx = (1 + tanh u)/2 + x/2·sech² u·c(1 + 3k x²)``, ``sech² u = 1/cosh² u``.
+    """
+    x = np.asarray(x)
+    c = np.sqrt(2.0 / np.pi)
+    u = c * (x + 0.044715 * x ** 3)
+    with np.errstate(over="ignore"):  # cosh overflows far out, where sech² is 0
+        sech2 = 1.0 / np.cosh(u) ** 2
+    d = 0.5 * (1.0 + np.tanh(u)) + 0.5 * x * sech2 * c * (1.0 + 3 * 0.044715 * x ** 2)
+    return ((np.asarray(grad_y) * d).astype(np.result_type(x, grad_y), copy=False),)
+
+
 @contextmanager
 def _layers_replaced(bug):
     """Run the package's model with one layer function swapped for the buggy one."""
-    name, fn = {"batchnorm_unbiased": ("batchnorm_forward", batchnorm_unbiased_forward),
-                "gelu_tanh": ("gelu_forward", gelu_tanh_forward)}.get(bug, (None, None))
-    if name is None:
-        yield
-        return
-    original = getattr(_layers, name)
-    setattr(_layers, name, fn)
+    replaced = {"batchnorm_unbiased": {"batchnorm_forward": batchnorm_unbiased_forward,
+                                       "batchnorm_backward": batchnorm_unbiased_backward},
+                "gelu_tanh": {"gelu_forward": gelu_tanh_forward,
+                              "gelu_backward": gelu_tanh_backward}}.get(bug, {})
+    original = {name: getattr(_layers, name) for name in replaced}
+    for name, fn in replaced.items():
+        setattr(_layers, name, fn)
     try:
         yield
     finally:
-        setattr(_layers, name, original)
+        for name, fn in original.items():
+            setattr(_layers, name, fn)
 
 
 def _model(x, state, config, bug):

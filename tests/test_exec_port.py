@@ -198,13 +198,13 @@ def test_forward_only_fortran_order_big_endian(port, tmp_path):
 
 
 def test_case_json_schema(port, tmp_path):
-    """case.json holds what docs/exec_protocol.md says; inputs are little-endian C-order .npy 1.0."""
+    """case.json holds what docs/porting.md (section 8) says; inputs are little-endian C-order .npy 1.0."""
     meta, arrays = golden_case(SMALL, np.float32)
     with pytest.raises(PortFailure, match="missing"):  # a port that writes nothing; the folder is kept
         run_golden_case(port("nothing"), "neocell", SMALL, meta, arrays, keep_dir=tmp_path)
     (case_dir,) = tmp_path.iterdir()
     case = json.loads((case_dir / "in" / "case.json").read_text())
-    assert case == json.loads(_doc_block("json")), "docs/exec_protocol.md's example differs from case.json"
+    assert case == json.loads(_doc_block("json")), "docs/porting.md's example differs from case.json"
     assert case == {
         "protocol": 1, "op": "neocell", "case": SMALL, "dtype": "float32",
         "specs": [{"kernel": 5, "channels": 7, "shift_a": 2, "shift_b": 1}],
@@ -222,16 +222,17 @@ def test_case_json_schema(port, tmp_path):
 
 
 def _doc_block(language):
-    """The first fenced ``language`` block of docs/exec_protocol.md."""
-    text = (REPO / "docs" / "exec_protocol.md").read_text()
+    """The first fenced ``language`` block of the exec protocol section of docs/porting.md."""
+    text = (REPO / "docs" / "porting.md").read_text()
+    text = text.split("\n## 8. Ports that are programs: the exec protocol\n", 1)[1].split("\n## ", 1)[0]
     return text.split(f"```{language}\n", 1)[1].split("```", 1)[0]
 
 
 @pytest.mark.parametrize("shape", [(), (5,), (2, 3), (1, 7, 15, 13)])
 def test_documented_npy_recipe(tmp_path, shape):
-    """The NumPy-free reader/writer of docs/exec_protocol.md: numpy.save's bytes, exact values."""
+    """The NumPy-free reader/writer of docs/porting.md (section 8.5): numpy.save's bytes, exact values."""
     recipe = {}
-    exec(compile(_doc_block("python"), "docs/exec_protocol.md", "exec"), recipe)
+    exec(compile(_doc_block("python"), "docs/porting.md", "exec"), recipe)
     values = np.random.default_rng(3).standard_normal(shape)
     recipe["write_npy"](tmp_path / "a.npy", shape, list(values.ravel()))
     np.save(tmp_path / "b.npy", values)

@@ -1,5 +1,5 @@
 /* neocell_port IN_DIR OUT_DIR: a NeoCell port speaking the exec protocol of
- * neocell_ref (docs/exec_protocol.md).
+ * neocell_ref (docs/porting.md, section 8).
  *
  * IN_DIR holds case.json and one .npy per input (x, weight_a_G, weight_b_G and, when
  * gradients are asked for, grad_y); OUT_DIR is empty. The port writes y.npy and, when

@@ -2,7 +2,7 @@
  *
  * This header and neocell.c are the part to read when porting NeoCell to CUDA, an
  * NPU or any other target; main.c, npy.c and json.c only move data in and out
- * (the exec protocol of docs/exec_protocol.md).
+ * (the exec protocol of docs/porting.md, section 8).
  *
  * Layouts (all C order, all double):
  *   x          [N][C][H][W]

@@ -1,5 +1,5 @@
 /* A tiny reader and writer for NumPy .npy files (format version 1.0 to 3.0 read,
- * 1.0 written): only what the exec protocol needs. See docs/exec_protocol.md. */
+ * 1.0 written): only what the exec protocol needs. See docs/porting.md, section 8. */
 #ifndef NPY_H
 #define NPY_H
 
