@@ -13,10 +13,12 @@ Design
   Sphinx cannot reach). :func:`_copy_notebooks` copies them into
   ``docs/_generated/notebooks/`` when the configuration is read; that folder is
   generated, never edited and never committed.
-* Notebooks and code-cell pages are executed on every build
-  (``nb_execution_mode = "force"``), so the rendered outputs are always those of the
-  current code (the committed notebooks also carry their outputs, for readers who
-  open them without running anything; tests/test_notebooks.py keeps those current). A cell
+* Code-cell pages are executed on every build (``nb_execution_mode = "force"``), so
+  their rendered outputs are always those of the current code. The tutorial notebooks
+  are rendered with the outputs they are committed with
+  (``nb_execution_excludepatterns``): tests/test_notebooks.py re-executes each one
+  and fails when a stored output differs from what it prints now, so running them a
+  second time here would only double the build time. A cell
   error is reported as a warning *with the cell's traceback in the log* (with
   ``nb_execution_raise_on_error = True`` the log would name only the file), and
   ``-W``, which the documented build command and CI always pass, turns it into a
@@ -75,6 +77,8 @@ myst_dmath_double_inline = True
 
 # -- MyST-NB: execute on every build; a cell error is a warning, -W makes it fatal ---
 nb_execution_mode = "force"
+# Committed with outputs that tests/test_notebooks.py keeps current: render, do not re-run.
+nb_execution_excludepatterns = ["_generated/notebooks/*"]
 nb_execution_timeout = 120  # seconds per cell; a notebook takes seconds in total
 nb_execution_allow_errors = False  # stop at the first failing cell
 nb_execution_raise_on_error = False  # warn (with traceback) instead of aborting Sphinx

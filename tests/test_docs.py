@@ -2,8 +2,9 @@
 
 One build per test session: ``python -m sphinx -W --keep-going -b html`` on a copy of
 ``docs/`` and ``notebooks/`` in a temporary folder (so that the test writes nothing into
-the checkout). The build executes the notebooks and the code cells of the pages
-(MyST-NB), so a failing ``assert`` in any of them fails it. The subprocess gets the
+the checkout). The build executes the code cells of the pages (MyST-NB), so a failing
+``assert`` in any of them fails it; the notebooks are rendered with their committed
+outputs, which tests/test_notebooks.py re-executes and compares. The subprocess gets the
 checkout on ``PYTHONPATH``, so the pages document and run the code under test.
 
 Needs the ``docs`` extra (and ``test`` for the API page of ``neocell_ref.testing``);
