@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from .expand import expand_kernel, expand_kernel_adjoint
+from .precision import UNIT_ROUNDOFF, dtype_name, round_to
 from .spec import channel_shifts, parse_specs
 
 __all__ = ["Defect", "DEFECTS", "diagnose", "variant_outputs"]
@@ -100,7 +101,7 @@ def _neocell_variant(arrays, specs_as_written, *, corner=True, split="floor", ro
     disagree on the output size).
     """
     groups = parse_specs(specs_as_written)
-    cast = (lambda a: np.asarray(a, dtype=np.float64).astype(storage).astype(dtype)) if storage else (
+    cast = (lambda a: round_to(np.asarray(a, dtype=np.float64), storage).astype(dtype)) if storage else (
         lambda a: np.asarray(a, dtype=np.float64).astype(dtype))
     x, grad_y = cast(arrays["x"]), cast(arrays["grad_y"])
     _, _, height, width = x.shape
@@ -171,7 +172,7 @@ def _neocell_variant(arrays, specs_as_written, *, corner=True, split="floor", ro
             out[f"grad_weight_a_{g}"] = grads_a
             out[f"grad_weight_b_{g}"] = grads_b
     if storage is not None:  # results stored in the reduced type
-        out = {k: v.astype(storage) for k, v in out.items()}
+        out = {k: round_to(v, storage) for k, v in out.items()}
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
@@ -336,18 +337,27 @@ def _replaced(replacements, layer_kinds):
     return variants
 
 
+#: The precision a port falls to when it computes below its golden set's dtype: float32
+#: arithmetic on a float64 set, float16 storage on a float32 set, bfloat16 storage on a
+#: float16 set (a port that rounds to bfloat16 precision). Nothing is below bfloat16.
+_REDUCED = {"float64": "float32", "float32": "float16", "float16": "bfloat16"}
+
+
 def _reduced_precision(op, meta, arrays, dtype):
-    """The reference computed in float32 although the set is float64 (the port's claim)."""
-    if np.dtype(dtype) != np.float64:
-        if op == "neocell" and np.dtype(dtype) == np.float32:
-            # A float32 port that stores its inputs and results in float16.
-            return [_neocell_variant(arrays, meta["specs_as_written"], dtype=np.float32, storage=np.float16)]
+    """The reference computed below the set's precision (:data:`_REDUCED`)."""
+    reduced = _REDUCED.get(dtype)
+    if reduced is None:
         return []
+    if dtype == "float64":
+        if op == "neocell":
+            return [_neocell_variant(arrays, meta["specs_as_written"], dtype=np.float32)]
+        if op == "model":
+            return [_model_outputs(meta, arrays, np.float32)]
+        return [_layer_outputs(op, meta, arrays, np.float32)]
     if op == "neocell":
-        return [_neocell_variant(arrays, meta["specs_as_written"], dtype=np.float32)]
-    if op == "model":
-        return [_model_outputs(meta, arrays, np.float32)]
-    return [_layer_outputs(op, meta, arrays, np.float32)]
+        # A mixed-precision port storing inputs, z and results in the reduced type.
+        return [_neocell_variant(arrays, meta["specs_as_written"], dtype=np.float32, storage=reduced)]
+    return []
 
 
 def _precision_scale(op, dtype):
@@ -357,16 +367,17 @@ def _precision_scale(op, dtype):
     of the two roundoffs; the model's are measured per dtype (``MODEL_RTOL``), so the
     ratio of those (the smaller one over logits and gradients, never looser).
     """
-    dtype = np.dtype(dtype)
-    reduced = np.dtype(np.float32) if dtype == np.float64 else np.dtype(np.float16)
+    reduced = _REDUCED.get(dtype)
+    if reduced is None:
+        return 1.0
     if op == "model":
         from .golden_ops import MODEL_RTOL
 
-        low, high = MODEL_RTOL.get(reduced.name), MODEL_RTOL.get(dtype.name)
+        low, high = MODEL_RTOL.get(reduced), MODEL_RTOL.get(dtype)
         if low is None or high is None:
             return 1.0
         return min(low[k] / high[k] for k in high)
-    return float(np.finfo(reduced).eps) / float(np.finfo(dtype).eps)
+    return UNIT_ROUNDOFF[reduced] / UNIT_ROUNDOFF[dtype]
 
 
 _LAYER_OPS = ("linear", "conv1x1", "batchnorm", "layernorm", "gelu", "patchify", "avgpool",
@@ -394,8 +405,8 @@ DEFECTS = {d.id: d for d in (
            "(w_out, w_in) (SPEC section 2)",
            ("neocell",), _kernel_transposed),
     Defect("reduced-precision",
-           "the port computes in a lower precision than the golden set's inputs: float32 for a "
-           "float64 set, float16 storage for a float32 set",
+           "the port computes in a lower precision than the golden set's: float32 for a "
+           "float64 set, float16 storage for a float32 set, bfloat16 storage for a float16 set",
            ("neocell", "model") + _LAYER_OPS, _reduced_precision, precision="reduced"),
     Defect("batchnorm-unbiased-variance",
            "training-mode BatchNorm normalises with the unbiased batch variance (divides by M - 1) "
@@ -422,7 +433,7 @@ def variant_outputs(defect_id, op, meta, arrays, dtype=np.float64):
     defect = DEFECTS[defect_id]
     if op not in defect.ops:
         return []
-    return [v for v in defect.variants(op, meta, arrays, np.dtype(dtype)) if v is not None]
+    return [v for v in defect.variants(op, meta, arrays, dtype_name(dtype)) if v is not None]
 
 
 def _agrees(got, reference, allowed) -> bool:
@@ -455,8 +466,9 @@ def diagnose(op, meta, arrays, failing, allowed, dtype=np.float64):
     allowed : dict
         ``{array name: elementwise allowed error}`` (shape of the expected array, or a
         scalar) as the verifier computed it for the case's tolerance.
-    dtype : numpy dtype
-        dtype of the golden set's inputs.
+    dtype : str or numpy dtype
+        The golden set's dtype: float64, float32, float16 or bfloat16 (a bfloat16
+        set stores its inputs as float32, so its name must be given).
 
     Returns
     -------
@@ -476,7 +488,7 @@ def diagnose(op, meta, arrays, failing, allowed, dtype=np.float64):
     Where the variant's shape differs from the expected one (an output-size defect),
     the largest allowed error of the array is used.
     """
-    dtype = np.dtype(dtype)
+    dtype = dtype_name(dtype)
     found = {}
     # Precision defects last, and only for arrays no other defect explains: their match
     # is held to a tolerance thousands of times looser than the case's (the lower

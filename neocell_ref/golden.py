@@ -501,7 +501,9 @@ def _diagnosis(op, meta, arrays, failing, allowed) -> dict:
     from .diagnosis import diagnose
 
     x = arrays.get("x")
-    dtype = np.asarray(x).dtype if x is not None and np.asarray(x).dtype.kind == "f" else np.float64
+    dtype = np.asarray(x).dtype.name if x is not None and np.asarray(x).dtype.kind == "f" else "float64"
+    if dtype == "float32" and any("half_roundings" in t for t in meta.get("tolerances", {}).values()):
+        dtype = "bfloat16"  # a bfloat16 set stores its inputs as float32 (format 3)
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
