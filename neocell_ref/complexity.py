@@ -1012,44 +1012,39 @@ def _cli_int(minimum: int):
 
 
 def _cli_complexity(args) -> int:
-    try:
-        result = complexity(
-            k=args.kernel,
-            c=args.channels,
-            h=args.hw[0],
-            w=args.hw[1],
-            batch=args.batch,
-            shift=args.shift,
-            code=args.code,
-            dw_kernel=args.dw_kernel,
-            dtype=args.dtype,
-        )
-        text = result.to_json(indent=2) if args.json else str(result)
-    except (ValueError, TypeError) as exc:
-        print(f"neocell-ref complexity: error: {exc}")
-        return 2
-    print(text)
+    # A ValueError/TypeError here is unusable input: cli.main prints it as one line on
+    # stderr and exits 2. The text is built in full before anything is printed.
+    result = complexity(
+        k=args.kernel,
+        c=args.channels,
+        h=args.hw[0],
+        w=args.hw[1],
+        batch=args.batch,
+        shift=args.shift,
+        code=args.code,
+        dw_kernel=args.dw_kernel,
+        dtype=args.dtype,
+    )
+    print(result.to_json(indent=2) if args.json else str(result))
     return 0
 
 
 def _cli_model_complexity(args) -> int:
-    try:
-        options = released_checkpoint_options(args.resolution[0]) if args.released else {}
-        for key in ("num_classes", "kernel_spec", "layer_scale_init_value", "linear_bias"):
-            value = getattr(args, key)
-            if value is not None:
-                options[key] = value
-        if args.shifts is not None:
-            options["shifts"] = tuple(args.shifts)
-        resolution = args.resolution[0] if len(args.resolution) == 1 else tuple(args.resolution)
-        result = model_complexity(args.model, resolution, **options)
-        if args.json:
-            text = result.to_json(per_layer=args.per_layer, indent=2)
-        else:
-            text = str(result) + ("\n\n" + result.table() if args.per_layer else "")
-    except (ValueError, TypeError) as exc:
-        print(f"neocell-ref model-complexity: error: {exc}")
-        return 2
+    # Unusable input raises ValueError/TypeError: cli.main turns it into exit 2 with one
+    # line on stderr. The text is built in full before anything is printed.
+    options = released_checkpoint_options(args.resolution[0]) if args.released else {}
+    for key in ("num_classes", "kernel_spec", "layer_scale_init_value", "linear_bias"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    if args.shifts is not None:
+        options["shifts"] = tuple(args.shifts)
+    resolution = args.resolution[0] if len(args.resolution) == 1 else tuple(args.resolution)
+    result = model_complexity(args.model, resolution, **options)
+    if args.json:
+        text = result.to_json(per_layer=args.per_layer, indent=2)
+    else:
+        text = str(result) + ("\n\n" + result.table() if args.per_layer else "")
     print(text)
     return 0
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
@@ -434,8 +434,13 @@ def test_cli_complexity_table_and_json():
 
 
 def test_cli_complexity_reports_bad_input():
-    status, text = run_cli(["complexity", "-k", "7", "--code", "4+7"])
-    assert status == 2 and "either k=7 or code='4+7'" in text, f"status {status}, output {text!r}"
+    err = io.StringIO()
+    with redirect_stderr(err):
+        status, text = run_cli(["complexity", "-k", "7", "--code", "4+7"])
+    message = err.getvalue()
+    assert status == 2 and text == "", f"status {status}, stdout {text!r}"
+    assert message.startswith("neocell-ref: error: ") and message.count("\n") == 1, message
+    assert "either k=7 or code='4+7'" in message, message
 
 
 # --------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
@@ -455,5 +455,9 @@ def test_cli_model_complexity():
     expected = model_complexity("neonext_t", 224, kernel_spec="7", shifts=(0, 0, 0, 0), linear_bias=True,
                                 num_classes=10)
     assert status == 0 and expected.table() in text, "per-layer table missing"
-    status, text = run_cli(["model-complexity", "neonext_t", "--resolution", "226"])
-    assert status == 2 and "multiples of 4" in text, f"bad resolution: status {status}, {text!r}"
+    err = io.StringIO()
+    with redirect_stderr(err):
+        status, text = run_cli(["model-complexity", "neonext_t", "--resolution", "226"])
+    message = err.getvalue()
+    assert status == 2 and text == "" and message.startswith("neocell-ref: error: "), (status, text, message)
+    assert "multiples of 4" in message and message.count("\n") == 1, f"bad resolution: {message!r}"
