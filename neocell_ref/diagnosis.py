@@ -129,7 +129,9 @@ def _neocell_variant(arrays, specs_as_written, *, corner=True, split="floor", ro
             wa = wa.transpose(0, 2, 1)
         if transpose == "b":
             wb = wb.transpose(0, 2, 1)
-        if split == "floor":
+        if split == "none":  # every shift ignored: all channels laid out unshifted
+            shifts_a = shifts_b = np.zeros(spec.channels, dtype=int)
+        elif split == "floor":
             shifts_a, shifts_b = spec.channel_shifts()
         else:
             shifts_a = (channel_shifts(spec.channels, 0, 1) if spec.shift_a == 0
@@ -196,6 +198,11 @@ def _corner_dropped(meta, arrays, dtype):
 @_neocell_only
 def _split_rounded_up(meta, arrays, dtype):
     return [_neocell_variant(arrays, meta["specs_as_written"], split="ceil")] if _shifted(meta) else []
+
+
+@_neocell_only
+def _shifts_ignored(meta, arrays, dtype):
+    return [_neocell_variant(arrays, meta["specs_as_written"], split="none")] if _shifted(meta) else []
 
 
 @_neocell_only
@@ -393,6 +400,10 @@ DEFECTS = {d.id: d for d in (
            "shift sub-groups hold ceil(channels / n) channels instead of floor(channels / n), the "
            "last one the remainder (SPEC section 4)",
            ("neocell",), _split_rounded_up),
+    Defect("shifts-ignored",
+           "the shift of a group is ignored: every channel's blocks start at the top-left corner, "
+           "as if the group were unshifted (SPEC section 4)",
+           ("neocell",), _shifts_ignored),
     Defect("output-size-rounded",
            "the output size of a resampling group is rounded (halves up) instead of floored (SPEC section 2)",
            ("neocell",), _size_rounded),

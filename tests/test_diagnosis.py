@@ -502,3 +502,39 @@ def _bf16_backward(grad_y, x, wa, wb, specs):
     out = _bf16(x, wa, wb, specs, grad_y)
     return (out["grad_x"], [out[f"grad_weight_a_{g}"] for g in range(len(wa))],
             [out[f"grad_weight_b_{g}"] for g in range(len(wb))])
+
+
+def _emulated_port(**defect):
+    """A float64 port built from the emulation of docs/porting.md (``neocell_ref.precision``)
+    with one planted defect: an implementation independent of ``diagnosis``."""
+    from neocell_ref.precision import emulate_neocell
+    from neocell_ref.spec import check_input_size, parse_specs
+
+    def run(x, wa, wb, specs, grad_y=None):
+        arrays = _bf16_arrays(x, wa, wb)
+        if grad_y is None:
+            h_out, w_out = check_input_size(parse_specs(specs), x.shape[2], x.shape[3])
+            grad_y = np.zeros(x.shape[:2] + (h_out, w_out))
+        arrays["grad_y"] = np.asarray(grad_y)
+        return emulate_neocell(arrays, specs, "float64", accumulate="float64", **defect)
+
+    def backward(grad_y, x, wa, wb, specs):
+        out = run(x, wa, wb, specs, grad_y)
+        return (out["grad_x"], [out[f"grad_weight_a_{g}"] for g in range(len(wa))],
+                [out[f"grad_weight_b_{g}"] for g in range(len(wb))])
+
+    return (lambda x, wa, wb, specs: run(x, wa, wb, specs)["y"]), backward
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_shifts_ignored_port_is_diagnosed_shifts_ignored(golden_set, dtype):
+    """A port that drops every shift (the emulation with ``shifts=False``) fails exactly the
+    shifted cases, and each failing array is diagnosed ``shifts-ignored`` and nothing else;
+    the same emulation without the defect passes (so the failure is the defect's)."""
+    forward, backward = _emulated_port(shifts=False)
+    report = verify_golden(golden_set(dtype), "neocell", forward, backward)
+    failing = [r for r in report.results if not r.passed]
+    assert failing, "a port ignoring shifts passed"
+    wrong = [(r.case, r.array, r.diagnosis) for r in failing if r.diagnosis != ["shifts-ignored"]]
+    assert not wrong, f"arrays not diagnosed exactly shifts-ignored: {wrong}"
+    assert verify_golden(golden_set(dtype), "neocell", *_emulated_port()).passed
