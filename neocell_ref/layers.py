@@ -17,9 +17,9 @@ also accept ``(N, C)`` or any ``(N, C, *S)``. Every matrix product goes through
 :func:`neocell_ref.instrument.matmul` with the tag ``"linear"`` or ``"conv1x1"``, so the
 multiply-accumulates that run can be counted.
 
-Dtypes: a layer computes in the dtype the package's dtype rule gives for its operands
-(:func:`neocell_ref.validation.compute_dtype`: float32 when all are float16/float32,
-float64, the reference precision, otherwise) and returns that dtype. The exact GELU is evaluated with :func:`scipy.special.ndtr` in
+Dtypes: a layer computes in the dtype the package's dtype rule
+(:func:`neocell_ref.validation.compute_dtype`) gives for its operands, and returns that
+dtype. The exact GELU is evaluated with :func:`scipy.special.ndtr` in
 float64; in float32 it uses a fitted approximation whose accuracy is stated and tested
 (:func:`gelu_forward`, ``docs/model.md``).
 

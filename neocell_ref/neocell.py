@@ -34,9 +34,8 @@ and kernel gradients are the adjoint of the expansion. Every backward here
 recomputes ``z`` from ``x`` instead of caching it: the operator is cheap and the
 signatures stay pure functions of their inputs.
 
-Dtypes: the package's dtype rule (:mod:`neocell_ref.validation`) over ``x``, the
-weights and, in the backward, ``grad_y``: float32 when every one is float16 or
-float32, float64 (the reference precision) otherwise; complex input is refused.
+Dtypes: the package's dtype rule (:func:`neocell_ref.validation.compute_dtype`) over
+``x``, the weights and, in the backward, ``grad_y``; complex input is refused.
 """
 
 from __future__ import annotations
