@@ -50,8 +50,9 @@ from .architecture import (
     describe,
     get_config,
 )
-from .expand import nnz
-from .spec import GroupSpec, _as_int, check_input_size, parse_kernel_code, parse_specs
+from .expand import nnz, padding_view
+from .spec import GroupSpec, check_input_size, parse_kernel_code, parse_specs, subgroup_sizes
+from .validation import as_int as _as_int
 
 __all__ = [
     "complexity",
@@ -173,33 +174,6 @@ def _check_representable(values: dict, context: str) -> None:
 # --------------------------------------------------------------------------------------
 # NeoCell counts (shared by the layer and the model calculators)
 # --------------------------------------------------------------------------------------
-def _tiles(length: int, k_in: int, shift: int) -> int:
-    """Tiles of ``k_in`` covering the padded axis of SPEC 3's padding view.
-
-    ``k_in - shift`` zeros go in front when shifted, zeros at the back up to a
-    multiple of ``k_in``.
-    """
-    front = k_in - shift if shift else 0
-    return -(-(length + front) // k_in)
-
-
-def subgroup_sizes(channels: int, subgroups: int) -> tuple[int, int]:
-    """Channels per shifted sub-group (SPEC 4), as two numbers instead of a per-channel array.
-
-    Returns
-    -------
-    (size, last) : (int, int)
-        Sub-groups ``0 .. n-2`` have ``size = channels // n`` channels each and the last
-        one ``last = channels - (n-1)·size``; when ``channels < n``, ``size = 0`` and the
-        last sub-group holds every channel. Same rule as
-        :func:`neocell_ref.spec.channel_shifts` (the tests compare the two).
-    """
-    channels = _check_int(channels, "channels", 1)
-    subgroups = _check_int(subgroups, "subgroups", 1)
-    size = channels // subgroups
-    return (0, channels) if size == 0 else (size, channels - (subgroups - 1) * size)
-
-
 def _axis_pieces(channels: int, subgroups: int, shift: int, k: int, length: int) -> list:
     """Cut one axis of a group into runs of sub-groups with one closed form each.
 
@@ -303,8 +277,8 @@ def neocell_counts(specs, height: int, width: int, batch: int = 1) -> dict:
                     for _, _, j1, j2, m in pieces_b)
         useful += nnz_a * width + h_out * nnz_b
         # Z = A @ X over all T_a·T_b padded tiles, then Z @ B over the same tiles.
-        t_a = [_tiles(height, g.h_in, j1 * g.shift_a) for _, _, j1, _, _ in pieces_a]
-        t_b = [_tiles(width, g.w_in, j1 * g.shift_b) for _, _, j1, _, _ in pieces_b]
+        t_a = [padding_view(height, g.h_in, g.h_out, j1 * g.shift_a).tiles for _, _, j1, _, _ in pieces_a]
+        t_b = [padding_view(width, g.w_in, g.w_out, j1 * g.shift_b).tiles for _, _, j1, _, _ in pieces_b]
         tiles = _sum_of_products(pieces_a, t_a, pieces_b, t_b)
         padded += tiles * g.h_out * g.w_in * (g.h_in + g.w_out)
     blockdiag = channels * (h_out * height * width + h_out * width * w_out)

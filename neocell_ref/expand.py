@@ -11,20 +11,26 @@ the top-left corner. Everything else that needs that picture asks
   kernel, summing every place a kernel entry was copied to (the corner included);
 * :func:`nnz` counts the filled entries in closed form (the complexity calculator uses it).
 
-The patch-wise formulation in :mod:`neocell_ref.neocell` follows the same rule by
-padding and cropping instead (SPEC 3, "an equivalent view"); the tests prove the
-two agree.
+The patch-wise formulations follow the same rule by padding and cropping instead
+(SPEC section 3, "an equivalent view"); the geometry of that view lives here too:
+
+* :func:`padding_view` — front padding, tile count and crop of one axis;
+* :func:`channel_runs` — the walk over a layer's channels in runs that share one
+  kernel size and one shift pair (SPEC section 4), used by every formulation.
+
+The tests prove the views agree.
 """
 
 from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
 from .spec import check_input_size, parse_specs, shift_segments
-from .validation import as_int, as_real_array, check_nbytes
+from .validation import as_int, as_real_array, check_nbytes, check_weights
 
 __all__ = [
     "block_layout",
@@ -33,6 +39,10 @@ __all__ = [
     "nnz",
     "expand",
     "expand_adjoint",
+    "PaddingView",
+    "padding_view",
+    "ChannelRun",
+    "channel_runs",
 ]
 
 
@@ -249,11 +259,57 @@ def _check_shift(shift, p, q):
     return shift
 
 
-def _per_channel(specs):
-    """Yield ``(group index, channel slice in group, shift_a, shift_b)`` runs."""
+class PaddingView(NamedTuple):
+    """Geometry of one axis in SPEC section 3's equivalent view (pad, map every tile, crop).
+
+    ``front``: zero rows added on top (``k - s`` when the shift ``s > 0``, else 0);
+    ``tiles``: slabs of ``k_in`` rows once zero rows are added at the bottom up to a
+    multiple of ``k_in``; ``crop``: output rows removed first (``k - s`` when
+    ``s > 0``, else 0) before the first ``H_out`` rows are kept. Columns (the width,
+    kernel ``B``) likewise.
+    """
+
+    front: int
+    tiles: int
+    crop: int
+
+
+def padding_view(length: int, k_in: int, k_out: int, shift: int) -> PaddingView:
+    """The :class:`PaddingView` of an axis of ``length`` values, tiles ``k_in -> k_out``, shift ``shift``.
+
+    With a shift, SPEC section 4 makes the kernel square (``k_in == k_out == k``).
+    Arguments are trusted (validated specs and sizes); integer arithmetic only.
+    """
+    front = k_in - shift if shift else 0
+    return PaddingView(front, -(-(length + front) // k_in), k_out - shift if shift else 0)
+
+
+class ChannelRun(NamedTuple):
+    """Consecutive channels of one group that share one shift pair (SPEC section 4).
+
+    ``group``: index of the group; ``local``: the channels' slice in the group's
+    weights; ``chans``: their slice in the layer (``x.shape[1]``);
+    ``shift_a``/``shift_b``: the shifts of ``A`` and ``B``.
+    """
+
+    group: int
+    local: slice
+    chans: slice
+    shift_a: int
+    shift_b: int
+
+
+def channel_runs(specs):
+    """Yield the :class:`ChannelRun` s of a layer of parsed ``specs``, in channel order.
+
+    Each group is cut by :func:`neocell_ref.spec.shift_segments`; the runs cover
+    every channel of the layer once.
+    """
+    start = 0
     for g, spec in enumerate(specs):
-        for start, stop, sa, sb in shift_segments(spec):
-            yield g, slice(start, stop), sa, sb
+        for a, b, sa, sb in shift_segments(spec):
+            yield ChannelRun(g, slice(a, b), slice(start + a, start + b), sa, sb)
+        start += spec.channels
 
 
 def expand(weights_a, weights_b, specs, size):
@@ -275,22 +331,19 @@ def expand(weights_a, weights_b, specs, size):
     B_full : ndarray, shape (C, W, W_out)
         Per channel ``c``, ``y[n, c] = A_full[c] @ x[n, c] @ B_full[c]``.
     """
-    from .neocell import _check_weights  # validation lives with the operator
-
     specs = parse_specs(specs)
     if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2:
         raise TypeError(f"size must be a pair (H, W) of integers, got {size!r}")
     height, width = size
     h_out, w_out = check_input_size(specs, height, width)
     height, width = int(height), int(width)
-    weights_a, weights_b, dtype = _check_weights(weights_a, weights_b, specs)
-    offsets = np.cumsum([0] + [g.channels for g in specs])
-    check_nbytes((int(offsets[-1]), h_out, height), dtype, "expand: A_full")
-    check_nbytes((int(offsets[-1]), width, w_out), dtype, "expand: B_full")
-    a_full = np.zeros((offsets[-1], h_out, height), dtype=dtype)
-    b_full = np.zeros((offsets[-1], width, w_out), dtype=dtype)
-    for g, sl, sa, sb in _per_channel(specs):
-        c = slice(offsets[g] + sl.start, offsets[g] + sl.stop)
+    weights_a, weights_b, dtype = check_weights(weights_a, weights_b, specs)
+    channels = sum(g.channels for g in specs)
+    check_nbytes((channels, h_out, height), dtype, "expand: A_full")
+    check_nbytes((channels, width, w_out), dtype, "expand: B_full")
+    a_full = np.zeros((channels, h_out, height), dtype=dtype)
+    b_full = np.zeros((channels, width, w_out), dtype=dtype)
+    for g, sl, c, sa, sb in channel_runs(specs):
         a_full[c] = expand_kernel(weights_a[g][sl], h_out, height, sa)
         b_full[c] = expand_kernel(weights_b[g][sl], width, w_out, sb)
     return a_full, b_full
@@ -336,12 +389,10 @@ def expand_adjoint(grad_a_full, grad_b_full, specs):
                 f"{name} has shape {arr.shape}, expected {expected} for these specs and input "
                 f"size H={height}, W={width}"
             )
-    offsets = np.cumsum([0] + [g.channels for g in specs])
     grads_a = [np.zeros(g.shape_a, dtype=grad_a_full.dtype) for g in specs]
     grads_b = [np.zeros(g.shape_b, dtype=grad_b_full.dtype) for g in specs]
-    for g, sl, sa, sb in _per_channel(specs):
+    for g, sl, c, sa, sb in channel_runs(specs):
         spec = specs[g]
-        c = slice(offsets[g] + sl.start, offsets[g] + sl.stop)
         grads_a[g][sl] = expand_kernel_adjoint(grad_a_full[c], spec.h_out, spec.h_in, sa)
         grads_b[g][sl] = expand_kernel_adjoint(grad_b_full[c], spec.w_in, spec.w_out, sb)
     return grads_a, grads_b

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .spec import parse_specs
@@ -85,9 +83,7 @@ def neo_init(specs, rng=None, *, dtype=np.float64, noise_scale=1.0):
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    if isinstance(noise_scale, (bool, np.bool_)) or not isinstance(noise_scale, numbers.Real):
-        raise TypeError(f"noise_scale must be a real number, got {noise_scale!r}")
-    noise_scale = real_number(noise_scale, "noise_scale", 0.0)
+    noise_scale = real_number(noise_scale, "noise_scale", 0.0, type_error=True)
     # Refuse before drawing anything: the noise is drawn in float64 whatever ``dtype`` is.
     for spec in specs:
         for shape, name in ((spec.shape_a, "weight_a"), (spec.shape_b, "weight_b")):

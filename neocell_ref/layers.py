@@ -17,9 +17,9 @@ also accept ``(N, C)`` or any ``(N, C, *S)``. Every matrix product goes through
 :func:`neocell_ref.instrument.matmul` with the tag ``"linear"`` or ``"conv1x1"``, so the
 multiply-accumulates that run can be counted.
 
-Dtypes: a layer computes in float32 when all its floating operands are float16/float32 and
-in float64 otherwise (integer inputs compute in float64), and returns that dtype. float64
-is the reference precision. The exact GELU is evaluated with :func:`scipy.special.ndtr` in
+Dtypes: a layer computes in the dtype the package's dtype rule
+(:func:`neocell_ref.validation.compute_dtype`) gives for its operands, and returns that
+dtype. The exact GELU is evaluated with :func:`scipy.special.ndtr` in
 float64; in float32 it uses a fitted approximation whose accuracy is stated and tested
 (:func:`gelu_forward`, ``docs/model.md``).
 
@@ -29,13 +29,12 @@ options) raises ``ValueError``/``TypeError`` naming the argument before any arit
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 from scipy import special
 
 from .instrument import matmul
-from .validation import as_real_array, check_nbytes, real_number
+from .validation import as_int, as_real_array, check_nbytes, compute_dtype, real_number
 
 __all__ = [
     "linear_forward", "linear_backward",
@@ -57,16 +56,8 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # validation helpers: cheap (shape and dtype checks only), run before any arithmetic
 # --------------------------------------------------------------------------------------
-_array = as_real_array  # bool, complex, object and string arrays refused, naming the argument
-
-
-def _compute_dtype(*arrays):
-    """float32 when every floating operand is float16/float32 and no operand is an integer
-    array, else float64 (the reference precision)."""
-    kinds = [a.dtype for a in arrays if a is not None]
-    if all(d.kind == "f" and d.itemsize <= 4 for d in kinds):
-        return np.dtype(np.float32)
-    return np.dtype(np.float64)
+# Arrays: as_real_array (bool, complex, object and string refused, naming the argument);
+# compute dtype: the package's dtype rule, compute_dtype (neocell_ref.validation).
 
 
 def _cast(dtype, *arrays):
@@ -91,12 +82,11 @@ def _check_shape(arr, name, expected):
 
 
 def _check_grad(grad_y, expected_shape):
-    grad_y = _array(grad_y, "grad_y")
+    grad_y = as_real_array(grad_y, "grad_y")
     _check_shape(grad_y, "grad_y", expected_shape)
     return grad_y
 
 
-_real = real_number
 
 
 def _channel_view(shape):
@@ -112,8 +102,8 @@ def _reduce_axes(ndim, keep=1):
 # Linear on the channel axis, and the 1x1 convolution (the same product)
 # --------------------------------------------------------------------------------------
 def _linear_prepare(x, weight, bias, grad_y=None, *, weight_name="weight"):
-    x = _array(x, "x")
-    weight = _array(weight, weight_name)
+    x = as_real_array(x, "x")
+    weight = as_real_array(weight, weight_name)
     _check_ndim(x, "x", 2)
     if weight.ndim != 2:
         raise ValueError(f"{weight_name} must be 2-D (out, in), got shape {weight.shape}")
@@ -123,12 +113,12 @@ def _linear_prepare(x, weight, bias, grad_y=None, *, weight_name="weight"):
             f"{x.shape[1]} channels (x.shape[1], shape {x.shape})"
         )
     if bias is not None:
-        bias = _array(bias, "bias")
+        bias = as_real_array(bias, "bias")
         _check_shape(bias, "bias", (weight.shape[0],))
     expected_y = (x.shape[0], weight.shape[0], *x.shape[2:])
     if grad_y is not None:
         grad_y = _check_grad(grad_y, expected_y)
-    dtype = _compute_dtype(x, weight, bias, grad_y)
+    dtype = compute_dtype(x, weight, bias, grad_y)
     return _cast(dtype, x, weight, bias, grad_y)
 
 
@@ -205,10 +195,10 @@ def linear_backward(grad_y, x, weight, bias=None, *, tag="linear"):
 
 
 def _conv_weight(weight, x):
-    weight = _array(weight, "weight")
+    weight = as_real_array(weight, "weight")
     if weight.ndim != 4 or weight.shape[2:] != (1, 1):
         raise ValueError(f"weight must be (out, in, 1, 1) (PyTorch Conv2d layout), got shape {weight.shape}")
-    x = _array(x, "x")
+    x = as_real_array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
     return weight.reshape(weight.shape[:2]), x
 
@@ -244,7 +234,7 @@ def conv1x1_backward(grad_y, x, weight):
 # BatchNorm2d
 # --------------------------------------------------------------------------------------
 def _bn_prepare(x, weight, bias, running_mean, running_var, training, eps, grad_y=None):
-    x = _array(x, "x")
+    x = as_real_array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
     c = x.shape[1]
     arrays = []
@@ -253,12 +243,12 @@ def _bn_prepare(x, weight, bias, running_mean, running_var, training, eps, grad_
         if arr is None and name.startswith("running") and training:
             arrays.append(None)
             continue
-        arr = _array(arr, name)
+        arr = as_real_array(arr, name)
         _check_shape(arr, name, (c,))
         arrays.append(arr)
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"training must be a bool, got {training!r}")
-    eps = _real(eps, "eps", 0.0, low_open=True)
+    eps = real_number(eps, "eps", 0.0, low_open=True)
     if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
         raise ValueError(
             f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}"
@@ -267,7 +257,7 @@ def _bn_prepare(x, weight, bias, running_mean, running_var, training, eps, grad_
         _check_running(arrays[2], arrays[3])
     if grad_y is not None:
         grad_y = _check_grad(grad_y, x.shape)
-    dtype = _compute_dtype(x, *arrays, grad_y)
+    dtype = compute_dtype(x, *arrays, grad_y)
     return (*_cast(dtype, x, *arrays, grad_y), eps)
 
 
@@ -300,10 +290,10 @@ def batchnorm_stats(x):
     mean, var : ndarray, shape (C,)
         Over the ``N·H·W`` values of each channel; ``var`` divides by ``N·H·W``.
     """
-    x = _array(x, "x")
+    x = as_real_array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
     _check_nonempty(x, "x", (0, 2, 3), "a batch statistic over N, H, W")
-    x = x.astype(_compute_dtype(x), copy=False)
+    x = x.astype(compute_dtype(x), copy=False)
     return _bn_stats(x)
 
 
@@ -328,14 +318,14 @@ def batchnorm_affine(weight, bias, mean, var, *, eps=1e-5):
     -------
     scale, shift : ndarray, shape (C,)
     """
-    arrays = [_array(a, n) for a, n in ((weight, "weight"), (bias, "bias"), (mean, "mean"), (var, "var"))]
+    arrays = [as_real_array(a, n) for a, n in ((weight, "weight"), (bias, "bias"), (mean, "mean"), (var, "var"))]
     for arr, name in zip(arrays[1:], ("bias", "mean", "var")):
         _check_shape(arr, name, arrays[0].shape)
     if arrays[0].ndim != 1:
         raise ValueError(f"weight must be 1-D (C,), got shape {arrays[0].shape}")
-    eps = _real(eps, "eps", 0.0, low_open=True)
+    eps = real_number(eps, "eps", 0.0, low_open=True)
     _check_running(arrays[2], arrays[3], names=("mean", "var"))
-    weight, bias, mean, var = _cast(_compute_dtype(*arrays), *arrays)
+    weight, bias, mean, var = _cast(compute_dtype(*arrays), *arrays)
     _, scale, shift = _bn_scale_shift(weight, bias, mean, var, eps)
     return scale, shift
 
@@ -429,17 +419,17 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
         statistics are not finite or the variance is negative, or
         ``num_batches_tracked + 1`` would not fit int64.
     """
-    x = _array(x, "x")
+    x = as_real_array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
-    rm = _array(running_mean, "running_mean")
-    rv = _array(running_var, "running_var")
+    rm = as_real_array(running_mean, "running_mean")
+    rv = as_real_array(running_var, "running_var")
     _check_shape(rm, "running_mean", (x.shape[1],))
     _check_shape(rv, "running_var", (x.shape[1],))
     if x.shape[0] * x.shape[2] * x.shape[3] < 2:
         raise ValueError(
             f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}"
         )
-    momentum = _real(momentum, "momentum", 0.0, 1.0)
+    momentum = real_number(momentum, "momentum", 0.0, 1.0)
     nbt = np.asarray(num_batches_tracked)
     if nbt.shape != () or nbt.dtype.kind not in "iu":
         raise TypeError(f"num_batches_tracked must be an integer scalar, got {num_batches_tracked!r}")
@@ -454,8 +444,8 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
     if not np.isfinite(x).all():
         raise ValueError("x contains NaN or Inf; a training forward would write them into the running statistics")
     m = x.shape[0] * x.shape[2] * x.shape[3]
-    mean, var = _bn_stats(x.astype(_compute_dtype(x), copy=False))
-    dtype = _compute_dtype(rm, rv)
+    mean, var = _bn_stats(x.astype(compute_dtype(x), copy=False))
+    dtype = compute_dtype(rm, rv)
     new_mean = ((1.0 - momentum) * rm + momentum * mean).astype(dtype, copy=False)
     new_var = ((1.0 - momentum) * rv + momentum * var * (m / (m - 1))).astype(dtype, copy=False)
     return new_mean, new_var, np.asarray(count + 1, dtype=np.int64)
@@ -465,17 +455,17 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
 # LayerNorm over the channel axis
 # --------------------------------------------------------------------------------------
 def _ln_prepare(x, weight, bias, eps, grad_y=None):
-    x = _array(x, "x")
+    x = as_real_array(x, "x")
     _check_ndim(x, "x", 2)
     _check_nonempty(x, "x", (1,), "LayerNorm over the channel axis")
-    weight = _array(weight, "weight")
-    bias = _array(bias, "bias")
+    weight = as_real_array(weight, "weight")
+    bias = as_real_array(bias, "bias")
     _check_shape(weight, "weight", (x.shape[1],))
     _check_shape(bias, "bias", (x.shape[1],))
-    eps = _real(eps, "eps", 0.0, low_open=True)
+    eps = real_number(eps, "eps", 0.0, low_open=True)
     if grad_y is not None:
         grad_y = _check_grad(grad_y, x.shape)
-    dtype = _compute_dtype(x, weight, bias, grad_y)
+    dtype = compute_dtype(x, weight, bias, grad_y)
     return (*_cast(dtype, x, weight, bias, grad_y), eps)
 
 
@@ -622,8 +612,8 @@ def gelu_forward(x, *, out=None):
     -------
     y : ndarray, shape of ``x``
     """
-    x = _array(x, "x")
-    dtype = _compute_dtype(x)
+    x = as_real_array(x, "x")
+    dtype = compute_dtype(x)
     x = x.astype(dtype, copy=False)
     if out is not None and (not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != dtype):
         raise ValueError(f"out must be an ndarray of shape {x.shape} and dtype {dtype}")
@@ -648,9 +638,9 @@ def gelu_backward(grad_y, x):
     -------
     (grad_x,) : tuple of one ndarray, shape of ``x``
     """
-    x = _array(x, "x")
+    x = as_real_array(x, "x")
     grad_y = _check_grad(grad_y, x.shape)
-    dtype = _compute_dtype(x, grad_y)
+    dtype = compute_dtype(x, grad_y)
     x, grad_y = _cast(dtype, x, grad_y)
     if dtype == np.float32:
         return (_gelu32_backward(np.ascontiguousarray(grad_y), np.ascontiguousarray(x)),)
@@ -690,14 +680,13 @@ def _gelu32_backward(grad_y, x):
 # 4x4 patchify (the stem's space-to-depth)
 # --------------------------------------------------------------------------------------
 def _patch_prepare(x, patch):
-    x = _array(x, "x")
+    x = as_real_array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
-    if isinstance(patch, bool) or not isinstance(patch, numbers.Integral) or patch < 1:
-        raise ValueError(f"patch must be a positive integer, got {patch!r}")
+    patch = as_int(patch, "patch", 1)
     h, w = x.shape[2:]
     if h % patch or w % patch:
         raise ValueError(f"input height and width must be multiples of {patch}, got {h}x{w} (x shape {x.shape})")
-    return x.astype(_compute_dtype(x), copy=False), int(patch)
+    return x.astype(compute_dtype(x), copy=False), patch
 
 
 def patchify_forward(x, *, patch=4):
@@ -728,7 +717,7 @@ def patchify_backward(grad_y, x, *, patch=4):
     """
     x, p = _patch_prepare(x, patch)
     n, c, h, w = x.shape
-    grad_y = _check_grad(grad_y, (n, c * p * p, h // p, w // p)).astype(_compute_dtype(x, np.asarray(grad_y)), copy=False)
+    grad_y = _check_grad(grad_y, (n, c * p * p, h // p, w // p)).astype(compute_dtype(x, np.asarray(grad_y)), copy=False)
     blocks = grad_y.reshape(n, c, p, p, h // p, w // p)        # (n, c, py, px, i, j)
     return (np.ascontiguousarray(blocks.transpose(0, 1, 4, 2, 5, 3)).reshape(n, c, h, w),)
 
@@ -738,10 +727,10 @@ def patchify_backward(grad_y, x, *, patch=4):
 # --------------------------------------------------------------------------------------
 def avgpool_forward(x):
     """Global average pooling ``(N, C, H, W) -> (N, C)``: the mean over ``H·W`` pixels."""
-    x = _array(x, "x")
+    x = as_real_array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
     _check_nonempty(x, "x", (2, 3), "average pooling over H, W")
-    return x.astype(_compute_dtype(x), copy=False).mean(axis=(2, 3))
+    return x.astype(compute_dtype(x), copy=False).mean(axis=(2, 3))
 
 
 def avgpool_backward(grad_y, x):
@@ -751,11 +740,11 @@ def avgpool_backward(grad_y, x):
     -------
     (grad_x,) : tuple of one ndarray, shape (N, C, H, W)
     """
-    x = _array(x, "x")
+    x = as_real_array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
     _check_nonempty(x, "x", (2, 3), "average pooling over H, W")
     grad_y = _check_grad(grad_y, x.shape[:2])
-    dtype = _compute_dtype(x, grad_y)
+    dtype = compute_dtype(x, grad_y)
     g = grad_y.astype(dtype, copy=False) / dtype.type(x.shape[2] * x.shape[3])
     return (np.broadcast_to(g[:, :, None, None], x.shape).copy(),)
 
@@ -766,13 +755,13 @@ def avgpool_backward(grad_y, x):
 def _factor_prepare(x, factor, name, axis, grad_y=None):
     """Validate ``x`` and a vector ``factor`` with one value per index of ``x``'s ``axis``
     (layer scale: per channel, axis 1; drop path: per sample, axis 0)."""
-    x = _array(x, "x")
+    x = as_real_array(x, "x")
     _check_ndim(x, "x", axis + 1)
-    factor = _array(factor, name)
+    factor = as_real_array(factor, name)
     _check_shape(factor, name, (x.shape[axis],))
     if grad_y is not None:
         grad_y = _check_grad(grad_y, x.shape)
-    return _cast(_compute_dtype(x, factor, grad_y), x, factor, grad_y)
+    return _cast(compute_dtype(x, factor, grad_y), x, factor, grad_y)
 
 
 def _ls_prepare(x, gamma, grad_y=None):
@@ -823,16 +812,15 @@ def drop_path_scale(rng, n, rate, dtype=np.float64):
     scale : ndarray, shape (n,)
         ``0`` or ``1/(1 - rate)``.
     """
-    rate = _real(rate, "rate", 0.0, 1.0, high_open=True)
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    check_nbytes((int(n),), dtype, "drop_path_scale: scale")
+    rate = real_number(rate, "rate", 0.0, 1.0, high_open=True)
+    n = as_int(n, "n", 1)
+    check_nbytes((n,), dtype, "drop_path_scale: scale")
     if rate == 0.0:
-        return np.ones(int(n), dtype=dtype)
+        return np.ones(n, dtype=dtype)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {rng!r}")
     keep = 1.0 - rate
-    return np.where(rng.random(int(n)) < keep, 1.0 / keep, 0.0).astype(dtype)
+    return np.where(rng.random(n) < keep, 1.0 / keep, 0.0).astype(dtype)
 
 
 def _dp_prepare(x, scale, grad_y=None):
@@ -861,18 +849,18 @@ def drop_path_backward(grad_y, x, scale):
 # --------------------------------------------------------------------------------------
 def residual_add_forward(x, branch):
     """``y = x + branch`` (the block's skip connection)."""
-    x, branch = _array(x, "x"), _array(branch, "branch")
+    x, branch = as_real_array(x, "x"), as_real_array(branch, "branch")
     _check_shape(branch, "branch", x.shape)
-    x, branch = _cast(_compute_dtype(x, branch), x, branch)
+    x, branch = _cast(compute_dtype(x, branch), x, branch)
     return x + branch
 
 
 def residual_add_backward(grad_y, x, branch):
     """Backward of :func:`residual_add_forward`: the gradient reaches both inputs unchanged."""
-    x, branch = _array(x, "x"), _array(branch, "branch")
+    x, branch = as_real_array(x, "x"), as_real_array(branch, "branch")
     _check_shape(branch, "branch", x.shape)
     grad_y = _check_grad(grad_y, x.shape)
-    grad_y = grad_y.astype(_compute_dtype(x, branch, grad_y), copy=False)
+    grad_y = grad_y.astype(compute_dtype(x, branch, grad_y), copy=False)
     return grad_y.copy(), grad_y.copy()
 
 
@@ -880,7 +868,7 @@ def residual_add_backward(grad_y, x, branch):
 # cross-entropy with label smoothing
 # --------------------------------------------------------------------------------------
 def _ce_prepare(logits, labels, smoothing):
-    logits = _array(logits, "logits")
+    logits = as_real_array(logits, "logits")
     if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] < 1:
         raise ValueError(f"logits must be 2-D (N, K) with N, K >= 1, got shape {logits.shape}")
     labels = np.asarray(labels)
@@ -893,8 +881,8 @@ def _ce_prepare(logits, labels, smoothing):
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(f"labels[{i}] = {int(labels[i])} is outside [0, {k}) for {k} classes")
-    smoothing = _real(smoothing, "smoothing", 0.0, 1.0)
-    return logits.astype(_compute_dtype(logits), copy=False), labels, smoothing
+    smoothing = real_number(smoothing, "smoothing", 0.0, 1.0)
+    return logits.astype(compute_dtype(logits), copy=False), labels, smoothing
 
 
 def _log_softmax(z):

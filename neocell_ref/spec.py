@@ -20,12 +20,11 @@ produced by :func:`parse_specs`, never raw dicts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .validation import as_int as _as_int  # one integer rule for the package
-from .validation import check_nbytes
+from .validation import as_int, check_nbytes
 
 __all__ = [
     "GroupSpec",
@@ -35,6 +34,7 @@ __all__ = [
     "output_size",
     "check_input_size",
     "channel_shifts",
+    "subgroup_sizes",
     "shift_segments",
 ]
 
@@ -81,9 +81,9 @@ class GroupSpec:
 
     def __post_init__(self):
         for name in ("channels", "h_in", "h_out", "w_in", "w_out"):
-            object.__setattr__(self, name, _as_int(getattr(self, name), name, 1))
+            object.__setattr__(self, name, as_int(getattr(self, name), name, 1))
         for name in ("shift_a", "shift_b"):
-            object.__setattr__(self, name, _as_int(getattr(self, name), name, 0))
+            object.__setattr__(self, name, as_int(getattr(self, name), name, 0))
         for shift_name, k_in, k_out, kernel in (
             ("shift_a", self.h_in, self.h_out, "A (h_in, h_out)"),
             ("shift_b", self.w_in, self.w_out, "B (w_in, w_out)"),
@@ -163,20 +163,37 @@ class GroupSpec:
         }
 
 
+def subgroup_sizes(channels: int, subgroups: int) -> tuple[int, int]:
+    """Channels per shifted sub-group (SPEC section 4), as two numbers.
+
+    The group is split into ``subgroups`` consecutive sub-groups of
+    ``size = channels // subgroups`` channels, the last one taking the remainder.
+
+    Returns
+    -------
+    (size, last) : (int, int)
+        Sub-groups ``0 .. n-2`` have ``size`` channels each and the last one
+        ``last = channels - (n-1)·size``; when ``channels < n``, ``size = 0`` and the last
+        sub-group holds every channel. :func:`channel_shifts` (one shift per channel) and
+        :func:`shift_segments` (runs of channels) both follow from it.
+    """
+    channels = as_int(channels, "channels", 1)
+    subgroups = as_int(subgroups, "subgroups", 1)
+    size = channels // subgroups
+    return (0, channels) if size == 0 else (size, channels - (subgroups - 1) * size)
+
+
 def channel_shifts(channels: int, shift: int, subgroups: int) -> np.ndarray:
     """Shift used by every channel of a group (SPEC section 4).
 
-    The group is split into ``subgroups`` consecutive sub-groups of
-    ``channels // subgroups`` channels, the last one taking the remainder;
-    sub-group ``j`` uses shift ``j * shift``. When ``channels < subgroups`` every
-    channel falls into the last sub-group.
+    Sub-group ``j`` (sizes from :func:`subgroup_sizes`) uses shift ``j * shift``.
 
     Returns
     -------
     numpy.ndarray of int, shape (channels,)
     """
     check_nbytes((channels,), np.intp, "channel_shifts")  # one shift per channel
-    size = channels // subgroups
+    size, _ = subgroup_sizes(channels, subgroups)
     index = np.arange(channels)
     # With size == 0 all channels belong to the last sub-group.
     sub = np.full(channels, subgroups - 1) if size == 0 else np.minimum(index // size, subgroups - 1)
@@ -186,8 +203,8 @@ def channel_shifts(channels: int, shift: int, subgroups: int) -> np.ndarray:
 def shift_segments(spec: GroupSpec) -> list[tuple[int, int, int, int]]:
     """Cut a group into runs of consecutive channels sharing one ``(shift_a, shift_b)``.
 
-    ``A`` and ``B`` are split into sub-groups independently, so the runs are the
-    intersections of both splits.
+    ``A`` and ``B`` are split into sub-groups independently (:func:`subgroup_sizes`),
+    so the runs are the intersections of both splits.
 
     Returns
     -------
@@ -195,15 +212,15 @@ def shift_segments(spec: GroupSpec) -> list[tuple[int, int, int, int]]:
         Channel ranges ``start:stop`` relative to the group, in order, covering it.
     """
     # Closed form (no per-channel arrays, so any channel count works): a shifted axis
-    # with n sub-groups of size = channels // n changes its shift at j * size,
+    # with n sub-groups of `size` channels changes its shift at j * size,
     # j = 1 .. n - 1 (nowhere when size == 0: every channel is in the last sub-group).
     # Each change is a real change, because sub-group j uses the shift j * s with s > 0.
     def cuts(subgroups):
-        size = spec.channels // subgroups
+        size, _ = subgroup_sizes(spec.channels, subgroups)
         return range(size, size * subgroups, size) if size else range(0)
 
     def shift_at(channel, shift, subgroups):
-        size = spec.channels // subgroups
+        size, _ = subgroup_sizes(spec.channels, subgroups)
         return shift * (subgroups - 1 if size == 0 else min(channel // size, subgroups - 1))
 
     bounds = sorted({0, spec.channels, *cuts(spec.subgroups_a), *cuts(spec.subgroups_b)})
@@ -274,7 +291,7 @@ def parse_group(group) -> GroupSpec:
     # Validate every given value under the key the user wrote ("kernel", "shift"...),
     # so that messages name that key rather than the derived GroupSpec field.
     for key in sorted(keys - {"channels"}):
-        _as_int(group[key], key, 0 if key.startswith("shift") else 1)
+        as_int(group[key], key, 0 if key.startswith("shift") else 1)
 
     if forms[0] == "kernel":
         k = group["kernel"]
@@ -335,8 +352,8 @@ def parse_kernel_code(code: str, channels: int, shift: int = 0) -> list[GroupSpe
     """
     if not isinstance(code, str):
         raise TypeError(f"kernel code must be a str such as '4+7', got {code!r}")
-    channels = _as_int(channels, "channels", 1)
-    shift = _as_int(shift, "shift", 0)
+    channels = as_int(channels, "channels", 1)
+    shift = as_int(shift, "shift", 0)
     parts = [p.strip() for p in code.split("+")]
     # ASCII digits only: int() would also read "4_7" as 47 and accept non-ASCII digits.
     if not all(p and p.isascii() and p.isdigit() for p in parts):
@@ -367,8 +384,8 @@ def output_size(specs: Sequence[GroupSpec], height: int, width: int) -> tuple[in
         If groups disagree or the output would be empty.
     """
     specs = parse_specs(specs)
-    height = _as_int(height, "input height H", 1)
-    width = _as_int(width, "input width W", 1)
+    height = as_int(height, "input height H", 1)
+    width = as_int(width, "input width W", 1)
     sizes = {g.output_size(height, width) for g in specs}
     if len(sizes) > 1:
         detail = ", ".join(
@@ -391,8 +408,8 @@ def check_input_size(specs: Sequence[GroupSpec], height: int, width: int) -> tup
     Checks positive sizes, the output-size rule and the shift-size rule of
     SPEC section 4 (the largest used shift may equal but not exceed the size).
     """
-    height = _as_int(height, "input height H", 1)
-    width = _as_int(width, "input width W", 1)
+    height = as_int(height, "input height H", 1)
+    width = as_int(width, "input width W", 1)
     for i, g in enumerate(specs):
         if g.max_shift_a > height:
             raise ValueError(
@@ -405,8 +422,3 @@ def check_input_size(specs: Sequence[GroupSpec], height: int, width: int) -> tup
                 f"{g.shift_b}) exceeds the input width W={width}"
             )
     return output_size(specs, height, width)
-
-
-def total_channels(specs: Iterable[GroupSpec]) -> int:
-    """Sum of the channels of all groups."""
-    return sum(g.channels for g in specs)

@@ -29,10 +29,6 @@ def default_decay(name: str, value: np.ndarray) -> bool:
     return value.ndim >= 2
 
 
-def _positive(value, name, allow_zero=False):
-    return real_number(value, name, 0.0, low_open=not allow_zero)
-
-
 class _Optimizer:
     def __init__(self, params, weight_decay, decay):
         if not hasattr(params, "items"):
@@ -41,7 +37,7 @@ class _Optimizer:
             if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
                 raise TypeError(f"params[{key!r}] must be a floating ndarray (updated in place), got {type(value).__name__}")
         self.params = params
-        self.weight_decay = _positive(weight_decay, "weight_decay", allow_zero=True)
+        self.weight_decay = real_number(weight_decay, "weight_decay", 0.0)
         self.decay = default_decay if decay is None else decay
         self.steps = 0
 
@@ -77,8 +73,8 @@ class SGD(_Optimizer):
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, decay=None):
         super().__init__(params, weight_decay, decay)
-        self.lr = _positive(lr, "lr")
-        self.momentum = _positive(momentum, "momentum", allow_zero=True)
+        self.lr = real_number(lr, "lr", 0.0, low_open=True)
+        self.momentum = real_number(momentum, "momentum", 0.0)
         self.velocity = {}
 
     def step(self, grads):
@@ -116,11 +112,11 @@ class AdamW(_Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05, decay=None):
         super().__init__(params, weight_decay, decay)
-        self.lr = _positive(lr, "lr")
-        if len(betas) != 2 or not all(0.0 <= _positive(b, "betas", allow_zero=True) < 1.0 for b in betas):
+        self.lr = real_number(lr, "lr", 0.0, low_open=True)
+        if len(betas) != 2 or not all(0.0 <= real_number(b, "betas", 0.0) < 1.0 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = _positive(eps, "eps")
+        self.eps = real_number(eps, "eps", 0.0, low_open=True)
         self.m = {k: np.zeros_like(p) for k, p in params.items()}
         self.v = {k: np.zeros_like(p) for k, p in params.items()}
 

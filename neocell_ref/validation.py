@@ -8,7 +8,15 @@ module needs live here, once:
 * :func:`real_number` — a finite real option with optional bounds;
 * :func:`as_real_array` — an array of a real numeric dtype (complex, bool, object and
   strings refused);
+* :func:`compute_dtype` — the **dtype rule** of every operation;
+* :func:`check_weights` — the per-group NeoCell kernels against their specs;
 * :func:`check_nbytes` — the **memory budget**.
+
+**Dtype rule.** An operation computes in float32 when every operand is float16 or
+float32, and in float64 (the reference precision) otherwise: integer input computes in
+float64 whatever its width, and complex input is refused before (by
+:func:`as_real_array`). The rule is decided operand by operand, not by NumPy's
+promotion (``result_type(int8, float32)`` is float32).
 
 **Memory budget.** Functions that build an array whose size follows from their arguments rather than from
 an array the caller already holds (:func:`neocell_ref.expand.expand` and
@@ -43,6 +51,8 @@ __all__ = [
     "as_int",
     "real_number",
     "as_real_array",
+    "compute_dtype",
+    "check_weights",
 ]
 
 #: Default memory budget: the largest single array a builder may allocate, in bytes.
@@ -72,14 +82,20 @@ def as_int(value, name: str, minimum: int | None = None) -> int:
     return value
 
 
-def real_number(value, name, low=None, high=None, low_open=False, high_open=False) -> float:
+def real_number(value, name, low=None, high=None, low_open=False, high_open=False,
+                *, type_error=False) -> float:
     """``value`` as a finite Python float within optional bounds.
 
     ``low_open``/``high_open`` make a bound strict. Anything that is not a finite real
     number (``bool``, ``None``, a string, NaN, ±Inf, a complex number) is a
-    ``ValueError`` naming ``name``.
+    ``ValueError`` naming ``name``; with ``type_error=True`` a value that is not a real
+    number at all (``bool``, ``None``, a string, a complex number) is a ``TypeError``
+    instead, and only NaN, ±Inf and values out of bounds are ``ValueError``.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+    not_real = isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+    if type_error and not_real:
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if not_real or not np.isfinite(value):
         raise ValueError(f"{name} must be a finite real number, got {value!r}")
     value = float(value)
     if low is not None and (value < low or (low_open and value == low)):
@@ -107,6 +123,85 @@ def as_real_array(value, name) -> np.ndarray:
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
     return arr
+
+
+def compute_dtype(*operands) -> np.dtype:
+    """The compute dtype of an operation (the dtype rule of the module docstring).
+
+    Parameters
+    ----------
+    *operands : ndarray, numpy dtype or None
+        The operands' arrays or dtypes; ``None`` (an absent optional operand) is skipped.
+
+    Returns
+    -------
+    numpy.dtype
+        float32 when every operand is float16 or float32, else float64.
+    """
+    dtypes = [op.dtype if isinstance(op, (np.ndarray, np.generic)) else np.dtype(op)
+              for op in operands if op is not None]
+    low = all(d.kind == "f" and d.itemsize <= 4 for d in dtypes)
+    return np.dtype(np.float32) if low else np.dtype(np.float64)
+
+
+def check_weights(weights_a, weights_b, specs):
+    """Validate the per-group NeoCell kernels against ``specs``.
+
+    Weights must be finite: NaN or Inf in a kernel is a bug upstream, and the weights
+    are small enough that checking them costs nothing.
+
+    Parameters
+    ----------
+    weights_a, weights_b : list of array_like
+        One array per group: ``weights_a[g]`` of shape ``(channels_g, h_out, h_in)``,
+        ``weights_b[g]`` of shape ``(channels_g, w_in, w_out)``.
+    specs : sequence of GroupSpec
+        Parsed specs (:func:`neocell_ref.spec.parse_specs`).
+
+    Returns
+    -------
+    (arrays_a, arrays_b, dtype)
+        The weights as real ndarrays (not cast) and their :func:`compute_dtype`.
+
+    Raises
+    ------
+    TypeError
+        A weight list is not a list (an array, a string, a dict), or an entry is not a
+        real numeric array.
+    ValueError
+        A list has the wrong number of arrays, an array the wrong shape, or a weight
+        is NaN or Inf.
+    """
+    for name, weights in (("weights_a", weights_a), ("weights_b", weights_b)):
+        if (
+            isinstance(weights, (np.ndarray, str, bytes))
+            or hasattr(weights, "keys")  # a dict {0: w0, ...} would index like a list
+            or not hasattr(weights, "__len__")
+        ):
+            raise TypeError(
+                f"{name} must be a list with one array per channel group, got "
+                f"{type(weights).__name__}"
+            )
+        if len(weights) != len(specs):
+            raise ValueError(
+                f"{name} has {len(weights)} arrays but specs has {len(specs)} groups"
+            )
+    arrays_a, arrays_b = [], []
+    for g, spec in enumerate(specs):
+        for name, weights, shape, out in (
+            ("weights_a", weights_a, spec.shape_a, arrays_a),
+            ("weights_b", weights_b, spec.shape_b, arrays_b),
+        ):
+            arr = as_real_array(weights[g], f"{name}[{g}]")
+            if arr.shape != shape:
+                raise ValueError(
+                    f"{name}[{g}] has shape {arr.shape}, but group {g} needs {shape}"
+                )
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{name}[{g}] contains NaN or Inf")
+            out.append(arr)
+    dtype = compute_dtype(*arrays_a, *arrays_b)
+    return arrays_a, arrays_b, dtype
 
 
 def _parse_env(text):

@@ -363,7 +363,7 @@ def parse_specs_argument(text: str):
 
 def planned_cases(args):
     """``[(name, specs, seed or None, inputs or None)]`` from the arguments, validated."""
-    from neocell_ref.spec import check_input_size, parse_specs, total_channels
+    from neocell_ref.spec import check_input_size, parse_specs
 
     suffix = "" if args.dtype == "float64" else "_" + args.dtype.replace("-", "_")
     if args.source:
@@ -402,8 +402,9 @@ def planned_cases(args):
     if n * c * h * w > 1 << 24:
         raise UsageError(f"--shape {' '.join(map(str, args.shape))}: more than 2**24 elements; keep cases small")
     parsed = parse_specs(specs)
-    if total_channels(parsed) != c:
-        raise UsageError(f"--shape: C={c} but the specs have {total_channels(parsed)} channels")
+    channels = sum(g.channels for g in parsed)
+    if channels != c:
+        raise UsageError(f"--shape: C={c} but the specs have {channels} channels")
     try:
         check_input_size(parsed, h, w)
     except ValueError as exc:

@@ -362,3 +362,40 @@ def test_mutant_corner_rule_is_caught(monkeypatch):
     )
     # Unshifted expansions are untouched by this mutant, so only shifted cases can catch it.
     assert np.array_equal(expand_kernel(kernel, 7, 7, 0), expand_by_index(kernel, 7, 7, 0))
+
+
+# --------------------------------------------------------------------------------------
+# the geometry of SPEC section 3.2's equivalent view, and the walk over channel runs
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("length, k_in, k_out, shift, expected", [
+    # SPEC section 3.2's example: H = 6, k = 3, s = 1: 2 zero rows on top, 9 rows = 3 tiles,
+    # the first 2 output rows dropped
+    (6, 3, 3, 1, (2, 3, 2)),
+    (6, 3, 3, 0, (0, 2, 0)),        # no shift: no padding on top, 6 rows = 2 whole tiles
+    (7, 3, 3, 0, (0, 3, 0)),        # a partial tile at the bottom
+    (5, 2, 3, 0, (0, 3, 0)),        # 2 -> 3 tiles: 5 rows padded to 6
+    (1, 7, 7, 6, (1, 1, 1)),        # the largest shift of a 7-kernel on a 1-row input
+])
+def test_padding_view_by_hand(length, k_in, k_out, shift, expected):
+    got = expand_module.padding_view(length, k_in, k_out, shift)
+    assert tuple(got) == expected, f"padding_view{(length, k_in, k_out, shift)} = {got}, expected {expected}"
+    assert (got.front, got.tiles, got.crop) == expected
+
+
+def test_channel_runs_cover_every_channel_once_with_its_shifts():
+    from neocell_ref.spec import channel_shifts
+
+    specs = parse_specs([{"kernel": 4, "channels": 5, "shift": 1},
+                         {"kernel_a": 3, "kernel_b": 5, "channels": 7, "shift": 2},
+                         {"kernel": 2, "channels": 3}])
+    seen = []
+    for run in expand_module.channel_runs(specs):
+        spec = specs[run.group]
+        shifts_a = channel_shifts(spec.channels, spec.shift_a, spec.subgroups_a)
+        shifts_b = channel_shifts(spec.channels, spec.shift_b, spec.subgroups_b)
+        offset = sum(g.channels for g in specs[:run.group])
+        assert run.chans == slice(offset + run.local.start, offset + run.local.stop), run
+        for c in range(run.local.start, run.local.stop):
+            assert (shifts_a[c], shifts_b[c]) == (run.shift_a, run.shift_b), (run, c)
+        seen.extend(range(run.chans.start, run.chans.stop))
+    assert seen == list(range(15)), f"runs cover channels {seen}, expected 0..14 once each"

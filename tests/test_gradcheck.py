@@ -27,6 +27,7 @@ from neocell_ref.spec import GroupSpec, parse_specs
 # modules themselves for monkeypatching.
 expand_module = importlib.import_module("neocell_ref.expand")
 neocell_module = importlib.import_module("neocell_ref.neocell")
+fast_module = importlib.import_module("neocell_ref.neocell_fast")
 
 METHODS = ("loop", "patchwise", "blockdiag")
 
@@ -289,16 +290,19 @@ def test_conformance_catches_padding_geometry_without_shift(monkeypatch):
     Plans derived from the geometry may be cached, so caches are cleared before the
     mutant runs and again after it is removed (no mutant plan may leak into other tests).
     """
-    original = neocell_module._axis_geometry
+    original = expand_module.padding_view
+    users = (neocell_module, fast_module)  # the modules that read the padding view
     try:
         with monkeypatch.context() as patch:
-            _clear_caches(neocell_module)
-            patch.setattr(neocell_module, "_axis_geometry",
-                          lambda length, k_in, k_out, shift: original(length, k_in, k_out, 0))
+            for module in users:
+                _clear_caches(module)
+                patch.setattr(module, "padding_view",
+                              lambda length, k_in, k_out, shift: original(length, k_in, k_out, 0))
             failing = {method: _failing(conformance_errors(case_by_name(SHIFTED_OFFICIAL), method))
                        for method in ("loop", "patchwise")}
     finally:
-        _clear_caches(neocell_module)
+        for module in users:
+            _clear_caches(module)
     for method, bad in failing.items():
         assert {"y", "grad_x"} <= set(bad), f"{method}: ignored shift not caught, failing {bad}"
     # and with the real geometry back, everything passes again

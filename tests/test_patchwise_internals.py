@@ -1,4 +1,4 @@
-"""Internals of the chunked, tiled ``"patchwise"`` formulation (neocell_ref/neocell.py).
+"""Internals of the chunked, tiled ``"patchwise"`` formulation (neocell_ref/neocell_fast.py).
 
 What is proven, each against an independent construction written here:
 
@@ -29,7 +29,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import neocell_ref.neocell as nc
+import neocell_ref.neocell_fast as nc
 from neocell_ref import neocell_backward, neocell_forward
 from neocell_ref.instrument import count_macs
 from neocell_ref.spec import parse_specs
@@ -114,7 +114,8 @@ def test_cropping_out_of_the_tiled_layout_is_the_inverse_and_covers_every_elemen
     tiled = tiled_by_padding(planes, geo["k"], geo["tiles"], geo["width_padded"],
                              geo["front_h"], geo["front_w"]).copy()
     back = np.full(geo["shape"], np.nan)
-    nc._from_tiled(back, tiled, geo["front_h"], geo["front_w"])
+    for t, p in nc._tile_pieces(tiled, back, geo["front_h"], geo["front_w"]):
+        p[...] = t  # crop: copy every piece out of the layout
     assert np.array_equal(back, planes), (
         f"crop(pad(planes)) != planes at {np.argwhere(back != planes)[:3].tolist()} ({geo})"
     )

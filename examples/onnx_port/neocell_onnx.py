@@ -436,7 +436,7 @@ def _cached(key, build):
 
 def _f32(value, name):
     arr = np.asarray(value)
-    if arr.dtype.kind not in "fiu" or arr.dtype.kind == "b":
+    if arr.dtype.kind not in "fiu":  # bool is kind "b", refused here too
         raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
