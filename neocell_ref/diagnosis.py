@@ -451,7 +451,7 @@ def _agrees(got, reference, allowed) -> bool:
     """``|got - reference| <= allowed`` everywhere, all finite, same shape."""
     try:
         got = np.asarray(got)
-        if got.dtype.kind not in "fiu" or got.dtype.kind == "b":
+        if got.dtype.kind not in "fiu":
             return False
         got = got.astype(np.float64)
     except (TypeError, ValueError):
