@@ -559,21 +559,30 @@ MODEL_CASES_CORE = [
 
 
 def _random_state(model, rng):
-    """Every parameter and BatchNorm buffer drawn at random, like the official data."""
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.endswith("num_batches_tracked"):
+    """Every parameter and BatchNorm buffer drawn at random, like the official data.
+
+    Drawn in state-dict order, each entry by its role (:data:`neocell_ref.registry.ROLES`)
+    in its layer kind's record: scales and variances ``U(0.5, 1.5)``, NeoCell kernels
+    their value plus ``0.1·N(0, 1)`` (NeoInit-like: identity-ish plus noise keeps the
+    signals O(1)), weights ``N(0, 1/fan_in)``, shifts ``0.1·N(0, 1)``; counters are kept.
+    Returns ``(state, roles)``: ``{key: array}`` and ``{key: role}``.
+    """
+    state, roles = {}, {}
+    current = model.state_dict()
+    for key, desc, entry, _, _ in model.architecture.entries():
+        value = current[key]
+        role = roles[key] = registry.get(desc.kind).roles(entry)
+        if role == "count":
             state[key] = np.asarray(value)
-        elif key.endswith("running_var"):
+        elif role in ("scale", "variance"):
             state[key] = rng.uniform(0.5, 1.5, value.shape)
-        elif key.endswith((".norm.weight", "norm_1.weight", "ln.weight", "gamma")):
-            state[key] = rng.uniform(0.5, 1.5, value.shape)
-        elif "neocell" in key:  # NeoInit-like: identity-ish plus noise keeps signals O(1)
+        elif role == "kernel":
             state[key] = np.asarray(value, dtype=np.float64) + 0.1 * rng.standard_normal(value.shape)
-        else:
-            fan_in = int(np.prod(value.shape[1:])) if value.ndim > 1 else 1
-            state[key] = rng.standard_normal(value.shape) / np.sqrt(fan_in) if value.ndim > 1 else 0.1 * rng.standard_normal(value.shape)
-    return state
+        elif role == "weight" and value.ndim > 1:
+            state[key] = rng.standard_normal(value.shape) / np.sqrt(int(np.prod(value.shape[1:])))
+        else:  # shifts (biases, running means) and vectors of weights
+            state[key] = 0.1 * rng.standard_normal(value.shape)
+    return state, roles
 
 
 #: Operations that have no half-precision golden cases, with the reason (said in
@@ -593,11 +602,12 @@ def _model_make(name, config, x_shape, dtype, rng):
     if dtype in HALF_DTYPES:
         raise ValueError(f"operation 'model' has no {dtype} golden cases: {HALF_EXCLUDED['model']}")
     model = NeoNeXt(**config, dtype=np.float64, rng=np.random.default_rng(0), resolution=tuple(x_shape[2:]))
-    state = _random_state(model, rng)
-    arrays = {f"state/{k}": (v if k.endswith("num_batches_tracked") else v.astype(dtype)) for k, v in state.items()}
+    state, roles = _random_state(model, rng)
+    arrays = {f"state/{k}": (v if roles[k] == "count" else v.astype(dtype)) for k, v in state.items()}
     arrays["x"] = rng.standard_normal(x_shape).astype(dtype)
     arrays["grad_logits"] = rng.standard_normal((x_shape[0], config["num_classes"])).astype(dtype)
-    model.load_state_dict({k: np.asarray(arrays[f"state/{k}"], dtype=np.float64) if not k.endswith("tracked") else arrays[f"state/{k}"] for k in state})
+    model.load_state_dict({k: arrays[f"state/{k}"] if roles[k] == "count" else np.asarray(arrays[f"state/{k}"], dtype=np.float64)
+                           for k in state})
     x64 = arrays["x"].astype(np.float64)
     expected = {"logits_eval": model.forward(x64, training=False)}
     expected["logits_train"] = model.forward(x64, training=True)
@@ -610,7 +620,7 @@ def _model_make(name, config, x_shape, dtype, rng):
     # gradient among the parameters of the same layer. A parameter whose gradient
     # vanishes mathematically (fc_2.bias in front of a training-mode BatchNorm, which
     # removes any constant shift) is then held to its layer's rounding noise, not to 0.
-    layer_of = lambda key: key.rsplit(".", 2 if key.rsplit(".", 1)[-1].isdigit() else 1)[0]
+    layer_of = {f"grad/{key}": desc.name for key, desc, _, _, _ in model.architecture.entries()}.get
     tolerances = {}
     for key in expected:
         peers = [key]

@@ -59,10 +59,14 @@ class NeoNeXt:
 
     Parameters
     ----------
-    per_stage_layers, dims, num_classes, kernel_spec, shifts, layer_scale_init_value,
-    linear_bias, drop_path, in_chans
-        The options of :class:`~neocell_ref.architecture.NeoNeXtConfig` (same defaults:
-        NeoNeXt-T widths and depths, the official option defaults).
+    *sizes : tuple of 4 int, optional
+        ``per_stage_layers`` and ``dims`` (blocks and widths per stage), positionally or
+        by keyword; default :class:`~neocell_ref.architecture.NeoNeXtConfig`'s (NeoNeXt-T).
+    **options
+        The other options of :class:`~neocell_ref.architecture.NeoNeXtConfig`
+        (``num_classes``, ``kernel_spec``, ``shifts``, ``layer_scale_init_value``,
+        ``linear_bias``, ``drop_path``, ``in_chans``), keyword only, with its defaults
+        (the official ones).
     dtype : float32 or float64, default float64
         Dtype of every parameter and activation. float64 is the reference precision.
     rng : numpy.random.Generator, optional
@@ -95,29 +99,19 @@ class NeoNeXt:
         backward times go under ``"forward:<kind>"`` and ``"backward:<kind>"``.
     """
 
-    def __init__(
-        self,
-        per_stage_layers=(3, 3, 9, 3),
-        dims=(96, 192, 384, 768),
-        *,
-        num_classes=1000,
-        kernel_spec="default",
-        shifts=(1, 1, 1, 0),
-        layer_scale_init_value=0.0,
-        linear_bias=False,
-        drop_path=0.0,
-        in_chans=3,
-        dtype=np.float64,
-        rng=None,
-        resolution=224,
-        drop_path_seed=0,
-    ):
-        config = NeoNeXtConfig(
-            per_stage_layers=per_stage_layers, dims=dims, num_classes=num_classes,
-            kernel_spec=kernel_spec, shifts=shifts, layer_scale_init_value=layer_scale_init_value,
-            linear_bias=linear_bias, drop_path=drop_path, in_chans=in_chans,
-        )
-        self._setup(config, dtype, rng, resolution, drop_path_seed)
+    def __init__(self, *sizes, dtype=np.float64, rng=None, resolution=224, drop_path_seed=0, **options):
+        # The options and their defaults are NeoNeXtConfig's: the one place they are listed.
+        if len(sizes) > 2:
+            raise TypeError(f"NeoNeXt takes at most 2 positional arguments (per_stage_layers, dims), got {len(sizes)}")
+        for name, value in zip(("per_stage_layers", "dims"), sizes):
+            if name in options:
+                raise TypeError(f"NeoNeXt got multiple values for {name}")
+            options[name] = value
+        unknown = sorted(set(options) - set(NeoNeXtConfig.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"NeoNeXt got unknown option(s) {unknown}; the options are NeoNeXtConfig's: "
+                            f"{list(NeoNeXtConfig.__dataclass_fields__)}")
+        self._setup(NeoNeXtConfig(**options), dtype, rng, resolution, drop_path_seed)
 
     @classmethod
     def from_config(cls, config, *, dtype=np.float64, rng=None, resolution=224, drop_path_seed=0):

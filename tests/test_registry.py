@@ -189,3 +189,23 @@ def test_a_wrong_port_of_a_registered_kind_fails_its_golden_case(toy, monkeypatc
     results = golden.run_and_compare("toy_affine", "toy_channels", meta, arrays, toy_forward, wrong_backward)
     failed = [r.array for r in results if not r.passed]
     assert failed == ["grad_bias"], [r.describe() for r in results]
+
+
+# --------------------------------------------------------------------------------------
+# state-dict names come from the description only
+# --------------------------------------------------------------------------------------
+def test_state_dict_names_are_the_descriptions():
+    model = NeoNeXt.from_config(CONFIG, resolution=32)
+    keys = [k for desc in model.architecture.layers() for k in desc.param_keys() + desc.buffer_keys()]
+    assert list(model.state_dict()) == keys
+    assert "downsample_1.neocell.weight_a.0" in keys and "stem.norm.num_batches_tracked" in keys
+
+
+def test_model_options_default_to_the_config():
+    sizes = dict(per_stage_layers=(1, 1, 1, 1), dims=(8, 16, 24, 32))
+    model = NeoNeXt(*sizes.values(), resolution=32, shifts=(0, 0, 0, 0))
+    assert model.config == dataclasses.replace(NeoNeXtConfig(), **sizes, shifts=(0, 0, 0, 0))
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['widths'\]"):
+        NeoNeXt(widths=(8, 16, 24, 32))
+    with pytest.raises(TypeError, match="multiple values for dims"):
+        NeoNeXt((1, 1, 1, 1), (8, 16, 24, 32), dims=(8, 16, 24, 32))
