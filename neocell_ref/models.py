@@ -29,12 +29,11 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import layers as L
 from . import registry
 from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, get_config
-from .instrument import matmul
 from .layer_kinds import INIT_STD, trunc_normal
-from .validation import as_int, check_nbytes
+from .models_fast import fast_forward
+from .validation import as_int, as_real_array, check_nbytes
 
 __all__ = [
     "NeoNeXt",
@@ -332,12 +331,7 @@ class NeoNeXt:
         return self._architectures[resolution]
 
     def _check_input(self, x):
-        try:
-            x = np.asarray(x)
-        except Exception as exc:  # pragma: no cover
-            raise TypeError(f"x could not be converted to an array: {exc}") from None
-        if x.dtype.kind not in "fiu":
-            raise TypeError(f"x must be a real numeric array, got dtype {x.dtype}")
+        x = as_real_array(x, "x")
         if x.ndim != 4:
             raise ValueError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
         if x.shape[0] < 1:
@@ -360,11 +354,12 @@ class NeoNeXt:
             :attr:`drop_path_rng`. False: running statistics, drop path is the identity.
         cache : bool, default True
             Keep what :meth:`backward` needs (the input of every layer, the drop-path
-            factors and the BatchNorm statistics used). ``cache=False`` is the fast
-            inference path: intermediate arrays are overwritten in place, the part of
-            each block after its NeoCell runs fused over cache-sized blocks of pixels
-            (``docs/model.md``), and :meth:`backward` is refused until the next cached
-            forward.
+            factors and the BatchNorm statistics used): the plain formulation, one
+            layer after the other. ``cache=False`` is the fast inference path
+            (:mod:`neocell_ref.models_fast`): intermediate arrays are overwritten in
+            place, the part of each block after its NeoCell runs fused over cache-sized
+            blocks of pixels (``docs/model.md``), and :meth:`backward` is refused until
+            the next cached forward.
 
         Returns
         -------
@@ -410,48 +405,24 @@ class NeoNeXt:
         return logits
 
     def _forward(self, x, training, cache):
-        arch = self.describe(x.shape[2:])
-        x = x.astype(self.dtype, copy=False)
-        tape = [] if cache else None
-        self._tape = None
-        owned = False  # may x be overwritten? Never the caller's array.
-        for unit in arch.units:
+        if not cache:
+            return fast_forward(self, x, training)
+        # The plain formulation: each layer of the description by its kind's record, every
+        # intermediate a new array, the input of each layer kept for backward.
+        tape = []
+        for unit in self.describe(x.shape[2:]).units:
             if unit.kind == "residual":
                 skip = x
-                if tape is not None:
-                    tape.append(("fork", None, None))  # x feeds both the branch and the skip
-                owned = joined = False
-                layers = unit.layers
-                i = 0
-                while i < len(layers):
-                    if tape is None:  # fast path: fuse what follows the NeoCell
-                        tail = None if training else _inference_tail(layers[i:])
-                        if tail is not None:
-                            x, joined = self._fused_tail(tail, x, owned, skip), True
-                            break
-                        if _is_mlp(layers[i:i + 3]):
-                            fc_1, fc_2 = layers[i], layers[i + 2]
-                            x, owned = self._fused_mlp(self._mlp_weights(fc_1, fc_2), x), True
-                            i += 3
-                            continue
-                    x, owned = self._forward_layer(layers[i], x, owned, training, tape)
-                    i += 1
-                if not joined:
-                    start = time.perf_counter() if self.profile is not None else 0.0
-                    if owned:
-                        x += skip
-                    else:
-                        x = skip + x
-                    if self.profile is not None:
-                        self._tick("forward:residual_add", start)
-                owned = True
-                if tape is not None:
-                    tape.append(("join", None, None))  # x + branch(x)
-            else:
-                for desc in unit.layers:
-                    x, owned = self._forward_layer(desc, x, owned, training, tape)
-        if tape is not None:
-            self._tape = {"layers": tape, "output_shape": x.shape, "training": bool(training)}
+                tape.append(("fork", None, None))  # x feeds both the branch and the skip
+            for desc in unit.layers:
+                x = self._forward_layer(desc, x, training, tape)
+            if unit.kind == "residual":
+                start = time.perf_counter() if self.profile is not None else 0.0
+                x = skip + x
+                if self.profile is not None:
+                    self._tick("forward:residual_add", start)
+                tape.append(("join", None, None))  # x + branch(x)
+        self._tape = {"layers": tape, "output_shape": x.shape, "training": bool(training)}
         return x
 
     __call__ = forward
@@ -482,9 +453,7 @@ class NeoNeXt:
                 "backward needs a preceding forward with cache=True (none since construction, "
                 "the last forward had cache=False, or a state dict was loaded since)"
             )
-        grad = np.asarray(grad_logits)
-        if grad.dtype.kind not in "fiu":
-            raise TypeError(f"grad_logits must be a real numeric array, got dtype {grad.dtype}")
+        grad = as_real_array(grad_logits, "grad_logits")
         if grad.shape != self._tape["output_shape"]:
             raise ValueError(f"grad_logits has shape {grad.shape}, expected {self._tape['output_shape']} (the logits' shape)")
         grad = grad.astype(self.dtype, copy=True)
@@ -511,145 +480,13 @@ class NeoNeXt:
         """Drop the cached forward (frees its memory); :meth:`backward` then needs a new forward."""
         self._tape = None
 
-    def _forward_layer(self, desc, x, owned, training, tape):
+    def _forward_layer(self, desc, x, training, tape):
         start = time.perf_counter() if self.profile is not None else 0.0
-        y, saved, fresh = registry.get(desc.kind).forward(self, desc, x, training, owned and tape is None)
-        if tape is not None:
-            tape.append(("layer", desc, saved))
+        y, saved, _ = registry.get(desc.kind).forward(self, desc, x, training, False)
+        tape.append(("layer", desc, saved))
         if self.profile is not None:
             self._tick(f"forward:{desc.kind}", start)
-        return y, (fresh or owned)
-
-    def _mlp_weights(self, fc_1, fc_2):
-        """``(w1, b1, w2, b2)`` of a block's fc_1 and fc_2 (biases None when absent)."""
-        return (self.param(fc_1, "weight"), self.param(fc_1, "bias") if "bias" in fc_1.params else None,
-                self.param(fc_2, "weight"), self.param(fc_2, "bias") if "bias" in fc_2.params else None)
-
-    def _fused_tail(self, tail, x, owned, skip):
-        """Inference fast path for the rest of a block after its NeoCell:
-        ``skip + drop_path(layer_scale(fc_2(GELU(fc_1(BN(x))))))``.
-
-        Exactly the operations of the layer-by-layer path, in the same order for every
-        value, but applied block by block (see :meth:`_fused_mlp`) so that each block of
-        pixels stays in cache from the BatchNorm to the residual addition: inference
-        BatchNorm as ``x·scale + shift`` in place (:func:`~neocell_ref.layers.batchnorm_affine`),
-        fc_1, GELU, fc_2, ``γ·`` and ``+ skip``; drop path is the identity in inference.
-        """
-        bn, fc_1, fc_2, scale = tail
-        affine = None
-        if bn is not None:
-            affine = L.batchnorm_affine(self.param(bn, "weight"), self.param(bn, "bias"),
-                                        self.buffer(bn, "running_mean"), self.buffer(bn, "running_var"),
-                                        eps=bn.options["eps"])
-            if not owned:
-                x = x.copy()  # the BatchNorm below works in place
-        gamma = None if scale is None else self.param(scale, "gamma")
-        return self._fused_mlp(self._mlp_weights(fc_1, fc_2), x, affine=affine, gamma=gamma, skip=skip)
-
-    def _fused_mlp(self, weights, x, *, affine=None, gamma=None, skip=None):
-        """``skip + γ·fc_2(GELU(fc_1(x·scale + shift)))`` for the fast path (``cache=False``).
-
-        ``affine = (scale, shift)`` (applied to ``x`` in place), ``gamma`` and ``skip``
-        are optional. The same operations as the layer-by-layer path (products through
-        :func:`~neocell_ref.instrument.matmul` with the tag ``"linear"``, then
-        :func:`~neocell_ref.layers.gelu_forward`), arranged for the memory hierarchy:
-
-        * early stages, where the ``4d``-channel hidden activation dwarfs the weights:
-          blocks of about ``_MLP_BLOCK`` hidden values (pixels of one sample) pass
-          through one reused, cache-sized buffer, instead of a new ``(N, 4d, H, W)``
-          array written to and read back from main memory;
-        * late stages, where the weights are the larger operand: all samples form one
-          ``(C, N·H·W)`` matrix, so each weight matrix is streamed once per batch.
-
-        Each output value is computed by the same operations as unfused, so the results
-        agree to rounding (BLAS may order a product's sums differently for a block).
-        """
-        w1, b1, w2, b2 = weights
-        n, c_in = x.shape[:2]
-        hidden, c_out = w1.shape[0], w2.shape[0]
-        if w1.shape[1] != c_in or w2.shape[1] != hidden:  # pragma: no cover - guarded by the description
-            raise ValueError(f"MLP weights {w1.shape}, {w2.shape} do not chain on x {x.shape}")
-        positions = int(np.prod(x.shape[2:], dtype=np.int64))
-        x3 = np.ascontiguousarray(x).reshape(n, c_in, positions)
-        out = np.empty((n, c_out, *x.shape[2:]), dtype=self.dtype)
-        out3 = out.reshape(n, c_out, positions)
-        skip3 = None if skip is None else skip.reshape(n, c_out, positions)
-        lap = self._stopwatch()
-        if w1.size + w2.size >= hidden * positions:
-            # Late stages (few pixels, wide layers): the weights are the larger operand, so
-            # stream them once for the whole batch: one (c_in, N·H·W) matrix, not N blocks.
-            # The two layout copies are of the small activations.
-            if affine is not None:
-                self._affine(x3, affine, lap)
-            xt = x3.transpose(1, 0, 2).reshape(c_in, n * positions) if n > 1 else x3[0]
-            y = self._mlp_block(w1, b1, w2, b2, xt, np.empty((hidden, xt.shape[1]), self.dtype), None, lap)
-            out3[...] = y.reshape(c_out, n, positions).transpose(1, 0, 2)
-            self._finish(out3, gamma, skip3, lap)
-        else:
-            # Early stages: the hidden activation dwarfs the weights; run blocks of pixels
-            # of one sample through a reused cache-sized buffer, writing into ``out``.
-            columns = max(1, min(positions, _MLP_BLOCK // hidden))
-            buffer = np.empty(hidden * columns, dtype=self.dtype)
-            for sample in range(n):
-                for start in range(0, positions, columns):
-                    block = np.s_[sample, :, start:min(positions, start + columns)]
-                    xb = x3[block]
-                    if affine is not None:
-                        self._affine(xb, affine, lap)
-                    h = buffer[:hidden * xb.shape[1]].reshape(hidden, xb.shape[1])  # contiguous
-                    y = self._mlp_block(w1, b1, w2, b2, xb, h, out3[block], lap)
-                    self._finish(y, gamma, None if skip3 is None else skip3[block], lap)
-        return out
-
-    def _affine(self, x, affine, lap):
-        """Inference BatchNorm on a block of channels-first values, in place."""
-        scale, shift = affine
-        view = (-1,) + (1,) * (x.ndim - 1) if x.ndim == 2 else (1, -1, 1)
-        x *= scale.reshape(view)
-        x += shift.reshape(view)
-        lap("batchnorm")
-
-    def _finish(self, y, gamma, skip, lap):
-        """Layer scale and the residual addition on a block of the output, in place."""
-        view = (-1, 1) if y.ndim == 2 else (1, -1, 1)
-        if gamma is not None:
-            y *= gamma.reshape(view)
-            lap("layer_scale")
-        if skip is not None:
-            y += skip
-            lap("residual_add")
-
-    def _mlp_block(self, w1, b1, w2, b2, x, h, y, lap):
-        """``y = w2 @ GELU(w1 @ x + b1) + b2`` for one block of columns, through buffer ``h``.
-
-        ``y`` may be a view to write into (or None for a new array).
-        """
-        matmul(w1, x, "linear", out=h)
-        if b1 is not None:
-            h += b1[:, None]
-        lap("linear")
-        L.gelu_forward(h, out=h)
-        lap("gelu")
-        y = matmul(w2, h, "linear", out=y)
-        if b2 is not None:
-            y += b2[:, None]
-        lap("linear")
         return y
-
-    def _stopwatch(self):
-        """``lap(kind)`` adds the time since the previous lap to ``profile["forward:kind"]``
-        (a no-op when not profiling)."""
-        if self.profile is None:
-            return lambda kind: None
-        last = [time.perf_counter()]
-
-        def lap(kind):
-            now = time.perf_counter()
-            key = f"forward:{kind}"
-            self.profile[key] = self.profile.get(key, 0.0) + now - last[0]
-            last[0] = now
-
-        return lap
 
     def _tick(self, key, start):
         self.profile[key] = self.profile.get(key, 0.0) + time.perf_counter() - start
@@ -671,31 +508,6 @@ class NeoNeXt:
         """A training forward's new value of buffer ``entry`` of ``desc``: committed to
         :attr:`buffers` only once the whole forward has succeeded."""
         self._running_updates[desc.key(entry)] = value
-
-
-#: Hidden values per block of the fused inference MLP (``NeoNeXt._fused_mlp``): 2**17
-#: float32 values are 512 KiB, which with the block's input and output stays in L2.
-_MLP_BLOCK = 1 << 17
-
-
-def _is_mlp(layers):
-    """True for the run ``linear, gelu, linear`` (a block's fc_1, GELU, fc_2)."""
-    return len(layers) == 3 and tuple(d.kind for d in layers) == ("linear", "gelu", "linear")
-
-
-def _inference_tail(layers):
-    """``(batchnorm or None, fc_1, fc_2, layer_scale or None)`` if ``layers`` (the rest of
-    a residual unit) is ``[batchnorm], linear, gelu, linear, [layer_scale], [drop_path]``,
-    else None. Which layers a block has is read from the description, not assumed."""
-    layers = list(layers)
-    bn = layers.pop(0) if layers and layers[0].kind == "batchnorm" else None
-    if [d.kind for d in layers[:3]] != ["linear", "gelu", "linear"]:
-        return None
-    fc_1, fc_2, rest = layers[0], layers[2], layers[3:]
-    scale = rest.pop(0) if rest and rest[0].kind == "layer_scale" else None
-    if rest and registry.get(rest[0].kind).inference_identity:
-        rest.pop(0)  # drop path: the identity in inference
-    return None if rest else (bn, fc_1, fc_2, scale)
 
 
 # --------------------------------------------------------------------------------------
