@@ -10,6 +10,7 @@ from .expand import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint
 from .init import neo_init, skewed_identity
 from .neocell import neocell_backward, neocell_forward
 from .spec import GroupSpec, parse_group, parse_kernel_code, parse_specs
+from . import layer_kinds  # noqa: E402,F401  (registers the built-in layer kinds of neocell_ref.registry)
 from . import layers, models, train  # noqa: E402  (the NeoNeXt network: nr.models.neonext_t(...))
 
 __version__ = "0.1.0"

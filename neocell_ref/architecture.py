@@ -10,24 +10,9 @@ output shapes, and options. Three consumers read it and nothing else:
 * the state-dict names (and PyTorch layouts) come from it,
 * :mod:`neocell_ref.complexity` counts its parameters and operations.
 
-Layer kinds and their options (``LayerDesc.options``):
-
-=============== ==================================================================
-kind            options
-=============== ==================================================================
-``patchify``    ``patch`` (4): ``(C, H, W) -> (C*16, H/4, W/4)``
-``conv1x1``     bias-free 1x1 convolution; param ``weight`` (out, in, 1, 1)
-``batchnorm``   ``eps``, ``momentum``; params ``weight``, ``bias``; buffers
-                ``running_mean``, ``running_var``, ``num_batches_tracked``
-``neocell``     ``specs`` (tuple of GroupSpec); params ``weight_a.{g}``, ``weight_b.{g}``
-``linear``      on the channel axis; ``bias`` (bool); params ``weight`` (out, in)
-                and ``bias`` (out,) when present
-``gelu``        exact (erf) GELU
-``layer_scale`` param ``gamma`` (C,); ``init_value``
-``drop_path``   ``rate`` (probability of dropping the residual branch, training only)
-``avgpool``     global average pooling ``(C, H, W) -> (C,)``
-``layernorm``   over channels; ``eps``; params ``weight``, ``bias``
-=============== ==================================================================
+Layer kinds (``LayerDesc.kind``) and their options, parameters and buffers are those of
+their records in :mod:`neocell_ref.registry` (the built-in kinds in
+:mod:`neocell_ref.layer_kinds`); :func:`kinds_table` lists them.
 
 A :class:`Unit` of kind ``"residual"`` computes ``x + layers(x)``; one of kind
 ``"sequential"`` computes ``layers(x)``.
@@ -39,6 +24,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from . import registry
 from .spec import GroupSpec, check_input_size, parse_kernel_code
 
 __all__ = [
@@ -51,6 +37,7 @@ __all__ = [
     "get_config",
     "stage_kernel_codes",
     "RELEASED_CHECKPOINT_OPTIONS",
+    "kinds_table",
 ]
 
 BN_EPS = 1e-5
@@ -195,12 +182,24 @@ class LayerDesc:
     buffers: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
 
+    def key(self, entry: str) -> str:
+        """Full state-dict name of one parameter or buffer (``entry`` relative to the layer)."""
+        return f"{self.name}.{entry}"
+
     def param_keys(self) -> list[str]:
         """Full state-dict names of the trainable parameters."""
-        return [f"{self.name}.{p}" for p in self.params]
+        return [self.key(p) for p in self.params]
 
     def buffer_keys(self) -> list[str]:
-        return [f"{self.name}.{b}" for b in self.buffers]
+        """Full state-dict names of the buffers."""
+        return [self.key(b) for b in self.buffers]
+
+    def entries(self) -> Iterator[tuple]:
+        """``(key, entry, shape, is_param)`` of every parameter then buffer, in state-dict order."""
+        for entry, shape in self.params.items():
+            yield self.key(entry), entry, shape, True
+        for entry, shape in self.buffers.items():
+            yield self.key(entry), entry, shape, False
 
     @property
     def num_params(self) -> int:
@@ -235,20 +234,24 @@ class Architecture:
         for unit in self.units:
             yield from unit.layers
 
+    def entries(self) -> Iterator[tuple]:
+        """``(key, layer, entry, shape, is_param)`` of every state-dict entry, in state-dict
+        order (per layer: parameters, then buffers)."""
+        for layer in self.layers():
+            for key, entry, shape, is_param in layer.entries():
+                yield key, layer, entry, shape, is_param
+
     def param_shapes(self) -> dict:
         """State-dict name -> shape of every trainable parameter, in state-dict order."""
-        return {f"{l.name}.{p}": s for l in self.layers() for p, s in l.params.items()}
+        return {key: shape for key, _, _, shape, is_param in self.entries() if is_param}
 
     def buffer_shapes(self) -> dict:
-        return {f"{l.name}.{b}": s for l in self.layers() for b, s in l.buffers.items()}
+        """State-dict name -> shape of every buffer, in state-dict order."""
+        return {key: shape for key, _, _, shape, is_param in self.entries() if not is_param}
 
     def state_shapes(self) -> dict:
         """Every state-dict entry (parameters and buffers), grouped per layer."""
-        out = {}
-        for l in self.layers():
-            out.update({f"{l.name}.{p}": s for p, s in l.params.items()})
-            out.update({f"{l.name}.{b}": s for b, s in l.buffers.items()})
-        return out
+        return {key: shape for key, _, _, shape, _ in self.entries()}
 
     @property
     def num_params(self) -> int:
@@ -256,33 +259,37 @@ class Architecture:
         return sum(l.num_params for l in self.layers())
 
 
+def layer(name, kind, in_shape, out_shape=None, **options) -> LayerDesc:
+    """A :class:`LayerDesc` of a registered kind, its parameters and buffers (names and
+    shapes) from the kind's record (:attr:`neocell_ref.registry.LayerKind.state`).
+    ``out_shape`` defaults to ``in_shape``."""
+    in_shape = tuple(in_shape)
+    out_shape = in_shape if out_shape is None else tuple(out_shape)
+    params, buffers = registry.get(kind).state(in_shape, out_shape, options)
+    return LayerDesc(name, kind, in_shape, out_shape, params=params, buffers=buffers, options=options)
+
+
+def kinds_table() -> str:
+    """The registered layer kinds with their options, parameters and buffers, one per line."""
+    return "\n".join(f"{name:<12} {registry.get(name).doc}" for name in registry.names())
+
+
 def _batchnorm(name, shape):
-    c = shape[0]
-    return LayerDesc(
-        name, "batchnorm", shape, shape,
-        params={"weight": (c,), "bias": (c,)},
-        buffers={"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()},
-        options={"eps": BN_EPS, "momentum": BN_MOMENTUM},
-    )
+    return layer(name, "batchnorm", shape, eps=BN_EPS, momentum=BN_MOMENTUM)
 
 
 def _conv1x1(name, shape, c_out):
-    return LayerDesc(name, "conv1x1", shape, (c_out, *shape[1:]), params={"weight": (c_out, shape[0], 1, 1)})
+    return layer(name, "conv1x1", shape, (c_out, *shape[1:]))
 
 
 def _neocell(name, shape, specs):
     specs = tuple(specs)
     h_out, w_out = check_input_size(specs, shape[1], shape[2])
-    params = {f"weight_a.{g}": s.shape_a for g, s in enumerate(specs)}
-    params.update({f"weight_b.{g}": s.shape_b for g, s in enumerate(specs)})
-    return LayerDesc(name, "neocell", shape, (shape[0], h_out, w_out), params=params, options={"specs": specs})
+    return layer(name, "neocell", shape, (shape[0], h_out, w_out), specs=specs)
 
 
 def _linear(name, shape, c_out, bias):
-    params = {"weight": (c_out, shape[0])}
-    if bias:
-        params["bias"] = (c_out,)
-    return LayerDesc(name, "linear", shape, (c_out, *shape[1:]), params=params, options={"bias": bias})
+    return layer(name, "linear", shape, (c_out, *shape[1:]), bias=bias)
 
 
 def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
@@ -311,7 +318,7 @@ def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
     shape = (config.in_chans, h, w)
     patched = (config.in_chans * PATCH * PATCH, h // PATCH, w // PATCH)
     stem = [
-        LayerDesc("stem.patchify", "patchify", shape, patched, options={"patch": PATCH}),
+        layer("stem.patchify", "patchify", shape, patched, patch=PATCH),
         _conv1x1("stem.conv", patched, dims[0]),
     ]
     shape = stem[-1].out_shape
@@ -344,20 +351,18 @@ def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
             layers = [neocell, _batchnorm(f"{p}.norm", shape)]
             layers.append(_linear(f"{p}.fc_1", shape, 4 * d, config.linear_bias))
             wide = layers[-1].out_shape
-            layers.append(LayerDesc(f"{p}.gelu", "gelu", wide, wide))
+            layers.append(layer(f"{p}.gelu", "gelu", wide))
             layers.append(_linear(f"{p}.fc_2", wide, d, config.linear_bias))
             if config.layer_scale_init_value > 0:
-                layers.append(
-                    LayerDesc(f"{p}.layer_scale", "layer_scale", shape, shape, params={"gamma": (d,)},
-                              options={"init_value": config.layer_scale_init_value})
-                )
-            layers.append(LayerDesc(f"{p}.drop_path", "drop_path", shape, shape, options={"rate": rate}))
+                layers.append(layer(f"{p}.layer_scale", "layer_scale", shape,
+                                    init_value=config.layer_scale_init_value))
+            layers.append(layer(f"{p}.drop_path", "drop_path", shape, rate=rate))
             units.append(Unit(f"stage_{stage + 1}.{b}", "residual", tuple(layers)))
 
     c = dims[3]
     head = [
-        LayerDesc("head.avgpool", "avgpool", shape, (c,)),
-        LayerDesc("head.ln", "layernorm", (c,), (c,), params={"weight": (c,), "bias": (c,)}, options={"eps": LN_EPS}),
+        layer("head.avgpool", "avgpool", shape, (c,)),
+        layer("head.ln", "layernorm", (c,), eps=LN_EPS),
         _linear("head.fc", (c,), config.num_classes, True),
     ]
     units.append(Unit("head", "sequential", tuple(head)))

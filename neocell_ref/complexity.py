@@ -50,6 +50,7 @@ from .architecture import (
     describe,
     get_config,
 )
+from . import registry
 from .expand import nnz, padding_view
 from .spec import GroupSpec, check_input_size, parse_kernel_code, parse_specs, subgroup_sizes
 from .validation import as_int as _as_int
@@ -636,48 +637,18 @@ class LayerCount:
 
 def _count_layer(layer) -> LayerCount:
     """MACs of one described layer in every convention (per image)."""
-    kind = layer.kind
+    # The kind's record knows its cost in every convention (neocell_ref.layer_kinds).
+    macs, elementwise = registry.get(layer.kind).count(layer)
+    if set(macs) != set(CONVENTIONS):  # pragma: no cover - a record of a new kind is incomplete
+        raise ValueError(
+            f"the record of layer kind {layer.kind!r} counted conventions {sorted(macs)}, expected {list(CONVENTIONS)}"
+        )
+    macs = {conv: int(macs[conv]) for conv in CONVENTIONS}
     # Python ints throughout (a config may carry NumPy integers): exact at any size.
     in_shape = tuple(int(v) for v in layer.in_shape)
     out_shape = tuple(int(v) for v in layer.out_shape)
-    out_elems = math.prod(out_shape)
-    macs = dict.fromkeys(CONVENTIONS, 0)
-    elementwise = 0
-    if kind in ("conv1x1", "linear"):
-        # One multiply per (output element, input channel); the bias is an addition.
-        product = out_elems * in_shape[0]
-        macs = dict.fromkeys(CONVENTIONS, product)
-        if layer.options.get("bias"):
-            elementwise = _ELEMENTWISE_PER_ELEMENT["bias"] * out_elems
-    elif kind == "neocell":
-        _, height, width = in_shape
-        counts = neocell_counts(layer.options["specs"], height, width, 1)
-        macs = {
-            "executed": counts["padded"],
-            "fvcore": counts["blockdiag"],
-            "fvcore_without_neocell": 0,
-            "fvcore_patchwise": counts["nnz"],
-        }
-    elif kind == "batchnorm":
-        fv = _FVCORE_BATCHNORM_PER_ELEMENT * out_elems
-        macs = {"executed": 0, "fvcore": fv, "fvcore_without_neocell": fv, "fvcore_patchwise": fv}
-        elementwise = _ELEMENTWISE_PER_ELEMENT["batchnorm"] * out_elems
-    elif kind == "layernorm":
-        fv = _FVCORE_LAYERNORM_PER_ELEMENT * out_elems
-        macs = {"executed": 0, "fvcore": fv, "fvcore_without_neocell": fv, "fvcore_patchwise": fv}
-        elementwise = _ELEMENTWISE_PER_ELEMENT["layernorm"] * out_elems
-    elif kind in ("gelu", "layer_scale"):
-        elementwise = _ELEMENTWISE_PER_ELEMENT[kind] * out_elems
-    elif kind == "avgpool":
-        elementwise = _ELEMENTWISE_PER_ELEMENT["avgpool"] * math.prod(in_shape)
-    elif kind == "residual":
-        elementwise = _ELEMENTWISE_PER_ELEMENT["residual"] * out_elems
-    elif kind in ("patchify", "drop_path"):
-        pass  # a reshape; identity in inference
-    else:  # pragma: no cover - a new kind in architecture.py must be counted here
-        raise ValueError(f"complexity does not know how to count layer kind {kind!r} ({layer.name})")
     params = sum(math.prod(int(v) for v in s) for s in layer.params.values())
-    return LayerCount(layer.name, kind, in_shape, out_shape, params, macs, elementwise)
+    return LayerCount(layer.name, layer.kind, in_shape, out_shape, params, macs, int(elementwise))
 
 
 def _display_name(name: str) -> str:

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import registry
 from .expand import expand_kernel
 from .neocell import neocell_backward, neocell_forward
 from .precision import HALF_DTYPES, UNDERFLOW, UNIT_ROUNDOFF, dtype_name, store
@@ -385,12 +386,13 @@ OPERATIONS = {
 # --------------------------------------------------------------------------------------
 # the other layers of NeoNeXt
 # --------------------------------------------------------------------------------------
-#: Layers whose outputs are plain sums of products: tolerances use the per-element
-#: magnitude bound, exactly as for NeoCell. The others (normalisations, GELU) are
-#: compared normwise, ``|got - expected| <= rtol · max|expected|``: a bound on the sum
-#: of absolute terms does not exist for a division by a computed standard deviation or
-#: for erf, and cancellation inside them is part of their conditioning.
-_BILINEAR_LAYERS = {"linear", "conv1x1", "avgpool", "layer_scale", "patchify", "drop_path"}
+# Whether a layer kind's outputs are plain sums of products (tolerances use the
+# per-element magnitude bound, exactly as for NeoCell) or are compared normwise,
+# ``|got - expected| <= rtol · max|expected|`` (normalisations, GELU: a bound on the sum
+# of absolute terms does not exist for a division by a computed standard deviation or
+# for erf, and cancellation inside them is part of their conditioning) is the kind's
+# record's ``norm`` (neocell_ref.registry), as are its functional pair and its
+# accumulation lengths.
 #: Extra ulps allowed for the elementary functions of a normwise layer (sqrt, division,
 #: erf/exp): each costs a few ulps in any libm; 16 covers a chain of them.
 ELEMENTARY_ULPS = 16
@@ -417,9 +419,14 @@ LAYER_CASES_CORE = [
 
 
 def _layer_functions(kind):
-    from . import layers
+    functions = registry.get(kind).functions
+    if functions is None:  # pragma: no cover - NeoCell has its own operation
+        raise ValueError(f"layer kind {kind!r} has no functional pair for golden layer cases")
+    return functions
 
-    return getattr(layers, f"{kind}_forward"), getattr(layers, f"{kind}_backward")
+
+def _elementwise_bound(kind) -> bool:
+    return registry.get(kind).norm == "elementwise"
 
 
 def _layer_inputs(kind, shapes, rng):
@@ -440,28 +447,12 @@ def _layer_inputs(kind, shapes, rng):
 
 
 def _layer_accumulation(kind, shapes, options):
-    """Accumulation length per expected array (``y`` and ``grad_<input>``)."""
-    x = shapes["x"]
-    spatial = int(np.prod(x[2:], dtype=np.int64)) if len(x) > 2 else 1
-    positions = x[0] * spatial
-    if kind in ("linear", "conv1x1"):
-        c_out = shapes["weight"][0]
-        return {"y": x[1], "grad_x": c_out, "grad_weight": positions, "grad_bias": positions}
-    if kind == "batchnorm":
-        n = positions + ELEMENTARY_ULPS
-        return {"y": n, "grad_x": n, "grad_weight": n, "grad_bias": n}
-    if kind == "layernorm":
-        n = x[1] + ELEMENTARY_ULPS
-        return {"y": n, "grad_x": n, "grad_weight": x[0] * spatial + ELEMENTARY_ULPS, "grad_bias": positions}
-    if kind == "gelu":
-        return {"y": ELEMENTARY_ULPS, "grad_x": ELEMENTARY_ULPS}
-    if kind == "avgpool":
-        return {"y": spatial, "grad_x": 1}
-    if kind == "layer_scale":
-        return {"y": 1, "grad_x": 1, "grad_gamma": positions}
-    if kind in ("patchify", "drop_path"):
-        return {"y": 1, "grad_x": 1}
-    raise ValueError(f"no accumulation rule for layer {kind!r}")  # pragma: no cover
+    """Accumulation length per expected array (``y`` and ``grad_<input>``), from the
+    kind's record."""
+    accumulation = registry.get(kind).accumulation
+    if accumulation is None:  # pragma: no cover - NeoCell has its own operation
+        raise ValueError(f"no accumulation rule for layer {kind!r}")
+    return accumulation(shapes, options, ELEMENTARY_ULPS)
 
 
 def _layer_expected(kind, arrays, order, options, grad_y):
@@ -471,7 +462,7 @@ def _layer_expected(kind, arrays, order, options, grad_y):
     for name, grad in zip(order, backward(grad_y.astype(np.float64), *inputs, **options)):
         if grad is not None:
             out[f"grad_{name}"] = grad
-    if kind in _BILINEAR_LAYERS:  # magnitude bound: the same sums on absolute values
+    if _elementwise_bound(kind):  # magnitude bound: the same sums on absolute values
         abs_inputs = [np.abs(a) for a in inputs]
         out["bound/y"] = forward(*abs_inputs, **options)
         for name, grad in zip(order, backward(np.abs(grad_y.astype(np.float64)), *abs_inputs, **options)):
@@ -504,8 +495,8 @@ def _layer_make(kind):
                     else {"rtol": SAFETY * (n + 1) * u, "atol": 0.0, "accumulation_length": n})
             tolerances[key] = {
                 **rule,
-                "bound": f"bound/{key}" if kind in _BILINEAR_LAYERS else None,
-                "norm": "elementwise" if kind in _BILINEAR_LAYERS else "max",
+                "bound": f"bound/{key}" if _elementwise_bound(kind) else None,
+                "norm": registry.get(kind).norm,
             }
         arrays.update(expected)
         meta = {"layer": kind, "input_order": order, "options": options,
@@ -533,6 +524,7 @@ def _layer_run_port(arrays, meta, forward, backward):
 
 
 def _layer_operation(kind):
+    forward, backward = _layer_functions(kind)
     return Operation(
         name=kind,
         cases=lambda suite, kind=kind: [(n, opts, shapes) for n, k, shapes, opts in LAYER_CASES_CORE if k == kind],
@@ -541,7 +533,7 @@ def _layer_operation(kind):
         convention=(
             f"forward(*inputs, **options) -> y; backward(grad_y, *inputs, **options) -> one gradient per "
             f"positional input (None where not differentiated); inputs in the manifest's input_order, "
-            f"as neocell_ref.layers.{kind}_forward/{kind}_backward"
+            f"as {forward.__module__}.{forward.__name__}/{backward.__name__}"
         ),
     )
 
@@ -567,21 +559,30 @@ MODEL_CASES_CORE = [
 
 
 def _random_state(model, rng):
-    """Every parameter and BatchNorm buffer drawn at random, like the official data."""
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.endswith("num_batches_tracked"):
+    """Every parameter and BatchNorm buffer drawn at random, like the official data.
+
+    Drawn in state-dict order, each entry by its role (:data:`neocell_ref.registry.ROLES`)
+    in its layer kind's record: scales and variances ``U(0.5, 1.5)``, NeoCell kernels
+    their value plus ``0.1·N(0, 1)`` (NeoInit-like: identity-ish plus noise keeps the
+    signals O(1)), weights ``N(0, 1/fan_in)``, shifts ``0.1·N(0, 1)``; counters are kept.
+    Returns ``(state, roles)``: ``{key: array}`` and ``{key: role}``.
+    """
+    state, roles = {}, {}
+    current = model.state_dict()
+    for key, desc, entry, _, _ in model.architecture.entries():
+        value = current[key]
+        role = roles[key] = registry.get(desc.kind).roles(entry)
+        if role == "count":
             state[key] = np.asarray(value)
-        elif key.endswith("running_var"):
+        elif role in ("scale", "variance"):
             state[key] = rng.uniform(0.5, 1.5, value.shape)
-        elif key.endswith((".norm.weight", "norm_1.weight", "ln.weight", "gamma")):
-            state[key] = rng.uniform(0.5, 1.5, value.shape)
-        elif "neocell" in key:  # NeoInit-like: identity-ish plus noise keeps signals O(1)
+        elif role == "kernel":
             state[key] = np.asarray(value, dtype=np.float64) + 0.1 * rng.standard_normal(value.shape)
-        else:
-            fan_in = int(np.prod(value.shape[1:])) if value.ndim > 1 else 1
-            state[key] = rng.standard_normal(value.shape) / np.sqrt(fan_in) if value.ndim > 1 else 0.1 * rng.standard_normal(value.shape)
-    return state
+        elif role == "weight" and value.ndim > 1:
+            state[key] = rng.standard_normal(value.shape) / np.sqrt(int(np.prod(value.shape[1:])))
+        else:  # shifts (biases, running means) and vectors of weights
+            state[key] = 0.1 * rng.standard_normal(value.shape)
+    return state, roles
 
 
 #: Operations that have no half-precision golden cases, with the reason (said in
@@ -601,11 +602,12 @@ def _model_make(name, config, x_shape, dtype, rng):
     if dtype in HALF_DTYPES:
         raise ValueError(f"operation 'model' has no {dtype} golden cases: {HALF_EXCLUDED['model']}")
     model = NeoNeXt(**config, dtype=np.float64, rng=np.random.default_rng(0), resolution=tuple(x_shape[2:]))
-    state = _random_state(model, rng)
-    arrays = {f"state/{k}": (v if k.endswith("num_batches_tracked") else v.astype(dtype)) for k, v in state.items()}
+    state, roles = _random_state(model, rng)
+    arrays = {f"state/{k}": (v if roles[k] == "count" else v.astype(dtype)) for k, v in state.items()}
     arrays["x"] = rng.standard_normal(x_shape).astype(dtype)
     arrays["grad_logits"] = rng.standard_normal((x_shape[0], config["num_classes"])).astype(dtype)
-    model.load_state_dict({k: np.asarray(arrays[f"state/{k}"], dtype=np.float64) if not k.endswith("tracked") else arrays[f"state/{k}"] for k in state})
+    model.load_state_dict({k: arrays[f"state/{k}"] if roles[k] == "count" else np.asarray(arrays[f"state/{k}"], dtype=np.float64)
+                           for k in state})
     x64 = arrays["x"].astype(np.float64)
     expected = {"logits_eval": model.forward(x64, training=False)}
     expected["logits_train"] = model.forward(x64, training=True)
@@ -618,7 +620,7 @@ def _model_make(name, config, x_shape, dtype, rng):
     # gradient among the parameters of the same layer. A parameter whose gradient
     # vanishes mathematically (fc_2.bias in front of a training-mode BatchNorm, which
     # removes any constant shift) is then held to its layer's rounding noise, not to 0.
-    layer_of = lambda key: key.rsplit(".", 2 if key.rsplit(".", 1)[-1].isdigit() else 1)[0]
+    layer_of = {f"grad/{key}": desc.name for key, desc, _, _, _ in model.architecture.entries()}.get
     tolerances = {}
     for key in expected:
         peers = [key]

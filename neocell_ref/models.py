@@ -29,12 +29,11 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import layers as L
-from .architecture import MODEL_CONFIGS, NeoNeXtConfig, describe, get_config
-from .init import neo_init
-from .instrument import matmul
-from .neocell import neocell_backward, neocell_forward
-from .validation import as_int, check_nbytes
+from . import registry
+from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, get_config
+from .layer_kinds import INIT_STD, trunc_normal
+from .models_fast import fast_forward
+from .validation import as_int, as_real_array, check_nbytes
 
 __all__ = [
     "NeoNeXt",
@@ -48,38 +47,10 @@ __all__ = [
     "INIT_STD",
 ]
 
-#: Standard deviation of the truncated normal used for 1x1 convolutions and Linear layers.
-INIT_STD = 0.02
-
 #: Result of a non-strict :meth:`NeoNeXt.load_state_dict` (as in PyTorch).
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def trunc_normal(rng, shape, std=INIT_STD, dtype=np.float64):
-    """Normal ``N(0, std²)`` samples truncated to ``[-2·std, 2·std]`` by redrawing.
-
-    Every value outside the interval is replaced by a fresh draw until none is left
-    (the redraws consume ``rng`` in a deterministic order).
-
-    Parameters
-    ----------
-    rng : numpy.random.Generator
-    shape : tuple of int
-    std : float
-    dtype : float32 or float64
-
-    Returns
-    -------
-    ndarray of ``shape``
-    """
-    values = rng.standard_normal(shape)
-    bad = np.abs(values) > 2.0
-    while bad.any():
-        values[bad] = rng.standard_normal(int(bad.sum()))
-        bad = np.abs(values) > 2.0
-    return (values * std).astype(dtype)
 
 
 class NeoNeXt:
@@ -87,10 +58,14 @@ class NeoNeXt:
 
     Parameters
     ----------
-    per_stage_layers, dims, num_classes, kernel_spec, shifts, layer_scale_init_value,
-    linear_bias, drop_path, in_chans
-        The options of :class:`~neocell_ref.architecture.NeoNeXtConfig` (same defaults:
-        NeoNeXt-T widths and depths, the official option defaults).
+    *sizes : tuple of 4 int, optional
+        ``per_stage_layers`` and ``dims`` (blocks and widths per stage), positionally or
+        by keyword; default :class:`~neocell_ref.architecture.NeoNeXtConfig`'s (NeoNeXt-T).
+    **options
+        The other options of :class:`~neocell_ref.architecture.NeoNeXtConfig`
+        (``num_classes``, ``kernel_spec``, ``shifts``, ``layer_scale_init_value``,
+        ``linear_bias``, ``drop_path``, ``in_chans``), keyword only, with its defaults
+        (the official ones).
     dtype : float32 or float64, default float64
         Dtype of every parameter and activation. float64 is the reference precision.
     rng : numpy.random.Generator, optional
@@ -123,29 +98,19 @@ class NeoNeXt:
         backward times go under ``"forward:<kind>"`` and ``"backward:<kind>"``.
     """
 
-    def __init__(
-        self,
-        per_stage_layers=(3, 3, 9, 3),
-        dims=(96, 192, 384, 768),
-        *,
-        num_classes=1000,
-        kernel_spec="default",
-        shifts=(1, 1, 1, 0),
-        layer_scale_init_value=0.0,
-        linear_bias=False,
-        drop_path=0.0,
-        in_chans=3,
-        dtype=np.float64,
-        rng=None,
-        resolution=224,
-        drop_path_seed=0,
-    ):
-        config = NeoNeXtConfig(
-            per_stage_layers=per_stage_layers, dims=dims, num_classes=num_classes,
-            kernel_spec=kernel_spec, shifts=shifts, layer_scale_init_value=layer_scale_init_value,
-            linear_bias=linear_bias, drop_path=drop_path, in_chans=in_chans,
-        )
-        self._setup(config, dtype, rng, resolution, drop_path_seed)
+    def __init__(self, *sizes, dtype=np.float64, rng=None, resolution=224, drop_path_seed=0, **options):
+        # The options and their defaults are NeoNeXtConfig's: the one place they are listed.
+        if len(sizes) > 2:
+            raise TypeError(f"NeoNeXt takes at most 2 positional arguments (per_stage_layers, dims), got {len(sizes)}")
+        for name, value in zip(("per_stage_layers", "dims"), sizes):
+            if name in options:
+                raise TypeError(f"NeoNeXt got multiple values for {name}")
+            options[name] = value
+        unknown = sorted(set(options) - set(NeoNeXtConfig.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"NeoNeXt got unknown option(s) {unknown}; the options are NeoNeXtConfig's: "
+                            f"{list(NeoNeXtConfig.__dataclass_fields__)}")
+        self._setup(NeoNeXtConfig(**options), dtype, rng, resolution, drop_path_seed)
 
     @classmethod
     def from_config(cls, config, *, dtype=np.float64, rng=None, resolution=224, drop_path_seed=0):
@@ -156,10 +121,25 @@ class NeoNeXt:
         model._setup(config, dtype, rng, resolution, drop_path_seed)
         return model
 
+    @classmethod
+    def from_architecture(cls, architecture, *, dtype=np.float64, rng=None, drop_path_seed=0):
+        """Build a model from a given :class:`~neocell_ref.architecture.Architecture`.
+
+        The model runs exactly the described units and layers (any registered layer
+        kind, :mod:`neocell_ref.registry`), at the description's resolution only:
+        :meth:`forward` refuses another input size.
+        """
+        if not isinstance(architecture, Architecture):
+            raise TypeError(f"architecture must be an Architecture, got {type(architecture).__name__}")
+        model = cls.__new__(cls)
+        model._setup(architecture.config, dtype, rng, architecture.resolution, drop_path_seed,
+                     architecture=architecture)
+        return model
+
     # ----------------------------------------------------------------------------------
     # construction and initialisation
     # ----------------------------------------------------------------------------------
-    def _setup(self, config, dtype, rng, resolution, drop_path_seed):
+    def _setup(self, config, dtype, rng, resolution, drop_path_seed, architecture=None):
         try:
             dtype = np.dtype(dtype)
         except TypeError:
@@ -173,7 +153,8 @@ class NeoNeXt:
         drop_path_seed = as_int(drop_path_seed, "drop_path_seed", 0)
         self.config = config
         self.dtype = dtype
-        self.architecture = describe(config, resolution)
+        self._fixed_architecture = architecture is not None
+        self.architecture = describe(config, resolution) if architecture is None else architecture
         self._architectures = {self.architecture.resolution: self.architecture}
         self.drop_path_rng = np.random.default_rng(int(drop_path_seed))
         self.params = {}
@@ -183,18 +164,17 @@ class NeoNeXt:
         self._tape = None
         self._running_updates = None
         # Refuse before allocating anything. Random initialisers draw in float64 first.
+        for key, desc, _, shape, _ in self.architecture.entries():
+            drawn = np.float64 if registry.get(desc.kind).init_draws_float64 else dtype
+            check_nbytes(shape, drawn, f"NeoNeXt: {key}")
         for desc in self.architecture.layers():
-            drawn = np.float64 if desc.kind in ("conv1x1", "linear", "neocell") else dtype
-            for key, shape in {**desc.params, **desc.buffers}.items():
-                check_nbytes(shape, drawn, f"NeoNeXt: {desc.name}.{key}")
-        for desc in self.architecture.layers():
-            values = _INIT[desc.kind](desc, rng, dtype)
-            expected = {**desc.params, **desc.buffers}
+            values = registry.get(desc.kind).init(desc, rng, dtype)
+            expected = {entry: tuple(shape) for _, entry, shape, _ in desc.entries()}
             got = {k: np.shape(v) for k, v in values.items()}
-            if got != {k: tuple(s) for k, s in expected.items()}:  # pragma: no cover - programming error
+            if got != expected:  # pragma: no cover - programming error
                 raise RuntimeError(f"initialiser of {desc.kind!r} made {got} for {desc.name}, description says {expected}")
-            for key, value in values.items():
-                (self.params if key in desc.params else self.buffers)[f"{desc.name}.{key}"] = value
+            for key, entry, _, is_param in desc.entries():
+                (self.params if is_param else self.buffers)[key] = values[entry]
 
     def num_parameters(self) -> int:
         """Number of trainable scalars (from the description; buffers not counted)."""
@@ -273,11 +253,11 @@ class NeoNeXt:
                 problems.append(f"unexpected key(s): {unexpected}")
         type_problems = []
         new = {}
-        for key, shape in expected.items():
+        for key, desc, entry, shape, _ in self.architecture.entries():
             if key not in state:
                 continue
             try:
-                new[key] = self._validate_entry(key, state[key], tuple(shape))
+                new[key] = self._validate_entry(key, state[key], tuple(shape), registry.get(desc.kind).roles(entry))
             except TypeError as exc:
                 type_problems.append(str(exc))
             except ValueError as exc:
@@ -291,8 +271,8 @@ class NeoNeXt:
         self._tape = None  # a cached forward no longer matches the weights
         return IncompatibleKeys(missing if not strict else [], unexpected if not strict else [])
 
-    def _validate_entry(self, key, value, shape):
-        if key.endswith(".num_batches_tracked"):
+    def _validate_entry(self, key, value, shape, role):
+        if role == "count":
             arr = np.asarray(value)
             if arr.dtype.kind not in "iu" or arr.shape not in ((), (1,)):
                 raise TypeError(
@@ -316,7 +296,7 @@ class NeoNeXt:
         if not np.isfinite(cast).all():
             detail = f" after the cast to {self.dtype}" if np.isfinite(arr).all() else ""
             raise ValueError(f"{key}: contains NaN or Inf{detail}")
-        if key.endswith(".running_var") and (cast < 0).any():
+        if role == "variance" and (cast < 0).any():
             raise ValueError(f"{key}: running variance must be >= 0, got min {cast.min()!r}")
         return cast
 
@@ -341,17 +321,17 @@ class NeoNeXt:
         if isinstance(resolution, numbers.Integral):
             resolution = (int(resolution), int(resolution))
         resolution = tuple(resolution)
+        if resolution not in self._architectures and self._fixed_architecture:
+            raise ValueError(
+                f"this model was built from an architecture described at {self.architecture.resolution}; "
+                f"it cannot run at {resolution}"
+            )
         if resolution not in self._architectures:
             self._architectures[resolution] = describe(self.config, resolution)
         return self._architectures[resolution]
 
     def _check_input(self, x):
-        try:
-            x = np.asarray(x)
-        except Exception as exc:  # pragma: no cover
-            raise TypeError(f"x could not be converted to an array: {exc}") from None
-        if x.dtype.kind not in "fiu":
-            raise TypeError(f"x must be a real numeric array, got dtype {x.dtype}")
+        x = as_real_array(x, "x")
         if x.ndim != 4:
             raise ValueError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
         if x.shape[0] < 1:
@@ -374,11 +354,12 @@ class NeoNeXt:
             :attr:`drop_path_rng`. False: running statistics, drop path is the identity.
         cache : bool, default True
             Keep what :meth:`backward` needs (the input of every layer, the drop-path
-            factors and the BatchNorm statistics used). ``cache=False`` is the fast
-            inference path: intermediate arrays are overwritten in place, the part of
-            each block after its NeoCell runs fused over cache-sized blocks of pixels
-            (``docs/model.md``), and :meth:`backward` is refused until the next cached
-            forward.
+            factors and the BatchNorm statistics used): the plain formulation, one
+            layer after the other. ``cache=False`` is the fast inference path
+            (:mod:`neocell_ref.models_fast`): intermediate arrays are overwritten in
+            place, the part of each block after its NeoCell runs fused over cache-sized
+            blocks of pixels (``docs/model.md``), and :meth:`backward` is refused until
+            the next cached forward.
 
         Returns
         -------
@@ -424,48 +405,24 @@ class NeoNeXt:
         return logits
 
     def _forward(self, x, training, cache):
-        arch = self.describe(x.shape[2:])
-        x = x.astype(self.dtype, copy=False)
-        tape = [] if cache else None
-        self._tape = None
-        owned = False  # may x be overwritten? Never the caller's array.
-        for unit in arch.units:
+        if not cache:
+            return fast_forward(self, x, training)
+        # The plain formulation: each layer of the description by its kind's record, every
+        # intermediate a new array, the input of each layer kept for backward.
+        tape = []
+        for unit in self.describe(x.shape[2:]).units:
             if unit.kind == "residual":
                 skip = x
-                if tape is not None:
-                    tape.append(("fork", None, None))  # x feeds both the branch and the skip
-                owned = joined = False
-                layers = unit.layers
-                i = 0
-                while i < len(layers):
-                    if tape is None:  # fast path: fuse what follows the NeoCell
-                        tail = None if training else _inference_tail(layers[i:])
-                        if tail is not None:
-                            x, joined = self._fused_tail(tail, x, owned, skip), True
-                            break
-                        if _is_mlp(layers[i:i + 3]):
-                            fc_1, fc_2 = layers[i], layers[i + 2]
-                            x, owned = self._fused_mlp(self._mlp_weights(fc_1, fc_2), x), True
-                            i += 3
-                            continue
-                    x, owned = self._forward_layer(layers[i], x, owned, training, tape)
-                    i += 1
-                if not joined:
-                    start = time.perf_counter() if self.profile is not None else 0.0
-                    if owned:
-                        x += skip
-                    else:
-                        x = skip + x
-                    if self.profile is not None:
-                        self._tick("forward:residual_add", start)
-                owned = True
-                if tape is not None:
-                    tape.append(("join", None, None))  # x + branch(x)
-            else:
-                for desc in unit.layers:
-                    x, owned = self._forward_layer(desc, x, owned, training, tape)
-        if tape is not None:
-            self._tape = {"layers": tape, "output_shape": x.shape, "training": bool(training)}
+                tape.append(("fork", None, None))  # x feeds both the branch and the skip
+            for desc in unit.layers:
+                x = self._forward_layer(desc, x, training, tape)
+            if unit.kind == "residual":
+                start = time.perf_counter() if self.profile is not None else 0.0
+                x = skip + x
+                if self.profile is not None:
+                    self._tick("forward:residual_add", start)
+                tape.append(("join", None, None))  # x + branch(x)
+        self._tape = {"layers": tape, "output_shape": x.shape, "training": bool(training)}
         return x
 
     __call__ = forward
@@ -496,9 +453,7 @@ class NeoNeXt:
                 "backward needs a preceding forward with cache=True (none since construction, "
                 "the last forward had cache=False, or a state dict was loaded since)"
             )
-        grad = np.asarray(grad_logits)
-        if grad.dtype.kind not in "fiu":
-            raise TypeError(f"grad_logits must be a real numeric array, got dtype {grad.dtype}")
+        grad = as_real_array(grad_logits, "grad_logits")
         if grad.shape != self._tape["output_shape"]:
             raise ValueError(f"grad_logits has shape {grad.shape}, expected {self._tape['output_shape']} (the logits' shape)")
         grad = grad.astype(self.dtype, copy=True)
@@ -514,7 +469,7 @@ class NeoNeXt:
                     self._tick("backward:residual_add", start)
             else:
                 start = time.perf_counter() if self.profile is not None else 0.0
-                grad = _BACKWARD[desc.kind](self, desc, grad, saved)
+                grad = registry.get(desc.kind).backward(self, desc, grad, saved)
                 if self.profile is not None:
                     self._tick(f"backward:{desc.kind}", start)
         # Parameters in state-dict order.
@@ -525,409 +480,34 @@ class NeoNeXt:
         """Drop the cached forward (frees its memory); :meth:`backward` then needs a new forward."""
         self._tape = None
 
-    def _forward_layer(self, desc, x, owned, training, tape):
+    def _forward_layer(self, desc, x, training, tape):
         start = time.perf_counter() if self.profile is not None else 0.0
-        y, saved, fresh = _FORWARD[desc.kind](self, desc, x, training, inplace=owned and tape is None)
-        if tape is not None:
-            tape.append(("layer", desc, saved))
+        y, saved, _ = registry.get(desc.kind).forward(self, desc, x, training, False)
+        tape.append(("layer", desc, saved))
         if self.profile is not None:
             self._tick(f"forward:{desc.kind}", start)
-        return y, (fresh or owned)
-
-    def _mlp_weights(self, fc_1, fc_2):
-        """``(w1, b1, w2, b2)`` of a block's fc_1 and fc_2 (biases None when absent)."""
-        return (self._p(fc_1, "weight"), self._p(fc_1, "bias") if "bias" in fc_1.params else None,
-                self._p(fc_2, "weight"), self._p(fc_2, "bias") if "bias" in fc_2.params else None)
-
-    def _fused_tail(self, tail, x, owned, skip):
-        """Inference fast path for the rest of a block after its NeoCell:
-        ``skip + drop_path(layer_scale(fc_2(GELU(fc_1(BN(x))))))``.
-
-        Exactly the operations of the layer-by-layer path, in the same order for every
-        value, but applied block by block (see :meth:`_fused_mlp`) so that each block of
-        pixels stays in cache from the BatchNorm to the residual addition: inference
-        BatchNorm as ``x·scale + shift`` in place (:func:`~neocell_ref.layers.batchnorm_affine`),
-        fc_1, GELU, fc_2, ``γ·`` and ``+ skip``; drop path is the identity in inference.
-        """
-        bn, fc_1, fc_2, scale = tail
-        affine = None
-        if bn is not None:
-            affine = L.batchnorm_affine(self._p(bn, "weight"), self._p(bn, "bias"),
-                                        self.buffers[f"{bn.name}.running_mean"],
-                                        self.buffers[f"{bn.name}.running_var"], eps=bn.options["eps"])
-            if not owned:
-                x = x.copy()  # the BatchNorm below works in place
-        gamma = None if scale is None else self._p(scale, "gamma")
-        return self._fused_mlp(self._mlp_weights(fc_1, fc_2), x, affine=affine, gamma=gamma, skip=skip)
-
-    def _fused_mlp(self, weights, x, *, affine=None, gamma=None, skip=None):
-        """``skip + γ·fc_2(GELU(fc_1(x·scale + shift)))`` for the fast path (``cache=False``).
-
-        ``affine = (scale, shift)`` (applied to ``x`` in place), ``gamma`` and ``skip``
-        are optional. The same operations as the layer-by-layer path (products through
-        :func:`~neocell_ref.instrument.matmul` with the tag ``"linear"``, then
-        :func:`~neocell_ref.layers.gelu_forward`), arranged for the memory hierarchy:
-
-        * early stages, where the ``4d``-channel hidden activation dwarfs the weights:
-          blocks of about ``_MLP_BLOCK`` hidden values (pixels of one sample) pass
-          through one reused, cache-sized buffer, instead of a new ``(N, 4d, H, W)``
-          array written to and read back from main memory;
-        * late stages, where the weights are the larger operand: all samples form one
-          ``(C, N·H·W)`` matrix, so each weight matrix is streamed once per batch.
-
-        Each output value is computed by the same operations as unfused, so the results
-        agree to rounding (BLAS may order a product's sums differently for a block).
-        """
-        w1, b1, w2, b2 = weights
-        n, c_in = x.shape[:2]
-        hidden, c_out = w1.shape[0], w2.shape[0]
-        if w1.shape[1] != c_in or w2.shape[1] != hidden:  # pragma: no cover - guarded by the description
-            raise ValueError(f"MLP weights {w1.shape}, {w2.shape} do not chain on x {x.shape}")
-        positions = int(np.prod(x.shape[2:], dtype=np.int64))
-        x3 = np.ascontiguousarray(x).reshape(n, c_in, positions)
-        out = np.empty((n, c_out, *x.shape[2:]), dtype=self.dtype)
-        out3 = out.reshape(n, c_out, positions)
-        skip3 = None if skip is None else skip.reshape(n, c_out, positions)
-        lap = self._stopwatch()
-        if w1.size + w2.size >= hidden * positions:
-            # Late stages (few pixels, wide layers): the weights are the larger operand, so
-            # stream them once for the whole batch: one (c_in, N·H·W) matrix, not N blocks.
-            # The two layout copies are of the small activations.
-            if affine is not None:
-                self._affine(x3, affine, lap)
-            xt = x3.transpose(1, 0, 2).reshape(c_in, n * positions) if n > 1 else x3[0]
-            y = self._mlp_block(w1, b1, w2, b2, xt, np.empty((hidden, xt.shape[1]), self.dtype), None, lap)
-            out3[...] = y.reshape(c_out, n, positions).transpose(1, 0, 2)
-            self._finish(out3, gamma, skip3, lap)
-        else:
-            # Early stages: the hidden activation dwarfs the weights; run blocks of pixels
-            # of one sample through a reused cache-sized buffer, writing into ``out``.
-            columns = max(1, min(positions, _MLP_BLOCK // hidden))
-            buffer = np.empty(hidden * columns, dtype=self.dtype)
-            for sample in range(n):
-                for start in range(0, positions, columns):
-                    block = np.s_[sample, :, start:min(positions, start + columns)]
-                    xb = x3[block]
-                    if affine is not None:
-                        self._affine(xb, affine, lap)
-                    h = buffer[:hidden * xb.shape[1]].reshape(hidden, xb.shape[1])  # contiguous
-                    y = self._mlp_block(w1, b1, w2, b2, xb, h, out3[block], lap)
-                    self._finish(y, gamma, None if skip3 is None else skip3[block], lap)
-        return out
-
-    def _affine(self, x, affine, lap):
-        """Inference BatchNorm on a block of channels-first values, in place."""
-        scale, shift = affine
-        view = (-1,) + (1,) * (x.ndim - 1) if x.ndim == 2 else (1, -1, 1)
-        x *= scale.reshape(view)
-        x += shift.reshape(view)
-        lap("batchnorm")
-
-    def _finish(self, y, gamma, skip, lap):
-        """Layer scale and the residual addition on a block of the output, in place."""
-        view = (-1, 1) if y.ndim == 2 else (1, -1, 1)
-        if gamma is not None:
-            y *= gamma.reshape(view)
-            lap("layer_scale")
-        if skip is not None:
-            y += skip
-            lap("residual_add")
-
-    def _mlp_block(self, w1, b1, w2, b2, x, h, y, lap):
-        """``y = w2 @ GELU(w1 @ x + b1) + b2`` for one block of columns, through buffer ``h``.
-
-        ``y`` may be a view to write into (or None for a new array).
-        """
-        matmul(w1, x, "linear", out=h)
-        if b1 is not None:
-            h += b1[:, None]
-        lap("linear")
-        L.gelu_forward(h, out=h)
-        lap("gelu")
-        y = matmul(w2, h, "linear", out=y)
-        if b2 is not None:
-            y += b2[:, None]
-        lap("linear")
         return y
-
-    def _stopwatch(self):
-        """``lap(kind)`` adds the time since the previous lap to ``profile["forward:kind"]``
-        (a no-op when not profiling)."""
-        if self.profile is None:
-            return lambda kind: None
-        last = [time.perf_counter()]
-
-        def lap(kind):
-            now = time.perf_counter()
-            key = f"forward:{kind}"
-            self.profile[key] = self.profile.get(key, 0.0) + now - last[0]
-            last[0] = now
-
-        return lap
 
     def _tick(self, key, start):
         self.profile[key] = self.profile.get(key, 0.0) + time.perf_counter() - start
 
-    def _p(self, desc, name):
-        return self.params[f"{desc.name}.{name}"]
-
-    def _grad(self, desc, name, value):
-        self.grads[f"{desc.name}.{name}"] = value
-
-
-#: Hidden values per block of the fused inference MLP (``NeoNeXt._fused_mlp``): 2**17
-#: float32 values are 512 KiB, which with the block's input and output stays in L2.
-_MLP_BLOCK = 1 << 17
-
-
-def _is_mlp(layers):
-    """True for the run ``linear, gelu, linear`` (a block's fc_1, GELU, fc_2)."""
-    return len(layers) == 3 and tuple(d.kind for d in layers) == ("linear", "gelu", "linear")
-
-
-def _inference_tail(layers):
-    """``(batchnorm or None, fc_1, fc_2, layer_scale or None)`` if ``layers`` (the rest of
-    a residual unit) is ``[batchnorm], linear, gelu, linear, [layer_scale], [drop_path]``,
-    else None. Which layers a block has is read from the description, not assumed."""
-    layers = list(layers)
-    bn = layers.pop(0) if layers and layers[0].kind == "batchnorm" else None
-    if [d.kind for d in layers[:3]] != ["linear", "gelu", "linear"]:
-        return None
-    fc_1, fc_2, rest = layers[0], layers[2], layers[3:]
-    scale = rest.pop(0) if rest and rest[0].kind == "layer_scale" else None
-    if rest and rest[0].kind == "drop_path":
-        rest.pop(0)  # the identity in inference
-    return None if rest else (bn, fc_1, fc_2, scale)
-
-
-# --------------------------------------------------------------------------------------
-# per-kind initialisers: values for exactly the names and shapes of the description
-# --------------------------------------------------------------------------------------
-def _init_conv1x1(desc, rng, dtype):
-    return {"weight": trunc_normal(rng, desc.params["weight"], dtype=dtype)}
-
-
-def _init_linear(desc, rng, dtype):
-    out = {"weight": trunc_normal(rng, desc.params["weight"], dtype=dtype)}
-    if "bias" in desc.params:
-        out["bias"] = np.zeros(desc.params["bias"], dtype=dtype)
-    return out
-
-
-def _init_batchnorm(desc, rng, dtype):
-    c = desc.params["weight"]
-    return {
-        "weight": np.ones(c, dtype=dtype), "bias": np.zeros(c, dtype=dtype),
-        "running_mean": np.zeros(desc.buffers["running_mean"], dtype=dtype),
-        "running_var": np.ones(desc.buffers["running_var"], dtype=dtype),
-        "num_batches_tracked": np.asarray(0, dtype=np.int64),
-    }
-
-
-def _init_layernorm(desc, rng, dtype):
-    return {"weight": np.ones(desc.params["weight"], dtype=dtype), "bias": np.zeros(desc.params["bias"], dtype=dtype)}
-
-
-def _init_neocell(desc, rng, dtype):
-    specs = desc.options["specs"]
-    weights_a, weights_b = neo_init(specs, rng, dtype=dtype)
-    out = {f"weight_a.{g}": w for g, w in enumerate(weights_a)}
-    out.update({f"weight_b.{g}": w for g, w in enumerate(weights_b)})
-    return out
-
-
-def _init_layer_scale(desc, rng, dtype):
-    value = desc.options["init_value"]
-    if abs(value) > float(np.finfo(dtype).max):
-        raise ValueError(f"layer_scale_init_value={value!r} overflows to Inf in {dtype}")
-    return {"gamma": np.full(desc.params["gamma"], value, dtype=dtype)}
-
-
-def _no_params(desc, rng, dtype):
-    return {}
-
-
-_INIT = {
-    "patchify": _no_params,
-    "conv1x1": _init_conv1x1,
-    "batchnorm": _init_batchnorm,
-    "neocell": _init_neocell,
-    "linear": _init_linear,
-    "gelu": _no_params,
-    "layer_scale": _init_layer_scale,
-    "drop_path": _no_params,
-    "avgpool": _no_params,
-    "layernorm": _init_layernorm,
-}
-
-
-# --------------------------------------------------------------------------------------
-# per-kind forward / backward adapters
-#   forward(model, desc, x, training, inplace) -> (y, saved, fresh)
-#       saved: what backward needs; fresh: whether y is a new array the model owns
-#   backward(model, desc, grad_y, saved) -> grad_x, parameter gradients into model.grads
-# --------------------------------------------------------------------------------------
-def _neocell_weights(model, desc):
-    wa = [model._p(desc, k) for k in desc.params if k.startswith("weight_a.")]
-    wb = [model._p(desc, k) for k in desc.params if k.startswith("weight_b.")]
-    return wa, wb
-
-
-def _fwd_patchify(model, desc, x, training, inplace):
-    return L.patchify_forward(x, patch=desc.options["patch"]), x, True
-
-
-def _bwd_patchify(model, desc, grad, x):
-    return L.patchify_backward(grad, x, patch=desc.options["patch"])[0]
-
-
-def _fwd_conv1x1(model, desc, x, training, inplace):
-    return L.conv1x1_forward(x, model._p(desc, "weight")), x, True
-
-
-def _bwd_conv1x1(model, desc, grad, x):
-    grad_x, grad_w = L.conv1x1_backward(grad, x, model._p(desc, "weight"))
-    model._grad(desc, "weight", grad_w)
-    return grad_x
-
-
-def _fwd_batchnorm(model, desc, x, training, inplace):
-    w, b = model._p(desc, "weight"), model._p(desc, "bias")
-    prefix, eps = desc.name, desc.options["eps"]
-    running = (model.buffers[f"{prefix}.running_mean"], model.buffers[f"{prefix}.running_var"])
-    if training:
-        new_mean, new_var, nbt = L.batchnorm_update_running(
-            x, *running, model.buffers[f"{prefix}.num_batches_tracked"], momentum=desc.options["momentum"]
-        )
-        # Committed by NeoNeXt.forward once the whole forward has succeeded.
-        model._running_updates[f"{prefix}.running_mean"] = new_mean
-        model._running_updates[f"{prefix}.running_var"] = new_var
-        model._running_updates[f"{prefix}.num_batches_tracked"] = nbt
-    y = L.batchnorm_forward(x, w, b, *running, training=training, eps=eps, out=x if inplace else None)
-    # Inference backward needs the running statistics used here (later training forwards
-    # replace the arrays, they never modify them, so keeping the references is a snapshot).
-    return y, (x, running, training), not inplace
-
-
-def _bwd_batchnorm(model, desc, grad, saved):
-    x, running, training = saved
-    grad_x, grad_w, grad_b, _, _ = L.batchnorm_backward(
-        grad, x, model._p(desc, "weight"), model._p(desc, "bias"), *running,
-        training=training, eps=desc.options["eps"],
-    )
-    model._grad(desc, "weight", grad_w)
-    model._grad(desc, "bias", grad_b)
-    return grad_x
-
-
-def _fwd_neocell(model, desc, x, training, inplace):
-    wa, wb = _neocell_weights(model, desc)
-    return neocell_forward(x, wa, wb, desc.options["specs"]), x, True
-
-
-def _bwd_neocell(model, desc, grad, x):
-    wa, wb = _neocell_weights(model, desc)
-    grad_x, grads_a, grads_b = neocell_backward(grad, x, wa, wb, desc.options["specs"])
-    keys_a = [k for k in desc.params if k.startswith("weight_a.")]
-    keys_b = [k for k in desc.params if k.startswith("weight_b.")]
-    for key, g in zip(keys_a + keys_b, list(grads_a) + list(grads_b)):
-        model._grad(desc, key, g)
-    return grad_x
-
-
-def _fwd_linear(model, desc, x, training, inplace):
-    bias = model._p(desc, "bias") if "bias" in desc.params else None
-    return L.linear_forward(x, model._p(desc, "weight"), bias), x, True
-
-
-def _bwd_linear(model, desc, grad, x):
-    bias = model._p(desc, "bias") if "bias" in desc.params else None
-    grad_x, grad_w, grad_b = L.linear_backward(grad, x, model._p(desc, "weight"), bias)
-    model._grad(desc, "weight", grad_w)
-    if bias is not None:
-        model._grad(desc, "bias", grad_b)
-    return grad_x
-
-
-def _fwd_gelu(model, desc, x, training, inplace):
-    return L.gelu_forward(x, out=x if inplace else None), x, not inplace
-
-
-def _bwd_gelu(model, desc, grad, x):
-    return L.gelu_backward(grad, x)[0]
-
-
-def _fwd_layer_scale(model, desc, x, training, inplace):
-    return L.layer_scale_forward(x, model._p(desc, "gamma"), out=x if inplace else None), x, not inplace
-
-
-def _bwd_layer_scale(model, desc, grad, x):
-    grad_x, grad_gamma = L.layer_scale_backward(grad, x, model._p(desc, "gamma"))
-    model._grad(desc, "gamma", grad_gamma)
-    return grad_x
-
-
-def _fwd_drop_path(model, desc, x, training, inplace):
-    rate = desc.options["rate"]
-    if not training or rate == 0.0:
-        return x, None, False  # identity: nothing drawn, nothing to save
-    scale = L.drop_path_scale(model.drop_path_rng, x.shape[0], rate, dtype=x.dtype)
-    return L.drop_path_forward(x, scale, out=x if inplace else None), (x, scale), not inplace
-
-
-def _bwd_drop_path(model, desc, grad, saved):
-    if saved is None:
-        return grad
-    x, scale = saved
-    return L.drop_path_backward(grad, x, scale)[0]
-
-
-def _fwd_avgpool(model, desc, x, training, inplace):
-    return L.avgpool_forward(x), x, True
-
-
-def _bwd_avgpool(model, desc, grad, x):
-    return L.avgpool_backward(grad, x)[0]
-
-
-def _fwd_layernorm(model, desc, x, training, inplace):
-    y = L.layernorm_forward(x, model._p(desc, "weight"), model._p(desc, "bias"), eps=desc.options["eps"])
-    return y, x, True
-
-
-def _bwd_layernorm(model, desc, grad, x):
-    grad_x, grad_w, grad_b = L.layernorm_backward(
-        grad, x, model._p(desc, "weight"), model._p(desc, "bias"), eps=desc.options["eps"]
-    )
-    model._grad(desc, "weight", grad_w)
-    model._grad(desc, "bias", grad_b)
-    return grad_x
-
-
-_FORWARD = {
-    "patchify": _fwd_patchify,
-    "conv1x1": _fwd_conv1x1,
-    "batchnorm": _fwd_batchnorm,
-    "neocell": _fwd_neocell,
-    "linear": _fwd_linear,
-    "gelu": _fwd_gelu,
-    "layer_scale": _fwd_layer_scale,
-    "drop_path": _fwd_drop_path,
-    "avgpool": _fwd_avgpool,
-    "layernorm": _fwd_layernorm,
-}
-_BACKWARD = {
-    "patchify": _bwd_patchify,
-    "conv1x1": _bwd_conv1x1,
-    "batchnorm": _bwd_batchnorm,
-    "neocell": _bwd_neocell,
-    "linear": _bwd_linear,
-    "gelu": _bwd_gelu,
-    "layer_scale": _bwd_layer_scale,
-    "drop_path": _bwd_drop_path,
-    "avgpool": _bwd_avgpool,
-    "layernorm": _bwd_layernorm,
-}
+    # The model protocol of the layer-kind records (neocell_ref.registry.LayerKind.forward).
+    def param(self, desc, entry):
+        """The parameter ``entry`` (a name of ``desc.params``) of the described layer ``desc``."""
+        return self.params[desc.key(entry)]
+
+    def buffer(self, desc, entry):
+        """The buffer ``entry`` (a name of ``desc.buffers``) of the described layer ``desc``."""
+        return self.buffers[desc.key(entry)]
+
+    def set_grad(self, desc, entry, value):
+        """Record the gradient of parameter ``entry`` of ``desc`` (during :meth:`backward`)."""
+        self.grads[desc.key(entry)] = value
+
+    def stage_buffer(self, desc, entry, value):
+        """A training forward's new value of buffer ``entry`` of ``desc``: committed to
+        :attr:`buffers` only once the whole forward has succeeded."""
+        self._running_updates[desc.key(entry)] = value
 
 
 # --------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import neocell_ref as nr
 from neocell_ref import layers as L
-from neocell_ref import models
+from neocell_ref import models, models_fast
 from neocell_ref.architecture import MODEL_CONFIGS, NeoNeXtConfig, describe, get_config
 from neocell_ref.gradcheck import check_gradients
 from neocell_ref.init import skewed_identity
@@ -313,7 +313,7 @@ def test_fast_path_matches_the_layer_by_layer_path(monkeypatch, dtype):
             model.buffers[key] = rng.standard_normal(model.buffers[key].shape).astype(dtype)
         elif key.endswith("running_var"):
             model.buffers[key] = rng.uniform(0.5, 2, model.buffers[key].shape).astype(dtype)
-    monkeypatch.setattr(models, "_MLP_BLOCK", 16 * 3)  # stage 1: 16 hidden channels -> 3 columns
+    monkeypatch.setattr(models_fast, "_MLP_BLOCK", 16 * 3)  # stage 1: 16 hidden channels -> 3 columns
     x = tiny_input(3).astype(dtype)
     with count_macs() as fused_count:
         fused = model.forward(x, cache=False)

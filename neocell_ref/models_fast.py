@@ -1,0 +1,257 @@
+"""The fast path of :class:`neocell_ref.models.NeoNeXt`: ``forward(x, cache=False)``.
+
+The plain formulation of the network is :meth:`neocell_ref.models.NeoNeXt.forward` with
+``cache=True``: a loop over the description's layers, each run by its layer kind's
+record (:mod:`neocell_ref.registry`), every intermediate a new array. This module runs
+the same operations, in the same order for every value, arranged for speed:
+
+* **buffer ownership**: an intermediate the path made itself (``owned``) may be
+  overwritten by the next element-wise layer (BatchNorm, GELU, layer scale, drop path
+  work in place through the record's ``inplace`` flag); the caller's input and a
+  block's skip input never are;
+* **fusion**: in inference, what follows a block's NeoCell,
+  ``skip + drop_path(layer_scale(fc_2(GELU(fc_1(BN(x))))))``, runs over cache-sized
+  blocks of pixels (:func:`_fused_tail`, :func:`_fused_mlp`); in training the
+  ``fc_1, GELU, fc_2`` run is fused the same way;
+* **profiling**: with :attr:`NeoNeXt.profile` set, the time of each fused step goes
+  under ``"forward:<kind>"`` like the layer-by-layer path's.
+
+Nothing is kept for backward. The tests prove this path equal to the plain one
+(``tests/test_model.py``: bit-identical where the order of operations is the same,
+within the documented float32 accuracy of ``docs/model.md`` where BLAS orders a blocked
+product's sums differently).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import layers as L
+from . import registry
+from .instrument import matmul
+
+__all__ = ["fast_forward", "inference_tail"]
+
+
+def fast_forward(model, x, training):
+    """Logits of ``model`` for ``x`` (already checked and in the model dtype), nothing cached.
+
+    Parameters
+    ----------
+    model : NeoNeXt
+    x : ndarray, shape (N, in_chans, H, W)
+        Never modified.
+    training : bool
+        As :meth:`NeoNeXt.forward`; running-statistic updates are staged on the model.
+
+    Returns
+    -------
+    ndarray, shape (N, num_classes)
+    """
+    arch = model.describe(x.shape[2:])
+    owned = False  # may x be overwritten? Never the caller's array.
+    for unit in arch.units:
+        if unit.kind != "residual":
+            for desc in unit.layers:
+                x, owned = _run_layer(model, desc, x, owned, training)
+            continue
+        skip = x
+        owned = joined = False
+        layers = unit.layers
+        i = 0
+        while i < len(layers):
+            tail = None if training else inference_tail(layers[i:])
+            if tail is not None:  # fuse what follows the NeoCell, the residual addition included
+                x, joined = _fused_tail(model, tail, x, owned, skip), True
+                break
+            if _is_mlp(layers[i:i + 3]):
+                fc_1, fc_2 = layers[i], layers[i + 2]
+                x, owned = _fused_mlp(model, _mlp_weights(model, fc_1, fc_2), x), True
+                i += 3
+                continue
+            x, owned = _run_layer(model, layers[i], x, owned, training)
+            i += 1
+        if not joined:
+            start = time.perf_counter() if model.profile is not None else 0.0
+            if owned:
+                x += skip
+            else:
+                x = skip + x
+            if model.profile is not None:
+                model._tick("forward:residual_add", start)
+        owned = True
+    return x
+
+
+def _run_layer(model, desc, x, owned, training):
+    """One layer by its record, in place when ``x`` is owned; returns ``(y, owned)``."""
+    start = time.perf_counter() if model.profile is not None else 0.0
+    y, _, fresh = registry.get(desc.kind).forward(model, desc, x, training, owned)
+    if model.profile is not None:
+        model._tick(f"forward:{desc.kind}", start)
+    return y, (fresh or owned)
+
+
+def _mlp_weights(model, fc_1, fc_2):
+    """``(w1, b1, w2, b2)`` of a block's fc_1 and fc_2 (biases None when absent)."""
+    return (model.param(fc_1, "weight"), model.param(fc_1, "bias") if "bias" in fc_1.params else None,
+            model.param(fc_2, "weight"), model.param(fc_2, "bias") if "bias" in fc_2.params else None)
+
+
+def _fused_tail(model, tail, x, owned, skip):
+    """Inference fast path for the rest of a block after its NeoCell:
+    ``skip + drop_path(layer_scale(fc_2(GELU(fc_1(BN(x))))))``.
+
+    Exactly the operations of the layer-by-layer path, in the same order for every
+    value, but applied block by block (see :func:`_fused_mlp`) so that each block of
+    pixels stays in cache from the BatchNorm to the residual addition: inference
+    BatchNorm as ``x·scale + shift`` in place (:func:`~neocell_ref.layers.batchnorm_affine`),
+    fc_1, GELU, fc_2, ``γ·`` and ``+ skip``; drop path is the identity in inference.
+    """
+    bn, fc_1, fc_2, scale = tail
+    affine = None
+    if bn is not None:
+        affine = L.batchnorm_affine(model.param(bn, "weight"), model.param(bn, "bias"),
+                                    model.buffer(bn, "running_mean"), model.buffer(bn, "running_var"),
+                                    eps=bn.options["eps"])
+        if not owned:
+            x = x.copy()  # the BatchNorm below works in place
+    gamma = None if scale is None else model.param(scale, "gamma")
+    return _fused_mlp(model, _mlp_weights(model, fc_1, fc_2), x, affine=affine, gamma=gamma, skip=skip)
+
+
+def _fused_mlp(model, weights, x, *, affine=None, gamma=None, skip=None):
+    """``skip + γ·fc_2(GELU(fc_1(x·scale + shift)))`` for the fast path (``cache=False``).
+
+    ``affine = (scale, shift)`` (applied to ``x`` in place), ``gamma`` and ``skip``
+    are optional. The same operations as the layer-by-layer path (products through
+    :func:`~neocell_ref.instrument.matmul` with the tag ``"linear"``, then
+    :func:`~neocell_ref.layers.gelu_forward`), arranged for the memory hierarchy:
+
+    * early stages, where the ``4d``-channel hidden activation dwarfs the weights:
+      blocks of about ``_MLP_BLOCK`` hidden values (pixels of one sample) pass
+      through one reused, cache-sized buffer, instead of a new ``(N, 4d, H, W)``
+      array written to and read back from main memory;
+    * late stages, where the weights are the larger operand: all samples form one
+      ``(C, N·H·W)`` matrix, so each weight matrix is streamed once per batch.
+
+    Each output value is computed by the same operations as unfused, so the results
+    agree to rounding (BLAS may order a product's sums differently for a block).
+    """
+    w1, b1, w2, b2 = weights
+    n, c_in = x.shape[:2]
+    hidden, c_out = w1.shape[0], w2.shape[0]
+    if w1.shape[1] != c_in or w2.shape[1] != hidden:  # pragma: no cover - guarded by the description
+        raise ValueError(f"MLP weights {w1.shape}, {w2.shape} do not chain on x {x.shape}")
+    positions = int(np.prod(x.shape[2:], dtype=np.int64))
+    x3 = np.ascontiguousarray(x).reshape(n, c_in, positions)
+    out = np.empty((n, c_out, *x.shape[2:]), dtype=model.dtype)
+    out3 = out.reshape(n, c_out, positions)
+    skip3 = None if skip is None else skip.reshape(n, c_out, positions)
+    lap = _stopwatch(model)
+    if w1.size + w2.size >= hidden * positions:
+        # Late stages (few pixels, wide layers): the weights are the larger operand, so
+        # stream them once for the whole batch: one (c_in, N·H·W) matrix, not N blocks.
+        # The two layout copies are of the small activations.
+        if affine is not None:
+            _affine(model, x3, affine, lap)
+        xt = x3.transpose(1, 0, 2).reshape(c_in, n * positions) if n > 1 else x3[0]
+        y = _mlp_block(model, w1, b1, w2, b2, xt, np.empty((hidden, xt.shape[1]), model.dtype), None, lap)
+        out3[...] = y.reshape(c_out, n, positions).transpose(1, 0, 2)
+        _finish(model, out3, gamma, skip3, lap)
+    else:
+        # Early stages: the hidden activation dwarfs the weights; run blocks of pixels
+        # of one sample through a reused cache-sized buffer, writing into ``out``.
+        columns = max(1, min(positions, _MLP_BLOCK // hidden))
+        buffer = np.empty(hidden * columns, dtype=model.dtype)
+        for sample in range(n):
+            for start in range(0, positions, columns):
+                block = np.s_[sample, :, start:min(positions, start + columns)]
+                xb = x3[block]
+                if affine is not None:
+                    _affine(model, xb, affine, lap)
+                h = buffer[:hidden * xb.shape[1]].reshape(hidden, xb.shape[1])  # contiguous
+                y = _mlp_block(model, w1, b1, w2, b2, xb, h, out3[block], lap)
+                _finish(model, y, gamma, None if skip3 is None else skip3[block], lap)
+    return out
+
+
+def _affine(model, x, affine, lap):
+    """Inference BatchNorm on a block of channels-first values, in place."""
+    scale, shift = affine
+    view = (-1,) + (1,) * (x.ndim - 1) if x.ndim == 2 else (1, -1, 1)
+    x *= scale.reshape(view)
+    x += shift.reshape(view)
+    lap("batchnorm")
+
+
+def _finish(model, y, gamma, skip, lap):
+    """Layer scale and the residual addition on a block of the output, in place."""
+    view = (-1, 1) if y.ndim == 2 else (1, -1, 1)
+    if gamma is not None:
+        y *= gamma.reshape(view)
+        lap("layer_scale")
+    if skip is not None:
+        y += skip
+        lap("residual_add")
+
+
+def _mlp_block(model, w1, b1, w2, b2, x, h, y, lap):
+    """``y = w2 @ GELU(w1 @ x + b1) + b2`` for one block of columns, through buffer ``h``.
+
+    ``y`` may be a view to write into (or None for a new array).
+    """
+    matmul(w1, x, "linear", out=h)
+    if b1 is not None:
+        h += b1[:, None]
+    lap("linear")
+    L.gelu_forward(h, out=h)
+    lap("gelu")
+    y = matmul(w2, h, "linear", out=y)
+    if b2 is not None:
+        y += b2[:, None]
+    lap("linear")
+    return y
+
+
+def _stopwatch(model):
+    """``lap(kind)`` adds the time since the previous lap to ``profile["forward:kind"]``
+    (a no-op when not profiling)."""
+    if model.profile is None:
+        return lambda kind: None
+    last = [time.perf_counter()]
+
+    def lap(kind):
+        now = time.perf_counter()
+        key = f"forward:{kind}"
+        model.profile[key] = model.profile.get(key, 0.0) + now - last[0]
+        last[0] = now
+
+    return lap
+
+
+#: Hidden values per block of the fused inference MLP (``_fused_mlp``): 2**17
+#: float32 values are 512 KiB, which with the block's input and output stays in L2.
+_MLP_BLOCK = 1 << 17
+
+
+def _is_mlp(layers):
+    """True for the run ``linear, gelu, linear`` (a block's fc_1, GELU, fc_2)."""
+    return len(layers) == 3 and tuple(d.kind for d in layers) == ("linear", "gelu", "linear")
+
+
+def inference_tail(layers):
+    """``(batchnorm or None, fc_1, fc_2, layer_scale or None)`` if ``layers`` (the rest of
+    a residual unit) is ``[batchnorm], linear, gelu, linear, [layer_scale], [drop_path]``,
+    else None. Which layers a block has is read from the description, not assumed."""
+    layers = list(layers)
+    bn = layers.pop(0) if layers and layers[0].kind == "batchnorm" else None
+    if [d.kind for d in layers[:3]] != ["linear", "gelu", "linear"]:
+        return None
+    fc_1, fc_2, rest = layers[0], layers[2], layers[3:]
+    scale = rest.pop(0) if rest and rest[0].kind == "layer_scale" else None
+    if rest and registry.get(rest[0].kind).inference_identity:
+        rest.pop(0)  # drop path: the identity in inference
+    return None if rest else (bn, fc_1, fc_2, scale)
