@@ -41,9 +41,9 @@ import argparse
 import cProfile
 import io
 import json
-import pstats
 import os
 import platform
+import pstats
 import statistics
 import sys
 import time

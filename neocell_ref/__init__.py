@@ -5,15 +5,19 @@ block-diagonal matrices from both sides: ``y[n, c] = Â_c x[n, c] B̂_c``. See
 ``docs/`` for the exact semantics and the derivations.
 """
 
+from . import (  # noqa: E402  (the NeoNeXt network: nr.models.neonext_t(...))
+    layer_kinds,  # noqa: E402,F401  (registers the built-in layer kinds of neocell_ref.registry)
+    layers,
+    models,
+    train,
+)
 from .complexity import complexity, model_complexity
 from .expand import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint, nnz
 from .init import neo_init, skewed_identity
 from .neocell import neocell_backward, neocell_forward
 from .spec import GroupSpec, parse_group, parse_kernel_code, parse_specs
-from . import layer_kinds  # noqa: E402,F401  (registers the built-in layer kinds of neocell_ref.registry)
-from . import layers, models, train  # noqa: E402  (the NeoNeXt network: nr.models.neonext_t(...))
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "GroupSpec",
@@ -31,4 +35,8 @@ __all__ = [
     "skewed_identity",
     "complexity",
     "model_complexity",
+    # the NeoNeXt network and its training, as modules: nr.models.neonext_t(...)
+    "layers",
+    "models",
+    "train",
 ]

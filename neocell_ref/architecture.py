@@ -21,8 +21,8 @@ A :class:`Unit` of kind ``"residual"`` computes ``x + layers(x)``; one of kind
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from . import registry
 from .spec import GroupSpec, check_input_size, parse_kernel_code

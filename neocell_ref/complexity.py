@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import registry
 from .architecture import (
     MODEL_CONFIGS,
     RELEASED_CHECKPOINT_OPTIONS,
@@ -50,7 +51,6 @@ from .architecture import (
     describe,
     get_config,
 )
-from . import registry
 from .expand import nnz, padding_view
 from .spec import GroupSpec, check_input_size, parse_kernel_code, parse_specs, subgroup_sizes
 from .validation import as_int as _as_int
@@ -272,9 +272,9 @@ def neocell_counts(specs, height: int, width: int, batch: int = 1) -> dict:
     for g in specs:
         pieces_a = _axis_pieces(g.channels, g.subgroups_a, g.shift_a, g.h_in, height)
         pieces_b = _axis_pieces(g.channels, g.subgroups_b, g.shift_b, g.w_in, width)
-        nnz_a = sum(m * _sum_over_runs(lambda j: nnz(g.h_out, g.h_in, h_out, height, j * g.shift_a), j1, j2)
+        nnz_a = sum(m * _sum_over_runs(lambda j, g=g: nnz(g.h_out, g.h_in, h_out, height, j * g.shift_a), j1, j2)
                     for _, _, j1, j2, m in pieces_a)
-        nnz_b = sum(m * _sum_over_runs(lambda j: nnz(g.w_in, g.w_out, width, w_out, j * g.shift_b), j1, j2)
+        nnz_b = sum(m * _sum_over_runs(lambda j, g=g: nnz(g.w_in, g.w_out, width, w_out, j * g.shift_b), j1, j2)
                     for _, _, j1, j2, m in pieces_b)
         useful += nnz_a * width + h_out * nnz_b
         # Z = A @ X over all T_a·T_b padded tiles, then Z @ B over the same tiles.

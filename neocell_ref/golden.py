@@ -52,7 +52,9 @@ import numpy as np
 
 from . import __version__
 from .golden_ops import (  # noqa: F401 (re-exported)
+    ACCUMULATION_ROUNDOFF,
     DEFAULT_SEED,
+    HALF_EXCLUDED,
     OPERATIONS,
     SAFETY,
     check_seed,
@@ -60,7 +62,6 @@ from .golden_ops import (  # noqa: F401 (re-exported)
     neocell_expected,
     unit_roundoff,
 )
-from .golden_ops import ACCUMULATION_ROUNDOFF, HALF_EXCLUDED
 from .precision import FLOAT_DTYPES, HALF_DTYPES, STORAGE_DTYPE, UNDERFLOW, dtype_name, not_bfloat16
 
 __all__ = [

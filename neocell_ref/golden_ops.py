@@ -21,8 +21,8 @@ the same arrays in both, and adding a case never reseeds the others.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -17,8 +17,8 @@ Run both in float64: in float32 the differencing error swamps the comparison.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 

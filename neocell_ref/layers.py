@@ -29,7 +29,6 @@ options) raises ``ValueError``/``TypeError`` naming the argument before any arit
 
 from __future__ import annotations
 
-
 import numpy as np
 from scipy import special
 

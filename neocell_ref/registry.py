@@ -26,8 +26,8 @@ This module imports nothing from the package, so every consumer may import it.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 __all__ = ["LayerKind", "register", "unregister", "registered", "get", "names", "ROLES"]
 
@@ -107,8 +107,8 @@ class LayerKind:
     count: Callable
     init_draws_float64: bool = False
     inference_identity: bool = False
-    functions: Optional[tuple] = None
-    accumulation: Optional[Callable] = None
+    functions: tuple | None = None
+    accumulation: Callable | None = None
     norm: str = "max"
 
     def __post_init__(self):

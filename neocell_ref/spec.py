@@ -19,8 +19,8 @@ produced by :func:`parse_specs`, never raw dicts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

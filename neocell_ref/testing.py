@@ -471,7 +471,7 @@ class NeoCellCase:
     def dtype(self) -> np.dtype:
         return self.x.dtype
 
-    def astype(self, dtype) -> "NeoCellCase":
+    def astype(self, dtype) -> NeoCellCase:
         """The same case with every array converted to ``dtype``."""
         conv = lambda a: np.asarray(a).astype(dtype)  # noqa: E731
         return NeoCellCase(self.specs, conv(self.x), [conv(w) for w in self.weights_a],

@@ -28,7 +28,7 @@ import itertools
 import math
 import time
 from contextlib import redirect_stderr, redirect_stdout
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -62,7 +62,7 @@ FAST_SECONDS = 0.5
 # --------------------------------------------------------------------------------------
 # the slow references (independent formulations, test code only)
 # --------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def naive_nnz(p, q, rows, cols, s):
     """Filled entries of SPEC 3, position by position: corner ``i, j < s``, else same block."""
     i = np.arange(rows)[:, None]

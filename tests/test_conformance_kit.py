@@ -1,10 +1,10 @@
 """The conformance kit that ports import: it must pass the reference and correct ports,
 and catch every planted porting bug, both on the curated golden cases and on drawn ones."""
 
+import mutant_ports
 import numpy as np
 import pytest
 
-import mutant_ports
 import neocell_ref as nr
 from neocell_ref import layers
 from neocell_ref.golden_ops import LAYER_CASES_CORE

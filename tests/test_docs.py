@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _optional import require
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,15 +4,13 @@ and realistic porting bugs being caught (mutation tests)."""
 import hashlib
 import json
 
+import mutant_ports
 import numpy as np
 import pytest
 
-import mutant_ports
 import neocell_ref as nr
-from neocell_ref import cli
-from neocell_ref import layers
+from neocell_ref import cli, layers
 from neocell_ref.architecture import NeoNeXtConfig, describe
-from neocell_ref.golden_ops import LAYER_CASES_CORE, MODEL_RTOL, NEOCELL_CASES_CORE, NEOCELL_CASES_FULL, OPERATIONS
 from neocell_ref.golden import (
     FORMAT_VERSION,
     GoldenError,
@@ -23,6 +21,7 @@ from neocell_ref.golden import (
     unit_roundoff,
     verify_golden,
 )
+from neocell_ref.golden_ops import LAYER_CASES_CORE, MODEL_RTOL, NEOCELL_CASES_CORE, NEOCELL_CASES_FULL, OPERATIONS
 from neocell_ref.spec import check_input_size, parse_specs
 
 

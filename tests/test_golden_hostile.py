@@ -14,10 +14,10 @@ import os
 import shutil
 import zipfile
 
+import mutant_ports
 import numpy as np
 import pytest
 
-import mutant_ports
 import neocell_ref as nr
 from neocell_ref import cli, layers
 from neocell_ref.golden import (

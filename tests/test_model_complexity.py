@@ -21,6 +21,7 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
+from conftest import DATA
 
 import neocell_ref
 from neocell_ref.architecture import NeoNeXtConfig, describe, get_config
@@ -34,8 +35,6 @@ from neocell_ref.complexity import (
 from neocell_ref.instrument import count_macs
 from neocell_ref.models import NeoNeXt, neonext_t
 from neocell_ref.neocell import neocell_forward
-
-from conftest import DATA
 
 CX = importlib.import_module("neocell_ref.complexity")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _optional import require
+
 from neocell_ref.golden import export_golden, verify_golden
 from neocell_ref.golden_ops import MODEL_RTOL
 from neocell_ref.testing import assert_layer_matches, assert_model_matches, assert_neocell_matches

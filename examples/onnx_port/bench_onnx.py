@@ -46,6 +46,7 @@ def main(argv=None):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     import neocell_onnx as port
+
     import neocell_ref as nr
     from neocell_ref.models import NeoNeXt
 
