@@ -93,10 +93,12 @@ def main(argv=None):
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
     args = parser.parse_args(argv)
 
-    print(f"NeoNeXt-T, {args.resolution}x{args.resolution}, float32; numpy {np.__version__}, "
-          f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
-          f"min of {args.repeats} runs")
+    print(
+        f"NeoNeXt-T, {args.resolution}x{args.resolution}, float32; numpy {np.__version__}, "
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
+        f"min of {args.repeats} runs"
+    )
     rng = np.random.default_rng(0)
     model = nr.models.neonext_t(dtype=np.float32, rng=np.random.default_rng(0), resolution=args.resolution)
     size = args.resolution
@@ -119,10 +121,12 @@ def main(argv=None):
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for batch, best in rows:
         floor, fast, cached = best["floor"], best["fast"], best["cached"]
-        print(f"| {batch} | {floor[0] * 1e3:.1f} ({floor[1] * 1e3:.1f}) | {fast[0] * 1e3:.1f} ({fast[1] * 1e3:.1f}) | "
-              f"{fast[0] * 1e3 / batch:.1f} ({fast[1] * 1e3 / batch:.1f}) | "
-              f"{fast[0] / floor[0]:.2f} ({fast[1] / floor[1]:.2f}) | "
-              f"{cached[0] * 1e3:.1f} ({cached[1] * 1e3:.1f}) | {cached[0] / floor[0]:.2f} ({cached[1] / floor[1]:.2f}) |")
+        print(
+            f"| {batch} | {floor[0] * 1e3:.1f} ({floor[1] * 1e3:.1f}) | {fast[0] * 1e3:.1f} ({fast[1] * 1e3:.1f}) | "
+            f"{fast[0] * 1e3 / batch:.1f} ({fast[1] * 1e3 / batch:.1f}) | "
+            f"{fast[0] / floor[0]:.2f} ({fast[1] / floor[1]:.2f}) | "
+            f"{cached[0] * 1e3:.1f} ({cached[1] * 1e3:.1f}) | {cached[0] / floor[0]:.2f} ({cached[1] / floor[1]:.2f}) |"
+        )
 
     x1 = rng.standard_normal((1, 3, size, size)).astype(np.float32)
     model.profile = {}
@@ -146,8 +150,10 @@ def main(argv=None):
 
         best = best_interleaved({"step": step}, max(2, args.repeats // 2))
         wall, cpu = best["step"]
-        print(f"\nTraining step (batch {batch}: forward, cross-entropy, backward, AdamW): "
-              f"{wall * 1e3:.0f} ms ({cpu * 1e3:.0f} ms CPU), {wall * 1e3 / batch:.0f} ms/image")
+        print(
+            f"\nTraining step (batch {batch}: forward, cross-entropy, backward, AdamW): "
+            f"{wall * 1e3:.0f} ms ({cpu * 1e3:.0f} ms CPU), {wall * 1e3 / batch:.0f} ms/image"
+        )
         model.profile = {}
         step()
         profile = dict(model.profile)

@@ -100,8 +100,7 @@ def machine_info() -> dict:
         from threadpoolctl import threadpool_info
 
         info["threadpools"] = [
-            f"{p.get('internal_api')} {p.get('version')}: {p.get('num_threads')} threads"
-            for p in threadpool_info()
+            f"{p.get('internal_api')} {p.get('version')}: {p.get('num_threads')} threads" for p in threadpool_info()
         ]
     except ImportError:
         info["threadpools"] = "threadpoolctl not installed"
@@ -140,7 +139,7 @@ def measure(functions: dict, rounds: int, min_seconds: float = 0.02) -> dict:
     samples = {name: [] for name in functions}
     names = list(functions)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             fn = functions[name]
             start = time.perf_counter()
             for _ in range(inner[name]):
@@ -184,22 +183,31 @@ def run_case(name, channels, size, code, shift, dtype, rounds, loop_budget, with
         def step():
             neocell_forward(x, wa, wb, specs, method=method)
             neocell_backward(grad_y, x, wa, wb, specs, method=method)
+
         return step
 
     # Two groups, each round-robin: the forward passes with their baselines, then the
     # training steps. A training step allocates several input-sized arrays, and
     # whatever runs right after one pays for the memory the system then has to hand
     # out afresh; the forward targets are about the operator, not about that.
-    samples = measure({
-        "copy": lambda: np.copyto(copy_buf, x),
-        "dense": lambda: np.matmul(np.matmul(a_full, x), b_full),
-        "patchwise fwd": fwd("patchwise"),
-        "blockdiag fwd": fwd("blockdiag"),
-    }, rounds)
-    samples.update(measure({
-        "patchwise fwd+bwd": fwd_bwd("patchwise"),
-        "blockdiag fwd+bwd": fwd_bwd("blockdiag"),
-    }, rounds))
+    samples = measure(
+        {
+            "copy": lambda: np.copyto(copy_buf, x),
+            "dense": lambda: np.matmul(np.matmul(a_full, x), b_full),
+            "patchwise fwd": fwd("patchwise"),
+            "blockdiag fwd": fwd("blockdiag"),
+        },
+        rounds,
+    )
+    samples.update(
+        measure(
+            {
+                "patchwise fwd+bwd": fwd_bwd("patchwise"),
+                "blockdiag fwd+bwd": fwd_bwd("blockdiag"),
+            },
+            rounds,
+        )
+    )
     notes = []
     if with_loop:
         start = time.perf_counter()
@@ -210,9 +218,7 @@ def run_case(name, channels, size, code, shift, dtype, rounds, loop_budget, with
             samples.update(measure({"loop fwd+bwd": fwd_bwd("loop")}, 1, min_seconds=0))
             notes.append("loop: one round only (slow by design)")
         else:
-            notes.append(
-                f"loop skipped: one forward took {once:.1f} s > --loop-budget {loop_budget:g} s"
-            )
+            notes.append(f"loop skipped: one forward took {once:.1f} s > --loop-budget {loop_budget:g} s")
     else:
         notes.append("loop not run (--quick or --no-loop)")
     return samples, rel, notes
@@ -239,8 +245,10 @@ def profile_patchwise(calls=10, lines=12):
         prof.disable()
         out = io.StringIO()
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(lines)
-        print(f"\nProfile of the patch-wise {label}, {name}, float32, {calls} calls "
-              "(cProfile adds overhead per Python call):")
+        print(
+            f"\nProfile of the patch-wise {label}, {name}, float32, {calls} calls "
+            "(cProfile adds overhead per Python call):"
+        )
         print("\n".join(line for line in out.getvalue().splitlines() if line.strip()))
 
 
@@ -262,8 +270,10 @@ def step_profile(rounds=15):
         specs, x, grad_y, wa, wb = make_inputs(channels, size, code, shift, dtype)
         copy_buf = np.empty_like(x)
         copy = min(_time_once(lambda: np.copyto(copy_buf, x)) for _ in range(rounds))
-        print(f"\nStep profile, {name}, {np.dtype(dtype).name}, fastest of {rounds} calls "
-              f"(copy floor {copy * 1e3:.2f} ms):")
+        print(
+            f"\nStep profile, {name}, {np.dtype(dtype).name}, fastest of {rounds} calls "
+            f"(copy floor {copy * 1e3:.2f} ms):"
+        )
         for label, fn in (
             ("forward", lambda: neocell_forward(x, wa, wb, specs)),
             ("backward", lambda: neocell_backward(grad_y, x, wa, wb, specs)),
@@ -276,9 +286,13 @@ def step_profile(rounds=15):
                 def timed(a, b, tag="", out=None, spent=spent, counts=counts):
                     start = time.perf_counter()
                     result = real(a, b, tag, out=out)
-                    kind = ("reductions" if result.shape[-1] * result.shape[-2] < a.shape[-1]
-                            else "left products" if a.shape[-1] * a.shape[-2] < b.shape[-1] * b.shape[-2]
-                            else "right products")
+                    kind = (
+                        "reductions"
+                        if result.shape[-1] * result.shape[-2] < a.shape[-1]
+                        else "left products"
+                        if a.shape[-1] * a.shape[-2] < b.shape[-1] * b.shape[-2]
+                        else "right products"
+                    )
                     spent[kind] += time.perf_counter() - start
                     counts[kind] += 1
                     return result
@@ -293,8 +307,11 @@ def step_profile(rounds=15):
             total, spent, counts = best
             rest = total - sum(spent.values())
             parts = [f"{k} {v * 1e3:.2f} ms ({counts[k]} calls)" for k, v in spent.items() if counts[k]]
-            print(f"  {label}: total {total * 1e3:.2f} ms = " + ", ".join(parts)
-                  + f", copies in/out of the tiled layout + Python {rest * 1e3:.2f} ms")
+            print(
+                f"  {label}: total {total * 1e3:.2f} ms = "
+                + ", ".join(parts)
+                + f", copies in/out of the tiled layout + Python {rest * 1e3:.2f} ms"
+            )
 
 
 def _time_once(fn):
@@ -326,7 +343,9 @@ def print_table(results):
         for name, (med, low, n) in stats.items():
             print(f"| {case} | {dtype} | {name} | {med * 1e3:.2f} | {low * 1e3:.2f} | {n} | {ratio_to(stats, name)} |")
     print()
-    print("| case | dtype | patchwise fwd / copy | patchwise fwd / dense | blockdiag fwd / dense | max rel. diff patchwise vs dense |")
+    print(
+        "| case | dtype | patchwise fwd / copy | patchwise fwd / dense | blockdiag fwd / dense | max rel. diff patchwise vs dense |"
+    )
     print("|---|---|---:|---:|---:|---:|")
     for (case, dtype), (stats, rel, notes) in results.items():
         pw = stats["patchwise fwd"][0]
@@ -354,20 +373,24 @@ def check_targets(results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="3 rounds, no 112x112 case, no loop method")
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="rounds per quantity (default 9, or 3 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds, no 112x112 case, no loop method")
+    parser.add_argument("--repeat", type=int, default=None, help="rounds per quantity (default 9, or 3 with --quick)")
     parser.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
     parser.add_argument("--no-loop", action="store_true", help="do not time the loop method")
     parser.add_argument("--no-112", action="store_true", help="skip the 112x112 case")
-    parser.add_argument("--loop-budget", type=float, default=3.0,
-                        help="time the loop method only where one forward takes at most this "
-                             "many seconds (default 3)")
+    parser.add_argument(
+        "--loop-budget",
+        type=float,
+        default=3.0,
+        help="time the loop method only where one forward takes at most this many seconds (default 3)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write all samples to this JSON file")
-    parser.add_argument("--profile", action="store_true",
-                        help="also print a cProfile and a step profile (products by kind vs copies) "
-                             "of the patch-wise forward and backward at 56x56")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print a cProfile and a step profile (products by kind vs copies) "
+        "of the patch-wise forward and backward at 56x56",
+    )
     args = parser.parse_args(argv)
     rounds = args.repeat or (3 if args.quick else 9)
     if rounds < 1:
@@ -387,8 +410,15 @@ def main(argv=None):
         for dtype in dtypes:
             print(f"... {name} {dtype}", file=sys.stderr, flush=True)
             samples, rel, notes = run_case(
-                name, channels, size, code, shift, np.dtype(dtype), rounds,
-                args.loop_budget, with_loop=not (args.quick or args.no_loop),
+                name,
+                channels,
+                size,
+                code,
+                shift,
+                np.dtype(dtype),
+                rounds,
+                args.loop_budget,
+                with_loop=not (args.quick or args.no_loop),
             )
             results[(name, dtype)] = (summarise(samples), rel, notes)
             if args.json:
@@ -400,15 +430,19 @@ def main(argv=None):
         step_profile()
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({
-                "machine": info,
-                "rounds": rounds,
-                "results": [
-                    {"case": case, "dtype": dtype, "max_rel_diff": rel, "notes": notes,
-                     "samples_s": samples}
-                    for (case, dtype), (_, rel, notes, samples) in results.items()
-                ],
-            }, fh, indent=1, default=str)
+            json.dump(
+                {
+                    "machine": info,
+                    "rounds": rounds,
+                    "results": [
+                        {"case": case, "dtype": dtype, "max_rel_diff": rel, "notes": notes, "samples_s": samples}
+                        for (case, dtype), (_, rel, notes, samples) in results.items()
+                    ],
+                },
+                fh,
+                indent=1,
+                default=str,
+            )
 
 
 if __name__ == "__main__":

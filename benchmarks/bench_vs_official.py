@@ -122,10 +122,24 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 def workload_plan(smoke: bool) -> dict:
     """Shapes of the workloads: the issue's, or tiny ones for a test (``--smoke``)."""
     if smoke:
-        return {"neocell": [(2, 12, 16), (2, 12, 32)], "code": "4+7", "shift": 1, "model": "tiny",
-                "resolution": 112, "batches": (1, 2), "train_batch": 2}
-    return {"neocell": [(8, 96, 56), (8, 96, 112)], "code": "4+7", "shift": 1, "model": "neonext_t",
-            "resolution": 224, "batches": (1, 8), "train_batch": 8}
+        return {
+            "neocell": [(2, 12, 16), (2, 12, 32)],
+            "code": "4+7",
+            "shift": 1,
+            "model": "tiny",
+            "resolution": 112,
+            "batches": (1, 2),
+            "train_batch": 2,
+        }
+    return {
+        "neocell": [(8, 96, 56), (8, 96, 112)],
+        "code": "4+7",
+        "shift": 1,
+        "model": "neonext_t",
+        "resolution": 224,
+        "batches": (1, 8),
+        "train_batch": 8,
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -134,13 +148,18 @@ def workload_plan(smoke: bool) -> dict:
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official", metavar="PATH", help="root of a checkout of github HapKoM/neonext")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per workload, minimum reported "
-                        "(default 7; 2 with --quick)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs per workload, minimum reported (default 7; 2 with --quick)",
+    )
     parser.add_argument("--threads", choices=("default", "1", "both"), default="both")
     parser.add_argument("--json", metavar="FILE", help="write every time and the machine description here")
     parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run of the real workloads")
-    parser.add_argument("--profile", action="store_true",
-                        help="also print neocell_ref's time per layer kind for the NeoNeXt-T rows")
+    parser.add_argument(
+        "--profile", action="store_true", help="also print neocell_ref's time per layer kind for the NeoNeXt-T rows"
+    )
     # for tests: tiny workloads; a deliberately different weight in the authors' copy
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tamper", choices=("neocell", "model"), help=argparse.SUPPRESS)
@@ -194,8 +213,18 @@ def spawn_child(args, root: Path, setting: str):
         env.update({k: "1" for k in THREAD_VARIABLES})
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--official", str(root),
-                   "--repeats", str(args.repeats), "--child", str(out), "--child-threads", setting]
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--official",
+            str(root),
+            "--repeats",
+            str(args.repeats),
+            "--child",
+            str(out),
+            "--child-threads",
+            setting,
+        ]
         command += [flag for flag, on in (("--smoke", args.smoke), ("--profile", args.profile)) if on]
         command += ["--tamper", args.tamper] if args.tamper else []
         print(f"\n=== thread setting: {setting} ===", flush=True)
@@ -207,8 +236,9 @@ def spawn_child(args, root: Path, setting: str):
 
 def git_commit() -> str | None:
     try:
-        done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=60, check=False)
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=60, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None
@@ -241,28 +271,38 @@ def verdict(ratio, bound) -> str:
 
 
 def print_report(report):
-    print(f"\nneocell_ref {report['versions']['neocell_ref']} (commit {report['commit']}) against the "
-          f"official implementation (commit {report['official_commit']}); torch {report['versions']['torch']}, "
-          f"numpy {report['versions']['numpy']}; {report['machine'].get('cpu_model', '?')}, "
-          f"{report['machine']['cpu_count']} CPUs; minimum of {report['repeats']} round-robin runs")
+    print(
+        f"\nneocell_ref {report['versions']['neocell_ref']} (commit {report['commit']}) against the "
+        f"official implementation (commit {report['official_commit']}); torch {report['versions']['torch']}, "
+        f"numpy {report['versions']['numpy']}; {report['machine'].get('cpu_model', '?')}, "
+        f"{report['machine']['cpu_count']} CPUs; minimum of {report['repeats']} round-robin runs"
+    )
     if report["smoke"]:
         print("(--smoke: tiny shapes, the targets are not meaningful)")
     for result in report["settings"]:
-        print(f"\nThreads: {result['threads']} (torch {result['torch_threads']} threads; load average "
-              f"{fmt_load(result['load_before'])} before, {fmt_load(result['load_after'])} after)\n")
+        print(
+            f"\nThreads: {result['threads']} (torch {result['torch_threads']} threads; load average "
+            f"{fmt_load(result['load_before'])} before, {fmt_load(result['load_after'])} after)\n"
+        )
         print("| workload | official ms | neocell_ref ms | neocell_ref / official | target | |")
         print("|---|---:|---:|---:|---:|---|")
         for row in result["rows"]:
-            print(f"| {row['name']} | {row['official_ms']:.1f} | {row['neocell_ref_ms']:.1f} | "
-                  f"{row['ratio']:.2f} | <= {row['target']} | {verdict(row['ratio'], row['target'])} |")
+            print(
+                f"| {row['name']} | {row['official_ms']:.1f} | {row['neocell_ref_ms']:.1f} | "
+                f"{row['ratio']:.2f} | <= {row['target']} | {verdict(row['ratio'], row['target'])} |"
+            )
         print("\n| floor ratio | neocell_ref ms | floor ms | ratio | target | |")
         print("|---|---:|---:|---:|---:|---|")
         for row in result["floor_ratios"]:
-            print(f"| {row['name']} | {row['neocell_ref_ms']:.1f} | {row['floor_ms']:.1f} | {row['ratio']:.2f} | "
-                  f"<= {row['target']} | {verdict(row['ratio'], row['target'])} |")
+            print(
+                f"| {row['name']} | {row['neocell_ref_ms']:.1f} | {row['floor_ms']:.1f} | {row['ratio']:.2f} | "
+                f"<= {row['target']} | {verdict(row['ratio'], row['target'])} |"
+            )
         worst = max(result["agreement"], key=lambda a: a["error"] / a["bound"])
-        print(f"\nagreement before timing: {len(result['agreement'])} arrays, worst relative error "
-              f"{worst['error']:.1e} ({worst['name']}, bound {worst['bound']:g})")
+        print(
+            f"\nagreement before timing: {len(result['agreement'])} arrays, worst relative error "
+            f"{worst['error']:.1e} ({worst['name']}, bound {worst['bound']:g})"
+        )
 
 
 def fmt_load(load):
@@ -307,9 +347,17 @@ def run_child(args, root: Path) -> int:
         times = time_pair(item["workloads"], args.repeats)
         if "floor" in times:
             floors[f"floor{item['batch']}"] = times["floor"]
-        rows.append({"name": item["name"], "key": item["key"], "batch": item["batch"],
-                     "official_ms": times["official"], "neocell_ref_ms": times["neocell_ref"],
-                     "ratio": times["neocell_ref"] / times["official"], "target": item["target"]})
+        rows.append(
+            {
+                "name": item["name"],
+                "key": item["key"],
+                "batch": item["batch"],
+                "official_ms": times["official"],
+                "neocell_ref_ms": times["neocell_ref"],
+                "ratio": times["neocell_ref"] / times["official"],
+                "target": item["target"],
+            }
+        )
         if args.profile and item.get("profile"):
             profiles[item["key"]] = layer_shares(*item["profile"])
     floor_ratios = []
@@ -321,9 +369,16 @@ def run_child(args, root: Path) -> int:
         ("training step", "train", f"floor{plan['train_batch']}", 3),
     ):
         mine, floor = by_name[key]["neocell_ref_ms"], floors[floor_key] * factor
-        floor_ratios.append({"name": name if not args.smoke else f"{name} (smoke: batch {by_name[key]['batch']})",
-                             "neocell_ref_ms": mine, "floor_ms": floor, "floor_factor": factor,
-                             "ratio": mine / floor, "target": FLOOR_TARGETS[name]})
+        floor_ratios.append(
+            {
+                "name": name if not args.smoke else f"{name} (smoke: batch {by_name[key]['batch']})",
+                "neocell_ref_ms": mine,
+                "floor_ms": floor,
+                "floor_factor": factor,
+                "ratio": mine / floor,
+                "target": FLOOR_TARGETS[name],
+            }
+        )
     result = {
         "threads": args.child_threads,
         "torch_threads": torch.get_num_threads(),
@@ -377,10 +432,16 @@ def check_agreement(name, pairs, bound, agreement, reference=None):
             entry["bound"] = min(CONDITIONED_CAP, max(bound, CONDITIONED_FACTOR * float32_error))
         agreement.append(entry)
         if not error < entry["bound"]:  # also catches NaN
-            raise Disagreement(f"{name}: {label} of neocell_ref and of the official implementation differ by "
-                               f"{error:.3g} (relative, bound {entry['bound']:.3g}); same inputs and weights "
-                               "were given, so one of them computes something else")
-        note = f" (bound {entry['bound']:.1e}: float32 itself is {entry['float32_error']:.1e} off)" if "float32_error" in entry else ""
+            raise Disagreement(
+                f"{name}: {label} of neocell_ref and of the official implementation differ by "
+                f"{error:.3g} (relative, bound {entry['bound']:.3g}); same inputs and weights "
+                "were given, so one of them computes something else"
+            )
+        note = (
+            f" (bound {entry['bound']:.1e}: float32 itself is {entry['float32_error']:.1e} off)"
+            if "float32_error" in entry
+            else ""
+        )
         print(f"  agree: {name}: {label} {error:.1e}{note}", flush=True)
 
 
@@ -441,7 +502,7 @@ def prepare_neocell(impl, n, c, size, code, shift, tamper, agreement):
         neocell_forward(x, wa, wb, specs)
         return neocell_backward(grad_y, x, wa, wb, specs)
 
-    label = f"NeoCell {n}x{c}x{size}x{size} \"{code}\" shift {shift}"
+    label = f'NeoCell {n}x{c}x{size}x{size} "{code}" shift {shift}'
     check_agreement(label, [("y", mine_fwd(), official_fwd().numpy())], NEOCELL_BOUND, agreement)
     official_step()
     gx, ga, gb = mine_step()
@@ -450,10 +511,20 @@ def prepare_neocell(impl, n, c, size, code, shift, tamper, agreement):
     pairs += [(f"grad_weight_b_{g}", gb[g], p.grad.numpy()) for g, p in enumerate(layer.weight_b)]
     check_agreement(label, pairs, NEOCELL_BOUND, agreement)
     return [
-        {"name": f"{label}, forward", "key": f"neocell{size}_fwd", "batch": n, "target": NEOCELL_TARGET,
-         "workloads": {"official": official_fwd, "neocell_ref": mine_fwd}},
-        {"name": f"{label}, forward + backward", "key": f"neocell{size}_fwdbwd", "batch": n,
-         "target": NEOCELL_TARGET, "workloads": {"official": official_step, "neocell_ref": mine_step}},
+        {
+            "name": f"{label}, forward",
+            "key": f"neocell{size}_fwd",
+            "batch": n,
+            "target": NEOCELL_TARGET,
+            "workloads": {"official": official_fwd, "neocell_ref": mine_fwd},
+        },
+        {
+            "name": f"{label}, forward + backward",
+            "key": f"neocell{size}_fwdbwd",
+            "batch": n,
+            "target": NEOCELL_TARGET,
+            "workloads": {"official": official_step, "neocell_ref": mine_step},
+        },
     ]
 
 
@@ -466,8 +537,9 @@ def build_models(impl, plan):
 
     if plan["model"] == "tiny":
         config = {"per_stage_layers": (1, 1, 2, 1), "dims": (8, 16, 32, 64), "num_classes": 10}
-        mine = nr.models.NeoNeXt(**config, dtype=np.float32, rng=np.random.default_rng(0),
-                                 resolution=plan["resolution"])
+        mine = nr.models.NeoNeXt(
+            **config, dtype=np.float32, rng=np.random.default_rng(0), resolution=plan["resolution"]
+        )
     else:
         config = {"per_stage_layers": (3, 3, 9, 3), "dims": (96, 192, 384, 768)}  # their neonext_t
         mine = nr.models.neonext_t(dtype=np.float32, rng=np.random.default_rng(0), resolution=plan["resolution"])
@@ -519,10 +591,16 @@ def prepare_model(impl, plan, tamper, agreement):
 
         label = f"{name} {size} px inference, batch {batch}"
         check_agreement(label, [("logits", fast(), official().numpy())], MODEL_BOUND, agreement)
-        prepared.append({"name": label, "key": f"infer{batch}", "batch": batch, "target": MODEL_TARGET,
-                         "workloads": {"official": official, "neocell_ref": fast,
-                                       "floor": lambda pairs=pairs: mlp_floor(pairs)},
-                         "profile": (mine, fast)})
+        prepared.append(
+            {
+                "name": label,
+                "key": f"infer{batch}",
+                "batch": batch,
+                "target": MODEL_TARGET,
+                "workloads": {"official": official, "neocell_ref": fast, "floor": lambda pairs=pairs: mlp_floor(pairs)},
+                "profile": (mine, fast),
+            }
+        )
 
     batch = plan["train_batch"]
     x = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
@@ -560,9 +638,16 @@ def prepare_model(impl, plan, tamper, agreement):
         return out
 
     check_agreement(label, pairs, MODEL_BOUND, agreement, reference)
-    prepared.append({"name": label, "key": "train", "batch": batch, "target": MODEL_TARGET,
-                     "workloads": {"official": official_step, "neocell_ref": mine_step},
-                     "profile": (mine, mine_step)})
+    prepared.append(
+        {
+            "name": label,
+            "key": "train",
+            "batch": batch,
+            "target": MODEL_TARGET,
+            "workloads": {"official": official_step, "neocell_ref": mine_step},
+            "profile": (mine, mine_step),
+        }
+    )
     return prepared
 
 

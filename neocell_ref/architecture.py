@@ -138,9 +138,7 @@ def get_config(name: str, **options) -> NeoNeXtConfig:
     """The :class:`NeoNeXtConfig` of a named model (``neonext_t`` ... ``neonext_xl``) with options."""
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model name {name!r}; known: {sorted(MODEL_CONFIGS)}")
-    unknown = set(options) - set(NeoNeXtConfig.__dataclass_fields__) | (
-        set(options) & {"per_stage_layers", "dims"}
-    )
+    unknown = set(options) - set(NeoNeXtConfig.__dataclass_fields__) | (set(options) & {"per_stage_layers", "dims"})
     if unknown:
         raise TypeError(f"unknown option(s) for {name}: {sorted(unknown)}")
     return NeoNeXtConfig(**MODEL_CONFIGS[name], **options)
@@ -307,9 +305,7 @@ def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
     if len(resolution) != 2 or any(
         isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < PATCH or r % PATCH for r in resolution
     ):
-        raise ValueError(
-            f"input resolution must be (H, W) with positive multiples of {PATCH}, got {resolution!r}"
-        )
+        raise ValueError(f"input resolution must be (H, W) with positive multiples of {PATCH}, got {resolution!r}")
     h, w = resolution
     dims = config.dims
     units = []
@@ -354,8 +350,7 @@ def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
             layers.append(layer(f"{p}.gelu", "gelu", wide))
             layers.append(_linear(f"{p}.fc_2", wide, d, config.linear_bias))
             if config.layer_scale_init_value > 0:
-                layers.append(layer(f"{p}.layer_scale", "layer_scale", shape,
-                                    init_value=config.layer_scale_init_value))
+                layers.append(layer(f"{p}.layer_scale", "layer_scale", shape, init_value=config.layer_scale_init_value))
             layers.append(layer(f"{p}.drop_path", "drop_path", shape, rate=rate))
             units.append(Unit(f"stage_{stage + 1}.{b}", "residual", tuple(layers)))
 

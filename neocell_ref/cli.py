@@ -33,8 +33,7 @@ COMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neocell-ref",
-        description="Reference implementation and verifier for NeoCell and NeoNeXt. "
-        "Without a subcommand, runs 'demo'.",
+        description="Reference implementation and verifier for NeoCell and NeoNeXt. Without a subcommand, runs 'demo'.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -90,14 +90,14 @@ _FVCORE_LAYERNORM_PER_ELEMENT = 5
 # they are reported beside the MACs, never added to them.
 # The counts follow what neocell_ref.layers executes in inference (float64 path).
 _ELEMENTWISE_PER_ELEMENT = {
-    "batchnorm": 2,    # x * scale + shift, scale and shift folded once per channel
-    "layernorm": 7,    # sum for the mean, subtract, square, sum for the variance,
-                       # times 1/std, times weight, plus bias
-    "gelu": 2,         # one normal-CDF evaluation Φ(x) (an erf) and one multiply x·Φ(x)
+    "batchnorm": 2,  # x * scale + shift, scale and shift folded once per channel
+    "layernorm": 7,  # sum for the mean, subtract, square, sum for the variance,
+    # times 1/std, times weight, plus bias
+    "gelu": 2,  # one normal-CDF evaluation Φ(x) (an erf) and one multiply x·Φ(x)
     "layer_scale": 1,  # one multiply by gamma
-    "bias": 1,         # one addition per output element of a linear layer with bias
-    "residual": 1,     # the block's x + branch
-    "avgpool": 1,      # one addition per input element (the division per output is ignored)
+    "bias": 1,  # one addition per output element of a linear layer with bias
+    "residual": 1,  # the block's x + branch
+    "avgpool": 1,  # one addition per input element (the division per output is ignored)
 }
 
 
@@ -124,9 +124,7 @@ def _layer_specs(k, c, shift, code, specs) -> tuple[GroupSpec, ...]:
         if shift != 0:
             given.append("shift")
         if given:
-            raise ValueError(
-                f"give either specs= or the shorthand k/c/code/shift, not both (also got {given})"
-            )
+            raise ValueError(f"give either specs= or the shorthand k/c/code/shift, not both (also got {given})")
         return parse_specs(specs)
     if code is not None and not isinstance(code, str):
         raise TypeError(f"code must be a kernel code string such as '4+7', got {code!r}")
@@ -272,10 +270,14 @@ def neocell_counts(specs, height: int, width: int, batch: int = 1) -> dict:
     for g in specs:
         pieces_a = _axis_pieces(g.channels, g.subgroups_a, g.shift_a, g.h_in, height)
         pieces_b = _axis_pieces(g.channels, g.subgroups_b, g.shift_b, g.w_in, width)
-        nnz_a = sum(m * _sum_over_runs(lambda j, g=g: nnz(g.h_out, g.h_in, h_out, height, j * g.shift_a), j1, j2)
-                    for _, _, j1, j2, m in pieces_a)
-        nnz_b = sum(m * _sum_over_runs(lambda j, g=g: nnz(g.w_in, g.w_out, width, w_out, j * g.shift_b), j1, j2)
-                    for _, _, j1, j2, m in pieces_b)
+        nnz_a = sum(
+            m * _sum_over_runs(lambda j, g=g: nnz(g.h_out, g.h_in, h_out, height, j * g.shift_a), j1, j2)
+            for _, _, j1, j2, m in pieces_a
+        )
+        nnz_b = sum(
+            m * _sum_over_runs(lambda j, g=g: nnz(g.w_in, g.w_out, width, w_out, j * g.shift_b), j1, j2)
+            for _, _, j1, j2, m in pieces_b
+        )
         useful += nnz_a * width + h_out * nnz_b
         # Z = A @ X over all T_a·T_b padded tiles, then Z @ B over the same tiles.
         t_a = [padding_view(height, g.h_in, g.h_out, j1 * g.shift_a).tiles for _, _, j1, _, _ in pieces_a]
@@ -464,13 +466,33 @@ class LayerComplexity:
             ("depthwise parameters with bias", self.depthwise_params_with_bias, "scalars"),
             ("NeoCell MACs (patch-wise, nnz)", self.neocell_macs, _human(self.neocell_macs, "MACs")),
             ("NeoCell MACs per output element", self.neocell_macs_per_output, "MACs"),
-            ("patch-wise MACs incl. zero padding", self.patchwise_padded_macs, _human(self.patchwise_padded_macs, "MACs")),
+            (
+                "patch-wise MACs incl. zero padding",
+                self.patchwise_padded_macs,
+                _human(self.patchwise_padded_macs, "MACs"),
+            ),
             ("block-diagonal MACs (dense)", self.blockdiag_macs, _human(self.blockdiag_macs, "MACs")),
             ("depthwise MACs (all taps)", self.depthwise_macs, _human(self.depthwise_macs, "MACs")),
-            ("depthwise MACs (in-bounds taps)", self.depthwise_macs_in_bounds, _human(self.depthwise_macs_in_bounds, "MACs")),
-            ("NeoCell extra memory (z = A·x)", self.neocell_extra_memory, f"elements, {self._mb(self.neocell_extra_memory)} {self.dtype}"),
-            ("block-diagonal extra memory (expanded A, B)", self.blockdiag_extra_memory, f"elements, {self._mb(self.blockdiag_extra_memory)} {self.dtype}"),
-            ("im2col elements (depthwise)", self.im2col_elements, f"elements, {self._mb(self.im2col_elements)} {self.dtype}"),
+            (
+                "depthwise MACs (in-bounds taps)",
+                self.depthwise_macs_in_bounds,
+                _human(self.depthwise_macs_in_bounds, "MACs"),
+            ),
+            (
+                "NeoCell extra memory (z = A·x)",
+                self.neocell_extra_memory,
+                f"elements, {self._mb(self.neocell_extra_memory)} {self.dtype}",
+            ),
+            (
+                "block-diagonal extra memory (expanded A, B)",
+                self.blockdiag_extra_memory,
+                f"elements, {self._mb(self.blockdiag_extra_memory)} {self.dtype}",
+            ),
+            (
+                "im2col elements (depthwise)",
+                self.im2col_elements,
+                f"elements, {self._mb(self.im2col_elements)} {self.dtype}",
+            ),
             ("depthwise MACs / NeoCell MACs", self.depthwise_macs_over_neocell_macs, "x"),
             ("NeoCell params / depthwise params", self.neocell_params_over_depthwise_params, "x"),
         ]
@@ -569,8 +591,10 @@ def complexity(
     )
     _check_representable(counted, "the layer")
     _check_representable(
-        {f"{key} in bytes": counted[key] * dt.itemsize
-         for key in ("neocell_extra_memory", "blockdiag_extra_memory", "im2col_elements")},
+        {
+            f"{key} in bytes": counted[key] * dt.itemsize
+            for key in ("neocell_extra_memory", "blockdiag_extra_memory", "im2col_elements")
+        },
         "the layer",
     )
     return LayerComplexity(
@@ -722,7 +746,7 @@ class ModelComplexity:
                 continue
             template = f"{stage}.0"
             for b in range(copies):
-                out.extend(dataclasses.replace(r, name=f"{stage}.{b}" + r.name[len(template):]) for r in rows)
+                out.extend(dataclasses.replace(r, name=f"{stage}.{b}" + r.name[len(template) :]) for r in rows)
         return tuple(out)
 
     def to_list(self) -> list:
@@ -732,8 +756,7 @@ class ModelComplexity:
     def to_dict(self, per_layer: bool = True) -> dict:
         out = {
             "name": self.name,
-            "config": {k: list(v) if isinstance(v, tuple) else v
-                       for k, v in dataclasses.asdict(self.config).items()},
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.config).items()},
             "resolution": list(self.resolution),
             "params": self.params,
             "macs": dict(self.macs),
@@ -759,12 +782,8 @@ class ModelComplexity:
             "  MACs per convention (GFLOPs as in the papers = GMACs):",
         ]
         for conv in CONVENTIONS:
-            lines.append(
-                f"    {conv:<24} {self.macs[conv] / 1e9:9.3f} GMACs  {_CONVENTION_NOTES[conv]}"
-            )
-        lines.append(
-            f"  element-wise ops of the executed forward (not MACs): {self.elementwise_ops / 1e9:.3f} G"
-        )
+            lines.append(f"    {conv:<24} {self.macs[conv] / 1e9:9.3f} GMACs  {_CONVENTION_NOTES[conv]}")
+        lines.append(f"  element-wise ops of the executed forward (not MACs): {self.elementwise_ops / 1e9:.3f} G")
         return "\n".join(lines)
 
     def table(self) -> str:
@@ -885,10 +904,17 @@ def model_complexity(model, resolution=224, **model_options) -> ModelComplexity:
             continue
         shape = rows[-1].out_shape
         # The block's closing addition x + branch: no MACs, one element-wise op per element.
-        rows.append(LayerCount(
-            f"{unit.name}.residual", "residual", shape, shape, 0,
-            dict.fromkeys(CONVENTIONS, 0), _ELEMENTWISE_PER_ELEMENT["residual"] * math.prod(shape),
-        ))
+        rows.append(
+            LayerCount(
+                f"{unit.name}.residual",
+                "residual",
+                shape,
+                shape,
+                0,
+                dict.fromkeys(CONVENTIONS, 0),
+                _ELEMENTWISE_PER_ELEMENT["residual"] * math.prod(shape),
+            )
+        )
         prefix = f"stage_{stage + 1}"
         if unit.name != f"{prefix}.0":  # pragma: no cover - architecture.py renamed its blocks
             raise ValueError(f"unexpected block name {unit.name!r}: model_complexity expects {prefix}.0")
@@ -941,11 +967,9 @@ def _cli_int(minimum: int):
             base, exponent = int(power[1]), int(power[2])
             if base > 1 and base.bit_length() * exponent > MAX_COUNT.bit_length() + base.bit_length():
                 raise argparse.ArgumentTypeError(f"{text} is beyond the float range (about 1.8e308)")
-            value = base ** exponent
+            value = base**exponent
         else:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer (digits, or a power such as 10**12), got {text!r}"
-            )
+            raise argparse.ArgumentTypeError(f"expected an integer (digits, or a power such as 10**12), got {text!r}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
         if value > MAX_COUNT:
@@ -1005,11 +1029,18 @@ def register_cli(subparsers) -> None:
     )
     p.add_argument("-k", "--kernel", type=_cli_int(1), default=None, help="square kernel size (default 7)")
     p.add_argument("-c", "--channels", type=_cli_int(1), default=None, help="channels (default 96)")
-    p.add_argument("--hw", type=_cli_int(1), nargs=2, default=(56, 56), metavar=("H", "W"), help="input size (default 56 56)")
+    p.add_argument(
+        "--hw", type=_cli_int(1), nargs=2, default=(56, 56), metavar=("H", "W"), help="input size (default 56 56)"
+    )
     p.add_argument("--code", default=None, help="kernel code such as 4+7 (instead of -k)")
     p.add_argument("--shift", type=_cli_int(0), default=0, help="shift amount of every group (default 0)")
     p.add_argument("--batch", type=_cli_int(1), default=1, help="samples N (default 1)")
-    p.add_argument("--dw-kernel", type=_cli_int(1), default=None, help="depthwise kernel compared (default: largest NeoCell kernel)")
+    p.add_argument(
+        "--dw-kernel",
+        type=_cli_int(1),
+        default=None,
+        help="depthwise kernel compared (default: largest NeoCell kernel)",
+    )
     p.add_argument("--dtype", default="float32", help="dtype for memory in bytes (default float32)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_cli_complexity)
@@ -1023,11 +1054,19 @@ def register_cli(subparsers) -> None:
         "Counting rules: docs/complexity.md.",
     )
     q.add_argument("model", choices=sorted(MODEL_CONFIGS))
-    q.add_argument("--resolution", type=_cli_int(1), nargs="+", default=[224], metavar="PX",
-                   help="input size: one value or H W (default 224)")
-    q.add_argument("--released", action="store_true",
-                   help="options of the released checkpoints (linear_bias, '4+7', layer scale 1e-6; "
-                   "shifts 1,1,1,1 at 384 px)")
+    q.add_argument(
+        "--resolution",
+        type=_cli_int(1),
+        nargs="+",
+        default=[224],
+        metavar="PX",
+        help="input size: one value or H W (default 224)",
+    )
+    q.add_argument(
+        "--released",
+        action="store_true",
+        help="options of the released checkpoints (linear_bias, '4+7', layer scale 1e-6; shifts 1,1,1,1 at 384 px)",
+    )
     q.add_argument("--num-classes", type=_cli_int(1), default=None)
     q.add_argument("--kernel-spec", default=None, help="'default' or a kernel code such as 4+7")
     q.add_argument("--shifts", type=_cli_int(0), nargs=4, default=None, metavar="S")

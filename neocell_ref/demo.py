@@ -54,8 +54,7 @@ def run_demo(channels=24, size=(23, 30), code="4+7", shift=1, seed=0, out=print,
         out(str(complexity(k=7, c=96)))
         out("")
         out(str(model_complexity("neonext_t", 224, **released_checkpoint_options(224))))
-        out("(more: neocell-ref complexity --help, neocell-ref model-complexity --help, "
-            "neocell-ref golden --help)")
+        out("(more: neocell-ref complexity --help, neocell-ref model-complexity --help, neocell-ref golden --help)")
     out("demo: all checks passed" if ok else "demo: CHECKS FAILED")
     return ok
 

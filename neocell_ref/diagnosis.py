@@ -92,8 +92,18 @@ def _ceil_split_shifts(channels, shift, subgroups):
     return np.minimum(np.arange(channels) // size, subgroups - 1) * shift
 
 
-def _neocell_variant(arrays, specs_as_written, *, corner=True, split="floor", rounding="floor",
-                     swap=False, transpose=None, dtype=np.float64, storage=None):
+def _neocell_variant(
+    arrays,
+    specs_as_written,
+    *,
+    corner=True,
+    split="floor",
+    rounding="floor",
+    swap=False,
+    transpose=None,
+    dtype=np.float64,
+    storage=None,
+):
     """One NeoCell case computed with the given deviations.
 
     Returns ``{"y", "grad_x", "grad_weight_a_G", "grad_weight_b_G"}`` in float64, or
@@ -101,12 +111,16 @@ def _neocell_variant(arrays, specs_as_written, *, corner=True, split="floor", ro
     disagree on the output size).
     """
     groups = parse_specs(specs_as_written)
-    cast = (lambda a: round_to(np.asarray(a, dtype=np.float64), storage).astype(dtype)) if storage else (
-        lambda a: np.asarray(a, dtype=np.float64).astype(dtype))
+    cast = (
+        (lambda a: round_to(np.asarray(a, dtype=np.float64), storage).astype(dtype))
+        if storage
+        else (lambda a: np.asarray(a, dtype=np.float64).astype(dtype))
+    )
     x, grad_y = cast(arrays["x"]), cast(arrays["grad_y"])
     _, _, height, width = x.shape
-    sizes = {(_axis_out(height, g.h_in, g.h_out, rounding), _axis_out(width, g.w_in, g.w_out, rounding))
-             for g in groups}
+    sizes = {
+        (_axis_out(height, g.h_in, g.h_out, rounding), _axis_out(width, g.w_in, g.w_out, rounding)) for g in groups
+    }
     if len(sizes) != 1:
         return None
     h_out, w_out = sizes.pop()
@@ -134,10 +148,16 @@ def _neocell_variant(arrays, specs_as_written, *, corner=True, split="floor", ro
         elif split == "floor":
             shifts_a, shifts_b = spec.channel_shifts()
         else:
-            shifts_a = (channel_shifts(spec.channels, 0, 1) if spec.shift_a == 0
-                        else _ceil_split_shifts(spec.channels, spec.shift_a, spec.subgroups_a))
-            shifts_b = (channel_shifts(spec.channels, 0, 1) if spec.shift_b == 0
-                        else _ceil_split_shifts(spec.channels, spec.shift_b, spec.subgroups_b))
+            shifts_a = (
+                channel_shifts(spec.channels, 0, 1)
+                if spec.shift_a == 0
+                else _ceil_split_shifts(spec.channels, spec.shift_a, spec.subgroups_a)
+            )
+            shifts_b = (
+                channel_shifts(spec.channels, 0, 1)
+                if spec.shift_b == 0
+                else _ceil_split_shifts(spec.channels, spec.shift_b, spec.subgroups_b)
+            )
         grads_a, grads_b = np.zeros(wa.shape), np.zeros(wb.shape)
         if int(shifts_a.max(initial=0)) >= min(wa.shape[1:]) or int(shifts_b.max(initial=0)) >= min(wb.shape[1:]):
             return None  # a mixed-up kernel smaller than its shift has no corner to wrap: undefined
@@ -153,10 +173,10 @@ def _neocell_variant(arrays, specs_as_written, *, corner=True, split="floor", ro
             out["y"][:, channel] = z @ b_full
             if grad_y is not None:
                 dy = grad_y[:, channel]
-                grad_b_full = np.einsum("nij,nik->jk", z, dy)           # Σ_n zᵀ dy
-                dz = dy @ b_full.T                                      # dy B̂ᵀ
-                grad_a_full = np.einsum("nij,nkj->ik", dz, xc)          # Σ_n dz xᵀ
-                out["grad_x"][:, channel] = a_full.T @ dz               # Âᵀ dz
+                grad_b_full = np.einsum("nij,nik->jk", z, dy)  # Σ_n zᵀ dy
+                dz = dy @ b_full.T  # dy B̂ᵀ
+                grad_a_full = np.einsum("nij,nkj->ik", dz, xc)  # Σ_n dz xᵀ
+                out["grad_x"][:, channel] = a_full.T @ dz  # Âᵀ dz
                 if not corner:  # entries that hold no kernel value carry no gradient back
                     grad_a_full[:sa, :sa] = 0
                     grad_b_full[:sb, :sb] = 0
@@ -187,6 +207,7 @@ def _neocell_only(fn):
         if op != "neocell":
             return []
         return [v for v in fn(meta, arrays, dtype) if v is not None]
+
     return variants
 
 
@@ -229,13 +250,16 @@ def _bn_unbiased_forward(bn_forward):
     ``(x-μ)/sqrt(σ²·M/(M-1) + eps)·w + b`` equals the reference with
     ``eps' = eps·(M-1)/M`` and ``w' = w·sqrt((M-1)/M)``: the variant reuses it.
     """
+
     def forward(x, weight, bias, running_mean=None, running_var=None, *, training, eps=1e-5, out=None):
         if not training:
             return bn_forward(x, weight, bias, running_mean, running_var, training=False, eps=eps, out=out)
         m = x.shape[0] * x.shape[2] * x.shape[3]
         k = np.sqrt((m - 1) / m)
-        return bn_forward(x, np.asarray(weight) * k, bias, running_mean, running_var, training=True,
-                          eps=eps * (m - 1) / m, out=out)
+        return bn_forward(
+            x, np.asarray(weight) * k, bias, running_mean, running_var, training=True, eps=eps * (m - 1) / m, out=out
+        )
+
     return forward
 
 
@@ -245,9 +269,11 @@ def _bn_unbiased_backward(bn_backward):
             return bn_backward(grad_y, x, weight, bias, running_mean, running_var, training=False, eps=eps)
         m = x.shape[0] * x.shape[2] * x.shape[3]
         k = np.sqrt((m - 1) / m)
-        gx, gw, gb, grm, grv = bn_backward(grad_y, x, np.asarray(weight) * k, bias, running_mean, running_var,
-                                           training=True, eps=eps * (m - 1) / m)
+        gx, gw, gb, grm, grv = bn_backward(
+            grad_y, x, np.asarray(weight) * k, bias, running_mean, running_var, training=True, eps=eps * (m - 1) / m
+        )
         return gx, gw * k, gb, grm, grv  # ∂y/∂w = k·x̂'
+
     return backward
 
 
@@ -258,7 +284,7 @@ _TANH_K = 0.044715
 def _gelu_tanh_forward(x, *, out=None):
     """The tanh approximation ``x/2·(1 + tanh(√(2/π)(x + 0.044715x³)))`` (the defect)."""
     x = np.asarray(x)
-    y = 0.5 * x * (1.0 + np.tanh(_TANH_C * (x + _TANH_K * x ** 3)))
+    y = 0.5 * x * (1.0 + np.tanh(_TANH_C * (x + _TANH_K * x**3)))
     if out is not None:
         out[...] = y
         return out
@@ -268,7 +294,7 @@ def _gelu_tanh_forward(x, *, out=None):
 def _gelu_tanh_backward(grad_y, x):
     """Its derivative ``(1 + t)/2 + x/2·(1 - t²)·√(2/π)(1 + 3·0.044715x²)``, ``t = tanh(...)``."""
     x = np.asarray(x)
-    t = np.tanh(_TANH_C * (x + _TANH_K * x ** 3))
+    t = np.tanh(_TANH_C * (x + _TANH_K * x**3))
     d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _TANH_C * (1.0 + 3.0 * _TANH_K * x * x)
     return (np.asarray(grad_y) * d,)
 
@@ -319,7 +345,7 @@ def _model_outputs(meta, arrays, dtype):
 
     x_shape = tuple(arrays["x"].shape)
     model = NeoNeXt(**meta["config"], dtype=dtype, rng=np.random.default_rng(0), resolution=x_shape[2:])
-    state = {k[len("state/"):]: np.array(v) for k, v in arrays.items() if k.startswith("state/")}
+    state = {k[len("state/") :]: np.array(v) for k, v in arrays.items() if k.startswith("state/")}
     model.load_state_dict(state)
     x = np.asarray(arrays["x"], dtype=np.float64).astype(dtype)
     out = {"logits_eval": model.forward(x, training=False), "logits_train": model.forward(x, training=True)}
@@ -331,6 +357,7 @@ def _model_outputs(meta, arrays, dtype):
 
 def _replaced(replacements, layer_kinds):
     """Variants of the layers in ``layer_kinds`` and of the model, with functions replaced."""
+
     def variants(op, meta, arrays, dtype):
         if op == "model":
             with _layers_replaced(replacements):
@@ -341,6 +368,7 @@ def _replaced(replacements, layer_kinds):
             with _layers_replaced(replacements):
                 return [_layer_outputs(op, meta, arrays, np.float64)]
         return []
+
     return variants
 
 
@@ -387,50 +415,81 @@ def _precision_scale(op, dtype):
     return UNIT_ROUNDOFF[reduced] / UNIT_ROUNDOFF[dtype]
 
 
-_LAYER_OPS = ("linear", "conv1x1", "batchnorm", "layernorm", "gelu", "patchify", "avgpool",
-              "layer_scale", "drop_path")
+_LAYER_OPS = ("linear", "conv1x1", "batchnorm", "layernorm", "gelu", "patchify", "avgpool", "layer_scale", "drop_path")
 
 #: The catalogue, by id. Order is the order in which matches are reported.
-DEFECTS = {d.id: d for d in (
-    Defect("shift-corner-dropped",
-           "shifted blocks are placed, but the kernel's bottom-right corner is not wrapped into the "
-           "top-left corner of the expanded matrix (SPEC section 3)",
-           ("neocell",), _corner_dropped),
-    Defect("subgroup-split-rounded-up",
-           "shift sub-groups hold ceil(channels / n) channels instead of floor(channels / n), the "
-           "last one the remainder (SPEC section 4)",
-           ("neocell",), _split_rounded_up),
-    Defect("shifts-ignored",
-           "the shift of a group is ignored: every channel's blocks start at the top-left corner, "
-           "as if the group were unshifted (SPEC section 4)",
-           ("neocell",), _shifts_ignored),
-    Defect("output-size-rounded",
-           "the output size of a resampling group is rounded (halves up) instead of floored (SPEC section 2)",
-           ("neocell",), _size_rounded),
-    Defect("kernels-swapped",
-           "the left and right kernels are exchanged: B is applied along the height and A along the "
-           "width, each transposed to fit (SPEC section 1)",
-           ("neocell",), _kernels_swapped),
-    Defect("kernel-transposed",
-           "a kernel is read in the wrong layout: weight_a as (h_in, h_out) or weight_b as "
-           "(w_out, w_in) (SPEC section 2)",
-           ("neocell",), _kernel_transposed),
-    Defect("reduced-precision",
-           "the port computes in a lower precision than the golden set's: float32 for a "
-           "float64 set, float16 storage for a float32 set, bfloat16 storage for a float16 set",
-           ("neocell", "model") + _LAYER_OPS, _reduced_precision, precision="reduced"),
-    Defect("batchnorm-unbiased-variance",
-           "training-mode BatchNorm normalises with the unbiased batch variance (divides by M - 1) "
-           "instead of the biased one (SPEC section 7)",
-           ("batchnorm", "model"),
-           _replaced({"batchnorm_forward": _bn_unbiased_forward, "batchnorm_backward": _bn_unbiased_backward},
-                     ("batchnorm",))),
-    Defect("gelu-tanh-approximation",
-           "GELU uses the tanh approximation instead of the exact erf form (SPEC section 7)",
-           ("gelu", "model"),
-           _replaced({"gelu_forward": lambda _: _gelu_tanh_forward, "gelu_backward": lambda _: _gelu_tanh_backward},
-                     ("gelu",))),
-)}
+DEFECTS = {
+    d.id: d
+    for d in (
+        Defect(
+            "shift-corner-dropped",
+            "shifted blocks are placed, but the kernel's bottom-right corner is not wrapped into the "
+            "top-left corner of the expanded matrix (SPEC section 3)",
+            ("neocell",),
+            _corner_dropped,
+        ),
+        Defect(
+            "subgroup-split-rounded-up",
+            "shift sub-groups hold ceil(channels / n) channels instead of floor(channels / n), the "
+            "last one the remainder (SPEC section 4)",
+            ("neocell",),
+            _split_rounded_up,
+        ),
+        Defect(
+            "shifts-ignored",
+            "the shift of a group is ignored: every channel's blocks start at the top-left corner, "
+            "as if the group were unshifted (SPEC section 4)",
+            ("neocell",),
+            _shifts_ignored,
+        ),
+        Defect(
+            "output-size-rounded",
+            "the output size of a resampling group is rounded (halves up) instead of floored (SPEC section 2)",
+            ("neocell",),
+            _size_rounded,
+        ),
+        Defect(
+            "kernels-swapped",
+            "the left and right kernels are exchanged: B is applied along the height and A along the "
+            "width, each transposed to fit (SPEC section 1)",
+            ("neocell",),
+            _kernels_swapped,
+        ),
+        Defect(
+            "kernel-transposed",
+            "a kernel is read in the wrong layout: weight_a as (h_in, h_out) or weight_b as "
+            "(w_out, w_in) (SPEC section 2)",
+            ("neocell",),
+            _kernel_transposed,
+        ),
+        Defect(
+            "reduced-precision",
+            "the port computes in a lower precision than the golden set's: float32 for a "
+            "float64 set, float16 storage for a float32 set, bfloat16 storage for a float16 set",
+            ("neocell", "model") + _LAYER_OPS,
+            _reduced_precision,
+            precision="reduced",
+        ),
+        Defect(
+            "batchnorm-unbiased-variance",
+            "training-mode BatchNorm normalises with the unbiased batch variance (divides by M - 1) "
+            "instead of the biased one (SPEC section 7)",
+            ("batchnorm", "model"),
+            _replaced(
+                {"batchnorm_forward": _bn_unbiased_forward, "batchnorm_backward": _bn_unbiased_backward}, ("batchnorm",)
+            ),
+        ),
+        Defect(
+            "gelu-tanh-approximation",
+            "GELU uses the tanh approximation instead of the exact erf form (SPEC section 7)",
+            ("gelu", "model"),
+            _replaced(
+                {"gelu_forward": lambda _: _gelu_tanh_forward, "gelu_backward": lambda _: _gelu_tanh_backward},
+                ("gelu",),
+            ),
+        ),
+    )
+}
 
 
 def variant_outputs(defect_id, op, meta, arrays, dtype=np.float64):
@@ -546,4 +605,3 @@ def diagnose(op, meta, arrays, failing, allowed, dtype=np.float64):
                     break
     order = list(DEFECTS)
     return {name: sorted(defects, key=lambda d: order.index(d.id)) for name, defects in found.items()}
-

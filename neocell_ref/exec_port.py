@@ -159,7 +159,11 @@ def check_command(command) -> list:
     program = argv[0]
     if "{in}" in program or "{out}" in program:
         raise ExecCommandError(f"exec command {joined!r}: the program itself cannot be a placeholder")
-    found = shutil.which(program) if os.sep not in program else (program if os.access(program, os.X_OK) and os.path.isfile(program) else None)
+    found = (
+        shutil.which(program)
+        if os.sep not in program
+        else (program if os.access(program, os.X_OK) and os.path.isfile(program) else None)
+    )
     if found is None:
         raise ExecCommandError(f"exec command program {program!r} is not an executable file (or not on PATH)")
     return argv
@@ -236,13 +240,16 @@ def _run_process(argv, case, timeout):
     behind keeps running (or keeps the pipes open).
     """
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
     except OSError as exc:
         raise ExecCommandError(f"exec command {argv[0]!r} could not be started: {exc}") from None
     tails = (bytearray(), bytearray())
-    readers = [threading.Thread(target=_tail_reader, args=(s, t), daemon=True)
-               for s, t in zip((proc.stdout, proc.stderr), tails)]
+    readers = [
+        threading.Thread(target=_tail_reader, args=(s, t), daemon=True)
+        for s, t in zip((proc.stdout, proc.stderr), tails)
+    ]
     for r in readers:
         r.start()
     timed_out = False
@@ -272,8 +279,9 @@ def _open_out_dir(out_dir: Path, case: str, stderr: str) -> int:
     try:
         return os.open(out_dir, flags)
     except OSError as exc:
-        raise PortFailure(case, f"the output folder was removed or replaced by the port ({exc.strerror})",
-                          stderr) from None
+        raise PortFailure(
+            case, f"the output folder was removed or replaced by the port ({exc.strerror})", stderr
+        ) from None
 
 
 def _read_output(dir_fd: int, name: str, shape: tuple, case: str, stderr: str) -> np.ndarray:
@@ -331,8 +339,10 @@ def _read_output(dir_fd: int, name: str, shape: tuple, case: str, stderr: str) -
             raise fail(f"has shape {tuple(got_shape)}, expected {tuple(shape)}")
         nbytes = count * dtype.itemsize
         if info.st_size != f.tell() + nbytes:
-            raise fail(f"is {info.st_size} bytes, but its header ({dtype.str}, shape {tuple(shape)}) "
-                       f"needs exactly {f.tell() + nbytes}: truncated or trailing data")
+            raise fail(
+                f"is {info.st_size} bytes, but its header ({dtype.str}, shape {tuple(shape)}) "
+                f"needs exactly {f.tell() + nbytes}: truncated or trailing data"
+            )
         data = f.read(nbytes)
     if len(data) != nbytes:
         raise fail("changed while being read")
@@ -452,8 +462,7 @@ def _is_forward_output(name):
     return not name.startswith("grad")
 
 
-def run_golden_case(command, op, name, meta, arrays, *, forward_only=False, timeout=DEFAULT_TIMEOUT,
-                    keep_dir=None):
+def run_golden_case(command, op, name, meta, arrays, *, forward_only=False, timeout=DEFAULT_TIMEOUT, keep_dir=None):
     """Run the port on one golden case: every output in one process run.
 
     Parameters
@@ -485,9 +494,16 @@ def run_golden_case(command, op, name, meta, arrays, *, forward_only=False, time
     expected = [k for k in meta["tolerances"] if not forward_only or _is_forward_output(k)]
     input_names = [k for k in meta["inputs"] if not (forward_only and k.startswith("grad"))]
     fields = {key: meta[source] for key, source in CASE_FIELDS[op].items()}
-    return run_exec(command, op=op, case=name, inputs={k: arrays[k] for k in input_names},
-                    outputs={k: np.shape(arrays[k]) for k in expected}, fields=fields,
-                    timeout=timeout, keep_dir=keep_dir)
+    return run_exec(
+        command,
+        op=op,
+        case=name,
+        inputs={k: arrays[k] for k in input_names},
+        outputs={k: np.shape(arrays[k]) for k in expected},
+        fields=fields,
+        timeout=timeout,
+        keep_dir=keep_dir,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -547,8 +563,15 @@ class ExecPort:
         self.runs += 1
         specs = [dict(s) for s in specs]
         shapes = neocell_outputs(specs, np.shape(arrays["x"]), forward_only)
-        return run_exec(self.command, op="neocell", case=f"{mode} run {self.runs}", inputs=arrays,
-                        outputs=shapes, fields={"specs": specs}, timeout=self.timeout)
+        return run_exec(
+            self.command,
+            op="neocell",
+            case=f"{mode} run {self.runs}",
+            inputs=arrays,
+            outputs=shapes,
+            fields={"specs": specs},
+            timeout=self.timeout,
+        )
 
     @staticmethod
     def _inputs(x, weights_a, weights_b):
@@ -567,5 +590,8 @@ class ExecPort:
         arrays["grad_y"] = np.asarray(grad_y)
         got = self._run("backward", arrays, specs, False)
         groups = len(weights_a)
-        return (got["grad_x"], [got[f"grad_weight_a_{g}"] for g in range(groups)],
-                [got[f"grad_weight_b_{g}"] for g in range(groups)])
+        return (
+            got["grad_x"],
+            [got[f"grad_weight_a_{g}"] for g in range(groups)],
+            [got[f"grad_weight_b_{g}"] for g in range(groups)],
+        )

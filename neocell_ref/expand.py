@@ -57,9 +57,7 @@ def _check_layout(p, q, rows, cols, shift) -> tuple[int, int, int, int, int]:
     rows, cols = as_int(rows, "rows", 1), as_int(cols, "cols", 1)
     shift = as_int(shift, "shift", 0)
     if shift >= min(p, q):
-        raise ValueError(
-            f"shift must be smaller than the kernel ({p}x{q}): 0 <= shift <= {min(p, q) - 1}, got {shift}"
-        )
+        raise ValueError(f"shift must be smaller than the kernel ({p}x{q}): 0 <= shift <= {min(p, q) - 1}, got {shift}")
     return p, q, rows, cols, shift
 
 
@@ -133,8 +131,7 @@ def _block_layout(p, q, rows, cols, shift):
         for out, value in zip(parts, (mr + i * p + ii, mc + i * q + jj, kr + ii, kc + jj)):
             out.append(np.broadcast_to(value, shape).ravel())
     result = tuple(
-        np.concatenate(part).astype(np.intp, copy=False) if part else np.zeros(0, dtype=np.intp)
-        for part in parts
+        np.concatenate(part).astype(np.intp, copy=False) if part else np.zeros(0, dtype=np.intp) for part in parts
     )
     for arr in result:
         arr.setflags(write=False)
@@ -374,7 +371,10 @@ def expand_adjoint(grad_a_full, grad_b_full, specs):
     specs = parse_specs(specs)
     grad_a_full = as_real_array(grad_a_full, "grad_a_full")
     grad_b_full = as_real_array(grad_b_full, "grad_b_full")
-    for name, arr, layout in (("grad_a_full", grad_a_full, "(C, H_out, H)"), ("grad_b_full", grad_b_full, "(C, W, W_out)")):
+    for name, arr, layout in (
+        ("grad_a_full", grad_a_full, "(C, H_out, H)"),
+        ("grad_b_full", grad_b_full, "(C, W, W_out)"),
+    ):
         if arr.ndim != 3:
             raise ValueError(f"{name} must be 3-D {layout}, got shape {arr.shape}")
     height, width = grad_a_full.shape[2], grad_b_full.shape[1]

@@ -99,7 +99,7 @@ FORMAT_VERSION = 3
 #: Largest factor by which a tolerance override may loosen a stored ``rtol``: a port
 #: computing with TF32 matrix units (unit roundoff ``2**-11``) checked against the
 #: float32 set (``2**-24``) needs ``2**13``; anything looser no longer verifies NeoCell.
-MAX_RTOL_SCALE = 2.0 ** 13
+MAX_RTOL_SCALE = 2.0**13
 #: Largest accepted ``manifest.json`` (the full suite's is about 0.2 MB).
 MAX_MANIFEST_BYTES = 4 * 2**20
 #: Largest accepted ``.npy`` header inside a case file (this package writes 128 bytes).
@@ -155,7 +155,7 @@ def _exception_text(exc: BaseException) -> str:
         text = "<message not printable>"
     text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     if len(text) > MAX_MESSAGE:
-        text = text[:200] + " [...] " + text[-(MAX_MESSAGE - 200):]
+        text = text[:200] + " [...] " + text[-(MAX_MESSAGE - 200) :]
     return text
 
 
@@ -206,13 +206,24 @@ class ArrayComparison:
             return ["no known defect matches"]
         from .diagnosis import DEFECTS
 
-        return [f"consistent with: {DEFECTS[i].describe()}" if i in DEFECTS else f"consistent with: {i}"
-                for i in self.diagnosis]
+        return [
+            f"consistent with: {DEFECTS[i].describe()}" if i in DEFECTS else f"consistent with: {i}"
+            for i in self.diagnosis
+        ]
 
 
-_KINDS = {"c": "complex", "O": "Python objects", "b": "booleans", "U": "strings", "S": "bytes",
-          "i": "integers", "u": "unsigned integers", "V": "raw or structured records",
-          "M": "datetimes", "m": "timedeltas"}
+_KINDS = {
+    "c": "complex",
+    "O": "Python objects",
+    "b": "booleans",
+    "U": "strings",
+    "S": "bytes",
+    "i": "integers",
+    "u": "unsigned integers",
+    "V": "raw or structured records",
+    "M": "datetimes",
+    "m": "timedeltas",
+}
 
 
 def _port_array(value):
@@ -231,8 +242,7 @@ def _port_array(value):
         return None, f"the port's output is not an array ({_exception_text(exc)})"
     if array.dtype.kind != "f":
         what = _KINDS.get(array.dtype.kind, array.dtype.kind)
-        return None, (f"the port returned dtype {array.dtype} ({what}); "
-                      f"only a real floating array is a result")
+        return None, (f"the port returned dtype {array.dtype} ({what}); only a real floating array is a result")
     return array, None
 
 
@@ -273,8 +283,15 @@ def compare_arrays(case, array, got, expected, *, rtol, atol=0.0, bound=None) ->
     worst = np.unravel_index(int(np.nanargmax(np.where(np.isnan(ratio), np.inf, ratio))), ratio.shape)
     r = float(ratio[worst]) if not np.isnan(ratio[worst]) else float("inf")
     return ArrayComparison(
-        case, array, bool(r <= 1.0), tuple(int(i) for i in worst), float(got[worst]),
-        float(expected[worst]), float(error[worst]), float(allowed[worst]), r,
+        case,
+        array,
+        bool(r <= 1.0),
+        tuple(int(i) for i in worst),
+        float(got[worst]),
+        float(expected[worst]),
+        float(error[worst]),
+        float(allowed[worst]),
+        r,
     )
 
 
@@ -317,8 +334,10 @@ def check_tolerance_overrides(rtol=None, atol=None, rtol_scale=1.0):
     atol = None if atol is None else _real(atol, "atol", allow_zero=True)
     rtol_scale = _real(rtol_scale, "rtol_scale")
     if rtol_scale > MAX_RTOL_SCALE:
-        raise ValueError(f"rtol_scale must be at most {MAX_RTOL_SCALE:g} (MAX_RTOL_SCALE, the loosest "
-                         f"documented accumulation), got {rtol_scale!r}")
+        raise ValueError(
+            f"rtol_scale must be at most {MAX_RTOL_SCALE:g} (MAX_RTOL_SCALE, the loosest "
+            f"documented accumulation), got {rtol_scale!r}"
+        )
     return rtol, atol, rtol_scale
 
 
@@ -353,22 +372,27 @@ def _check_loosening(name, meta, arrays, rtol, atol, rtol_scale):
         eff_rtol, eff_atol = _effective(tol, rtol, atol, rtol_scale)
         limit = MAX_RTOL_SCALE * tol["rtol"]
         if eff_rtol > limit * (1 + 1e-12):
-            raise ValueError(f"tolerance override too loose for {name}: {key}: rtol {eff_rtol:.3g} is "
-                             f"{eff_rtol / tol['rtol']:.3g}x the stored {tol['rtol']:.3g}; at most "
-                             f"{MAX_RTOL_SCALE:g}x (MAX_RTOL_SCALE) is allowed")
+            raise ValueError(
+                f"tolerance override too loose for {name}: {key}: rtol {eff_rtol:.3g} is "
+                f"{eff_rtol / tol['rtol']:.3g}x the stored {tol['rtol']:.3g}; at most "
+                f"{MAX_RTOL_SCALE:g}x (MAX_RTOL_SCALE) is allowed"
+            )
         if eff_atol > tol["atol"]:
             scale = _scale(tol, arrays, key)
             scale = np.abs(arrays[key]) if scale is None else scale
             top = float(np.max(scale)) if np.size(scale) else 0.0
             if eff_atol > limit * top:
-                raise ValueError(f"tolerance override too loose for {name}: {key}: atol {eff_atol:.3g} exceeds "
-                                 f"{MAX_RTOL_SCALE:g} (MAX_RTOL_SCALE) x rtol {tol['rtol']:.3g} x the array's "
-                                 f"largest scale {top:.3g} = {limit * top:.3g}")
+                raise ValueError(
+                    f"tolerance override too loose for {name}: {key}: atol {eff_atol:.3g} exceeds "
+                    f"{MAX_RTOL_SCALE:g} (MAX_RTOL_SCALE) x rtol {tol['rtol']:.3g} x the array's "
+                    f"largest scale {top:.3g} = {limit * top:.3g}"
+                )
 
 
 def _loosens(tolerances, rtol, atol, rtol_scale) -> bool:
-    return any(e > s for tol in tolerances
-               for e, s in zip(_effective(tol, rtol, atol, rtol_scale), (tol["rtol"], tol["atol"])))
+    return any(
+        e > s for tol in tolerances for e, s in zip(_effective(tol, rtol, atol, rtol_scale), (tol["rtol"], tol["atol"]))
+    )
 
 
 def _case_overrides(op, name, meta, arrays, rtol, atol, rtol_scale):
@@ -380,8 +404,7 @@ def _case_overrides(op, name, meta, arrays, rtol, atol, rtol_scale):
     return rtol, atol, rtol_scale
 
 
-def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, atol=None, rtol_scale=1.0,
-                    diagnose=True):
+def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, atol=None, rtol_scale=1.0, diagnose=True):
     """Run a port on one case and compare every output; return a list of :class:`ArrayComparison`.
 
     ``meta`` needs what the operation's ``run_port`` reads (for NeoCell
@@ -412,16 +435,30 @@ def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, ato
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # SystemExit and friends fail the case, the run goes on
-            results.append(ArrayComparison(name, f"({label} call)", False,
-                                           message=f"port's {label} raised {_exception_text(exc)}"))
+            results.append(
+                ArrayComparison(name, f"({label} call)", False, message=f"port's {label} raised {_exception_text(exc)}")
+            )
             continue
         got.update(outputs)
-    return results + compare_outputs(op, name, meta, arrays, got, rtol=rtol, atol=atol, rtol_scale=rtol_scale,
-                                     diagnose=diagnose)
+    return results + compare_outputs(
+        op, name, meta, arrays, got, rtol=rtol, atol=atol, rtol_scale=rtol_scale, diagnose=diagnose
+    )
 
 
-def run_exec_and_compare(command, op, name, meta, arrays, *, forward_only=False, timeout=None, rtol=None,
-                         atol=None, rtol_scale=1.0, diagnose=True):
+def run_exec_and_compare(
+    command,
+    op,
+    name,
+    meta,
+    arrays,
+    *,
+    forward_only=False,
+    timeout=None,
+    rtol=None,
+    atol=None,
+    rtol_scale=1.0,
+    diagnose=True,
+):
     """Run a port that is a program (the exec protocol) on one golden case and compare.
 
     One process run computes every output of the case (only the forward ones with
@@ -445,12 +482,18 @@ def run_exec_and_compare(command, op, name, meta, arrays, *, forward_only=False,
 
     rtol, atol, rtol_scale = _case_overrides(op, name, meta, arrays, rtol, atol, rtol_scale)
     try:
-        got = run_golden_case(command, op, name, meta, arrays, forward_only=forward_only,
-                              timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+        got = run_golden_case(
+            command,
+            op,
+            name,
+            meta,
+            arrays,
+            forward_only=forward_only,
+            timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+        )
     except PortFailure as exc:
         return [ArrayComparison(name, "(exec run)", False, message=str(exc))]
-    return compare_outputs(op, name, meta, arrays, got, rtol=rtol, atol=atol, rtol_scale=rtol_scale,
-                           diagnose=diagnose)
+    return compare_outputs(op, name, meta, arrays, got, rtol=rtol, atol=atol, rtol_scale=rtol_scale, diagnose=diagnose)
 
 
 def compare_outputs(op, name, meta, arrays, got, *, rtol=None, atol=None, rtol_scale=1.0, diagnose=True):
@@ -556,11 +599,11 @@ def _build_set(suite, dtype, seed, ops, input_digests=None):
         policy = {
             "rule": "|got - expected| <= rtol * bound + atol, elementwise (max|expected| for norm 'max')",
             "rtol": "safety * (half_roundings * unit_roundoff(dtype) + (accumulation_length + 1) "
-                    "* accumulation_roundoff)",
+            "* accumulation_roundoff)",
             "atol": "safety * (underflow(dtype) + (accumulation_length + 1) * underflow(float32)) * "
-                    "(1 + propagation of the stored intermediate), rounded up to a power of two",
+            "(1 + propagation of the stored intermediate), rounded up to a power of two",
             "arithmetic": "products of half-precision numbers accumulated in float32 or better; the "
-                          "intermediate (A x, dy B^T) and every result stored in the half type",
+            "intermediate (A x, dy B^T) and every result stored in the half type",
             "safety": SAFETY,
             "unit_roundoff": unit_roundoff(dtype),
             "accumulation_roundoff": ACCUMULATION_ROUNDOFF,
@@ -588,7 +631,7 @@ def _build_set(suite, dtype, seed, ops, input_digests=None):
         "operations": list(ops),
         "tolerance_policy": policy,
         "seeding": "numpy.random.default_rng(SeedSequence([seed, *first 16 bytes of "
-                   "SHA-256('<op>/<case name>') as 4 little-endian uint32]))",
+        "SHA-256('<op>/<case name>') as 4 little-endian uint32]))",
         "conventions": {op: OPERATIONS[op].convention for op in ops},
         "cases": [],
     }
@@ -601,16 +644,18 @@ def _build_set(suite, dtype, seed, ops, input_digests=None):
             files[file_name] = data = _npz_bytes(arrays)
             if input_digests is not None:
                 input_digests[file_name] = {key: _array_digest(arrays[key]) for key in inputs}
-            manifest["cases"].append({
-                "name": name,
-                "op": op_name,
-                "file": file_name,
-                "sha256": _sha256(data),
-                **meta,
-                "inputs": inputs,
-                "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in sorted(arrays.items())},
-                "tolerances": tolerances,
-            })
+            manifest["cases"].append(
+                {
+                    "name": name,
+                    "op": op_name,
+                    "file": file_name,
+                    "sha256": _sha256(data),
+                    **meta,
+                    "inputs": inputs,
+                    "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in sorted(arrays.items())},
+                    "tolerances": tolerances,
+                }
+            )
     return manifest, files
 
 
@@ -687,8 +732,9 @@ def _previous_set_problem(path: Path, entries) -> str | None:
 def _check_export_target(directory) -> Path:
     path = _folder_arg(directory)
     if path.name in ("", ".", ".."):
-        raise ValueError(f"{directory!s}: name the golden set's folder (not '.', '..' or a root), "
-                         f"it is replaced as a whole")
+        raise ValueError(
+            f"{directory!s}: name the golden set's folder (not '.', '..' or a root), it is replaced as a whole"
+        )
     if path.is_symlink():
         raise ValueError(f"{path} is a symbolic link; give the folder itself")
     if path.exists():
@@ -697,8 +743,10 @@ def _check_export_target(directory) -> Path:
         entries = sorted(path.iterdir())
         problem = _previous_set_problem(path, entries) if entries else None
         if problem:
-            raise ValueError(f"{path} is not empty and does not hold only a golden set ({problem}); "
-                             f"export into a new or empty folder")
+            raise ValueError(
+                f"{path} is not empty and does not hold only a golden set ({problem}); "
+                f"export into a new or empty folder"
+            )
     return path
 
 
@@ -834,8 +882,9 @@ def _reject_constant(name):
 
 def _parse_manifest(data: bytes, path) -> dict:
     try:
-        manifest = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
-                              parse_constant=_reject_constant)
+        manifest = json.loads(
+            data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
+        )
     except RecursionError:
         raise GoldenError(f"{path} is not a golden-set manifest: JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -889,8 +938,10 @@ def _check_manifest(manifest: dict, path) -> dict:
     if type(version) is not int or version != FORMAT_VERSION:
         generator = manifest.get("generator")
         written = f", written by {_short(generator)}" if isinstance(generator, str) else ""
-        raise GoldenError(f"{path}: format_version {_short(version)}{written}; this package (neocell_ref "
-                          f"{__version__}) reads format {FORMAT_VERSION} only: export the set again with it")
+        raise GoldenError(
+            f"{path}: format_version {_short(version)}{written}; this package (neocell_ref "
+            f"{__version__}) reads format {FORMAT_VERSION} only: export the set again with it"
+        )
     for key in ("suite", "dtype", "seed", "operations", "cases", *_ENVIRONMENT):
         if key not in manifest:
             raise GoldenError(f"{path}: the manifest has no {key!r}")
@@ -930,8 +981,10 @@ def _check_manifest(manifest: dict, path) -> dict:
         missing = [f"{n} ({o})" for o, n in want_ids if (o, n) not in got_ids]
         extra = [f"{_short(n)} ({_short(o)})" for o, n in got_ids if (o, n) not in want_ids]
         detail = (f"missing {missing[:5]}" if missing else "") + (f" unknown {extra[:5]}" if extra else "")
-        raise GoldenError(f"{path}: the case list differs from the one this package exports for {context}: "
-                          f"{len(got_ids)} cases instead of {len(want_ids)}; {detail.strip() or 'order differs'}")
+        raise GoldenError(
+            f"{path}: the case list differs from the one this package exports for {context}: "
+            f"{len(got_ids)} cases instead of {len(want_ids)}; {detail.strip() or 'order differs'}"
+        )
     rest = lambda m: {k: v for k, v in m.items() if k not in ("cases", *_ENVIRONMENT)}  # noqa: E731
     diff = _difference(rest(manifest), rest(want), "manifest")
     for got_case, want_case in zip(got_cases, want_cases):
@@ -940,8 +993,9 @@ def _check_manifest(manifest: dict, path) -> dict:
         strip = lambda c: {k: v for k, v in c.items() if k != "sha256"}  # noqa: E731
         diff = _difference(strip(got_case), strip(want_case), f"case {want_case['name']!r} ({want_case['op']})")
     if diff:
-        raise GoldenError(f"{path}: {diff} (this package exports {context} so; "
-                          f"a golden set cannot be edited: export it again)")
+        raise GoldenError(
+            f"{path}: {diff} (this package exports {context} so; a golden set cannot be edited: export it again)"
+        )
     return input_digests
 
 
@@ -972,16 +1026,22 @@ def _read_member(zf, info, shape, dtype, where):
         header_length = fp.tell()
         got_shape, fortran, got_dtype = header
         if got_dtype.hasobject:
-            raise GoldenError(f"{where}: its header declares Python objects ({got_dtype}); a golden set holds numbers only")
+            raise GoldenError(
+                f"{where}: its header declares Python objects ({got_dtype}); a golden set holds numbers only"
+            )
         if got_dtype != dtype:
             raise GoldenError(f"{where}: its header declares dtype {got_dtype.str}, the manifest says {dtype.str}")
         if tuple(got_shape) != tuple(shape):
-            raise GoldenError(f"{where}: its header declares shape {tuple(got_shape)}, the manifest says {tuple(shape)}")
+            raise GoldenError(
+                f"{where}: its header declares shape {tuple(got_shape)}, the manifest says {tuple(shape)}"
+            )
         if fortran:
             raise GoldenError(f"{where}: its header declares Fortran order; this package writes C order")
         if info.file_size != header_length + nbytes:
-            raise GoldenError(f"{where}: the zip directory says {info.file_size} bytes uncompressed, the header "
-                              f"and the manifest give exactly {header_length + nbytes}")
+            raise GoldenError(
+                f"{where}: the zip directory says {info.file_size} bytes uncompressed, the header "
+                f"and the manifest give exactly {header_length + nbytes}"
+            )
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
             raise GoldenError(f"{where}: stored (uncompressed) with {info.compress_size} bytes for {info.file_size}")
         raw = fp.read(nbytes + 1)  # bounded; reading to the end checks the CRC
@@ -1009,9 +1069,11 @@ def _case_arrays(data: bytes, case: dict, where: str) -> dict:
         extra = sorted(set(names) - set(wanted))
         missing = sorted(set(wanted) - set(names))
         if extra or missing:
-            raise GoldenError(f"{where}: members differ from the manifest: "
-                              f"{'extra ' + str(extra[:5]) if extra else ''}"
-                              f"{' missing ' + str(missing[:5]) if missing else ''}".replace(":  ", ": "))
+            raise GoldenError(
+                f"{where}: members differ from the manifest: "
+                f"{'extra ' + str(extra[:5]) if extra else ''}"
+                f"{' missing ' + str(missing[:5]) if missing else ''}".replace(":  ", ": ")
+            )
         arrays = {}
         for info in infos:
             key = wanted[info.filename]
@@ -1059,8 +1121,10 @@ def _load_set(directory, digest=None, keep_op=None):
     data = _read_regular(directory, _MANIFEST, MAX_MANIFEST_BYTES, "golden set")
     actual = _sha256(data)
     if digest is not None and actual != digest:
-        raise GoldenError(f"{path}: the set digest is {actual}, but {digest} was pinned: this is not "
-                          f"the golden set the port is to be verified against")
+        raise GoldenError(
+            f"{path}: the set digest is {actual}, but {digest} was pinned: this is not "
+            f"the golden set the port is to be verified against"
+        )
     manifest = _parse_manifest(data, path)
     input_digests = _check_manifest(manifest, path)
     kept = {}
@@ -1072,12 +1136,16 @@ def _load_set(directory, digest=None, keep_op=None):
         # in the last bits between machines): an edited seed or input is caught here.
         for key, want in input_digests[case["file"]].items():
             if manifest["dtype"] == "bfloat16" and not_bfloat16(arrays[key]).any():
-                raise GoldenError(f"case {case['name']!r} ({case['op']}): {case['file']}: input {key} holds "
-                                  f"values that are not bfloat16 numbers (a bfloat16 set stores float32 "
-                                  f"arrays of bfloat16 numbers only)")
+                raise GoldenError(
+                    f"case {case['name']!r} ({case['op']}): {case['file']}: input {key} holds "
+                    f"values that are not bfloat16 numbers (a bfloat16 set stores float32 "
+                    f"arrays of bfloat16 numbers only)"
+                )
             if _array_digest(arrays[key]) != want:
-                raise GoldenError(f"case {case['name']!r} ({case['op']}): {case['file']}: input {key} is not "
-                                  f"what this package draws for seed {manifest['seed']} (seed or inputs edited)")
+                raise GoldenError(
+                    f"case {case['name']!r} ({case['op']}): {case['file']}: input {key} is not "
+                    f"what this package draws for seed {manifest['seed']} (seed or inputs edited)"
+                )
     return (manifest, actual) if keep_op is None else (manifest, actual, kept)
 
 
@@ -1166,12 +1234,16 @@ class VerifyReport:
         return f"tolerances: {state} by override: {text} (loosening limit {MAX_RTOL_SCALE:g}x the stored rtol)"
 
     def table(self) -> str:
-        lines = [f"golden verify: op {self.op}: {'PASSED' if self.passed else 'FAILED'} "
-                 f"({len(self.results) - len(self.failures)}/{len(self.results)} arrays pass, "
-                 f"{self.cases_run} cases run, {len(self.excluded)} cases excluded)"]
+        lines = [
+            f"golden verify: op {self.op}: {'PASSED' if self.passed else 'FAILED'} "
+            f"({len(self.results) - len(self.failures)}/{len(self.results)} arrays pass, "
+            f"{self.cases_run} cases run, {len(self.excluded)} cases excluded)"
+        ]
         if self.digest:
-            lines.append(f"  golden set {self.directory}: format {self.format_version}, suite {self.suite}, "
-                         f"dtype {self.dtype}, seed {self.seed}")
+            lines.append(
+                f"  golden set {self.directory}: format {self.format_version}, suite {self.suite}, "
+                f"dtype {self.dtype}, seed {self.seed}"
+            )
             lines.append(f"  set digest (SHA-256 of manifest.json): {self.digest}")
         lines.append("  " + self._tolerance_line())
         if self.port:
@@ -1199,9 +1271,14 @@ class VerifyReport:
         return {
             "op": self.op,
             "passed": self.passed,
-            "golden_set": {"directory": self.directory, "digest_sha256": self.digest,
-                           "format_version": self.format_version, "suite": self.suite,
-                           "dtype": self.dtype, "seed": self.seed},
+            "golden_set": {
+                "directory": self.directory,
+                "digest_sha256": self.digest,
+                "format_version": self.format_version,
+                "suite": self.suite,
+                "dtype": self.dtype,
+                "seed": self.seed,
+            },
             "port": self.port,
             "tolerance_overrides": dict(self.overrides),
             "loosened": self.loosened,
@@ -1235,12 +1312,15 @@ def _check_exec_args(op, forward, backward, command, forward_only, timeout):
         raise TypeError(f"forward_only must be True or False, got {forward_only!r}")
     if command is None:
         if forward_only or timeout is not None:
-            raise ValueError("forward_only and timeout apply to an exec command; for a forward-only check of "
-                             "Python callables give only forward")
+            raise ValueError(
+                "forward_only and timeout apply to an exec command; for a forward-only check of "
+                "Python callables give only forward"
+            )
         if forward is None and backward is None:
             raise ValueError("give at least one of forward and backward (or an exec command)")
-        return "python callables: " + " and ".join(n for n, f in (("forward", forward), ("backward", backward))
-                                                   if f is not None), None
+        return "python callables: " + " and ".join(
+            n for n, f in (("forward", forward), ("backward", backward)) if f is not None
+        ), None
     from .exec_port import CASE_FIELDS, DEFAULT_TIMEOUT, check_command
 
     if forward is not None or backward is not None:
@@ -1256,9 +1336,21 @@ def _check_exec_args(op, forward, backward, command, forward_only, timeout):
     return f"exec {shown!r} (one run per case, {mode}, timeout {float(timeout):g} s)", float(timeout)
 
 
-def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, rtol_scale=1.0,
-                  rtol=None, atol=None, digest=None, command=None, forward_only=False,
-                  timeout=None) -> VerifyReport:
+def verify_golden(
+    directory,
+    op,
+    forward=None,
+    backward=None,
+    *,
+    exclude=None,
+    rtol_scale=1.0,
+    rtol=None,
+    atol=None,
+    digest=None,
+    command=None,
+    forward_only=False,
+    timeout=None,
+) -> VerifyReport:
     """Run a port on every golden case of ``op`` and compare.
 
     Parameters
@@ -1318,14 +1410,22 @@ def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, r
     manifest, actual_digest, arrays_of = _load_set(directory, digest, keep_op=op)
     cases = [case for case in manifest["cases"] if case["op"] == op]
     if not cases:
-        raise GoldenError(f"the golden set in {directory} has no cases of operation {op!r} "
-                          f"(it holds {manifest['operations']})")
+        raise GoldenError(
+            f"the golden set in {directory} has no cases of operation {op!r} (it holds {manifest['operations']})"
+        )
     unmatched = [p for p in exclude if not any(fnmatch(case["name"], p) for case in cases)]
     if unmatched:
         raise ValueError(f"exclude pattern {unmatched[0]!r} matches no case of operation {op!r}")
-    report = VerifyReport(op=op, directory=str(directory), digest=actual_digest, suite=manifest["suite"],
-                          dtype=manifest["dtype"], seed=manifest["seed"],
-                          overrides={"rtol": rtol, "atol": atol, "rtol_scale": rtol_scale}, port=port)
+    report = VerifyReport(
+        op=op,
+        directory=str(directory),
+        digest=actual_digest,
+        suite=manifest["suite"],
+        dtype=manifest["dtype"],
+        seed=manifest["seed"],
+        overrides={"rtol": rtol, "atol": atol, "rtol_scale": rtol_scale},
+        port=port,
+    )
     selected = []
     for case in cases:
         reasons = [reason for pattern, reason in exclude.items() if fnmatch(case["name"], pattern)]
@@ -1341,11 +1441,22 @@ def verify_golden(directory, op, forward=None, backward=None, *, exclude=None, r
     report.loosened = _loosens([t for case in selected for t in case["tolerances"].values()], rtol, atol, rtol_scale)
     for case, arrays in loaded:
         if command is not None:
-            results = run_exec_and_compare(command, op, case["name"], case, arrays, forward_only=forward_only,
-                                           timeout=timeout, rtol=rtol, atol=atol, rtol_scale=rtol_scale)
+            results = run_exec_and_compare(
+                command,
+                op,
+                case["name"],
+                case,
+                arrays,
+                forward_only=forward_only,
+                timeout=timeout,
+                rtol=rtol,
+                atol=atol,
+                rtol_scale=rtol_scale,
+            )
         else:
-            results = run_and_compare(op, case["name"], case, arrays, forward, backward,
-                                      rtol=rtol, atol=atol, rtol_scale=rtol_scale)
+            results = run_and_compare(
+                op, case["name"], case, arrays, forward, backward, rtol=rtol, atol=atol, rtol_scale=rtol_scale
+            )
         report.results.extend(results)
         report.cases_run += 1
     return report
@@ -1417,8 +1528,10 @@ def _check_output_file(name, option):
 def _cli_export(args) -> int:
     manifest = export_golden(args.directory, suite=args.suite, dtype=args.dtype, seed=args.seed)
     digest = _sha256(_manifest_text(manifest).encode("utf-8"))
-    print(f"wrote {len(manifest['cases'])} cases ({args.suite}, {args.dtype}, seed {args.seed}) and "
-          f"manifest.json to {args.directory}\nset digest (SHA-256 of manifest.json): {digest}")
+    print(
+        f"wrote {len(manifest['cases'])} cases ({args.suite}, {args.dtype}, seed {args.seed}) and "
+        f"manifest.json to {args.directory}\nset digest (SHA-256 of manifest.json): {digest}"
+    )
     return 0
 
 
@@ -1437,15 +1550,26 @@ def _cli_verify(args) -> int:
         forward = backward = None
     else:
         if args.forward_only or args.timeout is not None:
-            raise ValueError("--forward-only and --timeout apply to --exec; for a forward-only check of a "
-                             "Python port give only --forward")
+            raise ValueError(
+                "--forward-only and --timeout apply to --exec; for a forward-only check of a "
+                "Python port give only --forward"
+            )
         forward = _load_port(args.forward, "--forward")
         backward = _load_port(args.backward, "--backward")
         if forward is None and backward is None:
             raise ValueError("give --forward and/or --backward, or --exec")
-    report = verify_golden(args.directory, args.op, forward, backward, exclude=exclude,
-                           rtol_scale=args.rtol_scale, digest=args.digest, command=args.exec,
-                           forward_only=args.forward_only, timeout=args.timeout)
+    report = verify_golden(
+        args.directory,
+        args.op,
+        forward,
+        backward,
+        exclude=exclude,
+        rtol_scale=args.rtol_scale,
+        digest=args.digest,
+        command=args.exec,
+        forward_only=args.forward_only,
+        timeout=args.timeout,
+    )
     print(report.table())
     if args.json is not None:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n")
@@ -1456,39 +1580,61 @@ def register_cli(subparsers):
     from .exec_port import DEFAULT_TIMEOUT
 
     golden = subparsers.add_parser(
-        "golden", help="export golden vectors or verify a port against them",
+        "golden",
+        help="export golden vectors or verify a port against them",
         description="Exit status: 0 only when every non-excluded case ran and passed (verify) or the set "
-                    "was written (export); 1 when a port failed; 2 when the set, an argument or the "
-                    "port is unusable (one line on stderr).")
+        "was written (export); 1 when a port failed; 2 when the set, an argument or the "
+        "port is unusable (one line on stderr).",
+    )
     sub = golden.add_subparsers(dest="golden_command", metavar="ACTION", required=True)
     ex = sub.add_parser("export", help="write a deterministic golden set")
     ex.add_argument("directory")
     ex.add_argument("--suite", choices=["core", "full"], default="core")
-    ex.add_argument("--dtype", choices=list(FLOAT_DTYPES), default="float64",
-                    help="float16 and bfloat16 sets carry mixed-precision tolerances (docs/porting.md); "
-                         "bfloat16 inputs are stored as float32 arrays of bfloat16 numbers")
+    ex.add_argument(
+        "--dtype",
+        choices=list(FLOAT_DTYPES),
+        default="float64",
+        help="float16 and bfloat16 sets carry mixed-precision tolerances (docs/porting.md); "
+        "bfloat16 inputs are stored as float32 arrays of bfloat16 numbers",
+    )
     ex.add_argument("--seed", type=int, default=DEFAULT_SEED, help="in [0, 2**63 - 1]")
     ex.set_defaults(func=_cli_export)
-    ve = sub.add_parser("verify", help="run a port on every golden case of an operation",
-                        description="Failing arrays are diagnosed against known porting defects "
-                                    "(docs/defects.md).")
+    ve = sub.add_parser(
+        "verify",
+        help="run a port on every golden case of an operation",
+        description="Failing arrays are diagnosed against known porting defects (docs/defects.md).",
+    )
     ve.add_argument("directory")
     ve.add_argument("--op", required=True, choices=sorted(OPERATIONS))
     ve.add_argument("--forward", help="package.module:function")
     ve.add_argument("--backward", help="package.module:function")
-    ve.add_argument("--exec", metavar="COMMAND",
-                    help='a port that is a program: "COMMAND {in} {out}", run once per case through the exec '
-                         "protocol (docs/porting.md); not with --forward/--backward")
-    ve.add_argument("--timeout", type=float, metavar="SECONDS",
-                    help=f"with --exec: seconds per case before the port's process group is killed "
-                         f"(default {DEFAULT_TIMEOUT:g})")
-    ve.add_argument("--forward-only", action="store_true",
-                    help="with --exec: expect only the forward outputs")
-    ve.add_argument("--exclude", action="append", metavar="PATTERN=REASON",
-                    help="skip cases matching an fnmatch pattern, with a stated reason (repeatable)")
-    ve.add_argument("--rtol-scale", type=float, default=1.0,
-                    help=f"multiply every stored rtol (finite, > 0, at most {MAX_RTOL_SCALE:g})")
-    ve.add_argument("--digest", metavar="SHA256",
-                    help="refuse the set unless its digest (SHA-256 of manifest.json) is this")
+    ve.add_argument(
+        "--exec",
+        metavar="COMMAND",
+        help='a port that is a program: "COMMAND {in} {out}", run once per case through the exec '
+        "protocol (docs/porting.md); not with --forward/--backward",
+    )
+    ve.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"with --exec: seconds per case before the port's process group is killed (default {DEFAULT_TIMEOUT:g})",
+    )
+    ve.add_argument("--forward-only", action="store_true", help="with --exec: expect only the forward outputs")
+    ve.add_argument(
+        "--exclude",
+        action="append",
+        metavar="PATTERN=REASON",
+        help="skip cases matching an fnmatch pattern, with a stated reason (repeatable)",
+    )
+    ve.add_argument(
+        "--rtol-scale",
+        type=float,
+        default=1.0,
+        help=f"multiply every stored rtol (finite, > 0, at most {MAX_RTOL_SCALE:g})",
+    )
+    ve.add_argument(
+        "--digest", metavar="SHA256", help="refuse the set unless its digest (SHA-256 of manifest.json) is this"
+    )
     ve.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     ve.set_defaults(func=_cli_verify)

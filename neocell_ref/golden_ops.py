@@ -79,7 +79,7 @@ def case_rng(op_name: str, case_name: str, seed: int) -> np.random.Generator:
     """
     seed = check_seed(seed)
     digest = hashlib.sha256(f"{op_name}/{case_name}".encode()).digest()
-    words = [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
+    words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
     return np.random.default_rng(np.random.SeedSequence([seed, *words]))
 
 
@@ -176,7 +176,6 @@ def _neocell_propagation(groups, arrays):
     return prop
 
 
-
 # --------------------------------------------------------------------------------------
 # the NeoCell operation
 # --------------------------------------------------------------------------------------
@@ -213,10 +212,14 @@ NEOCELL_CASES_CORE = [
     # non-integer ratios 2 -> 3 and 3 -> 2 with partial tiles
     ("ratio_2to3_3to2", [{"h_in": 2, "h_out": 3, "w_in": 3, "w_out": 2, "channels": 2}], (1, 2, 6, 9)),
     # mixed groups with different kernels but the same down-sampling ratio
-    ("mixed_down_2to1_4to2", [
-        {"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 3},
-        {"h_in": 4, "h_out": 2, "w_in": 4, "w_out": 2, "channels": 2},
-    ], (1, 5, 12, 8)),
+    (
+        "mixed_down_2to1_4to2",
+        [
+            {"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 3},
+            {"h_in": 4, "h_out": 2, "w_in": 4, "w_out": 2, "channels": 2},
+        ],
+        (1, 5, 12, 8),
+    ),
     # rectangular input, mixed "3+5" with shift 2 (3: 2 sub-groups; 5: 3 sub-groups)
     ("mixed_3p5_shift2_rect", [_k(3, 4, 2), _k(5, 5, 2)], (2, 9, 6, 17)),
 ]
@@ -363,7 +366,7 @@ class Operation:
 
     name: str
     cases: Callable  # suite -> list of (name, spec, shape)
-    make: Callable   # (name, spec, shape, dtype, rng) -> (meta, arrays, inputs, tolerances)
+    make: Callable  # (name, spec, shape, dtype, rng) -> (meta, arrays, inputs, tolerances)
     run_port: Callable  # (arrays, meta, forward, backward) -> {array: got}
     convention: str
 
@@ -402,12 +405,18 @@ LAYER_CASES_CORE = [
     ("linear_channels_bias", "linear", {"x": (2, 6, 3, 5), "weight": (10, 6), "bias": (10,)}, {}),
     ("linear_vector_nobias", "linear", {"x": (4, 12), "weight": (5, 12)}, {}),
     ("conv1x1", "conv1x1", {"x": (2, 5, 4, 3), "weight": (7, 5, 1, 1)}, {}),
-    ("batchnorm_training", "batchnorm",
-     {"x": (3, 4, 5, 6), "weight": (4,), "bias": (4,), "running_mean": (4,), "running_var": (4,)},
-     {"training": True, "eps": 1e-5}),
-    ("batchnorm_inference", "batchnorm",
-     {"x": (3, 4, 5, 6), "weight": (4,), "bias": (4,), "running_mean": (4,), "running_var": (4,)},
-     {"training": False, "eps": 1e-5}),
+    (
+        "batchnorm_training",
+        "batchnorm",
+        {"x": (3, 4, 5, 6), "weight": (4,), "bias": (4,), "running_mean": (4,), "running_var": (4,)},
+        {"training": True, "eps": 1e-5},
+    ),
+    (
+        "batchnorm_inference",
+        "batchnorm",
+        {"x": (3, 4, 5, 6), "weight": (4,), "bias": (4,), "running_mean": (4,), "running_var": (4,)},
+        {"training": False, "eps": 1e-5},
+    ),
     ("layernorm_vector", "layernorm", {"x": (4, 12), "weight": (12,), "bias": (12,)}, {"eps": 1e-6}),
     ("layernorm_channels", "layernorm", {"x": (2, 5, 3, 3), "weight": (5,), "bias": (5,)}, {"eps": 1e-6}),
     ("gelu", "gelu", {"x": (4, 64)}, {}),
@@ -491,17 +500,25 @@ def _layer_make(kind):
             n = acc[key]
             # Half precision: one rounding to the half type, the stored result (sums,
             # statistics and elementary functions in float32).
-            rule = (half_tolerance(dtype, n, 1) if dtype in HALF_DTYPES
-                    else {"rtol": SAFETY * (n + 1) * u, "atol": 0.0, "accumulation_length": n})
+            rule = (
+                half_tolerance(dtype, n, 1)
+                if dtype in HALF_DTYPES
+                else {"rtol": SAFETY * (n + 1) * u, "atol": 0.0, "accumulation_length": n}
+            )
             tolerances[key] = {
                 **rule,
                 "bound": f"bound/{key}" if _elementwise_bound(kind) else None,
                 "norm": registry.get(kind).norm,
             }
         arrays.update(expected)
-        meta = {"layer": kind, "input_order": order, "options": options,
-                "shapes": {k: list(v) for k, v in shapes.items()}}
+        meta = {
+            "layer": kind,
+            "input_order": order,
+            "options": options,
+            "shapes": {k: list(v) for k, v in shapes.items()},
+        }
         return meta, arrays, inputs, tolerances
+
     return make
 
 
@@ -515,7 +532,7 @@ def _layer_run_port(arrays, meta, forward, backward):
         grads = list(backward(arrays["grad_y"], *inputs, **options))
         # One gradient per positional input; trailing ones for optional inputs that
         # were not given (a missing bias) must be None.
-        if len(grads) < len(order) or any(g is not None for g in grads[len(order):]):
+        if len(grads) < len(order) or any(g is not None for g in grads[len(order) :]):
             raise ValueError(f"backward returned {len(grads)} gradients for inputs {order}")
         for name, grad in zip(order, grads):
             if f"grad_{name}" in meta["tolerances"]:
@@ -551,10 +568,24 @@ MODEL_RTOL = {"float64": {"logits": 1e-10, "grad": 1e-10}, "float32": {"logits":
 
 #: Curated model cases: (name, NeoNeXtConfig options, input shape).
 MODEL_CASES_CORE = [
-    ("tiny_default_options", dict(per_stage_layers=(1, 1, 2, 1), dims=(8, 16, 32, 64), num_classes=10), (2, 3, 112, 112)),
-    ("tiny_released_options", dict(per_stage_layers=(1, 2, 1, 1), dims=(8, 16, 24, 32), num_classes=7,
-                                   kernel_spec="4+7", linear_bias=True, layer_scale_init_value=0.5,
-                                   shifts=(1, 1, 1, 0)), (2, 3, 112, 96)),
+    (
+        "tiny_default_options",
+        dict(per_stage_layers=(1, 1, 2, 1), dims=(8, 16, 32, 64), num_classes=10),
+        (2, 3, 112, 112),
+    ),
+    (
+        "tiny_released_options",
+        dict(
+            per_stage_layers=(1, 2, 1, 1),
+            dims=(8, 16, 24, 32),
+            num_classes=7,
+            kernel_spec="4+7",
+            linear_bias=True,
+            layer_scale_init_value=0.5,
+            shifts=(1, 1, 1, 0),
+        ),
+        (2, 3, 112, 96),
+    ),
 ]
 
 
@@ -588,10 +619,12 @@ def _random_state(model, rng):
 #: Operations that have no half-precision golden cases, with the reason (said in
 #: ``docs/porting.md``, "Half precision").
 HALF_EXCLUDED = {
-    "model": ("no sound tolerance: a whole NeoNeXt in half precision has no a-priori bound (a dozen "
-              "normalisations divide by computed standard deviations) and this package has no "
-              "mixed-precision emulation of the whole network to measure one on; verify the model "
-              "in float32 and its NeoCells and layers in half precision"),
+    "model": (
+        "no sound tolerance: a whole NeoNeXt in half precision has no a-priori bound (a dozen "
+        "normalisations divide by computed standard deviations) and this package has no "
+        "mixed-precision emulation of the whole network to measure one on; verify the model "
+        "in float32 and its NeoCells and layers in half precision"
+    ),
 }
 
 
@@ -606,8 +639,12 @@ def _model_make(name, config, x_shape, dtype, rng):
     arrays = {f"state/{k}": (v if roles[k] == "count" else v.astype(dtype)) for k, v in state.items()}
     arrays["x"] = rng.standard_normal(x_shape).astype(dtype)
     arrays["grad_logits"] = rng.standard_normal((x_shape[0], config["num_classes"])).astype(dtype)
-    model.load_state_dict({k: arrays[f"state/{k}"] if roles[k] == "count" else np.asarray(arrays[f"state/{k}"], dtype=np.float64)
-                           for k in state})
+    model.load_state_dict(
+        {
+            k: arrays[f"state/{k}"] if roles[k] == "count" else np.asarray(arrays[f"state/{k}"], dtype=np.float64)
+            for k in state
+        }
+    )
     x64 = arrays["x"].astype(np.float64)
     expected = {"logits_eval": model.forward(x64, training=False)}
     expected["logits_train"] = model.forward(x64, training=True)
@@ -626,8 +663,14 @@ def _model_make(name, config, x_shape, dtype, rng):
         peers = [key]
         if key.startswith("grad/"):
             peers = sorted(k for k in expected if k.startswith("grad/") and layer_of(k) == layer_of(key))
-        tolerances[key] = {"rtol": rtol["logits" if key.startswith("logits") else "grad"], "atol": 0.0,
-                           "accumulation_length": None, "bound": None, "norm": "max", "scale_with": peers}
+        tolerances[key] = {
+            "rtol": rtol["logits" if key.startswith("logits") else "grad"],
+            "atol": 0.0,
+            "accumulation_length": None,
+            "bound": None,
+            "norm": "max",
+            "scale_with": peers,
+        }
     arrays.update(expected)
     meta = {"config": dict(config), "x_shape": list(x_shape)}
     return meta, arrays, inputs, tolerances
@@ -635,7 +678,7 @@ def _model_make(name, config, x_shape, dtype, rng):
 
 def _model_run_port(arrays, meta, forward, backward):
     def state():  # a fresh copy per call: a port may update buffers in place
-        return {k[len("state/"):]: np.array(v) for k, v in arrays.items() if k.startswith("state/")}
+        return {k[len("state/") :]: np.array(v) for k, v in arrays.items() if k.startswith("state/")}
 
     config = dict(meta["config"])
     got = {}
@@ -645,12 +688,12 @@ def _model_run_port(arrays, meta, forward, backward):
     if backward is not None:
         grad_x, grads = backward(arrays["grad_logits"], arrays["x"], state(), config)
         got["grad_x"] = grad_x
-        missing = [k for k in meta["tolerances"] if k.startswith("grad/") and k[len("grad/"):] not in grads]
+        missing = [k for k in meta["tolerances"] if k.startswith("grad/") and k[len("grad/") :] not in grads]
         if missing:
             raise ValueError(f"backward returned no gradient for {missing}")
         for key in meta["tolerances"]:
             if key.startswith("grad/"):
-                got[key] = grads[key[len("grad/"):]]
+                got[key] = grads[key[len("grad/") :]]
     return got
 
 

@@ -188,7 +188,9 @@ def check_gradients(
             raise ValueError("nothing to check: wrt is empty")
         bad = [i for i in wrt if i >= len(inputs)]
         if bad:
-            raise ValueError(f"wrt names input(s) {bad}, but there are only {len(inputs)} inputs (indices 0..{len(inputs) - 1})")
+            raise ValueError(
+                f"wrt names input(s) {bad}, but there are only {len(inputs)} inputs (indices 0..{len(inputs) - 1})"
+            )
         if len(set(wrt)) != len(wrt):
             raise ValueError(f"wrt lists an input twice: {wrt}")
     out = as_real_array(forward(*inputs), "the forward's output")

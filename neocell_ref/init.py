@@ -45,7 +45,7 @@ def skewed_identity(n_rows: int, n_cols: int, dtype=np.float64) -> np.ndarray:
     step = round(n / m)  # Python's round: 2.5 -> 2, 3.5 -> 4
     s = np.zeros((n, m), dtype=dtype)
     for i in range(m):
-        s[i * step:min((i + 1) * step, n), i] = 1.0
+        s[i * step : min((i + 1) * step, n), i] = 1.0
     sums = s.sum(axis=0)
     # Leave empty columns at zero instead of dividing 0 by 0.
     return np.divide(s, sums, out=np.zeros_like(s), where=sums > 0)
@@ -77,9 +77,7 @@ def neo_init(specs, rng=None, *, dtype=np.float64, noise_scale=1.0):
     """
     specs = parse_specs(specs)
     if not isinstance(rng, np.random.Generator):
-        raise TypeError(
-            f"rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)), got {rng!r}"
-        )
+        raise TypeError(f"rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)), got {rng!r}")
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")

@@ -100,15 +100,21 @@ def _bwd_patchify(model, desc, grad, x):
     return L.patchify_backward(grad, x, patch=desc.options["patch"])[0]
 
 
-register(LayerKind(
-    "patchify", "``patch`` (4): ``(C, H, W) -> (C*16, H/4, W/4)``",
-    state=_no_state, roles=_roles({}), init=_no_params,
-    forward=_fwd_patchify, backward=_bwd_patchify,
-    count=lambda layer: (_no_macs(), 0),  # a reshape
-    functions=(L.patchify_forward, L.patchify_backward),
-    accumulation=lambda shapes, options, elementary: {"y": 1, "grad_x": 1},
-    norm="elementwise",
-))
+register(
+    LayerKind(
+        "patchify",
+        "``patch`` (4): ``(C, H, W) -> (C*16, H/4, W/4)``",
+        state=_no_state,
+        roles=_roles({}),
+        init=_no_params,
+        forward=_fwd_patchify,
+        backward=_bwd_patchify,
+        count=lambda layer: (_no_macs(), 0),  # a reshape
+        functions=(L.patchify_forward, L.patchify_backward),
+        accumulation=lambda shapes, options, elementary: {"y": 1, "grad_x": 1},
+        norm="elementwise",
+    )
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -136,16 +142,22 @@ def _bwd_conv1x1(model, desc, grad, x):
     return grad_x
 
 
-register(LayerKind(
-    "conv1x1", "bias-free 1x1 convolution; param ``weight`` (out, in, 1, 1)",
-    state=lambda i, o, options: ({"weight": (o[0], i[0], 1, 1)}, {}),
-    roles=_roles({}),
-    init=lambda desc, rng, dtype: {"weight": trunc_normal(rng, desc.params["weight"], dtype=dtype)},
-    init_draws_float64=True,
-    forward=_fwd_conv1x1, backward=_bwd_conv1x1, count=_product_count,
-    functions=(L.conv1x1_forward, L.conv1x1_backward),
-    accumulation=_product_accumulation, norm="elementwise",
-))
+register(
+    LayerKind(
+        "conv1x1",
+        "bias-free 1x1 convolution; param ``weight`` (out, in, 1, 1)",
+        state=lambda i, o, options: ({"weight": (o[0], i[0], 1, 1)}, {}),
+        roles=_roles({}),
+        init=lambda desc, rng, dtype: {"weight": trunc_normal(rng, desc.params["weight"], dtype=dtype)},
+        init_draws_float64=True,
+        forward=_fwd_conv1x1,
+        backward=_bwd_conv1x1,
+        count=_product_count,
+        functions=(L.conv1x1_forward, L.conv1x1_backward),
+        accumulation=_product_accumulation,
+        norm="elementwise",
+    )
+)
 
 
 def _linear_state(in_shape, out_shape, options):
@@ -179,14 +191,22 @@ def _bwd_linear(model, desc, grad, x):
     return grad_x
 
 
-register(LayerKind(
-    "linear", "on the channel axis; ``bias`` (bool); params ``weight`` (out, in) and ``bias`` (out,) "
-              "when present",
-    state=_linear_state, roles=_roles({"bias": "shift"}), init=_init_linear, init_draws_float64=True,
-    forward=_fwd_linear, backward=_bwd_linear, count=_product_count,
-    functions=(L.linear_forward, L.linear_backward),
-    accumulation=_product_accumulation, norm="elementwise",
-))
+register(
+    LayerKind(
+        "linear",
+        "on the channel axis; ``bias`` (bool); params ``weight`` (out, in) and ``bias`` (out,) when present",
+        state=_linear_state,
+        roles=_roles({"bias": "shift"}),
+        init=_init_linear,
+        init_draws_float64=True,
+        forward=_fwd_linear,
+        backward=_bwd_linear,
+        count=_product_count,
+        functions=(L.linear_forward, L.linear_backward),
+        accumulation=_product_accumulation,
+        norm="elementwise",
+    )
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -195,7 +215,8 @@ register(LayerKind(
 def _init_batchnorm(desc, rng, dtype):
     c = desc.params["weight"]
     return {
-        "weight": np.ones(c, dtype=dtype), "bias": np.zeros(c, dtype=dtype),
+        "weight": np.ones(c, dtype=dtype),
+        "bias": np.zeros(c, dtype=dtype),
         "running_mean": np.zeros(desc.buffers["running_mean"], dtype=dtype),
         "running_var": np.ones(desc.buffers["running_var"], dtype=dtype),
         "num_batches_tracked": np.asarray(0, dtype=np.int64),
@@ -223,8 +244,13 @@ def _fwd_batchnorm(model, desc, x, training, inplace):
 def _bwd_batchnorm(model, desc, grad, saved):
     x, running, training = saved
     grad_x, grad_w, grad_b, _, _ = L.batchnorm_backward(
-        grad, x, model.param(desc, "weight"), model.param(desc, "bias"), *running,
-        training=training, eps=desc.options["eps"],
+        grad,
+        x,
+        model.param(desc, "weight"),
+        model.param(desc, "bias"),
+        *running,
+        training=training,
+        eps=desc.options["eps"],
     )
     model.set_grad(desc, "weight", grad_w)
     model.set_grad(desc, "bias", grad_b)
@@ -242,18 +268,32 @@ def _accumulation_batchnorm(shapes, options, elementary):
     return {"y": n, "grad_x": n, "grad_weight": n, "grad_bias": n}
 
 
-register(LayerKind(
-    "batchnorm", "``eps``, ``momentum``; params ``weight``, ``bias``; buffers ``running_mean``, "
-                 "``running_var``, ``num_batches_tracked``",
-    state=lambda i, o, options: (
-        {"weight": (i[0],), "bias": (i[0],)},
-        {"running_mean": (i[0],), "running_var": (i[0],), "num_batches_tracked": ()},
-    ),
-    roles=_roles({"weight": "scale", "bias": "shift", "running_mean": "shift", "running_var": "variance",
-                  "num_batches_tracked": "count"}),
-    init=_init_batchnorm, forward=_fwd_batchnorm, backward=_bwd_batchnorm, count=_count_batchnorm,
-    functions=(L.batchnorm_forward, L.batchnorm_backward), accumulation=_accumulation_batchnorm,
-))
+register(
+    LayerKind(
+        "batchnorm",
+        "``eps``, ``momentum``; params ``weight``, ``bias``; buffers ``running_mean``, "
+        "``running_var``, ``num_batches_tracked``",
+        state=lambda i, o, options: (
+            {"weight": (i[0],), "bias": (i[0],)},
+            {"running_mean": (i[0],), "running_var": (i[0],), "num_batches_tracked": ()},
+        ),
+        roles=_roles(
+            {
+                "weight": "scale",
+                "bias": "shift",
+                "running_mean": "shift",
+                "running_var": "variance",
+                "num_batches_tracked": "count",
+            }
+        ),
+        init=_init_batchnorm,
+        forward=_fwd_batchnorm,
+        backward=_bwd_batchnorm,
+        count=_count_batchnorm,
+        functions=(L.batchnorm_forward, L.batchnorm_backward),
+        accumulation=_accumulation_batchnorm,
+    )
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -310,12 +350,20 @@ def _count_neocell(layer):
     return macs, 0
 
 
-register(LayerKind(
-    "neocell", "``specs`` (tuple of GroupSpec); params ``weight_a.{g}``, ``weight_b.{g}``",
-    state=_neocell_state, roles=_roles({}, default="kernel"), init=_init_neocell, init_draws_float64=True,
-    forward=_fwd_neocell, backward=_bwd_neocell, count=_count_neocell,
-    # Golden cases of NeoCell are the "neocell" operation of neocell_ref.golden_ops.
-))
+register(
+    LayerKind(
+        "neocell",
+        "``specs`` (tuple of GroupSpec); params ``weight_a.{g}``, ``weight_b.{g}``",
+        state=_neocell_state,
+        roles=_roles({}, default="kernel"),
+        init=_init_neocell,
+        init_draws_float64=True,
+        forward=_fwd_neocell,
+        backward=_bwd_neocell,
+        count=_count_neocell,
+        # Golden cases of NeoCell are the "neocell" operation of neocell_ref.golden_ops.
+    )
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -329,13 +377,20 @@ def _bwd_gelu(model, desc, grad, x):
     return L.gelu_backward(grad, x)[0]
 
 
-register(LayerKind(
-    "gelu", "exact (erf) GELU",
-    state=_no_state, roles=_roles({}), init=_no_params, forward=_fwd_gelu, backward=_bwd_gelu,
-    count=lambda layer: (_no_macs(), _cx._ELEMENTWISE_PER_ELEMENT["gelu"] * _out_elems(layer)),
-    functions=(L.gelu_forward, L.gelu_backward),
-    accumulation=lambda shapes, options, elementary: {"y": elementary, "grad_x": elementary},
-))
+register(
+    LayerKind(
+        "gelu",
+        "exact (erf) GELU",
+        state=_no_state,
+        roles=_roles({}),
+        init=_no_params,
+        forward=_fwd_gelu,
+        backward=_bwd_gelu,
+        count=lambda layer: (_no_macs(), _cx._ELEMENTWISE_PER_ELEMENT["gelu"] * _out_elems(layer)),
+        functions=(L.gelu_forward, L.gelu_backward),
+        accumulation=lambda shapes, options, elementary: {"y": elementary, "grad_x": elementary},
+    )
+)
 
 
 def _init_layer_scale(desc, rng, dtype):
@@ -355,15 +410,21 @@ def _bwd_layer_scale(model, desc, grad, x):
     return grad_x
 
 
-register(LayerKind(
-    "layer_scale", "param ``gamma`` (C,); ``init_value``",
-    state=lambda i, o, options: ({"gamma": (i[0],)}, {}), roles=_roles({"gamma": "scale"}),
-    init=_init_layer_scale, forward=_fwd_layer_scale, backward=_bwd_layer_scale,
-    count=lambda layer: (_no_macs(), _cx._ELEMENTWISE_PER_ELEMENT["layer_scale"] * _out_elems(layer)),
-    functions=(L.layer_scale_forward, L.layer_scale_backward),
-    accumulation=lambda shapes, options, elementary: {"y": 1, "grad_x": 1, "grad_gamma": _positions(shapes)[0]},
-    norm="elementwise",
-))
+register(
+    LayerKind(
+        "layer_scale",
+        "param ``gamma`` (C,); ``init_value``",
+        state=lambda i, o, options: ({"gamma": (i[0],)}, {}),
+        roles=_roles({"gamma": "scale"}),
+        init=_init_layer_scale,
+        forward=_fwd_layer_scale,
+        backward=_bwd_layer_scale,
+        count=lambda layer: (_no_macs(), _cx._ELEMENTWISE_PER_ELEMENT["layer_scale"] * _out_elems(layer)),
+        functions=(L.layer_scale_forward, L.layer_scale_backward),
+        accumulation=lambda shapes, options, elementary: {"y": 1, "grad_x": 1, "grad_gamma": _positions(shapes)[0]},
+        norm="elementwise",
+    )
+)
 
 
 def _fwd_drop_path(model, desc, x, training, inplace):
@@ -381,15 +442,22 @@ def _bwd_drop_path(model, desc, grad, saved):
     return L.drop_path_backward(grad, x, scale)[0]
 
 
-register(LayerKind(
-    "drop_path", "``rate`` (probability of dropping the residual branch, training only)",
-    state=_no_state, roles=_roles({}), init=_no_params, inference_identity=True,
-    forward=_fwd_drop_path, backward=_bwd_drop_path,
-    count=lambda layer: (_no_macs(), 0),  # the identity in inference
-    functions=(L.drop_path_forward, L.drop_path_backward),
-    accumulation=lambda shapes, options, elementary: {"y": 1, "grad_x": 1},
-    norm="elementwise",
-))
+register(
+    LayerKind(
+        "drop_path",
+        "``rate`` (probability of dropping the residual branch, training only)",
+        state=_no_state,
+        roles=_roles({}),
+        init=_no_params,
+        inference_identity=True,
+        forward=_fwd_drop_path,
+        backward=_bwd_drop_path,
+        count=lambda layer: (_no_macs(), 0),  # the identity in inference
+        functions=(L.drop_path_forward, L.drop_path_backward),
+        accumulation=lambda shapes, options, elementary: {"y": 1, "grad_x": 1},
+        norm="elementwise",
+    )
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -403,15 +471,24 @@ def _bwd_avgpool(model, desc, grad, x):
     return L.avgpool_backward(grad, x)[0]
 
 
-register(LayerKind(
-    "avgpool", "global average pooling ``(C, H, W) -> (C,)``",
-    state=_no_state, roles=_roles({}), init=_no_params, forward=_fwd_avgpool, backward=_bwd_avgpool,
-    count=lambda layer: (_no_macs(), _cx._ELEMENTWISE_PER_ELEMENT["avgpool"]
-                         * math.prod(int(v) for v in layer.in_shape)),
-    functions=(L.avgpool_forward, L.avgpool_backward),
-    accumulation=lambda shapes, options, elementary: {"y": _positions(shapes)[1], "grad_x": 1},
-    norm="elementwise",
-))
+register(
+    LayerKind(
+        "avgpool",
+        "global average pooling ``(C, H, W) -> (C,)``",
+        state=_no_state,
+        roles=_roles({}),
+        init=_no_params,
+        forward=_fwd_avgpool,
+        backward=_bwd_avgpool,
+        count=lambda layer: (
+            _no_macs(),
+            _cx._ELEMENTWISE_PER_ELEMENT["avgpool"] * math.prod(int(v) for v in layer.in_shape),
+        ),
+        functions=(L.avgpool_forward, L.avgpool_backward),
+        accumulation=lambda shapes, options, elementary: {"y": _positions(shapes)[1], "grad_x": 1},
+        norm="elementwise",
+    )
+)
 
 
 def _fwd_layernorm(model, desc, x, training, inplace):
@@ -441,12 +518,20 @@ def _accumulation_layernorm(shapes, options, elementary):
     return {"y": n, "grad_x": n, "grad_weight": x[0] * spatial + elementary, "grad_bias": positions}
 
 
-register(LayerKind(
-    "layernorm", "over channels; ``eps``; params ``weight``, ``bias``",
-    state=lambda i, o, options: ({"weight": (i[0],), "bias": (i[0],)}, {}),
-    roles=_roles({"weight": "scale", "bias": "shift"}),
-    init=lambda desc, rng, dtype: {"weight": np.ones(desc.params["weight"], dtype=dtype),
-                                   "bias": np.zeros(desc.params["bias"], dtype=dtype)},
-    forward=_fwd_layernorm, backward=_bwd_layernorm, count=_count_layernorm,
-    functions=(L.layernorm_forward, L.layernorm_backward), accumulation=_accumulation_layernorm,
-))
+register(
+    LayerKind(
+        "layernorm",
+        "over channels; ``eps``; params ``weight``, ``bias``",
+        state=lambda i, o, options: ({"weight": (i[0],), "bias": (i[0],)}, {}),
+        roles=_roles({"weight": "scale", "bias": "shift"}),
+        init=lambda desc, rng, dtype: {
+            "weight": np.ones(desc.params["weight"], dtype=dtype),
+            "bias": np.zeros(desc.params["bias"], dtype=dtype),
+        },
+        forward=_fwd_layernorm,
+        backward=_bwd_layernorm,
+        count=_count_layernorm,
+        functions=(L.layernorm_forward, L.layernorm_backward),
+        accumulation=_accumulation_layernorm,
+    )
+)

@@ -36,19 +36,34 @@ from .instrument import matmul
 from .validation import as_int, as_real_array, check_nbytes, compute_dtype, real_number
 
 __all__ = [
-    "linear_forward", "linear_backward",
-    "conv1x1_forward", "conv1x1_backward",
-    "batchnorm_stats", "batchnorm_forward", "batchnorm_backward", "batchnorm_update_running",
+    "linear_forward",
+    "linear_backward",
+    "conv1x1_forward",
+    "conv1x1_backward",
+    "batchnorm_stats",
+    "batchnorm_forward",
+    "batchnorm_backward",
+    "batchnorm_update_running",
     "batchnorm_affine",
-    "layernorm_forward", "layernorm_backward",
-    "gelu_forward", "gelu_backward",
-    "patchify_forward", "patchify_backward",
-    "avgpool_forward", "avgpool_backward",
-    "layer_scale_forward", "layer_scale_backward",
-    "drop_path_scale", "drop_path_forward", "drop_path_backward",
-    "residual_add_forward", "residual_add_backward",
-    "cross_entropy_forward", "cross_entropy_backward",
-    "GELU_FLOAT32_COEFFICIENTS", "GELU_FLOAT32_CLIP",
+    "layernorm_forward",
+    "layernorm_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "patchify_forward",
+    "patchify_backward",
+    "avgpool_forward",
+    "avgpool_backward",
+    "layer_scale_forward",
+    "layer_scale_backward",
+    "drop_path_scale",
+    "drop_path_forward",
+    "drop_path_backward",
+    "residual_add_forward",
+    "residual_add_backward",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "GELU_FLOAT32_COEFFICIENTS",
+    "GELU_FLOAT32_CLIP",
 ]
 
 
@@ -84,8 +99,6 @@ def _check_grad(grad_y, expected_shape):
     grad_y = as_real_array(grad_y, "grad_y")
     _check_shape(grad_y, "grad_y", expected_shape)
     return grad_y
-
-
 
 
 def _channel_view(shape):
@@ -141,16 +154,16 @@ def _linear(x, weight, bias, tag):
 def _linear_grads(grad_y, x, weight, bias, tag):
     n = x.shape[0]
     if x.ndim == 2:
-        grad_x = matmul(grad_y, weight, tag)                       # dx = dy W
-        grad_w = matmul(grad_y.T, x, tag)                          # dW = dyᵀ x
+        grad_x = matmul(grad_y, weight, tag)  # dx = dy W
+        grad_w = matmul(grad_y.T, x, tag)  # dW = dyᵀ x
         grad_b = None if bias is None else grad_y.sum(axis=0)
         return grad_x, grad_w, grad_b
     c_out, c_in = weight.shape
     g3 = grad_y.reshape(n, c_out, -1)
     x3 = x.reshape(n, c_in, -1)
-    grad_x = matmul(weight.T, g3, tag).reshape(x.shape)            # dx[n] = Wᵀ dy[n]
+    grad_x = matmul(weight.T, g3, tag).reshape(x.shape)  # dx[n] = Wᵀ dy[n]
     if n == 1:
-        grad_w = matmul(g3[0], x3[0].T, tag)                       # dW = Σ_n dy[n] x[n]ᵀ
+        grad_w = matmul(g3[0], x3[0].T, tag)  # dW = Σ_n dy[n] x[n]ᵀ
     else:
         grad_w = matmul(g3, x3.transpose(0, 2, 1), tag).sum(axis=0)
     grad_b = None if bias is None else g3.sum(axis=(0, 2))
@@ -237,8 +250,7 @@ def _bn_prepare(x, weight, bias, running_mean, running_var, training, eps, grad_
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
     c = x.shape[1]
     arrays = []
-    for name, arr in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                      ("running_var", running_var)):
+    for name, arr in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
         if arr is None and name.startswith("running") and training:
             arrays.append(None)
             continue
@@ -249,9 +261,7 @@ def _bn_prepare(x, weight, bias, running_mean, running_var, training, eps, grad_
         raise TypeError(f"training must be a bool, got {training!r}")
     eps = real_number(eps, "eps", 0.0, low_open=True)
     if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
-        raise ValueError(
-            f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}"
-        )
+        raise ValueError(f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}")
     if not training:
         _check_running(arrays[2], arrays[3])
     if grad_y is not None:
@@ -425,18 +435,14 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
     _check_shape(rm, "running_mean", (x.shape[1],))
     _check_shape(rv, "running_var", (x.shape[1],))
     if x.shape[0] * x.shape[2] * x.shape[3] < 2:
-        raise ValueError(
-            f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}"
-        )
+        raise ValueError(f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}")
     momentum = real_number(momentum, "momentum", 0.0, 1.0)
     nbt = np.asarray(num_batches_tracked)
     if nbt.shape != () or nbt.dtype.kind not in "iu":
         raise TypeError(f"num_batches_tracked must be an integer scalar, got {num_batches_tracked!r}")
     count = int(nbt)
     if not 0 <= count < np.iinfo(np.int64).max:
-        raise ValueError(
-            f"num_batches_tracked must be in [0, 2**63 - 1) so that the new count fits int64, got {count}"
-        )
+        raise ValueError(f"num_batches_tracked must be in [0, 2**63 - 1) so that the new count fits int64, got {count}")
     _check_running(rm, rv)
     # Refused before any statistic is computed: a NaN or Inf would enter the running
     # statistics for good (and the model would then refuse its own state dict).
@@ -575,10 +581,10 @@ def _gelu32_forward(x, out):
     w_buf = np.empty(size, dtype=np.float32)
     with np.errstate(under="ignore"):  # exp(P(t)) underflows to 0 on purpose for large t
         for start in range(0, flat_x.size, _GELU_CHUNK):
-            xs = flat_x[start:start + _GELU_CHUNK]
-            ys = flat_y[start:start + _GELU_CHUNK]
-            t = np.abs(xs, out=t_buf[:xs.size])
-            q = _gelu32_tail(t, w_buf[:xs.size])  # clips t in place
+            xs = flat_x[start : start + _GELU_CHUNK]
+            ys = flat_y[start : start + _GELU_CHUNK]
+            t = np.abs(xs, out=t_buf[: xs.size])
+            q = _gelu32_tail(t, w_buf[: xs.size])  # clips t in place
             # The clipped t equals |x| wherever Φ(-t) is not exactly 0, so the product is
             # |x|·Φ(-|x|); for |x| = inf it is 12·0 = 0 instead of inf·0 = NaN.
             q *= t
@@ -656,10 +662,10 @@ def _gelu32_backward(grad_y, x):
     t_buf, w_buf, p_buf = (np.empty(size, dtype=np.float32) for _ in range(3))
     with np.errstate(under="ignore"):
         for start in range(0, flat_x.size, _GELU_CHUNK):
-            xs = flat_x[start:start + _GELU_CHUNK]
+            xs = flat_x[start : start + _GELU_CHUNK]
             k = xs.size
             t = np.abs(xs, out=t_buf[:k])
-            cdf = _gelu32_tail(t, w_buf[:k])                               # Φ(-|x|)
+            cdf = _gelu32_tail(t, w_buf[:k])  # Φ(-|x|)
             # Φ(x) = 1/2 + sign(x)·(1/2 - Φ(-|x|)): absolute accuracy ε, which is what a
             # derivative of size O(1) needs (a masked ``where=`` update is 50x slower)
             np.subtract(np.float32(0.5), cdf, out=cdf)
@@ -668,10 +674,10 @@ def _gelu32_backward(grad_y, x):
             pdf = np.square(xs, out=p_buf[:k])
             pdf *= np.float32(-0.5)
             np.exp(pdf, out=pdf)
-            pdf *= np.float32(_INV_SQRT_2PI)                               # φ(x)
+            pdf *= np.float32(_INV_SQRT_2PI)  # φ(x)
             pdf *= xs
             cdf += pdf
-            np.multiply(flat_g[start:start + _GELU_CHUNK], cdf, out=flat_out[start:start + k])
+            np.multiply(flat_g[start : start + _GELU_CHUNK], cdf, out=flat_out[start : start + k])
     return grad_x
 
 
@@ -703,7 +709,7 @@ def patchify_forward(x, *, patch=4):
     """
     x, p = _patch_prepare(x, patch)
     n, c, h, w = x.shape
-    blocks = x.reshape(n, c, h // p, p, w // p, p)             # (n, c, i, py, j, px)
+    blocks = x.reshape(n, c, h // p, p, w // p, p)  # (n, c, i, py, j, px)
     return np.ascontiguousarray(blocks.transpose(0, 1, 3, 5, 2, 4)).reshape(n, c * p * p, h // p, w // p)
 
 
@@ -716,8 +722,10 @@ def patchify_backward(grad_y, x, *, patch=4):
     """
     x, p = _patch_prepare(x, patch)
     n, c, h, w = x.shape
-    grad_y = _check_grad(grad_y, (n, c * p * p, h // p, w // p)).astype(compute_dtype(x, np.asarray(grad_y)), copy=False)
-    blocks = grad_y.reshape(n, c, p, p, h // p, w // p)        # (n, c, py, px, i, j)
+    grad_y = _check_grad(grad_y, (n, c * p * p, h // p, w // p)).astype(
+        compute_dtype(x, np.asarray(grad_y)), copy=False
+    )
+    blocks = grad_y.reshape(n, c, p, p, h // p, w // p)  # (n, c, py, px, i, j)
     return (np.ascontiguousarray(blocks.transpose(0, 1, 4, 2, 5, 3)).reshape(n, c, h, w),)
 
 

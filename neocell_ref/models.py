@@ -108,8 +108,10 @@ class NeoNeXt:
             options[name] = value
         unknown = sorted(set(options) - set(NeoNeXtConfig.__dataclass_fields__))
         if unknown:
-            raise TypeError(f"NeoNeXt got unknown option(s) {unknown}; the options are NeoNeXtConfig's: "
-                            f"{list(NeoNeXtConfig.__dataclass_fields__)}")
+            raise TypeError(
+                f"NeoNeXt got unknown option(s) {unknown}; the options are NeoNeXtConfig's: "
+                f"{list(NeoNeXtConfig.__dataclass_fields__)}"
+            )
         self._setup(NeoNeXtConfig(**options), dtype, rng, resolution, drop_path_seed)
 
     @classmethod
@@ -132,8 +134,9 @@ class NeoNeXt:
         if not isinstance(architecture, Architecture):
             raise TypeError(f"architecture must be an Architecture, got {type(architecture).__name__}")
         model = cls.__new__(cls)
-        model._setup(architecture.config, dtype, rng, architecture.resolution, drop_path_seed,
-                     architecture=architecture)
+        model._setup(
+            architecture.config, dtype, rng, architecture.resolution, drop_path_seed, architecture=architecture
+        )
         return model
 
     # ----------------------------------------------------------------------------------
@@ -172,7 +175,9 @@ class NeoNeXt:
             expected = {entry: tuple(shape) for _, entry, shape, _ in desc.entries()}
             got = {k: np.shape(v) for k, v in values.items()}
             if got != expected:  # pragma: no cover - programming error
-                raise RuntimeError(f"initialiser of {desc.kind!r} made {got} for {desc.name}, description says {expected}")
+                raise RuntimeError(
+                    f"initialiser of {desc.kind!r} made {got} for {desc.name}, description says {expected}"
+                )
             for key, entry, _, is_param in desc.entries():
                 (self.params if is_param else self.buffers)[key] = values[entry]
 
@@ -275,9 +280,7 @@ class NeoNeXt:
         if role == "count":
             arr = np.asarray(value)
             if arr.dtype.kind not in "iu" or arr.shape not in ((), (1,)):
-                raise TypeError(
-                    f"{key}: expected an integer scalar, got dtype {arr.dtype} shape {arr.shape}"
-                )
+                raise TypeError(f"{key}: expected an integer scalar, got dtype {arr.dtype} shape {arr.shape}")
             count = int(arr.reshape(()))
             if not 0 <= count <= np.iinfo(np.int64).max:
                 raise ValueError(f"{key}: must be in [0, 2**63 - 1] (int64), got {count}")
@@ -337,7 +340,9 @@ class NeoNeXt:
         if x.shape[0] < 1:
             raise ValueError(f"x must hold at least one sample, got shape {x.shape}")
         if x.shape[1] != self.config.in_chans:
-            raise ValueError(f"x has {x.shape[1]} channels (x.shape[1]) but the model expects in_chans={self.config.in_chans}")
+            raise ValueError(
+                f"x has {x.shape[1]} channels (x.shape[1]) but the model expects in_chans={self.config.in_chans}"
+            )
         return x
 
     def forward(self, x, training=False, *, cache=True):
@@ -455,16 +460,18 @@ class NeoNeXt:
             )
         grad = as_real_array(grad_logits, "grad_logits")
         if grad.shape != self._tape["output_shape"]:
-            raise ValueError(f"grad_logits has shape {grad.shape}, expected {self._tape['output_shape']} (the logits' shape)")
+            raise ValueError(
+                f"grad_logits has shape {grad.shape}, expected {self._tape['output_shape']} (the logits' shape)"
+            )
         grad = grad.astype(self.dtype, copy=True)
         self.grads = {}
         skips = []
         for kind, desc, saved in reversed(self._tape["layers"]):
             if kind == "join":
-                skips.append(grad)           # d(x + branch)/dx: the skip path passes grad on
+                skips.append(grad)  # d(x + branch)/dx: the skip path passes grad on
             elif kind == "fork":
                 start = time.perf_counter() if self.profile is not None else 0.0
-                grad = grad + skips.pop()    # branch gradient plus skip gradient (new array)
+                grad = grad + skips.pop()  # branch gradient plus skip gradient (new array)
                 if self.profile is not None:
                     self._tick("backward:residual_add", start)
             else:
@@ -520,7 +527,7 @@ def _factory(name):
 
     sizes = MODEL_CONFIGS[name]
     build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"""NeoNeXt-{name.split('_')[1].upper()}: blocks {sizes['per_stage_layers']}, widths {sizes['dims']}.
+    build.__doc__ = f"""NeoNeXt-{name.split("_")[1].upper()}: blocks {sizes["per_stage_layers"]}, widths {sizes["dims"]}.
 
     Keyword options are those of :class:`~neocell_ref.architecture.NeoNeXtConfig` except
     the sizes (``num_classes``, ``kernel_spec``, ``shifts``, ``layer_scale_init_value``,

@@ -66,7 +66,7 @@ def fast_forward(model, x, training):
             if tail is not None:  # fuse what follows the NeoCell, the residual addition included
                 x, joined = _fused_tail(model, tail, x, owned, skip), True
                 break
-            if _is_mlp(layers[i:i + 3]):
+            if _is_mlp(layers[i : i + 3]):
                 fc_1, fc_2 = layers[i], layers[i + 2]
                 x, owned = _fused_mlp(model, _mlp_weights(model, fc_1, fc_2), x), True
                 i += 3
@@ -96,8 +96,12 @@ def _run_layer(model, desc, x, owned, training):
 
 def _mlp_weights(model, fc_1, fc_2):
     """``(w1, b1, w2, b2)`` of a block's fc_1 and fc_2 (biases None when absent)."""
-    return (model.param(fc_1, "weight"), model.param(fc_1, "bias") if "bias" in fc_1.params else None,
-            model.param(fc_2, "weight"), model.param(fc_2, "bias") if "bias" in fc_2.params else None)
+    return (
+        model.param(fc_1, "weight"),
+        model.param(fc_1, "bias") if "bias" in fc_1.params else None,
+        model.param(fc_2, "weight"),
+        model.param(fc_2, "bias") if "bias" in fc_2.params else None,
+    )
 
 
 def _fused_tail(model, tail, x, owned, skip):
@@ -113,9 +117,13 @@ def _fused_tail(model, tail, x, owned, skip):
     bn, fc_1, fc_2, scale = tail
     affine = None
     if bn is not None:
-        affine = L.batchnorm_affine(model.param(bn, "weight"), model.param(bn, "bias"),
-                                    model.buffer(bn, "running_mean"), model.buffer(bn, "running_var"),
-                                    eps=bn.options["eps"])
+        affine = L.batchnorm_affine(
+            model.param(bn, "weight"),
+            model.param(bn, "bias"),
+            model.buffer(bn, "running_mean"),
+            model.buffer(bn, "running_var"),
+            eps=bn.options["eps"],
+        )
         if not owned:
             x = x.copy()  # the BatchNorm below works in place
     gamma = None if scale is None else model.param(scale, "gamma")
@@ -168,11 +176,11 @@ def _fused_mlp(model, weights, x, *, affine=None, gamma=None, skip=None):
         buffer = np.empty(hidden * columns, dtype=model.dtype)
         for sample in range(n):
             for start in range(0, positions, columns):
-                block = np.s_[sample, :, start:min(positions, start + columns)]
+                block = np.s_[sample, :, start : min(positions, start + columns)]
                 xb = x3[block]
                 if affine is not None:
                     _affine(model, xb, affine, lap)
-                h = buffer[:hidden * xb.shape[1]].reshape(hidden, xb.shape[1])  # contiguous
+                h = buffer[: hidden * xb.shape[1]].reshape(hidden, xb.shape[1])  # contiguous
                 y = _mlp_block(model, w1, b1, w2, b2, xb, h, out3[block], lap)
                 _finish(model, y, gamma, None if skip3 is None else skip3[block], lap)
     return out

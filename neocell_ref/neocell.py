@@ -62,10 +62,7 @@ def _prepare(x, weights_a, weights_b, specs, grad_y=None, check_finite=False):
         raise ValueError(f"x must be 4-D (N, C, H, W), got shape {x.shape}")
     channels = sum(g.channels for g in specs)
     if x.shape[1] != channels:
-        raise ValueError(
-            f"x has {x.shape[1]} channels (x.shape[1]) but the groups' channels sum to "
-            f"{channels}"
-        )
+        raise ValueError(f"x has {x.shape[1]} channels (x.shape[1]) but the groups' channels sum to {channels}")
     if x.shape[0] < 1:
         raise ValueError(f"x must hold at least one sample, got shape {x.shape}")
     h_out, w_out = check_input_size(specs, x.shape[2], x.shape[3])
@@ -105,13 +102,15 @@ def _loop_forward(x, weights_a, weights_b, specs, out_size):
         for c_local, c in zip(range(local.start, local.stop), range(chans.start, chans.stop)):
             a, b = weights_a[g][c_local], weights_b[g][c_local]
             plane = np.zeros((n, ta * spec.h_in, tb * spec.w_in), dtype=x.dtype)
-            plane[:, fa:fa + height, fb:fb + width] = x[:, c]
+            plane[:, fa : fa + height, fb : fb + width] = x[:, c]
             out = np.zeros((n, ta * spec.h_out, tb * spec.w_out), dtype=x.dtype)
             for i in range(ta):
                 for j in range(tb):
-                    tile = plane[:, i * spec.h_in:(i + 1) * spec.h_in, j * spec.w_in:(j + 1) * spec.w_in]
-                    out[:, i * spec.h_out:(i + 1) * spec.h_out, j * spec.w_out:(j + 1) * spec.w_out] = matmul(matmul(a, tile, "loop"), b, "loop")
-            y[:, c] = out[:, ca:ca + out_size[0], cb:cb + out_size[1]]
+                    tile = plane[:, i * spec.h_in : (i + 1) * spec.h_in, j * spec.w_in : (j + 1) * spec.w_in]
+                    out[:, i * spec.h_out : (i + 1) * spec.h_out, j * spec.w_out : (j + 1) * spec.w_out] = matmul(
+                        matmul(a, tile, "loop"), b, "loop"
+                    )
+            y[:, c] = out[:, ca : ca + out_size[0], cb : cb + out_size[1]]
     return y
 
 
@@ -127,23 +126,23 @@ def _loop_backward(grad_y, x, weights_a, weights_b, specs, out_size):
         for c_local, c in zip(range(local.start, local.stop), range(chans.start, chans.stop)):
             a, b = weights_a[g][c_local], weights_b[g][c_local]
             plane = np.zeros((n, ta * spec.h_in, tb * spec.w_in), dtype=x.dtype)
-            plane[:, fa:fa + height, fb:fb + width] = x[:, c]
+            plane[:, fa : fa + height, fb : fb + width] = x[:, c]
             # The crop's adjoint: put grad_y back where it was cut from, zeros elsewhere.
             grad_out = np.zeros((n, ta * spec.h_out, tb * spec.w_out), dtype=x.dtype)
-            grad_out[:, ca:ca + out_size[0], cb:cb + out_size[1]] = grad_y[:, c]
+            grad_out[:, ca : ca + out_size[0], cb : cb + out_size[1]] = grad_y[:, c]
             grad_plane = np.zeros_like(plane)
             for i in range(ta):
                 for j in range(tb):
                     rows_in = slice(i * spec.h_in, (i + 1) * spec.h_in)
                     cols_in = slice(j * spec.w_in, (j + 1) * spec.w_in)
                     tile = plane[:, rows_in, cols_in]
-                    d_out = grad_out[:, i * spec.h_out:(i + 1) * spec.h_out, j * spec.w_out:(j + 1) * spec.w_out]
+                    d_out = grad_out[:, i * spec.h_out : (i + 1) * spec.h_out, j * spec.w_out : (j + 1) * spec.w_out]
                     # Y = A P B:  dP = Aᵀ dY Bᵀ,  dA = Σ dY (P B)ᵀ,  dB = Σ (A P)ᵀ dY
                     grad_plane[:, rows_in, cols_in] = matmul(matmul(a.T, d_out, "loop"), b.T, "loop")
                     grads_a[g][c_local] += matmul(d_out, matmul(tile, b, "loop").transpose(0, 2, 1), "loop").sum(axis=0)
                     grads_b[g][c_local] += matmul(matmul(a, tile, "loop").transpose(0, 2, 1), d_out, "loop").sum(axis=0)
             # The padding's adjoint: keep the part that was x.
-            grad_x[:, c] = grad_plane[:, fa:fa + height, fb:fb + width]
+            grad_x[:, c] = grad_plane[:, fa : fa + height, fb : fb + width]
     return grad_x, grads_a, grads_b
 
 
@@ -152,16 +151,18 @@ def _loop_backward(grad_y, x, weights_a, weights_b, specs, out_size):
 # --------------------------------------------------------------------------------------
 def _blockdiag_forward(x, weights_a, weights_b, specs, out_size):
     a_full, b_full = expand(weights_a, weights_b, specs, x.shape[2:])
-    return matmul(matmul(a_full, x, "blockdiag"), b_full, "blockdiag")  # (C,Ho,H) @ (N,C,H,W) @ (C,W,Wo), broadcast over N
+    return matmul(
+        matmul(a_full, x, "blockdiag"), b_full, "blockdiag"
+    )  # (C,Ho,H) @ (N,C,H,W) @ (C,W,Wo), broadcast over N
 
 
 def _blockdiag_backward(grad_y, x, weights_a, weights_b, specs, out_size):
     a_full, b_full = expand(weights_a, weights_b, specs, x.shape[2:])
     z = matmul(a_full, x, "blockdiag")
-    grad_b_full = matmul(z.transpose(0, 1, 3, 2), grad_y, "blockdiag").sum(axis=0)   # dB̂ = Σ_n zᵀ dy
-    grad_z = matmul(grad_y, b_full.transpose(0, 2, 1), "blockdiag")                     # dz = dy B̂ᵀ
-    grad_a_full = matmul(grad_z, x.transpose(0, 1, 3, 2), "blockdiag").sum(axis=0)   # dÂ = Σ_n dz xᵀ
-    grad_x = matmul(a_full.transpose(0, 2, 1), grad_z, "blockdiag")                     # dx = Âᵀ dz
+    grad_b_full = matmul(z.transpose(0, 1, 3, 2), grad_y, "blockdiag").sum(axis=0)  # dB̂ = Σ_n zᵀ dy
+    grad_z = matmul(grad_y, b_full.transpose(0, 2, 1), "blockdiag")  # dz = dy B̂ᵀ
+    grad_a_full = matmul(grad_z, x.transpose(0, 1, 3, 2), "blockdiag").sum(axis=0)  # dÂ = Σ_n dz xᵀ
+    grad_x = matmul(a_full.transpose(0, 2, 1), grad_z, "blockdiag")  # dx = Âᵀ dz
     grads_a, grads_b = expand_adjoint(grad_a_full, grad_b_full, specs)
     return grad_x, grads_a, grads_b
 

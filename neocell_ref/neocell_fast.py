@@ -192,18 +192,16 @@ def _tile_pieces(tiled, planes, front_h, front_w):
     row, tile = 0, 0  # next plane row to place, and the tile it falls in
     if front_h:
         rows = min(k - front_h, length)
-        pieces.append((tiled[:, front_h:front_h + rows, :, 0, cols],
-                       planes[:, :, :rows].transpose(1, 2, 0, 3)))
+        pieces.append((tiled[:, front_h : front_h + rows, :, 0, cols], planes[:, :, :rows].transpose(1, 2, 0, 3)))
         row, tile = rows, 1
     full = (length - row) // k
     if full:
         # Splitting the row axis into (tile, row in tile) is always a view.
-        block = planes[:, :, row:row + full * k].reshape(n, m, full, k, width)
-        pieces.append((tiled[:, :, :, tile:tile + full, cols], block.transpose(1, 3, 0, 2, 4)))
+        block = planes[:, :, row : row + full * k].reshape(n, m, full, k, width)
+        pieces.append((tiled[:, :, :, tile : tile + full, cols], block.transpose(1, 3, 0, 2, 4)))
         row, tile = row + full * k, tile + full
     if row < length:
-        pieces.append((tiled[:, :length - row, :, tile, cols],
-                       planes[:, :, row:].transpose(1, 2, 0, 3)))
+        pieces.append((tiled[:, : length - row, :, tile, cols], planes[:, :, row:].transpose(1, 2, 0, 3)))
     return pieces
 
 
@@ -217,7 +215,7 @@ def _zero_frame(tiled, front_h, length, front_w, width):
     """
     k = tiled.shape[1]
     tiled[..., :front_w] = 0
-    tiled[..., front_w + width:] = 0
+    tiled[..., front_w + width :] = 0
     cols = slice(front_w, front_w + width)
     if front_h:
         tiled[:, :front_h, :, 0, cols] = 0
@@ -269,10 +267,8 @@ def patchwise_forward(x, weights_a, weights_b, specs, out_size):
                 y_pieces = _tile_pieces(yt, y_planes, seg.crop_a, seg.crop_b)
             for t, p in x_pieces:
                 t[:m] = p[c0:c1, :, n0:n1]
-            matmul(wa[c0:c1], xt[:m].reshape(m, spec.h_in, -1), "patchwise",
-                   out=z[:m].reshape(m, spec.h_out, -1))
-            matmul(z[:m].reshape(m, -1, spec.w_in), wb[c0:c1], "patchwise",
-                   out=yt[:m].reshape(m, -1, spec.w_out))
+            matmul(wa[c0:c1], xt[:m].reshape(m, spec.h_in, -1), "patchwise", out=z[:m].reshape(m, spec.h_out, -1))
+            matmul(z[:m].reshape(m, -1, spec.w_in), wb[c0:c1], "patchwise", out=yt[:m].reshape(m, -1, spec.w_out))
             for t, p in y_pieces:
                 p[c0:c1, :, n0:n1] = t[:m]
     return y
@@ -324,12 +320,13 @@ def patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
                 t[:m] = p[c0:c1, :, n0:n1]
             for t, p in g_pieces:
                 t[:m] = p[c0:c1, :, n0:n1]
-            x2 = xt[:m].reshape(m, spec.h_in, -1)            # (m, h_in, n*T_a*T_b*w_in)
-            g2 = gt[:m].reshape(m, -1, spec.w_out)           # (m, R, w_out)
-            z2 = z[:m].reshape(m, spec.h_out, -1)            # Z, later dZ
+            x2 = xt[:m].reshape(m, spec.h_in, -1)  # (m, h_in, n*T_a*T_b*w_in)
+            g2 = gt[:m].reshape(m, -1, spec.w_out)  # (m, R, w_out)
+            z2 = z[:m].reshape(m, spec.h_out, -1)  # Z, later dZ
             matmul(a[c0:c1], x2, "patchwise", out=z2)
-            db = matmul(z2.reshape(m, -1, spec.w_in).transpose(0, 2, 1), g2, "patchwise",
-                        out=gb[c0:c1] if n0 == 0 else None)
+            db = matmul(
+                z2.reshape(m, -1, spec.w_in).transpose(0, 2, 1), g2, "patchwise", out=gb[c0:c1] if n0 == 0 else None
+            )
             # Z is used up: dZ goes into its buffer.
             matmul(g2, b[c0:c1].transpose(0, 2, 1), "patchwise", out=z2.reshape(m, -1, spec.w_in))
             da = matmul(z2, x2.transpose(0, 2, 1), "patchwise", out=ga[c0:c1] if n0 == 0 else None)
@@ -340,5 +337,3 @@ def patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
             for t, p in dx_pieces:
                 p[c0:c1, :, n0:n1] = t[:m]
     return grad_x, grads_a, grads_b
-
-

@@ -174,7 +174,7 @@ def _matmul_acc(a, b, acc):
     a, b = a.astype(np.float64), b.astype(np.float64)
     out = np.zeros(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]))
     for k in range(a.shape[-1]):
-        out = round_to(out + a[..., :, k:k + 1] * b[..., k:k + 1, :], "float16")
+        out = round_to(out + a[..., :, k : k + 1] * b[..., k : k + 1, :], "float16")
     return out
 
 
@@ -186,8 +186,9 @@ def _fold(grad_full, p, q, shift, acc):
     return expand_kernel_adjoint(grad_full.astype(np.float16), p, q, shift).astype(np.float64)
 
 
-def emulate_neocell(arrays, specs, dtype, *, accumulate=ACCUMULATION_DTYPE, storage=None,
-                    corner=True, swap=False, shifts=True):
+def emulate_neocell(
+    arrays, specs, dtype, *, accumulate=ACCUMULATION_DTYPE, storage=None, corner=True, swap=False, shifts=True
+):
     """NeoCell forward and backward as a mixed-precision port computes them.
 
     Block-diagonal formulation per channel (SPEC section 3): ``z = Â x`` (sums in
@@ -256,15 +257,15 @@ def emulate_neocell(arrays, specs, dtype, *, accumulate=ACCUMULATION_DTYPE, stor
                 a_full[:sa, :sa] = 0
                 b_full[:sb, :sb] = 0
             xc, dy = x[:, channel], grad_y[:, channel]
-            z = rnd(_matmul_acc(a_full, xc, acc))                       # stored Â x
+            z = rnd(_matmul_acc(a_full, xc, acc))  # stored Â x
             out["y"][:, channel] = rnd(_matmul_acc(z, b_full, acc))
-            dz = rnd(_matmul_acc(dy, b_full.T, acc))                    # stored dy B̂ᵀ
+            dz = rnd(_matmul_acc(dy, b_full.T, acc))  # stored dy B̂ᵀ
             out["grad_x"][:, channel] = rnd(_matmul_acc(a_full.T, dz, acc))
             # Σ_n dz xᵀ and Σ_n zᵀ dy: one float32 sum over samples and columns.
-            grad_a_full = _matmul_acc(dz.transpose(1, 0, 2).reshape(h_out, -1),
-                                      xc.transpose(0, 2, 1).reshape(-1, height), acc)
-            grad_b_full = _matmul_acc(z.transpose(2, 0, 1).reshape(width, -1),
-                                      dy.reshape(-1, w_out), acc)
+            grad_a_full = _matmul_acc(
+                dz.transpose(1, 0, 2).reshape(h_out, -1), xc.transpose(0, 2, 1).reshape(-1, height), acc
+            )
+            grad_b_full = _matmul_acc(z.transpose(2, 0, 1).reshape(width, -1), dy.reshape(-1, w_out), acc)
             if not corner:
                 grad_a_full[:sa, :sa] = 0
                 grad_b_full[:sb, :sb] = 0

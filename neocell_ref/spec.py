@@ -43,9 +43,7 @@ _SIZE_FORMS = {
     "kernel_a/kernel_b": ("kernel_a", "kernel_b"),
     "h_in/h_out/w_in/w_out": ("h_in", "h_out", "w_in", "w_out"),
 }
-_ALLOWED_KEYS = frozenset(
-    {"channels", "shift", "shift_a", "shift_b"}.union(*map(set, _SIZE_FORMS.values()))
-)
+_ALLOWED_KEYS = frozenset({"channels", "shift", "shift_a", "shift_b"}.union(*map(set, _SIZE_FORMS.values())))
 
 
 @dataclass(frozen=True)
@@ -93,13 +91,10 @@ class GroupSpec:
                 continue
             if k_in != k_out:
                 raise ValueError(
-                    f"{shift_name}={shift} needs a square kernel, but kernel {kernel} "
-                    f"is ({k_in}, {k_out})"
+                    f"{shift_name}={shift} needs a square kernel, but kernel {kernel} is ({k_in}, {k_out})"
                 )
             if shift >= k_out:
-                raise ValueError(
-                    f"{shift_name}={shift} must be smaller than the kernel size {k_out}"
-                )
+                raise ValueError(f"{shift_name}={shift} must be smaller than the kernel size {k_out}")
 
     # -- shapes -----------------------------------------------------------------
     @property
@@ -211,6 +206,7 @@ def shift_segments(spec: GroupSpec) -> list[tuple[int, int, int, int]]:
     list of (start, stop, shift_a, shift_b)
         Channel ranges ``start:stop`` relative to the group, in order, covering it.
     """
+
     # Closed form (no per-channel arrays, so any channel count works): a shifted axis
     # with n sub-groups of `size` channels changes its shift at j * size,
     # j = 1 .. n - 1 (nowhere when size == 0: every channel is in the last sub-group).
@@ -252,15 +248,12 @@ def parse_group(group) -> GroupSpec:
     if isinstance(group, GroupSpec):
         return group
     if not hasattr(group, "keys"):
-        raise TypeError(
-            f"a group spec must be a dict or GroupSpec, got {type(group).__name__}: {group!r}"
-        )
+        raise TypeError(f"a group spec must be a dict or GroupSpec, got {type(group).__name__}: {group!r}")
     keys = set(group.keys())
     unknown = keys - _ALLOWED_KEYS
     if unknown:
         raise ValueError(
-            f"unknown group spec key(s) {sorted(map(str, unknown))}; allowed keys are "
-            f"{sorted(_ALLOWED_KEYS)}"
+            f"unknown group spec key(s) {sorted(map(str, unknown))}; allowed keys are {sorted(_ALLOWED_KEYS)}"
         )
     if "channels" not in keys:
         raise ValueError(f"group spec {dict(group)!r} has no 'channels' key")
@@ -269,12 +262,9 @@ def parse_group(group) -> GroupSpec:
         present = sorted(keys & (_ALLOWED_KEYS - {"channels", "shift", "shift_a", "shift_b"}))
         if not forms:
             raise ValueError(
-                f"group spec {dict(group)!r} gives no kernel size: use one of the forms "
-                f"{list(_SIZE_FORMS)}"
+                f"group spec {dict(group)!r} gives no kernel size: use one of the forms {list(_SIZE_FORMS)}"
             )
-        raise ValueError(
-            f"group spec mixes size forms {forms} (keys {present}); use exactly one"
-        )
+        raise ValueError(f"group spec mixes size forms {forms} (keys {present}); use exactly one")
     fields = _SIZE_FORMS[forms[0]]
     missing = [f for f in fields if f not in keys]
     if missing:
@@ -314,9 +304,7 @@ def parse_specs(specs) -> tuple[GroupSpec, ...]:
     A single dict or :class:`GroupSpec` is refused: a layer is always a list of groups.
     """
     if isinstance(specs, (GroupSpec, str, bytes)) or hasattr(specs, "keys"):
-        raise TypeError(
-            f"specs must be a list of group specs, got {type(specs).__name__}: {specs!r}"
-        )
+        raise TypeError(f"specs must be a list of group specs, got {type(specs).__name__}: {specs!r}")
     try:
         groups = tuple(parse_group(g) for g in specs)
     except TypeError as exc:
@@ -365,8 +353,7 @@ def parse_kernel_code(code: str, channels: int, shift: int = 0) -> list[GroupSpe
     per_group = channels // m
     if per_group == 0:
         raise ValueError(
-            f"kernel code {code!r} has {m} groups but only channels={channels}: "
-            "a group would get no channels"
+            f"kernel code {code!r} has {m} groups but only channels={channels}: a group would get no channels"
         )
     sizes = [per_group] * (m - 1) + [channels - (m - 1) * per_group]
     return [
@@ -393,7 +380,7 @@ def output_size(specs: Sequence[GroupSpec], height: int, width: int) -> tuple[in
             for i, g in enumerate(specs)
         )
         raise ValueError(f"groups disagree on the output size for input {height}x{width}: {detail}")
-    (h_out, w_out), = sizes
+    ((h_out, w_out),) = sizes
     if h_out < 1 or w_out < 1:
         raise ValueError(
             f"output size would be {h_out}x{w_out} for input {height}x{width}; "

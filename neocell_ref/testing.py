@@ -166,11 +166,12 @@ def kernel_codes(max_kernel: int = 7, max_parts: int = 3) -> st.SearchStrategy[s
     their relatives; the rest join 1 to ``max_parts`` sizes in ``[1, max_kernel]``
     (repeats allowed, e.g. ``"3+3"``).
     """
-    official = [c for c in ("7", "4+7", "4", "7+4", "3+5+7") if
-                all(int(k) <= max_kernel for k in c.split("+")) and c.count("+") < max_parts]
-    free = st.lists(kernel_sizes(max_kernel), min_size=1, max_size=max_parts).map(
-        lambda ks: "+".join(map(str, ks))
-    )
+    official = [
+        c
+        for c in ("7", "4+7", "4", "7+4", "3+5+7")
+        if all(int(k) <= max_kernel for k in c.split("+")) and c.count("+") < max_parts
+    ]
+    free = st.lists(kernel_sizes(max_kernel), min_size=1, max_size=max_parts).map(lambda ks: "+".join(map(str, ks)))
     return st.one_of(st.sampled_from(official), free) if official else free
 
 
@@ -181,8 +182,9 @@ def _valid_shifts(kernel: int, length: int | None) -> list[int]:
     shift ``(n - 1)·s`` must not exceed ``length`` (``None``: no input size yet).
     """
     # The rule itself lives in spec.py (GroupSpec.max_shift_a); ask it, do not re-encode it.
-    return [s for s in range(kernel)
-            if length is None or GroupSpec(1, kernel, kernel, 1, 1, s, 0).max_shift_a <= length]
+    return [
+        s for s in range(kernel) if length is None or GroupSpec(1, kernel, kernel, 1, 1, s, 0).max_shift_a <= length
+    ]
 
 
 def _forms_for(group: GroupSpec) -> list:
@@ -250,8 +252,16 @@ def _shift_pair(draw, h_in, h_out, w_in, w_out, height, width, shifts: bool):
 
 
 @st.composite
-def group_specs(draw, *, max_kernel: int = 7, max_channels: int = 8, shifts: bool = True,
-                resample: bool = True, form: str | None = None, as_dicts: bool | None = True):
+def group_specs(
+    draw,
+    *,
+    max_kernel: int = 7,
+    max_channels: int = 8,
+    shifts: bool = True,
+    resample: bool = True,
+    form: str | None = None,
+    as_dicts: bool | None = True,
+):
     """One valid channel group, independent of any input size.
 
     Parameters
@@ -297,8 +307,15 @@ def group_specs(draw, *, max_kernel: int = 7, max_channels: int = 8, shifts: boo
         h_in = h_out = draw(kernels)
         w_in = w_out = draw(kernels)
     shift_a, shift_b = draw(_shift_pair(h_in, h_out, w_in, w_out, None, None, shifts))
-    group = GroupSpec(channels=draw(channel_counts(max_channels)), h_in=h_in, h_out=h_out,
-                      w_in=w_in, w_out=w_out, shift_a=shift_a, shift_b=shift_b)
+    group = GroupSpec(
+        channels=draw(channel_counts(max_channels)),
+        h_in=h_in,
+        h_out=h_out,
+        w_in=w_in,
+        w_out=w_out,
+        shift_a=shift_a,
+        shift_b=shift_b,
+    )
     # A forced form was drawn sizes it can express; otherwise any form that fits.
     return draw(_represent(group, as_dicts, form if forced else None))
 
@@ -312,8 +329,12 @@ class LayerSpecs(NamedTuple):
 
 def _axis_pairs(length: int, target: int, max_kernel: int):
     """All ``(k_in, k_out)`` giving output length ``target`` for input ``length`` (SPEC 2)."""
-    return [(k_in, k_out) for k_in in range(1, max_kernel + 1) for k_out in range(1, max_kernel + 1)
-            if _axis_output(length, k_in, k_out) == target]
+    return [
+        (k_in, k_out)
+        for k_in in range(1, max_kernel + 1)
+        for k_out in range(1, max_kernel + 1)
+        if _axis_output(length, k_in, k_out) == target
+    ]
 
 
 def _axis_output(length: int, k_in: int, k_out: int) -> int:
@@ -326,13 +347,18 @@ def _axis_target(draw, length: int, max_kernel: int, resample: bool):
     """The output length of one axis: ``length`` (square kernels) or a resampled length >= 1."""
     if not resample or not draw(st.booleans()):
         return length
-    resampling = [(i, o) for i in range(1, max_kernel + 1) for o in range(1, max_kernel + 1)
-                  if i != o and _axis_output(length, i, o) >= 1]
+    resampling = [
+        (i, o)
+        for i in range(1, max_kernel + 1)
+        for o in range(1, max_kernel + 1)
+        if i != o and _axis_output(length, i, o) >= 1
+    ]
     if not resampling:  # max_kernel == 1
         return length
     edges = [p for p in EDGE_RESAMPLING if p in resampling]
-    k_in, k_out = draw(st.one_of(st.sampled_from(edges), st.sampled_from(resampling))
-                       if edges else st.sampled_from(resampling))
+    k_in, k_out = draw(
+        st.one_of(st.sampled_from(edges), st.sampled_from(resampling)) if edges else st.sampled_from(resampling)
+    )
     return _axis_output(length, k_in, k_out)
 
 
@@ -354,9 +380,19 @@ def _axis_kernel(draw, length: int, target: int, max_kernel: int):
 
 
 @st.composite
-def layer_specs(draw, *, height=None, width=None, max_size: int = 10, max_kernel: int = 7,
-                max_groups: int = 3, max_channels: int = 6, shifts: bool = True,
-                resample: bool = True, as_dicts: bool | None = True):
+def layer_specs(
+    draw,
+    *,
+    height=None,
+    width=None,
+    max_size: int = 10,
+    max_kernel: int = 7,
+    max_groups: int = 3,
+    max_channels: int = 6,
+    shifts: bool = True,
+    resample: bool = True,
+    as_dicts: bool | None = True,
+):
     """A NeoCell layer (a list of groups) together with an input size it is valid for.
 
     The input size is drawn first; then every group gets kernels that give the layer's
@@ -388,6 +424,7 @@ def layer_specs(draw, *, height=None, width=None, max_size: int = 10, max_kernel
     LayerSpecs
         ``(specs, (H, W))``.
     """
+
     def _size(value):
         if value is None:
             return draw(spatial_sizes(max_size))
@@ -412,8 +449,15 @@ def layer_specs(draw, *, height=None, width=None, max_size: int = 10, max_kernel
             h_in, h_out = draw(_axis_kernel(height, target_h, max_kernel))
             w_in, w_out = draw(_axis_kernel(width, target_w, max_kernel))
         shift_a, shift_b = draw(_shift_pair(h_in, h_out, w_in, w_out, height, width, shifts))
-        group = GroupSpec(channels=draw(channel_counts(max_channels)), h_in=h_in, h_out=h_out,
-                          w_in=w_in, w_out=w_out, shift_a=shift_a, shift_b=shift_b)
+        group = GroupSpec(
+            channels=draw(channel_counts(max_channels)),
+            h_in=h_in,
+            h_out=h_out,
+            w_in=w_in,
+            w_out=w_out,
+            shift_a=shift_a,
+            shift_b=shift_b,
+        )
         specs.append(draw(_represent(group, as_dicts)))
     return LayerSpecs(specs, (height, width))
 
@@ -474,12 +518,20 @@ class NeoCellCase:
     def astype(self, dtype) -> NeoCellCase:
         """The same case with every array converted to ``dtype``."""
         conv = lambda a: np.asarray(a).astype(dtype)  # noqa: E731
-        return NeoCellCase(self.specs, conv(self.x), [conv(w) for w in self.weights_a],
-                           [conv(w) for w in self.weights_b], conv(self.grad_y), self.seed)
+        return NeoCellCase(
+            self.specs,
+            conv(self.x),
+            [conv(w) for w in self.weights_a],
+            [conv(w) for w in self.weights_b],
+            conv(self.grad_y),
+            self.seed,
+        )
 
     def __repr__(self) -> str:
-        return (f"NeoCellCase(specs={self.specs!r}, x.shape={self.x.shape}, "
-                f"out_size={self.out_size}, dtype={self.dtype}, seed={self.seed})")
+        return (
+            f"NeoCellCase(specs={self.specs!r}, x.shape={self.x.shape}, "
+            f"out_size={self.out_size}, dtype={self.dtype}, seed={self.seed})"
+        )
 
 
 @st.composite
@@ -528,8 +580,9 @@ def _case_arrays(case: NeoCellCase) -> dict:
     return arrays
 
 
-def check_neocell_case(port_forward, port_backward, case: NeoCellCase, *, name=None,
-                       rtol=None, atol=None, rtol_scale=1.0, diagnose=True):
+def check_neocell_case(
+    port_forward, port_backward, case: NeoCellCase, *, name=None, rtol=None, atol=None, rtol_scale=1.0, diagnose=True
+):
     """Run a port on one case and compare with the reference.
 
     Parameters
@@ -570,8 +623,18 @@ def check_neocell_case(port_forward, port_backward, case: NeoCellCase, *, name=N
     expected, tolerances = neocell_expected(specs, arrays)
     arrays.update(expected)
     meta = {"specs_as_written": specs, "tolerances": tolerances}
-    return run_and_compare("neocell", name or repr(case), meta, arrays, port_forward, port_backward,
-                           rtol=rtol, atol=atol, rtol_scale=rtol_scale, diagnose=diagnose)
+    return run_and_compare(
+        "neocell",
+        name or repr(case),
+        meta,
+        arrays,
+        port_forward,
+        port_backward,
+        rtol=rtol,
+        atol=atol,
+        rtol_scale=rtol_scale,
+        diagnose=diagnose,
+    )
 
 
 def _failure_message(failures, header):
@@ -611,23 +674,43 @@ def _assert_golden_cases(op_name, port_forward, port_backward, dtype, seed, **kw
     for case in OPERATIONS[op_name].cases("core"):
         meta, arrays, _, tolerances = make_case(op_name, case, dtype, seed)
         meta = {**meta, "tolerances": tolerances}
-        _check_loosening(f"golden case {case[0]!r}", meta, arrays, kwargs.get("rtol"), kwargs.get("atol"),
-                         kwargs.get("rtol_scale", 1.0))
+        _check_loosening(
+            f"golden case {case[0]!r}",
+            meta,
+            arrays,
+            kwargs.get("rtol"),
+            kwargs.get("atol"),
+            kwargs.get("rtol_scale", 1.0),
+        )
         made.append((case[0], meta, arrays))
     failures = []
     for name, meta, arrays in made:
-        results = run_and_compare(op_name, f"golden case {name!r}", meta, arrays, port_forward, port_backward,
-                                  **kwargs)
+        results = run_and_compare(op_name, f"golden case {name!r}", meta, arrays, port_forward, port_backward, **kwargs)
         failures += [r for r in results if not r.passed]
     if failures:
-        raise AssertionError(_failure_message(
-            failures, f"{op_name} port differs from the reference on {len({r.case for r in failures})} "
-                      f"golden case(s) ({dtype}):"))
+        raise AssertionError(
+            _failure_message(
+                failures,
+                f"{op_name} port differs from the reference on {len({r.case for r in failures})} "
+                f"golden case(s) ({dtype}):",
+            )
+        )
 
 
-def assert_neocell_matches(port_forward, port_backward=None, *, dtype=np.float64, rtol=None, atol=None,
-                           rtol_scale=1.0, max_examples=50, golden=True, layers=None, seed=DEFAULT_SEED,
-                           shrink=True):
+def assert_neocell_matches(
+    port_forward,
+    port_backward=None,
+    *,
+    dtype=np.float64,
+    rtol=None,
+    atol=None,
+    rtol_scale=1.0,
+    max_examples=50,
+    golden=True,
+    layers=None,
+    seed=DEFAULT_SEED,
+    shrink=True,
+):
     """Assert that a NeoCell port agrees with the reference.
 
     Runs the port first on every curated golden case (SPEC rules one by one, in
@@ -681,8 +764,10 @@ def assert_neocell_matches(port_forward, port_backward=None, *, dtype=np.float64
     if not golden and max_examples == 0:
         raise ValueError("golden=False with max_examples=0 checks nothing; run the golden cases or draw some")
     if layers is not None and not isinstance(layers, st.SearchStrategy):
-        raise TypeError(f"layers must be a hypothesis strategy of LayerSpecs (e.g. layer_specs(...)) or None, "
-                        f"got {type(layers).__name__} {layers!r}")
+        raise TypeError(
+            f"layers must be a hypothesis strategy of LayerSpecs (e.g. layer_specs(...)) or None, "
+            f"got {type(layers).__name__} {layers!r}"
+        )
     kwargs = dict(rtol=rtol, atol=atol, rtol_scale=rtol_scale)
     if golden:
         _assert_golden_cases("neocell", port_forward, port_backward, dtype, seed, **kwargs)
@@ -691,14 +776,22 @@ def assert_neocell_matches(port_forward, port_backward=None, *, dtype=np.float64
 
     phases = list(Phase) if shrink else [p for p in Phase if p not in (Phase.shrink, Phase.explain)]
 
-    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=True, phases=phases,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=phases,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(case=neocell_cases(dtype=dtype, layers=layers))
     def drawn(case):
         results = check_neocell_case(port_forward, port_backward, case, diagnose=_final_example(), **kwargs)
         failures = [r for r in results if not r.passed]
         if failures:
-            raise AssertionError(_failure_message(failures, f"NeoCell port differs from the reference on a drawn case ({dtype}):"))
+            raise AssertionError(
+                _failure_message(failures, f"NeoCell port differs from the reference on a drawn case ({dtype}):")
+            )
 
     drawn()
 
@@ -726,8 +819,17 @@ def _check_port_args(port_forward, port_backward, dtype, seed, rtol, atol, rtol_
     return dtype, check_seed(seed)
 
 
-def assert_layer_matches(layer, port_forward, port_backward=None, *, dtype=np.float64, rtol=None, atol=None,
-                         rtol_scale=1.0, seed=DEFAULT_SEED):
+def assert_layer_matches(
+    layer,
+    port_forward,
+    port_backward=None,
+    *,
+    dtype=np.float64,
+    rtol=None,
+    atol=None,
+    rtol_scale=1.0,
+    seed=DEFAULT_SEED,
+):
     """Assert that a port of one NeoNeXt layer agrees with :mod:`neocell_ref.layers`.
 
     Runs the curated golden cases of ``layer`` (``"linear"``, ``"conv1x1"``,
@@ -760,8 +862,9 @@ def assert_layer_matches(layer, port_forward, port_backward=None, *, dtype=np.fl
     _assert_golden_cases(layer, port_forward, port_backward, dtype, seed, rtol=rtol, atol=atol, rtol_scale=rtol_scale)
 
 
-def assert_model_matches(port_forward, port_backward=None, *, dtype=np.float64, rtol=None, atol=None,
-                         rtol_scale=1.0, seed=DEFAULT_SEED):
+def assert_model_matches(
+    port_forward, port_backward=None, *, dtype=np.float64, rtol=None, atol=None, rtol_scale=1.0, seed=DEFAULT_SEED
+):
     """Assert that a port of a whole NeoNeXt agrees with :class:`neocell_ref.models.NeoNeXt`.
 
     Runs the curated small models (official default options, and the released-checkpoint

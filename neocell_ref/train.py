@@ -35,7 +35,9 @@ class _Optimizer:
             raise TypeError(f"params must be a dict of name -> ndarray, got {type(params).__name__}")
         for key, value in params.items():
             if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
-                raise TypeError(f"params[{key!r}] must be a floating ndarray (updated in place), got {type(value).__name__}")
+                raise TypeError(
+                    f"params[{key!r}] must be a floating ndarray (updated in place), got {type(value).__name__}"
+                )
         self.params = params
         self.weight_decay = real_number(weight_decay, "weight_decay", 0.0)
         self.decay = default_decay if decay is None else decay
@@ -125,7 +127,7 @@ class AdamW(_Optimizer):
         self._check_grads(grads)
         self.steps += 1
         b1, b2 = self.betas
-        c1, c2 = 1.0 - b1 ** self.steps, 1.0 - b2 ** self.steps
+        c1, c2 = 1.0 - b1**self.steps, 1.0 - b2**self.steps
         for key, p in self.params.items():
             g = np.asarray(grads[key], dtype=p.dtype)
             if self.weight_decay and self.decay(key, p):
@@ -175,8 +177,8 @@ def synthetic_patterns(rng, n, size=32, noise=0.5, dtype=np.float64):
     phase = rng.uniform(0.0, 2 * np.pi, size=n)
     amplitude = rng.uniform(0.5, 1.5, size=(n, 3))
     rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    coords = np.stack([rows, cols, rows + cols, rows - cols])            # (4, size, size)
-    u = coords[labels]                                                   # (n, size, size)
+    coords = np.stack([rows, cols, rows + cols, rows - cols])  # (4, size, size)
+    u = coords[labels]  # (n, size, size)
     wave = np.sin(2 * np.pi * u / period[:, None, None] + phase[:, None, None])
     images = amplitude[:, :, None, None] * wave[:, None] + noise * rng.standard_normal((n, 3, size, size))
     return images.astype(dtype), labels.astype(np.int64)

@@ -82,8 +82,7 @@ def as_int(value, name: str, minimum: int | None = None) -> int:
     return value
 
 
-def real_number(value, name, low=None, high=None, low_open=False, high_open=False,
-                *, type_error=False) -> float:
+def real_number(value, name, low=None, high=None, low_open=False, high_open=False, *, type_error=False) -> float:
     """``value`` as a finite Python float within optional bounds.
 
     ``low_open``/``high_open`` make a bound strict. Anything that is not a finite real
@@ -138,8 +137,9 @@ def compute_dtype(*operands) -> np.dtype:
     numpy.dtype
         float32 when every operand is float16 or float32, else float64.
     """
-    dtypes = [op.dtype if isinstance(op, (np.ndarray, np.generic)) else np.dtype(op)
-              for op in operands if op is not None]
+    dtypes = [
+        op.dtype if isinstance(op, (np.ndarray, np.generic)) else np.dtype(op) for op in operands if op is not None
+    ]
     low = all(d.kind == "f" and d.itemsize <= 4 for d in dtypes)
     return np.dtype(np.float32) if low else np.dtype(np.float64)
 
@@ -178,14 +178,9 @@ def check_weights(weights_a, weights_b, specs):
             or hasattr(weights, "keys")  # a dict {0: w0, ...} would index like a list
             or not hasattr(weights, "__len__")
         ):
-            raise TypeError(
-                f"{name} must be a list with one array per channel group, got "
-                f"{type(weights).__name__}"
-            )
+            raise TypeError(f"{name} must be a list with one array per channel group, got {type(weights).__name__}")
         if len(weights) != len(specs):
-            raise ValueError(
-                f"{name} has {len(weights)} arrays but specs has {len(specs)} groups"
-            )
+            raise ValueError(f"{name} has {len(weights)} arrays but specs has {len(specs)} groups")
     arrays_a, arrays_b = [], []
     for g, spec in enumerate(specs):
         for name, weights, shape, out in (
@@ -194,9 +189,7 @@ def check_weights(weights_a, weights_b, specs):
         ):
             arr = as_real_array(weights[g], f"{name}[{g}]")
             if arr.shape != shape:
-                raise ValueError(
-                    f"{name}[{g}] has shape {arr.shape}, but group {g} needs {shape}"
-                )
+                raise ValueError(f"{name}[{g}] has shape {arr.shape}, but group {g} needs {shape}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"{name}[{g}] contains NaN or Inf")
             out.append(arr)
@@ -210,9 +203,7 @@ def _parse_env(text):
     except ValueError:
         value = None
     if value is None or value < 1:
-        raise ValueError(
-            f"environment variable {MAX_BYTES_ENV}={text!r} must be a positive integer number of bytes"
-        )
+        raise ValueError(f"environment variable {MAX_BYTES_ENV}={text!r} must be a positive integer number of bytes")
     return value
 
 

@@ -273,7 +273,7 @@ def run_model_case(impl, config, state, x, grad_logits):
 
 def check_model_file(impl, meta, arrays, report):
     """Re-derive every result of a whole-model file (``official_tiny_model`` format)."""
-    state = {key[len("state/"):]: value for key, value in arrays.items() if key.startswith("state/")}
+    state = {key[len("state/") :]: value for key, value in arrays.items() if key.startswith("state/")}
     needed = ["x", "grad_logits"]
     missing = [key for key in needed if key not in arrays]
     if missing or not state:
@@ -497,22 +497,27 @@ def cmd_generate(args) -> int:
         bad = enforced and errors[worst] > REFERENCE_TOLERANCE
         failures += bad
         verdict = ("FAIL" if bad else "ok") if enforced else "for information (low precision)"
-        print(f"{name}: y {tuple(got['y'].shape)} {got['y'].dtype}; worst error against neocell_ref "
-              f"(float64): {errors[worst]:.3e} in {worst} -- {verdict}")
+        print(
+            f"{name}: y {tuple(got['y'].shape)} {got['y'].dtype}; worst error against neocell_ref "
+            f"(float64): {errors[worst]:.3e} in {worst} -- {verdict}"
+        )
         order = ["x", "y", "grad_y", "grad_x"]
-        order += [f"{kind}_{g}" for g in range(groups) for kind in
-                  ("weight_a", "weight_b", "grad_weight_a", "grad_weight_b")]
+        order += [
+            f"{kind}_{g}" for g in range(groups) for kind in ("weight_a", "weight_b", "grad_weight_a", "grad_weight_b")
+        ]
         npz.update({f"{name}/{key}": arrays[key] for key in order})
-        cases.append({
-            "name": name,
-            "specs": specs,
-            "x_shape": list(x.shape),
-            "y_shape": list(got["y"].shape),
-            "groups": groups,
-            "dtype": args.dtype,
-            "seed": seed,
-            "inputs": origin,
-        })
+        cases.append(
+            {
+                "name": name,
+                "specs": specs,
+                "x_shape": list(x.shape),
+                "y_shape": list(got["y"].shape),
+                "groups": groups,
+                "dtype": args.dtype,
+                "seed": seed,
+                "inputs": origin,
+            }
+        )
     meta = {
         "source": f"outputs of the official NeoNeXt PyTorch implementation (NeoCellCPP, CPU, {args.dtype})",
         "arrays": ARRAYS_NOTE,
@@ -565,29 +570,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p):
         p.add_argument("--official", required=True, metavar="PATH", help="checkout of github HapKoM/neonext")
-        p.add_argument("--build-dir", metavar="DIR", default=None,
-                       help="cache for the C++ build (default: $NEOCELL_OFFICIAL_BUILD_DIR, else the user cache folder)")
+        p.add_argument(
+            "--build-dir",
+            metavar="DIR",
+            default=None,
+            help="cache for the C++ build (default: $NEOCELL_OFFICIAL_BUILD_DIR, else the user cache folder)",
+        )
         p.add_argument("--verbose", action="store_true", help="show the compiler's output")
 
     check = sub.add_parser("check", help="re-derive every stored result and compare (exit 0 iff all within 1e-12)")
     common(check)
-    check.add_argument("--data", metavar="DIR", default=str(DEFAULT_DATA),
-                       help="folder with official_*.json/.npz pairs (default: tests/data)")
+    check.add_argument(
+        "--data",
+        metavar="DIR",
+        default=str(DEFAULT_DATA),
+        help="folder with official_*.json/.npz pairs (default: tests/data)",
+    )
     check.set_defaults(run=cmd_check)
 
     gen = sub.add_parser("generate", help="write new NeoCell cases in the format of official_neocell.{npz,json}")
     common(gen)
     gen.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     gen.add_argument("--stem", default="official_neocell_generated", help="file name stem of the .npz/.json pair")
-    gen.add_argument("--specs", metavar="JSON", help='channel groups, e.g. \'[{"kernel": 7, "channels": 4, "shift": 1}]\'')
+    gen.add_argument(
+        "--specs", metavar="JSON", help='channel groups, e.g. \'[{"kernel": 7, "channels": 4, "shift": 1}]\''
+    )
     gen.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), help="input shape")
     gen.add_argument("--seed", type=int, default=0, help="seed of numpy.random.default_rng for x, weights, grad_y")
     gen.add_argument("--name", help="case name (default: case_seedS_NxCxHxW)")
-    gen.add_argument("--from", dest="source", metavar="STEM",
-                     help="take specs, x, weights and grad_y from existing data, e.g. tests/data/official_neocell")
+    gen.add_argument(
+        "--from",
+        dest="source",
+        metavar="STEM",
+        help="take specs, x, weights and grad_y from existing data, e.g. tests/data/official_neocell",
+    )
     gen.add_argument("--case", action="append", metavar="NAME", help="case of --from to re-run (repeatable)")
-    gen.add_argument("--dtype", choices=DTYPES, default="float64",
-                     help="float64 (default), float32, or float16-autocast (CPU autocast, float32 parameters)")
+    gen.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float64",
+        help="float64 (default), float32, or float16-autocast (CPU autocast, float32 parameters)",
+    )
     gen.add_argument("--force", action="store_true", help="replace existing output files")
     gen.set_defaults(run=cmd_generate)
     return parser
@@ -602,8 +625,11 @@ def main(argv=None) -> int:
         print(f"official_data.py {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ImportError as exc:
-        print(f"official_data.py {args.command}: error: {_first_line(exc)}; install the 'official' extra: "
-              'python -m pip install ".[official]"', file=sys.stderr)
+        print(
+            f"official_data.py {args.command}: error: {_first_line(exc)}; install the 'official' extra: "
+            'python -m pip install ".[official]"',
+            file=sys.stderr,
+        )
         return 2
 
 

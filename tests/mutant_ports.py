@@ -75,14 +75,14 @@ def _place(kernel, rows, cols, shift, bug):
     if shift and bug != "corner_dropped":
         pieces.append((0, 0, p - shift, q - shift, min(shift, rows), min(shift, cols)))
     for r0, c0, kr, kc, r, c in pieces:
-        m[r0:r0 + r, c0:c0 + c] = kernel[kr:kr + r, kc:kc + c]
+        m[r0 : r0 + r, c0 : c0 + c] = kernel[kr : kr + r, kc : kc + c]
     return m, pieces
 
 
 def _gather(grad_m, shape, pieces):
     grad_k = np.zeros(shape, dtype=grad_m.dtype)
     for r0, c0, kr, kc, r, c in pieces:
-        grad_k[kr:kr + r, kc:kc + c] += grad_m[r0:r0 + r, c0:c0 + c]
+        grad_k[kr : kr + r, kc : kc + c] += grad_m[r0 : r0 + r, c0 : c0 + c]
     return grad_k
 
 
@@ -196,8 +196,7 @@ def batchnorm_unbiased_forward(x, weight, bias, running_mean=None, running_var=N
     return y
 
 
-def batchnorm_unbiased_backward(grad_y, x, weight, bias, running_mean=None, running_var=None, *, training,
-                                eps=1e-5):
+def batchnorm_unbiased_backward(grad_y, x, weight, bias, running_mean=None, running_var=None, *, training, eps=1e-5):
     """Exact backward of :func:`batchnorm_unbiased_forward`, derived by hand.
 
     Per channel, with ``M = N·H·W``, ``μ = Σx/M``, ``v = Σ(x-μ)²/(M-1)``,
@@ -218,17 +217,18 @@ def batchnorm_unbiased_backward(grad_y, x, weight, bias, running_mean=None, runn
     weight = np.asarray(weight, dtype=dtype)
     m = x.shape[0] * x.shape[2] * x.shape[3]
     centred = x - x.mean(axis=(0, 2, 3))[:, None, None]
-    s = 1.0 / np.sqrt((centred ** 2).sum(axis=(0, 2, 3)) / (m - 1) + eps)
+    s = 1.0 / np.sqrt((centred**2).sum(axis=(0, 2, 3)) / (m - 1) + eps)
     x_hat = centred * s[:, None, None]
     g = dy * weight[:, None, None]
-    grad_x = s[:, None, None] * (g - g.sum(axis=(0, 2, 3))[:, None, None] / m
-                                 - x_hat * (g * x_hat).sum(axis=(0, 2, 3))[:, None, None] / (m - 1))
+    grad_x = s[:, None, None] * (
+        g - g.sum(axis=(0, 2, 3))[:, None, None] / m - x_hat * (g * x_hat).sum(axis=(0, 2, 3))[:, None, None] / (m - 1)
+    )
     return grad_x, (dy * x_hat).sum(axis=(0, 2, 3)), dy.sum(axis=(0, 2, 3)), None, None
 
 
 def gelu_tanh_forward(x, *, out=None):
     x = np.asarray(x)
-    y = 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))  # the bug
+    y = 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))  # the bug
     if out is not None:
         out[...] = y
         return out
@@ -243,20 +243,23 @@ def gelu_tanh_backward(grad_y, x):
     """
     x = np.asarray(x)
     c = np.sqrt(2.0 / np.pi)
-    u = c * (x + 0.044715 * x ** 3)
+    u = c * (x + 0.044715 * x**3)
     with np.errstate(over="ignore"):  # cosh overflows far out, where sech² is 0
         sech2 = 1.0 / np.cosh(u) ** 2
-    d = 0.5 * (1.0 + np.tanh(u)) + 0.5 * x * sech2 * c * (1.0 + 3 * 0.044715 * x ** 2)
+    d = 0.5 * (1.0 + np.tanh(u)) + 0.5 * x * sech2 * c * (1.0 + 3 * 0.044715 * x**2)
     return ((np.asarray(grad_y) * d).astype(np.result_type(x, grad_y), copy=False),)
 
 
 @contextmanager
 def _layers_replaced(bug):
     """Run the package's model with one layer function swapped for the buggy one."""
-    replaced = {"batchnorm_unbiased": {"batchnorm_forward": batchnorm_unbiased_forward,
-                                       "batchnorm_backward": batchnorm_unbiased_backward},
-                "gelu_tanh": {"gelu_forward": gelu_tanh_forward,
-                              "gelu_backward": gelu_tanh_backward}}.get(bug, {})
+    replaced = {
+        "batchnorm_unbiased": {
+            "batchnorm_forward": batchnorm_unbiased_forward,
+            "batchnorm_backward": batchnorm_unbiased_backward,
+        },
+        "gelu_tanh": {"gelu_forward": gelu_tanh_forward, "gelu_backward": gelu_tanh_backward},
+    }.get(bug, {})
     original = {name: getattr(_layers, name) for name in replaced}
     for name, fn in replaced.items():
         setattr(_layers, name, fn)

@@ -39,9 +39,12 @@ def run_script(*args, block_imports=False, timeout=600):
     """Run the script in a fresh interpreter; ``block_imports`` makes torch and numpy unimportable."""
     prelude = "sys.modules['torch'] = None; sys.modules['numpy'] = None; " if block_imports else ""
     argv = [str(SCRIPT), *map(str, args)]
-    code = f"import sys; {prelude}import runpy; sys.argv = {argv!r}; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    code = (
+        f"import sys; {prelude}import runpy; sys.argv = {argv!r}; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def assert_how_to(done):
@@ -98,7 +101,10 @@ def test_smoke_run_writes_every_row_after_the_agreement_check(checkout, tmp_path
             assert row["official_ms"] > 0 and row["neocell_ref_ms"] > 0, row
             assert row["ratio"] == pytest.approx(row["neocell_ref_ms"] / row["official_ms"])
         assert [r["name"].split(" (")[0] for r in setting["floor_ratios"]] == [
-            "inference batch 1", "inference batch 8", "training step"]
+            "inference batch 1",
+            "inference batch 8",
+            "training step",
+        ]
         assert setting["floor_ratios"][2]["floor_factor"] == 3
         # y, grads of x and 2 + 2 kernels, per NeoCell size; logits twice; the training check
         assert len(setting["agreement"]) >= 2 * 6 + 2 + 2
@@ -107,15 +113,19 @@ def test_smoke_run_writes_every_row_after_the_agreement_check(checkout, tmp_path
     assert "| NeoCell 2x12x16x16" in done.stdout and "met" in done.stdout
 
 
-@pytest.mark.parametrize("tampered, what", [
-    ("neocell", "NeoCell 2x12x16x16 \"4+7\" shift 1: y"),
-    ("model", "tiny NeoNeXt 112 px inference, batch 1: logits"),
-])
+@pytest.mark.parametrize(
+    "tampered, what",
+    [
+        ("neocell", 'NeoCell 2x12x16x16 "4+7" shift 1: y'),
+        ("model", "tiny NeoNeXt 112 px inference, batch 1: logits"),
+    ],
+)
 def test_differing_weights_make_it_refuse_to_time(checkout, tmp_path, tampered, what):
     """Test of the agreement check: one weight of the authors' copy changed by 1.0."""
     out = tmp_path / "bench.json"
-    done = run_script("--official", checkout, "--smoke", "--repeats", "1", "--threads", "1",
-                      "--tamper", tampered, "--json", out)
+    done = run_script(
+        "--official", checkout, "--smoke", "--repeats", "1", "--threads", "1", "--tamper", tampered, "--json", out
+    )
     assert done.returncode == 1, f"exit status {done.returncode}, expected 1\nstdout:\n{done.stdout}"
     expected = f"REFUSING TO TIME: {what} of neocell_ref and of the official implementation differ"
     assert expected in done.stdout, f"expected {expected!r} in:\n{done.stdout}"

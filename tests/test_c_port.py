@@ -79,8 +79,12 @@ def sanitized_port(tmp_path_factory):
     if shutil.which("cc"):
         probe = folder / "probe.c"
         probe.write_text("int main(void) { return 0; }\n")
-        result = subprocess.run(["cc", *SANITIZE.split(), str(probe), "-o", str(folder / "probe")],
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            ["cc", *SANITIZE.split(), str(probe), "-o", str(folder / "probe")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if result.returncode != 0:
             _unavailable(f"the C compiler cannot build with sanitizers: {result.stderr.strip()}")
     binary, code, output = _build(folder, SANITIZE)
@@ -96,7 +100,9 @@ def golden_cases(dtype):
     """Every curated core NeoCell case: ``(name, meta with inputs and tolerances, arrays)``."""
     op = OPERATIONS["neocell"]
     for index, (name, spec, shape) in enumerate(op.cases("core")):
-        meta, arrays, inputs, tolerances = op.make(name, spec, shape, np.dtype(dtype), np.random.default_rng([0, index]))
+        meta, arrays, inputs, tolerances = op.make(
+            name, spec, shape, np.dtype(dtype), np.random.default_rng([0, index])
+        )
         yield name, {**meta, "inputs": inputs, "tolerances": tolerances}, arrays
 
 
@@ -109,8 +115,9 @@ def golden_failures(binary, dtype, forward_only=False):
         assert sorted(got) == sorted(expected_names), f"{name}: outputs {sorted(got)}"
         for key, value in got.items():
             tol = meta["tolerances"][key]
-            result = compare_arrays(name, key, value, arrays[key], rtol=tol["rtol"], atol=tol["atol"],
-                                    bound=arrays[tol["bound"]])
+            result = compare_arrays(
+                name, key, value, arrays[key], rtol=tol["rtol"], atol=tol["atol"], bound=arrays[tol["bound"]]
+            )
             checked += 1
             if not result.passed:
                 failed.append(result.describe())
@@ -131,7 +138,9 @@ def test_full_suite_stage_shapes(c_port):
 
     op, failed = OPERATIONS["neocell"], []
     for index, (name, spec, shape) in enumerate(NEOCELL_CASES_FULL):
-        meta, arrays, inputs, tolerances = op.make(name, spec, shape, np.dtype("float32"), np.random.default_rng([1, index]))
+        meta, arrays, inputs, tolerances = op.make(
+            name, spec, shape, np.dtype("float32"), np.random.default_rng([1, index])
+        )
         meta = {**meta, "inputs": inputs, "tolerances": tolerances}
         got = run_golden_case(command(c_port), "neocell", name, meta, arrays)
         for key, value in got.items():
@@ -157,8 +166,9 @@ def test_official_conformance_cases(c_port, case):
     inputs.update({f"weight_a_{g}": w for g, w in enumerate(wa)})
     inputs.update({f"weight_b_{g}": w for g, w in enumerate(wb)})
     outputs = neocell_outputs(specs, x.shape)
-    got = run_exec(command(c_port), op="neocell", case=case["name"], inputs=inputs, outputs=outputs,
-                   fields={"specs": specs})
+    got = run_exec(
+        command(c_port), op="neocell", case=case["name"], inputs=inputs, outputs=outputs, fields={"specs": specs}
+    )
     assert sorted(got) == sorted(outputs)
     for key, value in got.items():
         err = relative_error(value, OFFICIAL_ARRAYS[f"{case['name']}/{key}"])
@@ -170,11 +180,19 @@ def test_official_conformance_cases(c_port, case):
 # --------------------------------------------------------------------------------------
 #: Textual mutations of neocell.c, each a porting mistake: ``{id: (original, mutant)}``.
 C_MUTANTS = {
-    "shift-and-corner-ignored": ("a.front_in = shift > 0 ? k_in - shift : 0;\n    a.front_out = shift > 0 ? k_out - shift : 0;",
-                                 "a.front_in = 0;\n    a.front_out = 0;"),
-    "subgroup-split-rounded-up": ("long long size = channels / n_sub;", "long long size = (channels + n_sub - 1) / n_sub;"),
+    "shift-and-corner-ignored": (
+        "a.front_in = shift > 0 ? k_in - shift : 0;\n    a.front_out = shift > 0 ? k_out - shift : 0;",
+        "a.front_in = 0;\n    a.front_out = 0;",
+    ),
+    "subgroup-split-rounded-up": (
+        "long long size = channels / n_sub;",
+        "long long size = (channels + n_sub - 1) / n_sub;",
+    ),
     "output-size-rounded-up": ("return length * k_out / k_in;", "return (length * k_out + k_in - 1) / k_in;"),
-    "last-partial-tile-dropped": ("a.tiles = (len + a.front_in + k_in - 1) / k_in;", "a.tiles = (len + a.front_in) / k_in;"),
+    "last-partial-tile-dropped": (
+        "a.tiles = (len + a.front_in + k_in - 1) / k_in;",
+        "a.tiles = (len + a.front_in) / k_in;",
+    ),
     "kernel-gradient-not-accumulated": ("gb[q * w_out + w] += sum;", "gb[q * w_out + w] = sum;"),
 }
 
@@ -189,8 +207,9 @@ def test_c_mutant_is_caught(c_port, tmp_path, mutant):
     assert text.count(original) == 1, f"{mutant}: the code to mutate is no longer in neocell.c"
     (source / "neocell.c").write_text(text.replace(original, replacement))
     binary = tmp_path / "neocell_port"
-    result = subprocess.run(["make", "-C", str(source), f"OUT={binary}", "CFLAGS=-std=c99 -O0"],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["make", "-C", str(source), f"OUT={binary}", "CFLAGS=-std=c99 -O0"], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     try:
         failed, _ = golden_failures(binary, "float64")
@@ -213,8 +232,15 @@ def write_case(folder, specs=SPECS, x_shape=(1, 3, 4, 8), case_edit=None, arrays
     for g, group in enumerate(parse_specs(specs)):
         inputs[f"weight_a_{g}"] = rng.standard_normal(group.shape_a)
         inputs[f"weight_b_{g}"] = rng.standard_normal(group.shape_b)
-    case = {"protocol": 1, "op": "neocell", "case": "hostile", "dtype": "float64", "specs": specs,
-            "inputs": sorted(inputs), "outputs": {"y": list(x_shape)}}
+    case = {
+        "protocol": 1,
+        "op": "neocell",
+        "case": "hostile",
+        "dtype": "float64",
+        "specs": specs,
+        "inputs": sorted(inputs),
+        "outputs": {"y": list(x_shape)},
+    }
     if case_edit:
         case_edit(case)
     if arrays_edit:
@@ -264,41 +290,68 @@ def _claim(shape):
 
 
 HOSTILE = {
-    "unknown spec key": (dict(case_edit=_spec("kernal", 3)), "unknown key \"kernal\""),
+    "unknown spec key": (dict(case_edit=_spec("kernal", 3)), 'unknown key "kernal"'),
     "two size forms": (dict(case_edit=_spec("kernel_a", 3)), "exactly one size form"),
-    "kernel_a without kernel_b": (dict(case_edit=lambda d: d["specs"][1].pop("kernel_b")), "both kernel_a and kernel_b"),
+    "kernel_a without kernel_b": (
+        dict(case_edit=lambda d: d["specs"][1].pop("kernel_b")),
+        "both kernel_a and kernel_b",
+    ),
     "shift with shift_a": (dict(case_edit=_spec("shift_a", 1)), "both shift and shift_a"),
     "float in case.json": (dict(case_edit=_spec("channels", 1.5)), "only integers"),
     "boolean in case.json": (dict(case_edit=_spec("shift", True)), "true, false, null"),
     "negative channels": (dict(case_edit=_spec("channels", -2)), "out of range"),
     "shift as large as the kernel": (dict(case_edit=_spec("shift", 3)), "larger than the shift"),
     "largest used shift beyond the size": (
-        dict(specs=[{"kernel": 7, "channels": 7, "shift": 3}], x_shape=(1, 7, 5, 9)), "exceeds the input height 5"),
+        dict(specs=[{"kernel": 7, "channels": 7, "shift": 3}], x_shape=(1, 7, 5, 9)),
+        "exceeds the input height 5",
+    ),
     "groups disagree on the output size": (
-        dict(specs=[{"kernel": 2, "channels": 1}, {"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 1}],
-             x_shape=(1, 2, 4, 4)), "disagree on the output size"),
+        dict(
+            specs=[{"kernel": 2, "channels": 1}, {"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 1}],
+            x_shape=(1, 2, 4, 4),
+        ),
+        "disagree on the output size",
+    ),
     "channels do not add up": (dict(x_shape=(1, 4, 4, 8)), "channels sum to 3"),
-    "unknown top-level key": (dict(case_edit=_set("extra", 1)), "unknown key \"extra\""),
+    "unknown top-level key": (dict(case_edit=_set("extra", 1)), 'unknown key "extra"'),
     "protocol 2": (dict(case_edit=_set("protocol", 2)), "protocol 2 is not supported"),
-    "another op": (dict(case_edit=_set("op", "gelu")), "op \"gelu\" is not supported"),
+    "another op": (dict(case_edit=_set("op", "gelu")), 'op "gelu" is not supported'),
     "wrong output shape": (dict(case_edit=_set("outputs", {"y": [1, 3, 4, 9]})), "not the shape this port computes"),
     "gradients without grad_y": (
-        dict(case_edit=lambda d: d["outputs"].update(grad_x=[1, 3, 4, 8])), "\"outputs\" must be exactly"),
+        dict(case_edit=lambda d: d["outputs"].update(grad_x=[1, 3, 4, 8])),
+        '"outputs" must be exactly',
+    ),
     "missing input": (dict(arrays_edit=lambda a: a.pop("weight_b_1")), "weight_b_1.npy: cannot open"),
     "deep nesting": (dict(case_edit=_set("specs", json.loads("[" * 40 + "]" * 40))), "nesting too deep"),
     "repeated key": (dict(case_edit=lambda d: None), None),  # replaced below by raw text
-    "big-endian input": (dict(arrays_edit=lambda a: a.__setitem__("x", a["x"].astype(">f8"))), "'>f8' is not supported"),
-    "integer input": (dict(arrays_edit=lambda a: a.__setitem__("x", a["x"].astype(np.int64))), "'<i8' is not supported"),
-    "complex input": (dict(arrays_edit=lambda a: a.__setitem__("x", a["x"].astype(complex))), "'<c16' is not supported"),
+    "big-endian input": (
+        dict(arrays_edit=lambda a: a.__setitem__("x", a["x"].astype(">f8"))),
+        "'>f8' is not supported",
+    ),
+    "integer input": (
+        dict(arrays_edit=lambda a: a.__setitem__("x", a["x"].astype(np.int64))),
+        "'<i8' is not supported",
+    ),
+    "complex input": (
+        dict(arrays_edit=lambda a: a.__setitem__("x", a["x"].astype(complex))),
+        "'<c16' is not supported",
+    ),
     "Fortran-order input": (dict(arrays_edit=lambda a: a.__setitem__("x", np.asfortranarray(a["x"]))), "Fortran order"),
-    "pickled input": (dict(arrays_edit=lambda a: a.__setitem__("x", np.array([{}, {}], dtype=object))), "'|O' is not supported"),
+    "pickled input": (
+        dict(arrays_edit=lambda a: a.__setitem__("x", np.array([{}, {}], dtype=object))),
+        "'|O' is not supported",
+    ),
     "wrong weight shape": (dict(arrays_edit=lambda a: a.__setitem__("weight_a_0", np.zeros((2, 3, 2)))), "wrong shape"),
     "truncated input": (dict(arrays_edit=lambda a: a.__setitem__("x", _npy_bytes(a["x"])[:-3])), "truncated data"),
     "trailing data": (dict(arrays_edit=lambda a: a.__setitem__("x", _npy_bytes(a["x"]) + b"\0")), "trailing data"),
-    "huge shape claim": (dict(arrays_edit=lambda a: a.__setitem__("x", _claim((10**7, 10**7, 10**7)))),
-                         "too many elements"),
-    "size claim beyond the file": (dict(arrays_edit=lambda a: a.__setitem__("x", _claim((1, 3, 4, 10**9)))),
-                                   "truncated data"),
+    "huge shape claim": (
+        dict(arrays_edit=lambda a: a.__setitem__("x", _claim((10**7, 10**7, 10**7)))),
+        "too many elements",
+    ),
+    "size claim beyond the file": (
+        dict(arrays_edit=lambda a: a.__setitem__("x", _claim((1, 3, 4, 10**9)))),
+        "truncated data",
+    ),
     "not a .npy": (dict(arrays_edit=lambda a: a.__setitem__("x", b"hello")), "not a .npy file"),
 }
 
@@ -328,7 +381,8 @@ def test_refused_input_exits_2_with_a_message(c_port, tmp_path, label):
     result = run_port(c_port, in_dir, out_dir)
     assert result.returncode == 2, f"{label}: exit {result.returncode}, stderr {result.stderr!r}"
     assert result.stderr.startswith("neocell_port: error: ") and words in result.stderr, (
-        f"{label}: expected {words!r} in stderr, got {result.stderr!r}")
+        f"{label}: expected {words!r} in stderr, got {result.stderr!r}"
+    )
     assert list(out_dir.iterdir()) == [], f"{label}: the port wrote outputs although it refused the input"
 
 

@@ -36,10 +36,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PAGE = ROOT / "docs" / "spec.md"
-TEXT_SUFFIXES = {".py", ".md", ".ipynb", ".cfg", ".toml", ".txt", ".json", ".rst", ".ini",
-                 ".yml", ".yaml", ".sh"}
-SKIP_DIRS = {".git", "_build", "_generated", "jupyter_execute", "__pycache__", ".hypothesis",
-             ".pytest_cache", ".ipynb_checkpoints", "build", "dist", ".venv"}
+TEXT_SUFFIXES = {".py", ".md", ".ipynb", ".cfg", ".toml", ".txt", ".json", ".rst", ".ini", ".yml", ".yaml", ".sh"}
+SKIP_DIRS = {
+    ".git",
+    "_build",
+    "_generated",
+    "jupyter_execute",
+    "__pycache__",
+    ".hypothesis",
+    ".pytest_cache",
+    ".ipynb_checkpoints",
+    "build",
+    "dist",
+    ".venv",
+}
 
 # The sections the code cites by number; the numbering must never change.
 SECTION_TITLES = {
@@ -73,9 +83,7 @@ SPEC_ANCHOR = re.compile(r"(?<![\w\-])((?:[\w.\-]+/)*spec\.md)#([^)\s\"'`>]*)")
 # -- what a path outside the repository looks like ----------------------------------------
 PARENT_PATH = re.compile(r"(?<![\w.\-/])((?:\.\./)+)([\w.\-/]*)")
 SHARED_FOLDER = re.compile(r"\bshared/(?:SPEC|conformance)\b")
-MACHINE_PATH = re.compile(
-    r"(?<![\w.~:/\-])/(?:work|tmp|home|Users|root|mnt|scratch|private|opt)/"
-)
+MACHINE_PATH = re.compile(r"(?<![\w.~:/\-])/(?:work|tmp|home|Users|root|mnt|scratch|private|opt)/")
 
 
 def github_slug(title: str) -> str:
@@ -85,8 +93,7 @@ def github_slug(title: str) -> str:
 
 def spec_headings(text: str):
     """``(sections, subsections, slugs)`` of the specification page's text."""
-    sections = {int(m.group(1)): m.group(2).strip()
-                for m in re.finditer(r"^## (\d+)\. (.+)$", text, re.MULTILINE)}
+    sections = {int(m.group(1)): m.group(2).strip() for m in re.finditer(r"^## (\d+)\. (.+)$", text, re.MULTILINE)}
     subsections = {m.group(1) for m in re.finditer(r"^### (\d+\.\d+) ", text, re.MULTILINE)}
     slugs = {github_slug(m.group(1).strip()) for m in re.finditer(r"^#{1,6} (.+)$", text, re.MULTILINE)}
     return sections, subsections, slugs
@@ -172,11 +179,11 @@ def scan_text(text: str, where: Path, spec_text: str, root: Path = ROOT) -> list
         try:
             target.relative_to(root.resolve())
         except ValueError:
-            problems.append(
-                f"line {_line_of(text, m.start())}: '{m.group(0)}' leads outside the repository"
-            )
-    for pattern, what in ((SHARED_FOLDER, "a folder outside the repository"),
-                          (MACHINE_PATH, "an absolute path outside the repository")):
+            problems.append(f"line {_line_of(text, m.start())}: '{m.group(0)}' leads outside the repository")
+    for pattern, what in (
+        (SHARED_FOLDER, "a folder outside the repository"),
+        (MACHINE_PATH, "an absolute path outside the repository"),
+    ):
         for m in pattern.finditer(text):
             problems.append(f"line {_line_of(text, m.start())}: '{m.group(0)}' is {what}")
     return problems
@@ -197,8 +204,9 @@ def tracked_text_files(root: Path = ROOT) -> list[Path]:
     working copy are not the project's), or, without git, a walk of the tree that leaves out
     build output and caches."""
     try:
-        listing = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True,
-                                 check=True, timeout=60).stdout.decode("utf-8")
+        listing = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True, timeout=60
+        ).stdout.decode("utf-8")
         names = [n for n in listing.split("\0") if n]
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
         names = []
@@ -220,8 +228,13 @@ def test_spec_has_the_nine_numbered_sections():
 
 def test_scan_covers_the_tree():
     files = {p.relative_to(ROOT).as_posix() for p in tracked_text_files()}
-    for expected in ("README.md", "docs/spec.md", "neocell_ref/spec.py", "tests/data/PROVENANCE.md",
-                     "tests/test_citations.py"):
+    for expected in (
+        "README.md",
+        "docs/spec.md",
+        "neocell_ref/spec.py",
+        "tests/data/PROVENANCE.md",
+        "tests/test_citations.py",
+    ):
         assert expected in files, f"{expected} is not among the {len(files)} scanned files"
     assert any(f.endswith(".ipynb") for f in files), "no notebook is scanned"
     assert not any(f.endswith(".npz") for f in files), "binary data must not be scanned"
@@ -235,8 +248,7 @@ def test_every_spec_citation_resolves_and_no_path_leaves_the_repository():
 
 def test_the_tree_cites_the_spec_in_many_places():
     # Guards the scanner against a pattern that silently stops matching anything.
-    count = sum(len(CITATION.findall(text)) for path in tracked_text_files()
-                for _, text in text_units(path))
+    count = sum(len(CITATION.findall(text)) for path in tracked_text_files() for _, text in text_units(path))
     assert count >= 100, f"only {count} SPEC citations found; the tree has about 150"
 
 
@@ -249,24 +261,27 @@ PAGE = "spec" + ".md"
 SPEC_SAMPLE = "# Spec\n\n## 1. One\n\n### 1.2 Sub part\n\n## 3. Three (the third)\n"
 
 
-@pytest.mark.parametrize("text", [
-    f"see {S} section 3",
-    f"({S} 1)",
-    f"{S} 3's rule",
-    f"{S} §3",
-    f"{S}-3 pattern",
-    f"{S} sections 1 and 3",
-    f"{S} sections 1, 3 and 1.2",
-    f"{S}\n# section 3, continued in a comment",
-    f"{S} 1.2",
-    f"the {S} text",
-    f"{S}: the document",
-    f"{S} section N means section N of the page",
-    f"[{S} 3]({PAGE}#3-three-the-third)",
-    f"[the {S}]({PAGE}), [{S} 1]({UP}docs/{PAGE}#1-one)",
-    f"{S}S = [1, 2]",
-    f"cat > /dev/null; see https://example.org/tmp/x and {UP}docs/{PAGE}",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"see {S} section 3",
+        f"({S} 1)",
+        f"{S} 3's rule",
+        f"{S} §3",
+        f"{S}-3 pattern",
+        f"{S} sections 1 and 3",
+        f"{S} sections 1, 3 and 1.2",
+        f"{S}\n# section 3, continued in a comment",
+        f"{S} 1.2",
+        f"the {S} text",
+        f"{S}: the document",
+        f"{S} section N means section N of the page",
+        f"[{S} 3]({PAGE}#3-three-the-third)",
+        f"[the {S}]({PAGE}), [{S} 1]({UP}docs/{PAGE}#1-one)",
+        f"{S}S = [1, 2]",
+        f"cat > /dev/null; see https://example.org/tmp/x and {UP}docs/{PAGE}",
+    ],
+)
 def test_scanner_accepts_valid_text(tmp_path, text):
     (tmp_path / "docs").mkdir()
     page = tmp_path / "docs" / "page.md"
@@ -275,26 +290,29 @@ def test_scanner_accepts_valid_text(tmp_path, text):
     assert not problems, f"valid text {text!r} was flagged: {problems}"
 
 
-@pytest.mark.parametrize("text, expected", [
-    (f"see {S} section 12 here", "cites section 12"),
-    (f"({S} 2)", "cites section 2"),
-    (f"{S} sections 1 and 4", "cites section 4"),
-    (f"{S} sections 1-3", "cites section 2"),
-    (f"{S} 1 to 3", "cites section 2"),
-    (f"{S} §7", "cites section 7"),
-    (f"{S}-5 rule", "cites section 5"),
-    (f"{S} 1.3", "cites section 1.3"),
-    (f"{S} section\n 2 (the word and the number on other lines)", "cites section 2"),
-    (f"{S} section X", "cites no section number"),
-    (f"[{S}](operator.md)", "does not lead to docs/spec.md"),
-    (f"[{S} 3]({PAGE}#3-the-expanded-matrix)", "anchor '#3-the-expanded-matrix'"),
-    (f"copied from {UP}{UP}shared/data", "leads outside the repository"),
-    ("from the folder " + "shared/" + "conformance/", "a folder outside the repository"),
-    ("read " + "shared/" + f"{S}.md", "a folder outside the repository"),
-    ("the checkout at " + "/wo" + "rk/official", "an absolute path"),
-    ("write to " + "/t" + "mp/golden", "an absolute path"),
-    ("look in " + "/ho" + "me/someone/data", "an absolute path"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (f"see {S} section 12 here", "cites section 12"),
+        (f"({S} 2)", "cites section 2"),
+        (f"{S} sections 1 and 4", "cites section 4"),
+        (f"{S} sections 1-3", "cites section 2"),
+        (f"{S} 1 to 3", "cites section 2"),
+        (f"{S} §7", "cites section 7"),
+        (f"{S}-5 rule", "cites section 5"),
+        (f"{S} 1.3", "cites section 1.3"),
+        (f"{S} section\n 2 (the word and the number on other lines)", "cites section 2"),
+        (f"{S} section X", "cites no section number"),
+        (f"[{S}](operator.md)", "does not lead to docs/spec.md"),
+        (f"[{S} 3]({PAGE}#3-the-expanded-matrix)", "anchor '#3-the-expanded-matrix'"),
+        (f"copied from {UP}{UP}shared/data", "leads outside the repository"),
+        ("from the folder " + "shared/" + "conformance/", "a folder outside the repository"),
+        ("read " + "shared/" + f"{S}.md", "a folder outside the repository"),
+        ("the checkout at " + "/wo" + "rk/official", "an absolute path"),
+        ("write to " + "/t" + "mp/golden", "an absolute path"),
+        ("look in " + "/ho" + "me/someone/data", "an absolute path"),
+    ],
+)
 def test_scanner_flags_planted_mistakes(tmp_path, text, expected):
     page = tmp_path / "page.md"
     page.write_text(f"first line\n{text}\n", encoding="utf-8")
@@ -307,12 +325,17 @@ def test_scanner_reads_notebook_cells_and_outputs(tmp_path):
     notebook = {
         "cells": [
             {"cell_type": "markdown", "metadata": {}, "source": ["# Title\n", f"Fine: {S} 1.\n"]},
-            {"cell_type": "code", "metadata": {}, "execution_count": 1,
-             "source": ["x = 1\n", f"# rule of {S} section 8\n"],
-             "outputs": [{"name": "stdout", "output_type": "stream",
-                          "text": ["saved to " + "/tm" + "p/out\n"]}]},
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "execution_count": 1,
+                "source": ["x = 1\n", f"# rule of {S} section 8\n"],
+                "outputs": [{"name": "stdout", "output_type": "stream", "text": ["saved to " + "/tm" + "p/out\n"]}],
+            },
         ],
-        "metadata": {}, "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
     }
     path = tmp_path / "nb.ipynb"
     path.write_text(json.dumps(notebook, indent=1), encoding="utf-8")
@@ -337,8 +360,9 @@ def test_scanner_finds_planted_files_in_a_tree(tmp_path, with_git):
         if not with_git:
             raise OSError("no repository: the walk of the tree")
         subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, capture_output=True)
-        subprocess.run(["git", "add", "docs/spec.md", "pkg/mod.py", "pkg/data.npz"], cwd=tmp_path,
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "add", "docs/spec.md", "pkg/mod.py", "pkg/data.npz"], cwd=tmp_path, check=True, capture_output=True
+        )
     except (OSError, subprocess.CalledProcessError):
         pass
     files = [p.relative_to(tmp_path).as_posix() for p in tracked_text_files(tmp_path)]

@@ -82,8 +82,9 @@ def independent_nnz_macs(groups, height, width, batch):
     w_out = spec_out_len(width, groups[0].w_in, groups[0].w_out)
     total = 0
     for g in groups:
-        for sa, sb in zip(spec_channel_shifts(g.channels, g.shift_a, g.h_out),
-                          spec_channel_shifts(g.channels, g.shift_b, g.w_out)):
+        for sa, sb in zip(
+            spec_channel_shifts(g.channels, g.shift_a, g.h_out), spec_channel_shifts(g.channels, g.shift_b, g.w_out)
+        ):
             nnz_a = int(spec_filled_pattern(g.h_out, g.h_in, h_out, height, sa).sum())
             nnz_b = int(spec_filled_pattern(g.w_in, g.w_out, width, w_out, sb).sum())
             total += nnz_a * width + h_out * nnz_b
@@ -91,8 +92,7 @@ def independent_nnz_macs(groups, height, width, batch):
 
 
 def random_weights(groups, rng):
-    return ([rng.standard_normal(g.shape_a) for g in groups],
-            [rng.standard_normal(g.shape_b) for g in groups])
+    return ([rng.standard_normal(g.shape_a) for g in groups], [rng.standard_normal(g.shape_b) for g in groups])
 
 
 # --------------------------------------------------------------------------------------
@@ -150,8 +150,7 @@ def assert_layer_counts_match_execution(specs, size, batch, seed=0):
         f"{a_full.size + b_full.size} ({where})"
     )
     assert result.neocell_macs <= result.patchwise_padded_macs, (
-        f"useful MACs {result.neocell_macs} exceed executed padded MACs "
-        f"{result.patchwise_padded_macs} ({where})"
+        f"useful MACs {result.neocell_macs} exceed executed padded MACs {result.patchwise_padded_macs} ({where})"
     )
     return result
 
@@ -173,16 +172,19 @@ def test_default_example_hand_values():
     r = neocell_ref.complexity(k=7, c=96)
     c, h, w = 96, 56, 56
     expected = {
-        "height_out": 56, "width_out": 56, "batch": 1, "channels": 96,
-        "neocell_params": c * (7 * 7 + 7 * 7),                       # 9,408
-        "neocell_macs": 2 * 7 * c * h * w,                           # 4,214,784
-        "patchwise_padded_macs": 2 * 7 * c * h * w,                  # 56 = 8·7: no padding
-        "blockdiag_macs": c * (h * h * w + h * w * w),               # 33,718,272
-        "neocell_extra_memory": c * h * w,                           # z = Âx
+        "height_out": 56,
+        "width_out": 56,
+        "batch": 1,
+        "channels": 96,
+        "neocell_params": c * (7 * 7 + 7 * 7),  # 9,408
+        "neocell_macs": 2 * 7 * c * h * w,  # 4,214,784
+        "patchwise_padded_macs": 2 * 7 * c * h * w,  # 56 = 8·7: no padding
+        "blockdiag_macs": c * (h * h * w + h * w * w),  # 33,718,272
+        "neocell_extra_memory": c * h * w,  # z = Âx
         "blockdiag_extra_memory": c * (h * h + w * w),
-        "depthwise_params": 49 * c,                                  # 4,704
-        "depthwise_params_with_bias": 49 * c + c,                    # 4,800
-        "depthwise_macs": 49 * c * h * w,                            # 14,751,744
+        "depthwise_params": 49 * c,  # 4,704
+        "depthwise_params_with_bias": 49 * c + c,  # 4,800
+        "depthwise_macs": 49 * c * h * w,  # 14,751,744
         "depthwise_macs_in_bounds": c * (7 * 56 - 2 * (1 + 2 + 3)) ** 2,  # 3 taps miss on each side
         "im2col_elements": c * 49 * h * w,
     }
@@ -190,9 +192,7 @@ def test_default_example_hand_values():
         assert getattr(r, key) == value, f"{key}: got {getattr(r, key)}, hand value {value}"
     assert r.neocell_macs_per_output == 14.0, f"2k = 14 MACs per output, got {r.neocell_macs_per_output}"
     assert r.depthwise_macs_over_neocell_macs == 3.5, f"k²/2k = 3.5, got {r.depthwise_macs_over_neocell_macs}"
-    assert r.neocell_params_over_depthwise_params == 2.0, (
-        f"2k²/k² = 2, got {r.neocell_params_over_depthwise_params}"
-    )
+    assert r.neocell_params_over_depthwise_params == 2.0, f"2k²/k² = 2, got {r.neocell_params_over_depthwise_params}"
 
 
 def test_to_dict_has_every_attribute_and_is_json():
@@ -208,8 +208,18 @@ def test_to_dict_has_every_attribute_and_is_json():
 
 def test_str_is_a_readable_table_with_units():
     text = str(complexity(k=7, c=96))
-    for needle in ("NeoCell parameters", "9,408", "4,214,784", "4.21 MMACs", "depthwise MACs (all taps)",
-                   "14,751,744", "MB float32", "3.500", "scalars (no bias)", "7x7 depthwise"):
+    for needle in (
+        "NeoCell parameters",
+        "9,408",
+        "4,214,784",
+        "4.21 MMACs",
+        "depthwise MACs (all taps)",
+        "14,751,744",
+        "MB float32",
+        "3.500",
+        "scalars (no bias)",
+        "7x7 depthwise",
+    ):
         assert needle in text, f"{needle!r} missing from the table:\n{text}"
     assert repr(complexity(k=7, c=96)) == text, "repr should print the same table"
 
@@ -242,8 +252,7 @@ def test_shorthand_forms_equal_explicit_specs(data):
     ka = data.draw(st.integers(1, 7), label="kernel_a")
     kb = data.draw(st.integers(1, 7), label="kernel_b")
     pair = complexity(k=(ka, kb), c=c, h=h, w=w)
-    ref = complexity(specs=[{"kernel_a": ka, "kernel_b": kb, "channels": c}], h=h, w=w,
-                     dw_kernel=(ka, kb))
+    ref = complexity(specs=[{"kernel_a": ka, "kernel_b": kb, "channels": c}], h=h, w=w, dw_kernel=(ka, kb))
     assert pair.to_dict() == ref.to_dict(), f"k=({ka}, {kb}) differs from the kernel_a/kernel_b spec"
 
 
@@ -353,7 +362,7 @@ def test_depthwise_counts_against_direct_convolution(data):
             # scipy's "full" output index m reads x[m - (kh-1) + a]; ours reads x[i - top + a].
             full = scipy.signal.correlate2d(x[ch], kernels[ch], mode="full")
             r0, c0 = kh - 1 - (kh - 1) // 2, kw - 1 - (kw - 1) // 2
-            ref = full[r0:r0 + h, c0:c0 + w]
+            ref = full[r0 : r0 + h, c0 : c0 + w]
             err = np.abs(y[ch] - ref).max()
             assert err < 1e-12, f"direct depthwise differs from scipy by {err} (channel {ch}, k {kh}x{kw})"
         total_all += all_taps
@@ -406,8 +415,13 @@ def test_default_depthwise_kernel_is_the_largest_neocell_kernel():
         (dict(dw_kernel=0), ValueError, "dw_kernel must be >= 1"),
         (dict(dtype="int32"), ValueError, "dtype must be a floating dtype"),
         (dict(dtype=object()), TypeError, "dtype must name a NumPy floating dtype"),
-        (dict(specs=[{"h_in": 2, "h_out": 1, "w_in": 1, "w_out": 1, "channels": 2},
-                     {"kernel": 3, "channels": 2}], h=8), ValueError, "groups disagree on the output size"),
+        (
+            dict(
+                specs=[{"h_in": 2, "h_out": 1, "w_in": 1, "w_out": 1, "channels": 2}, {"kernel": 3, "channels": 2}], h=8
+            ),
+            ValueError,
+            "groups disagree on the output size",
+        ),
     ],
 )
 def test_bad_input_is_refused_with_a_named_field(kwargs, error, needle):
@@ -474,6 +488,8 @@ def test_a_forgotten_partial_tile_is_caught(monkeypatch):
 
 def test_an_off_by_one_tile_count_is_caught(monkeypatch):
     original = CX.padding_view
-    monkeypatch.setattr(CX, "padding_view", lambda length, k_in, k_out, shift: original(length, k_in, k_out, 0))  # ignores the shift pad
+    monkeypatch.setattr(
+        CX, "padding_view", lambda length, k_in, k_out, shift: original(length, k_in, k_out, 0)
+    )  # ignores the shift pad
     with pytest.raises(AssertionError, match="patchwise_padded_macs"):
         assert_layer_counts_match_execution([{"kernel": 4, "channels": 3, "shift": 1}], (8, 8), 1)

@@ -88,8 +88,9 @@ def naive_counts(specs, height, width, batch=1):
         for sa, sb in zip(shifts_a.tolist(), shifts_b.tolist()):
             useful += naive_nnz(g.h_out, g.h_in, h_out, height, sa) * width
             useful += h_out * naive_nnz(g.w_in, g.w_out, width, w_out, sb)
-            padded += (naive_tiles(height, g.h_in, sa) * naive_tiles(width, g.w_in, sb)
-                       * g.h_out * g.w_in * (g.h_in + g.w_out))
+            padded += (
+                naive_tiles(height, g.h_in, sa) * naive_tiles(width, g.w_in, sb) * g.h_out * g.w_in * (g.h_in + g.w_out)
+            )
     return batch * useful, batch * padded
 
 
@@ -108,8 +109,17 @@ def naive_model_complexity(config, resolution):
             rows.append(CX._count_layer(layer))
         if unit.kind == "residual":
             shape = unit.layers[-1].out_shape
-            rows.append(CX.LayerCount(f"{unit.name}.residual", "residual", tuple(shape), tuple(shape), 0,
-                                      dict.fromkeys(CONVENTIONS, 0), math.prod(shape)))
+            rows.append(
+                CX.LayerCount(
+                    f"{unit.name}.residual",
+                    "residual",
+                    tuple(shape),
+                    tuple(shape),
+                    0,
+                    dict.fromkeys(CONVENTIONS, 0),
+                    math.prod(shape),
+                )
+            )
     macs = {conv: sum(r.macs[conv] for r in rows) for conv in CONVENTIONS}
     return arch.num_params, macs, sum(r.elementwise_ops for r in rows), tuple(rows)
 
@@ -128,8 +138,8 @@ def hand_square_counts(k, c, length, shift, batch=1):
     for j, m in enumerate(mult):
         s = j * shift
         square_nnz = s * s + ((length - s) // k) * k * k + ((length - s) % k) ** 2
-        useful += m * 2 * square_nnz * length          # A and B alike: nnz·W + H·nnz
-        padded += m * naive_tiles(length, k, s) ** 2 * 2 * k ** 3
+        useful += m * 2 * square_nnz * length  # A and B alike: nnz·W + H·nnz
+        padded += m * naive_tiles(length, k, s) ** 2 * 2 * k**3
     return batch * useful, batch * padded
 
 
@@ -174,8 +184,13 @@ def layer_grid():
             yield [GroupSpec(channels=c, h_in=a_in, h_out=a_out, w_in=b_in, w_out=b_out)]
     # several groups, as kernel codes make them
     yield parse_specs([{"kernel": 4, "channels": 5, "shift": 1}, {"kernel": 7, "channels": 9, "shift": 1}])
-    yield parse_specs([{"kernel": 3, "channels": 2, "shift": 2}, {"kernel": 5, "channels": 11, "shift": 2},
-                       {"kernel": 7, "channels": 4, "shift": 3}])
+    yield parse_specs(
+        [
+            {"kernel": 3, "channels": 2, "shift": 2},
+            {"kernel": 5, "channels": 11, "shift": 2},
+            {"kernel": 7, "channels": 4, "shift": 3},
+        ]
+    )
 
 
 def assert_counts_match_enumeration(counts_fn=neocell_counts):
@@ -212,8 +227,10 @@ def test_nnz_closed_form_equals_the_listed_layout():
     """The count of block_layout's entries (the layout expand_kernel scatters) is nnz."""
     for p, q, rows, cols, s in NNZ_GRID:
         listed = block_layout(p, q, rows, cols, s)
-        assert len(listed[0]) == nnz(p, q, rows, cols, s), f"block_layout lists {len(listed[0])} entries, " \
+        assert len(listed[0]) == nnz(p, q, rows, cols, s), (
+            f"block_layout lists {len(listed[0])} entries, "
             f"nnz says {nnz(p, q, rows, cols, s)} for ({p}, {q}, {rows}, {cols}, {s})"
+        )
         positions = set(zip(listed[0].tolist(), listed[1].tolist()))
         assert len(positions) == len(listed[0]), f"block_layout repeats a position for ({p}, {q}, {rows}, {cols}, {s})"
 
@@ -295,11 +312,18 @@ def test_channels_scale_exactly():
     assert big["specs"][0]["channels"] == 96 * 10**9
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(k=10**9), dict(dw_kernel=10**9), dict(h=10**15, w=10**15), dict(c=10**12),
-    dict(k=10**9, shift=1, c=10**12, h=10**15, w=10**15, batch=10**6),
-    dict(code="4+7", c=10**12, shift=1, h=10**15 + 3, w=10**15 + 5),
-], ids=["k=1e9", "dw=1e9", "hw=1e15", "c=1e12", "all-huge-shift1", "4+7-huge"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(k=10**9),
+        dict(dw_kernel=10**9),
+        dict(h=10**15, w=10**15),
+        dict(c=10**12),
+        dict(k=10**9, shift=1, c=10**12, h=10**15, w=10**15, batch=10**6),
+        dict(code="4+7", c=10**12, shift=1, h=10**15 + 3, w=10**15 + 5),
+    ],
+    ids=["k=1e9", "dw=1e9", "hw=1e15", "c=1e12", "all-huge-shift1", "4+7-huge"],
+)
 def test_huge_layers_are_fast(kwargs):
     timed(complexity, **kwargs)
 
@@ -339,13 +363,31 @@ def test_huge_models_are_fast():
 # --------------------------------------------------------------------------------------
 # model: counting a stage's blocks once equals counting every layer
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("config, resolution", [
-    (NeoNeXtConfig(per_stage_layers=(1, 2, 1, 1), dims=(6, 12, 18, 24), num_classes=7, kernel_spec="3+5",
-                   shifts=(2, 1, 1, 0), layer_scale_init_value=0.5, linear_bias=True), (96, 100)),
-    (NeoNeXtConfig(per_stage_layers=(3, 3, 9, 3)), 224),
-    (NeoNeXtConfig(per_stage_layers=(2, 5, 1, 4), dims=(8, 16, 24, 32), drop_path=0.3,
-                   **released_checkpoint_options(384)), 384),
-], ids=["custom-3+5", "neonext_t", "released-384"])
+@pytest.mark.parametrize(
+    "config, resolution",
+    [
+        (
+            NeoNeXtConfig(
+                per_stage_layers=(1, 2, 1, 1),
+                dims=(6, 12, 18, 24),
+                num_classes=7,
+                kernel_spec="3+5",
+                shifts=(2, 1, 1, 0),
+                layer_scale_init_value=0.5,
+                linear_bias=True,
+            ),
+            (96, 100),
+        ),
+        (NeoNeXtConfig(per_stage_layers=(3, 3, 9, 3)), 224),
+        (
+            NeoNeXtConfig(
+                per_stage_layers=(2, 5, 1, 4), dims=(8, 16, 24, 32), drop_path=0.3, **released_checkpoint_options(384)
+            ),
+            384,
+        ),
+    ],
+    ids=["custom-3+5", "neonext_t", "released-384"],
+)
 def test_model_counts_equal_layer_by_layer_enumeration(config, resolution):
     params, macs, elementwise, rows = naive_model_complexity(config, resolution)
     result = model_complexity(config, resolution)
@@ -373,19 +415,22 @@ def test_per_layer_table_refuses_beyond_the_limit():
 # --------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("args, error, needle", [
-    ((0, 0, 5, 5, 0), ValueError, "p \\(kernel rows\\) must be >= 1"),
-    ((3, 0, 5, 5, 0), ValueError, "q \\(kernel columns\\) must be >= 1"),
-    ((3, 3, 0, 5, 0), ValueError, "rows must be >= 1"),
-    ((3, 3, 5, -1, 0), ValueError, "cols must be >= 1"),
-    ((3, 3, 5, 5, -1), ValueError, "shift must be >= 0"),
-    ((3, 3, 5, 5, 3), ValueError, "shift must be smaller than the kernel"),
-    ((4, 2, 5, 5, 2), ValueError, "0 <= shift <= 1"),
-    ((True, 3, 5, 5, 0), TypeError, "p \\(kernel rows\\) must be an integer"),
-    ((3, 3, 5, 5, False), TypeError, "shift must be an integer"),
-    ((3, 3, 5.0, 5, 0), TypeError, "rows must be an integer"),
-    ((3, 3, "5", 5, 0), TypeError, "rows must be an integer"),
-])
+@pytest.mark.parametrize(
+    "args, error, needle",
+    [
+        ((0, 0, 5, 5, 0), ValueError, "p \\(kernel rows\\) must be >= 1"),
+        ((3, 0, 5, 5, 0), ValueError, "q \\(kernel columns\\) must be >= 1"),
+        ((3, 3, 0, 5, 0), ValueError, "rows must be >= 1"),
+        ((3, 3, 5, -1, 0), ValueError, "cols must be >= 1"),
+        ((3, 3, 5, 5, -1), ValueError, "shift must be >= 0"),
+        ((3, 3, 5, 5, 3), ValueError, "shift must be smaller than the kernel"),
+        ((4, 2, 5, 5, 2), ValueError, "0 <= shift <= 1"),
+        ((True, 3, 5, 5, 0), TypeError, "p \\(kernel rows\\) must be an integer"),
+        ((3, 3, 5, 5, False), TypeError, "shift must be an integer"),
+        ((3, 3, 5.0, 5, 0), TypeError, "rows must be an integer"),
+        ((3, 3, "5", 5, 0), TypeError, "rows must be an integer"),
+    ],
+)
 def test_nnz_and_block_layout_refuse_bad_arguments(args, error, needle):
     for fn in (nnz, block_layout):
         with pytest.raises(error, match=needle):
@@ -401,8 +446,9 @@ def test_expand_kernel_of_an_empty_kernel_is_refused_not_a_hang():
         expand_kernel(np.ones((0, 0)), 5, 5, 0)
 
 
-@pytest.mark.parametrize("args, error", [((0, 3), ValueError), ((5, 0), ValueError), ((True, 3), TypeError),
-                                         ((5, 2.0), TypeError)])
+@pytest.mark.parametrize(
+    "args, error", [((0, 3), ValueError), ((5, 0), ValueError), ((True, 3), TypeError), ((5, 2.0), TypeError)]
+)
 def test_depthwise_taps_refuse_bad_arguments(args, error):
     with pytest.raises(error, match="must be"):
         depthwise_in_bounds_taps(*args)
@@ -427,8 +473,24 @@ ODD_VALUES = st.one_of(
     st.integers(-2, 12),
     st.integers(10**12, 10**13),
     st.sampled_from([10**15, 7 * 10**100, 10**400, -(10**400)]),
-    st.sampled_from([0.0, 2.5, float("nan"), float("inf"), True, False, None, "7", (3, 4), (2, 0), [],
-                     np.int64(5), np.float64(3.0), np.bool_(True)]),
+    st.sampled_from(
+        [
+            0.0,
+            2.5,
+            float("nan"),
+            float("inf"),
+            True,
+            False,
+            None,
+            "7",
+            (3, 4),
+            (2, 0),
+            [],
+            np.int64(5),
+            np.float64(3.0),
+            np.bool_(True),
+        ]
+    ),
 )
 
 
@@ -461,8 +523,9 @@ def test_fuzz_complexity(data):
     kwargs = {n: data.draw(ODD_VALUES, label=n) for n in names if data.draw(st.booleans(), label=f"give {n}")}
     if data.draw(st.booleans(), label="code instead of k"):
         kwargs.pop("k", None)
-        kwargs["code"] = data.draw(st.sampled_from(["4+7", "7", "3+5+7", "0", "4+", "10**9", "1000000000"]),
-                                   label="code")
+        kwargs["code"] = data.draw(
+            st.sampled_from(["4+7", "7", "3+5+7", "0", "4+", "10**9", "1000000000"]), label="code"
+        )
     result = call_within_bound(complexity, **kwargs)
     if result is not None:
         values = result.to_dict()
@@ -475,14 +538,16 @@ def test_fuzz_complexity(data):
 @given(data=st.data())
 def test_fuzz_model_complexity(data):
     name = data.draw(st.sampled_from(["neonext_t", "neonext_xl", "neonext_q"]), label="model")
-    resolution = data.draw(st.one_of(ODD_VALUES, st.sampled_from([224, 384, 4 * 10**6, (224, 96), (8, 4)])),
-                           label="resolution")
+    resolution = data.draw(
+        st.one_of(ODD_VALUES, st.sampled_from([224, 384, 4 * 10**6, (224, 96), (8, 4)])), label="resolution"
+    )
     options = {}
     if data.draw(st.booleans(), label="num_classes"):
         options["num_classes"] = data.draw(ODD_VALUES, label="num_classes value")
     if data.draw(st.booleans(), label="shifts"):
-        options["shifts"] = data.draw(st.sampled_from([(0, 0, 0, 0), (1, 1, 1, 1), (2, 2, 2, 2), (1, -1, 0, 0)]),
-                                      label="shifts value")
+        options["shifts"] = data.draw(
+            st.sampled_from([(0, 0, 0, 0), (1, 1, 1, 1), (2, 2, 2, 2), (1, -1, 0, 0)]), label="shifts value"
+        )
     result = call_within_bound(model_complexity, name, resolution, **options)
     if result is not None:
         assert result.params > 0 and all(0 <= v <= MAX_COUNT for v in result.macs.values()), result.macs
@@ -508,41 +573,47 @@ def test_cli_prints_exact_integers_at_huge_sizes():
     assert f'"neocell_macs": {2 * 7 * 10**12 * 56 * 56},' in out, out
     status, out, _ = run_cli(["complexity", "-c", "1000000000000"])
     assert status == 0 and f"{2 * 7 * 10**12 * 56 * 56:,}" in out, out
-    for argv in (["complexity", "-k", "1000000000"], ["complexity", "--dw-kernel", "1000000000"],
-                 ["complexity", "--hw", "10**15", "10**15"],
-                 ["model-complexity", "neonext_t", "--resolution", "100000000"]):
+    for argv in (
+        ["complexity", "-k", "1000000000"],
+        ["complexity", "--dw-kernel", "1000000000"],
+        ["complexity", "--hw", "10**15", "10**15"],
+        ["model-complexity", "neonext_t", "--resolution", "100000000"],
+    ):
         start = time.perf_counter()
         status, out, err = run_cli(argv)
         assert status == 0 and not err, f"{argv}: status {status}, {err}"
         assert time.perf_counter() - start < 5 * FAST_SECONDS, f"{argv} was slow"
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["complexity", "-c", "0"], "must be >= 1"),
-    (["complexity", "-c", "-5"], "must be >= 1"),
-    (["complexity", "-k", "2.5"], "expected an integer"),
-    (["complexity", "-k", "1e9"], "expected an integer"),
-    (["complexity", "--hw", "56", "x"], "expected an integer"),
-    (["complexity", "--shift", "-1"], "must be >= 0"),
-    (["complexity", "--batch", "0"], "must be >= 1"),
-    (["complexity", "--dw-kernel", "0"], "must be >= 1"),
-    (["complexity", "--hw", "10**400", "5"], "beyond the float range"),
-    (["complexity", "-c", "10**1000000000"], "beyond the float range"),
-    (["complexity", "-c", "9" * 500], "beyond the float range"),
-    (["complexity", "--hw", "10**200", "10**200"], "beyond the float range"),
-    (["complexity", "-k", "7", "--shift", "7"], "shift_a=7 must be smaller"),
-    (["complexity", "--dtype", "int8"], "floating dtype"),
-    (["model-complexity", "neonext_q"], "invalid choice"),
-    (["model-complexity", "neonext_t", "--resolution", "0"], "must be >= 1"),
-    (["model-complexity", "neonext_t", "--resolution", "226"], "multiples of 4"),
-    (["model-complexity", "neonext_t", "--resolution", "4", "4", "4"], "multiples of 4"),
-    (["model-complexity", "neonext_t", "--resolution", "4*10**160"], "expected an integer"),
-    (["model-complexity", "neonext_t", "--resolution", "10**160"], "beyond the float range"),
-    (["model-complexity", "neonext_t", "--num-classes", "0"], "must be >= 1"),
-    (["model-complexity", "neonext_t", "--shifts", "1", "1", "1", "-1"], "must be >= 0"),
-    (["model-complexity", "neonext_t", "--layer-scale-init-value", "nan"], "finite"),
-    (["model-complexity", "neonext_t", "--kernel-spec", "4+0"], "kernel size < 1"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["complexity", "-c", "0"], "must be >= 1"),
+        (["complexity", "-c", "-5"], "must be >= 1"),
+        (["complexity", "-k", "2.5"], "expected an integer"),
+        (["complexity", "-k", "1e9"], "expected an integer"),
+        (["complexity", "--hw", "56", "x"], "expected an integer"),
+        (["complexity", "--shift", "-1"], "must be >= 0"),
+        (["complexity", "--batch", "0"], "must be >= 1"),
+        (["complexity", "--dw-kernel", "0"], "must be >= 1"),
+        (["complexity", "--hw", "10**400", "5"], "beyond the float range"),
+        (["complexity", "-c", "10**1000000000"], "beyond the float range"),
+        (["complexity", "-c", "9" * 500], "beyond the float range"),
+        (["complexity", "--hw", "10**200", "10**200"], "beyond the float range"),
+        (["complexity", "-k", "7", "--shift", "7"], "shift_a=7 must be smaller"),
+        (["complexity", "--dtype", "int8"], "floating dtype"),
+        (["model-complexity", "neonext_q"], "invalid choice"),
+        (["model-complexity", "neonext_t", "--resolution", "0"], "must be >= 1"),
+        (["model-complexity", "neonext_t", "--resolution", "226"], "multiples of 4"),
+        (["model-complexity", "neonext_t", "--resolution", "4", "4", "4"], "multiples of 4"),
+        (["model-complexity", "neonext_t", "--resolution", "4*10**160"], "expected an integer"),
+        (["model-complexity", "neonext_t", "--resolution", "10**160"], "beyond the float range"),
+        (["model-complexity", "neonext_t", "--num-classes", "0"], "must be >= 1"),
+        (["model-complexity", "neonext_t", "--shifts", "1", "1", "1", "-1"], "must be >= 0"),
+        (["model-complexity", "neonext_t", "--layer-scale-init-value", "nan"], "finite"),
+        (["model-complexity", "neonext_t", "--kernel-spec", "4+0"], "kernel size < 1"),
+    ],
+)
 def test_cli_refuses_unusable_arguments_with_status_2(argv, needle):
     status, out, err = run_cli(argv)
     text = out + err
@@ -598,6 +669,7 @@ def test_a_missing_run_boundary_is_caught(monkeypatch):
 
 def test_a_sum_without_the_second_difference_is_caught(monkeypatch):
     """Summing nnz over a run as if it were linear in the sub-group index is wrong."""
+
     def linear_sum(value, j1, j2):
         n = j2 - j1 + 1
         return n * value(j1) + n * (n - 1) // 2 * (value(j1 + 1) - value(j1)) if n > 1 else value(j1)
@@ -609,6 +681,7 @@ def test_a_sum_without_the_second_difference_is_caught(monkeypatch):
 
 def test_a_wrong_sub_group_multiplicity_is_caught(monkeypatch):
     """The remainder given to the first sub-group instead of the last (a plausible slip)."""
+
     def remainder_first(channels, subgroups):
         size = channels // subgroups
         return (0, channels) if size == 0 else (channels - (subgroups - 1) * size, size)
@@ -620,6 +693,7 @@ def test_a_wrong_sub_group_multiplicity_is_caught(monkeypatch):
 
 def test_a_depthwise_closed_form_without_the_clip_is_caught():
     """``Σ (L − |d|)`` without ``max(0, ·)``: wrong once the kernel is longer than the input."""
+
     def unclipped(length, k):
         pl, pr = (k - 1) // 2, k - 1 - (k - 1) // 2
         return k * length - pl * (pl + 1) // 2 - pr * (pr + 1) // 2

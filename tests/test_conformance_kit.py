@@ -36,7 +36,9 @@ def test_independent_port_passes_the_kit():
 def test_porting_bug_is_caught_by_the_kit(bug, where):
     fwd = getattr(mutant_ports, f"{bug}_forward")
     bwd = getattr(mutant_ports, f"{bug}_backward")
-    options = dict(golden=True, max_examples=0) if where == "golden" else dict(golden=False, max_examples=40, shrink=False)
+    options = (
+        dict(golden=True, max_examples=0) if where == "golden" else dict(golden=False, max_examples=40, shrink=False)
+    )
     with pytest.raises(AssertionError) as info:
         assert_neocell_matches(fwd, bwd, **options)
     message = str(info.value)
@@ -51,8 +53,14 @@ def test_report_names_array_index_values_and_tolerance():
 
     rng = np.random.default_rng(3)
     specs = [{"kernel": 3, "channels": 2, "shift": 1}]
-    case = NeoCellCase(specs, rng.standard_normal((1, 2, 5, 4)), [rng.standard_normal((2, 3, 3))],
-                       [rng.standard_normal((2, 3, 3))], rng.standard_normal((1, 2, 5, 4)), 3)
+    case = NeoCellCase(
+        specs,
+        rng.standard_normal((1, 2, 5, 4)),
+        [rng.standard_normal((2, 3, 3))],
+        [rng.standard_normal((2, 3, 3))],
+        rng.standard_normal((1, 2, 5, 4)),
+        3,
+    )
 
     def off_by_one_element(x, a, b, s):
         y = nr.neocell_forward(x, a, b, s)
@@ -87,10 +95,13 @@ def test_reference_layers_pass_the_layer_kit(layer, dtype):
     assert_layer_matches(layer, getattr(layers, f"{layer}_forward"), getattr(layers, f"{layer}_backward"), dtype=dtype)
 
 
-@pytest.mark.parametrize("layer, forward", [
-    ("batchnorm", mutant_ports.batchnorm_unbiased_forward),
-    ("gelu", mutant_ports.gelu_tanh_forward),
-])
+@pytest.mark.parametrize(
+    "layer, forward",
+    [
+        ("batchnorm", mutant_ports.batchnorm_unbiased_forward),
+        ("gelu", mutant_ports.gelu_tanh_forward),
+    ],
+)
 def test_layer_bugs_are_caught_by_the_kit(layer, forward):
     with pytest.raises(AssertionError, match="golden case"):
         assert_layer_matches(layer, forward)
@@ -104,7 +115,9 @@ def test_reference_model_passes_the_model_kit(dtype):
 @pytest.mark.parametrize("bug", mutant_ports.MODEL_BUGS)
 def test_model_bugs_are_caught_by_the_kit(bug):
     with pytest.raises(AssertionError, match="tiny_default_options"):
-        assert_model_matches(getattr(mutant_ports, f"model_{bug}_forward"), getattr(mutant_ports, f"model_{bug}_backward"))
+        assert_model_matches(
+            getattr(mutant_ports, f"model_{bug}_forward"), getattr(mutant_ports, f"model_{bug}_backward")
+        )
 
 
 def test_layer_kit_refuses_unknown_layers():

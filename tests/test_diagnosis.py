@@ -179,8 +179,9 @@ def test_neocell_mutant_diagnosed_through_verify(golden_set, bug, dtype):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("bug", sorted(MODEL_BUGS))
 def test_model_mutant_diagnosed_through_verify(golden_set, bug, dtype):
-    report = verify_golden(golden_set(dtype), "model", getattr(mp, f"model_{bug}_forward"),
-                           getattr(mp, f"model_{bug}_backward"))
+    report = verify_golden(
+        golden_set(dtype), "model", getattr(mp, f"model_{bug}_forward"), getattr(mp, f"model_{bug}_backward")
+    )
     if bug in PRECISION_BUGS and dtype == "float32":
         assert report.passed, report.table()  # float32 arithmetic is this set's own precision
         return
@@ -234,8 +235,20 @@ def test_neocell_mutant_diagnosed_through_exec(golden_set, script, bug, capsys, 
         if name not in EXEC_CASES[bug]:
             excludes += ["--exclude", f"{name}=not needed to show the diagnosis"]
     report_file = tmp_path / "report.json"
-    code = main(["golden", "verify", str(directory), "--op", "neocell", "--exec", script(f"mutant:{bug}"),
-                 *excludes, "--json", str(report_file)])
+    code = main(
+        [
+            "golden",
+            "verify",
+            str(directory),
+            "--op",
+            "neocell",
+            "--exec",
+            script(f"mutant:{bug}"),
+            *excludes,
+            "--json",
+            str(report_file),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1, out + err
     rows = json.loads(report_file.read_text())["results"]
@@ -287,16 +300,18 @@ def test_neocell_mutant_diagnosed_by_the_kit(bug):
 
 def test_drawn_case_failure_is_diagnosed_by_the_kit():
     """The example hypothesis reports (shrunk) carries the diagnosis too."""
-    message = kit_message(lambda: assert_neocell_matches(mp.transpose_a_forward, None, golden=False,
-                                                         max_examples=10, shrink=False))
+    message = kit_message(
+        lambda: assert_neocell_matches(mp.transpose_a_forward, None, golden=False, max_examples=10, shrink=False)
+    )
     assert "drawn case" in message and "consistent with: kernel-transposed — " in message, message
     assert len(set(re.findall(r"consistent with: (\S+)", message))) == 1, message
 
 
 @pytest.mark.parametrize("bug", sorted(MODEL_BUGS))
 def test_model_mutant_diagnosed_by_the_kit(bug):
-    message = kit_message(lambda: assert_model_matches(getattr(mp, f"model_{bug}_forward"),
-                                                       getattr(mp, f"model_{bug}_backward")))
+    message = kit_message(
+        lambda: assert_model_matches(getattr(mp, f"model_{bug}_forward"), getattr(mp, f"model_{bug}_backward"))
+    )
     assert_own_diagnosis(message_rows(message), bug, MODEL_BUGS[bug])
 
 
@@ -355,16 +370,29 @@ def test_the_reference_answer_matches_no_defect(golden_set, dtype):
 # ======================================================================================
 def test_text_and_json_report_formats(golden_set, capsys, tmp_path):
     report_file = tmp_path / "report.json"
-    code = main(["golden", "verify", str(golden_set("float64")), "--op", "neocell",
-                 "--forward", "mutant_ports:swap_ab_forward", "--backward", "mutant_ports:swap_ab_backward",
-                 "--json", str(report_file)])
+    code = main(
+        [
+            "golden",
+            "verify",
+            str(golden_set("float64")),
+            "--op",
+            "neocell",
+            "--forward",
+            "mutant_ports:swap_ab_forward",
+            "--backward",
+            "mutant_ports:swap_ab_backward",
+            "--json",
+            str(report_file),
+        ]
+    )
     out, _ = capsys.readouterr()
     assert code == 1
     lines = out.splitlines()
     swapped = DEFECTS["kernels-swapped"]
     line = next(i for i, l in enumerate(lines) if l.startswith("  FAIL k7_square_14x14: y: worst element"))
-    assert lines[line + 1].strip() == (f"consistent with: kernels-swapped — {swapped.explanation} "
-                                       f"(docs/defects.md#kernels-swapped)"), lines[line + 1]
+    assert lines[line + 1].strip() == (
+        f"consistent with: kernels-swapped — {swapped.explanation} (docs/defects.md#kernels-swapped)"
+    ), lines[line + 1]
     line = next(i for i, l in enumerate(lines) if l.startswith("  FAIL ka3_kb5_shift1: y: worst element"))
     assert lines[line + 1].strip() == "no known defect matches", lines[line + 1]
     rows = {(r["case"], r["array"]): r for r in json.loads(report_file.read_text())["results"]}
@@ -391,8 +419,11 @@ def test_a_crashing_variant_explains_nothing(golden_set, monkeypatch):
     broken = Defect("kernel-transposed", "broken on purpose", ("neocell",), boom)
     monkeypatch.setitem(DEFECTS, "kernel-transposed", broken)
     case, arrays = _k7_case(golden_set)
-    got = {"y": mp.transpose_a_forward(arrays["x"], [arrays["weight_a_0"]], [arrays["weight_b_0"]],
-                                       case["specs_as_written"])}
+    got = {
+        "y": mp.transpose_a_forward(
+            arrays["x"], [arrays["weight_a_0"]], [arrays["weight_b_0"]], case["specs_as_written"]
+        )
+    }
     (row,) = compare_outputs("neocell", case["name"], case, arrays, got)
     assert not row.passed and row.diagnosis == [], row
 
@@ -413,8 +444,7 @@ def test_a_crashing_diagnosis_changes_no_verdict(golden_set, monkeypatch):
 
 def test_diagnosis_can_be_switched_off(golden_set):
     case, arrays = _k7_case(golden_set)
-    (row,) = compare_outputs("neocell", case["name"], case, arrays, {"y": np.zeros_like(arrays["y"])},
-                             diagnose=False)
+    (row,) = compare_outputs("neocell", case["name"], case, arrays, {"y": np.zeros_like(arrays["y"])}, diagnose=False)
     assert not row.passed and row.diagnosis is None
 
 
@@ -424,9 +454,13 @@ def test_diagnosis_can_be_switched_off(golden_set):
 def test_unbiased_batchnorm_backward_by_finite_differences():
     rng = np.random.default_rng(11)
     x, w, b = rng.standard_normal((3, 4, 2, 3)), rng.uniform(0.5, 1.5, 4), rng.standard_normal(4)
-    report = check_gradients(lambda x, w, b: mp.batchnorm_unbiased_forward(x, w, b, training=True),
-                             lambda g, x, w, b: mp.batchnorm_unbiased_backward(g, x, w, b, training=True)[:3],
-                             [x, w, b], names=["x", "weight", "bias"], rng=rng)
+    report = check_gradients(
+        lambda x, w, b: mp.batchnorm_unbiased_forward(x, w, b, training=True),
+        lambda g, x, w, b: mp.batchnorm_unbiased_backward(g, x, w, b, training=True)[:3],
+        [x, w, b],
+        names=["x", "weight", "bias"],
+        rng=rng,
+    )
     assert report.passed, str(report)
     # Not the biased BatchNorm's gradient (so the check above is not vacuous).
     g = rng.standard_normal(x.shape)
@@ -452,8 +486,11 @@ def test_a_port_rounding_differently_where_the_reference_is_exactly_zero(golden_
     case = next(c for c in load_manifest(directory)["cases"] if c["name"] == "mixed_3p5_shift2_rect")
     arrays = load_case(directory, case)
     groups = len(case["specs_as_written"])
-    args = ([arrays[f"weight_a_{g}"] for g in range(groups)], [arrays[f"weight_b_{g}"] for g in range(groups)],
-            case["specs_as_written"])
+    args = (
+        [arrays[f"weight_a_{g}"] for g in range(groups)],
+        [arrays[f"weight_b_{g}"] for g in range(groups)],
+        case["specs_as_written"],
+    )
     _, grads_a, _ = mp.split_ceil_backward(arrays["grad_y"], arrays["x"], *args)
     got = grads_a[1]
     exact_zero = arrays["bound/grad_weight_a_1"] == 0
@@ -470,19 +507,27 @@ def test_port_rounding_to_bfloat16_on_a_float16_set_is_diagnosed_reduced_precisi
     catalogue explains is ``reduced-precision`` and nothing else, and most are explained
     (the rest deviate by less than a bfloat16 rounding's worth somewhere the match is
     held to, which is honest silence, not a wrong id)."""
-    report = verify_golden(golden_set("float16"), "neocell", lambda x, wa, wb, specs: _bf16(x, wa, wb, specs)["y"],
-                           lambda gy, x, wa, wb, specs: _bf16_backward(gy, x, wa, wb, specs))
+    report = verify_golden(
+        golden_set("float16"),
+        "neocell",
+        lambda x, wa, wb, specs: _bf16(x, wa, wb, specs)["y"],
+        lambda gy, x, wa, wb, specs: _bf16_backward(gy, x, wa, wb, specs),
+    )
     failing = [r for r in report.results if not r.passed]
     assert failing, "a bfloat16-storing port passed the float16 set"
     diagnosed = [r for r in failing if r.diagnosis]
-    assert all(r.diagnosis == ["reduced-precision"] for r in diagnosed), \
-        [(r.case, r.array, r.diagnosis) for r in diagnosed if r.diagnosis != ["reduced-precision"]]
+    assert all(r.diagnosis == ["reduced-precision"] for r in diagnosed), [
+        (r.case, r.array, r.diagnosis) for r in diagnosed if r.diagnosis != ["reduced-precision"]
+    ]
     assert len(diagnosed) >= len(failing) / 2, f"only {len(diagnosed)} of {len(failing)} failing arrays explained"
 
 
 def _bf16_arrays(x, wa, wb):
-    arrays = {"x": np.asarray(x), **{f"weight_a_{g}": np.asarray(a) for g, a in enumerate(wa)},
-              **{f"weight_b_{g}": np.asarray(b) for g, b in enumerate(wb)}}
+    arrays = {
+        "x": np.asarray(x),
+        **{f"weight_a_{g}": np.asarray(a) for g, a in enumerate(wa)},
+        **{f"weight_b_{g}": np.asarray(b) for g, b in enumerate(wb)},
+    }
     return arrays
 
 
@@ -500,8 +545,11 @@ def _bf16(x, wa, wb, specs, grad_y=None):
 
 def _bf16_backward(grad_y, x, wa, wb, specs):
     out = _bf16(x, wa, wb, specs, grad_y)
-    return (out["grad_x"], [out[f"grad_weight_a_{g}"] for g in range(len(wa))],
-            [out[f"grad_weight_b_{g}"] for g in range(len(wb))])
+    return (
+        out["grad_x"],
+        [out[f"grad_weight_a_{g}"] for g in range(len(wa))],
+        [out[f"grad_weight_b_{g}"] for g in range(len(wb))],
+    )
 
 
 def _emulated_port(**defect):
@@ -520,8 +568,11 @@ def _emulated_port(**defect):
 
     def backward(grad_y, x, wa, wb, specs):
         out = run(x, wa, wb, specs, grad_y)
-        return (out["grad_x"], [out[f"grad_weight_a_{g}"] for g in range(len(wa))],
-                [out[f"grad_weight_b_{g}"] for g in range(len(wb))])
+        return (
+            out["grad_x"],
+            [out[f"grad_weight_a_{g}"] for g in range(len(wa))],
+            [out[f"grad_weight_b_{g}"] for g in range(len(wb))],
+        )
 
     return (lambda x, wa, wb, specs: run(x, wa, wb, specs)["y"]), backward
 

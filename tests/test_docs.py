@@ -45,8 +45,19 @@ def sphinx_build(src: Path, out: Path, timeout=BUILD_TIMEOUT):
     """Run ``sphinx -W --keep-going -b html`` on ``src``; return (exit code, log, seconds)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html",
-               "-d", str(out / "doctrees"), str(src), str(out / "html")]
+    command = [
+        sys.executable,
+        "-m",
+        "sphinx",
+        "-W",
+        "--keep-going",
+        "-b",
+        "html",
+        "-d",
+        str(out / "doctrees"),
+        str(src),
+        str(out / "html"),
+    ]
     start = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     return result.returncode, result.stdout + result.stderr, time.perf_counter() - start
@@ -117,8 +128,13 @@ def test_operator_page_has_its_figures(built):
 
 def test_derivations_checks_ran(built):
     text = _html(built, "derivations")
-    for claim in ("Proposition 2 checked", "Proposition 3 checked", "Proposition 4 checked",
-                  "Proposition 6 checked", "nnz closed forms checked"):
+    for claim in (
+        "Proposition 2 checked",
+        "Proposition 3 checked",
+        "Proposition 4 checked",
+        "Proposition 6 checked",
+        "nnz closed forms checked",
+    ):
         assert claim in text, f"derivations.html lacks the output '{claim}': a check cell did not run"
 
 
@@ -146,7 +162,8 @@ def test_api_reference_covers_every_module_and_public_name(built):
                 if f'id="{name}.{attr}"' not in text:
                     missing.append(f"{name}.{attr}")
     assert not missing, (
-        "docs/api.md does not document: " + ", ".join(missing)
+        "docs/api.md does not document: "
+        + ", ".join(missing)
         + ". Add an automodule section (and a row of the module table) for each new module."
     )
 
@@ -162,11 +179,14 @@ def _minimal_docs(tmp_path, index_text):
 
 def test_a_failing_code_cell_fails_the_build(tmp_path):
     _require_docs_extra()
-    src = _minimal_docs(tmp_path, (
-        "---\nfile_format: mystnb\nkernelspec:\n  name: python3\n  display_name: Python 3\n"
-        "  language: python\n---\n\n# Planted\n\n```{code-cell} ipython3\n"
-        "assert 1 + 1 == 3, 'planted failing cell'\n```\n"
-    ))
+    src = _minimal_docs(
+        tmp_path,
+        (
+            "---\nfile_format: mystnb\nkernelspec:\n  name: python3\n  display_name: Python 3\n"
+            "  language: python\n---\n\n# Planted\n\n```{code-cell} ipython3\n"
+            "assert 1 + 1 == 3, 'planted failing cell'\n```\n"
+        ),
+    )
     code, log, _ = sphinx_build(src, tmp_path / "out", timeout=300)
     assert code != 0, f"a failing code cell must fail the build; it exited 0:\n{log[-3000:]}"
     # conf.py turns a cell error into a warning that carries the traceback; -W makes it fatal

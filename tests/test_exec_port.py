@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 # One script, many behaviours: ``port.py MODE IN OUT [EXTRA]``. Modes that only
 # misbehave import nothing heavy, so that they start fast: bad output files are
 # prepared by the tests and only placed by the port.
-PORT = textwrap.dedent('''
+PORT = textwrap.dedent("""
     import json, os, subprocess, sys, time
     sys.path[:0] = [{repo!r}, {tests!r}]
     mode, in_dir, out_dir = sys.argv[1:4]
@@ -120,7 +120,7 @@ PORT = textwrap.dedent('''
         sys.exit(0)
 
     raise SystemExit(f"unknown mode {{mode}}")
-''')
+""")
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +149,9 @@ def failures(name, got, meta, arrays):
     bad = []
     for key, value in got.items():
         tol = meta["tolerances"][key]
-        result = compare_arrays(name, key, value, arrays[key], rtol=tol["rtol"], atol=tol["atol"],
-                                bound=arrays[tol["bound"]])
+        result = compare_arrays(
+            name, key, value, arrays[key], rtol=tol["rtol"], atol=tol["atol"], bound=arrays[tol["bound"]]
+        )
         if not result.passed:
             bad.append(result.describe())
     return bad
@@ -171,7 +172,8 @@ def assert_port_failure(excinfo, *words, stderr=None):
         assert word in message, f"expected {word!r} in the failure message, got: {message}"
     if stderr is not None:
         assert stderr in excinfo.value.stderr_tail and stderr in message, (
-            f"the failure does not carry the port's stderr {stderr!r}: {message}")
+            f"the failure does not carry the port's stderr {stderr!r}: {message}"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -187,8 +189,9 @@ def test_correct_port_passes_forward_and_backward(port):
 def test_forward_only_fortran_order_big_endian(port, tmp_path):
     """Forward-only: no gradient seed in {in}, only y expected; Fortran-order big-endian output is read right."""
     meta, arrays = golden_case(SMALL, np.float32)
-    got = run_golden_case(port("fortran_bigendian"), "neocell", SMALL, meta, arrays, forward_only=True,
-                          keep_dir=tmp_path)
+    got = run_golden_case(
+        port("fortran_bigendian"), "neocell", SMALL, meta, arrays, forward_only=True, keep_dir=tmp_path
+    )
     assert list(got) == ["y"]
     assert failures(SMALL, got, meta, arrays) == []
     (case_dir,) = tmp_path.iterdir()
@@ -206,16 +209,23 @@ def test_case_json_schema(port, tmp_path):
     case = json.loads((case_dir / "in" / "case.json").read_text())
     assert case == json.loads(_doc_block("json")), "docs/porting.md's example differs from case.json"
     assert case == {
-        "protocol": 1, "op": "neocell", "case": SMALL, "dtype": "float32",
+        "protocol": 1,
+        "op": "neocell",
+        "case": SMALL,
+        "dtype": "float32",
         "specs": [{"kernel": 5, "channels": 7, "shift_a": 2, "shift_b": 1}],
         "inputs": ["grad_y", "weight_a_0", "weight_b_0", "x"],
-        "outputs": {"grad_weight_a_0": [7, 5, 5], "grad_weight_b_0": [7, 5, 5], "grad_x": [1, 7, 15, 13],
-                    "y": [1, 7, 15, 13]},
+        "outputs": {
+            "grad_weight_a_0": [7, 5, 5],
+            "grad_weight_b_0": [7, 5, 5],
+            "grad_x": [1, 7, 15, 13],
+            "y": [1, 7, 15, 13],
+        },
     }, case
     for name in case["inputs"]:
         raw = (case_dir / "in" / f"{name}.npy").read_bytes()
         assert raw[:8] == b"\x93NUMPY\x01\x00", f"{name}: not a version 1.0 .npy"
-        header = raw[10:10 + int.from_bytes(raw[8:10], "little")].decode("latin1")
+        header = raw[10 : 10 + int.from_bytes(raw[8:10], "little")].decode("latin1")
         assert "'descr': '<f4'" in header and "'fortran_order': False" in header, header
         np.testing.assert_array_equal(np.load(case_dir / "in" / f"{name}.npy", allow_pickle=False), arrays[name])
     assert list((case_dir / "out").iterdir()) == []
@@ -269,8 +279,12 @@ def test_exec_port_adapter_in_the_golden_calling_convention(port):
 
 def test_neocell_outputs_shapes():
     shapes = neocell_outputs([{"h_in": 2, "h_out": 1, "w_in": 3, "w_out": 1, "channels": 4}], (2, 4, 9, 7))
-    assert shapes == {"y": (2, 4, 4, 2), "grad_x": (2, 4, 9, 7), "grad_weight_a_0": (4, 1, 2),
-                      "grad_weight_b_0": (4, 3, 1)}
+    assert shapes == {
+        "y": (2, 4, 4, 2),
+        "grad_x": (2, 4, 9, 7),
+        "grad_weight_a_0": (4, 1, 2),
+        "grad_weight_b_0": (4, 3, 1),
+    }
     assert neocell_outputs([{"kernel": 3, "channels": 1}], (1, 1, 5, 5), forward_only=True) == {"y": (1, 1, 5, 5)}
 
 
@@ -344,7 +358,9 @@ def test_timeout_kills_the_whole_process_group(port, tmp_path):
     with pytest.raises(PortFailure) as excinfo:
         run_small(port("sleep", pids_file), timeout=2.0)
     elapsed = time.monotonic() - start
-    assert_port_failure(excinfo, "timed out after 2 s", "process group was killed", stderr="sleeping instead of working")
+    assert_port_failure(
+        excinfo, "timed out after 2 s", "process group was killed", stderr="sleeping instead of working"
+    )
     assert elapsed < 20, f"the runner took {elapsed:.1f} s to give up on a 2 s timeout"
     pids = [int(p) for p in pids_file.read_text().split()]
     deadline = time.monotonic() + 5
@@ -393,25 +409,40 @@ def _claiming(shape, data=bytes(64)):
 BAD_OUTPUTS = {
     "nothing written": (lambda name, shape: None, ["y.npy", "missing"]),
     "gradients missing": (lambda name, shape: _npy(np.zeros(shape)) if name == "y" else None, ["grad_", "missing"]),
-    "pickled": (lambda name, shape: _npy(np.array([{"a": 1}] * 3, dtype=object), True),
-                ["Python objects", "unpickling", "refused"]),
+    "pickled": (
+        lambda name, shape: _npy(np.array([{"a": 1}] * 3, dtype=object), True),
+        ["Python objects", "unpickling", "refused"],
+    ),
     "complex": (lambda name, shape: _npy(np.zeros(shape) + 1e6j), ["complex128", "real floating type"]),
     "integer": (lambda name, shape: _npy(np.zeros(shape, dtype=np.int64)), ["int64", "real floating type"]),
     "boolean": (lambda name, shape: _npy(np.zeros(shape, dtype=bool)), ["bool", "real floating type"]),
-    "structured": (lambda name, shape: _npy(np.zeros(shape, dtype=[("re", "<f8"), ("im", "<f8")])),
-                   ["real floating type"]),
-    "wrong shape": (lambda name, shape: _npy(np.zeros(shape[:-1] + (shape[-1] + 1,))),
-                    ["has shape (1, 7, 15, 14)", "expected (1, 7, 15, 13)"]),
-    "huge header claim": (lambda name, shape: _claiming((10**7, 10**7)), ["has shape (10000000, 10000000)", "expected"]),
+    "structured": (
+        lambda name, shape: _npy(np.zeros(shape, dtype=[("re", "<f8"), ("im", "<f8")])),
+        ["real floating type"],
+    ),
+    "wrong shape": (
+        lambda name, shape: _npy(np.zeros(shape[:-1] + (shape[-1] + 1,))),
+        ["has shape (1, 7, 15, 14)", "expected (1, 7, 15, 13)"],
+    ),
+    "huge header claim": (
+        lambda name, shape: _claiming((10**7, 10**7)),
+        ["has shape (10000000, 10000000)", "expected"],
+    ),
     "truncated": (lambda name, shape: _npy(np.zeros(shape))[:-8], ["truncated or trailing data"]),
     "trailing data": (lambda name, shape: _npy(np.zeros(shape)) + b"\0" * 8, ["truncated or trailing data"]),
-    "oversized": (lambda name, shape: _npy(np.zeros(shape)) + bytes(16 * math.prod(shape) + 10**6),
-                  ["more than any .npy of shape"]),
+    "oversized": (
+        lambda name, shape: _npy(np.zeros(shape)) + bytes(16 * math.prod(shape) + 10**6),
+        ["more than any .npy of shape"],
+    ),
     "garbage": (lambda name, shape: b"this is not a .npy file at all", ["not a readable .npy file"]),
-    "format 3.0": (lambda name, shape: b"\x93NUMPY\x03\x00" + _npy(np.zeros(shape))[8:],
-                   ["not a readable .npy file", "format version 3.0"]),
-    "nested header": (lambda name, shape: b"\x93NUMPY\x01\x00" + (4000).to_bytes(2, "little")
-                      + b"(" * 3999 + b"\n", ["not a readable .npy file"]),
+    "format 3.0": (
+        lambda name, shape: b"\x93NUMPY\x03\x00" + _npy(np.zeros(shape))[8:],
+        ["not a readable .npy file", "format version 3.0"],
+    ),
+    "nested header": (
+        lambda name, shape: b"\x93NUMPY\x01\x00" + (4000).to_bytes(2, "little") + b"(" * 3999 + b"\n",
+        ["not a readable .npy file"],
+    ),
 }
 
 
@@ -483,17 +514,20 @@ def test_pickled_output_is_never_unpickled(port, monkeypatch, tmp_path):
 # --------------------------------------------------------------------------------------
 # unusable commands and arguments
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command, words", [
-    ("", "empty"),
-    ("   ", "empty"),
-    ("cat {in}", "no {out} placeholder"),
-    ("cat {out}", "no {in} placeholder"),
-    ("'unclosed {in} {out}", "cannot be split"),
-    ("/nonexistent/port {in} {out}", "not an executable file"),
-    ("no-such-program-h7 {in} {out}", "not an executable file"),
-    ("{in} {out}", "program itself cannot be a placeholder"),
-    (42, "string or a list"),
-])
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("cat {in}", "no {out} placeholder"),
+        ("cat {out}", "no {in} placeholder"),
+        ("'unclosed {in} {out}", "cannot be split"),
+        ("/nonexistent/port {in} {out}", "not an executable file"),
+        ("no-such-program-h7 {in} {out}", "not an executable file"),
+        ("{in} {out}", "program itself cannot be a placeholder"),
+        (42, "string or a list"),
+    ],
+)
 def test_unusable_commands_are_refused(command, words):
     with pytest.raises(ExecCommandError) as excinfo:
         check_command(command)
@@ -528,8 +562,7 @@ def test_run_exec_argument_checks(port):
     with pytest.raises(ValueError, match="at least one output"):
         run_exec(port("correct"), op="neocell", case="c", inputs={"x": x}, outputs={})
     with pytest.raises(ValueError, match="written by the runner"):
-        run_exec(port("correct"), op="neocell", case="c", inputs={"x": x}, outputs={"y": (1,)},
-                 fields={"outputs": {}})
+        run_exec(port("correct"), op="neocell", case="c", inputs={"x": x}, outputs={"y": (1,)}, fields={"outputs": {}})
     with pytest.raises(TypeError, match="real floating"):
         run_exec(port("correct"), op="neocell", case="c", inputs={"x": x.astype(complex)}, outputs={"y": (1,)})
     with pytest.raises(ValueError, match="non-negative integers"):

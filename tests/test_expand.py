@@ -40,7 +40,7 @@ def expand_by_slicing(kernel, rows, cols, shift):
     copies = rows // p + cols // q + 3  # more than enough to cover the slice
     big = scipy.linalg.block_diag(*([kernel] * copies))
     r0, c0 = (p - shift, q - shift) if shift else (0, 0)
-    return big[r0:r0 + rows, c0:c0 + cols]
+    return big[r0 : r0 + rows, c0 : c0 + cols]
 
 
 def expand_by_index(kernel, rows, cols, shift):
@@ -169,8 +169,9 @@ def test_expand_kernel_adjoint_is_the_adjoint(data):
     adjoint = expand_kernel_adjoint(m, p, q, shift)
     assert adjoint.shape == kernel.shape, f"adjoint shape {adjoint.shape}, expected {kernel.shape}"
     scale = np.abs(expanded * m).sum() + np.abs(kernel * adjoint).sum() + 1e-300
-    _assert_inner_products_equal(np.vdot(expanded, m), np.vdot(kernel, adjoint), scale,
-                                 f"p,q={p},{q} R,S={rows},{cols} s={shift}")
+    _assert_inner_products_equal(
+        np.vdot(expanded, m), np.vdot(kernel, adjoint), scale, f"p,q={p},{q} R,S={rows},{cols} s={shift}"
+    )
 
 
 @given(data=st.data())
@@ -184,20 +185,26 @@ def test_expand_adjoint_is_the_adjoint_of_expand(data):
     ga, gb = expand_adjoint(ma, mb, specs)
     lhs = np.vdot(a_full, ma) + np.vdot(b_full, mb)
     rhs = sum(np.vdot(w, g) for w, g in zip(wa + wb, ga + gb))
-    scale = (np.abs(a_full * ma).sum() + np.abs(b_full * mb).sum()
-             + sum(np.abs(w * g).sum() for w, g in zip(wa + wb, ga + gb)))
+    scale = (
+        np.abs(a_full * ma).sum()
+        + np.abs(b_full * mb).sum()
+        + sum(np.abs(w * g).sum() for w, g in zip(wa + wb, ga + gb))
+    )
     _assert_inner_products_equal(lhs, rhs, scale, f"layer {specs} at {size}")
 
 
-@pytest.mark.parametrize("rows, shift, expected", [
-    # 2x2 kernel on 5x5 with all-ones M: count how often each entry was copied.
-    # shift 0: full blocks at 0 and 2, a 1x1 block at 4 -> K[0,0] three times, the rest twice
-    (5, 0, [[3, 2], [2, 2]]),
-    # shift 1: corner gets K[1,1], full blocks at 1 and 3 -> K[1,1] three times
-    (5, 1, [[2, 2], [2, 3]]),
-    # 2x2 on 2x2 shift 1: corner K[1,1], block at 1 keeps a 1x1 part K[0,0]
-    (2, 1, [[1, 0], [0, 1]]),
-])
+@pytest.mark.parametrize(
+    "rows, shift, expected",
+    [
+        # 2x2 kernel on 5x5 with all-ones M: count how often each entry was copied.
+        # shift 0: full blocks at 0 and 2, a 1x1 block at 4 -> K[0,0] three times, the rest twice
+        (5, 0, [[3, 2], [2, 2]]),
+        # shift 1: corner gets K[1,1], full blocks at 1 and 3 -> K[1,1] three times
+        (5, 1, [[2, 2], [2, 3]]),
+        # 2x2 on 2x2 shift 1: corner K[1,1], block at 1 keeps a 1x1 part K[0,0]
+        (2, 1, [[1, 0], [0, 1]]),
+    ],
+)
 def test_expand_kernel_adjoint_hand_counted(rows, shift, expected):
     got = expand_kernel_adjoint(np.ones((rows, rows)), 2, 2, shift)
     assert np.array_equal(got, np.array(expected, dtype=float)), f"got {got.tolist()}, expected {expected}"
@@ -211,79 +218,145 @@ K33 = np.arange(1.0, 10.0).reshape(3, 3)
 K44 = np.arange(1.0, 17.0).reshape(4, 4)
 
 HAND_EXAMPLES = {
-    "2x2_shift0_on_5x5": (K22, 5, 5, 0, [
-        [1, 2, 0, 0, 0],
-        [3, 4, 0, 0, 0],
-        [0, 0, 1, 2, 0],
-        [0, 0, 3, 4, 0],
-        [0, 0, 0, 0, 1],
-    ]),
-    "2x2_shift1_on_5x5": (K22, 5, 5, 1, [
-        [4, 0, 0, 0, 0],
-        [0, 1, 2, 0, 0],
-        [0, 3, 4, 0, 0],
-        [0, 0, 0, 1, 2],
-        [0, 0, 0, 3, 4],
-    ]),
-    "2x2_shift1_on_4x4": (K22, 4, 4, 1, [
-        [4, 0, 0, 0],
-        [0, 1, 2, 0],
-        [0, 3, 4, 0],
-        [0, 0, 0, 1],
-    ]),
+    "2x2_shift0_on_5x5": (
+        K22,
+        5,
+        5,
+        0,
+        [
+            [1, 2, 0, 0, 0],
+            [3, 4, 0, 0, 0],
+            [0, 0, 1, 2, 0],
+            [0, 0, 3, 4, 0],
+            [0, 0, 0, 0, 1],
+        ],
+    ),
+    "2x2_shift1_on_5x5": (
+        K22,
+        5,
+        5,
+        1,
+        [
+            [4, 0, 0, 0, 0],
+            [0, 1, 2, 0, 0],
+            [0, 3, 4, 0, 0],
+            [0, 0, 0, 1, 2],
+            [0, 0, 0, 3, 4],
+        ],
+    ),
+    "2x2_shift1_on_4x4": (
+        K22,
+        4,
+        4,
+        1,
+        [
+            [4, 0, 0, 0],
+            [0, 1, 2, 0],
+            [0, 3, 4, 0],
+            [0, 0, 0, 1],
+        ],
+    ),
     # corner K[1:3, 1:3] = [[5, 6], [8, 9]], then a block clipped to K[0:2, 0:2]
-    "3x3_shift2_on_4x4": (K33, 4, 4, 2, [
-        [5, 6, 0, 0],
-        [8, 9, 0, 0],
-        [0, 0, 1, 2],
-        [0, 0, 4, 5],
-    ]),
+    "3x3_shift2_on_4x4": (
+        K33,
+        4,
+        4,
+        2,
+        [
+            [5, 6, 0, 0],
+            [8, 9, 0, 0],
+            [0, 0, 1, 2],
+            [0, 0, 4, 5],
+        ],
+    ),
     # largest shift equal to the size: only the corner K[1:4, 1:4] is left
-    "4x4_shift3_on_3x3": (K44, 3, 3, 3, [
-        [6, 7, 8],
-        [10, 11, 12],
-        [14, 15, 16],
-    ]),
+    "4x4_shift3_on_3x3": (
+        K44,
+        3,
+        3,
+        3,
+        [
+            [6, 7, 8],
+            [10, 11, 12],
+            [14, 15, 16],
+        ],
+    ),
     # only K[3, 3] is wrapped; the rest of the kernel's last row and column is not
-    "4x4_shift1_on_6x6": (K44, 6, 6, 1, [
-        [16, 0, 0, 0, 0, 0],
-        [0, 1, 2, 3, 4, 0],
-        [0, 5, 6, 7, 8, 0],
-        [0, 9, 10, 11, 12, 0],
-        [0, 13, 14, 15, 16, 0],
-        [0, 0, 0, 0, 0, 1],
-    ]),
+    "4x4_shift1_on_6x6": (
+        K44,
+        6,
+        6,
+        1,
+        [
+            [16, 0, 0, 0, 0, 0],
+            [0, 1, 2, 3, 4, 0],
+            [0, 5, 6, 7, 8, 0],
+            [0, 9, 10, 11, 12, 0],
+            [0, 13, 14, 15, 16, 0],
+            [0, 0, 0, 0, 0, 1],
+        ],
+    ),
     # 7x7 kernel on a 3x3 plane: just the top-left part of one block
-    "7x7_shift0_on_3x3": (np.arange(1.0, 50.0).reshape(7, 7), 3, 3, 0, [
-        [1, 2, 3],
-        [8, 9, 10],
-        [15, 16, 17],
-    ]),
+    "7x7_shift0_on_3x3": (
+        np.arange(1.0, 50.0).reshape(7, 7),
+        3,
+        3,
+        0,
+        [
+            [1, 2, 3],
+            [8, 9, 10],
+            [15, 16, 17],
+        ],
+    ),
     # A of a 2 -> 1 down-sampling (h_out=1, h_in=2), H = 5: H_out = 2; the last row is cut
-    "A_2to1_H5": (np.array([[1.0, 2.0]]), 2, 5, 0, [
-        [1, 2, 0, 0, 0],
-        [0, 0, 1, 2, 0],
-    ]),
+    "A_2to1_H5": (
+        np.array([[1.0, 2.0]]),
+        2,
+        5,
+        0,
+        [
+            [1, 2, 0, 0, 0],
+            [0, 0, 1, 2, 0],
+        ],
+    ),
     # B of a 1 -> 3 up-sampling (w_in=1, w_out=3), W = 2: W_out = 6
-    "B_1to3_W2": (np.array([[1.0, 2.0, 3.0]]), 2, 6, 0, [
-        [1, 2, 3, 0, 0, 0],
-        [0, 0, 0, 1, 2, 3],
-    ]),
+    "B_1to3_W2": (
+        np.array([[1.0, 2.0, 3.0]]),
+        2,
+        6,
+        0,
+        [
+            [1, 2, 3, 0, 0, 0],
+            [0, 0, 0, 1, 2, 3],
+        ],
+    ),
     # B of a 2 -> 3 up-sampling, W = 3: W_out = floor(4.5) = 4; second block keeps K[0:1, 0:1]
-    "B_2to3_W3": (np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), 3, 4, 0, [
-        [1, 2, 3, 0],
-        [4, 5, 6, 0],
-        [0, 0, 0, 1],
-    ]),
+    "B_2to3_W3": (
+        np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
+        3,
+        4,
+        0,
+        [
+            [1, 2, 3, 0],
+            [4, 5, 6, 0],
+            [0, 0, 0, 1],
+        ],
+    ),
     # A of a 1 -> 2 up-sampling (h_out=2, h_in=1), H = 3: H_out = 6
-    "A_1to2_H3": (np.array([[1.0], [2.0]]), 6, 3, 0, [
-        [1, 0, 0],
-        [2, 0, 0],
-        [0, 1, 0],
-        [0, 2, 0],
-        [0, 0, 1],
-        [0, 0, 2],
-    ]),
+    "A_1to2_H3": (
+        np.array([[1.0], [2.0]]),
+        6,
+        3,
+        0,
+        [
+            [1, 0, 0],
+            [2, 0, 0],
+            [0, 1, 0],
+            [0, 2, 0],
+            [0, 0, 1],
+            [0, 0, 2],
+        ],
+    ),
 }
 
 
@@ -318,20 +391,23 @@ def test_expand_layer_hand_computed():
 # ======================================================================================
 # nnz, counted by hand
 # ======================================================================================
-@pytest.mark.parametrize("p, q, rows, cols, shift, expected", [
-    (2, 2, 5, 5, 0, 4 + 4 + 1),        # blocks at 0, 2 and a 1x1 remnant at 4
-    (2, 2, 5, 5, 1, 1 + 4 + 4),        # corner 1x1, blocks at 1 and 3
-    (7, 7, 10, 10, 0, 49 + 9),         # one full block, a 3x3 remnant
-    (7, 7, 10, 10, 3, 9 + 49),         # 3x3 corner, one full block at 3
-    (7, 7, 14, 14, 0, 98),             # two full blocks
-    (7, 7, 1, 1, 0, 1),                # 1x1 plane
-    (4, 4, 3, 3, 3, 9),                # corner only
-    (4, 4, 28, 28, 1, 1 + 6 * 16 + 9),  # corner, blocks at 1..21 (6 full), a 3x3 remnant at 25
-    (1, 2, 2, 5, 0, 2 + 2),            # A of 2 -> 1 at H = 5: two 1x2 blocks
-    (1, 3, 1, 2, 0, 2),                # 1x3 kernel on 1x2: block 0 keeps 1x2, block 1 is outside
-    (3, 1, 6, 2, 0, 3 + 3),            # A of 1 -> 3 at H = 2: two 3x1 blocks
-    (2, 3, 3, 4, 0, 6 + 1),            # B of 2 -> 3 at W = 3
-])
+@pytest.mark.parametrize(
+    "p, q, rows, cols, shift, expected",
+    [
+        (2, 2, 5, 5, 0, 4 + 4 + 1),  # blocks at 0, 2 and a 1x1 remnant at 4
+        (2, 2, 5, 5, 1, 1 + 4 + 4),  # corner 1x1, blocks at 1 and 3
+        (7, 7, 10, 10, 0, 49 + 9),  # one full block, a 3x3 remnant
+        (7, 7, 10, 10, 3, 9 + 49),  # 3x3 corner, one full block at 3
+        (7, 7, 14, 14, 0, 98),  # two full blocks
+        (7, 7, 1, 1, 0, 1),  # 1x1 plane
+        (4, 4, 3, 3, 3, 9),  # corner only
+        (4, 4, 28, 28, 1, 1 + 6 * 16 + 9),  # corner, blocks at 1..21 (6 full), a 3x3 remnant at 25
+        (1, 2, 2, 5, 0, 2 + 2),  # A of 2 -> 1 at H = 5: two 1x2 blocks
+        (1, 3, 1, 2, 0, 2),  # 1x3 kernel on 1x2: block 0 keeps 1x2, block 1 is outside
+        (3, 1, 6, 2, 0, 3 + 3),  # A of 1 -> 3 at H = 2: two 3x1 blocks
+        (2, 3, 3, 4, 0, 6 + 1),  # B of 2 -> 3 at W = 3
+    ],
+)
 def test_nnz_hand_counted(p, q, rows, cols, shift, expected):
     got = nnz(p, q, rows, cols, shift)
     assert got == expected, f"nnz({p}, {q}, {rows}, {cols}, {shift}) = {got}, expected {expected}"
@@ -367,15 +443,18 @@ def test_mutant_corner_rule_is_caught(monkeypatch):
 # --------------------------------------------------------------------------------------
 # the geometry of SPEC section 3.2's equivalent view, and the walk over channel runs
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("length, k_in, k_out, shift, expected", [
-    # SPEC section 3.2's example: H = 6, k = 3, s = 1: 2 zero rows on top, 9 rows = 3 tiles,
-    # the first 2 output rows dropped
-    (6, 3, 3, 1, (2, 3, 2)),
-    (6, 3, 3, 0, (0, 2, 0)),        # no shift: no padding on top, 6 rows = 2 whole tiles
-    (7, 3, 3, 0, (0, 3, 0)),        # a partial tile at the bottom
-    (5, 2, 3, 0, (0, 3, 0)),        # 2 -> 3 tiles: 5 rows padded to 6
-    (1, 7, 7, 6, (1, 1, 1)),        # the largest shift of a 7-kernel on a 1-row input
-])
+@pytest.mark.parametrize(
+    "length, k_in, k_out, shift, expected",
+    [
+        # SPEC section 3.2's example: H = 6, k = 3, s = 1: 2 zero rows on top, 9 rows = 3 tiles,
+        # the first 2 output rows dropped
+        (6, 3, 3, 1, (2, 3, 2)),
+        (6, 3, 3, 0, (0, 2, 0)),  # no shift: no padding on top, 6 rows = 2 whole tiles
+        (7, 3, 3, 0, (0, 3, 0)),  # a partial tile at the bottom
+        (5, 2, 3, 0, (0, 3, 0)),  # 2 -> 3 tiles: 5 rows padded to 6
+        (1, 7, 7, 6, (1, 1, 1)),  # the largest shift of a 7-kernel on a 1-row input
+    ],
+)
 def test_padding_view_by_hand(length, k_in, k_out, shift, expected):
     got = expand_module.padding_view(length, k_in, k_out, shift)
     assert tuple(got) == expected, f"padding_view{(length, k_in, k_out, shift)} = {got}, expected {expected}"
@@ -385,15 +464,19 @@ def test_padding_view_by_hand(length, k_in, k_out, shift, expected):
 def test_channel_runs_cover_every_channel_once_with_its_shifts():
     from neocell_ref.spec import channel_shifts
 
-    specs = parse_specs([{"kernel": 4, "channels": 5, "shift": 1},
-                         {"kernel_a": 3, "kernel_b": 5, "channels": 7, "shift": 2},
-                         {"kernel": 2, "channels": 3}])
+    specs = parse_specs(
+        [
+            {"kernel": 4, "channels": 5, "shift": 1},
+            {"kernel_a": 3, "kernel_b": 5, "channels": 7, "shift": 2},
+            {"kernel": 2, "channels": 3},
+        ]
+    )
     seen = []
     for run in expand_module.channel_runs(specs):
         spec = specs[run.group]
         shifts_a = channel_shifts(spec.channels, spec.shift_a, spec.subgroups_a)
         shifts_b = channel_shifts(spec.channels, spec.shift_b, spec.subgroups_b)
-        offset = sum(g.channels for g in specs[:run.group])
+        offset = sum(g.channels for g in specs[: run.group])
         assert run.chans == slice(offset + run.local.start, offset + run.local.stop), run
         for c in range(run.local.start, run.local.stop):
             assert (shifts_a[c], shifts_b[c]) == (run.shift_a, run.shift_b), (run, c)

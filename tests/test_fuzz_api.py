@@ -146,11 +146,43 @@ def _real_result(value, name):
 # --------------------------------------------------------------------------------------
 # strategies: valid values, hostile values, and "either"
 # --------------------------------------------------------------------------------------
-HOSTILE_SCALARS = st.sampled_from([
-    0, -1, 1, 2, True, False, 10**12, 2**63, 2**64 + 1, -(2**63), 0.0, -0.0, 1.5, 7.0, NAN, INF, -INF,
-    1e300, 1e-300, None, "7", "", b"3", 1j, np.int64(3), np.uint64(2**64 - 1), np.float32(2.0),
-    np.bool_(True), [], (), {}, [1, 2], {"kernel": 3},
-])
+HOSTILE_SCALARS = st.sampled_from(
+    [
+        0,
+        -1,
+        1,
+        2,
+        True,
+        False,
+        10**12,
+        2**63,
+        2**64 + 1,
+        -(2**63),
+        0.0,
+        -0.0,
+        1.5,
+        7.0,
+        NAN,
+        INF,
+        -INF,
+        1e300,
+        1e-300,
+        None,
+        "7",
+        "",
+        b"3",
+        1j,
+        np.int64(3),
+        np.uint64(2**64 - 1),
+        np.float32(2.0),
+        np.bool_(True),
+        [],
+        (),
+        {},
+        [1, 2],
+        {"kernel": 3},
+    ]
+)
 
 _SHAPES = [(), (0,), (3,), (2, 3), (2, 0), (1, 2, 6, 6), (0, 2, 6, 6), (1, 2, 0, 6), (2, 2, 6, 6), (1, 1, 2, 2, 2)]
 _DTYPES = [np.float64, np.float32, np.float16, np.int64, np.uint8, np.bool_, np.complex128, object, str]
@@ -201,23 +233,46 @@ def layer_case(draw):
     return specs, wa, wb, x
 
 
-HOSTILE_SPECS = st.sampled_from([
-    [], {}, "3", [{"kernel": 0, "channels": 1}], [{"kernel": 10**12, "channels": 10**12}],
-    [{"kernel": 3, "channels": 2, "shift": 3}], [{"kernel": True, "channels": 1}],
-    [{"kernel": 3.0, "channels": 1}], [{"h_in": 1, "h_out": 10**9, "w_in": 1, "w_out": 1, "channels": 1}],
-    [{"kernel": 2, "channels": 2}], [{"kernel": NAN, "channels": 1}], [{"kernal": 3, "channels": 1}],
-    [{"kernel": 3, "channels": 2, "shift_a": 1}], [None], [{"kernel": 3, "channels": -2}],
-])
+HOSTILE_SPECS = st.sampled_from(
+    [
+        [],
+        {},
+        "3",
+        [{"kernel": 0, "channels": 1}],
+        [{"kernel": 10**12, "channels": 10**12}],
+        [{"kernel": 3, "channels": 2, "shift": 3}],
+        [{"kernel": True, "channels": 1}],
+        [{"kernel": 3.0, "channels": 1}],
+        [{"h_in": 1, "h_out": 10**9, "w_in": 1, "w_out": 1, "channels": 1}],
+        [{"kernel": 2, "channels": 2}],
+        [{"kernel": NAN, "channels": 1}],
+        [{"kernal": 3, "channels": 1}],
+        [{"kernel": 3, "channels": 2, "shift_a": 1}],
+        [None],
+        [{"kernel": 3, "channels": -2}],
+    ]
+)
 
 
 # --------------------------------------------------------------------------------------
 # spec parsing
 # --------------------------------------------------------------------------------------
 @FUZZ
-@given(code=either(KERNEL_CODES, st.one_of(HOSTILE_SCALARS, st.sampled_from(
-           ["4+", "+", "4++7", " 4 + 7 ", "4_7", "\u0663", "-3", "3.0", "9" * 40, "9" * 5000, "0", "7+0"]))),
-       channels=either(st.integers(1, 8)), shift=either(st.integers(0, 2)),
-       h=either(st.integers(1, 9)), w=either(st.integers(1, 9)))
+@given(
+    code=either(
+        KERNEL_CODES,
+        st.one_of(
+            HOSTILE_SCALARS,
+            st.sampled_from(
+                ["4+", "+", "4++7", " 4 + 7 ", "4_7", "\u0663", "-3", "3.0", "9" * 40, "9" * 5000, "0", "7+0"]
+            ),
+        ),
+    ),
+    channels=either(st.integers(1, 8)),
+    shift=either(st.integers(0, 2)),
+    h=either(st.integers(1, 9)),
+    w=either(st.integers(1, 9)),
+)
 def test_fuzz_spec_parsing(code, channels, shift, h, w):
     got = bounded(parse_kernel_code, code, channels, shift)
     if got.ok:
@@ -227,8 +282,10 @@ def test_fuzz_spec_parsing(code, channels, shift, h, w):
         size = bounded(output_size, got.value, h, w)
         if size.ok:
             g = got.value[0]
-            assert size.value == (h if g.h_in == g.h_out else h * g.h_out // g.h_in,
-                                  w if g.w_in == g.w_out else w * g.w_out // g.w_in)
+            assert size.value == (
+                h if g.h_in == g.h_out else h * g.h_out // g.h_in,
+                w if g.w_in == g.w_out else w * g.w_out // g.w_in,
+            )
     bounded(parse_specs, code)  # a code where specs are expected: always a TypeError or a list
 
 
@@ -244,8 +301,13 @@ def test_fuzz_parse_specs(specs):
 # the operator and the expansion
 # --------------------------------------------------------------------------------------
 @FUZZ
-@given(case=layer_case(), which=st.sampled_from(["x", "wa", "wb", "specs", "method", "check_finite", "grad_y", "none"]),
-       hostile=HOSTILE, hostile_specs=HOSTILE_SPECS, method=st.sampled_from(["patchwise", "loop", "blockdiag"]))
+@given(
+    case=layer_case(),
+    which=st.sampled_from(["x", "wa", "wb", "specs", "method", "check_finite", "grad_y", "none"]),
+    hostile=HOSTILE,
+    hostile_specs=HOSTILE_SPECS,
+    method=st.sampled_from(["patchwise", "loop", "blockdiag"]),
+)
 def test_fuzz_neocell(case, which, hostile, hostile_specs, method):
     specs, wa, wb, x = case
     args = dict(x=x, wa=wa, wb=wb, specs=specs, method=method, check_finite=False)
@@ -255,8 +317,15 @@ def test_fuzz_neocell(case, which, hostile, hostile_specs, method):
         args["specs"] = hostile_specs
     elif which in args:
         args[which] = hostile
-    fwd = bounded(nr.neocell_forward, args["x"], args["wa"], args["wb"], args["specs"], args["method"],
-                  check_finite=args["check_finite"])
+    fwd = bounded(
+        nr.neocell_forward,
+        args["x"],
+        args["wa"],
+        args["wb"],
+        args["specs"],
+        args["method"],
+        check_finite=args["check_finite"],
+    )
     grad_y = hostile if which == "grad_y" else None
     if fwd.ok:
         y = _real_result(fwd.value, "neocell_forward")
@@ -269,8 +338,16 @@ def test_fuzz_neocell(case, which, hostile, hostile_specs, method):
             grad_y = np.ones_like(y)
     elif grad_y is None:
         grad_y = np.ones((1,))
-    bwd = bounded(nr.neocell_backward, grad_y, args["x"], args["wa"], args["wb"], args["specs"], args["method"],
-                  check_finite=args["check_finite"])
+    bwd = bounded(
+        nr.neocell_backward,
+        grad_y,
+        args["x"],
+        args["wa"],
+        args["wb"],
+        args["specs"],
+        args["method"],
+        check_finite=args["check_finite"],
+    )
     if bwd.ok:
         gx, ga, gb = bwd.value
         assert _real_result(gx, "grad_x").shape == np.shape(args["x"])
@@ -279,9 +356,19 @@ def test_fuzz_neocell(case, which, hostile, hostile_specs, method):
 
 
 @FUZZ
-@given(case=layer_case(), size=either(st.tuples(st.integers(3, 7), st.integers(3, 7)), st.one_of(
-           HOSTILE_SCALARS, st.sampled_from([(10**6, 10**6), (10**12, 3), (0, 4), (4,), (4, 4, 4), (True, 4), (4.0, 4)]))),
-       which=st.sampled_from(["wa", "specs", "grads", "none"]), hostile=HOSTILE, hostile_specs=HOSTILE_SPECS)
+@given(
+    case=layer_case(),
+    size=either(
+        st.tuples(st.integers(3, 7), st.integers(3, 7)),
+        st.one_of(
+            HOSTILE_SCALARS,
+            st.sampled_from([(10**6, 10**6), (10**12, 3), (0, 4), (4,), (4, 4, 4), (True, 4), (4.0, 4)]),
+        ),
+    ),
+    which=st.sampled_from(["wa", "specs", "grads", "none"]),
+    hostile=HOSTILE,
+    hostile_specs=HOSTILE_SPECS,
+)
 def test_fuzz_expand(case, size, which, hostile, hostile_specs):
     specs, wa, wb, _ = case
     if which == "wa":
@@ -312,8 +399,12 @@ SIZES = st.one_of(st.integers(0, 8), st.sampled_from([10**6, 10**12, 2**63, -1, 
 
 
 @FUZZ
-@given(kernel=either(st.builds(lambda p, q: np.ones((p, q)), st.integers(1, 4), st.integers(1, 4)), hostile_arrays()),
-       rows=SIZES, cols=SIZES, shift=st.one_of(st.integers(-2, 4), HOSTILE_SCALARS))
+@given(
+    kernel=either(st.builds(lambda p, q: np.ones((p, q)), st.integers(1, 4), st.integers(1, 4)), hostile_arrays()),
+    rows=SIZES,
+    cols=SIZES,
+    shift=st.one_of(st.integers(-2, 4), HOSTILE_SCALARS),
+)
 def test_fuzz_expand_kernel(kernel, rows, cols, shift):
     got = bounded(expand_kernel, kernel, rows, cols, shift)
     if got.ok:
@@ -331,8 +422,15 @@ def test_fuzz_expand_kernel(kernel, rows, cols, shift):
 # NeoInit
 # --------------------------------------------------------------------------------------
 @FUZZ
-@given(n=SIZES, m=SIZES, dtype=either(st.sampled_from([np.float64, np.float32, np.float16]),
-                                      st.sampled_from([np.int64, np.complex128, object, "bogus", None]), p_valid=2))
+@given(
+    n=SIZES,
+    m=SIZES,
+    dtype=either(
+        st.sampled_from([np.float64, np.float32, np.float16]),
+        st.sampled_from([np.int64, np.complex128, object, "bogus", None]),
+        p_valid=2,
+    ),
+)
 def test_fuzz_skewed_identity(n, m, dtype):
     got = bounded(skewed_identity, n, m, dtype)
     if got.ok:
@@ -344,10 +442,14 @@ def test_fuzz_skewed_identity(n, m, dtype):
 
 
 @FUZZ
-@given(specs=either(st.builds(lambda c: parse_kernel_code(c, 3), KERNEL_CODES), HOSTILE_SPECS),
-       rng=either(st.builds(np.random.default_rng, st.integers(0, 5)), st.sampled_from([None, 0, np.random.RandomState(0)])),
-       dtype=either(st.sampled_from([np.float64, np.float32]), st.sampled_from([np.float16, np.int32, "bogus", None])),
-       noise_scale=either(st.floats(0, 10), st.sampled_from([-1.0, NAN, INF, 1e300, 1e308, True, "1", 1j, None])))
+@given(
+    specs=either(st.builds(lambda c: parse_kernel_code(c, 3), KERNEL_CODES), HOSTILE_SPECS),
+    rng=either(
+        st.builds(np.random.default_rng, st.integers(0, 5)), st.sampled_from([None, 0, np.random.RandomState(0)])
+    ),
+    dtype=either(st.sampled_from([np.float64, np.float32]), st.sampled_from([np.float16, np.int32, "bogus", None])),
+    noise_scale=either(st.floats(0, 10), st.sampled_from([-1.0, NAN, INF, 1e300, 1e308, True, "1", 1j, None])),
+)
 def test_fuzz_neo_init(specs, rng, dtype, noise_scale):
     got = bounded(neo_init, specs, rng, dtype=dtype, noise_scale=noise_scale)
     if got.ok:
@@ -362,27 +464,53 @@ def test_fuzz_neo_init(specs, rng, dtype, noise_scale):
 # the gradient checker
 # --------------------------------------------------------------------------------------
 @FUZZ
-@given(eps=either(st.floats(1e-7, 1e-2)), rtol=either(st.floats(1e-8, 1e-3)), atol=either(st.floats(1e-10, 1e-6)),
-       max_elements=either(st.integers(1, 8)), wrt=either(st.sampled_from([None, [0], [1], [0, 1]]), st.one_of(
-           HOSTILE_SCALARS, st.sampled_from([[5], [-1], [0, 0], [True], "0", []]))),
-       rng=either(st.sampled_from([None, np.random.default_rng(1)]), st.sampled_from([0, "seed", np.random.RandomState(0)])),
-       grad=st.sampled_from(["right", "wrong", "none", "complex", "shape", "all_none", "scalar"]),
-       inputs=either(st.just("ok"), st.sampled_from(["empty", "complex", "object", "array"])))
+@given(
+    eps=either(st.floats(1e-7, 1e-2)),
+    rtol=either(st.floats(1e-8, 1e-3)),
+    atol=either(st.floats(1e-10, 1e-6)),
+    max_elements=either(st.integers(1, 8)),
+    wrt=either(
+        st.sampled_from([None, [0], [1], [0, 1]]),
+        st.one_of(HOSTILE_SCALARS, st.sampled_from([[5], [-1], [0, 0], [True], "0", []])),
+    ),
+    rng=either(
+        st.sampled_from([None, np.random.default_rng(1)]), st.sampled_from([0, "seed", np.random.RandomState(0)])
+    ),
+    grad=st.sampled_from(["right", "wrong", "none", "complex", "shape", "all_none", "scalar"]),
+    inputs=either(st.just("ok"), st.sampled_from(["empty", "complex", "object", "array"])),
+)
 def test_fuzz_check_gradients(eps, rtol, atol, max_elements, wrt, rng, grad, inputs):
     a, b = np.linspace(0.5, 1.5, 3), np.linspace(-1.0, 1.0, 3)
-    values = {"ok": [a, b], "empty": [], "complex": [a * 1j, b], "object": [np.array([None] * 3), b], "array": a}[inputs]
+    values = {"ok": [a, b], "empty": [], "complex": [a * 1j, b], "object": [np.array([None] * 3), b], "array": a}[
+        inputs
+    ]
 
     def forward(x, y):
         return x * y
 
     def backward(g, x, y):
         return {
-            "right": [g * y, g * x], "wrong": [g * y * 1.01, g * x], "none": [g * y, None],
-            "complex": [g * y + 1j, g * x], "shape": [g[:2], g * x], "all_none": [None, None], "scalar": 3.0,
+            "right": [g * y, g * x],
+            "wrong": [g * y * 1.01, g * x],
+            "none": [g * y, None],
+            "complex": [g * y + 1j, g * x],
+            "shape": [g[:2], g * x],
+            "all_none": [None, None],
+            "scalar": 3.0,
         }[grad]
 
-    got = bounded(check_gradients, forward, backward, values, eps=eps, rtol=rtol, atol=atol,
-                  max_elements=max_elements, wrt=wrt, rng=rng)
+    got = bounded(
+        check_gradients,
+        forward,
+        backward,
+        values,
+        eps=eps,
+        rtol=rtol,
+        atol=atol,
+        max_elements=max_elements,
+        wrt=wrt,
+        rng=rng,
+    )
     if got.ok:
         report = got.value
         assert report.inputs, "a report that checked nothing"
@@ -402,8 +530,20 @@ def _layer_calls(rng):
     return [
         ("linear", L.linear_forward, L.linear_backward, [x4, rng.standard_normal((5, 3)), np.zeros(5)], {}),
         ("conv1x1", L.conv1x1_forward, L.conv1x1_backward, [x4, rng.standard_normal((5, 3, 1, 1))], {}),
-        ("batchnorm_train", L.batchnorm_forward, L.batchnorm_backward, [x4, c, np.zeros(3), None, None], {"training": True}),
-        ("batchnorm_eval", L.batchnorm_forward, L.batchnorm_backward, [x4, c, np.zeros(3), np.zeros(3), c], {"training": False, "eps": 1e-5}),
+        (
+            "batchnorm_train",
+            L.batchnorm_forward,
+            L.batchnorm_backward,
+            [x4, c, np.zeros(3), None, None],
+            {"training": True},
+        ),
+        (
+            "batchnorm_eval",
+            L.batchnorm_forward,
+            L.batchnorm_backward,
+            [x4, c, np.zeros(3), np.zeros(3), c],
+            {"training": False, "eps": 1e-5},
+        ),
         ("layernorm", L.layernorm_forward, L.layernorm_backward, [x4, c, np.zeros(3)], {"eps": 1e-6}),
         ("gelu", L.gelu_forward, L.gelu_backward, [x4], {}),
         ("patchify", L.patchify_forward, L.patchify_backward, [x4], {"patch": 2}),
@@ -442,9 +582,12 @@ def _mutate(value, mutation):
 
 
 @settings(FUZZ, max_examples=max(100, settings.default.max_examples))
-@given(index=st.sampled_from(range(11)), hostile=st.one_of(HOSTILE, hostile_arrays(
-           [(2, 3, 4, 4), (2, 3, 4), (3,), (5, 3), (2,), (2, 3, 4, 5)])), mutation=st.sampled_from(MUTATIONS + [None]),
-       seed=st.integers(0, 3))
+@given(
+    index=st.sampled_from(range(11)),
+    hostile=st.one_of(HOSTILE, hostile_arrays([(2, 3, 4, 4), (2, 3, 4), (3,), (5, 3), (2,), (2, 3, 4, 5)])),
+    mutation=st.sampled_from(MUTATIONS + [None]),
+    seed=st.integers(0, 3),
+)
 def test_fuzz_layers(index, hostile, mutation, seed):
     """One layer, every argument in turn made hostile (the others valid)."""
     name, fwd, bwd, valid_args, valid_kwargs = _layer_calls(np.random.default_rng(seed))[index]
@@ -477,7 +620,8 @@ def _check_layer(name, fwd, bwd, args, kwargs):
         return
     y = _real_result(got.value, name)
     if _finite(*[a for a in args if a is not None]) and not any(
-            isinstance(a, np.ndarray) and a.size and np.abs(a).max() > 1e150 for a in args if a is not None):
+        isinstance(a, np.ndarray) and a.size and np.abs(a).max() > 1e150 for a in args if a is not None
+    ):
         # finite, moderate inputs: NaN (or Inf) in the output is a bug
         assert np.isfinite(y).all(), f"{name}: non-finite output from finite input (args {_short(args)})"
     back = bounded(bwd, np.ones_like(y), *args, **kwargs)
@@ -486,10 +630,27 @@ def _check_layer(name, fwd, bwd, args, kwargs):
 
 
 @FUZZ
-@given(logits=either(st.just(np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])), hostile_arrays([(2, 3), (0, 3), (2, 0), (3,)])),
-       labels=either(st.just(np.array([0, 2])), st.one_of(HOSTILE_SCALARS, st.sampled_from(
-           [np.array([0, 3]), np.array([-1, 0]), np.array([0.0, 1.0]), np.array([True, False]), np.array([2**62, 0])]))),
-       smoothing=either(st.floats(0, 1), st.sampled_from([-0.1, 1.1, NAN, INF, True, None])))
+@given(
+    logits=either(
+        st.just(np.array([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])), hostile_arrays([(2, 3), (0, 3), (2, 0), (3,)])
+    ),
+    labels=either(
+        st.just(np.array([0, 2])),
+        st.one_of(
+            HOSTILE_SCALARS,
+            st.sampled_from(
+                [
+                    np.array([0, 3]),
+                    np.array([-1, 0]),
+                    np.array([0.0, 1.0]),
+                    np.array([True, False]),
+                    np.array([2**62, 0]),
+                ]
+            ),
+        ),
+    ),
+    smoothing=either(st.floats(0, 1), st.sampled_from([-0.1, 1.1, NAN, INF, True, None])),
+)
 def test_fuzz_cross_entropy(logits, labels, smoothing):
     loss = bounded(L.cross_entropy_forward, logits, labels, smoothing=smoothing)
     grad = bounded(L.cross_entropy_backward, logits, labels, smoothing=smoothing)
@@ -507,12 +668,47 @@ SMALL = dict(per_stage_layers=(1, 1, 1, 1), dims=(4, 8, 8, 8), num_classes=3, ke
 
 
 @FUZZ
-@given(field=st.sampled_from(["per_stage_layers", "dims", "num_classes", "kernel_spec", "shifts",
-                              "layer_scale_init_value", "drop_path", "in_chans", "dtype", "rng", "resolution",
-                              "drop_path_seed", "linear_bias"]),
-       hostile=st.one_of(HOSTILE_SCALARS, st.sampled_from([
-           (1, 1, 1), (0, 1, 1, 1), (10**12, 8, 8, 8), (4, 8, 8, 10**9), (1, 1, 1, True), (4.0, 8, 8, 8),
-           (5, 1, 1, 1), "4+", "0", "default", np.float16, "bogus", (32, 30), (10**15, 10**15), 10**7])))
+@given(
+    field=st.sampled_from(
+        [
+            "per_stage_layers",
+            "dims",
+            "num_classes",
+            "kernel_spec",
+            "shifts",
+            "layer_scale_init_value",
+            "drop_path",
+            "in_chans",
+            "dtype",
+            "rng",
+            "resolution",
+            "drop_path_seed",
+            "linear_bias",
+        ]
+    ),
+    hostile=st.one_of(
+        HOSTILE_SCALARS,
+        st.sampled_from(
+            [
+                (1, 1, 1),
+                (0, 1, 1, 1),
+                (10**12, 8, 8, 8),
+                (4, 8, 8, 10**9),
+                (1, 1, 1, True),
+                (4.0, 8, 8, 8),
+                (5, 1, 1, 1),
+                "4+",
+                "0",
+                "default",
+                np.float16,
+                "bogus",
+                (32, 30),
+                (10**15, 10**15),
+                10**7,
+            ]
+        ),
+    ),
+)
 def test_fuzz_model_construction(field, hostile):
     options = dict(SMALL, **{field: hostile})
     if field == "per_stage_layers" and isinstance(hostile, tuple) and all(isinstance(v, int) for v in hostile):
@@ -533,8 +729,12 @@ def small_model():
 
 
 @FUZZ
-@given(key_index=st.integers(0, 10**6), hostile=st.one_of(HOSTILE, hostile_arrays([(4,), (4, 48, 1, 1), (), (1,)])),
-       strict=either(st.booleans(), st.sampled_from([None, 1, "yes"])), rename=st.booleans())
+@given(
+    key_index=st.integers(0, 10**6),
+    hostile=st.one_of(HOSTILE, hostile_arrays([(4,), (4, 48, 1, 1), (), (1,)])),
+    strict=either(st.booleans(), st.sampled_from([None, 1, "yes"])),
+    rename=st.booleans(),
+)
 def test_fuzz_load_state_dict(small_model, key_index, hostile, strict, rename):
     state = small_model.state_dict()
     keys = list(state)

@@ -23,17 +23,46 @@ from neocell_ref.cli import main
 from neocell_ref.golden import export_golden
 
 #: Values an integer option may receive from a careless or hostile user.
-INTS = ["0", "1", "2", "7", "-1", "-0", "10**12", "10**400", "1e3", "3.5", "abc", "", "nan", "inf",
-        "True", "0x10", " 7", "7 ", "9" * 40]
+INTS = [
+    "0",
+    "1",
+    "2",
+    "7",
+    "-1",
+    "-0",
+    "10**12",
+    "10**400",
+    "1e3",
+    "3.5",
+    "abc",
+    "",
+    "nan",
+    "inf",
+    "True",
+    "0x10",
+    " 7",
+    "7 ",
+    "9" * 40,
+]
 #: Values a real-number option may receive.
 REALS = ["1", "0.5", "0", "-1", "nan", "inf", "-inf", "1e300", "8192", "8193", "abc", ""]
 CODES = ["7", "4+7", "4+", "+7", "0+7", "4+4+4+4", "x", "", "1000000000"]
 MODELS = ["neonext_t", "neonext_s", "neonext_xl", "bogus", ""]
 DTYPES = ["float64", "float32", "float16", "bfloat16", "float8", "int32", ""]
 OPS = ["neocell", "linear", "batchnorm", "gelu", "model", "bogus", ""]
-PORTS = ["neocell_ref.neocell:neocell_forward", "neocell_ref.neocell:neocell_backward", "json:loads",
-         "os:getcwd", "no_such_module:f", "neocell_ref.neocell:no_such_name", ":", "", "a:b:c",
-         "neocell_ref.neocell:METHODS", "builtins:exit"]
+PORTS = [
+    "neocell_ref.neocell:neocell_forward",
+    "neocell_ref.neocell:neocell_backward",
+    "json:loads",
+    "os:getcwd",
+    "no_such_module:f",
+    "neocell_ref.neocell:no_such_name",
+    ":",
+    "",
+    "a:b:c",
+    "neocell_ref.neocell:METHODS",
+    "builtins:exit",
+]
 COMMANDS = ["false {in} {out}", "true {in} {out}", "/no/such/program {in} {out}", "", "{in}", "sleep"]
 
 
@@ -49,41 +78,63 @@ def option_list(draw, options):
     for name in names:
         argv.append(name)
         if options[name] is not None:
-            argv.extend(draw(options[name], label=name) if isinstance(options[name], st.SearchStrategy)
-                        else [draw(_pick(options[name]), label=name)])
+            argv.extend(
+                draw(options[name], label=name)
+                if isinstance(options[name], st.SearchStrategy)
+                else [draw(_pick(options[name]), label=name)]
+            )
     return argv
 
 
 def complexity_argv():
-    return option_list({
-        "-k": INTS, "-c": INTS, "--code": CODES, "--shift": INTS, "--batch": INTS, "--dw-kernel": INTS,
-        "--dtype": DTYPES, "--json": None,
-        "--hw": st.lists(_pick(INTS), min_size=2, max_size=2),
-    }).map(lambda rest: ["complexity", *rest])
+    return option_list(
+        {
+            "-k": INTS,
+            "-c": INTS,
+            "--code": CODES,
+            "--shift": INTS,
+            "--batch": INTS,
+            "--dw-kernel": INTS,
+            "--dtype": DTYPES,
+            "--json": None,
+            "--hw": st.lists(_pick(INTS), min_size=2, max_size=2),
+        }
+    ).map(lambda rest: ["complexity", *rest])
 
 
 def model_complexity_argv():
-    return st.tuples(_pick(MODELS), option_list({
-        "--resolution": INTS, "--released": None, "--per-layer": None, "--json": None,
-    })).map(lambda t: ["model-complexity", t[0], *t[1]])
+    return st.tuples(
+        _pick(MODELS),
+        option_list(
+            {
+                "--resolution": INTS,
+                "--released": None,
+                "--per-layer": None,
+                "--json": None,
+            }
+        ),
+    ).map(lambda t: ["model-complexity", t[0], *t[1]])
 
 
 def export_argv(root):
     targets = [str(root / "new"), str(root / "a_file"), "", str(root / "no" / "such" / "parent")]
-    return st.tuples(_pick(targets), option_list({"--suite": ["core", "bogus", ""], "--dtype": DTYPES, "--seed": INTS})
-                     ).map(lambda t: ["golden", "export", t[0], *t[1]])
+    return st.tuples(
+        _pick(targets), option_list({"--suite": ["core", "bogus", ""], "--dtype": DTYPES, "--seed": INTS})
+    ).map(lambda t: ["golden", "export", t[0], *t[1]])
 
 
 def verify_argv(root):
     sets = [str(root / "set"), str(root / "empty"), str(root / "missing"), str(root / "a_file")]
     port = st.one_of(
         option_list({"--forward": PORTS, "--backward": PORTS}),
-        st.tuples(_pick(COMMANDS), option_list({"--timeout": REALS, "--forward-only": None}))
-          .map(lambda t: ["--exec", t[0], *t[1]]),
+        st.tuples(_pick(COMMANDS), option_list({"--timeout": REALS, "--forward-only": None})).map(
+            lambda t: ["--exec", t[0], *t[1]]
+        ),
     )
     rest = option_list({"--rtol-scale": REALS, "--digest": ["0" * 64, "abc", ""], "--exclude": ["k7_*=slow", "=", "x"]})
     return st.tuples(_pick(sets), _pick(OPS), port, rest).map(
-        lambda t: ["golden", "verify", t[0], "--op", t[1], *t[2], *t[3]])
+        lambda t: ["golden", "verify", t[0], "--op", t[1], *t[2], *t[3]]
+    )
 
 
 def run(argv):

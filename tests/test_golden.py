@@ -54,7 +54,9 @@ def _methods(method):
 def test_export_is_byte_identical_across_runs_and_folders(golden64, tmp_path):
     export_golden(tmp_path, suite="core", dtype="float64")
     first, second = _digests(golden64), _digests(tmp_path)
-    assert first == second, f"files differing between two exports: {sorted(k for k in first if first[k] != second.get(k))}"
+    assert first == second, (
+        f"files differing between two exports: {sorted(k for k in first if first[k] != second.get(k))}"
+    )
 
 
 def test_manifest_describes_every_case(golden64):
@@ -97,7 +99,7 @@ def test_float32_set_stores_float32_inputs_and_float64_answers(golden32):
     arrays = load_case(golden32, case)
     assert arrays["x"].dtype == np.float32 and arrays["weight_a_0"].dtype == np.float32
     assert arrays["y"].dtype == np.float64
-    assert manifest["tolerance_policy"]["unit_roundoff"] == 2.0 ** -24
+    assert manifest["tolerance_policy"]["unit_roundoff"] == 2.0**-24
 
 
 def test_curated_cases_cover_every_rule():
@@ -136,9 +138,21 @@ def test_curated_cases_cover_every_rule():
             seen.add("rectangular")
         seen |= {f"shift_{g.shift_a}" for g in groups if g.h_in == 7}
     required = {
-        "form_h", "form_ab", "form_k", "mixed_groups", "shift_a_ne_shift_b", "uneven_subgroups",
-        "fewer_channels_than_subgroups", "max_shift_equals_size", "down_sampling", "up_sampling",
-        "floor_output_size", "partial_tiles", "input_smaller_than_kernel", "input_1x1", "rectangular",
+        "form_h",
+        "form_ab",
+        "form_k",
+        "mixed_groups",
+        "shift_a_ne_shift_b",
+        "uneven_subgroups",
+        "fewer_channels_than_subgroups",
+        "max_shift_equals_size",
+        "down_sampling",
+        "up_sampling",
+        "floor_output_size",
+        "partial_tiles",
+        "input_smaller_than_kernel",
+        "input_1x1",
+        "rectangular",
     } | {f"shift_{s}" for s in range(0, 7)}
     assert required <= seen, f"rules not covered by the core golden suite: {sorted(required - seen)}"
 
@@ -206,8 +220,10 @@ def test_reference_in_float32_passes_the_float32_set(golden32):
 
 def test_float32_computation_fails_the_float64_set(golden64):
     def fwd32(x, a, b, s):
-        return nr.neocell_forward(x.astype(np.float32), [w.astype(np.float32) for w in a],
-                                  [w.astype(np.float32) for w in b], s)
+        return nr.neocell_forward(
+            x.astype(np.float32), [w.astype(np.float32) for w in a], [w.astype(np.float32) for w in b], s
+        )
+
     report = verify_golden(golden64, "neocell", fwd32)
     assert not report.passed and all(not r.passed for r in report.results), report.table()
 
@@ -243,9 +259,12 @@ def test_porting_bug_is_caught_by_golden_verify(golden64, bug):
 
 def test_unshifted_square_cases_do_not_see_shift_bugs(golden64):
     """Control: shift-only bugs pass the cases without shifts, so failures are specific."""
-    report = verify_golden(golden64, "neocell", mutant_ports.corner_dropped_forward,
-                           exclude={"*shift*": "shifted", "*every*": "shifted", "mixed_3p5*": "shifted",
-                                    "ka3_kb5*": "shifted"})
+    report = verify_golden(
+        golden64,
+        "neocell",
+        mutant_ports.corner_dropped_forward,
+        exclude={"*shift*": "shifted", "*every*": "shifted", "mixed_3p5*": "shifted", "ka3_kb5*": "shifted"},
+    )
     assert report.passed, report.table()
     assert report.excluded and all(reason for _, reason in report.excluded)
 
@@ -271,26 +290,55 @@ def test_cli_export_and_verify(tmp_path, monkeypatch, capsys):
     directory = tmp_path / "g"
     assert cli.main(["golden", "export", str(directory)]) == 0
     report_file = tmp_path / "report.json"
-    code = cli.main(["golden", "verify", str(directory), "--op", "neocell",
-                     "--forward", "mutant_ports:correct_forward", "--backward", "mutant_ports:correct_backward",
-                     "--exclude", "k7_input_1x1=not supported by this port", "--json", str(report_file)])
+    code = cli.main(
+        [
+            "golden",
+            "verify",
+            str(directory),
+            "--op",
+            "neocell",
+            "--forward",
+            "mutant_ports:correct_forward",
+            "--backward",
+            "mutant_ports:correct_backward",
+            "--exclude",
+            "k7_input_1x1=not supported by this port",
+            "--json",
+            str(report_file),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "k7_input_1x1" in out and "not supported by this port" in out
     report = json.loads(report_file.read_text())
     assert report["passed"] and report["excluded"] == [{"case": "k7_input_1x1", "reason": "not supported by this port"}]
-    code = cli.main(["golden", "verify", str(directory), "--op", "neocell",
-                     "--forward", "mutant_ports:corner_dropped_forward"])
+    code = cli.main(
+        ["golden", "verify", str(directory), "--op", "neocell", "--forward", "mutant_ports:corner_dropped_forward"]
+    )
     out = capsys.readouterr().out
     assert code == 1 and "FAIL" in out and "mixed_4p7_shift1_uneven" in out
     (directory / "manifest.json").write_text(
-        (directory / "manifest.json").read_text().replace('"sha256": "', '"sha256": "0', 1))
+        (directory / "manifest.json").read_text().replace('"sha256": "', '"sha256": "0', 1)
+    )
     # Unusable input: exit 2 and one line on stderr (the generic rule of cli.main).
-    code = cli.main(["golden", "verify", str(directory), "--op", "neocell", "--forward", "mutant_ports:correct_forward"])
+    code = cli.main(
+        ["golden", "verify", str(directory), "--op", "neocell", "--forward", "mutant_ports:correct_forward"]
+    )
     captured = capsys.readouterr()
     assert code == 2 and captured.err.startswith("neocell-ref: error: ") and "sha256" in captured.err, captured
-    code = cli.main(["golden", "verify", str(directory), "--op", "neocell", "--forward",
-                     "mutant_ports:correct_forward", "--exclude", "k7*"])
+    code = cli.main(
+        [
+            "golden",
+            "verify",
+            str(directory),
+            "--op",
+            "neocell",
+            "--forward",
+            "mutant_ports:correct_forward",
+            "--exclude",
+            "k7*",
+        ]
+    )
     assert code == 2 and "PATTERN=REASON" in capsys.readouterr().err
     code = cli.main(["golden", "verify", str(directory), "--op", "neocell", "--forward", "no_such_module:f"])
     assert code == 2 and "no_such_module" in capsys.readouterr().err
@@ -319,8 +367,12 @@ def test_reference_layers_pass_their_golden_sets(golden64, golden32, op):
 
 @pytest.mark.parametrize("dtype_fixture", ["golden64", "golden32"])
 def test_reference_model_passes_its_golden_set(request, dtype_fixture):
-    report = verify_golden(request.getfixturevalue(dtype_fixture), "model",
-                           mutant_ports.correct_model_forward, mutant_ports.correct_model_backward)
+    report = verify_golden(
+        request.getfixturevalue(dtype_fixture),
+        "model",
+        mutant_ports.correct_model_forward,
+        mutant_ports.correct_model_backward,
+    )
     assert report.passed, report.table()
     arrays = {r.array for r in report.results}
     assert {"logits_eval", "logits_train", "grad_x"} <= arrays and any(a.startswith("grad/") for a in arrays)
@@ -335,10 +387,13 @@ def test_vanishing_bias_gradient_is_compared_against_its_layer(golden32):
     assert tol["scale_with"] == ["grad/stage_1.0.ops.content.fc_2.bias", "grad/stage_1.0.ops.content.fc_2.weight"]
 
 
-@pytest.mark.parametrize("op, forward, failing_case", [
-    ("batchnorm", mutant_ports.batchnorm_unbiased_forward, "batchnorm_training"),
-    ("gelu", mutant_ports.gelu_tanh_forward, "gelu"),
-])
+@pytest.mark.parametrize(
+    "op, forward, failing_case",
+    [
+        ("batchnorm", mutant_ports.batchnorm_unbiased_forward, "batchnorm_training"),
+        ("gelu", mutant_ports.gelu_tanh_forward, "gelu"),
+    ],
+)
 @pytest.mark.parametrize("dtype_fixture", ["golden64", "golden32"])
 def test_layer_porting_bug_is_caught(request, dtype_fixture, op, forward, failing_case):
     report = verify_golden(request.getfixturevalue(dtype_fixture), op, forward)
@@ -347,8 +402,9 @@ def test_layer_porting_bug_is_caught(request, dtype_fixture, op, forward, failin
 
 @pytest.mark.parametrize("bug", mutant_ports.MODEL_BUGS)
 def test_model_porting_bug_is_caught(golden64, bug):
-    report = verify_golden(golden64, "model", getattr(mutant_ports, f"model_{bug}_forward"),
-                           getattr(mutant_ports, f"model_{bug}_backward"))
+    report = verify_golden(
+        golden64, "model", getattr(mutant_ports, f"model_{bug}_forward"), getattr(mutant_ports, f"model_{bug}_backward")
+    )
     assert not report.passed, report.table()
     assert "tiny_default_options" in {r.case for r in report.failures}
     if bug == "batchnorm_unbiased":  # a training-only bug: inference logits still agree
@@ -356,7 +412,8 @@ def test_model_porting_bug_is_caught(golden64, bug):
 
 
 def test_cli_verifies_the_model(golden64, capsys):
-    code = cli.main(["golden", "verify", str(golden64), "--op", "model",
-                     "--forward", "mutant_ports:model_gelu_tanh_forward"])
+    code = cli.main(
+        ["golden", "verify", str(golden64), "--op", "model", "--forward", "mutant_ports:model_gelu_tanh_forward"]
+    )
     out = capsys.readouterr().out
     assert code == 1 and "logits_eval" in out and "FAIL" in out

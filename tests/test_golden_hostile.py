@@ -136,20 +136,23 @@ def assert_unusable(code, out, err, *words):
 # ==================================================================================== 1
 # Only a real result counts
 # ==================================================================================== 1
-@pytest.mark.parametrize("got, words", [
-    (np.ones((2, 3)) + 1e6j, "complex"),
-    (np.ones((2, 3)) + 0j, "complex"),  # even with a zero imaginary part: not a real result
-    (np.ones((2, 3), dtype=object), "Python objects"),
-    (np.ones((2, 3), dtype=bool), "booleans"),
-    (np.full((2, 3), "1.0"), "strings"),
-    (np.ones((2, 3), dtype=np.int64), "integers"),
-    (np.ones((2, 3), dtype=np.uint8), "unsigned integers"),
-    ([[1.0, 1.0, 1.0], [1.0, 1.0]], "not an array"),  # ragged
-    ("1.0", "not an array"),
-    (np.ones((3, 2)), "shape (3, 2), expected (2, 3)"),
-    (np.ones((1, 2, 3)), "shape (1, 2, 3)"),
-    (1.0, "shape ()"),
-])
+@pytest.mark.parametrize(
+    "got, words",
+    [
+        (np.ones((2, 3)) + 1e6j, "complex"),
+        (np.ones((2, 3)) + 0j, "complex"),  # even with a zero imaginary part: not a real result
+        (np.ones((2, 3), dtype=object), "Python objects"),
+        (np.ones((2, 3), dtype=bool), "booleans"),
+        (np.full((2, 3), "1.0"), "strings"),
+        (np.ones((2, 3), dtype=np.int64), "integers"),
+        (np.ones((2, 3), dtype=np.uint8), "unsigned integers"),
+        ([[1.0, 1.0, 1.0], [1.0, 1.0]], "not an array"),  # ragged
+        ("1.0", "not an array"),
+        (np.ones((3, 2)), "shape (3, 2), expected (2, 3)"),
+        (np.ones((1, 2, 3)), "shape (1, 2, 3)"),
+        (1.0, "shape ()"),
+    ],
+)
 def test_only_a_real_floating_array_of_the_expected_shape_counts(got, words):
     result = compare_arrays("case", "y", got, np.ones((2, 3)), rtol=1.0, atol=1.0)
     assert not result.passed and words in result.message, result.describe()
@@ -195,8 +198,9 @@ def test_complex_model_fails_the_kit():
 
 
 def test_port_calling_sys_exit_fails_each_case_and_the_run_goes_on(golden, capsys):
-    code, out, err = verify_cli(capsys, golden, "--backward", "mutant_ports:correct_backward",
-                                port=["--forward", "mutant_ports:exit_forward"])
+    code, out, err = verify_cli(
+        capsys, golden, "--backward", "mutant_ports:correct_backward", port=["--forward", "mutant_ports:exit_forward"]
+    )
     assert code == 1, (out, err)
     failures = [line for line in out.splitlines() if line.startswith("  FAIL ")]
     assert len(failures) == len(NEOCELL_CASES_CORE), out
@@ -234,23 +238,25 @@ def test_a_port_raising_in_one_direction_does_not_hide_the_other(golden):
 # ---------------------------------------------------------------------- tolerance overrides
 @pytest.mark.parametrize("value", ["inf", "1e300", "nan", "0", "-1", "8193"])
 def test_rtol_scale_out_of_bounds_is_exit_2(golden, capsys, value):
-    code, out, err = verify_cli(capsys, golden, "--rtol-scale", value,
-                                port=["--forward", "mutant_ports:zero_forward"])
+    code, out, err = verify_cli(capsys, golden, "--rtol-scale", value, port=["--forward", "mutant_ports:zero_forward"])
     assert_unusable(code, out, err, "rtol_scale")
 
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    (dict(rtol=float("inf")), ValueError, "rtol must be finite"),
-    (dict(rtol=0.0), ValueError, "rtol must be finite and > 0"),
-    (dict(rtol="1e-3"), TypeError, "rtol must be a real number"),
-    (dict(atol=-1.0), ValueError, "atol must be finite and >= 0"),
-    (dict(atol=float("nan")), ValueError, "atol"),
-    (dict(rtol_scale=float("inf")), ValueError, "rtol_scale"),
-    (dict(rtol_scale=1e300), ValueError, "at most 8192"),
-    (dict(rtol_scale=True), TypeError, "rtol_scale must be a real number"),
-    (dict(rtol=1e-3), ValueError, "too loose"),  # finite, but far above 8192x the stored rtol
-    (dict(atol=1.0), ValueError, "atol 1 exceeds"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(rtol=float("inf")), ValueError, "rtol must be finite"),
+        (dict(rtol=0.0), ValueError, "rtol must be finite and > 0"),
+        (dict(rtol="1e-3"), TypeError, "rtol must be a real number"),
+        (dict(atol=-1.0), ValueError, "atol must be finite and >= 0"),
+        (dict(atol=float("nan")), ValueError, "atol"),
+        (dict(rtol_scale=float("inf")), ValueError, "rtol_scale"),
+        (dict(rtol_scale=1e300), ValueError, "at most 8192"),
+        (dict(rtol_scale=True), TypeError, "rtol_scale must be a real number"),
+        (dict(rtol=1e-3), ValueError, "too loose"),  # finite, but far above 8192x the stored rtol
+        (dict(atol=1.0), ValueError, "atol 1 exceeds"),
+    ],
+)
 def test_tolerance_overrides_are_validated_everywhere(golden, kwargs, error, words):
     with pytest.raises(error, match=words):
         verify_golden(golden, "neocell", mutant_ports.zero_forward, **kwargs)
@@ -280,20 +286,22 @@ def test_loosening_is_printed_and_recorded(golden, capsys, tmp_path):
     assert json.loads(report_file.read_text())["loosened"] is False
     code, out, err = verify_cli(capsys, golden, "--json", str(report_file))
     assert "tolerances: as stored in the set" in out
-    assert json.loads(report_file.read_text())["tolerance_overrides"] == {"rtol": None, "atol": None,
-                                                                          "rtol_scale": 1.0}
+    assert json.loads(report_file.read_text())["tolerance_overrides"] == {"rtol": None, "atol": None, "rtol_scale": 1.0}
 
 
 # ---------------------------------------------------------------------- checking nothing
-@pytest.mark.parametrize("kwargs, error, words", [
-    (dict(golden=False, max_examples=0), ValueError, "checks nothing"),
-    (dict(max_examples=-1), ValueError, "max_examples must be >= 0"),
-    (dict(golden=False, max_examples=-5), ValueError, "max_examples"),
-    (dict(max_examples=2.5), TypeError, "max_examples must be an integer"),
-    (dict(layers="bogus"), TypeError, "layers must be a hypothesis strategy"),
-    (dict(seed=-1), ValueError, "seed"),
-    (dict(golden="yes"), TypeError, "golden must be True or False"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(golden=False, max_examples=0), ValueError, "checks nothing"),
+        (dict(max_examples=-1), ValueError, "max_examples must be >= 0"),
+        (dict(golden=False, max_examples=-5), ValueError, "max_examples"),
+        (dict(max_examples=2.5), TypeError, "max_examples must be an integer"),
+        (dict(layers="bogus"), TypeError, "layers must be a hypothesis strategy"),
+        (dict(seed=-1), ValueError, "seed"),
+        (dict(golden="yes"), TypeError, "golden must be True or False"),
+    ],
+)
 def test_kit_refuses_to_check_nothing_and_bad_arguments(kwargs, error, words):
     with pytest.raises(error, match=words):
         assert_neocell_matches(mutant_ports.zero_forward, **kwargs)
@@ -350,6 +358,7 @@ def _edit(field, value):
         for key in path:
             case = case[key]
         case[last] = value
+
     return edit
 
 
@@ -362,8 +371,10 @@ TAMPERING = {
     "x_shape edited": (_edit(("x_shape",), [2, 4, 7, 7]), "x_shape[2] is 7"),
     "specs edited": (_edit(("specs_as_written", 0, "kernel"), 5), "specs_as_written[0].kernel is 5"),
     "atol raised": (_edit(("tolerances", "y", "atol"), 1.0), "tolerances.y.atol is 1.0"),
-    "accumulation length as a float": (_edit(("tolerances", "y", "accumulation_length"), 14.0),
-                                       "accumulation_length is 14.0, expected 14"),
+    "accumulation length as a float": (
+        _edit(("tolerances", "y", "accumulation_length"), 14.0),
+        "accumulation_length is 14.0, expected 14",
+    ),
     "a field added": (_edit(("note",), "trust me"), "note is not a field"),
     "file escaping with ..": (_edit(("file",), "../outside.npz"), "not a plain file name"),
     "absolute file path": (_edit(("file",), "/etc/passwd"), "not a plain file name"),
@@ -410,14 +421,17 @@ def test_other_format_versions_get_a_clear_message(golden, capsys):
     assert_unusable(*verify_cli(capsys, golden), "format_version null")
 
 
-@pytest.mark.parametrize("text, words", [
-    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-    ("{not json", "not valid JSON"),
-    ('{"a": NaN}', "not valid JSON"),
-    ('{"a": 1, "a": 2}', "appears twice"),
-    ("[]", "top level is a list"),
-    ('{"format_version": ' + "9" * 5000 + "}", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("{not json", "not valid JSON"),
+        ('{"a": NaN}', "not valid JSON"),
+        ('{"a": 1, "a": 2}', "appears twice"),
+        ("[]", "top level is a list"),
+        ('{"format_version": ' + "9" * 5000 + "}", "not valid JSON"),
+    ],
+)
 def test_malformed_manifest_is_exit_2(golden, capsys, text, words):
     (golden / "manifest.json").write_text(text)
     assert_unusable(*verify_cli(capsys, golden), words)
@@ -519,12 +533,15 @@ def _forged_header(shape, dtype="<f8", payload=b""):
     return buffer.getvalue() + payload
 
 
-@pytest.mark.parametrize("forged, words", [
-    (_forged_header((40_000, 1_000_000)), "header declares shape (40000, 1000000)"),  # 320 GB
-    (_forged_header((2, 4, 14, 14), "<c16"), "header declares dtype <c16"),
-    (_forged_header((2, 4, 14, 14), ">f8"), "header declares dtype >f8"),
-    (_forged_header((2, 4, 14, 14)), "the zip directory says"),  # right header, no data
-])
+@pytest.mark.parametrize(
+    "forged, words",
+    [
+        (_forged_header((40_000, 1_000_000)), "header declares shape (40000, 1000000)"),  # 320 GB
+        (_forged_header((2, 4, 14, 14), "<c16"), "header declares dtype <c16"),
+        (_forged_header((2, 4, 14, 14), ">f8"), "header declares dtype >f8"),
+        (_forged_header((2, 4, 14, 14)), "the zip directory says"),  # right header, no data
+    ],
+)
 def test_npy_header_lies_are_refused_before_any_data_is_read(golden, capsys, forged, words):
     members = victim_members(golden)
     members["y.npy"] = forged
@@ -729,8 +746,10 @@ def test_kit_golden_cases_are_the_exported_cases(base):
 def test_adding_a_case_does_not_reseed_the_others(monkeypatch):
     import neocell_ref.golden_ops as golden_ops
 
-    before = {name: make_case("neocell", (name, spec, shape), np.float64, 3)[1]["x"]
-              for name, spec, shape in NEOCELL_CASES_CORE}
+    before = {
+        name: make_case("neocell", (name, spec, shape), np.float64, 3)[1]["x"]
+        for name, spec, shape in NEOCELL_CASES_CORE
+    }
     extra = ("new_case_first", [{"kernel": 3, "channels": 1}], (1, 1, 3, 3))
     monkeypatch.setattr(golden_ops, "NEOCELL_CASES_CORE", [extra] + list(NEOCELL_CASES_CORE))
     for case in OPERATIONS["neocell"].cases("core")[1:]:
@@ -765,8 +784,13 @@ def test_run_and_compare_rejects_loose_overrides_before_the_port_runs():
         run_and_compare("neocell", name, {**meta, "tolerances": tolerances}, arrays, port, None, rtol=0.5)
     assert calls == []
     rng = np.random.default_rng(0)
-    case = NeoCellCase(spec, rng.standard_normal(shape), [rng.standard_normal((4, 7, 7))],
-                       [rng.standard_normal((4, 7, 7))], rng.standard_normal(shape))
+    case = NeoCellCase(
+        spec,
+        rng.standard_normal(shape),
+        [rng.standard_normal((4, 7, 7))],
+        [rng.standard_normal((4, 7, 7))],
+        rng.standard_normal(shape),
+    )
     with pytest.raises(ValueError, match="too loose"):
         check_neocell_case(port, None, case, atol=1e3)
     assert calls == [] and all(r.passed for r in check_neocell_case(port, None, case)) and calls
@@ -799,8 +823,14 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 ANY_VALUE = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=8), st.just([1.0]), st.just(np.float32(2.0)), st.just(np.int64(3)),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**30), 10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.just([1.0]),
+    st.just(np.float32(2.0)),
+    st.just(np.int64(3)),
 )
 
 
@@ -818,9 +848,11 @@ def test_fuzz_tolerance_overrides(rtol, atol, rtol_scale):
 
 
 @settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(scale=st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.text(max_size=6)),
-       exclude=st.lists(st.text(alphabet="k7*=_ ab", max_size=8), max_size=2),
-       digest=st.one_of(st.none(), st.text(alphabet="0123456789abcdefX", min_size=60, max_size=66)))
+@given(
+    scale=st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.text(max_size=6)),
+    exclude=st.lists(st.text(alphabet="k7*=_ ab", max_size=8), max_size=2),
+    digest=st.one_of(st.none(), st.text(alphabet="0123456789abcdefX", min_size=60, max_size=66)),
+)
 def test_fuzz_verify_command_line(base, capsys, scale, exclude, digest):
     argv = ["verify", str(base), "--op", "neocell", *FORWARD, f"--rtol-scale={scale}"]
     argv += [f"--exclude={item}" for item in exclude]
@@ -837,11 +869,22 @@ def test_fuzz_verify_command_line(base, capsys, scale, exclude, digest):
 
 
 @settings(max_examples=20)
-@given(kwargs=st.fixed_dictionaries({}, optional={
-    "max_examples": ANY_VALUE, "golden": ANY_VALUE, "layers": ANY_VALUE, "seed": ANY_VALUE, "dtype": ANY_VALUE,
-    "shrink": ANY_VALUE}))
+@given(
+    kwargs=st.fixed_dictionaries(
+        {},
+        optional={
+            "max_examples": ANY_VALUE,
+            "golden": ANY_VALUE,
+            "layers": ANY_VALUE,
+            "seed": ANY_VALUE,
+            "dtype": ANY_VALUE,
+            "shrink": ANY_VALUE,
+        },
+    )
+)
 def test_fuzz_kit_arguments(kwargs):
     """Only argument errors here (the port raises if it is ever run on bad arguments)."""
+
     def port(*args):
         raise AssertionError("ran")
 

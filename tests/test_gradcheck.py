@@ -43,8 +43,10 @@ def _case(specs, x_shape, seed=0):
 
 # A shifted, mixed layer: group 0 kernel 4 shift 1 (channels use shifts 0, 1, 2, 3),
 # group 1 kernel 3 with shift_a 1 / shift_b 2 (shifts 0/0, 1/2, 2/2 ... per channel).
-SHIFTED = ([{"kernel": 4, "channels": 4, "shift": 1}, {"kernel": 3, "channels": 3, "shift_a": 1, "shift_b": 2}],
-           (2, 7, 5, 6))
+SHIFTED = (
+    [{"kernel": 4, "channels": 4, "shift": 1}, {"kernel": 3, "channels": 3, "shift_a": 1, "shift_b": 2}],
+    (2, 7, 5, 6),
+)
 
 
 def _report_inputs(report):
@@ -145,7 +147,7 @@ def _corner_part_of_a(gy, x, wa, wb, specs):
         part = np.zeros(g.shape_a)
         for c, s in enumerate(g.channel_shifts()[0]):
             if s:
-                part[c, g.h_out - s:, g.h_in - s:] = grad_a_full[start + c, :s, :s]
+                part[c, g.h_out - s :, g.h_in - s :] = grad_a_full[start + c, :s, :s]
         corner.append(part)
         start += g.channels
     return corner
@@ -263,6 +265,7 @@ def test_conformance_catches_corner_from_top_left(monkeypatch):
 
 def test_conformance_catches_an_adjoint_that_drops_repeated_copies(monkeypatch):
     """expand_kernel_adjoint that assigns instead of accumulating (only the last copy counts)."""
+
     def last_copy_only(grad_full, p, q, shift):
         m_r, m_c, k_r, k_c = expand_module.block_layout(p, q, *grad_full.shape[-2:], shift)
         out = np.zeros(grad_full.shape[:-2] + (p, q))
@@ -296,10 +299,13 @@ def test_conformance_catches_padding_geometry_without_shift(monkeypatch):
         with monkeypatch.context() as patch:
             for module in users:
                 _clear_caches(module)
-                patch.setattr(module, "padding_view",
-                              lambda length, k_in, k_out, shift: original(length, k_in, k_out, 0))
-            failing = {method: _failing(conformance_errors(case_by_name(SHIFTED_OFFICIAL), method))
-                       for method in ("loop", "patchwise")}
+                patch.setattr(
+                    module, "padding_view", lambda length, k_in, k_out, shift: original(length, k_in, k_out, 0)
+                )
+            failing = {
+                method: _failing(conformance_errors(case_by_name(SHIFTED_OFFICIAL), method))
+                for method in ("loop", "patchwise")
+            }
     finally:
         for module in users:
             _clear_caches(module)

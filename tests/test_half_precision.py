@@ -79,29 +79,55 @@ def test_round_bfloat16_is_round_to_nearest_even():
     # going float64 -> float32 -> bfloat16.
     pick = rng.integers(1, len(grid) - 1, 2000)
     mids = (grid[pick] + grid[pick + 1]) / 2
-    values = np.concatenate([values, mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf),
-                             mids * (1 + 2.0**-40), mids * (1 - 2.0**-40)])
+    values = np.concatenate(
+        [
+            values,
+            mids,
+            np.nextafter(mids, np.inf),
+            np.nextafter(mids, -np.inf),
+            mids * (1 + 2.0**-40),
+            mids * (1 - 2.0**-40),
+        ]
+    )
     values = values[np.abs(values) <= grid[-1]]
     got = round_bfloat16(values).astype(np.float64)
     want = _nearest_even(values, grid)
     bad = np.flatnonzero(got != want)
-    assert bad.size == 0, f"{bad.size} values rounded wrongly, first {values[bad[0]]!r}: got {got[bad[0]]!r}, want {want[bad[0]]!r}"
+    assert bad.size == 0, (
+        f"{bad.size} values rounded wrongly, first {values[bad[0]]!r}: got {got[bad[0]]!r}, want {want[bad[0]]!r}"
+    )
     assert round_bfloat16(values.astype(np.float32)).dtype == np.float32
 
 
 def test_round_bfloat16_special_values():
     largest = float(_bfloat16_grid()[-1])  # (2 - 2**-7) * 2**127
     ulp = 2.0**120
-    cases = {np.inf: np.inf, -np.inf: -np.inf, largest: largest, largest + ulp / 2: np.inf,
-             largest + ulp / 2 * (1 - 2.0**-30): largest, 1e300: np.inf, -1e300: -np.inf,
-             2.0**-133: 2.0**-133, 2.0**-134: 0.0, 2.0**-134 * 1.5: 2.0**-133, -0.0: -0.0, 1e-300: 0.0}
+    cases = {
+        np.inf: np.inf,
+        -np.inf: -np.inf,
+        largest: largest,
+        largest + ulp / 2: np.inf,
+        largest + ulp / 2 * (1 - 2.0**-30): largest,
+        1e300: np.inf,
+        -1e300: -np.inf,
+        2.0**-133: 2.0**-133,
+        2.0**-134: 0.0,
+        2.0**-134 * 1.5: 2.0**-133,
+        -0.0: -0.0,
+        1e-300: 0.0,
+    }
     with np.errstate(over="ignore"):
         got = round_bfloat16(np.array(list(cases), dtype=np.float64)).astype(np.float64)
     for (value, want), g in zip(cases.items(), got):
         assert g == want and math.copysign(1, g) == math.copysign(1, want), f"{value!r} -> {g!r}, expected {want!r}"
     nan = round_bfloat16(np.array([np.nan, -np.nan], dtype=np.float32))
     assert np.isnan(nan).all() and not not_bfloat16(nan).any()
-    assert not_bfloat16(np.array([1.0, 1.0 + 2.0**-7, 1.0 + 2.0**-8, 1.0 + 2.0**-30])).tolist() == [False, False, True, True]
+    assert not_bfloat16(np.array([1.0, 1.0 + 2.0**-7, 1.0 + 2.0**-8, 1.0 + 2.0**-30])).tolist() == [
+        False,
+        False,
+        True,
+        True,
+    ]
     with pytest.raises(TypeError, match="real floating"):
         round_bfloat16(np.arange(3))
 
@@ -130,9 +156,13 @@ def test_expected_answers_are_float64_results_of_the_stored_inputs(half_sets):
     case = next(c for c in manifest["cases"] if c["name"] == "mixed_4p7_shift1_uneven")
     with np.load(half_sets["bfloat16"] / case["file"], allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
-    y = neocell_forward(arrays["x"].astype(np.float64), [arrays[f"weight_a_{g}"].astype(np.float64) for g in range(2)],
-                        [arrays[f"weight_b_{g}"].astype(np.float64) for g in range(2)], case["specs_as_written"],
-                        method="loop")
+    y = neocell_forward(
+        arrays["x"].astype(np.float64),
+        [arrays[f"weight_a_{g}"].astype(np.float64) for g in range(2)],
+        [arrays[f"weight_b_{g}"].astype(np.float64) for g in range(2)],
+        case["specs_as_written"],
+        method="loop",
+    )
     assert np.allclose(y, arrays["y"], rtol=1e-13, atol=1e-13)
 
 
@@ -198,6 +228,7 @@ def test_a_bfloat16_set_with_a_value_that_is_not_bfloat16_is_refused(tmp_path):
 # ------------------------------------------------------------------- emulated ports
 def _neocell_port(dtype, **defect):
     """The emulation of the arithmetic model in the NeoCell calling convention."""
+
     def arrays_of(x, weights_a, weights_b, grad_y):
         arrays = {"x": x, "grad_y": grad_y}
         for g, (a, b) in enumerate(zip(weights_a, weights_b)):
@@ -283,8 +314,11 @@ def test_float16_set_fails_a_port_that_rounds_to_bfloat16(half_sets):
     dominated by cancellation (a sum much smaller than its terms) may stay within the
     tolerance; docs/porting.md says why."""
     for op in load_manifest(half_sets["float16"])["operations"]:
-        port = (_neocell_port("float16", storage="bfloat16") if op == "neocell"
-                else _layer_port(op, "float16", storage="bfloat16"))
+        port = (
+            _neocell_port("float16", storage="bfloat16")
+            if op == "neocell"
+            else _layer_port(op, "float16", storage="bfloat16")
+        )
         report = verify_golden(half_sets["float16"], op, *port)
         cases = {r.case for r in report.results}
         assert {r.case for r in report.failures} == cases, f"{op}: {report.table()}"
@@ -315,8 +349,12 @@ def test_half_precision_accumulation_is_outside_the_model():
 
     specs, shape = [{"kernel": 7, "channels": 2, "shift": 1}], (16, 2, 28, 28)
     rng = np.random.default_rng(7)
-    arrays = {"x": rng.uniform(0.5, 1, shape), "weight_a_0": rng.uniform(0.5, 1, (2, 7, 7)),
-              "weight_b_0": rng.uniform(0.5, 1, (2, 7, 7)), "grad_y": rng.uniform(0.5, 1, shape)}
+    arrays = {
+        "x": rng.uniform(0.5, 1, shape),
+        "weight_a_0": rng.uniform(0.5, 1, (2, 7, 7)),
+        "weight_b_0": rng.uniform(0.5, 1, (2, 7, 7)),
+        "grad_y": rng.uniform(0.5, 1, shape),
+    }
     arrays = {k: store(v, "float16") for k, v in arrays.items()}
     expected, tolerances = neocell_expected(specs, arrays, "float16")
     meta, everything = {"specs_as_written": specs, "tolerances": tolerances}, {**arrays, **expected}
@@ -327,20 +365,24 @@ def test_half_precision_accumulation_is_outside_the_model():
     assert max(r.ratio for r in model) <= 0.5, [(r.array, r.ratio) for r in model]
     half_sums = _neocell_port("float16", accumulate="float16")
     at_one = run_and_compare("neocell", "positive", meta, everything, *half_sums)
-    assert {r.array for r in at_one if not r.passed} >= {"grad_weight_a_0", "grad_weight_b_0"}, \
-        [(r.array, r.ratio) for r in at_one]
+    assert {r.array for r in at_one if not r.passed} >= {"grad_weight_a_0", "grad_weight_b_0"}, [
+        (r.array, r.ratio) for r in at_one
+    ]
     scaled = run_and_compare("neocell", "positive", meta, everything, *half_sums, rtol_scale=n_max)
     assert all(r.passed for r in scaled), [(r.array, r.ratio) for r in scaled]
 
 
-@pytest.mark.parametrize("edit, words", [
-    (lambda m: m["cases"][0]["tolerances"]["y"].__setitem__("rtol", 0.5), "tolerances.y.rtol is 0.5"),
-    (lambda m: m["cases"][0]["tolerances"]["y"].__setitem__("half_roundings", 1), "half_roundings is 1"),
-    (lambda m: m["cases"][0]["tolerances"]["y"].__setitem__("atol", 1.0), "tolerances.y.atol is 1.0"),
-    (lambda m: m.__setitem__("storage_dtype", "float16"), 'storage_dtype is "float16"'),
-    (lambda m: m.__setitem__("operations", [*m["operations"], "model"]), "operation 'model' has no bfloat16"),
-    (lambda m: m.__setitem__("dtype", "float32"), "cannot be edited"),
-])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda m: m["cases"][0]["tolerances"]["y"].__setitem__("rtol", 0.5), "tolerances.y.rtol is 0.5"),
+        (lambda m: m["cases"][0]["tolerances"]["y"].__setitem__("half_roundings", 1), "half_roundings is 1"),
+        (lambda m: m["cases"][0]["tolerances"]["y"].__setitem__("atol", 1.0), "tolerances.y.atol is 1.0"),
+        (lambda m: m.__setitem__("storage_dtype", "float16"), 'storage_dtype is "float16"'),
+        (lambda m: m.__setitem__("operations", [*m["operations"], "model"]), "operation 'model' has no bfloat16"),
+        (lambda m: m.__setitem__("dtype", "float32"), "cannot be edited"),
+    ],
+)
 def test_edited_half_manifest_is_refused(tmp_path, edit, words):
     export_golden(tmp_path / "g", dtype="bfloat16", operations=["neocell"])
     path = tmp_path / "g" / "manifest.json"

@@ -77,8 +77,9 @@ def test_expand_adjoint_of_correct_shapes_still_matches_expand(layer):
     assert np.isclose(np.vdot(b_full, gb), np.vdot(wb[0], db[0]), rtol=1e-12)
 
 
-@pytest.mark.parametrize("shift, words", [(-1, ("shift", ">= 0", "-1")), (3, ("shift=3", "smaller", "(3, 3)")),
-                                          (5, ("shift=5", "smaller"))])
+@pytest.mark.parametrize(
+    "shift, words", [(-1, ("shift", ">= 0", "-1")), (3, ("shift=3", "smaller", "(3, 3)")), (5, ("shift=5", "smaller"))]
+)
 def test_expand_kernel_refuses_shifts_outside_the_kernel(shift, words):
     with _raises(ValueError, *words):
         expand_kernel(np.ones((3, 3)), 6, 6, shift)
@@ -150,8 +151,15 @@ def _double_back(g, x):
     return [2 * g]
 
 
-@pytest.mark.parametrize("eps, words", [(0, ("eps", "> 0")), (-1e-6, ("eps", "> 0")),
-                                        (float("nan"), ("eps", "finite")), (float("inf"), ("eps", "finite"))])
+@pytest.mark.parametrize(
+    "eps, words",
+    [
+        (0, ("eps", "> 0")),
+        (-1e-6, ("eps", "> 0")),
+        (float("nan"), ("eps", "finite")),
+        (float("inf"), ("eps", "finite")),
+    ],
+)
 def test_check_gradients_refuses_bad_eps(eps, words):
     with _raises(ValueError, *words):
         check_gradients(_double, _double_back, [np.ones(3)], eps=eps)
@@ -367,22 +375,47 @@ def test_other_argument_errors():
 # the memory budget
 # --------------------------------------------------------------------------------------
 HUGE = [
-    ("neo_init", lambda: neo_init(parse_kernel_code("7", channels=10**12), np.random.default_rng(0)),
-     ("neo_init", "392,000,000,000,000 bytes")),
+    (
+        "neo_init",
+        lambda: neo_init(parse_kernel_code("7", channels=10**12), np.random.default_rng(0)),
+        ("neo_init", "392,000,000,000,000 bytes"),
+    ),
     ("skewed_identity", lambda: skewed_identity(10**7, 10**7), ("skewed_identity", "800,000,000,000,000 bytes")),
-    ("expand", lambda: expand([np.eye(3)[None]], [np.eye(3)[None]], [{"kernel": 3, "channels": 1}], (10**6, 10**6)),
-     ("expand: A_full", "(1, 1000000, 1000000)", "8,000,000,000,000 bytes")),
+    (
+        "expand",
+        lambda: expand([np.eye(3)[None]], [np.eye(3)[None]], [{"kernel": 3, "channels": 1}], (10**6, 10**6)),
+        ("expand: A_full", "(1, 1000000, 1000000)", "8,000,000,000,000 bytes"),
+    ),
     ("expand_kernel", lambda: expand_kernel(np.ones((2, 2)), 10**6, 10**6, 0), ("expand_kernel", "bytes")),
-    ("blockdiag", lambda: nr.neocell_forward(np.ones((1, 1, 10**6, 3)), [np.eye(3)[None]], [np.eye(3)[None]],
-                                             [{"kernel": 3, "channels": 1}], method="blockdiag"),
-     ("expand: A_full", "bytes")),
-    ("neocell output", lambda: nr.neocell_forward(np.ones((1, 1, 4, 4)), [np.ones((1, 10**6, 1))], [np.ones((1, 1, 10**6))],
-                                                  [{"h_in": 1, "h_out": 10**6, "w_in": 1, "w_out": 10**6, "channels": 1}]),
-     ("neocell: output y", "bytes")),
+    (
+        "blockdiag",
+        lambda: nr.neocell_forward(
+            np.ones((1, 1, 10**6, 3)),
+            [np.eye(3)[None]],
+            [np.eye(3)[None]],
+            [{"kernel": 3, "channels": 1}],
+            method="blockdiag",
+        ),
+        ("expand: A_full", "bytes"),
+    ),
+    (
+        "neocell output",
+        lambda: nr.neocell_forward(
+            np.ones((1, 1, 4, 4)),
+            [np.ones((1, 10**6, 1))],
+            [np.ones((1, 1, 10**6))],
+            [{"h_in": 1, "h_out": 10**6, "w_in": 1, "w_out": 10**6, "channels": 1}],
+        ),
+        ("neocell: output y", "bytes"),
+    ),
     ("NeoNeXt", lambda: NeoNeXt(dims=(10**12, 16, 24, 32)), ("NeoNeXt", "stem.conv.weight", "bytes")),
     ("channel_shifts", lambda: GroupSpec(10**12, 7, 7, 7, 7, 1, 1).channel_shifts(), ("channel_shifts", "bytes")),
     ("drop_path_scale", lambda: L.drop_path_scale(np.random.default_rng(0), 10**12, 0.5), ("drop_path_scale", "bytes")),
-    ("synthetic_patterns", lambda: synthetic_patterns(np.random.default_rng(0), 10**9), ("synthetic_patterns", "bytes")),
+    (
+        "synthetic_patterns",
+        lambda: synthetic_patterns(np.random.default_rng(0), 10**9),
+        ("synthetic_patterns", "bytes"),
+    ),
 ]
 
 
@@ -402,7 +435,7 @@ def test_budget_can_be_raised_and_lowered():
     call = lambda: skewed_identity(300, 200)  # noqa: E731  480,000 bytes
     expected = np.zeros((300, 200))
     for i in range(150):  # hand-written: step round(1.5) = 2, ones in rows 2i, 2i+1, then /2;
-        expected[2 * i:2 * i + 2, i] = 0.5  # columns 150.. start past the last row: zero
+        expected[2 * i : 2 * i + 2, i] = 0.5  # columns 150.. start past the last row: zero
     with validation.max_bytes_set_to(479_999):
         assert validation.max_bytes() == 479_999
         with _raises(ValueError, "480,000 bytes", "479,999 bytes"):
@@ -419,13 +452,22 @@ def test_budget_from_the_environment_variable():
         "try:\n    nr.skewed_identity(12, 12)\nexcept ValueError as e:\n    print('refused', e)\n"
         "print(nr.skewed_identity(11, 11).shape)\n"
     )
-    env = {"NEOCELL_MAX_BYTES": "1000", "PATH": "", "PYTHONPATH": str(__import__("pathlib").Path(nr.__file__).parents[1])}
+    env = {
+        "NEOCELL_MAX_BYTES": "1000",
+        "PATH": "",
+        "PYTHONPATH": str(__import__("pathlib").Path(nr.__file__).parents[1]),
+    }
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "refused" in out.stdout and "1,152 bytes" in out.stdout and "(11, 11)" in out.stdout, out.stdout
     env["NEOCELL_MAX_BYTES"] = "lots"
-    out = subprocess.run([sys.executable, "-c", "import neocell_ref as nr; nr.skewed_identity(2, 2)"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", "import neocell_ref as nr; nr.skewed_identity(2, 2)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "NEOCELL_MAX_BYTES='lots'" in out.stderr, out.stderr
 
 

@@ -54,8 +54,7 @@ def imported_modules(name, known, path=None):
             else:
                 stem = node.module or ""
             # ``from pkg import mod`` imports the module pkg.mod; ``from mod import f`` imports mod
-            candidates = [f"{stem}.{alias.name}" if f"{stem}.{alias.name}" in known else stem
-                          for alias in node.names]
+            candidates = [f"{stem}.{alias.name}" if f"{stem}.{alias.name}" in known else stem for alias in node.names]
         else:
             continue
         for candidate in candidates:
@@ -80,7 +79,7 @@ def find_cycle(graph):
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -129,12 +128,15 @@ def test_the_graph_sees_lazy_and_relative_imports():
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("def f():\n    from .neocell import neocell_forward\n", {"neocell_ref.neocell"}),
-    ("from . import spec\n", {"neocell_ref.spec"}),
-    ("import neocell_ref.expand as e\n", {"neocell_ref.expand"}),
-    ("import numpy\nfrom .validation import as_int\n", {"neocell_ref.validation"}),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("def f():\n    from .neocell import neocell_forward\n", {"neocell_ref.neocell"}),
+        ("from . import spec\n", {"neocell_ref.spec"}),
+        ("import neocell_ref.expand as e\n", {"neocell_ref.expand"}),
+        ("import numpy\nfrom .validation import as_int\n", {"neocell_ref.validation"}),
+    ],
+)
 def test_the_parser_resolves_each_import_form(tmp_path, source, expected):
     module = tmp_path / "probe.py"
     module.write_text(source, encoding="utf-8")

@@ -21,61 +21,30 @@ HAND = {
     (3, 3): np.eye(3),
     (1, 1): [[1]],
     # tall, step = round(4/2) = 2
-    (4, 2): [[H, 0],
-             [H, 0],
-             [0, H],
-             [0, H]],
+    (4, 2): [[H, 0], [H, 0], [0, H], [0, H]],
     # wide: the transpose rule, step = round(4/2) = 2, rows normalised
-    (2, 4): [[H, H, 0, 0],
-             [0, 0, H, H]],
+    (2, 4): [[H, H, 0, 0], [0, 0, H, H]],
     # step = round(2.5) = 2 (half to even); row 4 is past the last step and stays zero
-    (5, 2): [[H, 0],
-             [H, 0],
-             [0, H],
-             [0, H],
-             [0, 0]],
+    (5, 2): [[H, 0], [H, 0], [0, H], [0, H], [0, 0]],
     # step = round(3.5) = 4; the second column is cut at n = 7 and holds 3 ones -> 1/3
-    (7, 2): [[Q, 0],
-             [Q, 0],
-             [Q, 0],
-             [Q, 0],
-             [0, T],
-             [0, T],
-             [0, T]],
+    (7, 2): [[Q, 0], [Q, 0], [Q, 0], [Q, 0], [0, T], [0, T], [0, T]],
     # step = round(4.5) = 4 (half to even), row 8 stays zero
     (9, 2): [[Q, 0], [Q, 0], [Q, 0], [Q, 0], [0, Q], [0, Q], [0, Q], [0, Q], [0, 0]],
     # step = round(1.5) = 2: columns 0..2 take two rows each, column 3 would start at
     # row 6 = n and gets nothing. The official code divides 0 by 0 there (NaN); the
     # reference leaves the column zero (docs/semantics.md).
-    (6, 4): [[H, 0, 0, 0],
-             [H, 0, 0, 0],
-             [0, H, 0, 0],
-             [0, H, 0, 0],
-             [0, 0, H, 0],
-             [0, 0, H, 0]],
+    (6, 4): [[H, 0, 0, 0], [H, 0, 0, 0], [0, H, 0, 0], [0, H, 0, 0], [0, 0, H, 0], [0, 0, H, 0]],
     # the wide twin of S(6, 4): row 3 empty -> zero
-    (4, 6): [[H, H, 0, 0, 0, 0],
-             [0, 0, H, H, 0, 0],
-             [0, 0, 0, 0, H, H],
-             [0, 0, 0, 0, 0, 0]],
+    (4, 6): [[H, H, 0, 0, 0, 0], [0, 0, H, H, 0, 0], [0, 0, 0, 0, H, H], [0, 0, 0, 0, 0, 0]],
     # step = round(1.5) = 2: column 1 keeps a single row -> 1
-    (3, 2): [[H, 0],
-             [H, 0],
-             [0, 1]],
+    (3, 2): [[H, 0], [H, 0], [0, 1]],
     # step = round(5/3) = 2: column 2 keeps only row 4
-    (5, 3): [[H, 0, 0],
-             [H, 0, 0],
-             [0, H, 0],
-             [0, H, 0],
-             [0, 0, 1]],
+    (5, 3): [[H, 0, 0], [H, 0, 0], [0, H, 0], [0, H, 0], [0, 0, 1]],
     # the 2 -> 1 down-sampling kernels: A = S(1, 2), B = S(2, 1): 2x2 average pooling
     (1, 2): [[H, H]],
-    (2, 1): [[H],
-             [H]],
+    (2, 1): [[H], [H]],
     (1, 3): [[T, T, T]],
-    (3, 1): [[T],
-             [T],
-             [T]],
+    (3, 1): [[T], [T], [T]],
 }
 
 
@@ -103,15 +72,18 @@ def test_skewed_identity_dtype(dtype):
     assert np.array_equal(got, np.array(HAND[(7, 2)], dtype=dtype)), f"S(7, 2) in {np.dtype(dtype)}:\n{got}"
 
 
-@pytest.mark.parametrize("args, exc, fragments", [
-    ((0, 3), ValueError, ["n_rows", "0"]),
-    ((3, -1), ValueError, ["n_cols", "-1"]),
-    ((2.0, 3), TypeError, ["n_rows", "2.0"]),
-    ((3, True), TypeError, ["n_cols", "True"]),
-    (("3", 3), TypeError, ["n_rows", "'3'"]),
-    ((4, 2, np.int64), TypeError, ["dtype", "int64"]),
-    ((4, 2, np.complex128), TypeError, ["dtype", "complex128"]),
-])
+@pytest.mark.parametrize(
+    "args, exc, fragments",
+    [
+        ((0, 3), ValueError, ["n_rows", "0"]),
+        ((3, -1), ValueError, ["n_cols", "-1"]),
+        ((2.0, 3), TypeError, ["n_rows", "2.0"]),
+        ((3, True), TypeError, ["n_cols", "True"]),
+        (("3", 3), TypeError, ["n_rows", "'3'"]),
+        ((4, 2, np.int64), TypeError, ["dtype", "int64"]),
+        ((4, 2, np.complex128), TypeError, ["dtype", "complex128"]),
+    ],
+)
 def test_skewed_identity_errors(args, exc, fragments):
     with pytest.raises(exc) as info:
         skewed_identity(*args)
@@ -122,12 +94,14 @@ def test_skewed_identity_errors(args, exc, fragments):
 # ======================================================================================
 # neo_init
 # ======================================================================================
-SPECS = [{"h_in": 5, "h_out": 3, "w_in": 2, "w_out": 6, "channels": 4000},
-         {"kernel": 4, "channels": 3000, "shift": 1}]
+SPECS = [{"h_in": 5, "h_out": 3, "w_in": 2, "w_out": 6, "channels": 4000}, {"kernel": 4, "channels": 3000, "shift": 1}]
 
 
 def test_without_noise_neo_init_is_the_skewed_identity():
-    specs = [{"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 3}, {"kernel_a": 4, "kernel_b": 2, "channels": 2}]
+    specs = [
+        {"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 3},
+        {"kernel_a": 4, "kernel_b": 2, "channels": 2},
+    ]
     wa, wb = neo_init(specs, np.random.default_rng(0), noise_scale=0.0)
     assert np.array_equal(wa[0], np.broadcast_to([[H, H]], (3, 1, 2))), f"A of 2->1: {wa[0]}"
     assert np.array_equal(wb[0], np.broadcast_to([[H], [H]], (3, 2, 1))), f"B of 2->1: {wb[0]}"
@@ -188,8 +162,11 @@ def test_noise_is_independent_across_entries():
     na = (wa[0] - np.eye(4)).reshape(3000, -1)
     nb = (wb[0] - np.eye(4)).reshape(3000, -1)
     bound = 5 / np.sqrt(3000)
-    for name, u, v in (("A[0,0] vs A[0,1]", na[:, 0], na[:, 1]), ("A[0,0] vs B[0,0]", na[:, 0], nb[:, 0]),
-                       ("channel c vs c+1", na[:-1, 5], na[1:, 5])):
+    for name, u, v in (
+        ("A[0,0] vs A[0,1]", na[:, 0], na[:, 1]),
+        ("A[0,0] vs B[0,0]", na[:, 0], nb[:, 0]),
+        ("channel c vs c+1", na[:-1, 5], na[1:, 5]),
+    ):
         r = np.corrcoef(u, v)[0, 1]
         assert abs(r) <= bound, f"correlation {name} = {r:.4f} exceeds {bound:.4f}"
 
@@ -215,19 +192,22 @@ def test_float32_dtype():
         assert np.array_equal(w32, w64.astype(np.float32)), "float32 weights are not the rounded float64 ones"
 
 
-@pytest.mark.parametrize("kwargs, exc, fragments", [
-    (dict(rng=None), TypeError, ["rng", "None"]),
-    (dict(rng=0), TypeError, ["rng", "0"]),
-    (dict(rng=np.random.RandomState(0)), TypeError, ["rng", "RandomState"]),
-    (dict(noise_scale=float("nan")), ValueError, ["noise_scale", "nan"]),
-    (dict(noise_scale=float("inf")), ValueError, ["noise_scale", "inf"]),
-    (dict(noise_scale=-0.5), ValueError, ["noise_scale", "-0.5"]),
-    (dict(noise_scale="1"), TypeError, ["noise_scale", "'1'"]),
-    (dict(noise_scale=True), TypeError, ["noise_scale", "True"]),
-    (dict(noise_scale=None), TypeError, ["noise_scale", "None"]),
-    (dict(dtype=np.int32), TypeError, ["dtype", "int32"]),
-    (dict(dtype=np.float16), TypeError, ["dtype", "float16"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, fragments",
+    [
+        (dict(rng=None), TypeError, ["rng", "None"]),
+        (dict(rng=0), TypeError, ["rng", "0"]),
+        (dict(rng=np.random.RandomState(0)), TypeError, ["rng", "RandomState"]),
+        (dict(noise_scale=float("nan")), ValueError, ["noise_scale", "nan"]),
+        (dict(noise_scale=float("inf")), ValueError, ["noise_scale", "inf"]),
+        (dict(noise_scale=-0.5), ValueError, ["noise_scale", "-0.5"]),
+        (dict(noise_scale="1"), TypeError, ["noise_scale", "'1'"]),
+        (dict(noise_scale=True), TypeError, ["noise_scale", "True"]),
+        (dict(noise_scale=None), TypeError, ["noise_scale", "None"]),
+        (dict(dtype=np.int32), TypeError, ["dtype", "int32"]),
+        (dict(dtype=np.float16), TypeError, ["dtype", "float16"]),
+    ],
+)
 def test_neo_init_errors(kwargs, exc, fragments):
     args = dict(rng=np.random.default_rng(0)) | kwargs
     rng = args.pop("rng")
@@ -237,12 +217,15 @@ def test_neo_init_errors(kwargs, exc, fragments):
         assert fragment in str(info.value), f"message {str(info.value)!r} does not mention {fragment!r}"
 
 
-@pytest.mark.parametrize("specs, exc, fragments", [
-    ([{"kernel": 0, "channels": 2}], ValueError, ["kernel", "0"]),
-    ([{"kernel": 4, "channels": 2, "shift": 4}], ValueError, ["shift", "4"]),
-    ({"kernel": 4, "channels": 2}, TypeError, ["list"]),
-    ([], ValueError, ["empty"]),
-])
+@pytest.mark.parametrize(
+    "specs, exc, fragments",
+    [
+        ([{"kernel": 0, "channels": 2}], ValueError, ["kernel", "0"]),
+        ([{"kernel": 4, "channels": 2, "shift": 4}], ValueError, ["shift", "4"]),
+        ({"kernel": 4, "channels": 2}, TypeError, ["list"]),
+        ([], ValueError, ["empty"]),
+    ],
+)
 def test_neo_init_bad_specs(specs, exc, fragments):
     with pytest.raises(exc) as info:
         neo_init(specs, np.random.default_rng(0))

@@ -56,8 +56,13 @@ def test_linear_gradients(data):
         inputs.append(rng.standard_normal(c_out))
         names.append("bias")
     # without a bias the backward's third gradient is None: keep one per checked input
-    report = _report(lambda *a: L.linear_forward(*a), lambda g, *a: L.linear_backward(g, *a)[:len(a)], inputs, names,
-                     rng=np.random.default_rng(seed))
+    report = _report(
+        lambda *a: L.linear_forward(*a),
+        lambda g, *a: L.linear_backward(g, *a)[: len(a)],
+        inputs,
+        names,
+        rng=np.random.default_rng(seed),
+    )
     _assert_passes(report, f"linear x{x.shape} w{w.shape} bias={bias}")
 
 
@@ -101,8 +106,13 @@ def test_layernorm_gradients(data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
     x = rng.standard_normal((n, c, *spatial)) * 2 + 1
     weight, bias = rng.standard_normal(c), rng.standard_normal(c)
-    report = _report(lambda *a: L.layernorm_forward(*a), lambda g, *a: L.layernorm_backward(g, *a),
-                     [x, weight, bias], ["x", "weight", "bias"], rng=rng)
+    report = _report(
+        lambda *a: L.layernorm_forward(*a),
+        lambda g, *a: L.layernorm_backward(g, *a),
+        [x, weight, bias],
+        ["x", "weight", "bias"],
+        rng=rng,
+    )
     _assert_passes(report, f"layernorm x{x.shape}")
 
 
@@ -116,8 +126,16 @@ def test_layernorm_gradients_with_tiny_variance():
     rng = np.random.default_rng(3)
     x = 0.5 + 1e-4 * rng.standard_normal((3, 8))
     weight, bias = rng.standard_normal(8), rng.standard_normal(8)
-    report = _report(lambda *a: L.layernorm_forward(*a), lambda g, *a: L.layernorm_backward(g, *a),
-                     [x, weight, bias], ["x", "weight", "bias"], rng=rng, eps=1e-7, rtol=1e-5, atol=1e-6)
+    report = _report(
+        lambda *a: L.layernorm_forward(*a),
+        lambda g, *a: L.layernorm_backward(g, *a),
+        [x, weight, bias],
+        ["x", "weight", "bias"],
+        rng=rng,
+        eps=1e-7,
+        rtol=1e-5,
+        atol=1e-6,
+    )
     _assert_passes(report, "layernorm with variance 1e-8")
     # and the forward is really in the eps-dominated regime: |y - bias| << |weight|
     y = L.layernorm_forward(x, weight, bias)
@@ -152,8 +170,13 @@ def test_patchify_gradients(data):
     h, w = patch * _dims(data, "H tiles", 1, 3), patch * _dims(data, "W tiles", 1, 3)
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
     x = rng.standard_normal((n, c, h, w))
-    report = _report(lambda x_: L.patchify_forward(x_, patch=patch), lambda g, x_: L.patchify_backward(g, x_, patch=patch),
-                     [x], ["x"], rng=rng)
+    report = _report(
+        lambda x_: L.patchify_forward(x_, patch=patch),
+        lambda g, x_: L.patchify_backward(g, x_, patch=patch),
+        [x],
+        ["x"],
+        rng=rng,
+    )
     _assert_passes(report, f"patchify {patch} x{x.shape}")
 
 
@@ -167,8 +190,12 @@ def test_pool_scale_droppath_residual_gradients(data):
     checks = {
         "avgpool": (L.avgpool_forward, L.avgpool_backward, [x], ["x"]),
         "layer_scale": (lambda *a: L.layer_scale_forward(*a), L.layer_scale_backward, [x, gamma], ["x", "gamma"]),
-        "drop_path": (lambda x_: L.drop_path_forward(x_, scale),
-                      lambda g, x_: L.drop_path_backward(g, x_, scale)[:1], [x], ["x"]),
+        "drop_path": (
+            lambda x_: L.drop_path_forward(x_, scale),
+            lambda g, x_: L.drop_path_backward(g, x_, scale)[:1],
+            [x],
+            ["x"],
+        ),
         "residual_add": (L.residual_add_forward, L.residual_add_backward, [x, other], ["x", "branch"]),
     }
     for name, (fwd, bwd, inputs, names) in checks.items():
@@ -243,7 +270,9 @@ def test_batchnorm_forward_and_running_update_by_hand():
         expected = (values - values.mean()) / np.sqrt(np.var(values) + 1e-5) * w[c] + b[c]
         assert np.allclose(y[:, c], expected, rtol=1e-12, atol=1e-12), f"training BN channel {c}"
     y_eval = L.batchnorm_forward(x, w, b, rm, rv, training=False)
-    expected = (x - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-5) * w[None, :, None, None] + b[None, :, None, None]
+    expected = (x - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-5) * w[None, :, None, None] + b[
+        None, :, None, None
+    ]
     assert np.allclose(y_eval, expected, rtol=1e-12, atol=1e-12), "inference BN"
     new_mean, new_var, nbt = L.batchnorm_update_running(x, rm, rv, np.int64(4), momentum=0.1)
     for c in range(2):
@@ -305,21 +334,28 @@ def test_gelu_float32_documented_accuracy():
     result below it cannot be represented, whatever the formula."""
     grid = np.linspace(-16, 16, 2_000_001, dtype=np.float32)
     rng = np.random.default_rng(5)
-    extra = np.concatenate([rng.standard_normal(300_000) * 3, rng.standard_normal(20_000) * 1e-3,
-                            [1e-38, -1e-38, 1e-45, -1e-45, 8.0, -8.0, 12.0, -12.0, 11.99, -11.99, 3e38, -3e38]])
+    extra = np.concatenate(
+        [
+            rng.standard_normal(300_000) * 3,
+            rng.standard_normal(20_000) * 1e-3,
+            [1e-38, -1e-38, 1e-45, -1e-45, 8.0, -8.0, 12.0, -12.0, 11.99, -11.99, 3e38, -3e38],
+        ]
+    )
     x32 = np.concatenate([grid, extra.astype(np.float32)])
     got = L.gelu_forward(x32).astype(np.float64)
     x64 = x32.astype(np.float64)
     ref = L.gelu_forward(x64)  # float64 path, itself checked against math.erfc above
     err = np.abs(got - ref)
-    tiny = 2.0 ** -149
+    tiny = 2.0**-149
     ratio = np.maximum(err - tiny, 0.0) / (EPS32 * np.abs(x64) + 1e-300)
     worst = int(np.argmax(ratio))
     assert ratio[worst] <= 1.5, f"float32 GELU at x={x32[worst]!r}: error {err[worst]:.3g} = {ratio[worst]:.3f} eps|x|"
     near = (x64 >= -1) & (np.abs(x64) > 1e-30)
     rel = err[near] / np.abs(ref[near])
     worst = int(np.argmax(rel))
-    assert rel[worst] <= 8 * EPS32, f"float32 GELU relative error {rel[worst] / EPS32:.2f} eps at x={x64[near][worst]!r}"
+    assert rel[worst] <= 8 * EPS32, (
+        f"float32 GELU relative error {rel[worst] / EPS32:.2f} eps at x={x64[near][worst]!r}"
+    )
 
 
 def test_gelu_float32_special_values_and_derivative():
@@ -351,7 +387,9 @@ def test_gelu_in_place_and_non_contiguous():
 
 def test_cross_entropy_by_hand():
     # two equal logits: softmax = (1/2, 1/2), loss = log 2 whatever the smoothing
-    assert math.isclose(L.cross_entropy_forward(np.zeros((1, 2)), np.array([1]), smoothing=0.3), math.log(2), rel_tol=1e-15)
+    assert math.isclose(
+        L.cross_entropy_forward(np.zeros((1, 2)), np.array([1]), smoothing=0.3), math.log(2), rel_tol=1e-15
+    )
     # logits (0, log 3): p = (1/4, 3/4); label 1, smoothing 0.2 -> q = (0.1, 0.9)
     z = np.array([[0.0, math.log(3)]])
     expected = -(0.1 * math.log(0.25) + 0.9 * math.log(0.75))
@@ -425,21 +463,64 @@ def test_float32_in_float32_out_and_promotion():
         (lambda: L.linear_forward(np.zeros((2, 3)), np.zeros((4, 3)), np.zeros(5)), ValueError, ["bias", "(4,)"]),
         (lambda: L.linear_forward(np.zeros((2, 3), bool), np.zeros((4, 3))), TypeError, ["x", "bool"]),
         (lambda: L.linear_forward(np.zeros((2, 3), complex), np.zeros((4, 3))), TypeError, ["x", "complex"]),
-        (lambda: L.linear_backward(np.zeros((2, 5)), np.zeros((2, 3)), np.zeros((4, 3))), ValueError, ["grad_y", "(2, 4)"]),
-        (lambda: L.conv1x1_forward(np.zeros((1, 3, 2, 2)), np.zeros((4, 3, 3, 3))), ValueError, ["weight", "(out, in, 1, 1)"]),
+        (
+            lambda: L.linear_backward(np.zeros((2, 5)), np.zeros((2, 3)), np.zeros((4, 3))),
+            ValueError,
+            ["grad_y", "(2, 4)"],
+        ),
+        (
+            lambda: L.conv1x1_forward(np.zeros((1, 3, 2, 2)), np.zeros((4, 3, 3, 3))),
+            ValueError,
+            ["weight", "(out, in, 1, 1)"],
+        ),
         (lambda: L.conv1x1_forward(np.zeros((3, 2, 2)), np.zeros((4, 3, 1, 1))), ValueError, ["x", "4-D"]),
-        (lambda: L.batchnorm_forward(np.zeros((1, 2, 1, 1)), np.ones(2), np.zeros(2), training=True), ValueError,
-         ["more than 1 value per channel"]),
-        (lambda: L.batchnorm_forward(np.zeros((2, 2, 2, 2)), np.ones(3), np.zeros(2), training=True), ValueError, ["weight", "(2,)"]),
-        (lambda: L.batchnorm_forward(np.zeros((2, 2, 2, 2)), np.ones(2), np.zeros(2), np.zeros(2), np.ones(2), training=False,
-                                     eps=0.0), ValueError, ["eps", "> 0"]),
-        (lambda: L.batchnorm_forward(np.zeros((2, 2, 2, 2)), np.ones(2), np.zeros(2), None, None, training=False), TypeError,
-         ["running_mean"]),
-        (lambda: L.batchnorm_forward(np.zeros((2, 2, 2, 2)), np.ones(2), np.zeros(2), training="yes"), TypeError, ["training"]),
-        (lambda: L.batchnorm_update_running(np.zeros((2, 2, 2, 2)), np.zeros(2), np.ones(2), 1.5), TypeError, ["num_batches_tracked"]),
-        (lambda: L.batchnorm_update_running(np.zeros((2, 2, 2, 2)), np.zeros(2), np.ones(2), 0, momentum=2.0), ValueError, ["momentum"]),
-        (lambda: L.batchnorm_update_running(np.zeros((2, 2, 2, 2)), np.zeros(3), np.ones(2), 0), ValueError, ["running_mean", "(2,)"]),
-        (lambda: L.batchnorm_update_running(np.zeros((1, 2, 1, 1)), np.zeros(2), np.ones(2), 0), ValueError, ["more than 1 value"]),
+        (
+            lambda: L.batchnorm_forward(np.zeros((1, 2, 1, 1)), np.ones(2), np.zeros(2), training=True),
+            ValueError,
+            ["more than 1 value per channel"],
+        ),
+        (
+            lambda: L.batchnorm_forward(np.zeros((2, 2, 2, 2)), np.ones(3), np.zeros(2), training=True),
+            ValueError,
+            ["weight", "(2,)"],
+        ),
+        (
+            lambda: L.batchnorm_forward(
+                np.zeros((2, 2, 2, 2)), np.ones(2), np.zeros(2), np.zeros(2), np.ones(2), training=False, eps=0.0
+            ),
+            ValueError,
+            ["eps", "> 0"],
+        ),
+        (
+            lambda: L.batchnorm_forward(np.zeros((2, 2, 2, 2)), np.ones(2), np.zeros(2), None, None, training=False),
+            TypeError,
+            ["running_mean"],
+        ),
+        (
+            lambda: L.batchnorm_forward(np.zeros((2, 2, 2, 2)), np.ones(2), np.zeros(2), training="yes"),
+            TypeError,
+            ["training"],
+        ),
+        (
+            lambda: L.batchnorm_update_running(np.zeros((2, 2, 2, 2)), np.zeros(2), np.ones(2), 1.5),
+            TypeError,
+            ["num_batches_tracked"],
+        ),
+        (
+            lambda: L.batchnorm_update_running(np.zeros((2, 2, 2, 2)), np.zeros(2), np.ones(2), 0, momentum=2.0),
+            ValueError,
+            ["momentum"],
+        ),
+        (
+            lambda: L.batchnorm_update_running(np.zeros((2, 2, 2, 2)), np.zeros(3), np.ones(2), 0),
+            ValueError,
+            ["running_mean", "(2,)"],
+        ),
+        (
+            lambda: L.batchnorm_update_running(np.zeros((1, 2, 1, 1)), np.zeros(2), np.ones(2), 0),
+            ValueError,
+            ["more than 1 value"],
+        ),
         (lambda: L.layernorm_forward(np.zeros((2, 3)), np.ones(4), np.zeros(3)), ValueError, ["weight", "(3,)"]),
         (lambda: L.layernorm_forward(np.zeros((2, 3)), np.ones(3), np.zeros(3), eps=-1.0), ValueError, ["eps"]),
         (lambda: L.gelu_forward(np.zeros(3, complex)), TypeError, ["x", "complex"]),
@@ -497,15 +578,24 @@ def test_broken_backwards_are_rejected(mutant):
     x = rng.standard_normal((2, 3, 2, 2))
     if mutant == "batchnorm":
         w, b, rm, rv = rng.standard_normal(3), rng.standard_normal(3), np.zeros(3), np.ones(3)
-        report = _report(lambda x_: L.batchnorm_forward(x_, w, b, rm, rv, training=True),
-                         lambda g, x_: _bn_backward_without_mean_term(g, x_, w, b, rm, rv, training=True)[:1],
-                         [x], ["x"], rng=rng)
+        report = _report(
+            lambda x_: L.batchnorm_forward(x_, w, b, rm, rv, training=True),
+            lambda g, x_: _bn_backward_without_mean_term(g, x_, w, b, rm, rv, training=True)[:1],
+            [x],
+            ["x"],
+            rng=rng,
+        )
     elif mutant == "gelu":
         report = _report(lambda x_: L.gelu_forward(x_), _gelu_backward_without_density, [x], ["x"], rng=rng)
     else:
         w = rng.standard_normal((4, 3))
-        report = _report(lambda *a: L.linear_forward(*a), lambda g, *a: _linear_backward_scaled(g, *a)[:2],
-                         [x, w], ["x", "weight"], rng=rng)
+        report = _report(
+            lambda *a: L.linear_forward(*a),
+            lambda g, *a: _linear_backward_scaled(g, *a)[:2],
+            [x, w],
+            ["x", "weight"],
+            rng=rng,
+        )
     assert not report.passed, f"the broken {mutant} backward was accepted\n{report}"
 
 

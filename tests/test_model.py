@@ -25,8 +25,14 @@ from neocell_ref.instrument import count_macs
 
 # A small model that every shift rule admits at 32x32: feature maps 8, 4, 2, 1; kernels 2
 # and 3 with shift 1 use shifts up to 2 (<= 2 in stage 3); stage 4 has no shift.
-TINY = dict(per_stage_layers=(1, 1, 1, 1), dims=(4, 8, 8, 8), num_classes=5, kernel_spec="2+3",
-            shifts=(1, 1, 1, 0), resolution=32)
+TINY = dict(
+    per_stage_layers=(1, 1, 1, 1),
+    dims=(4, 8, 8, 8),
+    num_classes=5,
+    kernel_spec="2+3",
+    shifts=(1, 1, 1, 0),
+    resolution=32,
+)
 
 
 def tiny(dtype=np.float64, seed=0, **options):
@@ -46,8 +52,9 @@ def relative_error(got, ref):
 # ======================================================================================
 def test_parameters_and_buffers_are_those_of_the_description():
     model = tiny(layer_scale_init_value=0.5, linear_bias=True)
-    config = NeoNeXtConfig(**{k: v for k, v in TINY.items() if k != "resolution"},
-                           layer_scale_init_value=0.5, linear_bias=True)
+    config = NeoNeXtConfig(
+        **{k: v for k, v in TINY.items() if k != "resolution"}, layer_scale_init_value=0.5, linear_bias=True
+    )
     arch = describe(config, 32)
     assert {k: v.shape for k, v in model.params.items()} == {k: tuple(s) for k, s in arch.param_shapes().items()}
     assert {k: v.shape for k, v in model.buffers.items()} == {k: tuple(s) for k, s in arch.buffer_shapes().items()}
@@ -84,13 +91,30 @@ def test_factories_pass_their_sizes_and_options(name, monkeypatch):
 
     monkeypatch.setattr(models.NeoNeXt, "from_config", staticmethod(fake_from_config))
     rng = np.random.default_rng(3)
-    out = getattr(nr.models, name)(num_classes=10, kernel_spec="4+7", shifts=(1, 1, 1, 1), linear_bias=True,
-                                   layer_scale_init_value=1e-6, drop_path=0.1, dtype=np.float32, rng=rng)
+    out = getattr(nr.models, name)(
+        num_classes=10,
+        kernel_spec="4+7",
+        shifts=(1, 1, 1, 1),
+        linear_bias=True,
+        layer_scale_init_value=1e-6,
+        drop_path=0.1,
+        dtype=np.float32,
+        rng=rng,
+    )
     assert out == "built"
     config = seen["config"]
-    assert (config.per_stage_layers, config.dims) == (MODEL_CONFIGS[name]["per_stage_layers"], MODEL_CONFIGS[name]["dims"])
-    assert (config.num_classes, config.kernel_spec, config.shifts, config.linear_bias,
-            config.layer_scale_init_value, config.drop_path) == (10, "4+7", (1, 1, 1, 1), True, 1e-6, 0.1)
+    assert (config.per_stage_layers, config.dims) == (
+        MODEL_CONFIGS[name]["per_stage_layers"],
+        MODEL_CONFIGS[name]["dims"],
+    )
+    assert (
+        config.num_classes,
+        config.kernel_spec,
+        config.shifts,
+        config.linear_bias,
+        config.layer_scale_init_value,
+        config.drop_path,
+    ) == (10, "4+7", (1, 1, 1, 1), True, 1e-6, 0.1)
     assert seen["dtype"] == np.float32 and seen["rng"] is rng
 
 
@@ -111,11 +135,20 @@ def test_construction_errors():
 # initialisation (docs/model.md)
 # ======================================================================================
 def test_initialisation_rules():
-    model = nr.models.NeoNeXt((1, 1, 1, 1), (16, 32, 32, 32), num_classes=200, kernel_spec="2+3",
-                              layer_scale_init_value=0.25, linear_bias=True, resolution=32,
-                              rng=np.random.default_rng(4))
+    model = nr.models.NeoNeXt(
+        (1, 1, 1, 1),
+        (16, 32, 32, 32),
+        num_classes=200,
+        kernel_spec="2+3",
+        layer_scale_init_value=0.25,
+        linear_bias=True,
+        resolution=32,
+        rng=np.random.default_rng(4),
+    )
     p, b = model.params, model.buffers
-    w = np.concatenate([p[k].ravel() for k in p if k.endswith(("conv.weight", "fc_1.weight", "fc_2.weight", "fc.weight"))])
+    w = np.concatenate(
+        [p[k].ravel() for k in p if k.endswith(("conv.weight", "fc_1.weight", "fc_2.weight", "fc.weight"))]
+    )
     assert np.abs(w).max() <= 2 * models.INIT_STD, f"truncation at 2 std violated: {np.abs(w).max()}"
     # standard deviation of N(0, s²) truncated to ±2s is s·0.8796 (hand value of
     # sqrt(1 - 2·2·φ(2)/(Φ(2) - Φ(-2)))); with ~37000 draws it is known to ~0.5 %
@@ -136,7 +169,7 @@ def test_initialisation_rules():
         else:
             assert value.dtype == np.int64 and value.shape == () and int(value) == 0, key
     # NeoInit: skewed identity plus noise of standard deviation 1/sqrt(h_in·h_out)
-    down = p["downsample_1.neocell.weight_a.0"]                       # (32, 1, 2): S = [[0.5, 0.5]]
+    down = p["downsample_1.neocell.weight_a.0"]  # (32, 1, 2): S = [[0.5, 0.5]]
     noise = down - skewed_identity(1, 2)
     assert abs(noise.std() * np.sqrt(2) - 1) < 0.3, f"NeoInit noise std {noise.std()} vs 1/sqrt(2)"
     assert abs(noise.mean()) < 4 / np.sqrt(2 * noise.size), f"NeoInit noise mean {noise.mean()}"
@@ -208,17 +241,29 @@ def test_load_state_dict_errors_name_the_key():
     missing = {k: v for k, v in good.items() if k != "head.fc.bias"}
     _expect(ValueError, ["missing", "head.fc.bias"], model, missing)
     _expect(ValueError, ["unexpected", "head.extra"], model, {**good, "head.extra": np.zeros(3)})
-    _expect(ValueError, ["stem.conv.weight", "shape mismatch", "(4, 48, 1, 1)", "(4, 48)"], model,
-            {**good, "stem.conv.weight": np.zeros((4, 48))})
+    _expect(
+        ValueError,
+        ["stem.conv.weight", "shape mismatch", "(4, 48, 1, 1)", "(4, 48)"],
+        model,
+        {**good, "stem.conv.weight": np.zeros((4, 48))},
+    )
     _expect(TypeError, ["head.fc.weight", "int64"], model, {**good, "head.fc.weight": np.zeros((5, 8), dtype=np.int64)})
     _expect(TypeError, ["head.fc.weight", "complex"], model, {**good, "head.fc.weight": np.zeros((5, 8), complex)})
     _expect(TypeError, ["head.fc.weight", "bool"], model, {**good, "head.fc.weight": np.zeros((5, 8), bool)})
     _expect(ValueError, ["head.ln.weight", "NaN"], model, {**good, "head.ln.weight": np.full(8, np.nan)})
     _expect(ValueError, ["stem.norm.running_var", ">= 0"], model, {**good, "stem.norm.running_var": -np.ones(4)})
-    _expect(TypeError, ["stem.norm.num_batches_tracked", "integer scalar"], model,
-            {**good, "stem.norm.num_batches_tracked": np.float64(3.0)})
-    _expect(TypeError, ["stem.norm.num_batches_tracked"], model,
-            {**good, "stem.norm.num_batches_tracked": np.zeros((2,), np.int64)})
+    _expect(
+        TypeError,
+        ["stem.norm.num_batches_tracked", "integer scalar"],
+        model,
+        {**good, "stem.norm.num_batches_tracked": np.float64(3.0)},
+    )
+    _expect(
+        TypeError,
+        ["stem.norm.num_batches_tracked"],
+        model,
+        {**good, "stem.norm.num_batches_tracked": np.zeros((2,), np.int64)},
+    )
     _expect(TypeError, ["mapping"], model, [("stem.conv.weight", np.zeros(1))])
     _expect(TypeError, ["keys must be str", "3"], model, {**good, 3: np.zeros(1)})
     # several problems at once are all reported
@@ -294,7 +339,9 @@ def test_cache_semantics():
     assert list(model.grads) == list(model.params), "grads are not keyed like params (state-dict order)"
     assert all(model.grads[k].shape == model.params[k].shape for k in model.params)
     model.backward(2 * g)
-    assert all(np.allclose(model.grads[k], 2 * grads1[k], rtol=1e-12, atol=1e-300) for k in grads1), "backward is not linear in grad"
+    assert all(np.allclose(model.grads[k], 2 * grads1[k], rtol=1e-12, atol=1e-300) for k in grads1), (
+        "backward is not linear in grad"
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -373,10 +420,16 @@ def test_drop_path_uses_the_model_generator():
 # end-to-end gradient check of a small whole model
 # ======================================================================================
 SAMPLED_PARAMS = [
-    "stem.conv.weight", "stem.norm.weight", "stage_1.0.ops.content.neocell.weight_a.1",
-    "stage_1.0.ops.content.neocell.weight_b.0", "stage_2.0.ops.content.fc_1.weight",
-    "stage_2.0.ops.content.norm.bias", "downsample_2.neocell.weight_b.0", "downsample_3.conv.weight",
-    "head.ln.weight", "head.fc.bias",
+    "stem.conv.weight",
+    "stem.norm.weight",
+    "stage_1.0.ops.content.neocell.weight_a.1",
+    "stage_1.0.ops.content.neocell.weight_b.0",
+    "stage_2.0.ops.content.fc_1.weight",
+    "stage_2.0.ops.content.norm.bias",
+    "downsample_2.neocell.weight_b.0",
+    "downsample_3.conv.weight",
+    "head.ln.weight",
+    "head.fc.bias",
 ]
 
 
@@ -407,8 +460,9 @@ def model_gradcheck(model, training, rng_seed=7, params=SAMPLED_PARAMS, x=None):
     # weight matrix is a central difference with an O(eps²·|d|³) truncation error that,
     # through batch-statistics BatchNorms, reaches ~1e-8 relative; every element-wise
     # check keeps the default tolerances.
-    return check_gradients(forward, backward, inputs, names=["x"] + names, max_elements=12,
-                           rng=np.random.default_rng(11), dot_rtol=1e-7)
+    return check_gradients(
+        forward, backward, inputs, names=["x"] + names, max_elements=12, rng=np.random.default_rng(11), dot_rtol=1e-7
+    )
 
 
 def test_whole_model_gradients_inference_mode():
@@ -438,9 +492,17 @@ def test_random_small_models_gradients_and_fast_path(data):
     layer_scale = data.draw(st.sampled_from([0.0, 0.3]), label="layer_scale_init_value")
     bias = data.draw(st.booleans(), label="linear_bias")
     seed = data.draw(st.integers(0, 2**16), label="seed")
-    model = nr.models.NeoNeXt(depth, dims, num_classes=3, kernel_spec=code, shifts=shifts,
-                              layer_scale_init_value=layer_scale, linear_bias=bias, resolution=size,
-                              rng=np.random.default_rng(seed))
+    model = nr.models.NeoNeXt(
+        depth,
+        dims,
+        num_classes=3,
+        kernel_spec=code,
+        shifts=shifts,
+        layer_scale_init_value=layer_scale,
+        linear_bias=bias,
+        resolution=size,
+        rng=np.random.default_rng(seed),
+    )
     x = np.random.default_rng(seed + 1).standard_normal((2, 3, *size))
     if not training:
         fast, cached = model.forward(x, cache=False), model.forward(x)
@@ -454,8 +516,9 @@ def test_random_small_models_gradients_and_fast_path(data):
         model.forward(x_, training=training)
         return [model.backward(g)]
 
-    report = check_gradients(forward, backward, [x], names=["x"], max_elements=4, dot_rtol=1e-7,
-                             rng=np.random.default_rng(seed))
+    report = check_gradients(
+        forward, backward, [x], names=["x"], max_elements=4, dot_rtol=1e-7, rng=np.random.default_rng(seed)
+    )
     assert report.passed, f"{code}, shifts {shifts}, size {size}, dims {dims}, training={training}\n{report}"
 
 
@@ -505,4 +568,6 @@ def test_executed_matrix_products_match_the_description():
 def test_complexity_calculator_reads_the_model():
     model = tiny()
     result = nr.model_complexity(model, resolution=32)
-    assert result.params == model.num_parameters(), f"complexity params {result.params} vs model {model.num_parameters()}"
+    assert result.params == model.num_parameters(), (
+        f"complexity params {result.params} vs model {model.num_parameters()}"
+    )

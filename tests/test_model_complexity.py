@@ -50,8 +50,12 @@ SIZES = {
 # SPEC 7, "Published figures" (the authors' README): params in millions, GFLOPs = GMACs.
 PUBLISHED_PARAMS_M = {"neonext_t": 27.5, "neonext_s": 49.3, "neonext_b": 86.8, "neonext_l": 193.5}
 PUBLISHED_GMACS = {
-    ("neonext_t", 224): 4.4, ("neonext_s", 224): 8.6, ("neonext_b", 224): 15.2,
-    ("neonext_t", 384): 13.3, ("neonext_s", 384): 25.7, ("neonext_b", 384): 45.2,
+    ("neonext_t", 224): 4.4,
+    ("neonext_s", 224): 8.6,
+    ("neonext_b", 224): 15.2,
+    ("neonext_t", 384): 13.3,
+    ("neonext_s", 384): 25.7,
+    ("neonext_b", 384): 45.2,
 }
 
 
@@ -69,21 +73,20 @@ def hand_codes(kernel_spec):
     return ("4+7", "4+7", "7", "7") if kernel_spec == "default" else (kernel_spec,) * 4
 
 
-def hand_params(blocks, dims, num_classes=1000, kernel_spec="default", linear_bias=False,
-                layer_scale=False):
+def hand_params(blocks, dims, num_classes=1000, kernel_spec="default", linear_bias=False, layer_scale=False):
     """Trainable scalars of SPEC 7's NeoNeXt, layer by layer."""
-    total = 48 * dims[0] + 2 * dims[0]                       # stem 1x1 conv (bias-free) + BN
+    total = 48 * dims[0] + 2 * dims[0]  # stem 1x1 conv (bias-free) + BN
     for i, (n, d) in enumerate(zip(blocks, dims)):
         if i:
-            total += dims[i - 1] * d + d * (2 * 1 + 2 * 1) + 2 * d   # conv, NeoCell 2->1 (A 1x2, B 2x1), BN
+            total += dims[i - 1] * d + d * (2 * 1 + 2 * 1) + 2 * d  # conv, NeoCell 2->1 (A 1x2, B 2x1), BN
         neocell = sum(c * 2 * k * k for k, c in hand_groups(hand_codes(kernel_spec)[i], d))
-        block = neocell + 2 * d + 4 * d * d + 4 * d * d      # NeoCell, BN, fc_1, fc_2
+        block = neocell + 2 * d + 4 * d * d + 4 * d * d  # NeoCell, BN, fc_1, fc_2
         if linear_bias:
             block += 4 * d + d
         if layer_scale:
             block += d
         total += n * block
-    return total + 2 * dims[3] + dims[3] * num_classes + num_classes   # head LN + Linear with bias
+    return total + 2 * dims[3] + dims[3] * num_classes + num_classes  # head LN + Linear with bias
 
 
 def hand_nnz_square(k, length, s):
@@ -108,28 +111,28 @@ def hand_channel_shifts(channels, s, k):
 def hand_macs(blocks, dims, res, num_classes=1000, kernel_spec="default", shifts=(1, 1, 1, 0)):
     """Per-image MACs in the four conventions for a square input ``res x res``."""
     h = res // 4
-    base = 48 * dims[0] * h * h + 2 * dims[0] * h * h          # stem conv + BN (2 per element)
+    base = 48 * dims[0] * h * h + 2 * dims[0] * h * h  # stem conv + BN (2 per element)
     dense = nnz = padded = 0
     for i, (n, d) in enumerate(zip(blocks, dims)):
         if i:
             ho = h // 2
-            base += dims[i - 1] * d * h * h + 2 * d * ho * ho   # 1x1 conv at the input size, BN after
-            dense += d * (ho * h * h + ho * h * ho)             # C·H_out·H·W + C·H_out·W·W_out
-            nnz += d * (2 * ho * h + ho * 2 * ho)               # Â has H_out 1x2 blocks, B̂ W_out 2x1
-            padded += d * (2 * ho * h + ho * 2 * ho)            # 2 | H: no padding
+            base += dims[i - 1] * d * h * h + 2 * d * ho * ho  # 1x1 conv at the input size, BN after
+            dense += d * (ho * h * h + ho * h * ho)  # C·H_out·H·W + C·H_out·W·W_out
+            nnz += d * (2 * ho * h + ho * 2 * ho)  # Â has H_out 1x2 blocks, B̂ W_out 2x1
+            padded += d * (2 * ho * h + ho * 2 * ho)  # 2 | H: no padding
             h = ho
         per_block_nnz = per_block_padded = 0
         for k, c in hand_groups(hand_codes(kernel_spec)[i], d):
             for s in hand_channel_shifts(c, shifts[i], k):
-                per_block_nnz += 2 * hand_nnz_square(k, h, s) * h          # A and B alike (H = W)
+                per_block_nnz += 2 * hand_nnz_square(k, h, s) * h  # A and B alike (H = W)
                 # both axes padded to T x T tiles of k x k; A @ tile and tile @ B: k³ each
-                per_block_padded += 2 * hand_tiles(h, k, s) ** 2 * k ** 3
-        base += n * (2 * d * h * h + 8 * d * d * h * h)         # BN + fc_1 + fc_2
-        dense += n * 2 * d * h ** 3
+                per_block_padded += 2 * hand_tiles(h, k, s) ** 2 * k**3
+        base += n * (2 * d * h * h + 8 * d * d * h * h)  # BN + fc_1 + fc_2
+        dense += n * 2 * d * h**3
         nnz += n * per_block_nnz
         padded += n * per_block_padded
-    base += 5 * dims[3] + dims[3] * num_classes                 # head LayerNorm + Linear
-    bn_and_ln = 2 * dims[0] * (res // 4) ** 2                   # what "executed" leaves out
+    base += 5 * dims[3] + dims[3] * num_classes  # head LayerNorm + Linear
+    bn_and_ln = 2 * dims[0] * (res // 4) ** 2  # what "executed" leaves out
     hh = res // 4
     for i, (n, d) in enumerate(zip(blocks, dims)):
         if i:
@@ -161,8 +164,12 @@ OPTION_SETS = [
 def test_params_equal_hand_count(name, options):
     blocks, dims = SIZES[name]
     expected = hand_params(
-        blocks, dims, options.get("num_classes", 1000), options.get("kernel_spec", "default"),
-        options.get("linear_bias", False), options.get("layer_scale_init_value", 0) > 0,
+        blocks,
+        dims,
+        options.get("num_classes", 1000),
+        options.get("kernel_spec", "default"),
+        options.get("linear_bias", False),
+        options.get("layer_scale_init_value", 0) > 0,
     )
     got = model_complexity(name, 224, **options).params
     assert got == expected, f"{name} {options}: params {got} != hand count {expected} (diff {got - expected})"
@@ -173,12 +180,16 @@ def _official_tiny():
     arrays = np.load(DATA / "official_tiny_model.npz", allow_pickle=False)
     cfg = meta["config"]
     config = NeoNeXtConfig(
-        per_stage_layers=tuple(cfg["per_stage_layers"]), dims=tuple(cfg["dims"]),
-        num_classes=cfg["num_classes"], kernel_spec=cfg["kernel_spec"], shifts=tuple(cfg["shifts"]),
-        layer_scale_init_value=cfg["layer_scale_init_value"], linear_bias=cfg["linear_bias"],
+        per_stage_layers=tuple(cfg["per_stage_layers"]),
+        dims=tuple(cfg["dims"]),
+        num_classes=cfg["num_classes"],
+        kernel_spec=cfg["kernel_spec"],
+        shifts=tuple(cfg["shifts"]),
+        layer_scale_init_value=cfg["layer_scale_init_value"],
+        linear_bias=cfg["linear_bias"],
     )
     # Trainable = has a gradient in the official backward (BatchNorm buffers have none).
-    trainable = {k[len("grad/"):]: arrays[k].size for k in arrays.files if k.startswith("grad/")}
+    trainable = {k[len("grad/") :]: arrays[k].size for k in arrays.files if k.startswith("grad/")}
     return config, tuple(meta["input_shape"][2:]), trainable
 
 
@@ -190,17 +201,18 @@ def test_params_equal_official_tiny_model_state_dict():
     assert result.params == total, f"params {result.params} != official trainable scalars {total}"
     for row in result.layers:
         official = sum(v for k, v in trainable.items() if k.startswith(row.name + "."))
-        assert row.params == official, (
-            f"layer {row.name}: params {row.params} != official {official}"
-        )
+        assert row.params == official, f"layer {row.name}: params {row.params} != official {official}"
 
 
 # --------------------------------------------------------------------------------------
 # MACs
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("res", [224, 384])
-@pytest.mark.parametrize("options", OPTION_SETS[:2] + [{"kernel_spec": "3+5+7", "shifts": (2, 1, 0, 2)}],
-                         ids=["defaults", "released", "3+5+7"])
+@pytest.mark.parametrize(
+    "options",
+    OPTION_SETS[:2] + [{"kernel_spec": "3+5+7", "shifts": (2, 1, 0, 2)}],
+    ids=["defaults", "released", "3+5+7"],
+)
 @pytest.mark.parametrize("name", NAMES)
 def test_macs_equal_hand_count(name, options, res):
     assert_model_macs_match_hand(name, options, res)
@@ -208,8 +220,14 @@ def test_macs_equal_hand_count(name, options, res):
 
 def assert_model_macs_match_hand(name, options, res):
     blocks, dims = SIZES[name]
-    expected = hand_macs(blocks, dims, res, options.get("num_classes", 1000),
-                         options.get("kernel_spec", "default"), options.get("shifts", (1, 1, 1, 0)))
+    expected = hand_macs(
+        blocks,
+        dims,
+        res,
+        options.get("num_classes", 1000),
+        options.get("kernel_spec", "default"),
+        options.get("shifts", (1, 1, 1, 0)),
+    )
     got = model_complexity(name, res, **options).macs
     for conv in CONVENTIONS:
         assert got[conv] == expected[conv], (
@@ -234,8 +252,14 @@ def test_a_forgotten_shift_corner_is_caught_at_model_level(monkeypatch):
 
 def test_a_double_counted_dense_neocell_is_caught(monkeypatch):
     real = CX.neocell_counts
-    monkeypatch.setattr(CX, "neocell_counts", lambda specs, h, w, batch=1: {
-        **real(specs, h, w, batch), "blockdiag": real(specs, h, w, batch)["blockdiag"] * 2})
+    monkeypatch.setattr(
+        CX,
+        "neocell_counts",
+        lambda specs, h, w, batch=1: {
+            **real(specs, h, w, batch),
+            "blockdiag": real(specs, h, w, batch)["blockdiag"] * 2,
+        },
+    )
     with pytest.raises(AssertionError, match="fvcore "):
         assert_model_macs_match_hand("neonext_t", {}, 224)
 
@@ -263,9 +287,15 @@ def test_executed_neocell_macs_equal_instrumented_forward():
 
 
 # A small custom network whose sizes leave partial tiles and use shifts in three stages.
-CUSTOM = NeoNeXtConfig(per_stage_layers=(1, 2, 1, 1), dims=(6, 12, 18, 24), num_classes=7,
-                       kernel_spec="3+5", shifts=(2, 1, 1, 0), layer_scale_init_value=0.5,
-                       linear_bias=True)
+CUSTOM = NeoNeXtConfig(
+    per_stage_layers=(1, 2, 1, 1),
+    dims=(6, 12, 18, 24),
+    num_classes=7,
+    kernel_spec="3+5",
+    shifts=(2, 1, 1, 0),
+    layer_scale_init_value=0.5,
+    linear_bias=True,
+)
 
 
 @pytest.mark.parametrize("which", ["official_tiny", "custom_3+5"])
@@ -308,14 +338,14 @@ def test_elementwise_ops_hand_count():
     """The documented per-element counts, added up by hand for NeoNeXt-T (released options)."""
     blocks, dims = SIZES["neonext_t"]
     h = 56
-    ops = 2 * dims[0] * h * h                                    # stem BN
+    ops = 2 * dims[0] * h * h  # stem BN
     for i, (n, d) in enumerate(zip(blocks, dims)):
         if i:
             h //= 2
-            ops += 2 * d * h * h                                 # down-sampling BN
+            ops += 2 * d * h * h  # down-sampling BN
         # BN 2, fc_1 bias 1 on 4d, GELU 2 on 4d, fc_2 bias 1, layer scale 1, residual 1
         ops += n * (2 * d + 4 * d + 2 * 4 * d + d + d + d) * h * h
-    ops += dims[3] * h * h + 7 * dims[3] + 1000                  # pooling, LayerNorm, head bias
+    ops += dims[3] * h * h + 7 * dims[3] + 1000  # pooling, LayerNorm, head bias
     got = model_complexity("neonext_t", 224, **released_checkpoint_options(224)).elementwise_ops
     assert got == ops, f"elementwise ops {got} != hand count {ops} (diff {got - ops})"
 
@@ -332,8 +362,19 @@ def test_per_layer_rows_sum_to_totals_and_convert():
     assert set(listed[0]) == set(LayerCount.__dataclass_fields__), f"row keys {sorted(listed[0])}"
     assert json.loads(result.to_json()) == result.to_dict(), "JSON does not round-trip"
     kinds = {r.kind for r in result.layers}
-    assert kinds == {"patchify", "conv1x1", "batchnorm", "neocell", "linear", "gelu", "layer_scale",
-                     "drop_path", "residual", "avgpool", "layernorm"}, f"kinds {kinds}"
+    assert kinds == {
+        "patchify",
+        "conv1x1",
+        "batchnorm",
+        "neocell",
+        "linear",
+        "gelu",
+        "layer_scale",
+        "drop_path",
+        "residual",
+        "avgpool",
+        "layernorm",
+    }, f"kinds {kinds}"
     fc1 = next(r for r in result.layers if r.name == "stage_1.0.ops.content.fc_1")
     assert fc1.in_shape == (96, 56, 56) and fc1.out_shape == (384, 56, 56), "fc_1 shapes"
     assert fc1.macs["fvcore"] == 96 * 384 * 56 * 56, "fc_1: one multiply per output and input channel"
@@ -393,8 +434,11 @@ def _reproducing(res):
     """Conventions whose totals round (to 0.1 GMACs) to every published figure at ``res``."""
     found = {}
     for conv in CONVENTIONS:
-        got = {name: round(model_complexity(name, res, **released_checkpoint_options(res)).macs[conv] / 1e9, 1)
-               for (name, r) in PUBLISHED_GMACS if r == res}
+        got = {
+            name: round(model_complexity(name, res, **released_checkpoint_options(res)).macs[conv] / 1e9, 1)
+            for (name, r) in PUBLISHED_GMACS
+            if r == res
+        }
         found[conv] = all(got[name] == PUBLISHED_GMACS[(name, res)] for name in got)
     return {conv for conv, ok in found.items() if ok}
 
@@ -449,10 +493,26 @@ def test_cli_model_complexity():
     status, text = run_cli(["model-complexity", "neonext_s", "--resolution", "384", "--released", "--json"])
     expected = model_complexity("neonext_s", 384, **released_checkpoint_options(384)).to_dict(per_layer=False)
     assert status == 0 and json.loads(text) == expected, f"JSON differs: {text[:300]}"
-    status, text = run_cli(["model-complexity", "neonext_t", "--per-layer", "--kernel-spec", "7",
-                            "--shifts", "0", "0", "0", "0", "--linear-bias", "--num-classes", "10"])
-    expected = model_complexity("neonext_t", 224, kernel_spec="7", shifts=(0, 0, 0, 0), linear_bias=True,
-                                num_classes=10)
+    status, text = run_cli(
+        [
+            "model-complexity",
+            "neonext_t",
+            "--per-layer",
+            "--kernel-spec",
+            "7",
+            "--shifts",
+            "0",
+            "0",
+            "0",
+            "0",
+            "--linear-bias",
+            "--num-classes",
+            "10",
+        ]
+    )
+    expected = model_complexity(
+        "neonext_t", 224, kernel_spec="7", shifts=(0, 0, 0, 0), linear_bias=True, num_classes=10
+    )
     assert status == 0 and expected.table() in text, "per-layer table missing"
     err = io.StringIO()
     with redirect_stderr(err):

@@ -48,7 +48,7 @@ def build(meta, dtype=np.float64):
 
 
 def official_state(arrays):
-    return {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
+    return {k[len("state/") :]: v for k, v in arrays.items() if k.startswith("state/")}
 
 
 def run_sequence(arrays, meta, dtype=np.float64):
@@ -62,7 +62,7 @@ def run_sequence(arrays, meta, dtype=np.float64):
     state = model.state_dict()
     for key in arrays:
         if key.startswith("buffers_after_train/"):
-            out[key] = state[key[len("buffers_after_train/"):]]
+            out[key] = state[key[len("buffers_after_train/") :]]
     return out, model
 
 
@@ -102,7 +102,7 @@ def test_state_dict_names_and_shapes_are_the_official_ones(official):
         ref = arrays[f"state/{key}"]
         assert value.shape == ref.shape, f"{key}: shape {value.shape}, official {ref.shape}"
         assert value.dtype.kind == ref.dtype.kind, f"{key}: dtype {value.dtype}, official {ref.dtype}"
-    trainable = {k[len("grad/"):] for k in arrays if k.startswith("grad/")}
+    trainable = {k[len("grad/") :] for k in arrays if k.startswith("grad/")}
     assert set(model.params) == trainable, f"trainable parameters differ: {set(model.params) ^ trainable}"
     assert model.num_parameters() == sum(arrays[f"grad/{k}"].size for k in trainable), "num_parameters"
 
@@ -120,7 +120,7 @@ def test_outputs_and_input_gradient(official, result64, which):
 def test_every_parameter_gradient(official, result64):
     arrays, _ = official
     result, model = result64
-    expected = sorted(k[len("grad/"):] for k in arrays if k.startswith("grad/"))
+    expected = sorted(k[len("grad/") :] for k in arrays if k.startswith("grad/"))
     assert sorted(model.grads) == expected, f"gradient keys differ: {set(model.grads) ^ set(expected)}"
     errors = {k: relative_error(result[f"grad/{k}"], arrays[f"grad/{k}"]) for k in expected}
     bad = {k: e for k, e in errors.items() if not e <= TOLERANCE}
@@ -186,14 +186,19 @@ def test_float32_model_within_documented_accuracy(official):
 # --------------------------------------------------------------------------------------
 def _biased_running_var(x, running_mean, running_var, nbt, *, momentum=0.1):
     mean, var = L.batchnorm_stats(x)
-    return ((1 - momentum) * running_mean + momentum * mean, (1 - momentum) * running_var + momentum * var,
-            np.asarray(int(nbt) + 1, dtype=np.int64))
+    return (
+        (1 - momentum) * running_mean + momentum * mean,
+        (1 - momentum) * running_var + momentum * var,
+        np.asarray(int(nbt) + 1, dtype=np.int64),
+    )
 
 
 def _patchify_swapped(x, *, patch=4):
     n, c, h, w = x.shape
     blocks = np.asarray(x).reshape(n, c, h // patch, patch, w // patch, patch)
-    return np.ascontiguousarray(blocks.transpose(0, 1, 5, 3, 2, 4)).reshape(n, c * patch * patch, h // patch, w // patch)
+    return np.ascontiguousarray(blocks.transpose(0, 1, 5, 3, 2, 4)).reshape(
+        n, c * patch * patch, h // patch, w // patch
+    )
 
 
 def _gelu_tanh(x, *, out=None):

@@ -50,10 +50,14 @@ def named_outputs(result):
 
 def _abs_case(case):
     """The same case with every array replaced by its absolute value, in float64."""
-    return NeoCellCase(case.specs, np.abs(case.x).astype(np.float64),
-                       [np.abs(w).astype(np.float64) for w in case.weights_a],
-                       [np.abs(w).astype(np.float64) for w in case.weights_b],
-                       np.abs(case.grad_y).astype(np.float64), case.seed)
+    return NeoCellCase(
+        case.specs,
+        np.abs(case.x).astype(np.float64),
+        [np.abs(w).astype(np.float64) for w in case.weights_a],
+        [np.abs(w).astype(np.float64) for w in case.weights_b],
+        np.abs(case.grad_y).astype(np.float64),
+        case.seed,
+    )
 
 
 def magnitudes(case):
@@ -148,8 +152,9 @@ def assert_adjoint(case, method, seed):
 
 def assert_finite_differences(case, method, seed, max_elements=12):
     specs, x, wa, wb, _ = case
-    report = neocell_gradcheck(x, wa, wb, specs, method=method, rng=np.random.default_rng(seed),
-                               max_elements=max_elements)
+    report = neocell_gradcheck(
+        x, wa, wb, specs, method=method, rng=np.random.default_rng(seed), max_elements=max_elements
+    )
     assert report.passed, f"{method}: finite differences disagree for {case!r}\n{report}"
     assert len(report.inputs) == 1 + 2 * len(wa), f"not every input was checked:\n{report}"
 
@@ -223,14 +228,17 @@ def test_unshifted_full_tiles_satisfy_kronecker_identity(data):
         for n in range(2):
             for i in range(tiles_h):
                 for j in range(tiles_w):
-                    tile = x[n, c, i * h_in:(i + 1) * h_in, j * w_in:(j + 1) * w_in]
-                    out = y[n, c, i * h_out:(i + 1) * h_out, j * w_out:(j + 1) * w_out]
+                    tile = x[n, c, i * h_in : (i + 1) * h_in, j * w_in : (j + 1) * w_in]
+                    out = y[n, c, i * h_out : (i + 1) * h_out, j * w_out : (j + 1) * w_out]
                     expected = kron @ tile.ravel(order="F")
                     # rounding bound of a sum of h_in·w_in products of three factors
                     bound = 4 * (h_in + w_in) * U64 * (np.abs(kron) @ np.abs(tile.ravel(order="F")))
-                    assert_within_bound(out.ravel(order="F"), expected, bound,
-                                        f"{method}: tile ({i}, {j}) of sample {n} channel {c} vs "
-                                        f"(Bᵀ ⊗ A) vec(P); specs {specs}")
+                    assert_within_bound(
+                        out.ravel(order="F"),
+                        expected,
+                        bound,
+                        f"{method}: tile ({i}, {j}) of sample {n} channel {c} vs (Bᵀ ⊗ A) vec(P); specs {specs}",
+                    )
 
 
 # ======================================================================================
@@ -279,15 +287,15 @@ def test_corner_gradient_hand_formula_for_a(method, kernel, shift, used):
     gy[:, :, :used, :] = rng.standard_normal((2, 1, used, width))
     _, ga, gb = neocell_backward(gy, x, wa, wb, [spec], method=method)
     expected = np.zeros((kernel, kernel))
-    expected[kernel - used:, kernel - used:] = b * sum(gy[n, 0, :used] @ x[n, 0, :used].T for n in range(2))
-    assert np.abs(expected[kernel - used:, kernel - used:]).min() > 0, "test setup: corner gradient vanished"
+    expected[kernel - used :, kernel - used :] = b * sum(gy[n, 0, :used] @ x[n, 0, :used].T for n in range(2))
+    assert np.abs(expected[kernel - used :, kernel - used :]).min() > 0, "test setup: corner gradient vanished"
     err = relative_error(ga[0][0], expected)
     assert err <= TIGHT, (
         f"{method}: dA with only the corner rows of grad_y nonzero is\n{ga[0][0]}\nexpected\n{expected}\n"
         f"(relative error {err:.3e})"
     )
     # and dB (a 1x1 kernel) = Σ <Â x, dy> restricted to the corner rows, by the same picture
-    corner_a = wa[0][0][kernel - used:, kernel - used:]
+    corner_a = wa[0][0][kernel - used :, kernel - used :]
     expected_b = sum(np.vdot(corner_a @ x[n, 0, :used], gy[n, 0, :used]) for n in range(2))
     assert abs(gb[0][0, 0, 0] - expected_b) <= 1e-12 * abs(expected_b), f"{method}: dB {gb[0][0, 0, 0]} vs {expected_b}"
 
@@ -326,17 +334,23 @@ NAMED = {
     "4p7_uneven_9ch_shift1": (parse_kernel_code("4+7", 9, 1), (2, 9, 10, 11)),
     # 3 channels: 1 and 2, both fewer than their sub-groups
     "4p7_3ch_shift1": (parse_kernel_code("4+7", 3, 1), (1, 3, 7, 6)),
-    "4p7_uneven_dicts": ([{"kernel": 4, "channels": 5, "shift": 1}, {"kernel": 7, "channels": 6, "shift": 1}],
-                         (1, 11, 9, 9)),
+    "4p7_uneven_dicts": (
+        [{"kernel": 4, "channels": 5, "shift": 1}, {"kernel": 7, "channels": 6, "shift": 1}],
+        (1, 11, 9, 9),
+    ),
     "down_2to1_odd": ([{"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 3}], (2, 3, 7, 6)),
     "up_1to2": ([{"h_in": 1, "h_out": 2, "w_in": 1, "w_out": 2, "channels": 2}], (2, 2, 3, 4)),
     "up_1to3": ([{"h_in": 1, "h_out": 3, "w_in": 1, "w_out": 3, "channels": 2}], (1, 2, 2, 3)),
     "up_2to3_not_divisible": ([{"h_in": 2, "h_out": 3, "w_in": 2, "w_out": 3, "channels": 2}], (1, 2, 5, 3)),
     "down_a_up_b": ([{"h_in": 2, "h_out": 1, "w_in": 1, "w_out": 3, "channels": 2}], (2, 2, 6, 2)),
-    "down_2to1_with_shifted_b": ([{"h_in": 2, "h_out": 1, "w_in": 3, "w_out": 3, "channels": 3,
-                                   "shift_a": 0, "shift_b": 1}], (1, 3, 4, 5)),
-    "rectangular_kernel_a4_b7": ([{"kernel_a": 4, "kernel_b": 7, "channels": 3, "shift_a": 1, "shift_b": 2}],
-                                 (1, 3, 5, 13)),
+    "down_2to1_with_shifted_b": (
+        [{"h_in": 2, "h_out": 1, "w_in": 3, "w_out": 3, "channels": 3, "shift_a": 0, "shift_b": 1}],
+        (1, 3, 4, 5),
+    ),
+    "rectangular_kernel_a4_b7": (
+        [{"kernel_a": 4, "kernel_b": 7, "channels": 3, "shift_a": 1, "shift_b": 2}],
+        (1, 3, 5, 13),
+    ),
     "rectangular_tall": ([{"kernel": 3, "channels": 2, "shift": 1}], (2, 2, 11, 2)),
     "largest_shift_equals_H_k4": ([{"kernel": 4, "channels": 4, "shift": 1}], (1, 4, 3, 3)),
     "largest_shift_equals_H_k7_s3": ([{"kernel": 7, "channels": 3, "shift": 3}], (1, 3, 6, 8)),
@@ -427,8 +441,15 @@ def test_neocell_cases_strategy_reaches_the_edges():
         assert x.dtype == np.float64 and np.isfinite(x).all() and gy.shape[2:] == case.out_size
 
     collect()
-    expected = {"1x1", "resampling", "shift_a != shift_b", "largest shift == size",
-                "fewer channels than sub-groups", "input smaller than kernel", "mixed groups"}
+    expected = {
+        "1x1",
+        "resampling",
+        "shift_a != shift_b",
+        "largest shift == size",
+        "fewer channels than sub-groups",
+        "input smaller than kernel",
+        "mixed groups",
+    }
     assert seen >= expected, f"never drawn: {expected - seen}"
 
 
@@ -438,18 +459,21 @@ def test_neocell_cases_strategy_reaches_the_edges():
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
-@pytest.mark.parametrize("x_dtype, w_dtype, gy_dtype, forward, backward", [
-    (np.float32, np.float32, np.float32, F32, F32),
-    (np.float16, np.float32, np.float16, F32, F32),
-    (np.float16, np.float16, np.float16, F32, F32),
-    (np.float64, np.float32, np.float32, F64, F64),
-    (np.float32, np.float64, np.float32, F64, F64),
-    (np.float32, np.float32, np.float64, F32, F64),   # grad_y takes part in the backward only
-    (np.int64, np.float32, np.float32, F64, F64),     # integer input computes in float64
-    (np.int8, np.float32, np.float32, F64, F64),      # even small integers (NumPy promotion says float32)
-    (np.uint8, np.float32, np.float32, F64, F64),
-    (np.int32, np.int32, np.int32, F64, F64),
-])
+@pytest.mark.parametrize(
+    "x_dtype, w_dtype, gy_dtype, forward, backward",
+    [
+        (np.float32, np.float32, np.float32, F32, F32),
+        (np.float16, np.float32, np.float16, F32, F32),
+        (np.float16, np.float16, np.float16, F32, F32),
+        (np.float64, np.float32, np.float32, F64, F64),
+        (np.float32, np.float64, np.float32, F64, F64),
+        (np.float32, np.float32, np.float64, F32, F64),  # grad_y takes part in the backward only
+        (np.int64, np.float32, np.float32, F64, F64),  # integer input computes in float64
+        (np.int8, np.float32, np.float32, F64, F64),  # even small integers (NumPy promotion says float32)
+        (np.uint8, np.float32, np.float32, F64, F64),
+        (np.int32, np.int32, np.int32, F64, F64),
+    ],
+)
 def test_dtype_rule(x_dtype, w_dtype, gy_dtype, forward, backward):
     """float32 only when every operand is float16/float32; otherwise float64."""
     specs = [{"kernel": 2, "channels": 2, "shift": 1}]

@@ -129,8 +129,7 @@ def stale_outputs(stored, fresh) -> list[str]:
         shown_a = "".join(text for _, text in a)
         shown_b = "".join(text for _, text in b)
         lines_a, lines_b = shown_a.splitlines(), shown_b.splitlines()
-        where = next((j for j, (u, v) in enumerate(zip(lines_a, lines_b)) if u != v),
-                     min(len(lines_a), len(lines_b)))
+        where = next((j for j, (u, v) in enumerate(zip(lines_a, lines_b)) if u != v), min(len(lines_a), len(lines_b)))
         first_a = lines_a[where] if where < len(lines_a) else "<nothing>"
         first_b = lines_b[where] if where < len(lines_b) else "<nothing>"
         problems.append(f"code cell {i}, line {where}: stored {first_a!r}, now {first_b!r}")
@@ -160,17 +159,23 @@ def exercise_problems(nb) -> list[str]:
     solution is the next code cell, tagged ``solution``, which must ``assert``.
     """
     cells = nb.cells
-    heading = [i for i, c in enumerate(cells) if c.cell_type == "markdown"
-               and any(line.strip() == "## Exercises" for line in c.source.splitlines())]
+    heading = [
+        i
+        for i, c in enumerate(cells)
+        if c.cell_type == "markdown" and any(line.strip() == "## Exercises" for line in c.source.splitlines())
+    ]
     if not heading:
         return ["no '## Exercises' heading"]
-    exercises = [i for i, c in enumerate(cells) if i > heading[0] and c.cell_type == "markdown"
-                 and c.source.lstrip().startswith("**Exercise")]
+    exercises = [
+        i
+        for i, c in enumerate(cells)
+        if i > heading[0] and c.cell_type == "markdown" and c.source.lstrip().startswith("**Exercise")
+    ]
     problems = []
     if len(exercises) < MIN_EXERCISES:
         problems.append(f"{len(exercises)} exercises after the heading, expected >= {MIN_EXERCISES}")
     for i in exercises:
-        solution = next((c for c in cells[i + 1:] if c.cell_type == "code"), None)
+        solution = next((c for c in cells[i + 1 :] if c.cell_type == "code"), None)
         if solution is None or "solution" not in solution.metadata.get("tags", []):
             problems.append(f"exercise in cell {i} is not followed by a code cell tagged 'solution'")
         elif "assert" not in solution.source:
@@ -216,13 +221,13 @@ def test_notebook_is_committed_executed_and_small(path):
     not_run = unexecuted_cells(nb)
     assert not not_run, (
         f"{path.name}: code cells {not_run} have no stored output; run "
-        f"'python tests/test_notebooks.py --update {path.name}' and commit the result")
+        f"'python tests/test_notebooks.py --update {path.name}' and commit the result"
+    )
     problems = volatile_metadata(nb)
     assert not problems, f"{path.name}: {problems}; store it with --update"
     size = path.stat().st_size
     assert size < MAX_BYTES, f"{path.name} is {size:,} bytes; keep figures small (modest DPI)"
-    figures = sum("image/png" in out.get("data", {})
-                  for c in nb.cells if c.cell_type == "code" for out in c.outputs)
+    figures = sum("image/png" in out.get("data", {}) for c in nb.cells if c.cell_type == "code" for out in c.outputs)
     assert figures >= 3, f"{path.name} stores {figures} figures; a learner should see the plots"
 
 
@@ -240,13 +245,19 @@ def test_notebook_runs_and_prints_what_it_stores(path):
     execute(nb, NOTEBOOK_DIR)
     seconds = time.perf_counter() - start
     assert not unexecuted_cells(nb), f"{path.name}: cells {unexecuted_cells(nb)} were not executed"
-    errors = [(i, out.get("ename")) for i, c in enumerate(nb.cells) if c.cell_type == "code"
-              for out in c.outputs if out.output_type == "error"]
+    errors = [
+        (i, out.get("ename"))
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code"
+        for out in c.outputs
+        if out.output_type == "error"
+    ]
     assert not errors, f"{path.name}: cells raised {errors}"
     stale = stale_outputs(stored, nb)
     assert not stale, (
         f"{path.name}: stored outputs are stale: {stale[:5]}. Run "
-        f"'python tests/test_notebooks.py --update {path.name}' and commit the result.")
+        f"'python tests/test_notebooks.py --update {path.name}' and commit the result."
+    )
     print(f"{path.name}: {len(text_outputs(nb))} code cells, {seconds:.1f} s")
 
 
@@ -281,8 +292,9 @@ def test_a_stale_stored_output_is_reported_and_an_image_is_not(tmp_path):
     assert stale_outputs(stored, fresh) == ["code cell 1, line 0: stored \"'text'\", now '<nothing>'"]
     # an image that changed is not a stale output; a figure's text placeholder is ignored too
     for nb, pixels in ((stored, "iVBORw0KGgo="), (fresh, "iVBORw0KGgoAAAA=")):
-        nb.cells[1].outputs = [nbformat.v4.new_output(
-            "display_data", data={"image/png": pixels, "text/plain": f"<Figure {pixels}>"})]
+        nb.cells[1].outputs = [
+            nbformat.v4.new_output("display_data", data={"image/png": pixels, "text/plain": f"<Figure {pixels}>"})
+        ]
     assert stale_outputs(stored, fresh) == []
 
 

@@ -59,10 +59,15 @@ import official_loader  # (importable once the script put scripts/ on sys.path)
 def run_cli(*args, block_torch=False):
     """Run the script in a fresh interpreter; ``block_torch`` makes ``import torch`` fail."""
     prelude = "import sys; sys.modules['torch'] = None; sys.modules['ninja'] = None; " if block_torch else ""
-    code = prelude + f"import runpy; sys.argv = {[str(SCRIPT), *map(str, args)]!r}; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
+    code = (
+        prelude
+        + f"import runpy; sys.argv = {[str(SCRIPT), *map(str, args)]!r}; runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
+    )
     if not block_torch:
         code = "import sys; " + code
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+    )
 
 
 def run_main(capsys, *args):
@@ -119,23 +124,96 @@ def test_missing_official_option_is_a_usage_error():
         (["check", "--data", "{tmp}/nothing"], "not a folder"),
         (["check", "--data", "{tmp}"], "no official_*.json"),
         (["generate", "--out", "{tmp}/o", "--specs", "[{kernel: 7}]", "--shape", "1", "4", "7", "7"], "not valid JSON"),
-        (["generate", "--out", "{tmp}/o", "--specs", '[{"kernel": 7, "channels": 4, "shift": 7}]',
-          "--shape", "1", "4", "7", "7"], "--specs"),
-        (["generate", "--out", "{tmp}/o", "--specs", '[{"kernel": 7, "channels": 4}]',
-          "--shape", "1", "5", "7", "7"], "C=5"),
-        (["generate", "--out", "{tmp}/o", "--specs", '[{"kernel": 7, "channels": 4}]',
-          "--shape", "1", "4", "0", "7"], ">= 1"),
+        (
+            [
+                "generate",
+                "--out",
+                "{tmp}/o",
+                "--specs",
+                '[{"kernel": 7, "channels": 4, "shift": 7}]',
+                "--shape",
+                "1",
+                "4",
+                "7",
+                "7",
+            ],
+            "--specs",
+        ),
+        (
+            [
+                "generate",
+                "--out",
+                "{tmp}/o",
+                "--specs",
+                '[{"kernel": 7, "channels": 4}]',
+                "--shape",
+                "1",
+                "5",
+                "7",
+                "7",
+            ],
+            "C=5",
+        ),
+        (
+            [
+                "generate",
+                "--out",
+                "{tmp}/o",
+                "--specs",
+                '[{"kernel": 7, "channels": 4}]',
+                "--shape",
+                "1",
+                "4",
+                "0",
+                "7",
+            ],
+            ">= 1",
+        ),
         (["generate", "--out", "{tmp}/o", "--specs", '[{"kernel": 7, "channels": 4}]'], "--shape"),
         (["generate", "--out", "{tmp}/o", "--from", "{data}/official_neocell"], "--case"),
         (["generate", "--out", "{tmp}/o", "--from", "{data}/official_neocell", "--case", "nope"], "'nope'"),
         (["generate", "--out", "{tmp}/o", "--from", "{tmp}/missing", "--case", "x"], "--from"),
         (["generate", "--out", "{tmp}/o", "--case", "k7_c4_14x14"], "--case needs --from"),
-        (["generate", "--out", "{data}/official_neocell.json", "--from", "{data}/official_neocell",
-          "--case", "k7_c4_14x14"], "not a folder"),
-        (["generate", "--out", "{data}", "--stem", "official_neocell", "--from", "{data}/official_neocell",
-          "--case", "k7_c4_14x14"], "already exist"),
-        (["generate", "--out", "{tmp}/o", "--stem", "../escape", "--from", "{data}/official_neocell",
-          "--case", "k7_c4_14x14"], "--stem"),
+        (
+            [
+                "generate",
+                "--out",
+                "{data}/official_neocell.json",
+                "--from",
+                "{data}/official_neocell",
+                "--case",
+                "k7_c4_14x14",
+            ],
+            "not a folder",
+        ),
+        (
+            [
+                "generate",
+                "--out",
+                "{data}",
+                "--stem",
+                "official_neocell",
+                "--from",
+                "{data}/official_neocell",
+                "--case",
+                "k7_c4_14x14",
+            ],
+            "already exist",
+        ),
+        (
+            [
+                "generate",
+                "--out",
+                "{tmp}/o",
+                "--stem",
+                "../escape",
+                "--from",
+                "{data}/official_neocell",
+                "--case",
+                "k7_c4_14x14",
+            ],
+            "--stem",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
@@ -228,22 +306,47 @@ def nudge(array):
 @pytest.mark.parametrize(
     "stem, key, change, flagged",
     [
-        ("official_neocell", "mixed_4p7_shift1_c8_28x28/grad_weight_b_1", nudge,
-         {"mixed_4p7_shift1_c8_28x28/grad_weight_b_1"}),
+        (
+            "official_neocell",
+            "mixed_4p7_shift1_c8_28x28/grad_weight_b_1",
+            nudge,
+            {"mixed_4p7_shift1_c8_28x28/grad_weight_b_1"},
+        ),
         ("official_neocell", "k7_partial_10x10/y", lambda a: a.T.copy(), {"k7_partial_10x10/y"}),
-        ("official_neocell", "down2_c6_8x8/x", nudge, {"down2_c6_8x8/y", "down2_c6_8x8/grad_weight_a_0",
-                                                        "down2_c6_8x8/grad_weight_b_0"}),
+        (
+            "official_neocell",
+            "down2_c6_8x8/x",
+            nudge,
+            {"down2_c6_8x8/y", "down2_c6_8x8/grad_weight_a_0", "down2_c6_8x8/grad_weight_b_0"},
+        ),
         ("official_neocell", "k7_c4_14x14/grad_x", lambda a: None, {"k7_c4_14x14/grad_x"}),
         ("official_neocell", "stowaway", lambda a: np.zeros(3), {"stowaway"}),
-        ("official_tiny_model", "grad/stage_3.1.ops.content.fc_1.weight", nudge,
-         {"grad/stage_3.1.ops.content.fc_1.weight"}),
-        ("official_tiny_model", "buffers_after_train/stem.norm.num_batches_tracked", lambda a: a + 1,
-         {"buffers_after_train/stem.norm.num_batches_tracked"}),
+        (
+            "official_tiny_model",
+            "grad/stage_3.1.ops.content.fc_1.weight",
+            nudge,
+            {"grad/stage_3.1.ops.content.fc_1.weight"},
+        ),
+        (
+            "official_tiny_model",
+            "buffers_after_train/stem.norm.num_batches_tracked",
+            lambda a: a + 1,
+            {"buffers_after_train/stem.norm.num_batches_tracked"},
+        ),
         ("official_tiny_model", "logits_eval", lambda a: None, {"logits_eval"}),
         ("official_tiny_model", "grad/head.fc.bias", lambda a: a.astype(np.float32), {"grad/head.fc.bias"}),
     ],
-    ids=["result-nudged", "result-transposed", "input-nudged", "result-removed", "unknown-array",
-         "model-gradient-nudged", "model-counter-changed", "model-result-removed", "model-dtype-changed"],
+    ids=[
+        "result-nudged",
+        "result-transposed",
+        "input-nudged",
+        "result-removed",
+        "unknown-array",
+        "model-gradient-nudged",
+        "model-counter-changed",
+        "model-result-removed",
+        "model-dtype-changed",
+    ],
 )
 def test_check_fails_on_tampered_data(checkout, tmp_path, capsys, stem, key, change, flagged):
     """Test of the test: a tampered copy of tests/data fails (exit 1) and names what changed."""
@@ -274,8 +377,19 @@ def test_generate_reproduces_the_stored_cases(checkout, tmp_path, capsys):
     meta = json.loads((DATA / "official_neocell.json").read_text())
     names = [case["name"] for case in meta["cases"]]
     cases = [arg for name in names for arg in ("--case", name)]
-    status, out, err = run_main(capsys, "generate", "--official", checkout, "--out", tmp_path,
-                                "--stem", "official_neocell", "--from", DATA / "official_neocell", *cases)
+    status, out, err = run_main(
+        capsys,
+        "generate",
+        "--official",
+        checkout,
+        "--out",
+        tmp_path,
+        "--stem",
+        "official_neocell",
+        "--from",
+        DATA / "official_neocell",
+        *cases,
+    )
     assert status == 0, f"exit {status}\n{out}\n{err}"
     with np.load(DATA / "official_neocell.npz", allow_pickle=False) as archive:
         stored = {k: archive[k] for k in archive.files}
@@ -283,7 +397,9 @@ def test_generate_reproduces_the_stored_cases(checkout, tmp_path, capsys):
         fresh = {k: archive[k] for k in archive.files}
     assert set(fresh) == set(stored), f"keys differ: {sorted(set(fresh) ^ set(stored))}"
     for key, ref in stored.items():
-        assert fresh[key].dtype == ref.dtype and fresh[key].shape == ref.shape, f"{key}: {fresh[key].dtype}{fresh[key].shape}"
+        assert fresh[key].dtype == ref.dtype and fresh[key].shape == ref.shape, (
+            f"{key}: {fresh[key].dtype}{fresh[key].shape}"
+        )
         error = relative_error(fresh[key], ref)
         assert error <= TOLERANCE, f"{key}: relative error {error:.3e} > {TOLERANCE:g}"
     new_meta = json.loads((tmp_path / "official_neocell.json").read_text())
@@ -300,7 +416,7 @@ def reference_errors(npz_path, case):
     """Errors of a generated case against neocell_ref, computed here in float64."""
     name, groups = case["name"], case["groups"]
     with np.load(npz_path, allow_pickle=False) as archive:
-        a = {k[len(name) + 1:]: archive[k] for k in archive.files if k.startswith(name + "/")}
+        a = {k[len(name) + 1 :]: archive[k] for k in archive.files if k.startswith(name + "/")}
     as64 = lambda v: np.asarray(v, dtype=np.float64)
     wa = [as64(a[f"weight_a_{g}"]) for g in range(groups)]
     wb = [as64(a[f"weight_b_{g}"]) for g in range(groups)]
@@ -327,7 +443,7 @@ def test_generate_new_case_agrees_with_the_reference_and_is_deterministic(checko
     assert errors[worst] <= TOLERANCE, f"{worst}: official vs neocell_ref {errors[worst]:.3e}"
     with np.load(tmp_path / "two" / "official_neocell_generated.npz", allow_pickle=False) as archive:
         for key in archive.files:
-            assert np.array_equal(archive[key], arrays[key[len("new/"):]]), f"{key} differs between two runs"
+            assert np.array_equal(archive[key], arrays[key[len("new/") :]]), f"{key} differs between two runs"
     with np.load(DATA / "official_neocell.npz", allow_pickle=False) as archive:  # the two-group case's names
         two_groups = {k.split("/", 1)[1] for k in archive.files if k.startswith("mixed_4p7_shift1_c8_28x28/")}
     assert set(arrays) == two_groups, f"array names differ from the official format: {set(arrays) ^ two_groups}"
@@ -335,8 +451,20 @@ def test_generate_new_case_agrees_with_the_reference_and_is_deterministic(checko
 
 def test_generate_float16_autocast(checkout, tmp_path, capsys):
     """float16 autocast on the CPU: float16 output, float32 parameters, a float16-sized error."""
-    status, out, err = run_main(capsys, "generate", "--official", checkout, "--out", tmp_path, "--dtype",
-                                "float16-autocast", "--from", DATA / "official_neocell", "--case", "mixed_4p7_shift1_c8_28x28")
+    status, out, err = run_main(
+        capsys,
+        "generate",
+        "--official",
+        checkout,
+        "--out",
+        tmp_path,
+        "--dtype",
+        "float16-autocast",
+        "--from",
+        DATA / "official_neocell",
+        "--case",
+        "mixed_4p7_shift1_c8_28x28",
+    )
     assert status == 0, f"exit {status}\n{out}\n{err}"
     (case,) = json.loads((tmp_path / "official_neocell_generated.json").read_text())["cases"]
     assert case["name"] == "mixed_4p7_shift1_c8_28x28_float16_autocast" and case["dtype"] == "float16-autocast"

@@ -97,8 +97,13 @@ def test_wrong_graph_fails_neocell_kit(port, mutation):
 def test_wrong_graph_fails_kit_on_drawn_cases_alone(port):
     # Without the curated cases, hypothesis must find a shifted layer on its own.
     with pytest.raises(AssertionError, match="drawn case"):
-        assert_neocell_matches(lambda *a: port.forward(*a, mutation="shift-corner-dropped"), dtype=np.float32,
-                               golden=False, max_examples=15, shrink=False)
+        assert_neocell_matches(
+            lambda *a: port.forward(*a, mutation="shift-corner-dropped"),
+            dtype=np.float32,
+            golden=False,
+            max_examples=15,
+            shrink=False,
+        )
 
 
 @pytest.mark.parametrize("layer", LAYERS)

@@ -60,7 +60,7 @@ def tiled_by_padding(planes, k, tiles, width_padded, front_h, front_w):
     """
     n, m, length, width = planes.shape
     padded = np.zeros((n, m, tiles * k, width_padded), dtype=planes.dtype)
-    padded[:, :, front_h:front_h + length, front_w:front_w + width] = planes
+    padded[:, :, front_h : front_h + length, front_w : front_w + width] = planes
     return padded.reshape(n, m, tiles, k, width_padded).transpose(1, 3, 0, 2, 4)
 
 
@@ -77,8 +77,14 @@ def tiled_geometries(draw):
     tiles = -(-(front_h + length) // k) + spare_tiles
     batch = draw(st.integers(1, 3), label="N")
     channels = draw(st.integers(1, 4), label="m")
-    return dict(k=k, front_h=front_h, front_w=front_w, tiles=tiles,
-                width_padded=front_w + width + spare_cols, shape=(batch, channels, length, width))
+    return dict(
+        k=k,
+        front_h=front_h,
+        front_w=front_w,
+        tiles=tiles,
+        width_padded=front_w + width + spare_cols,
+        shape=(batch, channels, length, width),
+    )
 
 
 def numbered_planes(shape, dtype=np.float64):
@@ -98,8 +104,7 @@ def test_padding_into_the_tiled_layout_matches_pad_reshape_transpose(geo):
     got, pieces = nc._padded_pieces(buffer, shape, planes, geo["front_h"], geo["front_w"])
     for t, p in pieces:
         t[...] = p
-    expected = tiled_by_padding(planes, geo["k"], geo["tiles"], geo["width_padded"],
-                                geo["front_h"], geo["front_w"])
+    expected = tiled_by_padding(planes, geo["k"], geo["tiles"], geo["width_padded"], geo["front_h"], geo["front_w"])
     bad = np.argwhere(~(got == expected))
     assert bad.size == 0, (
         f"tiled layout differs at {len(bad)} positions, first (c, j, n, i, q) = "
@@ -111,8 +116,7 @@ def test_padding_into_the_tiled_layout_matches_pad_reshape_transpose(geo):
 def test_cropping_out_of_the_tiled_layout_is_the_inverse_and_covers_every_element_once(geo):
     planes = numbered_planes(geo["shape"])
     n, m, _, _ = geo["shape"]
-    tiled = tiled_by_padding(planes, geo["k"], geo["tiles"], geo["width_padded"],
-                             geo["front_h"], geo["front_w"]).copy()
+    tiled = tiled_by_padding(planes, geo["k"], geo["tiles"], geo["width_padded"], geo["front_h"], geo["front_w"]).copy()
     back = np.full(geo["shape"], np.nan)
     for t, p in nc._tile_pieces(tiled, back, geo["front_h"], geo["front_w"]):
         p[...] = t  # crop: copy every piece out of the layout
@@ -122,8 +126,7 @@ def test_cropping_out_of_the_tiled_layout_is_the_inverse_and_covers_every_elemen
     pieces = nc._tile_pieces(tiled, planes, geo["front_h"], geo["front_w"])
     covered = sum(p.size for _, p in pieces)
     assert covered == planes.size, (
-        f"pieces cover {covered} values, the planes hold {planes.size}: some element is "
-        f"copied twice or never ({geo})"
+        f"pieces cover {covered} values, the planes hold {planes.size}: some element is copied twice or never ({geo})"
     )
     assert len(pieces) <= 3, f"{len(pieces)} pieces; at most 3 expected ({geo})"
 
@@ -133,8 +136,8 @@ def test_a_reused_buffer_stays_correct_chunk_after_chunk_and_segment_after_segme
     rng = np.random.default_rng(5)
     segments = [  # (chunk sizes largest first, k, tiles, width_padded, front_h, front_w, L, M)
         ((3, 3, 2), 4, 4, 9, 3, 3, 13, 6),
-        ((4, 3), 4, 4, 9, 1, 1, 13, 6),   # other shift: other frame, more channels
-        ((2,), 2, 7, 5, 0, 0, 13, 5),     # other kernel
+        ((4, 3), 4, 4, 9, 1, 1, 13, 6),  # other shift: other frame, more channels
+        ((2,), 2, 7, 5, 0, 0, 13, 5),  # other kernel
         ((1, 1), 4, 4, 9, 3, 3, 13, 6),
     ]
     size = max(sizes[0] * k * 2 * t * p for sizes, k, t, p, *_ in segments)
@@ -145,8 +148,8 @@ def test_a_reused_buffer_stays_correct_chunk_after_chunk_and_segment_after_segme
         lo = 0
         for m in sizes:
             for t, p in pieces:
-                t[:m] = p[lo:lo + m]
-            expected = tiled_by_padding(planes[:, lo:lo + m], k, tiles, width_padded, fh, fw)
+                t[:m] = p[lo : lo + m]
+            expected = tiled_by_padding(planes[:, lo : lo + m], k, tiles, width_padded, fh, fw)
             assert np.array_equal(tiled[:m], expected), (
                 f"segment {s_index} {segments[s_index]}, chunk {lo}:{lo + m}: reused buffer "
                 f"differs at {np.argwhere(~(tiled[:m] == expected))[:3].tolist()}"
@@ -202,7 +205,7 @@ def test_plan_covers_every_plane_once_within_one_shift_segment_and_the_budget(ca
         per_plane = seg.tiles_a * seg.tiles_b * max(g.h_in, g.h_out) * max(g.w_in, g.w_out) * 8
         previous = None
         for c0, c1, n0, n1 in seg.chunks:
-            covered[seg.chans.start + c0:seg.chans.start + c1, n0:n1] += 1
+            covered[seg.chans.start + c0 : seg.chans.start + c1, n0:n1] += 1
             m, samples = c1 - c0, n1 - n0
             assert m * samples == 1 or m * samples * per_plane <= budget, (
                 f"chunk {(c0, c1, n0, n1)} of {m * samples * per_plane} B exceeds {budget} B in {seg}"
@@ -214,9 +217,7 @@ def test_plan_covers_every_plane_once_within_one_shift_segment_and_the_budget(ca
                     f"sample count in {seg}: the zero frame laid out for that one would not cover it"
                 )
             previous = (m, samples) if previous is None or previous[1] != samples else previous
-    assert (covered == 1).all(), (
-        f"(channel, sample) pairs covered {covered.tolist()} times, expected once each"
-    )
+    assert (covered == 1).all(), f"(channel, sample) pairs covered {covered.tolist()} times, expected once each"
 
 
 def test_plan_splits_samples_only_when_one_channel_exceeds_the_budget():
@@ -236,8 +237,12 @@ def _forward_backward(case, budget):
     with chunk_budget(budget):
         y = neocell_forward(x, wa, wb, specs, method="patchwise")
         gx, ga, gb = neocell_backward(gy, x, wa, wb, specs, method="patchwise")
-    return {"y": y, "grad_x": gx, **{f"grads_a[{i}]": a for i, a in enumerate(ga)},
-            **{f"grads_b[{i}]": b for i, b in enumerate(gb)}}
+    return {
+        "y": y,
+        "grad_x": gx,
+        **{f"grads_a[{i}]": a for i, a in enumerate(ga)},
+        **{f"grads_b[{i}]": b for i, b in enumerate(gb)},
+    }
 
 
 @settings(max_examples=20)
@@ -267,20 +272,32 @@ def test_results_do_not_depend_on_the_chunking_and_equal_blockdiag(case, single)
     specs, x, wa, wb, gy = case
     dense = {"y": neocell_forward(x, wa, wb, specs, method="blockdiag")}
     gx, ga, gb = neocell_backward(gy, x, wa, wb, specs, method="blockdiag")
-    dense.update({"grad_x": gx, **{f"grads_a[{i}]": a for i, a in enumerate(ga)},
-                  **{f"grads_b[{i}]": b for i, b in enumerate(gb)}})
+    dense.update(
+        {
+            "grad_x": gx,
+            **{f"grads_a[{i}]": a for i, a in enumerate(ga)},
+            **{f"grads_b[{i}]": b for i, b in enumerate(gb)},
+        }
+    )
     for name, value in results[0].items():
         err = relative_error(value, dense[name])
         assert err <= tol, f"{name}: one channel per chunk vs blockdiag, relative error {err:.3g} > {tol} ({case})"
 
 
-@pytest.mark.parametrize("specs, size", [
-    ([{"kernel": 4, "channels": 9, "shift": 1}, {"kernel": 7, "channels": 10, "shift": 1}], (15, 15)),
-    ([{"kernel_a": 5, "kernel_b": 3, "channels": 11, "shift_a": 2, "shift_b": 1}], (9, 7)),
-    ([{"h_in": 2, "h_out": 1, "w_in": 3, "w_out": 2, "channels": 4}], (7, 8)),
-    ([{"kernel": 2, "channels": 1, "shift": 1}, {"kernel": 7, "channels": 2}], (1, 1)),  # channel in the last sub-group
-    ([{"kernel": 7, "channels": 8, "shift": 3}], (6, 6)),   # largest shift == H
-], ids=["4+7 uneven", "shift_a!=shift_b", "down-sampling", "1x1", "max shift"])
+@pytest.mark.parametrize(
+    "specs, size",
+    [
+        ([{"kernel": 4, "channels": 9, "shift": 1}, {"kernel": 7, "channels": 10, "shift": 1}], (15, 15)),
+        ([{"kernel_a": 5, "kernel_b": 3, "channels": 11, "shift_a": 2, "shift_b": 1}], (9, 7)),
+        ([{"h_in": 2, "h_out": 1, "w_in": 3, "w_out": 2, "channels": 4}], (7, 8)),
+        (
+            [{"kernel": 2, "channels": 1, "shift": 1}, {"kernel": 7, "channels": 2}],
+            (1, 1),
+        ),  # channel in the last sub-group
+        ([{"kernel": 7, "channels": 8, "shift": 3}], (6, 6)),  # largest shift == H
+    ],
+    ids=["4+7 uneven", "shift_a!=shift_b", "down-sampling", "1x1", "max shift"],
+)
 def test_named_layers_equal_blockdiag_for_every_chunking(specs, size):
     rng = np.random.default_rng(11)
     groups = parse_specs(specs)

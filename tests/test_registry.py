@@ -22,8 +22,18 @@ from neocell_ref.models import NeoNeXt
 
 CX = importlib.import_module("neocell_ref.complexity")
 
-BUILT_IN = ("patchify", "conv1x1", "batchnorm", "neocell", "linear", "gelu", "layer_scale", "drop_path",
-            "avgpool", "layernorm")
+BUILT_IN = (
+    "patchify",
+    "conv1x1",
+    "batchnorm",
+    "neocell",
+    "linear",
+    "gelu",
+    "layer_scale",
+    "drop_path",
+    "avgpool",
+    "layernorm",
+)
 
 
 # --------------------------------------------------------------------------------------
@@ -60,15 +70,24 @@ def _toy_count(layer):
 
 def toy_kind(functions=(toy_forward, toy_backward)):
     return registry.LayerKind(
-        "toy_affine", "per-channel x·weight + bias; params ``weight``, ``bias`` (C,)",
+        "toy_affine",
+        "per-channel x·weight + bias; params ``weight``, ``bias`` (C,)",
         state=lambda i, o, options: ({"weight": (i[0],), "bias": (i[0],)}, {}),
         roles=lambda name: {"weight": "scale", "bias": "shift"}[name],
-        init=lambda desc, rng, dtype: {"weight": np.ones(desc.params["weight"], dtype),
-                                       "bias": np.zeros(desc.params["bias"], dtype)},
-        forward=_toy_model_forward, backward=_toy_model_backward, count=_toy_count,
+        init=lambda desc, rng, dtype: {
+            "weight": np.ones(desc.params["weight"], dtype),
+            "bias": np.zeros(desc.params["bias"], dtype),
+        },
+        forward=_toy_model_forward,
+        backward=_toy_model_backward,
+        count=_toy_count,
         functions=functions,
-        accumulation=lambda shapes, options, elementary: {"y": 1, "grad_x": 1, "grad_weight": shapes["x"][0],
-                                                          "grad_bias": shapes["x"][0]},
+        accumulation=lambda shapes, options, elementary: {
+            "y": 1,
+            "grad_x": 1,
+            "grad_weight": shapes["x"][0],
+            "grad_bias": shapes["x"][0],
+        },
         norm="elementwise",
     )
 
@@ -137,12 +156,14 @@ def test_a_registered_kind_runs_in_the_model(toy):
     want = logits * w + b  # by hand: the toy layer applied to the plain model's logits
     for cache in (True, False):
         got = model.forward(x, cache=cache)
-        np.testing.assert_allclose(got, want, rtol=1e-14, atol=0,
-                                   err_msg=f"toy model logits (cache={cache}) vs plain logits·w + b")
+        np.testing.assert_allclose(
+            got, want, rtol=1e-14, atol=0, err_msg=f"toy model logits (cache={cache}) vs plain logits·w + b"
+        )
     model.forward(x)
     grad_x = model.backward(g)
-    np.testing.assert_allclose(grad_x, plain.backward(g * w), rtol=1e-12, atol=1e-300,
-                               err_msg="grad_x: toy model vs plain model fed g·w")
+    np.testing.assert_allclose(
+        grad_x, plain.backward(g * w), rtol=1e-12, atol=1e-300, err_msg="grad_x: toy model vs plain model fed g·w"
+    )
     np.testing.assert_allclose(model.grads["head.toy.weight"], (g * logits).sum(0), rtol=1e-13)
     np.testing.assert_allclose(model.grads["head.toy.bias"], g.sum(0), rtol=1e-13)
     assert list(model.grads) == list(model.architecture.param_shapes()), "gradients not in state-dict order"

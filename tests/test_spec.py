@@ -37,8 +37,10 @@ METHODS = ("loop", "patchwise", "blockdiag")
 def _weights(specs, dtype=np.float64, seed=0):
     rng = np.random.default_rng(seed)
     groups = parse_specs(specs)
-    return ([rng.standard_normal(g.shape_a).astype(dtype) for g in groups],
-            [rng.standard_normal(g.shape_b).astype(dtype) for g in groups])
+    return (
+        [rng.standard_normal(g.shape_a).astype(dtype) for g in groups],
+        [rng.standard_normal(g.shape_b).astype(dtype) for g in groups],
+    )
 
 
 @contextmanager
@@ -69,19 +71,29 @@ K4 = [{"kernel": 4, "channels": 2}]
     [
         ({"kernel": 5, "channels": 3, "shift": 2}, GroupSpec(3, 5, 5, 5, 5, 2, 2)),
         ({"kernel_a": 5, "kernel_b": 5, "channels": 3, "shift": 2}, GroupSpec(3, 5, 5, 5, 5, 2, 2)),
-        ({"h_in": 5, "h_out": 5, "w_in": 5, "w_out": 5, "channels": 3, "shift_a": 2, "shift_b": 2},
-         GroupSpec(3, 5, 5, 5, 5, 2, 2)),
+        (
+            {"h_in": 5, "h_out": 5, "w_in": 5, "w_out": 5, "channels": 3, "shift_a": 2, "shift_b": 2},
+            GroupSpec(3, 5, 5, 5, 5, 2, 2),
+        ),
         ({"kernel": 7, "channels": 1}, GroupSpec(1, 7, 7, 7, 7, 0, 0)),  # missing shift = 0
-        ({"kernel_a": 4, "kernel_b": 7, "channels": 2, "shift_a": 1, "shift_b": 3},
-         GroupSpec(2, 4, 4, 7, 7, 1, 3)),
-        ({"h_in": 2, "h_out": 1, "w_in": 1, "w_out": 3, "channels": 6},
-         GroupSpec(channels=6, h_in=2, h_out=1, w_in=1, w_out=3)),
-        ({"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 6, "shift": 0},
-         GroupSpec(6, 2, 1, 2, 1, 0, 0)),
+        ({"kernel_a": 4, "kernel_b": 7, "channels": 2, "shift_a": 1, "shift_b": 3}, GroupSpec(2, 4, 4, 7, 7, 1, 3)),
+        (
+            {"h_in": 2, "h_out": 1, "w_in": 1, "w_out": 3, "channels": 6},
+            GroupSpec(channels=6, h_in=2, h_out=1, w_in=1, w_out=3),
+        ),
+        ({"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 6, "shift": 0}, GroupSpec(6, 2, 1, 2, 1, 0, 0)),
         ({"kernel": np.int64(4), "channels": np.int32(2), "shift": np.int16(1)}, GroupSpec(2, 4, 4, 4, 4, 1, 1)),
     ],
-    ids=["kernel", "kernel_a_b", "general", "no_shift", "kernel_a_b_shift_pair", "general_resample",
-         "general_shift0", "numpy_ints"],
+    ids=[
+        "kernel",
+        "kernel_a_b",
+        "general",
+        "no_shift",
+        "kernel_a_b_shift_pair",
+        "general_resample",
+        "general_shift0",
+        "numpy_ints",
+    ],
 )
 def test_dict_forms_parse_to_hand_written_groupspec(group, expected):
     got = parse_group(group)
@@ -135,8 +147,12 @@ def test_parse_specs_accepts_lists_of_mixed_representations():
         # the code's order is kept: 7 first here
         ("7+4", 5, 0, [GroupSpec(2, 7, 7, 7, 7), GroupSpec(3, 4, 4, 4, 4)]),
         # 10 // 3 = 3, last takes 10 - 2*3 = 4
-        ("3+5+7", 10, 2, [GroupSpec(3, 3, 3, 3, 3, 2, 2), GroupSpec(3, 5, 5, 5, 5, 2, 2),
-                          GroupSpec(4, 7, 7, 7, 7, 2, 2)]),
+        (
+            "3+5+7",
+            10,
+            2,
+            [GroupSpec(3, 3, 3, 3, 3, 2, 2), GroupSpec(3, 5, 5, 5, 5, 2, 2), GroupSpec(4, 7, 7, 7, 7, 2, 2)],
+        ),
         ("4+4", 2, 0, [GroupSpec(1, 4, 4, 4, 4), GroupSpec(1, 4, 4, 4, 4)]),
         (" 4 + 7 ", 2, 0, [GroupSpec(1, 4, 4, 4, 4), GroupSpec(1, 7, 7, 7, 7)]),
     ],
@@ -160,35 +176,41 @@ def test_parse_kernel_code_split_rule(data):
     assert all(g.h_in == g.h_out == g.w_in == g.w_out for g in groups), f"{code!r}: not square {groups!r}"
 
 
-@pytest.mark.parametrize("code, channels, fragments", [
-    ("4+7", 1, ["'4+7'", "channels=1"]),          # one group would get no channels
-    ("3+5+7", 2, ["'3+5+7'", "channels=2"]),
-    ("", 4, ["''"]),
-    ("4+", 4, ["'4+'"]),
-    ("+7", 4, ["'+7'"]),
-    ("4++7", 4, ["'4++7'"]),
-    ("a", 4, ["'a'"]),
-    ("4.5", 4, ["'4.5'"]),
-    ("4,7", 4, ["'4,7'"]),
-    ("4_7", 4, ["'4_7'"]),   # int() would read this as 47
-    ("0", 4, ["'0'"]),
-    ("4+-1", 4, ["'4+-1'"]),
-    ("٤", 4, ["'٤'"]),      # a non-ASCII digit that int() accepts
-])
+@pytest.mark.parametrize(
+    "code, channels, fragments",
+    [
+        ("4+7", 1, ["'4+7'", "channels=1"]),  # one group would get no channels
+        ("3+5+7", 2, ["'3+5+7'", "channels=2"]),
+        ("", 4, ["''"]),
+        ("4+", 4, ["'4+'"]),
+        ("+7", 4, ["'+7'"]),
+        ("4++7", 4, ["'4++7'"]),
+        ("a", 4, ["'a'"]),
+        ("4.5", 4, ["'4.5'"]),
+        ("4,7", 4, ["'4,7'"]),
+        ("4_7", 4, ["'4_7'"]),  # int() would read this as 47
+        ("0", 4, ["'0'"]),
+        ("4+-1", 4, ["'4+-1'"]),
+        ("٤", 4, ["'٤'"]),  # a non-ASCII digit that int() accepts
+    ],
+)
 def test_parse_kernel_code_errors(code, channels, fragments):
     with raises_before_arithmetic(ValueError, *fragments):
         parse_kernel_code(code, channels)
 
 
-@pytest.mark.parametrize("code, channels, shift, exc, fragments", [
-    (47, 4, 0, TypeError, ["47"]),
-    ("4+7", 0, 0, ValueError, ["channels", "0"]),
-    ("4+7", 4.0, 0, TypeError, ["channels", "4.0"]),
-    ("4+7", True, 0, TypeError, ["channels", "True"]),
-    ("4+7", 4, 4, ValueError, ["shift", "4"]),        # shift 4 is not smaller than kernel 4
-    ("4+7", 4, -1, ValueError, ["shift", "-1"]),
-    ("4+7", 4, 1.0, TypeError, ["shift", "1.0"]),
-])
+@pytest.mark.parametrize(
+    "code, channels, shift, exc, fragments",
+    [
+        (47, 4, 0, TypeError, ["47"]),
+        ("4+7", 0, 0, ValueError, ["channels", "0"]),
+        ("4+7", 4.0, 0, TypeError, ["channels", "4.0"]),
+        ("4+7", True, 0, TypeError, ["channels", "True"]),
+        ("4+7", 4, 4, ValueError, ["shift", "4"]),  # shift 4 is not smaller than kernel 4
+        ("4+7", 4, -1, ValueError, ["shift", "-1"]),
+        ("4+7", 4, 1.0, TypeError, ["shift", "1.0"]),
+    ],
+)
 def test_parse_kernel_code_argument_errors(code, channels, shift, exc, fragments):
     with raises_before_arithmetic(exc, *fragments):
         parse_kernel_code(code, channels, shift)
@@ -226,23 +248,38 @@ def test_shift_segments_hand_written(group, expected_segments):
     assert got == expected_segments, f"shift_segments({group!r}) = {got}, expected {expected_segments}"
 
 
-@pytest.mark.parametrize("channels, shift, subgroups, expected", [
-    (10, 1, 4, [0, 0, 1, 1, 2, 2, 3, 3, 3, 3]),
-    (3, 1, 7, [6, 6, 6]),
-    (7, 1, 7, [0, 1, 2, 3, 4, 5, 6]),
-    (8, 1, 7, [0, 1, 2, 3, 4, 5, 6, 6]),
-    (5, 2, 2, [0, 0, 2, 2, 2]),
-    (4, 0, 1, [0, 0, 0, 0]),
-])
+@pytest.mark.parametrize(
+    "channels, shift, subgroups, expected",
+    [
+        (10, 1, 4, [0, 0, 1, 1, 2, 2, 3, 3, 3, 3]),
+        (3, 1, 7, [6, 6, 6]),
+        (7, 1, 7, [0, 1, 2, 3, 4, 5, 6]),
+        (8, 1, 7, [0, 1, 2, 3, 4, 5, 6, 6]),
+        (5, 2, 2, [0, 0, 2, 2, 2]),
+        (4, 0, 1, [0, 0, 0, 0]),
+    ],
+)
 def test_channel_shifts_hand_written(channels, shift, subgroups, expected):
     got = channel_shifts(channels, shift, subgroups).tolist()
     assert got == expected, f"channel_shifts({channels}, {shift}, {subgroups}) = {got}, expected {expected}"
 
 
-@pytest.mark.parametrize("kernel, shift, subgroups, max_shift", [
-    (7, 1, 7, 6), (7, 2, 4, 6), (7, 3, 3, 6), (7, 4, 2, 4), (7, 5, 2, 5), (7, 6, 2, 6),
-    (4, 1, 4, 3), (4, 2, 2, 2), (4, 3, 2, 3), (2, 1, 2, 1), (5, 0, 1, 0),
-])
+@pytest.mark.parametrize(
+    "kernel, shift, subgroups, max_shift",
+    [
+        (7, 1, 7, 6),
+        (7, 2, 4, 6),
+        (7, 3, 3, 6),
+        (7, 4, 2, 4),
+        (7, 5, 2, 5),
+        (7, 6, 2, 6),
+        (4, 1, 4, 3),
+        (4, 2, 2, 2),
+        (4, 3, 2, 3),
+        (2, 1, 2, 1),
+        (5, 0, 1, 0),
+    ],
+)
 def test_subgroup_count_and_largest_shift(kernel, shift, subgroups, max_shift):
     """n = (k - 1) // s + 1 and largest used shift (n - 1)·s, tabulated by hand."""
     g = GroupSpec(1, kernel, kernel, kernel, kernel, shift, shift)
@@ -253,15 +290,18 @@ def test_subgroup_count_and_largest_shift(kernel, shift, subgroups, max_shift):
 # ======================================================================================
 # output size (SPEC 2) and the shift-size rule (SPEC 4)
 # ======================================================================================
-@pytest.mark.parametrize("group, size, expected", [
-    (GroupSpec(1, 2, 1, 2, 1), (8, 8), (4, 4)),
-    (GroupSpec(1, 2, 1, 2, 1), (5, 7), (2, 3)),      # floor(5/2), floor(7/2)
-    (GroupSpec(1, 1, 3, 1, 2), (4, 5), (12, 10)),
-    (GroupSpec(1, 2, 3, 2, 3), (5, 1), (7, 1)),      # floor(7.5) = 7, floor(1.5) = 1
-    (GroupSpec(1, 3, 2, 3, 2), (4, 2), (2, 1)),      # floor(8/3) = 2, floor(4/3) = 1
-    (GroupSpec(1, 7, 7, 4, 4), (10, 3), (10, 3)),    # square kernels keep the size
-    (GroupSpec(1, 7, 7, 7, 7), (1, 1), (1, 1)),
-])
+@pytest.mark.parametrize(
+    "group, size, expected",
+    [
+        (GroupSpec(1, 2, 1, 2, 1), (8, 8), (4, 4)),
+        (GroupSpec(1, 2, 1, 2, 1), (5, 7), (2, 3)),  # floor(5/2), floor(7/2)
+        (GroupSpec(1, 1, 3, 1, 2), (4, 5), (12, 10)),
+        (GroupSpec(1, 2, 3, 2, 3), (5, 1), (7, 1)),  # floor(7.5) = 7, floor(1.5) = 1
+        (GroupSpec(1, 3, 2, 3, 2), (4, 2), (2, 1)),  # floor(8/3) = 2, floor(4/3) = 1
+        (GroupSpec(1, 7, 7, 4, 4), (10, 3), (10, 3)),  # square kernels keep the size
+        (GroupSpec(1, 7, 7, 7, 7), (1, 1), (1, 1)),
+    ],
+)
 def test_output_size_floor_rule(group, size, expected):
     got = check_input_size([group], *size)
     assert got == expected, f"{group!r} on {size}: output {got}, expected {expected}"
@@ -275,12 +315,15 @@ def test_groups_with_different_ratios_that_agree_are_accepted():
     assert check_input_size(specs, 2, 4) == (1, 4)
 
 
-@pytest.mark.parametrize("group, size", [
-    (GroupSpec(1, 4, 4, 4, 4, 1, 1), (3, 3)),   # largest shift 3 == H == W: allowed
-    (GroupSpec(1, 7, 7, 7, 7, 3, 3), (6, 6)),   # 6 == 6
-    (GroupSpec(1, 2, 2, 2, 2, 1, 1), (1, 1)),   # 1 == 1
-    (GroupSpec(1, 4, 4, 7, 7, 2, 6), (2, 6)),
-])
+@pytest.mark.parametrize(
+    "group, size",
+    [
+        (GroupSpec(1, 4, 4, 4, 4, 1, 1), (3, 3)),  # largest shift 3 == H == W: allowed
+        (GroupSpec(1, 7, 7, 7, 7, 3, 3), (6, 6)),  # 6 == 6
+        (GroupSpec(1, 2, 2, 2, 2, 1, 1), (1, 1)),  # 1 == 1
+        (GroupSpec(1, 4, 4, 7, 7, 2, 6), (2, 6)),
+    ],
+)
 def test_largest_shift_equal_to_size_is_allowed(group, size):
     assert check_input_size([group], *size) == size
 
@@ -297,8 +340,11 @@ def test_largest_shift_equal_to_size_is_allowed(group, size):
         # conflicting size forms
         ({"kernel": 4, "kernel_a": 4, "kernel_b": 4, "channels": 2}, ValueError, ["kernel", "kernel_a"]),
         ({"kernel": 4, "h_in": 4, "h_out": 4, "w_in": 4, "w_out": 4, "channels": 2}, ValueError, ["kernel", "h_in"]),
-        ({"kernel_a": 4, "kernel_b": 4, "h_in": 4, "h_out": 4, "w_in": 4, "w_out": 4, "channels": 2},
-         ValueError, ["kernel_a", "h_in"]),
+        (
+            {"kernel_a": 4, "kernel_b": 4, "h_in": 4, "h_out": 4, "w_in": 4, "w_out": 4, "channels": 2},
+            ValueError,
+            ["kernel_a", "h_in"],
+        ),
         # incomplete forms, missing keys
         ({"kernel_a": 4, "channels": 2}, ValueError, ["kernel_b"]),
         ({"h_in": 2, "h_out": 1, "w_in": 2, "channels": 2}, ValueError, ["w_out"]),
@@ -327,10 +373,16 @@ def test_largest_shift_equal_to_size_is_allowed(group, size):
         ({"kernel": "4", "channels": 2}, TypeError, ["kernel", "'4'"]),
         ({"h_in": 2, "h_out": 1.5, "w_in": 2, "w_out": 1, "channels": 1}, TypeError, ["h_out", "1.5"]),
         # shift on a non-square kernel
-        ({"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 1, "shift": 1}, ValueError,
-         ["shift_a=1", "square"]),
-        ({"h_in": 3, "h_out": 3, "w_in": 1, "w_out": 2, "channels": 1, "shift_a": 1, "shift_b": 1}, ValueError,
-         ["shift_b=1", "square"]),
+        (
+            {"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 1, "shift": 1},
+            ValueError,
+            ["shift_a=1", "square"],
+        ),
+        (
+            {"h_in": 3, "h_out": 3, "w_in": 1, "w_out": 2, "channels": 1, "shift_a": 1, "shift_b": 1},
+            ValueError,
+            ["shift_b=1", "square"],
+        ),
         # shift >= kernel
         ({"kernel": 4, "channels": 2, "shift": 4}, ValueError, ["shift", "4", "smaller"]),
         ({"kernel_a": 7, "kernel_b": 2, "channels": 2, "shift_a": 1, "shift_b": 2}, ValueError, ["shift_b=2", "2"]),
@@ -345,28 +397,34 @@ def test_group_spec_errors(group, exc, fragments):
         neocell_forward(np.zeros((1, 2, 8, 8)), [np.zeros((2, 4, 4))], [np.zeros((2, 4, 4))], [group])
 
 
-@pytest.mark.parametrize("specs, exc, fragments", [
-    ([], ValueError, ["empty"]),
-    ({"kernel": 4, "channels": 2}, TypeError, ["list"]),     # a single group is not a layer
-    (GroupSpec(2, 4, 4, 4, 4), TypeError, ["list"]),
-    ("4+7", TypeError, ["'4+7'"]),
-    (None, TypeError, ["None"]),
-    (7, TypeError, ["7"]),
-    ([7], TypeError, ["7"]),
-    ([[("kernel", 4)]], TypeError, ["list"]),
-])
+@pytest.mark.parametrize(
+    "specs, exc, fragments",
+    [
+        ([], ValueError, ["empty"]),
+        ({"kernel": 4, "channels": 2}, TypeError, ["list"]),  # a single group is not a layer
+        (GroupSpec(2, 4, 4, 4, 4), TypeError, ["list"]),
+        ("4+7", TypeError, ["'4+7'"]),
+        (None, TypeError, ["None"]),
+        (7, TypeError, ["7"]),
+        ([7], TypeError, ["7"]),
+        ([[("kernel", 4)]], TypeError, ["list"]),
+    ],
+)
 def test_specs_container_errors(specs, exc, fragments):
     with raises_before_arithmetic(exc, *fragments):
         parse_specs(specs)
 
 
-@pytest.mark.parametrize("kwargs, exc, fragments", [
-    (dict(channels=1, h_in=2, h_out=1, w_in=2, w_out=1, shift_a=1), ValueError, ["shift_a=1", "square"]),
-    (dict(channels=1, h_in=4, h_out=4, w_in=4, w_out=4, shift_b=4), ValueError, ["shift_b=4"]),
-    (dict(channels=0, h_in=4, h_out=4, w_in=4, w_out=4), ValueError, ["channels", "0"]),
-    (dict(channels=1, h_in=4.0, h_out=4, w_in=4, w_out=4), TypeError, ["h_in", "4.0"]),
-    (dict(channels=1, h_in=4, h_out=4, w_in=4, w_out=False), TypeError, ["w_out", "False"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, fragments",
+    [
+        (dict(channels=1, h_in=2, h_out=1, w_in=2, w_out=1, shift_a=1), ValueError, ["shift_a=1", "square"]),
+        (dict(channels=1, h_in=4, h_out=4, w_in=4, w_out=4, shift_b=4), ValueError, ["shift_b=4"]),
+        (dict(channels=0, h_in=4, h_out=4, w_in=4, w_out=4), ValueError, ["channels", "0"]),
+        (dict(channels=1, h_in=4.0, h_out=4, w_in=4, w_out=4), TypeError, ["h_in", "4.0"]),
+        (dict(channels=1, h_in=4, h_out=4, w_in=4, w_out=False), TypeError, ["w_out", "False"]),
+    ],
+)
 def test_groupspec_constructor_errors(kwargs, exc, fragments):
     with raises_before_arithmetic(exc, *fragments):
         GroupSpec(**kwargs)
@@ -375,25 +433,28 @@ def test_groupspec_constructor_errors(kwargs, exc, fragments):
 # ======================================================================================
 # errors: input sizes against the groups
 # ======================================================================================
-@pytest.mark.parametrize("specs, size, fragments", [
-    # largest used shift larger than the spatial size: kernel 4 shift 1 uses shift 3
-    ([GroupSpec(2, 4, 4, 4, 4, 1, 1)], (2, 8), ["shift_a", "3", "H=2"]),
-    ([GroupSpec(2, 4, 4, 4, 4, 1, 1)], (8, 2), ["shift_b", "3", "W=2"]),
-    # kernel 7 shift 4: n = 2, largest 4 > 3
-    ([GroupSpec(1, 7, 7, 7, 7, 4, 0)], (3, 9), ["shift_a", "4", "H=3"]),
-    # even a group whose channels all sit in sub-group 0 would not exist: with 3 channels and
-    # kernel 7 shift 1 all channels use shift 6
-    ([GroupSpec(3, 7, 7, 7, 7, 1, 1)], (5, 9), ["shift_a", "6", "H=5"]),
-    # the second group is the culprit, and the message says which
-    ([GroupSpec(1, 3, 3, 3, 3), GroupSpec(1, 5, 5, 5, 5, 0, 2)], (9, 3), ["group 1", "shift_b", "4", "W=3"]),
-    # groups disagree on the output size
-    ([GroupSpec(1, 2, 1, 2, 1), GroupSpec(1, 4, 4, 4, 4)], (8, 8), ["disagree", "group 0", "(4, 4)", "(8, 8)"]),
-    # 3->2 gives floor(10/3) = 3 rows at H = 5, 2->1 gives floor(5/2) = 2
-    ([GroupSpec(1, 3, 2, 1, 1), GroupSpec(1, 2, 1, 1, 1)], (5, 4), ["disagree", "(3, 4)", "(2, 4)"]),
-    # output size 0
-    ([GroupSpec(1, 2, 1, 2, 1)], (1, 8), ["0x4", "1x8"]),
-    ([GroupSpec(1, 1, 1, 3, 2)], (4, 1), ["4x0", "4x1"]),
-])
+@pytest.mark.parametrize(
+    "specs, size, fragments",
+    [
+        # largest used shift larger than the spatial size: kernel 4 shift 1 uses shift 3
+        ([GroupSpec(2, 4, 4, 4, 4, 1, 1)], (2, 8), ["shift_a", "3", "H=2"]),
+        ([GroupSpec(2, 4, 4, 4, 4, 1, 1)], (8, 2), ["shift_b", "3", "W=2"]),
+        # kernel 7 shift 4: n = 2, largest 4 > 3
+        ([GroupSpec(1, 7, 7, 7, 7, 4, 0)], (3, 9), ["shift_a", "4", "H=3"]),
+        # even a group whose channels all sit in sub-group 0 would not exist: with 3 channels and
+        # kernel 7 shift 1 all channels use shift 6
+        ([GroupSpec(3, 7, 7, 7, 7, 1, 1)], (5, 9), ["shift_a", "6", "H=5"]),
+        # the second group is the culprit, and the message says which
+        ([GroupSpec(1, 3, 3, 3, 3), GroupSpec(1, 5, 5, 5, 5, 0, 2)], (9, 3), ["group 1", "shift_b", "4", "W=3"]),
+        # groups disagree on the output size
+        ([GroupSpec(1, 2, 1, 2, 1), GroupSpec(1, 4, 4, 4, 4)], (8, 8), ["disagree", "group 0", "(4, 4)", "(8, 8)"]),
+        # 3->2 gives floor(10/3) = 3 rows at H = 5, 2->1 gives floor(5/2) = 2
+        ([GroupSpec(1, 3, 2, 1, 1), GroupSpec(1, 2, 1, 1, 1)], (5, 4), ["disagree", "(3, 4)", "(2, 4)"]),
+        # output size 0
+        ([GroupSpec(1, 2, 1, 2, 1)], (1, 8), ["0x4", "1x8"]),
+        ([GroupSpec(1, 1, 1, 3, 2)], (4, 1), ["4x0", "4x1"]),
+    ],
+)
 def test_input_size_errors(specs, size, fragments):
     with raises_before_arithmetic(ValueError, *fragments):
         check_input_size(specs, *size)
@@ -406,11 +467,14 @@ def test_input_size_errors(specs, size, fragments):
         expand(wa, wb, specs, size)
 
 
-@pytest.mark.parametrize("size, exc, fragments", [
-    ((0, 4), ValueError, ["H", "0"]),
-    ((4, -1), ValueError, ["W", "-1"]),
-    ((4.0, 4), TypeError, ["H", "4.0"]),
-])
+@pytest.mark.parametrize(
+    "size, exc, fragments",
+    [
+        ((0, 4), ValueError, ["H", "0"]),
+        ((4, -1), ValueError, ["W", "-1"]),
+        ((4.0, 4), TypeError, ["H", "4.0"]),
+    ],
+)
 def test_check_input_size_argument_errors(size, exc, fragments):
     with raises_before_arithmetic(exc, *fragments):
         check_input_size(parse_specs(K4), *size)
@@ -461,7 +525,11 @@ def _mutations():
         "x_bool": (dict(x=np.ones((2, 3, 6, 5), dtype=bool)), TypeError, ["x", "bool"]),
         "x_ragged": (dict(x=[[1.0], [1.0, 2.0]]), TypeError, ["x"]),
         # weights: shapes, counts, types, values
-        "wa_shape": (dict(wa=[wa[0].transpose(0, 2, 1)[:, :3], wa[1]]), ValueError, ["weights_a[0]", "(2, 3, 4)", "(2, 4, 4)"]),
+        "wa_shape": (
+            dict(wa=[wa[0].transpose(0, 2, 1)[:, :3], wa[1]]),
+            ValueError,
+            ["weights_a[0]", "(2, 3, 4)", "(2, 4, 4)"],
+        ),
         "wb_shape": (dict(wb=[wb[0], np.ones((1, 2, 1))]), ValueError, ["weights_b[1]", "(1, 2, 1)", "(1, 1, 1)"]),
         "wa_channels": (dict(wa=[wa[0][:1], wa[1]]), ValueError, ["weights_a[0]", "(1, 4, 4)"]),
         "wa_count": (dict(wa=[wa[0]]), ValueError, ["weights_a", "1", "2 groups"]),
@@ -482,8 +550,12 @@ def _mutations():
 
 _MUTATIONS = _mutations()[-1]
 # grad_y is not an argument of the forward, so its mutations are checked on the backward only.
-_OPERATOR_ERROR_CASES = [(name, which) for name in sorted(_MUTATIONS) for which in ("forward", "backward")
-                         if not (which == "forward" and set(_MUTATIONS[name][0]) == {"gy"})]
+_OPERATOR_ERROR_CASES = [
+    (name, which)
+    for name in sorted(_MUTATIONS)
+    for which in ("forward", "backward")
+    if not (which == "forward" and set(_MUTATIONS[name][0]) == {"gy"})
+]
 
 
 @pytest.mark.parametrize("name, which", _OPERATOR_ERROR_CASES)

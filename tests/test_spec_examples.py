@@ -84,18 +84,25 @@ def test_section_4_channel_shifts():
 def test_section_7_block_parameters():
     text = section(7)
     assert re.search(r"each\s+without\s+biases:\s+80160\s+trainable\s+parameters", text)
-    model = nr.models.NeoNeXt(per_stage_layers=(1, 1, 1, 1), dims=(96, 192, 384, 768), num_classes=10,
-                              rng=np.random.default_rng(0))
-    block = {k: v for k, v in model.state_dict().items()
-             if k.startswith("stage_1.0.") and not re.search(r"running_|num_batches", k)}
+    model = nr.models.NeoNeXt(
+        per_stage_layers=(1, 1, 1, 1), dims=(96, 192, 384, 768), num_classes=10, rng=np.random.default_rng(0)
+    )
+    block = {
+        k: v
+        for k, v in model.state_dict().items()
+        if k.startswith("stage_1.0.") and not re.search(r"running_|num_batches", k)
+    }
     assert sum(v.size for v in block.values()) == 80160, {k: v.shape for k, v in block.items()}
 
 
-@pytest.mark.parametrize("written, value", [
-    ("4\\,214\\,784", lambda r: r.neocell_macs),
-    ("33\\,718\\,272", lambda r: r.blockdiag_macs),
-    ("14\\,751\\,744", lambda r: r.depthwise_macs),
-])
+@pytest.mark.parametrize(
+    "written, value",
+    [
+        ("4\\,214\\,784", lambda r: r.neocell_macs),
+        ("33\\,718\\,272", lambda r: r.blockdiag_macs),
+        ("14\\,751\\,744", lambda r: r.depthwise_macs),
+    ],
+)
 def test_section_8_cost_example(written, value):
     assert written in section(8), f"section 8's example no longer states {written}"
     number = int(written.replace("\\,", ""))

@@ -45,8 +45,11 @@ def test_torch_cpu_half_matmul_accumulates_in_float32(dtype):
     a[0, 0] = 1.0
     b = torch.ones((4096, 1), dtype=dtype)
     want = float(torch.tensor(1 + 4095 * t).to(dtype))
-    for label, value in (("matmul", a @ b), ("bmm", torch.bmm(a[None], b[None])),
-                         ("einsum", torch.einsum("ph,ho->po", a, b))):
+    for label, value in (
+        ("matmul", a @ b),
+        ("bmm", torch.bmm(a[None], b[None])),
+        ("einsum", torch.einsum("ph,ho->po", a, b)),
+    ):
         assert float(value) == want, f"{dtype} {label}: {float(value)}, float32 accumulation gives {want}"
 
 
@@ -54,8 +57,9 @@ def test_torch_cpu_half_matmul_accumulates_in_float32(dtype):
 def test_torch_port_passes_half_precision_golden_set(tmp_path, dtype):
     """The port computing every tensor in float16 / bfloat16 (CPU) passes the half set."""
     export_golden(tmp_path, dtype=dtype, operations=["neocell"])
-    report = verify_golden(tmp_path, "neocell", getattr(neocell_torch, f"forward_{dtype}"),
-                           getattr(neocell_torch, f"backward_{dtype}"))
+    report = verify_golden(
+        tmp_path, "neocell", getattr(neocell_torch, f"forward_{dtype}"), getattr(neocell_torch, f"backward_{dtype}")
+    )
     assert report.passed, report.table()
     worst = max(r.ratio for r in report.results)
     print(f"torch port, {dtype}: worst error/allowed {worst:.3f}")

@@ -86,8 +86,9 @@ def test_synthetic_patterns_have_the_labelled_structure():
 
 def test_short_training_run_reduces_the_loss():
     rng = np.random.default_rng(0)
-    model = nr.models.NeoNeXt((1, 1, 1, 1), (8, 16, 24, 32), num_classes=4, kernel_spec="2+3",
-                              resolution=32, rng=np.random.default_rng(0))
+    model = nr.models.NeoNeXt(
+        (1, 1, 1, 1), (8, 16, 24, 32), num_classes=4, kernel_spec="2+3", resolution=32, rng=np.random.default_rng(0)
+    )
     x_val, y_val = synthetic_patterns(np.random.default_rng(123), 256)
 
     def held_out():

@@ -100,8 +100,17 @@ def test_c_port_passes_the_core_set_through_the_cli(c_port, sets, dtype, capsys,
 
 def test_c_port_forward_only(c_port, sets, capsys, tmp_path):
     report_file = tmp_path / "report.json"
-    code, out, err = verify(capsys, sets["float32"], "--exec", f"{c_port} {{in}} {{out}}", "--forward-only",
-                            "--timeout", "30", "--json", report_file)
+    code, out, err = verify(
+        capsys,
+        sets["float32"],
+        "--exec",
+        f"{c_port} {{in}} {{out}}",
+        "--forward-only",
+        "--timeout",
+        "30",
+        "--json",
+        report_file,
+    )
     assert code == 0, out + err
     report = json.loads(report_file.read_text())
     assert sorted({r["array"] for r in report["results"]}) == ["y"] and len(report["results"]) == len(CASES)
@@ -114,8 +123,9 @@ def test_c_port_forward_only(c_port, sets, capsys, tmp_path):
 def test_mutant_python_port_fails_through_exec_with_a_diagnosis(script, sets, capsys, tmp_path):
     """A port that reads weight_a transposed fails, every failing array diagnosed kernel-transposed."""
     report_file = tmp_path / "report.json"
-    code, out, err = verify(capsys, sets["float64"], "--exec", script("mutant:transpose_a"),
-                            *only("k7_square_14x14"), "--json", report_file)
+    code, out, err = verify(
+        capsys, sets["float64"], "--exec", script("mutant:transpose_a"), *only("k7_square_14x14"), "--json", report_file
+    )
     assert code == 1, out + err
     report = json.loads(report_file.read_text())
     failed = [r for r in report["results"] if not r["passed"]]
@@ -142,8 +152,17 @@ def test_a_failed_run_fails_its_case_and_the_run_goes_on(script, sets, capsys, t
 
 def test_timeout_fails_the_case(sets, capsys, tmp_path):
     report_file = tmp_path / "report.json"
-    code, out, err = verify(capsys, sets["float64"], "--exec", "sh -c 'echo hanging >&2; sleep 30' {in} {out}",
-                            "--timeout", "0.5", *only("k7_input_1x1"), "--json", report_file)
+    code, out, err = verify(
+        capsys,
+        sets["float64"],
+        "--exec",
+        "sh -c 'echo hanging >&2; sleep 30' {in} {out}",
+        "--timeout",
+        "0.5",
+        *only("k7_input_1x1"),
+        "--json",
+        report_file,
+    )
     assert code == 1, out + err
     (row,) = json.loads(report_file.read_text())["results"]
     assert row["array"] == "(exec run)" and "timed out after 0.5 s" in row["message"], row
@@ -157,8 +176,16 @@ def test_wrong_output_size_is_a_failed_run(script, sets, capsys, tmp_path):
     diagnosed when a Python port returns it, tests/test_diagnosis.py).
     """
     report_file = tmp_path / "report.json"
-    code, out, err = verify(capsys, sets["float64"], "--exec", script("mutant:round_size"), "--forward-only",
-                            *only("down_2to1_9x7"), "--json", report_file)
+    code, out, err = verify(
+        capsys,
+        sets["float64"],
+        "--exec",
+        script("mutant:round_size"),
+        "--forward-only",
+        *only("down_2to1_9x7"),
+        "--json",
+        report_file,
+    )
     assert code == 1, out + err
     (row,) = json.loads(report_file.read_text())["results"]
     assert row["array"] == "(exec run)" and row["diagnosis"] is None
@@ -180,20 +207,35 @@ def test_run_exec_and_compare_shares_the_comparison(script, sets):
 # --------------------------------------------------------------------------------------
 # unusable commands and option mixes: exit 2, one line, nothing run
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("args, words", [
-    (["--exec", "no-such-program-h11 {in} {out}"], ["not an executable"]),
-    (["--exec", "true"], ["no {in} placeholder"]),
-    (["--exec", ""], ["empty"]),
-    (["--exec", "true {in} {out}", "--forward", "mutant_ports:correct_forward"], ["mutually exclusive"]),
-    (["--exec", "true {in} {out}", "--backward", "mutant_ports:correct_backward"], ["mutually exclusive"]),
-    (["--forward", "mutant_ports:correct_forward", "--forward-only"], ["apply to --exec"]),
-    (["--forward", "mutant_ports:correct_forward", "--timeout", "5"], ["apply to --exec"]),
-    (["--exec", "true {in} {out}", "--timeout", "0"], ["timeout"]),
-    (["--exec", "true {in} {out}", "--timeout", "inf"], ["timeout"]),
-    (["--exec", "true {in} {out}", "--timeout", "nan"], ["timeout"]),
-    (["--exec", "true {in} {out}", "--timeout", "-1"], ["timeout"]),
-], ids=["missing-program", "no-placeholder", "empty", "with-forward", "with-backward", "forward-only-alone",
-        "timeout-alone", "timeout-0", "timeout-inf", "timeout-nan", "timeout-negative"])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--exec", "no-such-program-h11 {in} {out}"], ["not an executable"]),
+        (["--exec", "true"], ["no {in} placeholder"]),
+        (["--exec", ""], ["empty"]),
+        (["--exec", "true {in} {out}", "--forward", "mutant_ports:correct_forward"], ["mutually exclusive"]),
+        (["--exec", "true {in} {out}", "--backward", "mutant_ports:correct_backward"], ["mutually exclusive"]),
+        (["--forward", "mutant_ports:correct_forward", "--forward-only"], ["apply to --exec"]),
+        (["--forward", "mutant_ports:correct_forward", "--timeout", "5"], ["apply to --exec"]),
+        (["--exec", "true {in} {out}", "--timeout", "0"], ["timeout"]),
+        (["--exec", "true {in} {out}", "--timeout", "inf"], ["timeout"]),
+        (["--exec", "true {in} {out}", "--timeout", "nan"], ["timeout"]),
+        (["--exec", "true {in} {out}", "--timeout", "-1"], ["timeout"]),
+    ],
+    ids=[
+        "missing-program",
+        "no-placeholder",
+        "empty",
+        "with-forward",
+        "with-backward",
+        "forward-only-alone",
+        "timeout-alone",
+        "timeout-0",
+        "timeout-inf",
+        "timeout-nan",
+        "timeout-negative",
+    ],
+)
 def test_unusable_exec_arguments_exit_2(sets, capsys, args, words):
     assert_unusable(*verify(capsys, sets["float64"], *args), *words)
 

@@ -51,9 +51,11 @@ def main(argv=None):
     from neocell_ref.models import NeoNeXt
 
     port.INTRA_OP_THREADS = args.threads
-    print(f"python {platform.python_version()}, numpy {np.__version__}, onnx {onnx.__version__}, "
-          f"onnxruntime {ort.__version__}, opset {port.OPSET}, threads {args.threads or 'default'}, "
-          f"cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"python {platform.python_version()}, numpy {np.__version__}, onnx {onnx.__version__}, "
+        f"onnxruntime {ort.__version__}, opset {port.OPSET}, threads {args.threads or 'default'}, "
+        f"cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f}"
+    )
 
     def size(model):
         return len(model.graph.node), sum(len(t.raw_data) for t in model.graph.initializer)
@@ -81,34 +83,49 @@ def main(argv=None):
 
     patch_model = port.build_neocell_model(specs, shape)
     patch_sess = port.session(patch_model)
-    feeds = {"x": x32, **{f"weight_a_{g}": w for g, w in enumerate(wa32)}, **{f"weight_b_{g}": w for g, w in enumerate(wb32)}}
+    feeds = {
+        "x": x32,
+        **{f"weight_a_{g}": w for g, w in enumerate(wa32)},
+        **{f"weight_b_{g}": w for g, w in enumerate(wb32)},
+    }
 
     # block-diagonal alternative: y = A_full @ x @ B_full, expanded matrices as initializers
     a_full, b_full = nr.expand(wa32, wb32, specs, shape[2:])
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["A", "x"], ["z"]), helper.make_node("MatMul", ["z", "B"], ["y"])], "blockdiag",
+        [helper.make_node("MatMul", ["A", "x"], ["z"]), helper.make_node("MatMul", ["z", "B"], ["y"])],
+        "blockdiag",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))],
-        initializer=[numpy_helper.from_array(a_full.astype(np.float32), "A"),
-                     numpy_helper.from_array(b_full.astype(np.float32), "B")])
+        initializer=[
+            numpy_helper.from_array(a_full.astype(np.float32), "A"),
+            numpy_helper.from_array(b_full.astype(np.float32), "B"),
+        ],
+    )
     block_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", port.OPSET)])
     block_model.ir_version = min(block_model.ir_version, 10)
     block_sess = port.session(block_model)
 
     ref = nr.neocell_forward(x64, wa, wb, specs)
-    for name, got in (("patch-wise graph", patch_sess.run(None, feeds)[0]),
-                      ("block-diagonal graph", block_sess.run(None, {"x": x32})[0])):
+    for name, got in (
+        ("patch-wise graph", patch_sess.run(None, feeds)[0]),
+        ("block-diagonal graph", block_sess.run(None, {"x": x32})[0]),
+    ):
         print(f"{name}: relative error vs float64 reference {np.abs(got - ref).max() / np.abs(ref).max():.2g}")
     print(f"\nNeoCell {shape} '4+7' shift 1, float32 graphs")
     for name, model in (("patch-wise graph", patch_model), ("block-diagonal graph", block_model)):
         nodes, nbytes = size(model)
-        print(f"  {name:<24} {nodes:5d} nodes, initializers {nbytes / 1e6:8.3f} MB, model {model.ByteSize() / 1e6:8.3f} MB")
-    times = timed({
-        "onnx patch-wise (f32)": lambda: patch_sess.run(None, feeds),
-        "onnx block-diagonal (f32)": lambda: block_sess.run(None, {"x": x32}),
-        "numpy neocell_forward f32": lambda: nr.neocell_forward(x32, wa32, wb32, specs),
-        "numpy neocell_forward f64": lambda: nr.neocell_forward(x64, wa, wb, specs),
-    }, args.repeat)
+        print(
+            f"  {name:<24} {nodes:5d} nodes, initializers {nbytes / 1e6:8.3f} MB, model {model.ByteSize() / 1e6:8.3f} MB"
+        )
+    times = timed(
+        {
+            "onnx patch-wise (f32)": lambda: patch_sess.run(None, feeds),
+            "onnx block-diagonal (f32)": lambda: block_sess.run(None, {"x": x32}),
+            "numpy neocell_forward f32": lambda: nr.neocell_forward(x32, wa32, wb32, specs),
+            "numpy neocell_forward f64": lambda: nr.neocell_forward(x64, wa, wb, specs),
+        },
+        args.repeat,
+    )
     base = times["numpy neocell_forward f32"][0]
     for k, (med, mn) in times.items():
         print(f"  {k:<28} {med * 1e3:8.1f} ms ({mn * 1e3:7.1f})   x{base / med:5.2f} vs numpy f32")
@@ -125,14 +142,19 @@ def main(argv=None):
     sess = port.session(onnx_model)
     t_session = time.perf_counter() - t
     nodes, nbytes = size(onnx_model)
-    print(f"\nNeoNeXt-T 224 px batch 1: {nodes} nodes, initializers {nbytes / 1e6:.1f} MB, model "
-          f"{onnx_model.ByteSize() / 1e6:.1f} MB; graph built in {t_build:.2f} s, session in {t_session:.2f} s")
+    print(
+        f"\nNeoNeXt-T 224 px batch 1: {nodes} nodes, initializers {nbytes / 1e6:.1f} MB, model "
+        f"{onnx_model.ByteSize() / 1e6:.1f} MB; graph built in {t_build:.2f} s, session in {t_session:.2f} s"
+    )
     x32 = x.astype(np.float32)
-    times = timed({
-        "onnx (f32)": lambda: sess.run(None, {"x": x32}),
-        "numpy NeoNeXt f32": lambda: model32.forward(x32, cache=False),
-        "numpy NeoNeXt f64": lambda: model64.forward(x, cache=False),
-    }, args.repeat)
+    times = timed(
+        {
+            "onnx (f32)": lambda: sess.run(None, {"x": x32}),
+            "numpy NeoNeXt f32": lambda: model32.forward(x32, cache=False),
+            "numpy NeoNeXt f64": lambda: model64.forward(x, cache=False),
+        },
+        args.repeat,
+    )
     base = times["numpy NeoNeXt f32"][0]
     for k, (med, mn) in times.items():
         print(f"  {k:<28} {med * 1e3:8.1f} ms ({mn * 1e3:7.1f})   x{base / med:5.2f} vs numpy f32")

@@ -103,8 +103,19 @@ def _int(value, name, minimum):
     return int(value)
 
 
-_GROUP_KEYS = {"kernel", "kernel_a", "kernel_b", "h_in", "h_out", "w_in", "w_out", "channels", "shift",
-               "shift_a", "shift_b"}
+_GROUP_KEYS = {
+    "kernel",
+    "kernel_a",
+    "kernel_b",
+    "h_in",
+    "h_out",
+    "w_in",
+    "w_out",
+    "channels",
+    "shift",
+    "shift_a",
+    "shift_b",
+}
 
 
 def _group(group, index):
@@ -177,7 +188,9 @@ def _output_size(groups, height, width):
     for i, (_, h_in, h_out, w_in, w_out, sa, sb) in enumerate(groups):
         for s, k, length, axis in ((sa, h_out, height, "H"), (sb, w_out, width, "W")):
             if s and ((k - 1) // s) * s > length:
-                raise ValueError(f"specs[{i}]: largest used shift {((k - 1) // s) * s} exceeds the input {axis}={length}")
+                raise ValueError(
+                    f"specs[{i}]: largest used shift {((k - 1) // s) * s} exceeds the input {axis}={length}"
+                )
         sizes.add((_axis(height, h_in, h_out, 0)[4], _axis(width, w_in, w_out, 0)[4]))
     if len(sizes) != 1:
         raise ValueError(f"the groups disagree on the output size: {sorted(sizes)}")
@@ -228,11 +241,14 @@ class _Graph:
         return out
 
     def model(self, output, shape, graph_name):
-        graph = helper.make_graph(self.nodes, graph_name, self.inputs,
-                                  [helper.make_tensor_value_info(output, TensorProto.FLOAT, list(shape))],
-                                  initializer=self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="neocell_onnx")
+        graph = helper.make_graph(
+            self.nodes,
+            graph_name,
+            self.inputs,
+            [helper.make_tensor_value_info(output, TensorProto.FLOAT, list(shape))],
+            initializer=self.initializers,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="neocell_onnx")
         model.ir_version = min(model.ir_version, 10)  # readable by older runtimes too
         onnx.checker.check_model(model)
         return model
@@ -279,15 +295,25 @@ def emit_neocell(g, x, shape, groups, kernel, *, prefix="neocell", mutation=None
             fw, bw, tw, cw, _ = _axis(width, w_in, k_wo, sb)
             xs = x
             if c != channels:
-                xs = g.op("Slice", [x, g.ints([offset + start], tag + ".c0"), g.ints([offset + stop], tag + ".c1"),
-                                    g.ints([1], tag + ".ax")], tag + ".x")
+                xs = g.op(
+                    "Slice",
+                    [
+                        x,
+                        g.ints([offset + start], tag + ".c0"),
+                        g.ints([offset + stop], tag + ".c1"),
+                        g.ints([1], tag + ".ax"),
+                    ],
+                    tag + ".x",
+                )
             if fh or bh or fw or bw:
                 xs = g.op("Pad", [xs, g.ints([0, 0, fh, fw, 0, 0, bh, bw], tag + ".pads")], tag + ".pad")
             a = kernel("a", gi, start, stop)
             b = kernel("b", gi, start, stop)
             if mutation == "kernels-swapped":  # A <- B^T, B <- A^T (square kernels only)
-                a, b = (g.op("Transpose", [b], tag + ".bT", perm=[0, 2, 1]),
-                        g.op("Transpose", [a], tag + ".aT", perm=[0, 2, 1]))
+                a, b = (
+                    g.op("Transpose", [b], tag + ".bT", perm=[0, 2, 1]),
+                    g.op("Transpose", [a], tag + ".aT", perm=[0, 2, 1]),
+                )
             # A on every tile: (1, c, 1, h_out, h_in) @ (N, c, th, h_in, tw*w_in)
             tiles = g.op("Reshape", [xs, g.ints([n, c, th, h_in, tw * w_in], tag + ".s1")], tag + ".rows")
             a5 = g.op("Reshape", [a, g.ints([1, c, 1, k_ho, h_in], tag + ".s2")], tag + ".a5")
@@ -297,8 +323,16 @@ def emit_neocell(g, x, shape, groups, kernel, *, prefix="neocell", mutation=None
             y = g.op("MatMul", [z, b], tag + ".APB")
             y = g.op("Reshape", [y, g.ints([n, c, th * k_ho, tw * k_wo], tag + ".s4")], tag + ".plane")
             if ch or cw or th * k_ho != h_out or tw * k_wo != w_out:
-                y = g.op("Slice", [y, g.ints([ch, cw], tag + ".y0"), g.ints([ch + h_out, cw + w_out], tag + ".y1"),
-                                   g.ints([2, 3], tag + ".yax")], tag + ".crop")
+                y = g.op(
+                    "Slice",
+                    [
+                        y,
+                        g.ints([ch, cw], tag + ".y0"),
+                        g.ints([ch + h_out, cw + w_out], tag + ".y1"),
+                        g.ints([2, 3], tag + ".yax"),
+                    ],
+                    tag + ".crop",
+                )
             if mutation == "shift-corner-dropped" and (sa or sb):
                 mask = np.ones((h_out, w_out), dtype=np.float32)
                 mask[:sa, :] = 0.0  # rows filled only by A's wrapped corner
@@ -332,8 +366,11 @@ def emit_conv1x1(g, x, ndim, weight4, bias, prefix):
     x4 = g.op("Reshape", [x, g.ints([0, 0, -1, 1], prefix + ".to4")], prefix + ".x4")
     y4 = g.op("Conv", [x4] + inputs, prefix + ".conv")
     # the output keeps every axis of x but the channel axis, which becomes `out`
-    out_c = g.op("Slice", [g.op("Shape", [weight4], prefix + ".wshape"), g.ints([0], prefix + ".o0"),
-                           g.ints([1], prefix + ".o1")], prefix + ".cout")
+    out_c = g.op(
+        "Slice",
+        [g.op("Shape", [weight4], prefix + ".wshape"), g.ints([0], prefix + ".o0"), g.ints([1], prefix + ".o1")],
+        prefix + ".cout",
+    )
     head = g.op("Slice", [shape_in, g.ints([0], prefix + ".h0"), g.ints([1], prefix + ".h1")], prefix + ".n")
     tail = g.op("Slice", [shape_in, g.ints([2], prefix + ".t0"), g.ints([ndim], prefix + ".t1")], prefix + ".rest")
     shape_out = g.op("Concat", [head, out_c, tail], prefix + ".shape_out", axis=0)
@@ -360,11 +397,13 @@ def emit_batchnorm(g, x, weight, bias, mean, var, *, training, eps, prefix):
     mu = g.op("ReduceMean", [x, axes], prefix + ".mean", keepdims=1)
     centred = g.op("Sub", [x, mu], prefix + ".centred")
     var_b = g.op("ReduceMean", [g.op("Mul", [centred, centred], prefix + ".sq"), axes], prefix + ".var", keepdims=1)
-    std = g.op("Sqrt", [g.op("Add", [var_b, g.const(np.float32(eps), prefix + ".eps")], prefix + ".var_eps")],
-               prefix + ".std")
+    std = g.op(
+        "Sqrt", [g.op("Add", [var_b, g.const(np.float32(eps), prefix + ".eps")], prefix + ".var_eps")], prefix + ".std"
+    )
     scale = g.op("Div", [_channel_vector(g, weight, 4, prefix + ".w"), std], prefix + ".scale")
-    return g.op("Add", [g.op("Mul", [centred, scale], prefix + ".scaled"), _channel_vector(g, bias, 4, prefix + ".b")],
-                prefix)
+    return g.op(
+        "Add", [g.op("Mul", [centred, scale], prefix + ".scaled"), _channel_vector(g, bias, 4, prefix + ".b")], prefix
+    )
 
 
 def emit_layernorm(g, x, ndim, weight, bias, *, eps, prefix):
@@ -464,7 +503,9 @@ def build_neocell_model(specs, x_shape, *, mutation=None):
         if stop - start == groups[gi][0]:
             return w
         tag = f"{w}.c{start}_{stop}"
-        return g.op("Slice", [w, g.ints([start], tag + ".0"), g.ints([stop], tag + ".1"), g.ints([0], tag + ".ax")], tag)
+        return g.op(
+            "Slice", [w, g.ints([start], tag + ".0"), g.ints([stop], tag + ".1"), g.ints([0], tag + ".ax")], tag
+        )
 
     y, out_shape = emit_neocell(g, x, tuple(x_shape), groups, kernel, mutation=mutation)
     y = g.op("Identity", [y], "y")
@@ -521,19 +562,23 @@ def _rank(shape, minimum, name="x"):
 
 def linear_forward(x, weight, bias=None):
     """``y[n, o, ...] = Σ_i W[o, i] x[n, i, ...] + b[o]``, x ``(N, C_in, *S)``."""
+
     def emit(g, t, s):
         if len(s["weight"]) != 2 or s["weight"][1] != s["x"][1]:
             raise ValueError(f"weight {s['weight']} does not fit x {s['x']}")
         y = emit_linear(g, t["x"], _rank(s["x"], 2), t["weight"], t.get("bias"), "linear")
         return y, (s["x"][0], s["weight"][0], *s["x"][2:])
+
     return _run_layer("linear", {"x": x, "weight": weight, "bias": bias}, {}, emit)
 
 
 def conv1x1_forward(x, weight):
     """Bias-free 1x1 convolution, ``weight (C_out, C_in, 1, 1)``."""
+
     def emit(g, t, s):
         _rank(s["x"], 4)
         return emit_conv1x1(g, t["x"], 4, t["weight"], None, "conv1x1"), (s["x"][0], s["weight"][0], *s["x"][2:])
+
     return _run_layer("conv1x1", {"x": x, "weight": weight}, {}, emit)
 
 
@@ -547,16 +592,28 @@ def batchnorm_forward(x, weight, bias, running_mean=None, running_var=None, *, t
 
     def emit(g, t, s):
         _rank(s["x"], 4)
-        y = emit_batchnorm(g, t["x"], t["weight"], t["bias"], t.get("running_mean"), t.get("running_var"),
-                           training=bool(training), eps=eps, prefix="batchnorm")
+        y = emit_batchnorm(
+            g,
+            t["x"],
+            t["weight"],
+            t["bias"],
+            t.get("running_mean"),
+            t.get("running_var"),
+            training=bool(training),
+            eps=eps,
+            prefix="batchnorm",
+        )
         return y, s["x"]
+
     return _run_layer("batchnorm", arrays, {"training": bool(training), "eps": float(eps)}, emit)
 
 
 def layernorm_forward(x, weight, bias, *, eps=1e-6):
     """LayerNorm over the channel axis of ``(N, C, *S)``."""
+
     def emit(g, t, s):
         return emit_layernorm(g, t["x"], _rank(s["x"], 2), t["weight"], t["bias"], eps=eps, prefix="layernorm"), s["x"]
+
     return _run_layer("layernorm", {"x": x, "weight": weight, "bias": bias}, {"eps": float(eps)}, emit)
 
 
@@ -574,36 +631,55 @@ def patchify_forward(x, *, patch=4):
         if n is None or h % patch or w % patch:
             raise ValueError(f"x must be (N, C, H, W) with H, W multiples of {patch}, got {s['x']}")
         return emit_patchify(g, t["x"], s["x"], patch, "patchify"), (n, c * patch * patch, h // patch, w // patch)
+
     return _run_layer("patchify", {"x": x}, {"patch": patch}, emit)
 
 
 def avgpool_forward(x):
     """Global average pooling ``(N, C, H, W) -> (N, C)``."""
+
     def emit(g, t, s):
         _rank(s["x"], 4)
         return emit_avgpool(g, t["x"], "avgpool"), s["x"][:2]
+
     return _run_layer("avgpool", {"x": x}, {}, emit)
 
 
 def layer_scale_forward(x, gamma):
     """``y = gamma[c]·x[n, c, ...]``."""
-    return _run_layer("layer_scale", {"x": x, "gamma": gamma}, {},
-                      lambda g, t, s: (emit_layer_scale(g, t["x"], _rank(s["x"], 2), t["gamma"], "layer_scale"), s["x"]))
+    return _run_layer(
+        "layer_scale",
+        {"x": x, "gamma": gamma},
+        {},
+        lambda g, t, s: (emit_layer_scale(g, t["x"], _rank(s["x"], 2), t["gamma"], "layer_scale"), s["x"]),
+    )
 
 
 def drop_path_forward(x, scale):
     """``y[n] = scale[n]·x[n]``."""
-    return _run_layer("drop_path", {"x": x, "scale": scale}, {},
-                      lambda g, t, s: (emit_drop_path(g, t["x"], _rank(s["x"], 1), t["scale"], "drop_path"), s["x"]))
+    return _run_layer(
+        "drop_path",
+        {"x": x, "scale": scale},
+        {},
+        lambda g, t, s: (emit_drop_path(g, t["x"], _rank(s["x"], 1), t["scale"], "drop_path"), s["x"]),
+    )
 
 
 # ======================================================================================
 # the whole NeoNeXt (SPEC section 7)
 # ======================================================================================
 #: NeoNeXtConfig's options and defaults (NeoNeXt-T, official option defaults).
-CONFIG_DEFAULTS = dict(per_stage_layers=(3, 3, 9, 3), dims=(96, 192, 384, 768), num_classes=1000,
-                       kernel_spec="default", shifts=(1, 1, 1, 0), layer_scale_init_value=0.0,
-                       linear_bias=False, drop_path=0.0, in_chans=3)
+CONFIG_DEFAULTS = dict(
+    per_stage_layers=(3, 3, 9, 3),
+    dims=(96, 192, 384, 768),
+    num_classes=1000,
+    kernel_spec="default",
+    shifts=(1, 1, 1, 0),
+    layer_scale_init_value=0.0,
+    linear_bias=False,
+    drop_path=0.0,
+    in_chans=3,
+)
 _PATCH, _BN_EPS, _LN_EPS = 4, 1e-5, 1e-6
 
 
@@ -670,17 +746,26 @@ def build_neonext_model(state, config, x_shape, *, training=False, mutation=None
     g = _Graph()
     n, c_in, h, w = x_shape
     if c_in != cfg["in_chans"] or h % _PATCH or w % _PATCH:
-        raise ValueError(f"x shape {tuple(x_shape)} does not fit in_chans={cfg['in_chans']} and a {_PATCH}x{_PATCH} stem")
+        raise ValueError(
+            f"x shape {tuple(x_shape)} does not fit in_chans={cfg['in_chans']} and a {_PATCH}x{_PATCH} stem"
+        )
     x = g.input("x", x_shape)
 
     def const(name):
         return g.const(p(name), name)
 
     def batchnorm(x, name):
-        return emit_batchnorm(g, x, const(f"{name}.weight"), const(f"{name}.bias"),
-                              None if training else const(f"{name}.running_mean"),
-                              None if training else const(f"{name}.running_var"),
-                              training=training, eps=_BN_EPS, prefix=name)
+        return emit_batchnorm(
+            g,
+            x,
+            const(f"{name}.weight"),
+            const(f"{name}.bias"),
+            None if training else const(f"{name}.running_mean"),
+            None if training else const(f"{name}.running_var"),
+            training=training,
+            eps=_BN_EPS,
+            prefix=name,
+        )
 
     def conv(x, name):
         return emit_conv1x1(g, x, 4, const(f"{name}.weight"), None, name)
@@ -689,11 +774,16 @@ def build_neonext_model(state, config, x_shape, *, training=False, mutation=None
         kernels = [(p(f"{name}.weight_a.{i}"), p(f"{name}.weight_b.{i}")) for i in range(len(groups))]
         for i, (c, h_in, h_out, w_in, w_out, _, _) in enumerate(groups):
             if kernels[i][0].shape != (c, h_out, h_in) or kernels[i][1].shape != (c, w_in, w_out):
-                raise ValueError(f"{name}: kernel shapes {kernels[i][0].shape}, {kernels[i][1].shape} do not fit "
-                                 f"group {i} {(c, h_in, h_out, w_in, w_out)}")
+                raise ValueError(
+                    f"{name}: kernel shapes {kernels[i][0].shape}, {kernels[i][1].shape} do not fit "
+                    f"group {i} {(c, h_in, h_out, w_in, w_out)}"
+                )
 
         def kernel(side, gi, start, stop):
-            return g.const(kernels[gi][0 if side == "a" else 1][start:stop], f"{name}.weight_{side}.{gi}.c{start}_{stop}")
+            return g.const(
+                kernels[gi][0 if side == "a" else 1][start:stop], f"{name}.weight_{side}.{gi}.c{start}_{stop}"
+            )
+
         return emit_neocell(g, x, shape, groups, kernel, prefix=name, mutation=mutation)
 
     # stem: patchify, 1x1 conv, BatchNorm
@@ -727,7 +817,9 @@ def build_neonext_model(state, config, x_shape, *, training=False, mutation=None
     x = emit_avgpool(g, x, "head.avgpool")
     x = emit_layernorm(g, x, 2, const("head.ln.weight"), const("head.ln.bias"), eps=_LN_EPS, prefix="head.ln")
     x = emit_linear(g, x, 2, const("head.fc.weight"), const("head.fc.bias"), "head.fc")
-    unused = sorted(k for k in state if k not in used and not k.endswith(("num_batches_tracked", "running_mean", "running_var")))
+    unused = sorted(
+        k for k in state if k not in used and not k.endswith(("num_batches_tracked", "running_mean", "running_var"))
+    )
     if unused:
         raise ValueError(f"state has entries this config does not use: {unused[:5]}")
     return g.model(g.op("Identity", [x], "logits"), (n, cfg["num_classes"]), "neonext")

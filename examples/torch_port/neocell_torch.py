@@ -85,11 +85,11 @@ def neocell(x, weights_a, weights_b, specs):
             sa, sb = pairs[i]
             fh, bh, ch, ho = _axis(height, h_in, h_out, sa)
             fw, bw, cw, wo = _axis(width, w_in, w_out, sb)
-            xs = F.pad(x[:, start + i:start + j], (fw, bw, fh, bh))
+            xs = F.pad(x[:, start + i : start + j], (fw, bw, fh, bh))
             th, tw = xs.shape[2] // h_in, xs.shape[3] // w_in
             tiles = xs.reshape(n, j - i, th, h_in, tw, w_in)
             y = torch.einsum("cph,nctheu,cuo->nctpeo", weights_a[g][i:j], tiles, weights_b[g][i:j])
-            y = y.reshape(n, j - i, th * h_out, tw * w_out)[:, :, ch:ch + ho, cw:cw + wo]
+            y = y.reshape(n, j - i, th * h_out, tw * w_out)[:, :, ch : ch + ho, cw : cw + wo]
             outputs.append(y)
             i = j
         start += channels
@@ -124,7 +124,7 @@ def backward(grad_y, x, weights_a, weights_b, specs, dtype=torch.float64):
     y = neocell(xt, wa, wb, specs)
     grads = torch.autograd.grad(y, [xt, *wa, *wb], grad_outputs=_tensor(grad_y, dtype))
     groups = len(specs)
-    return _numpy(grads[0]), [_numpy(t) for t in grads[1:1 + groups]], [_numpy(t) for t in grads[1 + groups:]]
+    return _numpy(grads[0]), [_numpy(t) for t in grads[1 : 1 + groups]], [_numpy(t) for t in grads[1 + groups :]]
 
 
 forward_float16 = functools.partial(forward, dtype=torch.float16)
