@@ -44,6 +44,10 @@ BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
 LN_EPS = 1e-6
 PATCH = 4
+#: The deepest network :func:`describe` lays out block by block (NeoNeXt-XL has 36
+#: blocks). Deeper ones are refused at once instead of taking minutes to describe;
+#: :func:`neocell_ref.model_complexity` still counts them (in closed form).
+MAX_BLOCKS = 10_000
 STEM_IN = 3
 
 
@@ -306,6 +310,15 @@ def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
         isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < PATCH or r % PATCH for r in resolution
     ):
         raise ValueError(f"input resolution must be (H, W) with positive multiples of {PATCH}, got {resolution!r}")
+    total_blocks = sum(config.per_stage_layers)
+    if total_blocks > MAX_BLOCKS:
+        # Every block is a handful of layer records: a description is linear in the
+        # block count, and a network this deep would take minutes just to describe.
+        raise ValueError(
+            f"per_stage_layers={config.per_stage_layers} describes {total_blocks} blocks; a description "
+            f"(and so a runnable model) holds at most MAX_BLOCKS={MAX_BLOCKS} (NeoNeXt-XL has 36). "
+            "model_complexity counts a network of any depth in closed form."
+        )
     h, w = resolution
     dims = config.dims
     units = []
@@ -321,7 +334,6 @@ def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
     stem.append(_batchnorm("stem.norm", shape))
     units.append(Unit("stem", "sequential", tuple(stem)))
 
-    total_blocks = sum(config.per_stage_layers)
     block_index = 0
     codes = stage_kernel_codes(config.kernel_spec)
     for stage in range(4):

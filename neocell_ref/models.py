@@ -33,7 +33,7 @@ from . import registry
 from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, get_config
 from .layer_kinds import INIT_STD, trunc_normal
 from .models_fast import fast_forward
-from .validation import as_int, as_real_array, check_nbytes
+from .validation import as_int, as_real_array, check_nbytes, read_npz
 
 __all__ = [
     "NeoNeXt",
@@ -310,10 +310,13 @@ class NeoNeXt:
     def load_npz(self, path, strict=True):
         """Load a ``.npz`` written by :meth:`save_npz` (or any archive of official names).
 
-        Opened with ``np.load(path, allow_pickle=False)``: object arrays are refused.
+        Every member's ``.npy`` header is checked against this model's state (name,
+        shape, a real numeric dtype, exact size) before its data is read
+        (:func:`neocell_ref.validation.read_npz`): object arrays, forged headers and
+        zip bombs are refused with a ``ValueError`` and nothing is unpickled.
         """
-        with np.load(path, allow_pickle=False) as archive:
-            state = {k: archive[k] for k in archive.files}
+        shapes = {key: np.shape(value) for key, value in self.state_dict().items()}
+        state = read_npz(path, shapes, what="state archive", strict=strict)
         return self.load_state_dict(state, strict=strict)
 
     # ----------------------------------------------------------------------------------

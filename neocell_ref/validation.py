@@ -281,3 +281,89 @@ def check_nbytes(shape, dtype, what: str) -> int:
             f"neocell_ref.validation.set_max_bytes(n) or the environment variable {MAX_BYTES_ENV}"
         )
     return nbytes
+
+
+# --------------------------------------------------------------------------------------
+# reading .npz archives without trusting them
+# --------------------------------------------------------------------------------------
+#: Largest ``.npy`` header read (NumPy's own default limit).
+MAX_NPY_HEADER = 10_000
+
+
+def read_npz(path, shapes: dict, *, what: str = "archive", strict: bool = True) -> dict:
+    """The arrays of an ``.npz``, every member checked before its data is read.
+
+    Each member must be a ``NAME.npy`` with ``NAME`` in ``shapes`` (others are refused
+    when ``strict``, skipped otherwise); its ``.npy`` header must declare a real numeric
+    dtype (never Python objects) and exactly ``shapes[NAME]``; the zip directory's size
+    of the member must be the header plus exactly that many bytes. Only then are those
+    bytes read, so a forged header or a zip bomb costs nothing. Pickles are never
+    loaded. (The golden-set reader applies the same checks against its manifest.)
+
+    Parameters
+    ----------
+    path : path-like
+    shapes : dict
+        ``{array name: expected shape}``.
+    what : str
+        How messages name the archive.
+    strict : bool
+        Refuse members whose names are not in ``shapes``.
+
+    Returns
+    -------
+    dict of ndarray
+
+    Raises
+    ------
+    ValueError
+        Naming the archive, the member and what is wrong.
+    """
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{what} {os.fspath(path)!r} is not a readable .npz: {exc}") from None
+    arrays = {}
+    with archive:
+        for info in archive.infolist():
+            where = f"{what}: member {info.filename!r}"
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"{where} is not a .npy array")
+            name = info.filename[: -len(".npy")]
+            if name not in shapes:
+                if strict:
+                    raise ValueError(f"{where}: no array of that name is expected (known: {len(shapes)} names)")
+                continue
+            if name in arrays:
+                raise ValueError(f"{where} appears twice")
+            shape = tuple(shapes[name])
+            try:
+                with archive.open(info) as fp:
+                    version = np.lib.format.read_magic(fp)
+                    if version not in ((1, 0), (2, 0)):
+                        raise ValueError(f"{where}: .npy format version {version} (1.0 and 2.0 are read)")
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    got_shape, fortran, dtype = read(fp, max_header_size=MAX_NPY_HEADER)
+                    if dtype.hasobject or dtype.kind not in "fiu":
+                        raise ValueError(f"{where}: its header declares dtype {dtype}; only real numbers are read")
+                    if tuple(got_shape) != shape:
+                        raise ValueError(f"{where}: its header declares shape {tuple(got_shape)}, expected {shape}")
+                    nbytes = math.prod(shape) * dtype.itemsize
+                    if info.file_size != fp.tell() + nbytes:
+                        raise ValueError(
+                            f"{where}: the zip directory says {info.file_size} bytes, the header gives "
+                            f"{fp.tell() + nbytes}"
+                        )
+                    raw = fp.read(nbytes + 1)  # bounded; reading to the end checks the CRC
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise ValueError(f"{where} cannot be read: {exc}") from None
+            if len(raw) != nbytes:
+                raise ValueError(f"{where}: {len(raw)} bytes of data, expected {nbytes}")
+            arrays[name] = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+    return arrays

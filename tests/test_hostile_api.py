@@ -480,3 +480,67 @@ def test_set_max_bytes_validates_and_sizes_never_overflow():
     with _raises(ValueError, f"{2**80 * 8:,} bytes"):
         validation.check_nbytes((2**40, 2**40), np.float64, "test")
     assert validation.check_nbytes((0, 10**30), np.float64, "empty") == 0
+
+
+# --------------------------------------------------------------------------------------
+# a network too deep to describe; a state archive that lies
+# --------------------------------------------------------------------------------------
+def test_a_million_blocks_are_refused_at_once_and_still_counted():
+    """``NeoNeXt(per_stage_layers=(10**6, ...))`` used to spend minutes describing the
+    network before any check ran; it is refused at once, naming the field and the limit,
+    while the calculator still counts it (in closed form)."""
+    import time
+
+    from neocell_ref.architecture import MAX_BLOCKS, NeoNeXtConfig
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"per_stage_layers=\(1000000, 1, 1, 1\).*MAX_BLOCKS=10000"):
+        NeoNeXt(per_stage_layers=(10**6, 1, 1, 1), dims=(8, 16, 32, 64), num_classes=10)
+    assert time.perf_counter() - start < 1.0
+    assert MAX_BLOCKS >= 36  # NeoNeXt-XL stays describable
+    assert nr.model_complexity(NeoNeXtConfig(per_stage_layers=(10**6, 1, 1, 1)), 224).num_layer_rows > 10**6
+
+
+def _npz_with_member(path, name, header_shape, data_bytes, claimed_size=None):
+    """An .npz whose member ``name`` has a real .npy header for ``header_shape`` (float64)
+    followed by ``data_bytes`` bytes; the zip directory may claim another size."""
+    import io
+    import zipfile
+
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False, "shape": tuple(header_shape)})
+    member.write(b"\0" * data_bytes)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(name + ".npy", member.getvalue())
+    if claimed_size is not None:  # patch the central directory's uncompressed size
+        raw = bytearray(path.read_bytes())
+        at = raw.rfind(b"PK\x01\x02")
+        raw[at + 24 : at + 28] = int(claimed_size).to_bytes(4, "little")
+        path.write_bytes(bytes(raw))
+
+
+def test_load_npz_checks_every_header_before_reading(tmp_path, tiny32):
+    """A member claiming a 8 TB array, one of the wrong shape, an unknown name and a
+    directory that lies about the size are each refused by name, and nothing large is
+    allocated (tracemalloc peak); a good archive still loads."""
+    model = tiny32
+    path = tmp_path / "bomb.npz"
+    _npz_with_member(path, "stem.conv.weight", (10**6, 10**6), 16)
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=r"stem\.conv\.weight.*header declares shape \(1000000, 1000000\)"):
+        model.load_npz(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * 2**20, f"{peak} bytes allocated for a forged header"
+    _npz_with_member(path, "no.such.weight", (2,), 16)
+    with pytest.raises(ValueError, match="no.such.weight.*no array of that name"):
+        model.load_npz(path)
+    shape = model.state_dict()["stem.conv.weight"].shape
+    _npz_with_member(path, "stem.conv.weight", shape, 8 * int(np.prod(shape)), claimed_size=2**31)
+    with pytest.raises(ValueError, match="zip directory says 2147483648 bytes"):
+        model.load_npz(path, strict=False)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        model.load_npz(tmp_path / "junk.npz")
+    model.save_npz(tmp_path / "good.npz")
+    NeoNeXt(**TINY, dtype=np.float32).load_npz(tmp_path / "good.npz")
