@@ -22,6 +22,7 @@ from neocell_ref.architecture import MODEL_CONFIGS, NeoNeXtConfig, describe, get
 from neocell_ref.gradcheck import check_gradients
 from neocell_ref.init import skewed_identity
 from neocell_ref.instrument import count_macs
+from neocell_ref.testing import relative_error
 
 # A small model that every shift rule admits at 32x32: feature maps 8, 4, 2, 1; kernels 2
 # and 3 with shift 1 use shifts up to 2 (<= 2 in stage 3); stage 4 has no shift.
@@ -41,10 +42,6 @@ def tiny(dtype=np.float64, seed=0, **options):
 
 def tiny_input(n=2, seed=1, size=32):
     return np.random.default_rng(seed).standard_normal((n, 3, size, size))
-
-
-def relative_error(got, ref):
-    return float(np.abs(np.asarray(got, np.float64) - ref).max() / np.abs(ref).max())
 
 
 # ======================================================================================

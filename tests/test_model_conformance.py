@@ -22,16 +22,12 @@ from conftest import DATA
 
 import neocell_ref as nr
 from neocell_ref import layers as L
+from neocell_ref.testing import relative_error
 
 TOLERANCE = 1e-10
 #: documented float32 accuracy of the tiny model (docs/model.md): logits and gradients
 FLOAT32_LOGITS = 1e-5
 FLOAT32_GRADS = 1e-4
-
-
-def relative_error(got, ref):
-    ref = np.asarray(ref, dtype=np.float64)
-    return float(np.abs(np.asarray(got, dtype=np.float64) - ref).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module")
