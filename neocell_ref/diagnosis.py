@@ -10,9 +10,9 @@ own tolerance, and the variant itself does not pass, the report says
 diagnosis; a passing array is never diagnosed.
 
 The variants are written independently of the fast formulations: NeoCell variants
-build their expanded matrices channel by channel with
-:func:`neocell_ref.expand.expand_kernel` (the one expansion rule) and then deviate
-from it in the one place their defect names; layer and model variants reuse the
+are the dense per-channel emulation :func:`neocell_ref.precision.emulate_neocell`
+(expanded matrices from :func:`neocell_ref.expand.expand_kernel`, the one expansion
+rule) with the one deviation their defect names switched on; layer and model variants reuse the
 reference layers with one function replaced. ``docs/defects.md`` explains each
 defect, with the symptom a port author sees.
 
@@ -28,9 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .expand import expand_kernel, expand_kernel_adjoint
-from .precision import UNIT_ROUNDOFF, dtype_name, round_to
-from .spec import channel_shifts, parse_specs
+from .precision import UNIT_ROUNDOFF, dtype_name, emulate_neocell
+from .spec import parse_specs
 
 __all__ = ["Defect", "DEFECTS", "diagnose", "variant_outputs"]
 
@@ -77,125 +76,17 @@ class Defect:
 # ======================================================================================
 # NeoCell variants: the dense formulation, channel by channel, with one deviation
 # ======================================================================================
-def _axis_out(length, k_in, k_out, rounding):
-    """Output length of one axis (SPEC section 2), floor or, as a defect, rounded half up."""
-    if k_in == k_out:
-        return length
-    if rounding == "floor":
-        return (length * k_out) // k_in
-    return (2 * length * k_out + k_in) // (2 * k_in)  # round(length·k_out/k_in), halves up
+def _neocell_variant(arrays, specs_as_written, **defect):
+    """One NeoCell case computed with one deviation, in float64.
 
-
-def _ceil_split_shifts(channels, shift, subgroups):
-    """Per-channel shifts with sub-groups of ``ceil(channels / n)`` channels (the defect)."""
-    size = -(-channels // subgroups)
-    return np.minimum(np.arange(channels) // size, subgroups - 1) * shift
-
-
-def _neocell_variant(
-    arrays,
-    specs_as_written,
-    *,
-    corner=True,
-    split="floor",
-    rounding="floor",
-    swap=False,
-    transpose=None,
-    dtype=np.float64,
-    storage=None,
-):
-    """One NeoCell case computed with the given deviations.
-
-    Returns ``{"y", "grad_x", "grad_weight_a_G", "grad_weight_b_G"}`` in float64, or
-    None where the deviation cannot be applied to this case (groups that would
-    disagree on the output size).
+    The dense per-channel emulation of :func:`neocell_ref.precision.emulate_neocell`
+    (one implementation for the half-precision proofs and this catalogue), here with
+    float64 sums and storage unless ``defect`` names a precision; None where the
+    deviation cannot be applied to this case.
     """
-    groups = parse_specs(specs_as_written)
-    cast = (
-        (lambda a: round_to(np.asarray(a, dtype=np.float64), storage).astype(dtype))
-        if storage
-        else (lambda a: np.asarray(a, dtype=np.float64).astype(dtype))
-    )
-    x, grad_y = cast(arrays["x"]), cast(arrays["grad_y"])
-    _, _, height, width = x.shape
-    sizes = {
-        (_axis_out(height, g.h_in, g.h_out, rounding), _axis_out(width, g.w_in, g.w_out, rounding)) for g in groups
-    }
-    if len(sizes) != 1:
-        return None
-    h_out, w_out = sizes.pop()
-    if grad_y.shape[2:] != (h_out, w_out):
-        # The port's backward would have received the stored grad_y of the true
-        # output size; a size defect changes the forward's shape only.
-        grad_y = None
-    out = {"y": np.zeros(x.shape[:2] + (h_out, w_out))}
-    if grad_y is not None:
-        out["grad_x"] = np.zeros(x.shape)
-    channel = 0
-    for g, spec in enumerate(groups):
-        wa, wb = cast(arrays[f"weight_a_{g}"]), cast(arrays[f"weight_b_{g}"])
-        # A mixed-up kernel is laid out with its own shape: blocks of its rows and
-        # columns, its own bottom-right corner wrapped (what index arithmetic written
-        # against the kernel's shape does); the sizes and shifts still follow the spec.
-        if swap:  # A and B exchanged, each transposed to fit
-            wa, wb = wb.transpose(0, 2, 1), wa.transpose(0, 2, 1)
-        if transpose == "a":
-            wa = wa.transpose(0, 2, 1)
-        if transpose == "b":
-            wb = wb.transpose(0, 2, 1)
-        if split == "none":  # every shift ignored: all channels laid out unshifted
-            shifts_a = shifts_b = np.zeros(spec.channels, dtype=int)
-        elif split == "floor":
-            shifts_a, shifts_b = spec.channel_shifts()
-        else:
-            shifts_a = (
-                channel_shifts(spec.channels, 0, 1)
-                if spec.shift_a == 0
-                else _ceil_split_shifts(spec.channels, spec.shift_a, spec.subgroups_a)
-            )
-            shifts_b = (
-                channel_shifts(spec.channels, 0, 1)
-                if spec.shift_b == 0
-                else _ceil_split_shifts(spec.channels, spec.shift_b, spec.subgroups_b)
-            )
-        grads_a, grads_b = np.zeros(wa.shape), np.zeros(wb.shape)
-        if int(shifts_a.max(initial=0)) >= min(wa.shape[1:]) or int(shifts_b.max(initial=0)) >= min(wb.shape[1:]):
-            return None  # a mixed-up kernel smaller than its shift has no corner to wrap: undefined
-        for i in range(spec.channels):
-            sa, sb = int(shifts_a[i]), int(shifts_b[i])
-            a_full = expand_kernel(wa[i], h_out, height, sa)
-            b_full = expand_kernel(wb[i], width, w_out, sb)
-            if not corner:  # the wrapped bottom-right corner of a shifted kernel left out
-                a_full[:sa, :sa] = 0
-                b_full[:sb, :sb] = 0
-            xc = x[:, channel]
-            z = a_full @ xc
-            out["y"][:, channel] = z @ b_full
-            if grad_y is not None:
-                dy = grad_y[:, channel]
-                grad_b_full = np.einsum("nij,nik->jk", z, dy)  # Σ_n zᵀ dy
-                dz = dy @ b_full.T  # dy B̂ᵀ
-                grad_a_full = np.einsum("nij,nkj->ik", dz, xc)  # Σ_n dz xᵀ
-                out["grad_x"][:, channel] = a_full.T @ dz  # Âᵀ dz
-                if not corner:  # entries that hold no kernel value carry no gradient back
-                    grad_a_full[:sa, :sa] = 0
-                    grad_b_full[:sb, :sb] = 0
-                grads_a[i] = expand_kernel_adjoint(grad_a_full, *wa.shape[1:], sa)
-                grads_b[i] = expand_kernel_adjoint(grad_b_full, *wb.shape[1:], sb)
-            channel += 1
-        if grad_y is not None:
-            # Back to the stored weights' layout (the chain rule through the mix-up).
-            if transpose == "a":
-                grads_a = grads_a.transpose(0, 2, 1)
-            if transpose == "b":
-                grads_b = grads_b.transpose(0, 2, 1)
-            if swap:
-                grads_a, grads_b = grads_b.transpose(0, 2, 1), grads_a.transpose(0, 2, 1)
-            out[f"grad_weight_a_{g}"] = grads_a
-            out[f"grad_weight_b_{g}"] = grads_b
-    if storage is not None:  # results stored in the reduced type
-        out = {k: round_to(v, storage) for k, v in out.items()}
-    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+    defect.setdefault("accumulate", "float64")
+    dtype = defect.pop("dtype", "float64")
+    return emulate_neocell(arrays, specs_as_written, dtype, **defect)
 
 
 def _shifted(meta):
@@ -218,17 +109,17 @@ def _corner_dropped(meta, arrays, dtype):
 
 @_neocell_only
 def _split_rounded_up(meta, arrays, dtype):
-    return [_neocell_variant(arrays, meta["specs_as_written"], split="ceil")] if _shifted(meta) else []
+    return [_neocell_variant(arrays, meta["specs_as_written"], split_rounded_up=True)] if _shifted(meta) else []
 
 
 @_neocell_only
 def _shifts_ignored(meta, arrays, dtype):
-    return [_neocell_variant(arrays, meta["specs_as_written"], split="none")] if _shifted(meta) else []
+    return [_neocell_variant(arrays, meta["specs_as_written"], shifts=False)] if _shifted(meta) else []
 
 
 @_neocell_only
 def _size_rounded(meta, arrays, dtype):
-    return [_neocell_variant(arrays, meta["specs_as_written"], rounding="half-up")]
+    return [_neocell_variant(arrays, meta["specs_as_written"], size_rounded=True)]
 
 
 @_neocell_only
@@ -385,13 +276,13 @@ def _reduced_precision(op, meta, arrays, dtype):
         return []
     if dtype == "float64":
         if op == "neocell":
-            return [_neocell_variant(arrays, meta["specs_as_written"], dtype=np.float32)]
+            return [_neocell_variant(arrays, meta["specs_as_written"], accumulate="float32", storage="float32")]
         if op == "model":
             return [_model_outputs(meta, arrays, np.float32)]
         return [_layer_outputs(op, meta, arrays, np.float32)]
     if op == "neocell":
         # A mixed-precision port storing inputs, z and results in the reduced type.
-        return [_neocell_variant(arrays, meta["specs_as_written"], dtype=np.float32, storage=reduced)]
+        return [_neocell_variant(arrays, meta["specs_as_written"], dtype=dtype, accumulate="float32", storage=reduced)]
     return []
 
 

@@ -186,8 +186,36 @@ def _fold(grad_full, p, q, shift, acc):
     return expand_kernel_adjoint(grad_full.astype(np.float16), p, q, shift).astype(np.float64)
 
 
+def _axis_out(length, k_in, k_out, rounded):
+    """Output length of one axis (SPEC section 2): floor, or (a defect) rounded half up."""
+    if k_in == k_out:
+        return length
+    if not rounded:
+        return (length * k_out) // k_in
+    return (2 * length * k_out + k_in) // (2 * k_in)
+
+
+def _ceil_split_shifts(channels, shift, subgroups):
+    """Per-channel shifts with sub-groups of ``ceil(channels / n)`` channels (a defect)."""
+    if shift == 0:
+        return np.zeros(channels, dtype=int)
+    size = -(-channels // subgroups)
+    return np.minimum(np.arange(channels) // size, subgroups - 1) * shift
+
+
 def emulate_neocell(
-    arrays, specs, dtype, *, accumulate=ACCUMULATION_DTYPE, storage=None, corner=True, swap=False, shifts=True
+    arrays,
+    specs,
+    dtype,
+    *,
+    accumulate=ACCUMULATION_DTYPE,
+    storage=None,
+    corner=True,
+    swap=False,
+    shifts=True,
+    split_rounded_up=False,
+    size_rounded=False,
+    transpose=None,
 ):
     """NeoCell forward and backward as a mixed-precision port computes them.
 
@@ -214,17 +242,26 @@ def emulate_neocell(
     storage : str, optional
         The type intermediates and results are rounded to; default ``dtype``.
         (``storage="bfloat16"`` on a float16 set emulates a port of lower precision.)
-    corner, swap, shifts : bool
-        Planted defects for the tests: ``corner=False`` drops the wrapped corner of a
-        shifted expansion, ``swap=True`` exchanges A and B (each transposed to fit),
-        ``shifts=False`` ignores every shift.
+    corner, swap, shifts, split_rounded_up, size_rounded : bool
+        Planted defects (the tests' mutants and :mod:`neocell_ref.diagnosis`'s
+        catalogue): ``corner=False`` drops the wrapped corner of a shifted expansion,
+        ``swap=True`` exchanges A and B (each transposed to fit), ``shifts=False``
+        ignores every shift, ``split_rounded_up`` makes shift sub-groups of
+        ``ceil(channels / n)`` channels, ``size_rounded`` rounds a resampling group's
+        output size half up instead of flooring it.
+    transpose : {None, "a", "b"}
+        A defect: that kernel read in the transposed layout. A mixed-up kernel is laid
+        out with its own shape (blocks of its rows and columns, its own corner
+        wrapped), as index arithmetic written against the kernel's shape does.
 
     Returns
     -------
     dict
         ``y``, ``grad_x``, ``grad_weight_a_G``, ``grad_weight_b_G`` as float64 arrays
-        holding numbers of the storage type; None when ``swap`` cannot be applied
-        (a transposed kernel smaller than its shift).
+        holding numbers of the storage type (``y`` only when a size defect changes the
+        output shape: a port's backward receives ``grad_y`` of the true size); None
+        when a defect cannot be applied (a mixed-up kernel smaller than its shift, or
+        groups whose rounded output sizes disagree).
     """
     dtype = dtype_name(dtype)
     storage = dtype if storage is None else dtype_name(storage, "storage")
@@ -236,14 +273,28 @@ def emulate_neocell(
     groups = parse_specs(specs)
     x, grad_y = inp(arrays["x"]), inp(arrays["grad_y"])
     n, _, height, width = x.shape
-    h_out, w_out = check_input_size(groups, height, width)
+    if size_rounded:
+        sizes = {(_axis_out(height, g.h_in, g.h_out, True), _axis_out(width, g.w_in, g.w_out, True)) for g in groups}
+        if len(sizes) != 1:
+            return None
+        h_out, w_out = sizes.pop()
+    else:
+        h_out, w_out = check_input_size(groups, height, width)
+    backward = grad_y.shape[2:] == (h_out, w_out)
     out = {"y": np.zeros((n, x.shape[1], h_out, w_out)), "grad_x": np.zeros(x.shape)}
     channel = 0
     for g, spec in enumerate(groups):
         wa, wb = inp(arrays[f"weight_a_{g}"]), inp(arrays[f"weight_b_{g}"])
         if swap:
             wa, wb = wb.transpose(0, 2, 1), wa.transpose(0, 2, 1)
+        if transpose == "a":
+            wa = wa.transpose(0, 2, 1)
+        if transpose == "b":
+            wb = wb.transpose(0, 2, 1)
         shifts_a, shifts_b = spec.channel_shifts()
+        if split_rounded_up:
+            shifts_a = _ceil_split_shifts(spec.channels, spec.shift_a, spec.subgroups_a)
+            shifts_b = _ceil_split_shifts(spec.channels, spec.shift_b, spec.subgroups_b)
         if not shifts:
             shifts_a, shifts_b = 0 * shifts_a, 0 * shifts_b
         if int(shifts_a.max(initial=0)) >= min(wa.shape[1:]) or int(shifts_b.max(initial=0)) >= min(wb.shape[1:]):
@@ -256,9 +307,13 @@ def emulate_neocell(
             if not corner:
                 a_full[:sa, :sa] = 0
                 b_full[:sb, :sb] = 0
-            xc, dy = x[:, channel], grad_y[:, channel]
+            xc = x[:, channel]
             z = rnd(_matmul_acc(a_full, xc, acc))  # stored Â x
             out["y"][:, channel] = rnd(_matmul_acc(z, b_full, acc))
+            if not backward:
+                channel += 1
+                continue
+            dy = grad_y[:, channel]
             dz = rnd(_matmul_acc(dy, b_full.T, acc))  # stored dy B̂ᵀ
             out["grad_x"][:, channel] = rnd(_matmul_acc(a_full.T, dz, acc))
             # Σ_n dz xᵀ and Σ_n zᵀ dy: one float32 sum over samples and columns.
@@ -272,11 +327,16 @@ def emulate_neocell(
             grads_a[i] = rnd(_fold(grad_a_full, *wa.shape[1:], sa, acc))
             grads_b[i] = rnd(_fold(grad_b_full, *wb.shape[1:], sb, acc))
             channel += 1
+        # Back to the stored weights' layout (the chain rule through the mix-up).
+        if transpose == "a":
+            grads_a = grads_a.transpose(0, 2, 1)
+        if transpose == "b":
+            grads_b = grads_b.transpose(0, 2, 1)
         if swap:
             grads_a, grads_b = grads_b.transpose(0, 2, 1), grads_a.transpose(0, 2, 1)
         out[f"grad_weight_a_{g}"] = grads_a
         out[f"grad_weight_b_{g}"] = grads_b
-    return out
+    return out if backward else {"y": out["y"]}
 
 
 def emulate_layer(kind, arrays, order, options, dtype, *, storage=None):
