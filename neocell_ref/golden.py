@@ -63,6 +63,7 @@ from .golden_ops import (  # noqa: F401 (re-exported)
     unit_roundoff,
 )
 from .precision import FLOAT_DTYPES, HALF_DTYPES, STORAGE_DTYPE, UNDERFLOW, dtype_name, not_bfloat16
+from .validation import MAX_NPY_HEADER, read_npy_member
 
 __all__ = [
     "FORMAT_VERSION",
@@ -102,8 +103,6 @@ FORMAT_VERSION = 3
 MAX_RTOL_SCALE = 2.0**13
 #: Largest accepted ``manifest.json`` (the full suite's is about 0.2 MB).
 MAX_MANIFEST_BYTES = 4 * 2**20
-#: Largest accepted ``.npy`` header inside a case file (this package writes 128 bytes).
-MAX_NPY_HEADER = 4096
 #: Longest exception text kept in a report (the tail is kept: it holds the cause).
 MAX_MESSAGE = 4000
 #: Manifest fields that describe the machine that exported a set, not the set.
@@ -1009,45 +1008,12 @@ def _size_limit(case) -> int:
 
 
 def _read_member(zf, info, shape, dtype, where):
-    """One ``.npy`` member as an array, its header checked before any data is read."""
-    if info.flag_bits & 0x1:
-        raise GoldenError(f"{where}: the member is encrypted")
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise GoldenError(f"{where}: unsupported zip compression method {info.compress_type}")
-    nbytes = math.prod(shape) * dtype.itemsize
-    with zf.open(info) as fp:
-        version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            header = np.lib.format.read_array_header_1_0(fp, max_header_size=MAX_NPY_HEADER)
-        elif version == (2, 0):
-            header = np.lib.format.read_array_header_2_0(fp, max_header_size=MAX_NPY_HEADER)
-        else:
-            raise GoldenError(f"{where}: .npy format version {version} (this package reads 1.0 and 2.0)")
-        header_length = fp.tell()
-        got_shape, fortran, got_dtype = header
-        if got_dtype.hasobject:
-            raise GoldenError(
-                f"{where}: its header declares Python objects ({got_dtype}); a golden set holds numbers only"
-            )
-        if got_dtype != dtype:
-            raise GoldenError(f"{where}: its header declares dtype {got_dtype.str}, the manifest says {dtype.str}")
-        if tuple(got_shape) != tuple(shape):
-            raise GoldenError(
-                f"{where}: its header declares shape {tuple(got_shape)}, the manifest says {tuple(shape)}"
-            )
-        if fortran:
-            raise GoldenError(f"{where}: its header declares Fortran order; this package writes C order")
-        if info.file_size != header_length + nbytes:
-            raise GoldenError(
-                f"{where}: the zip directory says {info.file_size} bytes uncompressed, the header "
-                f"and the manifest give exactly {header_length + nbytes}"
-            )
-        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
-            raise GoldenError(f"{where}: stored (uncompressed) with {info.compress_size} bytes for {info.file_size}")
-        raw = fp.read(nbytes + 1)  # bounded; reading to the end checks the CRC
-    if len(raw) != nbytes:
-        raise GoldenError(f"{where}: {len(raw)} bytes of data, expected {nbytes}")
-    array = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+    """One ``.npy`` member as an array, its header checked against the manifest before
+    any data is read (:func:`neocell_ref.validation.read_npy_member`), then finite."""
+    try:
+        array = read_npy_member(zf, info, shape, where, dtype=dtype)
+    except ValueError as exc:
+        raise GoldenError(str(exc)) from None
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
         raise GoldenError(f"{where}: holds non-finite values")
     return array

@@ -286,19 +286,85 @@ def check_nbytes(shape, dtype, what: str) -> int:
 # --------------------------------------------------------------------------------------
 # reading .npz archives without trusting them
 # --------------------------------------------------------------------------------------
-#: Largest ``.npy`` header read (NumPy's own default limit).
-MAX_NPY_HEADER = 10_000
+#: Largest ``.npy`` header read.
+MAX_NPY_HEADER = 4096
+
+
+def read_npy_member(archive, info, shape, where: str, dtype=None) -> np.ndarray:
+    """One ``.npy`` member of a zip archive, its header checked before any data is read.
+
+    The member must be unencrypted, stored or deflated; its header (format 1.0 or 2.0,
+    at most :data:`MAX_NPY_HEADER` bytes) must declare C order, exactly ``shape`` and
+    either exactly ``dtype`` or, when ``dtype`` is None, a real numeric dtype (never
+    Python objects); the zip directory's size must be the header plus exactly that
+    many bytes. Only then are those bytes read (bounded; reading to the end checks the
+    CRC), so a forged header or a zip bomb costs nothing and nothing is unpickled.
+
+    Parameters
+    ----------
+    archive : zipfile.ZipFile
+    info : zipfile.ZipInfo
+    shape : tuple of int
+    where : str
+        How messages name the member.
+    dtype : numpy dtype, optional
+
+    Raises
+    ------
+    ValueError
+        Starting with ``where``, saying what is wrong.
+    """
+    import zipfile
+
+    if info.flag_bits & 0x1:
+        raise ValueError(f"{where}: the member is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise ValueError(f"{where}: unsupported zip compression method {info.compress_type}")
+    shape = tuple(shape)
+    try:
+        with archive.open(info) as fp:
+            version = np.lib.format.read_magic(fp)
+            if version == (1, 0):
+                header = np.lib.format.read_array_header_1_0(fp, max_header_size=MAX_NPY_HEADER)
+            elif version == (2, 0):
+                header = np.lib.format.read_array_header_2_0(fp, max_header_size=MAX_NPY_HEADER)
+            else:
+                raise ValueError(f"{where}: .npy format version {version} (this package reads 1.0 and 2.0)")
+            header_length = fp.tell()
+            got_shape, fortran, got_dtype = header
+            if got_dtype.hasobject or (dtype is None and got_dtype.kind not in "fiu"):
+                raise ValueError(
+                    f"{where}: its header declares dtype {got_dtype}; only real numbers are read, never Python objects"
+                )
+            if dtype is not None and got_dtype != dtype:
+                raise ValueError(f"{where}: its header declares dtype {got_dtype.str}, expected {np.dtype(dtype).str}")
+            if tuple(got_shape) != shape:
+                raise ValueError(f"{where}: its header declares shape {tuple(got_shape)}, expected {shape}")
+            if fortran:
+                raise ValueError(f"{where}: its header declares Fortran order; only C order is read")
+            nbytes = math.prod(shape) * got_dtype.itemsize
+            if info.file_size != header_length + nbytes:
+                raise ValueError(
+                    f"{where}: the zip directory says {info.file_size} bytes uncompressed, the header "
+                    f"gives exactly {header_length + nbytes}"
+                )
+            if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+                raise ValueError(f"{where}: stored (uncompressed) with {info.compress_size} bytes for {info.file_size}")
+            raw = fp.read(nbytes + 1)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"{where}: unreadable: {exc}") from None
+    if len(raw) != nbytes:
+        raise ValueError(f"{where}: {len(raw)} bytes of data, expected {nbytes}")
+    return np.frombuffer(raw, dtype=got_dtype).reshape(shape).copy()
 
 
 def read_npz(path, shapes: dict, *, what: str = "archive", strict: bool = True) -> dict:
     """The arrays of an ``.npz``, every member checked before its data is read.
 
     Each member must be a ``NAME.npy`` with ``NAME`` in ``shapes`` (others are refused
-    when ``strict``, skipped otherwise); its ``.npy`` header must declare a real numeric
-    dtype (never Python objects) and exactly ``shapes[NAME]``; the zip directory's size
-    of the member must be the header plus exactly that many bytes. Only then are those
-    bytes read, so a forged header or a zip bomb costs nothing. Pickles are never
-    loaded. (The golden-set reader applies the same checks against its manifest.)
+    when ``strict``, skipped otherwise) and pass :func:`read_npy_member` with the
+    expected shape and any real numeric dtype. The golden-set reader applies the same
+    member check against its manifest.
 
     Parameters
     ----------
@@ -338,32 +404,5 @@ def read_npz(path, shapes: dict, *, what: str = "archive", strict: bool = True) 
                 continue
             if name in arrays:
                 raise ValueError(f"{where} appears twice")
-            shape = tuple(shapes[name])
-            try:
-                with archive.open(info) as fp:
-                    version = np.lib.format.read_magic(fp)
-                    if version not in ((1, 0), (2, 0)):
-                        raise ValueError(f"{where}: .npy format version {version} (1.0 and 2.0 are read)")
-                    read = (
-                        np.lib.format.read_array_header_1_0
-                        if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    got_shape, fortran, dtype = read(fp, max_header_size=MAX_NPY_HEADER)
-                    if dtype.hasobject or dtype.kind not in "fiu":
-                        raise ValueError(f"{where}: its header declares dtype {dtype}; only real numbers are read")
-                    if tuple(got_shape) != shape:
-                        raise ValueError(f"{where}: its header declares shape {tuple(got_shape)}, expected {shape}")
-                    nbytes = math.prod(shape) * dtype.itemsize
-                    if info.file_size != fp.tell() + nbytes:
-                        raise ValueError(
-                            f"{where}: the zip directory says {info.file_size} bytes, the header gives "
-                            f"{fp.tell() + nbytes}"
-                        )
-                    raw = fp.read(nbytes + 1)  # bounded; reading to the end checks the CRC
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise ValueError(f"{where} cannot be read: {exc}") from None
-            if len(raw) != nbytes:
-                raise ValueError(f"{where}: {len(raw)} bytes of data, expected {nbytes}")
-            arrays[name] = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+            arrays[name] = read_npy_member(archive, info, shapes[name], where)
     return arrays
