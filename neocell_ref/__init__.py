@@ -11,8 +11,8 @@ from . import (  # noqa: E402  (the NeoNeXt network: nr.models.neonext_t(...))
     models,
     train,
 )
-from .complexity import complexity, model_complexity
-from .expand import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint, nnz
+from .calculator import complexity, model_complexity
+from .expansion import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint, nnz
 from .init import neo_init, skewed_identity
 from .neocell import neocell_backward, neocell_forward
 from .spec import GroupSpec, parse_group, parse_kernel_code, parse_specs

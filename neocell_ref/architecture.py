@@ -8,7 +8,7 @@ output shapes, and options. Three consumers read it and nothing else:
 
 * :mod:`neocell_ref.models` builds the runnable network from it,
 * the state-dict names (and PyTorch layouts) come from it,
-* :mod:`neocell_ref.complexity` counts its parameters and operations.
+* :mod:`neocell_ref.calculator` counts its parameters and operations.
 
 Layer kinds (``LayerDesc.kind``) and their options, parameters and buffers are those of
 their records in :mod:`neocell_ref.registry` (the built-in kinds in

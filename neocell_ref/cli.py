@@ -26,7 +26,7 @@ import sys
 COMMAND_MODULES = [
     "neocell_ref.demo",
     "neocell_ref.golden",
-    "neocell_ref.complexity",
+    "neocell_ref.calculator",
 ]
 
 

@@ -48,7 +48,7 @@ def run_demo(channels=24, size=(23, 30), code="4+7", shift=1, seed=0, out=print,
     out(str(report))
     ok &= report.passed
     if costs:
-        from .complexity import complexity, model_complexity, released_checkpoint_options
+        from .calculator import complexity, model_complexity, released_checkpoint_options
 
         out("")
         out(str(complexity(k=7, c=96)))

@@ -11,7 +11,7 @@ diagnosis; a passing array is never diagnosed.
 
 The variants are written independently of the fast formulations: NeoCell variants
 are the dense per-channel emulation :func:`neocell_ref.precision.emulate_neocell`
-(expanded matrices from :func:`neocell_ref.expand.expand_kernel`, the one expansion
+(expanded matrices from :func:`neocell_ref.expansion.expand_kernel`, the one expansion
 rule) with the one deviation their defect names switched on; layer and model variants reuse the
 reference layers with one function replaced. ``docs/defects.md`` explains each
 defect, with the symptom a port author sees.

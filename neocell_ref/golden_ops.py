@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import registry
-from .expand import expand_kernel
+from .expansion import expand_kernel
 from .neocell import neocell_backward, neocell_forward
 from .precision import HALF_DTYPES, UNDERFLOW, UNIT_ROUNDOFF, dtype_name, store
 from .spec import check_input_size, parse_specs

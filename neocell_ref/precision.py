@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .expand import expand_kernel, expand_kernel_adjoint
+from .expansion import expand_kernel, expand_kernel_adjoint
 from .spec import check_input_size, parse_specs
 
 __all__ = [

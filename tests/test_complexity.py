@@ -6,8 +6,8 @@ Independent sources of the expected values, per test:
   :func:`neocell_ref.instrument.count_macs` (block-diagonal and patch-wise);
 * a filled-entry pattern of the expanded matrices written here from the text of
   SPEC section 3 by a *different* rule (position -> "which block am I in?") than
-  :func:`neocell_ref.expand.block_layout` (block -> positions), and
-  ``np.count_nonzero`` of :func:`neocell_ref.expand.expand` applied to all-ones kernels;
+  :func:`neocell_ref.expansion.block_layout` (block -> positions), and
+  ``np.count_nonzero`` of :func:`neocell_ref.expansion.expand` applied to all-ones kernels;
 * hand closed forms (``2·k·C·H·W``, ``s² + ⌊(H−s)/k⌋·k² + ((H−s) mod k)²``);
 * a direct depthwise convolution that counts its taps, itself checked against
   ``scipy.signal.correlate2d``.
@@ -18,7 +18,6 @@ forgotten shift corner, an off-by-one tile count) and shows the comparisons fail
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 from contextlib import redirect_stderr, redirect_stdout
@@ -30,21 +29,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import neocell_ref
-from neocell_ref.cli import main
-from neocell_ref.complexity import (
+from neocell_ref import calculator as CX
+from neocell_ref.calculator import (
     LayerComplexity,
     closed_form_depthwise_macs,
     closed_form_neocell_macs,
     complexity,
 )
-from neocell_ref.expand import expand, nnz
+from neocell_ref.cli import main
+from neocell_ref.expansion import expand, nnz
 from neocell_ref.instrument import count_macs
 from neocell_ref.neocell import neocell_forward
 from neocell_ref.spec import parse_specs
 from neocell_ref.testing import layer_specs
-
-# `neocell_ref.complexity` is the function (re-exported); the module is reached this way.
-CX = importlib.import_module("neocell_ref.complexity")
 
 
 # --------------------------------------------------------------------------------------

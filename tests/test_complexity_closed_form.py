@@ -1,8 +1,8 @@
 """The calculator's closed forms, against the enumeration they replaced, at any size.
 
-:func:`neocell_ref.expand.nnz`, :func:`neocell_ref.complexity.neocell_counts`,
-:func:`neocell_ref.complexity.depthwise_in_bounds_taps` and
-:func:`neocell_ref.complexity.model_complexity` compute in closed form (derivations in
+:func:`neocell_ref.expansion.nnz`, :func:`neocell_ref.calculator.neocell_counts`,
+:func:`neocell_ref.calculator.depthwise_in_bounds_taps` and
+:func:`neocell_ref.calculator.model_complexity` compute in closed form (derivations in
 ``docs/complexity.md``). Expected values here come from independent formulations:
 
 * ``naive_nnz``: the entries SPEC 3 fills, decided position by position;
@@ -22,7 +22,6 @@ the end show that a wrong closed form is caught.
 
 from __future__ import annotations
 
-import importlib
 import io
 import itertools
 import math
@@ -35,9 +34,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from neocell_ref import calculator as CX
+from neocell_ref import expansion as EX
 from neocell_ref.architecture import NeoNeXtConfig, describe
-from neocell_ref.cli import main
-from neocell_ref.complexity import (
+from neocell_ref.calculator import (
     CONVENTIONS,
     MAX_COUNT,
     MAX_LAYER_ROWS,
@@ -48,11 +48,9 @@ from neocell_ref.complexity import (
     released_checkpoint_options,
     subgroup_sizes,
 )
-from neocell_ref.expand import block_layout, expand_kernel, nnz
+from neocell_ref.cli import main
+from neocell_ref.expansion import block_layout, expand_kernel, nnz
 from neocell_ref.spec import GroupSpec, check_input_size, parse_specs
-
-CX = importlib.import_module("neocell_ref.complexity")
-EX = importlib.import_module("neocell_ref.expand")
 
 # A generous bound for "milliseconds": a closed form takes well under 1 ms; the bound
 # leaves room for a loaded 2-core machine.

@@ -12,22 +12,19 @@ And the official conformance comparison (``test_neocell_conformance.py``) must f
 the expansion rule, its adjoint or the padding geometry is subtly wrong.
 """
 
-import importlib
-
 import numpy as np
 import pytest
 from test_neocell_conformance import TOLERANCE, case_by_name, conformance_errors
 
-from neocell_ref import neocell_backward, parse_kernel_code
-from neocell_ref.expand import expand
-from neocell_ref.gradcheck import GradcheckReport, assert_gradients, check_gradients, neocell_gradcheck
-from neocell_ref.spec import GroupSpec, parse_specs
-
 # The package re-exports functions named like its modules (``expand``), so fetch the
 # modules themselves for monkeypatching.
-expand_module = importlib.import_module("neocell_ref.expand")
-neocell_module = importlib.import_module("neocell_ref.neocell")
-fast_module = importlib.import_module("neocell_ref.neocell_fast")
+from neocell_ref import expansion as expand_module
+from neocell_ref import neocell as neocell_module
+from neocell_ref import neocell_backward, parse_kernel_code
+from neocell_ref import neocell_fast as fast_module
+from neocell_ref.expansion import expand
+from neocell_ref.gradcheck import GradcheckReport, assert_gradients, check_gradients, neocell_gradcheck
+from neocell_ref.spec import GroupSpec, parse_specs
 
 METHODS = ("loop", "patchwise", "blockdiag")
 

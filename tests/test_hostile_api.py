@@ -23,7 +23,7 @@ import pytest
 import neocell_ref as nr
 from neocell_ref import layers as L
 from neocell_ref import validation
-from neocell_ref.expand import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint
+from neocell_ref.expansion import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint
 from neocell_ref.gradcheck import check_gradients
 from neocell_ref.init import neo_init, skewed_identity
 from neocell_ref.models import NeoNeXt

@@ -120,7 +120,7 @@ def test_the_intra_package_import_graph_is_acyclic_lazy_imports_included():
 def test_the_graph_sees_lazy_and_relative_imports():
     """Test of the test: the parser finds the edges it must, a cycle is reported."""
     graph = import_graph()
-    assert f"{PACKAGE}.validation" in graph[f"{PACKAGE}.expand"], graph[f"{PACKAGE}.expand"]
+    assert f"{PACKAGE}.validation" in graph[f"{PACKAGE}.expansion"], graph[f"{PACKAGE}.expansion"]
     assert f"{PACKAGE}.neocell_fast" in graph[f"{PACKAGE}.neocell"], graph[f"{PACKAGE}.neocell"]
     # gradcheck imports the operator inside a function only
     assert f"{PACKAGE}.neocell" in graph[f"{PACKAGE}.gradcheck"], graph[f"{PACKAGE}.gradcheck"]
@@ -133,7 +133,7 @@ def test_the_graph_sees_lazy_and_relative_imports():
     [
         ("def f():\n    from .neocell import neocell_forward\n", {"neocell_ref.neocell"}),
         ("from . import spec\n", {"neocell_ref.spec"}),
-        ("import neocell_ref.expand as e\n", {"neocell_ref.expand"}),
+        ("import neocell_ref.expansion as e\n", {"neocell_ref.expansion"}),
         ("import numpy\nfrom .validation import as_int\n", {"neocell_ref.validation"}),
     ],
 )

@@ -4,7 +4,7 @@ Independent sources of the expected values:
 
 * hand formulas written here from the text of SPEC sections 2, 4, 7 and 8 (stage by
   stage, with the square-kernel closed form ``nnz = s² + ⌊(H−s)/k⌋·k² + ((H−s) mod k)²``),
-  never from :mod:`neocell_ref.architecture` or :mod:`neocell_ref.expand`;
+  never from :mod:`neocell_ref.architecture` or :mod:`neocell_ref.expansion`;
 * the official tiny model's state dict in ``tests/data`` (outputs of the authors' code):
   its trainable arrays are exactly those that have a gradient (``grad/KEY``);
 * the MACs the package's NeoCell forward and a whole built ``neocell_ref.models.NeoNeXt``
@@ -14,7 +14,6 @@ Independent sources of the expected values:
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 from contextlib import redirect_stderr, redirect_stdout
@@ -24,19 +23,18 @@ import pytest
 from conftest import DATA
 
 import neocell_ref
+from neocell_ref import calculator as CX
 from neocell_ref.architecture import NeoNeXtConfig, describe, get_config
-from neocell_ref.cli import main
-from neocell_ref.complexity import (
+from neocell_ref.calculator import (
     CONVENTIONS,
     LayerCount,
     model_complexity,
     released_checkpoint_options,
 )
+from neocell_ref.cli import main
 from neocell_ref.instrument import count_macs
 from neocell_ref.models import NeoNeXt, neonext_t
 from neocell_ref.neocell import neocell_forward
-
-CX = importlib.import_module("neocell_ref.complexity")
 
 NAMES = ("neonext_t", "neonext_s", "neonext_b", "neonext_l", "neonext_xl")
 # SPEC 7's table, written out here (blocks per stage, widths).

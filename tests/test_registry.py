@@ -10,17 +10,15 @@ computed here by hand from the plain model (never by the code under test).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import numpy as np
 import pytest
 
 import neocell_ref  # noqa: F401  (registers the built-in kinds)
+from neocell_ref import calculator as CX
 from neocell_ref import golden, golden_ops, registry
 from neocell_ref.architecture import NeoNeXtConfig, Unit, describe, kinds_table, layer
 from neocell_ref.models import NeoNeXt
-
-CX = importlib.import_module("neocell_ref.complexity")
 
 BUILT_IN = (
     "patchify",

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from neocell_ref import neocell_backward, neocell_forward
-from neocell_ref.expand import expand
+from neocell_ref.expansion import expand
 from neocell_ref.instrument import count_macs
 from neocell_ref.spec import (
     GroupSpec,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import neocell_ref as nr
-from neocell_ref.expand import nnz
+from neocell_ref.expansion import nnz
 from neocell_ref.spec import GroupSpec
 
 SPEC_PAGE = Path(__file__).resolve().parent.parent / "docs" / "spec.md"

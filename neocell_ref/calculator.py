@@ -8,7 +8,7 @@ Two questions, answered by counting, never by running:
   convention that published figures use?
 
 Everything here is integer arithmetic on shapes. The layer counts read the
-expansion rule only through :func:`neocell_ref.expand.nnz` and the spec rules only
+expansion rule only through :func:`neocell_ref.expansion.nnz` and the spec rules only
 through :mod:`neocell_ref.spec`; the model counts read the network only through
 :func:`neocell_ref.architecture.describe`. The derivations of every formula are in
 ``docs/complexity.md``; the tests prove the counts equal the multiply-accumulates
@@ -51,7 +51,7 @@ from .architecture import (
     describe,
     get_config,
 )
-from .expand import nnz, padding_view
+from .expansion import nnz, padding_view
 from .spec import GroupSpec, check_input_size, parse_kernel_code, parse_specs, subgroup_sizes
 from .validation import as_int as _as_int
 
@@ -736,7 +736,7 @@ class ModelComplexity:
         if n > MAX_LAYER_ROWS:
             raise ValueError(
                 f"the per-layer table of this network would have {n:,} rows, more than "
-                f"neocell_ref.complexity.MAX_LAYER_ROWS = {MAX_LAYER_ROWS:,}; the totals (params, macs, "
+                f"neocell_ref.calculator.MAX_LAYER_ROWS = {MAX_LAYER_ROWS:,}; the totals (params, macs, "
                 "elementwise_ops) and to_dict(per_layer=False) do not need it"
             )
         out = []
