@@ -25,7 +25,7 @@ import sys
 # Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
     "neocell_ref.demo",
-    "neocell_ref.golden",
+    "neocell_ref.verify.golden",
     "neocell_ref.calculator",
 ]
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gradcheck import neocell_gradcheck
 from .init import neo_init
 from .neocell import METHODS, neocell_backward, neocell_forward
 from .spec import parse_kernel_code
+from .verify.gradcheck import neocell_gradcheck
 
 
 def run_demo(channels=24, size=(23, 30), code="4+7", shift=1, seed=0, out=print, costs=True) -> bool:

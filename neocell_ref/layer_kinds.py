@@ -4,7 +4,7 @@ Each kind's record sits beside what is specific to it: how its parameters are
 initialised, the adapter that runs its functional pair of :mod:`neocell_ref.layers`
 (or the NeoCell core) inside :class:`neocell_ref.models.NeoNeXt`, its cost in every
 counting convention of :mod:`neocell_ref.calculator`, and the accumulation lengths of its
-golden cases (:mod:`neocell_ref.golden_ops`). Importing the package registers them.
+golden cases (:mod:`neocell_ref.verify.golden_ops`). Importing the package registers them.
 
 Adding a kind is one :func:`neocell_ref.registry.register` call with such a record;
 :func:`neocell_ref.registry.get` serves it to the description, the model, the calculator
@@ -359,7 +359,7 @@ register(
         forward=_fwd_neocell,
         backward=_bwd_neocell,
         count=_count_neocell,
-        # Golden cases of NeoCell are the "neocell" operation of neocell_ref.golden_ops.
+        # Golden cases of NeoCell are the "neocell" operation of neocell_ref.verify.golden_ops.
     )
 )
 

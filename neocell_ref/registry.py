@@ -10,7 +10,7 @@ every part reads it from here:
   record's :attr:`~LayerKind.init`, :attr:`~LayerKind.forward` and
   :attr:`~LayerKind.backward`, and validates loaded state by its :attr:`~LayerKind.roles`;
 * :mod:`neocell_ref.calculator` counts it with :attr:`~LayerKind.count`;
-* :mod:`neocell_ref.golden_ops` makes golden layer cases with the record's functional
+* :mod:`neocell_ref.verify.golden_ops` makes golden layer cases with the record's functional
   pair (:attr:`~LayerKind.functions`), its accumulation lengths
   (:attr:`~LayerKind.accumulation`) and tolerance norm (:attr:`~LayerKind.norm`).
 
@@ -33,7 +33,7 @@ __all__ = ["LayerKind", "register", "unregister", "registered", "get", "names", 
 
 #: Roles a parameter or buffer can play (:attr:`LayerKind.roles`). They decide how a
 #: loaded value is validated (:meth:`neocell_ref.models.NeoNeXt.load_state_dict`) and how
-#: the golden oracle draws a random state (:mod:`neocell_ref.golden_ops`):
+#: the golden oracle draws a random state (:mod:`neocell_ref.verify.golden_ops`):
 #:
 #: * ``"weight"``: a weight matrix or tensor (random: normal over ``sqrt(fan_in)``);
 #: * ``"shift"``: a bias-like vector, also a running mean (random: ``0.1·N(0, 1)``);

@@ -41,7 +41,7 @@ from neocell_ref.expansion import expand, nnz
 from neocell_ref.instrument import count_macs
 from neocell_ref.neocell import neocell_forward
 from neocell_ref.spec import parse_specs
-from neocell_ref.testing import layer_specs
+from neocell_ref.verify.testing import layer_specs
 
 
 # --------------------------------------------------------------------------------------

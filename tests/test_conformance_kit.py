@@ -7,8 +7,13 @@ import pytest
 
 import neocell_ref as nr
 from neocell_ref import layers
-from neocell_ref.golden_ops import LAYER_CASES_CORE
-from neocell_ref.testing import assert_layer_matches, assert_model_matches, assert_neocell_matches, check_neocell_case
+from neocell_ref.verify.golden_ops import LAYER_CASES_CORE
+from neocell_ref.verify.testing import (
+    assert_layer_matches,
+    assert_model_matches,
+    assert_neocell_matches,
+    check_neocell_case,
+)
 
 
 def _reference(method):
@@ -49,7 +54,7 @@ def test_porting_bug_is_caught_by_the_kit(bug, where):
 
 def test_report_names_array_index_values_and_tolerance():
     case_failures = []
-    from neocell_ref.testing import NeoCellCase
+    from neocell_ref.verify.testing import NeoCellCase
 
     rng = np.random.default_rng(3)
     specs = [{"kernel": 3, "channels": 2, "shift": 1}]

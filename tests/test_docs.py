@@ -7,7 +7,7 @@ the checkout). The build executes the code cells of the pages (MyST-NB), so a fa
 outputs, which tests/test_notebooks.py re-executes and compares. The subprocess gets the
 checkout on ``PYTHONPATH``, so the pages document and run the code under test.
 
-Needs the ``docs`` extra (and ``test`` for the API page of ``neocell_ref.testing``);
+Needs the ``docs`` extra (and ``test`` for the API page of ``neocell_ref.verify.testing``);
 see ``tests/_optional.py`` for what happens when it is missing.
 """
 
@@ -76,7 +76,7 @@ def _copy_sources(dest: Path) -> Path:
 def built(tmp_path_factory):
     """The documentation built once for this module: (exit code, log, html folder)."""
     _require_docs_extra()
-    require("hypothesis", "docs")  # the API page documents neocell_ref.testing
+    require("hypothesis", "docs")  # the API page documents neocell_ref.verify.testing
     base = tmp_path_factory.mktemp("docs_build")
     src = _copy_sources(base / "src")
     code, log, seconds = sphinx_build(src, base / "out")

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from neocell_ref import expansion as expand_module
 from neocell_ref.expansion import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint, nnz
 from neocell_ref.spec import parse_specs
-from neocell_ref.testing import kernel_sizes, layer_specs, spatial_sizes
+from neocell_ref.verify.testing import kernel_sizes, layer_specs, spatial_sizes
 
 
 # --------------------------------------------------------------------------------------

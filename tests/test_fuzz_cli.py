@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neocell_ref.cli import main
-from neocell_ref.golden import export_golden
+from neocell_ref.verify.golden import export_golden
 
 #: Values an integer option may receive from a careless or hostile user.
 INTS = [

@@ -11,18 +11,18 @@ import pytest
 import neocell_ref as nr
 from neocell_ref import cli, layers
 from neocell_ref.architecture import NeoNeXtConfig, describe
-from neocell_ref.golden import (
+from neocell_ref.spec import check_input_size, parse_specs
+from neocell_ref.verify.golden import (
     FORMAT_VERSION,
     GoldenError,
     compare_arrays,
     export_golden,
     load_case,
     load_manifest,
-    unit_roundoff,
     verify_golden,
 )
-from neocell_ref.golden_ops import LAYER_CASES_CORE, MODEL_RTOL, NEOCELL_CASES_CORE, NEOCELL_CASES_FULL, OPERATIONS
-from neocell_ref.spec import check_input_size, parse_specs
+from neocell_ref.verify.golden_ops import LAYER_CASES_CORE, NEOCELL_CASES_CORE, NEOCELL_CASES_FULL, OPERATIONS
+from neocell_ref.verify.tolerances import MODEL_RTOL, unit_roundoff
 
 
 @pytest.fixture(scope="module")

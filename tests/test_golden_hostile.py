@@ -20,7 +20,7 @@ import pytest
 
 import neocell_ref as nr
 from neocell_ref import cli, layers
-from neocell_ref.golden import (
+from neocell_ref.verify.golden import (
     FORMAT_VERSION,
     MAX_MANIFEST_BYTES,
     MAX_RTOL_SCALE,
@@ -34,14 +34,15 @@ from neocell_ref.golden import (
     set_digest,
     verify_golden,
 )
-from neocell_ref.golden_ops import DEFAULT_SEED, NEOCELL_CASES_CORE, OPERATIONS, case_rng, make_case
-from neocell_ref.testing import (
+from neocell_ref.verify.golden_ops import NEOCELL_CASES_CORE, OPERATIONS, make_case
+from neocell_ref.verify.testing import (
     NeoCellCase,
     assert_layer_matches,
     assert_model_matches,
     assert_neocell_matches,
     check_neocell_case,
 )
+from neocell_ref.verify.tolerances import DEFAULT_SEED, case_rng
 
 FORWARD = ["--forward", "mutant_ports:correct_forward"]
 VICTIM = "k7_square_14x14"  # the case most tampering tests edit
@@ -744,7 +745,7 @@ def test_kit_golden_cases_are_the_exported_cases(base):
 
 
 def test_adding_a_case_does_not_reseed_the_others(monkeypatch):
-    import neocell_ref.golden_ops as golden_ops
+    import neocell_ref.verify.golden_ops as golden_ops
 
     before = {
         name: make_case("neocell", (name, spec, shape), np.float64, 3)[1]["x"]
@@ -837,7 +838,7 @@ ANY_VALUE = st.one_of(
 @given(rtol=ANY_VALUE, atol=ANY_VALUE, rtol_scale=ANY_VALUE)
 def test_fuzz_tolerance_overrides(rtol, atol, rtol_scale):
     try:
-        got = nr.golden.check_tolerance_overrides(rtol, atol, rtol_scale)
+        got = nr.verify.golden.check_tolerance_overrides(rtol, atol, rtol_scale)
     except (TypeError, ValueError) as exc:
         named = [n for n, v in (("rtol", rtol), ("atol", atol), ("rtol_scale", rtol_scale)) if n in str(exc)]
         assert named, f"the error does not name the argument: {exc}"

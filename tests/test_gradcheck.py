@@ -23,8 +23,8 @@ from neocell_ref import neocell as neocell_module
 from neocell_ref import neocell_backward, parse_kernel_code
 from neocell_ref import neocell_fast as fast_module
 from neocell_ref.expansion import expand
-from neocell_ref.gradcheck import GradcheckReport, assert_gradients, check_gradients, neocell_gradcheck
 from neocell_ref.spec import GroupSpec, parse_specs
+from neocell_ref.verify.gradcheck import GradcheckReport, assert_gradients, check_gradients, neocell_gradcheck
 
 METHODS = ("loop", "patchwise", "blockdiag")
 

@@ -24,11 +24,11 @@ import neocell_ref as nr
 from neocell_ref import layers as L
 from neocell_ref import validation
 from neocell_ref.expansion import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint
-from neocell_ref.gradcheck import check_gradients
 from neocell_ref.init import neo_init, skewed_identity
 from neocell_ref.models import NeoNeXt
 from neocell_ref.spec import GroupSpec, parse_kernel_code, shift_segments
 from neocell_ref.train import SGD, AdamW, synthetic_patterns
+from neocell_ref.verify.gradcheck import check_gradients
 
 TINY = dict(per_stage_layers=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_classes=4, kernel_spec="2+3", resolution=32)
 

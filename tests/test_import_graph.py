@@ -5,6 +5,10 @@ Every ``import`` statement of every ``neocell_ref`` module is read from its sour
 top), the graph of imports between package modules is built, and it must be acyclic:
 a cycle means two modules each know something the other needs, i.e. a fact that has
 no single home. Every module must also import on its own.
+
+The reference never depends on the verifier: no module outside ``neocell_ref.verify``
+(the package ``__init__`` included) imports it, except the command line (``cli``,
+``demo``), which serves both.
 """
 
 import ast
@@ -16,6 +20,9 @@ import pytest
 import neocell_ref
 
 PACKAGE = "neocell_ref"
+VERIFIER = f"{PACKAGE}.verify"
+#: Top-level modules that are not part of the reference and may use the verifier.
+FRONT_ENDS = {f"{PACKAGE}.cli", f"{PACKAGE}.demo"}
 ROOT = Path(neocell_ref.__file__).resolve().parent
 
 
@@ -69,6 +76,19 @@ def imported_modules(name, known, path=None):
     return found
 
 
+def is_verifier(name):
+    return name == VERIFIER or name.startswith(VERIFIER + ".")
+
+
+def reference_imports_of_the_verifier(graph):
+    """``{reference module: verifier modules it imports}`` for every offending module."""
+    return {
+        name: sorted(target for target in targets if is_verifier(target))
+        for name, targets in graph.items()
+        if not is_verifier(name) and name not in FRONT_ENDS and any(is_verifier(t) for t in targets)
+    }
+
+
 def find_cycle(graph):
     """A list of modules forming a cycle in ``graph`` (dict name -> set of names), or None."""
     state = {}  # name -> "open" while on the DFS path, "done" after
@@ -117,13 +137,30 @@ def test_the_intra_package_import_graph_is_acyclic_lazy_imports_included():
     assert cycle is None, "import cycle between package modules: " + " -> ".join(cycle)
 
 
+def test_the_reference_never_imports_the_verifier_lazy_imports_included():
+    graph = import_graph()
+    assert f"{VERIFIER}.golden" in graph and f"{PACKAGE}.models" in graph, sorted(graph)
+    offenders = reference_imports_of_the_verifier(graph)
+    assert not offenders, f"reference modules importing neocell_ref.verify: {offenders}"
+
+
+def test_the_verifier_rule_notices_a_reference_module_that_imports_it():
+    """Test of the test: a planted lazy import of the verifier in a reference module is
+    reported, one from the command line or from inside the verifier is not."""
+    graph = import_graph()
+    graph[f"{PACKAGE}.layers"] = graph[f"{PACKAGE}.layers"] | {f"{VERIFIER}.tolerances"}
+    assert reference_imports_of_the_verifier(graph) == {f"{PACKAGE}.layers": [f"{VERIFIER}.tolerances"]}
+    assert f"{VERIFIER}.gradcheck" in graph[f"{PACKAGE}.demo"], graph[f"{PACKAGE}.demo"]
+    assert f"{VERIFIER}.precision" in graph[f"{VERIFIER}.golden"], graph[f"{VERIFIER}.golden"]
+
+
 def test_the_graph_sees_lazy_and_relative_imports():
     """Test of the test: the parser finds the edges it must, a cycle is reported."""
     graph = import_graph()
     assert f"{PACKAGE}.validation" in graph[f"{PACKAGE}.expansion"], graph[f"{PACKAGE}.expansion"]
     assert f"{PACKAGE}.neocell_fast" in graph[f"{PACKAGE}.neocell"], graph[f"{PACKAGE}.neocell"]
-    # gradcheck imports the operator inside a function only
-    assert f"{PACKAGE}.neocell" in graph[f"{PACKAGE}.gradcheck"], graph[f"{PACKAGE}.gradcheck"]
+    # gradcheck imports the operator inside a function only, two levels up
+    assert f"{PACKAGE}.neocell" in graph[f"{PACKAGE}.verify.gradcheck"], graph[f"{PACKAGE}.verify.gradcheck"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
@@ -135,6 +172,8 @@ def test_the_graph_sees_lazy_and_relative_imports():
         ("from . import spec\n", {"neocell_ref.spec"}),
         ("import neocell_ref.expansion as e\n", {"neocell_ref.expansion"}),
         ("import numpy\nfrom .validation import as_int\n", {"neocell_ref.validation"}),
+        ("def f():\n    from .verify.tolerances import SAFETY\n", {"neocell_ref.verify.tolerances"}),
+        ("from .verify import golden\n", {"neocell_ref.verify.golden"}),
     ],
 )
 def test_the_parser_resolves_each_import_form(tmp_path, source, expected):

@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from neocell_ref import layers as L
-from neocell_ref.gradcheck import check_gradients
 from neocell_ref.instrument import count_macs
+from neocell_ref.verify.gradcheck import check_gradients
 
 EPS32 = float(np.finfo(np.float32).eps)
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import DATA
 
 from neocell_ref import neocell_backward, neocell_forward
-from neocell_ref.testing import relative_error
+from neocell_ref.verify.tolerances import relative_error
 
 METHODS = ("loop", "patchwise", "blockdiag")
 #: float64 against float64: both sides round differently, but only at the 1e-16 level.

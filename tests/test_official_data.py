@@ -31,7 +31,7 @@ from _optional import require
 from conftest import DATA
 
 import neocell_ref as nr
-from neocell_ref.testing import relative_error
+from neocell_ref.verify.tolerances import relative_error
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "official_data.py"

@@ -26,7 +26,7 @@ from neocell_ref.spec import (
     parse_specs,
     shift_segments,
 )
-from neocell_ref.testing import group_specs, kernel_codes
+from neocell_ref.verify.testing import group_specs, kernel_codes
 
 METHODS = ("loop", "patchwise", "blockdiag")
 

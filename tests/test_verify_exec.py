@@ -17,15 +17,15 @@ from test_c_port import _build
 from test_exec_port import PORT, REPO
 
 from neocell_ref.cli import main
-from neocell_ref.exec_port import DEFAULT_TIMEOUT, ExecCommandError
-from neocell_ref.golden import (
+from neocell_ref.verify.exec_port import DEFAULT_TIMEOUT, ExecCommandError
+from neocell_ref.verify.golden import (
     export_golden,
     load_case,
     load_manifest,
     run_exec_and_compare,
     verify_golden,
 )
-from neocell_ref.golden_ops import OPERATIONS
+from neocell_ref.verify.golden_ops import OPERATIONS
 
 CASES = [c[0] for c in OPERATIONS["neocell"].cases("core")]
 

@@ -10,25 +10,11 @@ Operations are registered in :data:`OPERATIONS`; each knows its curated cases, h
 to compute them with the reference, and how to call a port with them. See
 ``docs/porting.md`` for the calling conventions and the tolerance policy.
 
-Tolerance policy (NeoCell)
---------------------------
-Every expected value is a sum of products. Running the same computation on the
-absolute values of all inputs gives, per element, ``bound = Σ |terms|``; the
-classic floating-point bound for a sum of ``n`` products evaluated in any order is
-``|fl(s) - s| <= γ_n · bound`` with ``γ_n ≈ n·u`` (``u`` the unit roundoff of the
-port's dtype). A port passes an element when::
-
-    |got - expected| <= safety · (n + 1) · u · bound + atol
-
-where ``n`` is the array's accumulation length (stored per array in the manifest),
-``+1`` accounts for rounding the result to the port's dtype, and ``safety = 2``
-covers the reference's own error. Expected values are computed in float64 from the
-inputs as stored, so a float32 golden set holds float32 inputs and float64 answers.
-
-Half-precision sets (float16; bfloat16 stored as float32 arrays of bfloat16 numbers)
-use the mixed-precision model of ``docs/porting.md``: ``rtol = safety · (k · u_half +
-(n + 1) · 2**-24)`` with ``k`` the roundings to the half type on the array's path
-(:func:`neocell_ref.golden_ops.half_tolerance`), and leave out the whole model.
+Tolerance policy: every expected array carries its tolerance in the manifest,
+derived by the rules of :mod:`neocell_ref.verify.tolerances` (the magnitude bound
+``|got - expected| <= safety · (n + 1) · u · bound + atol`` for sums of products,
+the mixed-precision model for half-precision sets, normwise measured tolerances for
+the whole model) and explained in ``docs/porting.md``.
 """
 
 from __future__ import annotations
@@ -50,24 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .golden_ops import (  # noqa: F401 (re-exported)
-    ACCUMULATION_ROUNDOFF,
-    DEFAULT_SEED,
-    HALF_EXCLUDED,
-    OPERATIONS,
-    SAFETY,
-    check_seed,
-    make_case,
-    neocell_expected,
-    unit_roundoff,
-)
-from .precision import FLOAT_DTYPES, HALF_DTYPES, STORAGE_DTYPE, UNDERFLOW, dtype_name, not_bfloat16
-from .validation import MAX_NPY_HEADER, read_npy_member
+from .. import __version__
+from ..validation import MAX_NPY_HEADER, read_npy_member
+from .golden_ops import HALF_EXCLUDED, OPERATIONS, make_case, neocell_expected
+from .precision import FLOAT_DTYPES, HALF_DTYPES, STORAGE_DTYPE, dtype_name, not_bfloat16
+from .tolerances import DEFAULT_SEED, allowed_error, check_seed, tolerance_policy
 
 __all__ = [
     "FORMAT_VERSION",
-    "DEFAULT_SEED",
     "MAX_RTOL_SCALE",
     "MAX_MANIFEST_BYTES",
     "GoldenError",
@@ -83,12 +59,10 @@ __all__ = [
     "ArrayComparison",
     "VerifyReport",
     "write_npz",
-    "unit_roundoff",
     "neocell_expected",
     "run_and_compare",
     "run_exec_and_compare",
     "compare_outputs",
-    "allowed_error",
 ]
 
 #: Version of the golden-set format. 3: the manifest records ``storage_dtype``, and
@@ -243,15 +217,6 @@ def _port_array(value):
         what = _KINDS.get(array.dtype.kind, array.dtype.kind)
         return None, (f"the port returned dtype {array.dtype} ({what}); only a real floating array is a result")
     return array, None
-
-
-def allowed_error(expected, *, rtol, atol=0.0, bound=None) -> np.ndarray:
-    """Elementwise allowed ``|got - expected|``: ``rtol · scale + atol``, ``scale`` the
-    magnitude ``bound`` when given and ``|expected|`` otherwise (float64, ``expected``'s shape)."""
-    expected = np.asarray(expected, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        scale = np.abs(expected) if bound is None else np.asarray(bound, dtype=np.float64)
-        return np.broadcast_to(rtol * scale + atol, expected.shape)
 
 
 def compare_arrays(case, array, got, expected, *, rtol, atol=0.0, bound=None) -> ArrayComparison:
@@ -461,8 +426,8 @@ def run_exec_and_compare(
     """Run a port that is a program (the exec protocol) on one golden case and compare.
 
     One process run computes every output of the case (only the forward ones with
-    ``forward_only``), :func:`neocell_ref.exec_port.run_golden_case`. A run that fails
-    (:class:`~neocell_ref.exec_port.PortFailure`: bad exit, timeout, a missing,
+    ``forward_only``), :func:`neocell_ref.verify.exec_port.run_golden_case`. A run that fails
+    (:class:`~neocell_ref.verify.exec_port.PortFailure`: bad exit, timeout, a missing,
     malformed or wrongly shaped output) fails the case with one row ``(exec run)``
     whose message carries the tail of the port's stderr. The outputs are compared by
     :func:`compare_outputs`, exactly as a Python port's.
@@ -472,7 +437,7 @@ def run_exec_and_compare(
 
     Raises
     ------
-    neocell_ref.exec_port.ExecCommandError
+    neocell_ref.verify.exec_port.ExecCommandError
         The command cannot be run at all (a property of the port, not of the case).
     TypeError, ValueError
         Invalid overrides or timeout, an operation the protocol does not support.
@@ -502,7 +467,7 @@ def compare_outputs(op, name, meta, arrays, got, *, rtol=None, atol=None, rtol_s
     run through the exec protocol (:func:`run_exec_and_compare`). Each array is
     compared by :func:`compare_arrays` with the case's stored tolerance under the
     overrides (already validated by the caller). When arrays fail, and ``diagnose``
-    is True, :func:`neocell_ref.diagnosis.diagnose` is asked which known porting
+    is True, :func:`neocell_ref.verify.diagnosis.diagnose` is asked which known porting
     defects explain them, with the same elementwise allowed error; each failing
     array that held a real floating array gets ``diagnosis`` (a list of defect ids,
     empty when none matches). Passing arrays get none. A diagnosis never changes a
@@ -538,7 +503,7 @@ def compare_outputs(op, name, meta, arrays, got, *, rtol=None, atol=None, rtol_s
 
 
 def _diagnosis(op, meta, arrays, failing, allowed) -> dict:
-    """:func:`neocell_ref.diagnosis.diagnose`, any failure of it meaning "no match"."""
+    """:func:`neocell_ref.verify.diagnosis.diagnose`, any failure of it meaning "no match"."""
     import warnings
 
     from .diagnosis import diagnose
@@ -594,30 +559,9 @@ def _build_set(suite, dtype, seed, ops, input_digests=None):
     """The manifest and the case files (name -> bytes) of a set; arguments checked.
 
     ``input_digests``, when a dict, receives ``{file: {input array: digest}}``."""
+    policy = tolerance_policy(dtype)
     if dtype in HALF_DTYPES:
-        policy = {
-            "rule": "|got - expected| <= rtol * bound + atol, elementwise (max|expected| for norm 'max')",
-            "rtol": "safety * (half_roundings * unit_roundoff(dtype) + (accumulation_length + 1) "
-            "* accumulation_roundoff)",
-            "atol": "safety * (underflow(dtype) + (accumulation_length + 1) * underflow(float32)) * "
-            "(1 + propagation of the stored intermediate), rounded up to a power of two",
-            "arithmetic": "products of half-precision numbers accumulated in float32 or better; the "
-            "intermediate (A x, dy B^T) and every result stored in the half type",
-            "safety": SAFETY,
-            "unit_roundoff": unit_roundoff(dtype),
-            "accumulation_roundoff": ACCUMULATION_ROUNDOFF,
-            "underflow": UNDERFLOW[dtype],
-            "bound": "the same computation on absolute values of all inputs (array 'bound/NAME')",
-            "excluded_operations": dict(HALF_EXCLUDED),
-        }
-    else:
-        policy = {
-            "rule": "|got - expected| <= rtol * bound + atol, elementwise",
-            "rtol": "safety * (accumulation_length + 1) * unit_roundoff(dtype)",
-            "safety": SAFETY,
-            "unit_roundoff": unit_roundoff(dtype),
-            "bound": "the same computation on absolute values of all inputs (array 'bound/NAME')",
-        }
+        policy["excluded_operations"] = dict(HALF_EXCLUDED)
     manifest = {
         "format_version": FORMAT_VERSION,
         "generator": f"neocell_ref {__version__}",
@@ -805,7 +749,7 @@ def export_golden(directory, suite="core", dtype="float64", seed=DEFAULT_SEED, o
         whole model (``golden_ops.HALF_EXCLUDED``).
     seed : int
         In ``[0, 2**63 - 1]``. Each case draws from
-        :func:`neocell_ref.golden_ops.case_rng` (keyed by seed, operation and case
+        :func:`neocell_ref.verify.golden_ops.case_rng` (keyed by seed, operation and case
         name), exactly as the conformance kit does with the same seed.
     operations : list of str, optional
         Subset of :data:`OPERATIONS` (default all), recorded in the manifest.
@@ -1342,14 +1286,14 @@ def verify_golden(
         Pin the set: its digest (:func:`set_digest`) must be this SHA-256.
     command : str or sequence of str, optional
         A port that is a program, run once per case through the exec protocol
-        (``docs/porting.md``, "The exec protocol"; :mod:`neocell_ref.exec_port`),
+        (``docs/porting.md``, "The exec protocol"; :mod:`neocell_ref.verify.exec_port`),
         instead of ``forward``/``backward`` (mutually exclusive). A run that fails
         fails its case with the port's stderr tail in the report; the run goes on.
     forward_only : bool
         With ``command``: expect only the forward outputs.
     timeout : float, optional
         With ``command``: seconds per run before the port's process group is killed
-        (default :data:`neocell_ref.exec_port.DEFAULT_TIMEOUT`).
+        (default :data:`neocell_ref.verify.exec_port.DEFAULT_TIMEOUT`).
 
     Returns
     -------
@@ -1362,7 +1306,7 @@ def verify_golden(
         The set is unusable or not the pinned one.
     TypeError, ValueError
         A bad argument, or an exec command that cannot be run
-        (:class:`~neocell_ref.exec_port.ExecCommandError`). Nothing of the port has run then.
+        (:class:`~neocell_ref.verify.exec_port.ExecCommandError`). Nothing of the port has run then.
     """
     from fnmatch import fnmatch
 
