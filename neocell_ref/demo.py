@@ -57,12 +57,3 @@ def run_demo(channels=24, size=(23, 30), code="4+7", shift=1, seed=0, out=print,
         out("(more: neocell-ref complexity --help, neocell-ref model-complexity --help, neocell-ref golden --help)")
     out("demo: all checks passed" if ok else "demo: CHECKS FAILED")
     return ok
-
-
-def register_cli(subparsers):
-    p = subparsers.add_parser("demo", help="build a shifted '4+7' NeoCell, compare formulations, gradient-check")
-    p.add_argument("--channels", type=int, default=24)
-    p.add_argument("--code", default="4+7")
-    p.add_argument("--shift", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=lambda a: 0 if run_demo(a.channels, code=a.code, shift=a.shift, seed=a.seed) else 1)

@@ -39,7 +39,7 @@ import numpy as np
 from .. import __version__
 from ..validation import MAX_NPY_HEADER, read_npy_member
 from .golden_ops import HALF_EXCLUDED, OPERATIONS, make_case, neocell_expected
-from .precision import FLOAT_DTYPES, HALF_DTYPES, STORAGE_DTYPE, dtype_name, not_bfloat16
+from .precision import HALF_DTYPES, STORAGE_DTYPE, dtype_name, not_bfloat16
 from .tolerances import DEFAULT_SEED, allowed_error, check_seed, tolerance_policy
 
 __all__ = [
@@ -53,6 +53,10 @@ __all__ = [
     "load_manifest",
     "load_case",
     "set_digest",
+    "manifest_digest",
+    "check_digest",
+    "load_callable",
+    "load_port",
     "verify_golden",
     "compare_arrays",
     "check_tolerance_overrides",
@@ -606,6 +610,12 @@ def _manifest_text(manifest) -> str:
     return json.dumps(manifest, indent=1, sort_keys=True) + "\n"
 
 
+def manifest_digest(manifest: dict) -> str:
+    """The set digest (SHA-256 of ``manifest.json``) of a manifest as
+    :func:`export_golden` writes and returns it."""
+    return _sha256(_manifest_text(manifest).encode("utf-8"))
+
+
 @functools.lru_cache(maxsize=16)
 def _derived(suite, dtype, seed, ops):
     """``(manifest text, input digests)`` this package exports; cached (about 1 s uncached)."""
@@ -1007,7 +1017,9 @@ def _read_case(directory: Path, case: dict) -> dict:
     return _case_arrays(data, case, where)
 
 
-def _check_digest(digest):
+def check_digest(digest):
+    """``digest`` normalised (lower case, stripped), ``None`` for ``None``; a value that is
+    not 64 hex digits is a TypeError/ValueError naming it."""
     if digest is None:
         return None
     if not isinstance(digest, str):
@@ -1021,7 +1033,7 @@ def _check_digest(digest):
 def _load_set(directory, digest=None, keep_op=None):
     """Verify a golden set as a whole; return ``(manifest, set digest)``, and with
     ``keep_op`` also ``{case file: arrays}`` of that operation's cases."""
-    digest = _check_digest(digest)
+    digest = check_digest(digest)
     directory = _folder_arg(directory)
     if not directory.is_dir():
         raise GoldenError(f"no golden set at {directory}: not a folder")
@@ -1373,7 +1385,7 @@ def verify_golden(
 
 
 # --------------------------------------------------------------------------------------
-# command line: neocell-ref golden export|verify
+# ports named by "package.module:function" (the command line's --forward/--backward)
 # --------------------------------------------------------------------------------------
 def load_callable(target: str):
     """Import ``"package.module:function"`` (the current directory is importable)."""
@@ -1394,9 +1406,10 @@ def load_callable(target: str):
     return obj
 
 
-def _load_port(target, option):
+def load_port(target, option):
     """:func:`load_callable`, any failure (import error, SystemExit at import, not
-    callable) turned into a one-line ValueError naming the option and the target."""
+    callable) turned into a one-line ValueError naming ``option`` and the target;
+    ``None`` for no target."""
     if target is None:
         return None
     try:
@@ -1405,146 +1418,3 @@ def _load_port(target, option):
         raise
     except BaseException as exc:  # the port's module may raise anything while importing
         raise ValueError(f"{option} {target!r}: the port cannot be loaded: {_exception_text(exc)}") from None
-
-
-def _parse_exclusions(items):
-    exclude = {}
-    for item in items or []:
-        pattern, sep, reason = item.partition("=")
-        if not sep or not pattern or not reason.strip():
-            raise ValueError(f"--exclude takes PATTERN=REASON (a reason is required), got {item!r}")
-        exclude[pattern] = reason.strip()
-    return exclude
-
-
-def _check_output_file(name, option):
-    """Refuse, before anything runs, an output file that cannot be written."""
-    if name == "":
-        raise ValueError(f"{option} is empty: give a file path")
-    path = Path(name)
-    if path.is_dir():
-        raise ValueError(f"{option} {name}: is a folder, not a file")
-    if path.exists():
-        if not os.access(path, os.W_OK):
-            raise ValueError(f"{option} {name}: the file is not writable")
-        return
-    parent = path.parent
-    if not parent.is_dir():
-        raise ValueError(f"{option} {name}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {name}: the folder {parent} is not writable")
-
-
-def _cli_export(args) -> int:
-    manifest = export_golden(args.directory, suite=args.suite, dtype=args.dtype, seed=args.seed)
-    digest = _sha256(_manifest_text(manifest).encode("utf-8"))
-    print(
-        f"wrote {len(manifest['cases'])} cases ({args.suite}, {args.dtype}, seed {args.seed}) and "
-        f"manifest.json to {args.directory}\nset digest (SHA-256 of manifest.json): {digest}"
-    )
-    return 0
-
-
-def _cli_verify(args) -> int:
-    exclude = _parse_exclusions(args.exclude)
-    check_tolerance_overrides(None, None, args.rtol_scale)
-    _check_digest(args.digest)
-    if args.json is not None:
-        _check_output_file(args.json, "--json")
-    if args.exec is not None:
-        if args.forward is not None or args.backward is not None:
-            raise ValueError("--exec is mutually exclusive with --forward/--backward: give one port")
-        from .exec_port import check_command
-
-        check_command(args.exec)  # an unusable command is refused before the set is read
-        forward = backward = None
-    else:
-        if args.forward_only or args.timeout is not None:
-            raise ValueError(
-                "--forward-only and --timeout apply to --exec; for a forward-only check of a "
-                "Python port give only --forward"
-            )
-        forward = _load_port(args.forward, "--forward")
-        backward = _load_port(args.backward, "--backward")
-        if forward is None and backward is None:
-            raise ValueError("give --forward and/or --backward, or --exec")
-    report = verify_golden(
-        args.directory,
-        args.op,
-        forward,
-        backward,
-        exclude=exclude,
-        rtol_scale=args.rtol_scale,
-        digest=args.digest,
-        command=args.exec,
-        forward_only=args.forward_only,
-        timeout=args.timeout,
-    )
-    print(report.table())
-    if args.json is not None:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n")
-    return 0 if report.passed else 1
-
-
-def register_cli(subparsers):
-    from .exec_port import DEFAULT_TIMEOUT
-
-    golden = subparsers.add_parser(
-        "golden",
-        help="export golden vectors or verify a port against them",
-        description="Exit status: 0 only when every non-excluded case ran and passed (verify) or the set "
-        "was written (export); 1 when a port failed; 2 when the set, an argument or the "
-        "port is unusable (one line on stderr).",
-    )
-    sub = golden.add_subparsers(dest="golden_command", metavar="ACTION", required=True)
-    ex = sub.add_parser("export", help="write a deterministic golden set")
-    ex.add_argument("directory")
-    ex.add_argument("--suite", choices=["core", "full"], default="core")
-    ex.add_argument(
-        "--dtype",
-        choices=list(FLOAT_DTYPES),
-        default="float64",
-        help="float16 and bfloat16 sets carry mixed-precision tolerances (docs/porting.md); "
-        "bfloat16 inputs are stored as float32 arrays of bfloat16 numbers",
-    )
-    ex.add_argument("--seed", type=int, default=DEFAULT_SEED, help="in [0, 2**63 - 1]")
-    ex.set_defaults(func=_cli_export)
-    ve = sub.add_parser(
-        "verify",
-        help="run a port on every golden case of an operation",
-        description="Failing arrays are diagnosed against known porting defects (docs/defects.md).",
-    )
-    ve.add_argument("directory")
-    ve.add_argument("--op", required=True, choices=sorted(OPERATIONS))
-    ve.add_argument("--forward", help="package.module:function")
-    ve.add_argument("--backward", help="package.module:function")
-    ve.add_argument(
-        "--exec",
-        metavar="COMMAND",
-        help='a port that is a program: "COMMAND {in} {out}", run once per case through the exec '
-        "protocol (docs/porting.md); not with --forward/--backward",
-    )
-    ve.add_argument(
-        "--timeout",
-        type=float,
-        metavar="SECONDS",
-        help=f"with --exec: seconds per case before the port's process group is killed (default {DEFAULT_TIMEOUT:g})",
-    )
-    ve.add_argument("--forward-only", action="store_true", help="with --exec: expect only the forward outputs")
-    ve.add_argument(
-        "--exclude",
-        action="append",
-        metavar="PATTERN=REASON",
-        help="skip cases matching an fnmatch pattern, with a stated reason (repeatable)",
-    )
-    ve.add_argument(
-        "--rtol-scale",
-        type=float,
-        default=1.0,
-        help=f"multiply every stored rtol (finite, > 0, at most {MAX_RTOL_SCALE:g})",
-    )
-    ve.add_argument(
-        "--digest", metavar="SHA256", help="refuse the set unless its digest (SHA-256 of manifest.json) is this"
-    )
-    ve.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    ve.set_defaults(func=_cli_verify)
