@@ -141,8 +141,11 @@ def test_derivations_checks_ran(built):
 def _public_modules():
     import neocell_ref
 
+    # the verifier subpackage and its modules included
     return sorted(
-        f"neocell_ref.{m.name}" for m in pkgutil.iter_modules(neocell_ref.__path__) if not m.name.startswith("_")
+        m.name
+        for m in pkgutil.walk_packages(neocell_ref.__path__, "neocell_ref.")
+        if not m.name.rpartition(".")[2].startswith("_")
     )
 
 

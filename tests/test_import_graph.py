@@ -9,10 +9,17 @@ no single home. Every module must also import on its own.
 The reference never depends on the verifier: no module outside ``neocell_ref.verify``
 (the package ``__init__`` included) imports it, except the command line (``cli``,
 ``demo``), which serves both.
+
+The eager-import rule (the docstring of ``neocell_ref/__init__.py``): ``import
+neocell_ref`` imports every reference module, so each is an attribute of the package,
+and neither the verifier nor hypothesis; ``from neocell_ref import verify`` works
+without hypothesis, and only the conformance kit ``neocell_ref.verify.testing`` needs it.
 """
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,3 +188,84 @@ def test_the_parser_resolves_each_import_form(tmp_path, source, expected):
     module.write_text(source, encoding="utf-8")
     known = set(package_modules()) | {f"{PACKAGE}.probe"}
     assert imported_modules(f"{PACKAGE}.probe", known, module) == expected
+
+
+# --------------------------------------------------------------------------------------
+# the eager-import rule
+# --------------------------------------------------------------------------------------
+def reference_modules():
+    """Dotted names of the reference modules: every module outside the verifier and the
+    command line, from the files on disk."""
+    return [name for name in package_modules() if name != PACKAGE and not is_verifier(name) and name not in FRONT_ENDS]
+
+
+def eager_import_problems(expected, loaded):
+    """What breaks the eager-import rule, given the modules ``import neocell_ref`` loaded."""
+    problems = []
+    missing = sorted(set(expected) - set(loaded))
+    if missing:
+        problems.append(f"import neocell_ref does not import the reference modules {missing}")
+    extra = sorted(name for name in loaded if is_verifier(name) or name in FRONT_ENDS or name == "hypothesis")
+    if extra:
+        problems.append(f"import neocell_ref imports {extra}: the verifier and the CLI are imported explicitly")
+    return problems
+
+
+def _fresh_python(code):
+    """Run ``code`` in a fresh interpreter from the checkout; return its stdout lines."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_import_neocell_ref_imports_every_reference_module_and_not_the_verifier():
+    expected = reference_modules()
+    assert f"{PACKAGE}.expansion" in expected and f"{PACKAGE}.calculator" in expected, expected
+    loaded = _fresh_python(
+        "import sys, types, neocell_ref as nr\n"
+        "for name in sorted(sys.modules):\n"
+        "    if name.startswith('neocell_ref.') or name == 'hypothesis':\n"
+        "        print(name)\n"
+        "for attr in nr.__all__:\n"
+        "    if isinstance(getattr(nr, attr), types.ModuleType):\n"
+        "        print('attribute:' + attr)\n"
+    )
+    problems = eager_import_problems(expected, loaded)
+    assert not problems, "; ".join(problems)
+    attributes = {name.partition(":")[2] for name in loaded if name.startswith("attribute:")}
+    assert attributes == {name.rpartition(".")[2] for name in expected}, (
+        f"modules in neocell_ref.__all__ {sorted(attributes)} differ from the reference modules {expected}"
+    )
+    # a name means one thing: the functions nr.expand and nr.complexity are not modules
+    assert importlib.import_module(PACKAGE).expand is not importlib.import_module(f"{PACKAGE}.expansion")
+
+
+def test_the_verifier_is_imported_explicitly_and_only_its_kit_needs_hypothesis():
+    out = _fresh_python(
+        "import sys\n"
+        "sys.modules['hypothesis'] = None  # as if hypothesis were not installed\n"
+        "from neocell_ref import verify\n"
+        "from neocell_ref.verify import golden, tolerances, gradcheck, diagnosis, exec_port, precision\n"
+        "print(sorted(verify.__all__) == sorted(n for n in verify.__all__ if hasattr(verify, n)))\n"
+        "try:\n"
+        "    import neocell_ref.verify.testing\n"
+        "except ImportError:\n"
+        "    print('kit-needs-hypothesis')\n"
+    )
+    assert out == ["True", "kit-needs-hypothesis"], out
+
+
+def test_the_eager_rule_test_sees_a_missing_module_and_an_eager_verifier():
+    """Test of the test: the reference modules come from the files, so a module the
+    package ``__init__`` forgot is reported, as is a verifier module or hypothesis
+    imported by ``import neocell_ref``."""
+    expected = reference_modules()
+    assert f"{PACKAGE}.models_fast" in expected and f"{PACKAGE}.layer_kinds" in expected, expected
+    assert not any(is_verifier(name) for name in expected) and f"{PACKAGE}.cli" not in expected, expected
+    assert eager_import_problems(expected, expected) == []
+    forgot = [name for name in expected if name != f"{PACKAGE}.calculator"]
+    assert f"{PACKAGE}.calculator" in eager_import_problems(expected, forgot)[0]
+    for eager in (f"{VERIFIER}.golden", "hypothesis", f"{PACKAGE}.demo"):
+        assert eager in eager_import_problems(expected, [*expected, eager])[0]
