@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from test_neocell_conformance import TOLERANCE, case_by_name, conformance_errors
 
-# The package re-exports functions named like its modules (``expand``), so fetch the
-# modules themselves for monkeypatching.
+# The modules themselves, for monkeypatching.
 from neocell_ref import expansion as expand_module
 from neocell_ref import neocell as neocell_module
 from neocell_ref import neocell_backward, parse_kernel_code

@@ -4,8 +4,8 @@ The reference modules of :mod:`neocell_ref` never import this subpackage; it is
 imported explicitly (``from neocell_ref import verify``), because its conformance kit
 needs hypothesis.
 
-Modules
--------
+Its modules:
+
 :mod:`~neocell_ref.verify.golden`
     Golden sets: the file format, ``export_golden`` and ``verify_golden`` (the
     ``neocell-ref golden`` command).
