@@ -72,7 +72,7 @@ __all__ = [
 #: Version of the golden-set format. 3: the manifest records ``storage_dtype``, and
 #: sets can be float16 or bfloat16 (half-precision tolerances). 2: the manifest
 #: records ``operations``, case arrays come from the name-keyed seeding rule
-#: (``golden_ops.case_rng``), and the whole manifest is checked against a
+#: (``tolerances.case_rng``), and the whole manifest is checked against a
 #: re-derivation. Sets of other formats are refused.
 FORMAT_VERSION = 3
 #: Largest factor by which a tolerance override may loosen a stored ``rtol``: a port
@@ -759,7 +759,7 @@ def export_golden(directory, suite="core", dtype="float64", seed=DEFAULT_SEED, o
         whole model (``golden_ops.HALF_EXCLUDED``).
     seed : int
         In ``[0, 2**63 - 1]``. Each case draws from
-        :func:`neocell_ref.verify.golden_ops.case_rng` (keyed by seed, operation and case
+        :func:`neocell_ref.verify.tolerances.case_rng` (keyed by seed, operation and case
         name), exactly as the conformance kit does with the same seed.
     operations : list of str, optional
         Subset of :data:`OPERATIONS` (default all), recorded in the manifest.
