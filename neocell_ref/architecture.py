@@ -21,11 +21,12 @@ A :class:`Unit` of kind ``"residual"`` computes ``x + layers(x)``; one of kind
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from . import registry
 from .spec import GroupSpec, check_input_size, parse_kernel_code
+from .validation import as_int, real_number
 
 __all__ = [
     "NeoNeXtConfig",
@@ -90,34 +91,23 @@ class NeoNeXtConfig:
     def __post_init__(self):
         for name in ("per_stage_layers", "dims", "shifts"):
             value = getattr(self, name)
-            try:
-                value = tuple(value)
-            except TypeError:
-                raise TypeError(f"{name} must be a sequence of 4 integers, got {value!r}") from None
+            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+                raise TypeError(f"{name} must be a sequence of 4 integers, got {value!r}")
+            value = tuple(value)
             if len(value) != 4:
                 raise ValueError(f"{name} must have 4 entries (one per stage), got {value!r}")
-            for v in value:
-                if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                    raise TypeError(f"{name} entries must be integers, got {value!r}")
             minimum = 0 if name == "shifts" else 1
-            if min(value) < minimum:
-                raise ValueError(f"{name} entries must be >= {minimum}, got {value!r}")
-            object.__setattr__(self, name, tuple(int(v) for v in value))
+            value = tuple(as_int(v, f"{name}[{stage}]", minimum) for stage, v in enumerate(value))
+            object.__setattr__(self, name, value)
         for name in ("num_classes", "in_chans"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            object.__setattr__(self, name, as_int(getattr(self, name), name, 1))
         if not isinstance(self.kernel_spec, str):
             raise TypeError(f"kernel_spec must be a str such as 'default' or '4+7', got {self.kernel_spec!r}")
-        for name in ("layer_scale_init_value", "drop_path"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (v == v) or abs(v) == float("inf"):
-                raise ValueError(f"{name} must be a finite real number, got {v!r}")
-        if not 0.0 <= self.drop_path < 1.0:
-            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}")
-        if self.layer_scale_init_value < 0:
-            raise ValueError(f"layer_scale_init_value must be >= 0, got {self.layer_scale_init_value!r}")
-        if not isinstance(self.linear_bias, (bool,)):
+        drop_path = real_number(self.drop_path, "drop_path", 0.0, 1.0, high_open=True, type_error=True)
+        object.__setattr__(self, "drop_path", drop_path)
+        scale = real_number(self.layer_scale_init_value, "layer_scale_init_value", 0.0, type_error=True)
+        object.__setattr__(self, "layer_scale_init_value", scale)
+        if not isinstance(self.linear_bias, bool):
             raise TypeError(f"linear_bias must be a bool, got {self.linear_bias!r}")
         # Kernel codes are validated per stage here so that a bad code fails early.
         for code, dim, shift in zip(stage_kernel_codes(self.kernel_spec), self.dims, self.shifts):
