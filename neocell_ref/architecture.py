@@ -20,6 +20,7 @@ A :class:`Unit` of kind ``"residual"`` computes ``x + layers(x)``; one of kind
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ __all__ = [
     "Unit",
     "Architecture",
     "MODEL_CONFIGS",
+    "resolution_pair",
     "describe",
     "get_config",
     "stage_kernel_codes",
@@ -284,6 +286,33 @@ def _linear(name, shape, c_out, bias):
     return layer(name, "linear", shape, (c_out, *shape[1:]), bias=bias)
 
 
+def resolution_pair(resolution) -> tuple[int, int]:
+    """``resolution`` (an int ``s`` for ``s x s``, or ``(H, W)``) as a pair of Python ints.
+
+    The one check of an input size of the network: the patchify stem needs both sides
+    to be positive multiples of its patch size (SPEC section 7).
+
+    Raises
+    ------
+    ValueError
+        Anything but one integer or two integers that are positive multiples of 4.
+    """
+    if isinstance(resolution, numbers.Integral) and not isinstance(resolution, bool):
+        pair = (resolution, resolution)
+    elif isinstance(resolution, (str, bytes)) or not isinstance(resolution, Iterable):
+        pair = None
+    else:
+        try:  # at most three items: enough to refuse a longer (or endless) iterable
+            pair = tuple(itertools.islice(resolution, 3))
+        except TypeError:  # e.g. a 0-d array
+            pair = None
+    if pair is None or len(pair) != 2 or any(
+        isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < PATCH or r % PATCH for r in pair
+    ):
+        raise ValueError(f"input resolution must be (H, W) with positive multiples of {PATCH}, got {resolution!r}")
+    return int(pair[0]), int(pair[1])
+
+
 def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
     """Describe a NeoNeXt for an input of ``resolution`` (int or ``(H, W)``) pixels.
 
@@ -293,13 +322,7 @@ def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
         If the height or width is not a positive multiple of 4, or a stage's shift
         does not fit its feature map (SPEC section 4).
     """
-    if isinstance(resolution, numbers.Integral):
-        resolution = (int(resolution), int(resolution))
-    resolution = tuple(resolution)
-    if len(resolution) != 2 or any(
-        isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < PATCH or r % PATCH for r in resolution
-    ):
-        raise ValueError(f"input resolution must be (H, W) with positive multiples of {PATCH}, got {resolution!r}")
+    resolution = resolution_pair(resolution)
     total_blocks = sum(config.per_stage_layers)
     if total_blocks > MAX_BLOCKS:
         # Every block is a handful of layer records: a description is linear in the

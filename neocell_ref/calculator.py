@@ -34,7 +34,6 @@ import dataclasses
 import functools
 import json
 import math
-import numbers
 import sys
 from dataclasses import dataclass, field
 
@@ -48,6 +47,7 @@ from .architecture import (
     NeoNeXtConfig,
     describe,
     get_config,
+    resolution_pair,
 )
 from .expansion import nnz, padding_view
 from .spec import GroupSpec, check_input_size, parse_kernel_code, parse_specs, subgroup_sizes
@@ -821,7 +821,7 @@ def released_checkpoint_options(resolution=224) -> dict:
     options; the 384 px checkpoints also shift stage 4 (shifts ``(1, 1, 1, 1)``).
     """
     options = dict(RELEASED_CHECKPOINT_OPTIONS)
-    side = resolution if isinstance(resolution, numbers.Integral) else max(resolution)
+    side = max(resolution_pair(resolution))
     if side == 384:
         options["shifts"] = (1, 1, 1, 1)
     return options
