@@ -306,8 +306,10 @@ def resolution_pair(resolution) -> tuple[int, int]:
             pair = tuple(itertools.islice(resolution, 3))
         except TypeError:  # e.g. a 0-d array
             pair = None
-    if pair is None or len(pair) != 2 or any(
-        isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < PATCH or r % PATCH for r in pair
+    if (
+        pair is None
+        or len(pair) != 2
+        or any(isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < PATCH or r % PATCH for r in pair)
     ):
         raise ValueError(f"input resolution must be (H, W) with positive multiples of {PATCH}, got {resolution!r}")
     return int(pair[0]), int(pair[1])
