@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from support.expansion import HAND_EXAMPLES, K22, expand_by_index, expand_by_slicing
+from support.hostile import raises_naming, small_layer
 
 from neocell_ref.expand import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint, nnz
 from neocell_ref.spec import parse_specs
@@ -293,3 +294,75 @@ def test_channel_runs_cover_every_channel_once_with_its_shifts():
             assert (shifts_a[c], shifts_b[c]) == (run.shift_a, run.shift_b), (run, c)
         seen.extend(range(run.chans.start, run.chans.stop))
     assert seen == list(range(15)), f"runs cover channels {seen}, expected 0..14 once each"
+
+
+# --------------------------------------------------------------------------------------
+# hostile input (issue "Verdicts that cannot be fooled", section 5)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def layer():
+    """``support.hostile.small_layer()``, built once for this module."""
+    return small_layer()
+
+
+def test_expand_adjoint_refuses_one_channel_for_two(layer):
+    specs = layer[0]
+    ga, gb = np.ones((1, 6, 6)), np.ones((1, 6, 6))
+    with raises_naming(ValueError, "grad_a_full", "(1, 6, 6)", "(2, 6, 6)"):
+        expand_adjoint(ga, gb, specs)
+    with raises_naming(ValueError, "grad_b_full", "(1, 6, 6)", "(2, 6, 6)"):
+        expand_adjoint(np.ones((2, 6, 6)), gb, specs)
+
+
+def test_expand_adjoint_refuses_2d_and_complex(layer):
+    specs = layer[0]
+    with raises_naming(ValueError, "grad_a_full", "3-D", "(6, 6)"):
+        expand_adjoint(np.ones((6, 6)), np.ones((6, 6)), specs)
+    with raises_naming(TypeError, "grad_b_full", "complex"):
+        expand_adjoint(np.ones((2, 6, 6)), np.ones((2, 6, 6)) * 1j, specs)
+
+
+def test_expand_adjoint_of_correct_shapes_still_matches_expand(layer):
+    """The new checks accept what expand returns; adjoint identity <E(w), G> = <w, E*(G)>."""
+    specs, wa, wb, _ = layer
+    rng = np.random.default_rng(5)
+    a_full, b_full = expand(wa, wb, specs, (6, 6))
+    ga, gb = rng.standard_normal(a_full.shape), rng.standard_normal(b_full.shape)
+    da, db = expand_adjoint(ga, gb, specs)
+    assert np.isclose(np.vdot(a_full, ga), np.vdot(wa[0], da[0]), rtol=1e-12)
+    assert np.isclose(np.vdot(b_full, gb), np.vdot(wb[0], db[0]), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "shift, words", [(-1, ("shift", ">= 0", "-1")), (3, ("shift=3", "smaller", "(3, 3)")), (5, ("shift=5", "smaller"))]
+)
+def test_expand_kernel_refuses_shifts_outside_the_kernel(shift, words):
+    with raises_naming(ValueError, *words):
+        expand_kernel(np.ones((3, 3)), 6, 6, shift)
+    with raises_naming(ValueError, *words):
+        expand_kernel_adjoint(np.ones((6, 6)), 3, 3, shift)
+
+
+def test_expand_kernel_refuses_empty_kernel_without_looping():
+    # Used to loop forever: a 0-row block never advances.
+    with raises_naming(ValueError, "kernel", "non-empty", "(0, 0)"):
+        expand_kernel(np.ones((0, 0)), 5, 5, 0)
+    with raises_naming(ValueError, "kernel", "(2, 0)"):
+        expand_kernel(np.ones((2, 0)), 5, 5, 0)
+    with raises_naming(ValueError, "p must be >= 1"):
+        expand_kernel_adjoint(np.ones((5, 5)), 0, 3, 0)
+
+
+def test_expand_kernel_argument_types():
+    with raises_naming(ValueError, "kernel", "2-D"):
+        expand_kernel(np.ones(3), 5, 5, 0)
+    with raises_naming(TypeError, "rows", "integer"):
+        expand_kernel(np.ones((2, 2)), 5.0, 5, 0)
+    with raises_naming(TypeError, "shift", "bool"):
+        expand_kernel(np.ones((2, 2)), 5, 5, True)
+    with raises_naming(TypeError, "kernel", "complex"):
+        expand_kernel(np.ones((2, 2)) * 1j, 5, 5, 0)
+    with raises_naming(TypeError, "size", "pair"):
+        expand([np.ones((1, 2, 2))], [np.ones((1, 2, 2))], [{"kernel": 2, "channels": 1}], 4)

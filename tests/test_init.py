@@ -10,10 +10,11 @@ tests are deterministic, and 5 standard errors leave a wide margin).
 
 import numpy as np
 import pytest
+from support.hostile import raises_naming
 from support.neo_init import SPECS, check_standard_normal
 
 from neocell_ref import neo_init, neocell_forward, skewed_identity
-from neocell_ref.spec import GroupSpec
+from neocell_ref.spec import GroupSpec, parse_kernel_code
 
 H, T, Q = 1 / 2, 1 / 3, 1 / 4
 
@@ -206,3 +207,13 @@ def test_neo_init_bad_specs(specs, exc, fragments):
         neo_init(specs, np.random.default_rng(0))
     for fragment in fragments:
         assert fragment in str(info.value), f"message {str(info.value)!r} does not mention {fragment!r}"
+
+
+def test_neo_init_refuses_noise_that_overflows_float32():
+    specs = parse_kernel_code("3", channels=2)
+    with raises_naming(ValueError, "noise_scale", "weights_a[0]", "float32"):
+        neo_init(specs, np.random.default_rng(0), dtype=np.float32, noise_scale=1e300)
+    with raises_naming(ValueError, "noise_scale", "Inf"):
+        neo_init(parse_kernel_code("1", channels=64), np.random.default_rng(0), noise_scale=1.7e308)
+    wa, _ = neo_init(specs, np.random.default_rng(0), dtype=np.float32, noise_scale=1e30)
+    assert np.isfinite(wa[0]).all()

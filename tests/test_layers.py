@@ -13,11 +13,13 @@
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.hostile import raises_naming
 from support.layers import gradient_report
 from support.paths import REPO
 
@@ -549,7 +551,6 @@ def test_errors_name_the_argument(call, error, words):
 
 def test_gelu_float32_coefficients_come_from_the_documented_fit():
     """docs/model.md lists the fit that produced GELU_FLOAT32_COEFFICIENTS; re-run it."""
-    import re
 
     page = (REPO / "docs" / "model.md").read_text(encoding="utf-8")
     listing = re.findall(r"```python\n(import numpy as np\nfrom scipy import linalg, special\n.*?)```", page, re.S)
@@ -560,3 +561,37 @@ def test_gelu_float32_coefficients_come_from_the_documented_fit():
     stored = np.array(L.GELU_FLOAT32_COEFFICIENTS)
     rel = np.abs(fitted - stored) / np.abs(stored)
     assert rel.max() < 1e-4, f"coefficients differ from the documented fit by {rel.max():.2e} (index {rel.argmax()})"
+
+
+def test_negative_or_nonfinite_running_variance_is_refused():
+    x, w, b, m = np.ones((1, 2, 2, 2)), np.ones(2), np.zeros(2), np.zeros(2)
+    with raises_naming(ValueError, "running_var", ">= 0", "-1.0"):
+        L.batchnorm_forward(x, w, b, m, np.array([1.0, -1.0]), training=False)
+    with raises_naming(ValueError, "running_var", ">= 0"):
+        L.batchnorm_backward(x, x, w, b, m, np.array([-1.0, 1.0]), training=False)
+    with raises_naming(ValueError, "running_mean", "NaN"):
+        L.batchnorm_forward(x, w, b, np.array([np.nan, 0.0]), np.ones(2), training=False)
+    with raises_naming(ValueError, "var", ">= 0"):
+        L.batchnorm_affine(w, b, m, np.array([-1.0, 1.0]))
+    # training mode ignores the running statistics, as before
+    assert np.isfinite(L.batchnorm_forward(np.arange(8.0).reshape(1, 2, 2, 2), w, b, None, None, training=True)).all()
+
+
+def test_batchnorm_update_running_refuses_nonfinite_x_and_overflowing_count():
+    x = np.ones((2, 2, 2, 2))
+    x[0, 0, 0, 0] = np.nan
+    with raises_naming(ValueError, "x contains NaN or Inf"):
+        L.batchnorm_update_running(x, np.zeros(2), np.ones(2), 0)
+    with raises_naming(ValueError, "num_batches_tracked", "int64"):
+        L.batchnorm_update_running(np.ones((2, 2, 2, 2)), np.zeros(2), np.ones(2), np.int64(2**63 - 1))
+
+
+def test_layer_averages_over_empty_axes_are_refused():
+    with raises_naming(ValueError, "x", "(1, 1, 0, 3)", "average"):
+        L.avgpool_forward(np.ones((1, 1, 0, 3)))
+    with raises_naming(ValueError, "x", "average"):
+        L.avgpool_backward(np.ones((1, 1)), np.ones((1, 1, 3, 0)))
+    with raises_naming(ValueError, "x", "LayerNorm"):
+        L.layernorm_forward(np.ones((2, 0)), np.ones(0), np.ones(0))
+    with raises_naming(ValueError, "x", "batch statistic"):
+        L.batchnorm_stats(np.ones((0, 2, 1, 1)))

@@ -10,10 +10,13 @@
   float32 against float64.
 """
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.hostile import TINY_MODEL, raises_naming
 from support.models import TINY, model_gradcheck, tiny, tiny_input
 from support.official_model import (
     FLOAT32_GRADS,
@@ -27,11 +30,12 @@ from support.official_model import (
 
 import neocell_ref as nr
 from neocell_ref import layers as L
-from neocell_ref import models, models_fast
+from neocell_ref import models
 from neocell_ref.architecture import MODEL_CONFIGS, NeoNeXtConfig, describe, get_config
 from neocell_ref.gradcheck import check_gradients
 from neocell_ref.init import skewed_identity
 from neocell_ref.instrument import count_macs
+from neocell_ref.models import NeoNeXt
 from neocell_ref.testing import relative_error
 
 
@@ -332,42 +336,6 @@ def test_cache_semantics():
     )
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_fast_path_matches_the_layer_by_layer_path(monkeypatch, dtype):
-    """cache=False runs BatchNorm (inference), fc_1, GELU, fc_2, layer scale and the skip
-    addition on blocks of pixels: blocks of 3 columns here, so that samples split into
-    several blocks with a short last one (64 = 21·3 + 1). Training mode too (there only
-    fc_1, GELU, fc_2 are blocked)."""
-    model = tiny(dtype, linear_bias=True, layer_scale_init_value=0.5)
-    rng = np.random.default_rng(8)
-    for key in model.params:  # non-trivial biases, BatchNorm affine and gamma
-        if key.endswith(("bias", "norm.weight", "gamma")):
-            model.params[key] = (1 + rng.standard_normal(model.params[key].shape)).astype(dtype)
-    for key in model.buffers:
-        if key.endswith("running_mean"):
-            model.buffers[key] = rng.standard_normal(model.buffers[key].shape).astype(dtype)
-        elif key.endswith("running_var"):
-            model.buffers[key] = rng.uniform(0.5, 2, model.buffers[key].shape).astype(dtype)
-    monkeypatch.setattr(models_fast, "_MLP_BLOCK", 16 * 3)  # stage 1: 16 hidden channels -> 3 columns
-    x = tiny_input(3).astype(dtype)
-    with count_macs() as fused_count:
-        fused = model.forward(x, cache=False)
-    with count_macs() as plain_count:
-        plain = model.forward(x, cache=True)
-    tol = 1e-13 if dtype == np.float64 else 1e-6
-    err = relative_error(fused, plain)
-    assert err <= tol, f"fast inference path differs from the layer-by-layer path: {err:.3e}"
-    assert fused_count.by_tag() == plain_count.by_tag(), (fused_count.by_tag(), plain_count.by_tag())
-    twin = tiny(dtype, linear_bias=True, layer_scale_init_value=0.5)
-    twin.load_state_dict(model.state_dict())
-    fast_train = model.forward(x, training=True, cache=False)
-    plain_train = twin.forward(x, training=True)
-    err = relative_error(fast_train, plain_train)
-    assert err <= tol, f"training-mode fast path differs: {err:.3e}"
-    for key in model.buffers:  # later BatchNorms see inputs that differ by rounding
-        assert np.allclose(model.buffers[key], twin.buffers[key], rtol=tol, atol=0), f"{key} differs"
-
-
 def test_batchnorm_buffers_update_only_in_training():
     model = tiny()
     x = tiny_input(4)
@@ -618,3 +586,112 @@ def test_float32_model_within_documented_accuracy(official):
     for key, err in errors.items():
         bound = FLOAT32_LOGITS if key.startswith("logits") else FLOAT32_GRADS
         assert err <= bound, f"float32 {key}: relative error {err:.3e} > {bound:g}"
+
+
+@pytest.fixture
+def tiny32():
+    return NeoNeXt(**TINY_MODEL, dtype=np.float32)
+
+
+def test_load_state_dict_casts_before_checking_finiteness(tiny32):
+    state = tiny32.state_dict()
+    key = "stem.conv.weight"
+    before = state[key].copy()
+    with raises_naming(ValueError, key, "NaN or Inf", "after the cast to float32"):
+        tiny32.load_state_dict({**state, key: np.full(state[key].shape, 1e300)})
+    np.testing.assert_array_equal(tiny32.params[key], before)  # nothing assigned
+
+
+def test_load_state_dict_num_batches_tracked_beyond_int64(tiny32):
+    state = tiny32.state_dict()
+    key = "stem.norm.num_batches_tracked"
+    with raises_naming(ValueError, key, "int64", "18446744073709551615"):
+        tiny32.load_state_dict({**state, key: np.uint64(2**64 - 1)})
+    tiny32.load_state_dict({**state, key: np.uint64(2**63 - 1)})
+    assert tiny32.buffers[key] == 2**63 - 1
+    # the next training forward would overflow the count: refused, statistics untouched
+    mean = tiny32.buffers["stem.norm.running_mean"].copy()
+    with raises_naming(ValueError, "num_batches_tracked", "int64"):
+        tiny32.forward(np.ones((2, 3, 32, 32)), training=True)
+    np.testing.assert_array_equal(tiny32.buffers["stem.norm.running_mean"], mean)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e300])
+def test_training_forward_refuses_nonfinite_input_before_touching_running_statistics(bad):
+    model = NeoNeXt(**TINY_MODEL, dtype=np.float32)
+    before = model.state_dict()
+    x = np.ones((2, 3, 32, 32))
+    x[1, 2, 3, 4] = bad
+    with raises_naming(ValueError, "x contains NaN or Inf", "training"):
+        model.forward(x, training=True)
+    after = model.state_dict()
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+    model.load_state_dict(after)  # the model still accepts its own state
+    assert np.isfinite(model.forward(np.ones((2, 3, 32, 32)), training=True)).all()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_training_forward_commits_running_statistics_only_when_it_succeeds():
+    """A NaN born inside the network (here: a poisoned fc weight after stage 1's first
+    BatchNorm) is caught by a later BatchNorm; the earlier ones must not have moved."""
+    model = NeoNeXt(**TINY_MODEL)
+    model.params["stage_1.0.ops.content.fc_2.weight"][0, 0] = np.inf
+    before = {k: v.copy() for k, v in model.buffers.items()}
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        model.forward(np.random.default_rng(0).standard_normal((2, 3, 32, 32)), training=True)
+    for key, value in before.items():
+        np.testing.assert_array_equal(model.buffers[key], value, err_msg=key)
+
+
+def test_forward_cache_and_training_must_be_bools(tiny32):
+    x = np.ones((1, 3, 32, 32))
+    with raises_naming(TypeError, "cache", "bool", "'no'"):
+        tiny32.forward(x, cache="no")
+    with raises_naming(TypeError, "training", "bool"):
+        tiny32.forward(x, training="yes")
+
+
+def _npz_with_member(path, name, header_shape, data_bytes, claimed_size=None):
+    """An .npz whose member ``name`` has a real .npy header for ``header_shape`` (float64)
+    followed by ``data_bytes`` bytes; the zip directory may claim another size."""
+    import io
+    import zipfile
+
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False, "shape": tuple(header_shape)})
+    member.write(b"\0" * data_bytes)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(name + ".npy", member.getvalue())
+    if claimed_size is not None:  # patch the central directory's uncompressed size
+        raw = bytearray(path.read_bytes())
+        at = raw.rfind(b"PK\x01\x02")
+        raw[at + 24 : at + 28] = int(claimed_size).to_bytes(4, "little")
+        path.write_bytes(bytes(raw))
+
+
+def test_load_npz_checks_every_header_before_reading(tmp_path, tiny32):
+    """A member claiming a 8 TB array, one of the wrong shape, an unknown name and a
+    directory that lies about the size are each refused by name, and nothing large is
+    allocated (tracemalloc peak); a good archive still loads."""
+    model = tiny32
+    path = tmp_path / "bomb.npz"
+    _npz_with_member(path, "stem.conv.weight", (10**6, 10**6), 16)
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=r"stem\.conv\.weight.*header declares shape \(1000000, 1000000\)"):
+        model.load_npz(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * 2**20, f"{peak} bytes allocated for a forged header"
+    _npz_with_member(path, "no.such.weight", (2,), 16)
+    with pytest.raises(ValueError, match="no.such.weight.*no array of that name"):
+        model.load_npz(path)
+    shape = model.state_dict()["stem.conv.weight"].shape
+    _npz_with_member(path, "stem.conv.weight", shape, 8 * int(np.prod(shape)), claimed_size=2**31)
+    with pytest.raises(ValueError, match="zip directory says 2147483648 bytes"):
+        model.load_npz(path, strict=False)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        model.load_npz(tmp_path / "junk.npz")
+    model.save_npz(tmp_path / "good.npz")
+    NeoNeXt(**TINY_MODEL, dtype=np.float32).load_npz(tmp_path / "good.npz")

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.hostile import raises_naming, small_layer
 from support.official_neocell import (
     ARRAYS,
     CASE_NAMES,
@@ -27,6 +28,7 @@ from support.official_neocell import (
     official_inputs,
 )
 
+import neocell_ref as nr
 from neocell_ref import neocell_backward, neocell_forward, parse_kernel_code
 from neocell_ref.gradcheck import neocell_gradcheck
 from neocell_ref.spec import check_input_size, parse_specs
@@ -573,3 +575,29 @@ def test_output_shape_matches_official(name):
         assert y.shape == tuple(case["y_shape"]) and y.dtype == np.float64, (
             f"{name}/{method}: output {y.shape} {y.dtype}, official {tuple(case['y_shape'])} float64"
         )
+
+
+# --------------------------------------------------------------------------------------
+# hostile input (issue "Verdicts that cannot be fooled", section 5)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def layer():
+    """``support.hostile.small_layer()``, built once for this module."""
+    return small_layer()
+
+
+def test_neocell_bad_operands(layer):
+    specs, wa, wb, x = layer
+    y = nr.neocell_forward(x, wa, wb, specs)
+    with raises_naming(TypeError, "grad_y", "None"):
+        nr.neocell_backward(None, x, wa, wb, specs)
+    with raises_naming(TypeError, "weights_a", "list", "dict"):
+        nr.neocell_forward(x, {0: wa[0]}, wb, specs)
+    with raises_naming(TypeError, "weights_b", "list", "dict"):
+        nr.neocell_backward(np.ones_like(y), x, wa, {0: wb[0]}, specs)
+    with raises_naming(TypeError, "check_finite", "bool"):
+        nr.neocell_forward(x, wa, wb, specs, check_finite="yes")
+    with raises_naming(ValueError, "method"):
+        nr.neocell_forward(x, wa, wb, specs, method=["loop"])

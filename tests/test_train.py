@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+from support.hostile import raises_naming
 
 import neocell_ref as nr
 from neocell_ref.layers import cross_entropy_forward
@@ -108,3 +109,14 @@ def test_short_training_run_reduces_the_loss():
     assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.3, (
         f"training loss first 20 steps {np.mean(losses[:20]):.3f}, last 20 {np.mean(losses[-20:]):.3f}"
     )
+
+
+def test_optimizers_refuse_complex_and_nonfinite_gradients_before_updating():
+    for make in (lambda p: SGD(p, lr=0.1), lambda p: AdamW(p, lr=0.1)):
+        params = {"a": np.ones(3), "b": np.ones(2)}
+        opt = make(params)
+        with raises_naming(TypeError, "grads['b']", "complex"):
+            opt.step({"a": np.ones(3), "b": np.ones(2) * 1j})
+        with raises_naming(ValueError, "grads['b']", "NaN or Inf", "no parameter"):
+            opt.step({"a": np.ones(3), "b": np.array([1.0, np.nan])})
+        np.testing.assert_array_equal(params["a"], np.ones(3))

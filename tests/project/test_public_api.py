@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
+from support.hostile import TINY_MODEL, raises_naming
 
 import neocell_ref as nr
 from neocell_ref import layers as L
@@ -35,6 +36,7 @@ from neocell_ref.gradcheck import check_gradients
 from neocell_ref.init import neo_init, skewed_identity
 from neocell_ref.models import NeoNeXt
 from neocell_ref.spec import output_size, parse_kernel_code, parse_specs
+from neocell_ref.train import synthetic_patterns
 
 #: Package memory budget during the fuzz (per array).
 BUDGET = 1 << 20
@@ -754,3 +756,23 @@ def test_fuzz_load_state_dict(small_model, key_index, hostile, strict, rename):
         for k in state:  # a refused load leaves the model unchanged
             np.testing.assert_array_equal(after[k], state[k], err_msg=k)
     small_model.load_state_dict(state)  # restore for the next example
+
+
+def test_other_argument_errors():
+    rng = np.random.default_rng(0)
+    with raises_naming(TypeError, "shift", "bool"):
+        parse_kernel_code("3", 4, shift=True)
+    with raises_naming(ValueError, "drop_path_seed", ">= 0"):
+        NeoNeXt(**TINY_MODEL, drop_path_seed=-1)
+    with raises_naming(ValueError, "layer_scale_init_value", "float32"):
+        NeoNeXt(**TINY_MODEL, dtype=np.float32, layer_scale_init_value=1e300)
+    with raises_naming(ValueError, "n must be >= 1"):
+        synthetic_patterns(rng, -1)
+    with raises_naming(ValueError, "size must be >= 1"):
+        synthetic_patterns(rng, 2, size=0)
+    with raises_naming(ValueError, "noise", "finite"):
+        synthetic_patterns(rng, 2, noise=float("nan"))
+    with raises_naming(ValueError, "input height H"):
+        nr.spec.output_size(parse_kernel_code("3", 2), 0, 4)
+    with raises_naming(TypeError, "input width W", "integer"):
+        nr.spec.output_size(parse_kernel_code("3", 2), 4, 2.5)

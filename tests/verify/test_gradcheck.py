@@ -16,6 +16,7 @@ import importlib
 
 import numpy as np
 import pytest
+from support.hostile import raises_naming
 
 from neocell_ref import neocell_backward, parse_kernel_code
 from neocell_ref.expand import expand
@@ -226,3 +227,74 @@ def test_report_names_a_single_wrong_element():
     assert abs((r.analytic - r.numeric) - 1e-3) < 1e-8, f"reported values {r.analytic}, {r.numeric}"
     assert report.worst.name == "x"
     assert "x " in str(report) and str(index) in str(report), f"report does not name x {index}:\n{report}"
+
+
+def _double(x):
+    return 2 * x
+
+
+def _double_back(g, x):
+    return [2 * g]
+
+
+@pytest.mark.parametrize(
+    "eps, words",
+    [
+        (0, ("eps", "> 0")),
+        (-1e-6, ("eps", "> 0")),
+        (float("nan"), ("eps", "finite")),
+        (float("inf"), ("eps", "finite")),
+    ],
+)
+def test_check_gradients_refuses_bad_eps(eps, words):
+    with raises_naming(ValueError, *words):
+        check_gradients(_double, _double_back, [np.ones(3)], eps=eps)
+
+
+@pytest.mark.parametrize("name", ["rtol", "atol", "dot_rtol"])
+def test_check_gradients_refuses_tolerances_that_accept_anything(name):
+    with raises_naming(ValueError, name, "finite"):
+        check_gradients(_double, _double_back, [np.ones(3)], **{name: float("inf")})
+    with raises_naming(ValueError, name, ">= 0"):
+        check_gradients(_double, _double_back, [np.ones(3)], **{name: -1.0})
+
+
+def test_check_gradients_refuses_wrt_outside_inputs():
+    with raises_naming(ValueError, "wrt", "[5]", "1 inputs"):
+        check_gradients(_double, _double_back, [np.ones(3)], wrt=[5])
+    with raises_naming(ValueError, "wrt", ">= 0"):
+        check_gradients(_double, _double_back, [np.ones(3)], wrt=[-1])
+    with raises_naming(ValueError, "wrt", "twice"):
+        check_gradients(_double, _double_back, [np.ones(3)], wrt=[0, 0])
+    with raises_naming(TypeError, "wrt", "integer"):
+        check_gradients(_double, _double_back, [np.ones(3)], wrt=[True])
+
+
+def test_check_gradients_rng_must_be_a_generator():
+    with raises_naming(TypeError, "rng", "Generator", "0"):
+        check_gradients(_double, _double_back, [np.ones(3)], rng=0)
+
+
+def test_check_gradients_refuses_to_check_nothing():
+    with raises_naming(ValueError, "nothing to check", "None for every input"):
+        check_gradients(_double, lambda g, x: [None], [np.ones(3)])
+    with raises_naming(ValueError, "nothing to check", "wrt is empty"):
+        check_gradients(_double, _double_back, [np.ones(3)], wrt=[])
+    with raises_naming(ValueError, "nothing to check", "inputs is empty"):
+        check_gradients(lambda: np.ones(2), lambda g: [], [])
+    with raises_naming(ValueError, "wrt selects", "input1", "None"):
+        check_gradients(lambda a, b: a * b, lambda g, a, b: [g * b, None], [np.ones(2), np.ones(2)], wrt=[1])
+
+
+def test_check_gradients_refuses_complex_gradients_and_outputs():
+    with raises_naming(TypeError, "gradient of input0", "complex"):
+        check_gradients(_double, lambda g, x: [2 * g + 1e6j], [np.ones(3)])
+    with raises_naming(TypeError, "forward's output", "complex"):
+        check_gradients(lambda x: x * 1j, _double_back, [np.ones(3)])
+    with raises_naming(TypeError, "backward must return a sequence"):
+        check_gradients(_double, lambda g, x: None, [np.ones(3)])
+
+
+def test_check_gradients_still_passes_and_fails_what_it_should():
+    assert check_gradients(_double, _double_back, [np.ones(3)]).passed
+    assert not check_gradients(_double, lambda g, x: [2.001 * g], [np.ones(3)]).passed
