@@ -14,7 +14,7 @@ flags of its Makefile: C99, every warning an error), then checked
 * built with AddressSanitizer and UndefinedBehaviorSanitizer, on valid and refused input.
 
 Without ``cc`` or ``make`` the tests skip with the reason; under ``CI`` they fail.
-Planted bugs are caught by the same runner and comparison (tests/test_exec_port.py).
+Planted bugs are caught by the same runner and comparison (tests/verify/test_exec_port.py).
 """
 
 import json

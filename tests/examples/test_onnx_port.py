@@ -1,7 +1,7 @@
 """The ONNX Runtime port (examples/onnx_port) verified by the golden oracle and the kit, in float32.
 
 Needs the 'onnx' extra (onnx and onnxruntime): skipped with the install command when
-it is missing, failed instead under CI (tests/_optional.py).
+it is missing, failed instead under CI (tests/support/optional.py).
 
 What is checked: NeoCell (golden set through ``verify_golden`` and the command line,
 the kit's golden and drawn cases), every layer the model uses, the small golden

@@ -2,7 +2,7 @@
 
 Skipped, with the install command shown in pytest's summary, when PyTorch is not
 installed (the `ports` extra); under CI a missing PyTorch is a failure instead
-(``tests/_optional.require``), so the port is never skipped silently there.
+(``tests/support/optional.py``, ``require``), so the port is never skipped silently there.
 """
 
 import sys

@@ -234,7 +234,7 @@ def test_scan_covers_the_tree():
         "docs/spec.md",
         "neocell_ref/spec.py",
         "tests/data/PROVENANCE.md",
-        "tests/test_citations.py",
+        "tests/project/test_citations.py",
     ):
         assert expected in files, f"{expected} is not among the {len(files)} scanned files"
     assert any(f.endswith(".ipynb") for f in files), "no notebook is scanned"

@@ -2,7 +2,7 @@
 
 The configuration is ``[tool.ruff]`` in ``pyproject.toml``. Needs ruff (in the ``test``
 extra); without it the test skips locally with the install command and fails in CI
-(``tests/_optional.py``).
+(``tests/support/optional.py``).
 """
 
 from __future__ import annotations

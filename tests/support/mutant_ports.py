@@ -169,7 +169,7 @@ for _bug in BUGS:
 # A buggy layer comes with its own hand-derived backward, the exact gradient of the
 # buggy forward (what a port differentiated by autograd would compute), so that its
 # gradients are consistent with its forward: a diagnosis must explain them too. The
-# backward functions are checked against finite differences (tests/test_diagnosis.py).
+# backward functions are checked against finite differences (tests/verify/test_diagnosis.py).
 # The layer ports (``batchnorm_unbiased_forward``/``_backward``, ``gelu_tanh_forward``/
 # ``_backward``) follow the golden layer calling convention.
 from contextlib import contextmanager  # noqa: E402
@@ -299,7 +299,7 @@ for _bug in MODEL_BUGS:
 
 
 # ======================================================================================
-# Hostile ports: outputs and behaviour that must never pass (tests/test_golden_hostile.py)
+# Hostile ports: outputs and behaviour that must never pass (tests/verify/test_golden.py)
 # ======================================================================================
 # ``complex``       the right values plus 1e6j (converting to float would drop the
 #                   imaginary part and pass);

@@ -32,7 +32,7 @@ def execute(nb, cwd: Path):
 
     Timing metadata is not recorded, so an executed notebook is deterministic. The
     kernel gets the checkout first on ``PYTHONPATH``, so the notebooks run the code
-    under test (as in ``tests/test_docs.py``).
+    under test (as in ``tests/support/docs.py``).
     """
     nbclient = require("nbclient", "notebooks")
     require("ipykernel", "notebooks")

@@ -1,12 +1,12 @@
 """The diagnosis of failing arrays (neocell_ref.diagnosis), proven on planted-bug ports.
 
-Every mutant port of tests/mutant_ports.py is a realistic porting mistake written
+Every mutant port of tests/support/mutant_ports.py is a realistic porting mistake written
 independently of the package. Each must be diagnosed with exactly its own defect id
 on every array it makes fail, wherever the defect's variant applies,
 
 * through ``golden verify`` with Python callables (float64 and float32 sets),
 * through ``golden verify --exec`` (the NeoCell mutants as programs speaking the
-  exec protocol, the script of tests/test_exec_port.py),
+  exec protocol, the script of tests/support/ports.py),
 * in the assertion message of the conformance kit (``assert_*_matches``);
 
 and a correct port gets no diagnosis on any set this package exports. The arrays

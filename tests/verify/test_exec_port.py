@@ -1,7 +1,7 @@
 """The exec protocol runner (neocell_ref.exec_port) against ports that are programs.
 
 The ports are small Python scripts run with ``sys.executable``: a correct one (it
-calls neocell_ref), the planted-bug ports of ``mutant_ports.py``, and misbehaving
+calls neocell_ref), the planted-bug ports of ``support/mutant_ports.py``, and misbehaving
 ones (bad exit, hang, missing, pickled, complex, wrongly shaped, oversized, linked
 or truncated outputs). Each misbehaviour must raise ``PortFailure`` naming the case
 and the problem, with the port's stderr tail; nothing may crash, hang or unpickle.

@@ -1418,7 +1418,7 @@ def test_wrong_output_size_is_a_failed_run(script, sets, capsys, tmp_path):
     """The runner refuses an output of the wrong shape before comparing: the case fails as a run.
 
     No array was compared, so no diagnosis is made (the rounded output size is
-    diagnosed when a Python port returns it, tests/test_diagnosis.py).
+    diagnosed when a Python port returns it, tests/verify/test_diagnosis.py).
     """
     report_file = tmp_path / "report.json"
     code, out, err = verify(
