@@ -6,7 +6,13 @@ traceback, and never a hang. Hypothesis draws command lines from a grammar of ev
 subcommand and option, filled with ordinary and hostile values (zero, negatives,
 powers, non-numbers, NaN, huge sizes, empty strings, paths that are files or do not
 exist, ports that are not callables, commands that fail), runs ``cli.main`` in the
-test process and checks that contract on each one.
+test process and checks that contract on each one (``support.cli.check_contract``;
+tests/meta/test_cli_mutants.py shows it notices a traceback).
+
+Then the calculator's commands one by one: ``complexity`` and ``model-complexity``
+print the calculator's exact results as a table or JSON and refuse unusable arguments
+in one line with exit status 2. The ``golden`` commands are tested with the verifier
+(tests/verify/), the main job in tests/test_demo.py.
 """
 
 from __future__ import annotations
@@ -184,6 +190,9 @@ def test_verify_commands_keep_the_exit_contract(root):
     inner()
 
 
+# --------------------------------------------------------------------------------------
+# the calculator's commands: exact integers, tables and JSON, one-line errors (exit 2)
+# --------------------------------------------------------------------------------------
 def run_cli(argv):
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):

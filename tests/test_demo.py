@@ -1,4 +1,7 @@
-"""The main job (`neocell-ref` without arguments) runs, checks itself, and fails loudly."""
+"""The main job (`neocell-ref` without arguments) runs and checks itself.
+
+That it fails loudly when a formulation is wrong: tests/meta/test_demo_mutants.py.
+"""
 
 from neocell_ref import cli
 

@@ -209,6 +209,9 @@ def test_neo_init_bad_specs(specs, exc, fragments):
         assert fragment in str(info.value), f"message {str(info.value)!r} does not mention {fragment!r}"
 
 
+# --------------------------------------------------------------------------------------
+# hostile input (issue "Verdicts that cannot be fooled", section 5)
+# --------------------------------------------------------------------------------------
 def test_neo_init_refuses_noise_that_overflows_float32():
     specs = parse_kernel_code("3", channels=2)
     with raises_naming(ValueError, "noise_scale", "weights_a[0]", "float32"):

@@ -563,6 +563,9 @@ def test_gelu_float32_coefficients_come_from_the_documented_fit():
     assert rel.max() < 1e-4, f"coefficients differ from the documented fit by {rel.max():.2e} (index {rel.argmax()})"
 
 
+# --------------------------------------------------------------------------------------
+# hostile input (issue "Verdicts that cannot be fooled", section 5)
+# --------------------------------------------------------------------------------------
 def test_negative_or_nonfinite_running_variance_is_refused():
     x, w, b, m = np.ones((1, 2, 2, 2)), np.ones(2), np.zeros(2), np.zeros(2)
     with raises_naming(ValueError, "running_var", ">= 0", "-1.0"):

@@ -588,6 +588,9 @@ def test_float32_model_within_documented_accuracy(official):
         assert err <= bound, f"float32 {key}: relative error {err:.3e} > {bound:g}"
 
 
+# --------------------------------------------------------------------------------------
+# hostile input (issue "Verdicts that cannot be fooled", section 5)
+# --------------------------------------------------------------------------------------
 @pytest.fixture
 def tiny32():
     return NeoNeXt(**TINY_MODEL, dtype=np.float32)

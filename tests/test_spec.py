@@ -608,6 +608,9 @@ def test_without_check_finite_nan_propagates_like_ieee():
         assert np.isfinite(y[0, 1]).all(), f"{method}: NaN leaked into channel 1"
 
 
+# --------------------------------------------------------------------------------------
+# shift_segments in closed form (from the hostile-input review: a trillion channels)
+# --------------------------------------------------------------------------------------
 def test_shift_segments_closed_form_matches_per_channel_shifts():
     """Independent source: the per-channel shifts of SPEC 4 (channel_shifts), grouped by
     hand into runs. Covers remainders, channels < sub-groups and unshifted axes."""

@@ -111,6 +111,9 @@ def test_short_training_run_reduces_the_loss():
     )
 
 
+# --------------------------------------------------------------------------------------
+# hostile input (issue "Verdicts that cannot be fooled", section 5)
+# --------------------------------------------------------------------------------------
 def test_optimizers_refuse_complex_and_nonfinite_gradients_before_updating():
     for make in (lambda p: SGD(p, lr=0.1), lambda p: AdamW(p, lr=0.1)):
         params = {"a": np.ones(3), "b": np.ones(2)}

@@ -758,6 +758,9 @@ def test_fuzz_load_state_dict(small_model, key_index, hostile, strict, rename):
     small_model.load_state_dict(state)  # restore for the next example
 
 
+# --------------------------------------------------------------------------------------
+# hostile input (issue "Verdicts that cannot be fooled", section 5)
+# --------------------------------------------------------------------------------------
 def test_other_argument_errors():
     rng = np.random.default_rng(0)
     with raises_naming(TypeError, "shift", "bool"):

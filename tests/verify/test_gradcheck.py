@@ -229,6 +229,9 @@ def test_report_names_a_single_wrong_element():
     assert "x " in str(report) and str(index) in str(report), f"report does not name x {index}:\n{report}"
 
 
+# --------------------------------------------------------------------------------------
+# hostile input (issue "Verdicts that cannot be fooled", section 5)
+# --------------------------------------------------------------------------------------
 def _double(x):
     return 2 * x
 
