@@ -1,5 +1,7 @@
 """The conformance kit that ports import: it must pass the reference and correct ports,
-and catch every planted porting bug, both on the curated golden cases and on drawn ones."""
+and catch every planted porting bug, both on the curated golden cases and on drawn ones;
+a complex result fails, and checking nothing or what is not a port is refused. (The kit
+against the exported golden sets and the fuzz of its arguments: tests/verify/test_golden.py.)"""
 
 import numpy as np
 import pytest
@@ -8,7 +10,13 @@ from support import mutant_ports
 import neocell_ref as nr
 from neocell_ref import layers
 from neocell_ref.golden_ops import LAYER_CASES_CORE
-from neocell_ref.testing import assert_layer_matches, assert_model_matches, assert_neocell_matches, check_neocell_case
+from neocell_ref.testing import (
+    NeoCellCase,
+    assert_layer_matches,
+    assert_model_matches,
+    assert_neocell_matches,
+    check_neocell_case,
+)
 
 
 def _reference(method):
@@ -49,7 +57,6 @@ def test_porting_bug_is_caught_by_the_kit(bug, where):
 
 def test_report_names_array_index_values_and_tolerance():
     case_failures = []
-    from neocell_ref.testing import NeoCellCase
 
     rng = np.random.default_rng(3)
     specs = [{"kernel": 3, "channels": 2, "shift": 1}]
@@ -123,3 +130,50 @@ def test_model_bugs_are_caught_by_the_kit(bug):
 def test_layer_kit_refuses_unknown_layers():
     with pytest.raises(ValueError, match="unknown layer"):
         assert_layer_matches("neocell", layers.gelu_forward)
+
+
+# --------------------------------------------------------------------------------------
+# hostile ports and arguments (issue "Verdicts that cannot be fooled"): a complex result
+# fails, checking nothing and what is not a port are refused
+# --------------------------------------------------------------------------------------
+def test_complex_port_fails_the_kit():
+    with pytest.raises(AssertionError, match="complex"):
+        assert_neocell_matches(mutant_ports.complex_forward, max_examples=0)
+    with pytest.raises(AssertionError, match="complex"):
+        assert_neocell_matches(mutant_ports.complex_forward, golden=False, max_examples=3, shrink=False)
+    with pytest.raises(AssertionError, match="complex"):
+        assert_layer_matches("gelu", mutant_ports.gelu_complex_forward)
+
+
+def test_complex_model_fails_the_kit():
+    def forward(x, state, config, training):
+        return mutant_ports.correct_model_forward(x, state, config, training) + 1e6j
+
+    with pytest.raises(AssertionError, match="complex"):
+        assert_model_matches(forward)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(golden=False, max_examples=0), ValueError, "checks nothing"),
+        (dict(max_examples=-1), ValueError, "max_examples must be >= 0"),
+        (dict(golden=False, max_examples=-5), ValueError, "max_examples"),
+        (dict(max_examples=2.5), TypeError, "max_examples must be an integer"),
+        (dict(layers="bogus"), TypeError, "layers must be a hypothesis strategy"),
+        (dict(seed=-1), ValueError, "seed"),
+        (dict(golden="yes"), TypeError, "golden must be True or False"),
+    ],
+)
+def test_kit_refuses_to_check_nothing_and_bad_arguments(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        assert_neocell_matches(mutant_ports.zero_forward, **kwargs)
+
+
+def test_kit_refuses_what_is_not_a_port():
+    with pytest.raises(TypeError, match="port_forward must be callable"):
+        assert_neocell_matches("support.mutant_ports:correct_forward")
+    with pytest.raises(TypeError, match="port_backward must be callable"):
+        assert_layer_matches("gelu", layers.gelu_forward, 3)
+    with pytest.raises(TypeError, match="case must be a NeoCellCase"):
+        check_neocell_case(mutant_ports.correct_forward, None, ("specs", "x"))
