@@ -51,7 +51,7 @@ import time
 import numpy as np
 
 from neocell_ref import neocell_backward, neocell_forward
-from neocell_ref.expand import expand
+from neocell_ref.expansion import expand
 from neocell_ref.spec import parse_kernel_code
 
 # (name, channels, size, kernel code, shift): NeoNeXt-T stage 1 (C=96 at 56x56, "4+7")

@@ -419,7 +419,7 @@ def check_agreement(name, pairs, bound, agreement, reference=None):
         bias of a BatchNorm followed by a training-mode BatchNorm) is that far from
         its exact value in float32 whoever computes it.
     """
-    from neocell_ref.testing import relative_error
+    from neocell_ref.verify.tolerances import relative_error
 
     exact = {}
     for label, mine, theirs in pairs:

@@ -24,9 +24,7 @@ Design
   ``-W``, which the documented build command and CI always pass, turns it into a
   failure. For a quick look at the prose only, pass ``-D nb_execution_mode=off``.
 * The API reference is written with ``automodule`` directives and a hand-written
-  module table. Not autosummary: the package re-exports functions under the names of
-  their modules (``neocell_ref.expand`` is a module and a function), which autosummary
-  resolves to the function, and its stub files would be generated into the source
+  module table. Not autosummary: its stub files would be generated into the source
   tree. Docstrings are numpydoc.
 """
 

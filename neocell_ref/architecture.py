@@ -8,7 +8,7 @@ output shapes, and options. Three consumers read it and nothing else:
 
 * :mod:`neocell_ref.models` builds the runnable network from it,
 * the state-dict names (and PyTorch layouts) come from it,
-* :mod:`neocell_ref.complexity` counts its parameters and operations.
+* :mod:`neocell_ref.calculator` counts its parameters and operations.
 
 Layer kinds (``LayerDesc.kind``) and their options, parameters and buffers are those of
 their records in :mod:`neocell_ref.registry` (the built-in kinds in
@@ -20,12 +20,14 @@ A :class:`Unit` of kind ``"residual"`` computes ``x + layers(x)``; one of kind
 
 from __future__ import annotations
 
+import itertools
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from . import registry
 from .spec import GroupSpec, check_input_size, parse_kernel_code
+from .validation import as_int, real_number
 
 __all__ = [
     "NeoNeXtConfig",
@@ -33,6 +35,7 @@ __all__ = [
     "Unit",
     "Architecture",
     "MODEL_CONFIGS",
+    "resolution_pair",
     "describe",
     "get_config",
     "stage_kernel_codes",
@@ -90,34 +93,23 @@ class NeoNeXtConfig:
     def __post_init__(self):
         for name in ("per_stage_layers", "dims", "shifts"):
             value = getattr(self, name)
-            try:
-                value = tuple(value)
-            except TypeError:
-                raise TypeError(f"{name} must be a sequence of 4 integers, got {value!r}") from None
+            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+                raise TypeError(f"{name} must be a sequence of 4 integers, got {value!r}")
+            value = tuple(value)
             if len(value) != 4:
                 raise ValueError(f"{name} must have 4 entries (one per stage), got {value!r}")
-            for v in value:
-                if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                    raise TypeError(f"{name} entries must be integers, got {value!r}")
             minimum = 0 if name == "shifts" else 1
-            if min(value) < minimum:
-                raise ValueError(f"{name} entries must be >= {minimum}, got {value!r}")
-            object.__setattr__(self, name, tuple(int(v) for v in value))
+            value = tuple(as_int(v, f"{name}[{stage}]", minimum) for stage, v in enumerate(value))
+            object.__setattr__(self, name, value)
         for name in ("num_classes", "in_chans"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            object.__setattr__(self, name, as_int(getattr(self, name), name, 1))
         if not isinstance(self.kernel_spec, str):
             raise TypeError(f"kernel_spec must be a str such as 'default' or '4+7', got {self.kernel_spec!r}")
-        for name in ("layer_scale_init_value", "drop_path"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (v == v) or abs(v) == float("inf"):
-                raise ValueError(f"{name} must be a finite real number, got {v!r}")
-        if not 0.0 <= self.drop_path < 1.0:
-            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}")
-        if self.layer_scale_init_value < 0:
-            raise ValueError(f"layer_scale_init_value must be >= 0, got {self.layer_scale_init_value!r}")
-        if not isinstance(self.linear_bias, (bool,)):
+        drop_path = real_number(self.drop_path, "drop_path", 0.0, 1.0, high_open=True, type_error=True)
+        object.__setattr__(self, "drop_path", drop_path)
+        scale = real_number(self.layer_scale_init_value, "layer_scale_init_value", 0.0, type_error=True)
+        object.__setattr__(self, "layer_scale_init_value", scale)
+        if not isinstance(self.linear_bias, bool):
             raise TypeError(f"linear_bias must be a bool, got {self.linear_bias!r}")
         # Kernel codes are validated per stage here so that a bad code fails early.
         for code, dim, shift in zip(stage_kernel_codes(self.kernel_spec), self.dims, self.shifts):
@@ -294,6 +286,33 @@ def _linear(name, shape, c_out, bias):
     return layer(name, "linear", shape, (c_out, *shape[1:]), bias=bias)
 
 
+def resolution_pair(resolution) -> tuple[int, int]:
+    """``resolution`` (an int ``s`` for ``s x s``, or ``(H, W)``) as a pair of Python ints.
+
+    The one check of an input size of the network: the patchify stem needs both sides
+    to be positive multiples of its patch size (SPEC section 7).
+
+    Raises
+    ------
+    ValueError
+        Anything but one integer or two integers that are positive multiples of 4.
+    """
+    if isinstance(resolution, numbers.Integral) and not isinstance(resolution, bool):
+        pair = (resolution, resolution)
+    elif isinstance(resolution, (str, bytes)) or not isinstance(resolution, Iterable):
+        pair = None
+    else:
+        try:  # at most three items: enough to refuse a longer (or endless) iterable
+            pair = tuple(itertools.islice(resolution, 3))
+        except TypeError:  # e.g. a 0-d array
+            pair = None
+    if pair is None or len(pair) != 2 or any(
+        isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < PATCH or r % PATCH for r in pair
+    ):
+        raise ValueError(f"input resolution must be (H, W) with positive multiples of {PATCH}, got {resolution!r}")
+    return int(pair[0]), int(pair[1])
+
+
 def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
     """Describe a NeoNeXt for an input of ``resolution`` (int or ``(H, W)``) pixels.
 
@@ -303,13 +322,7 @@ def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
         If the height or width is not a positive multiple of 4, or a stage's shift
         does not fit its feature map (SPEC section 4).
     """
-    if isinstance(resolution, numbers.Integral):
-        resolution = (int(resolution), int(resolution))
-    resolution = tuple(resolution)
-    if len(resolution) != 2 or any(
-        isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < PATCH or r % PATCH for r in resolution
-    ):
-        raise ValueError(f"input resolution must be (H, W) with positive multiples of {PATCH}, got {resolution!r}")
+    resolution = resolution_pair(resolution)
     total_blocks = sum(config.per_stage_layers)
     if total_blocks > MAX_BLOCKS:
         # Every block is a handful of layer records: a description is linear in the

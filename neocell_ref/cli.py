@@ -1,10 +1,18 @@
-"""The ``neocell-ref`` console script.
+"""The ``neocell-ref`` console script: every command's argument parsing, in one place.
 
-Each subcommand lives in the module that owns its subject; that module exposes
-``register_cli(subparsers)``, which adds a sub-parser whose ``func`` default
-handles the parsed arguments and returns an exit status. This file only lists
-those modules, so adding a command never means editing another command's code.
-Run without a subcommand, ``neocell-ref`` runs ``demo``.
+The subcommands and the library calls they make:
+
+* ``demo`` -- :func:`neocell_ref.demo.run_demo`;
+* ``golden export`` / ``golden verify`` -- :func:`neocell_ref.verify.golden.export_golden`
+  and :func:`~neocell_ref.verify.golden.verify_golden` (the report's table is the
+  golden module's);
+* ``complexity`` / ``model-complexity`` -- :func:`neocell_ref.calculator.complexity`
+  and :func:`~neocell_ref.calculator.model_complexity` (their text and JSON are the
+  calculator's).
+
+This module holds only the parsers and the glue from parsed arguments to those calls;
+what a command computes and prints lives in the module that owns its subject. Run
+without a subcommand, ``neocell-ref`` runs ``demo``.
 
 Exit status, for every command: what the command returns (0 success, 1 a check
 failed, e.g. a port failed its golden cases); 2 when the input is unusable. A command
@@ -19,25 +27,320 @@ with 2 as well.
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
+import os
+import re
 import sys
+from pathlib import Path
 
-# Modules that contribute subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES = [
-    "neocell_ref.demo",
-    "neocell_ref.golden",
-    "neocell_ref.complexity",
-]
+from . import calculator, demo
+from .verify import exec_port, golden, precision, tolerances
 
 
+# --------------------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------------------
+def _add_demo(subparsers) -> None:
+    """The ``demo`` subcommand."""
+    p = subparsers.add_parser("demo", help="build a shifted '4+7' NeoCell, compare formulations, gradient-check")
+    p.add_argument("--channels", type=int, default=24)
+    p.add_argument("--code", default="4+7")
+    p.add_argument("--shift", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=lambda a: 0 if demo.run_demo(a.channels, code=a.code, shift=a.shift, seed=a.seed) else 1)
+
+
+# --------------------------------------------------------------------------------------
+# golden export | verify
+# --------------------------------------------------------------------------------------
+def _parse_exclusions(items):
+    exclude = {}
+    for item in items or []:
+        pattern, sep, reason = item.partition("=")
+        if not sep or not pattern or not reason.strip():
+            raise ValueError(f"--exclude takes PATTERN=REASON (a reason is required), got {item!r}")
+        exclude[pattern] = reason.strip()
+    return exclude
+
+
+def _check_output_file(name, option):
+    """Refuse, before anything runs, an output file that cannot be written."""
+    if name == "":
+        raise ValueError(f"{option} is empty: give a file path")
+    path = Path(name)
+    if path.is_dir():
+        raise ValueError(f"{option} {name}: is a folder, not a file")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{option} {name}: the file is not writable")
+        return
+    parent = path.parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {name}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {name}: the folder {parent} is not writable")
+
+
+def _golden_export(args) -> int:
+    manifest = golden.export_golden(args.directory, suite=args.suite, dtype=args.dtype, seed=args.seed)
+    digest = golden.manifest_digest(manifest)
+    print(
+        f"wrote {len(manifest['cases'])} cases ({args.suite}, {args.dtype}, seed {args.seed}) and "
+        f"manifest.json to {args.directory}\nset digest (SHA-256 of manifest.json): {digest}"
+    )
+    return 0
+
+
+def _golden_verify(args) -> int:
+    exclude = _parse_exclusions(args.exclude)
+    golden.check_tolerance_overrides(None, None, args.rtol_scale)
+    golden.check_digest(args.digest)
+    if args.json is not None:
+        _check_output_file(args.json, "--json")
+    if args.exec is not None:
+        if args.forward is not None or args.backward is not None:
+            raise ValueError("--exec is mutually exclusive with --forward/--backward: give one port")
+        exec_port.check_command(args.exec)  # an unusable command is refused before the set is read
+        forward = backward = None
+    else:
+        if args.forward_only or args.timeout is not None:
+            raise ValueError(
+                "--forward-only and --timeout apply to --exec; for a forward-only check of a "
+                "Python port give only --forward"
+            )
+        forward = golden.load_port(args.forward, "--forward")
+        backward = golden.load_port(args.backward, "--backward")
+        if forward is None and backward is None:
+            raise ValueError("give --forward and/or --backward, or --exec")
+    report = golden.verify_golden(
+        args.directory,
+        args.op,
+        forward,
+        backward,
+        exclude=exclude,
+        rtol_scale=args.rtol_scale,
+        digest=args.digest,
+        command=args.exec,
+        forward_only=args.forward_only,
+        timeout=args.timeout,
+    )
+    print(report.table())
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n")
+    return 0 if report.passed else 1
+
+
+def _add_golden(subparsers) -> None:
+    """The ``golden export`` and ``golden verify`` subcommands."""
+    parser = subparsers.add_parser(
+        "golden",
+        help="export golden vectors or verify a port against them",
+        description="Exit status: 0 only when every non-excluded case ran and passed (verify) or the set "
+        "was written (export); 1 when a port failed; 2 when the set, an argument or the "
+        "port is unusable (one line on stderr).",
+    )
+    sub = parser.add_subparsers(dest="golden_command", metavar="ACTION", required=True)
+    ex = sub.add_parser("export", help="write a deterministic golden set")
+    ex.add_argument("directory")
+    ex.add_argument("--suite", choices=["core", "full"], default="core")
+    ex.add_argument(
+        "--dtype",
+        choices=list(precision.FLOAT_DTYPES),
+        default="float64",
+        help="float16 and bfloat16 sets carry mixed-precision tolerances (docs/porting.md); "
+        "bfloat16 inputs are stored as float32 arrays of bfloat16 numbers",
+    )
+    ex.add_argument("--seed", type=int, default=tolerances.DEFAULT_SEED, help="in [0, 2**63 - 1]")
+    ex.set_defaults(func=_golden_export)
+    ve = sub.add_parser(
+        "verify",
+        help="run a port on every golden case of an operation",
+        description="Failing arrays are diagnosed against known porting defects (docs/defects.md).",
+    )
+    ve.add_argument("directory")
+    ve.add_argument("--op", required=True, choices=sorted(golden.OPERATIONS))
+    ve.add_argument("--forward", help="package.module:function")
+    ve.add_argument("--backward", help="package.module:function")
+    ve.add_argument(
+        "--exec",
+        metavar="COMMAND",
+        help='a port that is a program: "COMMAND {in} {out}", run once per case through the exec '
+        "protocol (docs/porting.md); not with --forward/--backward",
+    )
+    ve.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"with --exec: seconds per case before the port's process group is killed (default {exec_port.DEFAULT_TIMEOUT:g})",
+    )
+    ve.add_argument("--forward-only", action="store_true", help="with --exec: expect only the forward outputs")
+    ve.add_argument(
+        "--exclude",
+        action="append",
+        metavar="PATTERN=REASON",
+        help="skip cases matching an fnmatch pattern, with a stated reason (repeatable)",
+    )
+    ve.add_argument(
+        "--rtol-scale",
+        type=float,
+        default=1.0,
+        help=f"multiply every stored rtol (finite, > 0, at most {golden.MAX_RTOL_SCALE:g})",
+    )
+    ve.add_argument(
+        "--digest", metavar="SHA256", help="refuse the set unless its digest (SHA-256 of manifest.json) is this"
+    )
+    ve.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    ve.set_defaults(func=_golden_verify)
+
+
+# --------------------------------------------------------------------------------------
+# complexity, model-complexity
+# --------------------------------------------------------------------------------------
+_POWER_DIGITS = re.compile(r"([0-9]+)\*\*([0-9]+)")
+
+
+def _cli_int(minimum: int):
+    """An argparse ``type``: an integer ``>= minimum`` written in digits or as a power ``10**12``.
+
+    Anything else (a sign below the minimum, a fraction, ``1e12``, a power beyond
+    :data:`neocell_ref.calculator.MAX_COUNT`) is an ``ArgumentTypeError``, which argparse reports in one line
+    and exits with status 2. The size of a power is bounded before it is computed.
+    """
+
+    def parse(text: str) -> int:
+        text = text.strip()
+        power = _POWER_DIGITS.fullmatch(text)
+        if text.isascii() and (text.isdigit() or (text[:1] == "-" and text[1:].isdigit())):
+            if len(text) > 400:
+                raise argparse.ArgumentTypeError(f"{text[:20]}... has {len(text)} digits, beyond the float range")
+            value = int(text)
+        elif power:
+            base, exponent = int(power[1]), int(power[2])
+            if base > 1 and base.bit_length() * exponent > calculator.MAX_COUNT.bit_length() + base.bit_length():
+                raise argparse.ArgumentTypeError(f"{text} is beyond the float range (about 1.8e308)")
+            value = base**exponent
+        else:
+            raise argparse.ArgumentTypeError(f"expected an integer (digits, or a power such as 10**12), got {text!r}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        if value > calculator.MAX_COUNT:
+            raise argparse.ArgumentTypeError(f"{text} is beyond the float range (about 1.8e308)")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+def _complexity(args) -> int:
+    # A ValueError/TypeError here is unusable input: cli.main prints it as one line on
+    # stderr and exits 2. The text is built in full before anything is printed.
+    result = calculator.complexity(
+        k=args.kernel,
+        c=args.channels,
+        h=args.hw[0],
+        w=args.hw[1],
+        batch=args.batch,
+        shift=args.shift,
+        code=args.code,
+        dw_kernel=args.dw_kernel,
+        dtype=args.dtype,
+    )
+    print(result.to_json(indent=2) if args.json else str(result))
+    return 0
+
+
+def _model_complexity(args) -> int:
+    # Unusable input raises ValueError/TypeError: cli.main turns it into exit 2 with one
+    # line on stderr. The text is built in full before anything is printed.
+    options = calculator.released_checkpoint_options(args.resolution[0]) if args.released else {}
+    for key in ("num_classes", "kernel_spec", "layer_scale_init_value", "linear_bias"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    if args.shifts is not None:
+        options["shifts"] = tuple(args.shifts)
+    resolution = args.resolution[0] if len(args.resolution) == 1 else tuple(args.resolution)
+    result = calculator.model_complexity(args.model, resolution, **options)
+    if args.json:
+        text = result.to_json(per_layer=args.per_layer, indent=2)
+    else:
+        text = str(result) + ("\n\n" + result.table() if args.per_layer else "")
+    print(text)
+    return 0
+
+
+def _add_complexity(subparsers) -> None:
+    """The ``complexity`` and ``model-complexity`` subcommands."""
+    p = subparsers.add_parser(
+        "complexity",
+        help="analytic cost of a NeoCell layer vs the depthwise convolution it replaces",
+        description="Parameters, MACs and memory of a NeoCell layer and of a stride-1 depthwise "
+        "convolution on the same input, counted in closed form, in exact integers. Integers may "
+        "be written as powers, e.g. -c 10**12. Counting rules: docs/complexity.md.",
+    )
+    p.add_argument("-k", "--kernel", type=_cli_int(1), default=None, help="square kernel size (default 7)")
+    p.add_argument("-c", "--channels", type=_cli_int(1), default=None, help="channels (default 96)")
+    p.add_argument(
+        "--hw", type=_cli_int(1), nargs=2, default=(56, 56), metavar=("H", "W"), help="input size (default 56 56)"
+    )
+    p.add_argument("--code", default=None, help="kernel code such as 4+7 (instead of -k)")
+    p.add_argument("--shift", type=_cli_int(0), default=0, help="shift amount of every group (default 0)")
+    p.add_argument("--batch", type=_cli_int(1), default=1, help="samples N (default 1)")
+    p.add_argument(
+        "--dw-kernel",
+        type=_cli_int(1),
+        default=None,
+        help="depthwise kernel compared (default: largest NeoCell kernel)",
+    )
+    p.add_argument("--dtype", default="float32", help="dtype for memory in bytes (default float32)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_complexity)
+
+    q = subparsers.add_parser(
+        "model-complexity",
+        help="parameters and MACs of a NeoNeXt in every counting convention",
+        description="Parameters and MACs per image of a NeoNeXt (executed, fvcore, "
+        "fvcore_without_neocell, fvcore_patchwise), counted in closed form (each stage's identical "
+        "blocks once). Integers may be written as powers, e.g. --resolution 10**6. "
+        "Counting rules: docs/complexity.md.",
+    )
+    q.add_argument("model", choices=sorted(calculator.MODEL_CONFIGS))
+    q.add_argument(
+        "--resolution",
+        type=_cli_int(1),
+        nargs="+",
+        default=[224],
+        metavar="PX",
+        help="input size: one value or H W (default 224)",
+    )
+    q.add_argument(
+        "--released",
+        action="store_true",
+        help="options of the released checkpoints (linear_bias, '4+7', layer scale 1e-6; shifts 1,1,1,1 at 384 px)",
+    )
+    q.add_argument("--num-classes", type=_cli_int(1), default=None)
+    q.add_argument("--kernel-spec", default=None, help="'default' or a kernel code such as 4+7")
+    q.add_argument("--shifts", type=_cli_int(0), nargs=4, default=None, metavar="S")
+    q.add_argument("--layer-scale-init-value", type=float, default=None)
+    q.add_argument("--linear-bias", action=argparse.BooleanOptionalAction, default=None)
+    q.add_argument("--per-layer", action="store_true", help="also print the per-layer table")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=_model_complexity)
+
+
+# --------------------------------------------------------------------------------------
+# the console script
+# --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neocell-ref",
         description="Reference implementation and verifier for NeoCell and NeoNeXt. Without a subcommand, runs 'demo'.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register_cli(subparsers)
+    # in the order ``--help`` lists them
+    _add_demo(subparsers)
+    _add_golden(subparsers)
+    _add_complexity(subparsers)
     return parser
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gradcheck import neocell_gradcheck
 from .init import neo_init
 from .neocell import METHODS, neocell_backward, neocell_forward
 from .spec import parse_kernel_code
+from .verify.gradcheck import neocell_gradcheck
 
 
 def run_demo(channels=24, size=(23, 30), code="4+7", shift=1, seed=0, out=print, costs=True) -> bool:
@@ -48,7 +48,7 @@ def run_demo(channels=24, size=(23, 30), code="4+7", shift=1, seed=0, out=print,
     out(str(report))
     ok &= report.passed
     if costs:
-        from .complexity import complexity, model_complexity, released_checkpoint_options
+        from .calculator import complexity, model_complexity, released_checkpoint_options
 
         out("")
         out(str(complexity(k=7, c=96)))
@@ -57,12 +57,3 @@ def run_demo(channels=24, size=(23, 30), code="4+7", shift=1, seed=0, out=print,
         out("(more: neocell-ref complexity --help, neocell-ref model-complexity --help, neocell-ref golden --help)")
     out("demo: all checks passed" if ok else "demo: CHECKS FAILED")
     return ok
-
-
-def register_cli(subparsers):
-    p = subparsers.add_parser("demo", help="build a shifted '4+7' NeoCell, compare formulations, gradient-check")
-    p.add_argument("--channels", type=int, default=24)
-    p.add_argument("--code", default="4+7")
-    p.add_argument("--shift", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=lambda a: 0 if run_demo(a.channels, code=a.code, shift=a.shift, seed=a.seed) else 1)

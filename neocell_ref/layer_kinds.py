@@ -3,8 +3,8 @@
 Each kind's record sits beside what is specific to it: how its parameters are
 initialised, the adapter that runs its functional pair of :mod:`neocell_ref.layers`
 (or the NeoCell core) inside :class:`neocell_ref.models.NeoNeXt`, its cost in every
-counting convention of :mod:`neocell_ref.complexity`, and the accumulation lengths of its
-golden cases (:mod:`neocell_ref.golden_ops`). Importing the package registers them.
+counting convention of :mod:`neocell_ref.calculator`, and the accumulation lengths of its
+golden cases (:mod:`neocell_ref.verify.golden_ops`). Importing the package registers them.
 
 Adding a kind is one :func:`neocell_ref.registry.register` call with such a record;
 :func:`neocell_ref.registry.get` serves it to the description, the model, the calculator
@@ -13,20 +13,18 @@ and the golden oracle.
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import numpy as np
 
+from . import calculator as _cx
 from . import layers as L
 from .init import neo_init
 from .neocell import neocell_backward, neocell_forward
 from .registry import LayerKind, register
 
-# The calculator module (the package attribute ``complexity`` is the function of that
-# name). Its constants and neocell_counts are read at call time, so that a test that
-# patches one of them (a mutant of the calculator) reaches every count.
-_cx = importlib.import_module(".complexity", __package__)
+# The calculator's constants and neocell_counts are read at call time (``_cx.NAME``), so
+# that a test that patches one of them (a mutant of the calculator) reaches every count.
 
 __all__ = ["INIT_STD", "trunc_normal", "neocell_state_names"]
 
@@ -361,7 +359,7 @@ register(
         forward=_fwd_neocell,
         backward=_bwd_neocell,
         count=_count_neocell,
-        # Golden cases of NeoCell are the "neocell" operation of neocell_ref.golden_ops.
+        # Golden cases of NeoCell are the "neocell" operation of neocell_ref.verify.golden_ops.
     )
 )
 

@@ -23,14 +23,13 @@ initialisation, dtype casting, drop-path randomness, float32 accuracy).
 
 from __future__ import annotations
 
-import numbers
 import time
 from collections import namedtuple
 
 import numpy as np
 
 from . import registry
-from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, get_config
+from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, get_config, resolution_pair
 from .layer_kinds import INIT_STD, trunc_normal
 from .models_fast import fast_forward
 from .validation import as_int, as_real_array, check_nbytes, read_npz
@@ -324,9 +323,7 @@ class NeoNeXt:
     # ----------------------------------------------------------------------------------
     def describe(self, resolution):
         """The architecture description at another input size (memoised)."""
-        if isinstance(resolution, numbers.Integral):
-            resolution = (int(resolution), int(resolution))
-        resolution = tuple(resolution)
+        resolution = resolution_pair(resolution)
         if resolution not in self._architectures and self._fixed_architecture:
             raise ValueError(
                 f"this model was built from an architecture described at {self.architecture.resolution}; "

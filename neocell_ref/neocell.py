@@ -23,7 +23,7 @@ expanded kernels of SPEC section 3. Three formulations compute it:
     builds an ``H x H`` matrix. The tests prove it equal to ``"loop"`` and
     ``"blockdiag"``.
 ``"blockdiag"``
-    Builds ``Â`` and ``B̂`` with :func:`neocell_ref.expand.expand` and multiplies
+    Builds ``Â`` and ``B̂`` with :func:`neocell_ref.expansion.expand` and multiplies
     densely. The most direct transcription of SPEC sections 1, 3 and 5.
 
 Backward (SPEC section 5), per sample and channel, with ``z = Â x`` and ``y = z B̂``::
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .expand import channel_runs, expand, expand_adjoint, padding_view
+from .expansion import channel_runs, expand, expand_adjoint, padding_view
 from .instrument import matmul
 from .neocell_fast import patchwise_backward, patchwise_forward
 from .spec import check_input_size, parse_specs

@@ -3,7 +3,7 @@
 :func:`patchwise_forward` and :func:`patchwise_backward` compute exactly what the plain
 formulations of :mod:`neocell_ref.neocell` compute (``"loop"``, the patch view tile by
 tile, and ``"blockdiag"``), following SPEC section 3's equivalent view (pad, map every
-tile, crop) with the geometry of :func:`neocell_ref.expand.padding_view`, but arranged
+tile, crop) with the geometry of :func:`neocell_ref.expansion.padding_view`, but arranged
 for speed: a tiled layout in which each axis is one matrix product per channel, and a
 chunk planner that keeps the work buffers in cache and reuses them. Nothing here is
 needed to understand the operator; the tests prove it equal to the plain formulations
@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .expand import channel_runs, padding_view
+from .expansion import channel_runs, padding_view
 from .instrument import matmul
 
 __all__ = ["patchwise_forward", "patchwise_backward"]
@@ -62,7 +62,7 @@ class _Segment(NamedTuple):
     """Consecutive channels of one group with one shift pair (one padding geometry).
 
     ``group``: index of the group; ``local``/``chans``: channel slice in the group's
-    weights / in ``x``; ``front_*``, ``tiles_*``, ``crop_*``: :func:`neocell_ref.expand.padding_view`
+    weights / in ``x``; ``front_*``, ``tiles_*``, ``crop_*``: :func:`neocell_ref.expansion.padding_view`
     of the height (``a``) and width (``b``) axes; ``chunks``: ``(c0, c1, n0, n1)``
     channel ranges (relative to the segment) and sample ranges, processed one at a
     time, in an order where the sample count ``n1 - n0`` changes at most once and

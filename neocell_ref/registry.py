@@ -9,8 +9,8 @@ every part reads it from here:
 * :mod:`neocell_ref.models` initialises, runs and differentiates a layer with the
   record's :attr:`~LayerKind.init`, :attr:`~LayerKind.forward` and
   :attr:`~LayerKind.backward`, and validates loaded state by its :attr:`~LayerKind.roles`;
-* :mod:`neocell_ref.complexity` counts it with :attr:`~LayerKind.count`;
-* :mod:`neocell_ref.golden_ops` makes golden layer cases with the record's functional
+* :mod:`neocell_ref.calculator` counts it with :attr:`~LayerKind.count`;
+* :mod:`neocell_ref.verify.golden_ops` makes golden layer cases with the record's functional
   pair (:attr:`~LayerKind.functions`), its accumulation lengths
   (:attr:`~LayerKind.accumulation`) and tolerance norm (:attr:`~LayerKind.norm`).
 
@@ -33,7 +33,7 @@ __all__ = ["LayerKind", "register", "unregister", "registered", "get", "names", 
 
 #: Roles a parameter or buffer can play (:attr:`LayerKind.roles`). They decide how a
 #: loaded value is validated (:meth:`neocell_ref.models.NeoNeXt.load_state_dict`) and how
-#: the golden oracle draws a random state (:mod:`neocell_ref.golden_ops`):
+#: the golden oracle draws a random state (:mod:`neocell_ref.verify.golden_ops`):
 #:
 #: * ``"weight"``: a weight matrix or tensor (random: normal over ``sqrt(fan_in)``);
 #: * ``"shift"``: a bias-like vector, also a running mean (random: ``0.1·N(0, 1)``);
@@ -80,7 +80,7 @@ class LayerKind:
         the model skips it.
     count : callable
         ``count(layer) -> (macs, elementwise_ops)`` per image: ``macs`` a dict with one
-        int per counting convention (:data:`neocell_ref.complexity.CONVENTIONS`),
+        int per counting convention (:data:`neocell_ref.calculator.CONVENTIONS`),
         ``elementwise_ops`` an int (``docs/complexity.md``).
     functions : (callable, callable) or None
         The functional pair ``(forward(*inputs, **options), backward(grad_y, *inputs,

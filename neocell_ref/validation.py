@@ -19,8 +19,8 @@ float64 whatever its width, and complex input is refused before (by
 promotion (``result_type(int8, float32)`` is float32).
 
 **Memory budget.** Functions that build an array whose size follows from their arguments rather than from
-an array the caller already holds (:func:`neocell_ref.expand.expand` and
-:func:`~neocell_ref.expand.expand_kernel`, :func:`neocell_ref.init.neo_init`,
+an array the caller already holds (:func:`neocell_ref.expansion.expand` and
+:func:`~neocell_ref.expansion.expand_kernel`, :func:`neocell_ref.init.neo_init`,
 :func:`~neocell_ref.init.skewed_identity`, :class:`neocell_ref.models.NeoNeXt`, the
 output of :func:`neocell_ref.neocell_forward`, hence the ``"blockdiag"`` formulation)
 compute the size of every such array with Python integers first and refuse, with a

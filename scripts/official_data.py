@@ -120,7 +120,7 @@ def result_row(name, got, arrays, tolerance):
 
 def compare(got, ref) -> float:
     """SPEC section 9's relative error; integer arrays must be equal (0 or inf)."""
-    from neocell_ref.testing import relative_error
+    from neocell_ref.verify.tolerances import relative_error
 
     got, ref = np.asarray(got), np.asarray(ref)
     if got.shape != ref.shape:

@@ -1,8 +1,8 @@
 """The calculator's closed forms, against the enumeration they replaced, at any size.
 
-:func:`neocell_ref.expand.nnz`, :func:`neocell_ref.complexity.neocell_counts`,
-:func:`neocell_ref.complexity.depthwise_in_bounds_taps` and
-:func:`neocell_ref.complexity.model_complexity` compute in closed form (derivations in
+:func:`neocell_ref.expansion.nnz`, :func:`neocell_ref.calculator.neocell_counts`,
+:func:`neocell_ref.calculator.depthwise_in_bounds_taps` and
+:func:`neocell_ref.calculator.model_complexity` compute in closed form (derivations in
 ``docs/complexity.md``). Expected values here come from independent formulations:
 
 * ``naive_nnz``: the entries SPEC 3 fills, decided position by position;
@@ -25,7 +25,6 @@ tested in tests/test_cli.py.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import time
@@ -58,7 +57,7 @@ from support.paths import DATA
 
 import neocell_ref
 from neocell_ref.architecture import NeoNeXtConfig, describe, get_config
-from neocell_ref.complexity import (
+from neocell_ref.calculator import (
     CONVENTIONS,
     MAX_COUNT,
     MAX_LAYER_ROWS,
@@ -73,15 +72,12 @@ from neocell_ref.complexity import (
     released_checkpoint_options,
     subgroup_sizes,
 )
-from neocell_ref.expand import block_layout, expand_kernel, nnz
+from neocell_ref.expansion import block_layout, expand_kernel, nnz
 from neocell_ref.instrument import count_macs
 from neocell_ref.models import NeoNeXt, neonext_t
 from neocell_ref.neocell import neocell_forward
 from neocell_ref.spec import GroupSpec, check_input_size, parse_specs
-from neocell_ref.testing import layer_specs
-
-EX = importlib.import_module("neocell_ref.expand")
-
+from neocell_ref.verify.testing import layer_specs
 
 # --------------------------------------------------------------------------------------
 # the slow references (independent formulations, test code only)
@@ -471,8 +467,8 @@ def test_fuzz_model_complexity(data):
 #   :func:`neocell_ref.instrument.count_macs` (block-diagonal and patch-wise);
 # * a filled-entry pattern of the expanded matrices written here from the text of
 #   SPEC section 3 by a *different* rule (position -> "which block am I in?") than
-#   :func:`neocell_ref.expand.block_layout` (block -> positions), and
-#   ``np.count_nonzero`` of :func:`neocell_ref.expand.expand` applied to all-ones kernels;
+#   :func:`neocell_ref.expansion.block_layout` (block -> positions), and
+#   ``np.count_nonzero`` of :func:`neocell_ref.expansion.expand` applied to all-ones kernels;
 # * hand closed forms (``2·k·C·H·W``, ``s² + ⌊(H−s)/k⌋·k² + ((H−s) mod k)²``);
 # * a direct depthwise convolution that counts its taps, itself checked against
 #   ``scipy.signal.correlate2d``.
@@ -754,7 +750,7 @@ def test_bad_input_is_refused_with_a_named_field(kwargs, error, needle):
 #
 # * hand formulas written here from the text of SPEC sections 2, 4, 7 and 8 (stage by
 #   stage, with the square-kernel closed form ``nnz = s² + ⌊(H−s)/k⌋·k² + ((H−s) mod k)²``),
-#   never from :mod:`neocell_ref.architecture` or :mod:`neocell_ref.expand`;
+#   never from :mod:`neocell_ref.architecture` or :mod:`neocell_ref.expansion`;
 # * the official tiny model's state dict in ``tests/data`` (outputs of the authors' code):
 #   its trainable arrays are exactly those that have a gradient (``grad/KEY``);
 # * the MACs the package's NeoCell forward and a whole built ``neocell_ref.models.NeoNeXt``

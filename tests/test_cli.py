@@ -28,13 +28,13 @@ from hypothesis import strategies as st
 from support.cli import check_contract
 from support.layer_counts import FAST_SECONDS
 
-from neocell_ref.cli import main
-from neocell_ref.complexity import (
+from neocell_ref.calculator import (
     complexity,
     model_complexity,
     released_checkpoint_options,
 )
-from neocell_ref.golden import export_golden
+from neocell_ref.cli import main
+from neocell_ref.verify.golden import export_golden
 
 #: Values an integer option may receive from a careless or hostile user.
 INTS = [

@@ -1,6 +1,6 @@
 """The block-expansion rule (SPEC 3) and its adjoint (SPEC 5), against independent constructions.
 
-``neocell_ref.expand.block_layout`` is the package's one encoding of the rule. The
+``neocell_ref.expansion.block_layout`` is the package's one encoding of the rule. The
 tests below rebuild the expanded matrix twice more, on purpose differently:
 
 * ``expand_by_slicing``: a long ``scipy.linalg.block_diag(K, K, ...)`` sliced so that its
@@ -15,8 +15,6 @@ constructions and the literal matrices live in ``support/expansion.py``;
 tests/meta/test_expansion_mutants.py shows that a mutant rule is caught.
 """
 
-import importlib
-
 import numpy as np
 import pytest
 from hypothesis import given
@@ -24,14 +22,10 @@ from hypothesis import strategies as st
 from support.expansion import HAND_EXAMPLES, K22, expand_by_index, expand_by_slicing
 from support.hostile import raises_naming, small_layer
 
-from neocell_ref.expand import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint, nnz
+from neocell_ref import expansion as expand_module
+from neocell_ref.expansion import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint, nnz
 from neocell_ref.spec import parse_specs
-from neocell_ref.testing import kernel_sizes, layer_specs, spatial_sizes
-
-# The package re-exports the function ``expand``, which shadows the submodule attribute
-# ``neocell_ref.expand``; import_module returns the module itself.
-expand_module = importlib.import_module("neocell_ref.expand")
-
+from neocell_ref.verify.testing import kernel_sizes, layer_specs, spatial_sizes
 
 # --------------------------------------------------------------------------------------
 # independent constructions (test code only)

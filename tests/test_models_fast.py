@@ -11,7 +11,7 @@ from support.models import tiny, tiny_input
 
 from neocell_ref import models_fast
 from neocell_ref.instrument import count_macs
-from neocell_ref.testing import relative_error
+from neocell_ref.verify.tolerances import relative_error
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -6,7 +6,7 @@
 * the backward is the adjoint of the forward: ``<dy, J d> = <Jᵀ dy, d>``, where ``J d`` is
   computed exactly by the forward because NeoCell is linear in ``x`` and in each kernel
   separately;
-* central finite differences (``neocell_ref.gradcheck``) agree for ``x`` and every kernel;
+* central finite differences (``neocell_ref.verify.gradcheck``) agree for ``x`` and every kernel;
 * a shifted group's kernel gradient collects the wrapped corner (a hand formula);
 * named edge cases: 1x1 inputs with a 7 kernel, every shift of a 7 kernel, "4+7" with
   uneven channels, up/down-sampling, rectangular inputs, largest shift equal to H;
@@ -30,9 +30,10 @@ from support.official_neocell import (
 
 import neocell_ref as nr
 from neocell_ref import neocell_backward, neocell_forward, parse_kernel_code
-from neocell_ref.gradcheck import neocell_gradcheck
 from neocell_ref.spec import check_input_size, parse_specs
-from neocell_ref.testing import NeoCellCase, group_specs, kernel_sizes, neocell_cases, relative_error
+from neocell_ref.verify.gradcheck import neocell_gradcheck
+from neocell_ref.verify.testing import NeoCellCase, group_specs, kernel_sizes, neocell_cases
+from neocell_ref.verify.tolerances import relative_error
 
 METHODS = ("loop", "patchwise", "blockdiag")
 TIGHT = 1e-12  # relative error allowed against hand formulas on fixed, well-conditioned data

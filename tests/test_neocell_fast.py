@@ -39,7 +39,8 @@ import neocell_ref.neocell_fast as nc
 from neocell_ref import neocell_backward, neocell_forward
 from neocell_ref.instrument import count_macs
 from neocell_ref.spec import parse_specs
-from neocell_ref.testing import neocell_cases, relative_error
+from neocell_ref.verify.testing import neocell_cases
+from neocell_ref.verify.tolerances import relative_error
 
 # --------------------------------------------------------------------------------------
 # independent constructions

@@ -10,17 +10,17 @@ computed here by hand from the plain model (never by the code under test).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import numpy as np
 import pytest
 
 import neocell_ref  # noqa: F401  (registers the built-in kinds)
-from neocell_ref import golden, golden_ops, registry
+from neocell_ref import calculator as CX
+from neocell_ref import registry
 from neocell_ref.architecture import NeoNeXtConfig, Unit, describe, kinds_table, layer
 from neocell_ref.models import NeoNeXt
-
-CX = importlib.import_module("neocell_ref.complexity")
+from neocell_ref.verify import golden, golden_ops
+from neocell_ref.verify.tolerances import DEFAULT_SEED
 
 BUILT_IN = (
     "patchify",
@@ -184,7 +184,7 @@ def test_a_registered_kind_is_counted_by_the_calculator(toy):
 def _toy_case(monkeypatch, kind):
     monkeypatch.setitem(golden_ops.OPERATIONS, "toy_affine", golden_ops._layer_operation(kind))
     case = ("toy_channels", {}, {"x": (3, 4, 2, 5), "weight": (4,), "bias": (4,)})
-    meta, arrays, _, tolerances = golden_ops.make_case("toy_affine", case, "float64", golden_ops.DEFAULT_SEED)
+    meta, arrays, _, tolerances = golden_ops.make_case("toy_affine", case, "float64", DEFAULT_SEED)
     return {**meta, "tolerances": tolerances}, arrays
 
 

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from neocell_ref import neocell_backward, neocell_forward
-from neocell_ref.expand import expand
+from neocell_ref.expansion import expand
 from neocell_ref.instrument import count_macs
 from neocell_ref.spec import (
     GroupSpec,
@@ -26,7 +26,7 @@ from neocell_ref.spec import (
     parse_specs,
     shift_segments,
 )
-from neocell_ref.testing import group_specs, kernel_codes
+from neocell_ref.verify.testing import group_specs, kernel_codes
 
 METHODS = ("loop", "patchwise", "blockdiag")
 

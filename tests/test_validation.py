@@ -19,7 +19,7 @@ from support.hostile import raises_naming
 import neocell_ref as nr
 from neocell_ref import layers as L
 from neocell_ref import validation
-from neocell_ref.expand import expand, expand_kernel
+from neocell_ref.expansion import expand, expand_kernel
 from neocell_ref.init import neo_init, skewed_identity
 from neocell_ref.models import NeoNeXt
 from neocell_ref.spec import GroupSpec, parse_kernel_code

@@ -12,7 +12,7 @@ Measured, interleaved round-robin and reported as median (minimum):
 * one NeoCell, batch 8, 96 channels at 56x56, kernel code "4+7", shift 1 (NeoNeXt-T
   stage 1) in float32: the port's patch-wise graph, a block-diagonal graph (two
   batched MatMuls with the expanded matrices as initializers, built here with
-  ``neocell_ref.expand`` for the comparison only), and ``neocell_forward`` (NumPy,
+  ``neocell_ref.expansion`` for the comparison only), and ``neocell_forward`` (NumPy,
   patch-wise) in float32 and float64;
 * NeoNeXt-T at 224 px, batch 1, inference: the port's graph against
   ``NeoNeXt.forward(cache=False)`` in float32 and float64.

@@ -29,17 +29,18 @@ from support.official_neocell import TOLERANCE as OFFICIAL_TOLERANCE
 from support.official_neocell import official_inputs
 from support.ports import SANITIZE, SOURCE, build_c_port, unavailable
 
-from neocell_ref.exec_port import (
+from neocell_ref.spec import parse_specs
+from neocell_ref.verify.exec_port import (
     ExecPort,
     PortFailure,
     neocell_outputs,
     run_exec,
     run_golden_case,
 )
-from neocell_ref.golden import compare_arrays
-from neocell_ref.golden_ops import OPERATIONS
-from neocell_ref.spec import parse_specs
-from neocell_ref.testing import assert_neocell_matches, relative_error
+from neocell_ref.verify.golden import compare_arrays
+from neocell_ref.verify.golden_ops import OPERATIONS
+from neocell_ref.verify.testing import assert_neocell_matches
+from neocell_ref.verify.tolerances import relative_error
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_core_golden_set(c_port, dtype, forward_only):
 
 def test_full_suite_stage_shapes(c_port):
     """The NeoNeXt-T stage shapes of the "full" suite (float32), all outputs of each from one run."""
-    from neocell_ref.golden_ops import NEOCELL_CASES_FULL
+    from neocell_ref.verify.golden_ops import NEOCELL_CASES_FULL
 
     op, failed = OPERATIONS["neocell"], []
     for index, (name, spec, shape) in enumerate(NEOCELL_CASES_FULL):

@@ -17,9 +17,9 @@ import pytest
 from support.optional import require
 from support.paths import REPO
 
-from neocell_ref.golden import export_golden, verify_golden
-from neocell_ref.golden_ops import MODEL_RTOL
-from neocell_ref.testing import assert_layer_matches, assert_model_matches, assert_neocell_matches
+from neocell_ref.verify.golden import export_golden, verify_golden
+from neocell_ref.verify.testing import assert_layer_matches, assert_model_matches, assert_neocell_matches
+from neocell_ref.verify.tolerances import MODEL_RTOL
 
 PORT_DIR = REPO / "examples" / "onnx_port"
 #: Every layer of NeoNeXt that the kit checks and the port has a forward for.
@@ -197,7 +197,7 @@ def test_channel_axis_layers_on_other_ranks(port, shape):
     # The golden layer cases hold 2-D and 4-D inputs; the channel-axis layers also take
     # (N, C, *S) of other ranks, through other nodes (Reshape to 4-D, Transpose).
     from neocell_ref import layers
-    from neocell_ref.testing import relative_error
+    from neocell_ref.verify.tolerances import relative_error
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape).astype(np.float32)

@@ -12,7 +12,7 @@ import pytest
 from support.optional import require
 from support.paths import REPO
 
-from neocell_ref.golden import export_golden, verify_golden
+from neocell_ref.verify.golden import export_golden, verify_golden
 
 torch = require("torch", "ports")
 
@@ -29,7 +29,7 @@ def test_torch_port_passes_golden_set(tmp_path, dtype):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_torch_port_passes_conformance_kit(dtype):
-    from neocell_ref.testing import assert_neocell_matches
+    from neocell_ref.verify.testing import assert_neocell_matches
 
     assert_neocell_matches(neocell_torch.forward, neocell_torch.backward, dtype=np.dtype(dtype), max_examples=15)
 

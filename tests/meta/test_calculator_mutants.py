@@ -1,6 +1,6 @@
 """The calculator's checks have teeth: deliberately wrong counts make them fail.
 
-Each test plants one plausible mistake in :mod:`neocell_ref.complexity` (or hands a
+Each test plants one plausible mistake in :mod:`neocell_ref.calculator` (or hands a
 wrong closed form to a comparison) and shows that the check of tests/test_calculator.py
 that guards it fails, with the message that check prints:
 
@@ -19,8 +19,6 @@ that guards it fails, with the message that check prints:
 The checks live in ``support/layer_counts.py`` and ``support/model_counts.py``.
 """
 
-import importlib
-
 import pytest
 from support.layer_counts import (
     CX,
@@ -32,9 +30,8 @@ from support.layer_counts import (
 )
 from support.model_counts import assert_model_macs_match_hand
 
-from neocell_ref.expand import nnz
-
-EX = importlib.import_module("neocell_ref.expand")
+from neocell_ref import expansion as EX
+from neocell_ref.expansion import nnz
 
 
 def _nnz_without_corner(p, q, rows, cols, s):

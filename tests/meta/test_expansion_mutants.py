@@ -7,16 +7,11 @@ per-entry construction ``expand_by_index``, in ``support/expansion.py``) differ 
 the result, while unshifted expansions are untouched.
 """
 
-import importlib
-
 import numpy as np
 from support.expansion import HAND_EXAMPLES, expand_by_index
 
-from neocell_ref.expand import expand_kernel
-
-# The package re-exports the function ``expand``, which shadows the submodule attribute
-# ``neocell_ref.expand``; import_module returns the module itself.
-expand_module = importlib.import_module("neocell_ref.expand")
+from neocell_ref import expansion as expand_module
+from neocell_ref.expansion import expand_kernel
 
 
 def _layout_with_corner_from_top_left(p, q, rows, cols, shift):

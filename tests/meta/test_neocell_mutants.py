@@ -11,16 +11,12 @@ against the authors' outputs in ``tests/data/official_neocell``) must fail when
 and pass again, on the same case, with the real code (the baseline).
 """
 
-import importlib
-
 import numpy as np
 from support.official_neocell import TOLERANCE, case_by_name, conformance_errors
 
-# The package re-exports functions named like its modules (``expand``), so fetch the
-# modules themselves for monkeypatching.
-expand_module = importlib.import_module("neocell_ref.expand")
-neocell_module = importlib.import_module("neocell_ref.neocell")
-fast_module = importlib.import_module("neocell_ref.neocell_fast")
+from neocell_ref import expansion as expand_module
+from neocell_ref import neocell as neocell_module
+from neocell_ref import neocell_fast as fast_module
 
 METHODS = ("loop", "patchwise", "blockdiag")
 SHIFTED_OFFICIAL = "mixed_4p7_shift1_c8_28x28"

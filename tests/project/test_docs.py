@@ -7,7 +7,7 @@ the checkout). The build executes the code cells of the pages (MyST-NB), so a fa
 outputs, which tests/project/test_notebooks.py re-executes and compares. The subprocess gets the
 checkout on ``PYTHONPATH``, so the pages document and run the code under test.
 
-Needs the ``docs`` extra (and ``test`` for the API page of ``neocell_ref.testing``);
+Needs the ``docs`` extra (and ``test`` for the API page of ``neocell_ref.verify.testing``);
 see ``tests/support/optional.py`` for what happens when it is missing. That a failing
 code cell fails the build is shown in tests/meta/test_docs_mutants.py.
 """
@@ -45,7 +45,7 @@ def _copy_sources(dest: Path) -> Path:
 def built(tmp_path_factory):
     """The documentation built once for this module: (exit code, log, html folder)."""
     require_docs_extra()
-    require("hypothesis", "docs")  # the API page documents neocell_ref.testing
+    require("hypothesis", "docs")  # the API page documents neocell_ref.verify.testing
     base = tmp_path_factory.mktemp("docs_build")
     src = _copy_sources(base / "src")
     code, log, seconds = sphinx_build(src, base / "out")
@@ -110,8 +110,11 @@ def test_derivations_checks_ran(built):
 def _public_modules():
     import neocell_ref
 
+    # the verifier subpackage and its modules included
     return sorted(
-        f"neocell_ref.{m.name}" for m in pkgutil.iter_modules(neocell_ref.__path__) if not m.name.startswith("_")
+        m.name
+        for m in pkgutil.walk_packages(neocell_ref.__path__, "neocell_ref.")
+        if not m.name.rpartition(".")[2].startswith("_")
     )
 
 

@@ -31,7 +31,7 @@ from support.optional import require
 from support.paths import DATA, REPO
 
 import neocell_ref as nr
-from neocell_ref.testing import relative_error
+from neocell_ref.verify.tolerances import relative_error
 
 SCRIPT = REPO / "scripts" / "official_data.py"
 ENV = "NEOCELL_OFFICIAL_CHECKOUT"

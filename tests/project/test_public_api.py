@@ -31,12 +31,12 @@ from support.hostile import TINY_MODEL, raises_naming
 import neocell_ref as nr
 from neocell_ref import layers as L
 from neocell_ref import validation
-from neocell_ref.expand import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint
-from neocell_ref.gradcheck import check_gradients
+from neocell_ref.expansion import expand, expand_adjoint, expand_kernel, expand_kernel_adjoint
 from neocell_ref.init import neo_init, skewed_identity
 from neocell_ref.models import NeoNeXt
 from neocell_ref.spec import output_size, parse_kernel_code, parse_specs
 from neocell_ref.train import synthetic_patterns
+from neocell_ref.verify.gradcheck import check_gradients
 
 #: Package memory budget during the fuzz (per array).
 BUDGET = 1 << 20

@@ -15,7 +15,7 @@ import pytest
 from support.paths import REPO
 
 import neocell_ref as nr
-from neocell_ref.expand import nnz
+from neocell_ref.expansion import nnz
 from neocell_ref.spec import GroupSpec
 
 SPEC_PAGE = REPO / "docs" / "spec.md"

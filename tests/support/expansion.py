@@ -1,7 +1,7 @@
 """Independent constructions of SPEC 3's expanded matrix and hand-computed examples.
 
 Two constructions written on purpose differently from
-``neocell_ref.expand.block_layout`` (a sliced ``scipy.linalg.block_diag``, and a
+``neocell_ref.expansion.block_layout`` (a sliced ``scipy.linalg.block_diag``, and a
 per-entry formula) and literal matrices computed by hand. tests/test_expansion.py
 compares the package against them; tests/meta/test_expansion_mutants.py shows that
 the comparison catches a wrong corner rule.

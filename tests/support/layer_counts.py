@@ -7,23 +7,20 @@ calculator; tests/meta/test_calculator_mutants.py runs them on planted mistakes 
 shows they fail.
 """
 
-import importlib
 import itertools
 from functools import cache
 
 import numpy as np
 
-from neocell_ref.complexity import (
+from neocell_ref import calculator as CX
+from neocell_ref.calculator import (
     complexity,
     neocell_counts,
 )
-from neocell_ref.expand import expand
+from neocell_ref.expansion import expand
 from neocell_ref.instrument import count_macs
 from neocell_ref.neocell import neocell_forward
 from neocell_ref.spec import GroupSpec, check_input_size, parse_specs
-
-# `neocell_ref.complexity` is the function (re-exported); the module is reached this way.
-CX = importlib.import_module("neocell_ref.complexity")
 
 # A generous bound for "milliseconds": a closed form takes well under 1 ms; the bound
 # leaves room for a loaded 2-core machine.

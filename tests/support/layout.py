@@ -10,11 +10,6 @@ from support.paths import REPO, TESTS
 
 PACKAGE = REPO / "neocell_ref"
 FOLDERS = {"support", "verify", "examples", "project", "meta", "data"}
-#: verifier modules, tested in tests/verify/ (wherever the module lives)
-VERIFIER = {"golden", "golden_ops", "testing", "gradcheck", "diagnosis", "exec_port", "precision", "tolerances"}
-#: modules the restructuring of issue 12 renames or adds, tested under their new name
-#: (until that branch is merged: then this goes)
-PENDING = {"expand": "expansion", "complexity": "calculator", "tolerances": "tolerances"}
 #: modules whose tests live in another module's test file, with the reason
 ELSEWHERE = {
     "layer_kinds": ("test_registry.py", "the built-in kinds are registry records, tested with the registry"),
@@ -35,13 +30,13 @@ def package_modules() -> list[tuple[str, bool]]:
         if "__pycache__" in path.parts:
             continue
         inside = path.relative_to(PACKAGE).parts
-        out.append((path.stem, inside[0] == "verify" or path.stem in VERIFIER))
+        out.append((path.stem, inside[0] == "verify"))
     return out
 
 
 def module_names() -> set[str]:
-    """The package's module names, under their names after the restructuring."""
-    return {PENDING.get(name, name) for name, _ in package_modules()} | {"tolerances"}
+    """The package's module names."""
+    return {name for name, _ in package_modules()}
 
 
 def expected_test_file(name: str, in_verifier: bool):
@@ -50,7 +45,7 @@ def expected_test_file(name: str, in_verifier: bool):
         return None
     if name in ELSEWHERE:
         return TESTS / ("verify" if in_verifier else "") / ELSEWHERE[name][0]
-    return TESTS / ("verify" if in_verifier else "") / f"test_{PENDING.get(name, name)}.py"
+    return TESTS / ("verify" if in_verifier else "") / f"test_{name}.py"
 
 
 def all_test_files() -> list:

@@ -1,11 +1,11 @@
 """Hand counts of a whole NeoNeXt: parameters and MACs from SPEC sections 2, 4, 7 and 8.
 
 Written stage by stage from the text of the specification, never from
-:mod:`neocell_ref.architecture` or :mod:`neocell_ref.expand`. Used by
+:mod:`neocell_ref.architecture` or :mod:`neocell_ref.expansion`. Used by
 tests/test_calculator.py and by tests/meta/test_calculator_mutants.py.
 """
 
-from neocell_ref.complexity import (
+from neocell_ref.calculator import (
     CONVENTIONS,
     model_complexity,
 )

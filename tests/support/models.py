@@ -7,7 +7,7 @@ notices a broken layer backward (tests/meta/test_models_mutants.py).
 import numpy as np
 
 import neocell_ref as nr
-from neocell_ref.gradcheck import check_gradients
+from neocell_ref.verify.gradcheck import check_gradients
 
 # A small model that every shift rule admits at 32x32: feature maps 8, 4, 2, 1; kernels 2
 # and 3 with shift 1 use shifts up to 2 (<= 2 in stage 3); stage 4 has no shift.

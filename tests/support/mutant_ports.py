@@ -1,7 +1,7 @@
 """A small NeoCell port written independently of the package, with switchable bugs.
 
 The golden oracle and the conformance kit must catch realistic porting bugs. This
-port builds the expanded matrices with its own loops (not ``neocell_ref.expand``),
+port builds the expanded matrices with its own loops (not ``neocell_ref.expansion``),
 parses group dicts itself, and computes in float64. Each ``bug`` reproduces one
 mistake a porting engineer could plausibly make:
 

@@ -12,7 +12,7 @@ import numpy as np
 import neocell_ref.neocell_fast as nc
 from neocell_ref import neocell_backward, neocell_forward
 from neocell_ref.spec import parse_specs
-from neocell_ref.testing import relative_error
+from neocell_ref.verify.tolerances import relative_error
 
 BUDGETS = (1, 3000, 1 << 40)  # one channel per chunk, a few channels, one chunk per segment
 

@@ -13,13 +13,15 @@ import json
 import numpy as np
 
 import neocell_ref as nr
-from neocell_ref.testing import relative_error
+from neocell_ref.verify.tolerances import MODEL_RTOL, relative_error
 from support.paths import DATA
 
-TOLERANCE = 1e-10
-#: documented float32 accuracy of the tiny model (docs/model.md): logits and gradients
-FLOAT32_LOGITS = 1e-5
-FLOAT32_GRADS = 1e-4
+#: the model tolerances of the verifier (docs/model.md, docs/porting.md): float64 for
+#: logits and gradients alike, and the documented float32 accuracy of the tiny model
+TOLERANCE = MODEL_RTOL["float64"]["logits"]
+assert MODEL_RTOL["float64"]["grad"] == TOLERANCE, "one float64 tolerance for every array"
+FLOAT32_LOGITS = MODEL_RTOL["float32"]["logits"]
+FLOAT32_GRADS = MODEL_RTOL["float32"]["grad"]
 
 
 def load_official():

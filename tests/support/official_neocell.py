@@ -12,7 +12,7 @@ import json
 import numpy as np
 
 from neocell_ref import neocell_backward, neocell_forward
-from neocell_ref.testing import relative_error
+from neocell_ref.verify.tolerances import relative_error
 from support.paths import DATA
 
 #: float64 against float64: both sides round differently, but only at the 1e-16 level.

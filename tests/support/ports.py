@@ -1,7 +1,7 @@
 """Ports that are programs: the exec-protocol Python script and the C port's build.
 
 ``PORT`` is one Python script that speaks the exec protocol of
-:mod:`neocell_ref.exec_port` in many modes (correct, planted bugs of
+:mod:`neocell_ref.verify.exec_port` in many modes (correct, planted bugs of
 ``support.mutant_ports``, misbehaving); format it with ``repo=str(REPO)`` and
 ``tests=str(TESTS)``. :func:`build_c_port` builds examples/c_port out of tree (skip
 without cc/make locally, fail under CI). Used by the exec runner's, the verifier's,

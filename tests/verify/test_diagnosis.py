@@ -1,4 +1,4 @@
-"""The diagnosis of failing arrays (neocell_ref.diagnosis), proven on planted-bug ports.
+"""The diagnosis of failing arrays (neocell_ref.verify.diagnosis), proven on planted-bug ports.
 
 Every mutant port of tests/support/mutant_ports.py is a realistic porting mistake written
 independently of the package. Each must be diagnosed with exactly its own defect id
@@ -27,25 +27,25 @@ from support.ports import PORT
 
 from neocell_ref import layers
 from neocell_ref.cli import main
-from neocell_ref.diagnosis import DEFECTS, Defect, diagnose
-from neocell_ref.golden import (
+from neocell_ref.verify.diagnosis import DEFECTS, Defect, diagnose
+from neocell_ref.verify.golden import (
     _check_set_args,
     _effective,
     _scale,
-    allowed_error,
     compare_outputs,
     export_golden,
     load_case,
     load_manifest,
     verify_golden,
 )
-from neocell_ref.golden_ops import OPERATIONS
-from neocell_ref.gradcheck import check_gradients
-from neocell_ref.testing import (
+from neocell_ref.verify.golden_ops import OPERATIONS
+from neocell_ref.verify.gradcheck import check_gradients
+from neocell_ref.verify.testing import (
     assert_layer_matches,
     assert_model_matches,
     assert_neocell_matches,
 )
+from neocell_ref.verify.tolerances import allowed_error
 
 
 def _exportable(dtype):
@@ -430,12 +430,12 @@ def test_a_crashing_variant_explains_nothing(golden_set, monkeypatch):
 
 
 def test_a_crashing_diagnosis_changes_no_verdict(golden_set, monkeypatch):
-    import neocell_ref.diagnosis
+    import neocell_ref.verify.diagnosis
 
     def boom(*args, **kwargs):
         raise MemoryError("diagnosis broke")
 
-    monkeypatch.setattr(neocell_ref.diagnosis, "diagnose", boom)
+    monkeypatch.setattr(neocell_ref.verify.diagnosis, "diagnose", boom)
     case, arrays = _k7_case(golden_set)
     got = {"y": np.array(arrays["y"]), "grad_x": np.zeros_like(arrays["grad_x"])}
     rows = {r.array: r for r in compare_outputs("neocell", case["name"], case, arrays, got)}
@@ -533,8 +533,8 @@ def _bf16_arrays(x, wa, wb):
 
 
 def _bf16(x, wa, wb, specs, grad_y=None):
-    from neocell_ref.precision import emulate_neocell
     from neocell_ref.spec import check_input_size, parse_specs
+    from neocell_ref.verify.precision import emulate_neocell
 
     arrays = _bf16_arrays(x, wa, wb)
     if grad_y is None:  # the forward needs no gradient: any of the right shape will do
@@ -554,10 +554,10 @@ def _bf16_backward(grad_y, x, wa, wb, specs):
 
 
 def _emulated_port(**defect):
-    """A float64 port built from the emulation of docs/porting.md (``neocell_ref.precision``)
+    """A float64 port built from the emulation of docs/porting.md (``neocell_ref.verify.precision``)
     with one planted defect: an implementation independent of ``diagnosis``."""
-    from neocell_ref.precision import emulate_neocell
     from neocell_ref.spec import check_input_size, parse_specs
+    from neocell_ref.verify.precision import emulate_neocell
 
     def run(x, wa, wb, specs, grad_y=None):
         arrays = _bf16_arrays(x, wa, wb)

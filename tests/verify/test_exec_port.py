@@ -1,4 +1,4 @@
-"""The exec protocol runner (neocell_ref.exec_port) against ports that are programs.
+"""The exec protocol runner (neocell_ref.verify.exec_port) against ports that are programs.
 
 The ports are small Python scripts run with ``sys.executable``: a correct one (it
 calls neocell_ref), the planted-bug ports of ``support/mutant_ports.py``, and misbehaving
@@ -20,7 +20,7 @@ import pytest
 from support.paths import REPO
 from support.ports import PORT
 
-from neocell_ref.exec_port import (
+from neocell_ref.verify.exec_port import (
     TAIL_BYTES,
     ExecCommandError,
     ExecPort,
@@ -31,8 +31,8 @@ from neocell_ref.exec_port import (
     run_exec,
     run_golden_case,
 )
-from neocell_ref.golden import compare_arrays, run_and_compare
-from neocell_ref.golden_ops import OPERATIONS
+from neocell_ref.verify.golden import compare_arrays, run_and_compare
+from neocell_ref.verify.golden_ops import OPERATIONS
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The golden verifier (:mod:`neocell_ref.golden`): export, verify, and hostile input.
+"""The golden verifier (:mod:`neocell_ref.verify.golden`): export, verify, and hostile input.
 
 Three parts, in this order:
 
@@ -30,7 +30,7 @@ from support import mutant_ports
 
 import neocell_ref as nr
 from neocell_ref import cli, layers
-from neocell_ref.golden import (
+from neocell_ref.verify.golden import (
     FORMAT_VERSION,
     MAX_MANIFEST_BYTES,
     MAX_RTOL_SCALE,
@@ -44,13 +44,14 @@ from neocell_ref.golden import (
     set_digest,
     verify_golden,
 )
-from neocell_ref.golden_ops import DEFAULT_SEED, NEOCELL_CASES_CORE, OPERATIONS, make_case
-from neocell_ref.testing import (
+from neocell_ref.verify.golden_ops import NEOCELL_CASES_CORE, OPERATIONS, make_case
+from neocell_ref.verify.testing import (
     NeoCellCase,
     assert_layer_matches,
     assert_neocell_matches,
     check_neocell_case,
 )
+from neocell_ref.verify.tolerances import DEFAULT_SEED
 
 FORWARD = ["--forward", "support.mutant_ports:correct_forward"]
 VICTIM = "k7_square_14x14"  # the case most tampering tests edit
@@ -780,12 +781,10 @@ from support.paths import REPO
 from support.ports import PORT, build_c_port
 
 from neocell_ref.cli import main
-from neocell_ref.exec_port import DEFAULT_TIMEOUT, ExecCommandError
-from neocell_ref.golden import (
-    run_exec_and_compare,
-    unit_roundoff,
-)
-from neocell_ref.golden_ops import LAYER_CASES_CORE, MODEL_RTOL
+from neocell_ref.verify.exec_port import DEFAULT_TIMEOUT, ExecCommandError
+from neocell_ref.verify.golden import run_exec_and_compare
+from neocell_ref.verify.golden_ops import LAYER_CASES_CORE, MODEL_RTOL
+from neocell_ref.verify.tolerances import unit_roundoff
 
 ANY_VALUE = st.one_of(
     st.none(),
@@ -802,7 +801,7 @@ ANY_VALUE = st.one_of(
 @given(rtol=ANY_VALUE, atol=ANY_VALUE, rtol_scale=ANY_VALUE)
 def test_fuzz_tolerance_overrides(rtol, atol, rtol_scale):
     try:
-        got = nr.golden.check_tolerance_overrides(rtol, atol, rtol_scale)
+        got = nr.verify.golden.check_tolerance_overrides(rtol, atol, rtol_scale)
     except (TypeError, ValueError) as exc:
         named = [n for n, v in (("rtol", rtol), ("atol", atol), ("rtol_scale", rtol_scale)) if n in str(exc)]
         assert named, f"the error does not name the argument: {exc}"

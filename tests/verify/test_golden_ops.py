@@ -1,4 +1,4 @@
-"""The golden operations (:mod:`neocell_ref.golden_ops`): the curated cases are valid and cover every rule.
+"""The golden operations (:mod:`neocell_ref.verify.golden_ops`): the curated cases are valid and cover every rule.
 
 The core NeoCell cases exercise each rule of SPEC sections 2-6 at least once, every
 case of the full suite is a valid layer, and every layer kind of NeoNeXt has golden
@@ -7,8 +7,8 @@ bugs fail them is tested in tests/verify/test_golden.py.
 """
 
 from neocell_ref.architecture import NeoNeXtConfig, describe
-from neocell_ref.golden_ops import LAYER_CASES_CORE, NEOCELL_CASES_CORE, NEOCELL_CASES_FULL
 from neocell_ref.spec import check_input_size, parse_specs
+from neocell_ref.verify.golden_ops import LAYER_CASES_CORE, NEOCELL_CASES_CORE, NEOCELL_CASES_FULL
 
 
 def test_curated_cases_cover_every_rule():

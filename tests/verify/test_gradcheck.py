@@ -12,22 +12,15 @@ That the official conformance comparison fails when the expansion rule, its adjo
 the padding geometry is subtly wrong is shown in tests/meta/test_neocell_mutants.py.
 """
 
-import importlib
-
 import numpy as np
 import pytest
 from support.hostile import raises_naming
 
+# The modules themselves, for monkeypatching.
 from neocell_ref import neocell_backward, parse_kernel_code
-from neocell_ref.expand import expand
-from neocell_ref.gradcheck import GradcheckReport, assert_gradients, check_gradients, neocell_gradcheck
+from neocell_ref.expansion import expand
 from neocell_ref.spec import GroupSpec, parse_specs
-
-# The package re-exports functions named like its modules (``expand``), so fetch the
-# modules themselves for monkeypatching.
-expand_module = importlib.import_module("neocell_ref.expand")
-neocell_module = importlib.import_module("neocell_ref.neocell")
-fast_module = importlib.import_module("neocell_ref.neocell_fast")
+from neocell_ref.verify.gradcheck import GradcheckReport, assert_gradients, check_gradients, neocell_gradcheck
 
 METHODS = ("loop", "patchwise", "blockdiag")
 

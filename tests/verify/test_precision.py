@@ -3,7 +3,7 @@ that the tolerances are right.
 
 The proof runs reference emulations of the arithmetic model of ``docs/porting.md``
 ("Half precision": products of half-precision numbers accumulated in float32, the
-intermediate and every result stored in the half type; ``neocell_ref.precision``) as
+intermediate and every result stored in the half type; ``neocell_ref.verify.precision``) as
 ports through ``verify_golden``: they must pass every case of both sets with margin
 (worst error/allowed at most 0.5), and the same emulations with a planted defect (the
 shift corner dropped, the kernels swapped, the shifts ignored, or rounding to bfloat16
@@ -18,7 +18,8 @@ import pytest
 
 from neocell_ref import layers
 from neocell_ref.cli import main as cli_main
-from neocell_ref.golden import (
+from neocell_ref.spec import check_input_size, parse_specs
+from neocell_ref.verify.golden import (
     FORMAT_VERSION,
     GoldenError,
     derive_manifest,
@@ -27,15 +28,14 @@ from neocell_ref.golden import (
     verify_golden,
     write_npz,
 )
-from neocell_ref.golden_ops import HALF_EXCLUDED, OPERATIONS, make_case
-from neocell_ref.precision import (
+from neocell_ref.verify.golden_ops import HALF_EXCLUDED, OPERATIONS, make_case
+from neocell_ref.verify.precision import (
     emulate_layer,
     emulate_neocell,
     not_bfloat16,
     round_bfloat16,
     round_to,
 )
-from neocell_ref.spec import check_input_size, parse_specs
 
 HALF = ["float16", "bfloat16"]
 LAYER_OPS = [op for op in OPERATIONS if op not in ("neocell", "model")]
@@ -323,9 +323,9 @@ def test_half_precision_accumulation_is_outside_the_model():
     emulation uses at most half the tolerance and the float16-accumulating one exceeds
     it; with ``rtol_scale`` = the largest accumulation length (docs/porting.md: what
     recursive half-precision accumulation needs) it passes."""
-    from neocell_ref.golden import MAX_RTOL_SCALE, run_and_compare
-    from neocell_ref.golden_ops import neocell_expected
-    from neocell_ref.precision import store
+    from neocell_ref.verify.golden import MAX_RTOL_SCALE, run_and_compare
+    from neocell_ref.verify.golden_ops import neocell_expected
+    from neocell_ref.verify.precision import store
 
     specs, shape = [{"kernel": 7, "channels": 2, "shift": 1}], (16, 2, 28, 28)
     rng = np.random.default_rng(7)

@@ -9,8 +9,8 @@ from support import mutant_ports
 
 import neocell_ref as nr
 from neocell_ref import layers
-from neocell_ref.golden_ops import LAYER_CASES_CORE
-from neocell_ref.testing import (
+from neocell_ref.verify.golden_ops import LAYER_CASES_CORE
+from neocell_ref.verify.testing import (
     NeoCellCase,
     assert_layer_matches,
     assert_model_matches,

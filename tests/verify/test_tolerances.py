@@ -11,12 +11,12 @@ import math
 import numpy as np
 import pytest
 
-from neocell_ref.golden_ops import NEOCELL_CASES_CORE, OPERATIONS, case_rng, half_tolerance, make_case
-from neocell_ref.testing import relative_error
+from neocell_ref.verify.golden_ops import NEOCELL_CASES_CORE, OPERATIONS, case_rng, half_tolerance, make_case
+from neocell_ref.verify.tolerances import relative_error
 
 
 def test_adding_a_case_does_not_reseed_the_others(monkeypatch):
-    import neocell_ref.golden_ops as golden_ops
+    from neocell_ref.verify import golden_ops as golden_ops
 
     before = {
         name: make_case("neocell", (name, spec, shape), np.float64, 3)[1]["x"]

@@ -10,25 +10,11 @@ Operations are registered in :data:`OPERATIONS`; each knows its curated cases, h
 to compute them with the reference, and how to call a port with them. See
 ``docs/porting.md`` for the calling conventions and the tolerance policy.
 
-Tolerance policy (NeoCell)
---------------------------
-Every expected value is a sum of products. Running the same computation on the
-absolute values of all inputs gives, per element, ``bound = Σ |terms|``; the
-classic floating-point bound for a sum of ``n`` products evaluated in any order is
-``|fl(s) - s| <= γ_n · bound`` with ``γ_n ≈ n·u`` (``u`` the unit roundoff of the
-port's dtype). A port passes an element when::
-
-    |got - expected| <= safety · (n + 1) · u · bound + atol
-
-where ``n`` is the array's accumulation length (stored per array in the manifest),
-``+1`` accounts for rounding the result to the port's dtype, and ``safety = 2``
-covers the reference's own error. Expected values are computed in float64 from the
-inputs as stored, so a float32 golden set holds float32 inputs and float64 answers.
-
-Half-precision sets (float16; bfloat16 stored as float32 arrays of bfloat16 numbers)
-use the mixed-precision model of ``docs/porting.md``: ``rtol = safety · (k · u_half +
-(n + 1) · 2**-24)`` with ``k`` the roundings to the half type on the array's path
-(:func:`neocell_ref.golden_ops.half_tolerance`), and leave out the whole model.
+Tolerance policy: every expected array carries its tolerance in the manifest,
+derived by the rules of :mod:`neocell_ref.verify.tolerances` (the magnitude bound
+``|got - expected| <= safety · (n + 1) · u · bound + atol`` for sums of products,
+the mixed-precision model for half-precision sets, normwise measured tolerances for
+the whole model) and explained in ``docs/porting.md``.
 """
 
 from __future__ import annotations
@@ -50,24 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .golden_ops import (  # noqa: F401 (re-exported)
-    ACCUMULATION_ROUNDOFF,
-    DEFAULT_SEED,
-    HALF_EXCLUDED,
-    OPERATIONS,
-    SAFETY,
-    check_seed,
-    make_case,
-    neocell_expected,
-    unit_roundoff,
-)
-from .precision import FLOAT_DTYPES, HALF_DTYPES, STORAGE_DTYPE, UNDERFLOW, dtype_name, not_bfloat16
-from .validation import MAX_NPY_HEADER, read_npy_member
+from .. import __version__
+from ..validation import MAX_NPY_HEADER, read_npy_member
+from .golden_ops import HALF_EXCLUDED, OPERATIONS, make_case, neocell_expected
+from .precision import HALF_DTYPES, STORAGE_DTYPE, dtype_name, not_bfloat16
+from .tolerances import DEFAULT_SEED, allowed_error, check_seed, tolerance_policy
 
 __all__ = [
     "FORMAT_VERSION",
-    "DEFAULT_SEED",
     "MAX_RTOL_SCALE",
     "MAX_MANIFEST_BYTES",
     "GoldenError",
@@ -77,24 +53,26 @@ __all__ = [
     "load_manifest",
     "load_case",
     "set_digest",
+    "manifest_digest",
+    "check_digest",
+    "load_callable",
+    "load_port",
     "verify_golden",
     "compare_arrays",
     "check_tolerance_overrides",
     "ArrayComparison",
     "VerifyReport",
     "write_npz",
-    "unit_roundoff",
     "neocell_expected",
     "run_and_compare",
     "run_exec_and_compare",
     "compare_outputs",
-    "allowed_error",
 ]
 
 #: Version of the golden-set format. 3: the manifest records ``storage_dtype``, and
 #: sets can be float16 or bfloat16 (half-precision tolerances). 2: the manifest
 #: records ``operations``, case arrays come from the name-keyed seeding rule
-#: (``golden_ops.case_rng``), and the whole manifest is checked against a
+#: (``tolerances.case_rng``), and the whole manifest is checked against a
 #: re-derivation. Sets of other formats are refused.
 FORMAT_VERSION = 3
 #: Largest factor by which a tolerance override may loosen a stored ``rtol``: a port
@@ -243,15 +221,6 @@ def _port_array(value):
         what = _KINDS.get(array.dtype.kind, array.dtype.kind)
         return None, (f"the port returned dtype {array.dtype} ({what}); only a real floating array is a result")
     return array, None
-
-
-def allowed_error(expected, *, rtol, atol=0.0, bound=None) -> np.ndarray:
-    """Elementwise allowed ``|got - expected|``: ``rtol · scale + atol``, ``scale`` the
-    magnitude ``bound`` when given and ``|expected|`` otherwise (float64, ``expected``'s shape)."""
-    expected = np.asarray(expected, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        scale = np.abs(expected) if bound is None else np.asarray(bound, dtype=np.float64)
-        return np.broadcast_to(rtol * scale + atol, expected.shape)
 
 
 def compare_arrays(case, array, got, expected, *, rtol, atol=0.0, bound=None) -> ArrayComparison:
@@ -461,8 +430,8 @@ def run_exec_and_compare(
     """Run a port that is a program (the exec protocol) on one golden case and compare.
 
     One process run computes every output of the case (only the forward ones with
-    ``forward_only``), :func:`neocell_ref.exec_port.run_golden_case`. A run that fails
-    (:class:`~neocell_ref.exec_port.PortFailure`: bad exit, timeout, a missing,
+    ``forward_only``), :func:`neocell_ref.verify.exec_port.run_golden_case`. A run that fails
+    (:class:`~neocell_ref.verify.exec_port.PortFailure`: bad exit, timeout, a missing,
     malformed or wrongly shaped output) fails the case with one row ``(exec run)``
     whose message carries the tail of the port's stderr. The outputs are compared by
     :func:`compare_outputs`, exactly as a Python port's.
@@ -472,7 +441,7 @@ def run_exec_and_compare(
 
     Raises
     ------
-    neocell_ref.exec_port.ExecCommandError
+    neocell_ref.verify.exec_port.ExecCommandError
         The command cannot be run at all (a property of the port, not of the case).
     TypeError, ValueError
         Invalid overrides or timeout, an operation the protocol does not support.
@@ -502,7 +471,7 @@ def compare_outputs(op, name, meta, arrays, got, *, rtol=None, atol=None, rtol_s
     run through the exec protocol (:func:`run_exec_and_compare`). Each array is
     compared by :func:`compare_arrays` with the case's stored tolerance under the
     overrides (already validated by the caller). When arrays fail, and ``diagnose``
-    is True, :func:`neocell_ref.diagnosis.diagnose` is asked which known porting
+    is True, :func:`neocell_ref.verify.diagnosis.diagnose` is asked which known porting
     defects explain them, with the same elementwise allowed error; each failing
     array that held a real floating array gets ``diagnosis`` (a list of defect ids,
     empty when none matches). Passing arrays get none. A diagnosis never changes a
@@ -538,7 +507,7 @@ def compare_outputs(op, name, meta, arrays, got, *, rtol=None, atol=None, rtol_s
 
 
 def _diagnosis(op, meta, arrays, failing, allowed) -> dict:
-    """:func:`neocell_ref.diagnosis.diagnose`, any failure of it meaning "no match"."""
+    """:func:`neocell_ref.verify.diagnosis.diagnose`, any failure of it meaning "no match"."""
     import warnings
 
     from .diagnosis import diagnose
@@ -594,30 +563,9 @@ def _build_set(suite, dtype, seed, ops, input_digests=None):
     """The manifest and the case files (name -> bytes) of a set; arguments checked.
 
     ``input_digests``, when a dict, receives ``{file: {input array: digest}}``."""
+    policy = tolerance_policy(dtype)
     if dtype in HALF_DTYPES:
-        policy = {
-            "rule": "|got - expected| <= rtol * bound + atol, elementwise (max|expected| for norm 'max')",
-            "rtol": "safety * (half_roundings * unit_roundoff(dtype) + (accumulation_length + 1) "
-            "* accumulation_roundoff)",
-            "atol": "safety * (underflow(dtype) + (accumulation_length + 1) * underflow(float32)) * "
-            "(1 + propagation of the stored intermediate), rounded up to a power of two",
-            "arithmetic": "products of half-precision numbers accumulated in float32 or better; the "
-            "intermediate (A x, dy B^T) and every result stored in the half type",
-            "safety": SAFETY,
-            "unit_roundoff": unit_roundoff(dtype),
-            "accumulation_roundoff": ACCUMULATION_ROUNDOFF,
-            "underflow": UNDERFLOW[dtype],
-            "bound": "the same computation on absolute values of all inputs (array 'bound/NAME')",
-            "excluded_operations": dict(HALF_EXCLUDED),
-        }
-    else:
-        policy = {
-            "rule": "|got - expected| <= rtol * bound + atol, elementwise",
-            "rtol": "safety * (accumulation_length + 1) * unit_roundoff(dtype)",
-            "safety": SAFETY,
-            "unit_roundoff": unit_roundoff(dtype),
-            "bound": "the same computation on absolute values of all inputs (array 'bound/NAME')",
-        }
+        policy["excluded_operations"] = dict(HALF_EXCLUDED)
     manifest = {
         "format_version": FORMAT_VERSION,
         "generator": f"neocell_ref {__version__}",
@@ -660,6 +608,12 @@ def _build_set(suite, dtype, seed, ops, input_digests=None):
 
 def _manifest_text(manifest) -> str:
     return json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+
+
+def manifest_digest(manifest: dict) -> str:
+    """The set digest (SHA-256 of ``manifest.json``) of a manifest as
+    :func:`export_golden` writes and returns it."""
+    return _sha256(_manifest_text(manifest).encode("utf-8"))
 
 
 @functools.lru_cache(maxsize=16)
@@ -805,7 +759,7 @@ def export_golden(directory, suite="core", dtype="float64", seed=DEFAULT_SEED, o
         whole model (``golden_ops.HALF_EXCLUDED``).
     seed : int
         In ``[0, 2**63 - 1]``. Each case draws from
-        :func:`neocell_ref.golden_ops.case_rng` (keyed by seed, operation and case
+        :func:`neocell_ref.verify.tolerances.case_rng` (keyed by seed, operation and case
         name), exactly as the conformance kit does with the same seed.
     operations : list of str, optional
         Subset of :data:`OPERATIONS` (default all), recorded in the manifest.
@@ -1063,7 +1017,9 @@ def _read_case(directory: Path, case: dict) -> dict:
     return _case_arrays(data, case, where)
 
 
-def _check_digest(digest):
+def check_digest(digest):
+    """``digest`` normalised (lower case, stripped), ``None`` for ``None``; a value that is
+    not 64 hex digits is a TypeError/ValueError naming it."""
     if digest is None:
         return None
     if not isinstance(digest, str):
@@ -1077,7 +1033,7 @@ def _check_digest(digest):
 def _load_set(directory, digest=None, keep_op=None):
     """Verify a golden set as a whole; return ``(manifest, set digest)``, and with
     ``keep_op`` also ``{case file: arrays}`` of that operation's cases."""
-    digest = _check_digest(digest)
+    digest = check_digest(digest)
     directory = _folder_arg(directory)
     if not directory.is_dir():
         raise GoldenError(f"no golden set at {directory}: not a folder")
@@ -1342,14 +1298,14 @@ def verify_golden(
         Pin the set: its digest (:func:`set_digest`) must be this SHA-256.
     command : str or sequence of str, optional
         A port that is a program, run once per case through the exec protocol
-        (``docs/porting.md``, "The exec protocol"; :mod:`neocell_ref.exec_port`),
+        (``docs/porting.md``, "The exec protocol"; :mod:`neocell_ref.verify.exec_port`),
         instead of ``forward``/``backward`` (mutually exclusive). A run that fails
         fails its case with the port's stderr tail in the report; the run goes on.
     forward_only : bool
         With ``command``: expect only the forward outputs.
     timeout : float, optional
         With ``command``: seconds per run before the port's process group is killed
-        (default :data:`neocell_ref.exec_port.DEFAULT_TIMEOUT`).
+        (default :data:`neocell_ref.verify.exec_port.DEFAULT_TIMEOUT`).
 
     Returns
     -------
@@ -1362,7 +1318,7 @@ def verify_golden(
         The set is unusable or not the pinned one.
     TypeError, ValueError
         A bad argument, or an exec command that cannot be run
-        (:class:`~neocell_ref.exec_port.ExecCommandError`). Nothing of the port has run then.
+        (:class:`~neocell_ref.verify.exec_port.ExecCommandError`). Nothing of the port has run then.
     """
     from fnmatch import fnmatch
 
@@ -1429,7 +1385,7 @@ def verify_golden(
 
 
 # --------------------------------------------------------------------------------------
-# command line: neocell-ref golden export|verify
+# ports named by "package.module:function" (the command line's --forward/--backward)
 # --------------------------------------------------------------------------------------
 def load_callable(target: str):
     """Import ``"package.module:function"`` (the current directory is importable)."""
@@ -1450,9 +1406,10 @@ def load_callable(target: str):
     return obj
 
 
-def _load_port(target, option):
+def load_port(target, option):
     """:func:`load_callable`, any failure (import error, SystemExit at import, not
-    callable) turned into a one-line ValueError naming the option and the target."""
+    callable) turned into a one-line ValueError naming ``option`` and the target;
+    ``None`` for no target."""
     if target is None:
         return None
     try:
@@ -1461,146 +1418,3 @@ def _load_port(target, option):
         raise
     except BaseException as exc:  # the port's module may raise anything while importing
         raise ValueError(f"{option} {target!r}: the port cannot be loaded: {_exception_text(exc)}") from None
-
-
-def _parse_exclusions(items):
-    exclude = {}
-    for item in items or []:
-        pattern, sep, reason = item.partition("=")
-        if not sep or not pattern or not reason.strip():
-            raise ValueError(f"--exclude takes PATTERN=REASON (a reason is required), got {item!r}")
-        exclude[pattern] = reason.strip()
-    return exclude
-
-
-def _check_output_file(name, option):
-    """Refuse, before anything runs, an output file that cannot be written."""
-    if name == "":
-        raise ValueError(f"{option} is empty: give a file path")
-    path = Path(name)
-    if path.is_dir():
-        raise ValueError(f"{option} {name}: is a folder, not a file")
-    if path.exists():
-        if not os.access(path, os.W_OK):
-            raise ValueError(f"{option} {name}: the file is not writable")
-        return
-    parent = path.parent
-    if not parent.is_dir():
-        raise ValueError(f"{option} {name}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {name}: the folder {parent} is not writable")
-
-
-def _cli_export(args) -> int:
-    manifest = export_golden(args.directory, suite=args.suite, dtype=args.dtype, seed=args.seed)
-    digest = _sha256(_manifest_text(manifest).encode("utf-8"))
-    print(
-        f"wrote {len(manifest['cases'])} cases ({args.suite}, {args.dtype}, seed {args.seed}) and "
-        f"manifest.json to {args.directory}\nset digest (SHA-256 of manifest.json): {digest}"
-    )
-    return 0
-
-
-def _cli_verify(args) -> int:
-    exclude = _parse_exclusions(args.exclude)
-    check_tolerance_overrides(None, None, args.rtol_scale)
-    _check_digest(args.digest)
-    if args.json is not None:
-        _check_output_file(args.json, "--json")
-    if args.exec is not None:
-        if args.forward is not None or args.backward is not None:
-            raise ValueError("--exec is mutually exclusive with --forward/--backward: give one port")
-        from .exec_port import check_command
-
-        check_command(args.exec)  # an unusable command is refused before the set is read
-        forward = backward = None
-    else:
-        if args.forward_only or args.timeout is not None:
-            raise ValueError(
-                "--forward-only and --timeout apply to --exec; for a forward-only check of a "
-                "Python port give only --forward"
-            )
-        forward = _load_port(args.forward, "--forward")
-        backward = _load_port(args.backward, "--backward")
-        if forward is None and backward is None:
-            raise ValueError("give --forward and/or --backward, or --exec")
-    report = verify_golden(
-        args.directory,
-        args.op,
-        forward,
-        backward,
-        exclude=exclude,
-        rtol_scale=args.rtol_scale,
-        digest=args.digest,
-        command=args.exec,
-        forward_only=args.forward_only,
-        timeout=args.timeout,
-    )
-    print(report.table())
-    if args.json is not None:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n")
-    return 0 if report.passed else 1
-
-
-def register_cli(subparsers):
-    from .exec_port import DEFAULT_TIMEOUT
-
-    golden = subparsers.add_parser(
-        "golden",
-        help="export golden vectors or verify a port against them",
-        description="Exit status: 0 only when every non-excluded case ran and passed (verify) or the set "
-        "was written (export); 1 when a port failed; 2 when the set, an argument or the "
-        "port is unusable (one line on stderr).",
-    )
-    sub = golden.add_subparsers(dest="golden_command", metavar="ACTION", required=True)
-    ex = sub.add_parser("export", help="write a deterministic golden set")
-    ex.add_argument("directory")
-    ex.add_argument("--suite", choices=["core", "full"], default="core")
-    ex.add_argument(
-        "--dtype",
-        choices=list(FLOAT_DTYPES),
-        default="float64",
-        help="float16 and bfloat16 sets carry mixed-precision tolerances (docs/porting.md); "
-        "bfloat16 inputs are stored as float32 arrays of bfloat16 numbers",
-    )
-    ex.add_argument("--seed", type=int, default=DEFAULT_SEED, help="in [0, 2**63 - 1]")
-    ex.set_defaults(func=_cli_export)
-    ve = sub.add_parser(
-        "verify",
-        help="run a port on every golden case of an operation",
-        description="Failing arrays are diagnosed against known porting defects (docs/defects.md).",
-    )
-    ve.add_argument("directory")
-    ve.add_argument("--op", required=True, choices=sorted(OPERATIONS))
-    ve.add_argument("--forward", help="package.module:function")
-    ve.add_argument("--backward", help="package.module:function")
-    ve.add_argument(
-        "--exec",
-        metavar="COMMAND",
-        help='a port that is a program: "COMMAND {in} {out}", run once per case through the exec '
-        "protocol (docs/porting.md); not with --forward/--backward",
-    )
-    ve.add_argument(
-        "--timeout",
-        type=float,
-        metavar="SECONDS",
-        help=f"with --exec: seconds per case before the port's process group is killed (default {DEFAULT_TIMEOUT:g})",
-    )
-    ve.add_argument("--forward-only", action="store_true", help="with --exec: expect only the forward outputs")
-    ve.add_argument(
-        "--exclude",
-        action="append",
-        metavar="PATTERN=REASON",
-        help="skip cases matching an fnmatch pattern, with a stated reason (repeatable)",
-    )
-    ve.add_argument(
-        "--rtol-scale",
-        type=float,
-        default=1.0,
-        help=f"multiply every stored rtol (finite, > 0, at most {MAX_RTOL_SCALE:g})",
-    )
-    ve.add_argument(
-        "--digest", metavar="SHA256", help="refuse the set unless its digest (SHA-256 of manifest.json) is this"
-    )
-    ve.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    ve.set_defaults(func=_cli_verify)

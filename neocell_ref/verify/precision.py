@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .expand import expand_kernel, expand_kernel_adjoint
-from .spec import check_input_size, parse_specs
+from ..expansion import expand_kernel, expand_kernel_adjoint
+from ..spec import check_input_size, parse_specs
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -243,7 +243,7 @@ def emulate_neocell(
         The type intermediates and results are rounded to; default ``dtype``.
         (``storage="bfloat16"`` on a float16 set emulates a port of lower precision.)
     corner, swap, shifts, split_rounded_up, size_rounded : bool
-        Planted defects (the tests' mutants and :mod:`neocell_ref.diagnosis`'s
+        Planted defects (the tests' mutants and :mod:`neocell_ref.verify.diagnosis`'s
         catalogue): ``corner=False`` drops the wrapped corner of a shifted expansion,
         ``swap=True`` exchanges A and B (each transposed to fit), ``shifts=False``
         ignores every shift, ``split_rounded_up`` makes shift sub-groups of
@@ -349,7 +349,7 @@ def emulate_layer(kind, arrays, order, options, dtype, *, storage=None):
     dict
         ``y`` and ``grad_<input>`` for every differentiated input, float64 arrays.
     """
-    from . import layers
+    from .. import layers
 
     dtype = dtype_name(dtype)
     storage = dtype if storage is None else dtype_name(storage, "storage")

@@ -1,5 +1,5 @@
 """The operations of the golden oracle: their curated cases, reference computation,
-tolerances, and how a port is called (see :mod:`neocell_ref.golden` for the file format
+tolerances, and how a port is called (see :mod:`neocell_ref.verify.golden` for the file format
 and the verifier, ``docs/porting.md`` for the conventions and the tolerance policy).
 
 An :class:`Operation` bundles
@@ -11,76 +11,26 @@ An :class:`Operation` bundles
 * ``run_port(arrays, meta, forward, backward)``: the port called in the operation's
   convention, returning ``{expected array name: what the port computed}``.
 
-Seeding rule: the arrays of a case come from :func:`case_rng`, keyed by the seed, the
-operation and the case name (never by the case's position), and every case is made
-by :func:`make_case`. An exported golden set and the in-memory conformance kit
-(:mod:`neocell_ref.testing`) both call it, so the same case name, dtype and seed give
-the same arrays in both, and adding a case never reseeds the others.
+Every case is made by :func:`make_case` with the arrays of
+:func:`neocell_ref.verify.tolerances.case_rng` (the seeding rule); an exported golden set
+and the in-memory conformance kit (:mod:`neocell_ref.verify.testing`) both call it, so
+the same case name, dtype and seed give the same arrays in both. The tolerances come
+from the rules of :mod:`neocell_ref.verify.tolerances`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import registry
-from .expand import expand_kernel
-from .neocell import neocell_backward, neocell_forward
-from .precision import HALF_DTYPES, UNDERFLOW, UNIT_ROUNDOFF, dtype_name, store
-from .spec import check_input_size, parse_specs
-
-SAFETY = 2.0
-
-#: Seed of the golden cases when none is given (export and conformance kit alike).
-DEFAULT_SEED = 20240318
-#: Largest accepted seed (seeds are non-negative integers below 2**63).
-MAX_SEED = 2**63 - 1
-
-
-def check_seed(seed, name: str = "seed") -> int:
-    """Return ``seed`` as an int after checking it is an integer in ``[0, MAX_SEED]``.
-
-    Raises
-    ------
-    TypeError
-        If ``seed`` is not an integer (``bool`` included).
-    ValueError
-        If it is negative or larger than :data:`MAX_SEED`.
-    """
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(seed).__name__} {seed!r}")
-    seed = int(seed)
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"{name} must be an integer in [0, 2**63 - 1], got {seed}")
-    return seed
-
-
-def case_rng(op_name: str, case_name: str, seed: int) -> np.random.Generator:
-    """The random generator of one golden case: the single seeding rule of the package.
-
-    Seeded by ``SeedSequence([seed, w0, w1, w2, w3])`` where ``w0..w3`` are the first
-    16 bytes of ``SHA-256("<op_name>/<case_name>")`` read as four little-endian 32-bit
-    words. Keyed by name, not by position: adding, removing or reordering cases leaves
-    every other case's arrays unchanged. The dtype is not part of the key: arrays are
-    drawn in float64 and then rounded to the case's dtype.
-
-    Parameters
-    ----------
-    op_name, case_name : str
-    seed : int
-        In ``[0, MAX_SEED]``.
-
-    Returns
-    -------
-    numpy.random.Generator
-    """
-    seed = check_seed(seed)
-    digest = hashlib.sha256(f"{op_name}/{case_name}".encode()).digest()
-    words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
-    return np.random.default_rng(np.random.SeedSequence([seed, *words]))
+from .. import registry
+from ..expansion import expand_kernel
+from ..neocell import neocell_backward, neocell_forward
+from ..spec import check_input_size, parse_specs
+from .precision import HALF_DTYPES, dtype_name, store
+from .tolerances import ELEMENTARY_ULPS, MODEL_RTOL, case_rng, half_tolerance, sum_tolerance
 
 
 def make_case(op_name: str, case, dtype, seed: int):
@@ -94,7 +44,7 @@ def make_case(op_name: str, case, dtype, seed: int):
         ``(name, spec, shape)`` as listed by ``OPERATIONS[op_name].cases(suite)``.
     dtype : {"float64", "float32", "float16", "bfloat16"} or a NumPy dtype
         dtype of the inputs (a bfloat16 case stores them as float32 arrays of
-        bfloat16 numbers, :func:`neocell_ref.precision.store`).
+        bfloat16 numbers, :func:`neocell_ref.verify.precision.store`).
     seed : int
 
     Returns
@@ -106,43 +56,9 @@ def make_case(op_name: str, case, dtype, seed: int):
     return OPERATIONS[op_name].make(name, spec, shape, dtype_name(dtype), case_rng(op_name, name, seed))
 
 
-def unit_roundoff(dtype) -> float:
-    """``u = eps / 2`` of a floating dtype (2**-53 for float64, 2**-24 for float32,
-    2**-11 for float16, 2**-8 for ``"bfloat16"``)."""
-    return UNIT_ROUNDOFF[dtype_name(dtype)]
-
-
 # --------------------------------------------------------------------------------------
-# tolerances of half-precision sets (docs/porting.md, "Half precision")
+# half-precision sets: how far a stored intermediate's error propagates
 # --------------------------------------------------------------------------------------
-#: Unit roundoff of the accumulation in the mixed-precision model (float32).
-ACCUMULATION_ROUNDOFF = UNIT_ROUNDOFF["float32"]
-
-
-def _pow2_ceil(value: float) -> float:
-    """The smallest power of two >= ``value`` (> 0): a stored ``atol`` does not depend
-    on the last bits of a floating sum, so every machine re-derives the same one."""
-    mantissa, exponent = np.frexp(value)
-    return float(np.ldexp(1.0, int(exponent) - (1 if mantissa == 0.5 else 0)))
-
-
-def half_tolerance(dtype, n: int, roundings: int, propagation: float = 0.0) -> dict:
-    """Tolerance of one array of a float16 or bfloat16 set.
-
-    ``rtol = SAFETY · (k · u_half + (n + 1) · u_acc)`` with ``k = roundings`` the
-    number of roundings to the half type on the array's path (each intermediate
-    stored, and the result), ``n`` the accumulation length and ``u_acc = 2**-24``;
-    ``atol = SAFETY · (η_half + (n + 1) · η_acc) · (1 + propagation)`` rounded up to a
-    power of two, with ``η`` half the smallest subnormal of each type (the absolute
-    error of a rounding that underflows) and ``propagation`` the largest factor by
-    which the second product multiplies an absolute error of a stored intermediate.
-    """
-    dtype = dtype_name(dtype)
-    rtol = SAFETY * (roundings * UNIT_ROUNDOFF[dtype] + (n + 1) * ACCUMULATION_ROUNDOFF)
-    atol = _pow2_ceil(SAFETY * (UNDERFLOW[dtype] + (n + 1) * UNDERFLOW["float32"]) * (1.0 + propagation))
-    return {"rtol": rtol, "atol": atol, "accumulation_length": n, "half_roundings": roundings}
-
-
 def _largest_sum(values) -> float:
     """``max`` over leading index of ``Σ |values[i]|`` (exact for the few hundred
     half-precision numbers of a golden channel; float64 sums of them are exact)."""
@@ -313,9 +229,8 @@ def neocell_expected(specs, arrays, dtype=None):
             for key, n in _neocell_accumulation(groups, arrays["x"].shape).items()
         }
         return expected, tolerances
-    u = unit_roundoff(dtype)
     tolerances = {
-        key: {"rtol": SAFETY * (n + 1) * u, "atol": 0.0, "accumulation_length": n, "bound": f"bound/{key}"}
+        key: {**sum_tolerance(dtype, n), "bound": f"bound/{key}"}
         for key, n in _neocell_accumulation(groups, arrays["x"].shape).items()
     }
     return expected, tolerances
@@ -395,10 +310,7 @@ OPERATIONS = {
 # of absolute terms does not exist for a division by a computed standard deviation or
 # for erf, and cancellation inside them is part of their conditioning) is the kind's
 # record's ``norm`` (neocell_ref.registry), as are its functional pair and its
-# accumulation lengths.
-#: Extra ulps allowed for the elementary functions of a normwise layer (sqrt, division,
-#: erf/exp): each costs a few ulps in any libm; 16 covers a chain of them.
-ELEMENTARY_ULPS = 16
+# accumulation lengths (plus ELEMENTARY_ULPS of neocell_ref.verify.tolerances).
 
 #: Curated layer cases: (name, layer kind, {positional input: shape}, options).
 LAYER_CASES_CORE = [
@@ -491,7 +403,6 @@ def _layer_make(kind):
         arrays["grad_y"] = store(rng.standard_normal(y_shape), dtype)
         expected = _layer_expected(kind, arrays, order, options, arrays["grad_y"])
         inputs = sorted(arrays)
-        u = unit_roundoff(dtype)
         acc = _layer_accumulation(kind, shapes, options)
         tolerances = {}
         for key in expected:
@@ -500,11 +411,7 @@ def _layer_make(kind):
             n = acc[key]
             # Half precision: one rounding to the half type, the stored result (sums,
             # statistics and elementary functions in float32).
-            rule = (
-                half_tolerance(dtype, n, 1)
-                if dtype in HALF_DTYPES
-                else {"rtol": SAFETY * (n + 1) * u, "atol": 0.0, "accumulation_length": n}
-            )
+            rule = half_tolerance(dtype, n, 1) if dtype in HALF_DTYPES else sum_tolerance(dtype, n)
             tolerances[key] = {
                 **rule,
                 "bound": f"bound/{key}" if _elementwise_bound(kind) else None,
@@ -558,14 +465,6 @@ def _layer_operation(kind):
 # --------------------------------------------------------------------------------------
 # a whole small NeoNeXt
 # --------------------------------------------------------------------------------------
-#: Model tolerances, normwise (``max|got - expected| <= rtol · max|expected|``). No useful
-#: a-priori bound exists through a dozen normalisations (each divides by a computed
-#: standard deviation), so these are set from measurement with a wide margin: float64
-#: uses the threshold the reference itself meets against the official implementation
-#: (1e-10, measured ~1e-14); float32 uses the reference's documented float32 accuracy
-#: (docs/model.md: logits 1e-5, gradients 1e-4, measured 2e-7 and 3e-6).
-MODEL_RTOL = {"float64": {"logits": 1e-10, "grad": 1e-10}, "float32": {"logits": 1e-5, "grad": 1e-4}}
-
 #: Curated model cases: (name, NeoNeXtConfig options, input shape).
 MODEL_CASES_CORE = [
     (
@@ -629,7 +528,7 @@ HALF_EXCLUDED = {
 
 
 def _model_make(name, config, x_shape, dtype, rng):
-    from .models import NeoNeXt
+    from ..models import NeoNeXt
 
     dtype = dtype_name(dtype)
     if dtype in HALF_DTYPES:

@@ -10,8 +10,8 @@ own tolerance, and the variant itself does not pass, the report says
 diagnosis; a passing array is never diagnosed.
 
 The variants are written independently of the fast formulations: NeoCell variants
-are the dense per-channel emulation :func:`neocell_ref.precision.emulate_neocell`
-(expanded matrices from :func:`neocell_ref.expand.expand_kernel`, the one expansion
+are the dense per-channel emulation :func:`neocell_ref.verify.precision.emulate_neocell`
+(expanded matrices from :func:`neocell_ref.expansion.expand_kernel`, the one expansion
 rule) with the one deviation their defect names switched on; layer and model variants reuse the
 reference layers with one function replaced. ``docs/defects.md`` explains each
 defect, with the symptom a port author sees.
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..spec import parse_specs
 from .precision import UNIT_ROUNDOFF, dtype_name, emulate_neocell
-from .spec import parse_specs
 
 __all__ = ["Defect", "DEFECTS", "diagnose", "variant_outputs"]
 
@@ -79,7 +79,7 @@ class Defect:
 def _neocell_variant(arrays, specs_as_written, **defect):
     """One NeoCell case computed with one deviation, in float64.
 
-    The dense per-channel emulation of :func:`neocell_ref.precision.emulate_neocell`
+    The dense per-channel emulation of :func:`neocell_ref.verify.precision.emulate_neocell`
     (one implementation for the half-precision proofs and this catalogue), here with
     float64 sums and storage unless ``defect`` names a precision; None where the
     deviation cannot be applied to this case.
@@ -201,7 +201,7 @@ def _layers_replaced(replacements):
     so replacing them there changes exactly that layer everywhere in the network,
     forward and backward. A lock keeps two diagnoses from interleaving.
     """
-    from . import layers
+    from .. import layers
 
     with _PATCH_LOCK:
         saved = {name: getattr(layers, name) for name in replacements}
@@ -216,7 +216,7 @@ def _layers_replaced(replacements):
 
 def _layer_outputs(kind, meta, arrays, dtype):
     """A layer case computed by the (possibly replaced) reference layer."""
-    from . import layers
+    from .. import layers
 
     forward = getattr(layers, f"{kind}_forward")
     backward = getattr(layers, f"{kind}_backward")
@@ -232,7 +232,7 @@ def _layer_outputs(kind, meta, arrays, dtype):
 
 def _model_outputs(meta, arrays, dtype):
     """A model case computed by the reference model (with whatever layers are in place)."""
-    from .models import NeoNeXt
+    from ..models import NeoNeXt
 
     x_shape = tuple(arrays["x"].shape)
     model = NeoNeXt(**meta["config"], dtype=dtype, rng=np.random.default_rng(0), resolution=x_shape[2:])
@@ -297,7 +297,7 @@ def _precision_scale(op, dtype):
     if reduced is None:
         return 1.0
     if op == "model":
-        from .golden_ops import MODEL_RTOL
+        from .tolerances import MODEL_RTOL
 
         low, high = MODEL_RTOL.get(reduced), MODEL_RTOL.get(dtype)
         if low is None or high is None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .validation import as_int, as_real_array, real_number
+from ..validation import as_int, as_real_array, real_number
 
 __all__ = ["GradcheckReport", "InputReport", "check_gradients", "assert_gradients", "neocell_gradcheck"]
 
@@ -305,8 +305,8 @@ def neocell_gradcheck(x, weights_a, weights_b, specs, method="patchwise", backwa
         Inputs named ``x``, ``weights_a[g]``, ``weights_b[g]``.
     """
     kwargs.setdefault("eps", 1e-3)
-    from .neocell import neocell_backward, neocell_forward
-    from .spec import parse_specs
+    from ..neocell import neocell_backward, neocell_forward
+    from ..spec import parse_specs
 
     specs = parse_specs(specs)
     groups = len(specs)

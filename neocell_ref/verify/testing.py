@@ -8,7 +8,7 @@ Ports (PyTorch, JAX, NPU kernels...) import it to draw the same kind of cases th
 reference is tested on::
 
     from hypothesis import given
-    from neocell_ref.testing import neocell_cases
+    from neocell_ref.verify.testing import neocell_cases
 
     @given(case=neocell_cases())
     def test_my_port(case):
@@ -17,7 +17,6 @@ reference is tested on::
 
 Layout of the module, so that it can grow without turning into a heap:
 
-* **metrics** -- how two arrays are compared (:func:`relative_error`, SPEC 9);
 * **building blocks** -- small strategies for sizes, kernel sizes, channel counts,
   shifts, kernel codes (:func:`spatial_sizes`, :func:`kernel_sizes`,
   :func:`kernel_codes`, ...);
@@ -60,11 +59,10 @@ from typing import NamedTuple
 import numpy as np
 from hypothesis import strategies as st
 
-from .golden_ops import DEFAULT_SEED, check_seed
-from .spec import GroupSpec, check_input_size, parse_specs
+from ..spec import GroupSpec, check_input_size, parse_specs
+from .tolerances import DEFAULT_SEED, check_seed
 
 __all__ = [
-    "relative_error",
     "EDGE_SIZES",
     "EDGE_KERNELS",
     "EDGE_RESAMPLING",
@@ -83,41 +81,6 @@ __all__ = [
     "assert_layer_matches",
     "assert_model_matches",
 ]
-
-
-# ======================================================================================
-# metrics
-# ======================================================================================
-def relative_error(got, ref) -> float:
-    """SPEC 9's relative error ``max|got - ref| / max|ref|`` over the whole array.
-
-    Parameters
-    ----------
-    got, ref : array_like, same shape
-        Computed in float64 whatever their dtype.
-
-    Returns
-    -------
-    float
-        ``0.0`` when both are all zeros, ``inf`` when ``ref`` is all zeros and ``got``
-        is not (a relative error is undefined there, and any deviation is a failure).
-
-    Raises
-    ------
-    ValueError
-        If the shapes differ: a wrong shape is never "close".
-    """
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    if got.shape != ref.shape:
-        raise ValueError(f"shapes differ: got {got.shape}, reference {ref.shape}")
-    if got.size == 0:
-        return 0.0
-    diff = float(np.max(np.abs(got - ref)))
-    scale = float(np.max(np.abs(ref)))
-    if scale == 0.0:
-        return 0.0 if diff == 0.0 else float("inf")
-    return diff / scale
 
 
 # ======================================================================================
@@ -595,14 +558,14 @@ def check_neocell_case(
     name : str, optional
         How the report names the case (default: the case's repr).
     rtol, atol, rtol_scale
-        As in :func:`neocell_ref.golden.verify_golden`; by default the golden
+        As in :func:`neocell_ref.verify.golden.verify_golden`; by default the golden
         tolerance policy (``2 (n + 1) u · bound``, see ``docs/porting.md``).
     diagnose : bool
         Diagnose failing arrays against the known porting defects (``docs/defects.md``).
 
     Returns
     -------
-    list of neocell_ref.golden.ArrayComparison
+    list of neocell_ref.verify.golden.ArrayComparison
         A port that raises (anything but ``KeyboardInterrupt``) or returns anything
         but a real floating array of the expected shape gives failing rows; a failing
         array's ``diagnosis`` lists the known defects that explain it.
@@ -662,7 +625,7 @@ def _final_example() -> bool:
 def _assert_golden_cases(op_name, port_forward, port_backward, dtype, seed, **kwargs):
     """Run a port on every curated case of ``op_name`` (made in memory) and raise on failure.
 
-    The cases are made by :func:`neocell_ref.golden_ops.make_case`, the function
+    The cases are made by :func:`neocell_ref.verify.golden_ops.make_case`, the function
     ``golden export`` uses: with the same seed and dtype a port sees exactly the
     arrays of an exported set. Every case is made and the tolerance overrides are
     checked against all of them before the port runs.
@@ -727,7 +690,7 @@ def assert_neocell_matches(
         dtype of the inputs given to the port; tolerances use its unit roundoff.
     rtol, atol, rtol_scale
         Override or scale the golden tolerance policy, within the limits of
-        :func:`neocell_ref.golden.check_tolerance_overrides` (at most
+        :func:`neocell_ref.verify.golden.check_tolerance_overrides` (at most
         ``MAX_RTOL_SCALE`` times looser than stored).
     max_examples : int
         Drawn cases, ``>= 0`` (0 runs the golden cases only).

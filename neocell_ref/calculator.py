@@ -8,7 +8,7 @@ Two questions, answered by counting, never by running:
   convention that published figures use?
 
 Everything here is integer arithmetic on shapes. The layer counts read the
-expansion rule only through :func:`neocell_ref.expand.nnz` and the spec rules only
+expansion rule only through :func:`neocell_ref.expansion.nnz` and the spec rules only
 through :mod:`neocell_ref.spec`; the model counts read the network only through
 :func:`neocell_ref.architecture.describe`. The derivations of every formula are in
 ``docs/complexity.md``; the tests prove the counts equal the multiply-accumulates
@@ -30,13 +30,10 @@ and ConvNeXt papers means GMACs):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
 import math
-import numbers
-import re
 import sys
 from dataclasses import dataclass, field
 
@@ -50,8 +47,9 @@ from .architecture import (
     NeoNeXtConfig,
     describe,
     get_config,
+    resolution_pair,
 )
-from .expand import nnz, padding_view
+from .expansion import nnz, padding_view
 from .spec import GroupSpec, check_input_size, parse_kernel_code, parse_specs, subgroup_sizes
 from .validation import as_int as _as_int
 
@@ -736,7 +734,7 @@ class ModelComplexity:
         if n > MAX_LAYER_ROWS:
             raise ValueError(
                 f"the per-layer table of this network would have {n:,} rows, more than "
-                f"neocell_ref.complexity.MAX_LAYER_ROWS = {MAX_LAYER_ROWS:,}; the totals (params, macs, "
+                f"neocell_ref.calculator.MAX_LAYER_ROWS = {MAX_LAYER_ROWS:,}; the totals (params, macs, "
                 "elementwise_ops) and to_dict(per_layer=False) do not need it"
             )
         out = []
@@ -823,7 +821,7 @@ def released_checkpoint_options(resolution=224) -> dict:
     options; the 384 px checkpoints also shift stage 4 (shifts ``(1, 1, 1, 1)``).
     """
     options = dict(RELEASED_CHECKPOINT_OPTIONS)
-    side = resolution if isinstance(resolution, numbers.Integral) else max(resolution)
+    side = max(resolution_pair(resolution))
     if side == 384:
         options["shifts"] = (1, 1, 1, 1)
     return options
@@ -940,138 +938,3 @@ def model_complexity(model, resolution=224, **model_options) -> ModelComplexity:
         elementwise_ops=elementwise,
         runs=tuple(runs),
     )
-
-
-# --------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------
-_POWER_DIGITS = re.compile(r"([0-9]+)\*\*([0-9]+)")
-
-
-def _cli_int(minimum: int):
-    """An argparse ``type``: an integer ``>= minimum`` written in digits or as a power ``10**12``.
-
-    Anything else (a sign below the minimum, a fraction, ``1e12``, a power beyond
-    :data:`MAX_COUNT`) is an ``ArgumentTypeError``, which argparse reports in one line
-    and exits with status 2. The size of a power is bounded before it is computed.
-    """
-
-    def parse(text: str) -> int:
-        text = text.strip()
-        power = _POWER_DIGITS.fullmatch(text)
-        if text.isascii() and (text.isdigit() or (text[:1] == "-" and text[1:].isdigit())):
-            if len(text) > 400:
-                raise argparse.ArgumentTypeError(f"{text[:20]}... has {len(text)} digits, beyond the float range")
-            value = int(text)
-        elif power:
-            base, exponent = int(power[1]), int(power[2])
-            if base > 1 and base.bit_length() * exponent > MAX_COUNT.bit_length() + base.bit_length():
-                raise argparse.ArgumentTypeError(f"{text} is beyond the float range (about 1.8e308)")
-            value = base**exponent
-        else:
-            raise argparse.ArgumentTypeError(f"expected an integer (digits, or a power such as 10**12), got {text!r}")
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
-        if value > MAX_COUNT:
-            raise argparse.ArgumentTypeError(f"{text} is beyond the float range (about 1.8e308)")
-        return value
-
-    parse.__name__ = "integer"  # argparse names the type in its messages
-    return parse
-
-
-def _cli_complexity(args) -> int:
-    # A ValueError/TypeError here is unusable input: cli.main prints it as one line on
-    # stderr and exits 2. The text is built in full before anything is printed.
-    result = complexity(
-        k=args.kernel,
-        c=args.channels,
-        h=args.hw[0],
-        w=args.hw[1],
-        batch=args.batch,
-        shift=args.shift,
-        code=args.code,
-        dw_kernel=args.dw_kernel,
-        dtype=args.dtype,
-    )
-    print(result.to_json(indent=2) if args.json else str(result))
-    return 0
-
-
-def _cli_model_complexity(args) -> int:
-    # Unusable input raises ValueError/TypeError: cli.main turns it into exit 2 with one
-    # line on stderr. The text is built in full before anything is printed.
-    options = released_checkpoint_options(args.resolution[0]) if args.released else {}
-    for key in ("num_classes", "kernel_spec", "layer_scale_init_value", "linear_bias"):
-        value = getattr(args, key)
-        if value is not None:
-            options[key] = value
-    if args.shifts is not None:
-        options["shifts"] = tuple(args.shifts)
-    resolution = args.resolution[0] if len(args.resolution) == 1 else tuple(args.resolution)
-    result = model_complexity(args.model, resolution, **options)
-    if args.json:
-        text = result.to_json(per_layer=args.per_layer, indent=2)
-    else:
-        text = str(result) + ("\n\n" + result.table() if args.per_layer else "")
-    print(text)
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """Add the ``complexity`` and ``model-complexity`` subcommands."""
-    p = subparsers.add_parser(
-        "complexity",
-        help="analytic cost of a NeoCell layer vs the depthwise convolution it replaces",
-        description="Parameters, MACs and memory of a NeoCell layer and of a stride-1 depthwise "
-        "convolution on the same input, counted in closed form, in exact integers. Integers may "
-        "be written as powers, e.g. -c 10**12. Counting rules: docs/complexity.md.",
-    )
-    p.add_argument("-k", "--kernel", type=_cli_int(1), default=None, help="square kernel size (default 7)")
-    p.add_argument("-c", "--channels", type=_cli_int(1), default=None, help="channels (default 96)")
-    p.add_argument(
-        "--hw", type=_cli_int(1), nargs=2, default=(56, 56), metavar=("H", "W"), help="input size (default 56 56)"
-    )
-    p.add_argument("--code", default=None, help="kernel code such as 4+7 (instead of -k)")
-    p.add_argument("--shift", type=_cli_int(0), default=0, help="shift amount of every group (default 0)")
-    p.add_argument("--batch", type=_cli_int(1), default=1, help="samples N (default 1)")
-    p.add_argument(
-        "--dw-kernel",
-        type=_cli_int(1),
-        default=None,
-        help="depthwise kernel compared (default: largest NeoCell kernel)",
-    )
-    p.add_argument("--dtype", default="float32", help="dtype for memory in bytes (default float32)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    p.set_defaults(func=_cli_complexity)
-
-    q = subparsers.add_parser(
-        "model-complexity",
-        help="parameters and MACs of a NeoNeXt in every counting convention",
-        description="Parameters and MACs per image of a NeoNeXt (executed, fvcore, "
-        "fvcore_without_neocell, fvcore_patchwise), counted in closed form (each stage's identical "
-        "blocks once). Integers may be written as powers, e.g. --resolution 10**6. "
-        "Counting rules: docs/complexity.md.",
-    )
-    q.add_argument("model", choices=sorted(MODEL_CONFIGS))
-    q.add_argument(
-        "--resolution",
-        type=_cli_int(1),
-        nargs="+",
-        default=[224],
-        metavar="PX",
-        help="input size: one value or H W (default 224)",
-    )
-    q.add_argument(
-        "--released",
-        action="store_true",
-        help="options of the released checkpoints (linear_bias, '4+7', layer scale 1e-6; shifts 1,1,1,1 at 384 px)",
-    )
-    q.add_argument("--num-classes", type=_cli_int(1), default=None)
-    q.add_argument("--kernel-spec", default=None, help="'default' or a kernel code such as 4+7")
-    q.add_argument("--shifts", type=_cli_int(0), nargs=4, default=None, metavar="S")
-    q.add_argument("--layer-scale-init-value", type=float, default=None)
-    q.add_argument("--linear-bias", action=argparse.BooleanOptionalAction, default=None)
-    q.add_argument("--per-layer", action="store_true", help="also print the per-layer table")
-    q.add_argument("--json", action="store_true", help="print JSON")
-    q.set_defaults(func=_cli_model_complexity)

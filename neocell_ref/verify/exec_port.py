@@ -31,7 +31,7 @@ The public API:
     what ``golden verify --exec`` calls, one run per case.
 :class:`ExecPort`
     The NeoCell golden calling conventions (``forward``, ``backward``) on top of a
-    command, for :func:`neocell_ref.golden.run_and_compare` and the conformance kit.
+    command, for :func:`neocell_ref.verify.golden.run_and_compare` and the conformance kit.
 
 Operations are named in ``case.json`` (``op``); :data:`CASE_FIELDS` says which
 manifest fields each supported operation puts into ``case.json``. Version 1
@@ -518,7 +518,7 @@ def neocell_outputs(specs, x_shape, forward_only=False) -> dict:
         ``y`` (N, C, H_out, W_out); unless ``forward_only`` also ``grad_x`` (N, C, H, W),
         ``grad_weight_a_G`` and ``grad_weight_b_G`` shaped like the group's weights.
     """
-    from .spec import check_input_size, parse_specs
+    from ..spec import check_input_size, parse_specs
 
     groups = parse_specs(specs)
     n, c, h, w = x_shape
