@@ -16,7 +16,7 @@ Design
 * Code-cell pages are executed on every build (``nb_execution_mode = "force"``), so
   their rendered outputs are always those of the current code. The tutorial notebooks
   are rendered with the outputs they are committed with
-  (``nb_execution_excludepatterns``): tests/test_notebooks.py re-executes each one
+  (``nb_execution_excludepatterns``): tests/project/test_notebooks.py re-executes each one
   and fails when a stored output differs from what it prints now, so running them a
   second time here would only double the build time. A cell
   error is reported as a warning *with the cell's traceback in the log* (with
@@ -75,7 +75,7 @@ myst_dmath_double_inline = True
 
 # -- MyST-NB: execute on every build; a cell error is a warning, -W makes it fatal ---
 nb_execution_mode = "force"
-# Committed with outputs that tests/test_notebooks.py keeps current: render, do not re-run.
+# Committed with outputs that tests/project/test_notebooks.py keeps current: render, do not re-run.
 nb_execution_excludepatterns = ["_generated/notebooks/*"]
 nb_execution_timeout = 120  # seconds per cell; a notebook takes seconds in total
 nb_execution_allow_errors = False  # stop at the first failing cell

@@ -16,7 +16,7 @@ reference modules never import the verifier. The command line (``cli``, ``demo``
 is imported by the ``neocell-ref`` script.
 """
 
-# Every reference module (tests/test_import_graph.py checks that none is missing).
+# Every reference module (tests/project/test_import_graph.py checks that none is missing).
 from . import (
     architecture,
     calculator,

@@ -17,9 +17,9 @@ the same operations, in the same order for every value, arranged for speed:
   under ``"forward:<kind>"`` like the layer-by-layer path's.
 
 Nothing is kept for backward. The tests prove this path equal to the plain one
-(``tests/test_model.py``: bit-identical where the order of operations is the same,
-within the documented float32 accuracy of ``docs/model.md`` where BLAS orders a blocked
-product's sums differently).
+(``tests/test_models_fast.py``, ``tests/test_models.py``: bit-identical where the order
+of operations is the same, within the documented float32 accuracy of ``docs/model.md``
+where BLAS orders a blocked product's sums differently).
 """
 
 from __future__ import annotations

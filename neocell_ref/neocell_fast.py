@@ -7,7 +7,7 @@ tile, crop) with the geometry of :func:`neocell_ref.expansion.padding_view`, but
 for speed: a tiled layout in which each axis is one matrix product per channel, and a
 chunk planner that keeps the work buffers in cache and reuses them. Nothing here is
 needed to understand the operator; the tests prove it equal to the plain formulations
-(tests/test_neocell_properties.py, tests/test_patchwise_internals.py).
+(tests/test_neocell.py, tests/test_neocell_fast.py).
 
 Both functions take operands already validated and cast by the dispatchers
 :func:`neocell_ref.neocell_forward` / :func:`neocell_ref.neocell_backward`

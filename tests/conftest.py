@@ -1,4 +1,4 @@
-"""Shared pytest configuration: hypothesis profiles and paths to the test data.
+"""Shared pytest configuration: the hypothesis profiles and the shared fixtures.
 
 Profiles (select with the environment variable ``NEOCELL_HYPOTHESIS_PROFILE``):
 
@@ -10,9 +10,10 @@ Profiles (select with the environment variable ``NEOCELL_HYPOTHESIS_PROFILE``):
 """
 
 import os
-from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
+from support import official_model
 
 settings.register_profile(
     "default",
@@ -31,4 +32,8 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("NEOCELL_HYPOTHESIS_PROFILE", "default"))
 
-DATA = Path(__file__).parent / "data"
+
+@pytest.fixture(scope="module")
+def official():
+    """``(arrays, meta)`` of the official tiny-model data (``support.official_model``)."""
+    return official_model.load_official()

@@ -606,3 +606,36 @@ def test_without_check_finite_nan_propagates_like_ieee():
             f"expected {expected[method].astype(int).tolist()}"
         )
         assert np.isfinite(y[0, 1]).all(), f"{method}: NaN leaked into channel 1"
+
+
+# --------------------------------------------------------------------------------------
+# shift_segments in closed form (from the hostile-input review: a trillion channels)
+# --------------------------------------------------------------------------------------
+def test_shift_segments_closed_form_matches_per_channel_shifts():
+    """Independent source: the per-channel shifts of SPEC 4 (channel_shifts), grouped by
+    hand into runs. Covers remainders, channels < sub-groups and unshifted axes."""
+    for channels in range(1, 14):
+        for ka in range(1, 6):
+            for kb in (1, 2, 5):
+                for sa in range(ka):
+                    for sb in range(kb):
+                        spec = GroupSpec(channels, ka, ka, kb, kb, sa, sb)
+                        per_a, per_b = spec.channel_shifts()
+                        runs = []
+                        for c in range(channels):
+                            if runs and [per_a[c], per_b[c]] == runs[-1][2:]:
+                                runs[-1][1] = c + 1
+                            else:
+                                runs.append([c, c + 1, per_a[c], per_b[c]])
+                        assert shift_segments(spec) == [tuple(int(v) for v in r) for r in runs], spec
+
+
+def test_shift_segments_is_instant_at_a_trillion_channels():
+    # kernel 7: shift 1 gives 7 sub-groups for A, shift 2 gives 4 for B; the runs are cut
+    # where either split changes sub-group.
+    spec = GroupSpec(10**12, 7, 7, 7, 7, 1, 2)
+    segments = shift_segments(spec)
+    cuts = {k * (10**12 // 7) for k in range(1, 7)} | {k * (10**12 // 4) for k in range(1, 4)}
+    assert [s[0] for s in segments] == sorted({0} | cuts)
+    assert [s[1] for s in segments] == sorted(cuts | {10**12})
+    assert segments[0][2:] == (0, 0) and segments[-1][2:] == (6, 6)

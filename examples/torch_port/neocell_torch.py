@@ -25,7 +25,7 @@ every tensor of the computation in that type, results returned as float32 arrays
 
 and likewise ``--dtype bfloat16`` with ``forward_bfloat16``/``backward_bfloat16``.
 PyTorch's CPU matrix products of float16 and bfloat16 tensors accumulate in float32
-(``tests/test_torch_port.py`` checks it), which is the arithmetic model the half-
+(``tests/examples/test_torch_port.py`` checks it), which is the arithmetic model the half-
 precision golden sets are derived for (``docs/porting.md``, "Half precision").
 """
 

@@ -1,0 +1,91 @@
+"""The model checks have teeth: subtly wrong layers make them fail.
+
+- ``test_mutants_fail_conformance``: the official whole-network comparison of
+  tests/test_models.py (``support.official_model.conformance_errors`` against
+  ``tests/data/official_tiny_model``) fails for each of five plausible layer slips
+  (biased running variance, patchify with the patch axes swapped, tanh GELU,
+  LayerNorm eps 1e-5, training BatchNorm with the unbiased variance).
+- ``test_a_broken_layer_backward_fails_the_model_check``: the whole-model gradient
+  check of tests/test_models.py (``support.models.model_gradcheck``) notices a 1 %
+  error in the layer-scale gradient.
+"""
+
+import numpy as np
+import pytest
+from support.models import model_gradcheck, tiny
+from support.official_model import TOLERANCE, conformance_errors, run_sequence
+
+from neocell_ref import layers as L
+
+
+def _biased_running_var(x, running_mean, running_var, nbt, *, momentum=0.1):
+    mean, var = L.batchnorm_stats(x)
+    return (
+        (1 - momentum) * running_mean + momentum * mean,
+        (1 - momentum) * running_var + momentum * var,
+        np.asarray(int(nbt) + 1, dtype=np.int64),
+    )
+
+
+def _patchify_swapped(x, *, patch=4):
+    n, c, h, w = x.shape
+    blocks = np.asarray(x).reshape(n, c, h // patch, patch, w // patch, patch)
+    return np.ascontiguousarray(blocks.transpose(0, 1, 5, 3, 2, 4)).reshape(
+        n, c * patch * patch, h // patch, w // patch
+    )
+
+
+def _gelu_tanh(x, *, out=None):
+    x = np.asarray(x, dtype=np.float64)
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def _layernorm_eps_1e5(x, weight, bias, *, eps=1e-6):
+    return _original_layernorm(x, weight, bias, eps=1e-5)
+
+
+_original_layernorm = L.layernorm_forward
+
+
+_original_bn = L.batchnorm_forward
+
+
+def _bn_unbiased_normalisation(x, weight, bias, running_mean=None, running_var=None, *, training, eps=1e-5, out=None):
+    if not training:
+        return _original_bn(x, weight, bias, running_mean, running_var, training=False, eps=eps, out=out)
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    mean, var = L.batchnorm_stats(x)
+    return _original_bn(x, weight, bias, mean, var * m / (m - 1), training=False, eps=eps, out=out)
+
+
+MUTANTS = {
+    "running variance updated with the biased variance": ("batchnorm_update_running", _biased_running_var),
+    "patchify with px and py swapped": ("patchify_forward", _patchify_swapped),
+    "tanh-approximated GELU": ("gelu_forward", _gelu_tanh),
+    "LayerNorm eps 1e-5 instead of 1e-6": ("layernorm_forward", _layernorm_eps_1e5),
+    "training BatchNorm normalised with the unbiased variance": ("batchnorm_forward", _bn_unbiased_normalisation),
+}
+
+
+@pytest.mark.parametrize("mutant", sorted(MUTANTS))
+def test_mutants_fail_conformance(official, monkeypatch, mutant):
+    arrays, meta = official
+    name, replacement = MUTANTS[mutant]
+    monkeypatch.setattr(L, name, replacement)
+    result, _ = run_sequence(arrays, meta)
+    errors = conformance_errors(result, arrays)
+    failing = {k: e for k, e in errors.items() if not e <= TOLERANCE}
+    assert failing, f"mutant '{mutant}' passed the conformance comparison (worst {max(errors.values()):.3e})"
+
+
+def test_a_broken_layer_backward_fails_the_model_check(monkeypatch):
+    original = L.layer_scale_backward
+
+    def broken(grad_y, x, gamma):
+        grad_x, grad_gamma = original(grad_y, x, gamma)
+        return grad_x, grad_gamma * 1.01
+
+    monkeypatch.setattr(L, "layer_scale_backward", broken)
+    report = model_gradcheck(tiny(layer_scale_init_value=0.5), training=False, params=["head.fc.bias"])
+    assert not report.passed, f"a 1% error in d gamma went unnoticed\n{report}"
+    assert not next(r for r in report.inputs if "layer_scale" in r.name).passed

@@ -1,0 +1,89 @@
+"""The patch-wise method's tiled layout and chunking, checked against obvious constructions.
+
+``tiled_by_padding`` builds the tiled layout the obvious way (pad, split, transpose);
+the two ``assert_*`` checks are run by tests/test_neocell_fast.py on the real code and
+by tests/meta/test_neocell_fast_mutants.py on a buffer that keeps stale padding.
+"""
+
+from contextlib import contextmanager
+
+import numpy as np
+
+import neocell_ref.neocell_fast as nc
+from neocell_ref import neocell_backward, neocell_forward
+from neocell_ref.spec import parse_specs
+from neocell_ref.verify.tolerances import relative_error
+
+BUDGETS = (1, 3000, 1 << 40)  # one channel per chunk, a few channels, one chunk per segment
+
+
+@contextmanager
+def chunk_budget(budget):
+    """Run the patch-wise method with another chunk budget (bytes per work buffer)."""
+    saved = nc._CHUNK_BYTES
+    nc._CHUNK_BYTES = budget
+    try:
+        yield
+    finally:
+        nc._CHUNK_BYTES = saved
+
+
+def tiled_by_padding(planes, k, tiles, width_padded, front_h, front_w):
+    """The tiled layout built the obvious way: pad, split rows into tiles, transpose.
+
+    ``tiled[c, j, n, i, q] = padded[n, c, i*k + j, q]`` with ``planes`` placed at
+    ``(front_h, front_w)`` inside zeros of shape ``(N, m, tiles*k, width_padded)``.
+    """
+    n, m, length, width = planes.shape
+    padded = np.zeros((n, m, tiles * k, width_padded), dtype=planes.dtype)
+    padded[:, :, front_h : front_h + length, front_w : front_w + width] = planes
+    return padded.reshape(n, m, tiles, k, width_padded).transpose(1, 3, 0, 2, 4)
+
+
+def assert_reused_buffer_stays_correct():
+    """The forward's pattern: frame once per segment, then every chunk copied into a prefix."""
+    rng = np.random.default_rng(5)
+    segments = [  # (chunk sizes largest first, k, tiles, width_padded, front_h, front_w, L, M)
+        ((3, 3, 2), 4, 4, 9, 3, 3, 13, 6),
+        ((4, 3), 4, 4, 9, 1, 1, 13, 6),  # other shift: other frame, more channels
+        ((2,), 2, 7, 5, 0, 0, 13, 5),  # other kernel
+        ((1, 1), 4, 4, 9, 3, 3, 13, 6),
+    ]
+    size = max(sizes[0] * k * 2 * t * p for sizes, k, t, p, *_ in segments)
+    buffer = np.full(size, np.nan)
+    for s_index, (sizes, k, tiles, width_padded, fh, fw, length, width) in enumerate(segments):
+        planes = rng.standard_normal((2, sum(sizes), length, width))
+        tiled, pieces = nc._padded_pieces(buffer, (sizes[0], k, 2, tiles, width_padded), planes, fh, fw)
+        lo = 0
+        for m in sizes:
+            for t, p in pieces:
+                t[:m] = p[lo : lo + m]
+            expected = tiled_by_padding(planes[:, lo : lo + m], k, tiles, width_padded, fh, fw)
+            assert np.array_equal(tiled[:m], expected), (
+                f"segment {s_index} {segments[s_index]}, chunk {lo}:{lo + m}: reused buffer "
+                f"differs at {np.argwhere(~(tiled[:m] == expected))[:3].tolist()}"
+            )
+            lo += m
+
+
+def assert_chunkings_equal_blockdiag(specs, size):
+    """Forward and backward of ``specs`` at ``size`` equal blockdiag's for every chunk budget."""
+    rng = np.random.default_rng(11)
+    groups = parse_specs(specs)
+    channels = sum(g.channels for g in groups)
+    x = rng.standard_normal((2, channels, *size))
+    wa = [rng.standard_normal(g.shape_a) for g in groups]
+    wb = [rng.standard_normal(g.shape_b) for g in groups]
+    y_ref = neocell_forward(x, wa, wb, specs, method="blockdiag")
+    gy = rng.standard_normal(y_ref.shape)
+    gx_ref, ga_ref, gb_ref = neocell_backward(gy, x, wa, wb, specs, method="blockdiag")
+    for budget in BUDGETS:
+        with chunk_budget(budget):
+            y = neocell_forward(x, wa, wb, specs, method="patchwise")
+            gx, ga, gb = neocell_backward(gy, x, wa, wb, specs, method="patchwise")
+        pairs = [("y", y, y_ref), ("grad_x", gx, gx_ref)]
+        pairs += [(f"grads_a[{i}]", a, r) for i, (a, r) in enumerate(zip(ga, ga_ref))]
+        pairs += [(f"grads_b[{i}]", b, r) for i, (b, r) in enumerate(zip(gb, gb_ref))]
+        for name, got, ref in pairs:
+            err = relative_error(got, ref)
+            assert err <= 1e-12, f"{name} with chunk budget {budget} B: relative error {err:.3g} vs blockdiag"

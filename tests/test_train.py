@@ -1,0 +1,125 @@
+"""Training in NumPy: optimizer steps by hand, the synthetic task, a short training run.
+
+* SGD (momentum, L2 decay) and AdamW (decoupled decay, bias correction) match updates
+  computed by hand from PyTorch's documented rules;
+* the synthetic stripe images have the structure their labels claim;
+* a short run with a fixed seed clearly reduces the held-out loss of a small NeoNeXt
+  (< half the initial loss, accuracy >= 75 % on 4 balanced classes, chance 25 %).
+"""
+
+import math
+
+import numpy as np
+import pytest
+from support.hostile import raises_naming
+
+import neocell_ref as nr
+from neocell_ref.layers import cross_entropy_forward
+from neocell_ref.train import SGD, AdamW, default_decay, synthetic_patterns, train_step
+
+
+def test_sgd_two_steps_by_hand():
+    params = {"w": np.array([1.0, -2.0])}
+    opt = SGD(params, lr=0.1, momentum=0.9, weight_decay=0.01, decay=lambda name, value: True)
+    grads = {"w": np.array([0.5, 0.5])}
+    opt.step(grads)
+    # g = 0.5 + 0.01·p = (0.51, 0.48); v = g; p = p - 0.1·v
+    assert np.allclose(params["w"], [0.949, -2.048], rtol=0, atol=1e-15), params["w"]
+    opt.step(grads)
+    # g = (0.5 + 0.00949, 0.5 - 0.02048); v = 0.9·(0.51, 0.48) + g = (0.96849, 0.91152)
+    assert np.allclose(params["w"], [0.949 - 0.096849, -2.048 - 0.091152], rtol=0, atol=1e-15), params["w"]
+
+
+def test_adamw_two_steps_by_hand():
+    params = {"w": np.array([1.0])}
+    opt = AdamW(params, lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, decay=lambda name, value: True)
+    opt.step({"w": np.array([0.5])})
+    # decay: 1·(1 - 0.01) = 0.99; m = 0.05, v = 0.00025; m̂ = 0.5, v̂ = 0.25
+    p1 = 0.99 - 0.1 * 0.5 / (0.5 + 1e-8)
+    assert math.isclose(params["w"][0], p1, rel_tol=1e-15), (params["w"][0], p1)
+    opt.step({"w": np.array([-1.0])})
+    m = 0.9 * 0.05 + 0.1 * -1.0
+    v = 0.999 * 0.00025 + 0.001 * 1.0
+    p2 = p1 * (1 - 0.01) - 0.1 * (m / (1 - 0.9**2)) / (math.sqrt(v / (1 - 0.999**2)) + 1e-8)
+    assert math.isclose(params["w"][0], p2, rel_tol=1e-14), (params["w"][0], p2)
+
+
+def test_default_decay_spares_vectors():
+    assert default_decay("fc.weight", np.zeros((2, 3))) and default_decay("neocell.weight_a.0", np.zeros((2, 3, 3)))
+    assert not default_decay("fc.bias", np.zeros(3)) and not default_decay("norm.weight", np.zeros(3))
+    params = {"b": np.array([2.0])}
+    AdamW(params, lr=0.1, weight_decay=0.5).step({"b": np.array([0.0])})
+    assert params["b"][0] == 2.0, "a bias was decayed by default"
+
+
+def test_optimizer_errors():
+    params = {"w": np.zeros(2)}
+    with pytest.raises(ValueError, match="lr"):
+        SGD(params, lr=0.0)
+    with pytest.raises(ValueError, match="betas"):
+        AdamW(params, betas=(0.9, 1.0))
+    with pytest.raises(TypeError, match="params"):
+        SGD([np.zeros(2)], lr=0.1)
+    with pytest.raises(TypeError, match="params\\['w'\\]"):
+        SGD({"w": [0.0]}, lr=0.1)
+    opt = SGD(params, lr=0.1)
+    with pytest.raises(ValueError, match="missing \\['w'\\]"):
+        opt.step({})
+    with pytest.raises(ValueError, match="shape"):
+        opt.step({"w": np.zeros(3)})
+
+
+def test_synthetic_patterns_have_the_labelled_structure():
+    images, labels = synthetic_patterns(np.random.default_rng(0), 40, size=16, noise=0.0)
+    assert images.shape == (40, 3, 16, 16) and labels.shape == (40,) and labels.dtype == np.int64
+    assert set(labels.tolist()) == {0, 1, 2, 3}, "not every class drawn in 40 images"
+    r, c = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    keys = [r, c, r + c, r - c]  # the coordinate that is constant along each class's stripes
+    for img, label in zip(images, labels):
+        for ch in range(3):
+            plane = img[ch]
+            for value in np.unique(keys[label]):
+                level = plane[keys[label] == value]
+                assert np.ptp(level) < 1e-12, f"class {label} not constant along its stripes"
+    again, _ = synthetic_patterns(np.random.default_rng(0), 40, size=16, noise=0.0)
+    assert np.array_equal(images, again), "not deterministic for a seed"
+
+
+def test_short_training_run_reduces_the_loss():
+    rng = np.random.default_rng(0)
+    model = nr.models.NeoNeXt(
+        (1, 1, 1, 1), (8, 16, 24, 32), num_classes=4, kernel_spec="2+3", resolution=32, rng=np.random.default_rng(0)
+    )
+    x_val, y_val = synthetic_patterns(np.random.default_rng(123), 256)
+
+    def held_out():
+        logits = model.forward(x_val, training=False, cache=False)
+        return cross_entropy_forward(logits, y_val), float(np.mean(logits.argmax(axis=1) == y_val))
+
+    loss_0, acc_0 = held_out()
+    opt = AdamW(model.params, lr=5e-3, weight_decay=0.05)
+    losses = []
+    for _ in range(150):
+        images, labels = synthetic_patterns(rng, 32)
+        losses.append(train_step(model, opt, images, labels, smoothing=0.1))
+    loss_1, acc_1 = held_out()
+    assert all(math.isfinite(v) for v in losses), "non-finite training loss"
+    assert loss_1 < 0.5 * loss_0, f"held-out loss {loss_0:.3f} -> {loss_1:.3f}: not halved"
+    assert acc_1 >= 0.75, f"held-out accuracy {acc_0:.2f} -> {acc_1:.2f} (chance 0.25)"
+    assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.3, (
+        f"training loss first 20 steps {np.mean(losses[:20]):.3f}, last 20 {np.mean(losses[-20:]):.3f}"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# hostile input (issue "Verdicts that cannot be fooled", section 5)
+# --------------------------------------------------------------------------------------
+def test_optimizers_refuse_complex_and_nonfinite_gradients_before_updating():
+    for make in (lambda p: SGD(p, lr=0.1), lambda p: AdamW(p, lr=0.1)):
+        params = {"a": np.ones(3), "b": np.ones(2)}
+        opt = make(params)
+        with raises_naming(TypeError, "grads['b']", "complex"):
+            opt.step({"a": np.ones(3), "b": np.ones(2) * 1j})
+        with raises_naming(ValueError, "grads['b']", "NaN or Inf", "no parameter"):
+            opt.step({"a": np.ones(3), "b": np.array([1.0, np.nan])})
+        np.testing.assert_array_equal(params["a"], np.ones(3))

@@ -1,0 +1,133 @@
+"""The shared validation (neocell_ref/validation.py): the memory budget.
+
+The budget is tested for what it promises: every builder refuses a request over it
+before allocating (tracemalloc peak), naming the size in bytes and how to raise it;
+the environment variable and ``set_max_bytes`` both move it, and one place holds the
+number; sizes are computed exactly (no int64 overflow). The argument checks it serves
+are tested with the functions that call them (issue "Verdicts that cannot be fooled",
+section 5).
+"""
+
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+from support.hostile import raises_naming
+
+import neocell_ref as nr
+from neocell_ref import layers as L
+from neocell_ref import validation
+from neocell_ref.expansion import expand, expand_kernel
+from neocell_ref.init import neo_init, skewed_identity
+from neocell_ref.models import NeoNeXt
+from neocell_ref.spec import GroupSpec, parse_kernel_code
+from neocell_ref.train import synthetic_patterns
+
+HUGE = [
+    (
+        "neo_init",
+        lambda: neo_init(parse_kernel_code("7", channels=10**12), np.random.default_rng(0)),
+        ("neo_init", "392,000,000,000,000 bytes"),
+    ),
+    ("skewed_identity", lambda: skewed_identity(10**7, 10**7), ("skewed_identity", "800,000,000,000,000 bytes")),
+    (
+        "expand",
+        lambda: expand([np.eye(3)[None]], [np.eye(3)[None]], [{"kernel": 3, "channels": 1}], (10**6, 10**6)),
+        ("expand: A_full", "(1, 1000000, 1000000)", "8,000,000,000,000 bytes"),
+    ),
+    ("expand_kernel", lambda: expand_kernel(np.ones((2, 2)), 10**6, 10**6, 0), ("expand_kernel", "bytes")),
+    (
+        "blockdiag",
+        lambda: nr.neocell_forward(
+            np.ones((1, 1, 10**6, 3)),
+            [np.eye(3)[None]],
+            [np.eye(3)[None]],
+            [{"kernel": 3, "channels": 1}],
+            method="blockdiag",
+        ),
+        ("expand: A_full", "bytes"),
+    ),
+    (
+        "neocell output",
+        lambda: nr.neocell_forward(
+            np.ones((1, 1, 4, 4)),
+            [np.ones((1, 10**6, 1))],
+            [np.ones((1, 1, 10**6))],
+            [{"h_in": 1, "h_out": 10**6, "w_in": 1, "w_out": 10**6, "channels": 1}],
+        ),
+        ("neocell: output y", "bytes"),
+    ),
+    ("NeoNeXt", lambda: NeoNeXt(dims=(10**12, 16, 24, 32)), ("NeoNeXt", "stem.conv.weight", "bytes")),
+    ("channel_shifts", lambda: GroupSpec(10**12, 7, 7, 7, 7, 1, 1).channel_shifts(), ("channel_shifts", "bytes")),
+    ("drop_path_scale", lambda: L.drop_path_scale(np.random.default_rng(0), 10**12, 0.5), ("drop_path_scale", "bytes")),
+    (
+        "synthetic_patterns",
+        lambda: synthetic_patterns(np.random.default_rng(0), 10**9),
+        ("synthetic_patterns", "bytes"),
+    ),
+]
+
+
+@pytest.mark.parametrize("name, call, words", HUGE, ids=[h[0] for h in HUGE])
+def test_builders_refuse_over_budget_before_allocating(name, call, words):
+    tracemalloc.start()
+    try:
+        with raises_naming(ValueError, *words, "memory budget", "set_max_bytes", "NEOCELL_MAX_BYTES"):
+            call()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"{name}: {peak:,} bytes allocated before refusing"
+
+
+def test_budget_can_be_raised_and_lowered():
+    call = lambda: skewed_identity(300, 200)  # noqa: E731  480,000 bytes
+    expected = np.zeros((300, 200))
+    for i in range(150):  # hand-written: step round(1.5) = 2, ones in rows 2i, 2i+1, then /2;
+        expected[2 * i : 2 * i + 2, i] = 0.5  # columns 150.. start past the last row: zero
+    with validation.max_bytes_set_to(479_999):
+        assert validation.max_bytes() == 479_999
+        with raises_naming(ValueError, "480,000 bytes", "479,999 bytes"):
+            call()
+        with validation.max_bytes_set_to(480_000):
+            np.testing.assert_array_equal(call(), expected)
+    assert validation.max_bytes() == validation.DEFAULT_MAX_BYTES
+
+
+def test_budget_from_the_environment_variable():
+    code = (
+        "import numpy as np, neocell_ref.validation as v, neocell_ref as nr\n"
+        "assert v.max_bytes() == 1000, v.max_bytes()\n"
+        "try:\n    nr.skewed_identity(12, 12)\nexcept ValueError as e:\n    print('refused', e)\n"
+        "print(nr.skewed_identity(11, 11).shape)\n"
+    )
+    env = {
+        "NEOCELL_MAX_BYTES": "1000",
+        "PATH": "",
+        "PYTHONPATH": str(__import__("pathlib").Path(nr.__file__).parents[1]),
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused" in out.stdout and "1,152 bytes" in out.stdout and "(11, 11)" in out.stdout, out.stdout
+    env["NEOCELL_MAX_BYTES"] = "lots"
+    out = subprocess.run(
+        [sys.executable, "-c", "import neocell_ref as nr; nr.skewed_identity(2, 2)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0 and "NEOCELL_MAX_BYTES='lots'" in out.stderr, out.stderr
+
+
+def test_set_max_bytes_validates_and_sizes_never_overflow():
+    with raises_naming(ValueError, ">= 1"):
+        validation.set_max_bytes(0)
+    with raises_naming(TypeError, "integer"):
+        validation.set_max_bytes(1.5e9)
+    # 2**40 * 2**40 elements overflow int64; Python ints give the exact size.
+    with raises_naming(ValueError, f"{2**80 * 8:,} bytes"):
+        validation.check_nbytes((2**40, 2**40), np.float64, "test")
+    assert validation.check_nbytes((0, 10**30), np.float64, "empty") == 0

@@ -1,0 +1,296 @@
+"""The gradient checker, and the teeth of the conformance comparison.
+
+A checker that passes everything proves nothing. Here it must
+
+* pass the package's correct backward (every method);
+* reject deliberately broken backwards: every gradient scaled by 1.001, the wrapped
+  corner's contribution dropped, a backward that ignores the shift, a transposed
+  kernel gradient, one wrong element;
+* name the input and the index of the worst element in its report.
+
+That the official conformance comparison fails when the expansion rule, its adjoint or
+the padding geometry is subtly wrong is shown in tests/meta/test_neocell_mutants.py.
+"""
+
+import numpy as np
+import pytest
+from support.hostile import raises_naming
+
+# The modules themselves, for monkeypatching.
+from neocell_ref import neocell_backward, parse_kernel_code
+from neocell_ref.expansion import expand
+from neocell_ref.spec import GroupSpec, parse_specs
+from neocell_ref.verify.gradcheck import GradcheckReport, assert_gradients, check_gradients, neocell_gradcheck
+
+METHODS = ("loop", "patchwise", "blockdiag")
+
+
+def _case(specs, x_shape, seed=0):
+    groups = parse_specs(specs)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape)
+    wa = [rng.standard_normal(g.shape_a) for g in groups]
+    wb = [rng.standard_normal(g.shape_b) for g in groups]
+    return specs, x, wa, wb
+
+
+# A shifted, mixed layer: group 0 kernel 4 shift 1 (channels use shifts 0, 1, 2, 3),
+# group 1 kernel 3 with shift_a 1 / shift_b 2 (shifts 0/0, 1/2, 2/2 ... per channel).
+SHIFTED = (
+    [{"kernel": 4, "channels": 4, "shift": 1}, {"kernel": 3, "channels": 3, "shift_a": 1, "shift_b": 2}],
+    (2, 7, 5, 6),
+)
+
+
+def _report_inputs(report):
+    return {r.name: r for r in report.inputs}
+
+
+# ======================================================================================
+# the checker accepts correct gradients
+# ======================================================================================
+@pytest.mark.parametrize("method", METHODS)
+def test_accepts_the_correct_backward(method):
+    specs, x, wa, wb = _case(*SHIFTED)
+    report = neocell_gradcheck(x, wa, wb, specs, method=method, max_elements=64)
+    assert isinstance(report, GradcheckReport)
+    assert report.passed, f"{method}: the correct backward was rejected\n{report}"
+    names = [r.name for r in report.inputs]
+    assert names == ["x", "weights_a[0]", "weights_a[1]", "weights_b[0]", "weights_b[1]"], names
+    assert "PASSED" in str(report)
+
+
+def test_accepts_a_medium_layer_with_default_settings():
+    """'4+7' with 9 channels on 10x11: about 2000 outputs, no tuning of eps or tolerances."""
+    specs = parse_kernel_code("4+7", 9, 1)
+    _, x, wa, wb = _case(specs, (2, 9, 10, 11), seed=21)
+    report = neocell_gradcheck(x, wa, wb, specs)
+    assert report.passed, f"the correct backward was rejected with default settings\n{report}"
+
+
+def test_generic_checker_on_a_nonlinear_function():
+    """check_gradients is generic: f(x, w) = sin(x) * w**3 with its exact derivatives."""
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((3, 4)), rng.standard_normal((3, 4))]
+
+    def forward(x, w):
+        return np.sin(x) * w**3
+
+    def backward(g, x, w):
+        return [g * np.cos(x) * w**3, g * np.sin(x) * 3 * w**2]
+
+    def wrong_backward(g, x, w):
+        return [g * np.cos(x) * w**3, g * np.sin(x) * 2 * w**2]
+
+    report = assert_gradients(forward, backward, inputs, names=["x", "w"])
+    assert report.passed
+    bad = check_gradients(forward, wrong_backward, inputs, names=["x", "w"])
+    by_name = _report_inputs(bad)
+    assert not bad.passed and by_name["x"].passed and not by_name["w"].fd_passed, f"\n{bad}"
+    with pytest.raises(AssertionError, match="FAILED"):
+        assert_gradients(forward, wrong_backward, inputs, names=["x", "w"])
+
+
+def test_checker_argument_errors():
+    def forward(x):
+        return 2 * x
+
+    with pytest.raises(ValueError, match="names has 2 entries but there are 1 inputs"):
+        check_gradients(forward, lambda g, x: [2 * g], [np.ones(3)], names=["a", "b"])
+    with pytest.raises(ValueError, match=r"returned 2 gradients for 1 inputs"):
+        check_gradients(forward, lambda g, x: [2 * g, 2 * g], [np.ones(3)])
+    with pytest.raises(ValueError, match=r"gradient of input0 has shape \(2,\), input has \(3,\)"):
+        check_gradients(forward, lambda g, x: [np.ones(2)], [np.ones(3)])
+
+
+# ======================================================================================
+# the checker rejects wrong gradients and says where
+# ======================================================================================
+def _check(backward, specs, x, wa, wb, **kwargs):
+    kwargs.setdefault("max_elements", 200)  # every element of these small inputs
+    return neocell_gradcheck(x, wa, wb, specs, backward=backward, **kwargs)
+
+
+def test_rejects_gradients_scaled_by_1_001():
+    specs, x, wa, wb = _case(*SHIFTED)
+
+    def scaled(gy, x_, wa_, wb_, sp):
+        gx, ga, gb = neocell_backward(gy, x_, wa_, wb_, sp)
+        return 1.001 * gx, [1.001 * g for g in ga], [1.001 * g for g in gb]
+
+    report = _check(scaled, specs, x, wa, wb)
+    assert not report.passed, f"a 0.1 % scaling error was accepted\n{report}"
+    for r in report.inputs:
+        assert not r.fd_passed and not r.dot_passed, f"{r.name}: the scaling went unnoticed\n{report}"
+    assert "FAILED" in str(report)
+
+
+def _corner_part_of_a(gy, x, wa, wb, specs):
+    """Contribution of the wrapped corners to dK_A, per group (test-side computation).
+
+    dÂ = Σ_n (dy B̂ᵀ) xᵀ; the corner of a channel with shift s is dÂ[:s, :s], which
+    SPEC 5 adds into dK[p-s:, q-s:].
+    """
+    groups = parse_specs(specs)
+    a_full, b_full = expand(wa, wb, specs, x.shape[2:])
+    dz = gy @ b_full.transpose(0, 2, 1)
+    grad_a_full = (dz @ x.transpose(0, 1, 3, 2)).sum(axis=0)
+    corner, start = [], 0
+    for g in groups:
+        part = np.zeros(g.shape_a)
+        for c, s in enumerate(g.channel_shifts()[0]):
+            if s:
+                part[c, g.h_out - s :, g.h_in - s :] = grad_a_full[start + c, :s, :s]
+        corner.append(part)
+        start += g.channels
+    return corner
+
+
+def test_rejects_dropped_corner_and_names_the_kernel_entry():
+    specs, x, wa, wb = _case(*SHIFTED)
+
+    def corner_dropped(gy, x_, wa_, wb_, sp):
+        gx, ga, gb = neocell_backward(gy, x_, wa_, wb_, sp)
+        corner = _corner_part_of_a(gy, x_, wa_, wb_, sp)
+        assert all(np.abs(c).max() > 0 for c in corner), "test setup: no corner contribution"
+        return gx, [g - c for g, c in zip(ga, corner)], gb
+
+    report = _check(corner_dropped, specs, x, wa, wb)
+    by_name = _report_inputs(report)
+    assert not report.passed, f"a backward without the corner was accepted\n{report}"
+    for name in ("x", "weights_b[0]", "weights_b[1]"):
+        assert by_name[name].passed, f"{name} was blamed although its gradient is right\n{report}"
+    for g, name in enumerate(("weights_a[0]", "weights_a[1]")):
+        r = by_name[name]
+        assert not r.fd_passed and not r.dot_passed, f"{name}: missing corner not detected\n{report}"
+        c, row, col = r.worst_index
+        spec = parse_specs(specs)[g]
+        s = int(spec.channel_shifts()[0][c])
+        assert s > 0 and row >= spec.h_out - s and col >= spec.h_in - s, (
+            f"{name}: worst element {r.worst_index} is not in the bottom-right corner of a shifted channel"
+        )
+        assert str(r.worst_index) in str(report), f"the report does not print the index {r.worst_index}"
+
+
+def test_rejects_a_backward_that_ignores_the_shift():
+    specs, x, wa, wb = _case(*SHIFTED)
+    unshifted = [GroupSpec(g.channels, g.h_in, g.h_out, g.w_in, g.w_out) for g in parse_specs(specs)]
+
+    def shift_ignored(gy, x_, wa_, wb_, sp):
+        return neocell_backward(gy, x_, wa_, wb_, unshifted)
+
+    report = _check(shift_ignored, specs, x, wa, wb)
+    assert not report.passed, f"a backward with shift 0 was accepted\n{report}"
+    assert not _report_inputs(report)["x"].passed, f"grad_x of the wrong operator was accepted\n{report}"
+
+
+@pytest.mark.parametrize("which", ["a", "b"])
+def test_rejects_a_transposed_kernel_gradient(which):
+    specs, x, wa, wb = _case(*SHIFTED)
+
+    def transposed(gy, x_, wa_, wb_, sp):
+        gx, ga, gb = neocell_backward(gy, x_, wa_, wb_, sp)
+        if which == "a":
+            ga = [ga[0].transpose(0, 2, 1), ga[1]]
+        else:
+            gb = [gb[0], gb[1].transpose(0, 2, 1)]
+        return gx, ga, gb
+
+    report = _check(transposed, specs, x, wa, wb)
+    bad = "weights_a[0]" if which == "a" else "weights_b[1]"
+    failed = [r.name for r in report.inputs if not r.passed]
+    assert failed == [bad], f"expected only {bad} to fail, got {failed}\n{report}"
+    assert report.worst.name == bad, f"worst input is {report.worst.name}, expected {bad}\n{report}"
+
+
+def test_report_names_a_single_wrong_element():
+    specs, x, wa, wb = _case([{"kernel": 2, "channels": 2, "shift": 1}], (1, 2, 3, 4))
+    index = (0, 1, 2, 3)
+
+    def one_wrong(gy, x_, wa_, wb_, sp):
+        gx, ga, gb = neocell_backward(gy, x_, wa_, wb_, sp)
+        gx = gx.copy()
+        gx[index] += 1e-3
+        return gx, ga, gb
+
+    report = _check(one_wrong, specs, x, wa, wb)
+    r = _report_inputs(report)["x"]
+    assert not r.fd_passed, f"one element off by 1e-3 was accepted\n{report}"
+    assert r.worst_index == index, f"worst element reported at {r.worst_index}, the wrong one is {index}\n{report}"
+    assert abs((r.analytic - r.numeric) - 1e-3) < 1e-8, f"reported values {r.analytic}, {r.numeric}"
+    assert report.worst.name == "x"
+    assert "x " in str(report) and str(index) in str(report), f"report does not name x {index}:\n{report}"
+
+
+# --------------------------------------------------------------------------------------
+# hostile input (issue "Verdicts that cannot be fooled", section 5)
+# --------------------------------------------------------------------------------------
+def _double(x):
+    return 2 * x
+
+
+def _double_back(g, x):
+    return [2 * g]
+
+
+@pytest.mark.parametrize(
+    "eps, words",
+    [
+        (0, ("eps", "> 0")),
+        (-1e-6, ("eps", "> 0")),
+        (float("nan"), ("eps", "finite")),
+        (float("inf"), ("eps", "finite")),
+    ],
+)
+def test_check_gradients_refuses_bad_eps(eps, words):
+    with raises_naming(ValueError, *words):
+        check_gradients(_double, _double_back, [np.ones(3)], eps=eps)
+
+
+@pytest.mark.parametrize("name", ["rtol", "atol", "dot_rtol"])
+def test_check_gradients_refuses_tolerances_that_accept_anything(name):
+    with raises_naming(ValueError, name, "finite"):
+        check_gradients(_double, _double_back, [np.ones(3)], **{name: float("inf")})
+    with raises_naming(ValueError, name, ">= 0"):
+        check_gradients(_double, _double_back, [np.ones(3)], **{name: -1.0})
+
+
+def test_check_gradients_refuses_wrt_outside_inputs():
+    with raises_naming(ValueError, "wrt", "[5]", "1 inputs"):
+        check_gradients(_double, _double_back, [np.ones(3)], wrt=[5])
+    with raises_naming(ValueError, "wrt", ">= 0"):
+        check_gradients(_double, _double_back, [np.ones(3)], wrt=[-1])
+    with raises_naming(ValueError, "wrt", "twice"):
+        check_gradients(_double, _double_back, [np.ones(3)], wrt=[0, 0])
+    with raises_naming(TypeError, "wrt", "integer"):
+        check_gradients(_double, _double_back, [np.ones(3)], wrt=[True])
+
+
+def test_check_gradients_rng_must_be_a_generator():
+    with raises_naming(TypeError, "rng", "Generator", "0"):
+        check_gradients(_double, _double_back, [np.ones(3)], rng=0)
+
+
+def test_check_gradients_refuses_to_check_nothing():
+    with raises_naming(ValueError, "nothing to check", "None for every input"):
+        check_gradients(_double, lambda g, x: [None], [np.ones(3)])
+    with raises_naming(ValueError, "nothing to check", "wrt is empty"):
+        check_gradients(_double, _double_back, [np.ones(3)], wrt=[])
+    with raises_naming(ValueError, "nothing to check", "inputs is empty"):
+        check_gradients(lambda: np.ones(2), lambda g: [], [])
+    with raises_naming(ValueError, "wrt selects", "input1", "None"):
+        check_gradients(lambda a, b: a * b, lambda g, a, b: [g * b, None], [np.ones(2), np.ones(2)], wrt=[1])
+
+
+def test_check_gradients_refuses_complex_gradients_and_outputs():
+    with raises_naming(TypeError, "gradient of input0", "complex"):
+        check_gradients(_double, lambda g, x: [2 * g + 1e6j], [np.ones(3)])
+    with raises_naming(TypeError, "forward's output", "complex"):
+        check_gradients(lambda x: x * 1j, _double_back, [np.ones(3)])
+    with raises_naming(TypeError, "backward must return a sequence"):
+        check_gradients(_double, lambda g, x: None, [np.ones(3)])
+
+
+def test_check_gradients_still_passes_and_fails_what_it_should():
+    assert check_gradients(_double, _double_back, [np.ones(3)]).passed
+    assert not check_gradients(_double, lambda g, x: [2.001 * g], [np.ones(3)]).passed

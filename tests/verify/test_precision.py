@@ -1,0 +1,373 @@
+"""Half-precision golden sets (float16, bfloat16): storage, tolerances, and the proof
+that the tolerances are right.
+
+The proof runs reference emulations of the arithmetic model of ``docs/porting.md``
+("Half precision": products of half-precision numbers accumulated in float32, the
+intermediate and every result stored in the half type; ``neocell_ref.verify.precision``) as
+ports through ``verify_golden``: they must pass every case of both sets with margin
+(worst error/allowed at most 0.5), and the same emulations with a planted defect (the
+shift corner dropped, the kernels swapped, the shifts ignored, or rounding to bfloat16
+on a float16 set) must fail.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from neocell_ref import layers
+from neocell_ref.cli import main as cli_main
+from neocell_ref.spec import check_input_size, parse_specs
+from neocell_ref.verify.golden import (
+    FORMAT_VERSION,
+    GoldenError,
+    derive_manifest,
+    export_golden,
+    load_manifest,
+    verify_golden,
+    write_npz,
+)
+from neocell_ref.verify.golden_ops import HALF_EXCLUDED, OPERATIONS, make_case
+from neocell_ref.verify.precision import (
+    emulate_layer,
+    emulate_neocell,
+    not_bfloat16,
+    round_bfloat16,
+    round_to,
+)
+
+HALF = ["float16", "bfloat16"]
+LAYER_OPS = [op for op in OPERATIONS if op not in ("neocell", "model")]
+
+
+@pytest.fixture(scope="module")
+def half_sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("half")
+    sets = {}
+    for dtype in HALF:
+        export_golden(root / dtype, dtype=dtype)
+        sets[dtype] = root / dtype
+    return sets
+
+
+# ------------------------------------------------------------------- rounding to bfloat16
+def _bfloat16_grid():
+    """Every finite bfloat16 number, ascending, from its 65536 bit patterns (an
+    independent formulation: the nearest grid point, not bit arithmetic)."""
+    with np.errstate(invalid="ignore"):
+        bits = (np.arange(2**16, dtype=np.uint32) << 16).view(np.float32).astype(np.float64)
+    grid = np.unique(bits[np.isfinite(bits)])
+    return grid
+
+
+def _nearest_even(values, grid):
+    """Round to nearest on ``grid``, ties to the point with an even last significand bit."""
+    idx = np.clip(np.searchsorted(grid, values), 1, len(grid) - 1)
+    lo, hi = grid[idx - 1], grid[idx]
+    pick_hi = (hi - values) < (values - lo)
+    tie = (hi - values) == (values - lo)
+    even_hi = ((hi.astype(np.float32).view(np.uint32) >> 16) & 1) == 0
+    return np.where(pick_hi | (tie & even_hi), hi, lo)
+
+
+def test_round_bfloat16_is_round_to_nearest_even():
+    grid = _bfloat16_grid()
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal(20000) * np.exp2(rng.integers(-130, 120, 20000))
+    # Exact midpoints and values just beside them: the double-rounding trap of
+    # going float64 -> float32 -> bfloat16.
+    pick = rng.integers(1, len(grid) - 1, 2000)
+    mids = (grid[pick] + grid[pick + 1]) / 2
+    values = np.concatenate(
+        [
+            values,
+            mids,
+            np.nextafter(mids, np.inf),
+            np.nextafter(mids, -np.inf),
+            mids * (1 + 2.0**-40),
+            mids * (1 - 2.0**-40),
+        ]
+    )
+    values = values[np.abs(values) <= grid[-1]]
+    got = round_bfloat16(values).astype(np.float64)
+    want = _nearest_even(values, grid)
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, (
+        f"{bad.size} values rounded wrongly, first {values[bad[0]]!r}: got {got[bad[0]]!r}, want {want[bad[0]]!r}"
+    )
+    assert round_bfloat16(values.astype(np.float32)).dtype == np.float32
+
+
+def test_round_bfloat16_special_values():
+    largest = float(_bfloat16_grid()[-1])  # (2 - 2**-7) * 2**127
+    ulp = 2.0**120
+    cases = {
+        np.inf: np.inf,
+        -np.inf: -np.inf,
+        largest: largest,
+        largest + ulp / 2: np.inf,
+        largest + ulp / 2 * (1 - 2.0**-30): largest,
+        1e300: np.inf,
+        -1e300: -np.inf,
+        2.0**-133: 2.0**-133,
+        2.0**-134: 0.0,
+        2.0**-134 * 1.5: 2.0**-133,
+        -0.0: -0.0,
+        1e-300: 0.0,
+    }
+    with np.errstate(over="ignore"):
+        got = round_bfloat16(np.array(list(cases), dtype=np.float64)).astype(np.float64)
+    for (value, want), g in zip(cases.items(), got):
+        assert g == want and math.copysign(1, g) == math.copysign(1, want), f"{value!r} -> {g!r}, expected {want!r}"
+    nan = round_bfloat16(np.array([np.nan, -np.nan], dtype=np.float32))
+    assert np.isnan(nan).all() and not not_bfloat16(nan).any()
+    assert not_bfloat16(np.array([1.0, 1.0 + 2.0**-7, 1.0 + 2.0**-8, 1.0 + 2.0**-30])).tolist() == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    with pytest.raises(TypeError, match="real floating"):
+        round_bfloat16(np.arange(3))
+
+
+# ------------------------------------------------------------------- export and storage
+def test_half_sets_store_half_inputs_and_float64_answers(half_sets):
+    for dtype, storage in (("float16", "float16"), ("bfloat16", "float32")):
+        manifest = load_manifest(half_sets[dtype])
+        assert manifest["format_version"] == FORMAT_VERSION == 3
+        assert manifest["dtype"] == dtype and manifest["storage_dtype"] == storage
+        assert "model" not in manifest["operations"] and set(manifest["operations"]) == set(OPERATIONS) - {"model"}
+        for case in manifest["cases"]:
+            with np.load(half_sets[dtype] / case["file"], allow_pickle=False) as data:
+                for key in case["inputs"]:
+                    assert str(data[key].dtype) == storage or key.startswith("state/"), (case["name"], key)
+                    if dtype == "bfloat16":
+                        assert not not_bfloat16(data[key]).any(), (case["name"], key)
+                for key in case["tolerances"]:
+                    assert data[key].dtype == np.float64, (case["name"], key)
+
+
+def test_expected_answers_are_float64_results_of_the_stored_inputs(half_sets):
+    from neocell_ref.neocell import neocell_forward
+
+    manifest = load_manifest(half_sets["bfloat16"])
+    case = next(c for c in manifest["cases"] if c["name"] == "mixed_4p7_shift1_uneven")
+    with np.load(half_sets["bfloat16"] / case["file"], allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    y = neocell_forward(
+        arrays["x"].astype(np.float64),
+        [arrays[f"weight_a_{g}"].astype(np.float64) for g in range(2)],
+        [arrays[f"weight_b_{g}"].astype(np.float64) for g in range(2)],
+        case["specs_as_written"],
+        method="loop",
+    )
+    assert np.allclose(y, arrays["y"], rtol=1e-13, atol=1e-13)
+
+
+def test_bad_dtype_arguments_are_named_errors(tmp_path):
+    for bad in ("float8", "int8", None, True, "bfloat", np.int32, "complex128"):
+        with pytest.raises(ValueError, match="dtype must be one of float64, float32, float16, bfloat16"):
+            export_golden(tmp_path / "x", dtype=bad)
+        with pytest.raises(ValueError, match="dtype"):
+            derive_manifest(dtype=bad)
+    assert not (tmp_path / "x").exists()
+    for dtype in HALF:
+        with pytest.raises(ValueError, match=f"operation 'model' has no {dtype} golden cases: no sound tolerance"):
+            export_golden(tmp_path / "m", dtype=dtype, operations=["neocell", "model"])
+        with pytest.raises(ValueError, match="no sound tolerance"):
+            make_case("model", OPERATIONS["model"].cases("core")[0], dtype, 0)
+    assert "model" in HALF_EXCLUDED
+
+
+def test_cli_exports_half_sets(tmp_path, capsys):
+    assert cli_main(["golden", "export", str(tmp_path / "bf"), "--dtype", "bfloat16"]) == 0
+    assert load_manifest(tmp_path / "bf")["dtype"] == "bfloat16"
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["golden", "export", str(tmp_path / "f8"), "--dtype", "float8"])
+    assert exc.value.code == 2 and "invalid choice: 'float8'" in capsys.readouterr().err
+
+
+def test_a_bfloat16_set_with_a_value_that_is_not_bfloat16_is_refused(tmp_path):
+    export_golden(tmp_path / "g", dtype="bfloat16", operations=["neocell"])
+    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    case = manifest["cases"][0]
+    with np.load(tmp_path / "g" / case["file"], allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["x"] = arrays["x"].copy()
+    arrays["x"].flat[3] = np.nextafter(arrays["x"].flat[3], np.float32(np.inf))  # a float32, not a bfloat16
+    import hashlib
+
+    case["sha256"] = hashlib.sha256(write_npz(tmp_path / "g" / case["file"], arrays)).hexdigest()
+    (tmp_path / "g" / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    with pytest.raises(GoldenError, match="input x holds values that are not bfloat16 numbers"):
+        load_manifest(tmp_path / "g")
+
+
+# ------------------------------------------------------------------- emulated ports
+def _neocell_port(dtype, **defect):
+    """The emulation of the arithmetic model in the NeoCell calling convention."""
+
+    def arrays_of(x, weights_a, weights_b, grad_y):
+        arrays = {"x": x, "grad_y": grad_y}
+        for g, (a, b) in enumerate(zip(weights_a, weights_b)):
+            arrays[f"weight_a_{g}"], arrays[f"weight_b_{g}"] = a, b
+        return arrays
+
+    def run(arrays, specs):
+        out = emulate_neocell(arrays, specs, dtype, **defect)
+        if out is None:
+            raise ValueError("this defect cannot be planted in this case")
+        return out
+
+    def forward(x, weights_a, weights_b, specs):
+        h_out, w_out = check_input_size(parse_specs(specs), x.shape[2], x.shape[3])
+        return run(arrays_of(x, weights_a, weights_b, np.zeros(x.shape[:2] + (h_out, w_out))), specs)["y"]
+
+    def backward(grad_y, x, weights_a, weights_b, specs):
+        out = run(arrays_of(x, weights_a, weights_b, grad_y), specs)
+        groups = range(len(weights_a))
+        return out["grad_x"], [out[f"grad_weight_a_{g}"] for g in groups], [out[f"grad_weight_b_{g}"] for g in groups]
+
+    return forward, backward
+
+
+def _layer_port(kind, dtype, **options_of_emulation):
+    def named(inputs):
+        return {f"in{i}": a for i, a in enumerate(inputs)}, [f"in{i}" for i in range(len(inputs))]
+
+    def forward(*inputs, **options):
+        arrays, order = named(inputs)
+        y = getattr(layers, f"{kind}_forward")(*[np.asarray(a, dtype=np.float64) for a in inputs], **options)
+        arrays["grad_y"] = np.zeros(y.shape)
+        return emulate_layer(kind, arrays, order, options, dtype, **options_of_emulation)["y"]
+
+    def backward(grad_y, *inputs, **options):
+        arrays, order = named(inputs)
+        arrays["grad_y"] = grad_y
+        out = emulate_layer(kind, arrays, order, options, dtype, **options_of_emulation)
+        return tuple(out.get(f"grad_{n}") for n in order)
+
+    return forward, backward
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_emulated_mixed_precision_port_passes_every_case_with_margin(half_sets, dtype):
+    worst = []
+    for op in load_manifest(half_sets[dtype])["operations"]:
+        port = _neocell_port(dtype) if op == "neocell" else _layer_port(op, dtype)
+        report = verify_golden(half_sets[dtype], op, *port)
+        assert report.passed, report.table()
+        worst.extend((r.ratio, f"{r.case}/{r.array}") for r in report.results)
+    ratio, where = max(worst)
+    print(f"{dtype}: worst error/allowed of the emulation {ratio:.3f} ({where}) over {len(worst)} arrays")
+    # Every rounding stays within half the allowance: SAFETY = 2 is the margin.
+    assert ratio <= 0.5, f"{dtype}: the emulation uses {ratio:.3f} of the tolerance at {where}"
+
+
+def _shifted(case):
+    return any(g.shift_a or g.shift_b for g in parse_specs(case["specs_as_written"]))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("defect", [{"corner": False}, {"shifts": False}, {"swap": True}])
+def test_emulated_port_with_a_planted_defect_fails(half_sets, dtype, defect):
+    manifest = load_manifest(half_sets[dtype])
+    report = verify_golden(half_sets[dtype], "neocell", *_neocell_port(dtype, **defect))
+    assert not report.passed
+    failed = {r.case for r in report.failures}
+    if "swap" in defect:  # every case whose kernels differ from their swapped transposes
+        must = {c["name"] for c in manifest["cases"] if c["op"] == "neocell" and c["name"] != "k7_input_1x1"}
+    else:  # exactly the cases with a shift
+        must = {c["name"] for c in manifest["cases"] if c["op"] == "neocell" and _shifted(c)}
+        assert failed == must, f"{defect}: failed {sorted(failed)}, expected the shifted cases {sorted(must)}"
+    assert must <= failed, f"{defect}: passed {sorted(must - failed)}"
+    for name in must:  # by far: each such case misses by more than 10x somewhere
+        ratios = [r.ratio for r in report.failures if r.case == name]
+        assert any(not (r <= 10) for r in ratios), f"{defect}: {name} fails by {ratios} only"
+
+
+def test_float16_set_fails_a_port_that_rounds_to_bfloat16(half_sets):
+    """A port whose storage is bfloat16 (8 significant bits, not 11) fails the float16
+    set: every NeoCell case and every layer fails in at least one array. Single arrays
+    dominated by cancellation (a sum much smaller than its terms) may stay within the
+    tolerance; docs/porting.md says why."""
+    for op in load_manifest(half_sets["float16"])["operations"]:
+        port = (
+            _neocell_port("float16", storage="bfloat16")
+            if op == "neocell"
+            else _layer_port(op, "float16", storage="bfloat16")
+        )
+        report = verify_golden(half_sets["float16"], op, *port)
+        cases = {r.case for r in report.results}
+        assert {r.case for r in report.failures} == cases, f"{op}: {report.table()}"
+
+
+def test_emulation_rounds_every_storage_point():
+    """The emulation really rounds: its results are numbers of the storage type, and
+    they differ from the float64 reference by more than float32 rounding would."""
+    case = OPERATIONS["neocell"].cases("core")[4]
+    _, arrays, _, _ = make_case("neocell", case, "float16", 0)
+    out = emulate_neocell(arrays, case[1], "float16")
+    for key, value in out.items():
+        assert np.array_equal(value, round_to(value, "float16")), key
+    assert np.max(np.abs(out["y"] - arrays["y"])) > 1e-4
+
+
+def test_half_precision_accumulation_is_outside_the_model():
+    """A port that sums in float16 (every partial sum rounded) is outside the model.
+
+    On positive data (no cancellation: the bound is the result itself, the partial sums
+    grow to the full result) with 2247-term weight gradients, the float32-accumulating
+    emulation uses at most half the tolerance and the float16-accumulating one exceeds
+    it; with ``rtol_scale`` = the largest accumulation length (docs/porting.md: what
+    recursive half-precision accumulation needs) it passes."""
+    from neocell_ref.verify.golden import MAX_RTOL_SCALE, run_and_compare
+    from neocell_ref.verify.golden_ops import neocell_expected
+    from neocell_ref.verify.precision import store
+
+    specs, shape = [{"kernel": 7, "channels": 2, "shift": 1}], (16, 2, 28, 28)
+    rng = np.random.default_rng(7)
+    arrays = {
+        "x": rng.uniform(0.5, 1, shape),
+        "weight_a_0": rng.uniform(0.5, 1, (2, 7, 7)),
+        "weight_b_0": rng.uniform(0.5, 1, (2, 7, 7)),
+        "grad_y": rng.uniform(0.5, 1, shape),
+    }
+    arrays = {k: store(v, "float16") for k, v in arrays.items()}
+    expected, tolerances = neocell_expected(specs, arrays, "float16")
+    meta, everything = {"specs_as_written": specs, "tolerances": tolerances}, {**arrays, **expected}
+    n_max = max(t["accumulation_length"] for t in tolerances.values())
+    assert n_max == 7 + 16 * 28 * (4 + 1) and n_max <= MAX_RTOL_SCALE
+
+    model = run_and_compare("neocell", "positive", meta, everything, *_neocell_port("float16"))
+    assert max(r.ratio for r in model) <= 0.5, [(r.array, r.ratio) for r in model]
+    half_sums = _neocell_port("float16", accumulate="float16")
+    at_one = run_and_compare("neocell", "positive", meta, everything, *half_sums)
+    assert {r.array for r in at_one if not r.passed} >= {"grad_weight_a_0", "grad_weight_b_0"}, [
+        (r.array, r.ratio) for r in at_one
+    ]
+    scaled = run_and_compare("neocell", "positive", meta, everything, *half_sums, rtol_scale=n_max)
+    assert all(r.passed for r in scaled), [(r.array, r.ratio) for r in scaled]
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda m: m["cases"][0]["tolerances"]["y"].__setitem__("rtol", 0.5), "tolerances.y.rtol is 0.5"),
+        (lambda m: m["cases"][0]["tolerances"]["y"].__setitem__("half_roundings", 1), "half_roundings is 1"),
+        (lambda m: m["cases"][0]["tolerances"]["y"].__setitem__("atol", 1.0), "tolerances.y.atol is 1.0"),
+        (lambda m: m.__setitem__("storage_dtype", "float16"), 'storage_dtype is "float16"'),
+        (lambda m: m.__setitem__("operations", [*m["operations"], "model"]), "operation 'model' has no bfloat16"),
+        (lambda m: m.__setitem__("dtype", "float32"), "cannot be edited"),
+    ],
+)
+def test_edited_half_manifest_is_refused(tmp_path, edit, words):
+    export_golden(tmp_path / "g", dtype="bfloat16", operations=["neocell"])
+    path = tmp_path / "g" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    with pytest.raises(GoldenError, match=words):
+        load_manifest(tmp_path / "g")

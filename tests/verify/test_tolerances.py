@@ -1,0 +1,66 @@
+"""The tolerance policy: the relative error, the half-precision bounds and the case seeding.
+
+- ``relative_error`` is SPEC section 9's ``max|got - ref| / max|ref|`` on hand-made arrays;
+- the float16/bfloat16 tolerances follow the documented arithmetic model;
+- each golden case draws from a generator keyed by (operation, case name, seed), so
+  adding a case does not reseed the others.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from neocell_ref.verify.golden_ops import NEOCELL_CASES_CORE, OPERATIONS, case_rng, half_tolerance, make_case
+from neocell_ref.verify.tolerances import relative_error
+
+
+def test_adding_a_case_does_not_reseed_the_others(monkeypatch):
+    from neocell_ref.verify import golden_ops as golden_ops
+
+    before = {
+        name: make_case("neocell", (name, spec, shape), np.float64, 3)[1]["x"]
+        for name, spec, shape in NEOCELL_CASES_CORE
+    }
+    extra = ("new_case_first", [{"kernel": 3, "channels": 1}], (1, 1, 3, 3))
+    monkeypatch.setattr(golden_ops, "NEOCELL_CASES_CORE", [extra] + list(NEOCELL_CASES_CORE))
+    for case in OPERATIONS["neocell"].cases("core")[1:]:
+        assert np.array_equal(make_case("neocell", case, np.float64, 3)[1]["x"], before[case[0]]), case[0]
+    # and the key really is the name, the operation and the seed
+    draw = lambda *key: case_rng(*key).standard_normal(4)  # noqa: E731
+    assert not np.array_equal(draw("neocell", "a", 0), draw("neocell", "b", 0))
+    assert not np.array_equal(draw("neocell", "a", 0), draw("gelu", "a", 0))
+    assert not np.array_equal(draw("neocell", "a", 0), draw("neocell", "a", 1))
+    assert np.array_equal(draw("neocell", "a", 0), draw("neocell", "a", 0))
+
+
+def test_half_tolerances_follow_the_arithmetic_model():
+    # Hand calculation for k7_square_14x14 (N=2, C=4, 14x14, kernel 7): y has n = 7 + 7.
+    _, _, _, tol16 = make_case("neocell", OPERATIONS["neocell"].cases("core")[0], "float16", 5)
+    assert tol16["y"]["half_roundings"] == 2 and tol16["y"]["accumulation_length"] == 14
+    assert tol16["y"]["rtol"] == 2 * (2 * 2.0**-11 + 15 * 2.0**-24)
+    _, _, _, tolbf = make_case("neocell", OPERATIONS["neocell"].cases("core")[0], "bfloat16", 5)
+    assert tolbf["y"]["rtol"] == 2 * (2 * 2.0**-8 + 15 * 2.0**-24)
+    # grad_weight_a: n = w_out + N·W·(ceil(H_out/h_out) + 1) = 7 + 2·14·3.
+    assert tol16["grad_weight_a_0"]["accumulation_length"] == 7 + 2 * 14 * 3
+    # A layer passes through one rounding (the stored result): linear y, n = C_in = 6.
+    _, _, _, lin = make_case("linear", OPERATIONS["linear"].cases("core")[0], "float16", 5)
+    assert lin["y"]["half_roundings"] == 1 and lin["y"]["rtol"] == 2 * (2.0**-11 + 7 * 2.0**-24)
+    # atol: gradual underflow (times the second product's propagation), a power of two,
+    # far below the rounding of any O(1) value.
+    for tols, limit in ((tol16, 1e-4), (tolbf, 1e-30), (lin, 1e-6)):
+        for key, tol in tols.items():
+            assert tol["atol"] > 0 and math.frexp(tol["atol"])[0] == 0.5 and tol["atol"] < limit, (key, tol)
+    assert half_tolerance("float16", 0, 1)["atol"] == 2.0 ** math.ceil(math.log2(2 * (2.0**-25 + 2.0**-150)))
+
+
+def test_relative_error_metric():
+    """The metric itself, on hand-made arrays (SPEC 9's definition)."""
+    ref = np.array([[1.0, -4.0], [2.0, 0.0]])
+    got = ref + np.array([[0.0, 0.0], [0.0, 0.5]])
+    assert relative_error(got, ref) == 0.5 / 4.0
+    assert relative_error(ref, ref) == 0.0
+    assert relative_error(np.zeros(3), np.zeros(3)) == 0.0
+    assert relative_error(np.ones(3), np.zeros(3)) == float("inf")
+    with pytest.raises(ValueError, match=r"\(2, 2\).*\(4,\)"):
+        relative_error(ref, ref.ravel())
