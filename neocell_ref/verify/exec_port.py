@@ -57,6 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..validation import real_number
+
 __all__ = [
     "PROTOCOL_VERSION",
     "DEFAULT_TIMEOUT",
@@ -362,6 +364,11 @@ def _write_input(path: Path, array: np.ndarray):
         np.lib.format.write_array(f, array, version=(1, 0), allow_pickle=False)
 
 
+def check_timeout(timeout) -> float:
+    """``timeout`` (seconds) as a float: a finite real number > 0, else a ValueError naming it."""
+    return real_number(timeout, "timeout (seconds)", 0.0, low_open=True)
+
+
 def run_exec(command, *, op, case, inputs, outputs, fields=None, timeout=DEFAULT_TIMEOUT, keep_dir=None):
     """Run the port once on one case and return its outputs, checked.
 
@@ -401,8 +408,7 @@ def run_exec(command, *, op, case, inputs, outputs, fields=None, timeout=DEFAULT
         On bad arguments (names, shapes, timeout).
     """
     argv = check_command(command)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (0 < timeout < math.inf):
-        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    timeout = check_timeout(timeout)
     in_names = [file_name(n) for n in inputs]
     shapes = {}
     for name, shape in outputs.items():

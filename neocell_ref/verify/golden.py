@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import math
-import numbers
 import os
 import platform
 import shutil
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..validation import MAX_NPY_HEADER, read_npy_member
+from ..validation import MAX_NPY_HEADER, read_npy_member, real_number
 from .golden_ops import HALF_EXCLUDED, OPERATIONS, make_case, neocell_expected
 from .precision import HALF_DTYPES, STORAGE_DTYPE, dtype_name, not_bfloat16
 from .tolerances import DEFAULT_SEED, allowed_error, check_seed, tolerance_policy
@@ -266,16 +265,6 @@ def compare_arrays(case, array, got, expected, *, rtol, atol=0.0, bound=None) ->
 # --------------------------------------------------------------------------------------
 # tolerance overrides
 # --------------------------------------------------------------------------------------
-def _real(value, name, *, allow_zero=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        what = "finite and >= 0" if allow_zero else "finite and > 0"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return value
-
-
 def check_tolerance_overrides(rtol=None, atol=None, rtol_scale=1.0):
     """Validate tolerance overrides; return them as ``(rtol, atol, rtol_scale)`` floats.
 
@@ -298,9 +287,9 @@ def check_tolerance_overrides(rtol=None, atol=None, rtol_scale=1.0):
         array is checked against the array's stored tolerance when it is compared
         (see ``docs/porting.md``, "What a verdict guarantees").
     """
-    rtol = None if rtol is None else _real(rtol, "rtol")
-    atol = None if atol is None else _real(atol, "atol", allow_zero=True)
-    rtol_scale = _real(rtol_scale, "rtol_scale")
+    rtol = None if rtol is None else real_number(rtol, "rtol", 0.0, low_open=True, type_error=True)
+    atol = None if atol is None else real_number(atol, "atol", 0.0, type_error=True)
+    rtol_scale = real_number(rtol_scale, "rtol_scale", 0.0, low_open=True, type_error=True)
     if rtol_scale > MAX_RTOL_SCALE:
         raise ValueError(
             f"rtol_scale must be at most {MAX_RTOL_SCALE:g} (MAX_RTOL_SCALE, the loosest "
@@ -1243,7 +1232,7 @@ def _check_exec_args(op, forward, backward, command, forward_only, timeout):
         return "python callables: " + " and ".join(
             n for n, f in (("forward", forward), ("backward", backward)) if f is not None
         ), None
-    from .exec_port import CASE_FIELDS, DEFAULT_TIMEOUT, check_command
+    from .exec_port import CASE_FIELDS, DEFAULT_TIMEOUT, check_command, check_timeout
 
     if forward is not None or backward is not None:
         raise ValueError("an exec command and forward/backward callables are mutually exclusive: give one port")
@@ -1251,8 +1240,7 @@ def _check_exec_args(op, forward, backward, command, forward_only, timeout):
     if op not in CASE_FIELDS:
         raise ValueError(f"the exec protocol supports operations {sorted(CASE_FIELDS)}, not {op!r}")
     timeout = DEFAULT_TIMEOUT if timeout is None else timeout
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < float(timeout) < math.inf:
-        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    timeout = check_timeout(timeout)
     shown = command if isinstance(command, str) else " ".join(command)
     mode = "forward outputs only" if forward_only else "all outputs"
     return f"exec {shown!r} (one run per case, {mode}, timeout {float(timeout):g} s)", float(timeout)

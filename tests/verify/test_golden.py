@@ -244,10 +244,10 @@ def test_rtol_scale_out_of_bounds_is_exit_2(golden, capsys, value):
 @pytest.mark.parametrize(
     "kwargs, error, words",
     [
-        (dict(rtol=float("inf")), ValueError, "rtol must be finite"),
-        (dict(rtol=0.0), ValueError, "rtol must be finite and > 0"),
+        (dict(rtol=float("inf")), ValueError, "rtol must be a finite real number"),
+        (dict(rtol=0.0), ValueError, "rtol must be > 0"),
         (dict(rtol="1e-3"), TypeError, "rtol must be a real number"),
-        (dict(atol=-1.0), ValueError, "atol must be finite and >= 0"),
+        (dict(atol=-1.0), ValueError, "atol must be >= 0"),
         (dict(atol=float("nan")), ValueError, "atol"),
         (dict(rtol_scale=float("inf")), ValueError, "rtol_scale"),
         (dict(rtol_scale=1e300), ValueError, "at most 8192"),
