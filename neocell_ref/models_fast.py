@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from . import _parallel as parallel
 from . import layers as L
 from . import registry
 from .instrument import matmul
@@ -158,31 +159,74 @@ def _fused_mlp(model, weights, x, *, affine=None, gamma=None, skip=None):
     out = np.empty((n, c_out, *x.shape[2:]), dtype=model.dtype)
     out3 = out.reshape(n, c_out, positions)
     skip3 = None if skip is None else skip.reshape(n, c_out, positions)
-    lap = _stopwatch(model)
+    workers = parallel.threads()
     if w1.size + w2.size >= hidden * positions:
         # Late stages (few pixels, wide layers): the weights are the larger operand, so
         # stream them once for the whole batch: one (c_in, N·H·W) matrix, not N blocks.
         # The two layout copies are of the small activations.
+        lap = _stopwatch(model)
         if affine is not None:
             _affine(model, x3, affine, lap)
         xt = x3.transpose(1, 0, 2).reshape(c_in, n * positions) if n > 1 else x3[0]
-        y = _mlp_block(model, w1, b1, w2, b2, xt, np.empty((hidden, xt.shape[1]), model.dtype), None, lap)
+        columns = xt.shape[1]
+        if workers > 1 and columns >= 2 * _MIN_COLUMNS:
+            # Each thread runs fc_1, GELU, fc_2 on its own range of columns.
+            y = np.empty((c_out, columns), dtype=model.dtype)
+            ranges = parallel.split(columns, min(workers, columns // _MIN_COLUMNS))
+
+            def late_task(lo, hi):
+                def task():
+                    sink, tlap = _thread_stopwatch(model)
+                    h = np.empty((hidden, hi - lo), model.dtype)
+                    _mlp_block(model, w1, b1, w2, b2, xt[:, lo:hi], h, y[:, lo:hi], tlap)
+                    return sink
+
+                return task
+
+            with parallel.single_threaded_blas():
+                _merge(model, parallel.run([late_task(lo, hi) for lo, hi in ranges]))
+            lap = _stopwatch(model)
+        else:
+            h = np.empty((hidden, columns), model.dtype)
+            y = _mlp_block(model, w1, b1, w2, b2, xt, h, None, lap)
         out3[...] = y.reshape(c_out, n, positions).transpose(1, 0, 2)
         _finish(model, out3, gamma, skip3, lap)
-    else:
-        # Early stages: the hidden activation dwarfs the weights; run blocks of pixels
-        # of one sample through a reused cache-sized buffer, writing into ``out``.
-        columns = max(1, min(positions, _MLP_BLOCK // hidden))
+        return out
+    # Early stages: the hidden activation dwarfs the weights; run blocks of pixels of
+    # one sample through a reused cache-sized buffer, writing into ``out``.
+    columns = max(1, min(positions, _MLP_BLOCK // hidden))
+    blocks = [
+        np.s_[sample, :, start : min(positions, start + columns)]
+        for sample in range(n)
+        for start in range(0, positions, columns)
+    ]
+
+    def run_blocks(chosen, lap):
         buffer = np.empty(hidden * columns, dtype=model.dtype)
-        for sample in range(n):
-            for start in range(0, positions, columns):
-                block = np.s_[sample, :, start : min(positions, start + columns)]
-                xb = x3[block]
-                if affine is not None:
-                    _affine(model, xb, affine, lap)
-                h = buffer[: hidden * xb.shape[1]].reshape(hidden, xb.shape[1])  # contiguous
-                y = _mlp_block(model, w1, b1, w2, b2, xb, h, out3[block], lap)
-                _finish(model, y, gamma, None if skip3 is None else skip3[block], lap)
+        for block in chosen:
+            xb = x3[block]
+            if affine is not None:
+                _affine(model, xb, affine, lap)
+            h = buffer[: hidden * xb.shape[1]].reshape(hidden, xb.shape[1])  # contiguous
+            y = _mlp_block(model, w1, b1, w2, b2, xb, h, out3[block], lap)
+            _finish(model, y, gamma, None if skip3 is None else skip3[block], lap)
+
+    if workers > 1 and len(blocks) > 1:
+        # Each thread runs its own contiguous run of blocks from the BatchNorm to the
+        # residual addition, with its own buffer: the blocks, and so every value's
+        # operations, are those of the single-threaded loop.
+        def early_task(lo, hi):
+            def task():
+                sink, tlap = _thread_stopwatch(model)
+                run_blocks(blocks[lo:hi], tlap)
+                return sink
+
+            return task
+
+        with parallel.single_threaded_blas():
+            _merge(model, parallel.run([early_task(lo, hi) for lo, hi in parallel.split(len(blocks), workers)]))
+    else:
+        run_blocks(blocks, _stopwatch(model))
     return out
 
 
@@ -240,9 +284,39 @@ def _stopwatch(model):
     return lap
 
 
+def _thread_stopwatch(model):
+    """``(sink, lap)`` for one worker thread: ``lap`` as :func:`_stopwatch`'s, but into
+    the thread's own dict ``sink`` (None when not profiling), merged by :func:`_merge`."""
+    if model.profile is None:
+        return None, lambda kind: None
+    sink = {}
+    last = [time.perf_counter()]
+
+    def lap(kind):
+        now = time.perf_counter()
+        key = f"forward:{kind}"
+        sink[key] = sink.get(key, 0.0) + now - last[0]
+        last[0] = now
+
+    return sink, lap
+
+
+def _merge(model, sinks):
+    """Add the worker threads' profiles (in task order) to ``model.profile``: with
+    threads, a kind's entry is the time summed over the threads that ran it."""
+    if model.profile is None:
+        return
+    for sink in sinks:
+        for key, seconds in sink.items():
+            model.profile[key] = model.profile.get(key, 0.0) + seconds
+
+
 #: Hidden values per block of the fused inference MLP (``_fused_mlp``): 2**17
 #: float32 values are 512 KiB, which with the block's input and output stays in L2.
 _MLP_BLOCK = 1 << 17
+
+#: Fewest columns per thread when a late stage's matrix is split over threads.
+_MIN_COLUMNS = 64
 
 
 def _is_mlp(layers):

@@ -1,0 +1,227 @@
+"""The threaded fast inference path (``forward(x, cache=False)`` with worker threads).
+
+* the pool's pieces: thread count from the environment (bad values refused, naming
+  the variable), ``split`` covers every index once, ``run`` returns results in task
+  order and re-raises a task's error after every task has finished, the BLAS thread
+  count is restored after ``single_threaded_blas``;
+* the model with threads on equals the model with threads off: bit-identical where
+  each value's operations are those of the single-threaded loop (the early stages'
+  pixel blocks, and float64 throughout here), within float32 accuracy where BLAS
+  sums a late stage's column range in a different order; batch 1 and 3, block and
+  column counts that do not divide by the thread count; the same MACs (equal to the
+  description's count) and the same profile keys; the same result on every repeat;
+* a threaded split that skips a share of the work fails the comparison (mutant).
+"""
+
+import numpy as np
+import pytest
+
+import neocell_ref as nr
+from neocell_ref import _parallel as parallel
+from neocell_ref import models_fast
+from neocell_ref.instrument import count_macs
+from neocell_ref.testing import relative_error
+
+# The small model of test_model.py (32x32): stage 1 (4 channels at 8x8, 16 hidden) runs
+# the early-stage pixel blocks, stages 2-4 the late-stage (C, N·H·W) matrix.
+TINY = dict(
+    per_stage_layers=(1, 2, 1, 1),
+    dims=(4, 8, 8, 8),
+    num_classes=5,
+    kernel_spec="2+3",
+    shifts=(1, 1, 1, 0),
+    resolution=32,
+)
+
+
+def model_with_nontrivial_tail(dtype):
+    """Linear biases, layer scale, BatchNorm affine and running statistics all not 0/1."""
+    model = nr.models.NeoNeXt(
+        **TINY, linear_bias=True, layer_scale_init_value=0.5, dtype=dtype, rng=np.random.default_rng(0)
+    )
+    rng = np.random.default_rng(8)
+    for key in model.params:
+        if key.endswith(("bias", "norm.weight", "gamma")):
+            model.params[key] = (1 + rng.standard_normal(model.params[key].shape)).astype(dtype)
+    for key in model.buffers:
+        if key.endswith("running_mean"):
+            model.buffers[key] = rng.standard_normal(model.buffers[key].shape).astype(dtype)
+        elif key.endswith("running_var"):
+            model.buffers[key] = rng.uniform(0.5, 2, model.buffers[key].shape).astype(dtype)
+    return model
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 3 pixels in stage 1 (64 = 21·3 + 1 per sample: 22 blocks, odd for 3
+    threads) and late-stage column ranges down to 1 column, so that every branch splits."""
+    monkeypatch.setattr(models_fast, "_MLP_BLOCK", 16 * 3)
+    monkeypatch.setattr(models_fast, "_MIN_COLUMNS", 1)
+
+
+def run(model, x, threads, monkeypatch):
+    """(logits, MACs by tag, profile keys) of the fast path with ``threads`` threads."""
+    monkeypatch.setenv("NEOCELL_THREADS", str(threads))
+    model.profile = {}
+    with count_macs() as counter:
+        y = model.forward(x, cache=False)
+    keys = sorted(model.profile)
+    model.profile = None
+    return y, counter.by_tag(), keys
+
+
+def assert_threads_agree(model, x, monkeypatch, exact):
+    """Threads 2 and 3 against 1: equal logits (bitwise if ``exact``, else within float32
+    accuracy), equal MACs, equal profile keys. The threaded runs come first, so that
+    memory freed by the reference run cannot hand a run that skipped work the right
+    values by chance."""
+    runs = {threads: run(model, x, threads, monkeypatch) for threads in (2, 3, 1)}
+    ref, ref_macs, ref_keys = runs[1]
+    for threads in (2, 3):
+        y, macs, keys = runs[threads]
+        err = relative_error(y, ref)
+        if exact:
+            assert np.array_equal(y, ref), f"{threads} threads differ from 1 by {err:.3e} (expected bitwise equal)"
+        else:
+            assert err <= 1e-6, f"{threads} threads differ from 1 by {err:.3e}"
+        assert macs == ref_macs, f"{threads} threads executed MACs {macs}, single-threaded {ref_macs}"
+        assert keys == ref_keys, f"profile kinds with {threads} threads {keys}, single-threaded {ref_keys}"
+    return ref, ref_macs
+
+
+# ======================================================================================
+# the pool
+# ======================================================================================
+def test_thread_count_from_the_environment(monkeypatch):
+    for name in ("NEOCELL_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    default = parallel.threads()
+    assert 1 <= default <= parallel.MAX_THREADS
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert parallel.threads() == 1, "a single-threaded BLAS run must stay single-threaded"
+    monkeypatch.setenv("NEOCELL_THREADS", "3")
+    assert parallel.threads() == 3, "NEOCELL_THREADS overrides the default"
+    for bad in ("0", "-2", "two", "1.5"):
+        monkeypatch.setenv("NEOCELL_THREADS", bad)
+        with pytest.raises(ValueError, match=f"NEOCELL_THREADS.*{bad}"):
+            parallel.threads()
+    monkeypatch.delenv("NEOCELL_THREADS")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "junk")  # another library's variable: ignored
+    assert parallel.threads() == default
+
+
+@pytest.mark.parametrize("count, parts", [(0, 2), (1, 3), (5, 2), (22, 3), (7, 7), (3, 8)])
+def test_split_covers_every_index_once_in_order(count, parts):
+    ranges = parallel.split(count, parts)
+    covered = [i for lo, hi in ranges for i in range(lo, hi)]
+    assert covered == list(range(count)), f"split({count}, {parts}) = {ranges}"
+    assert all(hi > lo for lo, hi in ranges) or count == 0, f"empty range in {ranges}"
+    sizes = [hi - lo for lo, hi in ranges]
+    assert not sizes or max(sizes) - min(sizes) <= 1, f"unbalanced {ranges}"
+
+
+def test_run_returns_in_task_order_and_reraises_after_all_finish():
+    assert parallel.run([lambda i=i: i * i for i in range(5)]) == [0, 1, 4, 9, 16]
+    assert parallel.run([]) == []
+    finished = []
+
+    def boom():
+        raise KeyError("task 1")
+
+    def slow():
+        np.linalg.eigvalsh(np.eye(200))
+        finished.append("slow")
+
+    with pytest.raises(KeyError, match="task 1"):
+        parallel.run([lambda: finished.append("first"), boom, slow])
+    assert sorted(finished) == ["first", "slow"], f"not every task finished before the error: {finished}"
+
+
+def test_single_threaded_blas_restores_the_thread_count():
+    with parallel.single_threaded_blas():
+        api = parallel._BLAS_STATE["api"]
+        if api is not None:
+            assert api[1]() == 1, "BLAS not single-threaded inside the block"
+            with parallel.single_threaded_blas():  # nested
+                assert api[1]() == 1
+            assert api[1]() == 1, "the inner block restored the count too early"
+    if api is not None:
+        assert api[1]() == parallel._BLAS_STATE["saved"], "thread count not restored"
+    assert parallel._BLAS_STATE["depth"] == 0
+
+
+# ======================================================================================
+# the model, threads on against threads off
+# ======================================================================================
+@pytest.mark.parametrize("batch", [1, 3])
+def test_threads_on_equal_threads_off_float64(small_blocks, monkeypatch, batch):
+    model = model_with_nontrivial_tail(np.float64)
+    x = np.random.default_rng(1).standard_normal((batch, 3, 32, 32))
+    y, macs = assert_threads_agree(model, x, monkeypatch, exact=True)
+    plain = model.forward(x, cache=True)
+    assert relative_error(y, plain) <= 1e-13, "the fast path no longer equals the layer-by-layer path"
+    expected = 0
+    for desc in model.architecture.layers():
+        if desc.kind == "linear":
+            c_out, c_in = desc.params["weight"][:2]
+            expected += batch * c_out * c_in * int(np.prod(desc.in_shape[1:]))
+    assert macs["linear"] == expected, f"linear MACs {macs['linear']}, description {expected}"
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_threads_on_match_threads_off_float32(small_blocks, monkeypatch, batch):
+    model = model_with_nontrivial_tail(np.float32)
+    x = np.random.default_rng(2).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    assert_threads_agree(model, x, monkeypatch, exact=False)
+
+
+def test_early_blocks_are_bitwise_equal_across_thread_counts(monkeypatch):
+    """The early-stage blocks are the same whatever the thread count, so each value's
+    operations are too: bitwise equal in float32 (the late stages' column ranges are
+    not, see the module docstring)."""
+    rng = np.random.default_rng(3)
+    model = model_with_nontrivial_tail(np.float32)
+    monkeypatch.setattr(models_fast, "_MLP_BLOCK", 16 * 5)
+    w1 = rng.standard_normal((16, 4)).astype(np.float32)
+    w2 = rng.standard_normal((4, 16)).astype(np.float32)
+    b1, b2 = rng.standard_normal(16).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    x = rng.standard_normal((2, 4, 7, 9)).astype(np.float32)  # 63 pixels: 13 blocks per sample
+    skip = rng.standard_normal((2, 4, 7, 9)).astype(np.float32)
+    affine = (rng.uniform(0.5, 2, 4).astype(np.float32), rng.standard_normal(4).astype(np.float32))
+    gamma = rng.standard_normal(4).astype(np.float32)
+    outs = []
+    for threads in (1, 2, 3, 4):
+        monkeypatch.setenv("NEOCELL_THREADS", str(threads))
+        outs.append(models_fast._fused_mlp(model, (w1, b1, w2, b2), x.copy(), affine=affine, gamma=gamma, skip=skip))
+    for threads, y in zip((2, 3, 4), outs[1:]):
+        assert np.array_equal(y, outs[0]), f"{threads} threads: early blocks differ by {relative_error(y, outs[0]):.3e}"
+    # and the blocks compute the unfused formula
+    h = np.einsum("oc,ncp->nop", w1, (x * affine[0][:, None, None] + affine[1][:, None, None]).reshape(2, 4, 63))
+    h = nr.layers.gelu_forward(h + b1[:, None])
+    y = (np.einsum("oc,ncp->nop", w2, h) + b2[:, None]) * gamma[:, None] + skip.reshape(2, 4, 63)
+    assert relative_error(outs[0].reshape(2, 4, 63), y) <= 1e-6
+
+
+def test_threaded_results_do_not_depend_on_scheduling(small_blocks, monkeypatch):
+    model = model_with_nontrivial_tail(np.float32)
+    x = np.random.default_rng(4).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    monkeypatch.setenv("NEOCELL_THREADS", "3")
+    first = model.forward(x, cache=False)
+    for _ in range(5):
+        assert np.array_equal(model.forward(x, cache=False), first), "a repeat with the same threads differs"
+
+
+def test_a_threaded_split_that_skips_work_fails_the_comparison(small_blocks, monkeypatch):
+    """Mutant: the pool's split loses its last range (one thread's blocks or columns
+    never computed). The comparison with one thread must catch it."""
+    model = model_with_nontrivial_tail(np.float64)
+    x = np.random.default_rng(5).standard_normal((2, 3, 32, 32))
+    real_split = parallel.split
+
+    def lossy_split(count, parts):
+        ranges = real_split(count, parts)
+        return ranges[:-1] if len(ranges) > 1 else ranges
+
+    monkeypatch.setattr(parallel, "split", lossy_split)
+    with pytest.raises(AssertionError, match="threads differ"):
+        assert_threads_agree(model, x, monkeypatch, exact=True)
