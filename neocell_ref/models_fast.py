@@ -168,26 +168,12 @@ def _fused_mlp(model, weights, x, *, affine=None, gamma=None, skip=None):
         if affine is not None:
             _affine(model, x3, affine, lap)
         xt = x3.transpose(1, 0, 2).reshape(c_in, n * positions) if n > 1 else x3[0]
-        columns = xt.shape[1]
-        if workers > 1 and columns >= 2 * _MIN_COLUMNS:
-            # Each thread runs fc_1, GELU, fc_2 on its own range of columns.
-            y = np.empty((c_out, columns), dtype=model.dtype)
-            ranges = parallel.split(columns, min(workers, columns // _MIN_COLUMNS))
-
-            def late_task(lo, hi):
-                def task():
-                    sink, tlap = _thread_stopwatch(model)
-                    h = np.empty((hidden, hi - lo), model.dtype)
-                    _mlp_block(model, w1, b1, w2, b2, xt[:, lo:hi], h, y[:, lo:hi], tlap)
-                    return sink
-
-                return task
-
-            with parallel.single_threaded_blas():
-                _merge(model, parallel.run([late_task(lo, hi) for lo, hi in ranges]))
+        if workers > 1 and hidden >= 2 * _ROW_UNIT:
+            # Each thread computes its own rows of the hidden matrix, then of the output.
+            y = _late_rows(model, w1, b1, w2, b2, xt, workers)
             lap = _stopwatch(model)
         else:
-            h = np.empty((hidden, columns), model.dtype)
+            h = np.empty((hidden, xt.shape[1]), model.dtype)
             y = _mlp_block(model, w1, b1, w2, b2, xt, h, None, lap)
         out3[...] = y.reshape(c_out, n, positions).transpose(1, 0, 2)
         _finish(model, out3, gamma, skip3, lap)
@@ -228,6 +214,51 @@ def _fused_mlp(model, weights, x, *, affine=None, gamma=None, skip=None):
     else:
         run_blocks(blocks, _stopwatch(model))
     return out
+
+
+def _late_rows(model, w1, b1, w2, b2, xt, workers):
+    """``w2 @ GELU(w1 @ xt + b1) + b2`` split over threads by rows: first each thread
+    computes and activates its own rows of the hidden matrix, then (after all have)
+    its own rows of the output; each weight row is read by one thread only."""
+    hidden, c_out, columns = w1.shape[0], w2.shape[0], xt.shape[1]
+    h = np.empty((hidden, columns), model.dtype)
+    y = np.empty((c_out, columns), model.dtype)
+
+    def first(lo, hi):
+        def task():
+            sink, lap = _thread_stopwatch(model)
+            matmul(w1[lo:hi], xt, "linear", out=h[lo:hi])
+            if b1 is not None:
+                h[lo:hi] += b1[lo:hi, None]
+            lap("linear")
+            L.gelu_forward(h[lo:hi], out=h[lo:hi])
+            lap("gelu")
+            return sink
+
+        return task
+
+    def second(lo, hi):
+        def task():
+            sink, lap = _thread_stopwatch(model)
+            matmul(w2[lo:hi], h, "linear", out=y[lo:hi])
+            if b2 is not None:
+                y[lo:hi] += b2[lo:hi, None]
+            lap("linear")
+            return sink
+
+        return task
+
+    with parallel.single_threaded_blas():
+        _merge(model, parallel.run([first(lo, hi) for lo, hi in _row_ranges(hidden, workers)]))
+        _merge(model, parallel.run([second(lo, hi) for lo, hi in _row_ranges(c_out, workers)]))
+    return y
+
+
+def _row_ranges(rows, workers):
+    """Thread shares of ``rows`` matrix rows, in whole multiples of :data:`_ROW_UNIT`
+    rows (the last share may be shorter)."""
+    units = -(-rows // _ROW_UNIT)
+    return [(_ROW_UNIT * lo, min(rows, _ROW_UNIT * hi)) for lo, hi in parallel.split(units, workers)]
 
 
 def _affine(model, x, affine, lap):
@@ -315,8 +346,9 @@ def _merge(model, sinks):
 #: float32 values are 512 KiB, which with the block's input and output stays in L2.
 _MLP_BLOCK = 1 << 17
 
-#: Fewest columns per thread when a late stage's matrix is split over threads.
-_MIN_COLUMNS = 64
+#: A late stage's rows are split over threads in multiples of this many rows (a
+#: multiple of the register blocking of BLAS kernels), only where there are two or more.
+_ROW_UNIT = 16
 
 
 def _is_mlp(layers):

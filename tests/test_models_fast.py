@@ -7,8 +7,8 @@
 * the model with threads on equals the model with threads off: bit-identical where
   each value's operations are those of the single-threaded loop (the early stages'
   pixel blocks, and float64 throughout here), within float32 accuracy where BLAS
-  sums a late stage's column range in a different order; batch 1 and 3, block and
-  column counts that do not divide by the thread count; the same MACs (equal to the
+  sums a late stage's share of rows in a different order; batch 1 and 3, block and
+  row counts that do not divide by the thread count; the same MACs (equal to the
   description's count) and the same profile keys; the same result on every repeat;
 * a threaded split that skips a share of the work fails the comparison (mutant).
 """
@@ -54,9 +54,10 @@ def model_with_nontrivial_tail(dtype):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks of 3 pixels in stage 1 (64 = 21·3 + 1 per sample: 22 blocks, odd for 3
-    threads) and late-stage column ranges down to 1 column, so that every branch splits."""
+    threads) and late-stage row shares in units of 3 rows (8 output rows: 3 units, the
+    last one short), so that every branch splits unevenly."""
     monkeypatch.setattr(models_fast, "_MLP_BLOCK", 16 * 3)
-    monkeypatch.setattr(models_fast, "_MIN_COLUMNS", 1)
+    monkeypatch.setattr(models_fast, "_ROW_UNIT", 3)
 
 
 def run(model, x, threads, monkeypatch):
@@ -177,8 +178,8 @@ def test_threads_on_match_threads_off_float32(small_blocks, monkeypatch, batch):
 
 def test_early_blocks_are_bitwise_equal_across_thread_counts(monkeypatch):
     """The early-stage blocks are the same whatever the thread count, so each value's
-    operations are too: bitwise equal in float32 (the late stages' column ranges are
-    not, see the module docstring)."""
+    operations are too: bitwise equal in float32 (the late stages' row shares need
+    not be, see the module docstring)."""
     rng = np.random.default_rng(3)
     model = model_with_nontrivial_tail(np.float32)
     monkeypatch.setattr(models_fast, "_MLP_BLOCK", 16 * 5)
@@ -212,7 +213,7 @@ def test_threaded_results_do_not_depend_on_scheduling(small_blocks, monkeypatch)
 
 
 def test_a_threaded_split_that_skips_work_fails_the_comparison(small_blocks, monkeypatch):
-    """Mutant: the pool's split loses its last range (one thread's blocks or columns
+    """Mutant: the pool's split loses its last range (one thread's blocks or rows
     never computed). The comparison with one thread must catch it."""
     model = model_with_nontrivial_tail(np.float64)
     x = np.random.default_rng(5).standard_normal((2, 3, 32, 32))
