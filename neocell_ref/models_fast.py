@@ -185,7 +185,7 @@ def _fused_mlp(model, weights, x, *, affine=None, gamma=None, skip=None):
         return out
     # Early stages: the hidden activation dwarfs the weights; run blocks of pixels of
     # one sample through a reused cache-sized buffer, writing into ``out``.
-    columns = max(1, min(positions, _MLP_BLOCK // hidden))
+    columns = _block_columns(positions, hidden)
     blocks = [
         np.s_[sample, :, start : min(positions, start + columns)]
         for sample in range(n)
@@ -219,6 +219,17 @@ def _fused_mlp(model, weights, x, *, affine=None, gamma=None, skip=None):
     else:
         run_blocks(blocks, _stopwatch(model))
     return out
+
+
+def _block_columns(positions, hidden):
+    """Pixels per early-stage block: at most about ``_MLP_BLOCK // hidden``, in equal
+    blocks whose number per sample is even (5 blocks of a 56x56 stage become 6), so
+    that two threads get equal shares even at batch 1. Independent of the thread
+    count, so the blocks, and every value, are the same with threads on or off."""
+    count = -(-positions // max(1, _MLP_BLOCK // hidden))
+    if count > 1 and count % 2:
+        count += 1
+    return -(-positions // count)
 
 
 def _late_rows(model, w1, b1, w2, b2, xt, workers):
