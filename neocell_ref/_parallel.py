@@ -3,7 +3,7 @@
 NumPy's ufuncs and BLAS release the GIL, so Python threads that each run their own
 share of a fused block (:mod:`neocell_ref.models_fast`) use several cores at once. The
 share of each thread is fixed by the caller (contiguous runs of pixel blocks, or of
-columns), never by which thread comes first, so results do not depend on scheduling.
+matrix rows), never by which thread comes first, so results do not depend on scheduling.
 
 How many threads (:func:`threads`):
 
