@@ -82,6 +82,22 @@ def threads():
     return max(1, count)
 
 
+def _after_fork_in_child():
+    """A forked child has none of the parent's pool threads: forget the pool (the next
+    call starts a new one) and any BLAS hold the parent was inside."""
+    global _POOL, _POOL_SIZE, _POOL_LOCK, _BLAS_LOCK
+    _POOL, _POOL_SIZE = None, 0
+    _POOL_LOCK, _BLAS_LOCK = threading.Lock(), threading.Lock()
+    state = _BLAS_STATE
+    if state["depth"] and state["api"] is not None and state["saved"] > 1:
+        state["api"][0](state["saved"])  # forked inside a hold: the child's BLAS gets its count back
+    state["depth"] = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _pool(workers):
     """The shared executor, with at least ``workers`` threads."""
     global _POOL, _POOL_SIZE

@@ -3,7 +3,7 @@
 * the pool's pieces: thread count from the environment (bad values refused, naming
   the variable), ``split`` covers every index once, ``run`` returns results in task
   order and re-raises a task's error after every task has finished, the BLAS thread
-  count is restored after ``single_threaded_blas``;
+  count is restored after ``single_threaded_blas``, a forked child starts its own pool;
 * the model with threads on equals the model with threads off: bit-identical where
   each value's operations are those of the single-threaded loop (the early stages'
   pixel blocks, and float64 throughout here), within float32 accuracy where BLAS
@@ -149,6 +149,37 @@ def test_single_threaded_blas_restores_the_thread_count():
     if api is not None:
         assert api[1]() == parallel._BLAS_STATE["saved"], "thread count not restored"
     assert parallel._BLAS_STATE["depth"] == 0
+
+
+def _forward_in_child(queue):
+    model = model_with_nontrivial_tail(np.float64)
+    x = np.random.default_rng(6).standard_normal((2, 3, 32, 32))
+    queue.put(model.forward(x, cache=False))
+
+
+def test_a_forked_child_gets_its_own_pool(monkeypatch):
+    """The parent's pool threads do not exist in a forked child: without a new pool
+    the child's first threaded forward would wait forever."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")  # pragma: no cover - Linux CI forks
+    monkeypatch.setenv("NEOCELL_THREADS", "2")
+    parallel.run([lambda: 1, lambda: 2])  # the parent's pool exists
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_forward_in_child, args=(queue,))
+    child.start()
+    try:
+        y = queue.get(timeout=120)
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():  # pragma: no cover - only on failure
+            child.kill()
+    model = model_with_nontrivial_tail(np.float64)
+    monkeypatch.setenv("NEOCELL_THREADS", "1")
+    expected = model.forward(np.random.default_rng(6).standard_normal((2, 3, 32, 32)), cache=False)
+    assert np.array_equal(y, expected), "the forked child's threaded forward differs"
 
 
 # ======================================================================================
