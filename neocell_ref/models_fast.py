@@ -13,7 +13,8 @@ the same operations, in the same order for every value, arranged for speed:
   ``skip + drop_path(layer_scale(fc_2(GELU(fc_1(BN(x))))))``, runs over cache-sized
   blocks of pixels (:func:`_fused_tail`, :func:`_fused_mlp`); in training the
   ``fc_1, GELU, fc_2`` run is fused the same way;
-* **threads**: in inference the fused tail is split over worker threads
+* **threads**: the fused runs (the inference tail, the training-mode MLP) are split
+  over worker threads
   (:mod:`neocell_ref._parallel`, ``NEOCELL_THREADS``): contiguous runs of pixel blocks
   in the early stages, rows of the hidden and output matrices in the late ones, with
   NumPy's OpenBLAS held at one thread meanwhile; the shares are fixed by the data, not
