@@ -14,11 +14,10 @@ the same operations, in the same order for every value, arranged for speed:
   blocks of pixels (:func:`_fused_tail`, :func:`_fused_mlp`); in training the
   ``fc_1, GELU, fc_2`` run is fused the same way;
 * **threads**: the fused runs (the inference tail, the training-mode MLP) are split
-  over worker threads
-  (:mod:`neocell_ref._parallel`, ``NEOCELL_THREADS``): contiguous runs of pixel blocks
-  in the early stages, rows of the hidden and output matrices in the late ones, with
-  NumPy's OpenBLAS held at one thread meanwhile; the shares are fixed by the data, not
-  by scheduling;
+  over worker threads (:mod:`neocell_ref._parallel`, ``NEOCELL_THREADS``): contiguous
+  runs of pixel blocks in the early stages, rows of the hidden and output matrices in
+  the late ones, with NumPy's OpenBLAS held at one thread meanwhile; the shares are
+  fixed by the data, not by scheduling;
 * **profiling**: with :attr:`NeoNeXt.profile` set, the time of each fused step goes
   under ``"forward:<kind>"`` like the layer-by-layer path's (summed over threads).
 
