@@ -9,8 +9,9 @@ affects both alike:
   (``(4d, d) @ (d, N·H·W)`` and back). This is the arithmetic floor of the network:
   about 94 % of its multiply-accumulates.
 * **inference**: ``model.forward(x, training=False, cache=False)``, the fast path
-  (intermediates overwritten in place, nothing kept for backward), and the default
-  ``cache=True`` forward for comparison.
+  (intermediates overwritten in place, nothing kept for backward, the fused block
+  tails split over ``NEOCELL_THREADS`` threads), the same with ``NEOCELL_THREADS=1``
+  (one thread), and the default ``cache=True`` forward for comparison.
 * **training step**: ``forward(training=True)``, cross-entropy with label smoothing,
   ``backward``, AdamW update, at batch 8.
 
@@ -31,6 +32,7 @@ import time
 import numpy as np
 
 import neocell_ref as nr
+from neocell_ref._parallel import threads
 from neocell_ref.layers import cross_entropy_backward, cross_entropy_forward
 from neocell_ref.train import AdamW
 
@@ -49,6 +51,19 @@ def mlp_operands(model, batch, rng):
 def mlp_floor(pairs):
     for weight, act in pairs:
         np.matmul(weight, act)
+
+
+def one_thread(fn):
+    """``fn()`` with the fast path's threads off (``NEOCELL_THREADS=1``)."""
+    saved = os.environ.get("NEOCELL_THREADS")
+    os.environ["NEOCELL_THREADS"] = "1"
+    try:
+        return fn()
+    finally:
+        if saved is None:
+            del os.environ["NEOCELL_THREADS"]
+        else:
+            os.environ["NEOCELL_THREADS"] = saved
 
 
 def timed(fn):
@@ -97,6 +112,7 @@ def main(argv=None):
         f"NeoNeXt-T, {args.resolution}x{args.resolution}, float32; numpy {np.__version__}, "
         f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
         f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
+        f"fast-path threads {threads()}, "
         f"min of {args.repeats} runs"
     )
     rng = np.random.default_rng(0)
@@ -110,6 +126,7 @@ def main(argv=None):
         workloads = {
             "floor": lambda: mlp_floor(pairs),
             "fast": lambda: model.forward(x, training=False, cache=False),
+            "fast_1": lambda: one_thread(lambda: model.forward(x, training=False, cache=False)),
             "cached": lambda: model.forward(x, training=False),
         }
         best = best_interleaved(workloads, args.repeats)
@@ -117,14 +134,18 @@ def main(argv=None):
         rows.append((batch, best))
 
     print("\nInference (forward, training=False); wall time, and in brackets process CPU time")
-    print("| batch | MLP floor ms | cache=False ms | ms/image | ratio to floor | cache=True ms | ratio |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| batch | MLP floor ms | cache=False ms | ms/image | ratio to floor | "
+        "cache=False, 1 thread ms | ratio | cache=True ms | ratio |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for batch, best in rows:
-        floor, fast, cached = best["floor"], best["fast"], best["cached"]
+        floor, fast, fast_1, cached = best["floor"], best["fast"], best["fast_1"], best["cached"]
         print(
             f"| {batch} | {floor[0] * 1e3:.1f} ({floor[1] * 1e3:.1f}) | {fast[0] * 1e3:.1f} ({fast[1] * 1e3:.1f}) | "
             f"{fast[0] * 1e3 / batch:.1f} ({fast[1] * 1e3 / batch:.1f}) | "
             f"{fast[0] / floor[0]:.2f} ({fast[1] / floor[1]:.2f}) | "
+            f"{fast_1[0] * 1e3:.1f} ({fast_1[1] * 1e3:.1f}) | {fast_1[0] / floor[0]:.2f} ({fast_1[1] / floor[1]:.2f}) | "
             f"{cached[0] * 1e3:.1f} ({cached[1] * 1e3:.1f}) | {cached[0] / floor[0]:.2f} ({cached[1] / floor[1]:.2f}) |"
         )
 
@@ -134,7 +155,13 @@ def main(argv=None):
         model.forward(x1, training=False, cache=False)
     profile = {k.split(":", 1)[1]: v / 3 for k, v in model.profile.items()}
     model.profile = None
-    print(share_table(profile, "Share of inference time per layer kind (batch 1, cache=False, mean of 3 runs)"))
+    print(
+        share_table(
+            profile,
+            "Share of inference time per layer kind (batch 1, cache=False, mean of 3 runs; "
+            "with threads, thread-seconds summed over threads)",
+        )
+    )
 
     if not args.no_train:
         batch = 8

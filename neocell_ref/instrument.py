@@ -2,12 +2,17 @@
 
 Every matrix product in the package's forward and backward passes goes through
 :func:`matmul`. Inside a :func:`count_macs` block each call is recorded, so the
-analytic counts of :mod:`neocell_ref.complexity` can be compared with what ran.
+analytic counts of :mod:`neocell_ref.calculator` can be compared with what ran.
 Outside such a block the only cost is one check of an empty list.
+
+Thread-safe: products run by worker threads (the fast paths' thread pool,
+:mod:`neocell_ref._parallel`) are recorded under a lock into the same counters, so the
+totals are those of a single-threaded run; only the order of ``calls`` may differ.
 """
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -16,6 +21,7 @@ import numpy as np
 __all__ = ["matmul", "count_macs", "MacCounter"]
 
 _COUNTERS: list = []
+_LOCK = threading.Lock()
 
 
 @dataclass
@@ -27,7 +33,8 @@ class MacCounter:
     macs : int
         Total over all recorded products.
     calls : list of (str, tuple, tuple, int)
-        ``(tag, shape_a, shape_b, macs)`` per product, in call order.
+        ``(tag, shape_a, shape_b, macs)`` per product, in call order (in completion
+        order across threads when products ran in several threads).
     """
 
     macs: int = 0
@@ -36,8 +43,9 @@ class MacCounter:
     def record(self, tag, shape_a, shape_b, shape_out):
         k = shape_a[-1]
         macs = int(np.prod(shape_out, dtype=np.int64)) * int(k)
-        self.macs += macs
-        self.calls.append((tag, tuple(shape_a), tuple(shape_b), macs))
+        with _LOCK:
+            self.macs += macs
+            self.calls.append((tag, tuple(shape_a), tuple(shape_b), macs))
 
     def by_tag(self) -> dict:
         """Total MACs per tag."""
@@ -58,11 +66,13 @@ def count_macs():
     >>> counter.macs                             # doctest: +SKIP
     """
     counter = MacCounter()
-    _COUNTERS.append(counter)
+    with _LOCK:
+        _COUNTERS.append(counter)
     try:
         yield counter
     finally:
-        _COUNTERS.remove(counter)
+        with _LOCK:
+            _COUNTERS.remove(counter)
 
 
 def matmul(a, b, tag: str = "", out=None):
@@ -73,6 +83,6 @@ def matmul(a, b, tag: str = "", out=None):
     """
     result = np.matmul(a, b, out=out)
     if _COUNTERS:
-        for counter in _COUNTERS:
+        for counter in tuple(_COUNTERS):  # a snapshot: another thread may leave its block
             counter.record(tag, np.shape(a), np.shape(b), result.shape)
     return result

@@ -1,6 +1,6 @@
 """Every NeoNeXt layer other than NeoCell, each forward beside its hand-derived backward.
 
-Conventions (the same for every pair, so that :func:`neocell_ref.gradcheck.check_gradients`
+Conventions (the same for every pair, so that :func:`neocell_ref.verify.gradcheck.check_gradients`
 can check any of them directly):
 
 * ``<layer>_forward(x, *params, **options) -> y`` is a pure function;

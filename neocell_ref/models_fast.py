@@ -13,8 +13,13 @@ the same operations, in the same order for every value, arranged for speed:
   ``skip + drop_path(layer_scale(fc_2(GELU(fc_1(BN(x))))))``, runs over cache-sized
   blocks of pixels (:func:`_fused_tail`, :func:`_fused_mlp`); in training the
   ``fc_1, GELU, fc_2`` run is fused the same way;
+* **threads**: the fused runs (the inference tail, the training-mode MLP) are split
+  over worker threads (:mod:`neocell_ref._parallel`, ``NEOCELL_THREADS``): contiguous
+  runs of pixel blocks in the early stages, rows of the hidden and output matrices in
+  the late ones, with NumPy's OpenBLAS held at one thread meanwhile; the shares are
+  fixed by the data, not by scheduling;
 * **profiling**: with :attr:`NeoNeXt.profile` set, the time of each fused step goes
-  under ``"forward:<kind>"`` like the layer-by-layer path's.
+  under ``"forward:<kind>"`` like the layer-by-layer path's (summed over threads).
 
 Nothing is kept for backward. The tests prove this path equal to the plain one
 (``tests/test_models_fast.py``, ``tests/test_models.py``: bit-identical where the order
@@ -28,6 +33,7 @@ import time
 
 import numpy as np
 
+from . import _parallel as parallel
 from . import layers as L
 from . import registry
 from .instrument import matmul
@@ -158,32 +164,117 @@ def _fused_mlp(model, weights, x, *, affine=None, gamma=None, skip=None):
     out = np.empty((n, c_out, *x.shape[2:]), dtype=model.dtype)
     out3 = out.reshape(n, c_out, positions)
     skip3 = None if skip is None else skip.reshape(n, c_out, positions)
-    lap = _stopwatch(model)
+    workers = parallel.threads()
     if w1.size + w2.size >= hidden * positions:
         # Late stages (few pixels, wide layers): the weights are the larger operand, so
         # stream them once for the whole batch: one (c_in, N·H·W) matrix, not N blocks.
         # The two layout copies are of the small activations.
+        lap = _stopwatch(model)
         if affine is not None:
             _affine(model, x3, affine, lap)
         xt = x3.transpose(1, 0, 2).reshape(c_in, n * positions) if n > 1 else x3[0]
-        y = _mlp_block(model, w1, b1, w2, b2, xt, np.empty((hidden, xt.shape[1]), model.dtype), None, lap)
+        if workers > 1 and hidden >= 2 * _ROW_UNIT:
+            # Each thread computes its own rows of the hidden matrix, then of the output.
+            y = _late_rows(model, w1, b1, w2, b2, xt, workers)
+            lap = _stopwatch(model)
+        else:
+            h = np.empty((hidden, xt.shape[1]), model.dtype)
+            y = _mlp_block(model, w1, b1, w2, b2, xt, h, None, lap)
         out3[...] = y.reshape(c_out, n, positions).transpose(1, 0, 2)
         _finish(model, out3, gamma, skip3, lap)
-    else:
-        # Early stages: the hidden activation dwarfs the weights; run blocks of pixels
-        # of one sample through a reused cache-sized buffer, writing into ``out``.
-        columns = max(1, min(positions, _MLP_BLOCK // hidden))
+        return out
+    # Early stages: the hidden activation dwarfs the weights; run blocks of pixels of
+    # one sample through a reused cache-sized buffer, writing into ``out``.
+    columns = _block_columns(positions, hidden)
+    blocks = [
+        np.s_[sample, :, start : min(positions, start + columns)]
+        for sample in range(n)
+        for start in range(0, positions, columns)
+    ]
+
+    def run_blocks(chosen, lap):
         buffer = np.empty(hidden * columns, dtype=model.dtype)
-        for sample in range(n):
-            for start in range(0, positions, columns):
-                block = np.s_[sample, :, start : min(positions, start + columns)]
-                xb = x3[block]
-                if affine is not None:
-                    _affine(model, xb, affine, lap)
-                h = buffer[: hidden * xb.shape[1]].reshape(hidden, xb.shape[1])  # contiguous
-                y = _mlp_block(model, w1, b1, w2, b2, xb, h, out3[block], lap)
-                _finish(model, y, gamma, None if skip3 is None else skip3[block], lap)
+        for block in chosen:
+            xb = x3[block]
+            if affine is not None:
+                _affine(model, xb, affine, lap)
+            h = buffer[: hidden * xb.shape[1]].reshape(hidden, xb.shape[1])  # contiguous
+            y = _mlp_block(model, w1, b1, w2, b2, xb, h, out3[block], lap)
+            _finish(model, y, gamma, None if skip3 is None else skip3[block], lap)
+
+    if workers > 1 and len(blocks) > 1:
+        # Each thread runs its own contiguous run of blocks from the BatchNorm to the
+        # residual addition, with its own buffer: the blocks, and so every value's
+        # operations, are those of the single-threaded loop.
+        def early_task(lo, hi):
+            def task():
+                sink, tlap = _thread_stopwatch(model)
+                run_blocks(blocks[lo:hi], tlap)
+                return sink
+
+            return task
+
+        with parallel.single_threaded_blas():
+            _merge(model, parallel.run([early_task(lo, hi) for lo, hi in parallel.split(len(blocks), workers)]))
+    else:
+        run_blocks(blocks, _stopwatch(model))
     return out
+
+
+def _block_columns(positions, hidden):
+    """Pixels per early-stage block: at most about ``_MLP_BLOCK // hidden``, in equal
+    blocks whose number per sample is even (5 blocks of a 56x56 stage become 6), so
+    that two threads get equal shares even at batch 1. Independent of the thread
+    count, so the blocks, and every value, are the same with threads on or off."""
+    count = -(-positions // max(1, _MLP_BLOCK // hidden))
+    if count > 1 and count % 2:
+        count += 1
+    return -(-positions // count)
+
+
+def _late_rows(model, w1, b1, w2, b2, xt, workers):
+    """``w2 @ GELU(w1 @ xt + b1) + b2`` split over threads by rows: first each thread
+    computes and activates its own rows of the hidden matrix, then (after all have)
+    its own rows of the output; each weight row is read by one thread only."""
+    hidden, c_out, columns = w1.shape[0], w2.shape[0], xt.shape[1]
+    h = np.empty((hidden, columns), model.dtype)
+    y = np.empty((c_out, columns), model.dtype)
+
+    def first(lo, hi):
+        def task():
+            sink, lap = _thread_stopwatch(model)
+            matmul(w1[lo:hi], xt, "linear", out=h[lo:hi])
+            if b1 is not None:
+                h[lo:hi] += b1[lo:hi, None]
+            lap("linear")
+            L.gelu_forward(h[lo:hi], out=h[lo:hi])
+            lap("gelu")
+            return sink
+
+        return task
+
+    def second(lo, hi):
+        def task():
+            sink, lap = _thread_stopwatch(model)
+            matmul(w2[lo:hi], h, "linear", out=y[lo:hi])
+            if b2 is not None:
+                y[lo:hi] += b2[lo:hi, None]
+            lap("linear")
+            return sink
+
+        return task
+
+    with parallel.single_threaded_blas():
+        _merge(model, parallel.run([first(lo, hi) for lo, hi in _row_ranges(hidden, workers)]))
+        _merge(model, parallel.run([second(lo, hi) for lo, hi in _row_ranges(c_out, workers)]))
+    return y
+
+
+def _row_ranges(rows, workers):
+    """Thread shares of ``rows`` matrix rows, in whole multiples of :data:`_ROW_UNIT`
+    rows (the last share may be shorter)."""
+    units = -(-rows // _ROW_UNIT)
+    return [(_ROW_UNIT * lo, min(rows, _ROW_UNIT * hi)) for lo, hi in parallel.split(units, workers)]
 
 
 def _affine(model, x, affine, lap):
@@ -240,9 +331,44 @@ def _stopwatch(model):
     return lap
 
 
-#: Hidden values per block of the fused inference MLP (``_fused_mlp``): 2**17
-#: float32 values are 512 KiB, which with the block's input and output stays in L2.
-_MLP_BLOCK = 1 << 17
+def _thread_stopwatch(model):
+    """``(sink, lap)`` for one worker thread: ``lap`` as :func:`_stopwatch`'s, but into
+    the thread's own dict ``sink`` (None when not profiling), merged by :func:`_merge`."""
+    if model.profile is None:
+        return None, lambda kind: None
+    sink = {}
+    last = [time.perf_counter()]
+
+    def lap(kind):
+        now = time.perf_counter()
+        key = f"forward:{kind}"
+        sink[key] = sink.get(key, 0.0) + now - last[0]
+        last[0] = now
+
+    return sink, lap
+
+
+def _merge(model, sinks):
+    """Add the worker threads' profiles (in task order) to ``model.profile``: with
+    threads, a kind's entry is the time summed over the threads that ran it."""
+    if model.profile is None:
+        return
+    for sink in sinks:
+        for key, seconds in sink.items():
+            model.profile[key] = model.profile.get(key, 0.0) + seconds
+
+
+#: Hidden values per block of the fused inference MLP (``_fused_mlp``): 2**18 float32
+#: values are 1 MiB, which with the block's input and output stays in a core's share of
+#: the last-level cache (the GELU walks it in L2-sized pieces). Measured (interleaved,
+#: NeoNeXt-T 224 px, 2 threads, batch 8) about 6 % faster than 2**17, whose fewer
+#: columns per product paid more per-call overhead; 2**19 and 2**20 no better; with
+#: one thread all four alike.
+_MLP_BLOCK = 1 << 18
+
+#: A late stage's rows are split over threads in multiples of this many rows (a
+#: multiple of the register blocking of BLAS kernels), only where there are two or more.
+_ROW_UNIT = 16
 
 
 def _is_mlp(layers):

@@ -18,4 +18,5 @@ def test_the_layout_checks_see_what_they_check():
     assert expected_test_file("neocell", False) == TESTS / "test_neocell.py"
     assert expected_test_file("golden", True) == TESTS / "verify" / "test_golden.py"
     assert expected_test_file("layer_kinds", False) == TESTS / "test_registry.py"
-    assert expected_test_file("instrument", False) is None
+    assert expected_test_file("instrument", False) == TESTS / "test_instrument.py"
+    assert expected_test_file("__main__", False) is None

@@ -12,14 +12,13 @@ PACKAGE = REPO / "neocell_ref"
 FOLDERS = {"support", "verify", "examples", "project", "meta", "data"}
 #: modules whose tests live in another module's test file, with the reason
 ELSEWHERE = {
+    "_parallel": ("test_models_fast.py", "the fast paths' worker threads, tested with the path they serve"),
     "layer_kinds": ("test_registry.py", "the built-in kinds are registry records, tested with the registry"),
 }
 #: modules without a test module of their own, with the reason
 UNTESTED = {
     "__init__": "the package namespace; the public API is fuzzed in tests/project/test_public_api.py",
     "__main__": "runs cli.main",
-    "instrument": "the MAC counter is the measuring instrument of every count test "
-    "(test_calculator, test_neocell_fast, test_layers, test_models)",
 }
 
 

@@ -1,0 +1,79 @@
+"""The MAC counter (neocell_ref/instrument.py), the instrument of every count test.
+
+Expected counts are written by hand from the shapes (``m·k·n`` per product, times the
+broadcast batch); the thread test records from several threads at once and expects the
+totals of the same products recorded one after another.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+from neocell_ref.instrument import count_macs, matmul
+
+
+@pytest.mark.parametrize(
+    "shape_a, shape_b, macs",
+    [
+        ((3, 4), (4, 5), 3 * 4 * 5),
+        ((2, 3, 4), (4, 5), 2 * 3 * 4 * 5),  # broadcast batch
+        ((7, 1, 3, 4), (6, 4, 5), 7 * 6 * 3 * 4 * 5),  # both broadcast
+        ((4,), (4, 5), 4 * 5),  # vector @ matrix
+        ((3, 4), (4,), 3 * 4),  # matrix @ vector
+        ((4,), (4,), 4),  # dot product
+        ((3, 0), (0, 5), 0),  # empty sum
+    ],
+)
+def test_a_product_costs_its_output_size_times_the_summed_length(shape_a, shape_b, macs):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(shape_a), rng.standard_normal(shape_b)
+    with count_macs() as counter:
+        y = matmul(a, b, tag="t")
+    assert np.array_equal(y, np.matmul(a, b)), "matmul must return np.matmul's product"
+    assert counter.macs == macs, f"{shape_a} @ {shape_b}: counted {counter.macs} MACs, expected {macs}"
+    assert counter.calls == [("t", shape_a, shape_b, macs)], f"recorded {counter.calls}"
+    assert counter.by_tag() == {"t": macs}
+
+
+def test_out_argument_nesting_and_nothing_recorded_outside():
+    a, b = np.ones((2, 3)), np.ones((3, 4))
+    out = np.empty((2, 4))
+    matmul(a, b)  # outside any block: not recorded anywhere
+    with count_macs() as outer:
+        matmul(a, b, tag="x", out=out)
+        with count_macs() as inner:
+            result = matmul(a, b, tag="y")
+        matmul(a, b, tag="x")
+    assert np.array_equal(out, np.full((2, 4), 3.0)), "out= must receive the product"
+    assert np.array_equal(result, out)
+    assert outer.by_tag() == {"x": 48, "y": 24}, f"outer block saw {outer.by_tag()}"
+    assert inner.by_tag() == {"y": 24}, f"inner block saw {inner.by_tag()}"
+    with count_macs() as after:
+        pass
+    assert after.macs == 0 and after.calls == []
+
+
+def test_products_from_several_threads_are_all_counted():
+    """Eight threads each record 200 products into the counter the caller opened, at the
+    same time: every product is counted once, under its own tag (the fast paths' worker
+    threads record into the block of the thread that called the model). Under CPython's
+    GIL an unlocked counter rarely loses an update, so this pins the totals, not the lock."""
+    a, b = np.ones((2, 3)), np.ones((3, 5))
+    per_call, threads, calls = 2 * 3 * 5, 8, 200
+    start = threading.Barrier(threads)
+
+    def work(tag):
+        start.wait()
+        for _ in range(calls):
+            matmul(a, b, tag=tag)
+
+    with count_macs() as counter:
+        pool = [threading.Thread(target=work, args=(f"t{i}",)) for i in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    assert len(counter.calls) == threads * calls, f"{len(counter.calls)} calls recorded, {threads * calls} made"
+    assert counter.macs == threads * calls * per_call, f"total {counter.macs}, expected {threads * calls * per_call}"
+    assert counter.by_tag() == {f"t{i}": calls * per_call for i in range(threads)}
