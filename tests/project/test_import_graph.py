@@ -83,8 +83,10 @@ def test_import_neocell_ref_imports_every_reference_module_and_not_the_verifier(
     problems = eager_import_problems(expected, loaded)
     assert not problems, "; ".join(problems)
     attributes = {name.partition(":")[2] for name in loaded if name.startswith("attribute:")}
-    assert attributes == {name.rpartition(".")[2] for name in expected}, (
-        f"modules in neocell_ref.__all__ {sorted(attributes)} differ from the reference modules {expected}"
+    # a private module (neocell_ref._parallel) is loaded with the reference but not exported
+    public = {short for short in (name.rpartition(".")[2] for name in expected) if not short.startswith("_")}
+    assert attributes == public, (
+        f"modules in neocell_ref.__all__ {sorted(attributes)} differ from the public reference modules {sorted(public)}"
     )
     # a name means one thing: the functions nr.expand and nr.complexity are not modules
     assert importlib.import_module(PACKAGE).expand is not importlib.import_module(f"{PACKAGE}.expansion")
