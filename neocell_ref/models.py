@@ -33,6 +33,7 @@ from . import registry
 from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, get_config
 from .layer_kinds import INIT_STD, trunc_normal
 from .models_fast import fast_forward
+from .models_fast_train import tail_backward, train_forward
 from .validation import as_int, as_real_array, check_nbytes, read_npz
 
 __all__ = [
@@ -96,6 +97,10 @@ class NeoNeXt:
         Set to a dict to accumulate seconds per layer kind (``"neocell"``, ``"linear"``,
         ``"gelu"``, ..., ``"residual_add"``) over forward and backward calls; forward and
         backward times go under ``"forward:<kind>"`` and ``"backward:<kind>"``.
+    fast_training : bool, default True
+        A cached training forward (and its backward) runs the fast training path
+        (:mod:`neocell_ref.models_fast_train`); False runs the plain layer-by-layer
+        formulation, which the fast one is tested against.
     """
 
     def __init__(self, *sizes, dtype=np.float64, rng=None, resolution=224, drop_path_seed=0, **options):
@@ -164,6 +169,7 @@ class NeoNeXt:
         self.buffers = {}
         self.grads = {}
         self.profile = None
+        self.fast_training = True
         self._tape = None
         self._running_updates = None
         # Refuse before allocating anything. Random initialisers draw in float64 first.
@@ -415,6 +421,10 @@ class NeoNeXt:
     def _forward(self, x, training, cache):
         if not cache:
             return fast_forward(self, x, training)
+        if training and self.fast_training:
+            x, tape = train_forward(self, x)
+            self._tape = {"layers": tape, "output_shape": x.shape, "training": True}
+            return x
         # The plain formulation: each layer of the description by its kind's record, every
         # intermediate a new array, the input of each layer kept for backward.
         tape = []
@@ -477,6 +487,8 @@ class NeoNeXt:
                 grad = grad + skips.pop()  # branch gradient plus skip gradient (new array)
                 if self.profile is not None:
                     self._tick("backward:residual_add", start)
+            elif kind == "tail":  # a block's fused tail (the fast training path)
+                grad = tail_backward(self, desc, grad, saved)
             else:
                 start = time.perf_counter() if self.profile is not None else 0.0
                 grad = registry.get(desc.kind).backward(self, desc, grad, saved)
