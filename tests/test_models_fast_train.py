@@ -1,0 +1,313 @@
+"""The fast training path (neocell_ref.models_fast_train) against the plain one.
+
+The plain formulation (``model.fast_training = False``: the layer-by-layer loop of
+models.py, each layer by its record, statistics and GELU recomputed in backward) is the
+independent reference. A training forward and its backward through both must give
+
+* bit-identical logits, input gradient, parameter gradients, running statistics and
+  drop-path draws where the fast path keeps the order of operations (every block in
+  the per-sample layout: batch 1, or the late-stage layout switched off);
+* results within the float32 accuracy of docs/model.md (float64: 1e-12) where the
+  late-stage ``(C, N·H·W)`` layout sums the weight gradients in another order;
+
+over small models with every layer kind and option (layer scale, drop path with a seed,
+biases), odd and rectangular input sizes, batch 1. The fast path's gradients also pass
+the finite-difference check on their own, and deliberately broken fast backwards (the
+BatchNorm backward without its mean term, the GELU derivative without ``x·φ(x)``, a
+late-stage weight gradient of the first sample only) fail the comparison.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import special
+
+import neocell_ref as nr
+from neocell_ref import models_fast_train as F
+from neocell_ref.gradcheck import check_gradients
+from neocell_ref.testing import relative_error
+
+#: documented accuracy (docs/model.md): float32 logits 1e-5, gradients 1e-4; float64 1e-12
+TOLERANCE = {np.float32: (1e-5, 1e-4), np.float64: (1e-12, 1e-12)}
+
+SMALL = dict(dims=(4, 8, 8, 8), num_classes=5, kernel_spec="2+3", shifts=(1, 1, 1, 0))
+
+
+def build(dtype, seed=0, depth=(1, 1, 2, 1), resolution=32, **options):
+    """A small model with random weights (NeoInit's structure perturbed: its kernels map
+    constant maps to constant maps, which would make some bias gradients exactly zero and
+    their relative errors meaningless)."""
+    options = {**SMALL, **options}
+    model = nr.models.NeoNeXt(depth, dtype=dtype, rng=np.random.default_rng(seed), resolution=resolution, **options)
+    rng = np.random.default_rng(seed + 100)
+    for key, value in model.params.items():
+        model.params[key] = (value + 0.1 * rng.standard_normal(value.shape)).astype(dtype)
+    return model
+
+
+def training_step(model, x, grad_logits, fast):
+    """Logits, input gradient, parameter gradients, buffers and the drop-path generator
+    state after one training forward and its backward."""
+    model.fast_training = fast
+    logits = model.forward(x, training=True)
+    grad_x = model.backward(grad_logits)
+    state = model.drop_path_rng.bit_generator.state
+    return {"logits": logits, "grad_x": grad_x, **model.grads, **dict(model.buffers)}, state
+
+
+def both(dtype, n, size, seed=0, **options):
+    """The plain and the fast results of the same step on twin models."""
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal((n, 3, *size)).astype(dtype)
+    g = rng.standard_normal((n, options.get("num_classes", SMALL["num_classes"]))).astype(dtype)
+    plain = training_step(build(dtype, seed, resolution=size, **options), x, g, fast=False)
+    fast = training_step(build(dtype, seed, resolution=size, **options), x, g, fast=True)
+    return plain, fast
+
+
+def mismatches(plain, fast, dtype, exact):
+    """``[(name, error)]`` of every array that differs (bitwise when ``exact``, else by
+    more than the documented relative error), and the generator state."""
+    (ref, ref_state), (got, got_state) = plain, fast
+    assert set(ref) == set(got), f"fast path gives {sorted(set(got) ^ set(ref))} differently"
+    bad = []
+    for key in ref:
+        if exact:
+            if not np.array_equal(ref[key], got[key]) or ref[key].dtype != got[key].dtype:
+                bad.append((key, relative_error(got[key], ref[key])))
+            continue
+        bound = TOLERANCE[dtype][0 if key == "logits" else 1]
+        diff = float(np.max(np.abs(got[key].astype(np.float64) - ref[key])))
+        err = diff / max(float(np.max(np.abs(ref[key]))), STRUCTURAL_ZERO * block_scale(ref, key))
+        if err > bound:
+            bad.append((key, err))
+    if ref_state != got_state:
+        bad.append(("drop_path_rng", float("inf")))
+    return bad
+
+
+#: Some gradients are exactly zero in exact arithmetic (a per-channel constant that a
+#: following training-mode BatchNorm removes: the bias of fc_2 in the last block of a
+#: stage, whose down-sampling NeoCell maps constant maps to constant maps) and hold only
+#: rounding noise; their relative error is meaningless. Every array is compared against
+#: at least this fraction of the largest gradient of its block (SPEC 9's relative error
+#: for every array larger than that).
+STRUCTURAL_ZERO = 1e-2
+
+
+def block_scale(ref, key):
+    """Largest magnitude of the reference gradients of the block (or layer) of ``key``."""
+    if key in ("logits", "grad_x"):
+        return 0.0
+    block = key.split(".ops.")[0] if ".ops." in key else key.split(".")[0]
+    return max(float(np.max(np.abs(v))) for k, v in ref.items() if k.startswith(block + ".") and v.ndim)
+
+
+def no_flat_layout(monkeypatch):
+    monkeypatch.setattr(F, "_flat_layout", lambda fc_1, fc_2, n, positions: False)
+
+
+def all_flat_layout(monkeypatch):
+    monkeypatch.setattr(F, "_flat_layout", lambda fc_1, fc_2, n, positions: n > 1)
+
+
+# --------------------------------------------------------------------------------------
+# bit-identical where the order of operations is the same
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(layer_scale_init_value=0.5, drop_path=0.5, linear_bias=True),
+        dict(layer_scale_init_value=1e-6, linear_bias=True),
+    ],
+    ids=["defaults", "layer_scale+drop_path+bias", "layer_scale+bias"],
+)
+@pytest.mark.parametrize("n, size", [(1, (64, 48)), (3, (36, 44))])
+def test_bit_identical_in_the_per_sample_layout(monkeypatch, dtype, options, n, size):
+    if n > 1:
+        no_flat_layout(monkeypatch)  # batch 1 never uses the flat layout
+    bad = mismatches(*both(dtype, n, size, **options), dtype, exact=True)
+    assert not bad, f"fast training path not bit-identical ({dtype.__name__}, n={n}, {size}, {options}): {bad}"
+
+
+# --------------------------------------------------------------------------------------
+# within the documented accuracy with the late-stage layout
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["default", "flat everywhere"])
+def test_late_stage_layout_within_documented_accuracy(monkeypatch, dtype, layout):
+    if layout != "default":
+        all_flat_layout(monkeypatch)
+    options = dict(layer_scale_init_value=0.5, drop_path=0.4, linear_bias=True)
+    # float32: at least 4 values per channel in stage 4's BatchNorm (over 3 values a
+    # batch-statistics BatchNorm amplifies the rounding of its input far beyond 1e-4)
+    size = (44, 52) if dtype == np.float64 else (64, 72)
+    bad = mismatches(*both(dtype, 3, size, **options), dtype, exact=False)
+    assert not bad, f"fast training path differs beyond the documented accuracy ({dtype.__name__}, {layout}): {bad}"
+
+
+@settings(max_examples=10)
+@given(data=st.data())
+def test_random_small_models_match_the_plain_path(data):
+    code = data.draw(st.sampled_from(["2+3", "3", "2", "3+2"]), label="kernel code")
+    shifts = tuple(data.draw(st.integers(0, 1), label=f"shift stage {s + 1}") for s in range(3)) + (0,)
+    size = data.draw(st.sampled_from([(32, 32), (32, 48), (36, 36), (44, 52)]), label="input H, W")
+    dims = data.draw(st.sampled_from([(4, 8, 8, 8), (3, 5, 6, 7)]), label="dims")
+    depth = data.draw(st.sampled_from([(1, 1, 1, 1), (2, 1, 2, 1)]), label="blocks per stage")
+    n = data.draw(st.integers(1, 3), label="batch")
+    if n == 1:
+        size = (64, 64)  # stage 4 needs more than one value per channel in its BatchNorm
+    options = dict(
+        dims=dims,
+        depth=depth,
+        kernel_spec=code,
+        shifts=shifts,
+        layer_scale_init_value=data.draw(st.sampled_from([0.0, 0.3]), label="layer_scale_init_value"),
+        linear_bias=data.draw(st.booleans(), label="linear_bias"),
+        drop_path=data.draw(st.sampled_from([0.0, 0.5]), label="drop_path"),
+        drop_path_seed=data.draw(st.integers(0, 99), label="drop_path_seed"),
+    )
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    bad = mismatches(*both(np.float64, n, size, seed, **options), np.float64, exact=False)
+    assert not bad, f"fast training path differs (n={n}, {size}, {options}): {bad}"
+
+
+# --------------------------------------------------------------------------------------
+# the fast path is the default; the cache survives its backward
+# --------------------------------------------------------------------------------------
+def test_fast_path_is_the_default_and_fuses_every_block():
+    model = build(np.float64, layer_scale_init_value=0.5, drop_path=0.3)
+    assert model.fast_training is True, "the fast training path is not the default"
+    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32))
+    model.forward(x, training=True)
+    blocks = sum(unit.kind == "residual" for unit in model.architecture.units)
+    tails = [entry for entry in model._tape["layers"] if entry[0] == "tail"]
+    assert len(tails) == blocks, f"{len(tails)} fused tails for {blocks} blocks"
+    model.fast_training = False
+    model.forward(x, training=True)
+    assert not [e for e in model._tape["layers"] if e[0] == "tail"], "plain path ran fused tails"
+
+
+def test_backward_twice_gives_the_same_gradients_and_keeps_the_cache():
+    model = build(np.float32, layer_scale_init_value=0.5, drop_path=0.3, linear_bias=True)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    g = rng.standard_normal((3, 5)).astype(np.float32)
+    model.forward(x, training=True)
+    first_x, first = model.backward(g), dict(model.grads)
+    second_x, second = model.backward(g), dict(model.grads)
+    assert np.array_equal(first_x, second_x), "a second backward gave another input gradient"
+    for key in first:
+        assert np.array_equal(first[key], second[key]), f"a second backward changed grads[{key!r}]"
+    doubled = model.backward(2 * g)  # backward is linear in grad_logits
+    assert relative_error(doubled, 2 * first_x) <= 1e-6, "backward is not linear in grad_logits"
+
+
+def test_profile_names_the_layer_kinds_of_the_fused_tail():
+    model = build(np.float64, layer_scale_init_value=0.5, drop_path=0.3)
+    model.profile = {}
+    x = np.random.default_rng(5).standard_normal((2, 3, 32, 32))
+    model.forward(x, training=True)
+    model.backward(np.ones((2, 5)))
+    for direction in ("forward", "backward"):
+        for kind in ("batchnorm", "linear", "gelu", "layer_scale", "drop_path", "neocell"):
+            assert f"{direction}:{kind}" in model.profile, f"profile lacks {direction}:{kind}: {sorted(model.profile)}"
+
+
+def test_non_finite_statistics_are_refused_and_buffers_unchanged():
+    for fast in (False, True):
+        model = build(np.float32)
+        model.fast_training = fast
+        for key in ("stage_1.0.ops.content.neocell.weight_a.0", "stage_1.0.ops.content.neocell.weight_b.0"):
+            model.params[key] = model.params[key] * np.float32(1e30)  # the block's BatchNorm input overflows
+        before = {k: v.copy() for k, v in model.buffers.items()}
+        with pytest.raises(ValueError, match="NaN or Inf"), np.errstate(all="ignore"):
+            model.forward(np.ones((2, 3, 32, 32), np.float32), training=True)
+        for key, value in before.items():
+            assert np.array_equal(model.buffers[key], value), f"fast={fast}: a refused forward changed {key}"
+
+
+# --------------------------------------------------------------------------------------
+# finite differences through the fast path (float64)
+# --------------------------------------------------------------------------------------
+def test_fast_path_gradients_by_finite_differences():
+    """Input and a sample of parameters of both layouts (stage 1: per sample; stages 3,
+    4: flat at batch 3), BatchNorm, layer scale, biases, drop path with fixed masks."""
+    model = build(np.float64, layer_scale_init_value=0.5, drop_path=0.5, linear_bias=True)
+    names = [
+        "stage_1.0.ops.content.norm.weight",
+        "stage_1.0.ops.content.fc_1.weight",
+        "stage_1.0.ops.content.fc_2.bias",
+        "stage_3.1.ops.content.fc_1.weight",
+        "stage_3.1.ops.content.fc_1.bias",
+        "stage_3.1.ops.content.norm.bias",
+        "stage_4.0.ops.content.fc_2.weight",
+        "stage_4.0.ops.content.layer_scale.gamma",
+    ]
+    x = np.random.default_rng(6).standard_normal((3, 3, 32, 32))
+    assert F._flat_layout(*_mlp(model, "stage_4.0"), 3, 1) and not F._flat_layout(*_mlp(model, "stage_1.0"), 3, 64)
+
+    def run(x_, *values):
+        for key, value in zip(names, values):
+            model.params[key] = value.copy()
+        model.drop_path_rng = np.random.default_rng(9)  # the same masks at every call
+        return model.forward(x_, training=True)
+
+    def backward(g, x_, *values):
+        run(x_, *values)
+        grad_x = model.backward(g)
+        return [grad_x] + [model.grads[k] for k in names]
+
+    inputs = [x] + [model.params[k].copy() for k in names]
+    report = check_gradients(
+        run, backward, inputs, names=["x"] + names, max_elements=6, rng=np.random.default_rng(12), dot_rtol=1e-7
+    )
+    assert report.passed, f"fast training path gradients\n{report}"
+
+
+def _mlp(model, block):
+    layers = {d.name: d for d in model.architecture.layers()}
+    return layers[f"{block}.ops.content.fc_1"], layers[f"{block}.ops.content.fc_2"]
+
+
+# --------------------------------------------------------------------------------------
+# the comparison has teeth: broken fast backwards fail it
+# --------------------------------------------------------------------------------------
+def _bn_backward_without_mean_term(model, desc, grad_y, x, bn_saved):
+    mean, inv_std, scale = bn_saved
+    x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
+    grad_b = grad_y.sum(axis=(0, 2, 3))
+    grad_w = (grad_y * x_hat).sum(axis=(0, 2, 3))
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    grad_x = (grad_y - x_hat * (grad_w / m)[:, None, None]) * scale[:, None, None]  # the Σ dy / M term missing
+    model.set_grad(desc, "weight", grad_w)
+    model.set_grad(desc, "bias", grad_b)
+    return grad_x
+
+
+def _gelu_derivative_without_density_term(h, d):
+    cdf = special.ndtr(h)
+    d[...] = cdf  # Φ(x) only: x·φ(x) forgotten
+    return np.multiply(h, cdf, out=h)
+
+
+def _first_sample_weight_grad(g3, x3):
+    return g3[0] @ x3[0].T  # Σ over samples forgotten
+
+
+@pytest.mark.parametrize(
+    "name, mutant, expected",
+    [
+        ("_bn_train_backward", _bn_backward_without_mean_term, "grad_x"),
+        ("_gelu_with_derivative", _gelu_derivative_without_density_term, "fc_1.weight"),
+        ("_weight_grad", _first_sample_weight_grad, "fc_2.weight"),
+    ],
+)
+def test_broken_fast_backwards_fail_the_comparison(monkeypatch, name, mutant, expected):
+    no_flat_layout(monkeypatch)  # _weight_grad serves the per-sample layout
+    monkeypatch.setattr(F, name, mutant)
+    bad = mismatches(*both(np.float64, 3, (32, 32), linear_bias=True), np.float64, exact=False)
+    assert any(expected in key for key, _ in bad), f"mutant {name} not caught (mismatches: {bad})"
