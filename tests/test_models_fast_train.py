@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from scipy import special
 
 import neocell_ref as nr
+from neocell_ref import layers as L
 from neocell_ref import models_fast_train as F
 from neocell_ref.gradcheck import check_gradients
 from neocell_ref.testing import relative_error
@@ -311,3 +312,19 @@ def test_broken_fast_backwards_fail_the_comparison(monkeypatch, name, mutant, ex
     monkeypatch.setattr(F, name, mutant)
     bad = mismatches(*both(np.float64, 3, (32, 32), linear_bias=True), np.float64, exact=False)
     assert any(expected in key for key, _ in bad), f"mutant {name} not caught (mismatches: {bad})"
+
+
+def test_fused_gelu_is_the_plain_gelu_and_its_derivative_bit_for_bit(monkeypatch):
+    """float32 GELU and derivative of one fused pass against layers.gelu_forward and
+    layers.gelu_backward, over a grid with the special values, in many blocks."""
+    monkeypatch.setattr(F, "_GELU_CHUNK", 999)  # 22 blocks, the last one ragged
+    grid = np.linspace(-16, 16, 20990, dtype=np.float32)  # with the 10 special values: 3·7·1000
+    special_values = np.array([0.0, -0.0, 1e-30, -1e-30, 12.0, -12.0, np.inf, -np.inf, 3e38, -3e38], np.float32)
+    h = np.concatenate([grid, special_values]).reshape(3, -1, 7)
+    got_d = np.empty_like(h)
+    with np.errstate(invalid="ignore", over="ignore"):  # the derivative at ±inf is NaN in both
+        expected_y = L.gelu_forward(h)
+        expected_d = L.gelu_backward(np.ones_like(h), h)[0]
+        got_y = F._gelu_with_derivative(h.copy(), got_d)
+    assert np.array_equal(got_y, expected_y), "fused GELU differs from layers.gelu_forward"
+    assert np.array_equal(got_d, expected_d, equal_nan=True), "fused GELU derivative differs from layers.gelu_backward"
