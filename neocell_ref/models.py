@@ -369,7 +369,9 @@ class NeoNeXt:
         cache : bool, default True
             Keep what :meth:`backward` needs (the input of every layer, the drop-path
             factors and the BatchNorm statistics used): the plain formulation, one
-            layer after the other. ``cache=False`` is the fast inference path
+            layer after the other; in training the fast training path
+            (:mod:`neocell_ref.models_fast_train`) unless :attr:`fast_training` is
+            False. ``cache=False`` is the fast inference path
             (:mod:`neocell_ref.models_fast`): intermediate arrays are overwritten in
             place, the part of each block after its NeoCell runs fused over cache-sized
             blocks of pixels (``docs/model.md``), and :meth:`backward` is refused until
