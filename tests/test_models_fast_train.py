@@ -324,3 +324,27 @@ def test_fused_gelu_is_the_plain_gelu_and_its_derivative_bit_for_bit(monkeypatch
         got_y = F._gelu_with_derivative(h.copy(), got_d)
     assert np.array_equal(got_y, expected_y), "fused GELU differs from layers.gelu_forward"
     assert np.array_equal(got_d, expected_d, equal_nan=True), "fused GELU derivative differs from layers.gelu_backward"
+
+
+def test_running_update_from_statistics_is_the_update_from_x():
+    """layers.batchnorm_running_from_stats (the fast path's update) against
+    batchnorm_update_running on the same x, and its refusals."""
+    rng = np.random.default_rng(8)
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((3, 4, 5, 6)).astype(dtype)
+        rm, rv = rng.standard_normal(4).astype(dtype), rng.uniform(0.5, 1.5, 4).astype(dtype)
+        expected = L.batchnorm_update_running(x, rm, rv, np.int64(7), momentum=0.3)
+        got = L.batchnorm_running_from_stats(*L.batchnorm_stats(x), 90, rm, rv, np.int64(7), momentum=0.3)
+        for name, e, g in zip(("running_mean", "running_var", "num_batches_tracked"), expected, got):
+            assert np.array_equal(e, g) and e.dtype == g.dtype, f"{name} ({dtype.__name__}): {g} != {e}"
+    mean, var = np.zeros(4), np.ones(4)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        L.batchnorm_running_from_stats(np.full(4, np.nan), var, 90, mean, var, 0)
+    with pytest.raises(ValueError, match="running_var"):
+        L.batchnorm_running_from_stats(mean, var, 90, mean, -var, 0)
+    with pytest.raises(ValueError, match="fits int64"):
+        L.batchnorm_running_from_stats(mean, var, 90, mean, var, np.iinfo(np.int64).max)
+    with pytest.raises(ValueError, match="m must be >= 2"):
+        L.batchnorm_running_from_stats(mean, var, 1, mean, var, 0)
+    with pytest.raises(ValueError, match="shape"):
+        L.batchnorm_running_from_stats(np.zeros(3), var, 90, mean, var, 0)
