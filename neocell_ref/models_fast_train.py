@@ -99,10 +99,6 @@ class TailPlan(tuple):
 
     __slots__ = ()
 
-    @property
-    def kind(self):  # the profile and error messages name the step by this
-        return "tail"
-
 
 def train_tail(layers):
     """A :class:`TailPlan` if ``layers`` (the rest of a residual unit) is
