@@ -44,6 +44,7 @@ __all__ = [
     "batchnorm_forward",
     "batchnorm_backward",
     "batchnorm_update_running",
+    "batchnorm_running_from_stats",
     "batchnorm_affine",
     "layernorm_forward",
     "layernorm_backward",
@@ -437,12 +438,7 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
     if x.shape[0] * x.shape[2] * x.shape[3] < 2:
         raise ValueError(f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}")
     momentum = real_number(momentum, "momentum", 0.0, 1.0)
-    nbt = np.asarray(num_batches_tracked)
-    if nbt.shape != () or nbt.dtype.kind not in "iu":
-        raise TypeError(f"num_batches_tracked must be an integer scalar, got {num_batches_tracked!r}")
-    count = int(nbt)
-    if not 0 <= count < np.iinfo(np.int64).max:
-        raise ValueError(f"num_batches_tracked must be in [0, 2**63 - 1) so that the new count fits int64, got {count}")
+    count = _check_count(num_batches_tracked)
     _check_running(rm, rv)
     # Refused before any statistic is computed: a NaN or Inf would enter the running
     # statistics for good (and the model would then refuse its own state dict).
@@ -450,10 +446,49 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
         raise ValueError("x contains NaN or Inf; a training forward would write them into the running statistics")
     m = x.shape[0] * x.shape[2] * x.shape[3]
     mean, var = _bn_stats(x.astype(compute_dtype(x), copy=False))
+    return _bn_running(mean, var, m, rm, rv, count, momentum)
+
+
+def _check_count(num_batches_tracked):
+    """``num_batches_tracked`` as an int whose successor fits int64."""
+    nbt = np.asarray(num_batches_tracked)
+    if nbt.shape != () or nbt.dtype.kind not in "iu":
+        raise TypeError(f"num_batches_tracked must be an integer scalar, got {num_batches_tracked!r}")
+    count = int(nbt)
+    if not 0 <= count < np.iinfo(np.int64).max:
+        raise ValueError(f"num_batches_tracked must be in [0, 2**63 - 1) so that the new count fits int64, got {count}")
+    return count
+
+
+def _bn_running(mean, var, m, rm, rv, count, momentum):
+    """The update rule of :func:`batchnorm_update_running` from the batch statistics of
+    ``m`` values per channel (operands already validated)."""
     dtype = compute_dtype(rm, rv)
     new_mean = ((1.0 - momentum) * rm + momentum * mean).astype(dtype, copy=False)
     new_var = ((1.0 - momentum) * rv + momentum * var * (m / (m - 1))).astype(dtype, copy=False)
     return new_mean, new_var, np.asarray(count + 1, dtype=np.int64)
+
+
+def batchnorm_running_from_stats(mean, var, m, running_mean, running_var, num_batches_tracked, *, momentum=0.1):
+    """:func:`batchnorm_update_running` given the batch statistics instead of ``x``.
+
+    For a caller that has already computed ``mean, var = batchnorm_stats(x)`` over
+    ``m = N·H·W >= 2`` values per channel (the fast training path): the same rule, the
+    same checks of the running statistics and the count, without a second pass over
+    ``x``. Non-finite statistics are refused (``x`` held NaN or Inf).
+    """
+    rm = as_real_array(running_mean, "running_mean")
+    rv = as_real_array(running_var, "running_var")
+    mean, var = as_real_array(mean, "mean"), as_real_array(var, "var")
+    for arr, name in ((rv, "running_var"), (mean, "mean"), (var, "var")):
+        _check_shape(arr, name, rm.shape)
+    m = as_int(m, "m", 2)
+    momentum = real_number(momentum, "momentum", 0.0, 1.0)
+    count = _check_count(num_batches_tracked)
+    _check_running(rm, rv)
+    if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+        raise ValueError("the batch statistics contain NaN or Inf (x held NaN or Inf); running statistics unchanged")
+    return _bn_running(mean, var, m, rm, rv, count, momentum)
 
 
 # --------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from . import registry
 from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, get_config, resolution_pair
 from .layer_kinds import INIT_STD, trunc_normal
 from .models_fast import fast_forward
+from .models_fast_train import tail_backward, train_forward
 from .validation import as_int, as_real_array, check_nbytes, read_npz
 
 __all__ = [
@@ -95,6 +96,10 @@ class NeoNeXt:
         Set to a dict to accumulate seconds per layer kind (``"neocell"``, ``"linear"``,
         ``"gelu"``, ..., ``"residual_add"``) over forward and backward calls; forward and
         backward times go under ``"forward:<kind>"`` and ``"backward:<kind>"``.
+    fast_training : bool, default True
+        A cached training forward (and its backward) runs the fast training path
+        (:mod:`neocell_ref.models_fast_train`); False runs the plain layer-by-layer
+        formulation, which the fast one is tested against.
     """
 
     def __init__(self, *sizes, dtype=np.float64, rng=None, resolution=224, drop_path_seed=0, **options):
@@ -163,6 +168,7 @@ class NeoNeXt:
         self.buffers = {}
         self.grads = {}
         self.profile = None
+        self.fast_training = True
         self._tape = None
         self._running_updates = None
         # Refuse before allocating anything. Random initialisers draw in float64 first.
@@ -360,7 +366,9 @@ class NeoNeXt:
         cache : bool, default True
             Keep what :meth:`backward` needs (the input of every layer, the drop-path
             factors and the BatchNorm statistics used): the plain formulation, one
-            layer after the other. ``cache=False`` is the fast inference path
+            layer after the other; in training the fast training path
+            (:mod:`neocell_ref.models_fast_train`) unless :attr:`fast_training` is
+            False. ``cache=False`` is the fast inference path
             (:mod:`neocell_ref.models_fast`): intermediate arrays are overwritten in
             place, the part of each block after its NeoCell runs fused over cache-sized
             blocks of pixels (``docs/model.md``), and :meth:`backward` is refused until
@@ -412,6 +420,10 @@ class NeoNeXt:
     def _forward(self, x, training, cache):
         if not cache:
             return fast_forward(self, x, training)
+        if training and self.fast_training:
+            x, tape = train_forward(self, x)
+            self._tape = {"layers": tape, "output_shape": x.shape, "training": True}
+            return x
         # The plain formulation: each layer of the description by its kind's record, every
         # intermediate a new array, the input of each layer kept for backward.
         tape = []
@@ -474,6 +486,8 @@ class NeoNeXt:
                 grad = grad + skips.pop()  # branch gradient plus skip gradient (new array)
                 if self.profile is not None:
                     self._tick("backward:residual_add", start)
+            elif kind == "tail":  # a block's fused tail (the fast training path)
+                grad = tail_backward(self, desc, grad, saved)
             else:
                 start = time.perf_counter() if self.profile is not None else 0.0
                 grad = registry.get(desc.kind).backward(self, desc, grad, saved)

@@ -238,6 +238,7 @@ def _model_outputs(meta, arrays, dtype):
     model = NeoNeXt(**meta["config"], dtype=dtype, rng=np.random.default_rng(0), resolution=x_shape[2:])
     state = {k[len("state/") :]: np.array(v) for k, v in arrays.items() if k.startswith("state/")}
     model.load_state_dict(state)
+    model.fast_training = False  # the plain path: it runs every layer by its (replaced) function
     x = np.asarray(arrays["x"], dtype=np.float64).astype(dtype)
     out = {"logits_eval": model.forward(x, training=False), "logits_train": model.forward(x, training=True)}
     out["grad_x"] = model.backward(np.asarray(arrays["grad_logits"], dtype=np.float64).astype(dtype))

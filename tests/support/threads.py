@@ -12,7 +12,7 @@ from neocell_ref import models_fast
 from neocell_ref.instrument import count_macs
 from neocell_ref.verify.tolerances import relative_error
 
-# The small model of test_model.py (32x32): stage 1 (4 channels at 8x8, 16 hidden) runs
+# The small model of support/models.py (32x32, with two stage-2 blocks): stage 1 (4 channels at 8x8, 16 hidden) runs
 # the early-stage pixel blocks, stages 2-4 the late-stage (C, N·H·W) matrix.
 TINY = dict(
     per_stage_layers=(1, 2, 1, 1),

@@ -1,0 +1,408 @@
+"""The fast training path of :class:`neocell_ref.models.NeoNeXt`: ``forward(x, training=True)``
+(with the default ``cache=True``) and the :meth:`~neocell_ref.models.NeoNeXt.backward` after it.
+
+The plain formulation is the layer-by-layer loop of :mod:`neocell_ref.models` (each layer
+by its layer kind's record, every intermediate a new array, each layer's input kept and
+everything else recomputed in backward); it stays reachable with
+``model.fast_training = False``. This module runs the same network with the part of
+each block after its NeoCell,
+
+    ``skip + drop_path(layer_scale(fc_2(GELU(fc_1(BatchNorm(x))))))``,
+
+as one fused step (:func:`tail_forward`, :func:`tail_backward`). Every other layer
+(stem, down-sampling, NeoCell, head) runs by its record exactly as in the plain path.
+What the fused step does differently:
+
+* **BatchNorm** (training mode): the batch statistics are computed once, with the
+  plain path's two-pass rule (:func:`neocell_ref.layers.batchnorm_stats`' arithmetic),
+  and serve the normalisation, the running-statistic update and the backward, where
+  the plain path computes them three times; the backward works in place in buffers it
+  owns;
+* **GELU**: one blocked pass over the hidden activation computes both ``GELU(h)`` (in
+  place of ``h``) and its derivative ``GELU'(h)``, sharing the evaluation of ``Φ``; the
+  derivative is kept for backward, where the GELU backward becomes one multiplication
+  (the plain path keeps ``h`` and re-evaluates ``Φ`` and ``φ`` there);
+* **layout**: with more than one sample the block's activations are gathered into one
+  ``(C, N·H·W)`` matrix (:func:`_flat_layout`), so that each weight matrix is streamed
+  once per batch, each product is one BLAS call and each weight gradient is one product
+  with the long ``N·H·W`` sum inside BLAS, instead of ``N`` products summed afterwards;
+  batch 1 runs the plain path's products on the NCHW memory;
+* **layer scale, drop path, residual addition** run in place on arrays the step made.
+
+Equality with the plain path (``tests/test_models_fast_train.py``): in the per-sample
+layout every value goes through the same operations in the same order, so logits,
+gradients and running statistics are bit-identical; the ``(C, N·H·W)`` layout sums the
+weight gradients in another order (one product over ``N·H·W`` instead of ``N`` products
+then a sum) and lets BLAS block the products differently, which is within the float32
+accuracy of ``docs/model.md`` (float64: about 1e-15 relative).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from scipy import special
+
+from . import layers as L
+from . import registry
+from .instrument import matmul
+
+__all__ = ["train_forward", "tail_forward", "tail_backward", "train_tail"]
+
+
+def train_forward(model, x):
+    """Training-mode logits of ``model`` for ``x`` (checked, model dtype) and the tape.
+
+    Returns
+    -------
+    logits : ndarray, shape (N, num_classes)
+    tape : list
+        ``(kind, desc, saved)`` entries in execution order, as the plain path records
+        them (``"fork"``, ``"layer"``, ``"join"``) plus ``("tail", TailPlan, saved)``
+        for a fused block tail; :meth:`NeoNeXt.backward` walks it backwards.
+    """
+    tape = []
+    for unit in model.describe(x.shape[2:]).units:
+        residual = unit.kind == "residual"
+        if residual:
+            skip = x
+            tape.append(("fork", None, None))
+        layers = list(unit.layers)
+        tail = None
+        for i in range(len(layers)) if residual else ():
+            tail = train_tail(layers[i:])
+            if tail is not None:
+                layers = layers[:i]
+                break
+        for desc in layers:
+            start = time.perf_counter() if model.profile is not None else 0.0
+            x, saved, _ = registry.get(desc.kind).forward(model, desc, x, True, False)
+            tape.append(("layer", desc, saved))
+            if model.profile is not None:
+                model._tick(f"forward:{desc.kind}", start)
+        if tail is not None:
+            x, saved = tail_forward(model, tail, x, skip)  # the residual addition included
+            tape.append(("tail", tail, saved))
+            tape.append(("join", None, None))
+        elif residual:
+            start = time.perf_counter() if model.profile is not None else 0.0
+            x = skip + x
+            if model.profile is not None:
+                model._tick("forward:residual_add", start)
+            tape.append(("join", None, None))
+    return x, tape
+
+
+class TailPlan(tuple):
+    """``(batchnorm or None, fc_1, fc_2, layer_scale or None, drop_path or None)``."""
+
+    __slots__ = ()
+
+
+def train_tail(layers):
+    """A :class:`TailPlan` if ``layers`` (the rest of a residual unit) is
+    ``[batchnorm], linear, gelu, linear, [layer_scale], [drop_path]``, else None.
+    Which layers a block has is read from the description, not assumed."""
+    kinds = [d.kind for d in layers]
+    bn = None
+    if kinds[:1] == ["batchnorm"]:
+        bn, layers, kinds = layers[0], layers[1:], kinds[1:]
+    if kinds[:3] != ["linear", "gelu", "linear"]:
+        return None
+    fc_1, fc_2 = layers[0], layers[2]
+    if fc_1.out_shape != fc_2.in_shape:  # pragma: no cover - guarded by the description
+        return None
+    rest, kinds = list(layers[3:]), kinds[3:]
+    scale = drop = None
+    if kinds[:1] == ["layer_scale"]:
+        scale, kinds = rest.pop(0), kinds[1:]
+    if kinds[:1] == ["drop_path"]:
+        drop, kinds = rest.pop(0), kinds[1:]
+    return None if kinds else TailPlan((bn, fc_1, fc_2, scale, drop))
+
+
+def _lap(model, direction):
+    """``lap(kind)`` adds the time since the previous lap to ``profile[direction:kind]``."""
+    if model.profile is None:
+        return lambda kind: None
+    last = [time.perf_counter()]
+
+    def lap(kind):
+        now = time.perf_counter()
+        key = f"{direction}:{kind}"
+        model.profile[key] = model.profile.get(key, 0.0) + now - last[0]
+        last[0] = now
+
+    return lap
+
+
+def _flat_layout(fc_1, fc_2, n, positions):
+    """True when the block's products run on one ``(C, N·H·W)`` matrix: for every batch
+    of more than one sample.
+
+    Measured on 2 cores (NeoNeXt-T, batch 8, interleaved A/B, benchmarks/README.md): in
+    the late stages (weights larger than one sample's hidden activation) it saves 11 %
+    of the training step single-threaded, where ``N`` per-sample weight gradients of
+    short sums are the cost; in the early stages it is neutral single-threaded and saves
+    8-25 % with multi-threaded BLAS on a loaded machine, where each of the ``N``
+    per-sample products is a synchronisation of the BLAS threads. The per-sample layout
+    (the plain path's products, bit-identical) serves batch 1.
+    """
+    return n > 1
+
+
+def _to_flat(a3):
+    """``(N, C, P) -> (C, N·P)`` (a copy)."""
+    n, c, p = a3.shape
+    return np.ascontiguousarray(a3.transpose(1, 0, 2)).reshape(c, n * p)
+
+
+def _from_flat(a, n, out=None):
+    """``(C, N·P) -> (N, C, P)``, into ``out`` when given, else a new array."""
+    c = a.shape[0]
+    view = a.reshape(c, n, -1).transpose(1, 0, 2)
+    if out is None:
+        return np.ascontiguousarray(view)
+    out[...] = view
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# forward
+# --------------------------------------------------------------------------------------
+def tail_forward(model, tail, x, skip):
+    """``skip + drop_path(γ·fc_2(GELU(fc_1(BN(x)))))`` in training mode, and what backward needs.
+
+    ``x`` (the block's NeoCell output) and ``skip`` are never modified. The BatchNorm
+    running-statistic updates are staged on the model (committed after the forward).
+
+    Returns
+    -------
+    out : ndarray, shape of ``skip``
+    saved : tuple
+        ``(x, bn_saved, y, a, d, z, drop_scale, flat)``: the BatchNorm input and its
+        ``(mean, inv_std, scale)``, fc_1's input ``y``, fc_2's input ``a = GELU(h)``
+        and the GELU derivative ``d = GELU'(h)`` (both ``(N, 4C, P)`` or, in the flat
+        layout, ``(4C, N·P)``, with ``y`` alike), the layer-scale input ``z`` (None
+        without layer scale), the drop-path factors (None when not drawn).
+    """
+    bn, fc_1, fc_2, scale_desc, drop_desc = tail
+    lap = _lap(model, "forward")
+    n = x.shape[0]
+    positions = int(np.prod(x.shape[2:], dtype=np.int64))
+    bn_saved = None
+    if bn is not None:
+        y, bn_saved = _bn_train_forward(model, bn, x)
+    else:
+        y = x
+    lap("batchnorm")
+    w1, b1, w2, b2 = _weights(model, fc_1), _bias(model, fc_1), _weights(model, fc_2), _bias(model, fc_2)
+    flat = _flat_layout(fc_1, fc_2, n, positions)
+    y3 = np.ascontiguousarray(y).reshape(n, y.shape[1], positions)
+    if flat:
+        y2 = _to_flat(y3)
+        h = matmul(w1, y2, "linear")
+        if b1 is not None:
+            h += b1[:, None]
+    else:
+        y2 = y3
+        h = matmul(w1, y3, "linear")  # the plain path's product: one GEMM per sample
+        if b1 is not None:
+            h += b1[:, None]
+    lap("linear")
+    d = np.empty_like(h)
+    a = _gelu_with_derivative(h, d)  # in place of h
+    lap("gelu")
+    z = matmul(w2, a, "linear")
+    if b2 is not None:
+        z += b2[:, None]
+    if flat:
+        z = _from_flat(z, n)
+    z = z.reshape(skip.shape)
+    lap("linear")
+    kept_z = None
+    if scale_desc is not None:
+        kept_z = z
+        z = L.layer_scale_forward(z, model.param(scale_desc, "gamma"))  # new array: z is kept for γ's gradient
+        lap("layer_scale")
+    drop_scale = None
+    if drop_desc is not None and drop_desc.options["rate"] != 0.0:
+        # the drop_path record's draw, in execution order (one rng.random(N) per block)
+        drop_scale = L.drop_path_scale(model.drop_path_rng, n, drop_desc.options["rate"], dtype=z.dtype)
+        L.drop_path_forward(z, drop_scale, out=z)
+        lap("drop_path")
+    z += skip  # x + branch, with the branch's buffer as the result (addition commutes exactly)
+    lap("residual_add")
+    return z, (x, bn_saved, y2, a, d, kept_z, drop_scale, flat)
+
+
+def _weights(model, desc):
+    return model.param(desc, "weight")
+
+
+def _bias(model, desc):
+    return model.param(desc, "bias") if "bias" in desc.params else None
+
+
+def _bn_train_forward(model, desc, x):
+    """Training-mode BatchNorm with the statistics computed once (the plain two-pass rule).
+
+    Returns ``y`` (a new array) and ``(mean, inv_std, scale)`` for backward; stages the
+    running-statistic updates.
+    """
+    w, b = model.param(desc, "weight"), model.param(desc, "bias")
+    mean, var = L.batchnorm_stats(x)
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    if count < 2:
+        raise ValueError(f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}")
+    running = L.batchnorm_running_from_stats(
+        mean,
+        var,
+        count,
+        model.buffer(desc, "running_mean"),
+        model.buffer(desc, "running_var"),
+        model.buffer(desc, "num_batches_tracked"),
+        momentum=desc.options["momentum"],
+    )
+    for entry, value in zip(("running_mean", "running_var", "num_batches_tracked"), running):
+        model.stage_buffer(desc, entry, value)
+    inv_std, scale, shift = L._bn_scale_shift(w, b, mean, var, desc.options["eps"])
+    y = np.multiply(x, scale[:, None, None])
+    y += shift[:, None, None]
+    return y, (mean, inv_std, scale)
+
+
+#: Values per block of the fused GELU (forward and derivative): the temporaries stay in L2.
+_GELU_CHUNK = 32768
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def _gelu_with_derivative(h, d):
+    """``GELU(h)`` in place of ``h`` and ``GELU'(h)`` into ``d``; returns ``h``.
+
+    float32: the arithmetic of :func:`neocell_ref.layers.gelu_forward` and
+    :func:`~neocell_ref.layers.gelu_backward` (the fitted ``Φ(-|x|)``, evaluated once
+    here for both), value by value the same operations in the same order, so both
+    results are bit-identical to the plain path's. float64: SciPy's ``ndtr`` as there.
+    """
+    if h.dtype != np.float32:
+        cdf = special.ndtr(h)
+        pdf = np.exp(np.square(h) * -0.5) * _INV_SQRT_2PI
+        np.add(cdf, h * pdf, out=d)
+        return np.multiply(h, cdf, out=h)
+    flat_h, flat_d = h.reshape(-1), d.reshape(-1)
+    size = min(_GELU_CHUNK, flat_h.size)
+    t_buf, w_buf, p_buf = (np.empty(size, dtype=np.float32) for _ in range(3))
+    half, zero = np.float32(0.5), np.float32(0.0)
+    with np.errstate(under="ignore"):  # exp(P(t)) underflows to 0 on purpose for large t
+        for start in range(0, flat_h.size, _GELU_CHUNK):
+            xs = flat_h[start : start + _GELU_CHUNK]
+            ds = flat_d[start : start + _GELU_CHUNK]
+            k = xs.size
+            t = np.abs(xs, out=t_buf[:k])
+            q = L._gelu32_tail(t, w_buf[:k])  # Φ(-|x|); clips t in place
+            # derivative Φ(x) + x·φ(x), as layers._gelu32_backward
+            np.subtract(half, q, out=ds)
+            np.copysign(ds, xs, out=ds)
+            ds += half
+            pdf = np.square(xs, out=p_buf[:k])
+            pdf *= np.float32(-0.5)
+            np.exp(pdf, out=pdf)
+            pdf *= np.float32(_INV_SQRT_2PI)
+            pdf *= xs
+            ds += pdf
+            # value max(x, 0) - |x|·Φ(-|x|), as layers._gelu32_forward (x is overwritten last)
+            q *= t
+            np.maximum(xs, zero, out=xs)
+            xs -= q
+    return h
+
+
+# --------------------------------------------------------------------------------------
+# backward
+# --------------------------------------------------------------------------------------
+def tail_backward(model, tail, grad, saved):
+    """Gradient with respect to the tail's input ``x`` (the skip's gradient is ``grad``
+    itself, added by the model at the fork); parameter gradients through ``model.set_grad``.
+
+    ``grad`` is never modified; every buffer written in place is made here.
+    """
+    bn, fc_1, fc_2, scale_desc, drop_desc = tail
+    x, bn_saved, y2, a, d, z, drop_scale, flat = saved
+    lap = _lap(model, "backward")
+    n = grad.shape[0]
+    g = grad
+    if drop_scale is not None:
+        g = g * drop_scale[:, None, None, None]  # drop path backward: dy·scale, a new array
+        lap("drop_path")
+    if scale_desc is not None:
+        gamma = model.param(scale_desc, "gamma")
+        model.set_grad(scale_desc, "gamma", (g * z).sum(axis=(0, 2, 3)))
+        if g is grad:
+            g = g * gamma[:, None, None]
+        else:
+            g *= gamma[:, None, None]
+        lap("layer_scale")
+    w1, b1, w2, b2 = _weights(model, fc_1), _bias(model, fc_1), _weights(model, fc_2), _bias(model, fc_2)
+    g3 = g.reshape(n, g.shape[1], -1)
+    # fc_2: dx = W2ᵀ dy, dW2 = dy aᵀ, db2 = Σ dy
+    if flat:
+        g2 = _to_flat(g3)
+        grad_a = matmul(w2.T, g2, "linear")
+        model.set_grad(fc_2, "weight", matmul(g2, a.T, "linear"))
+        if b2 is not None:
+            model.set_grad(fc_2, "bias", g2.sum(axis=1))
+    else:
+        grad_a = matmul(w2.T, g3, "linear")
+        model.set_grad(fc_2, "weight", _weight_grad(g3, a))
+        if b2 is not None:
+            model.set_grad(fc_2, "bias", g3.sum(axis=(0, 2)))
+    lap("linear")
+    grad_a *= d  # GELU backward: dy·GELU'(h)
+    lap("gelu")
+    grad_h = grad_a
+    if flat:
+        grad_y = matmul(w1.T, grad_h, "linear")
+        model.set_grad(fc_1, "weight", matmul(grad_h, y2.T, "linear"))
+        if b1 is not None:
+            model.set_grad(fc_1, "bias", grad_h.sum(axis=1))
+        grad_y = _from_flat(grad_y, n)
+    else:
+        grad_y = matmul(w1.T, grad_h, "linear")
+        model.set_grad(fc_1, "weight", _weight_grad(grad_h, y2))
+        if b1 is not None:
+            model.set_grad(fc_1, "bias", grad_h.sum(axis=(0, 2)))
+    grad_y = grad_y.reshape(x.shape)
+    lap("linear")
+    if bn is None:
+        return grad_y
+    grad_x = _bn_train_backward(model, bn, grad_y, x, bn_saved)
+    lap("batchnorm")
+    return grad_x
+
+
+def _weight_grad(g3, x3):
+    """``Σ_n g3[n] x3[n]ᵀ``, exactly as :func:`neocell_ref.layers.linear_backward`."""
+    if g3.shape[0] == 1:
+        return matmul(g3[0], x3[0].T, "linear")
+    return matmul(g3, x3.transpose(0, 2, 1), "linear").sum(axis=0)
+
+
+def _bn_train_backward(model, desc, grad_y, x, bn_saved):
+    """Training-mode BatchNorm backward with the forward's statistics, in place in
+    ``grad_y`` (which the caller owns): the operations of
+    :func:`neocell_ref.layers.batchnorm_backward`, in the same order."""
+    mean, inv_std, scale = bn_saved
+    x_hat = x - mean[:, None, None]
+    x_hat *= inv_std[:, None, None]
+    grad_b = grad_y.sum(axis=(0, 2, 3))
+    grad_w = (grad_y * x_hat).sum(axis=(0, 2, 3))
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    grad_y -= (grad_b / m)[:, None, None]
+    x_hat *= (grad_w / m)[:, None, None]
+    grad_y -= x_hat
+    grad_y *= scale[:, None, None]
+    model.set_grad(desc, "weight", grad_w)
+    model.set_grad(desc, "bias", grad_b)
+    return grad_y

@@ -1,0 +1,52 @@
+"""The fast training path's comparison has teeth.
+
+- ``test_broken_fast_backwards_fail_the_comparison``: the comparison of
+  tests/test_models_fast_train.py (``support.models_fast_train.mismatches`` of one
+  training step through the plain and the fast path) fails for a BatchNorm backward
+  without its mean term, a GELU derivative without ``x·φ(x)``, and a weight gradient of
+  the first sample only.
+"""
+
+import numpy as np
+import pytest
+from scipy import special
+from support.models_fast_train import both, mismatches, no_flat_layout
+
+from neocell_ref import models_fast_train as F
+
+
+def _bn_backward_without_mean_term(model, desc, grad_y, x, bn_saved):
+    mean, inv_std, scale = bn_saved
+    x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
+    grad_b = grad_y.sum(axis=(0, 2, 3))
+    grad_w = (grad_y * x_hat).sum(axis=(0, 2, 3))
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    grad_x = (grad_y - x_hat * (grad_w / m)[:, None, None]) * scale[:, None, None]  # the Σ dy / M term missing
+    model.set_grad(desc, "weight", grad_w)
+    model.set_grad(desc, "bias", grad_b)
+    return grad_x
+
+
+def _gelu_derivative_without_density_term(h, d):
+    cdf = special.ndtr(h)
+    d[...] = cdf  # Φ(x) only: x·φ(x) forgotten
+    return np.multiply(h, cdf, out=h)
+
+
+def _first_sample_weight_grad(g3, x3):
+    return g3[0] @ x3[0].T  # Σ over samples forgotten
+
+
+@pytest.mark.parametrize(
+    "name, mutant, expected",
+    [
+        ("_bn_train_backward", _bn_backward_without_mean_term, "grad_x"),
+        ("_gelu_with_derivative", _gelu_derivative_without_density_term, "fc_1.weight"),
+        ("_weight_grad", _first_sample_weight_grad, "fc_2.weight"),
+    ],
+)
+def test_broken_fast_backwards_fail_the_comparison(monkeypatch, name, mutant, expected):
+    no_flat_layout(monkeypatch)  # _weight_grad serves the per-sample layout
+    monkeypatch.setattr(F, name, mutant)
+    bad = mismatches(*both(np.float64, 3, (32, 32), linear_bias=True), np.float64, exact=False)
+    assert any(expected in key for key, _ in bad), f"mutant {name} not caught (mismatches: {bad})"
