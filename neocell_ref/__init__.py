@@ -27,6 +27,7 @@ from . import (
     layers,
     models,
     models_fast,
+    models_fast_train,
     neocell,
     neocell_fast,
     registry,
@@ -72,6 +73,7 @@ __all__ = [
     "architecture",
     "models",
     "models_fast",
+    "models_fast_train",
     "train",
     "calculator",
 ]

@@ -25,5 +25,6 @@ def test_a_threaded_split_that_skips_work_fails_the_comparison(monkeypatch):
         return ranges[:-1] if len(ranges) > 1 else ranges
 
     monkeypatch.setattr(parallel, "split", lossy_split)
-    with pytest.raises(AssertionError, match="threads differ"):
+    # the skipped share holds whatever the buffer held: overflow warnings are expected
+    with pytest.raises(AssertionError, match="threads differ"), np.errstate(all="ignore"):
         assert_threads_agree(model, x, monkeypatch, exact=True)
