@@ -315,16 +315,16 @@ def _mlp_block(model, w1, b1, w2, b2, x, h, y, lap):
     return y
 
 
-def _stopwatch(model):
-    """``lap(kind)`` adds the time since the previous lap to ``profile["forward:kind"]``
-    (a no-op when not profiling)."""
+def _stopwatch(model, direction="forward"):
+    """``lap(kind)`` adds the time since the previous lap to ``profile[f"{direction}:{kind}"]``
+    (a no-op when not profiling). Also the fast training path's stopwatch."""
     if model.profile is None:
         return lambda kind: None
     last = [time.perf_counter()]
 
     def lap(kind):
         now = time.perf_counter()
-        key = f"forward:{kind}"
+        key = f"{direction}:{kind}"
         model.profile[key] = model.profile.get(key, 0.0) + now - last[0]
         last[0] = now
 

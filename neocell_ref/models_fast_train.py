@@ -47,6 +47,7 @@ from scipy import special
 from . import layers as L
 from . import registry
 from .instrument import matmul
+from .models_fast import _stopwatch
 
 __all__ = ["train_forward", "tail_forward", "tail_backward", "train_tail"]
 
@@ -122,21 +123,6 @@ def train_tail(layers):
     return None if kinds else TailPlan((bn, fc_1, fc_2, scale, drop))
 
 
-def _lap(model, direction):
-    """``lap(kind)`` adds the time since the previous lap to ``profile[direction:kind]``."""
-    if model.profile is None:
-        return lambda kind: None
-    last = [time.perf_counter()]
-
-    def lap(kind):
-        now = time.perf_counter()
-        key = f"{direction}:{kind}"
-        model.profile[key] = model.profile.get(key, 0.0) + now - last[0]
-        last[0] = now
-
-    return lap
-
-
 def _flat_layout(fc_1, fc_2, n, positions):
     """True when the block's products run on one ``(C, N·H·W)`` matrix: for every batch
     of more than one sample.
@@ -188,7 +174,7 @@ def tail_forward(model, tail, x, skip):
         without layer scale), the drop-path factors (None when not drawn).
     """
     bn, fc_1, fc_2, scale_desc, drop_desc = tail
-    lap = _lap(model, "forward")
+    lap = _stopwatch(model, "forward")
     n = x.shape[0]
     positions = int(np.prod(x.shape[2:], dtype=np.int64))
     bn_saved = None
@@ -330,7 +316,7 @@ def tail_backward(model, tail, grad, saved):
     """
     bn, fc_1, fc_2, scale_desc, drop_desc = tail
     x, bn_saved, y2, a, d, z, drop_scale, flat = saved
-    lap = _lap(model, "backward")
+    lap = _stopwatch(model, "backward")
     n = grad.shape[0]
     g = grad
     if drop_scale is not None:

@@ -20,7 +20,7 @@ tests/meta/test_models_fast_mutants.py.
 import numpy as np
 import pytest
 from support.models import tiny, tiny_input
-from support.threads import assert_threads_agree, model_with_nontrivial_tail, use_small_blocks
+from support.threads import assert_threads_agree, model_with_nontrivial_tail, perturb_tail, use_small_blocks
 
 import neocell_ref as nr
 from neocell_ref import _parallel as parallel
@@ -35,16 +35,7 @@ def test_fast_path_matches_the_layer_by_layer_path(monkeypatch, dtype):
     addition on blocks of pixels: blocks of 3 columns here, so that samples split into
     several blocks with a short last one (64 = 21·3 + 1). Training mode too (there only
     fc_1, GELU, fc_2 are blocked)."""
-    model = tiny(dtype, linear_bias=True, layer_scale_init_value=0.5)
-    rng = np.random.default_rng(8)
-    for key in model.params:  # non-trivial biases, BatchNorm affine and gamma
-        if key.endswith(("bias", "norm.weight", "gamma")):
-            model.params[key] = (1 + rng.standard_normal(model.params[key].shape)).astype(dtype)
-    for key in model.buffers:
-        if key.endswith("running_mean"):
-            model.buffers[key] = rng.standard_normal(model.buffers[key].shape).astype(dtype)
-        elif key.endswith("running_var"):
-            model.buffers[key] = rng.uniform(0.5, 2, model.buffers[key].shape).astype(dtype)
+    model = perturb_tail(tiny(dtype, linear_bias=True, layer_scale_init_value=0.5))
     monkeypatch.setattr(models_fast, "_MLP_BLOCK", 16 * 3)  # stage 1: 16 hidden channels -> 3 columns
     x = tiny_input(3).astype(dtype)
     with count_macs() as fused_count:

@@ -11,25 +11,18 @@ import neocell_ref as nr
 from neocell_ref import models_fast
 from neocell_ref.instrument import count_macs
 from neocell_ref.verify.tolerances import relative_error
+from support import models
 
-# The small model of support/models.py (32x32, with two stage-2 blocks): stage 1 (4 channels at 8x8, 16 hidden) runs
-# the early-stage pixel blocks, stages 2-4 the late-stage (C, N·H·W) matrix.
-TINY = dict(
-    per_stage_layers=(1, 2, 1, 1),
-    dims=(4, 8, 8, 8),
-    num_classes=5,
-    kernel_spec="2+3",
-    shifts=(1, 1, 1, 0),
-    resolution=32,
-)
+# The small model of support/models.py with two stage-2 blocks (32x32): stage 1 (4
+# channels at 8x8, 16 hidden) runs the early-stage pixel blocks, stages 2-4 the
+# late-stage (C, N·H·W) matrix.
+TINY = {**models.TINY, "per_stage_layers": (1, 2, 1, 1)}
 
 
-def model_with_nontrivial_tail(dtype):
-    """Linear biases, layer scale, BatchNorm affine and running statistics all not 0/1."""
-    model = nr.models.NeoNeXt(
-        **TINY, linear_bias=True, layer_scale_init_value=0.5, dtype=dtype, rng=np.random.default_rng(0)
-    )
-    rng = np.random.default_rng(8)
+def perturb_tail(model, seed=8):
+    """Make linear biases, BatchNorm affine, layer scale and running statistics not 0/1."""
+    rng = np.random.default_rng(seed)
+    dtype = model.dtype
     for key in model.params:
         if key.endswith(("bias", "norm.weight", "gamma")):
             model.params[key] = (1 + rng.standard_normal(model.params[key].shape)).astype(dtype)
@@ -39,6 +32,15 @@ def model_with_nontrivial_tail(dtype):
         elif key.endswith("running_var"):
             model.buffers[key] = rng.uniform(0.5, 2, model.buffers[key].shape).astype(dtype)
     return model
+
+
+def model_with_nontrivial_tail(dtype):
+    """The model above with linear biases and layer scale, its tail perturbed."""
+    return perturb_tail(
+        nr.models.NeoNeXt(
+            **TINY, linear_bias=True, layer_scale_init_value=0.5, dtype=dtype, rng=np.random.default_rng(0)
+        )
+    )
 
 
 def use_small_blocks(monkeypatch):
