@@ -35,10 +35,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-__all__ = ["threads", "run", "split", "single_threaded_blas", "MAX_THREADS"]
+__all__ = ["threads", "run", "split", "single_threaded_blas", "MAX_THREADS", "MAX_EXPLICIT_THREADS"]
 
 #: Upper bound of the default thread count (``NEOCELL_THREADS`` may ask for more).
 MAX_THREADS = 8
+#: Upper bound of ``NEOCELL_THREADS``: the pool never shrinks, so a typo such as
+#: ``NEOCELL_THREADS=100000`` must not start a hundred thousand threads.
+MAX_EXPLICIT_THREADS = 256
 
 _POOL = None
 _POOL_SIZE = 0
@@ -70,6 +73,8 @@ def threads():
     """Number of threads the fast paths split their work over (1: no splitting)."""
     explicit = _positive_env("NEOCELL_THREADS")
     if explicit is not None:
+        if explicit > MAX_EXPLICIT_THREADS:
+            raise ValueError(f"NEOCELL_THREADS must be at most {MAX_EXPLICIT_THREADS}, got {explicit}")
         return explicit
     count = min(_cpus(), MAX_THREADS)
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):

@@ -74,7 +74,7 @@ def test_thread_count_from_the_environment(monkeypatch):
     assert parallel.threads() == 1, "a single-threaded BLAS run must stay single-threaded"
     monkeypatch.setenv("NEOCELL_THREADS", "3")
     assert parallel.threads() == 3, "NEOCELL_THREADS overrides the default"
-    for bad in ("0", "-2", "two", "1.5"):
+    for bad in ("0", "-2", "two", "1.5", "257", "100000"):
         monkeypatch.setenv("NEOCELL_THREADS", bad)
         with pytest.raises(ValueError, match=f"NEOCELL_THREADS.*{bad}"):
             parallel.threads()
