@@ -35,7 +35,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-__all__ = ["threads", "run", "split", "single_threaded_blas", "MAX_THREADS", "MAX_EXPLICIT_THREADS"]
+__all__ = ["threads", "run", "split", "in_task", "single_threaded_blas", "MAX_THREADS", "MAX_EXPLICIT_THREADS"]
 
 #: Upper bound of the default thread count (``NEOCELL_THREADS`` may ask for more).
 MAX_THREADS = 8
@@ -46,6 +46,7 @@ MAX_EXPLICIT_THREADS = 256
 _POOL = None
 _POOL_SIZE = 0
 _POOL_LOCK = threading.Lock()
+_TASK = threading.local()  # ``depth``: how many tasks of :func:`run` this thread is inside
 
 
 def _positive_env(name):
@@ -116,6 +117,22 @@ def _pool(workers):
         return _POOL
 
 
+def in_task():
+    """True inside a task of :func:`run` (in the pool or in the calling thread): code
+    there must not call :func:`run` again (a pool thread waiting on the pool could wait
+    for itself)."""
+    return getattr(_TASK, "depth", 0) > 0
+
+
+def _marked(task):
+    """``task`` run with this thread marked as inside a task (:func:`in_task`)."""
+    _TASK.depth = getattr(_TASK, "depth", 0) + 1
+    try:
+        return task()
+    finally:
+        _TASK.depth -= 1
+
+
 def run(tasks):
     """Call every zero-argument callable of ``tasks`` and return their results in order.
 
@@ -126,10 +143,10 @@ def run(tasks):
     tasks = list(tasks)
     if len(tasks) <= 1:
         return [task() for task in tasks]
-    futures = [_pool(len(tasks) - 1).submit(task) for task in tasks[1:]]
+    futures = [_pool(len(tasks) - 1).submit(_marked, task) for task in tasks[1:]]
     results, errors = [], []
     try:
-        results.append(tasks[0]())
+        results.append(_marked(tasks[0]))
     except BaseException as exc:  # noqa: BLE001 - re-raised below after the others finish
         errors.append(exc)
         results.append(None)

@@ -12,6 +12,19 @@ needed to understand the operator; the tests prove it equal to the plain formula
 Both functions take operands already validated and cast by the dispatchers
 :func:`neocell_ref.neocell_forward` / :func:`neocell_ref.neocell_backward`
 (``method="patchwise"``, the default), with the signature of the other formulations.
+
+Threads. The chunks of a layer are independent (the forward writes disjoint outputs),
+so they are split over the worker threads of :mod:`neocell_ref._parallel`
+(``NEOCELL_THREADS``; one thread when it or ``OPENBLAS_NUM_THREADS`` is 1) with NumPy's
+BLAS at one thread meanwhile. Each thread gets a contiguous run of whole chunks in plan
+order (:func:`_shares`), its own work buffers and its own zero frames, and runs on
+them exactly the operations of the single-threaded loop; a channel whose samples are
+split over several chunks goes to one thread whole, so the backward sums its kernel
+gradients in the same order. Results are therefore bitwise those of one thread, for
+any thread count and any scheduling. Layers with fewer than
+:data:`_MIN_VALUES_PER_THREAD` tiled input values or :data:`_CHUNKS_PER_THREAD` chunks
+per thread, and calls from inside a task of the pool (no nested pool use), run the
+plain loop in the calling thread.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _parallel as parallel
 from .expansion import channel_runs, padding_view
 from .instrument import matmul
 
@@ -56,6 +70,12 @@ __all__ = ["patchwise_forward", "patchwise_backward"]
 
 #: Size in bytes of the largest work buffer of one chunk (a cache-size heuristic).
 _CHUNK_BYTES = 1 << 18
+
+#: Threads are used only for layers of at least this many input values per thread
+#: (summed over all channels and samples) and at least :data:`_CHUNKS_PER_THREAD`
+#: chunks per thread: below that, starting the threads costs more than it saves.
+_MIN_VALUES_PER_THREAD = 1 << 19
+_CHUNKS_PER_THREAD = 2
 
 
 class _Segment(NamedTuple):
@@ -157,6 +177,87 @@ def _buffer_sizes(plan, specs):
     return tuple(sizes)
 
 
+def _chunk_values(segment, spec, chunk):
+    """Size of a chunk's tiled input: the measure of its work."""
+    c0, c1, n0, n1 = chunk
+    return math.prod(_tiled_shapes(segment, spec, c1 - c0, n1 - n0)[0])
+
+
+@lru_cache(maxsize=256)
+def _shares(specs, batch, height, width, itemsize, chunk_bytes, parts, min_values, min_chunks):
+    """The chunks of the plan cut into ``parts`` thread shares, or None if not worth it.
+
+    Jobs are the chunks of a segment whose chunks hold all samples, and the channels of
+    a segment whose samples are split (all the chunks of that channel: the backward sums
+    a channel's kernel gradient over them, in sample order, in one thread). Jobs are
+    cut into ``parts`` contiguous runs of near-equal work (the size of their tiled
+    input). A share is a tuple of ``(segment, chunks)`` with the chunks in plan order,
+    so the sample count still changes at most once per segment and the channel count
+    never grows while it stays the same: each thread's own zero frames and buffers
+    work as in the single-threaded loop. Pure function of its arguments, hence cached.
+
+    Returns
+    -------
+    tuple of tuple of (_Segment, tuple), or None
+        None when there are fewer than ``min_chunks`` chunks or fewer than
+        ``min_values`` tiled input values per thread: run in one thread.
+    """
+    plan = _patchwise_plan(specs, batch, height, width, itemsize, chunk_bytes)
+    jobs = []  # (segment index, owned chunks in plan order, work)
+    for s, seg in enumerate(plan):
+        spec = specs[seg.group]
+        if all(n0 == 0 and n1 == batch for _, _, n0, n1 in seg.chunks):
+            jobs.extend((s, (chunk,), _chunk_values(seg, spec, chunk)) for chunk in seg.chunks)
+        else:  # one channel per chunk, samples split: one job per channel
+            for c in sorted({c0 for c0, _, _, _ in seg.chunks}):
+                own = tuple(chunk for chunk in seg.chunks if chunk[0] == c)
+                jobs.append((s, own, sum(_chunk_values(seg, spec, chunk) for chunk in own)))
+    chunk_count = sum(len(seg.chunks) for seg in plan)
+    total = sum(work for _, _, work in jobs)
+    if parts < 2 or chunk_count < min_chunks * parts or total < min_values * parts:
+        return None
+    # Contiguous runs of jobs: job j goes to the share its work midpoint falls in.
+    owner, done = [], 0
+    for _, _, work in jobs:
+        owner.append(min(parts - 1, (2 * done + work) * parts // (2 * total)))
+        done += work
+    shares = []
+    for p in range(parts):
+        mine = {}
+        for (s, own, _), o in zip(jobs, owner):
+            if o == p:
+                mine.setdefault(s, set()).update(own)
+        if mine:  # chunks of each segment in plan order
+            shares.append(tuple((plan[s], tuple(c for c in plan[s].chunks if c in own)) for s, own in mine.items()))
+    return tuple(shares) if len(shares) > 1 else None
+
+
+def _work(specs, batch, height, width, itemsize):
+    """The thread shares of a layer: ``(segment, chunks)`` lists, one per thread.
+
+    One share (the whole plan, in order) when :func:`neocell_ref._parallel.threads` is
+    1, when called from inside a task of the thread pool (no nested pool use), or when
+    the layer is too small (:func:`_shares`).
+    """
+    plan = _patchwise_plan(specs, batch, height, width, itemsize, _CHUNK_BYTES)
+    parts = 1 if parallel.in_task() else parallel.threads()
+    shares = None
+    if parts > 1:
+        limits = (_MIN_VALUES_PER_THREAD, _CHUNKS_PER_THREAD)
+        shares = _shares(specs, batch, height, width, itemsize, _CHUNK_BYTES, parts, *limits)
+    return plan, shares or (tuple((seg, seg.chunks) for seg in plan),)
+
+
+def _run_shares(shares, task):
+    """``task(share)`` for every share: in this thread for one, else over the pool with
+    NumPy's BLAS at one thread (:func:`neocell_ref._parallel.single_threaded_blas`)."""
+    if len(shares) == 1:
+        task(shares[0])
+        return
+    with parallel.single_threaded_blas():
+        parallel.run([lambda share=share: task(share) for share in shares])
+
+
 def _view(buffer, shape):
     """The first ``prod(shape)`` values of a flat work buffer, as an array of ``shape``."""
     return buffer[: math.prod(shape)].reshape(shape)
@@ -250,27 +351,32 @@ def patchwise_forward(x, weights_a, weights_b, specs, out_size):
     """
     n, _, height, width = x.shape
     y = np.empty((n, x.shape[1], *out_size), dtype=x.dtype)
-    plan = _patchwise_plan(specs, n, height, width, x.itemsize, _CHUNK_BYTES)
-    buf_x, buf_z, buf_y = (np.empty(s, dtype=x.dtype) for s in _buffer_sizes(plan, specs))
-    for seg in plan:
-        spec = specs[seg.group]
-        wa, wb = weights_a[seg.group][seg.local], weights_b[seg.group][seg.local]
-        x_planes, y_planes = x[:, seg.chans], y[:, seg.chans]
-        samples = None  # sample count the tiled views below are laid out for
-        for c0, c1, n0, n1 in seg.chunks:
-            m = c1 - c0
-            if n1 - n0 != samples:  # new layout: new zero frame and copy views
-                samples = n1 - n0
-                shape_x, shape_z, shape_y = _tiled_shapes(seg, spec, m, samples)
-                xt, x_pieces = _padded_pieces(buf_x, shape_x, x_planes, seg.front_a, seg.front_b)
-                z, yt = _view(buf_z, shape_z), _view(buf_y, shape_y)
-                y_pieces = _tile_pieces(yt, y_planes, seg.crop_a, seg.crop_b)
-            for t, p in x_pieces:
-                t[:m] = p[c0:c1, :, n0:n1]
-            matmul(wa[c0:c1], xt[:m].reshape(m, spec.h_in, -1), "patchwise", out=z[:m].reshape(m, spec.h_out, -1))
-            matmul(z[:m].reshape(m, -1, spec.w_in), wb[c0:c1], "patchwise", out=yt[:m].reshape(m, -1, spec.w_out))
-            for t, p in y_pieces:
-                p[c0:c1, :, n0:n1] = t[:m]
+    plan, shares = _work(specs, n, height, width, x.itemsize)
+    sizes = _buffer_sizes(plan, specs)
+
+    def task(share):  # own work buffers and zero frames per thread
+        buf_x, buf_z, buf_y = (np.empty(s, dtype=x.dtype) for s in sizes)
+        for seg, chunks in share:
+            spec = specs[seg.group]
+            wa, wb = weights_a[seg.group][seg.local], weights_b[seg.group][seg.local]
+            x_planes, y_planes = x[:, seg.chans], y[:, seg.chans]
+            samples = None  # sample count the tiled views below are laid out for
+            for c0, c1, n0, n1 in chunks:
+                m = c1 - c0
+                if n1 - n0 != samples:  # new layout: new zero frame and copy views
+                    samples = n1 - n0
+                    shape_x, shape_z, shape_y = _tiled_shapes(seg, spec, m, samples)
+                    xt, x_pieces = _padded_pieces(buf_x, shape_x, x_planes, seg.front_a, seg.front_b)
+                    z, yt = _view(buf_z, shape_z), _view(buf_y, shape_y)
+                    y_pieces = _tile_pieces(yt, y_planes, seg.crop_a, seg.crop_b)
+                for t, p in x_pieces:
+                    t[:m] = p[c0:c1, :, n0:n1]
+                matmul(wa[c0:c1], xt[:m].reshape(m, spec.h_in, -1), "patchwise", out=z[:m].reshape(m, spec.h_out, -1))
+                matmul(z[:m].reshape(m, -1, spec.w_in), wb[c0:c1], "patchwise", out=yt[:m].reshape(m, -1, spec.w_out))
+                for t, p in y_pieces:
+                    p[c0:c1, :, n0:n1] = t[:m]
+
+    _run_shares(shares, task)
     return y
 
 
@@ -297,43 +403,47 @@ def patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
     grad_x = np.empty_like(x)
     grads_a = [np.empty_like(w) for w in weights_a]
     grads_b = [np.empty_like(w) for w in weights_b]
-    plan = _patchwise_plan(specs, n, height, width, x.itemsize, _CHUNK_BYTES)
+    plan, shares = _work(specs, n, height, width, x.itemsize)
     size_x, size_z, size_y = _buffer_sizes(plan, specs)
-    buf_x, buf_dx, buf_z, buf_g = (np.empty(s, dtype=x.dtype) for s in (size_x, size_x, size_z, size_y))
-    for seg in plan:
-        spec = specs[seg.group]
-        a, b = weights_a[seg.group][seg.local], weights_b[seg.group][seg.local]
-        ga, gb = grads_a[seg.group][seg.local], grads_b[seg.group][seg.local]
-        x_planes, g_planes = x[:, seg.chans], grad_y[:, seg.chans]
-        dx_planes = grad_x[:, seg.chans]
-        samples = None  # sample count the tiled views below are laid out for
-        for c0, c1, n0, n1 in seg.chunks:
-            m = c1 - c0
-            if n1 - n0 != samples:  # new layout: new zero frames and copy views
-                samples = n1 - n0
-                shape_x, shape_z, shape_y = _tiled_shapes(seg, spec, m, samples)
-                xt, x_pieces = _padded_pieces(buf_x, shape_x, x_planes, seg.front_a, seg.front_b)
-                gt, g_pieces = _padded_pieces(buf_g, shape_y, g_planes, seg.crop_a, seg.crop_b)
-                z, dxt = _view(buf_z, shape_z), _view(buf_dx, shape_x)
-                dx_pieces = _tile_pieces(dxt, dx_planes, seg.front_a, seg.front_b)
-            for t, p in x_pieces:
-                t[:m] = p[c0:c1, :, n0:n1]
-            for t, p in g_pieces:
-                t[:m] = p[c0:c1, :, n0:n1]
-            x2 = xt[:m].reshape(m, spec.h_in, -1)  # (m, h_in, n*T_a*T_b*w_in)
-            g2 = gt[:m].reshape(m, -1, spec.w_out)  # (m, R, w_out)
-            z2 = z[:m].reshape(m, spec.h_out, -1)  # Z, later dZ
-            matmul(a[c0:c1], x2, "patchwise", out=z2)
-            db = matmul(
-                z2.reshape(m, -1, spec.w_in).transpose(0, 2, 1), g2, "patchwise", out=gb[c0:c1] if n0 == 0 else None
-            )
-            # Z is used up: dZ goes into its buffer.
-            matmul(g2, b[c0:c1].transpose(0, 2, 1), "patchwise", out=z2.reshape(m, -1, spec.w_in))
-            da = matmul(z2, x2.transpose(0, 2, 1), "patchwise", out=ga[c0:c1] if n0 == 0 else None)
-            if n0:  # later samples of a channel whose samples are split: accumulate
-                gb[c0:c1] += db
-                ga[c0:c1] += da
-            matmul(a[c0:c1].transpose(0, 2, 1), z2, "patchwise", out=dxt[:m].reshape(m, spec.h_in, -1))
-            for t, p in dx_pieces:
-                p[c0:c1, :, n0:n1] = t[:m]
+
+    def task(share):  # own work buffers and zero frames per thread; whole channels when samples split
+        buf_x, buf_dx, buf_z, buf_g = (np.empty(s, dtype=x.dtype) for s in (size_x, size_x, size_z, size_y))
+        for seg, chunks in share:
+            spec = specs[seg.group]
+            a, b = weights_a[seg.group][seg.local], weights_b[seg.group][seg.local]
+            ga, gb = grads_a[seg.group][seg.local], grads_b[seg.group][seg.local]
+            x_planes, g_planes = x[:, seg.chans], grad_y[:, seg.chans]
+            dx_planes = grad_x[:, seg.chans]
+            samples = None  # sample count the tiled views below are laid out for
+            for c0, c1, n0, n1 in chunks:
+                m = c1 - c0
+                if n1 - n0 != samples:  # new layout: new zero frames and copy views
+                    samples = n1 - n0
+                    shape_x, shape_z, shape_y = _tiled_shapes(seg, spec, m, samples)
+                    xt, x_pieces = _padded_pieces(buf_x, shape_x, x_planes, seg.front_a, seg.front_b)
+                    gt, g_pieces = _padded_pieces(buf_g, shape_y, g_planes, seg.crop_a, seg.crop_b)
+                    z, dxt = _view(buf_z, shape_z), _view(buf_dx, shape_x)
+                    dx_pieces = _tile_pieces(dxt, dx_planes, seg.front_a, seg.front_b)
+                for t, p in x_pieces:
+                    t[:m] = p[c0:c1, :, n0:n1]
+                for t, p in g_pieces:
+                    t[:m] = p[c0:c1, :, n0:n1]
+                x2 = xt[:m].reshape(m, spec.h_in, -1)  # (m, h_in, n*T_a*T_b*w_in)
+                g2 = gt[:m].reshape(m, -1, spec.w_out)  # (m, R, w_out)
+                z2 = z[:m].reshape(m, spec.h_out, -1)  # Z, later dZ
+                matmul(a[c0:c1], x2, "patchwise", out=z2)
+                db = matmul(
+                    z2.reshape(m, -1, spec.w_in).transpose(0, 2, 1), g2, "patchwise", out=gb[c0:c1] if n0 == 0 else None
+                )
+                # Z is used up: dZ goes into its buffer.
+                matmul(g2, b[c0:c1].transpose(0, 2, 1), "patchwise", out=z2.reshape(m, -1, spec.w_in))
+                da = matmul(z2, x2.transpose(0, 2, 1), "patchwise", out=ga[c0:c1] if n0 == 0 else None)
+                if n0:  # later samples of a channel whose samples are split: accumulate
+                    gb[c0:c1] += db
+                    ga[c0:c1] += da
+                matmul(a[c0:c1].transpose(0, 2, 1), z2, "patchwise", out=dxt[:m].reshape(m, spec.h_in, -1))
+                for t, p in dx_pieces:
+                    p[c0:c1, :, n0:n1] = t[:m]
+
+    _run_shares(shares, task)
     return grad_x, grads_a, grads_b

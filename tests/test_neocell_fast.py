@@ -18,7 +18,14 @@ What is proven, each against an independent construction written here:
   ``shift_a != shift_b``, non-square kernels, partial tiles and 1x1 inputs;
 * executed multiply-accumulates (``count_macs``) equal the closed forms documented in
   the docstrings, ``N·T_a·T_b·h_out·w_in·(h_in + w_out)`` per channel forward and
-  ``N·T_a·T_b·h_out·w_in·(3·h_in + 2·w_out)`` backward, whatever the chunking.
+  ``N·T_a·T_b·h_out·w_in·(3·h_in + 2·w_out)`` backward, whatever the chunking and
+  the number of threads;
+* the chunks split over threads (``NEOCELL_THREADS``): every result with 2 and 3
+  threads is bitwise the single-threaded one, for every chunking (many small chunks,
+  odd counts, samples split), the thread shares cover every chunk once in plan
+  order, keep a channel's split samples in one thread, and fall back to the plain
+  loop for one thread, small layers and calls from inside a pool task (that a lost
+  share is caught is shown in tests/meta/test_neocell_fast_mutants.py).
 """
 
 import math
@@ -31,11 +38,14 @@ from support.neocell_fast import (
     BUDGETS,
     assert_chunkings_equal_blockdiag,
     assert_reused_buffer_stays_correct,
+    assert_threads_bit_identical,
     chunk_budget,
+    threads_at_any_size,
     tiled_by_padding,
 )
 
 import neocell_ref.neocell_fast as nc
+from neocell_ref import _parallel as parallel
 from neocell_ref import neocell_backward, neocell_forward
 from neocell_ref.instrument import count_macs
 from neocell_ref.spec import parse_specs
@@ -278,3 +288,89 @@ def test_executed_macs_equal_the_documented_closed_form(case, budget):
     assert bwd.by_tag() == {"patchwise": backward}, (
         f"backward executed {bwd.by_tag()}, closed form {backward} (budget {budget} B, {case})"
     )
+
+
+@settings(max_examples=10)
+@given(case=neocell_cases(max_batch=3), budget=st.sampled_from(BUDGETS))
+def test_executed_macs_do_not_depend_on_the_thread_count(case, budget):
+    specs, x, wa, wb, gy = case
+    n, _, height, width = x.shape
+    forward, backward = closed_form_macs(case.groups, n, height, width)
+    with chunk_budget(budget), threads_at_any_size(3), count_macs() as fwd:
+        neocell_forward(x, wa, wb, specs, method="patchwise")
+    with chunk_budget(budget), threads_at_any_size(3), count_macs() as bwd:
+        neocell_backward(gy, x, wa, wb, specs, method="patchwise")
+    assert (fwd.by_tag(), bwd.by_tag()) == ({"patchwise": forward}, {"patchwise": backward}), (
+        f"3 threads executed {fwd.by_tag()} / {bwd.by_tag()}, closed form {forward} / {backward} ({case})"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# threads: the same chunks, the same operations, bitwise the same results
+# --------------------------------------------------------------------------------------
+@settings(max_examples=20)
+@given(case=neocell_cases(max_batch=3), budget=st.sampled_from(BUDGETS), single=st.booleans())
+def test_results_with_2_and_3_threads_are_bitwise_those_of_one(case, budget, single):
+    assert_threads_bit_identical(case.astype(np.float32) if single else case, budget)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("budget", [1, 5000, 1 << 40], ids=["one plane per chunk", "odd chunk counts", "one chunk"])
+def test_mixed_shifted_groups_with_threads_are_bitwise_those_of_one(dtype, budget):
+    specs = [
+        {"kernel": 4, "channels": 9, "shift": 1},
+        {"kernel": 7, "channels": 13, "shift": 2},
+        {"kernel_a": 5, "kernel_b": 3, "channels": 5, "shift_a": 2, "shift_b": 1},
+    ]
+    for batch in (1, 3):
+        case = neocell_case(specs, (batch, 27, 15, 15), dtype)
+        assert_threads_bit_identical(case, budget)
+
+
+def neocell_case(specs, shape, dtype):
+    """A :class:`~neocell_ref.verify.testing.NeoCellCase`-like tuple with seeded normal arrays."""
+    rng = np.random.default_rng(17)
+    groups = parse_specs(specs)
+    x = rng.standard_normal(shape).astype(dtype)
+    wa = [rng.standard_normal(g.shape_a).astype(dtype) for g in groups]
+    wb = [rng.standard_normal(g.shape_b).astype(dtype) for g in groups]
+    gy = rng.standard_normal(neocell_forward(x, wa, wb, specs).shape).astype(dtype)
+    return specs, x, wa, wb, gy
+
+
+@pytest.mark.parametrize("budget", BUDGETS[:2])
+@pytest.mark.parametrize("parts", [2, 3, 7])
+def test_thread_shares_cover_every_chunk_once_in_plan_order_with_whole_split_channels(budget, parts):
+    specs = parse_specs([{"kernel": 4, "channels": 9, "shift": 1}, {"kernel": 7, "channels": 5, "shift": 3}])
+    plan = nc._patchwise_plan(specs, 3, 15, 15, 8, budget)
+    shares = nc._shares(specs, 3, 15, 15, 8, budget, parts, 0, 1)
+    assert shares is not None and len(shares) == parts, f"{parts} shares expected, got {shares and len(shares)}"
+    seen = {}  # chunk (absolute channels, samples) -> thread
+    for t, share in enumerate(shares):
+        for seg, chunks in share:
+            order = [seg.chunks.index(c) for c in chunks]
+            assert order == sorted(order), f"thread {t}: chunks of segment {seg.chans} out of plan order: {chunks}"
+            for c0, c1, n0, n1 in chunks:
+                key = (seg.chans.start + c0, seg.chans.start + c1, n0, n1)
+                assert key not in seen, f"chunk {key} in threads {seen[key]} and {t}"
+                seen[key] = t
+    for channel in {c0 for c0, _, n0, n1 in seen if (n0, n1) != (0, 3)}:  # samples split
+        owners = {t for (c0, _, n0, n1), t in seen.items() if c0 == channel}
+        assert len(owners) == 1, f"channel {channel}'s sample chunks are in threads {owners}"
+    expected = {(s.chans.start + c0, s.chans.start + c1, n0, n1) for s in plan for c0, c1, n0, n1 in s.chunks}
+    assert set(seen) == expected, f"shares miss {expected - set(seen)}"
+
+
+def test_one_thread_small_layers_and_pool_tasks_run_the_plain_loop(monkeypatch):
+    specs = parse_specs([{"kernel": 4, "channels": 96, "shift": 1}])
+    plan = nc._patchwise_plan(specs, 8, 56, 56, 4, nc._CHUNK_BYTES)
+    whole = (tuple((seg, seg.chunks) for seg in plan),)
+    monkeypatch.setenv("NEOCELL_THREADS", "2")
+    assert len(nc._work(specs, 8, 56, 56, 4)[1]) == 2, "an 8x96x56x56 layer is split over 2 threads"
+    assert nc._work(specs, 1, 14, 14, 4)[1] == (
+        tuple((seg, seg.chunks) for seg in nc._patchwise_plan(specs, 1, 14, 14, 4, nc._CHUNK_BYTES)),
+    ), "a 1x96x14x14 layer is too small for threads"
+    (inside,) = parallel.run([lambda: nc._work(specs, 8, 56, 56, 4)[1], lambda: None])[:1]
+    assert inside == whole, "inside a pool task the patch-wise loop must not use the pool again"
+    monkeypatch.setenv("NEOCELL_THREADS", "1")
+    assert nc._work(specs, 8, 56, 56, 4)[1] == whole, "NEOCELL_THREADS=1: one share, the plan in order"

@@ -1,4 +1,5 @@
-"""The tiled-layout and chunking tests have teeth: a buffer that keeps stale padding fails them.
+"""The tiled-layout, chunking and thread tests have teeth: a buffer that keeps stale
+padding fails them, and so does a thread split that loses one thread's share.
 
 The mutant gives each work buffer of :mod:`neocell_ref.neocell_fast` its zero padding
 frame on first use only. Then
@@ -8,12 +9,25 @@ frame on first use only. Then
   through, and
 - the chunking check (``support.neocell_fast.assert_chunkings_equal_blockdiag``) sees
   the patch-wise results differ from blockdiag's.
+
+The second mutant drops the last thread's share of the chunks; the thread check
+(``support.neocell_fast.assert_threads_bit_identical``) sees the results with threads
+differ from one thread's. Its outputs are allocated filled with NaN, so that the lost
+chunks cannot pass by reusing memory that held the right values.
 """
 
+import types
+
+import numpy as np
 import pytest
-from support.neocell_fast import assert_chunkings_equal_blockdiag, assert_reused_buffer_stays_correct
+from support.neocell_fast import (
+    assert_chunkings_equal_blockdiag,
+    assert_reused_buffer_stays_correct,
+    assert_threads_bit_identical,
+)
 
 import neocell_ref.neocell_fast as nc
+from neocell_ref.spec import parse_specs
 
 
 def _zero_frame_only_once(monkeypatch):
@@ -42,3 +56,31 @@ def test_the_chunking_tests_catch_stale_padding_in_a_reused_buffer(monkeypatch):
     specs = [{"kernel": 4, "channels": 9, "shift": 1}, {"kernel": 7, "channels": 10, "shift": 1}]
     with pytest.raises(AssertionError, match="relative error"):
         assert_chunkings_equal_blockdiag(specs, (15, 15))
+
+
+def _lose_last_share(monkeypatch):
+    """Mutant: the thread split runs every share but the last; outputs start as NaN."""
+    real = nc._run_shares
+
+    def all_but_last(shares, task):
+        return real(shares[:-1] if len(shares) > 1 else shares, task)
+
+    poisoned = types.SimpleNamespace(**{name: getattr(np, name) for name in dir(np) if not name.startswith("__")})
+    poisoned.empty = lambda shape, dtype=float: np.full(shape, np.nan, dtype=dtype)
+    poisoned.empty_like = lambda a: np.full_like(a, np.nan)
+    monkeypatch.setattr(nc, "_run_shares", all_but_last)
+    monkeypatch.setattr(nc, "np", poisoned)
+
+
+@pytest.mark.parametrize("budget", [1, 1 << 40], ids=["samples split", "one chunk per segment"])
+def test_the_thread_test_catches_a_split_that_loses_a_share(monkeypatch, budget):
+    """With one thread's share of the chunks never run, threads differ from one thread."""
+    _lose_last_share(monkeypatch)
+    specs = [{"kernel": 4, "channels": 9, "shift": 1}, {"kernel": 7, "channels": 10, "shift": 1}]
+    rng = np.random.default_rng(3)
+    groups = parse_specs(specs)
+    x, gy = rng.standard_normal((2, 2, 19, 15, 15))
+    wa = [rng.standard_normal(g.shape_a) for g in groups]
+    wb = [rng.standard_normal(g.shape_b) for g in groups]
+    with pytest.raises(AssertionError, match="with 2 threads .* differs from one thread"):
+        assert_threads_bit_identical((specs, x, wa, wb, gy), budget, counts=(2,))

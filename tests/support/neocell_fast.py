@@ -1,10 +1,12 @@
 """The patch-wise method's tiled layout and chunking, checked against obvious constructions.
 
 ``tiled_by_padding`` builds the tiled layout the obvious way (pad, split, transpose);
-the two ``assert_*`` checks are run by tests/test_neocell_fast.py on the real code and
-by tests/meta/test_neocell_fast_mutants.py on a buffer that keeps stale padding.
+the ``assert_*`` checks are run by tests/test_neocell_fast.py on the real code and by
+tests/meta/test_neocell_fast_mutants.py on a buffer that keeps stale padding and on a
+thread split that loses one thread's share.
 """
 
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -26,6 +28,55 @@ def chunk_budget(budget):
         yield
     finally:
         nc._CHUNK_BYTES = saved
+
+
+@contextmanager
+def threads_at_any_size(count):
+    """Run the patch-wise method with ``NEOCELL_THREADS=count`` and without the
+    minimum work per thread, so that even tiny layers are split over ``count`` threads."""
+    saved = nc._MIN_VALUES_PER_THREAD, nc._CHUNKS_PER_THREAD, os.environ.get("NEOCELL_THREADS")
+    nc._MIN_VALUES_PER_THREAD, nc._CHUNKS_PER_THREAD = 0, 1
+    os.environ["NEOCELL_THREADS"] = str(count)
+    try:
+        yield
+    finally:
+        nc._MIN_VALUES_PER_THREAD, nc._CHUNKS_PER_THREAD = saved[:2]
+        if saved[2] is None:
+            os.environ.pop("NEOCELL_THREADS", None)
+        else:
+            os.environ["NEOCELL_THREADS"] = saved[2]
+
+
+def patchwise_results(case, budget, threads):
+    """Forward and backward of a :class:`~neocell_ref.verify.testing.NeoCellCase` by the
+    patch-wise method with chunk budget ``budget`` and ``threads`` threads, by name."""
+    specs, x, wa, wb, gy = case
+    with chunk_budget(budget), threads_at_any_size(threads):
+        y = neocell_forward(x, wa, wb, specs, method="patchwise")
+        gx, ga, gb = neocell_backward(gy, x, wa, wb, specs, method="patchwise")
+    return {
+        "y": y,
+        "grad_x": gx,
+        **{f"grads_a[{i}]": a for i, a in enumerate(ga)},
+        **{f"grads_b[{i}]": b for i, b in enumerate(gb)},
+    }
+
+
+def assert_threads_bit_identical(case, budget, counts=(2, 3)):
+    """Every result with ``counts`` threads is bitwise the single-threaded one."""
+    reference = patchwise_results(case, budget, 1)
+    for count in counts:
+        for name, value in patchwise_results(case, budget, count).items():
+            expected = reference[name]
+            assert value.dtype == expected.dtype, (
+                f"{name} with {count} threads: dtype {value.dtype} != {expected.dtype}"
+            )
+            differ = ~(value == expected)
+            assert not differ.any(), (
+                f"{name} with {count} threads (chunk budget {budget} B) differs from one thread at "
+                f"{differ.sum()} of {differ.size} positions, first {np.argwhere(differ)[:3].tolist()}, "
+                f"relative error {relative_error(value, expected):.3g} ({case})"
+            )
 
 
 def tiled_by_padding(planes, k, tiles, width_padded, front_h, front_w):
