@@ -700,20 +700,31 @@ def _gelu32_backward(grad_y, x):
             xs = flat_x[start : start + _GELU_CHUNK]
             k = xs.size
             t = np.abs(xs, out=t_buf[:k])
-            cdf = _gelu32_tail(t, w_buf[:k])  # Φ(-|x|)
-            # Φ(x) = 1/2 + sign(x)·(1/2 - Φ(-|x|)): absolute accuracy ε, which is what a
-            # derivative of size O(1) needs (a masked ``where=`` update is 50x slower)
-            np.subtract(np.float32(0.5), cdf, out=cdf)
-            np.copysign(cdf, xs, out=cdf)
-            cdf += np.float32(0.5)
-            pdf = np.square(xs, out=p_buf[:k])
-            pdf *= np.float32(-0.5)
-            np.exp(pdf, out=pdf)
-            pdf *= np.float32(_INV_SQRT_2PI)  # φ(x)
-            pdf *= xs
-            cdf += pdf
-            np.multiply(flat_g[start : start + _GELU_CHUNK], cdf, out=flat_out[start : start + k])
+            tail = _gelu32_tail(t, w_buf[:k])  # Φ(-|x|)
+            derivative = _gelu32_derivative(xs, tail, tail, p_buf[:k])
+            np.multiply(flat_g[start : start + _GELU_CHUNK], derivative, out=flat_out[start : start + k])
     return grad_x
+
+
+def _gelu32_derivative(xs, tail, out, scratch):
+    """float32 ``Φ(x) + x·φ(x)`` into ``out`` from ``tail = Φ(-|x|)`` (``out`` may be ``tail``).
+
+    The one float32 GELU derivative, used by :func:`_gelu32_backward` and by the fast
+    training path's fused pass, which are bit-identical because they run this.
+    ``scratch`` (shape of ``xs``) is overwritten.
+    """
+    # Φ(x) = 1/2 + sign(x)·(1/2 - Φ(-|x|)): absolute accuracy ε, which is what a
+    # derivative of size O(1) needs (a masked ``where=`` update is 50x slower)
+    np.subtract(np.float32(0.5), tail, out=out)
+    np.copysign(out, xs, out=out)
+    out += np.float32(0.5)
+    pdf = np.square(xs, out=scratch)
+    pdf *= np.float32(-0.5)
+    np.exp(pdf, out=pdf)
+    pdf *= np.float32(_INV_SQRT_2PI)  # φ(x)
+    pdf *= xs
+    out += pdf
+    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -259,9 +259,8 @@ def _bn_train_forward(model, desc, x):
     return y, (mean, inv_std, scale)
 
 
-#: Values per block of the fused GELU (forward and derivative): the temporaries stay in L2.
-_GELU_CHUNK = 32768
-_INV_SQRT_2PI = 0.3989422804014327
+# Blocks of the fused GELU: layers' float32 GELU block size (the temporaries stay in L2).
+_GELU_CHUNK = L._GELU_CHUNK
 
 
 def _gelu_with_derivative(h, d):
@@ -274,13 +273,13 @@ def _gelu_with_derivative(h, d):
     """
     if h.dtype != np.float32:
         cdf = special.ndtr(h)
-        pdf = np.exp(np.square(h) * -0.5) * _INV_SQRT_2PI
+        pdf = np.exp(np.square(h) * -0.5) * L._INV_SQRT_2PI
         np.add(cdf, h * pdf, out=d)
         return np.multiply(h, cdf, out=h)
     flat_h, flat_d = h.reshape(-1), d.reshape(-1)
     size = min(_GELU_CHUNK, flat_h.size)
     t_buf, w_buf, p_buf = (np.empty(size, dtype=np.float32) for _ in range(3))
-    half, zero = np.float32(0.5), np.float32(0.0)
+    zero = np.float32(0.0)
     with np.errstate(under="ignore"):  # exp(P(t)) underflows to 0 on purpose for large t
         for start in range(0, flat_h.size, _GELU_CHUNK):
             xs = flat_h[start : start + _GELU_CHUNK]
@@ -288,16 +287,7 @@ def _gelu_with_derivative(h, d):
             k = xs.size
             t = np.abs(xs, out=t_buf[:k])
             q = L._gelu32_tail(t, w_buf[:k])  # Φ(-|x|); clips t in place
-            # derivative Φ(x) + x·φ(x), as layers._gelu32_backward
-            np.subtract(half, q, out=ds)
-            np.copysign(ds, xs, out=ds)
-            ds += half
-            pdf = np.square(xs, out=p_buf[:k])
-            pdf *= np.float32(-0.5)
-            np.exp(pdf, out=pdf)
-            pdf *= np.float32(_INV_SQRT_2PI)
-            pdf *= xs
-            ds += pdf
+            L._gelu32_derivative(xs, q, ds, p_buf[:k])  # Φ(x) + x·φ(x), q kept
             # value max(x, 0) - |x|·Φ(-|x|), as layers._gelu32_forward (x is overwritten last)
             q *= t
             np.maximum(xs, zero, out=xs)
