@@ -261,8 +261,8 @@ def _bn_prepare(x, weight, bias, running_mean, running_var, training, eps, grad_
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"training must be a bool, got {training!r}")
     eps = real_number(eps, "eps", 0.0, low_open=True)
-    if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
-        raise ValueError(f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}")
+    if training:
+        _bn_values_per_channel(x.shape)
     if not training:
         _check_running(arrays[2], arrays[3])
     if grad_y is not None:
@@ -286,6 +286,16 @@ def _bn_stats(x):
     mean = x.mean(axis=(0, 2, 3))
     var = np.square(x - mean[:, None, None]).mean(axis=(0, 2, 3))
     return mean, var
+
+
+def _bn_values_per_channel(shape) -> int:
+    """``N·H·W`` of an ``(N, C, H, W)`` shape: the values a training-mode BatchNorm
+    averages per channel, refused below 2 (the variance of one value is 0 and its
+    unbiased running update divides by ``m - 1 = 0``)."""
+    m = shape[0] * shape[2] * shape[3]
+    if m < 2:
+        raise ValueError(f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {shape}")
+    return m
 
 
 def batchnorm_stats(x):
@@ -435,8 +445,7 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
     rv = as_real_array(running_var, "running_var")
     _check_shape(rm, "running_mean", (x.shape[1],))
     _check_shape(rv, "running_var", (x.shape[1],))
-    if x.shape[0] * x.shape[2] * x.shape[3] < 2:
-        raise ValueError(f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}")
+    _bn_values_per_channel(x.shape)
     momentum = real_number(momentum, "momentum", 0.0, 1.0)
     count = _check_count(num_batches_tracked)
     _check_running(rm, rv)

@@ -239,9 +239,7 @@ def _bn_train_forward(model, desc, x):
     """
     w, b = model.param(desc, "weight"), model.param(desc, "bias")
     mean, var = L.batchnorm_stats(x)
-    count = x.shape[0] * x.shape[2] * x.shape[3]
-    if count < 2:
-        raise ValueError(f"BatchNorm in training mode needs more than 1 value per channel, got x of shape {x.shape}")
+    count = L._bn_values_per_channel(x.shape)
     running = L.batchnorm_running_from_stats(
         mean,
         var,
