@@ -277,7 +277,6 @@ def _gelu_with_derivative(h, d):
     flat_h, flat_d = h.reshape(-1), d.reshape(-1)
     size = min(_GELU_CHUNK, flat_h.size)
     t_buf, w_buf, p_buf = (np.empty(size, dtype=np.float32) for _ in range(3))
-    zero = np.float32(0.0)
     with np.errstate(under="ignore"):  # exp(P(t)) underflows to 0 on purpose for large t
         for start in range(0, flat_h.size, _GELU_CHUNK):
             xs = flat_h[start : start + _GELU_CHUNK]
@@ -286,10 +285,7 @@ def _gelu_with_derivative(h, d):
             t = np.abs(xs, out=t_buf[:k])
             q = L._gelu32_tail(t, w_buf[:k])  # Φ(-|x|); clips t in place
             L._gelu32_derivative(xs, q, ds, p_buf[:k])  # Φ(x) + x·φ(x), q kept
-            # value max(x, 0) - |x|·Φ(-|x|), as layers._gelu32_forward (x is overwritten last)
-            q *= t
-            np.maximum(xs, zero, out=xs)
-            xs -= q
+            L._gelu32_value(xs, t, q, xs)  # max(x, 0) - |x|·Φ(-|x|) (x is overwritten last)
     return h
 
 

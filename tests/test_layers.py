@@ -371,6 +371,21 @@ def test_gelu_float32_special_values_and_derivative():
     assert err <= 4 * EPS32, f"float32 GELU' absolute error {err:.3g} > 4 eps"
 
 
+def test_gelu_float32_constant_rows_compare_as_the_scalars():
+    """The float32 GELU clips with ``minimum(t, row of 12)`` and takes ``maximum(x, row of
+    0)`` (NumPy's array-array loops are faster than its array-scalar ones); both must give
+    the bits of the scalar comparisons, signed zeros, NaNs, infinities and subnormals included."""
+    values = np.array([np.nan, -np.nan, 0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 12.0, -12.0, 11.99, 13.0, 3e38])
+    x = np.resize(values.astype(np.float32), L._GELU_CHUNK)  # whole SIMD blocks and a ragged end
+    for name, got, expected in (
+        ("minimum(x, 12)", np.minimum(x, L._GELU_CLIP_ROW), np.minimum(x, np.float32(L.GELU_FLOAT32_CLIP))),
+        ("maximum(x, 0)", np.maximum(x, L._ZERO_ROW), np.maximum(x, np.float32(0.0))),
+    ):
+        differ = np.flatnonzero(got.view(np.uint32) != expected.view(np.uint32))
+        assert differ.size == 0, f"{name}: row form differs from the scalar form at x={x[differ[:5]]!r}"
+    assert not (L._GELU_CLIP_ROW.flags.writeable or L._ZERO_ROW.flags.writeable), "constant rows are writeable"
+
+
 def test_gelu_in_place_and_non_contiguous():
     rng = np.random.default_rng(6)
     base = rng.standard_normal((70, 1000)).astype(np.float32)  # > one block of the float32 path
