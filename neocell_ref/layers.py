@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
+from . import _parallel as parallel
 from .instrument import matmul
 from .validation import as_int, as_real_array, check_nbytes, compute_dtype, real_number
 
@@ -596,12 +597,23 @@ GELU_FLOAT32_COEFFICIENTS = (
 #: stays below ``Φ(-8) ≈ 6e-16``, far under float32 resolution relative to ``|x|``.
 GELU_FLOAT32_CLIP = 12.0
 _GELU_CHUNK = 32768  # elements per block of the float32 path: the temporaries stay in L2
+#: Elements per block while other tasks of the fast paths' worker pool run
+#: (:func:`neocell_ref._parallel.in_task`). Every NumPy call takes the GIL to start and
+#: to finish; with two threads making ~20 short calls per block, each waits for the
+#: other's GIL hand-over so often that two threads were no faster than one (measured:
+#: 0.97x at 2**15 values per block, 1.5x at 2**17, where each call works ~25 µs).
+_GELU_CHUNK_THREADED = 1 << 17
 _INV_SQRT_2PI = 0.3989422804014327
 
 
+def _gelu_chunk():
+    """Values per block of the float32 GELU passes in the calling thread (see above)."""
+    return _GELU_CHUNK_THREADED if parallel.in_task() else _GELU_CHUNK
+
+
 def _constant_row(value):
-    """A read-only float32 block of ``value``, :data:`_GELU_CHUNK` long."""
-    row = np.full(_GELU_CHUNK, value, dtype=np.float32)
+    """A read-only float32 block of ``value``, as long as the longest GELU block."""
+    row = np.full(max(_GELU_CHUNK, _GELU_CHUNK_THREADED), value, dtype=np.float32)
     row.flags.writeable = False
     return row
 
@@ -635,13 +647,14 @@ def _gelu32_forward(x, out):
     """
     flat_x = x.reshape(-1)
     flat_y = out.reshape(-1)
-    size = min(_GELU_CHUNK, flat_x.size)
+    chunk = _gelu_chunk()
+    size = min(chunk, flat_x.size)
     t_buf = np.empty(size, dtype=np.float32)
     w_buf = np.empty(size, dtype=np.float32)
     with np.errstate(under="ignore"):  # exp(P(t)) underflows to 0 on purpose for large t
-        for start in range(0, flat_x.size, _GELU_CHUNK):
-            xs = flat_x[start : start + _GELU_CHUNK]
-            ys = flat_y[start : start + _GELU_CHUNK]
+        for start in range(0, flat_x.size, chunk):
+            xs = flat_x[start : start + chunk]
+            ys = flat_y[start : start + chunk]
             t = np.abs(xs, out=t_buf[: xs.size])
             q = _gelu32_tail(t, w_buf[: xs.size])  # clips t in place
             _gelu32_value(xs, t, q, ys)
@@ -728,16 +741,17 @@ def _gelu32_backward(grad_y, x):
     """float32 ``dy·(Φ(x) + x·φ(x))`` in cache-sized blocks (as :func:`_gelu32_forward`)."""
     grad_x = np.empty_like(x)
     flat_x, flat_g, flat_out = x.reshape(-1), grad_y.reshape(-1), grad_x.reshape(-1)
-    size = min(_GELU_CHUNK, flat_x.size)
+    chunk = _gelu_chunk()
+    size = min(chunk, flat_x.size)
     t_buf, w_buf, p_buf = (np.empty(size, dtype=np.float32) for _ in range(3))
     with np.errstate(under="ignore"):
-        for start in range(0, flat_x.size, _GELU_CHUNK):
-            xs = flat_x[start : start + _GELU_CHUNK]
+        for start in range(0, flat_x.size, chunk):
+            xs = flat_x[start : start + chunk]
             k = xs.size
             t = np.abs(xs, out=t_buf[:k])
             tail = _gelu32_tail(t, w_buf[:k])  # Φ(-|x|)
             derivative = _gelu32_derivative(xs, tail, tail, p_buf[:k])
-            np.multiply(flat_g[start : start + _GELU_CHUNK], derivative, out=flat_out[start : start + k])
+            np.multiply(flat_g[start : start + chunk], derivative, out=flat_out[start : start + k])
     return grad_x
 
 

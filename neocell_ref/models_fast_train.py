@@ -257,10 +257,6 @@ def _bn_train_forward(model, desc, x):
     return y, (mean, inv_std, scale)
 
 
-# Blocks of the fused GELU: layers' float32 GELU block size (the temporaries stay in L2).
-_GELU_CHUNK = L._GELU_CHUNK
-
-
 def _gelu_with_derivative(h, d):
     """``GELU(h)`` in place of ``h`` and ``GELU'(h)`` into ``d``; returns ``h``.
 
@@ -275,12 +271,13 @@ def _gelu_with_derivative(h, d):
         np.add(cdf, h * pdf, out=d)
         return np.multiply(h, cdf, out=h)
     flat_h, flat_d = h.reshape(-1), d.reshape(-1)
-    size = min(_GELU_CHUNK, flat_h.size)
+    chunk = L._gelu_chunk()  # layers' float32 GELU blocks (in L2; longer in threads)
+    size = min(chunk, flat_h.size)
     t_buf, w_buf, p_buf = (np.empty(size, dtype=np.float32) for _ in range(3))
     with np.errstate(under="ignore"):  # exp(P(t)) underflows to 0 on purpose for large t
-        for start in range(0, flat_h.size, _GELU_CHUNK):
-            xs = flat_h[start : start + _GELU_CHUNK]
-            ds = flat_d[start : start + _GELU_CHUNK]
+        for start in range(0, flat_h.size, chunk):
+            xs = flat_h[start : start + chunk]
+            ds = flat_d[start : start + chunk]
             k = xs.size
             t = np.abs(xs, out=t_buf[:k])
             q = L._gelu32_tail(t, w_buf[:k])  # Φ(-|x|); clips t in place

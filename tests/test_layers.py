@@ -376,7 +376,7 @@ def test_gelu_float32_constant_rows_compare_as_the_scalars():
     0)`` (NumPy's array-array loops are faster than its array-scalar ones); both must give
     the bits of the scalar comparisons, signed zeros, NaNs, infinities and subnormals included."""
     values = np.array([np.nan, -np.nan, 0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 12.0, -12.0, 11.99, 13.0, 3e38])
-    x = np.resize(values.astype(np.float32), L._GELU_CHUNK)  # whole SIMD blocks and a ragged end
+    x = np.resize(values.astype(np.float32), L._GELU_CLIP_ROW.size)  # whole SIMD blocks and a ragged end
     for name, got, expected in (
         ("minimum(x, 12)", np.minimum(x, L._GELU_CLIP_ROW), np.minimum(x, np.float32(L.GELU_FLOAT32_CLIP))),
         ("maximum(x, 0)", np.maximum(x, L._ZERO_ROW), np.maximum(x, np.float32(0.0))),

@@ -195,7 +195,7 @@ def _mlp(model, block):
 def test_fused_gelu_is_the_plain_gelu_and_its_derivative_bit_for_bit(monkeypatch):
     """float32 GELU and derivative of one fused pass against layers.gelu_forward and
     layers.gelu_backward, over a grid with the special values, in many blocks."""
-    monkeypatch.setattr(F, "_GELU_CHUNK", 999)  # 22 blocks, the last one ragged
+    monkeypatch.setattr(L, "_GELU_CHUNK", 999)  # 22 blocks, the last one ragged
     grid = np.linspace(-16, 16, 20990, dtype=np.float32)  # with the 10 special values: 3·7·1000
     special_values = np.array([0.0, -0.0, 1e-30, -1e-30, 12.0, -12.0, np.inf, -np.inf, 3e38, -3e38], np.float32)
     h = np.concatenate([grid, special_values]).reshape(3, -1, 7)
