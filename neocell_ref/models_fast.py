@@ -56,6 +56,11 @@ def fast_forward(model, x, training):
     -------
     ndarray, shape (N, num_classes)
     """
+    with parallel.pool_owns_cores():  # BLAS on one thread while the pool may run
+        return _forward(model, x, training)
+
+
+def _forward(model, x, training):
     arch = model.describe(x.shape[2:])
     owned = False  # may x be overwritten? Never the caller's array.
     for unit in arch.units:

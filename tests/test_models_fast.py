@@ -123,6 +123,29 @@ def test_single_threaded_blas_restores_the_thread_count():
     assert parallel._BLAS_STATE["depth"] == 0
 
 
+def test_pool_owns_the_cores_for_a_whole_pass_only_with_threads(monkeypatch):
+    """fast_forward holds BLAS at one thread for the whole pass when the pool has two
+    threads or more (OpenBLAS's spinning workers would take the pool's cores), and leaves
+    BLAS alone when the pool is off (then BLAS threads are the only parallelism)."""
+    with parallel.single_threaded_blas():
+        api = parallel._BLAS_STATE["api"]
+    if api is None:
+        pytest.skip("NumPy's OpenBLAS not found: its thread count cannot be read (nothing to check)")
+    if api[1]() < 2:
+        pytest.skip("BLAS already runs one thread here: the pass cannot change it")
+    seen = []
+    real = models_fast._forward
+    monkeypatch.setattr(models_fast, "_forward", lambda *a: (seen.append(api[1]()), real(*a))[1])
+    model = model_with_nontrivial_tail(np.float32)
+    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    before = api[1]()
+    for setting, expected in (("2", 1), ("1", before)):
+        monkeypatch.setenv("NEOCELL_THREADS", setting)
+        model.forward(x, cache=False)
+        assert seen[-1] == expected, f"NEOCELL_THREADS={setting}: BLAS ran {seen[-1]} threads in the pass"
+        assert api[1]() == before, f"NEOCELL_THREADS={setting}: BLAS count {api[1]()} not restored to {before}"
+
+
 def _forward_in_child(queue):
     model = model_with_nontrivial_tail(np.float64)
     x = np.random.default_rng(6).standard_normal((2, 3, 32, 32))
