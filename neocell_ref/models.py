@@ -23,6 +23,7 @@ initialisation, dtype casting, drop-path randomness, float32 accuracy).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import namedtuple
 
@@ -32,7 +33,7 @@ from . import registry
 from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, get_config, resolution_pair
 from .layer_kinds import INIT_STD, trunc_normal
 from .models_fast import fast_forward
-from .models_fast_train import tail_backward, train_forward
+from .models_fast_train import tail_backward, train_forward, train_scope
 from .validation import as_int, as_real_array, check_nbytes, read_npz
 
 __all__ = [
@@ -421,8 +422,9 @@ class NeoNeXt:
         if not cache:
             return fast_forward(self, x, training)
         if training and self.fast_training:
-            x, tape = train_forward(self, x)
-            self._tape = {"layers": tape, "output_shape": x.shape, "training": True}
+            with train_scope():
+                x, tape = train_forward(self, x)
+            self._tape = {"layers": tape, "output_shape": x.shape, "training": True, "fast": True}
             return x
         # The plain formulation: each layer of the description by its kind's record, every
         # intermediate a new array, the input of each layer kept for backward.
@@ -477,6 +479,15 @@ class NeoNeXt:
             )
         grad = grad.astype(self.dtype, copy=True)
         self.grads = {}
+        # The fast training path's backward runs in its forward's scope (worker pool and BLAS threads).
+        with train_scope() if self._tape.get("fast") else contextlib.nullcontext():
+            grad = self._backward_tape(grad)
+        # Parameters in state-dict order.
+        self.grads = {k: self.grads[k] for k in self.architecture.param_shapes() if k in self.grads}
+        return grad
+
+    def _backward_tape(self, grad):
+        """Walk the tape backwards from ``grad`` (the logits' gradient, owned); fills ``grads``."""
         skips = []
         for kind, desc, saved in reversed(self._tape["layers"]):
             if kind == "join":
@@ -493,8 +504,6 @@ class NeoNeXt:
                 grad = registry.get(desc.kind).backward(self, desc, grad, saved)
                 if self.profile is not None:
                     self._tick(f"backward:{desc.kind}", start)
-        # Parameters in state-dict order.
-        self.grads = {k: self.grads[k] for k in self.architecture.param_shapes() if k in self.grads}
         return grad
 
     def clear_cache(self):

@@ -27,14 +27,22 @@ What the fused step does differently:
   once per batch, each product is one BLAS call and each weight gradient is one product
   with the long ``N·H·W`` sum inside BLAS, instead of ``N`` products summed afterwards;
   batch 1 runs the plain path's products on the NCHW memory;
-* **layer scale, drop path, residual addition** run in place on arrays the step made.
+* **layer scale, drop path, residual addition** run in place on arrays the step made;
+* **threads**: the forward and its backward run with the worker pool owning the cores
+  (:data:`train_scope`: NumPy's BLAS at one thread when ``NEOCELL_THREADS`` or the CPU
+  count gives the pool two threads or more); the flat layout's products are then split
+  by rows of the result (:func:`_product`) and the GELU pass into contiguous blocks
+  over the pool's threads. The shares depend on the thread count only.
 
 Equality with the plain path (``tests/test_models_fast_train.py``): in the per-sample
 layout every value goes through the same operations in the same order, so logits,
 gradients and running statistics are bit-identical; the ``(C, N·H·W)`` layout sums the
 weight gradients in another order (one product over ``N·H·W`` instead of ``N`` products
-then a sum) and lets BLAS block the products differently, which is within the float32
-accuracy of ``docs/model.md`` (float64: about 1e-15 relative).
+then a sum) and lets BLAS block the products (and their row shares) differently, which
+is within the float32 accuracy of ``docs/model.md`` (float64: about 1e-15 relative).
+Bit-identity in the per-sample layout assumes BLAS computes a product's bits
+independently of its own thread count, which holds for small products (the tests) and
+not always for large ones (OpenBLAS at one and at two threads may differ in the last bit).
 """
 
 from __future__ import annotations
@@ -44,12 +52,52 @@ import time
 import numpy as np
 from scipy import special
 
+from . import _parallel as parallel
 from . import layers as L
 from . import registry
 from .instrument import matmul
-from .models_fast import _stopwatch
+from .models_fast import _ROW_UNIT, _row_ranges, _stopwatch
 
-__all__ = ["train_forward", "tail_forward", "tail_backward", "train_tail"]
+__all__ = ["train_forward", "tail_forward", "tail_backward", "train_tail", "train_scope"]
+
+#: The scope of a fast training forward and of its backward: the worker pool owns the
+#: cores (NumPy's BLAS at one thread when the pool has threads, see
+#: :func:`neocell_ref._parallel.pool_owns_cores`); the block tails' large products and
+#: their GELU pass are then split over the pool's threads (:func:`_product`,
+#: :func:`_gelu_with_derivative`).
+train_scope = parallel.pool_owns_cores
+
+#: Products of at least this many multiply-accumulates are split over the pool's
+#: threads by rows of the result (whole multiples of ``_ROW_UNIT`` rows); smaller ones
+#: cost less than waking a thread. NeoNeXt-T's block products have 2**24 to 2**28.
+_SPLIT_MACS = 1 << 22
+
+
+def _product(a, b, bias=None):
+    """``a @ b (+ bias[:, None])`` for 2-D operands (tag ``"linear"``), split over the
+    worker pool by rows of the result when the pool has threads and the product is large.
+
+    With BLAS at one thread (:data:`train_scope`), a row of the result is computed by
+    the same kernel whichever share it falls in (shares are whole multiples of
+    ``_ROW_UNIT`` rows), so the split does not change the bits (tested); the bias is
+    added to each share by its thread (the same additions).
+    """
+    rows, inner = a.shape
+    columns = b.shape[1]
+    workers = parallel.threads()
+    out = np.empty((rows, columns), dtype=np.result_type(a, b))
+
+    def share(lo, hi):
+        matmul(a[lo:hi], b, "linear", out=out[lo:hi])
+        if bias is not None:
+            out[lo:hi] += bias[lo:hi, None]
+
+    if workers < 2 or parallel.in_task() or rows < 2 * _ROW_UNIT or rows * inner * columns < _SPLIT_MACS:
+        share(0, rows)
+        return out
+    with parallel.single_threaded_blas():
+        parallel.run([lambda lo=lo, hi=hi: share(lo, hi) for lo, hi in _row_ranges(rows, workers)])
+    return out
 
 
 def train_forward(model, x):
@@ -188,9 +236,7 @@ def tail_forward(model, tail, x, skip):
     y3 = np.ascontiguousarray(y).reshape(n, y.shape[1], positions)
     if flat:
         y2 = _to_flat(y3)
-        h = matmul(w1, y2, "linear")
-        if b1 is not None:
-            h += b1[:, None]
+        h = _product(w1, y2, b1)
     else:
         y2 = y3
         h = matmul(w1, y3, "linear")  # the plain path's product: one GEMM per sample
@@ -200,9 +246,12 @@ def tail_forward(model, tail, x, skip):
     d = np.empty_like(h)
     a = _gelu_with_derivative(h, d)  # in place of h
     lap("gelu")
-    z = matmul(w2, a, "linear")
-    if b2 is not None:
-        z += b2[:, None]
+    if flat:
+        z = _product(w2, a, b2)
+    else:
+        z = matmul(w2, a, "linear")
+        if b2 is not None:
+            z += b2[:, None]
     if flat:
         z = _from_flat(z, n)
     z = z.reshape(skip.shape)
@@ -271,6 +320,21 @@ def _gelu_with_derivative(h, d):
         np.add(cdf, h * pdf, out=d)
         return np.multiply(h, cdf, out=h)
     flat_h, flat_d = h.reshape(-1), d.reshape(-1)
+    workers = parallel.threads()
+    unit = L._GELU_CHUNK_THREADED
+    if workers > 1 and not parallel.in_task() and flat_h.size >= 2 * unit:
+        # Element-wise: contiguous shares (whole blocks) over the pool, the same values.
+        bounds = [
+            (unit * lo, min(flat_h.size, unit * hi)) for lo, hi in parallel.split(-(-flat_h.size // unit), workers)
+        ]
+        parallel.run([lambda lo=lo, hi=hi: _gelu32_with_derivative(flat_h[lo:hi], flat_d[lo:hi]) for lo, hi in bounds])
+    else:
+        _gelu32_with_derivative(flat_h, flat_d)
+    return h
+
+
+def _gelu32_with_derivative(flat_h, flat_d):
+    """The float32 pass of :func:`_gelu_with_derivative` on flat arrays."""
     chunk = L._gelu_chunk()  # layers' float32 GELU blocks (in L2; longer in threads)
     size = min(chunk, flat_h.size)
     t_buf, w_buf, p_buf = (np.empty(size, dtype=np.float32) for _ in range(3))
@@ -283,7 +347,6 @@ def _gelu_with_derivative(h, d):
             q = L._gelu32_tail(t, w_buf[:k])  # Φ(-|x|); clips t in place
             L._gelu32_derivative(xs, q, ds, p_buf[:k])  # Φ(x) + x·φ(x), q kept
             L._gelu32_value(xs, t, q, xs)  # max(x, 0) - |x|·Φ(-|x|) (x is overwritten last)
-    return h
 
 
 # --------------------------------------------------------------------------------------
@@ -316,8 +379,8 @@ def tail_backward(model, tail, grad, saved):
     # fc_2: dx = W2ᵀ dy, dW2 = dy aᵀ, db2 = Σ dy
     if flat:
         g2 = _to_flat(g3)
-        grad_a = matmul(w2.T, g2, "linear")
-        model.set_grad(fc_2, "weight", matmul(g2, a.T, "linear"))
+        grad_a = _product(w2.T, g2)
+        model.set_grad(fc_2, "weight", _product(g2, a.T))
         if b2 is not None:
             model.set_grad(fc_2, "bias", g2.sum(axis=1))
     else:
@@ -330,8 +393,8 @@ def tail_backward(model, tail, grad, saved):
     lap("gelu")
     grad_h = grad_a
     if flat:
-        grad_y = matmul(w1.T, grad_h, "linear")
-        model.set_grad(fc_1, "weight", matmul(grad_h, y2.T, "linear"))
+        grad_y = _product(w1.T, grad_h)
+        model.set_grad(fc_1, "weight", _product(grad_h, y2.T))
         if b1 is not None:
             model.set_grad(fc_1, "bias", grad_h.sum(axis=1))
         grad_y = _from_flat(grad_y, n)

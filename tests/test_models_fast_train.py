@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.models_fast_train import both, build, mismatches, no_flat_layout
+from support.models_fast_train import both, build, mismatches, no_flat_layout, training_step
 
 from neocell_ref import layers as L
 from neocell_ref import models_fast_train as F
@@ -65,6 +65,44 @@ def test_flat_layout_within_documented_accuracy(dtype, n):
     size = (44, 52) if dtype == np.float64 else (64, 72)
     bad = mismatches(*both(dtype, n, size, **options), dtype, exact=False)
     assert not bad, f"fast training path differs beyond the documented accuracy ({dtype.__name__}, n={n}): {bad}"
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_products_and_gelu_split_over_threads(monkeypatch, threads):
+    """With the worker pool on, the flat layout's products are split by rows of the result
+    and the GELU pass into contiguous blocks (forced here on a small model: every product
+    and every GELU is split, in shares of 3 rows / 7 values that do not divide evenly).
+    The GELU split is element-wise, so alone it changes no bit; split products may be
+    blocked differently by BLAS, so the whole step stays within the documented float32
+    accuracy of the unsplit one (same scope: BLAS at one thread). MACs counted the same."""
+    from neocell_ref import models_fast
+    from neocell_ref.instrument import count_macs
+
+    monkeypatch.setenv("NEOCELL_THREADS", str(threads))
+    monkeypatch.setattr(models_fast, "_ROW_UNIT", 3)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 3, 64, 72)).astype(np.float32)
+    g = rng.standard_normal((3, 5)).astype(np.float32)
+    options = dict(layer_scale_init_value=0.5, linear_bias=True)
+    results = {}
+    for products, gelu in ((False, False), (False, True), (True, True)):
+        monkeypatch.setattr(F, "_SPLIT_MACS", 0 if products else 1 << 62)
+        monkeypatch.setattr(L, "_GELU_CHUNK_THREADED", 7 if gelu else 1 << 62)
+        with count_macs() as counter:
+            step = training_step(build(np.float32, resolution=(64, 72), **options), x, g, fast=True)
+        results[products, gelu] = (step, counter.by_tag())
+    (whole, whole_macs) = results[False, False]
+    gelu_split = results[False, True][0][0]
+    bad = [
+        (k, relative_error(gelu_split[k], whole[0][k]))
+        for k in whole[0]
+        if not np.array_equal(gelu_split[k], whole[0][k])
+    ]
+    assert not bad, f"{threads} threads: splitting the GELU pass changed {bad}"
+    bad = mismatches(whole, results[True, True][0], np.float32, exact=False)
+    assert not bad, f"{threads} threads: split products beyond the documented accuracy: {bad}"
+    for key, (_, macs) in results.items():
+        assert macs == whole_macs, f"split {key} counted MACs {macs}, unsplit {whole_macs}"
 
 
 @settings(max_examples=10)

@@ -5,6 +5,8 @@
   training step through the plain and the fast path) fails for a BatchNorm backward
   without its mean term, a GELU derivative without ``x·φ(x)``, and a weight gradient of
   the first sample only.
+- ``test_a_product_split_that_loses_a_share_fails_the_comparison``: the same comparison
+  fails when a product split over the worker pool loses a thread's rows.
 """
 
 import numpy as np
@@ -50,3 +52,20 @@ def test_broken_fast_backwards_fail_the_comparison(monkeypatch, name, mutant, ex
     monkeypatch.setattr(F, name, mutant)
     bad = mismatches(*both(np.float64, 3, (32, 32), linear_bias=True), np.float64, exact=False)
     assert any(expected in key for key, _ in bad), f"mutant {name} not caught (mismatches: {bad})"
+
+
+def test_a_product_split_that_loses_a_share_fails_the_comparison(monkeypatch):
+    """The split of the flat layout's products over the worker pool (forced on the small
+    model): a split that leaves the last share's rows at zero must fail the comparison."""
+    real = F._product
+
+    def lossy(a, b, bias=None):
+        out = real(a, b, bias)
+        out[-(out.shape[0] // 3 or 1) :] = 0  # the last thread's rows never computed
+        return out
+
+    monkeypatch.setenv("NEOCELL_THREADS", "2")
+    monkeypatch.setattr(F, "_SPLIT_MACS", 0)
+    monkeypatch.setattr(F, "_product", lossy)
+    bad = mismatches(*both(np.float64, 3, (32, 32), linear_bias=True), np.float64, exact=False)
+    assert any("fc_" in key for key, _ in bad), f"lossy product split not caught (mismatches: {bad})"
