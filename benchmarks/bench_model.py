@@ -73,12 +73,24 @@ def timed(fn):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def best_interleaved(workloads, repeats):
+#: Untimed pause after the MLP floor (see :func:`best_interleaved`): OpenBLAS's idle
+#: workers spin for about 2**28 cycles (~0.1 s) after a multi-threaded product.
+SETTLE_SECONDS = 0.15
+
+
+def best_interleaved(workloads, repeats, settle=("floor",)):
     """Minimum wall and CPU time of each workload over ``repeats`` rounds, interleaved.
 
     On a machine shared with other processes the wall time of a single-threaded run
     includes the time the scheduler gave to others; the process CPU time does not, so
     with ``OPENBLAS_NUM_THREADS=1`` it is the steadier measure of the work itself.
+
+    After each workload named in ``settle`` (the MLP floor: plain ``np.matmul`` with
+    OpenBLAS's own threads) the loop sleeps :data:`SETTLE_SECONDS`, untimed, so that
+    OpenBLAS's spinning idle workers do not take a core from the next workload
+    (measured: PyTorch's GELU right after the floor 45 ms, after the pause 26 ms).
+    The timed workloads themselves leave no spinning OpenBLAS worker behind with
+    threads on (the fast paths hold it at one thread).
     """
     for fn in workloads.values():
         fn()  # warm-up: first-touch page faults, BLAS thread start
@@ -88,6 +100,8 @@ def best_interleaved(workloads, repeats):
             wall, cpu = timed(fn)
             best[name][0] = min(best[name][0], wall)
             best[name][1] = min(best[name][1], cpu)
+            if name in settle:
+                time.sleep(SETTLE_SECONDS)
     return best
 
 

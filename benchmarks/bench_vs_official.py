@@ -21,7 +21,11 @@ heavy cancellation), below ten times neocell_ref's own float32 error against flo
 neocell_ref's (and, for the model rows, with the **MLP floor** of
 ``benchmarks/bench_model.py``: the ``fc_1``/``fc_2`` matrix products of the same
 network alone), so load from other processes affects all alike; the minimum of
-``--repeats`` runs is reported.
+``--repeats`` runs is reported. After the floor (plain ``np.matmul`` on OpenBLAS's own
+threads) the loop pauses, untimed, until OpenBLAS's idle workers have stopped spinning,
+so that they do not slow the next call (theirs: measured 45 against 26 ms for a PyTorch
+GELU); PyTorch's own idle threads, which spin briefly after its calls, are left as they
+are (they can only slow neocell_ref's call, which follows theirs).
 
 What is timed, per implementation:
 
