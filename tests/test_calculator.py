@@ -267,21 +267,22 @@ def test_huge_models_are_fast():
 # --------------------------------------------------------------------------------------
 # model: counting a stage's blocks once equals counting every layer
 # --------------------------------------------------------------------------------------
+# A small custom network whose sizes leave partial tiles and use shifts in three stages.
+CUSTOM = NeoNeXtConfig(
+    per_stage_layers=(1, 2, 1, 1),
+    dims=(6, 12, 18, 24),
+    num_classes=7,
+    kernel_spec="3+5",
+    shifts=(2, 1, 1, 0),
+    layer_scale_init_value=0.5,
+    linear_bias=True,
+)
+
+
 @pytest.mark.parametrize(
     "config, resolution",
     [
-        (
-            NeoNeXtConfig(
-                per_stage_layers=(1, 2, 1, 1),
-                dims=(6, 12, 18, 24),
-                num_classes=7,
-                kernel_spec="3+5",
-                shifts=(2, 1, 1, 0),
-                layer_scale_init_value=0.5,
-                linear_bias=True,
-            ),
-            (96, 100),
-        ),
+        (CUSTOM, (96, 100)),
         (NeoNeXtConfig(per_stage_layers=(3, 3, 9, 3)), 224),
         (
             NeoNeXtConfig(
@@ -866,18 +867,6 @@ def test_executed_neocell_macs_equal_instrumented_forward():
         assert got == counter.macs, f"{layer.name}: executed {got} != instrumented {counter.macs}"
         checked += 1
     assert checked == 8, f"expected 5 block + 3 down-sampling NeoCells, checked {checked}"
-
-
-# A small custom network whose sizes leave partial tiles and use shifts in three stages.
-CUSTOM = NeoNeXtConfig(
-    per_stage_layers=(1, 2, 1, 1),
-    dims=(6, 12, 18, 24),
-    num_classes=7,
-    kernel_spec="3+5",
-    shifts=(2, 1, 1, 0),
-    layer_scale_init_value=0.5,
-    linear_bias=True,
-)
 
 
 @pytest.mark.parametrize("which", ["official_tiny", "custom_3+5"])
