@@ -248,9 +248,7 @@ def _late_rows(model, w1, b1, w2, b2, xt, workers):
     def first(lo, hi):
         def task():
             sink, lap = _thread_stopwatch(model)
-            matmul(w1[lo:hi], xt, "linear", out=h[lo:hi])
-            if b1 is not None:
-                h[lo:hi] += b1[lo:hi, None]
+            _linear_rows(w1, xt, b1, h, lo, hi)
             lap("linear")
             L.gelu_forward(h[lo:hi], out=h[lo:hi])
             lap("gelu")
@@ -261,9 +259,7 @@ def _late_rows(model, w1, b1, w2, b2, xt, workers):
     def second(lo, hi):
         def task():
             sink, lap = _thread_stopwatch(model)
-            matmul(w2[lo:hi], h, "linear", out=y[lo:hi])
-            if b2 is not None:
-                y[lo:hi] += b2[lo:hi, None]
+            _linear_rows(w2, h, b2, y, lo, hi)
             lap("linear")
             return sink
 
@@ -275,11 +271,21 @@ def _late_rows(model, w1, b1, w2, b2, xt, workers):
     return y
 
 
-def _row_ranges(rows, workers):
-    """Thread shares of ``rows`` matrix rows, in whole multiples of :data:`_ROW_UNIT`
-    rows (the last share may be shorter)."""
-    units = -(-rows // _ROW_UNIT)
-    return [(_ROW_UNIT * lo, min(rows, _ROW_UNIT * hi)) for lo, hi in parallel.split(units, workers)]
+def _row_ranges(rows, workers, unit=None):
+    """Thread shares of ``rows`` matrix rows (or values), in whole multiples of ``unit``
+    (default :data:`_ROW_UNIT` rows); the last share may be shorter."""
+    unit = _ROW_UNIT if unit is None else unit
+    units = -(-rows // unit)
+    return [(unit * lo, min(rows, unit * hi)) for lo, hi in parallel.split(units, workers)]
+
+
+def _linear_rows(a, b, bias, out, lo, hi):
+    """Rows ``lo:hi`` of ``out = a @ b (+ bias[:, None])`` (tag ``"linear"``): one
+    thread's share of a product split by rows of the result (also the fast training
+    path's)."""
+    matmul(a[lo:hi], b, "linear", out=out[lo:hi])
+    if bias is not None:
+        out[lo:hi] += bias[lo:hi, None]
 
 
 def _affine(model, x, affine, lap):

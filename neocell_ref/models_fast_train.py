@@ -56,7 +56,7 @@ from . import _parallel as parallel
 from . import layers as L
 from . import registry
 from .instrument import matmul
-from .models_fast import _ROW_UNIT, _row_ranges, _stopwatch
+from .models_fast import _ROW_UNIT, _linear_rows, _row_ranges, _stopwatch
 
 __all__ = ["train_forward", "tail_forward", "tail_backward", "train_tail", "train_scope"]
 
@@ -88,17 +88,13 @@ def _product(a, b, bias=None):
     columns = b.shape[1]
     workers = parallel.threads()
     out = np.empty((rows, columns), dtype=np.result_type(a, b))
-
-    def share(lo, hi):
-        matmul(a[lo:hi], b, "linear", out=out[lo:hi])
-        if bias is not None:
-            out[lo:hi] += bias[lo:hi, None]
-
     if workers < 2 or parallel.in_task() or rows < 2 * _ROW_UNIT or rows * inner * columns < _SPLIT_MACS:
-        share(0, rows)
+        _linear_rows(a, b, bias, out, 0, rows)
         return out
     with parallel.single_threaded_blas():
-        parallel.run([lambda lo=lo, hi=hi: share(lo, hi) for lo, hi in _row_ranges(rows, workers)])
+        parallel.run(
+            [lambda lo=lo, hi=hi: _linear_rows(a, b, bias, out, lo, hi) for lo, hi in _row_ranges(rows, workers)]
+        )
     return out
 
 
@@ -326,9 +322,7 @@ def _gelu_with_derivative(h, d):
     unit = L._GELU_CHUNK_THREADED
     if workers > 1 and not parallel.in_task() and flat_h.size >= 2 * unit:
         # Element-wise: contiguous shares (whole blocks) over the pool, the same values.
-        bounds = [
-            (unit * lo, min(flat_h.size, unit * hi)) for lo, hi in parallel.split(-(-flat_h.size // unit), workers)
-        ]
+        bounds = _row_ranges(flat_h.size, workers, unit)
         parallel.run([lambda lo=lo, hi=hi: _gelu32_with_derivative(flat_h[lo:hi], flat_d[lo:hi]) for lo, hi in bounds])
     else:
         _gelu32_with_derivative(flat_h, flat_d)
