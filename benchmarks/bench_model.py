@@ -78,12 +78,20 @@ def timed(fn):
 SETTLE_SECONDS = 0.15
 
 
-def best_interleaved(workloads, repeats, settle=("floor",)):
+def best_interleaved(workloads, repeats, settle=("floor",), calls=1):
     """Minimum wall and CPU time of each workload over ``repeats`` rounds, interleaved.
 
     On a machine shared with other processes the wall time of a single-threaded run
     includes the time the scheduler gave to others; the process CPU time does not, so
     with ``OPENBLAS_NUM_THREADS=1`` it is the steadier measure of the work itself.
+
+    In each round every workload takes one turn of ``calls`` back-to-back calls, each
+    timed; the minimum over all calls of all rounds is reported. With ``calls > 1``
+    every workload is also measured in its own steady state, not only right after
+    another library's call: PyTorch's idle OpenMP workers keep spinning briefly after
+    its calls and slowed the next call of whatever followed (measured: neocell_ref's
+    56² NeoCell forward 8.6 ms as the first call of its turn, 5.7 ms as the best of
+    three; PyTorch's own call 11.2 and 10.4 ms alike).
 
     After each workload named in ``settle`` (the MLP floor: plain ``np.matmul`` with
     OpenBLAS's own threads) the loop sleeps :data:`SETTLE_SECONDS`, untimed, so that
@@ -92,14 +100,17 @@ def best_interleaved(workloads, repeats, settle=("floor",)):
     The timed workloads themselves leave no spinning OpenBLAS worker behind with
     threads on (the fast paths hold it at one thread).
     """
+    if calls < 1:
+        raise ValueError(f"calls must be >= 1, got {calls}")
     for fn in workloads.values():
         fn()  # warm-up: first-touch page faults, BLAS thread start
     best = {name: [float("inf"), float("inf")] for name in workloads}
     for _ in range(repeats):
         for name, fn in workloads.items():
-            wall, cpu = timed(fn)
-            best[name][0] = min(best[name][0], wall)
-            best[name][1] = min(best[name][1], cpu)
+            for _ in range(calls):
+                wall, cpu = timed(fn)
+                best[name][0] = min(best[name][0], wall)
+                best[name][1] = min(best[name][1], cpu)
             if name in settle:
                 time.sleep(SETTLE_SECONDS)
     return best

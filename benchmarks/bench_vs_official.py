@@ -17,15 +17,19 @@ names), and are checked to agree before anything is timed: the relative error
 :data:`NEOCELL_BOUND` (NeoCell) or :data:`MODEL_BOUND` (NeoNeXt-T) -- or, for a
 training-step gradient that float32 cannot compute that accurately at all (a sum with
 heavy cancellation), below ten times neocell_ref's own float32 error against float64
-(see :func:`check_agreement`); otherwise the script refuses to time and exits 1. Their timed runs are interleaved round-robin with
-neocell_ref's (and, for the model rows, with the **MLP floor** of
-``benchmarks/bench_model.py``: the ``fc_1``/``fc_2`` matrix products of the same
-network alone), so load from other processes affects all alike; the minimum of
-``--repeats`` runs is reported. After the floor (plain ``np.matmul`` on OpenBLAS's own
+(see :func:`check_agreement`); otherwise the script refuses to time and exits 1. Their
+timed runs are interleaved round-robin with neocell_ref's (and, for the model rows, with
+the **MLP floor** of ``benchmarks/bench_model.py``: the ``fc_1``/``fc_2`` matrix
+products of the same network alone), so load from other processes affects all alike.
+Each workload's turn is ``--calls`` back-to-back calls, every call timed, and the
+minimum over all calls of the ``--repeats`` turns is reported: so each is also measured
+in its own steady state, not only right after the other's call (PyTorch's idle OpenMP
+workers spin briefly after its calls and slowed the call after them: neocell_ref's 56²
+NeoCell forward 8.6 ms as the first call of its turn, 5.7 ms as the best of three;
+theirs 11.2 and 10.4 ms). After the floor (plain ``np.matmul`` on OpenBLAS's own
 threads) the loop pauses, untimed, until OpenBLAS's idle workers have stopped spinning,
 so that they do not slow the next call (theirs: measured 45 against 26 ms for a PyTorch
-GELU); PyTorch's own idle threads, which spin briefly after its calls, are left as they
-are (they can only slow neocell_ref's call, which follows theirs).
+GELU).
 
 What is timed, per implementation:
 
@@ -47,7 +51,7 @@ NumPy is imported, and ``torch.set_num_threads(1)``).
 Run from the repository root (needs the ``official`` extra and a checkout of the
 authors' repository, see :data:`HOW_TO`)::
 
-    python benchmarks/bench_vs_official.py --official PATH [--repeats N]
+    python benchmarks/bench_vs_official.py --official PATH [--repeats N] [--calls N]
         [--threads default|1|both] [--json FILE] [--quick] [--profile]
 
 Without a checkout (no ``--official``, or a path that is not one) it prints how to get
@@ -156,7 +160,13 @@ def parse_args(argv):
         "--repeats",
         type=int,
         default=None,
-        help="timed runs per workload, minimum reported (default 7; 2 with --quick)",
+        help="round-robin turns per workload, minimum reported (default 7; 2 with --quick)",
+    )
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=None,
+        help="back-to-back timed calls per turn (default 3; 1 with --quick)",
     )
     parser.add_argument("--threads", choices=("default", "1", "both"), default="both")
     parser.add_argument("--json", metavar="FILE", help="write every time and the machine description here")
@@ -175,6 +185,10 @@ def parse_args(argv):
         args.repeats = 2 if (args.quick or args.smoke) else 7
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: must be >= 1")
+    if args.calls is None:
+        args.calls = 1 if (args.quick or args.smoke) else 3
+    if args.calls < 1:
+        parser.error(f"--calls {args.calls}: must be >= 1")
     return args
 
 
@@ -224,6 +238,8 @@ def spawn_child(args, root: Path, setting: str):
             str(root),
             "--repeats",
             str(args.repeats),
+            "--calls",
+            str(args.calls),
             "--child",
             str(out),
             "--child-threads",
@@ -262,6 +278,7 @@ def build_report(args, root, results) -> dict:
         "official_commit": first["official_commit"],
         "versions": {**first["versions"], "neocell_ref": neocell_ref.__version__},
         "repeats": args.repeats,
+        "calls": args.calls,
         "quick": args.quick,
         "smoke": args.smoke,
         "bounds": {"neocell": NEOCELL_BOUND, "model": MODEL_BOUND},
@@ -279,7 +296,8 @@ def print_report(report):
         f"\nneocell_ref {report['versions']['neocell_ref']} (commit {report['commit']}) against the "
         f"official implementation (commit {report['official_commit']}); torch {report['versions']['torch']}, "
         f"numpy {report['versions']['numpy']}; {report['machine'].get('cpu_model', '?')}, "
-        f"{report['machine']['cpu_count']} CPUs; minimum of {report['repeats']} round-robin runs"
+        f"{report['machine']['cpu_count']} CPUs; minimum of {report['repeats']} round-robin turns of "
+        f"{report['calls']} back-to-back calls"
     )
     if report["smoke"]:
         print("(--smoke: tiny shapes, the targets are not meaningful)")
@@ -348,7 +366,7 @@ def run_child(args, root: Path) -> int:
     rows, floors, profiles = [], {}, {}
     for item in prepared:
         print(f"  timing {item['name']}", flush=True)
-        times = time_pair(item["workloads"], args.repeats)
+        times = time_pair(item["workloads"], args.repeats, args.calls)
         if "floor" in times:
             floors[f"floor{item['batch']}"] = times["floor"]
         rows.append(
@@ -449,11 +467,12 @@ def check_agreement(name, pairs, bound, agreement, reference=None):
         print(f"  agree: {name}: {label} {error:.1e}{note}", flush=True)
 
 
-def time_pair(workloads, repeats):
-    """Round-robin minimum wall time in ms of every workload (bench_model's interleaving)."""
+def time_pair(workloads, repeats, calls):
+    """Round-robin minimum wall time in ms of every workload (bench_model's interleaving,
+    ``calls`` back-to-back calls per turn)."""
     from bench_model import best_interleaved
 
-    best = best_interleaved(workloads, repeats)
+    best = best_interleaved(workloads, repeats, calls=calls)
     return {name: wall * 1e3 for name, (wall, _cpu) in best.items()}
 
 

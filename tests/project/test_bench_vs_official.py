@@ -72,6 +72,29 @@ def test_repeats_must_be_positive():
     assert done.returncode == 2 and "--repeats 0: must be >= 1" in done.stderr, (done.returncode, done.stderr)
 
 
+def test_calls_must_be_positive():
+    done = run_script("--calls", "0", block_imports=True)
+    assert done.returncode == 2 and "--calls 0: must be >= 1" in done.stderr, (done.returncode, done.stderr)
+
+
+def test_round_robin_gives_each_workload_turns_of_back_to_back_calls(monkeypatch):
+    """The timing loop both benchmarks use: one warm-up call each, then per round a turn
+    of ``calls`` consecutive calls per workload; the minimum over every timed call."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_model
+
+    order = []
+    walls = iter([5.0, 3.0, 4.0, 9.0, 8.0, 7.0, 6.0, 2.0, 6.0, 1.0, 9.0, 9.0])
+    monkeypatch.setattr(bench_model, "timed", lambda fn: (fn(), (next(walls), 0.5))[1])
+    workloads = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    best = bench_model.best_interleaved(workloads, repeats=2, settle=(), calls=3)
+    assert order == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3, order
+    # a's timed calls: 5 3 4 | 6 2 6 -> 2; b's: 9 8 7 | 1 9 9 -> 1
+    assert best == {"a": [2.0, 0.5], "b": [1.0, 0.5]}, best
+    with pytest.raises(ValueError, match="calls must be >= 1, got 0"):
+        bench_model.best_interleaved(workloads, repeats=1, calls=0)
+
+
 @pytest.fixture(scope="module")
 def checkout():
     path = os.environ.get(ENV)
@@ -85,7 +108,7 @@ def test_smoke_run_writes_every_row_after_the_agreement_check(checkout, tmp_path
     done = run_script("--official", checkout, "--smoke", "--repeats", "1", "--threads", "both", "--json", out)
     assert done.returncode == 0, f"exit status {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     report = json.loads(out.read_text())
-    for field in ("date", "machine", "commit", "versions", "official_commit", "settings"):
+    for field in ("date", "machine", "commit", "versions", "official_commit", "settings", "calls"):
         assert report.get(field), f"JSON field {field!r} is missing or empty"
     assert report["official_commit"].startswith("ea32509"), report["official_commit"]
     assert [s["threads"] for s in report["settings"]] == ["default", "1"]
