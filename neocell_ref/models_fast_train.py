@@ -31,8 +31,10 @@ What the fused step does differently:
 * **threads**: the forward and its backward run with the worker pool owning the cores
   (:data:`train_scope`: NumPy's BLAS at one thread when ``NEOCELL_THREADS`` or the CPU
   count gives the pool two threads or more); the flat layout's products are then split
-  by rows of the result (:func:`_product`) and the GELU pass into contiguous blocks
-  over the pool's threads. The shares depend on the thread count only.
+  by rows of the result (:func:`_product`), the GELU pass into contiguous blocks and
+  the BatchNorm's forward and backward by channels (shares of two channels or more,
+  :func:`_channel_shares`) over the pool's threads. The shares depend on the thread
+  count only.
 
 Equality with the plain path (``tests/test_models_fast_train.py``): in the per-sample
 layout every value goes through the same operations in the same order, so logits,
@@ -278,14 +280,58 @@ def _bias(model, desc):
     return model.param(desc, "bias") if "bias" in desc.params else None
 
 
+#: BatchNorm layers of at least this many values have their channels split over the
+#: pool's threads (:func:`_channel_shares`); smaller ones cost less than waking a thread.
+_BN_SPLIT_VALUES = 1 << 17
+
+
+def _channel_shares(x):
+    """Thread shares ``(lo, hi)`` of the channel axis of ``x`` (N, C, H, W) for the
+    BatchNorm passes, or ``[(0, C)]`` (the calling thread) when the pool has one thread,
+    inside a task, or for a small layer.
+
+    Every share holds at least two channels: NumPy sums a slice of two or more channels
+    over ``(N, H, W)`` in the same order as the whole array (tested), but a single
+    channel's slice in another order (its ``N`` partial sums pairwise), which would
+    change the statistics' last bits.
+    """
+    channels = x.shape[1]
+    workers = min(parallel.threads(), channels // 2)
+    if workers < 2 or parallel.in_task() or x.size < _BN_SPLIT_VALUES:
+        return [(0, channels)]
+    return parallel.split(channels, workers)
+
+
+def _over_channels(shares, task):
+    """``task(lo, hi)`` for every share of :func:`_channel_shares`, over the pool."""
+    if len(shares) == 1:
+        task(*shares[0])
+    else:
+        parallel.run([lambda lo=lo, hi=hi: task(lo, hi) for lo, hi in shares])
+
+
 def _bn_train_forward(model, desc, x):
     """Training-mode BatchNorm with the statistics computed once (the plain two-pass rule).
 
     Returns ``y`` (a new array) and ``(mean, inv_std, scale)`` for backward; stages the
-    running-statistic updates.
+    running-statistic updates. With threads, each computes the statistics of its own
+    channels (:func:`_channel_shares`) and normalises them: per channel the same
+    operations in the same order, so the same bits.
     """
     w, b = model.param(desc, "weight"), model.param(desc, "bias")
-    mean, var = L.batchnorm_stats(x)
+    eps = desc.options["eps"]
+    channels = x.shape[1]
+    mean, var = np.empty(channels, x.dtype), np.empty(channels, x.dtype)
+    inv_std, scale = np.empty(channels, x.dtype), np.empty(channels, x.dtype)
+    y = np.empty_like(x)
+
+    def normalise(lo, hi):
+        mean[lo:hi], var[lo:hi] = L._bn_stats(x[:, lo:hi])
+        inv_std[lo:hi], scale[lo:hi], shift = L._bn_scale_shift(w[lo:hi], b[lo:hi], mean[lo:hi], var[lo:hi], eps)
+        np.multiply(x[:, lo:hi], scale[lo:hi, None, None], out=y[:, lo:hi])
+        y[:, lo:hi] += shift[:, None, None]
+
+    _over_channels(_channel_shares(x), normalise)
     count = L._bn_values_per_channel(x.shape)
     running = L.batchnorm_running_from_stats(
         mean,
@@ -298,9 +344,6 @@ def _bn_train_forward(model, desc, x):
     )
     for entry, value in zip(("running_mean", "running_var", "num_batches_tracked"), running):
         model.stage_buffer(desc, entry, value)
-    inv_std, scale, shift = L._bn_scale_shift(w, b, mean, var, desc.options["eps"])
-    y = np.multiply(x, scale[:, None, None])
-    y += shift[:, None, None]
     return y, (mean, inv_std, scale)
 
 
@@ -418,17 +461,24 @@ def _weight_grad(g3, x3):
 def _bn_train_backward(model, desc, grad_y, x, bn_saved):
     """Training-mode BatchNorm backward with the forward's statistics, in place in
     ``grad_y`` (which the caller owns): the operations of
-    :func:`neocell_ref.layers.batchnorm_backward`, in the same order."""
+    :func:`neocell_ref.layers.batchnorm_backward`, in the same order (with threads, each
+    on its own channels, as in the forward)."""
     mean, inv_std, scale = bn_saved
-    x_hat = x - mean[:, None, None]
-    x_hat *= inv_std[:, None, None]
-    grad_b = grad_y.sum(axis=(0, 2, 3))
-    grad_w = (grad_y * x_hat).sum(axis=(0, 2, 3))
     m = x.shape[0] * x.shape[2] * x.shape[3]
-    grad_y -= (grad_b / m)[:, None, None]
-    x_hat *= (grad_w / m)[:, None, None]
-    grad_y -= x_hat
-    grad_y *= scale[:, None, None]
+    grad_w, grad_b = np.empty_like(mean), np.empty_like(mean)
+
+    def backward(lo, hi):
+        g = grad_y[:, lo:hi]
+        x_hat = x[:, lo:hi] - mean[lo:hi, None, None]
+        x_hat *= inv_std[lo:hi, None, None]
+        grad_b[lo:hi] = g.sum(axis=(0, 2, 3))
+        grad_w[lo:hi] = (g * x_hat).sum(axis=(0, 2, 3))
+        g -= (grad_b[lo:hi] / m)[:, None, None]
+        x_hat *= (grad_w[lo:hi] / m)[:, None, None]
+        g -= x_hat
+        g *= scale[lo:hi, None, None]
+
+    _over_channels(_channel_shares(x), backward)
     model.set_grad(desc, "weight", grad_w)
     model.set_grad(desc, "bias", grad_b)
     return grad_y

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.models_fast_train import both, build, mismatches, no_flat_layout, training_step
+from support.models_fast_train import bn_split_step, both, build, mismatches, no_flat_layout, training_step
 
 from neocell_ref import layers as L
 from neocell_ref import models_fast_train as F
@@ -103,6 +103,29 @@ def test_products_and_gelu_split_over_threads(monkeypatch, threads):
     assert not bad, f"{threads} threads: split products beyond the documented accuracy: {bad}"
     for key, (_, macs) in results.items():
         assert macs == whole_macs, f"split {key} counted MACs {macs}, unsplit {whole_macs}"
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_batchnorm_split_over_channels_changes_no_bit(monkeypatch, threads):
+    """With the worker pool on, each thread computes the statistics, the normalisation
+    and the backward of its own channels of a block's BatchNorm, in shares of at least
+    two channels (forced here on a small model whose 3, 5, 6 and 7 channels split
+    unevenly, or not at all: 3 channels with 3 threads). Per channel the operations are
+    the same, so the whole step is bit-identical to the unsplit one (per-sample layout,
+    where everything else is too): logits, gradients and running statistics."""
+    steps = {}
+    for count, limit in ((1, 1 << 62), (threads, 0)):
+        monkeypatch.setattr(F, "_BN_SPLIT_VALUES", limit)
+        steps[count] = bn_split_step(monkeypatch, count)
+    bad = mismatches(steps[1], steps[threads], np.float32, exact=True)
+    assert not bad, f"{threads} threads: the BatchNorm split over channels changed {bad}"
+    expected = {  # channels -> shares: never one channel alone
+        2: {3: [(0, 3)], 5: [(0, 3), (3, 5)], 7: [(0, 4), (4, 7)]},
+        3: {3: [(0, 3)], 5: [(0, 3), (3, 5)], 7: [(0, 3), (3, 5), (5, 7)]},
+    }[threads]
+    for channels, want in expected.items():
+        got = F._channel_shares(np.empty((3, channels, 2, 2), np.float32))
+        assert got == want, f"{threads} threads, {channels} channels: shares {got}, expected {want}"
 
 
 @settings(max_examples=10)

@@ -7,13 +7,17 @@
   the first sample only.
 - ``test_a_product_split_that_loses_a_share_fails_the_comparison``: the same comparison
   fails when a product split over the worker pool loses a thread's rows.
+- ``test_one_channel_batchnorm_shares_fail_the_bitwise_comparison``: the rule that every
+  BatchNorm share holds at least two channels is needed: shares of one channel change
+  the statistics' last bits, which the bitwise test of the split catches.
 """
 
 import numpy as np
 import pytest
 from scipy import special
-from support.models_fast_train import both, mismatches, no_flat_layout
+from support.models_fast_train import bn_split_step, both, mismatches, no_flat_layout
 
+from neocell_ref import _parallel
 from neocell_ref import models_fast_train as F
 
 
@@ -69,3 +73,13 @@ def test_a_product_split_that_loses_a_share_fails_the_comparison(monkeypatch):
     monkeypatch.setattr(F, "_product", lossy)
     bad = mismatches(*both(np.float64, 3, (32, 32), linear_bias=True), np.float64, exact=False)
     assert any("fc_" in key for key, _ in bad), f"lossy product split not caught (mismatches: {bad})"
+
+
+def test_one_channel_batchnorm_shares_fail_the_bitwise_comparison(monkeypatch):
+    """The comparison of tests/test_models_fast_train.py's
+    ``test_batchnorm_split_over_channels_changes_no_bit``, with shares of one channel."""
+    whole = bn_split_step(monkeypatch, 1)
+    monkeypatch.setattr(F, "_channel_shares", lambda x: _parallel.split(x.shape[1], x.shape[1]))
+    split = bn_split_step(monkeypatch, 2)
+    bad = mismatches(whole, split, np.float32, exact=True)
+    assert any("norm" in key for key, _ in bad), f"one-channel BatchNorm shares not caught (mismatches: {bad})"

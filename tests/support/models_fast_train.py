@@ -89,3 +89,16 @@ def block_scale(ref, key):
 
 def no_flat_layout(monkeypatch):
     monkeypatch.setattr(F, "_flat_layout", lambda fc_1, fc_2, n, positions: False)
+
+
+def bn_split_step(monkeypatch, threads):
+    """One fast training step (float32, per-sample layout) of a small model whose
+    BatchNorms have 3, 5, 6 and 7 channels, with ``NEOCELL_THREADS=threads``: the case of
+    the BatchNorm channel-split comparison and of its mutant."""
+    no_flat_layout(monkeypatch)
+    monkeypatch.setenv("NEOCELL_THREADS", str(threads))
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 3, 40, 36)).astype(np.float32)
+    g = rng.standard_normal((3, 5)).astype(np.float32)
+    model = build(np.float32, dims=(3, 5, 6, 7), resolution=(40, 36), linear_bias=True)
+    return training_step(model, x, g, fast=True)
