@@ -1,7 +1,7 @@
 """Counting the multiply-accumulates that the code actually executes.
 
 Every matrix product in the package's forward and backward passes goes through
-:func:`matmul`. Inside a :func:`count_macs` block each call is recorded, so the
+:func:`matmul` (or :func:`stacked_dot`, the same product in another NumPy call). Inside a :func:`count_macs` block each call is recorded, so the
 analytic counts of :mod:`neocell_ref.calculator` can be compared with what ran.
 Outside such a block the only cost is one check of an empty list.
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["matmul", "count_macs", "MacCounter"]
+__all__ = ["matmul", "stacked_dot", "count_macs", "MacCounter"]
 
 _COUNTERS: list = []
 _LOCK = threading.Lock()
@@ -85,4 +85,40 @@ def matmul(a, b, tag: str = "", out=None):
     if _COUNTERS:
         for counter in tuple(_COUNTERS):  # a snapshot: another thread may leave its block
             counter.record(tag, np.shape(a), np.shape(b), result.shape)
+    return result
+
+
+def stacked_dot(a, b, tag: str = "", out=None):
+    """``a[i] @ b[i]`` for every ``i`` of two stacks of matrices, one ``np.dot`` each,
+    reported like :func:`matmul`.
+
+    For the products with a long inner dimension and few output values (the kernel
+    gradients of the NeoCell fast path, 4x4 or 7x7 outputs of sums over tens of
+    thousands of terms): ``np.matmul`` keeps the GIL for a product with few output
+    values (NumPy releases it in a generalized ufunc only above a problem size counted
+    without the inner dimension), so threads running such products take turns, while
+    ``np.dot`` releases it around every BLAS call. Measured with two threads on two
+    cores, 600 products of ``(4, 7200) @ (7200, 4)``: ``np.matmul`` 0.8x the serial
+    speed, ``np.dot`` 1.8x.
+
+    Parameters
+    ----------
+    a : ndarray, shape (s, m, k)
+    b : ndarray, shape (s, k, n)
+    out : ndarray, shape (s, m, n), optional
+        C-contiguous matrices of the result dtype (each ``out[i]`` is written by ``np.dot``).
+
+    Returns
+    -------
+    ndarray, shape (s, m, n)
+    """
+    stack, rows, inner = a.shape
+    if b.ndim != 3 or b.shape[0] != stack or b.shape[1] != inner:
+        raise ValueError(f"stacked_dot: shapes {a.shape} and {b.shape} do not chain")
+    result = np.empty((stack, rows, b.shape[2]), dtype=np.result_type(a, b)) if out is None else out
+    for i in range(stack):
+        np.dot(a[i], b[i], out=result[i])
+    if _COUNTERS:
+        for counter in tuple(_COUNTERS):
+            counter.record(tag, a.shape, b.shape, result.shape)
     return result

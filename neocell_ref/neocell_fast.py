@@ -17,14 +17,18 @@ Threads. The chunks of a layer are independent (the forward writes disjoint outp
 so they are split over the worker threads of :mod:`neocell_ref._parallel`
 (``NEOCELL_THREADS``; one thread when it or ``OPENBLAS_NUM_THREADS`` is 1) with NumPy's
 BLAS at one thread meanwhile. Each thread gets a contiguous run of whole chunks in plan
-order (:func:`_shares`), its own work buffers and its own zero frames, and runs on
+order (:func:`_shares`, balanced by the chunks' cost in the pass's direction:
+:func:`_chunk_cost`), its own work buffers and its own zero frames, and runs on
 them exactly the operations of the single-threaded loop; a channel whose samples are
 split over several chunks goes to one thread whole, so the backward sums its kernel
 gradients in the same order. Results are therefore bitwise those of one thread, for
 any thread count and any scheduling. Layers with fewer than
 :data:`_MIN_VALUES_PER_THREAD` tiled input values or :data:`_CHUNKS_PER_THREAD` chunks
 per thread, and calls from inside a task of the pool (no nested pool use), run the
-plain loop in the calling thread.
+plain loop in the calling thread. The backward's kernel gradients go through
+:func:`neocell_ref.instrument.stacked_dot`: ``np.matmul`` keeps the GIL for products
+with so few output values, and the threads' backward passes then took turns (8x96x56²
+``"4+7"`` backward on two threads: 21 ms, as on one; 13.8 ms with ``np.dot``).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import numpy as np
 
 from . import _parallel as parallel
 from .expansion import channel_runs, padding_view
-from .instrument import matmul
+from .instrument import matmul, stacked_dot
 
 __all__ = ["patchwise_forward", "patchwise_backward"]
 
@@ -178,20 +182,41 @@ def _buffer_sizes(plan, specs):
 
 
 def _chunk_values(segment, spec, chunk):
-    """Size of a chunk's tiled input: the measure of its work."""
+    """Size of a chunk's tiled input (the thresholds for using threads are in these)."""
     c0, c1, n0, n1 = chunk
     return math.prod(_tiled_shapes(segment, spec, c1 - c0, n1 - n0)[0])
 
 
+#: Weight of one tiled input value against one executed multiply-accumulate in the cost
+#: of a chunk (:func:`_chunk_cost`), for the forward and for the backward. Fitted to
+#: single-threaded times per tiled value on the benchmark machine (float32, 8x48
+#: channels at 56x56, shift 1): forward 2.73 ns (kernel 4) and 3.11 ns (kernel 7),
+#: backward 5.43 and 8.55 ns, where the model gives the ratios 1.15 and 1.58 (measured
+#: 1.14 and 1.57). Only the balance of the thread shares depends on it, never a result.
+_VALUE_WEIGHT = {"forward": 32, "backward": 6}
+
+
+def _chunk_cost(segment, spec, chunk, direction):
+    """Work of a chunk in a thread share: its tiled input values (the copies) weighted by
+    :data:`_VALUE_WEIGHT`, plus its executed MACs in ``direction`` (``"forward"``:
+    ``h_in + w_out`` per ``Z`` value, ``"backward"``: ``3*h_in + 2*w_out``; see
+    :func:`patchwise_forward` and :func:`patchwise_backward`)."""
+    c0, c1, n0, n1 = chunk
+    m, n = c1 - c0, n1 - n0
+    per_z = spec.h_in + spec.w_out if direction == "forward" else 3 * spec.h_in + 2 * spec.w_out
+    z_values = math.prod(_tiled_shapes(segment, spec, m, n)[1])
+    return _VALUE_WEIGHT[direction] * _chunk_values(segment, spec, chunk) + z_values * per_z
+
+
 @lru_cache(maxsize=256)
-def _shares(specs, batch, height, width, itemsize, chunk_bytes, parts, min_values, min_chunks):
+def _shares(specs, batch, height, width, itemsize, chunk_bytes, parts, min_values, min_chunks, direction="forward"):
     """The chunks of the plan cut into ``parts`` thread shares, or None if not worth it.
 
     Jobs are the chunks of a segment whose chunks hold all samples, and the channels of
     a segment whose samples are split (all the chunks of that channel: the backward sums
     a channel's kernel gradient over them, in sample order, in one thread). Jobs are
-    cut into ``parts`` contiguous runs of near-equal work (the size of their tiled
-    input). A share is a tuple of ``(segment, chunks)`` with the chunks in plan order,
+    cut into ``parts`` contiguous runs of near-equal work (:func:`_chunk_cost` in
+    ``direction``). A share is a tuple of ``(segment, chunks)`` with the chunks in plan order,
     so the sample count still changes at most once per segment and the channel count
     never grows while it stays the same: each thread's own zero frames and buffers
     work as in the single-threaded loop. Pure function of its arguments, hence cached.
@@ -207,15 +232,16 @@ def _shares(specs, batch, height, width, itemsize, chunk_bytes, parts, min_value
     for s, seg in enumerate(plan):
         spec = specs[seg.group]
         if all(n0 == 0 and n1 == batch for _, _, n0, n1 in seg.chunks):
-            jobs.extend((s, (chunk,), _chunk_values(seg, spec, chunk)) for chunk in seg.chunks)
+            jobs.extend((s, (chunk,), _chunk_cost(seg, spec, chunk, direction)) for chunk in seg.chunks)
         else:  # one channel per chunk, samples split: one job per channel
             for c in sorted({c0 for c0, _, _, _ in seg.chunks}):
                 own = tuple(chunk for chunk in seg.chunks if chunk[0] == c)
-                jobs.append((s, own, sum(_chunk_values(seg, spec, chunk) for chunk in own)))
+                jobs.append((s, own, sum(_chunk_cost(seg, spec, chunk, direction) for chunk in own)))
     chunk_count = sum(len(seg.chunks) for seg in plan)
-    total = sum(work for _, _, work in jobs)
-    if parts < 2 or chunk_count < min_chunks * parts or total < min_values * parts:
+    values = sum(_chunk_values(seg, specs[seg.group], chunk) for seg in plan for chunk in seg.chunks)
+    if parts < 2 or chunk_count < min_chunks * parts or values < min_values * parts:
         return None
+    total = sum(work for _, _, work in jobs)
     # Contiguous runs of jobs: job j goes to the share its work midpoint falls in.
     owner, done = [], 0
     for _, _, work in jobs:
@@ -232,8 +258,9 @@ def _shares(specs, batch, height, width, itemsize, chunk_bytes, parts, min_value
     return tuple(shares) if len(shares) > 1 else None
 
 
-def _work(specs, batch, height, width, itemsize):
-    """The thread shares of a layer: ``(segment, chunks)`` lists, one per thread.
+def _work(specs, batch, height, width, itemsize, direction="forward"):
+    """The thread shares of a layer: ``(segment, chunks)`` lists, one per thread, balanced
+    for the work of ``direction`` (``"forward"`` or ``"backward"``).
 
     One share (the whole plan, in order) when :func:`neocell_ref._parallel.threads` is
     1, when called from inside a task of the thread pool (no nested pool use), or when
@@ -244,7 +271,7 @@ def _work(specs, batch, height, width, itemsize):
     shares = None
     if parts > 1:
         limits = (_MIN_VALUES_PER_THREAD, _CHUNKS_PER_THREAD)
-        shares = _shares(specs, batch, height, width, itemsize, _CHUNK_BYTES, parts, *limits)
+        shares = _shares(specs, batch, height, width, itemsize, _CHUNK_BYTES, parts, *limits, direction)
     return plan, shares or (tuple((seg, seg.chunks) for seg in plan),)
 
 
@@ -403,7 +430,7 @@ def patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
     grad_x = np.empty_like(x)
     grads_a = [np.empty_like(w) for w in weights_a]
     grads_b = [np.empty_like(w) for w in weights_b]
-    plan, shares = _work(specs, n, height, width, x.itemsize)
+    plan, shares = _work(specs, n, height, width, x.itemsize, "backward")
     size_x, size_z, size_y = _buffer_sizes(plan, specs)
 
     def task(share):  # own work buffers and zero frames per thread; whole channels when samples split
@@ -432,12 +459,14 @@ def patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
                 g2 = gt[:m].reshape(m, -1, spec.w_out)  # (m, R, w_out)
                 z2 = z[:m].reshape(m, spec.h_out, -1)  # Z, later dZ
                 matmul(a[c0:c1], x2, "patchwise", out=z2)
-                db = matmul(
+                # The kernel gradients (long sums, few outputs) by stacked_dot: np.matmul
+                # would keep the GIL for them and serialise the threads.
+                db = stacked_dot(
                     z2.reshape(m, -1, spec.w_in).transpose(0, 2, 1), g2, "patchwise", out=gb[c0:c1] if n0 == 0 else None
                 )
                 # Z is used up: dZ goes into its buffer.
                 matmul(g2, b[c0:c1].transpose(0, 2, 1), "patchwise", out=z2.reshape(m, -1, spec.w_in))
-                da = matmul(z2, x2.transpose(0, 2, 1), "patchwise", out=ga[c0:c1] if n0 == 0 else None)
+                da = stacked_dot(z2, x2.transpose(0, 2, 1), "patchwise", out=ga[c0:c1] if n0 == 0 else None)
                 if n0:  # later samples of a channel whose samples are split: accumulate
                     gb[c0:c1] += db
                     ga[c0:c1] += da

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from neocell_ref.instrument import count_macs, matmul
+from neocell_ref.instrument import count_macs, matmul, stacked_dot
 
 
 @pytest.mark.parametrize(
@@ -77,3 +77,27 @@ def test_products_from_several_threads_are_all_counted():
     assert len(counter.calls) == threads * calls, f"{len(counter.calls)} calls recorded, {threads * calls} made"
     assert counter.macs == threads * calls * per_call, f"total {counter.macs}, expected {threads * calls * per_call}"
     assert counter.by_tag() == {f"t{i}": calls * per_call for i in range(threads)}
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed views"])
+def test_stacked_dot_is_the_stacked_product_and_counts_like_matmul(transposed):
+    """``stacked_dot`` (one ``np.dot`` per matrix, for the kernel gradients) computes the
+    stacked product (checked against float64 ``np.einsum``, another formulation), into
+    ``out`` when given, and records one call of ``s·m·k·n`` MACs as ``matmul`` would."""
+    rng = np.random.default_rng(3)
+    s, m, k, n = 3, 4, 500, 7
+    a = rng.standard_normal((s, k, m)).transpose(0, 2, 1) if transposed else rng.standard_normal((s, m, k))
+    b = rng.standard_normal((s, n, k)).transpose(0, 2, 1) if transposed else rng.standard_normal((s, k, n))
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    exact = np.einsum("smk,skn->smn", a.astype(np.float64), b.astype(np.float64))
+    out = np.empty((s, m, n), np.float32)
+    with count_macs() as counter:
+        got = stacked_dot(a, b, "t", out=out)
+        fresh = stacked_dot(a, b, "t")
+    assert got is out and fresh.dtype == np.float32 and fresh.shape == (s, m, n)
+    for name, value in (("out=", got), ("new array", fresh)):
+        error = np.max(np.abs(value - exact)) / np.max(np.abs(exact))
+        assert error < 1e-5, f"stacked_dot ({name}) differs from the exact product by {error:.2e} (relative)"
+    assert counter.calls == [("t", a.shape, b.shape, s * m * k * n)] * 2, counter.calls
+    with pytest.raises(ValueError, match="do not chain"):
+        stacked_dot(a, b[:2])

@@ -361,6 +361,28 @@ def test_thread_shares_cover_every_chunk_once_in_plan_order_with_whole_split_cha
     assert set(seen) == expected, f"shares miss {expected - set(seen)}"
 
 
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize("parts", [2, 3])
+def test_thread_shares_balance_the_cost_of_their_direction(direction, parts):
+    """Each share's work (chunk costs in the pass's direction: kernel-7 chunks cost more
+    per value than kernel-4 ones, far more in the backward) is within one job's work of
+    an equal part; the forward's and the backward's shares of a "4+7" layer differ."""
+    specs = parse_specs([{"kernel": 4, "channels": 48, "shift": 1}, {"kernel": 7, "channels": 48, "shift": 1}])
+    args = (specs, 8, 56, 56, 4, nc._CHUNK_BYTES, parts, 0, 1)
+    shares = nc._shares(*args, direction)
+    spec_of = {seg.chans.start: specs[seg.group] for share in shares for seg, _ in share}
+    work = [
+        sum(nc._chunk_cost(seg, spec_of[seg.chans.start], c, direction) for seg, cs in sh for c in cs) for sh in shares
+    ]
+    largest = max(
+        nc._chunk_cost(seg, spec_of[seg.chans.start], c, direction) for sh in shares for seg, cs in sh for c in cs
+    )
+    equal = sum(work) / parts
+    assert all(abs(w - equal) <= largest for w in work), f"{direction}, {parts} shares: work {work}, equal {equal}"
+    other = nc._shares(*args, "backward" if direction == "forward" else "forward")
+    assert other != shares, "forward and backward shares should differ for a 4+7 layer"
+
+
 def test_one_thread_small_layers_and_pool_tasks_run_the_plain_loop(monkeypatch):
     specs = parse_specs([{"kernel": 4, "channels": 96, "shift": 1}])
     plan = nc._patchwise_plan(specs, 8, 56, 56, 4, nc._CHUNK_BYTES)
