@@ -499,6 +499,12 @@ class NeoNeXt:
                     self._tick("backward:residual_add", start)
             elif kind == "tail":  # a block's fused tail (the fast training path)
                 grad = tail_backward(self, desc, grad, saved)
+            elif kind == "fast_layer":  # a layer the fast training path ran itself
+                start = time.perf_counter() if self.profile is not None else 0.0
+                backward, inner = saved
+                grad = backward(self, desc, grad, inner)
+                if self.profile is not None:
+                    self._tick(f"backward:{desc.kind}", start)
             else:
                 start = time.perf_counter() if self.profile is not None else 0.0
                 grad = registry.get(desc.kind).backward(self, desc, grad, saved)

@@ -16,8 +16,9 @@ the same operations, in the same order for every value, arranged for speed:
 * **threads**: the fused runs (the inference tail, the training-mode MLP) are split
   over worker threads (:mod:`neocell_ref._parallel`, ``NEOCELL_THREADS``): contiguous
   runs of pixel blocks in the early stages, rows of the hidden and output matrices in
-  the late ones, with NumPy's OpenBLAS held at one thread meanwhile; the shares are
-  fixed by the data, not by scheduling;
+  the late ones, with NumPy's OpenBLAS held at one thread meanwhile; the 1x1
+  convolutions of several samples by samples (:func:`conv1x1_samples`, also the fast
+  training path's); the shares are fixed by the data, not by scheduling;
 * **profiling**: with :attr:`NeoNeXt.profile` set, the time of each fused step goes
   under ``"forward:<kind>"`` like the layer-by-layer path's (summed over threads).
 
@@ -97,9 +98,15 @@ def _forward(model, x, training):
 
 
 def _run_layer(model, desc, x, owned, training):
-    """One layer by its record, in place when ``x`` is owned; returns ``(y, owned)``."""
+    """One layer by its record, in place when ``x`` is owned; returns ``(y, owned)``.
+    A 1x1 convolution of several samples runs :func:`conv1x1_samples` instead (the
+    record's products, split over the pool by samples)."""
     start = time.perf_counter() if model.profile is not None else 0.0
-    y, _, fresh = registry.get(desc.kind).forward(model, desc, x, training, owned)
+    shares = sample_shares(x.shape[0], conv1x1_macs(desc, x)) if desc.kind == "conv1x1" else None
+    if shares is not None:
+        y, fresh = conv1x1_samples(x, model.param(desc, "weight"), shares), True
+    else:
+        y, _, fresh = registry.get(desc.kind).forward(model, desc, x, training, owned)
     if model.profile is not None:
         model._tick(f"forward:{desc.kind}", start)
     return y, (fresh or owned)
@@ -224,6 +231,62 @@ def _fused_mlp(model, weights, x, *, affine=None, gamma=None, skip=None):
     else:
         run_blocks(blocks, _stopwatch(model))
     return out
+
+
+#: Layers whose per-sample products total at least this many multiply-accumulates are
+#: split over the pool by samples (:func:`sample_shares`); smaller ones cost less than
+#: waking a thread. NeoNeXt-T's 1x1 convolutions at batch 8 have 2**27 to 2**29.
+_SAMPLE_SPLIT_MACS = 1 << 22
+
+
+def conv1x1_macs(desc, x):
+    """Multiply-accumulates of the 1x1 convolution ``desc`` on ``x``."""
+    return x.size * desc.out_shape[0]
+
+
+def sample_shares(samples, macs):
+    """Thread shares ``(lo, hi)`` of the sample axis for a layer of per-sample products,
+    or None to run it in the calling thread (one thread, inside a task, one sample, or
+    fewer than :data:`_SAMPLE_SPLIT_MACS` MACs)."""
+    workers = min(parallel.threads(), samples)
+    if workers < 2 or parallel.in_task() or macs < _SAMPLE_SPLIT_MACS:
+        return None
+    return parallel.split(samples, workers)
+
+
+def over_samples(shares, task):
+    """``task(lo, hi)`` for every share of :func:`sample_shares`, over the pool with
+    NumPy's BLAS at one thread."""
+    with parallel.single_threaded_blas():
+        parallel.run([lambda lo=lo, hi=hi: task(lo, hi) for lo, hi in shares])
+
+
+def conv1x1_samples(x, weight, shares):
+    """:func:`neocell_ref.layers.conv1x1_forward` for the fast paths, with the samples
+    split over the pool in ``shares`` (of :func:`sample_shares`).
+
+    The plain function computes ``W @ x[n]`` as one BLAS product per sample (a stacked
+    ``np.matmul``); here each thread runs the products of its own samples, the same
+    calls on the same operands, so the result is the same bits.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+        In the model dtype (checked by the caller).
+    weight : ndarray, shape (C_out, C_in, 1, 1)
+    shares : list of (int, int)
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, H, W)
+    """
+    n, c_in = x.shape[:2]
+    w2 = weight.reshape(weight.shape[:2])
+    x3 = np.ascontiguousarray(x).reshape(n, c_in, -1)
+    y = np.empty((n, w2.shape[0], *x.shape[2:]), dtype=np.result_type(x, w2))
+    y3 = y.reshape(n, w2.shape[0], -1)
+    over_samples(shares, lambda lo, hi: matmul(w2, x3[lo:hi], "conv1x1", out=y3[lo:hi]))
+    return y
 
 
 def _block_columns(positions, hidden):

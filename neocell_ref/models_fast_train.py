@@ -10,7 +10,9 @@ each block after its NeoCell,
     ``skip + drop_path(layer_scale(fc_2(GELU(fc_1(BatchNorm(x))))))``,
 
 as one fused step (:func:`tail_forward`, :func:`tail_backward`). Every other layer
-(stem, down-sampling, NeoCell, head) runs by its record exactly as in the plain path.
+(stem, down-sampling, NeoCell, head) runs by its record exactly as in the plain path,
+except that with threads a 1x1 convolution's per-sample products are shared out by
+samples (below).
 What the fused step does differently:
 
 * **BatchNorm** (training mode): the batch statistics are computed once, with the
@@ -33,8 +35,10 @@ What the fused step does differently:
   count gives the pool two threads or more); the flat layout's products are then split
   by rows of the result (:func:`_product`), the GELU pass into contiguous blocks and
   the BatchNorm's forward and backward by channels (shares of two channels or more,
-  :func:`_channel_shares`) over the pool's threads. The shares depend on the thread
-  count only.
+  :func:`_channel_shares`) and the 1x1 convolutions of the down-sampling layers by
+  samples (:func:`neocell_ref.models_fast.conv1x1_samples`, :func:`conv1x1_backward`:
+  the record's per-sample products, tape entry ``"fast_layer"``) over the pool's
+  threads. The shares depend on the thread count only.
 
 Equality with the plain path (``tests/test_models_fast_train.py``): in the per-sample
 layout every value goes through the same operations in the same order, so logits,
@@ -58,7 +62,16 @@ from . import _parallel as parallel
 from . import layers as L
 from . import registry
 from .instrument import matmul
-from .models_fast import _ROW_UNIT, _linear_rows, _row_ranges, _stopwatch
+from .models_fast import (
+    _ROW_UNIT,
+    _linear_rows,
+    _row_ranges,
+    _stopwatch,
+    conv1x1_macs,
+    conv1x1_samples,
+    over_samples,
+    sample_shares,
+)
 
 __all__ = ["train_forward", "tail_forward", "tail_backward", "train_tail", "train_scope"]
 
@@ -126,8 +139,13 @@ def train_forward(model, x):
                 break
         for desc in layers:
             start = time.perf_counter() if model.profile is not None else 0.0
-            x, saved, _ = registry.get(desc.kind).forward(model, desc, x, True, False)
-            tape.append(("layer", desc, saved))
+            shares = sample_shares(x.shape[0], conv1x1_macs(desc, x)) if desc.kind == "conv1x1" else None
+            if shares is not None:  # the record's products, split by samples
+                tape.append(("fast_layer", desc, (conv1x1_backward, x)))
+                x = conv1x1_samples(x, model.param(desc, "weight"), shares)
+            else:
+                x, saved, _ = registry.get(desc.kind).forward(model, desc, x, True, False)
+                tape.append(("layer", desc, saved))
             if model.profile is not None:
                 model._tick(f"forward:{desc.kind}", start)
         if tail is not None:
@@ -448,6 +466,34 @@ def tail_backward(model, tail, grad, saved):
         return grad_y
     grad_x = _bn_train_backward(model, bn, grad_y, x, bn_saved)
     lap("batchnorm")
+    return grad_x
+
+
+def conv1x1_backward(model, desc, grad, x):
+    """:func:`neocell_ref.layers.conv1x1_backward` of a 1x1 convolution the fast training
+    forward ran by samples (:func:`neocell_ref.models_fast.conv1x1_samples`): the same
+    per-sample products (``Wᵀ dy[n]`` and ``dy[n] x[n]ᵀ``), each thread on its own
+    samples, and the weight gradient summed over the samples in the main thread as
+    there; so the same bits. Sets the weight gradient; returns ``grad_x``."""
+    weight = model.param(desc, "weight")
+    w2 = weight.reshape(weight.shape[:2])
+    n = x.shape[0]
+    g3 = np.ascontiguousarray(grad).reshape(n, w2.shape[0], -1)
+    x3 = x.reshape(n, w2.shape[1], -1)
+    grad_x = np.empty(x.shape, dtype=g3.dtype)
+    gx3 = grad_x.reshape(n, w2.shape[1], -1)
+    per_sample = np.empty((n, *w2.shape), dtype=g3.dtype)
+
+    def task(lo, hi):
+        matmul(w2.T, g3[lo:hi], "conv1x1", out=gx3[lo:hi])
+        matmul(g3[lo:hi], x3[lo:hi].transpose(0, 2, 1), "conv1x1", out=per_sample[lo:hi])
+
+    shares = sample_shares(n, conv1x1_macs(desc, x))
+    if shares is None:
+        task(0, n)
+    else:
+        over_samples(shares, task)
+    model.set_grad(desc, "weight", per_sample.sum(axis=0).reshape(weight.shape))
     return grad_x
 
 

@@ -229,6 +229,33 @@ def test_early_blocks_are_bitwise_equal_across_thread_counts(monkeypatch):
     assert relative_error(outs[0].reshape(2, 4, 63), y) <= 1e-6
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_conv1x1_split_by_samples_is_the_plain_layer_bit_for_bit(monkeypatch, threads):
+    """The fast paths' 1x1 convolution with the samples over the pool runs the plain
+    layer's per-sample products: bitwise equal to layers.conv1x1_forward (odd batch,
+    uneven shares); and the fast inference runs it (forced on a small model) within
+    the documented accuracy of the plain forward."""
+    monkeypatch.setenv("NEOCELL_THREADS", str(threads))
+    monkeypatch.setattr(models_fast, "_SAMPLE_SPLIT_MACS", 0)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 6, 7, 9)).astype(np.float32)
+    w = rng.standard_normal((11, 6, 1, 1)).astype(np.float32)
+    shares = models_fast.sample_shares(5, 0)
+    assert shares == parallel.split(5, threads), shares
+    got = models_fast.conv1x1_samples(x, w, shares)
+    want = nr.layers.conv1x1_forward(x, w)
+    assert np.array_equal(got, want), f"{threads} threads: differs by {relative_error(got, want):.2e}"
+    model = model_with_nontrivial_tail(np.float32)
+    x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    calls = []
+    real = models_fast.conv1x1_samples
+    monkeypatch.setattr(models_fast, "conv1x1_samples", lambda *a: calls.append(1) or real(*a))
+    fast = model.forward(x, cache=False)
+    plain = model.forward(x, cache=True)
+    assert calls, "the forced split should run the 1x1 convolutions by samples"
+    assert relative_error(fast, plain) <= 1e-5, f"fast inference with the split: {relative_error(fast, plain):.2e}"
+
+
 def test_threaded_results_do_not_depend_on_scheduling(small_blocks, monkeypatch):
     model = model_with_nontrivial_tail(np.float32)
     x = np.random.default_rng(4).standard_normal((3, 3, 32, 32)).astype(np.float32)

@@ -106,19 +106,26 @@ def test_products_and_gelu_split_over_threads(monkeypatch, threads):
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_batchnorm_split_over_channels_changes_no_bit(monkeypatch, threads):
+def test_batchnorm_and_conv1x1_splits_change_no_bit(monkeypatch, threads):
     """With the worker pool on, each thread computes the statistics, the normalisation
     and the backward of its own channels of a block's BatchNorm, in shares of at least
-    two channels (forced here on a small model whose 3, 5, 6 and 7 channels split
-    unevenly, or not at all: 3 channels with 3 threads). Per channel the operations are
-    the same, so the whole step is bit-identical to the unsplit one (per-sample layout,
-    where everything else is too): logits, gradients and running statistics."""
+    two channels, and the per-sample products of the 1x1 convolutions (forward and
+    backward) of its own samples (both forced here on a small model whose 3, 5, 6 and 7
+    channels split unevenly, or not at all: 3 channels with 3 threads). Per channel and
+    per sample the operations are the same, so the whole step is bit-identical to the
+    unsplit one (per-sample layout, where everything else is too): logits, gradients
+    and running statistics."""
+    from neocell_ref import models_fast
+
     steps = {}
     for count, limit in ((1, 1 << 62), (threads, 0)):
         monkeypatch.setattr(F, "_BN_SPLIT_VALUES", limit)
+        monkeypatch.setattr(models_fast, "_SAMPLE_SPLIT_MACS", limit)
         steps[count] = bn_split_step(monkeypatch, count)
-    bad = mismatches(steps[1], steps[threads], np.float32, exact=True)
-    assert not bad, f"{threads} threads: the BatchNorm split over channels changed {bad}"
+    kinds = {kind for kind, _, _ in steps[threads][2]}
+    assert "fast_layer" in kinds, f"the forced split should run the 1x1 convolutions by samples; tape kinds {kinds}"
+    bad = mismatches(steps[1][:2], steps[threads][:2], np.float32, exact=True)
+    assert not bad, f"{threads} threads: the BatchNorm or conv1x1 split changed {bad}"
     expected = {  # channels -> shares: never one channel alone
         2: {3: [(0, 3)], 5: [(0, 3), (3, 5)], 7: [(0, 4), (4, 7)]},
         3: {3: [(0, 3)], 5: [(0, 3), (3, 5)], 7: [(0, 3), (3, 5), (5, 7)]},

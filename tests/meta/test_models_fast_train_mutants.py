@@ -10,6 +10,10 @@
 - ``test_one_channel_batchnorm_shares_fail_the_bitwise_comparison``: the rule that every
   BatchNorm share holds at least two channels is needed: shares of one channel change
   the statistics' last bits, which the bitwise test of the split catches.
+- ``test_a_conv1x1_sample_split_that_loses_a_share_fails_the_bitwise_comparison`` and
+  ``test_a_conv1x1_split_backward_with_one_sample_fails_the_bitwise_comparison``: the
+  same bitwise test catches a 1x1 convolution split by samples that never runs the
+  last share (forward) or sums the weight gradient of the first sample only (backward).
 """
 
 import numpy as np
@@ -81,5 +85,49 @@ def test_one_channel_batchnorm_shares_fail_the_bitwise_comparison(monkeypatch):
     whole = bn_split_step(monkeypatch, 1)
     monkeypatch.setattr(F, "_channel_shares", lambda x: _parallel.split(x.shape[1], x.shape[1]))
     split = bn_split_step(monkeypatch, 2)
-    bad = mismatches(whole, split, np.float32, exact=True)
+    bad = mismatches(whole[:2], split[:2], np.float32, exact=True)
     assert any("norm" in key for key, _ in bad), f"one-channel BatchNorm shares not caught (mismatches: {bad})"
+
+
+def test_a_conv1x1_sample_split_that_loses_a_share_fails_the_bitwise_comparison(monkeypatch):
+    """The same comparison, with the 1x1 convolutions split by samples (forced) and the
+    last share's products never run (its outputs left at zero)."""
+    from neocell_ref import models_fast
+
+    whole = bn_split_step(monkeypatch, 1)
+
+    def lossy(x, weight, shares):
+        n, c_in = x.shape[:2]
+        w2 = weight.reshape(weight.shape[:2])
+        y = np.zeros((n, w2.shape[0], *x.shape[2:]), x.dtype)
+        for lo, hi in shares[:-1]:
+            y[lo:hi] = np.matmul(w2, x[lo:hi].reshape(hi - lo, c_in, -1)).reshape(y[lo:hi].shape)
+        return y
+
+    monkeypatch.setattr(models_fast, "_SAMPLE_SPLIT_MACS", 0)
+    monkeypatch.setattr(F, "conv1x1_samples", lossy)
+    split = bn_split_step(monkeypatch, 2)
+    bad = mismatches(whole[:2], split[:2], np.float32, exact=True)
+    assert any("conv" in key for key, _ in bad), f"lossy conv1x1 sample split not caught (mismatches: {bad})"
+
+
+def test_a_conv1x1_split_backward_with_one_sample_fails_the_bitwise_comparison(monkeypatch):
+    """The same comparison, with the split backward's weight gradient of the first
+    sample only (the sum over samples forgotten)."""
+    from neocell_ref import models_fast
+
+    whole = bn_split_step(monkeypatch, 1)
+    real = F.conv1x1_backward
+
+    def first_sample_only(model, desc, grad, x):
+        grad_x = real(model, desc, grad, x)
+        w = model.param(desc, "weight")
+        g0, x0 = grad[0].reshape(w.shape[0], -1), x[0].reshape(w.shape[1], -1)
+        model.set_grad(desc, "weight", (g0 @ x0.T).reshape(w.shape))
+        return grad_x
+
+    monkeypatch.setattr(models_fast, "_SAMPLE_SPLIT_MACS", 0)
+    monkeypatch.setattr(F, "conv1x1_backward", first_sample_only)
+    split = bn_split_step(monkeypatch, 2)
+    bad = mismatches(whole[:2], split[:2], np.float32, exact=True)
+    assert any(key.endswith("conv.weight") for key, _ in bad), f"one-sample conv1x1 gradient not caught: {bad}"

@@ -92,13 +92,14 @@ def no_flat_layout(monkeypatch):
 
 
 def bn_split_step(monkeypatch, threads):
-    """One fast training step (float32, per-sample layout) of a small model whose
+    """One fast training step (float32, per-sample layout, batch 3) of a small model whose
     BatchNorms have 3, 5, 6 and 7 channels, with ``NEOCELL_THREADS=threads``: the case of
-    the BatchNorm channel-split comparison and of its mutant."""
+    the BatchNorm and conv1x1 split comparison and of its mutants. Returns
+    :func:`training_step`'s pair and the model's tape."""
     no_flat_layout(monkeypatch)
     monkeypatch.setenv("NEOCELL_THREADS", str(threads))
     rng = np.random.default_rng(6)
     x = rng.standard_normal((3, 3, 40, 36)).astype(np.float32)
     g = rng.standard_normal((3, 5)).astype(np.float32)
     model = build(np.float32, dims=(3, 5, 6, 7), resolution=(40, 36), linear_bias=True)
-    return training_step(model, x, g, fast=True)
+    return (*training_step(model, x, g, fast=True), model._tape["layers"])
