@@ -11,8 +11,9 @@ each block after its NeoCell,
 
 as one fused step (:func:`tail_forward`, :func:`tail_backward`). Every other layer
 (stem, down-sampling, NeoCell, head) runs by its record exactly as in the plain path,
-except that with threads a 1x1 convolution's per-sample products are shared out by
-samples (below).
+except the training BatchNorms of the stem and the down-sampling layers, which run the
+tails' BatchNorm step (statistics once, same bits), and, with threads, a 1x1
+convolution's per-sample products, which are shared out by samples (below).
 What the fused step does differently:
 
 * **BatchNorm** (training mode): the batch statistics are computed once, with the
@@ -143,6 +144,10 @@ def train_forward(model, x):
             if shares is not None:  # the record's products, split by samples
                 tape.append(("fast_layer", desc, (conv1x1_backward, x)))
                 x = conv1x1_samples(x, model.param(desc, "weight"), shares)
+            elif desc.kind == "batchnorm":  # stem and down-sampling: the blocks' BatchNorm step
+                y, bn_saved = _bn_train_forward(model, desc, x)
+                tape.append(("fast_layer", desc, (batchnorm_backward, (x, bn_saved))))
+                x = y
             else:
                 x, saved, _ = registry.get(desc.kind).forward(model, desc, x, True, False)
                 tape.append(("layer", desc, saved))
@@ -495,6 +500,15 @@ def conv1x1_backward(model, desc, grad, x):
         over_samples(shares, task)
     model.set_grad(desc, "weight", per_sample.sum(axis=0).reshape(weight.shape))
     return grad_x
+
+
+def batchnorm_backward(model, desc, grad, saved):
+    """Backward of a training-mode BatchNorm outside the block tails (stem, down-sampling)
+    that the fast training forward ran by :func:`_bn_train_forward`: the block tails'
+    :func:`_bn_train_backward` (statistics of the forward, channels over the pool), on a
+    copy of ``grad``, which the tape may share with a skip connection."""
+    x, bn_saved = saved
+    return _bn_train_backward(model, desc, np.array(grad, copy=True), x, bn_saved)
 
 
 def _weight_grad(g3, x3):

@@ -172,9 +172,13 @@ def test_fast_path_is_the_default_and_fuses_every_block():
     blocks = sum(unit.kind == "residual" for unit in model.architecture.units)
     tails = [entry for entry in model._tape["layers"] if entry[0] == "tail"]
     assert len(tails) == blocks, f"{len(tails)} fused tails for {blocks} blocks"
+    # the stem's and the down-sampling layers' BatchNorms run the tails' BatchNorm step
+    norms = [d.name for d in model.architecture.layers() if d.kind == "batchnorm" and ".ops." not in d.name]
+    fast = [d.name for kind, d, _ in model._tape["layers"] if kind == "fast_layer" and d.kind == "batchnorm"]
+    assert fast == norms and norms, f"BatchNorms outside the blocks run fast: {fast}, expected {norms}"
     model.fast_training = False
     model.forward(x, training=True)
-    assert not [e for e in model._tape["layers"] if e[0] == "tail"], "plain path ran fused tails"
+    assert not [e for e in model._tape["layers"] if e[0] in ("tail", "fast_layer")], "plain path ran fast steps"
 
 
 def test_backward_twice_gives_the_same_gradients_and_keeps_the_cache():
