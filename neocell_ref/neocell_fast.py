@@ -25,10 +25,9 @@ gradients in the same order. Results are therefore bitwise those of one thread, 
 any thread count and any scheduling. Layers with fewer than
 :data:`_MIN_VALUES_PER_THREAD` tiled input values or :data:`_CHUNKS_PER_THREAD` chunks
 per thread, and calls from inside a task of the pool (no nested pool use), run the
-plain loop in the calling thread. The backward's kernel gradients go through
-:func:`neocell_ref.instrument.stacked_dot`: ``np.matmul`` keeps the GIL for products
-with so few output values, and the threads' backward passes then took turns (8x96x56²
-``"4+7"`` backward on two threads: 21 ms, as on one; 13.8 ms with ``np.dot``).
+plain loop in the calling thread. With threads, the backward's long kernel-gradient
+products go through :func:`neocell_ref.instrument.stacked_dot`, since ``np.matmul``
+keeps the GIL for products with so few output values (:func:`_kernel_product`).
 """
 
 from __future__ import annotations
@@ -407,6 +406,30 @@ def patchwise_forward(x, weights_a, weights_b, specs, out_size):
     return y
 
 
+#: Kernel-gradient products of at least this many multiply-accumulates per matrix go
+#: through ``np.dot`` when the backward runs on several threads (:func:`_kernel_product`).
+_DOT_MIN_MACS = 1 << 15
+
+
+def _kernel_product(threaded, macs):
+    """The product function for a chunk's kernel gradients (``dB = Zᵀ G``, ``dA = dZ Xᵀ``:
+    4x4 or 7x7 results of long sums, ``macs`` multiply-accumulates per channel), both
+    counted like every product.
+
+    ``np.matmul`` keeps the GIL for a product with so few output values, so threads
+    running long ones take turns (8x96x56² ``"4+7"`` backward, two threads: 21 ms, as on
+    one thread); :func:`neocell_ref.instrument.stacked_dot` (one ``np.dot`` per matrix,
+    which releases it) brought that to 13.8 ms. One call per channel costs more Python
+    time than one stacked call, which single-threaded and for small products outweighs
+    it (two threads, NeoNeXt-T's 14² layers, 2.5-25 k MACs per matrix: 6.3 ms stacked
+    against 8.3 ms per matrix; its down-sampling layers, 1x2 results: 6.6 against 7.5 ms;
+    its 28² and 56² layers, 33-222 k: 13.1 against 9.9 ms and 15.9 against 11.9 ms).
+    So: per matrix when ``threaded`` and ``macs >= _DOT_MIN_MACS``, else stacked. Both
+    call the same BLAS product on the same operands (tested bitwise).
+    """
+    return stacked_dot if threaded and macs >= _DOT_MIN_MACS else matmul
+
+
 def patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
     """Backward pass (SPEC 5) in the tiled layout of :func:`patchwise_forward`.
 
@@ -432,6 +455,8 @@ def patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
     grads_b = [np.empty_like(w) for w in weights_b]
     plan, shares = _work(specs, n, height, width, x.itemsize, "backward")
     size_x, size_z, size_y = _buffer_sizes(plan, specs)
+
+    threaded = len(shares) > 1
 
     def task(share):  # own work buffers and zero frames per thread; whole channels when samples split
         buf_x, buf_dx, buf_z, buf_g = (np.empty(s, dtype=x.dtype) for s in (size_x, size_x, size_z, size_y))
@@ -459,14 +484,15 @@ def patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
                 g2 = gt[:m].reshape(m, -1, spec.w_out)  # (m, R, w_out)
                 z2 = z[:m].reshape(m, spec.h_out, -1)  # Z, later dZ
                 matmul(a[c0:c1], x2, "patchwise", out=z2)
-                # The kernel gradients (long sums, few outputs) by stacked_dot: np.matmul
-                # would keep the GIL for them and serialise the threads.
-                db = stacked_dot(
+                # The kernel gradients (long sums, few outputs): see _kernel_product.
+                db = _kernel_product(threaded, g2.shape[1] * spec.w_in * spec.w_out)(
                     z2.reshape(m, -1, spec.w_in).transpose(0, 2, 1), g2, "patchwise", out=gb[c0:c1] if n0 == 0 else None
                 )
                 # Z is used up: dZ goes into its buffer.
                 matmul(g2, b[c0:c1].transpose(0, 2, 1), "patchwise", out=z2.reshape(m, -1, spec.w_in))
-                da = stacked_dot(z2, x2.transpose(0, 2, 1), "patchwise", out=ga[c0:c1] if n0 == 0 else None)
+                da = _kernel_product(threaded, x2.shape[2] * spec.h_out * spec.h_in)(
+                    z2, x2.transpose(0, 2, 1), "patchwise", out=ga[c0:c1] if n0 == 0 else None
+                )
                 if n0:  # later samples of a channel whose samples are split: accumulate
                     gb[c0:c1] += db
                     ga[c0:c1] += da

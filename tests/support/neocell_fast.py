@@ -33,18 +33,20 @@ def chunk_budget(budget):
 @contextmanager
 def threads_at_any_size(count):
     """Run the patch-wise method with ``NEOCELL_THREADS=count`` and without the
-    minimum work per thread, so that even tiny layers are split over ``count`` threads."""
-    saved = nc._MIN_VALUES_PER_THREAD, nc._CHUNKS_PER_THREAD, os.environ.get("NEOCELL_THREADS")
-    nc._MIN_VALUES_PER_THREAD, nc._CHUNKS_PER_THREAD = 0, 1
+    minimum work per thread, so that even tiny layers are split over ``count`` threads,
+    whose backward then computes every kernel gradient by ``np.dot`` per matrix (no
+    minimum size), where one thread uses the stacked ``np.matmul``."""
+    saved = nc._MIN_VALUES_PER_THREAD, nc._CHUNKS_PER_THREAD, nc._DOT_MIN_MACS, os.environ.get("NEOCELL_THREADS")
+    nc._MIN_VALUES_PER_THREAD, nc._CHUNKS_PER_THREAD, nc._DOT_MIN_MACS = 0, 1, 0
     os.environ["NEOCELL_THREADS"] = str(count)
     try:
         yield
     finally:
-        nc._MIN_VALUES_PER_THREAD, nc._CHUNKS_PER_THREAD = saved[:2]
-        if saved[2] is None:
+        nc._MIN_VALUES_PER_THREAD, nc._CHUNKS_PER_THREAD, nc._DOT_MIN_MACS = saved[:3]
+        if saved[3] is None:
             os.environ.pop("NEOCELL_THREADS", None)
         else:
-            os.environ["NEOCELL_THREADS"] = saved[2]
+            os.environ["NEOCELL_THREADS"] = saved[3]
 
 
 def patchwise_results(case, budget, threads):
