@@ -4,7 +4,9 @@
   tests/test_models.py (``support.official_model.conformance_errors`` against
   ``tests/data/official_tiny_model``) fails for each of five plausible layer slips
   (biased running variance, patchify with the patch axes swapped, tanh GELU,
-  LayerNorm eps 1e-5, training BatchNorm with the unbiased variance).
+  LayerNorm eps 1e-5, training BatchNorm with the unbiased variance). The BatchNorm
+  mutants replace the rules every training BatchNorm uses, plain and fast
+  (``layers._bn_running``, ``layers._bn_stats``).
 - ``test_a_broken_layer_backward_fails_the_model_check``: the whole-model gradient
   check of tests/test_models.py (``support.models.model_gradcheck``) notices a 1 %
   error in the layer-scale gradient.
@@ -18,12 +20,13 @@ from support.official_model import TOLERANCE, conformance_errors, run_sequence
 from neocell_ref import layers as L
 
 
-def _biased_running_var(x, running_mean, running_var, nbt, *, momentum=0.1):
-    mean, var = L.batchnorm_stats(x)
+def _biased_running_var(mean, var, m, running_mean, running_var, count, momentum):
+    # the running-statistics rule that every training BatchNorm uses (layers._bn_running),
+    # with the biased batch variance: the Bessel factor m / (m - 1) forgotten
     return (
         (1 - momentum) * running_mean + momentum * mean,
         (1 - momentum) * running_var + momentum * var,
-        np.asarray(int(nbt) + 1, dtype=np.int64),
+        np.asarray(count + 1, dtype=np.int64),
     )
 
 
@@ -47,23 +50,23 @@ def _layernorm_eps_1e5(x, weight, bias, *, eps=1e-6):
 _original_layernorm = L.layernorm_forward
 
 
-_original_bn = L.batchnorm_forward
+_original_bn_stats = L._bn_stats
 
 
-def _bn_unbiased_normalisation(x, weight, bias, running_mean=None, running_var=None, *, training, eps=1e-5, out=None):
-    if not training:
-        return _original_bn(x, weight, bias, running_mean, running_var, training=False, eps=eps, out=out)
+def _bn_stats_unbiased(x):
+    # the batch statistics every training BatchNorm normalises with (layers._bn_stats),
+    # with PyTorch's default unbiased variance: the slip torch.var(x) makes
+    mean, var = _original_bn_stats(x)
     m = x.shape[0] * x.shape[2] * x.shape[3]
-    mean, var = L.batchnorm_stats(x)
-    return _original_bn(x, weight, bias, mean, var * m / (m - 1), training=False, eps=eps, out=out)
+    return mean, var * (m / (m - 1))
 
 
 MUTANTS = {
-    "running variance updated with the biased variance": ("batchnorm_update_running", _biased_running_var),
+    "running variance updated with the biased variance": ("_bn_running", _biased_running_var),
     "patchify with px and py swapped": ("patchify_forward", _patchify_swapped),
     "tanh-approximated GELU": ("gelu_forward", _gelu_tanh),
     "LayerNorm eps 1e-5 instead of 1e-6": ("layernorm_forward", _layernorm_eps_1e5),
-    "training BatchNorm normalised with the unbiased variance": ("batchnorm_forward", _bn_unbiased_normalisation),
+    "training BatchNorm normalised with the unbiased variance": ("_bn_stats", _bn_stats_unbiased),
 }
 
 
