@@ -112,9 +112,9 @@ def stacked_dot(a, b, tag: str = "", out=None):
     -------
     ndarray, shape (s, m, n)
     """
-    stack, rows, inner = a.shape
-    if b.ndim != 3 or b.shape[0] != stack or b.shape[1] != inner:
-        raise ValueError(f"stacked_dot: shapes {a.shape} and {b.shape} do not chain")
+    if np.ndim(a) != 3 or np.ndim(b) != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        raise ValueError(f"stacked_dot: shapes {np.shape(a)} and {np.shape(b)} do not chain")
+    stack, rows, _ = a.shape
     result = np.empty((stack, rows, b.shape[2]), dtype=np.result_type(a, b)) if out is None else out
     for i in range(stack):
         np.dot(a[i], b[i], out=result[i])

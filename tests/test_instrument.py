@@ -99,5 +99,6 @@ def test_stacked_dot_is_the_stacked_product_and_counts_like_matmul(transposed):
         error = np.max(np.abs(value - exact)) / np.max(np.abs(exact))
         assert error < 1e-5, f"stacked_dot ({name}) differs from the exact product by {error:.2e} (relative)"
     assert counter.calls == [("t", a.shape, b.shape, s * m * k * n)] * 2, counter.calls
-    with pytest.raises(ValueError, match="do not chain"):
-        stacked_dot(a, b[:2])
+    for bad_a, bad_b in ((a, b[:2]), (a[0], b[0]), (a, b[:, :-1])):
+        with pytest.raises(ValueError, match="do not chain"):
+            stacked_dot(bad_a, bad_b)
