@@ -42,6 +42,7 @@ __all__ = [
     "in_task",
     "single_threaded_blas",
     "pool_owns_cores",
+    "run_each",
     "MAX_THREADS",
     "MAX_EXPLICIT_THREADS",
 ]
@@ -269,3 +270,15 @@ def pool_owns_cores():
             yield
     else:
         yield
+
+
+def run_each(shares, task):
+    """``task(share)`` for every item of ``shares`` (the fast paths' thread shares: row,
+    sample or channel ranges, NeoCell chunk runs): in the calling thread when there is
+    one, else over the pool (:func:`run`) with NumPy's BLAS at one thread
+    (:func:`single_threaded_blas`)."""
+    if len(shares) == 1:
+        task(shares[0])
+        return
+    with single_threaded_blas():
+        run([lambda share=share: task(share) for share in shares])

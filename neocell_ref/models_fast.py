@@ -102,7 +102,7 @@ def _run_layer(model, desc, x, owned, training):
     A 1x1 convolution of several samples runs :func:`conv1x1_samples` instead (the
     record's products, split over the pool by samples)."""
     start = time.perf_counter() if model.profile is not None else 0.0
-    shares = sample_shares(x.shape[0], conv1x1_macs(desc, x)) if desc.kind == "conv1x1" else None
+    shares = conv1x1_shares(desc, x)
     if shares is not None:
         y, fresh = conv1x1_samples(x, model.param(desc, "weight"), shares), True
     else:
@@ -239,9 +239,10 @@ def _fused_mlp(model, weights, x, *, affine=None, gamma=None, skip=None):
 _SAMPLE_SPLIT_MACS = 1 << 22
 
 
-def conv1x1_macs(desc, x):
-    """Multiply-accumulates of the 1x1 convolution ``desc`` on ``x``."""
-    return x.size * desc.out_shape[0]
+def conv1x1_shares(desc, x):
+    """:func:`sample_shares` of layer ``desc`` on ``x`` if it is a 1x1 convolution (its
+    multiply-accumulates: ``x.size`` times the output channels), else None."""
+    return sample_shares(x.shape[0], x.size * desc.out_shape[0]) if desc.kind == "conv1x1" else None
 
 
 def sample_shares(samples, macs):
@@ -252,13 +253,6 @@ def sample_shares(samples, macs):
     if workers < 2 or parallel.in_task() or macs < _SAMPLE_SPLIT_MACS:
         return None
     return parallel.split(samples, workers)
-
-
-def over_samples(shares, task):
-    """``task(lo, hi)`` for every share of :func:`sample_shares`, over the pool with
-    NumPy's BLAS at one thread."""
-    with parallel.single_threaded_blas():
-        parallel.run([lambda lo=lo, hi=hi: task(lo, hi) for lo, hi in shares])
 
 
 def conv1x1_samples(x, weight, shares):
@@ -285,7 +279,7 @@ def conv1x1_samples(x, weight, shares):
     x3 = np.ascontiguousarray(x).reshape(n, c_in, -1)
     y = np.empty((n, w2.shape[0], *x.shape[2:]), dtype=np.result_type(x, w2))
     y3 = y.reshape(n, w2.shape[0], -1)
-    over_samples(shares, lambda lo, hi: matmul(w2, x3[lo:hi], "conv1x1", out=y3[lo:hi]))
+    parallel.run_each(shares, lambda span: matmul(w2, x3[slice(*span)], "conv1x1", out=y3[slice(*span)]))
     return y
 
 

@@ -68,10 +68,8 @@ from .models_fast import (
     _linear_rows,
     _row_ranges,
     _stopwatch,
-    conv1x1_macs,
     conv1x1_samples,
-    over_samples,
-    sample_shares,
+    conv1x1_shares,
 )
 
 __all__ = ["train_forward", "tail_forward", "tail_backward", "train_tail", "train_scope"]
@@ -107,10 +105,7 @@ def _product(a, b, bias=None):
     if workers < 2 or parallel.in_task() or rows < 2 * _ROW_UNIT or rows * inner * columns < _SPLIT_MACS:
         _linear_rows(a, b, bias, out, 0, rows)
         return out
-    with parallel.single_threaded_blas():
-        parallel.run(
-            [lambda lo=lo, hi=hi: _linear_rows(a, b, bias, out, lo, hi) for lo, hi in _row_ranges(rows, workers)]
-        )
+    parallel.run_each(_row_ranges(rows, workers), lambda span: _linear_rows(a, b, bias, out, *span))
     return out
 
 
@@ -140,7 +135,7 @@ def train_forward(model, x):
                 break
         for desc in layers:
             start = time.perf_counter() if model.profile is not None else 0.0
-            shares = sample_shares(x.shape[0], conv1x1_macs(desc, x)) if desc.kind == "conv1x1" else None
+            shares = conv1x1_shares(desc, x)
             if shares is not None:  # the record's products, split by samples
                 tape.append(("fast_layer", desc, (conv1x1_backward, x)))
                 x = conv1x1_samples(x, model.param(desc, "weight"), shares)
@@ -325,14 +320,6 @@ def _channel_shares(x):
     return parallel.split(channels, workers)
 
 
-def _over_channels(shares, task):
-    """``task(lo, hi)`` for every share of :func:`_channel_shares`, over the pool."""
-    if len(shares) == 1:
-        task(*shares[0])
-    else:
-        parallel.run([lambda lo=lo, hi=hi: task(lo, hi) for lo, hi in shares])
-
-
 def _bn_train_forward(model, desc, x):
     """Training-mode BatchNorm with the statistics computed once (the plain two-pass rule).
 
@@ -348,13 +335,14 @@ def _bn_train_forward(model, desc, x):
     inv_std, scale = np.empty(channels, x.dtype), np.empty(channels, x.dtype)
     y = np.empty_like(x)
 
-    def normalise(lo, hi):
+    def normalise(span):
+        lo, hi = span
         mean[lo:hi], var[lo:hi] = L._bn_stats(x[:, lo:hi])
         inv_std[lo:hi], scale[lo:hi], shift = L._bn_scale_shift(w[lo:hi], b[lo:hi], mean[lo:hi], var[lo:hi], eps)
         np.multiply(x[:, lo:hi], scale[lo:hi, None, None], out=y[:, lo:hi])
         y[:, lo:hi] += shift[:, None, None]
 
-    _over_channels(_channel_shares(x), normalise)
+    parallel.run_each(_channel_shares(x), normalise)
     count = L._bn_values_per_channel(x.shape)
     running = L.batchnorm_running_from_stats(
         mean,
@@ -389,7 +377,7 @@ def _gelu_with_derivative(h, d):
     if workers > 1 and not parallel.in_task() and flat_h.size >= 2 * unit:
         # Element-wise: contiguous shares (whole blocks) over the pool, the same values.
         bounds = _row_ranges(flat_h.size, workers, unit)
-        parallel.run([lambda lo=lo, hi=hi: _gelu32_with_derivative(flat_h[lo:hi], flat_d[lo:hi]) for lo, hi in bounds])
+        parallel.run_each(bounds, lambda span: _gelu32_with_derivative(flat_h[slice(*span)], flat_d[slice(*span)]))
     else:
         _gelu32_with_derivative(flat_h, flat_d)
     return h
@@ -489,15 +477,12 @@ def conv1x1_backward(model, desc, grad, x):
     gx3 = grad_x.reshape(n, w2.shape[1], -1)
     per_sample = np.empty((n, *w2.shape), dtype=g3.dtype)
 
-    def task(lo, hi):
+    def task(span):
+        lo, hi = span
         matmul(w2.T, g3[lo:hi], "conv1x1", out=gx3[lo:hi])
         matmul(g3[lo:hi], x3[lo:hi].transpose(0, 2, 1), "conv1x1", out=per_sample[lo:hi])
 
-    shares = sample_shares(n, conv1x1_macs(desc, x))
-    if shares is None:
-        task(0, n)
-    else:
-        over_samples(shares, task)
+    parallel.run_each(conv1x1_shares(desc, x) or [(0, n)], task)
     model.set_grad(desc, "weight", per_sample.sum(axis=0).reshape(weight.shape))
     return grad_x
 
@@ -527,7 +512,8 @@ def _bn_train_backward(model, desc, grad_y, x, bn_saved):
     m = x.shape[0] * x.shape[2] * x.shape[3]
     grad_w, grad_b = np.empty_like(mean), np.empty_like(mean)
 
-    def backward(lo, hi):
+    def backward(span):
+        lo, hi = span
         g = grad_y[:, lo:hi]
         x_hat = x[:, lo:hi] - mean[lo:hi, None, None]
         x_hat *= inv_std[lo:hi, None, None]
@@ -538,7 +524,7 @@ def _bn_train_backward(model, desc, grad_y, x, bn_saved):
         g -= x_hat
         g *= scale[lo:hi, None, None]
 
-    _over_channels(_channel_shares(x), backward)
+    parallel.run_each(_channel_shares(x), backward)
     model.set_grad(desc, "weight", grad_w)
     model.set_grad(desc, "bias", grad_b)
     return grad_y

@@ -274,16 +274,6 @@ def _work(specs, batch, height, width, itemsize, direction="forward"):
     return plan, shares or (tuple((seg, seg.chunks) for seg in plan),)
 
 
-def _run_shares(shares, task):
-    """``task(share)`` for every share: in this thread for one, else over the pool with
-    NumPy's BLAS at one thread (:func:`neocell_ref._parallel.single_threaded_blas`)."""
-    if len(shares) == 1:
-        task(shares[0])
-        return
-    with parallel.single_threaded_blas():
-        parallel.run([lambda share=share: task(share) for share in shares])
-
-
 def _view(buffer, shape):
     """The first ``prod(shape)`` values of a flat work buffer, as an array of ``shape``."""
     return buffer[: math.prod(shape)].reshape(shape)
@@ -402,7 +392,7 @@ def patchwise_forward(x, weights_a, weights_b, specs, out_size):
                 for t, p in y_pieces:
                     p[c0:c1, :, n0:n1] = t[:m]
 
-    _run_shares(shares, task)
+    parallel.run_each(shares, task)
     return y
 
 
@@ -500,5 +490,5 @@ def patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
                 for t, p in dx_pieces:
                     p[c0:c1, :, n0:n1] = t[:m]
 
-    _run_shares(shares, task)
+    parallel.run_each(shares, task)
     return grad_x, grads_a, grads_b

@@ -110,6 +110,25 @@ def test_run_returns_in_task_order_and_reraises_after_all_finish():
     assert sorted(finished) == ["first", "slow"], f"not every task finished before the error: {finished}"
 
 
+def test_run_each_runs_one_share_inline_and_several_over_the_pool_with_blas_held(monkeypatch):
+    """The fast paths' one way to run thread shares: each share exactly once; one share in
+    the calling thread (not a pool task), several over the pool, BLAS held at one thread."""
+    monkeypatch.setenv("NEOCELL_THREADS", "3")
+    seen = []
+
+    def task(share):
+        api = parallel._BLAS_STATE["api"]
+        seen.append((share, parallel.in_task(), None if api is None else api[1]()))
+
+    parallel.run_each([(0, 4)], task)
+    assert seen == [((0, 4), False, seen[0][2])], f"one share must run inline: {seen}"
+    seen.clear()
+    parallel.run_each([(0, 2), (2, 3), (3, 4)], task)
+    assert sorted(share for share, _, _ in seen) == [(0, 2), (2, 3), (3, 4)], f"shares run: {seen}"
+    assert all(inside for _, inside, _ in seen), f"several shares must run as pool tasks: {seen}"
+    assert all(count in (None, 1) for _, _, count in seen), f"BLAS not held at one thread: {seen}"
+
+
 def test_single_threaded_blas_restores_the_thread_count():
     with parallel.single_threaded_blas():
         api = parallel._BLAS_STATE["api"]

@@ -81,7 +81,7 @@ def test_a_product_split_that_loses_a_share_fails_the_comparison(monkeypatch):
 
 def test_one_channel_batchnorm_shares_fail_the_bitwise_comparison(monkeypatch):
     """The comparison of tests/test_models_fast_train.py's
-    ``test_batchnorm_split_over_channels_changes_no_bit``, with shares of one channel."""
+    ``test_batchnorm_and_conv1x1_splits_change_no_bit``, with shares of one channel."""
     whole = bn_split_step(monkeypatch, 1)
     monkeypatch.setattr(F, "_channel_shares", lambda x: _parallel.split(x.shape[1], x.shape[1]))
     split = bn_split_step(monkeypatch, 2)

@@ -60,7 +60,7 @@ def test_the_chunking_tests_catch_stale_padding_in_a_reused_buffer(monkeypatch):
 
 def _lose_last_share(monkeypatch):
     """Mutant: the thread split runs every share but the last; outputs start as NaN."""
-    real = nc._run_shares
+    real = nc.parallel.run_each
 
     def all_but_last(shares, task):
         return real(shares[:-1] if len(shares) > 1 else shares, task)
@@ -68,7 +68,7 @@ def _lose_last_share(monkeypatch):
     poisoned = types.SimpleNamespace(**{name: getattr(np, name) for name in dir(np) if not name.startswith("__")})
     poisoned.empty = lambda shape, dtype=float: np.full(shape, np.nan, dtype=dtype)
     poisoned.empty_like = lambda a: np.full_like(a, np.nan)
-    monkeypatch.setattr(nc, "_run_shares", all_but_last)
+    monkeypatch.setattr(nc.parallel, "run_each", all_but_last)
     monkeypatch.setattr(nc, "np", poisoned)
 
 
