@@ -223,12 +223,29 @@ def test_non_finite_statistics_are_refused_and_buffers_unchanged():
 # --------------------------------------------------------------------------------------
 # finite differences through the fast path (float64)
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("n, size", [(3, 32), (1, 64)], ids=["flat layout", "per-sample layout"])
-def test_fast_path_gradients_by_finite_differences(n, size):
+@pytest.mark.parametrize(
+    "n, size, split",
+    [(3, 32, False), (1, 64, False), (3, 32, True)],
+    ids=["flat layout", "per-sample layout", "flat layout, every split forced over 2 threads"],
+)
+def test_fast_path_gradients_by_finite_differences(monkeypatch, n, size, split):
     """Input and a sample of parameters in both layouts, BatchNorm, layer scale, biases,
-    drop path with fixed masks."""
+    drop path with fixed masks; and with every thread split of the step forced on
+    (products by rows, GELU by blocks, BatchNorms by channels, 1x1 convolutions by
+    samples), the stem's and a down-sampling layer's parameters included."""
+    from neocell_ref import models_fast
+
+    if split:
+        monkeypatch.setenv("NEOCELL_THREADS", "2")
+        monkeypatch.setattr(F, "_SPLIT_MACS", 0)
+        monkeypatch.setattr(F, "_BN_SPLIT_VALUES", 0)
+        monkeypatch.setattr(models_fast, "_SAMPLE_SPLIT_MACS", 0)
+        monkeypatch.setattr(models_fast, "_ROW_UNIT", 3)
+        monkeypatch.setattr(L, "_GELU_CHUNK_THREADED", 7)
     model = build(np.float64, resolution=size, layer_scale_init_value=0.5, drop_path=0.5, linear_bias=True)
     names = [
+        "stem.norm.weight",
+        "downsample_1.conv.weight",
         "stage_1.0.ops.content.norm.weight",
         "stage_1.0.ops.content.fc_1.weight",
         "stage_1.0.ops.content.fc_2.bias",
@@ -257,6 +274,9 @@ def test_fast_path_gradients_by_finite_differences(n, size):
         run, backward, inputs, names=["x"] + names, max_elements=6, rng=np.random.default_rng(12), dot_rtol=1e-7
     )
     assert report.passed, f"fast training path gradients\n{report}"
+    if split:
+        kinds = {d.kind for kind, d, _ in model._tape["layers"] if kind == "fast_layer"}
+        assert "conv1x1" in kinds, f"the forced split should run the 1x1 convolutions by samples: {kinds}"
 
 
 def _mlp(model, block):
