@@ -19,7 +19,11 @@ What is proven, each against an independent construction written here:
 * executed multiply-accumulates (``count_macs``) equal the closed forms documented in
   the docstrings, ``N·T_a·T_b·h_out·w_in·(h_in + w_out)`` per channel forward and
   ``N·T_a·T_b·h_out·w_in·(3·h_in + 2·w_out)`` backward, whatever the chunking and
-  the number of threads;
+  the number of threads, plus in float32 each widened kernel gradient once more;
+* widened kernel gradients (float32) are the direct sums: on small integers, where
+  float32 is exact in any order, the backward equals the float64 plain loop bit for
+  bit (that dropping one of the widened product's blocks is caught is shown in
+  tests/meta/test_neocell_fast_mutants.py);
 * the chunks split over threads (``NEOCELL_THREADS``): every result with 2 and 3
   threads is bitwise the single-threaded one, for every chunking (many small chunks,
   odd counts, samples split), the thread shares cover every chunk once in plan
@@ -36,7 +40,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.neocell_fast import (
     BUDGETS,
+    WIDENED_SPECS,
     assert_chunkings_equal_blockdiag,
+    assert_float32_gradients_exact,
     assert_reused_buffer_stays_correct,
     assert_threads_bit_identical,
     chunk_budget,
@@ -303,6 +309,62 @@ def test_executed_macs_do_not_depend_on_the_thread_count(case, budget):
     assert (fwd.by_tag(), bwd.by_tag()) == ({"patchwise": forward}, {"patchwise": backward}), (
         f"3 threads executed {fwd.by_tag()} / {bwd.by_tag()}, closed form {forward} / {backward} ({case})"
     )
+
+
+def widening_extra_macs(groups, batch, height, width, samples_per_chunk):
+    """The MACs a float32 backward executes beyond :func:`closed_form_macs`: each widened
+    kernel gradient once more (docs of ``patchwise_backward``), by the rule of
+    ``_widened`` restated: both result sides >= 3, not both multiples of 4, an even
+    number of summed terms in the chunk (``R = h_out·n·T_a·T_b`` rows for ``dB``,
+    ``L = n·T_a·T_b·w_in`` columns for ``dA``, ``n`` the chunk's samples)."""
+
+    def widened(a, b, terms):
+        return min(a, b) >= 3 and (a % 4 or b % 4) and terms % 2 == 0
+
+    extra = 0
+    for g in groups:
+        shifts_a, shifts_b = g.channel_shifts()
+        for sa, sb in zip(shifts_a.tolist(), shifts_b.tolist()):
+            tiles_a = -(-(height + (g.h_in - sa if sa else 0)) // g.h_in)
+            tiles_b = -(-(width + (g.w_in - sb if sb else 0)) // g.w_in)
+            for n in samples_per_chunk:
+                rows, cols = g.h_out * n * tiles_a * tiles_b, n * tiles_a * tiles_b * g.w_in
+                extra += rows * g.w_in * g.w_out if widened(g.w_in, g.w_out, rows) else 0
+                extra += cols * g.h_out * g.h_in if widened(g.h_out, g.h_in, cols) else 0
+    return extra
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("budget", [1, 1 << 40], ids=["one sample per chunk", "all samples per chunk"])
+def test_float32_backward_executes_each_widened_kernel_gradient_twice(batch, budget):
+    """Same closed form as in float64, plus the widened kernel gradients' thrown-away blocks."""
+    specs = WIDENED_SPECS
+    groups = parse_specs(specs)
+    case = neocell_case(specs, (batch, sum(g.channels for g in groups), 15, 15), np.float32)
+    forward, backward = closed_form_macs(groups, batch, 15, 15)
+    extra = widening_extra_macs(groups, batch, 15, 15, [1] * batch if budget == 1 else [batch])
+    assert extra > 0, "the case must widen some kernel gradient"
+    with chunk_budget(budget), count_macs() as bwd:
+        neocell_backward(case[4], case[1], case[2], case[3], specs)
+    assert bwd.by_tag() == {"patchwise": backward + extra}, (
+        f"float32 backward executed {bwd.by_tag()}, closed form {backward} + widened {extra} (batch {batch})"
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("budget", [1, 3000, 1 << 40], ids=["one sample per chunk", "a few channels", "one chunk"])
+def test_float32_kernel_gradients_are_exact_on_integers_widened_or_not(monkeypatch, batch, budget):
+    """Independent source: the float64 plain loop, exact on small integers (see the helper)."""
+    decisions = []
+    real = nc._widened
+
+    def spy(*args):
+        decisions.append(real(*args))
+        return decisions[-1]
+
+    monkeypatch.setattr(nc, "_widened", spy)
+    assert_float32_gradients_exact(WIDENED_SPECS, (15, 15), batch, budget)
+    assert True in decisions and False in decisions, f"widened and direct products both exercised: {decisions}"
 
 
 # --------------------------------------------------------------------------------------

@@ -14,6 +14,11 @@ The second mutant drops the last thread's share of the chunks; the thread check
 (``support.neocell_fast.assert_threads_bit_identical``) sees the results with threads
 differ from one thread's. Its outputs are allocated filled with NaN, so that the lost
 chunks cannot pass by reusing memory that held the right values.
+
+The last mutants keep only one diagonal block of a widened kernel gradient (the even
+rows of ``dB``, the first halves of ``dA``); the exactness check on integers
+(``support.neocell_fast.assert_float32_gradients_exact``) sees the kernel gradients
+differ from the float64 loop's.
 """
 
 import types
@@ -21,7 +26,9 @@ import types
 import numpy as np
 import pytest
 from support.neocell_fast import (
+    WIDENED_SPECS,
     assert_chunkings_equal_blockdiag,
+    assert_float32_gradients_exact,
     assert_reused_buffer_stays_correct,
     assert_threads_bit_identical,
 )
@@ -84,3 +91,43 @@ def test_the_thread_test_catches_a_split_that_loses_a_share(monkeypatch, budget)
     wb = [rng.standard_normal(g.shape_b) for g in groups]
     with pytest.raises(AssertionError, match="with 2 threads .* differs from one thread"):
         assert_threads_bit_identical((specs, x, wa, wb, gy), budget, counts=(2,))
+
+
+def _into(out, result):
+    """``result`` written into ``out`` when given (the real helpers' contract)."""
+    if out is None:
+        return result.copy()
+    out[...] = result
+    return out
+
+
+def _row_gradient_even_rows_only(left, right, threaded, out=None):
+    """Mutant of ``_row_gradient``: a widened ``dB`` keeps the even rows' block only."""
+    m, rows, a = left.shape
+    b = right.shape[2]
+    if not nc._widened(left.dtype, a, b, rows):
+        return np.matmul(left.transpose(0, 2, 1), right, out=out)
+    wide = np.matmul(left.reshape(m, rows // 2, 2 * a).transpose(0, 2, 1), right.reshape(m, rows // 2, 2 * b))
+    return _into(out, wide[:, :a, :b])
+
+
+def _column_gradient_first_halves_only(left, right, threaded, out=None):
+    """Mutant of ``_column_gradient``: a widened ``dA`` keeps the first halves' block only."""
+    m, a, length = left.shape
+    b = right.shape[1]
+    if not nc._widened(left.dtype, a, b, length):
+        return np.matmul(left, right.transpose(0, 2, 1), out=out)
+    halves = right.reshape(m, 2 * b, length // 2).transpose(0, 2, 1)
+    wide = np.matmul(left.reshape(m, 2 * a, length // 2), halves)
+    return _into(out, wide[:, 0::2, 0::2])
+
+
+@pytest.mark.parametrize(
+    "name, mutant",
+    [("_row_gradient", _row_gradient_even_rows_only), ("_column_gradient", _column_gradient_first_halves_only)],
+)
+def test_the_exactness_test_catches_a_widened_gradient_that_drops_a_block(monkeypatch, name, mutant):
+    """With one block of a widened kernel gradient lost, float32 differs from the exact loop."""
+    monkeypatch.setattr(nc, name, mutant)
+    with pytest.raises(AssertionError, match="differs from the exact float64 loop"):
+        assert_float32_gradients_exact(WIDENED_SPECS, (15, 15), 2, 1 << 40)

@@ -140,3 +140,49 @@ def assert_chunkings_equal_blockdiag(specs, size):
         for name, got, ref in pairs:
             err = relative_error(got, ref)
             assert err <= 1e-12, f"{name} with chunk budget {budget} B: relative error {err:.3g} vs blockdiag"
+
+
+#: A layer whose float32 kernel gradients are widened (kernel 7 when the chunk's term
+#: count is even, the 5x3 group always, the 3x2 group's ``dA``) or not (kernel 4, the
+#: 3x2 group's 2x2 ``dB``), shifted and not.
+WIDENED_SPECS = [
+    {"kernel": 7, "channels": 5, "shift": 1},
+    {"kernel": 4, "channels": 3, "shift": 1},
+    {"kernel_a": 5, "kernel_b": 3, "channels": 4, "shift_a": 2, "shift_b": 1},
+    {"kernel_a": 3, "kernel_b": 2, "channels": 2},
+]
+
+
+def assert_float32_gradients_exact(specs, size, batch, budget):
+    """float32 patch-wise backward on small integers equals the float64 ``"loop"`` one exactly.
+
+    Inputs, kernels and ``grad_y`` are integers in [-2, 2], so every product and every
+    partial sum is an integer far below 2**24: float32 computes them without rounding
+    in any order, and so every float32 result must equal the float64 plain loop's bit
+    for bit, however the fast path groups its sums (widened kernel gradients included).
+    """
+    rng = np.random.default_rng(23)
+    groups = parse_specs(specs)
+    channels = sum(g.channels for g in groups)
+    x = rng.integers(-2, 3, (batch, channels, *size)).astype(np.float64)
+    wa = [rng.integers(-2, 3, g.shape_a).astype(np.float64) for g in groups]
+    wb = [rng.integers(-2, 3, g.shape_b).astype(np.float64) for g in groups]
+    gy = rng.integers(-2, 3, neocell_forward(x, wa, wb, specs, method="loop").shape).astype(np.float64)
+    expected = neocell_backward(gy, x, wa, wb, specs, method="loop")
+    with chunk_budget(budget):
+        got = neocell_backward(
+            gy.astype(np.float32),
+            x.astype(np.float32),
+            [w.astype(np.float32) for w in wa],
+            [w.astype(np.float32) for w in wb],
+            specs,
+        )
+    names = ["grad_x"] + [f"grads_a[{i}]" for i in range(len(groups))] + [f"grads_b[{i}]" for i in range(len(groups))]
+    for name, value, ref in zip(names, [got[0], *got[1], *got[2]], [expected[0], *expected[1], *expected[2]]):
+        assert value.dtype == np.float32, f"{name}: dtype {value.dtype}, expected float32"
+        differ = ~(value.astype(np.float64) == ref)
+        assert not differ.any(), (
+            f"{name} (float32, batch {batch}, chunk budget {budget} B) differs from the exact float64 loop at "
+            f"{differ.sum()} of {differ.size} positions, first {np.argwhere(differ)[:3].tolist()}, "
+            f"relative error {relative_error(value, ref):.3g}"
+        )
