@@ -135,6 +135,24 @@ def test_batchnorm_and_conv1x1_splits_change_no_bit(monkeypatch, threads):
         assert got == want, f"{threads} threads, {channels} channels: shares {got}, expected {want}"
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batchnorm_blocks_of_channels_change_no_bit(monkeypatch, threads):
+    """Inside a share, the training BatchNorms run block by block of channels (blocks
+    of at least two channels; forced here to the smallest, 2-3 channels, on the model of
+    the split test): per channel the same operations, so the same bits as one block."""
+    steps = {}
+    for label, values in (("one block", 1 << 62), ("smallest blocks", 1)):
+        monkeypatch.setattr(F, "_BN_BLOCK_VALUES", values)
+        monkeypatch.setattr(F, "_BN_SPLIT_VALUES", 0 if threads > 1 else 1 << 62)
+        steps[label] = bn_split_step(monkeypatch, threads)
+    bad = mismatches(steps["one block"][:2], steps["smallest blocks"][:2], np.float32, exact=True)
+    assert not bad, f"{threads} thread(s): BatchNorm blocks of channels changed {bad}"
+    expected = {(0, 3): [(0, 3)], (0, 5): [(0, 3), (3, 5)], (2, 9): [(2, 5), (5, 7), (7, 9)]}  # never one channel
+    for span, want in expected.items():
+        got = F._channel_blocks(span, 4)
+        assert got == want, f"blocks of {span} with the smallest block size: {got}, expected {want}"
+
+
 @settings(max_examples=10)
 @given(data=st.data())
 def test_random_small_models_match_the_plain_path(data):
@@ -231,14 +249,16 @@ def test_non_finite_statistics_are_refused_and_buffers_unchanged():
 def test_fast_path_gradients_by_finite_differences(monkeypatch, n, size, split):
     """Input and a sample of parameters in both layouts, BatchNorm, layer scale, biases,
     drop path with fixed masks; and with every thread split of the step forced on
-    (products by rows, GELU by blocks, BatchNorms by channels, 1x1 convolutions by
-    samples), the stem's and a down-sampling layer's parameters included."""
+    (products by rows, GELU by blocks, BatchNorms by channels and in blocks of
+    channels, 1x1 convolutions by samples), the stem's and a down-sampling layer's
+    parameters included."""
     from neocell_ref import models_fast
 
     if split:
         monkeypatch.setenv("NEOCELL_THREADS", "2")
         monkeypatch.setattr(F, "_SPLIT_MACS", 0)
         monkeypatch.setattr(F, "_BN_SPLIT_VALUES", 0)
+        monkeypatch.setattr(F, "_BN_BLOCK_VALUES", 1)
         monkeypatch.setattr(models_fast, "_SAMPLE_SPLIT_MACS", 0)
         monkeypatch.setattr(models_fast, "_ROW_UNIT", 3)
         monkeypatch.setattr(L, "_GELU_CHUNK_THREADED", 7)

@@ -89,6 +89,16 @@ def test_one_channel_batchnorm_shares_fail_the_bitwise_comparison(monkeypatch):
     assert any("norm" in key for key, _ in bad), f"one-channel BatchNorm shares not caught (mismatches: {bad})"
 
 
+def test_one_channel_batchnorm_blocks_fail_the_bitwise_comparison(monkeypatch):
+    """The comparison of tests/test_models_fast_train.py's
+    ``test_batchnorm_blocks_of_channels_change_no_bit``, with blocks of one channel."""
+    whole = bn_split_step(monkeypatch, 1)
+    monkeypatch.setattr(F, "_channel_blocks", lambda span, per_channel: [(c, c + 1) for c in range(*span)])
+    blocked = bn_split_step(monkeypatch, 1)
+    bad = mismatches(whole[:2], blocked[:2], np.float32, exact=True)
+    assert any("norm" in key for key, _ in bad), f"one-channel BatchNorm blocks not caught (mismatches: {bad})"
+
+
 def test_a_conv1x1_sample_split_that_loses_a_share_fails_the_bitwise_comparison(monkeypatch):
     """The same comparison, with the 1x1 convolutions split by samples (forced) and the
     last share's products never run (its outputs left at zero)."""
