@@ -215,6 +215,23 @@ def _shift_pair(draw, h_in, h_out, w_in, w_out, height, width, shifts: bool):
 
 
 @st.composite
+def _sized_group(draw, h_in, h_out, w_in, w_out, height, width, shifts, max_channels):
+    """A :class:`~neocell_ref.spec.GroupSpec` of the given kernel sizes: a shift pair
+    (valid for an ``height`` x ``width`` input, or any input size when None), then a
+    channel count, drawn in that order."""
+    shift_a, shift_b = draw(_shift_pair(h_in, h_out, w_in, w_out, height, width, shifts))
+    return GroupSpec(
+        channels=draw(channel_counts(max_channels)),
+        h_in=h_in,
+        h_out=h_out,
+        w_in=w_in,
+        w_out=w_out,
+        shift_a=shift_a,
+        shift_b=shift_b,
+    )
+
+
+@st.composite
 def group_specs(
     draw,
     *,
@@ -269,16 +286,7 @@ def group_specs(
     else:  # the general form, written out, with square kernels
         h_in = h_out = draw(kernels)
         w_in = w_out = draw(kernels)
-    shift_a, shift_b = draw(_shift_pair(h_in, h_out, w_in, w_out, None, None, shifts))
-    group = GroupSpec(
-        channels=draw(channel_counts(max_channels)),
-        h_in=h_in,
-        h_out=h_out,
-        w_in=w_in,
-        w_out=w_out,
-        shift_a=shift_a,
-        shift_b=shift_b,
-    )
+    group = draw(_sized_group(h_in, h_out, w_in, w_out, None, None, shifts, max_channels))
     # A forced form was drawn sizes it can express; otherwise any form that fits.
     return draw(_represent(group, as_dicts, form if forced else None))
 
@@ -411,16 +419,7 @@ def layer_specs(
         else:
             h_in, h_out = draw(_axis_kernel(height, target_h, max_kernel))
             w_in, w_out = draw(_axis_kernel(width, target_w, max_kernel))
-        shift_a, shift_b = draw(_shift_pair(h_in, h_out, w_in, w_out, height, width, shifts))
-        group = GroupSpec(
-            channels=draw(channel_counts(max_channels)),
-            h_in=h_in,
-            h_out=h_out,
-            w_in=w_in,
-            w_out=w_out,
-            shift_a=shift_a,
-            shift_b=shift_b,
-        )
+        group = draw(_sized_group(h_in, h_out, w_in, w_out, height, width, shifts, max_channels))
         specs.append(draw(_represent(group, as_dicts)))
     return LayerSpecs(specs, (height, width))
 
