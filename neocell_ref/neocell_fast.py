@@ -44,7 +44,7 @@ import numpy as np
 
 from . import _parallel as parallel
 from .expansion import channel_runs, padding_view
-from .instrument import matmul, stacked_dot
+from .instrument import matmul, outer, stacked_dot
 
 __all__ = ["patchwise_forward", "patchwise_backward"]
 
@@ -354,6 +354,13 @@ def _padded_pieces(buffer, shape, planes, front_h, front_w):
     return tiled, _tile_pieces(tiled, planes, front_h, front_w)
 
 
+def _product(a, b, out):
+    """A chunk's product ``a @ b`` into ``out`` (tag ``"patchwise"``): by
+    :func:`neocell_ref.instrument.outer` when the inner dimension is 1 (a kernel side
+    of 1), else by ``np.matmul``. The same values and MAC counts either way."""
+    return (outer if a.shape[-1] == 1 else matmul)(a, b, "patchwise", out=out)
+
+
 def patchwise_forward(x, weights_a, weights_b, specs, out_size):
     """Forward pass, chunk by chunk, two matrix products per chunk.
 
@@ -391,8 +398,8 @@ def patchwise_forward(x, weights_a, weights_b, specs, out_size):
                     y_pieces = _tile_pieces(yt, y_planes, seg.crop_a, seg.crop_b)
                 for t, p in x_pieces:
                     t[:m] = p[c0:c1, :, n0:n1]
-                matmul(wa[c0:c1], xt[:m].reshape(m, spec.h_in, -1), "patchwise", out=z[:m].reshape(m, spec.h_out, -1))
-                matmul(z[:m].reshape(m, -1, spec.w_in), wb[c0:c1], "patchwise", out=yt[:m].reshape(m, -1, spec.w_out))
+                _product(wa[c0:c1], xt[:m].reshape(m, spec.h_in, -1), z[:m].reshape(m, spec.h_out, -1))
+                _product(z[:m].reshape(m, -1, spec.w_in), wb[c0:c1], yt[:m].reshape(m, -1, spec.w_out))
                 for t, p in y_pieces:
                     p[c0:c1, :, n0:n1] = t[:m]
 
@@ -558,16 +565,16 @@ def patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
                 x2 = xt[:m].reshape(m, spec.h_in, -1)  # (m, h_in, n*T_a*T_b*w_in)
                 g2 = gt[:m].reshape(m, -1, spec.w_out)  # (m, R, w_out)
                 z2 = z[:m].reshape(m, spec.h_out, -1)  # Z, later dZ
-                matmul(a[c0:c1], x2, "patchwise", out=z2)
+                _product(a[c0:c1], x2, z2)
                 # The kernel gradients (long sums, few outputs): see _kernel_product, _widened.
                 db = _row_gradient(z2.reshape(m, -1, spec.w_in), g2, threaded, gb[c0:c1] if n0 == 0 else None)
                 # Z is used up: dZ goes into its buffer.
-                matmul(g2, b[c0:c1].transpose(0, 2, 1), "patchwise", out=z2.reshape(m, -1, spec.w_in))
+                _product(g2, b[c0:c1].transpose(0, 2, 1), z2.reshape(m, -1, spec.w_in))
                 da = _column_gradient(z2, x2, threaded, ga[c0:c1] if n0 == 0 else None)
                 if n0:  # later samples of a channel whose samples are split: accumulate
                     gb[c0:c1] += db
                     ga[c0:c1] += da
-                matmul(a[c0:c1].transpose(0, 2, 1), z2, "patchwise", out=dxt[:m].reshape(m, spec.h_in, -1))
+                _product(a[c0:c1].transpose(0, 2, 1), z2, dxt[:m].reshape(m, spec.h_in, -1))
                 for t, p in dx_pieces:
                     p[c0:c1, :, n0:n1] = t[:m]
 

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from neocell_ref.instrument import count_macs, matmul, stacked_dot
+from neocell_ref.instrument import count_macs, matmul, outer, stacked_dot
 
 
 @pytest.mark.parametrize(
@@ -102,3 +102,42 @@ def test_stacked_dot_is_the_stacked_product_and_counts_like_matmul(transposed):
     for bad_a, bad_b in ((a, b[:2]), (a[0], b[0]), (a, b[:, :-1])):
         with pytest.raises(ValueError, match="do not chain"):
             stacked_dot(bad_a, bad_b)
+
+
+@pytest.mark.parametrize(
+    "shape_a, shape_b",
+    [
+        ((3, 1), (1, 5)),  # m < n: by rows
+        ((6, 1), (1, 2)),  # m > n: by columns
+        ((4, 7, 1), (4, 1, 2)),  # stacked
+        ((2, 1, 3, 1), (5, 1, 4)),  # stacks broadcast
+        ((1, 1), (1, 1)),
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outer_is_the_product_with_inner_dimension_one_and_counts_like_matmul(shape_a, shape_b, dtype):
+    """``outer`` (a product with inner dimension 1 as element-wise products, for the
+    kernel sides of 1) equals ``np.matmul``'s result value for value (one rounded
+    product per value: no sum), into ``out`` when given, and records what ``matmul``
+    records for the same operands."""
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal(shape_a).astype(dtype), rng.standard_normal(shape_b).astype(dtype)
+    with count_macs() as expected_count:
+        expected = matmul(a, b, "t")
+    out = np.full(expected.shape, np.nan, dtype)
+    with count_macs() as counter:
+        got = outer(a, b, "t", out=out)
+        fresh = outer(a, b, "t")
+    assert got is out and fresh.dtype == expected.dtype and fresh.shape == expected.shape
+    for name, value in (("out=", got), ("new array", fresh)):
+        differ = ~(value == expected)
+        assert not differ.any(), (
+            f"outer ({name}) {shape_a} @ {shape_b} differs from np.matmul at {np.argwhere(differ)[:3].tolist()}"
+        )
+    assert counter.calls == expected_count.calls * 2, (counter.calls, expected_count.calls)
+
+
+def test_outer_refuses_operands_whose_inner_dimension_is_not_one():
+    for shape_a, shape_b in (((3, 2), (2, 4)), ((3,), (1, 4)), ((3, 1), (2, 4))):
+        with pytest.raises(ValueError, match="are not"):
+            outer(np.ones(shape_a), np.ones(shape_b))
