@@ -73,25 +73,26 @@ def timed(fn):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-#: Untimed pause after the MLP floor (see :func:`best_interleaved`): OpenBLAS's idle
+#: Untimed pause after the MLP floor (see :func:`interleaved_turns`): OpenBLAS's idle
 #: workers spin for about 2**28 cycles (~0.1 s) after a multi-threaded product.
 SETTLE_SECONDS = 0.15
 
 
-def best_interleaved(workloads, repeats, settle=("floor",), calls=1):
-    """Minimum wall and CPU time of each workload over ``repeats`` rounds, interleaved.
+def interleaved_turns(workloads, repeats, settle=("floor",), calls=1):
+    """Wall and CPU time of each workload's best call in each of ``repeats`` interleaved
+    rounds: ``{name: [(wall, cpu), ...]}``, one pair per round.
 
     On a machine shared with other processes the wall time of a single-threaded run
     includes the time the scheduler gave to others; the process CPU time does not, so
     with ``OPENBLAS_NUM_THREADS=1`` it is the steadier measure of the work itself.
 
     In each round every workload takes one turn of ``calls`` back-to-back calls, each
-    timed; the minimum over all calls of all rounds is reported. With ``calls > 1``
-    every workload is also measured in its own steady state, not only right after
-    another library's call: PyTorch's idle OpenMP workers keep spinning briefly after
-    its calls and slowed the next call of whatever followed (measured: neocell_ref's
-    56² NeoCell forward 8.6 ms as the first call of its turn, 5.7 ms as the best of
-    three; PyTorch's own call 11.2 and 10.4 ms alike).
+    timed; a turn reports its fastest call. With ``calls > 1`` every workload is also
+    measured in its own steady state, not only right after another library's call:
+    PyTorch's idle OpenMP workers keep spinning briefly after its calls and slowed the
+    next call of whatever followed (measured: neocell_ref's 56² NeoCell forward 8.6 ms
+    as the first call of its turn, 5.7 ms as the best of three; PyTorch's own call 11.2
+    and 10.4 ms alike).
 
     After each workload named in ``settle`` (the MLP floor: plain ``np.matmul`` with
     OpenBLAS's own threads) the loop sleeps :data:`SETTLE_SECONDS`, untimed, so that
@@ -104,16 +105,21 @@ def best_interleaved(workloads, repeats, settle=("floor",), calls=1):
         raise ValueError(f"calls must be >= 1, got {calls}")
     for fn in workloads.values():
         fn()  # warm-up: first-touch page faults, BLAS thread start
-    best = {name: [float("inf"), float("inf")] for name in workloads}
+    turns = {name: [] for name in workloads}
     for _ in range(repeats):
         for name, fn in workloads.items():
-            for _ in range(calls):
-                wall, cpu = timed(fn)
-                best[name][0] = min(best[name][0], wall)
-                best[name][1] = min(best[name][1], cpu)
+            times = [timed(fn) for _ in range(calls)]
+            turns[name].append((min(wall for wall, _ in times), min(cpu for _, cpu in times)))
             if name in settle:
                 time.sleep(SETTLE_SECONDS)
-    return best
+    return turns
+
+
+def best_interleaved(workloads, repeats, settle=("floor",), calls=1):
+    """Minimum wall and CPU time of each workload over ``repeats`` interleaved rounds
+    (:func:`interleaved_turns`): ``{name: [wall, cpu]}``, the minimum over every timed call."""
+    turns = interleaved_turns(workloads, repeats, settle, calls)
+    return {name: [min(w for w, _ in pairs), min(c for _, c in pairs)] for name, pairs in turns.items()}
 
 
 def share_table(profile, title):

@@ -95,6 +95,25 @@ def test_round_robin_gives_each_workload_turns_of_back_to_back_calls(monkeypatch
         bench_model.best_interleaved(workloads, repeats=1, calls=0)
 
 
+def test_each_turn_reports_its_fastest_call_and_the_per_turn_ratio_is_their_median(monkeypatch):
+    """``interleaved_turns`` keeps each round's best call per workload (the minimum over
+    them is ``best_interleaved``'s), and ``turn_ratio`` is the median over the rounds of
+    the two workloads' ratio in the same round, worked by hand."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_model
+    import bench_vs_official
+
+    walls = iter([5.0, 3.0, 4.0, 9.0, 8.0, 7.0, 6.0, 2.0, 6.0, 1.0, 9.0, 9.0, 8.0, 4.0, 9.0, 4.0, 4.0, 9.0])
+    monkeypatch.setattr(bench_model, "timed", lambda fn: (next(walls), 0.5))
+    turns = bench_model.interleaved_turns({"a": lambda: None, "b": lambda: None}, repeats=3, settle=(), calls=3)
+    # the warm-up calls are not timed: a 5 3 4 | b 9 8 7 | a 6 2 6 | b 1 9 9 | a 8 4 9 | b 4 4 9
+    assert turns == {"a": [(3.0, 0.5), (2.0, 0.5), (4.0, 0.5)], "b": [(7.0, 0.5), (1.0, 0.5), (4.0, 0.5)]}, turns
+    ratio = bench_vs_official.turn_ratio([w for w, _ in turns["a"]], [w for w, _ in turns["b"]])
+    assert ratio == pytest.approx(1.0), f"median of 3/7, 2/1, 4/4 is 1, got {ratio}"
+    with pytest.raises(ValueError, match="2 and 1 turns"):
+        bench_vs_official.turn_ratio([1.0, 2.0], [1.0])
+
+
 @pytest.fixture(scope="module")
 def checkout():
     path = os.environ.get(ENV)
@@ -122,6 +141,10 @@ def test_smoke_run_writes_every_row_after_the_agreement_check(checkout, tmp_path
         for row in setting["rows"]:
             assert row["official_ms"] > 0 and row["neocell_ref_ms"] > 0, row
             assert row["ratio"] == pytest.approx(row["neocell_ref_ms"] / row["official_ms"])
+            assert row["official_ms"] == min(row["official_turns_ms"]), row
+            assert row["neocell_ref_ms"] == min(row["neocell_ref_turns_ms"]), row
+            per_turn = sorted(m / t for m, t in zip(row["neocell_ref_turns_ms"], row["official_turns_ms"]))
+            assert row["turn_ratio"] == pytest.approx(per_turn[len(per_turn) // 2]), row  # 1 repeat: the one ratio
         assert [r["name"].split(" (")[0] for r in setting["floor_ratios"]] == [
             "inference batch 1",
             "inference batch 8",
