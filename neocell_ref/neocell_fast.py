@@ -481,23 +481,11 @@ def _row_gradient(left, right, threaded, out=None):
 
 
 def _column_gradient(left, right, threaded, out=None):
-    """``left @ rightᵀ`` summed over long rows, the kernel gradient ``dA = dZ Xᵀ`` of a chunk.
-
-    Parameters
-    ----------
-    left : ndarray, shape (m, a, L)
-    right : ndarray, shape (m, b, L)
-        C-contiguous per channel.
-    threaded : bool
-        Whether the backward runs on several threads (:func:`_kernel_product`).
-    out : ndarray, shape (m, a, b), optional
-
-    Returns
-    -------
-    ndarray, shape (m, a, b)
-        Widened (:func:`_widened`): each row cut into halves stacked as two rows (a free
-        reshape), a ``(2a, 2b)`` result whose entries ``[2i, 2j]`` sum the first halves
-        and ``[2i+1, 2j+1]`` the second.
+    """``left @ rightᵀ`` over long rows, the kernel gradient ``dA = dZ Xᵀ`` of a chunk:
+    ``left`` (m, a, L) and ``right`` (m, b, L), C-contiguous per channel, give (m, a, b);
+    ``threaded`` and ``out`` as for :func:`_row_gradient`. Widened (:func:`_widened`):
+    each row cut into halves stacked as two rows (a free reshape), a ``(2a, 2b)`` result
+    whose entries ``[2i, 2j]`` sum the first halves and ``[2i+1, 2j+1]`` the second.
     """
     m, a, length = left.shape
     b = right.shape[1]
