@@ -116,12 +116,21 @@ def outer(a, b, tag: str = "", out=None):
     -------
     ndarray, shape (..., m, n)
     """
-    if np.ndim(a) < 2 or np.ndim(b) < 2 or np.shape(a)[-1] != 1 or np.shape(b)[-2] != 1:
-        raise ValueError(f"outer: shapes {np.shape(a)} and {np.shape(b)} are not (..., m, 1) and (..., 1, n)")
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != 1 or b.shape[-2] != 1:
+        raise ValueError(f"outer: shapes {a.shape} and {b.shape} are not (..., m, 1) and (..., 1, n)")
     m, n = a.shape[-2], b.shape[-1]
+    stack = a.shape[:-2]
+    if b.shape[:-2] != stack:  # (equal stacks, the fast path's case, skip the broadcast)
+        try:
+            stack = np.broadcast_shapes(stack, b.shape[:-2])
+        except ValueError:
+            raise ValueError(f"outer: the stacks of shapes {a.shape} and {b.shape} do not broadcast") from None
+    shape = (*stack, m, n)
     if out is None:
-        shape = (*np.broadcast_shapes(a.shape[:-2], b.shape[:-2]), m, n)
         out = np.empty(shape, dtype=np.result_type(a, b))
+    elif not isinstance(out, np.ndarray) or out.shape != shape:
+        raise ValueError(f"outer: out must be an ndarray of shape {shape}, got {getattr(out, 'shape', type(out))}")
     if m <= n:
         for i in range(m):  # row i: a[..., i, 0] times the row of b
             np.multiply(a[..., i, :], b[..., 0, :], out=out[..., i, :])

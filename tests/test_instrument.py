@@ -141,3 +141,9 @@ def test_outer_refuses_operands_whose_inner_dimension_is_not_one():
     for shape_a, shape_b in (((3, 2), (2, 4)), ((3,), (1, 4)), ((3, 1), (2, 4))):
         with pytest.raises(ValueError, match="are not"):
             outer(np.ones(shape_a), np.ones(shape_b))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        outer(np.ones((2, 3, 1)), np.ones((3, 1, 4)))
+    for bad in (np.empty((3, 5)), [[0.0] * 4] * 3):
+        with pytest.raises(ValueError, match=r"out must be an ndarray of shape \(3, 4\)"):
+            outer(np.ones((3, 1)), np.ones((1, 4)), out=bad)
+    assert outer([[2.0], [3.0]], [[1.0, 4.0]]).tolist() == [[2.0, 8.0], [3.0, 12.0]], "lists are taken as arrays"
