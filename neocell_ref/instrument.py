@@ -171,7 +171,5 @@ def stacked_dot(a, b, tag: str = "", out=None):
     result = np.empty((stack, rows, b.shape[2]), dtype=np.result_type(a, b)) if out is None else out
     for i in range(stack):
         np.dot(a[i], b[i], out=result[i])
-    if _COUNTERS:
-        for counter in tuple(_COUNTERS):
-            counter.record(tag, a.shape, b.shape, result.shape)
+    _record(tag, a, b, result)
     return result

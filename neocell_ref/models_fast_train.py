@@ -349,20 +349,19 @@ def _bn_train_forward(model, desc, x):
     """
     w, b = model.param(desc, "weight"), model.param(desc, "bias")
     eps = desc.options["eps"]
-    channels, per_channel = x.shape[1], x.shape[0] * x.shape[2] * x.shape[3]
+    channels, count = x.shape[1], L._bn_values_per_channel(x.shape)  # refuses fewer than 2
     mean, var = np.empty(channels, x.dtype), np.empty(channels, x.dtype)
     inv_std, scale = np.empty(channels, x.dtype), np.empty(channels, x.dtype)
     y = np.empty_like(x)
 
     def normalise(share):
-        for lo, hi in _channel_blocks(share, per_channel):
+        for lo, hi in _channel_blocks(share, count):
             mean[lo:hi], var[lo:hi] = L._bn_stats(x[:, lo:hi])
             inv_std[lo:hi], scale[lo:hi], shift = L._bn_scale_shift(w[lo:hi], b[lo:hi], mean[lo:hi], var[lo:hi], eps)
             np.multiply(x[:, lo:hi], scale[lo:hi, None, None], out=y[:, lo:hi])
             y[:, lo:hi] += shift[:, None, None]
 
     parallel.run_each(_channel_shares(x), normalise)
-    count = L._bn_values_per_channel(x.shape)
     running = L.batchnorm_running_from_stats(
         mean,
         var,
@@ -528,7 +527,7 @@ def _bn_train_backward(model, desc, grad_y, x, bn_saved):
     :func:`neocell_ref.layers.batchnorm_backward`, in the same order (with threads, each
     on its own channels, and in blocks of channels, as in the forward)."""
     mean, inv_std, scale = bn_saved
-    m = x.shape[0] * x.shape[2] * x.shape[3]
+    m = L._bn_values_per_channel(x.shape)
     grad_w, grad_b = np.empty_like(mean), np.empty_like(mean)
 
     def backward(share):
