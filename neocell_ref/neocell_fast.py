@@ -77,8 +77,12 @@ __all__ = ["patchwise_forward", "patchwise_backward"]
 # buffers fit in the L2 cache and are reused from chunk to chunk, which roughly halves
 # the time against whole-layer buffers.
 
-#: Size in bytes of the largest work buffer of one chunk (a cache-size heuristic).
-_CHUNK_BYTES = 1 << 18
+#: Size in bytes of the largest work buffer of one chunk (a cache-size heuristic: the
+#: L2 cache of the benchmark machine's cores). 256 KiB until the copies in were staged
+#: (:func:`_stage`); since then 512 KiB measured 0.91-0.99x of its time in interleaved
+#: A/B (8x96x56² ``"4+7"``, forward and backward, one and two threads, median of 30
+#: per-round ratios), 28² and 14² layers 0.89-1.01x; 1 and 2 MiB no better.
+_CHUNK_BYTES = 1 << 19
 
 #: Threads are used only for layers of at least this many input values per thread
 #: (summed over all channels and samples) and at least :data:`_CHUNKS_PER_THREAD`
