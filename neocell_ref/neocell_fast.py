@@ -129,10 +129,12 @@ def _patchwise_plan(specs, batch, height, width, itemsize, chunk_bytes):
     A chunk's largest work buffer holds at most ``chunk_bytes``: a chunk is as many
     channels (with all samples) as fit, or, when one channel with all samples does
     not fit, one channel with as many samples as fit (at least one sample: a single
-    huge plane still works). Besides keeping the work in cache, this keeps every
-    product small enough that BLAS runs it on one thread: small products spread
-    over threads spend their time waiting for each other, and far more so when
-    other processes share the cores. Ranges are near-equal, largest first. Pure
+    huge plane still works). Besides keeping the work in cache, this keeps the
+    products small: a chunk's product is one BLAS call per channel, whatever the
+    number of channels in the chunk, so only chunks of one channel (planes too large
+    for two) make products that grow with the budget (8x112², kernel 7, 512 KiB: one
+    channel with its 8 samples, 7x7 by 7x16184). When :mod:`neocell_ref._parallel` runs the chunks, BLAS is
+    held at one thread meanwhile. Ranges are near-equal, largest first. Pure
     function of its arguments, hence cached: planning costs Python time otherwise.
 
     Parameters
