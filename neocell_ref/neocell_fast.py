@@ -229,6 +229,10 @@ def _chunk_values(segment, spec, chunk):
 #: channels at 56x56, shift 1): forward 2.73 ns (kernel 4) and 3.11 ns (kernel 7),
 #: backward 5.43 and 8.55 ns, where the model gives the ratios 1.15 and 1.58 (measured
 #: 1.14 and 1.57). Only the balance of the thread shares depends on it, never a result.
+#: After the widened kernel gradients and the staged copies the backward's measured
+#: ratio fell to 1.23-1.26 (a weight of about 40); refitted to 40, the two-threaded
+#: 8x96 ``"4+7"`` backward did not move (interleaved A/B: 56² 1.02x, 112² 0.99x), so
+#: the weights stay.
 _VALUE_WEIGHT = {"forward": 32, "backward": 6}
 
 
