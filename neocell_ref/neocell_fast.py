@@ -217,6 +217,17 @@ def _stage(buffer, planes, samples, channels):
     return _view(buffer, (samples, channels, *planes.shape[2:]))
 
 
+def _copy_in(staged, pieces, planes, chunk):
+    """Copy a chunk of ``planes`` into the tiled layout: into its staging view ``staged``
+    (:func:`_stage`), then through ``pieces`` (:func:`_tile_pieces` of the tiled view and
+    ``staged``, channel axis first) into the tiled view's first ``c1 - c0`` channels."""
+    c0, c1, n0, n1 = chunk
+    m = c1 - c0
+    np.copyto(staged[:, :m], planes[n0:n1, c0:c1])
+    for t, p in pieces:
+        t[:m] = p[:m]
+
+
 def _chunk_values(segment, spec, chunk):
     """Size of a chunk's tiled input (the thresholds for using threads are in these)."""
     c0, c1, n0, n1 = chunk
@@ -436,9 +447,7 @@ def patchwise_forward(x, weights_a, weights_b, specs, out_size):
                     xt, x_pieces = _padded_pieces(buf_x, shape_x, xs, seg.front_a, seg.front_b)
                     z, yt = _view(buf_z, shape_z), _view(buf_y, shape_y)
                     y_pieces = _tile_pieces(yt, y_planes, seg.crop_a, seg.crop_b)
-                np.copyto(xs[:, :m], x_planes[n0:n1, c0:c1])
-                for t, p in x_pieces:  # pieces have the channel axis first
-                    t[:m] = p[:m]
+                _copy_in(xs, x_pieces, x_planes, (c0, c1, n0, n1))
                 _product(wa[c0:c1], xt[:m].reshape(m, spec.h_in, -1), z[:m].reshape(m, spec.h_out, -1))
                 _product(z[:m].reshape(m, -1, spec.w_in), wb[c0:c1], yt[:m].reshape(m, -1, spec.w_out))
                 for t, p in y_pieces:
@@ -590,12 +599,8 @@ def patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
                     gt, g_pieces = _padded_pieces(buf_g, shape_y, gs, seg.crop_a, seg.crop_b)
                     z, dxt = _view(buf_z, shape_z), _view(buf_dx, shape_x)
                     dx_pieces = _tile_pieces(dxt, dx_planes, seg.front_a, seg.front_b)
-                np.copyto(xs[:, :m], x_planes[n0:n1, c0:c1])
-                for t, p in x_pieces:  # pieces have the channel axis first
-                    t[:m] = p[:m]
-                np.copyto(gs[:, :m], g_planes[n0:n1, c0:c1])  # x is tiled: the buffer is free
-                for t, p in g_pieces:
-                    t[:m] = p[:m]
+                _copy_in(xs, x_pieces, x_planes, (c0, c1, n0, n1))
+                _copy_in(gs, g_pieces, g_planes, (c0, c1, n0, n1))  # x is tiled: the stage is free
                 x2 = xt[:m].reshape(m, spec.h_in, -1)  # (m, h_in, n*T_a*T_b*w_in)
                 g2 = gt[:m].reshape(m, -1, spec.w_out)  # (m, R, w_out)
                 z2 = z[:m].reshape(m, spec.h_out, -1)  # Z, later dZ

@@ -1,5 +1,6 @@
 """The tiled-layout, chunking and thread tests have teeth: a buffer that keeps stale
-padding fails them, and so does a thread split that loses one thread's share.
+padding fails them, and so do a thread split that loses one thread's share and a chunk
+tiled from stale staged planes.
 
 The mutant gives each work buffer of :mod:`neocell_ref.neocell_fast` its zero padding
 frame on first use only. Then
@@ -14,6 +15,9 @@ The second mutant drops the last thread's share of the chunks; the thread check
 (``support.neocell_fast.assert_threads_bit_identical``) sees the results with threads
 differ from one thread's. Its outputs are allocated filled with NaN, so that the lost
 chunks cannot pass by reusing memory that held the right values.
+
+The third skips the staging copy (``_copy_in``) for every chunk but a segment's first,
+so later chunks are tiled from stale planes; the chunking check sees it.
 
 The last mutants keep only one diagonal block of a widened kernel gradient (the even
 rows of ``dB``, the first halves of ``dA``); the exactness check on integers
@@ -60,6 +64,30 @@ def test_the_reuse_test_catches_a_buffer_that_never_rewrites_its_frame(monkeypat
 def test_the_chunking_tests_catch_stale_padding_in_a_reused_buffer(monkeypatch):
     """An operator whose buffers keep the first chunk's frame fails the chunking check."""
     _zero_frame_only_once(monkeypatch)
+    specs = [{"kernel": 4, "channels": 9, "shift": 1}, {"kernel": 7, "channels": 10, "shift": 1}]
+    with pytest.raises(AssertionError, match="relative error"):
+        assert_chunkings_equal_blockdiag(specs, (15, 15))
+
+
+def _stage_first_chunk_only(monkeypatch):
+    """Mutant: a segment's later chunks are tiled from the staging buffer without being
+    staged, so they reuse the planes of the segment's first chunk."""
+    real = nc._copy_in
+
+    def stale(staged, pieces, planes, chunk):
+        c0, c1, n0, n1 = chunk
+        if c0 == 0 and n0 == 0:
+            return real(staged, pieces, planes, chunk)
+        for t, p in pieces:
+            t[: c1 - c0] = p[: c1 - c0]
+
+    monkeypatch.setattr(nc, "_copy_in", stale)
+
+
+def test_the_chunking_tests_catch_a_chunk_tiled_from_a_stale_stage(monkeypatch):
+    """An operator that skips the staging copy after a segment's first chunk fails the
+    chunking check (forward and backward both stage through ``_copy_in``)."""
+    _stage_first_chunk_only(monkeypatch)
     specs = [{"kernel": 4, "channels": 9, "shift": 1}, {"kernel": 7, "channels": 10, "shift": 1}]
     with pytest.raises(AssertionError, match="relative error"):
         assert_chunkings_equal_blockdiag(specs, (15, 15))
