@@ -133,9 +133,10 @@ def _patchwise_plan(specs, batch, height, width, itemsize, chunk_bytes):
     products small: a chunk's product is one BLAS call per channel, whatever the
     number of channels in the chunk, so only chunks of one channel (planes too large
     for two) make products that grow with the budget (8x112², kernel 7, 512 KiB: one
-    channel with its 8 samples, 7x7 by 7x16184). When :mod:`neocell_ref._parallel` runs the chunks, BLAS is
-    held at one thread meanwhile. Ranges are near-equal, largest first. Pure
-    function of its arguments, hence cached: planning costs Python time otherwise.
+    channel with its 8 samples, 7x7 by 7x16184). When :mod:`neocell_ref._parallel`
+    runs the chunks, BLAS is held at one thread meanwhile. Ranges are near-equal,
+    largest first. Pure function of its arguments, hence cached: planning costs
+    Python time otherwise.
 
     Parameters
     ----------
