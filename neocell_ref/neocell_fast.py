@@ -183,21 +183,17 @@ def _tiled_shapes(segment, spec, channels, samples):
     )
 
 
-def _buffer_sizes(plan, specs):
-    """Largest ``(X, Z, Y)`` sizes over all chunks: one work buffer of each."""
-    sizes = [0, 0, 0]
+def _buffer_sizes(plan, specs, plane_values):
+    """Largest ``(X, Z, Y, S)`` sizes over all chunks: one work buffer of each. ``S`` is
+    the staging buffer (:func:`_stage`): a chunk's ``(sample, channel)`` planes of
+    ``plane_values`` values each (the larger of the input's and the output's plane)."""
+    sizes = [0, 0, 0, 0]
     for seg in plan:
         for c0, c1, n0, n1 in seg.chunks:
-            for i, shape in enumerate(_tiled_shapes(seg, specs[seg.group], c1 - c0, n1 - n0)):
-                sizes[i] = max(sizes[i], math.prod(shape))
+            shapes = _tiled_shapes(seg, specs[seg.group], c1 - c0, n1 - n0)
+            for i, size in enumerate([*map(math.prod, shapes), (c1 - c0) * (n1 - n0) * plane_values]):
+                sizes[i] = max(sizes[i], size)
     return tuple(sizes)
-
-
-def _stage_size(plan, plane_values):
-    """Values of the staging buffer (:func:`_stage`): the most ``(sample, channel)``
-    planes of any chunk, times ``plane_values`` (the larger of the input's and the
-    output's plane)."""
-    return plane_values * max((c1 - c0) * (n1 - n0) for seg in plan for c0, c1, n0, n1 in seg.chunks)
 
 
 def _stage(buffer, planes, samples, channels):
@@ -428,12 +424,10 @@ def patchwise_forward(x, weights_a, weights_b, specs, out_size):
     n, _, height, width = x.shape
     y = np.empty((n, x.shape[1], *out_size), dtype=x.dtype)
     plan, shares = _work(specs, n, height, width, x.itemsize)
-    sizes = _buffer_sizes(plan, specs)
-    size_s = _stage_size(plan, height * width)
+    sizes = _buffer_sizes(plan, specs, height * width)
 
     def task(share):  # own work buffers and zero frames per thread
-        buf_x, buf_z, buf_y = (np.empty(s, dtype=x.dtype) for s in sizes)
-        buf_s = np.empty(size_s, dtype=x.dtype)
+        buf_x, buf_z, buf_y, buf_s = (np.empty(s, dtype=x.dtype) for s in sizes)
         for seg, chunks in share:
             spec = specs[seg.group]
             wa, wb = weights_a[seg.group][seg.local], weights_b[seg.group][seg.local]
@@ -495,8 +489,9 @@ def _widened(dtype, a, b, length):
     and 161 / 104 (``dA``); 3x3 173 / 115; 5x5 125 / 97; 6x6 106 / 63; but 4x4 65 / 61
     and 8x8 65 / 84; the down-sampling layers' 2x1 lost (about 10 % of the layer's
     backward); float64 gained little where it gained (7x7: 162 / 160 and 130 / 116)
-    and lost at 4x4 (70 / 99), so it is never widened. The NeoCell backward of NeoNeXt-T's stage-3 layer
-    (8x384x14², kernel 7) went 11.5 → 9.2 ms, the 8x96x56² ``"4+7"`` one 21.9 → 18.8 ms.
+    and lost at 4x4 (70 / 99), so it is never widened. The NeoCell backward of
+    NeoNeXt-T's stage-3 layer (8x384x14², kernel 7) went 11.5 → 9.2 ms, the 8x96x56²
+    ``"4+7"`` one 21.9 → 18.8 ms.
     Hence: float32, both sides at least 3, not both multiples of 4, ``length`` even
     (which may differ between chunks of a channel whose samples are split).
     """
@@ -575,8 +570,7 @@ def patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
     grads_a = [np.empty_like(w) for w in weights_a]
     grads_b = [np.empty_like(w) for w in weights_b]
     plan, shares = _work(specs, n, height, width, x.itemsize, "backward")
-    size_x, size_z, size_y = _buffer_sizes(plan, specs)
-    size_s = _stage_size(plan, max(height * width, math.prod(out_size)))
+    size_x, size_z, size_y, size_s = _buffer_sizes(plan, specs, max(height * width, math.prod(out_size)))
 
     threaded = len(shares) > 1
 
