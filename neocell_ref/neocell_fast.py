@@ -378,18 +378,18 @@ def _zero_frame(tiled, front_h, length, front_w, width):
     writes only the other entries, so the frame written for a segment's first chunk
     serves all of its chunks of the same sample count (a chunk with fewer channels
     uses a prefix: channels are the outermost axis) and no clearing pass is needed.
+
+    When there is any padding the whole view is cleared: ``tiled`` is contiguous (a
+    work buffer's prefix), so that is one ``fill``, faster than the up to six strided
+    assignments that reach only the frame, and the copy in overwrites the rest.
+    Interleaved A/B, one thread, median of 20 per-round ratios of the whole operator:
+    NeoNeXt-T's 56², 28² and 14² layers (8 samples) forward 0.97-0.99, 0.93-0.94,
+    0.92-0.93, backward 0.98, 0.95, 0.93; one sample 0.89-0.95 either way. An unpadded
+    layout (NeoNeXt-T's 7² layers: no shift, 7 divides 7) has no frame to write.
     """
-    k = tiled.shape[1]
-    tiled[..., :front_w] = 0
-    tiled[..., front_w + width :] = 0
-    cols = slice(front_w, front_w + width)
-    if front_h:
-        tiled[:, :front_h, :, 0, cols] = 0
-    end_tile, end_row = divmod(front_h + length, k)
-    if end_row:
-        tiled[:, end_row:, :, end_tile, cols] = 0
-        end_tile += 1
-    tiled[:, :, :, end_tile:, cols] = 0
+    k, tiles, cols = tiled.shape[1], tiled.shape[3], tiled.shape[4]
+    if front_h or front_w or tiles * k != front_h + length or cols != front_w + width:
+        tiled.fill(0)
 
 
 def _padded_pieces(buffer, shape, planes, front_h, front_w):

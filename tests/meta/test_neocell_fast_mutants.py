@@ -3,7 +3,7 @@ padding fails them, and so do a thread split that loses one thread's share and a
 tiled from stale staged planes.
 
 The mutant gives each work buffer of :mod:`neocell_ref.neocell_fast` its zero padding
-frame on first use only. Then
+frame on first use only (another clears a view only when it is padded in front). Then
 
 - the buffer-reuse check of tests/test_neocell_fast.py
   (``support.neocell_fast.assert_reused_buffer_stays_correct``) sees garbage leak
@@ -57,6 +57,20 @@ def _zero_frame_only_once(monkeypatch):
 def test_the_reuse_test_catches_a_buffer_that_never_rewrites_its_frame(monkeypatch):
     """With the frame written only once, garbage leaks through a reused buffer."""
     _zero_frame_only_once(monkeypatch)
+    with pytest.raises(AssertionError, match="reused buffer differs"):
+        assert_reused_buffer_stays_correct()
+
+
+def test_the_reuse_test_catches_a_frame_that_forgets_the_trailing_padding(monkeypatch):
+    """Mutant of the clearing rule: the view is cleared only when there is padding in
+    front, so a layout padded at the end alone (a side that the kernel does not divide,
+    no shift) keeps what an earlier segment left there."""
+
+    def front_only(tiled, front_h, length, front_w, width):
+        if front_h or front_w:
+            tiled.fill(0)
+
+    monkeypatch.setattr(nc, "_zero_frame", front_only)
     with pytest.raises(AssertionError, match="reused buffer differs"):
         assert_reused_buffer_stays_correct()
 
