@@ -372,20 +372,20 @@ def _tile_pieces(tiled, planes, front_h, front_w):
 
 
 def _zero_frame(tiled, front_h, length, front_w, width):
-    """Zero every entry of ``tiled`` (m, k, N, T, P) that holds no plane value.
+    """Make every entry of ``tiled`` (m, k, N, T, P) that holds no plane value zero.
 
     These are the padding zeros of SPEC 3's view. Padding a chunk into the layout
     writes only the other entries, so the frame written for a segment's first chunk
     serves all of its chunks of the same sample count (a chunk with fewer channels
-    uses a prefix: channels are the outermost axis) and no clearing pass is needed.
+    uses a prefix: channels are the outermost axis): nothing is cleared per chunk.
 
     When there is any padding the whole view is cleared: ``tiled`` is contiguous (a
     work buffer's prefix), so that is one ``fill``, faster than the up to six strided
     assignments that reach only the frame, and the copy in overwrites the rest.
-    Interleaved A/B, one thread, median of 20 per-round ratios of the whole operator:
-    NeoNeXt-T's 56², 28² and 14² layers (8 samples) forward 0.97-0.99, 0.93-0.94,
-    0.92-0.93, backward 0.98, 0.95, 0.93; one sample 0.89-0.95 either way. An unpadded
-    layout (NeoNeXt-T's 7² layers: no shift, 7 divides 7) has no frame to write.
+    Interleaved A/B, median of 20 per-round ratios of the whole operator, NeoNeXt-T's
+    56², 28² and 14² layers (8 samples): forward 0.97-0.99, 0.93-0.94, 0.92-0.93 (one
+    and two threads), backward 0.98, 0.95, 0.93 (one thread); one sample 0.89-0.95. An
+    unpadded layout (NeoNeXt-T's 7² layers: no shift, 7 divides 7) has no frame to write.
     """
     k, tiles, cols = tiled.shape[1], tiled.shape[3], tiled.shape[4]
     if front_h or front_w or tiles * k != front_h + length or cols != front_w + width:
