@@ -64,6 +64,7 @@ __all__ = [
     "residual_add_backward",
     "cross_entropy_forward",
     "cross_entropy_backward",
+    "check_targets",
     "GELU_FLOAT32_COEFFICIENTS",
     "GELU_FLOAT32_CLIP",
 ]
@@ -969,22 +970,43 @@ def residual_add_backward(grad_y, x, branch):
 # --------------------------------------------------------------------------------------
 # cross-entropy with label smoothing
 # --------------------------------------------------------------------------------------
+def check_targets(labels, classes, smoothing, batch=None):
+    """The checked ``labels`` (integer array, shape (N,), values in ``[0, classes)``) and
+    ``smoothing`` (a float in [0, 1]) of the cross-entropy; ``N`` must equal ``batch``
+    when given. Also :func:`neocell_ref.train.train_step`'s check before any work.
+
+    Returns
+    -------
+    labels : ndarray of int, shape (N,)
+    smoothing : float
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
+    if labels.ndim != 1 or (batch is not None and labels.shape[0] != batch):
+        expected = "(N,)" if batch is None else f"({batch},)"
+        raise ValueError(f"labels has shape {labels.shape}, expected {expected}")
+    bad = (labels < 0) | (labels >= classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"labels[{i}] = {int(labels[i])} is outside [0, {classes}) for {classes} classes")
+    return labels, real_number(smoothing, "smoothing", 0.0, 1.0)
+
+
 def _ce_prepare(logits, labels, smoothing):
     logits = as_real_array(logits, "logits")
     if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] < 1:
         raise ValueError(f"logits must be 2-D (N, K) with N, K >= 1, got shape {logits.shape}")
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
-    if labels.shape != (logits.shape[0],):
-        raise ValueError(f"labels has shape {labels.shape}, expected ({logits.shape[0]},)")
-    k = logits.shape[1]
-    bad = (labels < 0) | (labels >= k)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"labels[{i}] = {int(labels[i])} is outside [0, {k}) for {k} classes")
-    smoothing = real_number(smoothing, "smoothing", 0.0, 1.0)
-    return logits.astype(compute_dtype(logits), copy=False), labels, smoothing
+    labels, smoothing = check_targets(labels, logits.shape[1], smoothing, logits.shape[0])
+    logits = logits.astype(compute_dtype(logits), copy=False)
+    # A loss of NaN is never an answer: NaN or +Inf logits make every softmax NaN, and a
+    # -Inf logit (PyTorch's masking idiom) gives 0·(-Inf) = NaN here wherever its target
+    # weight is 0. Refused instead, naming the first such entry.
+    finite = np.isfinite(logits)
+    if not finite.all():
+        n, k = np.unravel_index(int(np.argmin(finite)), logits.shape)
+        raise ValueError(f"logits must be finite, got logits[{n}, {k}] = {logits[n, k]}")
+    return logits, labels, smoothing
 
 
 def _log_softmax(z):

@@ -554,6 +554,23 @@ def test_float32_in_float32_out_and_promotion():
         (lambda: L.cross_entropy_forward(np.zeros((2, 3)), np.array([0])), ValueError, ["labels", "(2,)"]),
         (lambda: L.cross_entropy_forward(np.zeros((2, 3)), np.array([0, 1]), smoothing=1.5), ValueError, ["smoothing"]),
         (lambda: L.cross_entropy_forward(np.zeros(3), np.array([0])), ValueError, ["logits", "2-D"]),
+        # A NaN loss is never an answer; -Inf (a masked class) would give 0·(-Inf) = NaN.
+        (
+            lambda: L.cross_entropy_forward(np.array([[0.0, np.nan]]), np.array([0])),
+            ValueError,
+            ["logits[0, 1]", "finite"],
+        ),
+        (
+            lambda: L.cross_entropy_backward(np.array([[np.inf, 0.0]]), np.array([0])),
+            ValueError,
+            ["logits[0, 0]", "finite"],
+        ),
+        (
+            lambda: L.cross_entropy_forward(np.array([[0.0, -np.inf]]), np.array([0])),
+            ValueError,
+            ["logits[0, 1]", "finite"],
+        ),
+        (lambda: L.check_targets(np.array([[0, 1]]), 3, 0.0), ValueError, ["labels", "(N,)"]),
     ],
 )
 def test_errors_name_the_argument(call, error, words):
