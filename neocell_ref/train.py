@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import cross_entropy_backward, cross_entropy_forward
+from .layers import check_targets, cross_entropy_backward, cross_entropy_forward
 from .validation import as_int, as_real_array, check_nbytes, real_number
 
 __all__ = ["SGD", "AdamW", "default_decay", "synthetic_patterns", "train_step", "PATTERN_CLASSES"]
@@ -115,6 +115,8 @@ class AdamW(_Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05, decay=None):
         super().__init__(params, weight_decay, decay)
         self.lr = real_number(lr, "lr", 0.0, low_open=True)
+        if not isinstance(betas, (tuple, list, np.ndarray)):
+            raise TypeError(f"betas must be a pair (beta1, beta2) of numbers in [0, 1), got {betas!r}")
         if len(betas) != 2 or not all(0.0 <= real_number(b, "betas", 0.0) < 1.0 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         self.betas = (float(betas[0]), float(betas[1]))
@@ -187,13 +189,50 @@ def synthetic_patterns(rng, n, size=32, noise=0.5, dtype=np.float64):
 def train_step(model, optimizer, images, labels, smoothing=0.0):
     """One step: training forward, cross-entropy with label smoothing, backward, update.
 
+    A step happens whole or not at all. ``optimizer``, ``labels`` and ``smoothing`` are
+    checked before any work, ``images`` by the forward; a step that fails later (logits
+    or gradients not finite, which the loss and the optimizer refuse) puts back the
+    model's running statistics, drop-path generator and gradients as they were before
+    the call, and no parameter or optimizer state has changed.
+
+    Parameters
+    ----------
+    model : NeoNeXt
+    optimizer : SGD or AdamW
+        Built on ``model.params`` (the same arrays: they are updated in place).
+    images : array_like, shape (N, in_chans, H, W)
+    labels : array_like of int, shape (N,)
+        Class indices in ``[0, num_classes)``.
+    smoothing : float in [0, 1], default 0
+
     Returns
     -------
     loss : float
         The loss before the update.
     """
-    logits = model.forward(images, training=True)
-    loss = cross_entropy_forward(logits, labels, smoothing=smoothing)
-    model.backward(cross_entropy_backward(logits, labels, smoothing=smoothing))
-    optimizer.step(model.grads)
+    if not isinstance(optimizer, _Optimizer):
+        raise TypeError(f"optimizer must be an SGD or AdamW of neocell_ref.train, got {type(optimizer).__name__}")
+    params = getattr(model, "params", None)
+    if (
+        not isinstance(params, dict)
+        or optimizer.params.keys() != params.keys()
+        or any(optimizer.params[key] is not value for key, value in params.items())
+    ):
+        raise ValueError("optimizer must be built on model.params (the model's own arrays, every one of them)")
+    check_targets(labels, model.config.num_classes, smoothing)
+    saved = (dict(model.buffers), model.drop_path_rng.bit_generator.state, dict(model.grads))
+    try:
+        logits = model.forward(images, training=True)
+        loss = cross_entropy_forward(logits, labels, smoothing=smoothing)
+        model.backward(cross_entropy_backward(logits, labels, smoothing=smoothing))
+        optimizer.step(model.grads)  # checks every gradient before it updates anything
+    except Exception:
+        # Running statistics are replaced, never modified in place (NeoNeXt.forward), so
+        # the old dict's arrays are the old values.
+        buffers, rng_state, grads = saved
+        model.buffers.clear()
+        model.buffers.update(buffers)
+        model.drop_path_rng.bit_generator.state = rng_state
+        model.grads = grads
+        raise
     return loss

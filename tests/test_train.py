@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from support.hostile import raises_naming
+from support.hostile import TINY_MODEL, raises_naming
 
 import neocell_ref as nr
 from neocell_ref.layers import cross_entropy_forward
@@ -123,3 +123,57 @@ def test_optimizers_refuse_complex_and_nonfinite_gradients_before_updating():
         with raises_naming(ValueError, "grads['b']", "NaN or Inf", "no parameter"):
             opt.step({"a": np.ones(3), "b": np.array([1.0, np.nan])})
         np.testing.assert_array_equal(params["a"], np.ones(3))
+
+
+def test_adamw_betas_that_are_not_a_pair_are_named():
+    for betas in (0.9, None, iter([0.9, 0.999])):
+        with raises_naming(TypeError, "betas", "pair"):
+            AdamW({"w": np.zeros(2)}, betas=betas)
+
+
+def _state(model, opt):
+    """Everything a training step may change, as copies."""
+    arrays = {**{f"p:{k}": v for k, v in model.params.items()}, **{f"b:{k}": v for k, v in model.buffers.items()}}
+    arrays.update({f"m:{k}": v for k, v in getattr(opt, "m", {}).items()})
+    return {k: np.array(v, copy=True) for k, v in arrays.items()}, model.drop_path_rng.bit_generator.state, opt.steps
+
+
+def test_a_refused_training_step_changes_nothing():
+    """Bad labels, smoothing or optimizer are refused before the forward; what only the loss
+    can check is refused after it, and the step puts the running statistics and the
+    drop-path generator back. Checked against a step that succeeds afterwards: it gives the
+    same loss as on a model that never saw the refused calls."""
+
+    def fresh():
+        model = nr.models.NeoNeXt(**TINY_MODEL, dtype=np.float32, drop_path=0.2, rng=np.random.default_rng(0))
+        return model, AdamW(model.params, lr=1e-3)
+
+    images, labels = synthetic_patterns(np.random.default_rng(0), 4, dtype=np.float32)
+    model, opt = fresh()
+    other = nr.models.NeoNeXt(**TINY_MODEL, dtype=np.float32, rng=np.random.default_rng(0))
+    (before, rng_before, steps_before) = _state(model, opt)
+    refused = [
+        (TypeError, ["optimizer"], dict(optimizer=None)),
+        (ValueError, ["optimizer", "model.params"], dict(optimizer=AdamW(other.params))),
+        (ValueError, ["labels[0]", "[0, 4)"], dict(labels=labels + 4)),
+        (ValueError, ["smoothing"], dict(smoothing=2.0)),
+        # Passes the checks made before the forward (the batch is the images'): refused by
+        # the loss after the forward has staged running statistics and drawn drop-path masks.
+        (ValueError, ["labels", "(4,)"], dict(labels=labels[:3])),
+    ]
+    for error, words, change in refused:
+        args = dict(model=model, optimizer=opt, images=images, labels=labels, smoothing=0.1) | change
+        with raises_naming(error, *words):
+            train_step(**args)
+        after, rng_after, steps_after = _state(model, opt)
+        changed = [k for k in before if not np.array_equal(before[k], after[k])]
+        assert not changed and rng_after == rng_before and steps_after == steps_before, (
+            f"refused step {change!r} changed {changed[:4]} (generator moved: {rng_after != rng_before}, "
+            f"optimizer steps {steps_before} -> {steps_after})"
+        )
+    clean, clean_opt = fresh()
+    expected = train_step(clean, clean_opt, images, labels, smoothing=0.1)
+    got = train_step(model, opt, images, labels, smoothing=0.1)
+    assert got == expected, (
+        f"after the refused steps the first real step gives loss {got!r}, a fresh model {expected!r}"
+    )
