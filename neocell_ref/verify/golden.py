@@ -324,6 +324,13 @@ def _check_loosening(name, meta, arrays, rtol, atol, rtol_scale):
     the effective ``atol`` at most ``MAX_RTOL_SCALE · r · max(s)``, i.e. no override
     allows more than what the largest loosening of ``rtol`` allows at the array's
     largest element.
+
+    Within those limits an all-zero answer must still fail the case wherever it fails
+    at the stored tolerances, for a port giving only the forward (the arrays not named
+    ``grad*``) and for one giving only the backward: a loosened rtol near or above 1
+    (or a bound far above ``|expected|``) would otherwise accept a port that computes
+    nothing, and how far that is depends on the case, not only on the factor (a
+    float16 set reaches it at a factor of a few hundred).
     """
     for key, tol in meta["tolerances"].items():
         eff_rtol, eff_atol = _effective(tol, rtol, atol, rtol_scale)
@@ -344,6 +351,30 @@ def _check_loosening(name, meta, arrays, rtol, atol, rtol_scale):
                     f"{MAX_RTOL_SCALE:g} (MAX_RTOL_SCALE) x rtol {tol['rtol']:.3g} x the array's "
                     f"largest scale {top:.3g} = {limit * top:.3g}"
                 )
+    for part, keys in _output_parts(meta["tolerances"]):
+        if all(
+            _zeros_pass(name, key, meta["tolerances"][key], arrays, rtol, atol, rtol_scale) for key in keys
+        ) and not all(_zeros_pass(name, key, meta["tolerances"][key], arrays, None, None, 1.0) for key in keys):
+            raise ValueError(
+                f"tolerance override too loose for {name}: an all-zero {part} would pass every "
+                f"array of it ({', '.join(keys)}), which the stored tolerances fail"
+            )
+
+
+def _output_parts(tolerances):
+    """``(part, array names)`` of what a port may give alone: the forward outputs (names
+    not starting with ``grad``) and the gradients."""
+    forward = [k for k in tolerances if not k.startswith("grad")]
+    backward = [k for k in tolerances if k.startswith("grad")]
+    return [(part, keys) for part, keys in (("forward", forward), ("backward", backward)) if keys]
+
+
+def _zeros_pass(name, key, tol, arrays, rtol, atol, rtol_scale) -> bool:
+    """Whether zeros pass ``key`` under the overrides: the very comparison a port gets."""
+    eff_rtol, eff_atol = _effective(tol, rtol, atol, rtol_scale)
+    zeros = np.zeros(np.shape(arrays[key]))
+    bound = _scale(tol, arrays, key)
+    return compare_arrays(name, key, zeros, arrays[key], rtol=eff_rtol, atol=eff_atol, bound=bound).passed
 
 
 def _loosens(tolerances, rtol, atol, rtol_scale) -> bool:

@@ -321,8 +321,10 @@ def test_half_precision_accumulation_is_outside_the_model():
     On positive data (no cancellation: the bound is the result itself, the partial sums
     grow to the full result) with 2247-term weight gradients, the float32-accumulating
     emulation uses at most half the tolerance and the float16-accumulating one exceeds
-    it; with ``rtol_scale`` = the largest accumulation length (docs/porting.md: what
-    recursive half-precision accumulation needs) it passes."""
+    it. ``rtol_scale`` = the accumulation length (docs/porting.md: what recursive
+    half-precision accumulation needs) is refused there, since ``2247 · u_half > 1``
+    and the loosened tolerance would pass an all-zero answer; on a 147-term case it is
+    accepted and the float16-accumulating port passes."""
     from neocell_ref.verify.golden import MAX_RTOL_SCALE, run_and_compare
     from neocell_ref.verify.golden_ops import neocell_expected
     from neocell_ref.verify.precision import store
@@ -348,7 +350,18 @@ def test_half_precision_accumulation_is_outside_the_model():
     assert {r.array for r in at_one if not r.passed} >= {"grad_weight_a_0", "grad_weight_b_0"}, [
         (r.array, r.ratio) for r in at_one
     ]
-    scaled = run_and_compare("neocell", "positive", meta, everything, *half_sums, rtol_scale=n_max)
+    with pytest.raises(ValueError, match="would pass every"):
+        run_and_compare("neocell", "positive", meta, everything, *half_sums, rtol_scale=n_max)
+
+    small = (1, 2, 28, 28)
+    arrays = {
+        k: store(rng.uniform(0.5, 1, small if k in ("x", "grad_y") else v.shape), "float16") for k, v in arrays.items()
+    }
+    expected, tolerances = neocell_expected(specs, arrays, "float16")
+    meta, everything = {"specs_as_written": specs, "tolerances": tolerances}, {**arrays, **expected}
+    n_max = max(t["accumulation_length"] for t in tolerances.values())
+    assert n_max == 7 + 1 * 28 * (4 + 1)
+    scaled = run_and_compare("neocell", "small", meta, everything, *half_sums, rtol_scale=n_max)
     assert all(r.passed for r in scaled), [(r.array, r.ratio) for r in scaled]
 
 
@@ -371,3 +384,56 @@ def test_edited_half_manifest_is_refused(tmp_path, edit, words):
     path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     with pytest.raises(GoldenError, match=words):
         load_manifest(tmp_path / "g")
+
+
+def _zero_port(op):
+    """A port that computes nothing: zeros of the right shapes (and no gradient for an
+    input the reference gives none)."""
+
+    def zeros_like_all(values):
+        return tuple(None if v is None else np.zeros(np.shape(v)) for v in values)
+
+    if op == "neocell":
+
+        def forward(x, weights_a, weights_b, specs):
+            h_out, w_out = check_input_size(parse_specs(specs), x.shape[2], x.shape[3])
+            return np.zeros(x.shape[:2] + (h_out, w_out))
+
+        def backward(grad_y, x, weights_a, weights_b, specs):
+            return np.zeros(np.shape(x)), zeros_like_all(weights_a), zeros_like_all(weights_b)
+
+        return forward, backward
+
+    def forward(*inputs, **options):
+        return np.zeros(np.shape(getattr(layers, f"{op}_forward")(*inputs, **options)))
+
+    def backward(grad_y, *inputs, **options):
+        grads = getattr(layers, f"{op}_backward")(grad_y, *inputs, **options)
+        return zeros_like_all(grads if isinstance(grads, tuple) else (grads,))
+
+    return forward, backward
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_no_accepted_override_lets_an_all_zero_port_pass(half_sets, dtype):
+    """docs/porting.md section 7: at any accepted --rtol-scale, a port that returns
+    zeros fails every case; a scale that would let it pass an array is refused. The
+    half sets' largest tolerances reach an rtol of 1 (of the bound) at a scale of a few
+    hundred (float16) or a few dozen (bfloat16), well below MAX_RTOL_SCALE."""
+    from neocell_ref.verify.golden import MAX_RTOL_SCALE
+
+    refused = []
+    for op in load_manifest(half_sets[dtype])["operations"]:
+        for scale in (1.0, 16.0, 64.0, 512.0, MAX_RTOL_SCALE):
+            try:
+                report = verify_golden(half_sets[dtype], op, *_zero_port(op), rtol_scale=scale)
+            except ValueError as exc:
+                assert "would pass every" in str(exc), f"{op} at {scale}: {exc}"
+                refused.append((op, scale))
+                continue
+            cases = {r.case for r in report.results}
+            passed = sorted(cases - {r.case for r in report.failures})
+            assert not passed, f"{dtype} {op}: the all-zero port passes {passed} at rtol_scale {scale:g}"
+    # The guard is what holds at the top: without it the scales above would be accepted.
+    assert ("neocell", MAX_RTOL_SCALE) in refused, refused
+    assert ("neocell", 1.0) not in refused, refused
