@@ -606,7 +606,7 @@ def _build_set(suite, dtype, seed, ops, input_digests=None):
     for op_name in ops:
         for case in OPERATIONS[op_name].cases(suite):
             name = case[0]
-            meta, arrays, inputs, tolerances = make_case(op_name, case, dtype, seed)
+            meta, arrays, inputs, tolerances = _made_case(op_name, suite, name, dtype, seed)
             file_name = f"{op_name}__{name}.npz"
             files[file_name] = data = _npz_bytes(arrays)
             if input_digests is not None:
@@ -624,6 +624,58 @@ def _build_set(suite, dtype, seed, ops, input_digests=None):
                 }
             )
     return manifest, files
+
+
+@functools.lru_cache(maxsize=64)
+def _made_case(op_name, suite, name, dtype, seed):
+    """:func:`make_case` of the case ``name`` of ``suite``, cached (export and every
+    verification of a set need the same cases; about 1 s per full set uncached). The
+    arrays are read-only: the cache hands the same ones to every caller."""
+    case = next(c for c in OPERATIONS[op_name].cases(suite) if c[0] == name)
+    meta, arrays, inputs, tolerances = make_case(op_name, case, dtype, seed)
+    for array in arrays.values():
+        array.setflags(write=False)
+    return meta, arrays, inputs, tolerances
+
+
+#: How far a stored expected value may lie from the one this machine computes, as a
+#: fraction of its allowed error: SAFETY = 2 gives the reference's own rounding half
+#: of the allowance, so two correct machines differ by less than that.
+EXPECTED_DRIFT = 0.5
+#: How far a stored magnitude bound may lie from this machine's, relative: a sum of
+#: absolute values differs between machines in its last bits only.
+BOUND_DRIFT = 2.0**-30
+
+
+def _check_answers(manifest, case, arrays):
+    """Refuse stored expected values or bounds that are not this package's answers.
+
+    The inputs are checked bit for bit; the answers may differ in their last bits
+    between machines, so each is recomputed here and must agree: a bound within
+    :data:`BOUND_DRIFT` (relative), an expected value within :data:`EXPECTED_DRIFT` of
+    its allowed error. An edit that moves an answer or widens a bound, with the file's
+    hash updated in the manifest, is refused without the ``--digest`` pin.
+    """
+    _, derived, inputs, _ = _made_case(case["op"], manifest["suite"], case["name"], manifest["dtype"], manifest["seed"])
+    where = f"case {case['name']!r} ({case['op']}): {case['file']}"
+    for key in sorted(set(derived) - set(inputs)):
+        stored, want = np.asarray(arrays[key], dtype=np.float64), np.asarray(derived[key], dtype=np.float64)
+        if key in case["tolerances"]:
+            tol = case["tolerances"][key]
+            allowed = allowed_error(want, rtol=tol["rtol"], atol=tol["atol"], bound=_scale(tol, derived, key))
+            what = f"{EXPECTED_DRIFT:g} of its allowed error"
+        else:
+            allowed = BOUND_DRIFT * np.abs(want)
+            what = f"a relative {BOUND_DRIFT:.3g}"
+        with np.errstate(over="ignore", invalid="ignore"):
+            drift = np.abs(stored - want)
+            off = ~(drift <= (EXPECTED_DRIFT if key in case["tolerances"] else 1.0) * allowed)
+        if off.any():
+            index = tuple(int(i) for i in np.argwhere(off)[0])
+            raise GoldenError(
+                f"{where}: {key}{list(index)} is {stored[index]!r}, but this package computes "
+                f"{want[index]!r} (more than {what} apart): the stored answers were edited"
+            )
 
 
 def _manifest_text(manifest) -> str:
@@ -1088,6 +1140,7 @@ def _load_set(directory, digest=None, keep_op=None):
                     f"case {case['name']!r} ({case['op']}): {case['file']}: input {key} is not "
                     f"what this package draws for seed {manifest['seed']} (seed or inputs edited)"
                 )
+        _check_answers(manifest, case, arrays)
     return (manifest, actual) if keep_op is None else (manifest, actual, kept)
 
 

@@ -376,7 +376,7 @@ def test_tampered_manifest_is_refused(golden, capsys, what):
 
 def test_edited_input_with_updated_hash_is_refused(golden, capsys):
     """Inputs are re-drawn and compared bit for bit, so an input edited with care (file
-    hash updated) is caught; expected values are pinned by the hash and the digest."""
+    hash updated) is caught."""
     members = victim_members(golden)
     with zipfile.ZipFile(io.BytesIO(npz(members))) as zf, zf.open("x.npy") as fh:
         x = np.lib.format.read_array(fh)
@@ -384,6 +384,56 @@ def test_edited_input_with_updated_hash_is_refused(golden, capsys):
     members["x.npy"] = npy(x)
     rewrite_case_file(golden, npz(members))
     assert_unusable(*verify_cli(capsys, golden), f"case '{VICTIM}' (neocell)", "input x is not what")
+
+
+def _victim_array(golden, name):
+    with zipfile.ZipFile(golden / case_of(read_manifest(golden))["file"]) as zf, zf.open(f"{name}.npy") as fh:
+        return np.lib.format.read_array(fh)
+
+
+def _edit_member(golden, name, edit):
+    """Apply ``edit`` to one array of the victim and store it with the hash updated."""
+    members = victim_members(golden)
+    array = _victim_array(golden, name)
+    edit(array)
+    members[f"{name}.npy"] = npy(array)
+    rewrite_case_file(golden, npz(members))
+
+
+def _allowed_y(golden):
+    """The allowed error of the victim's y, elementwise: stored rtol x stored bound."""
+    return case_of(read_manifest(golden))["tolerances"]["y"]["rtol"] * _victim_array(golden, "bound/y")
+
+
+@pytest.mark.parametrize(
+    "name, edit, words",
+    [
+        # a bound 1000x wider would loosen every tolerance of y 1000-fold
+        ("bound/y", lambda a, allowed: a.__imul__(1000.0), "bound/y[0, 0, 0, 0] is"),
+        # one answer moved by 4x its allowed error: a port matching the edit would pass
+        (
+            "y",
+            lambda a, allowed: a.__setitem__((0, 0, 1, 2), a[0, 0, 1, 2] + 4 * allowed[0, 0, 1, 2]),
+            "y[0, 0, 1, 2] is",
+        ),
+        ("grad_x", lambda a, allowed: a.__setitem__((0, 0, 0, 0), 0.0), "grad_x[0, 0, 0, 0] is"),
+    ],
+)
+def test_edited_answer_or_bound_with_updated_hash_is_refused(golden, capsys, name, edit, words):
+    """Expected values and bounds are recomputed and must agree within half their
+    allowed error (a bound within a relative 2**-30), so an edit with the file hash
+    updated is refused even without the --digest pin."""
+    allowed = _allowed_y(golden)
+    _edit_member(golden, name, lambda a: edit(a, allowed))
+    assert_unusable(*verify_cli(capsys, golden), f"case '{VICTIM}' (neocell)", words, "the stored answers were edited")
+
+
+def test_answers_within_half_their_allowance_are_machine_differences(golden, capsys):
+    """Another machine's last bits are accepted: every y moved by a quarter of its allowed error."""
+    allowed = _allowed_y(golden)
+    _edit_member(golden, "y", lambda a: a.__iadd__(0.25 * allowed))
+    code, out, err = verify_cli(capsys, golden)
+    assert code == 0, (out, err)
 
 
 def test_other_format_versions_get_a_clear_message(golden, capsys):
