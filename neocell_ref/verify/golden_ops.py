@@ -268,6 +268,9 @@ def _neocell_run_port(arrays, meta, forward, backward):
         got["y"] = forward(x, wa, wb, specs)
     if backward is not None:
         gx, ga, gb = backward(arrays["grad_y"], x, wa, wb, specs)
+        for side, grads in (("a", ga), ("b", gb)):
+            if len(grads) != groups:  # an extra gradient would be silently unchecked
+                raise ValueError(f"backward returned {len(grads)} weight_{side} gradients for {groups} group(s)")
         got["grad_x"] = gx
         for g in range(groups):
             got[f"grad_weight_a_{g}"] = ga[g]

@@ -308,7 +308,10 @@ for _bug in MODEL_BUGS:
 # ``interrupt``     raises KeyboardInterrupt (must abort the run, not fail a case);
 # ``zero``          all zeros of the right shape (must fail at any allowed loosening);
 # ``crash_log``     raises with a long multi-line message, like a wrapper around a port
-#                   outside Python that puts the port's stderr into its exception.
+#                   outside Python that puts the port's stderr into its exception;
+# ``scribbling``    correct, but zeroes its inputs afterwards (a later call, the
+#                   comparison or the diagnosis reading them would see zeros);
+# ``extra_grads``   correct gradients plus one more per side, which nothing compares.
 import sys  # noqa: E402
 
 
@@ -341,3 +344,22 @@ def gelu_complex_forward(x, **options):
 
 
 not_callable = 42
+
+
+def scribbling_forward(x, weights_a, weights_b, specs):
+    y = port_forward(x, weights_a, weights_b, specs)
+    for array in [x, *weights_a, *weights_b]:
+        array[...] = 0.0
+    return y
+
+
+def scribbling_backward(grad_y, x, weights_a, weights_b, specs):
+    grads = port_backward(grad_y, x, weights_a, weights_b, specs)
+    for array in [grad_y, x, *weights_a, *weights_b]:
+        array[...] = 0.0
+    return grads
+
+
+def extra_grads_backward(grad_y, x, weights_a, weights_b, specs):
+    grad_x, grads_a, grads_b = port_backward(grad_y, x, weights_a, weights_b, specs)
+    return grad_x, [*grads_a, np.ones(3)], [*grads_b, np.ones(3)]

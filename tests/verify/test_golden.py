@@ -206,6 +206,19 @@ def test_port_calling_sys_exit_fails_each_case_and_the_run_goes_on(golden, capsy
     assert out.count(" grad_x ") == len(NEOCELL_CASES_CORE) and " ok " in out
 
 
+def test_a_port_writing_into_its_inputs_changes_nothing_else(golden):
+    """Every call gets fresh copies: the correct answers of a port that zeroes its
+    inputs afterwards still pass, forward and backward, on every case."""
+    report = verify_golden(golden, "neocell", mutant_ports.scribbling_forward, mutant_ports.scribbling_backward)
+    assert report.passed and report.cases_run == len(NEOCELL_CASES_CORE), report.table()
+
+
+def test_extra_weight_gradients_fail_the_case(golden):
+    report = verify_golden(golden, "neocell", None, mutant_ports.extra_grads_backward)
+    assert {r.case for r in report.failures} == {name for name, *_ in NEOCELL_CASES_CORE}, report.table()
+    assert all("weight_a gradients for" in r.message for r in report.failures), report.table()
+
+
 def test_keyboard_interrupt_aborts(golden, capsys):
     with pytest.raises(KeyboardInterrupt):
         verify_golden(golden, "neocell", mutant_ports.interrupt_forward)
