@@ -97,6 +97,10 @@ def _golden_verify(args) -> int:
     golden.check_digest(args.digest)
     if args.json is not None:
         _check_output_file(args.json, "--json")
+        if Path(args.json).resolve().parent == Path(args.directory).resolve():
+            raise ValueError(
+                f"--json {args.json}: is inside the golden set {args.directory}; write the report elsewhere"
+            )
     if args.exec is not None:
         if args.forward is not None or args.backward is not None:
             raise ValueError("--exec is mutually exclusive with --forward/--backward: give one port")
@@ -112,6 +116,10 @@ def _golden_verify(args) -> int:
         backward = golden.load_port(args.backward, "--backward")
         if forward is None and backward is None:
             raise ValueError("give --forward and/or --backward, or --exec")
+    if args.json is not None:
+        # A report left by an earlier run must not outlive this one: only a run that
+        # reaches its verdict writes the file, so a run cut short leaves none.
+        Path(args.json).unlink(missing_ok=True)
     report = golden.verify_golden(
         args.directory,
         args.op,

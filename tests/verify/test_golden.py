@@ -687,6 +687,25 @@ def test_unwritable_json_path_is_refused_before_running(golden, tmp_path, capsys
     assert_unusable(*verify_cli(capsys, golden, "--json", ""), "--json is empty")
 
 
+def test_json_report_may_not_be_written_into_the_set(golden, capsys):
+    manifest = (golden / "manifest.json").read_bytes()
+    assert_unusable(*verify_cli(capsys, golden, "--json", str(golden / "manifest.json")), "inside the golden set")
+    assert_unusable(*verify_cli(capsys, golden, "--json", str(golden / "report.json")), "inside the golden set")
+    assert (golden / "manifest.json").read_bytes() == manifest and not (golden / "report.json").exists()
+
+
+def test_a_run_cut_short_leaves_no_earlier_report_behind(golden, tmp_path, capsys):
+    """A run that never reaches its verdict (here: interrupted) removes the --json
+    file of an earlier passing run, so a CI reading the file cannot see a stale pass."""
+    report_file = tmp_path / "r.json"
+    assert verify_cli(capsys, golden, "--json", str(report_file))[0] == 0
+    assert json.loads(report_file.read_text())["passed"] is True
+    code, out, err = verify_cli(
+        capsys, golden, "--json", str(report_file), port=["--forward", "support.mutant_ports:interrupt_forward"]
+    )
+    assert code == 2 and not report_file.exists(), (out, err)
+
+
 def test_export_refuses_unusable_paths_and_leaves_nothing(tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
     assert_unusable(*run(capsys, "export", ""), "directory is empty")
