@@ -129,10 +129,21 @@ def _exception_text(exc: BaseException) -> str:
         text = str(exc)
     except Exception:  # a port's exception may fail to print itself
         text = "<message not printable>"
-    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    text = _printable(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
     if len(text) > MAX_MESSAGE:
         text = text[:200] + " [...] " + text[-(MAX_MESSAGE - 200) :]
     return text
+
+
+def _printable(text: str) -> str:
+    """``text`` printable on any terminal and in JSON: lone surrogates (which cannot be
+    encoded, and would turn a failed case into an unusable run) and control characters
+    other than newline and tab (a carriage return could overwrite a report line) become
+    escapes."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(
+        ch if ch in "\n\t" or ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -242,7 +253,7 @@ def compare_arrays(case, array, got, expected, *, rtol, atol=0.0, bound=None) ->
         allowed = allowed_error(expected, rtol=rtol, atol=atol, bound=bound)
         error = np.abs(got - expected)
     bad_nonfinite = ~np.isfinite(got) & np.isfinite(expected)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # huge / subnormal is inf: fails
         ratio = np.where(allowed > 0, error / allowed, np.where(error > 0, np.inf, 0.0))
     ratio = np.where(bad_nonfinite, np.inf, ratio)
     if ratio.size == 0:
@@ -486,7 +497,7 @@ def run_exec_and_compare(
             timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
         )
     except PortFailure as exc:
-        return [ArrayComparison(name, "(exec run)", False, message=str(exc))]
+        return [ArrayComparison(name, "(exec run)", False, message=_printable(str(exc)))]
     return compare_outputs(op, name, meta, arrays, got, rtol=rtol, atol=atol, rtol_scale=rtol_scale, diagnose=diagnose)
 
 

@@ -363,3 +363,8 @@ def scribbling_backward(grad_y, x, weights_a, weights_b, specs):
 def extra_grads_backward(grad_y, x, weights_a, weights_b, specs):
     grad_x, grads_a, grads_b = port_backward(grad_y, x, weights_a, weights_b, specs)
     return grad_x, [*grads_a, np.ones(3)], [*grads_b, np.ones(3)]
+
+
+def unprintable_forward(*args, **kwargs):
+    # a lone surrogate cannot be encoded; a carriage return would overwrite the line
+    raise RuntimeError("decoded \udcff badly\rPASSED everything")

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import shutil
+import warnings
 import zipfile
 
 import numpy as np
@@ -217,6 +218,25 @@ def test_extra_weight_gradients_fail_the_case(golden):
     report = verify_golden(golden, "neocell", None, mutant_ports.extra_grads_backward)
     assert {r.case for r in report.failures} == {name for name, *_ in NEOCELL_CASES_CORE}, report.table()
     assert all("weight_a gradients for" in r.message for r in report.failures), report.table()
+
+
+def test_an_unprintable_port_message_is_escaped_not_fatal(golden, capsys):
+    """A lone surrogate or a carriage return in a port's exception is written as an
+    escape: the report stays encodable (the run is status 1, not 2) and one line per row."""
+    report = verify_golden(golden, "neocell", mutant_ports.unprintable_forward)
+    table = report.table()
+    table.encode("utf-8")  # strict: raises on a lone surrogate
+    json.dumps(report.to_dict(), ensure_ascii=False).encode("utf-8")
+    assert "\\udcff" in table and "\\rPASSED" in table and "\r" not in table, table
+    code, out, err = verify_cli(capsys, golden, port=["--forward", "support.mutant_ports:unprintable_forward"])
+    assert code == 1, (out, err)
+
+
+def test_a_huge_error_over_a_tiny_allowance_fails_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = compare_arrays("c", "y", np.array([1e300]), np.array([1e-300]), rtol=1e-16)
+    assert not result.passed and result.ratio == np.inf, result.describe()
 
 
 def test_keyboard_interrupt_aborts(golden, capsys):
