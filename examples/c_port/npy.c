@@ -12,6 +12,7 @@
  */
 #include "npy.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -182,6 +183,21 @@ static double decode_f4(const unsigned char *p)
     return (double)value;
 }
 
+/* IEEE 754 binary16 (a float16 set's inputs): sign, 5 exponent bits, 10 fraction bits. */
+static double decode_f2(const unsigned char *p)
+{
+    unsigned bits = (unsigned)p[0] | ((unsigned)p[1] << 8);
+    unsigned exponent = (bits >> 10) & 0x1fu, fraction = bits & 0x3ffu;
+    double value;
+    if (exponent == 0)
+        value = ldexp((double)fraction, -24); /* zero or subnormal: fraction * 2^-24 */
+    else if (exponent == 31)
+        value = fraction ? NAN : INFINITY;
+    else
+        value = ldexp((double)(fraction | 0x400u), (int)exponent - 25); /* (1024 + f) * 2^(e-15-10) */
+    return (bits & 0x8000u) ? -value : value;
+}
+
 int npy_read(const char *path, NpyArray *out, char *err, unsigned long err_len)
 {
     FILE *f = fopen(path, "rb");
@@ -232,8 +248,11 @@ int npy_read(const char *path, NpyArray *out, char *err, unsigned long err_len)
         itemsize = 8;
     else if (strcmp(descr, "<f4") == 0)
         itemsize = 4;
+    else if (strcmp(descr, "<f2") == 0)
+        itemsize = 2;
     else {
-        snprintf(err, err_len, "%s: dtype '%s' is not supported (little-endian '<f8' or '<f4' only)", path, descr);
+        snprintf(err, err_len, "%s: dtype '%s' is not supported (little-endian '<f8', '<f4' or '<f2' only)", path,
+                 descr);
         goto fail;
     }
     if (fortran) {
@@ -279,7 +298,9 @@ int npy_read(const char *path, NpyArray *out, char *err, unsigned long err_len)
         goto fail;
     }
     for (i = 0; i < (size_t)out->count; i++)
-        out->data[i] = itemsize == 8 ? decode_f8(raw + 8 * i) : decode_f4(raw + 4 * i);
+        out->data[i] = itemsize == 8   ? decode_f8(raw + 8 * i)
+                       : itemsize == 4 ? decode_f4(raw + 4 * i)
+                                       : decode_f2(raw + 2 * i);
     free(raw);
     free(header);
     fclose(f);

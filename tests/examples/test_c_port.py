@@ -80,9 +80,7 @@ def golden_cases(dtype):
     """Every curated core NeoCell case: ``(name, meta with inputs and tolerances, arrays)``."""
     op = OPERATIONS["neocell"]
     for index, (name, spec, shape) in enumerate(op.cases("core")):
-        meta, arrays, inputs, tolerances = op.make(
-            name, spec, shape, np.dtype(dtype), np.random.default_rng([0, index])
-        )
+        meta, arrays, inputs, tolerances = op.make(name, spec, shape, dtype, np.random.default_rng([0, index]))
         yield name, {**meta, "inputs": inputs, "tolerances": tolerances}, arrays
 
 
@@ -105,7 +103,7 @@ def golden_failures(binary, dtype, forward_only=False):
 
 
 @pytest.mark.parametrize("forward_only", [False, True], ids=["full", "forward_only"])
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
 def test_core_golden_set(c_port, dtype, forward_only):
     failed, checked = golden_failures(c_port, dtype, forward_only)
     assert checked >= 15, f"only {checked} arrays were compared"
@@ -235,6 +233,27 @@ def write_case(folder, specs=SPECS, x_shape=(1, 3, 4, 8), case_edit=None, arrays
     text = case if isinstance(case, str) else json.dumps(case)
     (folder / "in" / "case.json").write_text(text)
     return folder / "in", folder / "out"
+
+
+def test_every_finite_float16_is_read_exactly(c_port, tmp_path):
+    """The '<f2' reader against NumPy's float16 on all 63488 finite bit patterns
+    (subnormals, zeros, the largest): a 1x1 NeoCell with unit kernels is y = x."""
+    bits = np.arange(2**16, dtype=np.uint16)
+    values = bits.view(np.float16)
+    values = values[np.isfinite(values)].reshape(1, 1, 248, 256)
+
+    def edit(inputs):
+        inputs.update(x=values, weight_a_0=np.ones((1, 1, 1)), weight_b_0=np.ones((1, 1, 1)))
+
+    specs = [{"kernel": 1, "channels": 1}]
+    in_dir, out_dir = write_case(tmp_path, specs, values.shape, _set("outputs", {"y": list(values.shape)}), edit)
+    result = run_port(c_port, in_dir, out_dir)
+    assert result.returncode == 0, result.stderr
+    y = np.load(out_dir / "y.npy", allow_pickle=False)
+    same = y == values.astype(np.float64)  # -0 sums to +0 in y = 0 + 1*x*1, and equals it
+    assert same.all(), (
+        f"{np.count_nonzero(~same)} values differ, first at bits {bits[np.isfinite(bits.view(np.float16))][~same.ravel()][:5]}"
+    )
 
 
 def run_port(binary, in_dir, out_dir):

@@ -52,7 +52,8 @@ def golden_case(name, dtype=np.float64):
     """``(meta, arrays)`` of the curated NeoCell golden case ``name``, made in memory."""
     op = OPERATIONS["neocell"]
     index, (name, spec, shape) = next((i, c) for i, c in enumerate(op.cases("core")) if c[0] == name)
-    meta, arrays, inputs, tolerances = op.make(name, spec, shape, np.dtype(dtype), np.random.default_rng([7, index]))
+    dtype = dtype if isinstance(dtype, str) else np.dtype(dtype).name  # "bfloat16" has no NumPy dtype
+    meta, arrays, inputs, tolerances = op.make(name, spec, shape, dtype, np.random.default_rng([7, index]))
     return {**meta, "inputs": inputs, "tolerances": tolerances}, arrays
 
 
@@ -143,6 +144,25 @@ def test_case_json_schema(port, tmp_path):
     assert list((case_dir / "out").iterdir()) == []
 
 
+@pytest.mark.parametrize("dtype, descr, field", [("float16", "<f2", "float16"), ("bfloat16", "<f4", "float32")])
+def test_half_sets_write_their_storage_dtype(port, tmp_path, dtype, descr, field):
+    """docs/porting.md section 8.2: a float16 case is written as '<f2', a bfloat16 one as
+    '<f4' holding bfloat16 numbers, and case.json's dtype names the files' dtype."""
+    meta, arrays = golden_case(SMALL, dtype)
+    with pytest.raises(PortFailure, match="missing"):
+        run_golden_case(port("nothing"), "neocell", SMALL, meta, arrays, keep_dir=tmp_path)
+    (case_dir,) = tmp_path.iterdir()
+    assert json.loads((case_dir / "in" / "case.json").read_text())["dtype"] == field
+    for name in ("x", "weight_a_0", "weight_b_0", "grad_y"):
+        raw = (case_dir / "in" / f"{name}.npy").read_bytes()
+        header = raw[10 : 10 + int.from_bytes(raw[8:10], "little")].decode("latin1")
+        assert f"'descr': '{descr}'" in header, (name, header)
+        stored = np.load(case_dir / "in" / f"{name}.npy", allow_pickle=False)
+        np.testing.assert_array_equal(stored, arrays[name])
+        if dtype == "bfloat16":  # the low 16 bits of every float32 are zero
+            assert not np.any(stored.view(np.uint32) & 0xFFFF), name
+
+
 def _doc_block(language):
     """The first fenced ``language`` block of the exec protocol section of docs/porting.md."""
     text = (REPO / "docs" / "porting.md").read_text()
@@ -159,7 +179,7 @@ def test_documented_npy_recipe(tmp_path, shape):
     recipe["write_npy"](tmp_path / "a.npy", shape, list(values.ravel()))
     np.save(tmp_path / "b.npy", values)
     assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
-    for dtype in ("<f8", "<f4"):
+    for dtype in ("<f8", "<f4", "<f2"):
         np.save(tmp_path / "c.npy", values.astype(dtype))
         got_shape, got = recipe["read_npy"](tmp_path / "c.npy")
         assert got_shape == shape and np.array_equal(np.reshape(got, shape), values.astype(dtype)), dtype
