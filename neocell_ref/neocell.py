@@ -177,6 +177,36 @@ METHODS = {
 }
 
 
+def _check_intermediates(method, backward, x_shape, specs, out_size, dtype):
+    """Refuse, before any arithmetic, a case whose intermediates break the memory budget.
+
+    The output is budgeted in :func:`_prepare`; an intermediate can be far larger when a
+    group changes the aspect ratio (``h_out > h_in`` with ``w_out < w_in``: ``z = Â x``
+    is ``h_out/h_in`` times the input while ``y`` is not). Checked, per method, the
+    largest arrays it allocates:
+
+    * ``"blockdiag"``: ``z = Â x`` (N, C, H_out, W); backward also the per-sample
+      ``zᵀ dy`` (N, C, W, W_out) and ``dz xᵀ`` (N, C, H_out, H) before their sums;
+    * ``"loop"`` and ``"patchwise"``: per group, the padded planes of SPEC 3's tile
+      view, (N, T_a·max(h_in, h_out), T_b·max(w_in, w_out)), which bounds the tiled
+      input, ``Z`` and output of one channel (the fast path splits samples further).
+    """
+    n, channels, height, width = x_shape
+    if method == "blockdiag":
+        shapes = [(n, channels, out_size[0], width)]
+        if backward:
+            shapes += [(n, channels, width, out_size[1]), (n, channels, out_size[0], height)]
+    else:
+        shapes = []
+        for g, _, _, shift_a, shift_b in channel_runs(specs):
+            spec = specs[g]
+            tiles_a = padding_view(height, spec.h_in, spec.h_out, shift_a)[1]
+            tiles_b = padding_view(width, spec.w_in, spec.w_out, shift_b)[1]
+            shapes.append((n, tiles_a * max(spec.h_in, spec.h_out), tiles_b * max(spec.w_in, spec.w_out)))
+    for shape in shapes:
+        check_nbytes(shape, dtype, f"neocell ({method}): intermediate")
+
+
 def _method(method, which, check_finite):
     if not isinstance(check_finite, (bool, np.bool_)):
         raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
@@ -215,6 +245,7 @@ def neocell_forward(x, weights_a, weights_b, specs, method="patchwise", *, check
     """
     fn = _method(method, 0, check_finite)
     x, wa, wb, specs, _, out_size = _prepare(x, weights_a, weights_b, specs, check_finite=check_finite)
+    _check_intermediates(method, False, x.shape, specs, out_size, x.dtype)
     return fn(x, wa, wb, specs, out_size)
 
 
@@ -242,4 +273,5 @@ def neocell_backward(grad_y, x, weights_a, weights_b, specs, method="patchwise",
     x, wa, wb, specs, grad_y, out_size = _prepare(
         x, weights_a, weights_b, specs, grad_y=grad_y, check_finite=check_finite
     )
+    _check_intermediates(method, True, x.shape, specs, out_size, x.dtype)
     return fn(grad_y, x, wa, wb, specs, out_size)

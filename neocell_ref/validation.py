@@ -22,7 +22,8 @@ promotion (``result_type(int8, float32)`` is float32).
 an array the caller already holds (:func:`neocell_ref.expansion.expand` and
 :func:`~neocell_ref.expansion.expand_kernel`, :func:`neocell_ref.init.neo_init`,
 :func:`~neocell_ref.init.skewed_identity`, :class:`neocell_ref.models.NeoNeXt`, the
-output of :func:`neocell_ref.neocell_forward`, hence the ``"blockdiag"`` formulation)
+output and the intermediates of :func:`neocell_ref.neocell_forward` and
+:func:`~neocell_ref.neocell_backward` in every formulation)
 compute the size of every such array with Python integers first and refuse, with a
 ``ValueError`` stating the size in bytes, any single array larger than the budget,
 instead of failing deep inside NumPy with ``MemoryError`` (or swapping).

@@ -59,6 +59,22 @@ HUGE = [
         ),
         ("neocell: output y", "bytes"),
     ),
+    *[
+        (  # y is as large as x (2 MiB), but z = Â x is 16384 times that: 32 GiB
+            f"neocell intermediate, {method} {direction}",
+            lambda method=method, direction=direction: getattr(nr, f"neocell_{direction}")(
+                *([np.ones((1, 1, 16 * 2**14, 1))] if direction == "backward" else []),
+                np.ones((1, 1, 16, 2**14)),
+                [np.ones((1, 2**14, 1))],
+                [np.ones((1, 2**14, 1))],
+                [{"h_in": 1, "h_out": 2**14, "w_in": 2**14, "w_out": 1, "channels": 1}],
+                method=method,
+            ),
+            (f"neocell ({method}): intermediate", "34,359,738,368 bytes"),
+        )
+        for method in ("patchwise", "blockdiag", "loop")
+        for direction in ("forward", "backward")
+    ],
     ("NeoNeXt", lambda: NeoNeXt(dims=(10**12, 16, 24, 32)), ("NeoNeXt", "stem.conv.weight", "bytes")),
     ("channel_shifts", lambda: GroupSpec(10**12, 7, 7, 7, 7, 1, 1).channel_shifts(), ("channel_shifts", "bytes")),
     ("drop_path_scale", lambda: L.drop_path_scale(np.random.default_rng(0), 10**12, 0.5), ("drop_path_scale", "bytes")),
