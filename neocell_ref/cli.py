@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -223,8 +224,12 @@ def _cli_int(minimum: int):
                 raise argparse.ArgumentTypeError(f"{text[:20]}... has {len(text)} digits, beyond the float range")
             value = int(text)
         elif power:
+            if len(text) > 400:
+                raise argparse.ArgumentTypeError(f"{text[:20]}... is {len(text)} characters long, too long to be a size")
             base, exponent = int(power[1]), int(power[2])
-            if base > 1 and base.bit_length() * exponent > calculator.MAX_COUNT.bit_length() + base.bit_length():
+            # log2 bounds the power before it is computed (10**300 fits, 10**400 does not);
+            # the margin leaves the exact comparison below to decide near the limit.
+            if base > 1 and exponent * math.log2(base) > calculator.MAX_COUNT.bit_length() + 8:
                 raise argparse.ArgumentTypeError(f"{text} is beyond the float range (about 1.8e308)")
             value = base**exponent
         else:
@@ -260,14 +265,14 @@ def _complexity(args) -> int:
 def _model_complexity(args) -> int:
     # Unusable input raises ValueError/TypeError: cli.main turns it into exit 2 with one
     # line on stderr. The text is built in full before anything is printed.
-    options = calculator.released_checkpoint_options(args.resolution[0]) if args.released else {}
+    resolution = args.resolution[0] if len(args.resolution) == 1 else tuple(args.resolution)
+    options = calculator.released_checkpoint_options(resolution) if args.released else {}
     for key in ("num_classes", "kernel_spec", "layer_scale_init_value", "linear_bias"):
         value = getattr(args, key)
         if value is not None:
             options[key] = value
     if args.shifts is not None:
         options["shifts"] = tuple(args.shifts)
-    resolution = args.resolution[0] if len(args.resolution) == 1 else tuple(args.resolution)
     result = calculator.model_complexity(args.model, resolution, **options)
     if args.json:
         text = result.to_json(per_layer=args.per_layer, indent=2)

@@ -214,6 +214,8 @@ def test_cli_prints_exact_integers_at_huge_sizes():
         ["complexity", "--dw-kernel", "1000000000"],
         ["complexity", "--hw", "10**15", "10**15"],
         ["model-complexity", "neonext_t", "--resolution", "100000000"],
+        ["complexity", "-c", "10**300"],  # within the float range: 2*7*56*56*10**300 MACs
+        ["complexity", "-c", "2**1000"],
     ):
         start = time.perf_counter()
         status, out, err = run_cli(argv)
@@ -291,6 +293,14 @@ def test_cli_model_complexity():
     assert status == 0 and text.strip() == str(model_complexity("neonext_t", 224)), f"summary:\n{text}"
     status, text = run_cli_stdout(["model-complexity", "neonext_s", "--resolution", "384", "--released", "--json"])
     expected = model_complexity("neonext_s", 384, **released_checkpoint_options(384)).to_dict(per_layer=False)
+    assert status == 0 and json.loads(text) == expected, f"JSON differs: {text[:300]}"
+    # a rectangle: the released 384 px options follow the longer side, as in the API
+    status, text = run_cli_stdout(
+        ["model-complexity", "neonext_s", "--resolution", "224", "384", "--released", "--json"]
+    )
+    options = released_checkpoint_options((224, 384))
+    assert options["shifts"] == (1, 1, 1, 1), options
+    expected = model_complexity("neonext_s", (224, 384), **options).to_dict(per_layer=False)
     assert status == 0 and json.loads(text) == expected, f"JSON differs: {text[:300]}"
     status, text = run_cli_stdout(
         [
