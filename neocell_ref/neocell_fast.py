@@ -21,8 +21,11 @@ order (:func:`_shares`, balanced by the chunks' cost in the pass's direction:
 :func:`_chunk_cost`), its own work buffers and its own zero frames, and runs on
 them exactly the operations of the single-threaded loop; a channel whose samples are
 split over several chunks goes to one thread whole, so the backward sums its kernel
-gradients in the same order. Results are therefore bitwise those of one thread, for
-any thread count and any scheduling. Layers with fewer than
+gradients in the same order. Results are therefore bitwise those of one thread with
+BLAS at one thread, for any thread count and any scheduling. (A run kept in one
+thread, ``NEOCELL_THREADS=1``, leaves BLAS at its own thread count; a multi-threaded
+BLAS may then sum a long kernel-gradient product in another order, so its gradients
+agree with the threaded ones to rounding, not bitwise.) Layers with fewer than
 :data:`_MIN_VALUES_PER_THREAD` tiled input values or :data:`_CHUNKS_PER_THREAD` chunks
 per thread, and calls from inside a task of the pool (no nested pool use), run the
 plain loop in the calling thread. With threads, the backward's long kernel-gradient
