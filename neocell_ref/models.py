@@ -321,7 +321,11 @@ class NeoNeXt:
         (:func:`neocell_ref.validation.read_npz`): object arrays, forged headers and
         zip bombs are refused with a ``ValueError`` and nothing is unpickled.
         """
-        shapes = {key: np.shape(value) for key, value in self.state_dict().items()}
+        # A batch count may be stored as shape () or (1,), as load_state_dict accepts it.
+        shapes = {
+            key: frozenset({(), (1,)}) if key.endswith("num_batches_tracked") else np.shape(value)
+            for key, value in self.state_dict().items()
+        }
         state = read_npz(path, shapes, what="state archive", strict=strict)
         return self.load_state_dict(state, strict=strict)
 

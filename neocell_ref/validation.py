@@ -305,7 +305,8 @@ def read_npy_member(archive, info, shape, where: str, dtype=None) -> np.ndarray:
     ----------
     archive : zipfile.ZipFile
     info : zipfile.ZipInfo
-    shape : tuple of int
+    shape : tuple of int, or a frozenset of them
+        The shape to declare, or the shapes any of which may be declared.
     where : str
         How messages name the member.
     dtype : numpy dtype, optional
@@ -321,7 +322,7 @@ def read_npy_member(archive, info, shape, where: str, dtype=None) -> np.ndarray:
         raise ValueError(f"{where}: the member is encrypted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise ValueError(f"{where}: unsupported zip compression method {info.compress_type}")
-    shape = tuple(shape)
+    accepted = {tuple(s) for s in shape} if isinstance(shape, (set, frozenset)) else {tuple(shape)}
     try:
         with archive.open(info) as fp:
             version = np.lib.format.read_magic(fp)
@@ -339,8 +340,10 @@ def read_npy_member(archive, info, shape, where: str, dtype=None) -> np.ndarray:
                 )
             if dtype is not None and got_dtype != dtype:
                 raise ValueError(f"{where}: its header declares dtype {got_dtype.str}, expected {np.dtype(dtype).str}")
-            if tuple(got_shape) != shape:
-                raise ValueError(f"{where}: its header declares shape {tuple(got_shape)}, expected {shape}")
+            shape = tuple(got_shape)
+            if shape not in accepted:
+                wanted = next(iter(accepted)) if len(accepted) == 1 else " or ".join(map(str, sorted(accepted)))
+                raise ValueError(f"{where}: its header declares shape {shape}, expected {wanted}")
             if fortran:
                 raise ValueError(f"{where}: its header declares Fortran order; only C order is read")
             nbytes = math.prod(shape) * got_dtype.itemsize
@@ -371,7 +374,7 @@ def read_npz(path, shapes: dict, *, what: str = "archive", strict: bool = True) 
     ----------
     path : path-like
     shapes : dict
-        ``{array name: expected shape}``.
+        ``{array name: expected shape}`` (a frozenset of shapes accepts any of them).
     what : str
         How messages name the archive.
     strict : bool

@@ -199,6 +199,19 @@ def test_state_dict_round_trip_and_copies(tmp_path):
     assert np.array_equal(third.forward(x), target.forward(x)), "npz round trip changed the logits"
 
 
+def test_load_npz_accepts_the_batch_counts_load_state_dict_accepts(tmp_path):
+    """A count stored with shape (1,) loads from an archive as from a mapping; (2,) does not."""
+    model = tiny()
+    state = model.state_dict()
+    np.savez(tmp_path / "one.npz", **{**state, "stem.norm.num_batches_tracked": np.array([5])})
+    model.load_npz(tmp_path / "one.npz")
+    got = model.buffers["stem.norm.num_batches_tracked"]
+    assert got.dtype == np.int64 and got.shape == () and int(got) == 5, repr(got)
+    np.savez(tmp_path / "two.npz", **{**state, "stem.norm.num_batches_tracked": np.array([5, 6])})
+    with pytest.raises(ValueError, match=r"num_batches_tracked.*shape \(2,\), expected \(\) or \(1,\)"):
+        model.load_npz(tmp_path / "two.npz")
+
+
 def test_load_npz_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.npz"
     state = tiny().state_dict()
