@@ -24,6 +24,7 @@ initialisation, dtype casting, drop-path randomness, float32 accuracy).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import namedtuple
 
@@ -404,6 +405,8 @@ class NeoNeXt:
                 f"x contains NaN or Inf (in the model dtype {self.dtype}); a training forward "
                 "refuses it (it would enter the BatchNorm running statistics)"
             )
+        if training:
+            self._check_batch_statistics(x.shape)
         self._tape = None
         self._running_updates = {} if training else None
         try:
@@ -421,6 +424,20 @@ class NeoNeXt:
                 )
             self.buffers.update(updates)
         return logits
+
+    def _check_batch_statistics(self, x_shape):
+        """Refuse, before anything runs, a training batch that leaves some BatchNorm a
+        single value per channel (the unbiased running variance would divide by zero):
+        the message names the first such layer, as PyTorch's does not."""
+        for desc in self.describe(x_shape[2:]).layers():
+            if desc.kind == "batchnorm":
+                values = x_shape[0] * math.prod(desc.in_shape[1:])
+                if values < 2:
+                    raise ValueError(
+                        f"{desc.name}: BatchNorm in training mode needs more than 1 value per channel, "
+                        f"and a batch of {x_shape[0]} at {x_shape[2]}x{x_shape[3]} gives it "
+                        f"{x_shape[0]}x{desc.in_shape[1]}x{desc.in_shape[2]} = {values}; use a larger batch or input"
+                    )
 
     def _forward(self, x, training, cache):
         if not cache:

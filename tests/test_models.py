@@ -649,6 +649,18 @@ def test_training_forward_refuses_nonfinite_input_before_touching_running_statis
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_batch_too_small_for_batchnorm_names_the_layer(cache):
+    """At 32 px the last downsampling normalises 1x1 maps: a training batch of one gives
+    it one value per channel. Refused before anything runs, naming that layer."""
+    model = NeoNeXt(dims=(8, 16, 24, 32), per_stage_layers=(1, 1, 1, 1), num_classes=4, shifts=(0, 0, 0, 0))
+    before = {k: v.copy() for k, v in model.buffers.items()}
+    with pytest.raises(ValueError, match=r"downsample_3\.norm_1: BatchNorm in training mode .* = 1"):
+        model.forward(np.ones((1, 3, 32, 32)), training=True, cache=cache)
+    assert all(np.array_equal(before[k], model.buffers[k]) for k in before), "a refused forward changed buffers"
+    assert model.forward(np.ones((2, 3, 32, 32)), training=True, cache=cache).shape == (2, 4)
+
+
 def test_training_forward_commits_running_statistics_only_when_it_succeeds():
     """A NaN born inside the network (here: a poisoned fc weight after stage 1's first
     BatchNorm) is caught by a later BatchNorm; the earlier ones must not have moved."""
