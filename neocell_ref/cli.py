@@ -225,7 +225,9 @@ def _cli_int(minimum: int):
             value = int(text)
         elif power:
             if len(text) > 400:
-                raise argparse.ArgumentTypeError(f"{text[:20]}... is {len(text)} characters long, too long to be a size")
+                raise argparse.ArgumentTypeError(
+                    f"{text[:20]}... is {len(text)} characters long, too long to be a size"
+                )
             base, exponent = int(power[1]), int(power[2])
             # log2 bounds the power before it is computed (10**300 fits, 10**400 does not);
             # the margin leaves the exact comparison below to decide near the limit.
