@@ -608,6 +608,33 @@ def test_without_check_finite_nan_propagates_like_ieee():
         assert np.isfinite(y[0, 1]).all(), f"{method}: NaN leaked into channel 1"
 
 
+def test_a_nan_pixel_no_output_reads_still_reaches_the_patchwise_kernel_gradients():
+    """2x2 -> 1x1 on a 5x5 input: the output is 2x2, so row 4 and column 4 form tiles
+    that are cut away and reach no output. A NaN at (4, 4) leaves y and grad_x finite in
+    the patch-wise formulations, but its tile's products with the zero output gradient
+    are formed, and 0 * NaN = NaN enters the kernel entries it meets (docs/semantics.md). The
+    block-diagonal formulation makes y NaN instead and drops the pixel's gradient terms
+    with the rows of the expanded matrices that fold onto no kernel."""
+    specs = [{"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 1}]
+    wa, wb = [np.ones((1, 1, 2))], [np.ones((1, 2, 1))]
+    x = np.ones((1, 1, 5, 5))
+    x[0, 0, 4, 4] = np.nan
+    grad_y = np.ones((1, 1, 2, 2))
+    for method in ("loop", "patchwise"):
+        y = neocell_forward(x, wa, wb, specs, method=method)
+        grad_x, grads_a, grads_b = neocell_backward(grad_y, x, wa, wb, specs, method=method)
+        assert np.array_equal(y, np.full((1, 1, 2, 2), 4.0)), f"{method}: y {y.ravel()}"
+        assert np.isfinite(grad_x).all(), f"{method}: grad_x not finite"
+        # The pixel sits first in its tile: it multiplies the first kernel entries only.
+        pattern = [np.isnan(g[0]).ravel().tolist() for g in (grads_a, grads_b)]
+        assert pattern == [[True, False], [True, False]], (
+            f"{method}: kernel gradients {grads_a[0].ravel()}, {grads_b[0].ravel()}, expected NaN in the first entries"
+        )
+    y = neocell_forward(x, wa, wb, specs, method="blockdiag")
+    grad_x, grads_a, grads_b = neocell_backward(grad_y, x, wa, wb, specs, method="blockdiag")
+    assert np.isnan(y).all() and np.isfinite(grads_a[0]).all() and np.isfinite(grads_b[0]).all()
+
+
 # --------------------------------------------------------------------------------------
 # shift_segments in closed form (from the hostile-input review: a trillion channels)
 # --------------------------------------------------------------------------------------
