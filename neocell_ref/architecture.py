@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 
 from . import registry
@@ -299,8 +299,8 @@ def resolution_pair(resolution) -> tuple[int, int]:
     """
     if isinstance(resolution, numbers.Integral) and not isinstance(resolution, bool):
         pair = (resolution, resolution)
-    elif isinstance(resolution, (str, bytes)) or not isinstance(resolution, Iterable):
-        pair = None
+    elif isinstance(resolution, (str, bytes, Set, Mapping)) or not isinstance(resolution, Iterable):
+        pair = None  # a set or dict has no first and second side
     else:
         try:  # at most three items: enough to refuse a longer (or endless) iterable
             pair = tuple(itertools.islice(resolution, 3))

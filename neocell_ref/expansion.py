@@ -24,6 +24,7 @@ The tests prove the views agree.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Set
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -329,7 +330,8 @@ def expand(weights_a, weights_b, specs, size):
         Per channel ``c``, ``y[n, c] = A_full[c] @ x[n, c] @ B_full[c]``.
     """
     specs = parse_specs(specs)
-    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2:
+    unordered = isinstance(size, (Set, Mapping))  # {7, 8} has no first and second element
+    if unordered or isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2:
         raise TypeError(f"size must be a pair (H, W) of integers, got {size!r}")
     height, width = size
     h_out, w_out = check_input_size(specs, height, width)

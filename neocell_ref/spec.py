@@ -346,6 +346,9 @@ def parse_kernel_code(code: str, channels: int, shift: int = 0) -> list[GroupSpe
     # ASCII digits only: int() would also read "4_7" as 47 and accept non-ASCII digits.
     if not all(p and p.isascii() and p.isdigit() for p in parts):
         raise ValueError(f"kernel code {code!r} is not a '+'-separated list of integers")
+    long = next((p for p in parts if len(p.lstrip("0")) > 18), None)
+    if long is not None:  # beyond int64 (and, past 4300 digits, beyond what int() reads)
+        raise ValueError(f"kernel code has a kernel size of {len(long)} digits; sizes must fit in int64")
     kernels = [int(p) for p in parts]
     if any(k < 1 for k in kernels):
         raise ValueError(f"kernel code {code!r} has a kernel size < 1")

@@ -95,14 +95,28 @@ def real_number(value, name, low=None, high=None, low_open=False, high_open=Fals
     not_real = isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
     if type_error and not_real:
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    if not_real or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    value = float(value)
+    if not not_real:
+        try:  # a Fraction or an int beyond the float range has no finite float
+            as_float = float(value)
+        except (OverflowError, ValueError, TypeError):
+            as_float = math.nan
+    if not_real or not math.isfinite(as_float):
+        raise ValueError(f"{name} must be a finite real number, got {_short_repr(value)}")
+    value = as_float
     if low is not None and (value < low or (low_open and value == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
     if high is not None and (value > high or (high_open and value == high)):
         raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
     return value
+
+
+def _short_repr(value) -> str:
+    """``repr(value)``, cut in the middle when long (a 400-digit integer)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    return text if len(text) <= 80 else f"{text[:40]}...{text[-20:]} ({len(text)} characters)"
 
 
 def as_real_array(value, name) -> np.ndarray:
@@ -111,11 +125,13 @@ def as_real_array(value, name) -> np.ndarray:
     Raises
     ------
     TypeError
-        ``value`` is ``None``, cannot be converted, or converts to a bool, complex,
-        object or string array.
+        ``value`` is ``None`` or a masked array, cannot be converted, or converts to a
+        bool, complex, object or string array.
     """
     if value is None:
         raise TypeError(f"{name} must be a real numeric array, got None")
+    if isinstance(value, np.ma.MaskedArray):  # np.asarray would drop the mask silently
+        raise TypeError(f"{name} is a masked array; its mask would be ignored: pass value.filled(...) or value.data")
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and exotic objects

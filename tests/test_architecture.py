@@ -101,7 +101,21 @@ def test_resolution_pair_accepts_one_or_two_multiples_of_the_patch(resolution, e
 
 
 @pytest.mark.parametrize(
-    "label", ["bool", "float", "string", "one side", "three sides", "endless", "0-d array", "not /4", "zero", "None"]
+    "label",
+    [
+        "bool",
+        "float",
+        "string",
+        "one side",
+        "three sides",
+        "endless",
+        "0-d array",
+        "not /4",
+        "zero",
+        "None",
+        "set",
+        "dict",
+    ],
 )
 def test_resolution_pair_refuses_anything_else_at_once(label):
     """Each of these used to reach ``tuple()`` (a TypeError deep inside, or a hang on an
@@ -123,6 +137,8 @@ def test_resolution_pair_refuses_anything_else_at_once(label):
         "not /4": (8, 6),
         "zero": (0, 8),
         "None": None,
+        "set": {224, 384},  # no order: which side is H?
+        "dict": {224: 0, 384: 1},
     }[label]
     with pytest.raises(ValueError, match=r"input resolution must be \(H, W\) with positive multiples of 4"):
         resolution_pair(value)

@@ -192,6 +192,8 @@ def test_parse_kernel_code_split_rule(data):
         ("0", 4, ["'0'"]),
         ("4+-1", 4, ["'4+-1'"]),
         ("٤", 4, ["'٤'"]),  # a non-ASCII digit that int() accepts
+        ("9" * 5000, 4, ["5000 digits", "int64"]),  # past Python's 4300-digit limit of int()
+        ("4+" + "1" * 19, 4, ["19 digits"]),
     ],
 )
 def test_parse_kernel_code_errors(code, channels, fragments):

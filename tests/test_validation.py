@@ -147,3 +147,36 @@ def test_set_max_bytes_validates_and_sizes_never_overflow():
     with raises_naming(ValueError, f"{2**80 * 8:,} bytes"):
         validation.check_nbytes((2**40, 2**40), np.float64, "test")
     assert validation.check_nbytes((0, 10**30), np.float64, "empty") == 0
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        (10**400, ["eps must be a finite real number", "(401 characters)"]),  # beyond the float range
+        (__import__("fractions").Fraction(10**400, 3), ["eps must be a finite real number"]),
+        (10**5000, ["eps must be a finite real number", "5000 digits"]),  # repr() itself would fail
+    ],
+    ids=["10**400", "Fraction(10**400, 3)", "10**5000"],
+)
+def test_real_number_beyond_the_float_range_is_named(value, words):
+    with raises_naming(ValueError, *words):
+        validation.real_number(value, "eps", 0.0)
+
+
+def test_real_number_accepts_exact_rationals():
+    assert validation.real_number(__import__("fractions").Fraction(1, 4), "eps", 0.0) == 0.25
+
+
+def test_masked_arrays_are_refused_not_unmasked():
+    """np.asarray drops a mask silently: the masked values would be computed with."""
+    x = np.ma.masked_array(np.ones((1, 1, 6, 6)), mask=np.eye(6, dtype=bool)[None, None])
+    wa, wb = neo_init([{"kernel": 3, "channels": 1}], np.random.default_rng(0))
+    with raises_naming(TypeError, "x is a masked array", "filled"):
+        nr.neocell_forward(x, wa, wb, [{"kernel": 3, "channels": 1}])
+
+
+@pytest.mark.parametrize("size", [{7, 8}, {7: 0, 8: 1}, frozenset({6, 9})])
+def test_expand_refuses_an_unordered_size(size):
+    wa, wb = neo_init([{"kernel": 3, "channels": 1}], np.random.default_rng(0))
+    with raises_naming(TypeError, "size must be a pair (H, W)"):
+        expand(wa, wb, [{"kernel": 3, "channels": 1}], size)
