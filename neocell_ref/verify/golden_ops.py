@@ -586,14 +586,18 @@ def _model_run_port(arrays, meta, forward, backward):
     config = dict(meta["config"])
     got = {}
     if forward is not None:
-        got["logits_eval"] = forward(arrays["x"], state(), config, False)
-        got["logits_train"] = forward(arrays["x"], state(), config, True)
+        got["logits_eval"] = forward(np.array(arrays["x"]), state(), config, False)
+        got["logits_train"] = forward(np.array(arrays["x"]), state(), config, True)
     if backward is not None:
         grad_x, grads = backward(arrays["grad_logits"], arrays["x"], state(), config)
         got["grad_x"] = grad_x
-        missing = [k for k in meta["tolerances"] if k.startswith("grad/") and k[len("grad/") :] not in grads]
+        wanted = {k[len("grad/") :] for k in meta["tolerances"] if k.startswith("grad/")}
+        missing = sorted(wanted - set(grads))
         if missing:
             raise ValueError(f"backward returned no gradient for {missing}")
+        extra = sorted(set(grads) - wanted, key=str)
+        if extra:  # a misnamed parameter's gradient would otherwise go unchecked
+            raise ValueError(f"backward returned gradients for unknown parameters {extra[:5]}")
         for key in meta["tolerances"]:
             if key.startswith("grad/"):
                 got[key] = grads[key[len("grad/") :]]

@@ -368,3 +368,8 @@ def extra_grads_backward(grad_y, x, weights_a, weights_b, specs):
 def unprintable_forward(*args, **kwargs):
     # a lone surrogate cannot be encoded; a carriage return would overwrite the line
     raise RuntimeError("decoded \udcff badly\rPASSED everything")
+
+
+def extra_grad_model_backward(grad_logits, x, state, config):
+    grad_x, grads = model_backward(grad_logits, x, state, config)
+    return grad_x, {**grads, "head.fc.weight_misnamed": np.zeros(3)}

@@ -239,6 +239,13 @@ def test_a_huge_error_over_a_tiny_allowance_fails_without_a_warning():
     assert not result.passed and result.ratio == np.inf, result.describe()
 
 
+def test_a_model_gradient_for_an_unknown_parameter_fails_the_case(golden64):
+    report = verify_golden(golden64, "model", None, mutant_ports.extra_grad_model_backward)
+    assert report.cases_run and len({r.case for r in report.failures}) == report.cases_run, report.table()
+    assert all("unknown parameters ['head.fc.weight_misnamed']" in r.message for r in report.failures), report.table()
+    assert verify_golden(golden64, "model", None, mutant_ports.model_backward).passed
+
+
 def test_keyboard_interrupt_aborts(golden, capsys):
     with pytest.raises(KeyboardInterrupt):
         verify_golden(golden, "neocell", mutant_ports.interrupt_forward)
