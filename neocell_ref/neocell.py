@@ -76,6 +76,9 @@ def _prepare(x, weights_a, weights_b, specs, grad_y=None, check_finite=False):
         operands.append(grad_y.dtype)
     dtype = compute_dtype(*operands)
     check_nbytes((x.shape[0], channels, h_out, w_out), dtype, "neocell: output y")
+    # x in the compute dtype: the cast below copies it (x may be a broadcast view of a
+    # few bytes), and the backward's grad_x has its size.
+    check_nbytes(x.shape, dtype, "neocell: x in the compute dtype")
     if check_finite:
         for name, arr in (("x", x), ("grad_y", grad_y)):
             if arr is not None and not np.isfinite(arr).all():
@@ -180,29 +183,37 @@ METHODS = {
 def _check_intermediates(method, backward, x_shape, specs, out_size, dtype):
     """Refuse, before any arithmetic, a case whose intermediates break the memory budget.
 
-    The output is budgeted in :func:`_prepare`; an intermediate can be far larger when a
-    group changes the aspect ratio (``h_out > h_in`` with ``w_out < w_in``: ``z = Â x``
-    is ``h_out/h_in`` times the input while ``y`` is not). Checked, per method, the
-    largest arrays it allocates:
+    The output and ``x`` in the compute dtype are budgeted in :func:`_prepare`; an
+    intermediate can be far larger when a group changes the aspect ratio
+    (``h_out > h_in`` with ``w_out < w_in``: ``z = Â x`` is ``h_out/h_in`` times the input
+    while ``y`` is not). Checked, per method, the largest arrays it allocates, and no
+    others (so nothing that fits is refused):
 
     * ``"blockdiag"``: ``z = Â x`` (N, C, H_out, W); backward also the per-sample
       ``zᵀ dy`` (N, C, W, W_out) and ``dz xᵀ`` (N, C, H_out, H) before their sums;
-    * ``"loop"`` and ``"patchwise"``: per group, the padded planes of SPEC 3's tile
-      view, (N, T_a·max(h_in, h_out), T_b·max(w_in, w_out)), which bounds the tiled
-      input, ``Z`` and output of one channel (the fast path splits samples further).
+    * ``"loop"``: per group, one channel's padded input plane (N, T_a·h_in, T_b·w_in),
+      its output plane (N, T_a·h_out, T_b·w_out) and one tile's ``A P``
+      (N, h_out, w_in), with ``T_a``, ``T_b`` the tile counts of SPEC 3's padding view;
+    * ``"patchwise"``: per group, the tiled input, ``Z`` and output of one sample of one
+      channel, (T_a·h_in, T_b·w_in), (T_a·h_out, T_b·w_in) and (T_a·h_out, T_b·w_out):
+      its chunks never hold less, and hold more only within their fixed byte size.
     """
     n, channels, height, width = x_shape
+    shapes = []
     if method == "blockdiag":
         shapes = [(n, channels, out_size[0], width)]
         if backward:
             shapes += [(n, channels, width, out_size[1]), (n, channels, out_size[0], height)]
-    else:
-        shapes = []
-        for g, _, _, shift_a, shift_b in channel_runs(specs):
-            spec = specs[g]
-            tiles_a = padding_view(height, spec.h_in, spec.h_out, shift_a)[1]
-            tiles_b = padding_view(width, spec.w_in, spec.w_out, shift_b)[1]
-            shapes.append((n, tiles_a * max(spec.h_in, spec.h_out), tiles_b * max(spec.w_in, spec.w_out)))
+    for g, _, _, shift_a, shift_b in channel_runs(specs) if method != "blockdiag" else ():
+        spec = specs[g]
+        tiles_a = padding_view(height, spec.h_in, spec.h_out, shift_a)[1]
+        tiles_b = padding_view(width, spec.w_in, spec.w_out, shift_b)[1]
+        rows_in, rows_out = tiles_a * spec.h_in, tiles_a * spec.h_out
+        cols_in, cols_out = tiles_b * spec.w_in, tiles_b * spec.w_out
+        if method == "loop":
+            shapes += [(n, rows_in, cols_in), (n, rows_out, cols_out), (n, spec.h_out, spec.w_in)]
+        else:
+            shapes += [(rows_in, cols_in), (rows_out, cols_in), (rows_out, cols_out)]
     for shape in shapes:
         check_nbytes(shape, dtype, f"neocell ({method}): intermediate")
 

@@ -60,21 +60,35 @@ HUGE = [
         ("neocell: output y", "bytes"),
     ),
     *[
-        (  # y is as large as x (2 MiB), but z = Â x is 16384 times that: 32 GiB
+        (  # y is as large as x (4 MiB), but one sample's z = A x is 16384 times larger
             f"neocell intermediate, {method} {direction}",
             lambda method=method, direction=direction: getattr(nr, f"neocell_{direction}")(
-                *([np.ones((1, 1, 16 * 2**14, 1))] if direction == "backward" else []),
-                np.ones((1, 1, 16, 2**14)),
+                *([np.ones((2, 1, 16 * 2**14, 1))] if direction == "backward" else []),
+                np.ones((2, 1, 16, 2**14)),
                 [np.ones((1, 2**14, 1))],
                 [np.ones((1, 2**14, 1))],
                 [{"h_in": 1, "h_out": 2**14, "w_in": 2**14, "w_out": 1, "channels": 1}],
                 method=method,
             ),
-            (f"neocell ({method}): intermediate", "34,359,738,368 bytes"),
+            (f"neocell ({method}): intermediate", size),
         )
-        for method in ("patchwise", "blockdiag", "loop")
+        for method, size in [
+            ("patchwise", "(262144, 16384)"),  # one sample's Z: 32 GiB
+            ("blockdiag", "(2, 1, 262144, 16384)"),  # z for the batch: 64 GiB
+            ("loop", "(2, 16384, 16384)"),  # one tile's A P for the batch: 4 GiB
+        ]
         for direction in ("forward", "backward")
     ],
+    (  # a broadcast view of one byte, cast to float64 for the computation: 32 GiB
+        "neocell cast of x",
+        lambda: nr.neocell_forward(
+            np.broadcast_to(np.uint8(1), (1, 4096, 1024, 1024)),
+            [np.ones((4096, 1, 16))],
+            [np.ones((4096, 16, 1))],
+            [{"h_in": 16, "h_out": 1, "w_in": 16, "w_out": 1, "channels": 4096}],
+        ),
+        ("neocell: x in the compute dtype", "34,359,738,368 bytes"),
+    ),
     ("NeoNeXt", lambda: NeoNeXt(dims=(10**12, 16, 24, 32)), ("NeoNeXt", "stem.conv.weight", "bytes")),
     ("channel_shifts", lambda: GroupSpec(10**12, 7, 7, 7, 7, 1, 1).channel_shifts(), ("channel_shifts", "bytes")),
     ("drop_path_scale", lambda: L.drop_path_scale(np.random.default_rng(0), 10**12, 0.5), ("drop_path_scale", "bytes")),
@@ -180,3 +194,25 @@ def test_expand_refuses_an_unordered_size(size):
     wa, wb = neo_init([{"kernel": 3, "channels": 1}], np.random.default_rng(0))
     with raises_naming(TypeError, "size must be a pair (H, W)"):
         expand(wa, wb, [{"kernel": 3, "channels": 1}], size)
+
+
+@pytest.mark.parametrize("method", ["patchwise", "loop"])
+def test_the_intermediate_budget_refuses_only_what_is_allocated(method):
+    """1 -> 8 rows, 8 -> 1 columns at 16 samples of 8x64: the whole padded plane of the
+    batch (16, 64, 64) would be 512 KiB, but patch-wise holds one sample's planes (32
+    KiB) and the loop one channel's (16, 8, 64) planes and (16, 8, 8) tiles (64 KiB):
+    both run under a 100 KiB budget and agree with the unbudgeted block-diagonal result."""
+    specs = [{"h_in": 1, "h_out": 8, "w_in": 8, "w_out": 1, "channels": 1}]
+    rng = np.random.default_rng(4)
+    x, wa, wb = rng.standard_normal((16, 1, 8, 64)), [rng.standard_normal((1, 8, 1))], [rng.standard_normal((1, 8, 1))]
+    grad_y = rng.standard_normal((16, 1, 64, 8))
+    want_y = nr.neocell_forward(x, wa, wb, specs, method="blockdiag")
+    want_grads = nr.neocell_backward(grad_y, x, wa, wb, specs, method="blockdiag")
+    with validation.max_bytes_set_to(100 * 1024):
+        y = nr.neocell_forward(x, wa, wb, specs, method=method)
+        grads = nr.neocell_backward(grad_y, x, wa, wb, specs, method=method)
+    np.testing.assert_allclose(y, want_y, rtol=1e-12, atol=1e-12, err_msg=f"{method}: y")
+    for name, got, want in zip(("grad_x", "grad_a", "grad_b"), grads, want_grads):
+        np.testing.assert_allclose(
+            np.asarray(got).squeeze(), np.asarray(want).squeeze(), rtol=1e-12, atol=1e-12, err_msg=f"{method}: {name}"
+        )
