@@ -231,7 +231,8 @@ def _cli_int(minimum: int):
             base, exponent = int(power[1]), int(power[2])
             # log2 bounds the power before it is computed (10**300 fits, 10**400 does not);
             # the margin leaves the exact comparison below to decide near the limit.
-            if base > 1 and exponent * math.log2(base) > calculator.MAX_COUNT.bit_length() + 8:
+            limit = calculator.MAX_COUNT.bit_length() + 8
+            if base > 1 and (exponent > limit or exponent * math.log2(base) > limit):  # 2**e > 2**limit
                 raise argparse.ArgumentTypeError(f"{text} is beyond the float range (about 1.8e308)")
             value = base**exponent
         else:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .validation import as_int, check_nbytes
+from .validation import _short_repr, as_int, check_nbytes
 
 __all__ = [
     "GroupSpec",
@@ -339,24 +339,24 @@ def parse_kernel_code(code: str, channels: int, shift: int = 0) -> list[GroupSpe
         On a malformed code, or if a group would get no channels.
     """
     if not isinstance(code, str):
-        raise TypeError(f"kernel code must be a str such as '4+7', got {code!r}")
+        raise TypeError(f"kernel code must be a str such as '4+7', got {_short_repr(code)}")
     channels = as_int(channels, "channels", 1)
     shift = as_int(shift, "shift", 0)
     parts = [p.strip() for p in code.split("+")]
     # ASCII digits only: int() would also read "4_7" as 47 and accept non-ASCII digits.
     if not all(p and p.isascii() and p.isdigit() for p in parts):
-        raise ValueError(f"kernel code {code!r} is not a '+'-separated list of integers")
+        raise ValueError(f"kernel code {_short_repr(code)} is not a '+'-separated list of integers")
     long = next((p for p in parts if len(p.lstrip("0")) > 18), None)
     if long is not None:  # beyond int64 (and, past 4300 digits, beyond what int() reads)
         raise ValueError(f"kernel code has a kernel size of {len(long)} digits; sizes must fit in int64")
-    kernels = [int(p) for p in parts]
+    kernels = [int(p.lstrip("0") or "0") for p in parts]  # leading zeros: int() counts them as digits
     if any(k < 1 for k in kernels):
-        raise ValueError(f"kernel code {code!r} has a kernel size < 1")
+        raise ValueError(f"kernel code {_short_repr(code)} has a kernel size < 1")
     m = len(kernels)
     per_group = channels // m
     if per_group == 0:
         raise ValueError(
-            f"kernel code {code!r} has {m} groups but only channels={channels}: a group would get no channels"
+            f"kernel code {_short_repr(code)} has {m} groups but only channels={channels}: a group would get no channels"
         )
     sizes = [per_group] * (m - 1) + [channels - (m - 1) * per_group]
     return [

@@ -114,8 +114,10 @@ def _short_repr(value) -> str:
     """``repr(value)``, cut in the middle when long (a 400-digit integer)."""
     try:
         text = repr(value)
-    except ValueError:  # an int beyond Python's digit limit for str()
-        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    except ValueError:  # an int (or a Fraction of ints) beyond Python's digit limit for str()
+        if isinstance(value, numbers.Integral):
+            return f"an integer of about {int(int(value).bit_length() * 0.30103)} digits"
+        return f"a {type(value).__name__} too long to print"
     return text if len(text) <= 80 else f"{text[:40]}...{text[-20:]} ({len(text)} characters)"
 
 

@@ -236,6 +236,7 @@ def test_cli_prints_exact_integers_at_huge_sizes():
         (["complexity", "--dw-kernel", "0"], "must be >= 1"),
         (["complexity", "--hw", "10**400", "5"], "beyond the float range"),
         (["complexity", "-c", "10**1000000000"], "beyond the float range"),
+        (["complexity", "-c", "2**1" + "0" * 309], "beyond the float range"),  # log2 of the exponent overflowed
         (["complexity", "-c", "9" * 500], "beyond the float range"),
         (["complexity", "--hw", "10**200", "10**200"], "beyond the float range"),
         (["complexity", "-k", "7", "--shift", "7"], "shift_a=7 must be smaller"),

@@ -194,6 +194,7 @@ def test_parse_kernel_code_split_rule(data):
         ("٤", 4, ["'٤'"]),  # a non-ASCII digit that int() accepts
         ("9" * 5000, 4, ["5000 digits", "int64"]),  # past Python's 4300-digit limit of int()
         ("4+" + "1" * 19, 4, ["19 digits"]),
+        ("0" * 5000, 4, ["kernel size < 1", "(5002 characters)"]),  # leading zeros are no digits; repr adds quotes
     ],
 )
 def test_parse_kernel_code_errors(code, channels, fragments):
@@ -668,3 +669,8 @@ def test_shift_segments_is_instant_at_a_trillion_channels():
     assert [s[0] for s in segments] == sorted({0} | cuts)
     assert [s[1] for s in segments] == sorted(cuts | {10**12})
     assert segments[0][2:] == (0, 0) and segments[-1][2:] == (6, 6)
+
+
+def test_parse_kernel_code_reads_leading_zeros():
+    """Python's int() counts leading zeros against its 4300-digit limit; the size is 4."""
+    assert [g.h_in for g in parse_kernel_code("0" * 5000 + "4+07", 4)] == [4, 7]

@@ -169,8 +169,9 @@ def test_set_max_bytes_validates_and_sizes_never_overflow():
         (10**400, ["eps must be a finite real number", "(401 characters)"]),  # beyond the float range
         (__import__("fractions").Fraction(10**400, 3), ["eps must be a finite real number"]),
         (10**5000, ["eps must be a finite real number", "5000 digits"]),  # repr() itself would fail
+        (__import__("fractions").Fraction(10**5000, 3), ["eps must be a finite real number", "Fraction too long"]),
     ],
-    ids=["10**400", "Fraction(10**400, 3)", "10**5000"],
+    ids=["10**400", "Fraction(10**400, 3)", "10**5000", "Fraction(10**5000, 3)"],
 )
 def test_real_number_beyond_the_float_range_is_named(value, words):
     with raises_naming(ValueError, *words):
