@@ -43,6 +43,28 @@ class _Optimizer:
         self.decay = default_decay if decay is None else decay
         self.steps = 0
 
+    def step(self, grads):
+        """Apply one update with ``grads`` (dict keyed like ``params``), whole or not at all.
+
+        Every gradient is checked, every ``decay`` choice made and every new value
+        computed into new arrays first; only if all of that succeeds and every new
+        parameter is finite are the parameters overwritten in place and the state
+        (velocities, moments, step count) replaced. A step that raises (a decay callback,
+        a ``FloatingPointError`` under ``np.errstate``, an update that would overflow)
+        changes nothing.
+        """
+        self._check_grads(grads)
+        decays = {key: bool(self.weight_decay) and bool(self.decay(key, p)) for key, p in self.params.items()}
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
+            new_params, new_state = self._updates(grads, decays)
+        for key, value in new_params.items():
+            if not np.isfinite(value).all():
+                raise ValueError(f"the update of params[{key!r}] is not finite (overflow); no parameter was updated")
+        for key, value in new_params.items():
+            self.params[key][...] = value
+        self._commit(new_state)
+        self.steps += 1
+
     def _check_grads(self, grads):
         missing = [k for k in self.params if k not in grads]
         unknown = [k for k in grads if k not in self.params]
@@ -79,20 +101,20 @@ class SGD(_Optimizer):
         self.momentum = real_number(momentum, "momentum", 0.0)
         self.velocity = {}
 
-    def step(self, grads):
-        """Apply one update with ``grads`` (dict keyed like ``params``)."""
-        self._check_grads(grads)
+    def _updates(self, grads, decays):
+        new_params, velocity = {}, {}
         for key, p in self.params.items():
             g = np.asarray(grads[key], dtype=p.dtype)
-            if self.weight_decay and self.decay(key, p):
+            if decays[key]:
                 g = g + self.weight_decay * p
             if self.momentum:
                 v = self.velocity.get(key)
-                v = g.copy() if v is None else self.momentum * v + g
-                self.velocity[key] = v
-                g = v
-            p -= self.lr * g
-        self.steps += 1
+                g = velocity[key] = g.copy() if v is None else self.momentum * v + g
+            new_params[key] = p - self.lr * g
+        return new_params, velocity
+
+    def _commit(self, velocity):
+        self.velocity.update(velocity)
 
 
 class AdamW(_Optimizer):
@@ -124,22 +146,24 @@ class AdamW(_Optimizer):
         self.m = {k: np.zeros_like(p) for k, p in params.items()}
         self.v = {k: np.zeros_like(p) for k, p in params.items()}
 
-    def step(self, grads):
-        """Apply one update with ``grads`` (dict keyed like ``params``)."""
-        self._check_grads(grads)
-        self.steps += 1
+    def _updates(self, grads, decays):
         b1, b2 = self.betas
-        c1, c2 = 1.0 - b1**self.steps, 1.0 - b2**self.steps
+        t = self.steps + 1
+        c1, c2 = 1.0 - b1**t, 1.0 - b2**t
+        new_params, moments = {}, {}
         for key, p in self.params.items():
             g = np.asarray(grads[key], dtype=p.dtype)
-            if self.weight_decay and self.decay(key, p):
-                p *= 1.0 - self.lr * self.weight_decay
-            m, v = self.m[key], self.v[key]
-            m *= b1
-            m += (1.0 - b1) * g
-            v *= b2
-            v += (1.0 - b2) * np.square(g)
-            p -= self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
+            decayed = p * (1.0 - self.lr * self.weight_decay) if decays[key] else p
+            m = b1 * self.m[key] + (1.0 - b1) * g
+            v = b2 * self.v[key] + (1.0 - b2) * np.square(g)
+            moments[key] = (m, v)
+            new_params[key] = decayed - self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
+        return new_params, moments
+
+    def _commit(self, moments):
+        for key, (m, v) in moments.items():
+            self.m[key][...] = m
+            self.v[key][...] = v
 
 
 #: Classes of :func:`synthetic_patterns`, by label.
@@ -219,20 +243,25 @@ def train_step(model, optimizer, images, labels, smoothing=0.0):
         or any(optimizer.params[key] is not value for key, value in params.items())
     ):
         raise ValueError("optimizer must be built on model.params (the model's own arrays, every one of them)")
-    check_targets(labels, model.config.num_classes, smoothing)
-    saved = (dict(model.buffers), model.drop_path_rng.bit_generator.state, dict(model.grads))
+    # The classes are the head's outputs (an architecture may differ from its config's
+    # num_classes); the batch is checked here when images is already an array.
+    classes = list(model.architecture.layers())[-1].out_shape[0]
+    batch = images.shape[0] if isinstance(images, np.ndarray) and images.ndim >= 1 else None
+    check_targets(labels, classes, smoothing, batch)
+    saved = (dict(model.buffers), model.drop_path_rng.bit_generator.state, dict(model.grads), model._tape)
     try:
         logits = model.forward(images, training=True)
         loss = cross_entropy_forward(logits, labels, smoothing=smoothing)
         model.backward(cross_entropy_backward(logits, labels, smoothing=smoothing))
-        optimizer.step(model.grads)  # checks every gradient before it updates anything
-    except Exception:
+        optimizer.step(model.grads)  # whole or not at all (_Optimizer.step)
+    except BaseException:  # KeyboardInterrupt too: an interrupted step leaves no trace
         # Running statistics are replaced, never modified in place (NeoNeXt.forward), so
         # the old dict's arrays are the old values.
-        buffers, rng_state, grads = saved
+        buffers, rng_state, grads, tape = saved
         model.buffers.clear()
         model.buffers.update(buffers)
         model.drop_path_rng.bit_generator.state = rng_state
         model.grads = grads
+        model._tape = tape  # backward() differentiates the last forward that stood
         raise
     return loss

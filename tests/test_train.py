@@ -131,6 +131,102 @@ def test_adamw_betas_that_are_not_a_pair_are_named():
             AdamW({"w": np.zeros(2)}, betas=betas)
 
 
+class _RefusingDecay:
+    """``default_decay`` until switched on, then raising on the last parameter (by then
+    every other decay choice has been made)."""
+
+    def __init__(self, on):
+        self.on = on
+
+    def __call__(self, name, array):
+        if self.on and name == "head.fc.bias":
+            raise RuntimeError("no decay today")
+        return default_decay(name, array)
+
+
+def _optimizer_state(opt):
+    state = {f"p:{k}": v for k, v in opt.params.items()}
+    state.update({f"m:{k}": v for k, v in getattr(opt, "m", {}).items()})
+    state.update({f"v:{k}": v for k, v in getattr(opt, "v", {}).items()})
+    state.update({f"vel:{k}": v for k, v in getattr(opt, "velocity", {}).items()})
+    return {k: np.array(v, copy=True) for k, v in state.items()}, opt.steps
+
+
+@pytest.mark.parametrize(
+    "make, grads_of, error, words",
+    [
+        (  # a decay callback raising on the last parameter
+            lambda params: AdamW(params, lr=1e-3, decay=_RefusingDecay(False)),
+            lambda params: {k: np.ones_like(v) for k, v in params.items()},
+            RuntimeError,
+            ["no decay today"],
+        ),
+        (  # an update that overflows float32: finite gradients, infinite parameters
+            lambda params: SGD(params, lr=1e38, momentum=0.0),
+            lambda params: {k: np.full_like(v, 1e10) for k, v in params.items()},
+            ValueError,
+            ["is not finite", "no parameter was updated"],
+        ),
+    ],
+    ids=["decay raises", "overflow"],
+)
+def test_an_optimizer_step_happens_whole_or_not_at_all(make, grads_of, error, words):
+    model = nr.models.NeoNeXt(**TINY_MODEL, dtype=np.float32, rng=np.random.default_rng(0))
+    opt = make(model.params)
+    grads = {k: np.full_like(v, 0.5) for k, v in model.params.items()}
+    opt.step(grads)  # state to keep: moments or velocities, and one step
+    before, steps = _optimizer_state(opt)
+    if isinstance(opt.decay, _RefusingDecay):
+        opt.decay.on = True
+    with raises_naming(error, *words):
+        opt.step(grads_of(model.params))
+    after, steps_after = _optimizer_state(opt)
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert not changed and steps_after == steps, f"a refused step changed {changed[:4]}, steps {steps} -> {steps_after}"
+
+
+def test_an_interrupted_training_step_leaves_no_trace(monkeypatch):
+    """Ctrl-C during the backward: running statistics, generator, gradients and the
+    cached forward are those of before the call (KeyboardInterrupt still propagates)."""
+    model = nr.models.NeoNeXt(**TINY_MODEL, dtype=np.float32, drop_path=0.2, rng=np.random.default_rng(0))
+    opt = AdamW(model.params, lr=1e-3)
+    images, labels = synthetic_patterns(np.random.default_rng(0), 4, dtype=np.float32)
+    model.forward(images, training=False)
+    tape, grads = model._tape, dict(model.grads)
+    before, rng_before, _ = _state(model, opt)
+
+    def interrupted(grad):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "backward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_step(model, opt, images, labels)
+    after, rng_after, _ = _state(model, opt)
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert not changed and rng_after == rng_before, f"changed {changed[:4]}, generator moved {rng_after != rng_before}"
+    assert model._tape is tape and model.grads.keys() == grads.keys(), "the cached forward or the gradients changed"
+
+
+def test_labels_are_checked_against_the_head_not_the_config():
+    """A custom architecture whose head gives 10 logits under a config of 5 classes
+    trains on labels up to 9, as its forward and loss accept them."""
+    import dataclasses
+
+    from neocell_ref.architecture import NeoNeXtConfig, Unit, _linear, describe
+
+    config = NeoNeXtConfig(per_stage_layers=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_classes=5, shifts=(0, 0, 0, 0))
+    arch = describe(config, 32)
+    head = arch.units[-1]
+    extra = _linear("head.extra", head.layers[-1].out_shape, 10, True)
+    arch = dataclasses.replace(arch, units=arch.units[:-1] + (Unit(head.name, head.kind, head.layers + (extra,)),))
+    model = nr.models.NeoNeXt.from_architecture(arch, rng=np.random.default_rng(0))
+    images = np.random.default_rng(1).standard_normal((4, 3, 32, 32))
+    loss = train_step(model, SGD(model.params, lr=0.1), images, np.array([0, 7, 9, 2]))
+    assert np.isfinite(loss)
+    with raises_naming(ValueError, "labels", "[0, 10)"):
+        train_step(model, SGD(model.params, lr=0.1), images, np.array([0, 7, 10, 2]))
+
+
 def _state(model, opt):
     """Everything a training step may change, as copies."""
     arrays = {**{f"p:{k}": v for k, v in model.params.items()}, **{f"b:{k}": v for k, v in model.buffers.items()}}
@@ -157,9 +253,10 @@ def test_a_refused_training_step_changes_nothing():
         (ValueError, ["optimizer", "model.params"], dict(optimizer=AdamW(other.params))),
         (ValueError, ["labels[0]", "[0, 4)"], dict(labels=labels + 4)),
         (ValueError, ["smoothing"], dict(smoothing=2.0)),
-        # Passes the checks made before the forward (the batch is the images'): refused by
-        # the loss after the forward has staged running statistics and drawn drop-path masks.
-        (ValueError, ["labels", "(4,)"], dict(labels=labels[:3])),
+        (ValueError, ["labels", "(4,)"], dict(labels=labels[:3])),  # the batch is the images'
+        # Passes every check made before the forward: refused by the optimizer after the
+        # forward has staged running statistics and drawn drop-path masks.
+        (RuntimeError, ["no decay today"], dict(optimizer=AdamW(model.params, decay=_RefusingDecay(True)))),
     ]
     for error, words, change in refused:
         args = dict(model=model, optimizer=opt, images=images, labels=labels, smoothing=0.1) | change
