@@ -980,6 +980,8 @@ def check_targets(labels, classes, smoothing, batch=None):
     labels : ndarray of int, shape (N,)
     smoothing : float
     """
+    if isinstance(labels, np.ma.MaskedArray):  # np.asarray would train on the masked labels
+        raise TypeError("labels is a masked array; its mask would be ignored: pass the labels to keep")
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")

@@ -284,6 +284,8 @@ class NeoNeXt:
         return IncompatibleKeys(missing if not strict else [], unexpected if not strict else [])
 
     def _validate_entry(self, key, value, shape, role):
+        if isinstance(value, np.ma.MaskedArray):  # np.asarray would load the masked values
+            raise TypeError(f"{key}: a masked array; its mask would be ignored")
         if role == "count":
             arr = np.asarray(value)
             if arr.dtype.kind not in "iu" or arr.shape not in ((), (1,)):

@@ -571,6 +571,11 @@ def test_float32_in_float32_out_and_promotion():
             ["logits[0, 1]", "finite"],
         ),
         (lambda: L.check_targets(np.array([[0, 1]]), 3, 0.0), ValueError, ["labels", "(N,)"]),
+        (  # the masked label 7 would be trained on
+            lambda: L.check_targets(np.ma.masked_array([0, 7], mask=[False, True]), 3, 0.0),
+            TypeError,
+            ["labels is a masked array"],
+        ),
     ],
 )
 def test_errors_name_the_argument(call, error, words):

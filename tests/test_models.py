@@ -269,6 +269,8 @@ def test_load_state_dict_errors_name_the_key():
         model,
         {**good, "stem.norm.num_batches_tracked": np.zeros((2,), np.int64)},
     )
+    masked = np.ma.masked_array(np.full((5, 8), 123.0), mask=True)
+    _expect(TypeError, ["head.fc.weight", "masked array"], model, {**good, "head.fc.weight": masked})
     _expect(TypeError, ["mapping"], model, [("stem.conv.weight", np.zeros(1))])
     _expect(TypeError, ["keys must be str", "3"], model, {**good, 3: np.zeros(1)})
     # several problems at once are all reported
