@@ -93,15 +93,19 @@ def _golden_export(args) -> int:
 
 
 def _golden_verify(args) -> int:
-    exclude = _parse_exclusions(args.exclude)
-    golden.check_tolerance_overrides(None, None, args.rtol_scale)
-    golden.check_digest(args.digest)
     if args.json is not None:
         _check_output_file(args.json, "--json")
         if Path(args.json).resolve().parent == Path(args.directory).resolve():
             raise ValueError(
                 f"--json {args.json}: is inside the golden set {args.directory}; write the report elsewhere"
             )
+        # A report left by an earlier run must not outlive this one: removed before any
+        # other check can fail or anything can end the process (a port's import
+        # included), so only a run that reaches its verdict leaves a report.
+        Path(args.json).unlink(missing_ok=True)
+    exclude = _parse_exclusions(args.exclude)
+    golden.check_tolerance_overrides(None, None, args.rtol_scale)
+    golden.check_digest(args.digest)
     if args.exec is not None:
         if args.forward is not None or args.backward is not None:
             raise ValueError("--exec is mutually exclusive with --forward/--backward: give one port")
@@ -117,10 +121,6 @@ def _golden_verify(args) -> int:
         backward = golden.load_port(args.backward, "--backward")
         if forward is None and backward is None:
             raise ValueError("give --forward and/or --backward, or --exec")
-    if args.json is not None:
-        # A report left by an earlier run must not outlive this one: only a run that
-        # reaches its verdict writes the file, so a run cut short leaves none.
-        Path(args.json).unlink(missing_ok=True)
     report = golden.verify_golden(
         args.directory,
         args.op,

@@ -595,9 +595,12 @@ def _model_run_port(arrays, meta, forward, backward):
         missing = sorted(wanted - set(grads))
         if missing:
             raise ValueError(f"backward returned no gradient for {missing}")
-        extra = sorted(set(grads) - wanted, key=str)
-        if extra:  # a misnamed parameter's gradient would otherwise go unchecked
-            raise ValueError(f"backward returned gradients for unknown parameters {extra[:5]}")
+        # A gradient under a name the state dict lacks (a misnamed parameter's) would go
+        # unchecked; entries for buffers (a port differentiating the whole state) are ignored.
+        state = {k[len("state/") :] for k in arrays if k.startswith("state/")}
+        extra = sorted(set(grads) - wanted - state, key=str)
+        if extra:
+            raise ValueError(f"backward returned gradients for names the model does not have: {extra[:5]}")
         for key in meta["tolerances"]:
             if key.startswith("grad/"):
                 got[key] = grads[key[len("grad/") :]]

@@ -373,3 +373,30 @@ def unprintable_forward(*args, **kwargs):
 def extra_grad_model_backward(grad_logits, x, state, config):
     grad_x, grads = model_backward(grad_logits, x, state, config)
     return grad_x, {**grads, "head.fc.weight_misnamed": np.zeros(3)}
+
+
+def buffer_grads_model_backward(grad_logits, x, state, config):
+    """Correct, plus zero or None "gradients" for every buffer, as a port that
+    differentiates the whole state dict returns them."""
+    grad_x, grads = model_backward(grad_logits, x, state, config)
+    buffers = {
+        k: (None if k.endswith("num_batches_tracked") else np.zeros(np.shape(v)))
+        for k, v in state.items()
+        if k not in grads
+    }
+    return grad_x, {**grads, **buffers}
+
+
+def half_grads_model_backward(grad_logits, x, state, config):
+    """The loss averaged where it is summed: every gradient half the right one."""
+    grad_x, grads = model_backward(grad_logits, x, state, config)
+    return 0.5 * grad_x, {k: 0.5 * v for k, v in grads.items()}
+
+
+class _ExitingMessage(Exception):
+    def __str__(self):
+        raise SystemExit(0)
+
+
+def exiting_message_forward(*args, **kwargs):
+    raise _ExitingMessage()

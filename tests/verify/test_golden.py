@@ -242,8 +242,29 @@ def test_a_huge_error_over_a_tiny_allowance_fails_without_a_warning():
 def test_a_model_gradient_for_an_unknown_parameter_fails_the_case(golden64):
     report = verify_golden(golden64, "model", None, mutant_ports.extra_grad_model_backward)
     assert report.cases_run and len({r.case for r in report.failures}) == report.cases_run, report.table()
-    assert all("unknown parameters ['head.fc.weight_misnamed']" in r.message for r in report.failures), report.table()
+    words = "names the model does not have: ['head.fc.weight_misnamed']"
+    assert all(words in r.message for r in report.failures), report.table()
     assert verify_golden(golden64, "model", None, mutant_ports.model_backward).passed
+    # A port differentiating the whole state dict also returns entries for the buffers:
+    # names the model has, so they are ignored and the port passes.
+    report = verify_golden(golden64, "model", None, mutant_ports.buffer_grads_model_backward)
+    assert report.passed, report.table()
+
+
+def test_the_model_cannot_be_loosened_until_half_its_gradients_pass(golden32):
+    """MAX_RTOL_SCALE is argued for sums of products; the model's tolerances are measured
+    (1e-4 of the largest gradient in float32), and 8192 times that would pass a backward
+    that averages the loss it should sum (every gradient halved). Refused; at the stored
+    tolerances that port fails."""
+    with pytest.raises(ValueError, match="off by a factor of 2"):
+        verify_golden(golden32, "model", None, mutant_ports.half_grads_model_backward, rtol_scale=MAX_RTOL_SCALE)
+    assert not verify_golden(golden32, "model", None, mutant_ports.half_grads_model_backward).passed
+
+
+def test_an_exception_whose_message_exits_fails_the_case(golden):
+    report = verify_golden(golden, "neocell", mutant_ports.exiting_message_forward)
+    assert not report.passed and len(report.failures) == len(NEOCELL_CASES_CORE), report.table()
+    assert all("message not printable" in r.message for r in report.failures), report.table()
 
 
 def test_keyboard_interrupt_aborts(golden, capsys):
@@ -730,6 +751,11 @@ def test_a_run_cut_short_leaves_no_earlier_report_behind(golden, tmp_path, capsy
     code, out, err = verify_cli(
         capsys, golden, "--json", str(report_file), port=["--forward", "support.mutant_ports:interrupt_forward"]
     )
+    assert code == 2 and not report_file.exists(), (out, err)
+    # also when the run ends before the set is read: a port that cannot be imported (the
+    # file is removed first, so a port ending the process while imported leaves none)
+    assert verify_cli(capsys, golden, "--json", str(report_file))[0] == 0 and report_file.exists()
+    code, out, err = verify_cli(capsys, golden, "--json", str(report_file), port=["--forward", "no_such_port:forward"])
     assert code == 2 and not report_file.exists(), (out, err)
 
 

@@ -16,6 +16,7 @@ import math
 import numpy as np
 import pytest
 
+import neocell_ref as nr
 from neocell_ref import layers
 from neocell_ref.cli import main as cli_main
 from neocell_ref.spec import check_input_size, parse_specs
@@ -350,7 +351,7 @@ def test_half_precision_accumulation_is_outside_the_model():
     assert {r.array for r in at_one if not r.passed} >= {"grad_weight_a_0", "grad_weight_b_0"}, [
         (r.array, r.ratio) for r in at_one
     ]
-    with pytest.raises(ValueError, match="would pass every"):
+    with pytest.raises(ValueError, match="off by a factor of 2"):
         run_and_compare("neocell", "positive", meta, everything, *half_sums, rtol_scale=n_max)
 
     small = (1, 2, 28, 28)
@@ -386,54 +387,59 @@ def test_edited_half_manifest_is_refused(tmp_path, edit, words):
         load_manifest(tmp_path / "g")
 
 
-def _zero_port(op):
-    """A port that computes nothing: zeros of the right shapes (and no gradient for an
-    input the reference gives none)."""
+def _scaled_port(op, factor):
+    """The reference in float64, every output multiplied by ``factor`` (0: a port that
+    computes nothing; 0.5 or 1.5: one off by half the answer)."""
 
-    def zeros_like_all(values):
-        return tuple(None if v is None else np.zeros(np.shape(v)) for v in values)
+    def scaled(values):
+        return tuple(None if v is None else factor * np.asarray(v, dtype=np.float64) for v in values)
 
     if op == "neocell":
 
         def forward(x, weights_a, weights_b, specs):
-            h_out, w_out = check_input_size(parse_specs(specs), x.shape[2], x.shape[3])
-            return np.zeros(x.shape[:2] + (h_out, w_out))
+            return factor * nr.neocell_forward(np.asarray(x, dtype=np.float64), weights_a, weights_b, specs)
 
         def backward(grad_y, x, weights_a, weights_b, specs):
-            return np.zeros(np.shape(x)), zeros_like_all(weights_a), zeros_like_all(weights_b)
+            gx, ga, gb = nr.neocell_backward(grad_y, np.asarray(x, dtype=np.float64), weights_a, weights_b, specs)
+            return factor * gx, scaled(ga), scaled(gb)
 
         return forward, backward
 
+    def as64(inputs):
+        return [None if a is None else np.asarray(a, dtype=np.float64) for a in inputs]
+
     def forward(*inputs, **options):
-        return np.zeros(np.shape(getattr(layers, f"{op}_forward")(*inputs, **options)))
+        return factor * getattr(layers, f"{op}_forward")(*as64(inputs), **options)
 
     def backward(grad_y, *inputs, **options):
-        grads = getattr(layers, f"{op}_backward")(grad_y, *inputs, **options)
-        return zeros_like_all(grads if isinstance(grads, tuple) else (grads,))
+        grads = getattr(layers, f"{op}_backward")(np.asarray(grad_y, dtype=np.float64), *as64(inputs), **options)
+        return scaled(grads if isinstance(grads, tuple) else (grads,))
 
     return forward, backward
 
 
 @pytest.mark.parametrize("dtype", HALF)
-def test_no_accepted_override_lets_an_all_zero_port_pass(half_sets, dtype):
-    """docs/porting.md section 7: at any accepted --rtol-scale, a port that returns
-    zeros fails every case; a scale that would let it pass an array is refused. The
-    half sets' largest tolerances reach an rtol of 1 (of the bound) at a scale of a few
-    hundred (float16) or a few dozen (bfloat16), well below MAX_RTOL_SCALE."""
+def test_no_accepted_override_lets_a_port_off_by_half_the_answer_pass(half_sets, dtype):
+    """docs/porting.md section 7: at any accepted --rtol-scale, a port returning zeros,
+    half or one and a half times the answer fails every case; a scale under which half
+    the answer would pass a case is refused. The half sets' tolerances reach that at a
+    scale of a few hundred (float16) or a few dozen (bfloat16), well below
+    MAX_RTOL_SCALE."""
     from neocell_ref.verify.golden import MAX_RTOL_SCALE
 
     refused = []
     for op in load_manifest(half_sets[dtype])["operations"]:
         for scale in (1.0, 16.0, 64.0, 512.0, MAX_RTOL_SCALE):
-            try:
-                report = verify_golden(half_sets[dtype], op, *_zero_port(op), rtol_scale=scale)
-            except ValueError as exc:
-                assert "would pass every" in str(exc), f"{op} at {scale}: {exc}"
-                refused.append((op, scale))
-                continue
-            cases = {r.case for r in report.results}
-            passed = sorted(cases - {r.case for r in report.failures})
-            assert not passed, f"{dtype} {op}: the all-zero port passes {passed} at rtol_scale {scale:g}"
+            for factor in (0.0, 0.5, 1.5):
+                try:
+                    report = verify_golden(half_sets[dtype], op, *_scaled_port(op, factor), rtol_scale=scale)
+                except ValueError as exc:
+                    assert "off by a factor of 2" in str(exc), f"{op} at {scale}: {exc}"
+                    refused.append((op, scale))
+                    break  # the scale is refused whatever the port
+                cases = {r.case for r in report.results}
+                passed = sorted(cases - {r.case for r in report.failures})
+                assert not passed, f"{dtype} {op}: {factor} x the answer passes {passed} at rtol_scale {scale:g}"
     # The guard is what holds at the top: without it the scales above would be accepted.
     assert ("neocell", MAX_RTOL_SCALE) in refused, refused
     assert ("neocell", 1.0) not in refused, refused
