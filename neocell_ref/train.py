@@ -38,6 +38,11 @@ class _Optimizer:
                 raise TypeError(
                     f"params[{key!r}] must be a floating ndarray (updated in place), got {type(value).__name__}"
                 )
+        seen = {}
+        for key, value in params.items():
+            if id(value) in seen:  # one array updated twice per step (or once, last write wins)
+                raise ValueError(f"params[{key!r}] is the same array as params[{seen[id(value)]!r}]")
+            seen[id(value)] = key
         self.params = params
         self.weight_decay = real_number(weight_decay, "weight_decay", 0.0)
         self.decay = default_decay if decay is None else decay
@@ -46,24 +51,47 @@ class _Optimizer:
     def step(self, grads):
         """Apply one update with ``grads`` (dict keyed like ``params``), whole or not at all.
 
-        Every gradient is checked, every ``decay`` choice made and every new value
-        computed into new arrays first; only if all of that succeeds and every new
-        parameter is finite are the parameters overwritten in place and the state
-        (velocities, moments, step count) replaced. A step that raises (a decay callback,
-        a ``FloatingPointError`` under ``np.errstate``, an update that would overflow)
-        changes nothing.
+        Two passes over the parameters, one at a time (so the extra memory is that of the
+        largest parameter, not of all of them): the first checks every gradient, makes
+        every ``decay`` choice and computes every new value, and refuses the step if any
+        new parameter or optimizer state is not finite (an overflow, whatever
+        ``np.errstate`` says) or a parameter is not writeable; the second computes the
+        same values again and writes them in place. A step refused in the first pass
+        (a gradient, a decay callback that raises, an overflow) changes nothing.
         """
         self._check_grads(grads)
         decays = {key: bool(self.weight_decay) and bool(self.decay(key, p)) for key, p in self.params.items()}
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below
-            new_params, new_state = self._updates(grads, decays)
-        for key, value in new_params.items():
-            if not np.isfinite(value).all():
+        for key, p in self.params.items():
+            if not p.flags.writeable:
+                raise ValueError(f"params[{key!r}] is read-only; no parameter was updated")
+        zeros = self._scratch(1, fill=0)
+        for key, new_param, new_state in self._updates(grads, decays):
+            # x·0 summed is 0 for finite x and NaN as soon as one value is NaN or ±Inf:
+            # one BLAS pass per array instead of isfinite's boolean array.
+            (zero,) = zeros(new_param)
+            with np.errstate(invalid="ignore"):
+                finite = all(not np.isnan(np.vdot(a.ravel(), zero.ravel())) for a in (new_param, *new_state))
+            if not finite:
                 raise ValueError(f"the update of params[{key!r}] is not finite (overflow); no parameter was updated")
-        for key, value in new_params.items():
-            self.params[key][...] = value
-        self._commit(new_state)
+        for key, new_param, new_state in self._updates(grads, decays):  # the same values again
+            self.params[key][...] = new_param
+            self._commit(key, new_state)
         self.steps += 1
+
+    def _scratch(self, count, fill=None):
+        """``count`` work buffers per parameter dtype, each as large as the largest
+        parameter of that dtype (filled with ``fill`` if given); :meth:`_updates`
+        computes into views of them."""
+        sizes = {}
+        for p in self.params.values():
+            sizes[p.dtype] = max(sizes.get(p.dtype, 0), p.size)
+        make = np.empty if fill is None else (lambda n, dtype: np.full(n, fill, dtype=dtype))
+        buffers = {dtype: [make(size, dtype=dtype) for _ in range(count)] for dtype, size in sizes.items()}
+
+        def views(p):
+            return [b[: p.size].reshape(p.shape) for b in buffers[p.dtype]]
+
+        return views
 
     def _check_grads(self, grads):
         missing = [k for k in self.params if k not in grads]
@@ -102,19 +130,31 @@ class SGD(_Optimizer):
         self.velocity = {}
 
     def _updates(self, grads, decays):
-        new_params, velocity = {}, {}
+        """``(key, new parameter, (new velocity,) or ())`` per parameter, nothing written;
+        the arrays are work buffers, valid until the next item. The operations are
+        PyTorch's, in its order: ``g + wd·p``, ``momentum·v + g``, ``p - lr·v``."""
+        views = self._scratch(3)
         for key, p in self.params.items():
-            g = np.asarray(grads[key], dtype=p.dtype)
-            if decays[key]:
-                g = g + self.weight_decay * p
-            if self.momentum:
-                v = self.velocity.get(key)
-                g = velocity[key] = g.copy() if v is None else self.momentum * v + g
-            new_params[key] = p - self.lr * g
-        return new_params, velocity
+            grad, work, new_p = views(p)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked by step
+                grad[...] = grads[key]
+                if decays[key]:
+                    np.multiply(p, self.weight_decay, out=work)
+                    np.add(grad, work, out=grad)
+                state = ()
+                if self.momentum:
+                    v = self.velocity.get(key)
+                    if v is not None:
+                        np.multiply(v, self.momentum, out=work)
+                        np.add(work, grad, out=grad)
+                    state = (grad,)
+                np.multiply(grad, self.lr, out=work)
+                np.subtract(p, work, out=new_p)
+                yield key, new_p, state
 
-    def _commit(self, velocity):
-        self.velocity.update(velocity)
+    def _commit(self, key, state):
+        if state:
+            self.velocity[key] = state[0].copy()
 
 
 class AdamW(_Optimizer):
@@ -147,23 +187,41 @@ class AdamW(_Optimizer):
         self.v = {k: np.zeros_like(p) for k, p in params.items()}
 
     def _updates(self, grads, decays):
+        """``(key, new parameter, (new m, new v))`` per parameter, nothing written; the
+        arrays are work buffers, valid until the next item. The operations are
+        PyTorch's, in its order (see the class docstring)."""
         b1, b2 = self.betas
         t = self.steps + 1
         c1, c2 = 1.0 - b1**t, 1.0 - b2**t
-        new_params, moments = {}, {}
+        views = self._scratch(5)
         for key, p in self.params.items():
-            g = np.asarray(grads[key], dtype=p.dtype)
-            decayed = p * (1.0 - self.lr * self.weight_decay) if decays[key] else p
-            m = b1 * self.m[key] + (1.0 - b1) * g
-            v = b2 * self.v[key] + (1.0 - b2) * np.square(g)
-            moments[key] = (m, v)
-            new_params[key] = decayed - self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)
-        return new_params, moments
+            grad, m, v, step, new_p = views(p)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked by step
+                grad[...] = grads[key]
+                np.multiply(self.m[key], b1, out=m)
+                np.multiply(grad, 1.0 - b1, out=step)
+                np.add(m, step, out=m)
+                np.multiply(self.v[key], b2, out=v)
+                np.square(grad, out=step)
+                np.multiply(step, 1.0 - b2, out=step)
+                np.add(v, step, out=v)
+                np.divide(m, c1, out=step)
+                np.multiply(step, self.lr, out=step)  # lr·(m/c1)
+                np.divide(v, c2, out=grad)  # grad is no longer needed
+                np.sqrt(grad, out=grad)
+                np.add(grad, self.eps, out=grad)
+                np.divide(step, grad, out=step)
+                if decays[key]:
+                    np.multiply(p, 1.0 - self.lr * self.weight_decay, out=new_p)
+                    np.subtract(new_p, step, out=new_p)
+                else:
+                    np.subtract(p, step, out=new_p)
+                yield key, new_p, (m, v)
 
-    def _commit(self, moments):
-        for key, (m, v) in moments.items():
-            self.m[key][...] = m
-            self.v[key][...] = v
+    def _commit(self, key, state):
+        m, v = state
+        self.m[key][...] = m
+        self.v[key][...] = v
 
 
 #: Classes of :func:`synthetic_patterns`, by label.
@@ -248,7 +306,7 @@ def train_step(model, optimizer, images, labels, smoothing=0.0):
     classes = list(model.architecture.layers())[-1].out_shape[0]
     batch = images.shape[0] if isinstance(images, np.ndarray) and images.ndim >= 1 else None
     check_targets(labels, classes, smoothing, batch)
-    saved = (dict(model.buffers), model.drop_path_rng.bit_generator.state, dict(model.grads), model._tape)
+    saved = (dict(model.buffers), model.drop_path_rng.bit_generator.state, dict(model.grads))
     try:
         logits = model.forward(images, training=True)
         loss = cross_entropy_forward(logits, labels, smoothing=smoothing)
@@ -257,11 +315,14 @@ def train_step(model, optimizer, images, labels, smoothing=0.0):
     except BaseException:  # KeyboardInterrupt too: an interrupted step leaves no trace
         # Running statistics are replaced, never modified in place (NeoNeXt.forward), so
         # the old dict's arrays are the old values.
-        buffers, rng_state, grads, tape = saved
+        buffers, rng_state, grads = saved
         model.buffers.clear()
         model.buffers.update(buffers)
         model.drop_path_rng.bit_generator.state = rng_state
         model.grads = grads
-        model._tape = tape  # backward() differentiates the last forward that stood
+        # The failed step's cached forward is dropped, so backward() refuses to run rather
+        # than differentiate it (keeping the previous one alive would double the memory
+        # of every step, for a cache that a new step replaces anyway).
+        model.clear_cache()
         raise
     return loss

@@ -186,13 +186,14 @@ def test_an_optimizer_step_happens_whole_or_not_at_all(make, grads_of, error, wo
 
 
 def test_an_interrupted_training_step_leaves_no_trace(monkeypatch):
-    """Ctrl-C during the backward: running statistics, generator, gradients and the
-    cached forward are those of before the call (KeyboardInterrupt still propagates)."""
+    """Ctrl-C during the backward: running statistics, generator and gradients are those
+    of before the call, the failed forward's cache is dropped (KeyboardInterrupt still
+    propagates)."""
     model = nr.models.NeoNeXt(**TINY_MODEL, dtype=np.float32, drop_path=0.2, rng=np.random.default_rng(0))
     opt = AdamW(model.params, lr=1e-3)
     images, labels = synthetic_patterns(np.random.default_rng(0), 4, dtype=np.float32)
     model.forward(images, training=False)
-    tape, grads = model._tape, dict(model.grads)
+    grads = dict(model.grads)
     before, rng_before, _ = _state(model, opt)
 
     def interrupted(grad):
@@ -204,7 +205,10 @@ def test_an_interrupted_training_step_leaves_no_trace(monkeypatch):
     after, rng_after, _ = _state(model, opt)
     changed = [k for k in before if not np.array_equal(before[k], after[k])]
     assert not changed and rng_after == rng_before, f"changed {changed[:4]}, generator moved {rng_after != rng_before}"
-    assert model._tape is tape and model.grads.keys() == grads.keys(), "the cached forward or the gradients changed"
+    assert model.grads.keys() == grads.keys(), "the gradients changed"
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError):  # the failed step's forward is dropped, not differentiated
+        model.backward(np.ones((4, 4)))
 
 
 def test_labels_are_checked_against_the_head_not_the_config():
@@ -274,3 +278,26 @@ def test_a_refused_training_step_changes_nothing():
     assert got == expected, (
         f"after the refused steps the first real step gives loss {got!r}, a fresh model {expected!r}"
     )
+
+
+def test_optimizers_refuse_tied_and_read_only_params():
+    shared = np.ones(3)
+    with raises_naming(ValueError, "params['b'] is the same array as params['a']"):
+        SGD({"a": shared, "b": shared}, lr=0.1)
+    frozen = np.ones(3)
+    frozen.setflags(write=False)
+    live = np.ones(3)
+    opt = AdamW({"live": live, "frozen": frozen}, lr=0.1)
+    with raises_naming(ValueError, "params['frozen'] is read-only", "no parameter was updated"):
+        opt.step({"live": np.ones(3), "frozen": np.ones(3)})
+    assert np.array_equal(live, np.ones(3)) and opt.steps == 0 and not opt.m["live"].any()
+
+
+def test_an_adamw_step_whose_second_moment_overflows_is_refused():
+    """|g| = 1e20 in float32: g² overflows, v would become Inf and freeze the parameter
+    for good; the parameter itself would still look finite. Refused, nothing changed."""
+    p = np.ones(4, dtype=np.float32)
+    opt = AdamW({"p": p}, lr=1e-3)
+    with raises_naming(ValueError, "params['p']", "not finite"):
+        opt.step({"p": np.full(4, 1e20, dtype=np.float32)})
+    assert np.array_equal(p, np.ones(4)) and not opt.v["p"].any() and opt.steps == 0
