@@ -597,8 +597,8 @@ def _model_run_port(arrays, meta, forward, backward):
             raise ValueError(f"backward returned no gradient for {missing}")
         # A gradient under a name the state dict lacks (a misnamed parameter's) would go
         # unchecked; entries for buffers (a port differentiating the whole state) are ignored.
-        state = {k[len("state/") :] for k in arrays if k.startswith("state/")}
-        extra = sorted(set(grads) - wanted - state, key=str)
+        state_names = {k[len("state/") :] for k in arrays if k.startswith("state/")}
+        extra = sorted(set(grads) - wanted - state_names, key=str)
         if extra:
             raise ValueError(f"backward returned gradients for names the model does not have: {extra[:5]}")
         for key in meta["tolerances"]:
