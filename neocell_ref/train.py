@@ -65,7 +65,8 @@ class _Optimizer:
             if not p.flags.writeable:
                 raise ValueError(f"params[{key!r}] is read-only; no parameter was updated")
         zeros = self._scratch(1, fill=0)
-        for key, new_param, new_state in self._updates(grads, decays):
+        work = self._scratch(self._BUFFERS)  # both passes compute into the same buffers
+        for key, new_param, new_state in self._updates(grads, decays, work):
             # x·0 summed is 0 for finite x and NaN as soon as one value is NaN or ±Inf:
             # one BLAS pass per array instead of isfinite's boolean array.
             (zero,) = zeros(new_param)
@@ -73,15 +74,15 @@ class _Optimizer:
                 finite = all(not np.isnan(np.vdot(a.ravel(), zero.ravel())) for a in (new_param, *new_state))
             if not finite:
                 raise ValueError(f"the update of params[{key!r}] is not finite (overflow); no parameter was updated")
-        for key, new_param, new_state in self._updates(grads, decays):  # the same values again
+        for key, new_param, new_state in self._updates(grads, decays, work):  # the same values again
             self.params[key][...] = new_param
             self._commit(key, new_state)
         self.steps += 1
 
     def _scratch(self, count, fill=None):
         """``count`` work buffers per parameter dtype, each as large as the largest
-        parameter of that dtype (filled with ``fill`` if given); :meth:`_updates`
-        computes into views of them."""
+        parameter of that dtype (filled with ``fill`` if given); returns a function
+        giving a parameter's views of them (:meth:`_updates` computes into these)."""
         sizes = {}
         for p in self.params.values():
             sizes[p.dtype] = max(sizes.get(p.dtype, 0), p.size)
@@ -129,11 +130,13 @@ class SGD(_Optimizer):
         self.momentum = real_number(momentum, "momentum", 0.0)
         self.velocity = {}
 
-    def _updates(self, grads, decays):
+    _BUFFERS = 3  # work buffers of _updates
+
+    def _updates(self, grads, decays, views):
         """``(key, new parameter, (new velocity,) or ())`` per parameter, nothing written;
-        the arrays are work buffers, valid until the next item. The operations are
-        PyTorch's, in its order: ``g + wd·p``, ``momentum·v + g``, ``p - lr·v``."""
-        views = self._scratch(3)
+        the arrays are views of the work buffers, valid until the next item. The
+        operations are PyTorch's, in its order: ``g + wd·p``, ``momentum·v + g``,
+        ``p - lr·v``."""
         for key, p in self.params.items():
             grad, work, new_p = views(p)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked by step
@@ -186,14 +189,15 @@ class AdamW(_Optimizer):
         self.m = {k: np.zeros_like(p) for k, p in params.items()}
         self.v = {k: np.zeros_like(p) for k, p in params.items()}
 
-    def _updates(self, grads, decays):
+    _BUFFERS = 5  # work buffers of _updates
+
+    def _updates(self, grads, decays, views):
         """``(key, new parameter, (new m, new v))`` per parameter, nothing written; the
-        arrays are work buffers, valid until the next item. The operations are
-        PyTorch's, in its order (see the class docstring)."""
+        arrays are views of the work buffers, valid until the next item. The operations
+        are PyTorch's, in its order (see the class docstring)."""
         b1, b2 = self.betas
         t = self.steps + 1
         c1, c2 = 1.0 - b1**t, 1.0 - b2**t
-        views = self._scratch(5)
         for key, p in self.params.items():
             grad, m, v, step, new_p = views(p)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked by step
