@@ -199,21 +199,22 @@ def _check_intermediates(method, backward, x_shape, specs, out_size, dtype):
       its chunks never hold less, and hold more only within their fixed byte size.
     """
     n, channels, height, width = x_shape
-    shapes = []
     if method == "blockdiag":
         shapes = [(n, channels, out_size[0], width)]
         if backward:
             shapes += [(n, channels, width, out_size[1]), (n, channels, out_size[0], height)]
-    for g, _, _, shift_a, shift_b in channel_runs(specs) if method != "blockdiag" else ():
-        spec = specs[g]
-        tiles_a = padding_view(height, spec.h_in, spec.h_out, shift_a)[1]
-        tiles_b = padding_view(width, spec.w_in, spec.w_out, shift_b)[1]
-        rows_in, rows_out = tiles_a * spec.h_in, tiles_a * spec.h_out
-        cols_in, cols_out = tiles_b * spec.w_in, tiles_b * spec.w_out
-        if method == "loop":
-            shapes += [(n, rows_in, cols_in), (n, rows_out, cols_out), (n, spec.h_out, spec.w_in)]
-        else:
-            shapes += [(rows_in, cols_in), (rows_out, cols_in), (rows_out, cols_out)]
+    else:
+        shapes = []
+        for g, _, _, shift_a, shift_b in channel_runs(specs):
+            spec = specs[g]
+            tiles_a = padding_view(height, spec.h_in, spec.h_out, shift_a)[1]
+            tiles_b = padding_view(width, spec.w_in, spec.w_out, shift_b)[1]
+            rows_in, rows_out = tiles_a * spec.h_in, tiles_a * spec.h_out
+            cols_in, cols_out = tiles_b * spec.w_in, tiles_b * spec.w_out
+            if method == "loop":
+                shapes += [(n, rows_in, cols_in), (n, rows_out, cols_out), (n, spec.h_out, spec.w_in)]
+            else:
+                shapes += [(rows_in, cols_in), (rows_out, cols_in), (rows_out, cols_out)]
     for shape in shapes:
         check_nbytes(shape, dtype, f"neocell ({method}): intermediate")
 
