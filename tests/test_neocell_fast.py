@@ -12,8 +12,10 @@ What is proven, each against an independent construction written here:
   keeps the size budget (splitting samples only when one channel exceeds it), and
   never lets a chunk outgrow the zero frame laid out for an earlier one;
 * results do not depend on the chunking: one plane per chunk, a middle budget and
-  a single chunk per segment give identical outputs and input gradients (kernel
-  gradients up to the order of summation over samples), all equal to the
+  a single chunk per segment give the same outputs and input gradients within the
+  rounding bound of the same sums (not bitwise: OpenBLAS's AVX-512 kernels round a
+  row of a product differently with the number of rows in the call), kernel
+  gradients up to the order of summation over samples, all equal to the
   ``"blockdiag"`` formulation, for layers with uneven shifted sub-groups,
   ``shift_a != shift_b``, non-square kernels, partial tiles and 1x1 inputs;
 * executed multiply-accumulates (``count_macs``) equal the closed forms documented in
@@ -56,7 +58,7 @@ from neocell_ref import neocell_backward, neocell_forward
 from neocell_ref.instrument import count_macs
 from neocell_ref.spec import parse_specs
 from neocell_ref.verify.testing import neocell_cases
-from neocell_ref.verify.tolerances import relative_error
+from neocell_ref.verify.tolerances import relative_error, sum_tolerance
 
 # --------------------------------------------------------------------------------------
 # independent constructions
@@ -210,15 +212,32 @@ def test_results_do_not_depend_on_the_chunking_and_equal_blockdiag(case, single)
         case = case.astype(np.float32)
     results = [_forward_backward(case, b) for b in BUDGETS]
     tol = 1e-4 if single else 1e-12
+    # The same sums on absolute values: each output's magnitude bound, and the longest
+    # chain of sums behind any output (one along each axis of a tile).
+    specs, x, wa, wb, gy = case
+    magnitude = {
+        "y": neocell_forward(abs(x), [abs(a) for a in wa], [abs(b) for b in wb], specs, method="blockdiag"),
+        "grad_x": neocell_backward(
+            abs(gy), abs(x), [abs(a) for a in wa], [abs(b) for b in wb], specs, method="blockdiag"
+        )[0],
+    }
+    length = max(max(g.h_in, g.h_out) + max(g.w_in, g.w_out) for g in parse_specs(specs))
     for budget, result in zip(BUDGETS[:-1], results[:-1]):
         for name, value in result.items():
             other = results[-1][name]
             assert value.dtype == other.dtype, f"{name}: dtype {value.dtype} != {other.dtype}"
             if name in ("y", "grad_x"):
-                # Every output value is the same dot products, only grouped differently.
-                assert np.array_equal(value, other), (
-                    f"{name} with chunk budget {budget} B differs from one chunk per segment by "
-                    f"{relative_error(value, other):.3g} (relative) ({case})"
+                # Every output value is the same sums of products, only grouped into
+                # other BLAS calls: equal within twice the rounding bound of those sums
+                # (each is within (n + 1)·u·bound of the exact value). Not bitwise: with
+                # AVX-512, OpenBLAS rounds a row of a product differently depending on
+                # how many rows the call has (seen at 1e-16 on a 1x1 input).
+                allowed = magnitude[name] * sum_tolerance(value.dtype, length)["rtol"]
+                excess = np.abs(value - other) - allowed
+                assert (excess <= 0).all(), (
+                    f"{name} with chunk budget {budget} B differs from one chunk per segment "
+                    f"beyond the rounding bound at {np.argwhere(excess > 0)[:3].tolist()} (first "
+                    f"positions), by up to {excess.max():.3g} over it ({case})"
                 )
             else:
                 # Kernel gradients sum over samples; split samples change the summation order.
