@@ -501,6 +501,29 @@ def test_a_port_rounding_differently_where_the_reference_is_exactly_zero(golden_
     assert not row.passed and row.diagnosis == ["subgroup-split-rounded-up"], row
 
 
+def test_the_match_scales_with_the_variants_own_sums(golden_set):
+    """A port computing a defect rounds the defect's sums, which can be much larger than
+    the correct operator's at an element: it is recognised when it is off the variant by
+    less than the case's rtol times the variant's own magnitude bound, and not beyond it
+    (on an AVX-512 machine the split bug's dense port was 3.8 times the expected array's
+    allowed error off the variant at 3 elements, and went undiagnosed)."""
+    directory = golden_set("float64")
+    case = next(c for c in load_manifest(directory)["cases"] if c["name"] == "mixed_4p7_shift1_uneven")
+    arrays = load_case(directory, case)
+    (variant,) = DEFECTS["subgroup-split-rounded-up"].variants("neocell", case, arrays, "float64")
+    own, expected = variant["bound/grad_x"], arrays["bound/grad_x"]
+    assert np.max(own / np.where(expected > 0, expected, np.inf)) > 2, "the case lost what this test is about"
+    rtol = case["tolerances"]["grad_x"]["rtol"]
+    allowed = {"grad_x": rtol * expected}
+    where = own > 2 * expected  # the defect's sums are larger here
+    for factor, diagnosed in ((0.9, True), (1.5, False)):
+        got = np.where(where, variant["grad_x"] + factor * rtol * own, variant["grad_x"])
+        found = [d.id for d in diagnose("neocell", case, arrays, {"grad_x": got}, allowed).get("grad_x", [])]
+        assert ("subgroup-split-rounded-up" in found) == diagnosed, (
+            f"off the variant by {factor} x rtol x its own bound: diagnosed {found}"
+        )
+
+
 @pytest.mark.skipif("float16" not in EXPORT_DTYPES, reason="this package exports no float16 set")
 def test_port_rounding_to_bfloat16_on_a_float16_set_is_diagnosed_reduced_precision(golden_set):
     """A mixed-precision port that stores in bfloat16 (the emulation of docs/porting.md's
