@@ -330,3 +330,27 @@ def test_cli_model_complexity():
     message = err.getvalue()
     assert status == 2 and text == "" and message.startswith("neocell-ref: error: "), (status, text, message)
     assert "multiples of 4" in message and message.count("\n") == 1, f"bad resolution: {message!r}"
+
+
+def test_the_readmes_cost_commands_run():
+    """Every ``neocell-ref complexity`` / ``model-complexity`` line of README.md's command
+    line block runs (with its optional ``[--flags]`` left out and with each of them)."""
+    import re
+    import shlex
+
+    from support.paths import REPO
+
+    lines = [
+        line.split("#")[0].split()
+        for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+        if re.match(r"neocell-ref (model-)?complexity ", line)
+    ]
+    assert len(lines) >= 3, f"README.md's command block lost its cost commands: {lines}"
+    for words in lines:
+        plain = [w for w in words[1:] if not w.startswith("[")]
+        optional = [w.strip("[]") for w in words[1:] if w.startswith("[")]
+        for argv in (plain, plain + optional):
+            out, err = io.StringIO(), io.StringIO()
+            with redirect_stdout(out), redirect_stderr(err):
+                code = main(argv)
+            assert code == 0, f"README command {shlex.join(['neocell-ref', *argv])!r} exited {code}: {err.getvalue()}"
