@@ -827,28 +827,56 @@ def released_checkpoint_options(resolution=224) -> dict:
     return options
 
 
-def _resolve_config(model, model_options) -> tuple[str, NeoNeXtConfig]:
-    """A name, a NeoNeXtConfig, an Architecture or a model object -> (name, config)."""
+def _resolve_config(model, model_options, resolution) -> tuple[str, NeoNeXtConfig, object]:
+    """A name, a NeoNeXtConfig, an Architecture or a model object, and the resolution asked
+    for (None: the model's own) -> (name, config, resolution to count at).
+
+    An Architecture is a network described at one resolution: it is counted there (another
+    resolution is refused), and only if its units are the ones its config describes (the
+    count is taken from the config). A model object is counted at the resolution of its
+    ``architecture`` unless another is asked for, which its ``describe`` must accept (a
+    model built from an architecture runs at that one only).
+    """
     if isinstance(model, str):
-        return model, get_config(model, **model_options)
-    config = None
+        return model, get_config(model, **model_options), 224 if resolution is None else resolution
+    config, architecture = None, None
     if isinstance(model, NeoNeXtConfig):
         config = model
     elif isinstance(model, Architecture):
-        config = model.config
+        architecture = model
+        if resolution is not None and resolution_pair(resolution) != tuple(model.resolution):
+            raise ValueError(
+                f"resolution={resolution!r} differs from the Architecture's own {tuple(model.resolution)}: "
+                "an Architecture is counted at the resolution it was described at (pass its config to "
+                "count another)"
+            )
     else:
-        # A model object (neocell_ref.models) carries its config or its architecture.
+        # A model object (neocell_ref.models) carries its config and its architecture.
+        own = getattr(model, "architecture", None)
+        if isinstance(own, Architecture):
+            architecture = own
+            if resolution is not None and resolution_pair(resolution) != tuple(own.resolution):
+                describe_at = getattr(model, "describe", None)
+                architecture = describe_at(resolution) if callable(describe_at) else None
+                if not isinstance(architecture, Architecture):
+                    raise ValueError(f"the model cannot be described at resolution={resolution!r}")
         candidate = getattr(model, "config", None)
-        if not isinstance(candidate, NeoNeXtConfig):
-            candidate = getattr(getattr(model, "architecture", None), "config", None)
-        if isinstance(candidate, NeoNeXtConfig):
-            config = candidate
-    if config is None:
+        config = candidate if isinstance(candidate, NeoNeXtConfig) else None
+    if config is None and architecture is None:
         raise TypeError(
             "model must be a model name (one of "
             f"{sorted(MODEL_CONFIGS)}), a NeoNeXtConfig, an Architecture or a NeoNeXt model, "
             f"got {type(model).__name__}"
         )
+    if architecture is not None:
+        config = architecture.config
+        resolution = tuple(architecture.resolution)
+        if architecture != describe(config, resolution):
+            raise ValueError(
+                "the Architecture's units are not those its config describes at "
+                f"{resolution}; model_complexity counts a NeoNeXt from its config and cannot count "
+                "edited units"
+            )
     if model_options:
         unknown = set(model_options) - set(NeoNeXtConfig.__dataclass_fields__)
         if unknown:
@@ -858,20 +886,24 @@ def _resolve_config(model, model_options) -> tuple[str, NeoNeXtConfig]:
     for known, sizes in MODEL_CONFIGS.items():
         if (config.per_stage_layers, config.dims) == (tuple(sizes["per_stage_layers"]), tuple(sizes["dims"])):
             name = known
-    return name, config
+    return name, config, 224 if resolution is None else resolution
 
 
-def model_complexity(model, resolution=224, **model_options) -> ModelComplexity:
+def model_complexity(model, resolution=None, **model_options) -> ModelComplexity:
     """Parameters and MACs of a NeoNeXt in every counting convention (per image).
 
     Parameters
     ----------
     model : str, NeoNeXtConfig, Architecture or model object
         ``"neonext_t"``, ``"neonext_s"``, ``"neonext_b"``, ``"neonext_l"``,
-        ``"neonext_xl"``; a custom :class:`NeoNeXtConfig`; or anything carrying one
-        as ``.config`` (or ``.architecture.config``), such as a built model.
-    resolution : int or (int, int), default 224
-        Input height and width (multiples of 4).
+        ``"neonext_xl"``; a custom :class:`NeoNeXtConfig`; an :class:`Architecture`
+        (counted at its own resolution, and only if its units are the ones its config
+        describes); or a built model (anything carrying ``.architecture``, or a
+        ``.config``).
+    resolution : int or (int, int), optional
+        Input height and width (multiples of 4). Default: the resolution of an
+        Architecture or of a model's ``architecture``, else 224. An Architecture
+        refuses any other; a model is counted at another if its ``describe`` accepts it.
     **model_options
         SPEC 7 options: ``num_classes``, ``kernel_spec``, ``shifts``,
         ``layer_scale_init_value``, ``linear_bias`` (and ``drop_path``, ``in_chans``).
@@ -887,7 +919,7 @@ def model_complexity(model, resolution=224, **model_options) -> ModelComplexity:
     >>> round(r.params / 1e6, 1), round(r.macs["fvcore_patchwise"] / 1e9, 1)
     (27.5, 4.4)
     """
-    name, config = _resolve_config(model, model_options)
+    name, config, resolution = _resolve_config(model, model_options, resolution)
     # The blocks of a stage have the same layers and shapes (only their names and
     # drop-path rates differ), so the network is described with one block per stage,
     # each block counted once and multiplied: the cost does not grow with the blocks.

@@ -1049,3 +1049,28 @@ def test_summary_and_table_are_readable():
     for row in result.layers:
         assert row.name in table, f"layer {row.name} missing from the per-layer table"
     assert table.splitlines()[-1].startswith("total"), "the table ends with a total row"
+
+
+def test_an_architecture_or_a_model_is_counted_at_its_own_resolution():
+    """An Architecture described at 112 px (and a model built from it, or built at 128 px)
+    is counted at that resolution, not at the default 224; asking for another one is
+    refused where the object cannot run there, and edited units are refused."""
+    import dataclasses
+
+    config = NeoNeXtConfig(per_stage_layers=(1, 1, 2, 1), dims=(8, 16, 32, 64), num_classes=10)
+    arch = describe(config, 112)
+    _, macs_112, _, _ = naive_model_complexity(config, 112)
+    built = NeoNeXt.from_architecture(arch)
+    for what, model in (("Architecture", arch), ("model built from it", built)):
+        got = model_complexity(model)
+        assert got.resolution == (112, 112), f"{what}: counted at {got.resolution}, described at 112"
+        assert got.macs == macs_112, f"{what}: MACs {got.macs}, its layers counted one by one {macs_112}"
+        with pytest.raises(ValueError, match=r"\(112, 112\)"):
+            model_complexity(model, 224)
+    with pytest.raises(ValueError, match="units"):
+        model_complexity(dataclasses.replace(arch, units=arch.units[:-1]))
+    at_128 = NeoNeXt.from_config(config, resolution=128)
+    assert model_complexity(at_128).resolution == (128, 128), "a model built at 128 px"
+    assert model_complexity(at_128, 224).macs == naive_model_complexity(config, 224)[1], (
+        "a model that runs at any size, counted at an asked 224"
+    )
