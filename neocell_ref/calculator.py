@@ -262,6 +262,8 @@ def neocell_counts(specs, height: int, width: int, batch: int = 1) -> dict:
     """
     specs = parse_specs(specs)
     batch = _check_int(batch, "batch", 1)
+    # Python ints from here on: NumPy integers would wrap (int64) or overflow (uint8).
+    height, width = _check_int(height, "height", 1), _check_int(width, "width", 1)
     h_out, w_out = check_input_size(specs, height, width)
     channels = sum(g.channels for g in specs)
     useful = padded = 0
@@ -298,8 +300,8 @@ def closed_form_neocell_macs(k: int, c: int, h: int, w: int, batch: int = 1) -> 
     Derivation: ``Â`` is ``diag(A, ..., A)`` with ``H/k`` blocks of ``k²`` entries,
     so ``nnz(Â) = k·H`` and ``nnz(Â)·W = k·H·W``; likewise ``H·nnz(B̂) = k·H·W``.
     """
-    for name, v in (("k", k), ("c", c), ("h", h), ("w", w), ("batch", batch)):
-        _check_int(v, name, 1)
+    # Python ints: NumPy integers would wrap (int64) or overflow (uint8).
+    k, c, h, w, batch = (_check_int(v, name, 1) for name, v in zip("k c h w batch".split(), (k, c, h, w, batch)))
     if h % k or w % k:
         raise ValueError(f"the closed form needs k={k} to divide h={h} and w={w}")
     return 2 * k * c * h * w * batch
@@ -307,8 +309,7 @@ def closed_form_neocell_macs(k: int, c: int, h: int, w: int, batch: int = 1) -> 
 
 def closed_form_depthwise_macs(k: int, c: int, h: int, w: int, batch: int = 1) -> int:
     """``k²·C·H·W·N``: a stride-1, same-padded ``k x k`` depthwise convolution, every tap counted."""
-    for name, v in (("k", k), ("c", c), ("h", h), ("w", w), ("batch", batch)):
-        _check_int(v, name, 1)
+    k, c, h, w, batch = (_check_int(v, name, 1) for name, v in zip("k c h w batch".split(), (k, c, h, w, batch)))
     return k * k * c * h * w * batch
 
 

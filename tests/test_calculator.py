@@ -1074,3 +1074,25 @@ def test_an_architecture_or_a_model_is_counted_at_its_own_resolution():
     assert model_complexity(at_128, 224).macs == naive_model_complexity(config, 224)[1], (
         "a model that runs at any size, counted at an asked 224"
     )
+
+
+@pytest.mark.parametrize("np_int", [np.int64, np.int32, np.uint8, np.uint16])
+def test_numpy_integer_arguments_count_exactly(np_int):
+    """NumPy integers are counted as Python integers: no wrap-around (int64 past 2⁶³,
+    uint8 past 255) and Python ints out. Expected values: the hand formulas 2·k·C·H·W
+    and k²·C·H·W in Python integers."""
+    big = 7 * 10**8 if np.iinfo(np_int).max >= 7 * 10**8 else 56
+    k, c, h = 7, min(96, int(np.iinfo(np_int).max)), big
+    args = [np_int(v) for v in (k, c, h, h)]
+    got = closed_form_neocell_macs(*args)
+    assert type(got) is int and got == 2 * k * c * h * h, (
+        f"closed_form_neocell_macs: {got!r}, expected {2 * k * c * h * h}"
+    )
+    got = closed_form_depthwise_macs(*args)
+    assert type(got) is int and got == k * k * c * h * h, (
+        f"closed_form_depthwise_macs: {got!r}, expected {k * k * c * h * h}"
+    )
+    counts = neocell_counts([{"kernel": k, "channels": c}], np_int(h), np_int(h))
+    assert all(type(v) is int for v in counts.values()), f"neocell_counts returned {counts!r}"
+    assert counts["blockdiag"] == c * (h * h * h + h * h * h), f"blockdiag {counts['blockdiag']}"
+    assert counts["nnz"] == 2 * k * c * h * h, f"nnz {counts['nnz']}, expected 2kCHW = {2 * k * c * h * h}"
