@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from . import registry
 from .spec import GroupSpec, check_input_size, parse_kernel_code
-from .validation import as_int, real_number
+from .validation import _short_repr, as_int, real_number
 
 __all__ = [
     "NeoNeXtConfig",
@@ -93,11 +93,18 @@ class NeoNeXtConfig:
     def __post_init__(self):
         for name in ("per_stage_layers", "dims", "shifts"):
             value = getattr(self, name)
-            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-                raise TypeError(f"{name} must be a sequence of 4 integers, got {value!r}")
-            value = tuple(value)
+            # A set or dict has no stage order; an iterable is read to at most 5 items
+            # (enough to refuse a longer, or endless, one).
+            if isinstance(value, (str, bytes, Set, Mapping)) or not isinstance(value, Iterable):
+                raise TypeError(f"{name} must be a sequence of 4 integers, got {_short_repr(value)}")
+            try:
+                value = tuple(itertools.islice(value, 5))
+            except TypeError:  # e.g. a 0-d array
+                raise TypeError(
+                    f"{name} must be a sequence of 4 integers, got {_short_repr(getattr(self, name))}"
+                ) from None
             if len(value) != 4:
-                raise ValueError(f"{name} must have 4 entries (one per stage), got {value!r}")
+                raise ValueError(f"{name} must have 4 entries (one per stage), got {_short_repr(getattr(self, name))}")
             minimum = 0 if name == "shifts" else 1
             value = tuple(as_int(v, f"{name}[{stage}]", minimum) for stage, v in enumerate(value))
             object.__setattr__(self, name, value)

@@ -6,6 +6,8 @@ and shapes are tested against the built model in tests/test_models.py, its layer
 kinds in tests/test_registry.py.
 """
 
+import itertools
+
 import pytest
 
 import neocell_ref as nr
@@ -52,6 +54,12 @@ def test_a_million_blocks_are_refused_at_once_and_still_counted():
         ("layer_scale_init_value", -1e-6, ValueError, ["layer_scale_init_value", ">= 0", "-1e-06"]),
         ("layer_scale_init_value", float("inf"), ValueError, ["layer_scale_init_value", "finite", "inf"]),
         ("linear_bias", 1, TypeError, ["linear_bias", "bool", "1"]),
+        # no stage order: a set or a dict would be counted in hash order
+        ("dims", {96, 192, 384, 768}, TypeError, ["dims", "sequence of 4 integers", "{"]),
+        ("shifts", dict.fromkeys((1, 2, 3, 4)), TypeError, ["shifts", "sequence of 4 integers", "{1: None"]),
+        # read to at most 5 items: an endless iterable is refused, not drained into memory
+        ("shifts", itertools.repeat(1), ValueError, ["shifts", "4 entries", "repeat(1)"]),
+        ("per_stage_layers", itertools.count(1), ValueError, ["per_stage_layers", "4 entries", "count("]),
     ],
 )
 def test_config_field_errors_name_the_field_and_the_value(field, value, error, words):
