@@ -139,6 +139,8 @@ RELEASED_CHECKPOINT_OPTIONS = dict(
 
 def get_config(name: str, **options) -> NeoNeXtConfig:
     """The :class:`NeoNeXtConfig` of a named model (``neonext_t`` ... ``neonext_xl``) with options."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str (one of {sorted(MODEL_CONFIGS)}), got {_short_repr(name)}")
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model name {name!r}; known: {sorted(MODEL_CONFIGS)}")
     unknown = set(options) - set(NeoNeXtConfig.__dataclass_fields__) | (set(options) & {"per_stage_layers", "dims"})
@@ -149,6 +151,8 @@ def get_config(name: str, **options) -> NeoNeXtConfig:
 
 def stage_kernel_codes(kernel_spec: str) -> tuple[str, str, str, str]:
     """Kernel code per stage: ``"default"`` is ``("4+7", "4+7", "7", "7")``."""
+    if not isinstance(kernel_spec, str):
+        raise TypeError(f"kernel_spec must be a str such as 'default' or '4+7', got {_short_repr(kernel_spec)}")
     if kernel_spec == "default":
         return ("4+7", "4+7", "7", "7")
     return (kernel_spec,) * 4
@@ -330,7 +334,14 @@ def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
     ValueError
         If the height or width is not a positive multiple of 4, or a stage's shift
         does not fit its feature map (SPEC section 4).
+    TypeError
+        If ``config`` is not a :class:`NeoNeXtConfig` (a name goes through
+        :func:`get_config` first).
     """
+    if not isinstance(config, NeoNeXtConfig):
+        raise TypeError(
+            f"config must be a NeoNeXtConfig (get_config(name) makes one for a model name), got {_short_repr(config)}"
+        )
     resolution = resolution_pair(resolution)
     total_blocks = sum(config.per_stage_layers)
     if total_blocks > MAX_BLOCKS:

@@ -820,9 +820,17 @@ def released_checkpoint_options(resolution=224) -> dict:
 
     :data:`neocell_ref.architecture.RELEASED_CHECKPOINT_OPTIONS` holds the 224 px
     options; the 384 px checkpoints also shift stage 4 (shifts ``(1, 1, 1, 1)``).
+    Checkpoints were released at 224 and 384 px only: a rectangle follows its longer
+    side, and a resolution whose longer side is neither is refused (ValueError) rather
+    than answered with another checkpoint's options.
     """
     options = dict(RELEASED_CHECKPOINT_OPTIONS)
     side = max(resolution_pair(resolution))
+    if side not in (224, 384):
+        raise ValueError(
+            f"released checkpoints exist at 224 and 384 px only; resolution={resolution!r} has neither "
+            "as its longer side (pass the options of the checkpoint you mean, or leave them out)"
+        )
     if side == 384:
         options["shifts"] = (1, 1, 1, 1)
     return options

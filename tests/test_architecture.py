@@ -11,6 +11,7 @@ import itertools
 import pytest
 
 import neocell_ref as nr
+from neocell_ref import architecture
 from neocell_ref.models import NeoNeXt
 
 
@@ -160,3 +161,19 @@ def test_model_describe_uses_the_same_check():
     for bad in (32.0, "32", (32,), None):
         with pytest.raises(ValueError, match="input resolution"):
             model.describe(bad)
+
+
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda: architecture.describe("neonext_t"), TypeError, ["config", "NeoNeXtConfig", "'neonext_t'"]),
+        (lambda: architecture.get_config(["neonext_t"]), TypeError, ["model name", "str", "['neonext_t']"]),
+        (lambda: architecture.stage_kernel_codes(None), TypeError, ["kernel_spec", "str", "None"]),
+    ],
+    ids=["describe(name)", "get_config(list)", "stage_kernel_codes(None)"],
+)
+def test_description_functions_name_a_wrong_argument(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    missing = [word for word in words if word not in str(info.value)]
+    assert not missing, f"message {str(info.value)!r} lacks {missing}"

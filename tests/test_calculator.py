@@ -1096,3 +1096,11 @@ def test_numpy_integer_arguments_count_exactly(np_int):
     assert all(type(v) is int for v in counts.values()), f"neocell_counts returned {counts!r}"
     assert counts["blockdiag"] == c * (h * h * h + h * h * h), f"blockdiag {counts['blockdiag']}"
     assert counts["nnz"] == 2 * k * c * h * h, f"nnz {counts['nnz']}, expected 2kCHW = {2 * k * c * h * h}"
+
+
+@pytest.mark.parametrize("resolution", [512, 448, (224, 448), 256])
+def test_released_options_exist_at_224_and_384_only(resolution):
+    """No checkpoint was released at other resolutions (SPEC 7): refused, not answered
+    with the 224 px checkpoint's options."""
+    with pytest.raises(ValueError, match="224 and 384 px only"):
+        released_checkpoint_options(resolution)
