@@ -51,6 +51,7 @@ from .architecture import (
 )
 from .expansion import nnz, padding_view
 from .spec import GroupSpec, check_input_size, parse_kernel_code, parse_specs, subgroup_sizes
+from .validation import _short_repr
 from .validation import as_int as _as_int
 
 __all__ = [
@@ -119,7 +120,7 @@ def _layer_specs(k, c, shift, code, specs) -> tuple[GroupSpec, ...]:
     """Resolve the ways of naming a layer into validated groups."""
     if specs is not None:
         given = [n for n, v in (("k", k), ("c", c), ("code", code)) if v is not None]
-        if shift != 0:
+        if not (type(shift) is int and shift == 0):  # anything but the default counts as given
             given.append("shift")
         if given:
             raise ValueError(f"give either specs= or the shorthand k/c/code/shift, not both (also got {given})")
@@ -138,10 +139,16 @@ def _layer_specs(k, c, shift, code, specs) -> tuple[GroupSpec, ...]:
 
 
 def _check_dtype(dtype) -> np.dtype:
+    # Only names, dtypes and types: np.dtype(None) is float64 and a number is not a dtype.
+    message = f"dtype must name a NumPy floating dtype such as 'float32', got {_short_repr(dtype)}"
+    if not isinstance(dtype, (str, np.dtype, type)):
+        raise TypeError(message)
     try:
         dt = np.dtype(dtype)
     except TypeError:
-        raise TypeError(f"dtype must name a NumPy floating dtype such as 'float32', got {dtype!r}") from None
+        raise TypeError(message) from None
+    except ValueError:  # a string NumPy cannot parse ('4+7', a subarray shape too large)
+        raise ValueError(message) from None
     if dt.kind != "f":
         raise ValueError(f"dtype must be a floating dtype (memory is reported in it), got {dt}")
     return dt

@@ -303,7 +303,7 @@ def parse_specs(specs) -> tuple[GroupSpec, ...]:
 
     A single dict or :class:`GroupSpec` is refused: a layer is always a list of groups.
     """
-    if isinstance(specs, (GroupSpec, str, bytes)) or hasattr(specs, "keys"):
+    if isinstance(specs, (GroupSpec, str, bytes)) or hasattr(specs, "keys") or getattr(specs, "ndim", None) == 0:
         raise TypeError(f"specs must be a list of group specs, got {type(specs).__name__}: {specs!r}")
     try:
         groups = tuple(parse_group(g) for g in specs)

@@ -730,6 +730,13 @@ def test_default_depthwise_kernel_is_the_largest_neocell_kernel():
         (dict(dw_kernel=0), ValueError, "dw_kernel must be >= 1"),
         (dict(dtype="int32"), ValueError, "dtype must be a floating dtype"),
         (dict(dtype=object()), TypeError, "dtype must name a NumPy floating dtype"),
+        (dict(dtype=None), TypeError, "dtype must name a NumPy floating dtype.*None"),  # not float64
+        (dict(dtype=np.float64(7.0)), TypeError, "dtype must name a NumPy floating dtype"),  # a number
+        (dict(dtype="4+7"), ValueError, "dtype must name a NumPy floating dtype.*'4\\+7'"),
+        (dict(dtype="(10000000000000,)f8"), ValueError, "dtype must name a NumPy floating dtype"),
+        (dict(specs=[{"kernel": 7, "channels": 4}], shift=np.array([0, 0])), ValueError, "either specs= or"),
+        (dict(specs=[{"kernel": 7, "channels": 4}], shift=0.0), ValueError, "either specs= or"),
+        (dict(specs=np.array(7)), TypeError, "specs must be a list"),
         (
             dict(
                 specs=[{"h_in": 2, "h_out": 1, "w_in": 1, "w_out": 1, "channels": 2}, {"kernel": 3, "channels": 2}], h=8
