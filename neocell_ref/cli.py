@@ -21,7 +21,9 @@ signals unusable input by raising ``ValueError`` or ``TypeError`` (``GoldenError
 ``OSError`` for a path it cannot read or write; :func:`main` then prints one line
 ``neocell-ref: error: ...`` on stderr and returns 2, never a traceback. argparse
 itself exits with 2 on a malformed command line, and ``KeyboardInterrupt`` aborts
-with 2 as well.
+with 2 as well. When standard output is closed before everything was written (piped
+into ``head``, say), the status is 141 (``128 + SIGPIPE``, what a shell reports for a
+tool that signal ended): the output is incomplete and claims nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from pathlib import Path
 
 from . import calculator, demo
 from .verify import exec_port, golden, precision, tolerances
+
+#: Exit status when standard output closed before the output was complete (128 + SIGPIPE).
+BROKEN_PIPE_STATUS = 141
 
 
 # --------------------------------------------------------------------------------------
@@ -374,11 +379,14 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:
-        # Output piped into e.g. `head` that closed early: not an error of ours.
+        # Output piped into e.g. `head` that closed early: the output is incomplete, which
+        # is neither a success nor a failed check (1). 141 = 128 + SIGPIPE, the status a
+        # shell reports for a tool that SIGPIPE ended. Later writes go to /dev/null, so
+        # the interpreter's own flush at exit does not fail again.
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return BROKEN_PIPE_STATUS
     except KeyboardInterrupt:
         print("neocell-ref: interrupted", file=sys.stderr)
         return 2

@@ -354,3 +354,24 @@ def test_the_readmes_cost_commands_run():
             with redirect_stdout(out), redirect_stderr(err):
                 code = main(argv)
             assert code == 0, f"README command {shlex.join(['neocell-ref', *argv])!r} exited {code}: {err.getvalue()}"
+
+
+def test_a_closed_output_pipe_exits_141_without_a_traceback():
+    """Output piped into a reader that stops early (``| head``): status 141 (128 + SIGPIPE),
+    not 1, which means a failed check, and no traceback."""
+    import subprocess
+    import sys
+
+    from support.paths import REPO
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neocell_ref.cli", "model-complexity", "neonext_b", "--per-layer", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    proc.stdout.read(16)
+    proc.stdout.close()  # the reader goes away long before the 100 kB of JSON are written
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141, f"status {proc.returncode}, stderr {err.decode()[-500:]!r}"
+    assert b"Traceback" not in err, err.decode()[-500:]
