@@ -19,6 +19,7 @@ produced by :func:`parse_specs`, never raw dicts.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -346,9 +347,15 @@ def parse_kernel_code(code: str, channels: int, shift: int = 0) -> list[GroupSpe
     # ASCII digits only: int() would also read "4_7" as 47 and accept non-ASCII digits.
     if not all(p and p.isascii() and p.isdigit() for p in parts):
         raise ValueError(f"kernel code {_short_repr(code)} is not a '+'-separated list of integers")
-    long = next((p for p in parts if len(p.lstrip("0")) > 18), None)
-    if long is not None:  # beyond int64 (and, past 4300 digits, beyond what int() reads)
-        raise ValueError(f"kernel code has a kernel size of {len(long)} digits; sizes must fit in int64")
+    # Any size a GroupSpec takes (the calculator counts exactly at any size), up to what
+    # int() reads from a string (Python's limit, 4300 digits by default).
+    limit = getattr(sys, "get_int_max_str_digits", lambda: 0)() or None
+    long = next((p for p in parts if limit and len(p.lstrip("0")) > limit), None)
+    if long is not None:
+        raise ValueError(
+            f"kernel code has a kernel size of {len(long.lstrip('0'))} digits; Python reads at most {limit} "
+            "(sys.get_int_max_str_digits)"
+        )
     kernels = [int(p.lstrip("0") or "0") for p in parts]  # leading zeros: int() counts them as digits
     if any(k < 1 for k in kernels):
         raise ValueError(f"kernel code {_short_repr(code)} has a kernel size < 1")

@@ -192,14 +192,22 @@ def test_parse_kernel_code_split_rule(data):
         ("0", 4, ["'0'"]),
         ("4+-1", 4, ["'4+-1'"]),
         ("٤", 4, ["'٤'"]),  # a non-ASCII digit that int() accepts
-        ("9" * 5000, 4, ["5000 digits", "int64"]),  # past Python's 4300-digit limit of int()
-        ("4+" + "1" * 19, 4, ["19 digits"]),
+        ("9" * 5000, 4, ["5000 digits", "4300"]),  # past Python's 4300-digit limit of int()
         ("0" * 5000, 4, ["kernel size < 1", "(5002 characters)"]),  # leading zeros are no digits; repr adds quotes
     ],
 )
 def test_parse_kernel_code_errors(code, channels, fragments):
     with raises_before_arithmetic(ValueError, *fragments):
         parse_kernel_code(code, channels)
+
+
+@pytest.mark.parametrize("size", [9 * 10**18, 2**63, 10**30, int("9" * 4300)])
+def test_a_kernel_code_takes_any_size_a_kernel_takes(size):
+    """A code names the same kernel sizes as ``kernel=``: past int64 too (the calculator
+    counts exactly at any size), up to the 4300 digits int() reads."""
+    (group,) = parse_kernel_code(str(size), 4)
+    (expected,) = parse_specs([{"kernel": size, "channels": 4}])
+    assert group == expected, f"code {str(size)[:30]}...: {group} != kernel= {expected}"
 
 
 @pytest.mark.parametrize(
