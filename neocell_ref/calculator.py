@@ -135,6 +135,8 @@ def _layer_specs(k, c, shift, code, specs) -> tuple[GroupSpec, ...]:
     if isinstance(kernel, str):
         return tuple(parse_kernel_code(kernel, channels, shift))
     ka, kb = _check_pair(kernel, "k", 1)
+    if shift and shift >= min(ka, kb):  # named as given: GroupSpec would say shift_a
+        raise ValueError(f"shift={shift} must be smaller than the kernel size {min(ka, kb)}")
     return (GroupSpec(channels=channels, h_in=ka, h_out=ka, w_in=kb, w_out=kb, shift_a=shift, shift_b=shift),)
 
 

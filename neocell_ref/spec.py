@@ -359,6 +359,11 @@ def parse_kernel_code(code: str, channels: int, shift: int = 0) -> list[GroupSpe
     kernels = [int(p.lstrip("0") or "0") for p in parts]  # leading zeros: int() counts them as digits
     if any(k < 1 for k in kernels):
         raise ValueError(f"kernel code {_short_repr(code)} has a kernel size < 1")
+    if shift and shift >= min(kernels):  # named as given: GroupSpec would say shift_a
+        raise ValueError(
+            f"shift={shift} must be smaller than every kernel size of code {_short_repr(code)} "
+            f"(the smallest is {min(kernels)})"
+        )
     m = len(kernels)
     per_group = channels // m
     if per_group == 0:

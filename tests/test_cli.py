@@ -239,7 +239,7 @@ def test_cli_prints_exact_integers_at_huge_sizes():
         (["complexity", "-c", "2**1" + "0" * 309], "beyond the float range"),  # log2 of the exponent overflowed
         (["complexity", "-c", "9" * 500], "beyond the float range"),
         (["complexity", "--hw", "10**200", "10**200"], "beyond the float range"),
-        (["complexity", "-k", "7", "--shift", "7"], "shift_a=7 must be smaller"),
+        (["complexity", "-k", "7", "--shift", "7"], "error: shift=7 must be smaller"),
         (["complexity", "--dtype", "int8"], "floating dtype"),
         (["model-complexity", "neonext_q"], "invalid choice"),
         (["model-complexity", "neonext_t", "--resolution", "0"], "must be >= 1"),
