@@ -138,6 +138,11 @@ NEOCELL_CASES_CORE = [
     ),
     # rectangular input, mixed "3+5" with shift 2 (3: 2 sub-groups; 5: 3 sub-groups)
     ("mixed_3p5_shift2_rect", [_k(3, 4, 2), _k(5, 5, 2)], (2, 9, 6, 17)),
+    # beyond the usual block sizes of a kernel's grid (32, 64, 128): more than 128
+    # channels, and planes of more than 128 rows and columns, each past a multiple of
+    # both kernels (a port that covers only the first block of either fails)
+    ("mixed_4p7_shift1_130ch", [_k(4, 65, 1), _k(7, 65, 1)], (1, 130, 9, 10)),
+    ("mixed_4p7_shift1_131x134", [_k(4, 3, 1), _k(7, 3, 1)], (1, 6, 131, 134)),
 ]
 
 #: Larger cases added by the "full" suite: NeoNeXt-T stage shapes at batch 1.

@@ -45,6 +45,10 @@ def test_curated_cases_cover_every_rule():
             seen.add("input_1x1")
         if h != w:
             seen.add("rectangular")
+        if shape[1] > 128:
+            seen.add("more_than_128_channels")
+        if min(h, w) > 128:
+            seen.add("planes_beyond_128")
         seen |= {f"shift_{g.shift_a}" for g in groups if g.h_in == 7}
     required = {
         "form_h",
@@ -62,6 +66,8 @@ def test_curated_cases_cover_every_rule():
         "input_smaller_than_kernel",
         "input_1x1",
         "rectangular",
+        "more_than_128_channels",
+        "planes_beyond_128",
     } | {f"shift_{s}" for s in range(0, 7)}
     assert required <= seen, f"rules not covered by the core golden suite: {sorted(required - seen)}"
 

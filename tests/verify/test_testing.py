@@ -55,6 +55,36 @@ def test_porting_bug_is_caught_by_the_kit(bug, where):
     assert "worst element" in message or "raised" in message or "shape" in message, message
 
 
+@pytest.mark.parametrize("block", [32, 64, 128], ids=lambda b: f"first {b}")
+def test_a_port_covering_only_the_first_block_fails_the_golden_cases(block):
+    """A port whose grid covers only the first ``block`` rows, columns or channels (the
+    classic launch-size bug of a GPU kernel) fails the curated cases: the core suite has
+    more than 128 channels in one case and planes of more than 128 rows and columns in
+    another (two identical ports, one per axis, so that each case is shown to matter)."""
+
+    def clipped(limit_channels, limit_plane):
+        def clip(a):
+            a = np.array(a)
+            a[:, limit_channels:] = 0
+            a[:, :, limit_plane:, :] = 0
+            a[:, :, :, limit_plane:] = 0
+            return a
+
+        def forward(x, wa, wb, specs):
+            return nr.neocell_forward(clip(x), wa, wb, specs)
+
+        def backward(gy, x, wa, wb, specs):
+            gx, ga, gb = nr.neocell_backward(gy, clip(x), wa, wb, specs)
+            return clip(gx), ga, gb
+
+        return forward, backward
+
+    for limits, case in (((block, 10**9), "mixed_4p7_shift1_130ch"), ((10**9, block), "mixed_4p7_shift1_131x134")):
+        with pytest.raises(AssertionError) as info:
+            assert_neocell_matches(*clipped(*limits), max_examples=0)
+        assert f"golden case '{case}'" in str(info.value), f"clipped at {limits}: {str(info.value)[:600]}"
+
+
 def test_report_names_array_index_values_and_tolerance():
     case_failures = []
 
