@@ -133,7 +133,10 @@ def check_gradients(
     rng : numpy.random.Generator, optional
         For the cotangent, directions and element sample (default: seed 0).
     eps : float
-        Central-difference step.
+        Central-difference step. The differences divide by the step as actually taken
+        (``x + eps`` and ``x - eps`` are rounded); where rounding swallows it (``|x|``
+        too large for ``eps``) the check is refused, since a difference of 0 would let a
+        zero gradient pass.
     rtol, atol : float
         Element check passes where ``|analytic - numeric| <= atol + rtol * |numeric|``.
     dot_rtol : float
@@ -159,9 +162,12 @@ def check_gradients(
         ``eps`` is not finite and > 0; a tolerance is not finite and >= 0;
         ``max_elements`` < 1; ``wrt`` names an input that does not exist, twice, or
         whose gradient is None; **nothing would be checked** (no inputs, an empty
-        ``wrt``, or a backward returning None for every input); a gradient has the wrong
-        shape.
+        ``wrt``, a backward returning None for every input, or only inputs without
+        elements); a gradient has the wrong shape; ``x ± eps`` rounds back to ``x``.
     """
+    for what, fn in (("forward", forward), ("backward", backward)):
+        if not callable(fn):
+            raise TypeError(f"{what} must be callable, got {type(fn).__name__} {fn!r}")
     if rng is None:
         rng = np.random.default_rng(0)
     elif not isinstance(rng, np.random.Generator):
@@ -177,7 +183,9 @@ def check_gradients(
         raise ValueError("nothing to check: inputs is empty")
     inputs = [as_real_array(a, f"inputs[{i}]") for i, a in enumerate(inputs)]
     inputs = [np.array(a, dtype=np.float64, copy=True) for a in inputs]
-    names = list(names) if names is not None else [f"input{i}" for i in range(len(inputs))]
+    if isinstance(names, (str, bytes)):
+        raise TypeError(f"names must be a sequence of str, one per input, got the string {names!r}")
+    names = [str(n) for n in names] if names is not None else [f"input{i}" for i in range(len(inputs))]
     if len(names) != len(inputs):
         raise ValueError(f"names has {len(names)} entries but there are {len(inputs)} inputs")
     if wrt is not None:
@@ -210,6 +218,8 @@ def check_gradients(
         skipped = [names[i] for i in indices if grads[i] is None]
         if skipped:
             raise ValueError(f"wrt selects {skipped}, but backward returned None for them")
+    if all(inputs[i].size == 0 for i in indices):
+        raise ValueError(f"nothing to check: the checked inputs {[names[i] for i in indices]} have no elements")
 
     def loss(args):
         return _inner(forward(*args), g)
@@ -232,24 +242,34 @@ def check_gradients(
             xp, xm = x.copy(), x.copy()
             xp[idx] += eps
             xm[idx] -= eps
+            # The step actually taken: x ± eps is rounded, and where |x| is large
+            # against eps it rounds back to x (the difference would then be 0 and a
+            # zero gradient would "match").
+            step = _taken_step(xp[idx] - xm[idx], eps, names[i], tuple(int(j) for j in idx), x[idx])
             args[i] = xp
             lp = loss(args)
             args[i] = xm
             lm = loss(args)
-            num = (lp - lm) / (2 * eps)
+            num = (lp - lm) / step
             ana = grad[idx]
             err = abs(ana - num)
             bound = atol + rtol * abs(num)
             fd_ok &= err <= bound
-            score = err / bound
+            # A NaN error is the worst there is; a zero allowance fails any error.
+            score = np.inf if np.isnan(err) else err / bound if bound > 0 else (0.0 if err == 0 else np.inf)
             if score > worst[0]:
                 worst = (score, idx, ana, num, err)
-        # -- dot-product test along a random direction
+        # -- dot-product test along a random direction, the one actually taken after
+        # rounding x ± eps·d (the step of an element whose |x| dwarfs eps·|d| is 0)
         d = rng.standard_normal(x.shape)
         args = list(inputs)
-        args[i] = x + eps * d
+        plus, minus = x + eps * d, x - eps * d
+        d = (plus - minus) / (2 * eps)
+        if x.size and not np.any(d):
+            _taken_step(0.0, eps, names[i], "every element", float(np.max(np.abs(x))))
+        args[i] = plus
         lp = loss(args)
-        args[i] = x - eps * d
+        args[i] = minus
         lm = loss(args)
         dot_num = (lp - lm) / (2 * eps)
         dot_ana = _inner(grad, d)
@@ -272,6 +292,17 @@ def check_gradients(
     return report
 
 
+def _taken_step(step, eps, name, where, value) -> float:
+    """The central-difference step ``x + eps - (x - eps)`` as rounded, refused when
+    rounding swallowed it (the differences would be 0 whatever the function)."""
+    if not step > 0:
+        raise ValueError(
+            f"eps={eps:g} is too small for {name} at {where} (|x| = {abs(value):.3g}): x ± eps rounds back to x, "
+            "so a finite difference would be 0 whatever the gradient; use a larger eps or smaller inputs"
+        )
+    return float(step)
+
+
 def assert_gradients(forward, backward, inputs, **kwargs) -> GradcheckReport:
     """:func:`check_gradients`, raising ``AssertionError`` with the report on failure."""
     report = check_gradients(forward, backward, inputs, **kwargs)
@@ -290,7 +321,9 @@ def neocell_gradcheck(x, weights_a, weights_b, specs, method="patchwise", backwa
     backward : callable, optional
         A backward with the signature of :func:`neocell_ref.neocell_backward`
         (without ``method``) to check instead of the package's own, for example a
-        port's.
+        port's. It is called as a port is (docs/porting.md section 2): ``specs`` as
+        official-style dicts, those the caller wrote (a GroupSpec as its explicit
+        dict), a fresh copy per call.
     **kwargs
         Passed to :func:`check_gradients`. The step ``eps`` defaults to ``1e-3`` here:
         NeoCell is linear in ``x`` and in each kernel separately, so a central
@@ -305,18 +338,38 @@ def neocell_gradcheck(x, weights_a, weights_b, specs, method="patchwise", backwa
         Inputs named ``x``, ``weights_a[g]``, ``weights_b[g]``.
     """
     kwargs.setdefault("eps", 1e-3)
+    from collections.abc import Mapping
+
     from ..neocell import neocell_backward, neocell_forward
     from ..spec import parse_specs
 
-    specs = parse_specs(specs)
-    groups = len(specs)
-    bwd = backward or (lambda gy, x_, wa, wb, sp: neocell_backward(gy, x_, wa, wb, sp, method=method))
+    if backward is not None and not callable(backward):
+        raise TypeError(f"backward must be callable or None, got {type(backward).__name__} {backward!r}")
+    parsed = parse_specs(specs)
+    groups = len(parsed)
+    for what, weights in (("weights_a", weights_a), ("weights_b", weights_b)):
+        if isinstance(weights, np.ndarray) or not hasattr(weights, "__len__"):
+            raise TypeError(f"{what} must be a list of one array per group, got {type(weights).__name__}")
+        if len(weights) != groups:
+            raise ValueError(f"{what} has {len(weights)} arrays, but specs have {groups} group(s): one per group")
+    # A port gets the specs as the caller wrote them, as official-style dicts (a
+    # GroupSpec as its explicit dict), a fresh copy per call: the calling convention
+    # of docs/porting.md section 2.
+    given = list(specs) if isinstance(specs, (list, tuple)) else [g.to_dict() for g in parsed]
+    written = [dict(g) if isinstance(g, Mapping) else g.to_dict() for g in given]
+    if backward is None:
+
+        def bwd(gy, x_, wa, wb, _):
+            return neocell_backward(gy, x_, wa, wb, parsed, method=method)
+
+    else:
+        bwd = backward
 
     def fwd(x_, *w):
-        return neocell_forward(x_, list(w[:groups]), list(w[groups:]), specs, method=method)
+        return neocell_forward(x_, list(w[:groups]), list(w[groups:]), parsed, method=method)
 
     def back(gy, x_, *w):
-        gx, ga, gb = bwd(gy, x_, list(w[:groups]), list(w[groups:]), specs)
+        gx, ga, gb = bwd(gy, x_, list(w[:groups]), list(w[groups:]), [dict(g) for g in written])
         return [gx, *ga, *gb]
 
     names = ["x"] + [f"weights_a[{g}]" for g in range(groups)] + [f"weights_b[{g}]" for g in range(groups)]

@@ -294,3 +294,72 @@ def test_check_gradients_refuses_complex_gradients_and_outputs():
 def test_check_gradients_still_passes_and_fails_what_it_should():
     assert check_gradients(_double, _double_back, [np.ones(3)]).passed
     assert not check_gradients(_double, lambda g, x: [2.001 * g], [np.ones(3)]).passed
+
+
+def test_a_step_that_rounds_away_is_refused_not_passed():
+    """Where |x| dwarfs eps, x ± eps rounds back to x: every difference would be 0 and a
+    zero gradient would match. The checker refuses, naming eps, the input and the index."""
+    for inputs in ([np.full(4, 1e11)], [np.array([1.0, 1e11, 1.0])]):
+        with raises_naming(ValueError, "eps=1e-06", "input0", "rounds back"):
+            check_gradients(lambda a: 3 * a, lambda g, a: [np.zeros_like(a)], inputs, max_elements=8)
+    rng = np.random.default_rng(0)
+    args = ([rng.standard_normal((1, 2, 2))], [rng.standard_normal((1, 2, 2))], [{"kernel": 2, "channels": 1}])
+    with raises_naming(ValueError, "eps=0.001", "x at", "rounds back"):
+        neocell_gradcheck(rng.standard_normal((1, 1, 4, 4)) * 1e14, *args)
+
+
+def test_empty_inputs_check_nothing_and_are_refused():
+    with raises_naming(ValueError, "nothing to check", "input0"):
+        check_gradients(lambda a: 2 * a, lambda g, a: [1000 * g], [np.ones((0, 3))])
+
+
+def test_a_nan_gradient_is_reported_at_its_element():
+    report = check_gradients(lambda a: 2 * a, lambda g, a: [np.where(np.arange(3) == 1, np.nan, 2 * g)], [np.ones(3)])
+    (row,) = report.inputs
+    assert not row.passed and row.worst_index == (1,) and np.isnan(row.analytic), str(report)
+
+
+def test_zero_tolerances_fail_any_error_without_dividing_by_zero():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = check_gradients(lambda a: a, lambda g, a: [g + 1e-3], [np.ones(3)], rtol=0, atol=0, dot_rtol=0)
+    assert not report.passed, str(report)
+
+
+def test_neocell_gradcheck_gives_a_port_the_specs_as_official_dicts():
+    """A port's backward is called as docs/porting.md section 2 says: specs are the
+    official-style dicts as the caller wrote them (a GroupSpec as its explicit dict),
+    fresh each call, never GroupSpec objects."""
+    rng = np.random.default_rng(0)
+    seen = []
+
+    def port_backward(gy, x, wa, wb, specs):
+        assert all(type(s) is dict for s in specs), [type(s).__name__ for s in specs]
+        seen.append(specs)
+        specs[0]["channels"] = -1  # a port scribbling on its argument changes nothing
+        return neocell_backward(gy, x, wa, wb, parse_specs([dict(s, channels=2) for s in specs]))
+
+    written = [{"kernel": 4, "channels": 2, "shift": 1}]
+    x = rng.standard_normal((1, 2, 6, 6))
+    wa, wb = [rng.standard_normal((2, 4, 4))], [rng.standard_normal((2, 4, 4))]
+    assert neocell_gradcheck(x, wa, wb, written, backward=port_backward).passed
+    assert seen and all(s == [{"kernel": 4, "channels": 2, "shift": 1}] for s in seen[1:2]), seen[:2]
+    assert written == [{"kernel": 4, "channels": 2, "shift": 1}], "the caller's specs were changed"
+    (group,) = parse_specs(written)
+    seen.clear()
+    assert neocell_gradcheck(x, wa, wb, [group], backward=port_backward).passed
+    assert seen and seen[0][0] == {**group.to_dict(), "channels": -1}, seen[0]
+
+
+def test_neocell_gradcheck_names_a_weight_list_of_the_wrong_length():
+    rng = np.random.default_rng(0)
+    specs = [{"kernel": 2, "channels": 1}]
+    w = [rng.standard_normal((1, 2, 2))]
+    with raises_naming(ValueError, "weights_a has 2 arrays", "1 group"):
+        neocell_gradcheck(rng.standard_normal((1, 1, 4, 4)), w * 2, w, specs)
+    with raises_naming(TypeError, "names", "'xy'"):
+        check_gradients(lambda a, b: a + b, lambda g, a, b: [g, g], [np.ones(2), np.ones(2)], names="xy")
+    with raises_naming(TypeError, "forward must be callable", "None"):
+        check_gradients(None, lambda g, a: [g], [np.ones(2)])
