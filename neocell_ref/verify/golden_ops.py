@@ -452,6 +452,11 @@ def _layer_run_port(arrays, meta, forward, backward):
         for name, grad in zip(order, grads):
             if f"grad_{name}" in meta["tolerances"]:
                 got[f"grad_{name}"] = grad
+            elif grad is not None:  # nothing would compare it: a port computing one is wrong
+                raise ValueError(
+                    f"backward returned a gradient for {name!r}, which is not differentiated "
+                    "(running statistics, the drop-path scale): it must be None"
+                )
     return got
 
 

@@ -85,6 +85,24 @@ def test_a_port_covering_only_the_first_block_fails_the_golden_cases(block):
         assert f"golden case '{case}'" in str(info.value), f"clipped at {limits}: {str(info.value)[:600]}"
 
 
+@pytest.mark.parametrize("kind", ["drop_path", "batchnorm"])
+def test_a_gradient_for_an_input_that_is_not_differentiated_fails_the_case(kind):
+    """docs/porting.md section 2: a layer backward returns None for the drop-path scale
+    and for the running statistics; a port returning arrays there computes something
+    nothing would compare, and fails."""
+    own = {"drop_path": layers.drop_path_backward, "batchnorm": layers.batchnorm_backward}[kind]
+
+    def backward(*args, **options):
+        grads = list(own(*args, **options))
+        inputs = args[1:]
+        return [g if g is not None or i >= len(inputs) else np.zeros_like(inputs[i]) for i, g in enumerate(grads)]
+
+    with pytest.raises(AssertionError) as info:
+        assert_layer_matches(kind, None, backward)
+    assert "not differentiated" in str(info.value), str(info.value)[:800]
+    assert_layer_matches(kind, None, own)  # the reference's own None passes
+
+
 def test_report_names_array_index_values_and_tolerance():
     case_failures = []
 
