@@ -388,7 +388,7 @@ class LayerComplexity:
     neocell_params : int
         Trainable scalars: ``Σ_g channels_g · (h_out·h_in + w_in·w_out)``.
     neocell_macs : int
-        SPEC 8's executed patch-wise MACs, ``N · Σ_c (nnz(Â_c)·W + H_out·nnz(B̂_c))``.
+        SPEC 8's useful patch-wise MACs, ``N · Σ_c (nnz(Â_c)·W + H_out·nnz(B̂_c))``.
     neocell_macs_per_output : float
         ``neocell_macs / (N·C·H_out·W_out)``.
     patchwise_padded_macs : int
