@@ -25,6 +25,7 @@ import numpy as np
 
 from ..expansion import expand_kernel, expand_kernel_adjoint
 from ..spec import check_input_size, parse_specs
+from ..validation import as_real_array
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -137,12 +138,17 @@ def round_to(values, dtype) -> np.ndarray:
     """``values`` rounded (to nearest, ties to even) to ``dtype``, returned as float64.
 
     ``dtype`` is a name of :data:`FLOAT_DTYPES`; float64 returns a copy.
+
+    Raises
+    ------
+    TypeError
+        ``values`` is not a real numeric array (complex, bool, strings, None).
     """
     dtype = dtype_name(dtype)
-    array = np.asarray(values)
+    array = as_real_array(values, "values")
     with np.errstate(over="ignore", invalid="ignore"):
         if dtype == "bfloat16":
-            return round_bfloat16(array).astype(np.float64)
+            return round_bfloat16(array.astype(np.float64, copy=False)).astype(np.float64)
         return array.astype(dtype).astype(np.float64)
 
 
@@ -151,11 +157,17 @@ def store(values, dtype) -> np.ndarray:
 
     float64, float32 and float16 sets store ``values.astype(dtype)``; a bfloat16 set
     stores float32 arrays holding ``round_bfloat16(values)``.
+
+    Raises
+    ------
+    TypeError
+        ``values`` is not a real numeric array (complex, bool, strings, None).
     """
     dtype = dtype_name(dtype)
+    values = as_real_array(values, "values")
     if dtype == "bfloat16":
-        return round_bfloat16(values)
-    return np.asarray(values).astype(dtype)
+        return round_bfloat16(values if values.dtype.kind == "f" else values.astype(np.float64))
+    return values.astype(dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -201,6 +213,36 @@ def _ceil_split_shifts(channels, shift, subgroups):
         return np.zeros(channels, dtype=int)
     size = -(-channels // subgroups)
     return np.minimum(np.arange(channels) // size, subgroups - 1) * shift
+
+
+def _neocell_arrays(arrays, groups):
+    """The inputs of :func:`emulate_neocell` as real arrays, their shapes checked
+    against ``groups``: ``x`` (N, C, H, W) with ``C`` the groups' channels, ``grad_y``
+    (N, C, any, any) (a size defect's backward gets ``grad_y`` of the true size), the
+    kernels of exactly the groups' shapes."""
+    if not hasattr(arrays, "keys"):
+        raise TypeError(f"arrays must be a dict of the case's input arrays, got {type(arrays).__name__}")
+    expected = {"x": None, "grad_y": None}
+    for g, spec in enumerate(groups):
+        expected[f"weight_a_{g}"] = spec.shape_a
+        expected[f"weight_b_{g}"] = spec.shape_b
+    missing = [key for key in expected if key not in arrays]
+    if missing:
+        raise ValueError(f"arrays has no {', '.join(map(repr, missing))}, needed for specs of {len(groups)} group(s)")
+    out = {key: as_real_array(arrays[key], f"arrays[{key!r}]") for key in expected}
+    channels = sum(spec.channels for spec in groups)
+    x = out["x"]
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(f"arrays['x'] has shape {x.shape}, expected (N, {channels}, H, W)")
+    grad_y = out["grad_y"]
+    if grad_y.ndim != 4 or grad_y.shape[:2] != x.shape[:2]:
+        raise ValueError(
+            f"arrays['grad_y'] has shape {grad_y.shape}, expected ({x.shape[0]}, {channels}, H_out, W_out)"
+        )
+    for key, shape in expected.items():
+        if shape is not None and out[key].shape != shape:
+            raise ValueError(f"arrays[{key!r}] has shape {out[key].shape}, but the specs need {shape}")
+    return out
 
 
 def emulate_neocell(
@@ -262,16 +304,25 @@ def emulate_neocell(
         output shape: a port's backward receives ``grad_y`` of the true size); None
         when a defect cannot be applied (a mixed-up kernel smaller than its shift, or
         groups whose rounded output sizes disagree).
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad dtype or ``transpose``; an array missing, not real, or of a shape that
+        does not fit ``specs``.
     """
     dtype = dtype_name(dtype)
     storage = dtype if storage is None else dtype_name(storage, "storage")
     acc = dtype_name(accumulate, "accumulate")
     if acc == "bfloat16":
         raise ValueError("accumulate='bfloat16' is not emulated; use 'float16', 'float32' or 'float64'")
-    rnd = lambda a: round_to(a, storage)  # noqa: E731
-    inp = lambda a: round_to(np.asarray(a, dtype=np.float64), storage)  # noqa: E731
+    if not (transpose is None or (isinstance(transpose, str) and transpose in ("a", "b"))):
+        raise ValueError(f"transpose must be None, 'a' or 'b', got {transpose!r}")
     groups = parse_specs(specs)
-    x, grad_y = inp(arrays["x"]), inp(arrays["grad_y"])
+    given = _neocell_arrays(arrays, groups)
+    rnd = lambda a: round_to(a, storage)  # noqa: E731
+    inp = lambda key: round_to(given[key].astype(np.float64), storage)  # noqa: E731
+    x, grad_y = inp("x"), inp("grad_y")
     n, _, height, width = x.shape
     if size_rounded:
         sizes = {(_axis_out(height, g.h_in, g.h_out, True), _axis_out(width, g.w_in, g.w_out, True)) for g in groups}
@@ -284,7 +335,7 @@ def emulate_neocell(
     out = {"y": np.zeros((n, x.shape[1], h_out, w_out)), "grad_x": np.zeros(x.shape)}
     channel = 0
     for g, spec in enumerate(groups):
-        wa, wb = inp(arrays[f"weight_a_{g}"]), inp(arrays[f"weight_b_{g}"])
+        wa, wb = inp(f"weight_a_{g}"), inp(f"weight_b_{g}")
         if swap:
             wa, wb = wb.transpose(0, 2, 1), wa.transpose(0, 2, 1)
         if transpose == "a":

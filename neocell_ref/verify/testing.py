@@ -60,6 +60,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from ..spec import GroupSpec, check_input_size, parse_specs
+from ..validation import as_int
 from .tolerances import DEFAULT_SEED, check_seed
 
 __all__ = [
@@ -97,6 +98,20 @@ EDGE_RESAMPLING = ((2, 1), (1, 2), (1, 3), (2, 3), (3, 2))
 SIZE_FORMS = ("kernel", "kernel_a/kernel_b", "h_in/h_out/w_in/w_out")
 
 
+def _flag(value, name: str) -> bool:
+    """``value`` as a bool, refusing anything that is not ``True`` or ``False``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _as_dicts(value) -> bool | None:
+    """The ``as_dicts`` option: True, False or None."""
+    if value is not None and not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"as_dicts must be True, False or None, got {value!r}")
+    return None if value is None else bool(value)
+
+
 def _edge_biased(edges, low: int, high: int) -> st.SearchStrategy[int]:
     """Integers in ``[low, high]``, drawn from ``edges`` about half of the time."""
     inside = sorted({e for e in edges if low <= e <= high} | {low, high})
@@ -104,13 +119,25 @@ def _edge_biased(edges, low: int, high: int) -> st.SearchStrategy[int]:
 
 
 def spatial_sizes(max_size: int = 10) -> st.SearchStrategy[int]:
-    """Input heights or widths in ``[1, max_size]``, biased towards :data:`EDGE_SIZES`."""
-    return _edge_biased(EDGE_SIZES, 1, max_size)
+    """Input heights or widths in ``[1, max_size]``, biased towards :data:`EDGE_SIZES`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``max_size`` is not an integer ``>= 1``.
+    """
+    return _edge_biased(EDGE_SIZES, 1, as_int(max_size, "max_size", 1))
 
 
 def kernel_sizes(max_kernel: int = 7) -> st.SearchStrategy[int]:
-    """Kernel sizes in ``[1, max_kernel]``, biased towards :data:`EDGE_KERNELS`."""
-    return _edge_biased(EDGE_KERNELS, 1, max_kernel)
+    """Kernel sizes in ``[1, max_kernel]``, biased towards :data:`EDGE_KERNELS`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``max_kernel`` is not an integer ``>= 1``.
+    """
+    return _edge_biased(EDGE_KERNELS, 1, as_int(max_kernel, "max_kernel", 1))
 
 
 def channel_counts(max_channels: int = 8) -> st.SearchStrategy[int]:
@@ -118,8 +145,13 @@ def channel_counts(max_channels: int = 8) -> st.SearchStrategy[int]:
 
     Small counts make "fewer channels than shifted sub-groups" (all channels in the
     last sub-group) frequent; the full range gives uneven sub-group splits.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``max_channels`` is not an integer ``>= 1``.
     """
-    return _edge_biased((1, 2, 3), 1, max_channels)
+    return _edge_biased((1, 2, 3), 1, as_int(max_channels, "max_channels", 1))
 
 
 def kernel_codes(max_kernel: int = 7, max_parts: int = 3) -> st.SearchStrategy[str]:
@@ -128,7 +160,14 @@ def kernel_codes(max_kernel: int = 7, max_parts: int = 3) -> st.SearchStrategy[s
     Half of the draws come from the official codes ``"7"``, ``"4+7"``, ``"4"`` and
     their relatives; the rest join 1 to ``max_parts`` sizes in ``[1, max_kernel]``
     (repeats allowed, e.g. ``"3+3"``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``max_kernel`` or ``max_parts`` is not an integer ``>= 1``.
     """
+    max_kernel = as_int(max_kernel, "max_kernel", 1)
+    max_parts = as_int(max_parts, "max_parts", 1)
     official = [
         c
         for c in ("7", "4+7", "4", "7+4", "3+5+7")
@@ -231,9 +270,7 @@ def _sized_group(draw, h_in, h_out, w_in, w_out, height, width, shifts, max_chan
     )
 
 
-@st.composite
 def group_specs(
-    draw,
     *,
     max_kernel: int = 7,
     max_channels: int = 8,
@@ -241,7 +278,7 @@ def group_specs(
     resample: bool = True,
     form: str | None = None,
     as_dicts: bool | None = True,
-):
+) -> st.SearchStrategy:
     """One valid channel group, independent of any input size.
 
     Parameters
@@ -265,10 +302,25 @@ def group_specs(
 
     Returns
     -------
-    dict or GroupSpec
+    SearchStrategy[dict or GroupSpec]
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad option (checked when the strategy is made, not when it is drawn from).
     """
-    if form is not None and form not in SIZE_FORMS:
+    max_kernel = as_int(max_kernel, "max_kernel", 1)
+    max_channels = as_int(max_channels, "max_channels", 1)
+    shifts, resample = _flag(shifts, "shifts"), _flag(resample, "resample")
+    if form is not None and (not isinstance(form, str) or form not in SIZE_FORMS):
         raise ValueError(f"form must be one of {SIZE_FORMS}, got {form!r}")
+    as_dicts = _as_dicts(as_dicts)
+    return _group_specs(max_kernel, max_channels, shifts, resample, form, as_dicts)
+
+
+@st.composite
+def _group_specs(draw, max_kernel, max_channels, shifts, resample, form, as_dicts):
+    """The draws of :func:`group_specs`, its options already checked."""
     kernels = kernel_sizes(max_kernel)
     forced = form is not None
     if forced:
@@ -350,9 +402,7 @@ def _axis_kernel(draw, length: int, target: int, max_kernel: int):
     return draw(st.one_of(options))
 
 
-@st.composite
 def layer_specs(
-    draw,
     *,
     height=None,
     width=None,
@@ -363,7 +413,7 @@ def layer_specs(
     shifts: bool = True,
     resample: bool = True,
     as_dicts: bool | None = True,
-):
+) -> st.SearchStrategy:
     """A NeoCell layer (a list of groups) together with an input size it is valid for.
 
     The input size is drawn first; then every group gets kernels that give the layer's
@@ -376,7 +426,8 @@ def layer_specs(
     Parameters
     ----------
     height, width : int or SearchStrategy[int], optional
-        Fix the input size or draw it from a strategy (default :func:`spatial_sizes`).
+        Fix the input size (an integer ``>= 1``) or draw it from a strategy (default
+        :func:`spatial_sizes`).
     max_size : int
         Largest drawn height and width.
     max_kernel : int
@@ -392,19 +443,46 @@ def layer_specs(
 
     Returns
     -------
-    LayerSpecs
+    SearchStrategy[LayerSpecs]
         ``(specs, (H, W))``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad option (checked when the strategy is made); a size drawn from a
+        ``height`` or ``width`` strategy that is not an integer ``>= 1`` (when drawn).
     """
-
-    def _size(value):
+    max_size = as_int(max_size, "max_size", 1)
+    sizes = []
+    for name, value in (("height", height), ("width", width)):
         if value is None:
-            return draw(spatial_sizes(max_size))
-        if isinstance(value, st.SearchStrategy):
-            return draw(value)
-        return int(value)
+            value = spatial_sizes(max_size)
+        elif not isinstance(value, st.SearchStrategy):
+            value = as_int(value, name, 1)
+        sizes.append(value)
+    options = dict(
+        max_kernel=as_int(max_kernel, "max_kernel", 1),
+        max_groups=as_int(max_groups, "max_groups", 1),
+        max_channels=as_int(max_channels, "max_channels", 1),
+        shifts=_flag(shifts, "shifts"),
+        resample=_flag(resample, "resample"),
+        as_dicts=_as_dicts(as_dicts),
+    )
+    return _layer_specs(*sizes, **options)
 
-    height = _size(height)
-    width = _size(width)
+
+@st.composite
+def _layer_specs(draw, height, width, *, max_kernel, max_groups, max_channels, shifts, resample, as_dicts):
+    """The draws of :func:`layer_specs`: ``height`` and ``width`` are checked integers
+    or strategies (whose draws are checked here), the options are checked."""
+
+    def _size(value, name):
+        if isinstance(value, st.SearchStrategy):
+            return as_int(draw(value), f"{name} (drawn from the {name} strategy)", 1)
+        return value
+
+    height = _size(height, "height")
+    width = _size(width, "width")
     # Half of the layers keep the size; the others resample one or both axes.
     resample = resample and draw(st.booleans())
     target_h = draw(_axis_target(height, max_kernel, resample))
@@ -495,15 +573,24 @@ class NeoCellCase:
             f"out_size={self.out_size}, dtype={self.dtype}, seed={self.seed})"
         )
 
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """How hypothesis (and IPython) print a case: :meth:`__repr__`. Without it their
+        pretty printer lists a dataclass's fields, every array in full."""
+        printer.text(repr(self))
 
-@st.composite
-def neocell_cases(draw, dtype=np.float64, *, layers=None, max_batch: int = 2):
+
+#: The dtypes :func:`neocell_cases` draws in.
+_CASE_DTYPES = ("float16", "float32", "float64")
+
+
+def neocell_cases(dtype=np.float64, *, layers=None, max_batch: int = 2) -> st.SearchStrategy:
     """Complete cases ``(specs, x, weights_a, weights_b, grad_y)`` in ``dtype``.
 
     Parameters
     ----------
     dtype : numpy dtype
-        dtype of every array (float64 for the reference; float32 for port checks).
+        dtype of every array: float64 (the reference), float32 (port checks) or
+        float16.
     layers : SearchStrategy[LayerSpecs], optional
         Where the layer comes from (default :func:`layer_specs` with default bounds
         and a mixture of dict and GroupSpec groups).
@@ -512,18 +599,40 @@ def neocell_cases(draw, dtype=np.float64, *, layers=None, max_batch: int = 2):
 
     Returns
     -------
-    NeoCellCase
+    SearchStrategy[NeoCellCase]
         Standard-normal arrays from ``numpy.random.default_rng(seed)`` with a drawn
         seed, then converted to ``dtype``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad option (checked when the strategy is made).
     """
-    specs, (height, width) = draw(layers if layers is not None else layer_specs(as_dicts=None))
+    try:
+        name = None if dtype is None or isinstance(dtype, (bool, np.bool_)) else np.dtype(dtype).name
+    except (TypeError, ValueError):
+        name = None
+    if name not in _CASE_DTYPES:
+        raise TypeError(f"dtype must be one of {', '.join(_CASE_DTYPES)}, got {dtype!r}")
+    if layers is not None and not isinstance(layers, st.SearchStrategy):
+        raise TypeError(
+            f"layers must be a hypothesis strategy of LayerSpecs (e.g. layer_specs(...)) or None, "
+            f"got {type(layers).__name__} {layers!r}"
+        )
+    max_batch = as_int(max_batch, "max_batch", 1)
+    return _neocell_cases(np.dtype(name), layers if layers is not None else layer_specs(as_dicts=None), max_batch)
+
+
+@st.composite
+def _neocell_cases(draw, dtype, layers, max_batch):
+    """The draws of :func:`neocell_cases`, its options already checked."""
+    specs, (height, width) = draw(layers)
     groups = parse_specs(specs)
     h_out, w_out = check_input_size(groups, height, width)
     batch = draw(_edge_biased((1,), 1, max_batch))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     channels = sum(g.channels for g in groups)
-    dtype = np.dtype(dtype)
     x = rng.standard_normal((batch, channels, height, width)).astype(dtype)
     weights_a = [rng.standard_normal(g.shape_a).astype(dtype) for g in groups]
     weights_b = [rng.standard_normal(g.shape_b).astype(dtype) for g in groups]
@@ -578,9 +687,17 @@ def check_neocell_case(
 
     if not isinstance(case, NeoCellCase):
         raise TypeError(f"case must be a NeoCellCase, got {type(case).__name__}")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a str or None, got {type(name).__name__} {name!r}")
+    diagnose = _flag(diagnose, "diagnose")
     _check_callables(port_forward, port_backward)
     check_tolerance_overrides(rtol, atol, rtol_scale)
     arrays = _case_arrays(case)
+    if all(np.asarray(a).dtype == np.float16 for a in arrays.values()):
+        # The half-precision model's atol grows with the inputs' sums (half_tolerance).
+        for key, value in arrays.items():
+            if not np.isfinite(value).all():
+                raise ValueError(f"{key} of a float16 case holds NaN or Inf; its tolerances need finite inputs")
     specs = [g if isinstance(g, dict) else g.to_dict() for g in case.specs]
     expected, tolerances = neocell_expected(specs, arrays)
     arrays.update(expected)

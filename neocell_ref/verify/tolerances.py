@@ -51,6 +51,7 @@ import hashlib
 
 import numpy as np
 
+from ..validation import as_int, as_real_array, real_number
 from .precision import HALF_DTYPES, UNDERFLOW, UNIT_ROUNDOFF, dtype_name
 
 __all__ = [
@@ -107,14 +108,20 @@ def sum_tolerance(dtype, n: int) -> dict:
     dtype : str or NumPy dtype
         dtype of the set (its unit roundoff ``u``).
     n : int
-        Accumulation length of the array.
+        Accumulation length of the array, ``>= 0``.
 
     Returns
     -------
     dict
         ``{"rtol", "atol" (0.0), "accumulation_length"}``, in that order (the order of
         the manifest's keys).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``n`` is not an integer ``>= 0``, or ``dtype`` is not a float dtype.
     """
+    n = as_int(n, "n (accumulation length)", 0)
     return {"rtol": SAFETY * (n + 1) * unit_roundoff(dtype), "atol": 0.0, "accumulation_length": n}
 
 
@@ -135,8 +142,19 @@ def half_tolerance(dtype, n: int, roundings: int, propagation: float = 0.0) -> d
     power of two, with ``η`` half the smallest subnormal of each type (the absolute
     error of a rounding that underflows) and ``propagation`` the largest factor by
     which the second product multiplies an absolute error of a stored intermediate.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``dtype`` not a half type; ``n``, ``roundings`` not integers ``>= 0``;
+        ``propagation`` not a finite real ``>= 0``.
     """
     dtype = dtype_name(dtype)
+    if dtype not in HALF_DTYPES:
+        raise ValueError(f"half_tolerance is for float16 or bfloat16 sets, got dtype {dtype!r}; use sum_tolerance")
+    n = as_int(n, "n (accumulation length)", 0)
+    roundings = as_int(roundings, "roundings", 0)
+    propagation = real_number(propagation, "propagation", 0.0, type_error=True)
     rtol = SAFETY * (roundings * UNIT_ROUNDOFF[dtype] + (n + 1) * ACCUMULATION_ROUNDOFF)
     atol = _pow2_ceil(SAFETY * (UNDERFLOW[dtype] + (n + 1) * UNDERFLOW["float32"]) * (1.0 + propagation))
     return {"rtol": rtol, "atol": atol, "accumulation_length": n, "half_roundings": roundings}
@@ -144,10 +162,31 @@ def half_tolerance(dtype, n: int, roundings: int, propagation: float = 0.0) -> d
 
 def allowed_error(expected, *, rtol, atol=0.0, bound=None) -> np.ndarray:
     """Elementwise allowed ``|got - expected|``: ``rtol · scale + atol``, ``scale`` the
-    magnitude ``bound`` when given and ``|expected|`` otherwise (float64, ``expected``'s shape)."""
-    expected = np.asarray(expected, dtype=np.float64)
+    magnitude ``bound`` when given and ``|expected|`` otherwise (float64, ``expected``'s shape).
+
+    Raises
+    ------
+    TypeError, ValueError
+        A tolerance that is not a finite real ``>= 0``; a ``bound`` that is negative or
+        does not broadcast to ``expected``.
+    """
+    rtol = real_number(rtol, "rtol", 0.0, type_error=True)
+    atol = real_number(atol, "atol", 0.0, type_error=True)
+    expected = as_real_array(expected, "expected").astype(np.float64, copy=False)
+    if bound is not None:
+        bound = as_real_array(bound, "bound").astype(np.float64, copy=False)
+        try:
+            fits = np.broadcast_shapes(bound.shape, expected.shape) == expected.shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"bound has shape {bound.shape}, which does not broadcast to expected's shape {expected.shape}"
+            )
+        if np.any(bound < 0):
+            raise ValueError(f"bound is a magnitude and must be >= 0, got a minimum of {float(np.nanmin(bound))!r}")
     with np.errstate(over="ignore", invalid="ignore"):
-        scale = np.abs(expected) if bound is None else np.asarray(bound, dtype=np.float64)
+        scale = np.abs(expected) if bound is None else bound
         return np.broadcast_to(rtol * scale + atol, expected.shape)
 
 

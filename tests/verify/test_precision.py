@@ -36,6 +36,7 @@ from neocell_ref.verify.precision import (
     not_bfloat16,
     round_bfloat16,
     round_to,
+    store,
 )
 
 HALF = ["float16", "bfloat16"]
@@ -443,3 +444,103 @@ def test_no_accepted_override_lets_a_port_off_by_half_the_answer_pass(half_sets,
     # The guard is what holds at the top: without it the scales above would be accepted.
     assert ("neocell", MAX_RTOL_SCALE) in refused, refused
     assert ("neocell", 1.0) not in refused, refused
+
+
+# --------------------------------------------------------------------------------------
+# bad arguments of the rounding helpers and the emulation
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("function", [round_to, store])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        (np.array([1 + 2j]), "values must be a real numeric array, got dtype complex128"),
+        (np.array([1.5 + 0j], dtype=np.complex64), "values must be a real numeric array, got dtype complex64"),
+        (None, "values must be a real numeric array, got None"),
+        (["a"], "values must be a real numeric array, got dtype <U1"),
+        (np.array([True]), "values must be a real numeric array, got dtype bool"),
+    ],
+)
+def test_rounding_refuses_complex_and_non_numeric_values(function, dtype, values, words):
+    """Complex input is refused (it lost its imaginary part with only a ComplexWarning),
+    and None is no longer rounded to NaN."""
+    with pytest.raises(TypeError, match=words):
+        function(values, dtype)
+
+
+@pytest.mark.parametrize("function", [round_to, store])
+def test_rounding_integers_to_bfloat16(function):
+    """Integers are real numbers: rounded like the same values in float64."""
+    ints = np.array([1, 257, -70001, 2**40 + 1])
+    got = np.asarray(function(ints, "bfloat16"), dtype=np.float64)
+    want = np.asarray(function(ints.astype(np.float64), "bfloat16"), dtype=np.float64)
+    assert np.array_equal(got, want), f"{function.__name__}: {got} != {want}"
+    assert got.tolist()[:3] == [1.0, 256.0, -70144.0], got
+
+
+def _one_group_arrays(**changes):
+    arrays = {
+        "x": np.ones((1, 1, 2, 2)),
+        "grad_y": np.ones((1, 1, 2, 2)),
+        "weight_a_0": np.ones((1, 2, 2)),
+        "weight_b_0": np.ones((1, 2, 2)),
+    }
+    arrays.update(changes)
+    return {k: v for k, v in arrays.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    "arrays, options, error, words",
+    [
+        (_one_group_arrays(), dict(transpose="c"), ValueError, "transpose must be None, 'a' or 'b', got 'c'"),
+        (_one_group_arrays(), dict(transpose="A"), ValueError, "transpose must be None, 'a' or 'b', got 'A'"),
+        (_one_group_arrays(), dict(transpose=True), ValueError, "transpose must be None, 'a' or 'b', got True"),
+        (
+            _one_group_arrays(weight_a_0=np.ones((1, 3, 3))),
+            {},
+            ValueError,
+            r"arrays\['weight_a_0'\] has shape \(1, 3, 3\), but the specs need \(1, 2, 2\)",
+        ),
+        (
+            _one_group_arrays(weight_b_0=np.ones((2, 2, 2))),
+            {},
+            ValueError,
+            r"arrays\['weight_b_0'\] has shape \(2, 2, 2\), but the specs need \(1, 2, 2\)",
+        ),
+        (
+            _one_group_arrays(x=np.ones((1, 2, 2))),
+            {},
+            ValueError,
+            r"arrays\['x'\] has shape \(1, 2, 2\), expected \(N, 1, H, W\)",
+        ),
+        (
+            _one_group_arrays(x=np.ones((1, 3, 2, 2))),
+            {},
+            ValueError,
+            r"arrays\['x'\] has shape \(1, 3, 2, 2\), expected \(N, 1, H, W\)",
+        ),
+        (
+            _one_group_arrays(grad_y=np.ones((2, 1, 2, 2))),
+            {},
+            ValueError,
+            r"arrays\['grad_y'\] has shape \(2, 1, 2, 2\), expected \(1, 1, H_out, W_out\)",
+        ),
+        (_one_group_arrays(x=None), {}, ValueError, "arrays has no 'x'"),
+        (
+            _one_group_arrays(weight_a_0=np.ones((1, 2, 2)) * 1j),
+            {},
+            TypeError,
+            r"arrays\['weight_a_0'\] must be a real numeric array, got dtype complex128",
+        ),
+        ([np.ones(3)], {}, TypeError, "arrays must be a dict"),
+    ],
+)
+def test_emulate_neocell_refuses_bad_arguments(arrays, options, error, words):
+    with pytest.raises(error, match=words):
+        emulate_neocell(arrays, [{"kernel": 2, "channels": 1}], "float16", **options)
+
+
+def test_emulate_neocell_accepts_a_grad_y_of_another_size():
+    """A size defect's backward receives grad_y of the true size: only y is emulated."""
+    out = emulate_neocell(_one_group_arrays(grad_y=np.ones((1, 1, 3, 3))), [{"kernel": 2, "channels": 1}], "float16")
+    assert sorted(out) == ["y"] and out["y"].shape == (1, 1, 2, 2), out

@@ -3,12 +3,19 @@ and catch every planted porting bug, both on the curated golden cases and on dra
 a complex result fails, and checking nothing or what is not a port is refused. (The kit
 against the exported golden sets and the fuzz of its arguments: tests/verify/test_golden.py.)"""
 
+import re
+import warnings
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.vendor.pretty import pretty
 from support import mutant_ports
 
 import neocell_ref as nr
 from neocell_ref import layers
+from neocell_ref.verify import testing
 from neocell_ref.verify.golden_ops import LAYER_CASES_CORE
 from neocell_ref.verify.testing import (
     NeoCellCase,
@@ -225,3 +232,122 @@ def test_kit_refuses_what_is_not_a_port():
         assert_layer_matches("gelu", layers.gelu_forward, 3)
     with pytest.raises(TypeError, match="case must be a NeoCellCase"):
         check_neocell_case(mutant_ports.correct_forward, None, ("specs", "x"))
+
+
+# --------------------------------------------------------------------------------------
+# the strategies refuse bad options when they are made (not at draw time with
+# hypothesis' InvalidArgument, and never by silently converting them)
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make, error, words",
+    [
+        (lambda: testing.spatial_sizes(0), ValueError, "max_size must be >= 1, got 0"),
+        (lambda: testing.spatial_sizes(2.5), TypeError, "max_size must be an integer, got 2.5"),
+        (lambda: testing.kernel_sizes(0), ValueError, "max_kernel must be >= 1, got 0"),
+        (lambda: testing.channel_counts(-1), ValueError, "max_channels must be >= 1, got -1"),
+        (lambda: testing.kernel_codes(max_parts=0), ValueError, "max_parts must be >= 1, got 0"),
+        (lambda: testing.kernel_codes(max_kernel="7"), TypeError, "max_kernel must be an integer, got '7'"),
+        (lambda: testing.group_specs(max_kernel=0), ValueError, "max_kernel must be >= 1, got 0"),
+        (lambda: testing.group_specs(max_channels=1.0), TypeError, "max_channels must be an integer, got 1.0"),
+        (lambda: testing.group_specs(as_dicts="yes"), TypeError, "as_dicts must be True, False or None, got 'yes'"),
+        (lambda: testing.group_specs(as_dicts=1), TypeError, "as_dicts must be True, False or None, got 1"),
+        (lambda: testing.group_specs(shifts="no"), TypeError, "shifts must be True or False, got 'no'"),
+        (lambda: testing.group_specs(form=["kernel"]), ValueError, "form must be one of"),
+        (lambda: testing.layer_specs(height=2.7), TypeError, "height must be an integer, got 2.7"),
+        (lambda: testing.layer_specs(height="7"), TypeError, "height must be an integer, got '7'"),
+        (lambda: testing.layer_specs(height=0), ValueError, "height must be >= 1, got 0"),
+        (lambda: testing.layer_specs(width=-3), ValueError, "width must be >= 1, got -3"),
+        (lambda: testing.layer_specs(max_size=0), ValueError, "max_size must be >= 1, got 0"),
+        (lambda: testing.layer_specs(max_groups=0), ValueError, "max_groups must be >= 1, got 0"),
+        (lambda: testing.layer_specs(max_kernel=0), ValueError, "max_kernel must be >= 1, got 0"),
+        (lambda: testing.layer_specs(max_channels=0), ValueError, "max_channels must be >= 1, got 0"),
+        (lambda: testing.layer_specs(resample=None), TypeError, "resample must be True or False, got None"),
+        (lambda: testing.layer_specs(as_dicts="yes"), TypeError, "as_dicts must be True, False or None, got 'yes'"),
+        (lambda: testing.neocell_cases(dtype=np.int32), TypeError, "dtype must be one of float16, float32, float64"),
+        (lambda: testing.neocell_cases("bfloat16"), TypeError, "dtype must be one of float16, float32, float64"),
+        (lambda: testing.neocell_cases(None), TypeError, "dtype must be one of float16, float32, float64"),
+        (lambda: testing.neocell_cases(max_batch=0), ValueError, "max_batch must be >= 1, got 0"),
+        (lambda: testing.neocell_cases(layers=3), TypeError, "layers must be a hypothesis strategy"),
+    ],
+)
+def test_strategies_refuse_bad_options_when_made(make, error, words):
+    with pytest.raises(error, match=words):
+        make()  # no draw: the error comes when the strategy is made
+
+
+def _draw_some(strategy, count=5):
+    drawn = []
+
+    @settings(max_examples=count, database=None, deadline=None, derandomize=True)
+    @given(value=strategy)
+    def collect(value):
+        drawn.append(value)
+
+    collect()
+    return drawn
+
+
+def test_a_size_strategy_drawing_zero_is_refused_when_drawn():
+    with pytest.raises(ValueError, match=r"height \(drawn from the height strategy\) must be >= 1, got 0"):
+        _draw_some(testing.layer_specs(height=st.just(0)))
+    sizes = {layer.size for layer in _draw_some(testing.layer_specs(height=st.just(3), width=np.int64(2)))}
+    assert sizes == {(3, 2)}, sizes
+
+
+@pytest.mark.parametrize("dtype", [np.float16, "float32", np.dtype(np.float64)])
+def test_neocell_cases_draw_in_the_supported_dtypes(dtype):
+    cases = _draw_some(testing.neocell_cases(dtype, max_batch=1))
+    dtypes = {a.dtype for case in cases for a in (case.x, *case.weights_a, *case.weights_b, case.grad_y)}
+    assert dtypes == {np.dtype(dtype)}, dtypes
+
+
+@pytest.mark.parametrize(
+    "options, error, words",
+    [
+        (dict(name=5), TypeError, "name must be a str or None, got int 5"),
+        (dict(name=b"case"), TypeError, "name must be a str or None, got bytes"),
+        (dict(diagnose="no"), TypeError, "diagnose must be True or False, got 'no'"),
+        (dict(diagnose=None), TypeError, "diagnose must be True or False, got None"),
+    ],
+)
+def test_check_neocell_case_refuses_bad_name_and_diagnose(options, error, words):
+    case = _draw_some(testing.neocell_cases(), 1)[0]
+    with pytest.raises(error, match=words):
+        check_neocell_case(mutant_ports.correct_forward, None, case, **options)
+
+
+def test_a_float16_case_with_inf_is_refused_by_name():
+    """Its mixed-precision atol would be computed from an infinite sum (it was 1.0)."""
+    x = np.ones((1, 1, 2, 2), dtype=np.float16)
+    x[0, 0, 0, 0] = np.inf
+    weights = [np.ones((1, 2, 2), dtype=np.float16)]
+    case = NeoCellCase([{"kernel": 2, "channels": 1}], x, weights, weights, np.ones_like(x))
+    with pytest.raises(ValueError, match="x of a float16 case holds NaN or Inf"):
+        check_neocell_case(mutant_ports.correct_forward, None, case)
+
+
+# --------------------------------------------------------------------------------------
+# a drawn failure prints the case's structure, not every array
+# --------------------------------------------------------------------------------------
+def test_hypothesis_prints_a_case_as_its_repr():
+    case = _draw_some(testing.neocell_cases(), 1)[0]
+    assert pretty(case) == repr(case), pretty(case)[:500]
+
+
+def test_falsifying_example_of_a_drawn_case_is_short_and_names_the_seed():
+    def zero_forward(x, weights_a, weights_b, specs):
+        return np.zeros_like(nr.neocell_forward(x, weights_a, weights_b, specs))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(AssertionError) as info:
+            assert_neocell_matches(zero_forward, golden=False, max_examples=10, shrink=False)
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    text = f"{info.value}\n{notes}"
+    assert "Falsifying example" in notes, notes[:2000]
+    seeds = re.findall(r"seed=(\d+)", str(info.value))
+    assert seeds and f"seed={seeds[0]}" in notes, f"seed of the message {seeds} not in the note:\n{notes[:2000]}"
+    assert len(text) < 5000, f"failure report of {len(text)} characters:\n{text[:3000]}"
+    assert "array(" not in notes, notes[:3000]
+    large = [str(w.message) for w in caught if "overly large repr" in str(w.message)]
+    assert not large, large

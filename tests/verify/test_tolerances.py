@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from neocell_ref.verify.golden_ops import NEOCELL_CASES_CORE, OPERATIONS, case_rng, half_tolerance, make_case
-from neocell_ref.verify.tolerances import relative_error
+from neocell_ref.verify.tolerances import allowed_error, relative_error, sum_tolerance
 
 
 def test_adding_a_case_does_not_reseed_the_others(monkeypatch):
@@ -64,3 +64,69 @@ def test_relative_error_metric():
     assert relative_error(np.ones(3), np.zeros(3)) == float("inf")
     with pytest.raises(ValueError, match=r"\(2, 2\).*\(4,\)"):
         relative_error(ref, ref.ravel())
+
+
+# --------------------------------------------------------------------------------------
+# bad arguments: a tolerance is never negative, NaN or built from a non-integer length
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda: sum_tolerance("float64", -5), ValueError, r"n \(accumulation length\) must be >= 0, got -5"),
+        (lambda: sum_tolerance("float64", 2.5), TypeError, r"n \(accumulation length\) must be an integer, got 2\.5"),
+        (lambda: sum_tolerance("float32", True), TypeError, r"n \(accumulation length\) must be an integer"),
+        (lambda: half_tolerance("float16", 3, -2, -5.0), ValueError, "roundings must be >= 0, got -2"),
+        (lambda: half_tolerance("float16", -1, 2), ValueError, r"n \(accumulation length\) must be >= 0, got -1"),
+        (lambda: half_tolerance("float16", 3, 2.0), TypeError, "roundings must be an integer, got 2.0"),
+        (lambda: half_tolerance("float16", 3, 2, -5.0), ValueError, "propagation must be >= 0.0, got -5.0"),
+        (
+            lambda: half_tolerance("bfloat16", 3, 2, math.nan),
+            ValueError,
+            "propagation must be a finite real number, got nan",
+        ),
+        (
+            lambda: half_tolerance("float16", 3, 2, math.inf),
+            ValueError,
+            "propagation must be a finite real number, got inf",
+        ),
+        (lambda: half_tolerance("float16", 3, 2, "1"), TypeError, "propagation must be a real number, got '1'"),
+        (
+            lambda: half_tolerance("float64", 3, 2),
+            ValueError,
+            "half_tolerance is for float16 or bfloat16 sets, got dtype 'float64'",
+        ),
+        (lambda: allowed_error([1.0], rtol=-1.0), ValueError, "rtol must be >= 0.0, got -1.0"),
+        (lambda: allowed_error([1.0], rtol=math.nan), ValueError, "rtol must be a finite real number, got nan"),
+        (lambda: allowed_error([1.0], rtol=math.inf), ValueError, "rtol must be a finite real number, got inf"),
+        (lambda: allowed_error([1.0], rtol=None), TypeError, "rtol must be a real number, got None"),
+        (lambda: allowed_error([1.0], rtol=1e-3, atol=-1e-9), ValueError, "atol must be >= 0.0, got -1e-09"),
+        (
+            lambda: allowed_error([1.0], rtol=1e-3, atol=math.nan),
+            ValueError,
+            "atol must be a finite real number, got nan",
+        ),
+        (lambda: allowed_error([1.0], rtol=1e-3, atol=1j), TypeError, "atol must be a real number, got 1j"),
+        (lambda: allowed_error([1.0], rtol=1e-3, bound=[-2.0]), ValueError, "bound is a magnitude and must be >= 0"),
+        (lambda: allowed_error([1.0, 2.0], rtol=1.0, bound=[1, 2, 3]), ValueError, r"bound has shape \(3,\).*\(2,\)"),
+        (
+            lambda: allowed_error([1j], rtol=1.0),
+            TypeError,
+            "expected must be a real numeric array, got dtype complex128",
+        ),
+    ],
+)
+def test_tolerance_functions_refuse_bad_arguments(call, error, words):
+    with pytest.raises(error, match=words):
+        call()
+
+
+def test_tolerance_functions_accept_numpy_scalars_and_zero():
+    """The checks take what the golden oracle passes (NumPy integers and floats, zero)."""
+    assert sum_tolerance("float64", np.int64(0)) == {"rtol": 2 * 2.0**-53, "atol": 0.0, "accumulation_length": 0}
+    assert type(sum_tolerance("float32", np.int32(3))["accumulation_length"]) is int
+    tol = half_tolerance("float16", np.int64(3), np.int64(2), np.float64(0.5))
+    assert tol["rtol"] == 2 * (2 * 2.0**-11 + 4 * 2.0**-24) and tol["half_roundings"] == 2, tol
+    allowed = allowed_error([1.0, -2.0], rtol=np.float64(0.0), atol=0.5, bound=np.array([3.0, 0.0]))
+    assert allowed.tolist() == [0.5, 0.5], allowed
+    allowed = allowed_error([1.0, -2.0], rtol=0.25, bound=[4.0, 8.0])
+    assert allowed.tolist() == [1.0, 2.0], allowed
