@@ -61,6 +61,7 @@ from hypothesis import strategies as st
 
 from ..spec import GroupSpec, check_input_size, parse_specs
 from ..validation import as_int
+from .precision import dtype_name
 from .tolerances import DEFAULT_SEED, check_seed
 
 __all__ = [
@@ -609,8 +610,8 @@ def neocell_cases(dtype=np.float64, *, layers=None, max_batch: int = 2) -> st.Se
         A bad option (checked when the strategy is made).
     """
     try:
-        name = None if dtype is None or isinstance(dtype, (bool, np.bool_)) else np.dtype(dtype).name
-    except (TypeError, ValueError):
+        name = dtype_name(dtype)  # the one reading of a dtype argument (precision.py)
+    except ValueError:
         name = None
     if name not in _CASE_DTYPES:
         raise TypeError(f"dtype must be one of {', '.join(_CASE_DTYPES)}, got {dtype!r}")
