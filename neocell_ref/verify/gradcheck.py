@@ -295,6 +295,8 @@ def check_gradients(
 def _taken_step(step, eps, name, where, value) -> float:
     """The central-difference step ``x + eps - (x - eps)`` as rounded, refused when
     rounding swallowed it (the differences would be 0 whatever the function)."""
+    if not np.isfinite(value):
+        raise ValueError(f"{name} at {where} is {value}: finite differences need a finite input")
     if not step > 0:
         raise ValueError(
             f"eps={eps:g} is too small for {name} at {where} (|x| = {abs(value):.3g}): x ± eps rounds back to x, "

@@ -363,3 +363,8 @@ def test_neocell_gradcheck_names_a_weight_list_of_the_wrong_length():
         check_gradients(lambda a, b: a + b, lambda g, a, b: [g, g], [np.ones(2), np.ones(2)], names="xy")
     with raises_naming(TypeError, "forward must be callable", "None"):
         check_gradients(None, lambda g, a: [g], [np.ones(2)])
+
+
+def test_a_non_finite_input_element_is_named_not_blamed_on_eps():
+    with raises_naming(ValueError, "input0 at (1,) is nan", "finite"):
+        check_gradients(lambda a: 2 * a, lambda g, a: [2 * g], [np.array([1.0, np.nan])])
