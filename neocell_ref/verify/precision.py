@@ -404,7 +404,12 @@ def emulate_layer(kind, arrays, order, options, dtype, *, storage=None):
 
     dtype = dtype_name(dtype)
     storage = dtype if storage is None else dtype_name(storage, "storage")
-    forward, backward = getattr(layers, f"{kind}_forward"), getattr(layers, f"{kind}_backward")
+    pair = [getattr(layers, f"{kind}_{d}", None) if isinstance(kind, str) else None for d in ("forward", "backward")]
+    if not all(callable(f) for f in pair):
+        raise ValueError(
+            f"kind must name a layer with a forward/backward pair in neocell_ref.layers (e.g. 'gelu'), got {kind!r}"
+        )
+    forward, backward = pair
     inputs = [round_to(np.asarray(arrays[k], dtype=np.float64), storage).astype(np.float32) for k in order]
     grad_y = round_to(np.asarray(arrays["grad_y"], dtype=np.float64), storage).astype(np.float32)
     out = {"y": round_to(forward(*inputs, **options), storage)}

@@ -544,3 +544,9 @@ def test_emulate_neocell_accepts_a_grad_y_of_another_size():
     """A size defect's backward receives grad_y of the true size: only y is emulated."""
     out = emulate_neocell(_one_group_arrays(grad_y=np.ones((1, 1, 3, 3))), [{"kernel": 2, "channels": 1}], "float16")
     assert sorted(out) == ["y"] and out["y"].shape == (1, 1, 2, 2), out
+
+
+@pytest.mark.parametrize("kind", ["nope", 7, None])
+def test_emulate_layer_names_an_unknown_kind(kind):
+    with pytest.raises(ValueError, match="kind must name a layer"):
+        emulate_layer(kind, {}, [], {}, "float16")
