@@ -400,15 +400,18 @@ def emulate_layer(kind, arrays, order, options, dtype, *, storage=None):
     dict
         ``y`` and ``grad_<input>`` for every differentiated input, float64 arrays.
     """
-    from .. import layers
+    from .. import registry
 
     dtype = dtype_name(dtype)
     storage = dtype if storage is None else dtype_name(storage, "storage")
-    pair = [getattr(layers, f"{kind}_{d}", None) if isinstance(kind, str) else None for d in ("forward", "backward")]
-    if not all(callable(f) for f in pair):
-        raise ValueError(
-            f"kind must name a layer with a forward/backward pair in neocell_ref.layers (e.g. 'gelu'), got {kind!r}"
-        )
+    # The registry's record is the one place a layer kind's functional pair is named.
+    try:
+        pair = registry.get(kind).functions
+    except ValueError:
+        pair = None
+    if pair is None:
+        kinds = [k for k in registry.names() if registry.get(k).functions is not None]
+        raise ValueError(f"kind must name a layer with a forward/backward pair, one of {kinds}, got {kind!r}")
     forward, backward = pair
     inputs = [round_to(np.asarray(arrays[k], dtype=np.float64), storage).astype(np.float32) for k in order]
     grad_y = round_to(np.asarray(arrays["grad_y"], dtype=np.float64), storage).astype(np.float32)
