@@ -20,7 +20,7 @@ produced by :func:`parse_specs`, never raw dicts.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -315,6 +315,15 @@ def parse_specs(specs) -> tuple[GroupSpec, ...]:
     if not groups:
         raise ValueError("specs must contain at least one channel group, got an empty list")
     return groups
+
+
+def _as_written(specs) -> tuple[tuple[GroupSpec, ...], list[dict]]:
+    """The validated groups of ``specs`` and the specs as a port receives them
+    (docs/porting.md section 2): official-style dicts, each a copy of the one written
+    (a :class:`GroupSpec` as its explicit dict)."""
+    groups = parse_specs(specs)
+    written = specs if isinstance(specs, (list, tuple)) else groups  # an iterator is used up
+    return groups, [dict(g) if isinstance(g, Mapping) else p.to_dict() for g, p in zip(written, groups)]
 
 
 def parse_kernel_code(code: str, channels: int, shift: int = 0) -> list[GroupSpec]:

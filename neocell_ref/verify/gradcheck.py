@@ -340,25 +340,20 @@ def neocell_gradcheck(x, weights_a, weights_b, specs, method="patchwise", backwa
         Inputs named ``x``, ``weights_a[g]``, ``weights_b[g]``.
     """
     kwargs.setdefault("eps", 1e-3)
-    from collections.abc import Mapping
-
     from ..neocell import neocell_backward, neocell_forward
-    from ..spec import parse_specs
+    from ..spec import _as_written
 
     if backward is not None and not callable(backward):
         raise TypeError(f"backward must be callable or None, got {type(backward).__name__} {backward!r}")
-    parsed = parse_specs(specs)
+    # A port gets the specs as the caller wrote them, as official-style dicts, a fresh
+    # copy per call: the calling convention of docs/porting.md section 2.
+    parsed, written = _as_written(specs)
     groups = len(parsed)
     for what, weights in (("weights_a", weights_a), ("weights_b", weights_b)):
         if isinstance(weights, np.ndarray) or not hasattr(weights, "__len__"):
             raise TypeError(f"{what} must be a list of one array per group, got {type(weights).__name__}")
         if len(weights) != groups:
             raise ValueError(f"{what} has {len(weights)} arrays, but specs have {groups} group(s): one per group")
-    # A port gets the specs as the caller wrote them, as official-style dicts (a
-    # GroupSpec as its explicit dict), a fresh copy per call: the calling convention
-    # of docs/porting.md section 2.
-    given = list(specs) if isinstance(specs, (list, tuple)) else [g.to_dict() for g in parsed]
-    written = [dict(g) if isinstance(g, Mapping) else g.to_dict() for g in given]
     if backward is None:
 
         def bwd(gy, x_, wa, wb, _):

@@ -59,7 +59,7 @@ from typing import NamedTuple
 import numpy as np
 from hypothesis import strategies as st
 
-from ..spec import GroupSpec, check_input_size, parse_specs
+from ..spec import GroupSpec, _as_written, check_input_size, parse_specs
 from ..validation import as_int
 from .precision import dtype_name
 from .tolerances import DEFAULT_SEED, check_seed
@@ -699,7 +699,7 @@ def check_neocell_case(
         for key, value in arrays.items():
             if not np.isfinite(value).all():
                 raise ValueError(f"{key} of a float16 case holds NaN or Inf; its tolerances need finite inputs")
-    specs = [g if isinstance(g, dict) else g.to_dict() for g in case.specs]
+    _, specs = _as_written(case.specs)
     expected, tolerances = neocell_expected(specs, arrays)
     arrays.update(expected)
     meta = {"specs_as_written": specs, "tolerances": tolerances}
