@@ -303,14 +303,19 @@ def neocell_counts(specs, height: int, width: int, batch: int = 1) -> dict:
     }
 
 
+def _closed_form_args(k, c, h, w, batch) -> tuple[int, int, int, int, int]:
+    """The closed forms' arguments checked (each an integer ``>= 1``) as Python ints:
+    NumPy integers would wrap (int64) or overflow (uint8) in the products."""
+    return tuple(_check_int(v, name, 1) for name, v in zip(("k", "c", "h", "w", "batch"), (k, c, h, w, batch)))
+
+
 def closed_form_neocell_macs(k: int, c: int, h: int, w: int, batch: int = 1) -> int:
     """``2·k·C·H·W·N``: NeoCell MACs for square ``k x k`` kernels, no shift, ``k`` dividing ``H`` and ``W``.
 
     Derivation: ``Â`` is ``diag(A, ..., A)`` with ``H/k`` blocks of ``k²`` entries,
     so ``nnz(Â) = k·H`` and ``nnz(Â)·W = k·H·W``; likewise ``H·nnz(B̂) = k·H·W``.
     """
-    # Python ints: NumPy integers would wrap (int64) or overflow (uint8).
-    k, c, h, w, batch = (_check_int(v, name, 1) for name, v in zip("k c h w batch".split(), (k, c, h, w, batch)))
+    k, c, h, w, batch = _closed_form_args(k, c, h, w, batch)
     if h % k or w % k:
         raise ValueError(f"the closed form needs k={k} to divide h={h} and w={w}")
     return 2 * k * c * h * w * batch
@@ -318,7 +323,7 @@ def closed_form_neocell_macs(k: int, c: int, h: int, w: int, batch: int = 1) -> 
 
 def closed_form_depthwise_macs(k: int, c: int, h: int, w: int, batch: int = 1) -> int:
     """``k²·C·H·W·N``: a stride-1, same-padded ``k x k`` depthwise convolution, every tap counted."""
-    k, c, h, w, batch = (_check_int(v, name, 1) for name, v in zip("k c h w batch".split(), (k, c, h, w, batch)))
+    k, c, h, w, batch = _closed_form_args(k, c, h, w, batch)
     return k * k * c * h * w * batch
 
 
