@@ -838,16 +838,10 @@ def assert_neocell_matches(
         raise TypeError(f"max_examples must be an integer, got {type(max_examples).__name__} {max_examples!r}")
     if max_examples < 0:
         raise ValueError(f"max_examples must be >= 0, got {max_examples}")
-    for flag, value in (("golden", golden), ("shrink", shrink)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{flag} must be True or False, got {value!r}")
+    golden, shrink = _flag(golden, "golden"), _flag(shrink, "shrink")
     if not golden and max_examples == 0:
         raise ValueError("golden=False with max_examples=0 checks nothing; run the golden cases or draw some")
-    if layers is not None and not isinstance(layers, st.SearchStrategy):
-        raise TypeError(
-            f"layers must be a hypothesis strategy of LayerSpecs (e.g. layer_specs(...)) or None, "
-            f"got {type(layers).__name__} {layers!r}"
-        )
+    cases = neocell_cases(dtype=dtype, layers=layers)  # checks layers before the port runs
     kwargs = dict(rtol=rtol, atol=atol, rtol_scale=rtol_scale)
     if golden:
         _assert_golden_cases("neocell", port_forward, port_backward, dtype, seed, **kwargs)
@@ -864,7 +858,7 @@ def assert_neocell_matches(
         phases=phases,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(case=neocell_cases(dtype=dtype, layers=layers))
+    @given(case=cases)
     def drawn(case):
         results = check_neocell_case(port_forward, port_backward, case, diagnose=_final_example(), **kwargs)
         failures = [r for r in results if not r.passed]
