@@ -92,17 +92,9 @@ class NeoNeXtConfig:
 
     def __post_init__(self):
         for name in ("per_stage_layers", "dims", "shifts"):
-            value = getattr(self, name)
-            # A set or dict has no stage order; an iterable is read to at most 5 items
-            # (enough to refuse a longer, or endless, one).
-            if isinstance(value, (str, bytes, Set, Mapping)) or not isinstance(value, Iterable):
-                raise TypeError(f"{name} must be a sequence of 4 integers, got {_short_repr(value)}")
-            try:
-                value = tuple(itertools.islice(value, 5))
-            except TypeError:  # e.g. a 0-d array
-                raise TypeError(
-                    f"{name} must be a sequence of 4 integers, got {_short_repr(getattr(self, name))}"
-                ) from None
+            value = _first_items(getattr(self, name), 4)
+            if value is None:  # a set or dict has no stage order
+                raise TypeError(f"{name} must be a sequence of 4 integers, got {_short_repr(getattr(self, name))}")
             if len(value) != 4:
                 raise ValueError(f"{name} must have 4 entries (one per stage), got {_short_repr(getattr(self, name))}")
             minimum = 0 if name == "shifts" else 1
@@ -297,6 +289,18 @@ def _linear(name, shape, c_out, bias):
     return layer(name, "linear", shape, (c_out, *shape[1:]), bias=bias)
 
 
+def _first_items(value, count: int):
+    """The items of an ordered iterable, read to at most ``count + 1`` (enough to refuse a
+    longer, or endless, one), as a tuple; None for anything else: a string, a set or a
+    dict (no order of items), a non-iterable or a 0-d array."""
+    if isinstance(value, (str, bytes, Set, Mapping)) or not isinstance(value, Iterable):
+        return None
+    try:
+        return tuple(itertools.islice(value, count + 1))
+    except TypeError:  # e.g. a 0-d array
+        return None
+
+
 def resolution_pair(resolution) -> tuple[int, int]:
     """``resolution`` (an int ``s`` for ``s x s``, or ``(H, W)``) as a pair of Python ints.
 
@@ -310,13 +314,8 @@ def resolution_pair(resolution) -> tuple[int, int]:
     """
     if isinstance(resolution, numbers.Integral) and not isinstance(resolution, bool):
         pair = (resolution, resolution)
-    elif isinstance(resolution, (str, bytes, Set, Mapping)) or not isinstance(resolution, Iterable):
-        pair = None  # a set or dict has no first and second side
     else:
-        try:  # at most three items: enough to refuse a longer (or endless) iterable
-            pair = tuple(itertools.islice(resolution, 3))
-        except TypeError:  # e.g. a 0-d array
-            pair = None
+        pair = _first_items(resolution, 2)  # a set or dict has no first and second side
     if (
         pair is None
         or len(pair) != 2
