@@ -841,7 +841,7 @@ def assert_neocell_matches(
     golden, shrink = _flag(golden, "golden"), _flag(shrink, "shrink")
     if not golden and max_examples == 0:
         raise ValueError("golden=False with max_examples=0 checks nothing; run the golden cases or draw some")
-    cases = neocell_cases(dtype=dtype, layers=layers)  # checks layers before the port runs
+    neocell_cases(dtype=dtype, layers=layers)  # checks layers (and dtype) before the port runs
     kwargs = dict(rtol=rtol, atol=atol, rtol_scale=rtol_scale)
     if golden:
         _assert_golden_cases("neocell", port_forward, port_backward, dtype, seed, **kwargs)
@@ -858,7 +858,7 @@ def assert_neocell_matches(
         phases=phases,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(case=cases)
+    @given(case=neocell_cases(dtype=dtype, layers=layers))
     def drawn(case):
         results = check_neocell_case(port_forward, port_backward, case, diagnose=_final_example(), **kwargs)
         failures = [r for r in results if not r.passed]
