@@ -255,63 +255,91 @@ def profile_patchwise(calls=10, lines=12):
 def step_profile(rounds=15):
     """Where the patch-wise time goes at stage 1 (56x56): matrix products by kind, the rest.
 
-    Every product goes through ``neocell_ref.neocell.matmul``; a timing wrapper put in
-    its place sorts each call by shape: a *left* product has the small kernel first
-    (``A @ X``), a *right* product has it second (``Z @ B``), a *reduction* has a
-    kernel-sized result (the kernel gradients). The rest of the time is the strided
-    copies into and out of the tiled layout, the zero frames and the Python loop.
-    Shown: the fastest of ``rounds`` calls (least disturbed by other processes).
+    Every product of the fast path goes through the functions that
+    :mod:`neocell_ref.neocell_fast` imports from :mod:`neocell_ref.instrument`
+    (``matmul``, ``stacked_dot``, ``outer``); timing wrappers put in their place sort
+    each call by shape: a *left* product has the small kernel first (``A @ X``), a
+    *right* product has it second (``Z @ B``), a *reduction* has a kernel-sized result
+    (the kernel gradients). The rest of the time is the strided copies into and out of
+    the tiled layout, the zero frames and the Python loop. Run with the fast path's
+    threads held at one (``NEOCELL_THREADS=1`` for the duration), so that the parts add
+    up to the wall time; shown: the fastest of ``rounds`` calls.
     """
-    import neocell_ref.neocell as nc
+    import neocell_ref.neocell_fast as fast
 
     name, channels, size, code, shift = CASES[0]
-    real = nc.matmul
-    for dtype in (np.float32, np.float64):
-        specs, x, grad_y, wa, wb = make_inputs(channels, size, code, shift, dtype)
-        copy_buf = np.empty_like(x)
-        copy = min(_time_once(lambda: np.copyto(copy_buf, x)) for _ in range(rounds))
-        print(
-            f"\nStep profile, {name}, {np.dtype(dtype).name}, fastest of {rounds} calls "
-            f"(copy floor {copy * 1e3:.2f} ms):"
-        )
-        for label, fn in (
-            ("forward", lambda: neocell_forward(x, wa, wb, specs)),
-            ("backward", lambda: neocell_backward(grad_y, x, wa, wb, specs)),
-        ):
-            best = None
-            for _ in range(rounds):
-                spent = {"left products": 0.0, "right products": 0.0, "reductions": 0.0}
-                counts = dict.fromkeys(spent, 0)
+    wrapped = ("matmul", "stacked_dot", "outer")
+    real = {fn_name: getattr(fast, fn_name) for fn_name in wrapped}
+    saved_threads = os.environ.get("NEOCELL_THREADS")
+    os.environ["NEOCELL_THREADS"] = "1"
+    try:
+        for dtype in (np.float32, np.float64):
+            _step_profile_dtype(fast, real, name, make_inputs(channels, size, code, shift, dtype), dtype, rounds)
+    finally:
+        for fn_name, fn in real.items():
+            setattr(fast, fn_name, fn)
+        if saved_threads is None:
+            os.environ.pop("NEOCELL_THREADS", None)
+        else:
+            os.environ["NEOCELL_THREADS"] = saved_threads
 
-                def timed(a, b, tag="", out=None, spent=spent, counts=counts):
+
+def _product_kind(a, b, result):
+    if result.shape[-1] * result.shape[-2] < a.shape[-1]:
+        return "reductions"
+    return "left products" if a.shape[-1] * a.shape[-2] < b.shape[-1] * b.shape[-2] else "right products"
+
+
+def _step_profile_dtype(fast, real, name, inputs, dtype, rounds):
+    specs, x, grad_y, wa, wb = inputs
+    copy_buf = np.empty_like(x)
+    copy = min(_time_once(lambda: np.copyto(copy_buf, x)) for _ in range(rounds))
+    print(
+        f"\nStep profile, {name}, {np.dtype(dtype).name}, one thread, fastest of {rounds} calls "
+        f"(copy floor {copy * 1e3:.2f} ms):"
+    )
+    for label, fn in (
+        ("forward", lambda: neocell_forward(x, wa, wb, specs)),
+        ("backward", lambda: neocell_backward(grad_y, x, wa, wb, specs)),
+    ):
+        best = None
+        for _ in range(rounds):
+            spent = {"left products": 0.0, "right products": 0.0, "reductions": 0.0}
+            counts = dict.fromkeys(spent, 0)
+
+            def wrap(product, spent=spent, counts=counts):
+                def timed(a, b, tag="", out=None):
                     start = time.perf_counter()
-                    result = real(a, b, tag, out=out)
-                    kind = (
-                        "reductions"
-                        if result.shape[-1] * result.shape[-2] < a.shape[-1]
-                        else "left products"
-                        if a.shape[-1] * a.shape[-2] < b.shape[-1] * b.shape[-2]
-                        else "right products"
-                    )
+                    result = product(a, b, tag, out=out)
+                    kind = _product_kind(a, b, result)
                     spent[kind] += time.perf_counter() - start
                     counts[kind] += 1
                     return result
 
-                nc.matmul = timed
-                try:
-                    total = _time_once(fn)
-                finally:
-                    nc.matmul = real
-                if best is None or total < best[0]:
-                    best = (total, spent, counts)
-            total, spent, counts = best
-            rest = total - sum(spent.values())
-            parts = [f"{k} {v * 1e3:.2f} ms ({counts[k]} calls)" for k, v in spent.items() if counts[k]]
-            print(
-                f"  {label}: total {total * 1e3:.2f} ms = "
-                + ", ".join(parts)
-                + f", copies in/out of the tiled layout + Python {rest * 1e3:.2f} ms"
+                return timed
+
+            for fn_name, product in real.items():
+                setattr(fast, fn_name, wrap(product))
+            try:
+                total = _time_once(fn)
+            finally:
+                for fn_name, product in real.items():
+                    setattr(fast, fn_name, product)
+            if best is None or total < best[0]:
+                best = (total, spent, counts)
+        total, spent, counts = best
+        if not any(counts.values()):
+            raise RuntimeError(
+                "step profile: no product went through the wrapped functions; "
+                "neocell_ref.neocell_fast no longer calls them by these names"
             )
+        rest = total - sum(spent.values())
+        parts = [f"{k} {v * 1e3:.2f} ms ({counts[k]} calls)" for k, v in spent.items() if counts[k]]
+        print(
+            f"  {label}: total {total * 1e3:.2f} ms = "
+            + ", ".join(parts)
+            + f", copies in/out of the tiled layout + Python {rest * 1e3:.2f} ms"
+        )
 
 
 def _time_once(fn):
