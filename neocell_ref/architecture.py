@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from . import registry
 from .spec import GroupSpec, check_input_size, parse_kernel_code
-from .validation import _short_repr, as_int, real_number
+from .validation import _short_repr, as_flag, as_int, real_number
 
 __all__ = [
     "NeoNeXtConfig",
@@ -108,8 +108,7 @@ class NeoNeXtConfig:
         object.__setattr__(self, "drop_path", drop_path)
         scale = real_number(self.layer_scale_init_value, "layer_scale_init_value", 0.0, type_error=True)
         object.__setattr__(self, "layer_scale_init_value", scale)
-        if not isinstance(self.linear_bias, bool):
-            raise TypeError(f"linear_bias must be a bool, got {self.linear_bias!r}")
+        object.__setattr__(self, "linear_bias", as_flag(self.linear_bias, "linear_bias"))
         # Kernel codes are validated per stage here so that a bad code fails early.
         for code, dim, shift in zip(stage_kernel_codes(self.kernel_spec), self.dims, self.shifts):
             parse_kernel_code(code, dim, shift)

@@ -14,6 +14,7 @@ import numpy as np
 from .init import neo_init
 from .neocell import METHODS, neocell_backward, neocell_forward
 from .spec import parse_kernel_code
+from .validation import as_flag
 from .verify.gradcheck import neocell_gradcheck
 
 
@@ -22,6 +23,7 @@ def run_demo(channels=24, size=(23, 30), code="4+7", shift=1, seed=0, out=print,
 
     ``costs=False`` skips the complexity tables.
     """
+    costs = as_flag(costs, "costs")
     rng = np.random.default_rng(seed)
     specs = parse_kernel_code(code, channels=channels, shift=shift)
     weights_a, weights_b = neo_init(specs, rng=rng)

@@ -34,7 +34,7 @@ from scipy import special
 
 from . import _parallel as parallel
 from .instrument import matmul
-from .validation import as_int, as_real_array, check_nbytes, compute_dtype, real_number
+from .validation import as_flag, as_int, as_real_array, check_nbytes, compute_dtype, real_number
 
 __all__ = [
     "linear_forward",
@@ -260,8 +260,7 @@ def _bn_prepare(x, weight, bias, running_mean, running_var, training, eps, grad_
         arr = as_real_array(arr, name)
         _check_shape(arr, name, (c,))
         arrays.append(arr)
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"training must be a bool, got {training!r}")
+    training = as_flag(training, "training")
     eps = real_number(eps, "eps", 0.0, low_open=True)
     if training:
         _bn_values_per_channel(x.shape)

@@ -35,7 +35,7 @@ from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, 
 from .layer_kinds import INIT_STD, trunc_normal
 from .models_fast import fast_forward
 from .models_fast_train import tail_backward, train_forward, train_scope
-from .validation import as_int, as_real_array, check_nbytes, read_npz
+from .validation import as_flag, as_int, as_real_array, check_nbytes, read_npz
 
 __all__ = [
     "NeoNeXt",
@@ -248,8 +248,7 @@ class NeoNeXt:
         """
         if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
             raise TypeError(f"state must be a mapping of state-dict names to arrays, got {type(state).__name__}")
-        if not isinstance(strict, (bool, np.bool_)):
-            raise TypeError(f"strict must be a bool, got {strict!r}")
+        strict = as_flag(strict, "strict")
         keys = list(state.keys())
         for key in keys:
             if not isinstance(key, str):
@@ -396,10 +395,7 @@ class NeoNeXt:
             leaves the running statistics and ``num_batches_tracked`` unchanged: the
             updates are committed only after the whole forward succeeded.
         """
-        if not isinstance(training, (bool, np.bool_)):
-            raise TypeError(f"training must be a bool, got {training!r}")
-        if not isinstance(cache, (bool, np.bool_)):
-            raise TypeError(f"cache must be a bool, got {cache!r}")
+        training, cache = as_flag(training, "training"), as_flag(cache, "cache")
         with np.errstate(over="ignore"):  # an overflow to Inf is refused below in training
             x = self._check_input(x).astype(self.dtype, copy=False)
         if training and not np.isfinite(x).all():  # after the cast: 1e300 is Inf in float32

@@ -46,7 +46,7 @@ from .expansion import channel_runs, expand, expand_adjoint, padding_view
 from .instrument import matmul
 from .neocell_fast import patchwise_backward, patchwise_forward
 from .spec import check_input_size, parse_specs
-from .validation import as_real_array, check_nbytes, check_weights, compute_dtype
+from .validation import as_flag, as_real_array, check_nbytes, check_weights, compute_dtype
 
 __all__ = ["neocell_forward", "neocell_backward", "METHODS"]
 
@@ -220,8 +220,7 @@ def _check_intermediates(method, backward, x_shape, specs, out_size, dtype):
 
 
 def _method(method, which, check_finite):
-    if not isinstance(check_finite, (bool, np.bool_)):
-        raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
+    as_flag(check_finite, "check_finite")
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     return METHODS[method][which]

@@ -29,6 +29,8 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .validation import as_flag
+
 __all__ = ["LayerKind", "register", "unregister", "registered", "get", "names", "ROLES"]
 
 #: Roles a parameter or buffer can play (:attr:`LayerKind.roles`). They decide how a
@@ -116,6 +118,8 @@ class LayerKind:
             raise ValueError(f"a layer kind's name must be an identifier, got {self.name!r}")
         if self.norm not in ("elementwise", "max"):
             raise ValueError(f"norm of layer kind {self.name!r} must be 'elementwise' or 'max', got {self.norm!r}")
+        for flag in ("init_draws_float64", "inference_identity"):
+            object.__setattr__(self, flag, as_flag(getattr(self, flag), f"{flag} of layer kind {self.name!r}"))
 
 
 _KINDS: dict = {}

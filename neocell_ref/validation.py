@@ -50,6 +50,7 @@ __all__ = [
     "max_bytes_set_to",
     "check_nbytes",
     "as_int",
+    "as_flag",
     "real_number",
     "as_real_array",
     "compute_dtype",
@@ -81,6 +82,23 @@ def as_int(value, name: str, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def as_flag(value, name: str) -> bool:
+    """``value`` as a Python bool, refusing anything but ``True``, ``False`` and NumPy bools.
+
+    One rule for every on/off argument of the package: ``0``, ``1``, ``"yes"`` and
+    ``None`` are refused rather than read by their truth value, so that a misplaced
+    positional argument cannot switch a flag silently.
+
+    Raises
+    ------
+    TypeError
+        ``value`` is not a bool (its ``repr`` named).
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False (a bool), got {value!r} of type {type(value).__name__}")
+    return bool(value)
 
 
 def real_number(value, name, low=None, high=None, low_open=False, high_open=False, *, type_error=False) -> float:

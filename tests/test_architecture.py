@@ -54,7 +54,7 @@ def test_a_million_blocks_are_refused_at_once_and_still_counted():
         ("drop_path", "0.1", TypeError, ["drop_path", "real number", "'0.1'"]),
         ("layer_scale_init_value", -1e-6, ValueError, ["layer_scale_init_value", ">= 0", "-1e-06"]),
         ("layer_scale_init_value", float("inf"), ValueError, ["layer_scale_init_value", "finite", "inf"]),
-        ("linear_bias", 1, TypeError, ["linear_bias", "bool", "1"]),
+        ("linear_bias", 1, TypeError, ["linear_bias", "True or False", "1"]),
         # no stage order: a set or a dict would be counted in hash order
         ("dims", {96, 192, 384, 768}, TypeError, ["dims", "sequence of 4 integers", "{"]),
         ("shifts", dict.fromkeys((1, 2, 3, 4)), TypeError, ["shifts", "sequence of 4 integers", "{1: None"]),

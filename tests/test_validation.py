@@ -217,3 +217,57 @@ def test_the_intermediate_budget_refuses_only_what_is_allocated(method):
         np.testing.assert_allclose(
             np.asarray(got).squeeze(), np.asarray(want).squeeze(), rtol=1e-12, atol=1e-12, err_msg=f"{method}: {name}"
         )
+
+
+# --------------------------------------------------------------------------------------
+# on/off arguments: one rule (validation.as_flag) for every flag of the package
+# --------------------------------------------------------------------------------------
+def _flag_calls():
+    """``(flag name, call(value))`` for every on/off argument of the public API."""
+    from support.hostile import TINY_MODEL, small_layer
+
+    from neocell_ref import demo, registry
+    from neocell_ref.architecture import NeoNeXtConfig
+    from neocell_ref.verify.golden import verify_golden
+    from neocell_ref.verify.precision import emulate_neocell
+
+    specs, wa, wb, x = small_layer()
+    arrays = {"x": x, "grad_y": x, "weight_a_0": wa[0], "weight_b_0": wb[0]}
+    ones = np.ones(2)
+    model = NeoNeXt(**TINY_MODEL)
+    image = np.ones((1, 3, 32, 32))
+    kind = registry.get("gelu")
+    calls = [
+        ("check_finite", lambda v: nr.neocell_forward(x, wa, wb, specs, check_finite=v)),
+        ("training", lambda v: L.batchnorm_forward(x, ones, ones, ones, ones, training=v)),
+        ("training", lambda v: model.forward(image, training=v)),
+        ("cache", lambda v: model.forward(image, cache=v)),
+        ("strict", lambda v: model.load_state_dict(model.state_dict(), strict=v)),
+        ("linear_bias", lambda v: NeoNeXtConfig(linear_bias=v)),
+        ("forward_only", lambda v: verify_golden("no such directory", "neocell", command="port", forward_only=v)),
+        ("costs", lambda v: demo.run_demo(channels=2, size=(3, 3), code="3", out=lambda line: None, costs=v)),
+    ]
+    for flag in ("corner", "swap", "shifts", "split_rounded_up", "size_rounded"):
+        calls.append((flag, lambda v, flag=flag: emulate_neocell(arrays, specs, "float64", **{flag: v})))
+    for flag in ("init_draws_float64", "inference_identity"):
+        fields = {f: getattr(kind, f) for f in kind.__dataclass_fields__}
+        calls.append((flag, lambda v, flag=flag, fields=fields: registry.LayerKind(**{**fields, flag: v})))
+    return calls
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes", None, 1.0, np.int64(1)], ids=repr)
+def test_every_flag_refuses_what_is_not_a_bool(value):
+    # a truthiness check (``if flag:``) would read these silently; each flag must name
+    # itself and the value instead (a misplaced positional argument cannot switch it)
+    for name, call in _flag_calls():
+        with raises_naming(TypeError, name, "True or False", repr(value)):
+            call(value)
+
+
+def test_as_flag_accepts_numpy_bools_and_returns_python_bools():
+    for value in (True, False, np.True_, np.False_):
+        result = validation.as_flag(value, "flag")
+        assert type(result) is bool and result == bool(value), f"as_flag({value!r}) gave {result!r}"
+    from neocell_ref.architecture import NeoNeXtConfig
+
+    assert NeoNeXtConfig(linear_bias=np.True_).linear_bias is True

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..validation import MAX_NPY_HEADER, read_npy_member, real_number
+from ..validation import MAX_NPY_HEADER, as_flag, read_npy_member, real_number
 from .golden_ops import HALF_EXCLUDED, OPERATIONS, make_case, neocell_expected
 from .precision import HALF_DTYPES, STORAGE_DTYPE, dtype_name, not_bfloat16
 from .tolerances import DEFAULT_SEED, allowed_error, check_seed, tolerance_policy
@@ -1336,8 +1336,7 @@ def _check_exclusions(exclude) -> dict:
 
 def _check_exec_args(op, forward, backward, command, forward_only, timeout):
     """Validate the port arguments of :func:`verify_golden`; return ``(port description, timeout)``."""
-    if not isinstance(forward_only, (bool, np.bool_)):
-        raise TypeError(f"forward_only must be True or False, got {forward_only!r}")
+    forward_only = as_flag(forward_only, "forward_only")
     if command is None:
         if forward_only or timeout is not None:
             raise ValueError(

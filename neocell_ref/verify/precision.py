@@ -25,7 +25,7 @@ import numpy as np
 
 from ..expansion import expand_kernel, expand_kernel_adjoint
 from ..spec import check_input_size, parse_specs
-from ..validation import as_real_array
+from ..validation import as_flag, as_real_array
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -308,8 +308,8 @@ def emulate_neocell(
     Raises
     ------
     TypeError, ValueError
-        A bad dtype or ``transpose``; an array missing, not real, or of a shape that
-        does not fit ``specs``.
+        A bad dtype, ``transpose`` or defect flag (each flag must be True or False); an
+        array missing, not real, or of a shape that does not fit ``specs``.
     """
     dtype = dtype_name(dtype)
     storage = dtype if storage is None else dtype_name(storage, "storage")
@@ -318,6 +318,9 @@ def emulate_neocell(
         raise ValueError("accumulate='bfloat16' is not emulated; use 'float16', 'float32' or 'float64'")
     if not (transpose is None or (isinstance(transpose, str) and transpose in ("a", "b"))):
         raise ValueError(f"transpose must be None, 'a' or 'b', got {transpose!r}")
+    corner, swap, shifts = as_flag(corner, "corner"), as_flag(swap, "swap"), as_flag(shifts, "shifts")
+    split_rounded_up = as_flag(split_rounded_up, "split_rounded_up")
+    size_rounded = as_flag(size_rounded, "size_rounded")
     groups = parse_specs(specs)
     given = _neocell_arrays(arrays, groups)
     rnd = lambda a: round_to(a, storage)  # noqa: E731

@@ -60,7 +60,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from ..spec import GroupSpec, _as_written, check_input_size, parse_specs
-from ..validation import as_int
+from ..validation import as_flag, as_int
 from .precision import dtype_name
 from .tolerances import DEFAULT_SEED, check_seed
 
@@ -97,13 +97,6 @@ EDGE_KERNELS = (1, 2, 4, 7)
 EDGE_RESAMPLING = ((2, 1), (1, 2), (1, 3), (2, 3), (3, 2))
 #: The three official dict forms, plus ``"GroupSpec"`` for the validated object.
 SIZE_FORMS = ("kernel", "kernel_a/kernel_b", "h_in/h_out/w_in/w_out")
-
-
-def _flag(value, name: str) -> bool:
-    """``value`` as a bool, refusing anything that is not ``True`` or ``False``."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _as_dicts(value) -> bool | None:
@@ -312,7 +305,7 @@ def group_specs(
     """
     max_kernel = as_int(max_kernel, "max_kernel", 1)
     max_channels = as_int(max_channels, "max_channels", 1)
-    shifts, resample = _flag(shifts, "shifts"), _flag(resample, "resample")
+    shifts, resample = as_flag(shifts, "shifts"), as_flag(resample, "resample")
     if form is not None and (not isinstance(form, str) or form not in SIZE_FORMS):
         raise ValueError(f"form must be one of {SIZE_FORMS}, got {form!r}")
     as_dicts = _as_dicts(as_dicts)
@@ -465,8 +458,8 @@ def layer_specs(
         max_kernel=as_int(max_kernel, "max_kernel", 1),
         max_groups=as_int(max_groups, "max_groups", 1),
         max_channels=as_int(max_channels, "max_channels", 1),
-        shifts=_flag(shifts, "shifts"),
-        resample=_flag(resample, "resample"),
+        shifts=as_flag(shifts, "shifts"),
+        resample=as_flag(resample, "resample"),
         as_dicts=_as_dicts(as_dicts),
     )
     return _layer_specs(*sizes, **options)
@@ -690,7 +683,7 @@ def check_neocell_case(
         raise TypeError(f"case must be a NeoCellCase, got {type(case).__name__}")
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a str or None, got {type(name).__name__} {name!r}")
-    diagnose = _flag(diagnose, "diagnose")
+    diagnose = as_flag(diagnose, "diagnose")
     _check_callables(port_forward, port_backward)
     check_tolerance_overrides(rtol, atol, rtol_scale)
     arrays = _case_arrays(case)
@@ -838,7 +831,7 @@ def assert_neocell_matches(
         raise TypeError(f"max_examples must be an integer, got {type(max_examples).__name__} {max_examples!r}")
     if max_examples < 0:
         raise ValueError(f"max_examples must be >= 0, got {max_examples}")
-    golden, shrink = _flag(golden, "golden"), _flag(shrink, "shrink")
+    golden, shrink = as_flag(golden, "golden"), as_flag(shrink, "shrink")
     if not golden and max_examples == 0:
         raise ValueError("golden=False with max_examples=0 checks nothing; run the golden cases or draw some")
     neocell_cases(dtype=dtype, layers=layers)  # checks layers (and dtype) before the port runs

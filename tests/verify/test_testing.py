@@ -251,7 +251,7 @@ def test_kit_refuses_what_is_not_a_port():
         (lambda: testing.group_specs(max_channels=1.0), TypeError, "max_channels must be an integer, got 1.0"),
         (lambda: testing.group_specs(as_dicts="yes"), TypeError, "as_dicts must be True, False or None, got 'yes'"),
         (lambda: testing.group_specs(as_dicts=1), TypeError, "as_dicts must be True, False or None, got 1"),
-        (lambda: testing.group_specs(shifts="no"), TypeError, "shifts must be True or False, got 'no'"),
+        (lambda: testing.group_specs(shifts="no"), TypeError, "shifts must be True or False \\(a bool\\), got 'no'"),
         (lambda: testing.group_specs(form=["kernel"]), ValueError, "form must be one of"),
         (lambda: testing.layer_specs(height=2.7), TypeError, "height must be an integer, got 2.7"),
         (lambda: testing.layer_specs(height="7"), TypeError, "height must be an integer, got '7'"),
@@ -261,7 +261,11 @@ def test_kit_refuses_what_is_not_a_port():
         (lambda: testing.layer_specs(max_groups=0), ValueError, "max_groups must be >= 1, got 0"),
         (lambda: testing.layer_specs(max_kernel=0), ValueError, "max_kernel must be >= 1, got 0"),
         (lambda: testing.layer_specs(max_channels=0), ValueError, "max_channels must be >= 1, got 0"),
-        (lambda: testing.layer_specs(resample=None), TypeError, "resample must be True or False, got None"),
+        (
+            lambda: testing.layer_specs(resample=None),
+            TypeError,
+            "resample must be True or False \\(a bool\\), got None",
+        ),
         (lambda: testing.layer_specs(as_dicts="yes"), TypeError, "as_dicts must be True, False or None, got 'yes'"),
         (lambda: testing.neocell_cases(dtype=np.int32), TypeError, "dtype must be one of float16, float32, float64"),
         (lambda: testing.neocell_cases("bfloat16"), TypeError, "dtype must be one of float16, float32, float64"),
@@ -306,8 +310,8 @@ def test_neocell_cases_draw_in_the_supported_dtypes(dtype):
     [
         (dict(name=5), TypeError, "name must be a str or None, got int 5"),
         (dict(name=b"case"), TypeError, "name must be a str or None, got bytes"),
-        (dict(diagnose="no"), TypeError, "diagnose must be True or False, got 'no'"),
-        (dict(diagnose=None), TypeError, "diagnose must be True or False, got None"),
+        (dict(diagnose="no"), TypeError, "diagnose must be True or False \\(a bool\\), got 'no'"),
+        (dict(diagnose=None), TypeError, "diagnose must be True or False \\(a bool\\), got None"),
     ],
 )
 def test_check_neocell_case_refuses_bad_name_and_diagnose(options, error, words):
