@@ -16,12 +16,49 @@ Example::
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+from contextlib import contextmanager
+
 import numpy as np
 
 from .layers import check_targets, cross_entropy_backward, cross_entropy_forward
 from .validation import as_int, as_real_array, check_nbytes, real_number
 
 __all__ = ["SGD", "AdamW", "default_decay", "synthetic_patterns", "train_step", "PATTERN_CLASSES"]
+
+
+@contextmanager
+def _interrupts_held():
+    """Hold Ctrl-C (SIGINT) until the block has finished, then deliver it.
+
+    The optimizer's second pass writes the new values parameter by parameter; a
+    KeyboardInterrupt between two writes would leave a half-updated model. Python runs
+    signal handlers in the main thread only, between bytecodes: here the handler just
+    notes the signal, and once the block is done the previous handler gets it (the
+    default one raises KeyboardInterrupt then). Other threads never receive SIGINT, so
+    there is nothing to hold; an ignored SIGINT or a handler not installed from Python
+    is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None or previous == signal.SIG_IGN:
+        yield
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, received[0])
+            else:  # SIG_DFL: what the signal would have done (end the process)
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 def default_decay(name: str, value: np.ndarray) -> bool:
@@ -57,7 +94,10 @@ class _Optimizer:
         new parameter or optimizer state is not finite (an overflow, whatever
         ``np.errstate`` says) or a parameter is not writeable; the second computes the
         same values again and writes them in place. A step refused in the first pass
-        (a gradient, a decay callback that raises, an overflow) changes nothing.
+        (a gradient, a decay callback that raises, an overflow) changes nothing. Ctrl-C
+        during the second pass is held until every value is written, then raised (in
+        the main thread; see :func:`_interrupts_held`): the step is then whole, and
+        :attr:`steps` counts it.
         """
         self._check_grads(grads)
         decays = {key: bool(self.weight_decay) and bool(self.decay(key, p)) for key, p in self.params.items()}
@@ -74,10 +114,11 @@ class _Optimizer:
                 finite = all(not np.isnan(np.vdot(a.ravel(), zero.ravel())) for a in (new_param, *new_state))
             if not finite:
                 raise ValueError(f"the update of params[{key!r}] is not finite (overflow); no parameter was updated")
-        for key, new_param, new_state in self._updates(grads, decays, work):  # the same values again
-            self.params[key][...] = new_param
-            self._commit(key, new_state)
-        self.steps += 1
+        with _interrupts_held():
+            for key, new_param, new_state in self._updates(grads, decays, work):  # the same values again
+                self.params[key][...] = new_param
+                self._commit(key, new_state)
+            self.steps += 1
 
     def _scratch(self, count, fill=None):
         """``count`` work buffers per parameter dtype, each as large as the largest
@@ -279,7 +320,9 @@ def train_step(model, optimizer, images, labels, smoothing=0.0):
     checked before any work, ``images`` by the forward; a step that fails later (logits
     or gradients not finite, which the loss and the optimizer refuse) puts back the
     model's running statistics, drop-path generator and gradients as they were before
-    the call, and no parameter or optimizer state has changed.
+    the call, and no parameter or optimizer state has changed. Ctrl-C while the
+    optimizer writes the new values is held until they are all written (the step has
+    then happened; nothing is put back) and raised after.
 
     Parameters
     ----------
@@ -311,12 +354,18 @@ def train_step(model, optimizer, images, labels, smoothing=0.0):
     batch = images.shape[0] if isinstance(images, np.ndarray) and images.ndim >= 1 else None
     check_targets(labels, classes, smoothing, batch)
     saved = (dict(model.buffers), model.drop_path_rng.bit_generator.state, dict(model.grads))
+    steps = optimizer.steps
     try:
         logits = model.forward(images, training=True)
         loss = cross_entropy_forward(logits, labels, smoothing=smoothing)
         model.backward(cross_entropy_backward(logits, labels, smoothing=smoothing))
         optimizer.step(model.grads)  # whole or not at all (_Optimizer.step)
     except BaseException:  # KeyboardInterrupt too: an interrupted step leaves no trace
+        if optimizer.steps != steps:
+            # The update was written whole and Ctrl-C, held meanwhile, came after it
+            # (_Optimizer.step): the step happened; rolling back the statistics now
+            # would leave them older than the parameters.
+            raise
         # Running statistics are replaced, never modified in place (NeoNeXt.forward), so
         # the old dict's arrays are the old values.
         buffers, rng_state, grads = saved

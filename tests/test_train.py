@@ -8,6 +8,7 @@
 """
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -209,6 +210,53 @@ def test_an_interrupted_training_step_leaves_no_trace(monkeypatch):
     monkeypatch.undo()
     with pytest.raises(RuntimeError):  # the failed step's forward is dropped, not differentiated
         model.backward(np.ones((4, 4)))
+
+
+def test_ctrl_c_while_the_update_is_written_is_held_until_it_is_whole(monkeypatch):
+    """SIGINT arriving between two parameter writes of the optimizer's second pass: the
+    write finishes, then KeyboardInterrupt is raised; the step counts, its parameters,
+    moments and running statistics equal those of an uninterrupted step on a twin model
+    (train_step must not roll the statistics back after a whole update), and the
+    previous SIGINT handler is back."""
+    import signal
+
+    def twin():
+        model = nr.models.NeoNeXt(**TINY_MODEL, dtype=np.float32, rng=np.random.default_rng(0))
+        return model, AdamW(model.params, lr=1e-3, weight_decay=0.05)
+
+    images, labels = synthetic_patterns(np.random.default_rng(0), 4, dtype=np.float32)
+    reference, ref_opt = twin()
+    train_step(reference, ref_opt, images, labels)
+    model, opt = twin()
+    real_commit, commits = opt._commit, []
+
+    def commit_with_ctrl_c(key, state):
+        commits.append(key)
+        if len(commits) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode boundary
+        real_commit(key, state)
+
+    monkeypatch.setattr(opt, "_commit", commit_with_ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        train_step(model, opt, images, labels)
+    assert signal.getsignal(signal.SIGINT) is handler, "the SIGINT handler was not restored"
+    assert len(commits) == len(model.params), f"{len(commits)} of {len(model.params)} parameters written"
+    assert opt.steps == 1, f"the whole step is not counted: steps {opt.steps}"
+    got, _, _ = _state(model, opt)
+    want, _, _ = _state(reference, ref_opt)
+    differ = [k for k in want if not np.array_equal(got[k], want[k])]
+    assert not differ, f"after the held Ctrl-C these differ from an uninterrupted step: {differ[:5]}"
+
+
+def test_no_signal_no_change_to_the_sigint_handler():
+    import signal
+
+    model = nr.models.NeoNeXt(**TINY_MODEL, dtype=np.float32, rng=np.random.default_rng(0))
+    images, labels = synthetic_patterns(np.random.default_rng(0), 4, dtype=np.float32)
+    handler = signal.getsignal(signal.SIGINT)
+    train_step(model, SGD(model.params, lr=0.1), images, labels)
+    assert signal.getsignal(signal.SIGINT) is handler, "the SIGINT handler was not restored"
 
 
 def test_labels_are_checked_against_the_head_not_the_config():
