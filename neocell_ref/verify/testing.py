@@ -60,7 +60,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from ..spec import GroupSpec, _as_written, check_input_size, parse_specs
-from ..validation import as_flag, as_int
+from ..validation import as_flag, as_int, check_nbytes
 from .precision import dtype_name
 from .tolerances import DEFAULT_SEED, check_seed
 
@@ -69,6 +69,8 @@ __all__ = [
     "EDGE_KERNELS",
     "EDGE_RESAMPLING",
     "SIZE_FORMS",
+    "MAX_KERNEL_OPTION",
+    "MAX_GROUPS_OPTION",
     "spatial_sizes",
     "kernel_sizes",
     "channel_counts",
@@ -95,6 +97,12 @@ EDGE_SIZES = (1, 2, 3, 4, 5, 6, 7, 8)
 EDGE_KERNELS = (1, 2, 4, 7)
 #: ``(k_in, k_out)`` pairs of the paper's down-sampling and of common up-sampling.
 EDGE_RESAMPLING = ((2, 1), (1, 2), (1, 3), (2, 3), (3, 2))
+#: Largest ``max_kernel`` and ``max_groups`` the strategies accept. A layer draw lists
+#: every kernel pair of an axis (``max_kernel²`` of them; 64: about 80 ms per drawn case)
+#: and draws groups one by one, so an unbounded option would be an unbounded wait;
+#: NeoNeXt's kernels are 4 and 7 and its layers have at most 3 groups.
+MAX_KERNEL_OPTION = 64
+MAX_GROUPS_OPTION = 64
 #: The three official dict forms, plus ``"GroupSpec"`` for the validated object.
 SIZE_FORMS = ("kernel", "kernel_a/kernel_b", "h_in/h_out/w_in/w_out")
 
@@ -123,15 +131,23 @@ def spatial_sizes(max_size: int = 10) -> st.SearchStrategy[int]:
     return _edge_biased(EDGE_SIZES, 1, as_int(max_size, "max_size", 1))
 
 
+def _bounded(value, name: str, cap: int) -> int:
+    """An option ``value`` as an int in ``[1, cap]``, else an error naming it."""
+    value = as_int(value, name, 1)
+    if value > cap:
+        raise ValueError(f"{name} must be at most {cap}, got {value}")
+    return value
+
+
 def kernel_sizes(max_kernel: int = 7) -> st.SearchStrategy[int]:
     """Kernel sizes in ``[1, max_kernel]``, biased towards :data:`EDGE_KERNELS`.
 
     Raises
     ------
     TypeError, ValueError
-        ``max_kernel`` is not an integer ``>= 1``.
+        ``max_kernel`` is not an integer in ``[1, MAX_KERNEL_OPTION]``.
     """
-    return _edge_biased(EDGE_KERNELS, 1, as_int(max_kernel, "max_kernel", 1))
+    return _edge_biased(EDGE_KERNELS, 1, _bounded(max_kernel, "max_kernel", MAX_KERNEL_OPTION))
 
 
 def channel_counts(max_channels: int = 8) -> st.SearchStrategy[int]:
@@ -158,9 +174,10 @@ def kernel_codes(max_kernel: int = 7, max_parts: int = 3) -> st.SearchStrategy[s
     Raises
     ------
     TypeError, ValueError
-        ``max_kernel`` or ``max_parts`` is not an integer ``>= 1``.
+        ``max_kernel`` is not an integer in ``[1, MAX_KERNEL_OPTION]`` or ``max_parts``
+        not an integer ``>= 1``.
     """
-    max_kernel = as_int(max_kernel, "max_kernel", 1)
+    max_kernel = _bounded(max_kernel, "max_kernel", MAX_KERNEL_OPTION)
     max_parts = as_int(max_parts, "max_parts", 1)
     official = [
         c
@@ -278,7 +295,7 @@ def group_specs(
     Parameters
     ----------
     max_kernel : int
-        Largest ``h_in``, ``h_out``, ``w_in``, ``w_out``.
+        Largest ``h_in``, ``h_out``, ``w_in``, ``w_out`` (at most :data:`MAX_KERNEL_OPTION`).
     max_channels : int
         Largest channel count.
     shifts : bool
@@ -303,7 +320,7 @@ def group_specs(
     TypeError, ValueError
         A bad option (checked when the strategy is made, not when it is drawn from).
     """
-    max_kernel = as_int(max_kernel, "max_kernel", 1)
+    max_kernel = _bounded(max_kernel, "max_kernel", MAX_KERNEL_OPTION)
     max_channels = as_int(max_channels, "max_channels", 1)
     shifts, resample = as_flag(shifts, "shifts"), as_flag(resample, "resample")
     if form is not None and (not isinstance(form, str) or form not in SIZE_FORMS):
@@ -425,9 +442,9 @@ def layer_specs(
     max_size : int
         Largest drawn height and width.
     max_kernel : int
-        Largest kernel dimension.
+        Largest kernel dimension (at most :data:`MAX_KERNEL_OPTION`).
     max_groups : int
-        Largest number of groups.
+        Largest number of groups (at most :data:`MAX_GROUPS_OPTION`).
     max_channels : int
         Largest channel count per group.
     shifts, resample : bool
@@ -455,8 +472,8 @@ def layer_specs(
             value = as_int(value, name, 1)
         sizes.append(value)
     options = dict(
-        max_kernel=as_int(max_kernel, "max_kernel", 1),
-        max_groups=as_int(max_groups, "max_groups", 1),
+        max_kernel=_bounded(max_kernel, "max_kernel", MAX_KERNEL_OPTION),
+        max_groups=_bounded(max_groups, "max_groups", MAX_GROUPS_OPTION),
         max_channels=as_int(max_channels, "max_channels", 1),
         shifts=as_flag(shifts, "shifts"),
         resample=as_flag(resample, "resample"),
@@ -600,7 +617,9 @@ def neocell_cases(dtype=np.float64, *, layers=None, max_batch: int = 2) -> st.Se
     Raises
     ------
     TypeError, ValueError
-        A bad option (checked when the strategy is made).
+        A bad option (checked when the strategy is made); a drawn layer whose arrays
+        would exceed the memory budget (:func:`neocell_ref.validation.max_bytes`; when
+        drawn, before anything is allocated).
     """
     try:
         name = dtype_name(dtype)  # the one reading of a dtype argument (precision.py)
@@ -627,6 +646,13 @@ def _neocell_cases(draw, dtype, layers, max_batch):
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     channels = sum(g.channels for g in groups)
+    # A fixed height/width or a wide max_size or max_kernel can ask for any size: refuse
+    # it by name before drawing (the draws are float64 whatever the case's dtype).
+    shapes = {"x": (batch, channels, height, width), "grad_y": (batch, channels, h_out, w_out)}
+    for g, group in enumerate(groups):
+        shapes[f"weight_a_{g}"], shapes[f"weight_b_{g}"] = group.shape_a, group.shape_b
+    for what, shape in shapes.items():
+        check_nbytes(shape, np.float64, f"neocell_cases: {what}")
     x = rng.standard_normal((batch, channels, height, width)).astype(dtype)
     weights_a = [rng.standard_normal(g.shape_a).astype(dtype) for g in groups]
     weights_b = [rng.standard_normal(g.shape_b).astype(dtype) for g in groups]

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.vendor.pretty import pretty
 from support import mutant_ports
+from support.hostile import raises_naming
 
 import neocell_ref as nr
 from neocell_ref import layers
@@ -272,6 +273,12 @@ def test_kit_refuses_what_is_not_a_port():
         (lambda: testing.neocell_cases(None), TypeError, "dtype must be one of float16, float32, float64"),
         (lambda: testing.neocell_cases(max_batch=0), ValueError, "max_batch must be >= 1, got 0"),
         (lambda: testing.neocell_cases(layers=3), TypeError, "layers must be a hypothesis strategy"),
+        # bounded so that a draw cannot take unbounded time (every kernel pair is listed)
+        (lambda: testing.kernel_sizes(65), ValueError, "max_kernel must be at most 64, got 65"),
+        (lambda: testing.kernel_codes(max_kernel=10**5), ValueError, "max_kernel must be at most 64, got 100000"),
+        (lambda: testing.group_specs(max_kernel=65), ValueError, "max_kernel must be at most 64, got 65"),
+        (lambda: testing.layer_specs(max_kernel=65), ValueError, "max_kernel must be at most 64, got 65"),
+        (lambda: testing.layer_specs(max_groups=65), ValueError, "max_groups must be at most 64, got 65"),
     ],
 )
 def test_strategies_refuse_bad_options_when_made(make, error, words):
@@ -296,6 +303,28 @@ def test_a_size_strategy_drawing_zero_is_refused_when_drawn():
         _draw_some(testing.layer_specs(height=st.just(0)))
     sizes = {layer.size for layer in _draw_some(testing.layer_specs(height=st.just(3), width=np.int64(2)))}
     assert sizes == {(3, 2)}, sizes
+
+
+@pytest.mark.parametrize(
+    "layers, words",
+    [
+        (dict(height=10**5, width=10**5), ["neocell_cases: x", "(1, ", "100000, 100000)", "memory budget"]),
+        (
+            st.just(testing.LayerSpecs([{"kernel": 64, "channels": 1}], (1, 1))),
+            ["neocell_cases: weight_a_0", "(1, 64, 64)", "memory budget"],
+        ),
+    ],
+    ids=["input", "kernel"],
+)
+def test_neocell_cases_refuse_arrays_over_the_budget_before_allocating(layers, words):
+    # a fixed size or a large kernel is checked when drawn, by name, not by a
+    # MemoryError (or swapping) inside NumPy's generator
+    from neocell_ref.validation import max_bytes_set_to
+
+    if isinstance(layers, dict):
+        layers = testing.layer_specs(**layers)
+    with max_bytes_set_to(10**4), raises_naming(ValueError, *words):
+        _draw_some(testing.neocell_cases(layers=layers, max_batch=1), 20)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, "float32", np.dtype(np.float64)])
