@@ -80,7 +80,8 @@ def matmul(a, b, tag: str = "", out=None):
     """``np.matmul(a, b)`` that reports its multiply-accumulates to active counters.
 
     One product ``(..., m, k) @ (..., k, n)`` costs ``prod(out.shape) * k`` MACs
-    (broadcast batch dimensions included).
+    (broadcast batch dimensions included), recorded under the label ``tag``
+    (:meth:`MacCounter.by_tag`); ``out`` is passed to ``np.matmul``.
     """
     result = np.matmul(a, b, out=out)
     _record(tag, a, b, result)
@@ -110,6 +111,8 @@ def outer(a, b, tag: str = "", out=None):
     a : ndarray, shape (..., m, 1)
     b : ndarray, shape (..., 1, n)
         Stack dimensions broadcast as in ``np.matmul``.
+    tag : str, optional
+        Label recorded with the call (:meth:`MacCounter.by_tag`).
     out : ndarray, shape (..., m, n), optional
 
     Returns
@@ -158,6 +161,8 @@ def stacked_dot(a, b, tag: str = "", out=None):
     ----------
     a : ndarray, shape (s, m, k)
     b : ndarray, shape (s, k, n)
+    tag : str, optional
+        Label recorded with the call (:meth:`MacCounter.by_tag`).
     out : ndarray, shape (s, m, n), optional
         C-contiguous matrices of the result dtype (each ``out[i]`` is written by ``np.dot``).
 

@@ -288,6 +288,8 @@ def synthetic_patterns(rng, n, size=32, noise=0.5, dtype=np.float64):
         Number of images.
     size : int, default 32
     noise : float, default 0.5
+    dtype : floating dtype, default float64
+        dtype of ``images`` (drawn in float64, then cast).
 
     Returns
     -------

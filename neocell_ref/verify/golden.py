@@ -532,12 +532,28 @@ def compare_outputs(op, name, meta, arrays, got, *, rtol=None, atol=None, rtol_s
 
     Parameters
     ----------
+    op : str
+        The operation (a key of :data:`neocell_ref.verify.golden_ops.OPERATIONS`).
+    name : str
+        The case's name (in messages).
+    meta : dict
+        The case's manifest entry; ``meta["tolerances"]`` holds every array's stored
+        ``rtol``, ``atol`` and bound rule.
+    arrays : dict of str -> ndarray
+        The case's stored arrays: inputs and expected outputs.
     got : dict
         ``{expected array name: the port's output}``.
+    rtol, atol : float, optional
+        Overrides of the stored tolerances (None: stored).
+    rtol_scale : float, default 1
+        Factor on every stored ``rtol``.
+    diagnose : bool, default True
+        Ask the diagnosis which known defects explain the failing arrays.
 
     Returns
     -------
     list of ArrayComparison
+        One per array of ``got``, in its order.
     """
     results, failing, allowed = [], {}, {}
     for key, value in got.items():

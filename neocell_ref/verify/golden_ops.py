@@ -160,8 +160,10 @@ def _neocell_accumulation(specs, x_shape):
     * ``y = Â x B̂``: at most ``h_in`` terms on the left, ``w_in`` on the right.
     * ``grad_x = Âᵀ (dy B̂ᵀ)``: ``w_out + h_out``.
     * ``grad_a``: ``dz = dy B̂ᵀ`` (``w_out``), then a sum over samples, columns and the
-      blocks sharing a kernel entry: ``N · W · (blocks_h + 1)``.
-    * ``grad_b``: ``z = Â x`` (``h_in``), then ``N · H_out · (blocks_w + 1)``.
+      blocks sharing a kernel entry: ``N · W · blocks_h`` with ``blocks_h =
+      ceil(H_out / h_out) + 1`` (the tiles of the padded view, one more than fit).
+    * ``grad_b``: ``z = Â x`` (``h_in``), then ``N · H_out · blocks_w`` with
+      ``blocks_w = ceil(W / w_in) + 1``.
     """
     n, _, h, w = x_shape
     h_out, w_out = check_input_size(specs, h, w)
