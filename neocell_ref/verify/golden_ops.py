@@ -20,6 +20,7 @@ from the rules of :mod:`neocell_ref.verify.tolerances`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -263,25 +264,52 @@ def _neocell_make(name, specs_dicts, x_shape, dtype, rng):
     return meta, arrays, inputs, tolerances
 
 
+def snapshot(value):
+    """A port's output as it is when its call returns, safe from what the port does later.
+
+    A port may return a buffer it keeps and writes again in its next call (the
+    backward recomputing ``y`` into the forward's output buffer; the training forward
+    reusing the inference forward's logits): compared later, the first call's output
+    would be the second call's values, hiding a wrong one or failing a right one. So
+    every output is copied when its call returns. What converts to a non-object array
+    is copied as that array (the comparison converts it the same way); anything else
+    (a string, a ragged sequence, an object that cannot convert) is kept as it is and
+    fails the comparison with its own message.
+    """
+    if isinstance(value, (str, bytes)):
+        return value
+    try:
+        array = np.asarray(value)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # a port's object may raise anything: the comparison says so
+        return value
+    if array.dtype == object:
+        return value
+    return np.array(array, copy=True)
+
+
 def _neocell_run_port(arrays, meta, forward, backward):
-    """Call a port with the NeoCell convention; return ``{array name: output}``."""
-    specs = [dict(s) for s in meta["specs_as_written"]]
-    groups = len(specs)
+    """Call a port with the NeoCell convention; return ``{array name: output}``.
+
+    Each call gets its own copy of the specs, and its outputs are copied when it
+    returns (:func:`snapshot`)."""
+    groups = len(meta["specs_as_written"])
     x = arrays["x"]
     wa = [arrays[f"weight_a_{g}"] for g in range(groups)]
     wb = [arrays[f"weight_b_{g}"] for g in range(groups)]
     got = {}
     if forward is not None:
-        got["y"] = forward(x, wa, wb, specs)
+        got["y"] = snapshot(forward(x, wa, wb, copy.deepcopy(meta["specs_as_written"])))
     if backward is not None:
-        gx, ga, gb = backward(arrays["grad_y"], x, wa, wb, specs)
+        gx, ga, gb = backward(arrays["grad_y"], x, wa, wb, copy.deepcopy(meta["specs_as_written"]))
         for side, grads in (("a", ga), ("b", gb)):
             if len(grads) != groups:  # an extra gradient would be silently unchecked
                 raise ValueError(f"backward returned {len(grads)} weight_{side} gradients for {groups} group(s)")
-        got["grad_x"] = gx
+        got["grad_x"] = snapshot(gx)
         for g in range(groups):
-            got[f"grad_weight_a_{g}"] = ga[g]
-            got[f"grad_weight_b_{g}"] = gb[g]
+            got[f"grad_weight_a_{g}"] = snapshot(ga[g])
+            got[f"grad_weight_b_{g}"] = snapshot(gb[g])
     return got
 
 
@@ -440,13 +468,13 @@ def _layer_make(kind):
 
 
 def _layer_run_port(arrays, meta, forward, backward):
-    order, options = meta["input_order"], meta["options"]
+    order = meta["input_order"]
     inputs = [arrays[n] for n in order]
     got = {}
     if forward is not None:
-        got["y"] = forward(*inputs, **options)
+        got["y"] = snapshot(forward(*inputs, **copy.deepcopy(meta["options"])))
     if backward is not None:
-        grads = list(backward(arrays["grad_y"], *inputs, **options))
+        grads = [snapshot(g) for g in backward(arrays["grad_y"], *inputs, **copy.deepcopy(meta["options"]))]
         # One gradient per positional input; trailing ones for optional inputs that
         # were not given (a missing bias) must be None.
         if len(grads) < len(order) or any(g is not None for g in grads[len(order) :]):
@@ -595,14 +623,17 @@ def _model_run_port(arrays, meta, forward, backward):
     def state():  # a fresh copy per call: a port may update buffers in place
         return {k[len("state/") :]: np.array(v) for k, v in arrays.items() if k.startswith("state/")}
 
-    config = dict(meta["config"])
+    def config():  # a fresh copy per call: a port may change the dict or its lists
+        return copy.deepcopy(meta["config"])
+
     got = {}
     if forward is not None:
-        got["logits_eval"] = forward(np.array(arrays["x"]), state(), config, False)
-        got["logits_train"] = forward(np.array(arrays["x"]), state(), config, True)
+        # each output copied before the next call (snapshot): the two forwards may share a buffer
+        got["logits_eval"] = snapshot(forward(np.array(arrays["x"]), state(), config(), False))
+        got["logits_train"] = snapshot(forward(np.array(arrays["x"]), state(), config(), True))
     if backward is not None:
-        grad_x, grads = backward(arrays["grad_logits"], arrays["x"], state(), config)
-        got["grad_x"] = grad_x
+        grad_x, grads = backward(arrays["grad_logits"], arrays["x"], state(), config())
+        got["grad_x"] = snapshot(grad_x)
         wanted = {k[len("grad/") :] for k in meta["tolerances"] if k.startswith("grad/")}
         missing = sorted(wanted - set(grads))
         if missing:
@@ -615,7 +646,7 @@ def _model_run_port(arrays, meta, forward, backward):
             raise ValueError(f"backward returned gradients for names the model does not have: {extra[:5]}")
         for key in meta["tolerances"]:
             if key.startswith("grad/"):
-                got[key] = grads[key[len("grad/") :]]
+                got[key] = snapshot(grads[key[len("grad/") :]])
     return got
 
 

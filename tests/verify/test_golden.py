@@ -214,6 +214,17 @@ def test_a_port_writing_into_its_inputs_changes_nothing_else(golden):
     assert report.passed and report.cases_run == len(NEOCELL_CASES_CORE), report.table()
 
 
+def test_outputs_are_taken_when_each_call_returns(golden):
+    """A port that returns a buffer it keeps and writes again later: a wrong forward
+    (zeros) is not hidden by a backward that writes the right ``y`` into the same
+    buffer, and a right port returning ``y`` and ``grad_x`` in one buffer passes."""
+    report = verify_golden(golden, "neocell", mutant_ports.zero_kept_forward, mutant_ports.fixing_kept_backward)
+    failing = {(r.case, r.array) for r in report.failures}
+    assert failing == {(name, "y") for name, *_ in NEOCELL_CASES_CORE}, report.table()
+    report = verify_golden(golden, "neocell", mutant_ports.right_kept_forward, mutant_ports.right_kept_backward)
+    assert report.passed and report.cases_run == len(NEOCELL_CASES_CORE), report.table()
+
+
 def test_extra_weight_gradients_fail_the_case(golden):
     report = verify_golden(golden, "neocell", None, mutant_ports.extra_grads_backward)
     assert {r.case for r in report.failures} == {name for name, *_ in NEOCELL_CASES_CORE}, report.table()
@@ -237,6 +248,15 @@ def test_a_huge_error_over_a_tiny_allowance_fails_without_a_warning():
         warnings.simplefilter("error")
         result = compare_arrays("c", "y", np.array([1e300]), np.array([1e-300]), rtol=1e-16)
     assert not result.passed and result.ratio == np.inf, result.describe()
+
+
+def test_model_calls_get_their_own_config_and_outputs(golden64):
+    """The inference and training forwards get separate configs (a port reversing
+    ``dims`` in place cannot break the next call) and their logits are taken when each
+    returns (one kept buffer for both modes passes)."""
+    for forward in (mutant_ports.config_changing_model_forward, mutant_ports.kept_logits_model_forward):
+        report = verify_golden(golden64, "model", forward)
+        assert report.passed, f"{forward.__name__}:\n{report.table()}"
 
 
 def test_a_model_gradient_for_an_unknown_parameter_fails_the_case(golden64):

@@ -111,6 +111,23 @@ def test_a_gradient_for_an_input_that_is_not_differentiated_fails_the_case(kind)
     assert_layer_matches(kind, None, own)  # the reference's own None passes
 
 
+def test_the_kit_takes_each_output_when_its_call_returns():
+    """A wrong forward into a kept buffer that the backward then fixes is still a
+    failing ``y`` in the kit (the outputs are copied when each call returns)."""
+    rng = np.random.default_rng(5)
+    specs = [{"kernel": 3, "channels": 2, "shift": 1}]
+    case = NeoCellCase(
+        specs,
+        rng.standard_normal((1, 2, 5, 4)),
+        [rng.standard_normal((2, 3, 3))],
+        [rng.standard_normal((2, 3, 3))],
+        rng.standard_normal((1, 2, 5, 4)),
+        5,
+    )
+    results = check_neocell_case(mutant_ports.zero_kept_forward, mutant_ports.fixing_kept_backward, case)
+    assert [r.array for r in results if not r.passed] == ["y"], results
+
+
 def test_report_names_array_index_values_and_tolerance():
     case_failures = []
 
