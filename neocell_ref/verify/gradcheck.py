@@ -327,7 +327,9 @@ def neocell_gradcheck(x, weights_a, weights_b, specs, method="patchwise", backwa
         official-style dicts, those the caller wrote (a GroupSpec as its explicit
         dict), a fresh copy per call.
     **kwargs
-        Passed to :func:`check_gradients`. The step ``eps`` defaults to ``1e-3`` here:
+        Passed to :func:`check_gradients`; ``wrt`` defaults to every input here (a
+        backward returning None for a kernel is refused, not skipped). The step ``eps``
+        defaults to ``1e-3`` here:
         NeoCell is linear in ``x`` and in each kernel separately, so a central
         difference along one input has no truncation error for any step, only the
         rounding error of the loss divided by the step. With ``1e-6`` that rounding
@@ -370,4 +372,7 @@ def neocell_gradcheck(x, weights_a, weights_b, specs, method="patchwise", backwa
         return [gx, *ga, *gb]
 
     names = ["x"] + [f"weights_a[{g}]" for g in range(groups)] + [f"weights_b[{g}]" for g in range(groups)]
+    # Every input is checked unless the caller chose: a backward returning None for a
+    # kernel must fail ("backward returned None for them"), not drop that kernel's rows.
+    kwargs.setdefault("wrt", list(range(len(names))))
     return check_gradients(fwd, back, [x, *weights_a, *weights_b], names=names, **kwargs)

@@ -368,3 +368,23 @@ def test_neocell_gradcheck_names_a_weight_list_of_the_wrong_length():
 def test_a_non_finite_input_element_is_named_not_blamed_on_eps():
     with raises_naming(ValueError, "input0 at (1,) is nan", "finite"):
         check_gradients(lambda a: 2 * a, lambda g, a: [2 * g], [np.array([1.0, np.nan])])
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
+def test_neocell_gradcheck_refuses_a_backward_without_kernel_gradients(side):
+    """A backward returning None for a kernel is refused by name, not reported as
+    passed with the kernel's rows left out."""
+    specs = parse_kernel_code("3", channels=2, shift=1)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 2, 5, 4))
+    wa, wb = [rng.standard_normal((2, 3, 3))], [rng.standard_normal((2, 3, 3))]
+
+    def without_kernel_gradient(gy, x_, a, b, s):
+        gx, ga, gb = neocell_backward(gy, x_, a, b, s)
+        return (gx, [None], gb) if side == "a" else (gx, ga, [None])
+
+    with raises_naming(ValueError, f"weights_{side}[0]", "backward returned None"):
+        neocell_gradcheck(x, wa, wb, specs, backward=without_kernel_gradient)
+    # the package's own backward: every input has its rows
+    report = neocell_gradcheck(x, wa, wb, specs)
+    assert [row.name for row in report.inputs] == ["x", "weights_a[0]", "weights_b[0]"], report
