@@ -243,6 +243,9 @@ def compare_arrays(case, array, got, expected, *, rtol, atol=0.0, bound=None) ->
     otherwise. ``got`` must be a real floating array of exactly ``expected``'s shape;
     anything else (complex, integer, boolean, object, ragged, another shape) fails
     with a message, and so does a non-finite value where a finite one is expected.
+    Where the expected value itself is NaN or ±Inf (never in an exported set, which
+    refuses them; possible in a hand-made kit case), only the same value passes: NaN
+    for NaN, the same infinity for an infinity.
     """
     expected = np.asarray(expected, dtype=np.float64)
     got, reason = _port_array(got)
@@ -258,6 +261,10 @@ def compare_arrays(case, array, got, expected, *, rtol, atol=0.0, bound=None) ->
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # huge / subnormal is inf: fails
         ratio = np.where(allowed > 0, error / allowed, np.where(error > 0, np.inf, 0.0))
     ratio = np.where(bad_nonfinite, np.inf, ratio)
+    # A non-finite expected value makes error and allowed NaN (or inf - inf), which the
+    # ratio above would read as 0: compare it by identity instead.
+    same = (got == expected) | (np.isnan(got) & np.isnan(expected))
+    ratio = np.where(np.isfinite(expected), ratio, np.where(same, 0.0, np.inf))
     if ratio.size == 0:
         return ArrayComparison(case, array, True, ratio=0.0)
     worst = np.unravel_index(int(np.nanargmax(np.where(np.isnan(ratio), np.inf, ratio))), ratio.shape)

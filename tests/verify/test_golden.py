@@ -1236,6 +1236,30 @@ def test_compare_arrays_reports_worst_element():
     assert not compare_arrays("c", "y", nan, expected, rtol=1.0, atol=1.0).passed
 
 
+@pytest.mark.parametrize(
+    "expected_value, got_value, passes",
+    [
+        (np.nan, 0.0, False),
+        (np.nan, 12345.0, False),
+        (np.nan, np.inf, False),
+        (np.nan, np.nan, True),
+        (np.inf, np.inf, True),
+        (np.inf, -np.inf, False),
+        (np.inf, 1e300, False),
+        (-np.inf, np.nan, False),
+    ],
+)
+def test_compare_arrays_holds_a_non_finite_expected_value_to_the_same_value(expected_value, got_value, passes):
+    # |got - NaN| and its allowance are NaN, which read as a ratio of 0 and passed
+    # anything where the expected value was NaN
+    expected = np.array([expected_value, 1.0, 2.0])
+    got = np.array([got_value, 1.0, 2.0])
+    result = compare_arrays("c", "y", got, expected, rtol=1e-15)
+    assert result.passed is passes, f"expected {expected_value}, got {got_value}: {result.describe()}"
+    if not passes:
+        assert result.index == (0,), result.describe()
+
+
 # ---------------------------------------------------------------------------- command line
 def test_cli_export_and_verify(tmp_path, monkeypatch, capsys):
     directory = tmp_path / "g"

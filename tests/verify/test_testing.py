@@ -366,14 +366,22 @@ def test_check_neocell_case_refuses_bad_name_and_diagnose(options, error, words)
         check_neocell_case(mutant_ports.correct_forward, None, case, **options)
 
 
-def test_a_float16_case_with_inf_is_refused_by_name():
-    """Its mixed-precision atol would be computed from an infinite sum (it was 1.0)."""
-    x = np.ones((1, 1, 2, 2), dtype=np.float16)
-    x[0, 0, 0, 0] = np.inf
-    weights = [np.ones((1, 2, 2), dtype=np.float16)]
-    case = NeoCellCase([{"kernel": 2, "channels": 1}], x, weights, weights, np.ones_like(x))
-    with pytest.raises(ValueError, match="x of a float16 case holds NaN or Inf"):
-        check_neocell_case(mutant_ports.correct_forward, None, case)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+@pytest.mark.parametrize("key", ["x", "grad_y", "weight_b_0"])
+def test_a_case_with_nan_or_inf_is_refused_by_name(dtype, value, key):
+    """A non-finite input makes expected values NaN, against which any output would
+    pass (a port writing zeros passed an all-NaN x; a float16 case's atol came from an
+    infinite sum): refused before the port runs."""
+    x = np.ones((1, 1, 2, 2), dtype=dtype)
+    weights_a, weights_b = [np.ones((1, 2, 2), dtype=dtype)], [np.ones((1, 2, 2), dtype=dtype)]
+    grad_y = np.ones_like(x)
+    {"x": x, "grad_y": grad_y, "weight_b_0": weights_b[0]}[key][0, 0, 0] = value
+    case = NeoCellCase([{"kernel": 2, "channels": 1}], x, weights_a, weights_b, grad_y)
+    calls = []
+    with pytest.raises(ValueError, match=f"{key} of the case holds NaN or Inf"):
+        check_neocell_case(lambda *args: calls.append(args), None, case)
+    assert not calls, "the port ran on a refused case"
 
 
 # --------------------------------------------------------------------------------------
