@@ -394,6 +394,15 @@ def main(argv=None) -> int:
         # Unusable input (bad argument, unusable golden set or port, unwritable path).
         print(f"neocell-ref: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - the exit status contract: 2 and one line, never a traceback
+        # Nothing above should reach here; if something does (a defect of neocell-ref,
+        # or a port's import that changed the interpreter's state), there is no verdict:
+        # status 2, not 1 ("the port failed"), with the exception named.
+        print(
+            f"neocell-ref: internal error: {type(exc).__name__}: {_one_line(exc)} (no verdict; please report it)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

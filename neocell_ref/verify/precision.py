@@ -99,7 +99,7 @@ def round_bfloat16(values) -> np.ndarray:
     source = np.asarray(values)
     if source.dtype.kind != "f":
         raise TypeError(f"round_bfloat16 takes a real floating array, got dtype {source.dtype}")
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         wide = source.astype(np.float64)
         single = wide.astype(np.float32)
     bits = np.ascontiguousarray(single).view(np.uint32).astype(np.uint64)
@@ -167,7 +167,8 @@ def store(values, dtype) -> np.ndarray:
     values = as_real_array(values, "values")
     if dtype == "bfloat16":
         return round_bfloat16(values if values.dtype.kind == "f" else values.astype(np.float64))
-    return values.astype(dtype)
+    with np.errstate(under="ignore"):  # rounding to a subnormal or to 0 is the point
+        return values.astype(dtype)
 
 
 # --------------------------------------------------------------------------------------
