@@ -223,31 +223,38 @@ def relative_error(got, ref) -> float:
 
     Parameters
     ----------
-    got, ref : array_like, same shape
-        Computed in float64 whatever their dtype.
+    got, ref : array_like of real numbers, same shape
+        Computed in float64 whatever their (real) dtype.
 
     Returns
     -------
     float
         ``0.0`` when both are all zeros, ``inf`` when ``ref`` is all zeros and ``got``
-        is not (a relative error is undefined there, and any deviation is a failure).
+        is not (a relative error is undefined there, and any deviation is a failure),
+        and ``inf`` when either holds NaN or Inf (never "close").
 
     Raises
     ------
+    TypeError
+        Complex, boolean, string or object input: nothing is cast silently (an
+        imaginary part would be dropped, ``"1"`` parsed as 1).
     ValueError
         If the shapes differ: a wrong shape is never "close".
     """
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
+    got = as_real_array(got, "got").astype(np.float64, copy=False)
+    ref = as_real_array(ref, "ref").astype(np.float64, copy=False)
     if got.shape != ref.shape:
         raise ValueError(f"shapes differ: got {got.shape}, reference {ref.shape}")
     if got.size == 0:
         return 0.0
-    diff = float(np.max(np.abs(got - ref)))
-    scale = float(np.max(np.abs(ref)))
-    if scale == 0.0:
-        return 0.0 if diff == 0.0 else float("inf")
-    return diff / scale
+    if not (np.isfinite(got).all() and np.isfinite(ref).all()):
+        return float("inf")
+    with np.errstate(all="ignore"):  # huge differences are inf, which is the answer
+        diff = float(np.max(np.abs(got - ref)))
+        scale = float(np.max(np.abs(ref)))
+        if scale == 0.0:
+            return 0.0 if diff == 0.0 else float("inf")
+        return diff / scale
 
 
 # --------------------------------------------------------------------------------------

@@ -66,6 +66,26 @@ def test_relative_error_metric():
         relative_error(ref, ref.ravel())
 
 
+@pytest.mark.parametrize(
+    "got, ref, word",
+    [
+        (np.array([1 + 5j]), np.array([1.0]), "got"),  # the imaginary part was dropped: 0.0
+        (["1", "2"], [1.0, 2.0], "got"),  # strings were parsed: 0.0
+        (np.array([1.0]), np.array([True]), "ref"),
+    ],
+)
+def test_relative_error_casts_nothing_silently(got, ref, word):
+    with pytest.raises(TypeError, match=word):
+        relative_error(got, ref)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_relative_error_of_a_non_finite_value_is_infinite(bad):
+    ref = np.array([1.0, 2.0])
+    assert relative_error(np.array([bad, 2.0]), ref) == float("inf")
+    assert relative_error(ref, np.array([1.0, bad])) == float("inf")
+
+
 # --------------------------------------------------------------------------------------
 # bad arguments: a tolerance is never negative, NaN or built from a non-integer length
 # --------------------------------------------------------------------------------------
