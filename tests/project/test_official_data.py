@@ -12,8 +12,9 @@ Two kinds of tests:
   package's reference; the loader leaves no trace in ``sys.modules`` or in the checkout.
 
 The checkout cannot be installed from a package registry, so these tests skip without
-the variable *also under CI*: the one documented exception to "no skips in CI"
-(``tests/data/PROVENANCE.md`` says how to run them).
+the variable *also under CI*: a documented exception to "no skips in CI" (the other,
+for the same reason: the side-by-side benchmark runs) (``tests/data/PROVENANCE.md``
+says how to run them).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ TOLERANCE = 1e-12
 SKIP_REASON = (
     f"set {ENV} to a checkout of github HapKoM/neonext (commit ea32509) to run the provenance "
     "audit; skipped even in CI because that checkout is not installable from a package "
-    "registry (the one documented exception to 'no skips in CI', see tests/data/PROVENANCE.md)"
+    "registry (a documented exception to 'no skips in CI', see tests/data/PROVENANCE.md)"
 )
 
 
