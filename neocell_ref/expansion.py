@@ -19,6 +19,16 @@ The patch-wise formulations follow the same rule by padding and cropping instead
   kernel size and one shift pair (SPEC section 4), used by every formulation.
 
 The tests prove the views agree.
+
+**Dtypes.** :func:`expand` and :func:`expand_adjoint` follow the package's dtype rule
+(:func:`neocell_ref.validation.compute_dtype`) over all their operands, as every
+operation does. The one-kernel functions :func:`expand_kernel` and
+:func:`expand_kernel_adjoint` compute integer input in float64 by the same rule (an
+integer gradient summed into an integer array would wrap around), but keep a floating
+operand's own dtype: the expansion copies entries exactly in any floating dtype, and the
+adjoint then sums in the dtype the caller chose (the precision model of
+:mod:`neocell_ref.verify` passes float16 to round every partial sum as a float16 port
+would).
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .spec import check_input_size, parse_specs, shift_segments
-from .validation import as_int, as_real_array, check_nbytes, check_weights
+from .validation import as_int, as_real_array, check_nbytes, check_weights, compute_dtype
 
 __all__ = [
     "block_layout",
@@ -173,6 +183,8 @@ def expand_kernel(kernel: np.ndarray, rows: int, cols: int, shift: int) -> np.nd
     Returns
     -------
     ndarray, shape (..., rows, cols)
+        In ``kernel``'s dtype when it is floating, in float64 when it is an integer
+        array (the module's dtype note).
 
     Raises
     ------
@@ -188,8 +200,9 @@ def expand_kernel(kernel: np.ndarray, rows: int, cols: int, shift: int) -> np.nd
     p, q = _kernel_shape(kernel, "kernel")
     rows, cols = as_int(rows, "rows", 0), as_int(cols, "cols", 0)
     shift = _check_shift(shift, p, q)
-    check_nbytes(kernel.shape[:-2] + (rows, cols), kernel.dtype, "expand_kernel: expanded matrix")
-    out = np.zeros(kernel.shape[:-2] + (rows, cols), dtype=kernel.dtype)
+    dtype = _kernel_dtype(kernel)
+    check_nbytes(kernel.shape[:-2] + (rows, cols), dtype, "expand_kernel: expanded matrix")
+    out = np.zeros(kernel.shape[:-2] + (rows, cols), dtype=dtype)
     if rows and cols:  # an empty matrix (a zero output size) holds no entry
         check_nbytes((nnz(p, q, rows, cols, shift),), np.intp, "expand_kernel: block layout indices")
         m_r, m_c, k_r, k_c = block_layout(p, q, rows, cols, shift)
@@ -212,6 +225,8 @@ def expand_kernel_adjoint(grad_full: np.ndarray, p: int, q: int, shift: int) -> 
     Returns
     -------
     ndarray, shape (..., p, q)
+        In ``grad_full``'s dtype when it is floating, in float64 when it is an integer
+        array: summing the copies in an integer array would wrap around silently.
 
     Raises
     ------
@@ -224,18 +239,25 @@ def expand_kernel_adjoint(grad_full: np.ndarray, p: int, q: int, shift: int) -> 
     p, q = as_int(p, "p", 1), as_int(q, "q", 1)
     shift = _check_shift(shift, p, q)
     rows, cols = grad_full.shape[-2:]
-    check_nbytes(grad_full.shape[:-2] + (p, q), grad_full.dtype, "expand_kernel_adjoint: kernel gradient")
+    dtype = _kernel_dtype(grad_full)
+    check_nbytes(grad_full.shape[:-2] + (p, q), dtype, "expand_kernel_adjoint: kernel gradient")
     lead = grad_full.shape[:-2]
     if not (rows and cols):  # nothing was filled, nothing flows back
-        return np.zeros(lead + (p, q), dtype=grad_full.dtype)
+        return np.zeros(lead + (p, q), dtype=dtype)
     check_nbytes((nnz(p, q, rows, cols, shift),), np.intp, "expand_kernel_adjoint: block layout indices")
     m_r, m_c, k_r, k_c = block_layout(p, q, rows, cols, shift)
     # An explicit row count: reshape(-1, 0) is ambiguous when nothing is filled (rows == 0).
-    values = grad_full[..., m_r, m_c].reshape(math.prod(lead), len(m_r))
-    flat = np.zeros((values.shape[0], p * q), dtype=grad_full.dtype)
+    values = grad_full[..., m_r, m_c].reshape(math.prod(lead), len(m_r)).astype(dtype, copy=False)
+    flat = np.zeros((values.shape[0], p * q), dtype=dtype)
     # Sum duplicates: a kernel entry is copied into every block (and the corner).
     np.add.at(flat, (slice(None), k_r * q + k_c), values)
     return flat.reshape(lead + (p, q))
+
+
+def _kernel_dtype(arr) -> np.dtype:
+    """The dtype of the one-kernel functions: a floating ``arr``'s own, else the dtype
+    rule's (float64 for integers; see the module docstring)."""
+    return arr.dtype if arr.dtype.kind == "f" else compute_dtype(arr)
 
 
 def _kernel_shape(kernel, name):
@@ -327,7 +349,9 @@ def expand(weights_a, weights_b, specs, size):
     -------
     A_full : ndarray, shape (C, H_out, H)
     B_full : ndarray, shape (C, W, W_out)
-        Per channel ``c``, ``y[n, c] = A_full[c] @ x[n, c] @ B_full[c]``.
+        Per channel ``c``, ``y[n, c] = A_full[c] @ x[n, c] @ B_full[c]``. Both in the
+        :func:`~neocell_ref.validation.compute_dtype` of all the weights (integer
+        weights give float64).
     """
     specs = parse_specs(specs)
     unordered = isinstance(size, (Set, Mapping))  # {7, 8} has no first and second element
@@ -360,6 +384,9 @@ def expand_adjoint(grad_a_full, grad_b_full, specs):
     Returns
     -------
     grads_a, grads_b : lists of ndarray shaped like the weights
+        In the :func:`~neocell_ref.validation.compute_dtype` of both gradients, as
+        :func:`expand` returns both matrices in that of all the weights (integer
+        gradients are summed in float64, never wrapped around).
 
     Raises
     ------
@@ -391,8 +418,11 @@ def expand_adjoint(grad_a_full, grad_b_full, specs):
                 f"{name} has shape {arr.shape}, expected {expected} for these specs and input "
                 f"size H={height}, W={width}"
             )
-    grads_a = [np.zeros(g.shape_a, dtype=grad_a_full.dtype) for g in specs]
-    grads_b = [np.zeros(g.shape_b, dtype=grad_b_full.dtype) for g in specs]
+    # Cast before the sums: expand_kernel_adjoint keeps a float16 operand's dtype.
+    dtype = compute_dtype(grad_a_full, grad_b_full)
+    grad_a_full, grad_b_full = grad_a_full.astype(dtype, copy=False), grad_b_full.astype(dtype, copy=False)
+    grads_a = [np.zeros(g.shape_a, dtype=dtype) for g in specs]
+    grads_b = [np.zeros(g.shape_b, dtype=dtype) for g in specs]
     for g, sl, c, sa, sb in channel_runs(specs):
         spec = specs[g]
         grads_a[g][sl] = expand_kernel_adjoint(grad_a_full[c], spec.h_out, spec.h_in, sa)

@@ -360,3 +360,52 @@ def test_expand_kernel_argument_types():
         expand_kernel(np.ones((2, 2)) * 1j, 5, 5, 0)
     with raises_naming(TypeError, "size", "pair"):
         expand([np.ones((1, 2, 2))], [np.ones((1, 2, 2))], [{"kernel": 2, "channels": 1}], 4)
+
+
+# ======================================================================================
+# dtypes: integer input computes in float64 (the package's dtype rule), never wraps
+# --------------------------------------------------------------------------------------
+
+
+def test_expand_adjoint_sums_integer_gradients_in_float64():
+    """300x300 of uint8 200 with a 3x3 kernel: each entry of the kernel gradient is the sum
+    of its 100 copies, 100·200 = 20000 by hand (uint8 accumulation wrapped to 32)."""
+    specs = [{"kernel": 3, "channels": 1}]
+    grads_a, grads_b = expand_adjoint(np.full((1, 300, 300), 200, np.uint8), np.zeros((1, 300, 300), np.uint8), specs)
+    assert grads_a[0].dtype == np.float64 and grads_b[0].dtype == np.float64, (grads_a[0].dtype, grads_b[0].dtype)
+    assert np.array_equal(grads_a[0], np.full((1, 3, 3), 20000.0)), grads_a[0]
+    assert np.array_equal(grads_b[0], np.zeros((1, 3, 3))), grads_b[0]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int64])
+def test_expand_kernel_adjoint_sums_integer_gradients_in_float64(dtype):
+    """Every kernel entry of a 2x2 kernel on 256x256 (shift 0) is copied 128 times; with
+    all-100 entries its gradient is 12800 (hand count), which no 8-bit integer holds."""
+    got = expand_kernel_adjoint(np.full((256, 256), 100, dtype), 2, 2, 0)
+    assert got.dtype == np.float64, got.dtype
+    assert np.array_equal(got, np.full((2, 2), 12800.0)), got
+    # The empty matrix takes the same rule.
+    assert expand_kernel_adjoint(np.zeros((0, 4), dtype), 2, 2, 0).dtype == np.float64
+
+
+def test_expand_of_integer_weights_follows_the_dtype_rule():
+    """Integer kernels expand in float64 (compute_dtype), the values copied exactly; a
+    floating kernel keeps its own dtype in the one-kernel function."""
+    kernel = np.array([[1, 2], [3, 4]], dtype=np.int8)
+    got = expand_kernel(kernel, 3, 3, 1)
+    expected = np.array([[4, 0, 0], [0, 1, 2], [0, 3, 4]], dtype=np.float64)  # SPEC 3 by hand
+    assert got.dtype == np.float64 and np.array_equal(got, expected), got
+    assert expand_kernel(kernel.astype(np.float32), 3, 3, 1).dtype == np.float32
+    a_full, b_full = expand([kernel[None]], [kernel[None]], [{"kernel": 2, "channels": 1, "shift": 1}], (3, 3))
+    assert a_full.dtype == b_full.dtype == np.float64, (a_full.dtype, b_full.dtype)
+    assert np.array_equal(a_full[0], expected), a_full[0]
+
+
+def test_expand_adjoint_follows_the_dtype_rule_of_both_gradients():
+    """float32 with float64 computes in float64; float16 alone in float32 (compute_dtype)."""
+    specs = [{"kernel": 2, "channels": 1}]
+    da, db = expand_adjoint(np.ones((1, 4, 4), np.float32), np.ones((1, 4, 4)), specs)
+    assert da[0].dtype == db[0].dtype == np.float64, (da[0].dtype, db[0].dtype)
+    da, db = expand_adjoint(np.ones((1, 4, 4), np.float16), np.ones((1, 4, 4), np.float16), specs)
+    assert da[0].dtype == db[0].dtype == np.float32, (da[0].dtype, db[0].dtype)
+    assert np.array_equal(da[0], np.full((1, 2, 2), 2.0)), da[0]  # each entry copied twice
