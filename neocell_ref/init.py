@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .spec import parse_specs
-from .validation import as_int, check_nbytes, real_number
+from .validation import as_int, check_nbytes, floating_dtype, real_number
 
 __all__ = ["skewed_identity", "neo_init"]
 
@@ -35,8 +35,7 @@ def skewed_identity(n_rows: int, n_cols: int, dtype=np.float64) -> np.ndarray:
     ndarray, shape (n_rows, n_cols)
     """
     n, m = as_int(n_rows, "n_rows", 1), as_int(n_cols, "n_cols", 1)
-    if np.dtype(dtype).kind != "f":  # the entries are fractions such as 1/2 and 1/3
-        raise TypeError(f"dtype must be a floating-point dtype, got {np.dtype(dtype)}")
+    dtype = floating_dtype(dtype)  # the entries are fractions such as 1/2 and 1/3
     check_nbytes((n, m), dtype, "skewed_identity")
     if n == m:
         return np.eye(n, dtype=dtype)
@@ -78,9 +77,7 @@ def neo_init(specs, rng=None, *, dtype=np.float64, noise_scale=1.0):
     specs = parse_specs(specs)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)), got {rng!r}")
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    dtype = floating_dtype(dtype, allowed=(np.float32, np.float64))
     noise_scale = real_number(noise_scale, "noise_scale", 0.0, type_error=True)
     # Refuse before drawing anything: the noise is drawn in float64 whatever ``dtype`` is.
     for spec in specs:

@@ -34,7 +34,7 @@ from scipy import special
 
 from . import _parallel as parallel
 from .instrument import matmul
-from .validation import as_flag, as_int, as_real_array, check_nbytes, compute_dtype, real_number
+from .validation import as_flag, as_int, as_real_array, check_nbytes, compute_dtype, floating_dtype, real_number
 
 __all__ = [
     "linear_forward",
@@ -909,7 +909,8 @@ def drop_path_scale(rng, n, rate, dtype=np.float64):
         Batch size.
     rate : float in [0, 1)
         Drop probability. ``rate == 0`` draws nothing and returns ones.
-    dtype : float dtype
+    dtype : floating dtype, default float64
+        An integer dtype is refused (``TypeError``): it would truncate ``1/(1 - rate)``.
 
     Returns
     -------
@@ -918,6 +919,7 @@ def drop_path_scale(rng, n, rate, dtype=np.float64):
     """
     rate = real_number(rate, "rate", 0.0, 1.0, high_open=True)
     n = as_int(n, "n", 1)
+    dtype = floating_dtype(dtype)
     check_nbytes((n,), dtype, "drop_path_scale: scale")
     if rate == 0.0:
         return np.ones(n, dtype=dtype)

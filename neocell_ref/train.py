@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .layers import check_targets, cross_entropy_backward, cross_entropy_forward
-from .validation import as_int, as_real_array, check_nbytes, real_number
+from .validation import as_int, as_real_array, check_nbytes, floating_dtype, real_number
 
 __all__ = ["SGD", "AdamW", "default_decay", "synthetic_patterns", "train_step", "PATTERN_CLASSES"]
 
@@ -300,8 +300,7 @@ def synthetic_patterns(rng, n, size=32, noise=0.5, dtype=np.float64):
         raise TypeError(f"rng must be a numpy.random.Generator, got {rng!r}")
     n, size = as_int(n, "n", 1), as_int(size, "size", 1)
     noise = real_number(noise, "noise", 0.0)
-    if np.dtype(dtype).kind != "f":
-        raise TypeError(f"dtype must be a floating-point dtype, got {np.dtype(dtype)}")
+    dtype = floating_dtype(dtype)
     check_nbytes((n, 3, size, size), np.float64, "synthetic_patterns: images")
     labels = rng.integers(0, len(PATTERN_CLASSES), size=n)
     period = rng.choice(np.array([4.0, 6.0, 8.0]), size=n)

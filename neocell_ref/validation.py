@@ -9,6 +9,7 @@ module needs live here, once:
 * :func:`as_real_array` — an array of a real numeric dtype (complex, bool, object and
   strings refused);
 * :func:`compute_dtype` — the **dtype rule** of every operation;
+* :func:`floating_dtype` — a ``dtype=`` argument that must be floating;
 * :func:`check_weights` — the per-group NeoCell kernels against their specs;
 * :func:`check_nbytes` — the **memory budget**.
 
@@ -54,6 +55,7 @@ __all__ = [
     "real_number",
     "as_real_array",
     "compute_dtype",
+    "floating_dtype",
     "check_weights",
 ]
 
@@ -179,6 +181,47 @@ def compute_dtype(*operands) -> np.dtype:
     ]
     low = all(d.kind == "f" and d.itemsize <= 4 for d in dtypes)
     return np.dtype(np.float32) if low else np.dtype(np.float64)
+
+
+def floating_dtype(dtype, name: str = "dtype", allowed=None) -> np.dtype:
+    """``dtype`` (anything :class:`numpy.dtype` reads, such as ``np.float32`` or ``"f8"``)
+    as a floating NumPy dtype, for the arguments that choose the dtype of new arrays.
+
+    ``None`` is refused rather than read as NumPy's default float64, and a name NumPy
+    does not know is refused naming ``name`` (NumPy's own message would not say which
+    argument it was).
+
+    Parameters
+    ----------
+    dtype : dtype-like
+    name : str
+        How messages name the argument.
+    allowed : sequence of dtype-like, optional
+        The only dtypes accepted (for example float32 and float64).
+
+    Returns
+    -------
+    numpy.dtype
+
+    Raises
+    ------
+    TypeError
+        ``dtype`` is not a dtype, not floating, or not in ``allowed``; ``name`` and the
+        value are named.
+    """
+    wanted = "a floating NumPy dtype"
+    if allowed is not None:
+        allowed = [np.dtype(d) for d in allowed]
+        wanted = " or ".join(d.name for d in allowed)
+    try:
+        result = None if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):  # "data type 'foo' not understood", a malformed spec
+        result = None
+    if result is None:
+        raise TypeError(f"{name} must be {wanted}, got {_short_repr(dtype)}")
+    if result.kind != "f" or (allowed is not None and result not in allowed):
+        raise TypeError(f"{name} must be {wanted}, got {result}")
+    return result
 
 
 def check_weights(weights_a, weights_b, specs):

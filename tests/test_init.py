@@ -84,6 +84,9 @@ def test_skewed_identity_dtype(dtype):
         (("3", 3), TypeError, ["n_rows", "'3'"]),
         ((4, 2, np.int64), TypeError, ["dtype", "int64"]),
         ((4, 2, np.complex128), TypeError, ["dtype", "complex128"]),
+        # NumPy's own "data type 'foo' not understood" named no argument.
+        ((4, 2, "foo"), TypeError, ["dtype must be a floating NumPy dtype", "'foo'"]),
+        ((4, 2, None), TypeError, ["dtype", "None"]),  # not NumPy's default float64
     ],
 )
 def test_skewed_identity_errors(args, exc, fragments):
@@ -182,6 +185,7 @@ def test_float32_dtype():
         (dict(noise_scale=None), TypeError, ["noise_scale", "None"]),
         (dict(dtype=np.int32), TypeError, ["dtype", "int32"]),
         (dict(dtype=np.float16), TypeError, ["dtype", "float16"]),
+        (dict(dtype="foo"), TypeError, ["dtype must be float32 or float64", "'foo'"]),
     ],
 )
 def test_neo_init_errors(kwargs, exc, fragments):

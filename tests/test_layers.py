@@ -547,6 +547,14 @@ def test_float32_in_float32_out_and_promotion():
         (lambda: L.drop_path_scale(np.random.default_rng(0), 4, 1.0), ValueError, ["rate", "< 1"]),
         (lambda: L.drop_path_scale(None, 4, 0.5), TypeError, ["rng"]),
         (lambda: L.drop_path_scale(np.random.default_rng(0), 0, 0.5), ValueError, ["n"]),
+        # An integer dtype truncated 1/(1 - 0.3) to 1; "foo" failed inside NumPy unnamed.
+        (lambda: L.drop_path_scale(np.random.default_rng(0), 5, 0.3, dtype=int), TypeError, ["dtype", "int64"]),
+        (lambda: L.drop_path_scale(np.random.default_rng(0), 5, 0.0, dtype=np.int8), TypeError, ["dtype", "int8"]),
+        (
+            lambda: L.drop_path_scale(np.random.default_rng(0), 5, 0.3, dtype="foo"),
+            TypeError,
+            ["dtype must be a floating NumPy dtype", "'foo'"],
+        ),
         (lambda: L.drop_path_forward(np.zeros((2, 3)), np.ones(3)), ValueError, ["scale", "(2,)"]),
         (lambda: L.residual_add_forward(np.zeros((2, 3)), np.zeros((2, 4))), ValueError, ["branch"]),
         (lambda: L.cross_entropy_forward(np.zeros((2, 3)), np.array([0, 3])), ValueError, ["labels[1]", "[0, 3)"]),

@@ -86,6 +86,19 @@ def test_synthetic_patterns_have_the_labelled_structure():
     assert np.array_equal(images, again), "not deterministic for a seed"
 
 
+@pytest.mark.parametrize(
+    "dtype, words",
+    [
+        ("foo", ["dtype must be a floating NumPy dtype", "'foo'"]),  # was NumPy's unnamed message
+        (np.int32, ["dtype", "int32"]),
+        (None, ["dtype", "None"]),
+    ],
+)
+def test_synthetic_patterns_refuses_a_dtype_naming_it(dtype, words):
+    with raises_naming(TypeError, *words):
+        synthetic_patterns(np.random.default_rng(0), 2, dtype=dtype)
+
+
 def test_short_training_run_reduces_the_loss():
     rng = np.random.default_rng(0)
     model = nr.models.NeoNeXt(

@@ -271,3 +271,27 @@ def test_as_flag_accepts_numpy_bools_and_returns_python_bools():
     from neocell_ref.architecture import NeoNeXtConfig
 
     assert NeoNeXtConfig(linear_bias=np.True_).linear_bias is True
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("foo", ["precision must be a floating NumPy dtype", "'foo'"]),  # NumPy: "data type 'foo' not understood"
+        (None, ["precision", "None"]),  # np.dtype(None) would be float64
+        (int, ["precision", "int64"]),
+        (np.complex64, ["precision", "complex64"]),
+        ([("a", "f8")], ["precision", "('a', '<f8')"]),  # a structured dtype of floats is not floating
+    ],
+)
+def test_floating_dtype_refuses_naming_the_argument(value, words):
+    with raises_naming(TypeError, *words):
+        validation.floating_dtype(value, "precision")
+
+
+def test_floating_dtype_reads_what_numpy_reads_and_restricts_to_allowed():
+    assert validation.floating_dtype("f4") == np.float32
+    assert validation.floating_dtype(float) == np.float64
+    assert validation.floating_dtype(np.float16) == np.float16
+    assert validation.floating_dtype(np.float32, allowed=(np.float32, np.float64)) == np.float32
+    with raises_naming(TypeError, "dtype must be float32 or float64", "float16"):
+        validation.floating_dtype(np.float16, allowed=(np.float32, np.float64))
