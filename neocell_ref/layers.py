@@ -104,6 +104,24 @@ def _check_grad(grad_y, expected_shape):
     return grad_y
 
 
+def _check_out(out, shape, dtype):
+    """An ``out=`` argument: None, or a writeable ndarray of exactly the result's ``shape``
+    and compute ``dtype``. NumPy itself would broadcast the result into a larger ``out``
+    (the returned shape changes) and cast it into a narrower dtype, both silently."""
+    if out is None:
+        return None
+    shape, dtype = tuple(shape), np.dtype(dtype)
+    if isinstance(out, np.ma.MaskedArray) or not isinstance(out, np.ndarray):
+        got = f"a {type(out).__name__}"
+    elif out.shape != shape or out.dtype != dtype:
+        got = f"shape {out.shape} and dtype {out.dtype}"
+    elif not out.flags.writeable:
+        got = "a read-only array"
+    else:
+        return out
+    raise ValueError(f"out must be a writeable ndarray of shape {shape} and dtype {dtype}, got {got}")
+
+
 def _channel_view(shape):
     """Shape that broadcasts a per-channel vector against an array of ``shape`` (axis 1)."""
     return (1, shape[1]) + (1,) * (len(shape) - 2)
@@ -366,7 +384,8 @@ def batchnorm_forward(x, weight, bias, running_mean=None, running_var=None, *, t
         (:func:`batchnorm_stats`). False: the running statistics.
     eps : float, default 1e-5
     out : ndarray, optional
-        Where to write ``y`` (may be ``x`` itself for an in-place update).
+        Where to write ``y``: an ndarray of ``x``'s shape and the compute dtype (else
+        ``ValueError``); may be ``x`` itself for an in-place update.
 
     Returns
     -------
@@ -378,6 +397,7 @@ def batchnorm_forward(x, weight, bias, running_mean=None, running_var=None, *, t
     :func:`batchnorm_update_running`.
     """
     x, weight, bias, rm, rv, _, eps = _bn_prepare(x, weight, bias, running_mean, running_var, training, eps)
+    _check_out(out, x.shape, x.dtype)
     mean, var = _bn_stats(x) if training else (rm, rv)
     _, scale, shift = _bn_scale_shift(weight, bias, mean, var, eps)
     y = np.multiply(x, scale[:, None, None], out=out)
@@ -703,8 +723,7 @@ def gelu_forward(x, *, out=None):
     x = as_real_array(x, "x")
     dtype = compute_dtype(x)
     x = x.astype(dtype, copy=False)
-    if out is not None and (not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != dtype):
-        raise ValueError(f"out must be an ndarray of shape {x.shape} and dtype {dtype}")
+    _check_out(out, x.shape, dtype)
     if dtype == np.float32:
         if out is None:
             out = np.empty_like(x, order="C")
@@ -879,9 +898,12 @@ def layer_scale_forward(x, gamma, *, out=None):
     ----------
     x : array_like, shape ``(N, C, *S)``
     gamma : array_like, shape (C,)
-    out : ndarray, optional (may be ``x``)
+    out : ndarray, optional
+        An ndarray of ``x``'s shape and the compute dtype (else ``ValueError``); may
+        be ``x``.
     """
     x, gamma, _ = _ls_prepare(x, gamma)
+    _check_out(out, x.shape, x.dtype)
     return np.multiply(x, gamma.reshape(_channel_view(x.shape)), out=out)
 
 
@@ -937,9 +959,12 @@ def drop_path_forward(x, scale, *, out=None):
     """Drop path with given per-sample factors: ``y[n] = scale[n]·x[n]``.
 
     In inference the layer is the identity (the model does not call it); in training
-    ``scale`` comes from :func:`drop_path_scale`.
+    ``scale`` comes from :func:`drop_path_scale`. ``out``, optional, is as in
+    :func:`layer_scale_forward`: an ndarray of ``x``'s shape and the compute dtype; may
+    be ``x``.
     """
     x, scale, _ = _dp_prepare(x, scale)
+    _check_out(out, x.shape, x.dtype)
     return np.multiply(x, scale.reshape((-1,) + (1,) * (x.ndim - 1)), out=out)
 
 

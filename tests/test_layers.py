@@ -399,6 +399,47 @@ def test_gelu_in_place_and_non_contiguous():
     assert np.array_equal(L.gelu_forward(x64.copy(), out=x64.copy()), L.gelu_forward(x64)), "float64 out="
 
 
+def _out_forwards():
+    """The layers taking ``out=``, each as ``(name, call(x, out))`` on an ``(N, C, H, W)`` x."""
+    c = 3
+    return [
+        (
+            "batchnorm",
+            lambda x, out: L.batchnorm_forward(x, np.ones(c, x.dtype), np.zeros(c, x.dtype), training=True, out=out),
+        ),
+        ("layer_scale", lambda x, out: L.layer_scale_forward(x, np.full(c, 2.0, x.dtype), out=out)),
+        ("drop_path", lambda x, out: L.drop_path_forward(x, np.full(x.shape[0], 2.0, x.dtype), out=out)),
+        ("gelu", lambda x, out: L.gelu_forward(x, out=out)),
+    ]
+
+
+@pytest.mark.parametrize("name, call", _out_forwards(), ids=[n for n, _ in _out_forwards()])
+def test_out_must_have_the_result_shape_and_compute_dtype(name, call):
+    """An ``out`` NumPy would broadcast into (the result's shape changed: (3, 2, 3, 2, 2)
+    for (2, 3, 2, 2)) or cast into (float32 for a float64 result, float16 for a float32
+    one) is refused naming out, as gelu_forward did; the right out is filled and returned."""
+    x = np.arange(24.0).reshape(2, 3, 2, 2) / 10
+    bad = [
+        (np.zeros((3,) + x.shape), ["out", "(2, 3, 2, 2)", "(3, 2, 3, 2, 2)"]),
+        (np.zeros(x.shape, np.float32), ["out", "dtype float64", "float32"]),
+        (x.tolist(), ["out", "list"]),
+    ]
+    read_only = np.zeros(x.shape)
+    read_only.flags.writeable = False
+    bad.append((read_only, ["out", "read-only"]))
+    for out, words in bad:
+        with raises_naming(ValueError, *words):
+            call(x, out)
+    x16 = x.astype(np.float16)  # computes in float32 (compute_dtype): in place would downcast
+    with raises_naming(ValueError, "out", "dtype float32", "float16"):
+        call(x16, x16)
+    expected = call(x, None)  # float64
+    out = np.full(x.shape, np.nan)
+    assert call(x, out) is out and np.array_equal(out, expected), f"{name}: out= differs from the returned y"
+    in_place = x.copy()
+    assert call(in_place, in_place) is in_place and np.array_equal(in_place, expected), f"{name}: in place"
+
+
 def test_cross_entropy_by_hand():
     # two equal logits: softmax = (1/2, 1/2), loss = log 2 whatever the smoothing
     assert math.isclose(
