@@ -29,6 +29,8 @@ options) raises ``ValueError``/``TypeError`` naming the argument before any arit
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import special
 
@@ -164,8 +166,9 @@ def _linear(x, weight, bias, tag):
             y += bias
         return y
     # (C_out, C_in) @ (N, C_in, P): one GEMM per sample on the contiguous NCHW planes,
-    # no layout copy (a reshape of a C-contiguous array is a view).
-    x3 = x.reshape(n, c, -1)
+    # no layout copy (a reshape of a C-contiguous array is a view). P is given, not -1,
+    # which NumPy cannot infer for an empty batch (N = 0).
+    x3 = x.reshape(n, c, math.prod(x.shape[2:]))
     y = matmul(weight, x3, tag)
     if bias is not None:
         y += bias[:, None]
@@ -180,8 +183,9 @@ def _linear_grads(grad_y, x, weight, bias, tag):
         grad_b = None if bias is None else grad_y.sum(axis=0)
         return grad_x, grad_w, grad_b
     c_out, c_in = weight.shape
-    g3 = grad_y.reshape(n, c_out, -1)
-    x3 = x.reshape(n, c_in, -1)
+    positions = math.prod(x.shape[2:])  # not -1: ambiguous for an empty batch
+    g3 = grad_y.reshape(n, c_out, positions)
+    x3 = x.reshape(n, c_in, positions)
     grad_x = matmul(weight.T, g3, tag).reshape(x.shape)  # dx[n] = Wᵀ dy[n]
     if n == 1:
         grad_w = matmul(g3[0], x3[0].T, tag)  # dW = Σ_n dy[n] x[n]ᵀ

@@ -684,3 +684,25 @@ def test_layer_averages_over_empty_axes_are_refused():
         L.layernorm_forward(np.ones((2, 0)), np.ones(0), np.ones(0))
     with raises_naming(ValueError, "x", "batch statistic"):
         L.batchnorm_stats(np.ones((0, 2, 1, 1)))
+
+
+@pytest.mark.parametrize("shape", [(0, 6, 2, 2), (0, 6), (0, 6, 5), (0, 0, 2, 2)], ids=str)
+def test_linear_of_an_empty_batch_is_empty_and_its_weight_gradient_zero(shape):
+    """N = 0 samples: y is (0, C_out, *S), dx is x's shape, and dW = Σ_n dy xᵀ, db = Σ_n dy
+    are empty sums, zero (as every other layer of the module returns for N = 0). The
+    reshape by -1 failed inside NumPy ("cannot reshape array of size 0")."""
+    c_in = shape[1]
+    weight, bias = np.ones((3, c_in)), np.ones(3)
+    x = np.zeros(shape)
+    y = L.linear_forward(x, weight, bias)
+    assert y.shape == (0, 3, *shape[2:]) and y.dtype == np.float64, (y.shape, y.dtype)
+    grad_x, grad_w, grad_b = L.linear_backward(np.zeros(y.shape), x, weight, bias)
+    assert grad_x.shape == shape, grad_x.shape
+    assert np.array_equal(grad_w, np.zeros((3, c_in))) and np.array_equal(grad_b, np.zeros(3)), (grad_w, grad_b)
+    x32 = x.astype(np.float32)
+    assert L.linear_forward(x32, weight.astype(np.float32)).dtype == np.float32
+    if len(shape) == 4:
+        y = L.conv1x1_forward(x, weight[:, :, None, None])
+        assert y.shape == (0, 3, *shape[2:]), y.shape
+        grad_x, grad_w = L.conv1x1_backward(np.zeros(y.shape), x, weight[:, :, None, None])
+        assert grad_x.shape == shape and np.array_equal(grad_w, np.zeros((3, c_in, 1, 1))), (grad_x.shape, grad_w)
