@@ -10,7 +10,8 @@ from support.cli import check_contract
 
 def test_the_fuzz_would_notice_a_traceback(monkeypatch):
     """Test of the test: a command that crashes with an unexpected exception breaks the
-    contract, and :func:`check_contract` says so."""
+    contract, and :func:`check_contract` says so (the CLI prints it as one "internal
+    error" line with status 2, which the fuzz counts as a defect)."""
 
     from neocell_ref import calculator as cx  # the module, not nr.complexity
 

@@ -28,6 +28,9 @@ def check_contract(argv, expect=(0, 1, 2), seconds=30.0):
     where = f"neocell-ref {' '.join(repr(a) for a in argv)}"
     assert code in expect, f"{where}: exit status {code!r}, expected one of {expect}\nstderr: {err[-2000:]}"
     assert "Traceback" not in err and "Traceback" not in out, f"{where}: printed a traceback:\n{err[-3000:]}"
+    # the CLI turns what it did not foresee into status 2 and one "internal error" line
+    # (never a traceback for a user); for the fuzz that line is a defect all the same
+    assert "internal error" not in err, f"{where}: an unforeseen exception:\n{err[-2000:]}"
     if code == 2:
         assert err.strip(), f"{where}: exit 2 without saying why on stderr"
     assert took < seconds, f"{where}: took {took:.1f} s (limit {seconds} s)"
