@@ -20,14 +20,13 @@ A :class:`Unit` of kind ``"residual"`` computes ``x + layers(x)``; one of kind
 
 from __future__ import annotations
 
-import itertools
 import numbers
-from collections.abc import Iterable, Iterator, Mapping, Set
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from . import registry
 from .spec import GroupSpec, check_input_size, parse_kernel_code
-from .validation import _short_repr, as_flag, as_int, real_number
+from .validation import _first_items, _short_repr, as_flag, as_int, real_number
 
 __all__ = [
     "NeoNeXtConfig",
@@ -286,18 +285,6 @@ def _neocell(name, shape, specs):
 
 def _linear(name, shape, c_out, bias):
     return layer(name, "linear", shape, (c_out, *shape[1:]), bias=bias)
-
-
-def _first_items(value, count: int):
-    """The items of an ordered iterable, read to at most ``count + 1`` (enough to refuse a
-    longer, or endless, one), as a tuple; None for anything else: a string, a set or a
-    dict (no order of items), a non-iterable or a 0-d array."""
-    if isinstance(value, (str, bytes, Set, Mapping)) or not isinstance(value, Iterable):
-        return None
-    try:
-        return tuple(itertools.islice(value, count + 1))
-    except TypeError:  # e.g. a 0-d array
-        return None
 
 
 def resolution_pair(resolution) -> tuple[int, int]:

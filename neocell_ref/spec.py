@@ -25,12 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .validation import _short_repr, as_int, check_nbytes
+from .validation import _first_items, _short_repr, as_int, check_nbytes
 
 __all__ = [
     "GroupSpec",
     "parse_group",
     "parse_specs",
+    "MAX_GROUPS",
     "parse_kernel_code",
     "output_size",
     "check_input_size",
@@ -299,19 +300,43 @@ def parse_group(group) -> GroupSpec:
     return GroupSpec(channels=group["channels"], shift_a=shift_a, shift_b=shift_b, **sizes)
 
 
+#: Most channel groups a layer may have. Every group holds at least one channel, so this
+#: is far above any network's channels per layer (the widest NeoNeXt, XL, has 2048); it bounds
+#: what :func:`parse_specs` reads, so that an endless iterable is refused, not looped on.
+MAX_GROUPS = 1 << 16
+
+
 def parse_specs(specs) -> tuple[GroupSpec, ...]:
     """Parse a list of groups (dicts or :class:`GroupSpec`) into a tuple of :class:`GroupSpec`.
 
     A single dict or :class:`GroupSpec` is refused: a layer is always a list of groups.
+    Any ordered iterable of groups is read (a list, a tuple, a generator), at most
+    :data:`MAX_GROUPS` of them: a longer or endless one (``itertools.repeat(group)``) is
+    refused after reading ``MAX_GROUPS + 1`` items, and a set or a dict (no group order)
+    is refused at once.
+
+    Raises
+    ------
+    TypeError
+        ``specs`` is not an ordered iterable of groups, or a group is not a dict or
+        :class:`GroupSpec` (:func:`parse_group`).
+    ValueError
+        ``specs`` is empty or has more than :data:`MAX_GROUPS` groups, or a group is invalid.
     """
-    if isinstance(specs, (GroupSpec, str, bytes)) or hasattr(specs, "keys") or getattr(specs, "ndim", None) == 0:
-        raise TypeError(f"specs must be a list of group specs, got {type(specs).__name__}: {specs!r}")
-    try:
-        groups = tuple(parse_group(g) for g in specs)
-    except TypeError as exc:
-        if "not iterable" in str(exc):
-            raise TypeError(f"specs must be a list of group specs, got {specs!r}") from None
-        raise
+    if isinstance(specs, GroupSpec) or hasattr(specs, "keys") or getattr(specs, "ndim", None) == 0:
+        raise TypeError(f"specs must be a list of group specs, got {type(specs).__name__}: {_short_repr(specs)}")
+    items = _first_items(specs, MAX_GROUPS)
+    if items is None:  # a string, a set, a non-iterable
+        raise TypeError(f"specs must be a list of group specs, got {type(specs).__name__}: {_short_repr(specs)}")
+    if len(items) > MAX_GROUPS:
+        # Not its repr: a list of millions of groups would print them all.
+        kind = type(specs).__name__
+        got = f"a {kind} of {len(specs):,} groups" if hasattr(specs, "__len__") else f"a {kind} yielding more"
+        raise ValueError(
+            f"specs has more than MAX_GROUPS = {MAX_GROUPS:,} channel groups (a layer has at least one "
+            f"channel per group), got {got}"
+        )
+    groups = tuple(parse_group(g) for g in items)
     if not groups:
         raise ValueError("specs must contain at least one channel group, got an empty list")
     return groups

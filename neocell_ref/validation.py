@@ -37,9 +37,11 @@ variable ``NEOCELL_MAX_BYTES`` gives another number of bytes, or :func:`set_max_
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import numbers
 import os
+from collections.abc import Iterable, Mapping, Set
 
 import numpy as np
 
@@ -139,6 +141,18 @@ def _short_repr(value) -> str:
             return f"an integer of about {int(int(value).bit_length() * 0.30103)} digits"
         return f"a {type(value).__name__} too long to print"
     return text if len(text) <= 80 else f"{text[:40]}...{text[-20:]} ({len(text)} characters)"
+
+
+def _first_items(value, count: int):
+    """The items of an ordered iterable, read to at most ``count + 1`` (enough to refuse a
+    longer, or endless, one), as a tuple; None for anything else: a string, a set or a
+    dict (no order of items), a non-iterable or a 0-d array."""
+    if isinstance(value, (str, bytes, Set, Mapping)) or not isinstance(value, Iterable):
+        return None
+    try:
+        return tuple(itertools.islice(value, count + 1))
+    except TypeError:  # e.g. a 0-d array
+        return None
 
 
 def as_real_array(value, name) -> np.ndarray:

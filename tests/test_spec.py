@@ -6,6 +6,7 @@ offending field and value, raised before any arithmetic (checked by counting the
 matrix products executed while the error is raised).
 """
 
+import itertools
 from contextlib import contextmanager
 
 import numpy as np
@@ -17,6 +18,7 @@ from neocell_ref import neocell_backward, neocell_forward
 from neocell_ref.expansion import expand
 from neocell_ref.instrument import count_macs
 from neocell_ref.spec import (
+    MAX_GROUPS,
     GroupSpec,
     channel_shifts,
     check_input_size,
@@ -131,6 +133,32 @@ def test_group_specs_strategy_draws_valid_groups_in_every_form(data):
 def test_parse_specs_accepts_lists_of_mixed_representations():
     specs = parse_specs([{"kernel": 4, "channels": 2}, GroupSpec(3, 7, 7, 7, 7)])
     assert specs == (GroupSpec(2, 4, 4, 4, 4), GroupSpec(3, 7, 7, 7, 7)), f"got {specs!r}"
+
+
+def test_parse_specs_refuses_an_endless_iterable_after_max_groups_items():
+    """``itertools.repeat(group)`` looped forever; now MAX_GROUPS + 1 items are read, no
+    more (the generator below fails the test if asked for one more), and refused."""
+    group = {"kernel": 3, "channels": 1}
+
+    def endless():
+        for _ in range(MAX_GROUPS + 1):
+            yield group
+        raise AssertionError(f"parse_specs read more than MAX_GROUPS + 1 = {MAX_GROUPS + 1} groups")
+
+    with raises_before_arithmetic(ValueError, "specs", "more than MAX_GROUPS", f"{MAX_GROUPS:,}"):
+        parse_specs(endless())
+    with raises_before_arithmetic(ValueError, "specs", "more than MAX_GROUPS", "repeat"):
+        parse_specs(itertools.repeat(group))
+    with raises_before_arithmetic(ValueError, "specs", f"list of {MAX_GROUPS + 1:,} groups"):
+        parse_specs([GroupSpec(1, 3, 3, 3, 3)] * (MAX_GROUPS + 1))
+    assert len(parse_specs([GroupSpec(1, 3, 3, 3, 3)] * MAX_GROUPS)) == MAX_GROUPS  # the cap itself is accepted
+    assert parse_specs(iter([group, group])) == (GroupSpec(1, 3, 3, 3, 3),) * 2  # a finite iterator still reads
+
+
+def test_parse_specs_refuses_unordered_groups():
+    """A set of groups has no group order (which group's channels come first)."""
+    with raises_before_arithmetic(TypeError, "specs must be a list of group specs", "set"):
+        parse_specs({GroupSpec(1, 3, 3, 3, 3), GroupSpec(2, 4, 4, 4, 4)})
 
 
 # ======================================================================================
