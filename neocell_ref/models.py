@@ -240,8 +240,10 @@ class NeoNeXt:
         Raises
         ------
         ValueError
-            Missing/unexpected keys (strict), a shape mismatch (key, expected, got), a
-            non-finite value or a negative running variance; all problems in one message.
+            Missing/unexpected keys (strict), a value that cannot be read from ``state``
+            (an object member of ``np.load(path)``, which refuses to unpickle it; the key
+            named), a shape mismatch (key, expected, got), a non-finite value or a
+            negative running variance; all problems in one message.
         TypeError
             ``state`` is not a mapping, a key is not a str, or a value has a wrong dtype
             (key and dtype named).
@@ -268,7 +270,15 @@ class NeoNeXt:
             if key not in state:
                 continue
             try:
-                new[key] = self._validate_entry(key, state[key], tuple(shape), registry.get(desc.kind).roles(entry))
+                value = state[key]
+            except Exception as exc:  # any mapping's error; an NpzFile raises on reading
+                # np.load(path)[key] reads the member only now, and refuses an object member
+                # ("Object arrays cannot be loaded when allow_pickle=False") or a damaged
+                # one with a message that names no key.
+                problems.append(f"{key}: could not be read from state ({type(exc).__name__}: {exc})")
+                continue
+            try:
+                new[key] = self._validate_entry(key, value, tuple(shape), registry.get(desc.kind).roles(entry))
             except TypeError as exc:
                 type_problems.append(str(exc))
             except ValueError as exc:
@@ -321,15 +331,32 @@ class NeoNeXt:
         Every member's ``.npy`` header is checked against this model's state (name,
         shape, a real numeric dtype, exact size) before its data is read
         (:func:`neocell_ref.validation.read_npz`): object arrays, forged headers and
-        zip bombs are refused with a ``ValueError`` and nothing is unpickled.
+        zip bombs are refused with a ``ValueError`` and nothing is unpickled. A member
+        stored in Fortran order is read too (as ``np.load`` reads it).
+
+        Parameters
+        ----------
+        path : path-like
+        strict : bool, default True
+            As :meth:`load_state_dict`. With False, members of unknown names are not
+            read and are reported in ``unexpected_keys`` (in archive order), as
+            ``load_state_dict(np.load(path), strict=False)`` reports them.
+
+        Returns
+        -------
+        IncompatibleKeys
         """
+        strict = as_flag(strict, "strict")
         # A batch count may be stored as shape () or (1,), as load_state_dict accepts it.
         shapes = {
             key: frozenset({(), (1,)}) if key.endswith("num_batches_tracked") else np.shape(value)
             for key, value in self.state_dict().items()
         }
-        state = read_npz(path, shapes, what="state archive", strict=strict)
-        return self.load_state_dict(state, strict=strict)
+        skipped = []  # names of members not read (strict=False)
+        state = read_npz(path, shapes, what="state archive", strict=strict, skipped=skipped)
+        result = self.load_state_dict(state, strict=strict)
+        # state holds only known names, so every unexpected key is a skipped member.
+        return IncompatibleKeys(result.missing_keys, result.unexpected_keys + skipped)
 
     # ----------------------------------------------------------------------------------
     # forward / backward

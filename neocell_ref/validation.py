@@ -384,11 +384,12 @@ def check_nbytes(shape, dtype, what: str) -> int:
 MAX_NPY_HEADER = 4096
 
 
-def read_npy_member(archive, info, shape, where: str, dtype=None) -> np.ndarray:
+def read_npy_member(archive, info, shape, where: str, dtype=None, *, fortran_order: bool = False) -> np.ndarray:
     """One ``.npy`` member of a zip archive, its header checked before any data is read.
 
     The member must be unencrypted, stored or deflated; its header (format 1.0 or 2.0,
-    at most :data:`MAX_NPY_HEADER` bytes) must declare C order, exactly ``shape`` and
+    at most :data:`MAX_NPY_HEADER` bytes) must declare C order (or Fortran order, when
+    ``fortran_order``), exactly ``shape`` and
     either exactly ``dtype`` or, when ``dtype`` is None, a real numeric dtype (never
     Python objects); the zip directory's size must be the header plus exactly that
     many bytes. Only then are those bytes read (bounded; reading to the end checks the
@@ -403,6 +404,9 @@ def read_npy_member(archive, info, shape, where: str, dtype=None) -> np.ndarray:
     where : str
         How messages name the member.
     dtype : numpy dtype, optional
+    fortran_order : bool, default False
+        Also accept a header declaring Fortran order: the same bytes, read column-major,
+        and returned C-contiguous like every other result.
 
     Raises
     ------
@@ -437,7 +441,7 @@ def read_npy_member(archive, info, shape, where: str, dtype=None) -> np.ndarray:
             if shape not in accepted:
                 wanted = next(iter(accepted)) if len(accepted) == 1 else " or ".join(map(str, sorted(accepted)))
                 raise ValueError(f"{where}: its header declares shape {shape}, expected {wanted}")
-            if fortran:
+            if fortran and not fortran_order:
                 raise ValueError(f"{where}: its header declares Fortran order; only C order is read")
             nbytes = math.prod(shape) * got_dtype.itemsize
             if info.file_size != header_length + nbytes:
@@ -452,16 +456,19 @@ def read_npy_member(archive, info, shape, where: str, dtype=None) -> np.ndarray:
         raise ValueError(f"{where}: unreadable: {exc}") from None
     if len(raw) != nbytes:
         raise ValueError(f"{where}: {len(raw)} bytes of data, expected {nbytes}")
-    return np.frombuffer(raw, dtype=got_dtype).reshape(shape).copy()
+    # The same number of bytes either way (checked above); only their order differs.
+    values = np.frombuffer(raw, dtype=got_dtype).reshape(shape, order="F" if fortran else "C")
+    return values.copy(order="C")  # writeable, C-contiguous, not a view of the read bytes
 
 
-def read_npz(path, shapes: dict, *, what: str = "archive", strict: bool = True) -> dict:
+def read_npz(path, shapes: dict, *, what: str = "archive", strict: bool = True, skipped: list | None = None) -> dict:
     """The arrays of an ``.npz``, every member checked before its data is read.
 
     Each member must be a ``NAME.npy`` with ``NAME`` in ``shapes`` (others are refused
-    when ``strict``, skipped otherwise) and pass :func:`read_npy_member` with the
-    expected shape and any real numeric dtype. The golden-set reader applies the same
-    member check against its manifest.
+    when ``strict``, skipped unread otherwise) and pass :func:`read_npy_member` with the
+    expected shape and any real numeric dtype, in C or Fortran order (as ``np.load``
+    reads both). The golden-set reader applies the same member check against its
+    manifest (C order only: its writer never stores Fortran order).
 
     Parameters
     ----------
@@ -472,6 +479,9 @@ def read_npz(path, shapes: dict, *, what: str = "archive", strict: bool = True) 
         How messages name the archive.
     strict : bool
         Refuse members whose names are not in ``shapes``.
+    skipped : list, optional
+        When given, the names of the members skipped (``strict=False``) are appended to
+        it once each, in archive order, so that a caller can report them.
 
     Returns
     -------
@@ -498,8 +508,10 @@ def read_npz(path, shapes: dict, *, what: str = "archive", strict: bool = True) 
             if name not in shapes:
                 if strict:
                     raise ValueError(f"{where}: no array of that name is expected (known: {len(shapes)} names)")
+                if skipped is not None and name not in skipped:
+                    skipped.append(name)
                 continue
             if name in arrays:
                 raise ValueError(f"{where} appears twice")
-            arrays[name] = read_npy_member(archive, info, shapes[name], where)
+            arrays[name] = read_npy_member(archive, info, shapes[name], where, fortran_order=True)
     return arrays

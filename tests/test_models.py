@@ -221,6 +221,51 @@ def test_load_npz_refuses_pickled_objects(tmp_path):
         tiny().load_npz(path)
 
 
+def test_non_strict_load_npz_reports_unexpected_members_as_load_state_dict_does(tmp_path):
+    """Members of unknown names are skipped unread and reported in archive order, the
+    documented rule of load_state_dict(np.load(path), strict=False); missing keys alike.
+    load_npz reported IncompatibleKeys([], []) for them."""
+    state = tiny(seed=1).state_dict()
+    dropped = "head.fc.bias"
+    path = tmp_path / "extra.npz"
+    np.savez(path, zzz=np.zeros(2), **{k: v for k, v in state.items() if k != dropped}, extra=np.zeros((3, 3)))
+    model = tiny()
+    got = model.load_npz(path, strict=False)
+    assert got == models.IncompatibleKeys([dropped], ["zzz", "extra"]), got
+    with np.load(path) as archive:
+        assert got == tiny().load_state_dict(archive, strict=False), "load_npz and load_state_dict disagree"
+    assert np.array_equal(model.params["stem.conv.weight"], state["stem.conv.weight"]), "known members not loaded"
+    with raises_naming(ValueError, "zzz", "no array of that name"):  # strict: refused as before
+        tiny().load_npz(path)
+
+
+def test_load_npz_reads_fortran_ordered_members(tmp_path):
+    """np.save writes an F-contiguous array with fortran_order True; load_npz reads the
+    values np.load reads (the saved arrays themselves) instead of refusing the member."""
+    state = tiny(seed=1).state_dict()
+    fortran = {k: np.asfortranarray(v) for k, v in state.items()}
+    assert fortran["stem.conv.weight"].ndim == 4 and not fortran["stem.conv.weight"].flags.c_contiguous
+    path = tmp_path / "fortran.npz"
+    np.savez(path, **fortran)
+    with np.load(path) as archive:  # the member really is stored in Fortran order
+        assert archive["head.fc.weight"].flags.f_contiguous and not archive["head.fc.weight"].flags.c_contiguous
+    model = tiny()
+    model.load_npz(path)
+    for key, value in model.state_dict().items():
+        assert np.array_equal(value, state[key]), f"{key} differs after a Fortran-order load"
+
+
+def test_load_state_dict_names_the_key_of_an_unreadable_member(tmp_path):
+    """np.load(path)[key] refuses an object member only when read; the message named no key."""
+    state = tiny().state_dict()
+    state["stem.conv.weight"] = np.array([{"not": "an array"}], dtype=object)
+    path = tmp_path / "objects.npz"
+    np.savez(path, **state)
+    model = tiny(seed=4)
+    with np.load(path) as archive:
+        _expect(ValueError, ["stem.conv.weight", "could not be read", "allow_pickle=False"], model, archive)
+
+
 def test_float64_state_loads_into_float32_model():
     state = tiny(seed=1).state_dict()
     model = tiny(np.float32)
