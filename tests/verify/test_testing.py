@@ -111,36 +111,30 @@ def test_a_gradient_for_an_input_that_is_not_differentiated_fails_the_case(kind)
     assert_layer_matches(kind, None, own)  # the reference's own None passes
 
 
+def _small_case(seed):
+    """A shifted kernel-3 layer of two channels on a 5 x 4 plane, drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    return NeoCellCase(
+        [{"kernel": 3, "channels": 2, "shift": 1}],
+        rng.standard_normal((1, 2, 5, 4)),
+        [rng.standard_normal((2, 3, 3))],
+        [rng.standard_normal((2, 3, 3))],
+        rng.standard_normal((1, 2, 5, 4)),
+        seed,
+    )
+
+
 def test_the_kit_takes_each_output_when_its_call_returns():
     """A wrong forward into a kept buffer that the backward then fixes is still a
     failing ``y`` in the kit (the outputs are copied when each call returns)."""
-    rng = np.random.default_rng(5)
-    specs = [{"kernel": 3, "channels": 2, "shift": 1}]
-    case = NeoCellCase(
-        specs,
-        rng.standard_normal((1, 2, 5, 4)),
-        [rng.standard_normal((2, 3, 3))],
-        [rng.standard_normal((2, 3, 3))],
-        rng.standard_normal((1, 2, 5, 4)),
-        5,
-    )
+    case = _small_case(5)
     results = check_neocell_case(mutant_ports.zero_kept_forward, mutant_ports.fixing_kept_backward, case)
     assert [r.array for r in results if not r.passed] == ["y"], results
 
 
 def test_report_names_array_index_values_and_tolerance():
     case_failures = []
-
-    rng = np.random.default_rng(3)
-    specs = [{"kernel": 3, "channels": 2, "shift": 1}]
-    case = NeoCellCase(
-        specs,
-        rng.standard_normal((1, 2, 5, 4)),
-        [rng.standard_normal((2, 3, 3))],
-        [rng.standard_normal((2, 3, 3))],
-        rng.standard_normal((1, 2, 5, 4)),
-        3,
-    )
+    case = _small_case(3)
 
     def off_by_one_element(x, a, b, s):
         y = nr.neocell_forward(x, a, b, s)
