@@ -20,6 +20,7 @@ tests/meta/test_models_fast_mutants.py.
 import numpy as np
 import pytest
 from support.models import tiny, tiny_input
+from support.optional import unavailable
 from support.threads import assert_threads_agree, model_with_nontrivial_tail, perturb_tail, use_small_blocks
 
 import neocell_ref as nr
@@ -149,9 +150,21 @@ def test_pool_owns_the_cores_for_a_whole_pass_only_with_threads(monkeypatch):
     with parallel.single_threaded_blas():
         api = parallel._BLAS_STATE["api"]
     if api is None:
-        pytest.skip("NumPy's OpenBLAS not found: its thread count cannot be read (nothing to check)")
-    if api[1]() < 2:
-        pytest.skip("BLAS already runs one thread here: the pass cannot change it")
+        unavailable("NumPy's OpenBLAS was not found: its thread count cannot be read")
+    initial = api[1]()
+    if initial < 2:  # a one-core machine or OPENBLAS_NUM_THREADS=1: ask for two
+        api[0](2)
+        if api[1]() < 2:
+            api[0](initial)
+            unavailable(f"OpenBLAS runs {initial} thread here and cannot be given two")
+        monkeypatch.setattr(parallel, "_cpus", lambda: 2)  # the pool's default: two threads
+    try:
+        _check_pool_owns_the_cores(api, monkeypatch)
+    finally:
+        api[0](initial)
+
+
+def _check_pool_owns_the_cores(api, monkeypatch):
     seen = []
     real = models_fast._forward
     monkeypatch.setattr(models_fast, "_forward", lambda *a: (seen.append(api[1]()), real(*a))[1])

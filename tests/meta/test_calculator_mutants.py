@@ -12,7 +12,8 @@ that guards it fails, with the message that check prints:
 - ``assert_depthwise_matches_enumeration`` catches a depthwise count without the clip;
 - ``assert_closed_form_agrees`` catches a ``k²`` closed form;
 - ``assert_layer_counts_match_execution`` (counts against executed MACs) catches a
-  forgotten shift corner, a forgotten partial tile and an off-by-one tile count;
+  forgotten shift corner, a forgotten partial tile, an off-by-one tile count and a
+  parameter count that is right for square kernels only;
 - ``assert_model_macs_match_hand`` (model counts against hand formulas) catches a wrong
   BatchNorm rule, a forgotten shift corner and a double-counted dense NeoCell.
 
@@ -143,6 +144,26 @@ def test_an_off_by_one_tile_count_is_caught(monkeypatch):
     )  # ignores the shift pad
     with pytest.raises(AssertionError, match="patchwise_padded_macs"):
         assert_layer_counts_match_execution([{"kernel": 4, "channels": 3, "shift": 1}], (8, 8), 1)
+
+
+def test_a_square_kernel_parameter_count_is_caught(monkeypatch):
+    """``c·(h_in² + w_in²)`` instead of ``c·(h_out·h_in + w_in·w_out)``: right for square
+    kernels only, so only a resampling layer shows it (2 -> 1: 32 scalars, not 16)."""
+    import dataclasses
+
+    import support.layer_counts as LC
+
+    real = LC.complexity
+
+    def square_params(**kwargs):
+        result = real(**kwargs)
+        groups = CX.parse_specs(kwargs["specs"])
+        return dataclasses.replace(result, neocell_params=sum(g.channels * (g.h_in**2 + g.w_in**2) for g in groups))
+
+    monkeypatch.setattr(LC, "complexity", square_params)
+    assert_layer_counts_match_execution([{"kernel": 3, "channels": 2, "shift": 1}], (6, 6), 1)  # square: no difference
+    with pytest.raises(AssertionError, match="neocell_params 32 != 16 scalars"):
+        assert_layer_counts_match_execution([{"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 4}], (8, 8), 1)
 
 
 def test_a_wrong_batchnorm_rule_is_caught(monkeypatch):

@@ -249,6 +249,17 @@ def assert_layer_counts_match_execution(specs, size, batch, seed=0):
     assert result.neocell_macs <= result.patchwise_padded_macs, (
         f"useful MACs {result.neocell_macs} exceed executed padded MACs {result.patchwise_padded_macs} ({where})"
     )
+    # Parameters: the scalars of the kernels the forward above was given (each group's
+    # (c, h_out, h_in) and (c, w_in, w_out) arrays), so non-square kernels count too.
+    weights = sum(w.size for w in [*wa, *wb])
+    assert result.neocell_params == weights, (
+        f"neocell_params {result.neocell_params} != {weights} scalars in the kernels run ({where})"
+    )
+    ratio = result.neocell_params / result.depthwise_params
+    assert result.neocell_params_over_depthwise_params == ratio, (
+        f"neocell_params_over_depthwise_params {result.neocell_params_over_depthwise_params} != "
+        f"{result.neocell_params} / {result.depthwise_params} = {ratio} ({where})"
+    )
     return result
 
 

@@ -40,3 +40,10 @@ def require(module_name: str, extra: str):
         if in_ci():
             pytest.fail(f"CI must run this test, but {message}", pytrace=False)
         pytest.skip(message, allow_module_level=True)  # also usable at import time
+
+
+def unavailable(message: str):
+    """Skip (locally) or fail (in CI) a test whose environment lacks ``message``'s need."""
+    if in_ci():
+        pytest.fail(f"CI must run this test, but {message}", pytrace=False)
+    pytest.skip(message)
