@@ -264,7 +264,10 @@ def test_nnz_hand_counted(p, q, rows, cols, shift, expected):
 def test_padding_view_by_hand(length, k_in, k_out, shift, expected):
     got = expand_module.padding_view(length, k_in, k_out, shift)
     assert tuple(got) == expected, f"padding_view{(length, k_in, k_out, shift)} = {got}, expected {expected}"
-    assert (got.front, got.tiles, got.crop) == expected
+    assert (got.front, got.tiles, got.crop) == expected, (
+        f"padding_view{(length, k_in, k_out, shift)}: (front, tiles, crop) fields are"
+        f" {(got.front, got.tiles, got.crop)}, expected {expected}"
+    )
 
 
 def test_channel_runs_cover_every_channel_once_with_its_shifts():
@@ -325,8 +328,14 @@ def test_expand_adjoint_of_correct_shapes_still_matches_expand(layer):
     a_full, b_full = expand(wa, wb, specs, (6, 6))
     ga, gb = rng.standard_normal(a_full.shape), rng.standard_normal(b_full.shape)
     da, db = expand_adjoint(ga, gb, specs)
-    assert np.isclose(np.vdot(a_full, ga), np.vdot(wa[0], da[0]), rtol=1e-12)
-    assert np.isclose(np.vdot(b_full, gb), np.vdot(wb[0], db[0]), rtol=1e-12)
+    assert np.isclose(np.vdot(a_full, ga), np.vdot(wa[0], da[0]), rtol=1e-12), (
+        f"<E(wa), Ga> = {np.vdot(a_full, ga):.17g}, <wa, E*(Ga)> = {np.vdot(wa[0], da[0]):.17g}:"
+        f" |diff| {abs(np.vdot(a_full, ga) - np.vdot(wa[0], da[0])):.3g} (rtol 1e-12)"
+    )
+    assert np.isclose(np.vdot(b_full, gb), np.vdot(wb[0], db[0]), rtol=1e-12), (
+        f"<E(wb), Gb> = {np.vdot(b_full, gb):.17g}, <wb, E*(Gb)> = {np.vdot(wb[0], db[0]):.17g}:"
+        f" |diff| {abs(np.vdot(b_full, gb) - np.vdot(wb[0], db[0])):.3g} (rtol 1e-12)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -385,7 +394,10 @@ def test_expand_kernel_adjoint_sums_integer_gradients_in_float64(dtype):
     assert got.dtype == np.float64, got.dtype
     assert np.array_equal(got, np.full((2, 2), 12800.0)), got
     # The empty matrix takes the same rule.
-    assert expand_kernel_adjoint(np.zeros((0, 4), dtype), 2, 2, 0).dtype == np.float64
+    assert expand_kernel_adjoint(np.zeros((0, 4), dtype), 2, 2, 0).dtype == np.float64, (
+        f"the adjoint of an empty {np.dtype(dtype).name} gradient has dtype"
+        f" {expand_kernel_adjoint(np.zeros((0, 4), dtype), 2, 2, 0).dtype}, expected float64"
+    )
 
 
 def test_expand_of_integer_weights_follows_the_dtype_rule():
@@ -395,7 +407,9 @@ def test_expand_of_integer_weights_follows_the_dtype_rule():
     got = expand_kernel(kernel, 3, 3, 1)
     expected = np.array([[4, 0, 0], [0, 1, 2], [0, 3, 4]], dtype=np.float64)  # SPEC 3 by hand
     assert got.dtype == np.float64 and np.array_equal(got, expected), got
-    assert expand_kernel(kernel.astype(np.float32), 3, 3, 1).dtype == np.float32
+    assert expand_kernel(kernel.astype(np.float32), 3, 3, 1).dtype == np.float32, (
+        f"a float32 kernel expands to {expand_kernel(kernel.astype(np.float32), 3, 3, 1).dtype}, expected float32"
+    )
     a_full, b_full = expand([kernel[None]], [kernel[None]], [{"kernel": 2, "channels": 1, "shift": 1}], (3, 3))
     assert a_full.dtype == b_full.dtype == np.float64, (a_full.dtype, b_full.dtype)
     assert np.array_equal(a_full[0], expected), a_full[0]

@@ -223,4 +223,7 @@ def test_neo_init_refuses_noise_that_overflows_float32():
     with raises_naming(ValueError, "noise_scale", "Inf"):
         neo_init(parse_kernel_code("1", channels=64), np.random.default_rng(0), noise_scale=1.7e308)
     wa, _ = neo_init(specs, np.random.default_rng(0), dtype=np.float32, noise_scale=1e30)
-    assert np.isfinite(wa[0]).all()
+    assert np.isfinite(wa[0]).all(), (
+        f"float32 weights_a[0] {wa[0].shape} with noise_scale 1e30: {np.count_nonzero(~np.isfinite(wa[0]))}"
+        f" non-finite entries, first at {np.argwhere(~np.isfinite(wa[0]))[:3].tolist()}"
+    )

@@ -35,4 +35,13 @@ def test_mutant_corner_rule_is_caught(monkeypatch):
         "the independent construction missed the mutant"
     )
     # Unshifted expansions are untouched by this mutant, so only shifted cases can catch it.
-    assert np.array_equal(expand_kernel(kernel, 7, 7, 0), expand_by_index(kernel, 7, 7, 0))
+    unshifted, by_index = expand_kernel(kernel, 7, 7, 0), expand_by_index(kernel, 7, 7, 0)
+    assert np.array_equal(unshifted, by_index), (
+        f"the corner mutant changed the unshifted 7x7 expansion: shapes {unshifted.shape} vs {by_index.shape}"
+        + (
+            f", differs at {np.argwhere(unshifted != by_index)[:3].tolist()},"
+            f" max |diff| {np.max(np.abs(unshifted - by_index)):.3g}"
+            if unshifted.shape == by_index.shape
+            else ""
+        )
+    )

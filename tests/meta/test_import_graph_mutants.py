@@ -31,7 +31,10 @@ def test_the_verifier_rule_notices_a_reference_module_that_imports_it():
     reported, one from the command line or from inside the verifier is not."""
     graph = import_graph()
     graph[f"{PACKAGE}.layers"] = graph[f"{PACKAGE}.layers"] | {f"{VERIFIER}.tolerances"}
-    assert reference_imports_of_the_verifier(graph) == {f"{PACKAGE}.layers": [f"{VERIFIER}.tolerances"]}
+    assert reference_imports_of_the_verifier(graph) == {f"{PACKAGE}.layers": [f"{VERIFIER}.tolerances"]}, (
+        f"the planted import of {VERIFIER}.tolerances in {PACKAGE}.layers is not the one reported:"
+        f" {reference_imports_of_the_verifier(graph)}"
+    )
     assert f"{VERIFIER}.gradcheck" in graph[f"{PACKAGE}.demo"], graph[f"{PACKAGE}.demo"]
     assert f"{VERIFIER}.precision" in graph[f"{VERIFIER}.golden"], graph[f"{VERIFIER}.golden"]
 
@@ -43,8 +46,12 @@ def test_the_graph_sees_lazy_and_relative_imports():
     assert f"{PACKAGE}.neocell_fast" in graph[f"{PACKAGE}.neocell"], graph[f"{PACKAGE}.neocell"]
     # gradcheck imports the operator inside a function only, two levels up
     assert f"{PACKAGE}.neocell" in graph[f"{PACKAGE}.verify.gradcheck"], graph[f"{PACKAGE}.verify.gradcheck"]
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"], (
+        f"planted cycle a->b->c->a reported as {find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}})}"
+    )
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None, (
+        f"acyclic graph reported with cycle {find_cycle({'a': {'b'}, 'b': set(), 'c': {'a', 'b'}})}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -62,7 +69,10 @@ def test_the_parser_resolves_each_import_form(tmp_path, source, expected):
     module = tmp_path / "probe.py"
     module.write_text(source, encoding="utf-8")
     known = set(package_modules()) | {f"{PACKAGE}.probe"}
-    assert imported_modules(f"{PACKAGE}.probe", known, module) == expected
+    assert imported_modules(f"{PACKAGE}.probe", known, module) == expected, (
+        f"source {source!r} resolved to {sorted(imported_modules(f'{PACKAGE}.probe', known, module))},"
+        f" expected {sorted(expected)}"
+    )
 
 
 def test_the_eager_rule_test_sees_a_missing_module_and_an_eager_verifier():
@@ -72,8 +82,16 @@ def test_the_eager_rule_test_sees_a_missing_module_and_an_eager_verifier():
     expected = reference_modules()
     assert f"{PACKAGE}.models_fast" in expected and f"{PACKAGE}.layer_kinds" in expected, expected
     assert not any(is_verifier(name) for name in expected) and f"{PACKAGE}.cli" not in expected, expected
-    assert eager_import_problems(expected, expected) == []
+    assert eager_import_problems(expected, expected) == [], (
+        "problems reported when exactly the reference modules are imported:"
+        f" {eager_import_problems(expected, expected)}"
+    )
     forgot = [name for name in expected if name != f"{PACKAGE}.calculator"]
-    assert f"{PACKAGE}.calculator" in eager_import_problems(expected, forgot)[0]
+    assert f"{PACKAGE}.calculator" in eager_import_problems(expected, forgot)[0], (
+        f"a forgotten {PACKAGE}.calculator is not named first; problems: {eager_import_problems(expected, forgot)}"
+    )
     for eager in (f"{VERIFIER}.golden", "hypothesis", f"{PACKAGE}.demo"):
-        assert eager in eager_import_problems(expected, [*expected, eager])[0]
+        assert eager in eager_import_problems(expected, [*expected, eager])[0], (
+            f"an eagerly imported {eager} is not named first; problems:"
+            f" {eager_import_problems(expected, [*expected, eager])}"
+        )

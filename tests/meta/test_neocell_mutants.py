@@ -29,7 +29,11 @@ def _failing(errors):
 def test_conformance_passes_unpatched():
     """Baseline of the mutants below: the same comparison passes on the real code."""
     for method in METHODS:
-        assert not _failing(conformance_errors(case_by_name(SHIFTED_OFFICIAL), method))
+        failing = _failing(conformance_errors(case_by_name(SHIFTED_OFFICIAL), method))
+        assert not failing, (
+            f"{SHIFTED_OFFICIAL}, method {method!r}: outputs above the tolerance {TOLERANCE:.0e}"
+            f" on the real code: {failing}"
+        )
 
 
 def test_conformance_catches_corner_from_top_left(monkeypatch):
@@ -47,7 +51,10 @@ def test_conformance_catches_corner_from_top_left(monkeypatch):
         f"the conformance comparison missed a wrong corner rule; failing outputs: {failing}"
     )
     # An unshifted case is untouched by this mutant, as it should be.
-    assert not _failing(conformance_errors(case_by_name("k7_c4_14x14"), "blockdiag"))
+    unshifted_failing = _failing(conformance_errors(case_by_name("k7_c4_14x14"), "blockdiag"))
+    assert not unshifted_failing, (
+        f"the corner mutant changed the unshifted case k7_c4_14x14 (tolerance {TOLERANCE:.0e}): {unshifted_failing}"
+    )
 
 
 def test_conformance_catches_an_adjoint_that_drops_repeated_copies(monkeypatch):
@@ -100,4 +107,8 @@ def test_conformance_catches_padding_geometry_without_shift(monkeypatch):
         assert {"y", "grad_x"} <= set(bad), f"{method}: ignored shift not caught, failing {bad}"
     # and with the real geometry back, everything passes again
     for method in ("loop", "patchwise"):
-        assert not _failing(conformance_errors(case_by_name(SHIFTED_OFFICIAL), method))
+        still_failing = _failing(conformance_errors(case_by_name(SHIFTED_OFFICIAL), method))
+        assert not still_failing, (
+            f"{SHIFTED_OFFICIAL}, method {method!r}: outputs above the tolerance {TOLERANCE:.0e}"
+            f" with the real geometry restored: {still_failing}"
+        )

@@ -276,7 +276,9 @@ def test_check_rederives_every_stored_array(checkout):
     worst = max(rows, key=lambda k: rows[k][0])
     assert rows[worst][0] <= TOLERANCE, f"{worst}: {rows[worst][0]:.3e}"
     assert "ea32509" in done.stdout and "WARNING" not in done.stdout, done.stdout
-    assert "worst relative error" in done.stdout
+    assert "worst relative error" in done.stdout, (
+        "no 'worst relative error' summary line; the output ends with:\n" + "\n".join(done.stdout.splitlines()[-10:])
+    )
 
 
 def copy_data(target: Path, stems=("official_neocell", "official_tiny_model")) -> Path:
@@ -404,7 +406,9 @@ def test_generate_reproduces_the_stored_cases(checkout, tmp_path, capsys):
         assert error <= TOLERANCE, f"{key}: relative error {error:.3e} > {TOLERANCE:g}"
     new_meta = json.loads((tmp_path / "official_neocell.json").read_text())
     assert set(meta) <= set(new_meta), f"top-level JSON fields missing: {set(meta) - set(new_meta)}"
-    assert new_meta["arrays"] == meta["arrays"]
+    assert new_meta["arrays"] == meta["arrays"], (
+        f"the JSON 'arrays' description changed: stored {meta['arrays']!r}, generated {new_meta['arrays']!r}"
+    )
     for old, new in zip(meta["cases"], new_meta["cases"], strict=True):
         assert {k: new[k] for k in old} == old, f"case {old['name']}: JSON differs: {old} vs {new}"
     # and the generated pair is itself a valid input of check
@@ -436,8 +440,14 @@ def test_generate_new_case_agrees_with_the_reference_and_is_deterministic(checko
         assert status == 0, f"exit {status}\n{out}\n{err}"
     meta = json.loads((tmp_path / "one" / "official_neocell_generated.json").read_text())
     (case,) = meta["cases"]
-    assert case["name"] == "new" and case["specs"] == specs and case["seed"] == 7 and case["dtype"] == "float64"
-    assert case["x_shape"] == [2, 6, 8, 10] and case["y_shape"] == [2, 6, 8, 10] and case["groups"] == 2
+    assert case["name"] == "new" and case["specs"] == specs and case["seed"] == 7 and case["dtype"] == "float64", (
+        f"generated case: name {case['name']!r} (expected 'new'), seed {case['seed']!r} (7),"
+        f" dtype {case['dtype']!r} ('float64'), specs {'as given' if case['specs'] == specs else case['specs']}"
+    )
+    assert case["x_shape"] == [2, 6, 8, 10] and case["y_shape"] == [2, 6, 8, 10] and case["groups"] == 2, (
+        f"generated case: x_shape {case['x_shape']}, y_shape {case['y_shape']} (expected [2, 6, 8, 10] both),"
+        f" groups {case['groups']!r} (expected 2)"
+    )
     errors, arrays = reference_errors(tmp_path / "one" / "official_neocell_generated.npz", case)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= TOLERANCE, f"{worst}: official vs neocell_ref {errors[worst]:.3e}"
@@ -467,9 +477,14 @@ def test_generate_float16_autocast(checkout, tmp_path, capsys):
     )
     assert status == 0, f"exit {status}\n{out}\n{err}"
     (case,) = json.loads((tmp_path / "official_neocell_generated.json").read_text())["cases"]
-    assert case["name"] == "mixed_4p7_shift1_c8_28x28_float16_autocast" and case["dtype"] == "float16-autocast"
+    assert case["name"] == "mixed_4p7_shift1_c8_28x28_float16_autocast" and case["dtype"] == "float16-autocast", (
+        f"generated case: name {case['name']!r} (expected 'mixed_4p7_shift1_c8_28x28_float16_autocast'),"
+        f" dtype {case['dtype']!r} (expected 'float16-autocast')"
+    )
     errors, arrays = reference_errors(tmp_path / "official_neocell_generated.npz", case)
-    assert arrays["y"].dtype == np.float16 and arrays["x"].dtype == np.float32
+    assert arrays["y"].dtype == np.float16 and arrays["x"].dtype == np.float32, (
+        f"autocast arrays: y is {arrays['y'].dtype} (expected float16), x is {arrays['x'].dtype} (expected float32)"
+    )
     assert arrays["grad_weight_a_0"].dtype == np.float32, arrays["grad_weight_a_0"].dtype
     for key, error in errors.items():  # float16 has a unit roundoff of 4.9e-4: not exact, not garbage
         assert 1e-6 < error < 2e-2, f"{key}: error {error:.3e} against the float64 reference"
@@ -497,9 +512,14 @@ def test_loader_leaves_no_trace_and_serves_the_benchmark_api(checkout):
     torch = require("torch", "official")
     pycache_before = sorted(checkout.rglob("__pycache__"))
     impl = official_loader.load_official(checkout)
-    assert not [name for name in sys.modules if name == "ptvision" or name.startswith("ptvision.")]
+    assert not [name for name in sys.modules if name == "ptvision" or name.startswith("ptvision.")], (
+        "the loader left official modules in sys.modules: "
+        + str(sorted(name for name in sys.modules if name == "ptvision" or name.startswith("ptvision."))[:5])
+    )
     assert sorted(checkout.rglob("__pycache__")) == pycache_before, "the loader wrote into the checkout"
-    assert impl.commit is None or impl.commit.startswith("ea32509")
+    assert impl.commit is None or impl.commit.startswith("ea32509"), (
+        f"the loader reports checkout commit {impl.commit!r}, expected None or one starting with ea32509"
+    )
     assert official_loader.load_official(checkout) is impl, "a second load must reuse the first"
     meta = json.loads((DATA / "official_neocell.json").read_text())
     case = next(c for c in meta["cases"] if c["name"] == "k5_shifta2_shiftb1_15x15")
@@ -507,5 +527,11 @@ def test_loader_leaves_no_trace_and_serves_the_benchmark_api(checkout):
         a = {k.split("/", 1)[1]: archive[k] for k in archive.files if k.startswith(case["name"] + "/")}
     x = torch.from_numpy(a["x"])
     y = impl.neocell_apply(x, [torch.from_numpy(a["weight_a_0"])], [torch.from_numpy(a["weight_b_0"])], case["specs"])
-    assert relative_error(y.numpy(), a["y"]) <= TOLERANCE
-    assert impl.NeoCellMatrices is impl.utils.NeoCellMatrices and isinstance(impl.NeoNeXt, type)
+    assert relative_error(y.numpy(), a["y"]) <= TOLERANCE, (
+        f"{case['name']}: neocell_apply y (shape {tuple(y.shape)}) vs stored y (shape {a['y'].shape}):"
+        f" relative error {relative_error(y.numpy(), a['y']):.3e} > {TOLERANCE:g}"
+    )
+    assert impl.NeoCellMatrices is impl.utils.NeoCellMatrices and isinstance(impl.NeoNeXt, type), (
+        f"benchmark API: NeoCellMatrices is{'' if impl.NeoCellMatrices is impl.utils.NeoCellMatrices else ' not'}"
+        f" utils.NeoCellMatrices, NeoNeXt is a {type(impl.NeoNeXt).__name__} (expected a class)"
+    )

@@ -287,6 +287,9 @@ def test_fuzz_spec_parsing(code, channels, shift, h, w):
             assert size.value == (
                 h if g.h_in == g.h_out else h * g.h_out // g.h_in,
                 w if g.w_in == g.w_out else w * g.w_out // g.w_in,
+            ), (
+                f"output_size of {code!r} on {h}x{w} is {size.value}, expected the input scaled as the"
+                f" first group scales it ({g.h_in}x{g.w_in} -> {g.h_out}x{g.w_out})"
             )
     bounded(parse_specs, code)  # a code where specs are expected: always a TypeError or a list
 
@@ -296,7 +299,12 @@ def test_fuzz_spec_parsing(code, channels, shift, h, w):
 def test_fuzz_parse_specs(specs):
     got = bounded(parse_specs, specs)
     if got.ok:
-        assert all(g.channels >= 1 and g.h_in >= 1 for g in got.value)
+        assert all(g.channels >= 1 and g.h_in >= 1 for g in got.value), (
+            f"parse_specs({_short(specs)}) accepted groups with channels or h_in < 1, (index, channels, h_in): "
+            + str(
+                [(i, g.channels, g.h_in) for i, g in enumerate(got.value) if not (g.channels >= 1 and g.h_in >= 1)][:3]
+            )
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -352,9 +360,17 @@ def test_fuzz_neocell(case, which, hostile, hostile_specs, method):
     )
     if bwd.ok:
         gx, ga, gb = bwd.value
-        assert _real_result(gx, "grad_x").shape == np.shape(args["x"])
-        assert [np.shape(g) for g in ga] == [np.shape(w) for w in args["wa"]]
-        assert [np.shape(g) for g in gb] == [np.shape(w) for w in args["wb"]]
+        assert _real_result(gx, "grad_x").shape == np.shape(args["x"]), (
+            f"{method} (hostile {which}): grad_x shape {np.shape(gx)}, x shape {np.shape(args['x'])}"
+        )
+        assert [np.shape(g) for g in ga] == [np.shape(w) for w in args["wa"]], (
+            f"{method} (hostile {which}): grad_wa shapes {[np.shape(g) for g in ga]},"
+            f" wa shapes {[np.shape(w) for w in args['wa']]}"
+        )
+        assert [np.shape(g) for g in gb] == [np.shape(w) for w in args["wb"]], (
+            f"{method} (hostile {which}): grad_wb shapes {[np.shape(g) for g in gb]},"
+            f" wb shapes {[np.shape(w) for w in args['wb']]}"
+        )
 
 
 @FUZZ
@@ -384,17 +400,29 @@ def test_fuzz_expand(case, size, which, hostile, hostile_specs):
     groups = parse_specs(specs)
     channels = sum(g.channels for g in groups)
     h_out, w_out = output_size(groups, *size)
-    assert a_full.shape == (channels, h_out, size[0]) and b_full.shape == (channels, size[1], w_out)
+    assert a_full.shape == (channels, h_out, size[0]) and b_full.shape == (channels, size[1], w_out), (
+        f"expand on size {size} (hostile {which}): A {a_full.shape}, B {b_full.shape};"
+        f" expected A {(channels, h_out, size[0])}, B {(channels, size[1], w_out)}"
+    )
     ga, gb = (hostile, hostile) if which == "grads" else (np.ones_like(a_full), np.ones_like(b_full))
     adj = bounded(expand_adjoint, ga, gb, specs)
     if adj.ok:
         da, db = adj.value
-        assert [d.shape for d in da] == [g.shape_a for g in groups]
-        assert [d.shape for d in db] == [g.shape_b for g in groups]
+        assert [d.shape for d in da] == [g.shape_a for g in groups], (
+            f"expand_adjoint (hostile {which}): grad_wa shapes {[d.shape for d in da]},"
+            f" expected {[g.shape_a for g in groups]}"
+        )
+        assert [d.shape for d in db] == [g.shape_b for g in groups], (
+            f"expand_adjoint (hostile {which}): grad_wb shapes {[d.shape for d in db]},"
+            f" expected {[g.shape_b for g in groups]}"
+        )
         if which != "grads":
             # adjoint identity with the all-ones cotangent: <E(w), 1> = <w, E*(1)>
             total = sum(float(np.vdot(w, d)) for w, d in zip(wa, da))
-            assert math.isclose(float(a_full.sum()), total, rel_tol=1e-9, abs_tol=1e-9)
+            assert math.isclose(float(a_full.sum()), total, rel_tol=1e-9, abs_tol=1e-9), (
+                f"adjoint identity on size {size}: <E(wa), 1> = {float(a_full.sum()):.17g},"
+                f" <wa, E*(1)> = {total:.17g}, |diff| {abs(float(a_full.sum()) - total):.3g} (rel/abs tol 1e-9)"
+            )
 
 
 SIZES = st.one_of(st.integers(0, 8), st.sampled_from([10**6, 10**12, 2**63, -1, True, 3.0, None, NAN]))
@@ -411,13 +439,26 @@ def test_fuzz_expand_kernel(kernel, rows, cols, shift):
     got = bounded(expand_kernel, kernel, rows, cols, shift)
     if got.ok:
         out = got.value
-        assert out.shape == kernel.shape[:-2] + (rows, cols)
+        assert out.shape == kernel.shape[:-2] + (rows, cols), (
+            f"expand_kernel of a {kernel.shape} kernel to {rows!r}x{cols!r} (shift {shift!r}) has shape {out.shape},"
+            f" expected {kernel.shape[:-2] + (rows, cols)}"
+        )
         p, q = kernel.shape[-2:]
-        assert 0 <= shift < min(p, q) or shift == 0
+        assert 0 <= shift < min(p, q) or shift == 0, (
+            f"expand_kernel accepted shift {shift!r} for a {p}x{q} kernel (valid: 0 <= shift < {min(p, q)})"
+        )
         back = bounded(expand_kernel_adjoint, out, p, q, shift)
-        assert back.ok and back.value.shape == kernel.shape
+        assert back.ok and back.value.shape == kernel.shape, (
+            f"expand_kernel_adjoint of a {out.shape} expansion ({p}x{q}, shift {shift!r}) "
+            + (f"refused it: {back.error}" if not back.ok else f"has shape {back.value.shape}, expected {kernel.shape}")
+        )
         # <E(K), E(K)> = <K, E*(E(K))>: the adjoint of the expansion, on any kernel
-        assert math.isclose(float(np.vdot(out, out)), float(np.vdot(kernel, back.value)), rel_tol=1e-9, abs_tol=1e-9)
+        assert math.isclose(float(np.vdot(out, out)), float(np.vdot(kernel, back.value)), rel_tol=1e-9, abs_tol=1e-9), (
+            f"adjoint identity for a {kernel.shape} kernel to {rows}x{cols} (shift {shift}):"
+            f" <E(K), E(K)> = {float(np.vdot(out, out)):.17g},"
+            f" <K, E*(E(K))> = {float(np.vdot(kernel, back.value)):.17g},"
+            f" |diff| {abs(float(np.vdot(out, out)) - float(np.vdot(kernel, back.value))):.3g} (rel/abs tol 1e-9)"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -437,7 +478,10 @@ def test_fuzz_skewed_identity(n, m, dtype):
     got = bounded(skewed_identity, n, m, dtype)
     if got.ok:
         s = got.value
-        assert s.shape == (n, m) and np.isfinite(s).all()
+        assert s.shape == (n, m) and np.isfinite(s).all(), (
+            f"skewed_identity({n!r}, {m!r}, {dtype!r}): shape {s.shape} (expected {(n, m)}),"
+            f" {np.count_nonzero(~np.isfinite(s))} non-finite entries"
+        )
         # every column (tall) or row (wide) sums to 1 or is empty: hand rule of SPEC 6
         sums = s.sum(axis=0) if n >= m else s.sum(axis=1)
         assert np.all(np.isclose(sums, 1.0, atol=1e-3) | (sums == 0)), sums
@@ -457,9 +501,23 @@ def test_fuzz_neo_init(specs, rng, dtype, noise_scale):
     if got.ok:
         wa, wb = got.value
         groups = parse_specs(specs)
-        assert [w.shape for w in wa] == [g.shape_a for g in groups]
-        assert [w.shape for w in wb] == [g.shape_b for g in groups]
-        assert all(w.dtype == np.dtype(dtype) and np.isfinite(w).all() for w in wa + wb)
+        assert [w.shape for w in wa] == [g.shape_a for g in groups], (
+            f"neo_init: wa shapes {[w.shape for w in wa]}, expected {[g.shape_a for g in groups]}"
+        )
+        assert [w.shape for w in wb] == [g.shape_b for g in groups], (
+            f"neo_init: wb shapes {[w.shape for w in wb]}, expected {[g.shape_b for g in groups]}"
+        )
+        assert all(w.dtype == np.dtype(dtype) and np.isfinite(w).all() for w in wa + wb), (
+            f"neo_init(dtype={dtype!r}, noise_scale={noise_scale!r}): expected dtype {np.dtype(dtype)} and finite;"
+            " offenders (index in wa + wb, dtype, non-finite count): "
+            + str(
+                [
+                    (i, w.dtype.name, int(np.count_nonzero(~np.isfinite(w))))
+                    for i, w in enumerate(wa + wb)
+                    if not (w.dtype == np.dtype(dtype) and np.isfinite(w).all())
+                ][:3]
+            )
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -721,7 +779,11 @@ def test_fuzz_model_construction(field, hostile):
     if got.ok:
         model = got.value
         state = model.state_dict()
-        assert set(state) == set(model.architecture.state_shapes())
+        assert set(state) == set(model.architecture.state_shapes()), (
+            f"NeoNeXt({field}={_short(hostile)}): state_dict keys differ from architecture.state_shapes():"
+            f" missing {sorted(set(model.architecture.state_shapes()) - set(state))[:5]},"
+            f" extra {sorted(set(state) - set(model.architecture.state_shapes()))[:5]}"
+        )
         assert all(np.isfinite(v).all() for v in state.values()), "non-finite initial state"
 
 
@@ -751,7 +813,16 @@ def test_fuzz_load_state_dict(small_model, key_index, hostile, strict, rename):
     if got.ok:
         assert all(np.isfinite(v).all() for v in after.values()), "a load made the state non-finite"
         assert all(after[k].shape == state[k].shape for k in state), "a load changed a shape"
-        assert all(v.dtype == np.float32 for k, v in after.items() if not k.endswith("num_batches_tracked"))
+        assert all(v.dtype == np.float32 for k, v in after.items() if not k.endswith("num_batches_tracked")), (
+            f"a load of {key!r} (rename {rename}, strict {strict!r}) left non-float32 entries: "
+            + str(
+                [
+                    (k, v.dtype.name)
+                    for k, v in after.items()
+                    if not k.endswith("num_batches_tracked") and v.dtype != np.float32
+                ][:5]
+            )
+        )
     else:
         for k in state:  # a refused load leaves the model unchanged
             np.testing.assert_array_equal(after[k], state[k], err_msg=k)

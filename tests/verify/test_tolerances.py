@@ -28,40 +28,73 @@ def test_adding_a_case_does_not_reseed_the_others(monkeypatch):
         assert np.array_equal(make_case("neocell", case, np.float64, 3)[1]["x"], before[case[0]]), case[0]
     # and the key really is the name, the operation and the seed
     draw = lambda *key: case_rng(*key).standard_normal(4)  # noqa: E731
-    assert not np.array_equal(draw("neocell", "a", 0), draw("neocell", "b", 0))
-    assert not np.array_equal(draw("neocell", "a", 0), draw("gelu", "a", 0))
-    assert not np.array_equal(draw("neocell", "a", 0), draw("neocell", "a", 1))
-    assert np.array_equal(draw("neocell", "a", 0), draw("neocell", "a", 0))
+    assert not np.array_equal(draw("neocell", "a", 0), draw("neocell", "b", 0)), (
+        f"cases 'a' and 'b' of neocell draw the same values {draw('neocell', 'a', 0)}: the name is not in the key"
+    )
+    assert not np.array_equal(draw("neocell", "a", 0), draw("gelu", "a", 0)), (
+        f"case 'a' of neocell and of gelu draw the same values {draw('neocell', 'a', 0)}:"
+        " the operation is not in the key"
+    )
+    assert not np.array_equal(draw("neocell", "a", 0), draw("neocell", "a", 1)), (
+        f"seeds 0 and 1 of neocell case 'a' draw the same values {draw('neocell', 'a', 0)}: the seed is not in the key"
+    )
+    assert np.array_equal(draw("neocell", "a", 0), draw("neocell", "a", 0)), (
+        f"two draws for the same key (neocell, 'a', 0) differ: {draw('neocell', 'a', 0)} vs {draw('neocell', 'a', 0)}"
+    )
 
 
 def test_half_tolerances_follow_the_arithmetic_model():
     # Hand calculation for k7_square_14x14 (N=2, C=4, 14x14, kernel 7): y has n = 7 + 7.
     _, _, _, tol16 = make_case("neocell", OPERATIONS["neocell"].cases("core")[0], "float16", 5)
-    assert tol16["y"]["half_roundings"] == 2 and tol16["y"]["accumulation_length"] == 14
-    assert tol16["y"]["rtol"] == 2 * (2 * 2.0**-11 + 15 * 2.0**-24)
+    assert tol16["y"]["half_roundings"] == 2 and tol16["y"]["accumulation_length"] == 14, (
+        f"float16 y of k7_square_14x14: half_roundings {tol16['y']['half_roundings']} (expected 2),"
+        f" accumulation_length {tol16['y']['accumulation_length']} (expected 7 + 7 = 14)"
+    )
+    assert tol16["y"]["rtol"] == 2 * (2 * 2.0**-11 + 15 * 2.0**-24), (
+        f"float16 y rtol {tol16['y']['rtol']!r}, expected 2 * (2 u16 + 15 u32) = {2 * (2 * 2.0**-11 + 15 * 2.0**-24)!r}"
+    )
     _, _, _, tolbf = make_case("neocell", OPERATIONS["neocell"].cases("core")[0], "bfloat16", 5)
-    assert tolbf["y"]["rtol"] == 2 * (2 * 2.0**-8 + 15 * 2.0**-24)
+    assert tolbf["y"]["rtol"] == 2 * (2 * 2.0**-8 + 15 * 2.0**-24), (
+        f"bfloat16 y rtol {tolbf['y']['rtol']!r},"
+        f" expected 2 * (2 u_bf16 + 15 u32) = {2 * (2 * 2.0**-8 + 15 * 2.0**-24)!r}"
+    )
     # grad_weight_a: n = w_out + N·W·(ceil(H_out/h_out) + 1) = 7 + 2·14·3.
-    assert tol16["grad_weight_a_0"]["accumulation_length"] == 7 + 2 * 14 * 3
+    assert tol16["grad_weight_a_0"]["accumulation_length"] == 7 + 2 * 14 * 3, (
+        f"float16 grad_weight_a_0 accumulation_length {tol16['grad_weight_a_0']['accumulation_length']},"
+        f" expected 7 + 2*14*3 = {7 + 2 * 14 * 3}"
+    )
     # A layer passes through one rounding (the stored result): linear y, n = C_in = 6.
     _, _, _, lin = make_case("linear", OPERATIONS["linear"].cases("core")[0], "float16", 5)
-    assert lin["y"]["half_roundings"] == 1 and lin["y"]["rtol"] == 2 * (2.0**-11 + 7 * 2.0**-24)
+    assert lin["y"]["half_roundings"] == 1 and lin["y"]["rtol"] == 2 * (2.0**-11 + 7 * 2.0**-24), (
+        f"float16 linear y: half_roundings {lin['y']['half_roundings']} (expected 1),"
+        f" rtol {lin['y']['rtol']!r} (expected 2 * (u16 + 7 u32) = {2 * (2.0**-11 + 7 * 2.0**-24)!r})"
+    )
     # atol: gradual underflow (times the second product's propagation), a power of two,
     # far below the rounding of any O(1) value.
     for tols, limit in ((tol16, 1e-4), (tolbf, 1e-30), (lin, 1e-6)):
         for key, tol in tols.items():
             assert tol["atol"] > 0 and math.frexp(tol["atol"])[0] == 0.5 and tol["atol"] < limit, (key, tol)
-    assert half_tolerance("float16", 0, 1)["atol"] == 2.0 ** math.ceil(math.log2(2 * (2.0**-25 + 2.0**-150)))
+    assert half_tolerance("float16", 0, 1)["atol"] == 2.0 ** math.ceil(math.log2(2 * (2.0**-25 + 2.0**-150))), (
+        f"float16 atol for n = 0, one rounding: {half_tolerance('float16', 0, 1)['atol']!r}, expected"
+        f" {2.0 ** math.ceil(math.log2(2 * (2.0**-25 + 2.0**-150)))!r} (next power of two of 2 (2^-25 + 2^-150))"
+    )
 
 
 def test_relative_error_metric():
     """The metric itself, on hand-made arrays (SPEC 9's definition)."""
     ref = np.array([[1.0, -4.0], [2.0, 0.0]])
     got = ref + np.array([[0.0, 0.0], [0.0, 0.5]])
-    assert relative_error(got, ref) == 0.5 / 4.0
-    assert relative_error(ref, ref) == 0.0
-    assert relative_error(np.zeros(3), np.zeros(3)) == 0.0
-    assert relative_error(np.ones(3), np.zeros(3)) == float("inf")
+    assert relative_error(got, ref) == 0.5 / 4.0, (
+        f"max|got - ref| / max|ref| with one entry off by 0.5 and max|ref| = 4: {relative_error(got, ref)!r},"
+        " expected 0.125"
+    )
+    assert relative_error(ref, ref) == 0.0, f"relative error of an array to itself: {relative_error(ref, ref)!r}"
+    assert relative_error(np.zeros(3), np.zeros(3)) == 0.0, (
+        f"relative error of zeros to zeros: {relative_error(np.zeros(3), np.zeros(3))!r}, expected 0.0"
+    )
+    assert relative_error(np.ones(3), np.zeros(3)) == float("inf"), (
+        f"relative error of ones to a zero reference: {relative_error(np.ones(3), np.zeros(3))!r}, expected inf"
+    )
     with pytest.raises(ValueError, match=r"\(2, 2\).*\(4,\)"):
         relative_error(ref, ref.ravel())
 
@@ -82,8 +115,12 @@ def test_relative_error_casts_nothing_silently(got, ref, word):
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_relative_error_of_a_non_finite_value_is_infinite(bad):
     ref = np.array([1.0, 2.0])
-    assert relative_error(np.array([bad, 2.0]), ref) == float("inf")
-    assert relative_error(ref, np.array([1.0, bad])) == float("inf")
+    assert relative_error(np.array([bad, 2.0]), ref) == float("inf"), (
+        f"got with {bad} at index 0: relative error {relative_error(np.array([bad, 2.0]), ref)!r}, expected inf"
+    )
+    assert relative_error(ref, np.array([1.0, bad])) == float("inf"), (
+        f"ref with {bad} at index 1: relative error {relative_error(ref, np.array([1.0, bad]))!r}, expected inf"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -142,8 +179,13 @@ def test_tolerance_functions_refuse_bad_arguments(call, error, words):
 
 def test_tolerance_functions_accept_numpy_scalars_and_zero():
     """The checks take what the golden oracle passes (NumPy integers and floats, zero)."""
-    assert sum_tolerance("float64", np.int64(0)) == {"rtol": 2 * 2.0**-53, "atol": 0.0, "accumulation_length": 0}
-    assert type(sum_tolerance("float32", np.int32(3))["accumulation_length"]) is int
+    assert sum_tolerance("float64", np.int64(0)) == {"rtol": 2 * 2.0**-53, "atol": 0.0, "accumulation_length": 0}, (
+        f"sum_tolerance('float64', np.int64(0)) = {sum_tolerance('float64', np.int64(0))}"
+    )
+    assert type(sum_tolerance("float32", np.int32(3))["accumulation_length"]) is int, (
+        "sum_tolerance('float32', np.int32(3)) keeps accumulation_length as"
+        f" {type(sum_tolerance('float32', np.int32(3))['accumulation_length']).__name__}, expected a Python int"
+    )
     tol = half_tolerance("float16", np.int64(3), np.int64(2), np.float64(0.5))
     assert tol["rtol"] == 2 * (2 * 2.0**-11 + 4 * 2.0**-24) and tol["half_roundings"] == 2, tol
     allowed = allowed_error([1.0, -2.0], rtol=np.float64(0.0), atol=0.5, bound=np.array([3.0, 0.0]))
