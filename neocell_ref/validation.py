@@ -41,7 +41,7 @@ import itertools
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Mapping, Set
 
 import numpy as np
 
@@ -146,13 +146,19 @@ def _short_repr(value) -> str:
 def _first_items(value, count: int):
     """The items of an ordered iterable, read to at most ``count + 1`` (enough to refuse a
     longer, or endless, one), as a tuple; None for anything else: a string, a set or a
-    dict (no order of items), a non-iterable or a 0-d array."""
-    if isinstance(value, (str, bytes, Set, Mapping)) or not isinstance(value, Iterable):
+    dict (no order of items), a non-iterable or a 0-d array.
+
+    Iterable means what ``iter()`` accepts, the sequence protocol (``__getitem__`` and
+    ``__len__`` only) included; an error raised while the items are read (inside the
+    caller's generator, say) propagates as it is.
+    """
+    if isinstance(value, (str, bytes, Set, Mapping)):
         return None
     try:
-        return tuple(itertools.islice(value, count + 1))
-    except TypeError:  # e.g. a 0-d array
+        iterator = iter(value)
+    except TypeError:  # not iterable, or a 0-d array
         return None
+    return tuple(itertools.islice(iterator, count + 1))
 
 
 def as_real_array(value, name) -> np.ndarray:

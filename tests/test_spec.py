@@ -155,6 +155,32 @@ def test_parse_specs_refuses_an_endless_iterable_after_max_groups_items():
     assert parse_specs(iter([group, group])) == (GroupSpec(1, 3, 3, 3, 3),) * 2  # a finite iterator still reads
 
 
+def test_parse_specs_reads_the_sequence_protocol_and_keeps_a_generators_error():
+    """What iter() accepts is read (an object with only __getitem__ and __len__ was
+    refused when the bound came in), and a TypeError raised inside the caller's
+    generator propagates as it is, not as "specs must be a list"."""
+
+    class Groups:
+        def __init__(self, items):
+            self.items = items
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    group = {"kernel": 3, "channels": 1}
+    assert parse_specs(Groups([group, group])) == (GroupSpec(1, 3, 3, 3, 3),) * 2
+
+    def broken():
+        yield group
+        raise TypeError("a bug in the caller's generator")
+
+    with pytest.raises(TypeError, match="a bug in the caller's generator"):
+        parse_specs(broken())
+
+
 def test_parse_specs_refuses_unordered_groups():
     """A set of groups has no group order (which group's channels come first)."""
     with raises_before_arithmetic(TypeError, "specs must be a list of group specs", "set"):
