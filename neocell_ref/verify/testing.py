@@ -701,7 +701,9 @@ def check_neocell_case(
     Raises
     ------
     TypeError, ValueError
-        Bad arguments, or tolerance overrides beyond ``golden.MAX_RTOL_SCALE``.
+        Bad arguments, or tolerance overrides beyond ``golden.MAX_RTOL_SCALE``; a case
+        with NaN or Inf inputs, or whose reference or magnitude bound overflows (before
+        the port runs).
     """
     from .golden import check_tolerance_overrides, neocell_expected, run_and_compare
 
@@ -721,6 +723,17 @@ def check_neocell_case(
             raise ValueError(f"{key} of the case holds NaN or Inf; a case needs finite inputs to be compared")
     _, specs = _as_written(case.specs)
     expected, tolerances = neocell_expected(specs, arrays)
+    # Finite inputs can still overflow the float64 reference or its magnitude bound
+    # (entries near 1e154 or 1e308): an infinite allowance passes anything and a NaN
+    # expected value judges nothing, so such a case is refused, as golden export
+    # refuses a non-finite array.
+    for key, value in expected.items():
+        if not np.isfinite(value).all():
+            what = "magnitude bound" if key.startswith("bound/") else "expected value"
+            raise ValueError(
+                f"the reference's {what} {key!r} is not finite for this case (its inputs are too large: "
+                f"largest |x| {float(np.max(np.abs(case.x), initial=0)):.3g}); use smaller inputs"
+            )
     arrays.update(expected)
     meta = {"specs_as_written": specs, "tolerances": tolerances}
     return run_and_compare(

@@ -378,6 +378,28 @@ def test_a_case_with_nan_or_inf_is_refused_by_name(dtype, value, key):
     assert not calls, "the port ran on a refused case"
 
 
+@pytest.mark.parametrize(
+    "x_value, weight_value, grad_y_value, words",
+    [
+        (1e154, 1e154, 1.0, ["expected value", "'y'"]),  # y = inf·0 = NaN in the reference
+        # rows of opposite signs cancel: y is exactly 0 (and with grad_y = 0 every
+        # gradient too), but y's magnitude bound is inf, under which any output passed
+        (1e308, 1.0, 0.0, ["magnitude bound", "'bound/y'"]),
+    ],
+    ids=["reference", "bound"],
+)
+def test_a_case_whose_reference_overflows_is_refused(x_value, weight_value, grad_y_value, words):
+    x = np.full((1, 1, 2, 2), x_value)
+    x[0, 0, 1] *= -1
+    weights = [np.full((1, 2, 2), weight_value)]
+    grad_y = np.full_like(x, grad_y_value)
+    case = NeoCellCase([{"kernel": 2, "channels": 1}], x, weights, weights, grad_y)
+    calls = []
+    with raises_naming(ValueError, "not finite for this case", *words):
+        check_neocell_case(lambda *args: calls.append(args), None, case)
+    assert not calls, "the port ran on a refused case"
+
+
 # --------------------------------------------------------------------------------------
 # a drawn failure prints the case's structure, not every array
 # --------------------------------------------------------------------------------------
