@@ -389,7 +389,8 @@ def batchnorm_forward(x, weight, bias, running_mean=None, running_var=None, *, t
     eps : float, default 1e-5
     out : ndarray, optional
         Where to write ``y``: an ndarray of ``x``'s shape and the compute dtype (else
-        ``ValueError``); may be ``x`` itself for an in-place update.
+        ``ValueError``); may be ``x`` itself for an in-place update when ``x`` is of the
+        compute dtype (float32 or float64: a float16 ``x`` computes in float32).
 
     Returns
     -------
@@ -718,7 +719,8 @@ def gelu_forward(x, *, out=None):
     ----------
     x : array_like, any shape
     out : ndarray, optional
-        Output array of the compute dtype and ``x``'s shape; may be ``x`` (in place).
+        Output array of the compute dtype and ``x``'s shape; may be ``x`` (in place)
+        when ``x`` is of the compute dtype (float32 or float64).
 
     Returns
     -------
@@ -904,7 +906,7 @@ def layer_scale_forward(x, gamma, *, out=None):
     gamma : array_like, shape (C,)
     out : ndarray, optional
         An ndarray of ``x``'s shape and the compute dtype (else ``ValueError``); may
-        be ``x``.
+        be ``x`` when ``x`` is of the compute dtype (float32 or float64).
     """
     x, gamma, _ = _ls_prepare(x, gamma)
     _check_out(out, x.shape, x.dtype)
