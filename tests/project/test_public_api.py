@@ -452,7 +452,9 @@ def test_fuzz_expand_kernel(kernel, rows, cols, shift):
             f"expand_kernel_adjoint of a {out.shape} expansion ({p}x{q}, shift {shift!r}) "
             + (f"refused it: {back.error}" if not back.ok else f"has shape {back.value.shape}, expected {kernel.shape}")
         )
-        # <E(K), E(K)> = <K, E*(E(K))>: the adjoint of the expansion, on any kernel
+        if not _finite(kernel):
+            return  # NaN·0 in the inner products: the identity holds for finite kernels
+        # <E(K), E(K)> = <K, E*(E(K))>: the adjoint of the expansion, on any finite kernel
         assert math.isclose(float(np.vdot(out, out)), float(np.vdot(kernel, back.value)), rel_tol=1e-9, abs_tol=1e-9), (
             f"adjoint identity for a {kernel.shape} kernel to {rows}x{cols} (shift {shift}):"
             f" <E(K), E(K)> = {float(np.vdot(out, out)):.17g},"
@@ -716,9 +718,16 @@ def test_fuzz_cross_entropy(logits, labels, smoothing):
     grad = bounded(L.cross_entropy_backward, logits, labels, smoothing=smoothing)
     assert loss.ok == grad.ok, "forward and backward disagree on what is valid"
     if loss.ok and _finite(logits):
-        assert math.isfinite(loss.value) and loss.value >= 0
-        # the gradient of a mean cross-entropy sums to 0 over the classes of each sample
-        np.testing.assert_allclose(grad.value.sum(axis=1), 0.0, atol=1e-12)
+        assert math.isfinite(loss.value) and loss.value >= 0, (
+            f"cross-entropy of finite {np.shape(logits)} logits is {loss.value!r}, not a finite value >= 0"
+        )
+        # the gradient of a mean cross-entropy sums to 0 over the classes of each sample,
+        # up to the rounding of a sum of K terms of at most 1/N in the gradient's dtype
+        classes = grad.value.shape[1]
+        atol = 4 * classes * float(np.finfo(grad.value.dtype).eps)
+        np.testing.assert_allclose(
+            grad.value.sum(axis=1), 0.0, atol=atol, err_msg=f"row sums of a {grad.value.dtype} gradient"
+        )
 
 
 # --------------------------------------------------------------------------------------
