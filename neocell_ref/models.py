@@ -417,14 +417,18 @@ class NeoNeXt:
         TypeError
             ``training`` or ``cache`` is not a bool, or ``x`` is not a real numeric array.
         ValueError
-            ``x`` has a wrong shape or size; in training mode also when ``x`` holds NaN
+            ``x`` has a wrong shape or size, or the batch's largest activation would
+            exceed the memory budget (:mod:`neocell_ref.validation`; refused before
+            anything runs); in training mode also when ``x`` holds NaN
             or Inf, or a batch statistic is not finite. A training forward that raises
             leaves the running statistics and ``num_batches_tracked`` unchanged: the
             updates are committed only after the whole forward succeeded.
         """
         training, cache = as_flag(training, "training"), as_flag(cache, "cache")
+        x = self._check_input(x)
+        self._check_activations(x.shape)
         with np.errstate(over="ignore"):  # an overflow to Inf is refused below in training
-            x = self._check_input(x).astype(self.dtype, copy=False)
+            x = x.astype(self.dtype, copy=False)
         if training and not np.isfinite(x).all():  # after the cast: 1e300 is Inf in float32
             raise ValueError(
                 f"x contains NaN or Inf (in the model dtype {self.dtype}); a training forward "
@@ -449,6 +453,15 @@ class NeoNeXt:
                 )
             self.buffers.update(updates)
         return logits
+
+    def _check_activations(self, x_shape):
+        """Refuse, before anything is allocated, a batch whose input in the model dtype or
+        largest layer output would exceed the memory budget
+        (:func:`neocell_ref.validation.check_nbytes`): a forward's arrays grow with ``N``,
+        and a broadcast input of a few kilobytes can stand for any batch."""
+        check_nbytes(x_shape, self.dtype, "forward: x in the model dtype")
+        widest = max(self.describe(x_shape[2:]).layers(), key=lambda desc: math.prod(desc.out_shape))
+        check_nbytes((x_shape[0], *widest.out_shape), self.dtype, f"forward: output of {widest.name}")
 
     def _check_batch_statistics(self, x_shape):
         """Refuse, before anything runs, a training batch that leaves some BatchNorm a

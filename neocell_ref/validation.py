@@ -22,9 +22,11 @@ promotion (``result_type(int8, float32)`` is float32).
 **Memory budget.** Functions that build an array whose size follows from their arguments rather than from
 an array the caller already holds (:func:`neocell_ref.expansion.expand` and
 :func:`~neocell_ref.expansion.expand_kernel`, :func:`neocell_ref.init.neo_init`,
-:func:`~neocell_ref.init.skewed_identity`, :class:`neocell_ref.models.NeoNeXt`, the
-output and the intermediates of :func:`neocell_ref.neocell_forward` and
-:func:`~neocell_ref.neocell_backward` in every formulation)
+:func:`~neocell_ref.init.skewed_identity`, :class:`neocell_ref.models.NeoNeXt` (its
+parameters, and in :meth:`~neocell_ref.models.NeoNeXt.forward` the batch's input in
+the model dtype and its largest layer output), the output and the intermediates of
+:func:`neocell_ref.neocell_forward` and :func:`~neocell_ref.neocell_backward` in every
+formulation, the arrays the porting kit's ``neocell_cases`` draws)
 compute the size of every such array with Python integers first and refuse, with a
 ``ValueError`` stating the size in bytes, any single array larger than the budget,
 instead of failing deep inside NumPy with ``MemoryError`` (or swapping).

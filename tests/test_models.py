@@ -771,3 +771,34 @@ def test_load_npz_checks_every_header_before_reading(tmp_path, tiny32):
         model.load_npz(tmp_path / "junk.npz")
     model.save_npz(tmp_path / "good.npz")
     NeoNeXt(**TINY_MODEL, dtype=np.float32).load_npz(tmp_path / "good.npz")
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("training", [False, True])
+def test_forward_refuses_a_batch_over_the_memory_budget_before_allocating(training, cache):
+    """A broadcast input of a few kilobytes can stand for any batch: 120,000 images ran
+    for a minute at 15 GB. The forward now checks its input in the model dtype and its
+    largest layer output against the budget first (tracemalloc: nothing of that size is
+    allocated), and names the layer; a batch under the budget still runs."""
+    from neocell_ref.validation import max_bytes_set_to
+
+    model = NeoNeXt(**{**TINY_MODEL, "dims": (16, 16, 24, 32)})  # fc_1 of stage 1 is wider than x
+    arch = model.describe((32, 32))
+    widest = max(arch.layers(), key=lambda d: int(np.prod(d.out_shape)))
+    assert np.prod(widest.out_shape) > 3 * 32 * 32, f"the widest layer {widest.name} is no wider than x"
+    per_sample = int(np.prod(widest.out_shape)) * 8  # float64 bytes of its output per image
+    budget = 4 * per_sample  # room for 4 images' widest activation
+    x = np.broadcast_to(np.ones((1, 3, 32, 32)), (5, 3, 32, 32))
+    with max_bytes_set_to(budget):
+        tracemalloc.start()
+        try:
+            with raises_naming(ValueError, f"forward: output of {widest.name}", "memory budget", "(5, "):
+                model.forward(x, training=training, cache=cache)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < per_sample, (
+            f"{peak:,} bytes allocated before the refusal (one image's widest output: {per_sample:,})"
+        )
+        logits = model.forward(np.ones((2, 3, 32, 32)), training=training, cache=cache)
+    assert logits.shape == (2, 4), f"a batch under the budget: logits of shape {logits.shape}"
