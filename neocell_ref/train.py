@@ -49,7 +49,11 @@ def _interrupts_held():
         yield
         return
     received = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    except ValueError:  # not the main interpreter's main thread: no handler to set, none to hold
+        yield
+        return
     try:
         yield
     finally:
