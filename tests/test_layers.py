@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from support.hostile import raises_naming
 from support.layers import gradient_report
@@ -104,6 +104,12 @@ def test_layernorm_gradients(data):
     spatial = tuple(data.draw(st.lists(st.integers(1, 3), min_size=0, max_size=2), label="spatial dims"))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
     x = rng.standard_normal((n, c, *spatial)) * 2 + 1
+    # A position whose channels nearly coincide (variance ~1e-5, two channels 0.01
+    # apart) has third derivatives ~1/σ³: the central difference's truncation error
+    # (eps² times that) then exceeds the dot-product tolerance, though the analytic
+    # gradient is right (the differences shrink as eps²). That regime has its own test
+    # with a fitting step (test_layernorm_gradients_with_tiny_variance).
+    assume(x.var(axis=1).min() > 1e-2)
     weight, bias = rng.standard_normal(c), rng.standard_normal(c)
     report = gradient_report(
         lambda *a: L.layernorm_forward(*a),
@@ -113,6 +119,29 @@ def test_layernorm_gradients(data):
         rng=rng,
     )
     _assert_passes(report, f"layernorm x{x.shape}")
+
+
+def test_layernorm_gradients_with_nearly_equal_channels():
+    """The generic test's excluded regime, at the example the deep profile found: two
+    channels 0.013 apart near 2.8 (variance 4.5e-5, beside eps 1e-5). No step makes a
+    central difference accurate to the default 1e-8 here: at 1e-6 its truncation error
+    (eps² times a curvature of ~1/σ³) is ~1e-7 relative, and a smaller step amplifies
+    the rounding of ``x - mean`` (a cancellation of 2.8 to 0.007) instead (1e-7: 5e-7).
+    So the directional check is held to 1e-6, still a millionth of the error of a
+    missing term."""
+    rng = np.random.default_rng(819)
+    x = rng.standard_normal((2, 2)) * 2 + 1
+    assert x.var(axis=1).min() < 1e-4, f"not the nearly-equal regime: variances {x.var(axis=1)}"
+    weight, bias = rng.standard_normal(2), rng.standard_normal(2)
+    report = gradient_report(
+        lambda *a: L.layernorm_forward(*a),
+        lambda g, *a: L.layernorm_backward(g, *a),
+        [x, weight, bias],
+        ["x", "weight", "bias"],
+        rng=rng,
+        dot_rtol=1e-6,
+    )
+    _assert_passes(report, "layernorm with two channels 0.013 apart")
 
 
 def test_layernorm_gradients_with_tiny_variance():
