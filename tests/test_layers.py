@@ -98,6 +98,18 @@ def test_batchnorm_gradients_both_modes(data):
     _assert_passes(report, f"batchnorm training={training} x{x.shape}")
 
 
+def _layernorm_report(x, weight, bias, rng, **kwargs):
+    """The gradient check of LayerNorm with respect to x, weight and bias."""
+    return gradient_report(
+        lambda *a: L.layernorm_forward(*a),
+        lambda g, *a: L.layernorm_backward(g, *a),
+        [x, weight, bias],
+        ["x", "weight", "bias"],
+        rng=rng,
+        **kwargs,
+    )
+
+
 @given(data=st.data())
 def test_layernorm_gradients(data):
     n, c = _dims(data, "N", 1, 3), _dims(data, "C", 2, 6)
@@ -111,14 +123,7 @@ def test_layernorm_gradients(data):
     # with a fitting step (test_layernorm_gradients_with_tiny_variance).
     assume(x.var(axis=1).min() > 1e-2)
     weight, bias = rng.standard_normal(c), rng.standard_normal(c)
-    report = gradient_report(
-        lambda *a: L.layernorm_forward(*a),
-        lambda g, *a: L.layernorm_backward(g, *a),
-        [x, weight, bias],
-        ["x", "weight", "bias"],
-        rng=rng,
-    )
-    _assert_passes(report, f"layernorm x{x.shape}")
+    _assert_passes(_layernorm_report(x, weight, bias, rng), f"layernorm x{x.shape}")
 
 
 def test_layernorm_gradients_with_nearly_equal_channels():
@@ -133,14 +138,7 @@ def test_layernorm_gradients_with_nearly_equal_channels():
     x = rng.standard_normal((2, 2)) * 2 + 1
     assert x.var(axis=1).min() < 1e-4, f"not the nearly-equal regime: variances {x.var(axis=1)}"
     weight, bias = rng.standard_normal(2), rng.standard_normal(2)
-    report = gradient_report(
-        lambda *a: L.layernorm_forward(*a),
-        lambda g, *a: L.layernorm_backward(g, *a),
-        [x, weight, bias],
-        ["x", "weight", "bias"],
-        rng=rng,
-        dot_rtol=1e-6,
-    )
+    report = _layernorm_report(x, weight, bias, rng, dot_rtol=1e-6)
     _assert_passes(report, "layernorm with two channels 0.013 apart")
 
 
@@ -154,16 +152,7 @@ def test_layernorm_gradients_with_tiny_variance():
     rng = np.random.default_rng(3)
     x = 0.5 + 1e-4 * rng.standard_normal((3, 8))
     weight, bias = rng.standard_normal(8), rng.standard_normal(8)
-    report = gradient_report(
-        lambda *a: L.layernorm_forward(*a),
-        lambda g, *a: L.layernorm_backward(g, *a),
-        [x, weight, bias],
-        ["x", "weight", "bias"],
-        rng=rng,
-        eps=1e-7,
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    report = _layernorm_report(x, weight, bias, rng, eps=1e-7, rtol=1e-5, atol=1e-6)
     _assert_passes(report, "layernorm with variance 1e-8")
     # and the forward is really in the eps-dominated regime: |y - bias| << |weight|
     y = L.layernorm_forward(x, weight, bias)
