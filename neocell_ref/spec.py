@@ -323,10 +323,10 @@ def parse_specs(specs) -> tuple[GroupSpec, ...]:
     ValueError
         ``specs`` is empty or has more than :data:`MAX_GROUPS` groups, or a group is invalid.
     """
-    if isinstance(specs, GroupSpec) or hasattr(specs, "keys") or getattr(specs, "ndim", None) == 0:
-        raise TypeError(f"specs must be a list of group specs, got {type(specs).__name__}: {_short_repr(specs)}")
-    items = _first_items(specs, MAX_GROUPS)
-    if items is None:  # a string, a set, a non-iterable
+    # _first_items refuses strings, sets, Mappings and what iter() refuses (a GroupSpec,
+    # a 0-d array); a dict-like that is no Mapping is refused by its keys.
+    items = None if hasattr(specs, "keys") else _first_items(specs, MAX_GROUPS)
+    if items is None:
         raise TypeError(f"specs must be a list of group specs, got {type(specs).__name__}: {_short_repr(specs)}")
     if len(items) > MAX_GROUPS:
         # Not its repr: a list of millions of groups would print them all.
