@@ -51,8 +51,8 @@ from .architecture import (
 )
 from .expansion import nnz, padding_view
 from .spec import GroupSpec, check_input_size, parse_kernel_code, parse_specs, subgroup_sizes
-from .validation import _short_repr
 from .validation import as_int as _as_int
+from .validation import floating_dtype
 
 __all__ = [
     "complexity",
@@ -138,22 +138,6 @@ def _layer_specs(k, c, shift, code, specs) -> tuple[GroupSpec, ...]:
     if shift and shift >= min(ka, kb):  # named as given: GroupSpec would say shift_a
         raise ValueError(f"shift={shift} must be smaller than the kernel size {min(ka, kb)}")
     return (GroupSpec(channels=channels, h_in=ka, h_out=ka, w_in=kb, w_out=kb, shift_a=shift, shift_b=shift),)
-
-
-def _check_dtype(dtype) -> np.dtype:
-    # Only names, dtypes and types: np.dtype(None) is float64 and a number is not a dtype.
-    message = f"dtype must name a NumPy floating dtype such as 'float32', got {_short_repr(dtype)}"
-    if not isinstance(dtype, (str, np.dtype, type)):
-        raise TypeError(message)
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(message) from None
-    except ValueError:  # a string NumPy cannot parse ('4+7', a subarray shape too large)
-        raise ValueError(message) from None
-    if dt.kind != "f":
-        raise ValueError(f"dtype must be a floating dtype (memory is reported in it), got {dt}")
-    return dt
 
 
 #: Largest count the calculators report. Every count is exact (Python ints) but is also
@@ -576,7 +560,7 @@ def complexity(
     height = _check_int(h, "h", 1)
     width = height if w is None else _check_int(w, "w", 1)
     batch = _check_int(batch, "batch", 1)
-    dt = _check_dtype(dtype)
+    dt = floating_dtype(dtype)  # memory is reported in it
     if dw_kernel is None:
         dw = (max(g.h_in for g in layer), max(g.w_in for g in layer))
     else:

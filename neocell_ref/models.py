@@ -35,7 +35,7 @@ from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, 
 from .layer_kinds import INIT_STD, trunc_normal
 from .models_fast import fast_forward
 from .models_fast_train import tail_backward, train_forward, train_scope
-from .validation import as_flag, as_int, as_real_array, check_nbytes, read_npz
+from .validation import as_flag, as_int, as_real_array, check_nbytes, floating_dtype, read_npz
 
 __all__ = [
     "NeoNeXt",
@@ -149,12 +149,7 @@ class NeoNeXt:
     # construction and initialisation
     # ----------------------------------------------------------------------------------
     def _setup(self, config, dtype, rng, resolution, drop_path_seed, architecture=None):
-        try:
-            dtype = np.dtype(dtype)
-        except TypeError:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-        if dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        dtype = floating_dtype(dtype, allowed=_FLOAT_DTYPES)
         if rng is None:
             rng = np.random.default_rng(0)
         if not isinstance(rng, np.random.Generator):

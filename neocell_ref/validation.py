@@ -209,13 +209,15 @@ def floating_dtype(dtype, name: str = "dtype", allowed=None) -> np.dtype:
     """``dtype`` (anything :class:`numpy.dtype` reads, such as ``np.float32`` or ``"f8"``)
     as a floating NumPy dtype, for the arguments that choose the dtype of new arrays.
 
-    ``None`` is refused rather than read as NumPy's default float64, and a name NumPy
-    does not know is refused naming ``name`` (NumPy's own message would not say which
-    argument it was).
+    Only names, dtypes and types are read: ``None`` is refused rather than read as
+    NumPy's default float64, and so is anything with a ``dtype`` attribute (NumPy reads
+    ``np.float64(7.0)`` or an array as its dtype: a number passed by mistake would
+    pass). A name NumPy does not know is refused naming ``name`` (NumPy's own message
+    would not say which argument it was).
 
     Parameters
     ----------
-    dtype : dtype-like
+    dtype : str, numpy.dtype or type
     name : str
         How messages name the argument.
     allowed : sequence of dtype-like, optional
@@ -235,10 +237,12 @@ def floating_dtype(dtype, name: str = "dtype", allowed=None) -> np.dtype:
     if allowed is not None:
         allowed = [np.dtype(d) for d in allowed]
         wanted = " or ".join(d.name for d in allowed)
-    try:
-        result = None if dtype is None else np.dtype(dtype)
-    except (TypeError, ValueError):  # "data type 'foo' not understood", a malformed spec
-        result = None
+    result = None
+    if isinstance(dtype, (str, np.dtype, type)):
+        try:
+            result = np.dtype(dtype)
+        except (TypeError, ValueError):  # "data type 'foo' not understood", a malformed spec
+            pass
     if result is None:
         raise TypeError(f"{name} must be {wanted}, got {_short_repr(dtype)}")
     if result.kind != "f" or (allowed is not None and result not in allowed):

@@ -240,7 +240,7 @@ def test_cli_prints_exact_integers_at_huge_sizes():
         (["complexity", "-c", "9" * 500], "beyond the float range"),
         (["complexity", "--hw", "10**200", "10**200"], "beyond the float range"),
         (["complexity", "-k", "7", "--shift", "7"], "error: shift=7 must be smaller"),
-        (["complexity", "--dtype", "int8"], "floating dtype"),
+        (["complexity", "--dtype", "int8"], "dtype must be a floating NumPy dtype, got int8"),
         (["model-complexity", "neonext_q"], "invalid choice"),
         (["model-complexity", "neonext_t", "--resolution", "0"], "must be >= 1"),
         (["model-complexity", "neonext_t", "--resolution", "226"], "multiples of 4"),

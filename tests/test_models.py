@@ -111,8 +111,10 @@ def test_factories_pass_their_sizes_and_options(name, monkeypatch):
 
 
 def test_construction_errors():
-    with pytest.raises(TypeError, match="dtype"):
-        tiny(dtype=np.float16)
+    for dtype, shown in [(np.float16, "float16"), (None, "None"), (np.float64(7.0), "np.float64(7.0)"), ("foo", "'foo'")]:
+        # None is not read as float64, nor a number as its dtype (np.dtype reads both)
+        with raises_naming(TypeError, f"dtype must be float32 or float64, got {shown}"):
+            tiny(dtype=dtype)
     with pytest.raises(TypeError, match="rng"):
         nr.models.NeoNeXt(**TINY, rng=0)
     with pytest.raises(ValueError, match="dims"):

@@ -280,7 +280,10 @@ def test_as_flag_accepts_numpy_bools_and_returns_python_bools():
         (None, ["precision", "None"]),  # np.dtype(None) would be float64
         (int, ["precision", "int64"]),
         (np.complex64, ["precision", "complex64"]),
-        ([("a", "f8")], ["precision", "('a', '<f8')"]),  # a structured dtype of floats is not floating
+        (np.dtype([("a", "f8")]), ["precision", "('a', '<f8')"]),  # a structured dtype of floats is not floating
+        ([("a", "f8")], ["precision", "[('a', 'f8')]"]),  # nor is its list spec read
+        (np.float64(7.0), ["precision", "np.float64(7.0)"]),  # np.dtype reads a number's dtype: float64
+        (np.zeros(3, np.float32), ["precision", "array("]),  # and an array's
     ],
 )
 def test_floating_dtype_refuses_naming_the_argument(value, words):
