@@ -213,7 +213,7 @@ def test_channels_scale_exactly():
             assert big[key] == value * 10**9, f"{key}: {big[key]} is not 10**9 x {value}"
         elif isinstance(value, float):
             assert big[key] == value, f"{key}: ratio {big[key]} != {value}"
-    assert big["specs"][0]["channels"] == 96 * 10**9
+    assert big["specs"][0]["channels"] == 96 * 10**9, f"specs[0] channels {big['specs'][0]['channels']}, not 96e9"
 
 
 @pytest.mark.parametrize(
@@ -248,13 +248,17 @@ def test_huge_depthwise_equals_hand_formula():
     # k <= L: per axis k·L − 2·(1 + ... + (k−1)/2) for odd k; k >= L: every pair, L².
     length, k = 10**15, 2 * 10**9 + 1
     half = (k - 1) // 2
-    assert timed(depthwise_in_bounds_taps, length, k) == k * length - half * (half + 1)
-    assert timed(depthwise_in_bounds_taps, 56, 10**9) == 56 * 56
+    taps = timed(depthwise_in_bounds_taps, length, k)
+    assert taps == k * length - half * (half + 1), (
+        f"L=1e15, k=2e9+1: {taps}, hand formula {k * length - half * (half + 1)}"
+    )
+    taps = timed(depthwise_in_bounds_taps, 56, 10**9)
+    assert taps == 56 * 56, f"L=56, k=1e9 (every pair in bounds): {taps}, not 56² = 3136"
 
 
 def test_huge_models_are_fast():
     result = timed(model_complexity, "neonext_t", 10**8)
-    assert result.macs["fvcore"] > result.macs["fvcore_patchwise"] > 0
+    assert result.macs["fvcore"] > result.macs["fvcore_patchwise"] > 0, f"MACs at 1e8 px: {result.macs}"
     deep = timed(model_complexity, NeoNeXtConfig(per_stage_layers=(10**6, 1, 1, 1)))
     one = model_complexity(NeoNeXtConfig(per_stage_layers=(1, 1, 1, 1)))
     two = model_complexity(NeoNeXtConfig(per_stage_layers=(2, 1, 1, 1)))
@@ -308,7 +312,7 @@ def test_model_counts_equal_layer_by_layer_enumeration(config, resolution):
 
 def test_per_layer_table_refuses_beyond_the_limit():
     deep = model_complexity(NeoNeXtConfig(per_stage_layers=(MAX_LAYER_ROWS, 1, 1, 1)))
-    assert deep.num_layer_rows > MAX_LAYER_ROWS
+    assert deep.num_layer_rows > MAX_LAYER_ROWS, f"{deep.num_layer_rows} rows, limit {MAX_LAYER_ROWS}"
     for what in (lambda: deep.layers, deep.to_list, deep.table, deep.to_dict, deep.to_json):
         with pytest.raises(ValueError, match="MAX_LAYER_ROWS"):
             what()
@@ -368,7 +372,7 @@ def test_counts_beyond_the_float_range_are_refused():
         model_complexity("neonext_t", 4 * 10**160)
     side = 7 * 10**100  # 7 divides H and W: 2kCHW, exact far beyond float precision
     assert complexity(h=side).neocell_macs == 2 * 7 * 96 * side * side, "2kCHW at H = W = 7e100"
-    assert MAX_COUNT == int(np.finfo(np.float64).max)
+    assert MAX_COUNT == int(np.finfo(np.float64).max), f"MAX_COUNT {MAX_COUNT:.6e} is not float64's largest"
 
 
 # --------------------------------------------------------------------------------------

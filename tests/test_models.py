@@ -48,13 +48,30 @@ def test_parameters_and_buffers_are_those_of_the_description():
         **{k: v for k, v in TINY.items() if k != "resolution"}, layer_scale_init_value=0.5, linear_bias=True
     )
     arch = describe(config, 32)
-    assert {k: v.shape for k, v in model.params.items()} == {k: tuple(s) for k, s in arch.param_shapes().items()}
-    assert {k: v.shape for k, v in model.buffers.items()} == {k: tuple(s) for k, s in arch.buffer_shapes().items()}
+    shapes, described = (
+        {k: v.shape for k, v in model.params.items()},
+        {k: tuple(s) for k, s in arch.param_shapes().items()},
+    )
+    assert shapes == described, (
+        f"parameter shapes differ from the description at {set(shapes.items()) ^ set(described.items())}"
+    )
+    shapes, described = (
+        {k: v.shape for k, v in model.buffers.items()},
+        {k: tuple(s) for k, s in arch.buffer_shapes().items()},
+    )
+    assert shapes == described, (
+        f"buffer shapes differ from the description at {set(shapes.items()) ^ set(described.items())}"
+    )
     assert list(model.state_dict()) == list(arch.state_shapes()), "state_dict order is not the description's"
-    assert model.num_parameters() == sum(v.size for v in model.params.values()) == arch.num_params
+    sizes = sum(v.size for v in model.params.values())
+    assert model.num_parameters() == sizes == arch.num_params, (
+        f"num_parameters() {model.num_parameters()}, arrays hold {sizes}, description counts {arch.num_params}"
+    )
     assert any(k.endswith("layer_scale.gamma") for k in model.params), "layer scale missing with init 0.5"
     assert "stage_1.0.ops.content.fc_1.bias" in model.params, "linear_bias=True gave no fc_1.bias"
-    assert model.config.dims == TINY["dims"] and model.architecture.resolution == (32, 32)
+    assert model.config.dims == TINY["dims"] and model.architecture.resolution == (32, 32), (
+        f"dims {model.config.dims}, resolution {model.architecture.resolution}"
+    )
 
 
 def test_layer_scale_and_linear_bias_absent_by_default():
@@ -69,8 +86,9 @@ def test_neonext_t_parameter_arrays_match_the_count():
     total = sum(v.size for v in model.params.values())
     assert total == model.num_parameters() == describe(get_config("neonext_t")).num_params, total
     assert all(v.dtype == np.float32 for v in model.params.values()), "float32 model with float64 parameters"
-    assert model.params["head.fc.weight"].shape == (1000, 768)
-    assert model.params["stage_1.0.ops.content.neocell.weight_a.1"].shape == (48, 7, 7)
+    head, kernel = model.params["head.fc.weight"].shape, model.params["stage_1.0.ops.content.neocell.weight_a.1"].shape
+    assert head == (1000, 768), f"head.fc.weight has shape {head}, not (1000, 768)"
+    assert kernel == (48, 7, 7), f"stage 1's 7x7 group kernels have shape {kernel}, not 48 of 7x7"
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_CONFIGS))
@@ -93,12 +111,12 @@ def test_factories_pass_their_sizes_and_options(name, monkeypatch):
         dtype=np.float32,
         rng=rng,
     )
-    assert out == "built"
+    assert out == "built", f"the factory returned {out!r}, not what NeoNeXt built"
     config = seen["config"]
     assert (config.per_stage_layers, config.dims) == (
         MODEL_CONFIGS[name]["per_stage_layers"],
         MODEL_CONFIGS[name]["dims"],
-    )
+    ), f"{name}: layers {config.per_stage_layers}, dims {config.dims}"
     assert (
         config.num_classes,
         config.kernel_spec,
@@ -106,12 +124,17 @@ def test_factories_pass_their_sizes_and_options(name, monkeypatch):
         config.linear_bias,
         config.layer_scale_init_value,
         config.drop_path,
-    ) == (10, "4+7", (1, 1, 1, 1), True, 1e-6, 0.1)
-    assert seen["dtype"] == np.float32 and seen["rng"] is rng
+    ) == (10, "4+7", (1, 1, 1, 1), True, 1e-6, 0.1), f"{name}: options not passed through: {config}"
+    assert seen["dtype"] == np.float32 and seen["rng"] is rng, f"dtype {seen['dtype']}, rng {seen['rng']!r}"
 
 
 def test_construction_errors():
-    for dtype, shown in [(np.float16, "float16"), (None, "None"), (np.float64(7.0), "np.float64(7.0)"), ("foo", "'foo'")]:
+    for dtype, shown in [
+        (np.float16, "float16"),
+        (None, "None"),
+        (np.float64(7.0), "np.float64(7.0)"),
+        ("foo", "'foo'"),
+    ]:
         # None is not read as float64, nor a number as its dtype (np.dtype reads both)
         with raises_naming(TypeError, f"dtype must be float32 or float64, got {shown}"):
             tiny(dtype=dtype)
@@ -186,7 +209,7 @@ def test_state_dict_round_trip_and_copies(tmp_path):
     result = target.load_state_dict(state)
     assert result == models.IncompatibleKeys([], []), result
     again = target.state_dict()
-    assert list(again) == list(state)
+    assert list(again) == list(state), "state_dict keys or their order changed by a load"
     for key in state:
         assert np.array_equal(again[key], state[key]) and again[key].dtype == state[key].dtype, key
     again["stem.conv.weight"][...] = 0
@@ -246,11 +269,13 @@ def test_load_npz_reads_fortran_ordered_members(tmp_path):
     values np.load reads (the saved arrays themselves) instead of refusing the member."""
     state = tiny(seed=1).state_dict()
     fortran = {k: np.asfortranarray(v) for k, v in state.items()}
-    assert fortran["stem.conv.weight"].ndim == 4 and not fortran["stem.conv.weight"].flags.c_contiguous
+    conv = fortran["stem.conv.weight"]
+    assert conv.ndim == 4 and not conv.flags.c_contiguous, f"the array to save is {conv.ndim}-D and C-ordered"
     path = tmp_path / "fortran.npz"
     np.savez(path, **fortran)
     with np.load(path) as archive:  # the member really is stored in Fortran order
-        assert archive["head.fc.weight"].flags.f_contiguous and not archive["head.fc.weight"].flags.c_contiguous
+        flags = archive["head.fc.weight"].flags
+        assert flags.f_contiguous and not flags.c_contiguous, f"saved member not in Fortran order:\n{flags}"
     model = tiny()
     model.load_npz(path)
     for key, value in model.state_dict().items():
@@ -274,7 +299,7 @@ def test_float64_state_loads_into_float32_model():
     model.load_state_dict(state)
     for key, value in model.params.items():
         assert value.dtype == np.float32 and np.array_equal(value, state[key].astype(np.float32)), key
-    assert model.buffers["stem.norm.running_var"].dtype == np.float32
+    assert model.buffers["stem.norm.running_var"].dtype == np.float32, "running_var not cast to the model dtype"
 
 
 def _expect(error, words, model, state, **kwargs):
@@ -391,7 +416,8 @@ def test_cache_semantics():
     assert np.array_equal(gx1, gx2), "a second backward on the same forward differs"
     assert all(np.array_equal(grads1[k], model.grads[k]) for k in grads1), "gradients accumulated across backwards"
     assert list(model.grads) == list(model.params), "grads are not keyed like params (state-dict order)"
-    assert all(model.grads[k].shape == model.params[k].shape for k in model.params)
+    wrong = [k for k in model.params if model.grads[k].shape != model.params[k].shape]
+    assert not wrong, f"gradients shaped unlike their parameters: {wrong}"
     model.backward(2 * g)
     assert all(np.allclose(model.grads[k], 2 * grads1[k], rtol=1e-12, atol=1e-300) for k in grads1), (
         "backward is not linear in grad"
@@ -402,7 +428,8 @@ def test_batchnorm_buffers_update_only_in_training():
     model = tiny()
     x = tiny_input(4)
     model.forward(x, training=False)
-    assert int(model.buffers["stem.norm.num_batches_tracked"]) == 0
+    count = int(model.buffers["stem.norm.num_batches_tracked"])
+    assert count == 0, f"an inference forward counted {count} batches"
     model.forward(x, training=True)
     model.forward(x, training=True, cache=False)
     for key, value in model.buffers.items():
@@ -415,8 +442,11 @@ def test_batchnorm_buffers_update_only_in_training():
     mean, unbiased = values.mean(axis=1), values.var(axis=1, ddof=1)
     expected_mean = 0.9 * (0.9 * 0 + 0.1 * mean) + 0.1 * mean
     expected_var = 0.9 * (0.9 * 1 + 0.1 * unbiased) + 0.1 * unbiased
-    assert np.allclose(model.buffers["stem.norm.running_mean"], expected_mean, rtol=1e-12, atol=1e-14)
-    assert np.allclose(model.buffers["stem.norm.running_var"], expected_var, rtol=1e-12)
+    for key, expected, atol in [("running_mean", expected_mean, 1e-14), ("running_var", expected_var, 0.0)]:
+        got = model.buffers[f"stem.norm.{key}"]
+        assert np.allclose(got, expected, rtol=1e-12, atol=atol), (
+            f"stem.norm.{key}: largest difference from the hand update {np.max(np.abs(got - expected)):.3g}"
+        )
 
 
 def test_drop_path_uses_the_model_generator():
@@ -505,7 +535,7 @@ def test_float32_model_agrees_with_float64():
     m32.load_state_dict(m64.state_dict())
     for training in (False, True):
         y64, y32 = m64.forward(x, training=training), m32.forward(x.astype(np.float32), training=training)
-        assert y32.dtype == np.float32
+        assert y32.dtype == np.float32, f"float32 model returned {y32.dtype} (training={training})"
         err = relative_error(y32, y64)
         bound = MODEL_RTOL["float32"]["logits"]
         assert err <= bound, f"float32 logits (training={training}): relative error {err:.3e} > {bound:g}"
@@ -644,7 +674,8 @@ def test_float32_model_within_documented_accuracy(official):
     arrays, meta = official
     result, model = run_sequence(arrays, meta, np.float32)
     assert model.params["stem.conv.weight"].dtype == np.float32, "float64 weights were not cast to float32"
-    assert result["logits_eval"].dtype == np.float32 and result["grad_x"].dtype == np.float32
+    dtypes = (result["logits_eval"].dtype, result["grad_x"].dtype)
+    assert dtypes == (np.float32, np.float32), f"logits and grad_x in {dtypes}, not float32"
     errors = conformance_errors(result, arrays)
     for key, err in errors.items():
         bound = FLOAT32_LOGITS if key.startswith("logits") else FLOAT32_GRADS
@@ -674,7 +705,7 @@ def test_load_state_dict_num_batches_tracked_beyond_int64(tiny32):
     with raises_naming(ValueError, key, "int64", "18446744073709551615"):
         tiny32.load_state_dict({**state, key: np.uint64(2**64 - 1)})
     tiny32.load_state_dict({**state, key: np.uint64(2**63 - 1)})
-    assert tiny32.buffers[key] == 2**63 - 1
+    assert tiny32.buffers[key] == 2**63 - 1, f"{key} read as {tiny32.buffers[key]!r}"
     # the next training forward would overflow the count: refused, statistics untouched
     mean = tiny32.buffers["stem.norm.running_mean"].copy()
     with raises_naming(ValueError, "num_batches_tracked", "int64"):
@@ -694,7 +725,8 @@ def test_training_forward_refuses_nonfinite_input_before_touching_running_statis
     for key in before:
         np.testing.assert_array_equal(after[key], before[key], err_msg=key)
     model.load_state_dict(after)  # the model still accepts its own state
-    assert np.isfinite(model.forward(np.ones((2, 3, 32, 32)), training=True)).all()
+    logits = model.forward(np.ones((2, 3, 32, 32)), training=True)
+    assert np.isfinite(logits).all(), f"non-finite logits after the refused forward: {logits}"
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -707,7 +739,8 @@ def test_a_batch_too_small_for_batchnorm_names_the_layer(cache):
     with pytest.raises(ValueError, match=r"downsample_3\.norm_1: BatchNorm in training mode .* = 1"):
         model.forward(np.ones((1, 3, 32, 32)), training=True, cache=cache)
     assert all(np.array_equal(before[k], model.buffers[k]) for k in before), "a refused forward changed buffers"
-    assert model.forward(np.ones((2, 3, 32, 32)), training=True, cache=cache).shape == (2, 4)
+    shape = model.forward(np.ones((2, 3, 32, 32)), training=True, cache=cache).shape
+    assert shape == (2, 4), f"a batch of two gave logits of shape {shape}"
 
 
 def test_training_forward_commits_running_statistics_only_when_it_succeeds():
