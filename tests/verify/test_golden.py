@@ -139,7 +139,7 @@ def assert_unusable(code, out, err, *words):
     assert code == 2, (code, out, err)
     assert out == "", f"nothing may be reported as run: {out!r}"
     assert err.startswith("neocell-ref: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err, f"traceback on stderr: {err!r}"
     for word in words:
         assert word in err, f"{word!r} not in {err!r}"
 
@@ -167,13 +167,16 @@ def assert_unusable(code, out, err, *words):
 def test_only_a_real_floating_array_of_the_expected_shape_counts(got, words):
     result = compare_arrays("case", "y", got, np.ones((2, 3)), rtol=1.0, atol=1.0)
     assert not result.passed and words in result.message, result.describe()
-    assert result.describe().startswith("case: y: ")
+    assert result.describe().startswith("case: y: "), (
+        f"description does not start with 'case: y: ': {result.describe()!r}"
+    )
 
 
 def test_real_floating_results_of_any_precision_still_pass():
     expected = np.linspace(-1, 1, 6).reshape(2, 3)
     for got in (expected, expected.astype(np.float32), expected.tolist()):
-        assert compare_arrays("c", "y", got, expected, rtol=1e-6).passed
+        result = compare_arrays("c", "y", got, expected, rtol=1e-6)
+        assert result.passed, f"got as {type(got).__name__} of {np.asarray(got).dtype}: {result.describe()}"
 
 
 def test_an_output_whose_conversion_exits_fails_that_array():
@@ -182,13 +185,15 @@ def test_an_output_whose_conversion_exits_fails_that_array():
             raise SystemExit(0)
 
     result = compare_arrays("c", "y", Exits(), np.ones(2), rtol=1.0)
-    assert not result.passed and "SystemExit" in result.message
+    assert not result.passed and "SystemExit" in result.message, result.describe()
 
 
 def test_complex_port_fails_golden_verify(golden, capsys):
     code, out, err = verify_cli(capsys, golden, port=["--forward", "support.mutant_ports:complex_forward"])
     assert code == 1, (out, err)
-    assert f"FAILED (0/{len(NEOCELL_CASES_CORE)} arrays pass" in out and "complex" in out
+    assert f"FAILED (0/{len(NEOCELL_CASES_CORE)} arrays pass" in out and "complex" in out, (
+        f"expected every array to fail as complex; stdout:\n{out}"
+    )
 
 
 def test_port_calling_sys_exit_fails_each_case_and_the_run_goes_on(golden, capsys):
@@ -202,9 +207,14 @@ def test_port_calling_sys_exit_fails_each_case_and_the_run_goes_on(golden, capsy
     assert code == 1, (out, err)
     failures = [line for line in out.splitlines() if line.startswith("  FAIL ")]
     assert len(failures) == len(NEOCELL_CASES_CORE), out
-    assert all("port's forward raised SystemExit: 0" in line for line in failures)
+    assert all("port's forward raised SystemExit: 0" in line for line in failures), (
+        f"rows without the SystemExit message: {[line for line in failures if 'raised SystemExit: 0' not in line]}"
+    )
     # the backward still ran on every case and passed
-    assert out.count(" grad_x ") == len(NEOCELL_CASES_CORE) and " ok " in out
+    assert out.count(" grad_x ") == len(NEOCELL_CASES_CORE) and " ok " in out, (
+        f"{out.count(' grad_x ')} grad_x rows for {len(NEOCELL_CASES_CORE)} cases, "
+        f"' ok ' in stdout: {' ok ' in out}:\n{out}"
+    )
 
 
 def test_a_port_writing_into_its_inputs_changes_nothing_else(golden):
@@ -264,7 +274,8 @@ def test_a_model_gradient_for_an_unknown_parameter_fails_the_case(golden64):
     assert report.cases_run and len({r.case for r in report.failures}) == report.cases_run, report.table()
     words = "names the model does not have: ['head.fc.weight_misnamed']"
     assert all(words in r.message for r in report.failures), report.table()
-    assert verify_golden(golden64, "model", None, mutant_ports.model_backward).passed
+    report = verify_golden(golden64, "model", None, mutant_ports.model_backward)
+    assert report.passed, report.table()
     # A port differentiating the whole state dict also returns entries for the buffers:
     # names the model has, so they are ignored and the port passes.
     report = verify_golden(golden64, "model", None, mutant_ports.buffer_grads_model_backward)
@@ -278,7 +289,8 @@ def test_the_model_cannot_be_loosened_until_half_its_gradients_pass(golden32):
     tolerances that port fails."""
     with pytest.raises(ValueError, match="off by a factor of 2"):
         verify_golden(golden32, "model", None, mutant_ports.half_grads_model_backward, rtol_scale=MAX_RTOL_SCALE)
-    assert not verify_golden(golden32, "model", None, mutant_ports.half_grads_model_backward).passed
+    report = verify_golden(golden32, "model", None, mutant_ports.half_grads_model_backward)
+    assert not report.passed, f"a backward halving every gradient passed at the stored tolerances:\n{report.table()}"
 
 
 def test_an_exception_whose_message_exits_fails_the_case(golden):
@@ -293,24 +305,34 @@ def test_keyboard_interrupt_aborts(golden, capsys):
     with pytest.raises(KeyboardInterrupt):
         assert_neocell_matches(mutant_ports.interrupt_forward, max_examples=0)
     code, out, err = verify_cli(capsys, golden, port=["--forward", "support.mutant_ports:interrupt_forward"])
-    assert code == 2 and err == "neocell-ref: interrupted\n" and out == ""
+    assert code == 2 and err == "neocell-ref: interrupted\n" and out == "", (
+        f"exit status {code}, stdout {out!r}, stderr {err!r}"
+    )
 
 
 def test_exception_text_of_a_port_reaches_the_report(golden):
     """The hook for ports outside Python: a wrapper raising with the port's stderr tail."""
     report = verify_golden(golden, "neocell", mutant_ports.crash_log_forward)
-    assert not report.passed
+    assert not report.passed, f"a crashing port passed:\n{report.table()}"
     message = report.failures[0].message
-    assert message.startswith("port's forward raised RuntimeError: the port exited with status 1")
-    assert message.endswith(mutant_ports.CRASH_LOG_LAST_LINE) and len(message) < 4100
-    assert mutant_ports.CRASH_LOG_LAST_LINE in report.table()
-    assert json.loads(json.dumps(report.to_dict()))["results"][0]["message"] == message
+    assert message.startswith("port's forward raised RuntimeError: the port exited with status 1"), (
+        f"message starts {message[:120]!r}"
+    )
+    assert message.endswith(mutant_ports.CRASH_LOG_LAST_LINE) and len(message) < 4100, (
+        f"message of {len(message)} characters ends {message[-120:]!r}"
+    )
+    table = report.table()
+    assert mutant_ports.CRASH_LOG_LAST_LINE in table, f"crash log's last line missing from the table:\n{table}"
+    reloaded = json.loads(json.dumps(report.to_dict()))["results"][0]["message"]
+    assert reloaded == message, f"message after a JSON round trip {reloaded[-120:]!r}, before {message[-120:]!r}"
 
 
 def test_a_port_raising_in_one_direction_does_not_hide_the_other(golden):
     report = verify_golden(golden, "neocell", mutant_ports.exit_forward, mutant_ports.correct_backward)
-    assert {r.array for r in report.failures} == {"(forward call)"}
-    assert report.results and any(r.passed for r in report.results)
+    assert {r.array for r in report.failures} == {"(forward call)"}, (
+        f"failing arrays {sorted({r.array for r in report.failures})}, expected only '(forward call)'"
+    )
+    assert report.results and any(r.passed for r in report.results), f"no backward row passed:\n{report.table()}"
 
 
 # ---------------------------------------------------------------------- tolerance overrides
@@ -360,13 +382,21 @@ def test_loosening_is_printed_and_recorded(golden, capsys, tmp_path):
     header = out.splitlines()[:4]
     assert any("tolerances: LOOSENED by override: rtol_scale 4" in line for line in header), header
     report = json.loads(report_file.read_text())
-    assert report["loosened"] is True and report["tolerance_overrides"]["rtol_scale"] == 4.0
+    assert report["loosened"] is True and report["tolerance_overrides"]["rtol_scale"] == 4.0, (
+        f"loosened {report['loosened']!r}, overrides {report['tolerance_overrides']}"
+    )
     code, out, err = verify_cli(capsys, golden, "--rtol-scale", "0.5", "--json", str(report_file))
-    assert "tightened (no array loosened)" in out
-    assert json.loads(report_file.read_text())["loosened"] is False
+    assert code == 0, f"the reference failed its own set at half the tolerance: status {code}\n{out}{err}"
+    assert "tightened (no array loosened)" in out, f"no 'tightened' tolerance line in stdout:\n{out}"
+    report = json.loads(report_file.read_text())
+    assert report["loosened"] is False, f"loosened {report['loosened']!r} at rtol_scale 0.5"
     code, out, err = verify_cli(capsys, golden, "--json", str(report_file))
-    assert "tolerances: as stored in the set" in out
-    assert json.loads(report_file.read_text())["tolerance_overrides"] == {"rtol": None, "atol": None, "rtol_scale": 1.0}
+    assert code == 0, f"the reference failed its own set: status {code}\n{out}{err}"
+    assert "tolerances: as stored in the set" in out, f"no 'as stored' tolerance line in stdout:\n{out}"
+    report = json.loads(report_file.read_text())
+    assert report["tolerance_overrides"] == {"rtol": None, "atol": None, "rtol_scale": 1.0}, (
+        f"tolerance_overrides {report['tolerance_overrides']} without overrides"
+    )
 
 
 # ---------------------------------------------------------------------- checking nothing
@@ -388,7 +418,11 @@ def test_untampered_copy_passes(golden, capsys):
     """The control of every tampering test below: the same copy, unedited, passes."""
     code, out, err = verify_cli(capsys, golden, "--backward", "support.mutant_ports:correct_backward")
     assert code == 0 and "PASSED" in out, (out, err)
-    assert load_manifest(golden) == read_manifest(golden)
+    loaded, stored = load_manifest(golden), read_manifest(golden)
+    assert loaded == stored, (
+        "load_manifest differs from manifest.json in "
+        f"{sorted(k for k in loaded.keys() | stored.keys() if loaded.get(k) != stored.get(k))}"
+    )
 
 
 def _raise_tolerances(manifest):
@@ -671,7 +705,7 @@ def test_zip_bomb_is_refused_before_expanding(golden, capsys):
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
             zf.writestr(name, data + (b"\0" * 20_000_000 if name == "y.npy" else b""))
-    assert len(buffer.getvalue()) < 200_000
+    assert len(buffer.getvalue()) < 200_000, f"the bomb compressed to {len(buffer.getvalue())} bytes, expected < 200000"
     rewrite_case_file(golden, buffer.getvalue())
     assert_unusable(*verify_cli(capsys, golden), "member y.npy", "says 20012672 bytes uncompressed")
 
@@ -684,7 +718,8 @@ def test_deflated_member_of_the_right_size_is_read(golden):
         for name, data in members.items():
             zf.writestr(name, data)
     rewrite_case_file(golden, buffer.getvalue())
-    assert verify_golden(golden, "neocell", mutant_ports.correct_forward).passed
+    report = verify_golden(golden, "neocell", mutant_ports.correct_forward)
+    assert report.passed, report.table()
 
 
 def test_oversized_case_file_is_refused_unread(golden, capsys):
@@ -715,11 +750,13 @@ def test_tampered_file_without_updated_hash(golden, capsys):
 # ---------------------------------------------------------------------- the digest pin
 def test_digest_is_reported_and_pins_the_set(golden, capsys, tmp_path):
     digest = hashlib.sha256((golden / "manifest.json").read_bytes()).hexdigest()
-    assert set_digest(golden) == digest
+    reported = set_digest(golden)
+    assert reported == digest, f"set_digest {reported}, SHA-256 of manifest.json {digest}"
     report_file = tmp_path / "r.json"
     code, out, err = verify_cli(capsys, golden, "--digest", digest.upper(), "--json", str(report_file))
     assert code == 0 and f"set digest (SHA-256 of manifest.json): {digest}" in out, (out, err)
-    assert json.loads(report_file.read_text())["golden_set"]["digest_sha256"] == digest
+    written = json.loads(report_file.read_text())["golden_set"]["digest_sha256"]
+    assert written == digest, f"report digest {written!r}, expected {digest}"
     # any change of the set changes the digest: an edited hash, or a re-export with another seed
     other = tmp_path / "other"
     export_golden(other, operations=["neocell"], seed=7)
@@ -759,22 +796,30 @@ def test_json_report_may_not_be_written_into_the_set(golden, capsys):
     manifest = (golden / "manifest.json").read_bytes()
     assert_unusable(*verify_cli(capsys, golden, "--json", str(golden / "manifest.json")), "inside the golden set")
     assert_unusable(*verify_cli(capsys, golden, "--json", str(golden / "report.json")), "inside the golden set")
-    assert (golden / "manifest.json").read_bytes() == manifest and not (golden / "report.json").exists()
+    assert (golden / "manifest.json").read_bytes() == manifest and not (golden / "report.json").exists(), (
+        f"manifest.json changed: {(golden / 'manifest.json').read_bytes() != manifest}, "
+        f"report.json written: {(golden / 'report.json').exists()}"
+    )
 
 
 def test_a_run_cut_short_leaves_no_earlier_report_behind(golden, tmp_path, capsys):
     """A run that never reaches its verdict (here: interrupted) removes the --json
     file of an earlier passing run, so a CI reading the file cannot see a stale pass."""
     report_file = tmp_path / "r.json"
-    assert verify_cli(capsys, golden, "--json", str(report_file))[0] == 0
-    assert json.loads(report_file.read_text())["passed"] is True
+    code, out, err = verify_cli(capsys, golden, "--json", str(report_file))
+    assert code == 0, f"exit status {code}, stderr {err!r}, stdout:\n{out}"
+    passed = json.loads(report_file.read_text())["passed"]
+    assert passed is True, f"report says passed {passed!r}"
     code, out, err = verify_cli(
         capsys, golden, "--json", str(report_file), port=["--forward", "support.mutant_ports:interrupt_forward"]
     )
     assert code == 2 and not report_file.exists(), (out, err)
     # also when the run ends before the set is read: a port that cannot be imported (the
     # file is removed first, so a port ending the process while imported leaves none)
-    assert verify_cli(capsys, golden, "--json", str(report_file))[0] == 0 and report_file.exists()
+    code, out, err = verify_cli(capsys, golden, "--json", str(report_file))
+    assert code == 0 and report_file.exists(), (
+        f"exit status {code}, report written {report_file.exists()}, stderr {err!r}, stdout:\n{out}"
+    )
     code, out, err = verify_cli(capsys, golden, "--json", str(report_file), port=["--forward", "no_such_port:forward"])
     assert code == 2 and not report_file.exists(), (out, err)
 
@@ -796,32 +841,39 @@ def test_export_refuses_a_foreign_non_empty_folder(tmp_path, capsys):
     target.mkdir()
     (target / "notes.txt").write_text("mine")
     assert_unusable(*run(capsys, "export", str(target)), "not empty", "notes.txt")
-    assert (target / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g"]
+    assert (target / "notes.txt").read_text() == "mine", f"notes.txt now reads {(target / 'notes.txt').read_text()!r}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g"], (
+        f"left in {tmp_path}: {sorted(p.name for p in tmp_path.iterdir())}"
+    )
 
 
 def test_export_replaces_a_previous_set_exactly(tmp_path):
     target = tmp_path / "g"
     export_golden(target, suite="full", operations=["neocell"])
-    assert (target / "neocell__neonext_t_stage1.npz").exists()
+    assert (target / "neocell__neonext_t_stage1.npz").exists(), (
+        f"no full-suite case file among {sorted(p.name for p in target.iterdir())}"
+    )
     export_golden(target, suite="core", operations=["neocell"])
     names = sorted(p.name for p in target.iterdir())
     assert names == sorted(["manifest.json"] + [f"neocell__{n}.npz" for n, _, _ in NEOCELL_CASES_CORE]), names
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g"], "temporary folders left behind"
-    assert verify_golden(target, "neocell", mutant_ports.correct_forward).passed
+    report = verify_golden(target, "neocell", mutant_ports.correct_forward)
+    assert report.passed, report.table()
     # a previous set plus a foreign file is not "a previous set": refused, untouched
     (target / "report.json").write_text("{}")
     with pytest.raises(ValueError, match="report.json is not a file of the golden set"):
         export_golden(target, operations=["neocell"])
-    assert (target / "report.json").exists()
+    assert (target / "report.json").exists(), "the refused export removed the foreign report.json"
 
 
 def test_export_into_an_empty_folder(tmp_path):
     target = tmp_path / "empty"
     target.mkdir()
     export_golden(target, operations=["gelu"])
-    assert (target / "manifest.json").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    assert (target / "manifest.json").exists(), f"no manifest.json among {sorted(p.name for p in target.iterdir())}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"], (
+        f"left in {tmp_path}: {sorted(p.name for p in tmp_path.iterdir())}"
+    )
 
 
 def test_export_argument_errors_name_the_argument(tmp_path):
@@ -838,7 +890,7 @@ def test_export_argument_errors_name_the_argument(tmp_path):
             export_golden(tmp_path / "g", **kwargs)
     with pytest.raises(TypeError, match="directory must be a path"):
         export_golden(None)
-    assert not (tmp_path / "g").exists()
+    assert not (tmp_path / "g").exists(), f"a refused export created {tmp_path / 'g'}"
 
 
 # ==================================================================================== 6
@@ -877,7 +929,9 @@ def test_derived_manifest_is_the_exported_one(base):
     for manifest in (exported, derived):
         for key in ("generator", "numpy_version", "python_version"):
             manifest.pop(key)
-    assert exported == derived
+    assert exported == derived, (
+        f"fields differing: {sorted(k for k in exported.keys() | derived.keys() if exported.get(k) != derived.get(k))}"
+    )
 
 
 def test_run_and_compare_rejects_loose_overrides_before_the_port_runs():
@@ -891,7 +945,7 @@ def test_run_and_compare_rejects_loose_overrides_before_the_port_runs():
     meta, arrays, _, tolerances = make_case("neocell", (name, spec, shape), np.float64, 0)
     with pytest.raises(ValueError, match="too loose"):
         run_and_compare("neocell", name, {**meta, "tolerances": tolerances}, arrays, port, None, rtol=0.5)
-    assert calls == []
+    assert calls == [], f"the port ran {len(calls)} times before the override was refused"
     rng = np.random.default_rng(0)
     case = NeoCellCase(
         spec,
@@ -902,7 +956,11 @@ def test_run_and_compare_rejects_loose_overrides_before_the_port_runs():
     )
     with pytest.raises(ValueError, match="too loose"):
         check_neocell_case(port, None, case, atol=1e3)
-    assert calls == [] and all(r.passed for r in check_neocell_case(port, None, case)) and calls
+    assert calls == [], f"the refused override still ran the port {len(calls)} times"
+    rows = check_neocell_case(port, None, case)
+    assert all(r.passed for r in rows) and calls, (
+        f"without the override: port calls {len(calls)}, failing rows {[r.describe() for r in rows if not r.passed]}"
+    )
 
 
 def test_json_write_failing_after_the_run_is_exit_2_without_traceback(golden, tmp_path, capsys, monkeypatch):
@@ -916,13 +974,16 @@ def test_json_write_failing_after_the_run_is_exit_2_without_traceback(golden, tm
     monkeypatch.setattr(Path, "write_text", refuse)
     code, out, err = verify_cli(capsys, golden, "--json", str(tmp_path / "r.json"))
     assert code == 2 and "PASSED" in out, (out, err)
-    assert err.startswith("neocell-ref: error: ") and "Permission denied" in err and err.count("\n") == 1
+    assert err.startswith("neocell-ref: error: ") and "Permission denied" in err and err.count("\n") == 1, (
+        f"stderr {err!r}"
+    )
 
 
 def test_export_prints_the_set_digest(tmp_path, capsys):
     code, out, err = run(capsys, "export", str(tmp_path / "g"))
     assert code == 0, err
-    assert f"set digest (SHA-256 of manifest.json): {set_digest(tmp_path / 'g')}" in out
+    digest = set_digest(tmp_path / "g")
+    assert f"set digest (SHA-256 of manifest.json): {digest}" in out, f"digest {digest} not in stdout:\n{out}"
 
 
 # ==================================================================================== fuzz
@@ -962,8 +1023,10 @@ def test_fuzz_tolerance_overrides(rtol, atol, rtol_scale):
         assert named, f"the error does not name the argument: {exc}"
         return
     r, a, s = got
-    assert (r is None or (np.isfinite(r) and r > 0)) and (a is None or (np.isfinite(a) and a >= 0))
-    assert np.isfinite(s) and 0 < s <= MAX_RTOL_SCALE
+    assert (r is None or (np.isfinite(r) and r > 0)) and (a is None or (np.isfinite(a) and a >= 0)), (
+        f"accepted rtol {r!r}, atol {a!r} (given {rtol!r}, {atol!r})"
+    )
+    assert np.isfinite(s) and 0 < s <= MAX_RTOL_SCALE, f"accepted rtol_scale {s!r} (given {rtol_scale!r})"
 
 
 @settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -979,7 +1042,7 @@ def test_fuzz_verify_command_line(base, capsys, scale, exclude, digest):
     try:
         code, out, err = run(capsys, *argv)
     except SystemExit as exc:  # argparse refuses a malformed command line with 2
-        assert exc.code == 2
+        assert exc.code == 2, f"argparse exit code {exc.code!r}"
         capsys.readouterr()
         return
     assert code in (0, 1, 2), code
@@ -1030,7 +1093,11 @@ def test_failed_replacement_restores_the_previous_set(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         export_golden(target, operations=["gelu"], seed=5)
     monkeypatch.undo()
-    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    after = {p.name: p.read_bytes() for p in target.iterdir()}
+    assert after == before, (
+        "files changed, added or removed: "
+        f"{sorted(k for k in after.keys() | before.keys() if after.get(k) != before.get(k))}"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g"], "temporary folders left behind"
 
 
@@ -1074,14 +1141,22 @@ def test_export_is_byte_identical_across_runs_and_folders(golden64, tmp_path):
 
 def test_manifest_describes_every_case(golden64):
     manifest = load_manifest(golden64)
-    assert manifest["format_version"] == FORMAT_VERSION
-    assert manifest["numpy_version"] == np.__version__
-    assert manifest["dtype"] == "float64" and manifest["suite"] == "core"
-    assert isinstance(manifest["seed"], int)
+    assert manifest["format_version"] == FORMAT_VERSION, (
+        f"format_version {manifest['format_version']!r}, expected {FORMAT_VERSION}"
+    )
+    assert manifest["numpy_version"] == np.__version__, (
+        f"numpy_version {manifest['numpy_version']!r}, running {np.__version__}"
+    )
+    assert manifest["dtype"] == "float64" and manifest["suite"] == "core", (
+        f"dtype {manifest['dtype']!r}, suite {manifest['suite']!r}"
+    )
+    assert isinstance(manifest["seed"], int), f"seed {manifest['seed']!r} is a {type(manifest['seed']).__name__}"
     names = [(c["op"], c["name"]) for c in manifest["cases"]]
     expected_names = [(op, name) for op in OPERATIONS for name, _, _ in OPERATIONS[op].cases("core")]
     assert names == expected_names, f"case list {names}"
-    assert [n for op, n in names if op == "neocell"] == [name for name, _, _ in NEOCELL_CASES_CORE]
+    assert [n for op, n in names if op == "neocell"] == [name for name, _, _ in NEOCELL_CASES_CORE], (
+        f"neocell cases {[n for op, n in names if op == 'neocell']}"
+    )
     for case in manifest["cases"]:
         arrays = load_case(golden64, case)  # allow_pickle=False inside
         assert set(arrays) == set(case["arrays"]), f"{case['name']}: npz members differ from the manifest"
@@ -1092,7 +1167,9 @@ def test_manifest_describes_every_case(golden64):
         for key, tol in case["tolerances"].items():
             assert key in arrays, f"{case['name']}: tolerance for {key} but no such expected array"
             if case["op"] == "model":  # normwise, from measurement (docs/porting.md)
-                assert tol["rtol"] == MODEL_RTOL["float64"]["logits" if key.startswith("logits") else "grad"]
+                assert tol["rtol"] == MODEL_RTOL["float64"]["logits" if key.startswith("logits") else "grad"], (
+                    f"{case['name']}/{key}: rtol {tol['rtol']}, MODEL_RTOL {MODEL_RTOL['float64']}"
+                )
                 continue
             u = unit_roundoff(np.float64)
             expected_rtol = 2.0 * (tol["accumulation_length"] + 1) * u
@@ -1102,17 +1179,22 @@ def test_manifest_describes_every_case(golden64):
             else:
                 assert tol["norm"] == "max", f"{case['name']}/{key}: neither a bound nor normwise"
         with open(golden64 / case["file"], "rb") as fh:
-            assert hashlib.sha256(fh.read()).hexdigest() == case["sha256"]
+            actual = hashlib.sha256(fh.read()).hexdigest()
+            assert actual == case["sha256"], f"{case['file']}: SHA-256 {actual}, manifest says {case['sha256']}"
 
 
 def test_float32_set_stores_float32_inputs_and_float64_answers(golden32):
     manifest = load_manifest(golden32)
     case = manifest["cases"][0]
-    assert case["op"] == "neocell"
+    assert case["op"] == "neocell", f"first case is op {case['op']!r}"
     arrays = load_case(golden32, case)
-    assert arrays["x"].dtype == np.float32 and arrays["weight_a_0"].dtype == np.float32
-    assert arrays["y"].dtype == np.float64
-    assert manifest["tolerance_policy"]["unit_roundoff"] == 2.0**-24
+    assert arrays["x"].dtype == np.float32 and arrays["weight_a_0"].dtype == np.float32, (
+        f"x stored as {arrays['x'].dtype}, weight_a_0 as {arrays['weight_a_0'].dtype}"
+    )
+    assert arrays["y"].dtype == np.float64, f"y stored as {arrays['y'].dtype}"
+    assert manifest["tolerance_policy"]["unit_roundoff"] == 2.0**-24, (
+        f"unit_roundoff {manifest['tolerance_policy']['unit_roundoff']!r}, expected 2**-24"
+    )
 
 
 # ---------------------------------------------------------------------------- integrity
@@ -1221,7 +1303,9 @@ def test_cli_an_unforeseen_exception_is_status_2_and_one_line(golden64, capsys, 
 def test_reference_passes_its_own_float64_set(golden64, method):
     report = verify_golden(golden64, "neocell", *_methods(method))
     assert report.passed, report.table()
-    assert len(report.results) == sum(2 + 2 * len(s) for _, s, _ in NEOCELL_CASES_CORE)
+    assert len(report.results) == sum(2 + 2 * len(s) for _, s, _ in NEOCELL_CASES_CORE), (
+        f"{len(report.results)} rows, expected {sum(2 + 2 * len(s) for _, s, _ in NEOCELL_CASES_CORE)}"
+    )
 
 
 def test_reference_in_float32_passes_the_float32_set(golden32):
@@ -1278,7 +1362,7 @@ def test_unshifted_square_cases_do_not_see_shift_bugs(golden64):
         exclude={"*shift*": "shifted", "*every*": "shifted", "mixed_3p5*": "shifted", "ka3_kb5*": "shifted"},
     )
     assert report.passed, report.table()
-    assert report.excluded and all(reason for _, reason in report.excluded)
+    assert report.excluded and all(reason for _, reason in report.excluded), f"excluded {report.excluded}"
 
 
 # ---------------------------------------------------------------------------- comparison
@@ -1288,13 +1372,15 @@ def test_compare_arrays_reports_worst_element():
     got[1, 2] = 1e-3
     got[0, 1] = 1e-4
     result = compare_arrays("c", "y", got, expected, rtol=0.0, atol=1e-5)
-    assert not result.passed and result.index == (1, 2) and result.got == 1e-3
-    assert result.ratio == pytest.approx(100.0)
-    assert "(1, 2)" in result.describe()
-    assert not compare_arrays("c", "y", np.zeros((3, 2)), expected, rtol=1.0).passed
+    assert not result.passed and result.index == (1, 2) and result.got == 1e-3, result.describe()
+    assert result.ratio == pytest.approx(100.0), f"ratio {result.ratio!r}, expected 100"
+    assert "(1, 2)" in result.describe(), f"worst index missing: {result.describe()!r}"
+    wrong_shape = compare_arrays("c", "y", np.zeros((3, 2)), expected, rtol=1.0)
+    assert not wrong_shape.passed, f"a (3, 2) result passed for (2, 3): {wrong_shape.describe()}"
     nan = expected.copy()
     nan[0, 0] = np.nan
-    assert not compare_arrays("c", "y", nan, expected, rtol=1.0, atol=1.0).passed
+    with_nan = compare_arrays("c", "y", nan, expected, rtol=1.0, atol=1.0)
+    assert not with_nan.passed, f"a NaN result passed: {with_nan.describe()}"
 
 
 @pytest.mark.parametrize(
@@ -1324,7 +1410,8 @@ def test_compare_arrays_holds_a_non_finite_expected_value_to_the_same_value(expe
 # ---------------------------------------------------------------------------- command line
 def test_cli_export_and_verify(tmp_path, monkeypatch, capsys):
     directory = tmp_path / "g"
-    assert cli.main(["golden", "export", str(directory)]) == 0
+    code = cli.main(["golden", "export", str(directory)])
+    assert code == 0, f"golden export exit status {code}"
     report_file = tmp_path / "report.json"
     code = cli.main(
         [
@@ -1345,9 +1432,11 @@ def test_cli_export_and_verify(tmp_path, monkeypatch, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "k7_input_1x1" in out and "not supported by this port" in out
+    assert "k7_input_1x1" in out and "not supported by this port" in out, f"exclusion not reported in stdout:\n{out}"
     report = json.loads(report_file.read_text())
-    assert report["passed"] and report["excluded"] == [{"case": "k7_input_1x1", "reason": "not supported by this port"}]
+    assert report["passed"] and report["excluded"] == [
+        {"case": "k7_input_1x1", "reason": "not supported by this port"}
+    ], f"passed {report['passed']!r}, excluded {report['excluded']}"
     code = cli.main(
         [
             "golden",
@@ -1360,7 +1449,7 @@ def test_cli_export_and_verify(tmp_path, monkeypatch, capsys):
         ]
     )
     out = capsys.readouterr().out
-    assert code == 1 and "FAIL" in out and "mixed_4p7_shift1_uneven" in out
+    assert code == 1 and "FAIL" in out and "mixed_4p7_shift1_uneven" in out, f"exit status {code}, stdout:\n{out}"
     (directory / "manifest.json").write_text(
         (directory / "manifest.json").read_text().replace('"sha256": "', '"sha256": "0', 1)
     )
@@ -1383,9 +1472,11 @@ def test_cli_export_and_verify(tmp_path, monkeypatch, capsys):
             "k7*",
         ]
     )
-    assert code == 2 and "PATTERN=REASON" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "PATTERN=REASON" in err, f"exit status {code}, stderr {err!r}"
     code = cli.main(["golden", "verify", str(directory), "--op", "neocell", "--forward", "no_such_module:f"])
-    assert code == 2 and "no_such_module" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "no_such_module" in err, f"exit status {code}, stderr {err!r}"
 
 
 # ---------------------------------------------------------------------------- layers and the model
@@ -1413,7 +1504,9 @@ def test_reference_model_passes_its_golden_set(request, dtype_fixture):
     )
     assert report.passed, report.table()
     arrays = {r.array for r in report.results}
-    assert {"logits_eval", "logits_train", "grad_x"} <= arrays and any(a.startswith("grad/") for a in arrays)
+    assert {"logits_eval", "logits_train", "grad_x"} <= arrays and any(a.startswith("grad/") for a in arrays), (
+        f"arrays compared: {sorted(arrays)}"
+    )
 
 
 def test_vanishing_bias_gradient_is_compared_against_its_layer(golden32):
@@ -1422,7 +1515,9 @@ def test_vanishing_bias_gradient_is_compared_against_its_layer(golden32):
     manifest = load_manifest(golden32)
     case = next(c for c in manifest["cases"] if c["name"] == "tiny_released_options")
     tol = case["tolerances"]["grad/stage_1.0.ops.content.fc_2.bias"]
-    assert tol["scale_with"] == ["grad/stage_1.0.ops.content.fc_2.bias", "grad/stage_1.0.ops.content.fc_2.weight"]
+    assert tol["scale_with"] == ["grad/stage_1.0.ops.content.fc_2.bias", "grad/stage_1.0.ops.content.fc_2.weight"], (
+        f"scale_with {tol['scale_with']}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -1444,7 +1539,7 @@ def test_model_porting_bug_is_caught(golden64, bug):
         golden64, "model", getattr(mutant_ports, f"model_{bug}_forward"), getattr(mutant_ports, f"model_{bug}_backward")
     )
     assert not report.passed, report.table()
-    assert "tiny_default_options" in {r.case for r in report.failures}
+    assert "tiny_default_options" in {r.case for r in report.failures}, report.table()
     if bug == "batchnorm_unbiased":  # a training-only bug: inference logits still agree
         assert all(r.passed for r in report.results if r.array == "logits_eval"), report.table()
 
@@ -1462,7 +1557,7 @@ def test_cli_verifies_the_model(golden64, capsys):
         ]
     )
     out = capsys.readouterr().out
-    assert code == 1 and "logits_eval" in out and "FAIL" in out
+    assert code == 1 and "logits_eval" in out and "FAIL" in out, f"exit status {code}, stdout:\n{out}"
 
 
 # ======================================================================================
@@ -1533,9 +1628,11 @@ def test_c_port_passes_the_core_set_through_the_cli(c_port, sets, dtype, capsys,
     names = {(r["case"], r["array"]) for r in rows}
     manifest = load_manifest(sets[dtype])
     assert names == {(c["name"], k) for c in manifest["cases"] for k in c["tolerances"]}, "not every output compared"
-    assert all(r["passed"] and r["diagnosis"] is None for r in rows)
+    assert all(r["passed"] and r["diagnosis"] is None for r in rows), (
+        f"rows failing or diagnosed: {[r for r in rows if not (r['passed'] and r['diagnosis'] is None)]}"
+    )
     assert report["port"].startswith("exec ") and f"timeout {DEFAULT_TIMEOUT:g} s" in report["port"], report["port"]
-    assert "port: exec" in out and "all outputs" in out
+    assert "port: exec" in out and "all outputs" in out, f"port line missing from stdout:\n{out}"
 
 
 def test_c_port_forward_only(c_port, sets, capsys, tmp_path):
@@ -1553,7 +1650,10 @@ def test_c_port_forward_only(c_port, sets, capsys, tmp_path):
     )
     assert code == 0, out + err
     report = json.loads(report_file.read_text())
-    assert sorted({r["array"] for r in report["results"]}) == ["y"] and len(report["results"]) == len(CASES)
+    assert sorted({r["array"] for r in report["results"]}) == ["y"] and len(report["results"]) == len(CASES), (
+        f"arrays {sorted({r['array'] for r in report['results']})}, "
+        f"{len(report['results'])} rows for {len(CASES)} cases"
+    )
     assert "forward outputs only" in report["port"] and "timeout 30 s" in report["port"], report["port"]
 
 
@@ -1580,9 +1680,11 @@ def test_a_failed_run_fails_its_case_and_the_run_goes_on(script, sets, capsys, t
     code, out, err = verify(capsys, sets["float64"], "--exec", script("exit3"), "--json", report_file)
     assert code == 1, out + err
     report = json.loads(report_file.read_text())
-    assert report["cases_run"] == len(CASES)
+    assert report["cases_run"] == len(CASES), f"cases_run {report['cases_run']}, expected {len(CASES)}"
     rows = report["results"]
-    assert [r["case"] for r in rows] == CASES and {r["array"] for r in rows} == {"(exec run)"}
+    assert [r["case"] for r in rows] == CASES and {r["array"] for r in rows} == {"(exec run)"}, (
+        f"cases {[r['case'] for r in rows]}, arrays {sorted({r['array'] for r in rows})}"
+    )
     for row in rows:
         assert not row["passed"] and row["diagnosis"] is None, row
         assert "the port exited with status 3" in row["message"], row["message"]
@@ -1628,7 +1730,7 @@ def test_wrong_output_size_is_a_failed_run(script, sets, capsys, tmp_path):
     )
     assert code == 1, out + err
     (row,) = json.loads(report_file.read_text())["results"]
-    assert row["array"] == "(exec run)" and row["diagnosis"] is None
+    assert row["array"] == "(exec run)" and row["diagnosis"] is None, row
     assert "output y.npy: has shape (2, 6, 5, 4), expected (2, 6, 4, 3)" in row["message"], row["message"]
 
 
@@ -1638,8 +1740,12 @@ def test_run_exec_and_compare_shares_the_comparison(script, sets):
     case = next(c for c in manifest["cases"] if c["name"] == "k7_input_1x1")
     arrays = load_case(sets["float64"], case)
     rows = run_exec_and_compare(script("correct"), "neocell", case["name"], case, arrays)
-    assert sorted(r.array for r in rows) == sorted(case["tolerances"])
-    assert all(r.passed and r.diagnosis is None for r in rows)
+    assert sorted(r.array for r in rows) == sorted(case["tolerances"]), (
+        f"rows for {sorted(r.array for r in rows)}, expected {sorted(case['tolerances'])}"
+    )
+    assert all(r.passed and r.diagnosis is None for r in rows), (
+        f"rows failing or diagnosed: {[r.describe() for r in rows if not (r.passed and r.diagnosis is None)]}"
+    )
     with pytest.raises(ValueError, match="too loose"):  # overrides checked as for callables, before the run
         run_exec_and_compare(script("correct"), "neocell", case["name"], case, arrays, rtol=1.0)
 
