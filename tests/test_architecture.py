@@ -26,9 +26,11 @@ def test_a_million_blocks_are_refused_at_once_and_still_counted():
     start = time.perf_counter()
     with pytest.raises(ValueError, match=r"per_stage_layers=\(1000000, 1, 1, 1\).*MAX_BLOCKS=10000"):
         NeoNeXt(per_stage_layers=(10**6, 1, 1, 1), dims=(8, 16, 32, 64), num_classes=10)
-    assert time.perf_counter() - start < 1.0
-    assert MAX_BLOCKS >= 36  # NeoNeXt-XL stays describable
-    assert nr.model_complexity(NeoNeXtConfig(per_stage_layers=(10**6, 1, 1, 1)), 224).num_layer_rows > 10**6
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, f"refusing a million blocks took {elapsed:.3f} s, expected < 1 s"
+    assert MAX_BLOCKS >= 36, f"MAX_BLOCKS = {MAX_BLOCKS} < 36"  # NeoNeXt-XL stays describable
+    rows = nr.model_complexity(NeoNeXtConfig(per_stage_layers=(10**6, 1, 1, 1)), 224).num_layer_rows
+    assert rows > 10**6, f"model_complexity of a million blocks counted {rows:,} layer rows, expected > 10**6"
 
 
 # ----------------------------------------------------------------------------------------
@@ -82,10 +84,17 @@ def test_config_stores_plain_python_numbers():
     config = NeoNeXtConfig(
         per_stage_layers=[np.int64(1)] * 4, dims=np.array([8, 16, 32, 64]), drop_path=np.float32(0.25)
     )
-    assert config.per_stage_layers == (1, 1, 1, 1) and type(config.per_stage_layers[0]) is int
-    assert config.dims == (8, 16, 32, 64) and all(type(d) is int for d in config.dims)
-    assert config.drop_path == 0.25 and type(config.drop_path) is float
-    assert hash(config) == hash(NeoNeXtConfig(per_stage_layers=(1, 1, 1, 1), dims=(8, 16, 32, 64), drop_path=0.25))
+    assert config.per_stage_layers == (1, 1, 1, 1) and type(config.per_stage_layers[0]) is int, (
+        f"per_stage_layers {config.per_stage_layers!r} of types {[type(n).__name__ for n in config.per_stage_layers]}"
+    )
+    assert config.dims == (8, 16, 32, 64) and all(type(d) is int for d in config.dims), (
+        f"dims {config.dims!r} of types {[type(d).__name__ for d in config.dims]}"
+    )
+    assert config.drop_path == 0.25 and type(config.drop_path) is float, (
+        f"drop_path {config.drop_path!r} of type {type(config.drop_path).__name__}"
+    )
+    plain = NeoNeXtConfig(per_stage_layers=(1, 1, 1, 1), dims=(8, 16, 32, 64), drop_path=0.25)
+    assert hash(config) == hash(plain), f"hash {hash(config)} of {config!r} differs from {hash(plain)} of {plain!r}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -157,7 +166,10 @@ def test_model_describe_uses_the_same_check():
     model = NeoNeXt(
         per_stage_layers=(1, 1, 1, 1), dims=(8, 16, 32, 64), num_classes=3, shifts=(0, 0, 0, 0), resolution=32
     )
-    assert model.describe(32) is model.describe((32, 32))  # memoised under the pair
+    square, pair = model.describe(32), model.describe((32, 32))
+    assert square is pair, (  # memoised under the pair
+        f"describe(32) and describe((32, 32)) are different objects (equal: {square == pair})"
+    )
     for bad in (32.0, "32", (32,), None):
         with pytest.raises(ValueError, match="input resolution"):
             model.describe(bad)

@@ -33,7 +33,7 @@ def test_a_product_costs_its_output_size_times_the_summed_length(shape_a, shape_
     assert np.array_equal(y, np.matmul(a, b)), "matmul must return np.matmul's product"
     assert counter.macs == macs, f"{shape_a} @ {shape_b}: counted {counter.macs} MACs, expected {macs}"
     assert counter.calls == [("t", shape_a, shape_b, macs)], f"recorded {counter.calls}"
-    assert counter.by_tag() == {"t": macs}
+    assert counter.by_tag() == {"t": macs}, f"by_tag {counter.by_tag()}, expected {{'t': {macs}}}"
 
 
 def test_out_argument_nesting_and_nothing_recorded_outside():
@@ -46,12 +46,12 @@ def test_out_argument_nesting_and_nothing_recorded_outside():
             result = matmul(a, b, tag="y")
         matmul(a, b, tag="x")
     assert np.array_equal(out, np.full((2, 4), 3.0)), "out= must receive the product"
-    assert np.array_equal(result, out)
+    assert np.array_equal(result, out), f"returned product {result.tolist()} differs from out= {out.tolist()}"
     assert outer.by_tag() == {"x": 48, "y": 24}, f"outer block saw {outer.by_tag()}"
     assert inner.by_tag() == {"y": 24}, f"inner block saw {inner.by_tag()}"
     with count_macs() as after:
         pass
-    assert after.macs == 0 and after.calls == []
+    assert after.macs == 0 and after.calls == [], f"an empty block counted {after.macs} MACs, calls {after.calls}"
 
 
 def test_products_from_several_threads_are_all_counted():
@@ -76,7 +76,9 @@ def test_products_from_several_threads_are_all_counted():
             thread.join()
     assert len(counter.calls) == threads * calls, f"{len(counter.calls)} calls recorded, {threads * calls} made"
     assert counter.macs == threads * calls * per_call, f"total {counter.macs}, expected {threads * calls * per_call}"
-    assert counter.by_tag() == {f"t{i}": calls * per_call for i in range(threads)}
+    assert counter.by_tag() == {f"t{i}": calls * per_call for i in range(threads)}, (
+        f"by_tag {counter.by_tag()}, expected {calls * per_call} for each of t0..t{threads - 1}"
+    )
 
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["contiguous", "transposed views"])
@@ -94,7 +96,9 @@ def test_stacked_dot_is_the_stacked_product_and_counts_like_matmul(transposed):
     with count_macs() as counter:
         got = stacked_dot(a, b, "t", out=out)
         fresh = stacked_dot(a, b, "t")
-    assert got is out and fresh.dtype == np.float32 and fresh.shape == (s, m, n)
+    assert got is out and fresh.dtype == np.float32 and fresh.shape == (s, m, n), (
+        f"returned out= itself: {got is out}; fresh result {fresh.dtype} {fresh.shape}, expected float32 {(s, m, n)}"
+    )
     for name, value in (("out=", got), ("new array", fresh)):
         error = np.max(np.abs(value - exact)) / np.max(np.abs(exact))
         assert error < 1e-5, f"stacked_dot ({name}) differs from the exact product by {error:.2e} (relative)"
@@ -128,7 +132,10 @@ def test_outer_is_the_product_with_inner_dimension_one_and_counts_like_matmul(sh
     with count_macs() as counter:
         got = outer(a, b, "t", out=out)
         fresh = outer(a, b, "t")
-    assert got is out and fresh.dtype == expected.dtype and fresh.shape == expected.shape
+    assert got is out and fresh.dtype == expected.dtype and fresh.shape == expected.shape, (
+        f"returned out= itself: {got is out}; fresh result {fresh.dtype} {fresh.shape}, "
+        f"expected {expected.dtype} {expected.shape}"
+    )
     for name, value in (("out=", got), ("new array", fresh)):
         differ = ~(value == expected)
         assert not differ.any(), (

@@ -307,7 +307,11 @@ def test_batchnorm_affine_is_the_inference_forward():
     w, b, rm, rv = rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal(3), rng.uniform(0.1, 2, 3)
     scale, shift = L.batchnorm_affine(w, b, rm, rv, eps=1e-5)
     by_hand = w / np.sqrt(rv + 1e-5)
-    assert np.allclose(scale, by_hand, rtol=1e-15) and np.allclose(shift, b - rm * by_hand, rtol=1e-14, atol=1e-15)
+    d_scale, d_shift = np.abs(scale - by_hand), np.abs(shift - (b - rm * by_hand))
+    assert np.allclose(scale, by_hand, rtol=1e-15) and np.allclose(shift, b - rm * by_hand, rtol=1e-14, atol=1e-15), (
+        f"batchnorm_affine vs by hand: scale off by up to {d_scale.max()!r} at channel {np.argmax(d_scale)}, "
+        f"shift off by up to {d_shift.max()!r} at channel {np.argmax(d_shift)}"
+    )
     y = x * scale[None, :, None, None] + shift[None, :, None, None]
     assert np.array_equal(y, L.batchnorm_forward(x, w, b, rm, rv, training=False)), "not the numbers the forward uses"
     with pytest.raises(ValueError, match="var"):
@@ -378,13 +382,13 @@ def test_gelu_float32_documented_accuracy():
 def test_gelu_float32_special_values_and_derivative():
     specials = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 100.0, -100.0], dtype=np.float32)
     y = L.gelu_forward(specials)
-    assert y.dtype == np.float32
+    assert y.dtype == np.float32, f"gelu_forward of float32 specials returned {y.dtype}"
     assert y[0] == np.inf and y[1] == 0 and np.isnan(y[2]), f"inf/-inf/nan -> {y[:3]}"
     assert y[3] == 0 and y[4] == 0 and y[5] == 100 and y[6] == 0, f"0, -0, ±100 -> {y[3:]}"
     x32 = np.linspace(-10, 10, 200_001, dtype=np.float32)
     (d32,) = L.gelu_backward(np.ones_like(x32), x32)
     (d64,) = L.gelu_backward(np.ones(x32.shape), x32.astype(np.float64))
-    assert d32.dtype == np.float32
+    assert d32.dtype == np.float32, f"gelu_backward of float32 returned {d32.dtype}"
     err = np.abs(d32 - d64).max()
     assert err <= 4 * EPS32, f"float32 GELU' absolute error {err:.3g} > 4 eps"
 
@@ -460,13 +464,15 @@ def test_out_must_have_the_result_shape_and_compute_dtype(name, call):
 
 def test_cross_entropy_by_hand():
     # two equal logits: softmax = (1/2, 1/2), loss = log 2 whatever the smoothing
-    assert math.isclose(
-        L.cross_entropy_forward(np.zeros((1, 2)), np.array([1]), smoothing=0.3), math.log(2), rel_tol=1e-15
+    loss = L.cross_entropy_forward(np.zeros((1, 2)), np.array([1]), smoothing=0.3)
+    assert math.isclose(loss, math.log(2), rel_tol=1e-15), (
+        f"equal logits: loss {loss!r}, expected log 2 = {math.log(2)!r}"
     )
     # logits (0, log 3): p = (1/4, 3/4); label 1, smoothing 0.2 -> q = (0.1, 0.9)
     z = np.array([[0.0, math.log(3)]])
     expected = -(0.1 * math.log(0.25) + 0.9 * math.log(0.75))
-    assert math.isclose(L.cross_entropy_forward(z, np.array([1]), smoothing=0.2), expected, rel_tol=1e-14)
+    loss = L.cross_entropy_forward(z, np.array([1]), smoothing=0.2)
+    assert math.isclose(loss, expected, rel_tol=1e-14), f"logits (0, log 3): loss {loss!r}, expected {expected!r}"
     g = L.cross_entropy_backward(z, np.array([1]), smoothing=0.2)
     assert np.allclose(g, [[0.25 - 0.1, 0.75 - 0.9]], rtol=1e-14, atol=1e-15), f"grad {g}"
     # PyTorch's definition: (1-ε)·NLL + ε·mean_k(-log p_k), averaged over the batch
@@ -474,9 +480,13 @@ def test_cross_entropy_by_hand():
     z, labels = rng.standard_normal((5, 4)) * 2, rng.integers(0, 4, 5)
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     torch_rule = np.mean(0.9 * -logp[np.arange(5), labels] + 0.1 * -logp.mean(axis=1))
-    assert math.isclose(L.cross_entropy_forward(z, labels, smoothing=0.1), torch_rule, rel_tol=1e-13)
+    loss = L.cross_entropy_forward(z, labels, smoothing=0.1)
+    assert math.isclose(loss, torch_rule, rel_tol=1e-13), (
+        f"loss {loss!r}, PyTorch's rule {torch_rule!r}, relative difference {abs(loss - torch_rule) / abs(torch_rule):.3e}"
+    )
     # large logits stay finite (log-sum-exp shift)
-    assert math.isfinite(L.cross_entropy_forward(np.array([[1000.0, -1000.0]]), np.array([1])))
+    loss = L.cross_entropy_forward(np.array([[1000.0, -1000.0]]), np.array([1]))
+    assert math.isfinite(loss), f"logits (1000, -1000): loss {loss!r}"
 
 
 def test_drop_path_scale_statistics_and_determinism():
@@ -519,9 +529,12 @@ def test_float32_in_float32_out_and_promotion():
     rng = np.random.default_rng(11)
     x32 = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
     w32 = rng.standard_normal((5, 3)).astype(np.float32)
-    assert L.linear_forward(x32, w32).dtype == np.float32
-    assert L.linear_forward(x32, w32.astype(np.float64)).dtype == np.float64
-    assert L.batchnorm_forward(x32, np.ones(3, np.float32), np.zeros(3, np.float32), training=True).dtype == np.float32
+    dtype = L.linear_forward(x32, w32).dtype
+    assert dtype == np.float32, f"linear_forward float32 x float32 returned {dtype}"
+    dtype = L.linear_forward(x32, w32.astype(np.float64)).dtype
+    assert dtype == np.float64, f"linear_forward float32 x float64 returned {dtype}, expected float64"
+    dtype = L.batchnorm_forward(x32, np.ones(3, np.float32), np.zeros(3, np.float32), training=True).dtype
+    assert dtype == np.float32, f"batchnorm_forward of float32 returned {dtype}"
     assert L.gelu_forward(np.arange(3)).dtype == np.float64, "integer input computes in float64"
 
 
@@ -681,7 +694,8 @@ def test_negative_or_nonfinite_running_variance_is_refused():
     with raises_naming(ValueError, "var", ">= 0"):
         L.batchnorm_affine(w, b, m, np.array([-1.0, 1.0]))
     # training mode ignores the running statistics, as before
-    assert np.isfinite(L.batchnorm_forward(np.arange(8.0).reshape(1, 2, 2, 2), w, b, None, None, training=True)).all()
+    y = L.batchnorm_forward(np.arange(8.0).reshape(1, 2, 2, 2), w, b, None, None, training=True)
+    assert np.isfinite(y).all(), f"training-mode batchnorm without running statistics: y {y.ravel()}"
 
 
 def test_batchnorm_update_running_refuses_nonfinite_x_and_overflowing_count():
@@ -718,7 +732,8 @@ def test_linear_of_an_empty_batch_is_empty_and_its_weight_gradient_zero(shape):
     assert grad_x.shape == shape, grad_x.shape
     assert np.array_equal(grad_w, np.zeros((3, c_in))) and np.array_equal(grad_b, np.zeros(3)), (grad_w, grad_b)
     x32 = x.astype(np.float32)
-    assert L.linear_forward(x32, weight.astype(np.float32)).dtype == np.float32
+    dtype = L.linear_forward(x32, weight.astype(np.float32)).dtype
+    assert dtype == np.float32, f"linear_forward of an empty float32 batch returned {dtype}"
     if len(shape) == 4:
         y = L.conv1x1_forward(x, weight[:, :, None, None])
         assert y.shape == (0, 3, *shape[2:]), y.shape

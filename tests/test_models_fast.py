@@ -70,7 +70,7 @@ def test_thread_count_from_the_environment(monkeypatch):
     for name in ("NEOCELL_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
     default = parallel.threads()
-    assert 1 <= default <= parallel.MAX_THREADS
+    assert 1 <= default <= parallel.MAX_THREADS, f"default thread count {default}, MAX_THREADS {parallel.MAX_THREADS}"
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     assert parallel.threads() == 1, "a single-threaded BLAS run must stay single-threaded"
     monkeypatch.setenv("NEOCELL_THREADS", "3")
@@ -81,7 +81,8 @@ def test_thread_count_from_the_environment(monkeypatch):
             parallel.threads()
     monkeypatch.delenv("NEOCELL_THREADS")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "junk")  # another library's variable: ignored
-    assert parallel.threads() == default
+    count = parallel.threads()
+    assert count == default, f"OPENBLAS_NUM_THREADS=junk gave {count} threads, the default is {default}"
 
 
 @pytest.mark.parametrize("count, parts", [(0, 2), (1, 3), (5, 2), (22, 3), (7, 7), (3, 8)])
@@ -95,8 +96,10 @@ def test_split_covers_every_index_once_in_order(count, parts):
 
 
 def test_run_returns_in_task_order_and_reraises_after_all_finish():
-    assert parallel.run([lambda i=i: i * i for i in range(5)]) == [0, 1, 4, 9, 16]
-    assert parallel.run([]) == []
+    results = parallel.run([lambda i=i: i * i for i in range(5)])
+    assert results == [0, 1, 4, 9, 16], f"run of i*i for i < 5 returned {results}, expected [0, 1, 4, 9, 16]"
+    results = parallel.run([])
+    assert results == [], f"run([]) returned {results!r}"
     finished = []
 
     def boom():
@@ -136,11 +139,12 @@ def test_single_threaded_blas_restores_the_thread_count():
         if api is not None:
             assert api[1]() == 1, "BLAS not single-threaded inside the block"
             with parallel.single_threaded_blas():  # nested
-                assert api[1]() == 1
+                count = api[1]()
+                assert count == 1, f"BLAS uses {count} threads inside the nested block"
             assert api[1]() == 1, "the inner block restored the count too early"
     if api is not None:
         assert api[1]() == parallel._BLAS_STATE["saved"], "thread count not restored"
-    assert parallel._BLAS_STATE["depth"] == 0
+    assert parallel._BLAS_STATE["depth"] == 0, f"BLAS nesting depth {parallel._BLAS_STATE['depth']} after the blocks"
 
 
 def test_pool_owns_the_cores_for_a_whole_pass_only_with_threads(monkeypatch):
@@ -258,7 +262,12 @@ def test_early_blocks_are_bitwise_equal_across_thread_counts(monkeypatch):
     h = np.einsum("oc,ncp->nop", w1, (x * affine[0][:, None, None] + affine[1][:, None, None]).reshape(2, 4, 63))
     h = nr.layers.gelu_forward(h + b1[:, None])
     y = (np.einsum("oc,ncp->nop", w2, h) + b2[:, None]) * gamma[:, None] + skip.reshape(2, 4, 63)
-    assert relative_error(outs[0].reshape(2, 4, 63), y) <= 1e-6
+    err = relative_error(outs[0].reshape(2, 4, 63), y)
+    diff = np.abs(outs[0].reshape(2, 4, 63) - y)
+    assert err <= 1e-6, (
+        f"fused blocks vs the unfused formula: relative error {err:.3e} > 1e-6, largest |difference| "
+        f"{diff.max():.3e} at {np.unravel_index(np.argmax(diff), diff.shape)}"
+    )
 
 
 @pytest.mark.parametrize("threads", [2, 3])

@@ -276,7 +276,8 @@ def test_fast_path_gradients_by_finite_differences(monkeypatch, n, size, split):
         "stage_4.0.ops.content.layer_scale.gamma",
     ]
     x = np.random.default_rng(6).standard_normal((n, 3, size, size))
-    assert F._flat_layout(*_mlp(model, "stage_1.0"), n, 64) == (n > 1)
+    flat = F._flat_layout(*_mlp(model, "stage_1.0"), n, 64)
+    assert flat == (n > 1), f"batch {n}: _flat_layout is {flat!r}, expected {n > 1}"
 
     def run(x_, *values):
         for key, value in zip(names, values):

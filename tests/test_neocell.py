@@ -450,7 +450,10 @@ def test_neocell_cases_strategy_reaches_the_edges():
         if len(groups) > 1 and len({(g.h_in, g.w_in) for g in groups}) > 1:
             seen.add("mixed groups")
         specs, x, wa, wb, gy = case  # unpacks like a tuple
-        assert x.dtype == np.float64 and np.isfinite(x).all() and gy.shape[2:] == case.out_size
+        assert x.dtype == np.float64 and np.isfinite(x).all() and gy.shape[2:] == case.out_size, (
+            f"x {x.dtype}, all finite {np.isfinite(x).all()}; grad_y spatial shape {gy.shape[2:]}, "
+            f"out_size {case.out_size}"
+        )
 
     collect()
     expected = {
@@ -558,7 +561,11 @@ def test_data_is_complete():
 def test_official_conformance(name, method):
     case = case_by_name(name)
     errors = conformance_errors(case, method)
-    assert set(errors) == {"y", "grad_x"} | {f"grad_weight_{ab}_{g}" for ab in "ab" for g in range(case["groups"])}
+    expected = {"y", "grad_x"} | {f"grad_weight_{ab}_{g}" for ab in "ab" for g in range(case["groups"])}
+    assert set(errors) == expected, (
+        f"{name} / {method}: compared {sorted(errors)}; extra {sorted(set(errors) - expected)}, "
+        f"missing {sorted(expected - set(errors))}"
+    )
     bad = {key: err for key, err in errors.items() if not err <= TOLERANCE}
     assert not bad, (
         f"{name} / {method}: relative error above {TOLERANCE:g} for "

@@ -115,7 +115,8 @@ def _with_toy_head(arch):
 # --------------------------------------------------------------------------------------
 def test_every_built_in_kind_is_registered_once():
     assert set(BUILT_IN) <= set(registry.names()), f"registered: {registry.names()}"
-    assert len(registry.names()) == len(set(registry.names()))
+    names = registry.names()
+    assert len(names) == len(set(names)), f"kinds registered twice: {sorted({n for n in names if names.count(n) > 1})}"
     with pytest.raises(ValueError, match="already registered"):
         registry.register(registry.get("linear"))
     with pytest.raises(ValueError, match="unknown layer kind 'nope'"):
@@ -134,8 +135,9 @@ def test_the_described_kinds_are_the_registered_ones():
 
 
 def test_the_kinds_table_lists_a_registered_kind(toy):
-    assert "toy_affine" in kinds_table()
-    assert "layernorm" in kinds_table()
+    table = kinds_table()
+    assert "toy_affine" in table, f"'toy_affine' missing from the kinds table:\n{table}"
+    assert "layernorm" in table, f"'layernorm' missing from the kinds table:\n{table}"
 
 
 # --------------------------------------------------------------------------------------
@@ -144,7 +146,10 @@ def test_the_kinds_table_lists_a_registered_kind(toy):
 def test_a_registered_kind_runs_in_the_model(toy):
     plain = NeoNeXt.from_config(CONFIG, rng=np.random.default_rng(0), resolution=32)
     model = NeoNeXt.from_architecture(_with_toy_head(plain.architecture), rng=np.random.default_rng(0))
-    assert set(model.params) - set(plain.params) == {"head.toy.weight", "head.toy.bias"}
+    added = set(model.params) - set(plain.params)
+    assert added == {"head.toy.weight", "head.toy.bias"}, (
+        f"parameters added by the toy head {sorted(added)}, expected ['head.toy.bias', 'head.toy.weight']"
+    )
     rng = np.random.default_rng(1)
     w, b = rng.uniform(0.5, 1.5, 5), rng.standard_normal(5)
     state = {**plain.state_dict(), "head.toy.weight": w, "head.toy.bias": b}
@@ -175,8 +180,11 @@ def test_a_registered_kind_is_counted_by_the_calculator(toy):
     plain = describe(CONFIG, 32)
     rows = [CX._count_layer(desc) for desc in _with_toy_head(plain).layers()]
     toy_row = rows[-1]
-    assert (toy_row.kind, toy_row.params, toy_row.elementwise_ops) == ("toy_affine", 10, 25)
-    assert toy_row.macs == dict.fromkeys(CX.CONVENTIONS, 15)
+    got = (toy_row.kind, toy_row.params, toy_row.elementwise_ops)
+    assert got == ("toy_affine", 10, 25), (
+        f"toy row (kind, params, elementwise_ops) {got}, expected ('toy_affine', 10, 25)"
+    )
+    assert toy_row.macs == dict.fromkeys(CX.CONVENTIONS, 15), f"toy row macs {toy_row.macs}, expected 15 per convention"
     plain_rows = [CX._count_layer(desc) for desc in plain.layers()]
     assert rows[:-1] == plain_rows, "adding a layer changed the counts of the others"
 
@@ -190,13 +198,18 @@ def _toy_case(monkeypatch, kind):
 
 def test_a_registered_kind_gets_golden_cases(toy, monkeypatch):
     meta, arrays = _toy_case(monkeypatch, "toy_affine")
-    assert meta["tolerances"]["grad_weight"]["accumulation_length"] == 3
-    assert all(t["norm"] == "elementwise" and t["bound"] for t in meta["tolerances"].values())
+    n = meta["tolerances"]["grad_weight"]["accumulation_length"]
+    assert n == 3, f"grad_weight accumulation_length {n}, expected 3"
+    assert all(t["norm"] == "elementwise" and t["bound"] for t in meta["tolerances"].values()), (
+        f"tolerances not elementwise with a bound: {meta['tolerances']}"
+    )
     # The expected y is the reference's; check it by hand before trusting the verdicts.
     x, w, b = arrays["x"], arrays["weight"], arrays["bias"]
     np.testing.assert_array_equal(arrays["y"], x * w[None, :, None, None] + b[None, :, None, None])
     results = golden.run_and_compare("toy_affine", "toy_channels", meta, arrays, toy_forward, toy_backward)
-    assert sorted(r.array for r in results) == ["grad_bias", "grad_weight", "grad_x", "y"]
+    assert sorted(r.array for r in results) == ["grad_bias", "grad_weight", "grad_x", "y"], (
+        f"compared arrays {sorted(r.array for r in results)}, expected ['grad_bias', 'grad_weight', 'grad_x', 'y']"
+    )
     assert all(r.passed for r in results), [r.describe() for r in results if not r.passed]
 
 
@@ -218,14 +231,29 @@ def test_a_wrong_port_of_a_registered_kind_fails_its_golden_case(toy, monkeypatc
 def test_state_dict_names_are_the_descriptions():
     model = NeoNeXt.from_config(CONFIG, resolution=32)
     keys = [k for desc in model.architecture.layers() for k in desc.param_keys() + desc.buffer_keys()]
-    assert list(model.state_dict()) == keys
-    assert "downsample_1.neocell.weight_a.0" in keys and "stem.norm.num_batches_tracked" in keys
+    names = list(model.state_dict())
+    first = next((i for i, (a, b) in enumerate(zip(names, keys)) if a != b), min(len(names), len(keys)))
+    assert names == keys, (
+        f"state_dict has {len(names)} names, the descriptions {len(keys)}; first difference at {first}: "
+        f"{names[first : first + 1]} vs {keys[first : first + 1]}"
+    )
+    missing = {"downsample_1.neocell.weight_a.0", "stem.norm.num_batches_tracked"} - set(keys)
+    assert "downsample_1.neocell.weight_a.0" in keys and "stem.norm.num_batches_tracked" in keys, (
+        f"missing from the description's keys: {sorted(missing)}"
+    )
 
 
 def test_model_options_default_to_the_config():
     sizes = dict(per_stage_layers=(1, 1, 1, 1), dims=(8, 16, 24, 32))
     model = NeoNeXt(*sizes.values(), resolution=32, shifts=(0, 0, 0, 0))
-    assert model.config == dataclasses.replace(NeoNeXtConfig(), **sizes, shifts=(0, 0, 0, 0))
+    want = dataclasses.replace(NeoNeXtConfig(), **sizes, shifts=(0, 0, 0, 0))
+    assert model.config == want, "model.config differs from the config defaults (field: got, expected): " + str(
+        {
+            f.name: (getattr(model.config, f.name, None), getattr(want, f.name))
+            for f in dataclasses.fields(want)
+            if getattr(model.config, f.name, None) != getattr(want, f.name)
+        }
+    )
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['widths'\]"):
         NeoNeXt(widths=(8, 16, 24, 32))
     with pytest.raises(TypeError, match="multiple values for dims"):

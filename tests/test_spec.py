@@ -151,8 +151,10 @@ def test_parse_specs_refuses_an_endless_iterable_after_max_groups_items():
         parse_specs(itertools.repeat(group))
     with raises_before_arithmetic(ValueError, "specs", f"list of {MAX_GROUPS + 1:,} groups"):
         parse_specs([GroupSpec(1, 3, 3, 3, 3)] * (MAX_GROUPS + 1))
-    assert len(parse_specs([GroupSpec(1, 3, 3, 3, 3)] * MAX_GROUPS)) == MAX_GROUPS  # the cap itself is accepted
-    assert parse_specs(iter([group, group])) == (GroupSpec(1, 3, 3, 3, 3),) * 2  # a finite iterator still reads
+    n = len(parse_specs([GroupSpec(1, 3, 3, 3, 3)] * MAX_GROUPS))  # the cap itself is accepted
+    assert n == MAX_GROUPS, f"a list of MAX_GROUPS = {MAX_GROUPS} groups parsed to {n} groups"
+    got = parse_specs(iter([group, group]))  # a finite iterator still reads
+    assert got == (GroupSpec(1, 3, 3, 3, 3),) * 2, f"iterator of two groups parsed to {got}"
 
 
 def test_parse_specs_reads_the_sequence_protocol_and_keeps_a_generators_error():
@@ -171,7 +173,8 @@ def test_parse_specs_reads_the_sequence_protocol_and_keeps_a_generators_error():
             return self.items[i]
 
     group = {"kernel": 3, "channels": 1}
-    assert parse_specs(Groups([group, group])) == (GroupSpec(1, 3, 3, 3, 3),) * 2
+    got = parse_specs(Groups([group, group]))
+    assert got == (GroupSpec(1, 3, 3, 3, 3),) * 2, f"sequence-like of two groups parsed to {got}"
 
     def broken():
         yield group
@@ -377,7 +380,8 @@ def test_output_size_floor_rule(group, size, expected):
 def test_groups_with_different_ratios_that_agree_are_accepted():
     """3->2 and 2->1 both give floor(...) = 1 row at H = 2: allowed (and the official code agrees)."""
     specs = [GroupSpec(1, 3, 2, 1, 1), GroupSpec(1, 2, 1, 1, 1)]
-    assert check_input_size(specs, 2, 4) == (1, 4)
+    got = check_input_size(specs, 2, 4)
+    assert got == (1, 4), f"check_input_size on 2x4 gave {got}, expected (1, 4)"
 
 
 @pytest.mark.parametrize(
@@ -390,7 +394,8 @@ def test_groups_with_different_ratios_that_agree_are_accepted():
     ],
 )
 def test_largest_shift_equal_to_size_is_allowed(group, size):
-    assert check_input_size([group], *size) == size
+    got = check_input_size([group], *size)
+    assert got == size, f"{group} on {size}: check_input_size gave {got}, expected {size}"
 
 
 # ======================================================================================
@@ -565,9 +570,13 @@ def test_good_arguments_work():
     """The baseline of the error tests below is itself accepted."""
     specs, x, wa, wb, gy = _good()
     for method in METHODS:
-        assert neocell_forward(x, wa, wb, specs, method=method).shape == (2, 3, 6, 5)
+        shape = neocell_forward(x, wa, wb, specs, method=method).shape
+        assert shape == (2, 3, 6, 5), f"{method}: y shape {shape}, expected (2, 3, 6, 5)"
         gx, ga, gb = neocell_backward(gy, x, wa, wb, specs, method=method, check_finite=True)
-        assert gx.shape == x.shape and [a.shape for a in ga] == [w.shape for w in wa]
+        assert gx.shape == x.shape and [a.shape for a in ga] == [w.shape for w in wa], (
+            f"{method}: grad_x shape {gx.shape} (x {x.shape}), grad_a shapes {[a.shape for a in ga]} "
+            f"(weights {[w.shape for w in wa]})"
+        )
 
 
 def _mutations():
@@ -697,7 +706,10 @@ def test_a_nan_pixel_no_output_reads_still_reaches_the_patchwise_kernel_gradient
         )
     y = neocell_forward(x, wa, wb, specs, method="blockdiag")
     grad_x, grads_a, grads_b = neocell_backward(grad_y, x, wa, wb, specs, method="blockdiag")
-    assert np.isnan(y).all() and np.isfinite(grads_a[0]).all() and np.isfinite(grads_b[0]).all()
+    assert np.isnan(y).all() and np.isfinite(grads_a[0]).all() and np.isfinite(grads_b[0]).all(), (
+        f"blockdiag: y {y.ravel()} (expected all NaN), kernel gradients {grads_a[0].ravel()}, "
+        f"{grads_b[0].ravel()} (expected finite)"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -728,11 +740,18 @@ def test_shift_segments_is_instant_at_a_trillion_channels():
     spec = GroupSpec(10**12, 7, 7, 7, 7, 1, 2)
     segments = shift_segments(spec)
     cuts = {k * (10**12 // 7) for k in range(1, 7)} | {k * (10**12 // 4) for k in range(1, 4)}
-    assert [s[0] for s in segments] == sorted({0} | cuts)
-    assert [s[1] for s in segments] == sorted(cuts | {10**12})
-    assert segments[0][2:] == (0, 0) and segments[-1][2:] == (6, 6)
+    assert [s[0] for s in segments] == sorted({0} | cuts), (
+        f"segment starts {[s[0] for s in segments]}, expected {sorted({0} | cuts)}"
+    )
+    assert [s[1] for s in segments] == sorted(cuts | {10**12}), (
+        f"segment ends {[s[1] for s in segments]}, expected {sorted(cuts | {10**12})}"
+    )
+    assert segments[0][2:] == (0, 0) and segments[-1][2:] == (6, 6), (
+        f"first segment sub-groups {segments[0][2:]} (expected (0, 0)), last {segments[-1][2:]} (expected (6, 6))"
+    )
 
 
 def test_parse_kernel_code_reads_leading_zeros():
     """Python's int() counts leading zeros against its 4300-digit limit; the size is 4."""
-    assert [g.h_in for g in parse_kernel_code("0" * 5000 + "4+07", 4)] == [4, 7]
+    sizes = [g.h_in for g in parse_kernel_code("0" * 5000 + "4+07", 4)]
+    assert sizes == [4, 7], f"h_in of '0' * 5000 + '4+07' parsed to {sizes}, expected [4, 7]"

@@ -46,8 +46,14 @@ def test_adamw_two_steps_by_hand():
 
 
 def test_default_decay_spares_vectors():
-    assert default_decay("fc.weight", np.zeros((2, 3))) and default_decay("neocell.weight_a.0", np.zeros((2, 3, 3)))
-    assert not default_decay("fc.bias", np.zeros(3)) and not default_decay("norm.weight", np.zeros(3))
+    assert default_decay("fc.weight", np.zeros((2, 3))) and default_decay("neocell.weight_a.0", np.zeros((2, 3, 3))), (
+        f"decay of fc.weight (2, 3): {default_decay('fc.weight', np.zeros((2, 3)))!r}, "
+        f"of neocell.weight_a.0 (2, 3, 3): {default_decay('neocell.weight_a.0', np.zeros((2, 3, 3)))!r}"
+    )
+    assert not default_decay("fc.bias", np.zeros(3)) and not default_decay("norm.weight", np.zeros(3)), (
+        f"decay of fc.bias (3,): {default_decay('fc.bias', np.zeros(3))!r}, "
+        f"of norm.weight (3,): {default_decay('norm.weight', np.zeros(3))!r}; expected falsy"
+    )
     params = {"b": np.array([2.0])}
     AdamW(params, lr=0.1, weight_decay=0.5).step({"b": np.array([0.0])})
     assert params["b"][0] == 2.0, "a bias was decayed by default"
@@ -72,7 +78,9 @@ def test_optimizer_errors():
 
 def test_synthetic_patterns_have_the_labelled_structure():
     images, labels = synthetic_patterns(np.random.default_rng(0), 40, size=16, noise=0.0)
-    assert images.shape == (40, 3, 16, 16) and labels.shape == (40,) and labels.dtype == np.int64
+    assert images.shape == (40, 3, 16, 16) and labels.shape == (40,) and labels.dtype == np.int64, (
+        f"images {images.shape}, labels {labels.shape} {labels.dtype}; expected (40, 3, 16, 16), (40,) int64"
+    )
     assert set(labels.tolist()) == {0, 1, 2, 3}, "not every class drawn in 40 images"
     r, c = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
     keys = [r, c, r + c, r - c]  # the coordinate that is constant along each class's stripes
@@ -287,7 +295,7 @@ def test_labels_are_checked_against_the_head_not_the_config():
     model = nr.models.NeoNeXt.from_architecture(arch, rng=np.random.default_rng(0))
     images = np.random.default_rng(1).standard_normal((4, 3, 32, 32))
     loss = train_step(model, SGD(model.params, lr=0.1), images, np.array([0, 7, 9, 2]))
-    assert np.isfinite(loss)
+    assert np.isfinite(loss), f"training step through the extra head layer gave loss {loss!r}"
     with raises_naming(ValueError, "labels", "[0, 10)"):
         train_step(model, SGD(model.params, lr=0.1), images, np.array([0, 7, 10, 2]))
 
@@ -351,7 +359,9 @@ def test_optimizers_refuse_tied_and_read_only_params():
     opt = AdamW({"live": live, "frozen": frozen}, lr=0.1)
     with raises_naming(ValueError, "params['frozen'] is read-only", "no parameter was updated"):
         opt.step({"live": np.ones(3), "frozen": np.ones(3)})
-    assert np.array_equal(live, np.ones(3)) and opt.steps == 0 and not opt.m["live"].any()
+    assert np.array_equal(live, np.ones(3)) and opt.steps == 0 and not opt.m["live"].any(), (
+        f"after the refused step: live {live}, steps {opt.steps}, m['live'] {opt.m['live']}; expected ones, 0, zeros"
+    )
 
 
 def test_an_adamw_step_whose_second_moment_overflows_is_refused():
@@ -361,4 +371,6 @@ def test_an_adamw_step_whose_second_moment_overflows_is_refused():
     opt = AdamW({"p": p}, lr=1e-3)
     with raises_naming(ValueError, "params['p']", "not finite"):
         opt.step({"p": np.full(4, 1e20, dtype=np.float32)})
-    assert np.array_equal(p, np.ones(4)) and not opt.v["p"].any() and opt.steps == 0
+    assert np.array_equal(p, np.ones(4)) and not opt.v["p"].any() and opt.steps == 0, (
+        f"after the refused step: p {p}, v['p'] {opt.v['p']}, steps {opt.steps}; expected ones, zeros, 0"
+    )

@@ -118,12 +118,16 @@ def test_budget_can_be_raised_and_lowered():
     for i in range(150):  # hand-written: step round(1.5) = 2, ones in rows 2i, 2i+1, then /2;
         expected[2 * i : 2 * i + 2, i] = 0.5  # columns 150.. start past the last row: zero
     with validation.max_bytes_set_to(479_999):
-        assert validation.max_bytes() == 479_999
+        budget = validation.max_bytes()
+        assert budget == 479_999, f"max_bytes() inside max_bytes_set_to(479_999) is {budget:,}"
         with raises_naming(ValueError, "480,000 bytes", "479,999 bytes"):
             call()
         with validation.max_bytes_set_to(480_000):
             np.testing.assert_array_equal(call(), expected)
-    assert validation.max_bytes() == validation.DEFAULT_MAX_BYTES
+    budget = validation.max_bytes()
+    assert budget == validation.DEFAULT_MAX_BYTES, (
+        f"max_bytes() after the contexts is {budget:,}, not DEFAULT_MAX_BYTES {validation.DEFAULT_MAX_BYTES:,}"
+    )
 
 
 def test_budget_from_the_environment_variable():
@@ -160,7 +164,8 @@ def test_set_max_bytes_validates_and_sizes_never_overflow():
     # 2**40 * 2**40 elements overflow int64; Python ints give the exact size.
     with raises_naming(ValueError, f"{2**80 * 8:,} bytes"):
         validation.check_nbytes((2**40, 2**40), np.float64, "test")
-    assert validation.check_nbytes((0, 10**30), np.float64, "empty") == 0
+    nbytes = validation.check_nbytes((0, 10**30), np.float64, "empty")
+    assert nbytes == 0, f"check_nbytes of shape (0, 10**30) is {nbytes}, expected 0"
 
 
 @pytest.mark.parametrize(
@@ -179,7 +184,8 @@ def test_real_number_beyond_the_float_range_is_named(value, words):
 
 
 def test_real_number_accepts_exact_rationals():
-    assert validation.real_number(__import__("fractions").Fraction(1, 4), "eps", 0.0) == 0.25
+    value = validation.real_number(__import__("fractions").Fraction(1, 4), "eps", 0.0)
+    assert value == 0.25, f"real_number(Fraction(1, 4)) is {value!r}, expected 0.25"
 
 
 def test_masked_arrays_are_refused_not_unmasked():
@@ -270,7 +276,8 @@ def test_as_flag_accepts_numpy_bools_and_returns_python_bools():
         assert type(result) is bool and result == bool(value), f"as_flag({value!r}) gave {result!r}"
     from neocell_ref.architecture import NeoNeXtConfig
 
-    assert NeoNeXtConfig(linear_bias=np.True_).linear_bias is True
+    flag = NeoNeXtConfig(linear_bias=np.True_).linear_bias
+    assert flag is True, f"NeoNeXtConfig(linear_bias=np.True_).linear_bias is {flag!r} of type {type(flag).__name__}"
 
 
 @pytest.mark.parametrize(
@@ -292,9 +299,13 @@ def test_floating_dtype_refuses_naming_the_argument(value, words):
 
 
 def test_floating_dtype_reads_what_numpy_reads_and_restricts_to_allowed():
-    assert validation.floating_dtype("f4") == np.float32
-    assert validation.floating_dtype(float) == np.float64
-    assert validation.floating_dtype(np.float16) == np.float16
-    assert validation.floating_dtype(np.float32, allowed=(np.float32, np.float64)) == np.float32
+    got = validation.floating_dtype("f4")
+    assert got == np.float32, f"floating_dtype('f4') is {got!r}, expected float32"
+    got = validation.floating_dtype(float)
+    assert got == np.float64, f"floating_dtype(float) is {got!r}, expected float64"
+    got = validation.floating_dtype(np.float16)
+    assert got == np.float16, f"floating_dtype(np.float16) is {got!r}, expected float16"
+    got = validation.floating_dtype(np.float32, allowed=(np.float32, np.float64))
+    assert got == np.float32, f"floating_dtype(np.float32, allowed=(float32, float64)) is {got!r}, expected float32"
     with raises_naming(TypeError, "dtype must be float32 or float64", "float16"):
         validation.floating_dtype(np.float16, allowed=(np.float32, np.float64))

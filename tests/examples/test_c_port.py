@@ -147,7 +147,7 @@ def test_official_conformance_cases(c_port, case):
     got = run_exec(
         command(c_port), op="neocell", case=case["name"], inputs=inputs, outputs=outputs, fields={"specs": specs}
     )
-    assert sorted(got) == sorted(outputs)
+    assert sorted(got) == sorted(outputs), f"{case['name']}: C port wrote {sorted(got)}, expected {sorted(outputs)}"
     for key, value in got.items():
         err = relative_error(value, OFFICIAL_ARRAYS[f"{case['name']}/{key}"])
         assert err <= OFFICIAL_TOLERANCE, f"{case['name']}: {key}: relative error {err:.3e} > {OFFICIAL_TOLERANCE}"
@@ -371,7 +371,8 @@ def test_hostile_case_starts_from_a_valid_one(c_port, tmp_path):
     in_dir, out_dir = write_case(tmp_path)
     result = run_port(c_port, in_dir, out_dir)
     assert result.returncode == 0, result.stderr
-    assert [p.name for p in out_dir.iterdir()] == ["y.npy"]
+    written = [p.name for p in out_dir.iterdir()]
+    assert written == ["y.npy"], f"the valid case wrote {written}, expected ['y.npy']"
 
 
 @pytest.mark.parametrize("label", sorted(HOSTILE))

@@ -140,7 +140,8 @@ def test_training_with_drop_path_is_refused(port):
     x = np.zeros((1, 3, 112, 112), np.float32)
     with pytest.raises(NotImplementedError, match="drop_path"):
         port.model_forward(x, state, config, True)
-    assert port.model_forward(x, state, config, False).shape == (1, 5)
+    shape = port.model_forward(x, state, config, False).shape
+    assert shape == (1, 5), f"inference with drop_path: logits shape {shape}, expected (1, 5)"
 
 
 # ------------------------------------------------------------------------------------
@@ -161,7 +162,9 @@ def test_neonext_t_logits_match_reference(port):
     x = np.random.default_rng(1).standard_normal((1, 3, 224, 224))
     expected = model.forward(x, cache=False)
     got = port.model_forward(x.astype(np.float32), state, dataclasses.asdict(model.config))
-    assert got.shape == expected.shape == (1, 1000) and got.dtype == np.float32
+    assert got.shape == expected.shape == (1, 1000) and got.dtype == np.float32, (
+        f"port logits {got.shape} {got.dtype}, reference {expected.shape}; expected (1, 1000) float32"
+    )
     error = np.max(np.abs(got - expected)) / np.max(np.abs(expected))
     rtol = MODEL_RTOL["float32"]["logits"]
     assert error <= rtol, f"NeoNeXt-T logits: normwise relative error {error:.3g} > {rtol:g}"

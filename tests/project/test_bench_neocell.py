@@ -42,10 +42,10 @@ def test_step_profile_times_products_and_restores_everything(bench, capsys, monk
     backward = [line for line in lines if "backward" in line]
     assert all("reductions" in line for line in backward), f"kernel gradients not timed: {backward}"
     # the wrappers are gone and the thread setting is back
-    assert fast.matmul is instrument.matmul
-    assert fast.stacked_dot is instrument.stacked_dot
-    assert fast.outer is instrument.outer
-    assert os.environ["NEOCELL_THREADS"] == "2"
+    assert fast.matmul is instrument.matmul, f"neocell_fast.matmul left patched: {fast.matmul!r}"
+    assert fast.stacked_dot is instrument.stacked_dot, f"neocell_fast.stacked_dot left patched: {fast.stacked_dot!r}"
+    assert fast.outer is instrument.outer, f"neocell_fast.outer left patched: {fast.outer!r}"
+    assert os.environ["NEOCELL_THREADS"] == "2", f"NEOCELL_THREADS left at {os.environ['NEOCELL_THREADS']!r}, was '2'"
 
 
 def test_step_profile_refuses_when_no_product_is_seen(bench, monkeypatch):
@@ -58,4 +58,4 @@ def test_step_profile_refuses_when_no_product_is_seen(bench, monkeypatch):
     monkeypatch.setattr(bench, "neocell_backward", no_products)
     with pytest.raises(RuntimeError, match="no product went through"):
         bench.step_profile(rounds=1)
-    assert fast.matmul is instrument.matmul
+    assert fast.matmul is instrument.matmul, f"neocell_fast.matmul left patched after the error: {fast.matmul!r}"

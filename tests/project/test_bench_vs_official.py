@@ -55,7 +55,7 @@ def assert_how_to(done):
 def test_without_checkout_says_how_to_get_one_and_exits_0():
     done = run_script(block_imports=True)
     assert_how_to(done)
-    assert "No --official checkout given" in done.stdout
+    assert "No --official checkout given" in done.stdout, f"no 'No --official checkout given' in stdout:\n{done.stdout}"
 
 
 def test_path_that_is_not_a_checkout_is_named_and_exits_0(tmp_path):
@@ -130,17 +130,26 @@ def test_smoke_run_writes_every_row_after_the_agreement_check(checkout, tmp_path
     for field in ("date", "machine", "commit", "versions", "official_commit", "settings", "calls"):
         assert report.get(field), f"JSON field {field!r} is missing or empty"
     assert report["official_commit"].startswith("ea32509"), report["official_commit"]
-    assert [s["threads"] for s in report["settings"]] == ["default", "1"]
+    assert [s["threads"] for s in report["settings"]] == ["default", "1"], (
+        f"settings threads {[s['threads'] for s in report['settings']]}, expected ['default', '1']"
+    )
     single = report["settings"][1]
     assert single["torch_threads"] == 1, f"single-threaded run used {single['torch_threads']} torch threads"
-    assert single["thread_env"] == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    assert "OPENBLAS_NUM_THREADS" not in report["settings"][0]["thread_env"]
+    assert single["thread_env"] == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, (
+        f"single-threaded thread_env {single['thread_env']}, expected OMP/OPENBLAS/MKL_NUM_THREADS all '1'"
+    )
+    assert "OPENBLAS_NUM_THREADS" not in report["settings"][0]["thread_env"], (
+        f"default-threads run set OPENBLAS_NUM_THREADS: thread_env {report['settings'][0]['thread_env']}"
+    )
     for setting in report["settings"]:
         keys = [row["key"] for row in setting["rows"]]
         assert keys == ROW_KEYS, f"threads {setting['threads']}: rows {keys}, expected {ROW_KEYS}"
         for row in setting["rows"]:
             assert row["official_ms"] > 0 and row["neocell_ref_ms"] > 0, row
-            assert row["ratio"] == pytest.approx(row["neocell_ref_ms"] / row["official_ms"])
+            assert row["ratio"] == pytest.approx(row["neocell_ref_ms"] / row["official_ms"]), (
+                f"ratio {row['ratio']!r}, expected neocell_ref_ms / official_ms = "
+                f"{row['neocell_ref_ms'] / row['official_ms']!r}: {row}"
+            )
             assert row["official_ms"] == min(row["official_turns_ms"]), row
             assert row["neocell_ref_ms"] == min(row["neocell_ref_turns_ms"]), row
             per_turn = sorted(m / t for m, t in zip(row["neocell_ref_turns_ms"], row["official_turns_ms"]))
@@ -149,13 +158,20 @@ def test_smoke_run_writes_every_row_after_the_agreement_check(checkout, tmp_path
             "inference batch 1",
             "inference batch 8",
             "training step",
-        ]
-        assert setting["floor_ratios"][2]["floor_factor"] == 3
+        ], f"threads {setting['threads']}: floor_ratios names {[r['name'] for r in setting['floor_ratios']]}"
+        assert setting["floor_ratios"][2]["floor_factor"] == 3, (
+            f"threads {setting['threads']}: training-step floor_factor {setting['floor_ratios'][2]['floor_factor']!r}, "
+            "expected 3"
+        )
         # y, grads of x and 2 + 2 kernels, per NeoCell size; logits twice; the training check
-        assert len(setting["agreement"]) >= 2 * 6 + 2 + 2
+        assert len(setting["agreement"]) >= 2 * 6 + 2 + 2, (
+            f"threads {setting['threads']}: {len(setting['agreement'])} agreement checks, expected >= {2 * 6 + 2 + 2}"
+        )
         worst = max(setting["agreement"], key=lambda a: a["error"] / a["bound"])
         assert worst["error"] < worst["bound"], worst
-    assert "| NeoCell 2x12x16x16" in done.stdout and "met" in done.stdout
+    assert "| NeoCell 2x12x16x16" in done.stdout and "met" in done.stdout, (
+        f"stdout lacks the '| NeoCell 2x12x16x16' row or 'met':\n{done.stdout}"
+    )
 
 
 @pytest.mark.parametrize(

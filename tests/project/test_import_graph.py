@@ -89,7 +89,9 @@ def test_import_neocell_ref_imports_every_reference_module_and_not_the_verifier(
         f"modules in neocell_ref.__all__ {sorted(attributes)} differ from the public reference modules {sorted(public)}"
     )
     # a name means one thing: the functions nr.expand and nr.complexity are not modules
-    assert importlib.import_module(PACKAGE).expand is not importlib.import_module(f"{PACKAGE}.expansion")
+    assert importlib.import_module(PACKAGE).expand is not importlib.import_module(f"{PACKAGE}.expansion"), (
+        f"{PACKAGE}.expand is the module {PACKAGE}.expansion, not the function"
+    )
 
 
 def test_the_verifier_is_imported_explicitly_and_only_its_kit_needs_hypothesis():

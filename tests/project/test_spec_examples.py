@@ -77,13 +77,18 @@ def test_section_4_channel_shifts():
     group = GroupSpec(channels=10, h_in=7, h_out=7, w_in=7, w_out=7, shift_a=2, shift_b=2)
     assert drawn == group.channel_shifts()[0].tolist(), (drawn, group.channel_shifts()[0])
     few = GroupSpec(channels=3, h_in=7, h_out=7, w_in=7, w_out=7, shift_a=2, shift_b=2)
-    assert re.search(r"With\s+only\s+3\s+channels,\s+all\s+three\s+use\s+shift\s+6", text)
-    assert few.channel_shifts()[0].tolist() == [6, 6, 6]
+    assert re.search(r"With\s+only\s+3\s+channels,\s+all\s+three\s+use\s+shift\s+6", text), (
+        "section 4 no longer says 'With only 3 channels, all three use shift 6'"
+    )
+    shifts = few.channel_shifts()[0].tolist()
+    assert shifts == [6, 6, 6], f"3 channels, kernel 7, shift 2: channel shifts {shifts}, section 4 says [6, 6, 6]"
 
 
 def test_section_7_block_parameters():
     text = section(7)
-    assert re.search(r"each\s+without\s+biases:\s+80160\s+trainable\s+parameters", text)
+    assert re.search(r"each\s+without\s+biases:\s+80160\s+trainable\s+parameters", text), (
+        "section 7 no longer states 'each without biases: 80160 trainable parameters'"
+    )
     model = nr.models.NeoNeXt(
         per_stage_layers=(1, 1, 1, 1), dims=(96, 192, 384, 768), num_classes=10, rng=np.random.default_rng(0)
     )
@@ -112,5 +117,8 @@ def test_section_8_cost_example(written, value):
 
 def test_section_8_shifted_nnz_example():
     text = section(8)
-    assert re.search(r"\$\\operatorname\{nnz\} = 34\$,\s+against\s+36", text)
-    assert nnz(4, 4, 10, 10, 3) == 34 and nnz(4, 4, 10, 10, 0) == 36
+    assert re.search(r"\$\\operatorname\{nnz\} = 34\$,\s+against\s+36", text), (
+        "section 8 no longer states '$\\operatorname{nnz} = 34$, against 36'"
+    )
+    shifted, plain = nnz(4, 4, 10, 10, 3), nnz(4, 4, 10, 10, 0)
+    assert shifted == 34 and plain == 36, f"nnz(4, 4, 10, 10, shift 3) = {shifted}, shift 0: {plain}; spec says 34, 36"

@@ -259,7 +259,10 @@ def test_neocell_mutant_diagnosed_through_exec(golden_set, script, bug, capsys, 
     # file) fails the whole run, and a failed run has no array to diagnose.
     expected_runs = {case for b, case, array in NO_DIAGNOSIS if b == bug and array == "(backward call)"}
     assert {r["case"] for r in runs} == expected_runs, runs
-    assert all(r["diagnosis"] is None and "exec port failed" in r["message"] for r in runs)
+    odd = [r for r in runs if not (r["diagnosis"] is None and "exec port failed" in r["message"])]
+    assert all(r["diagnosis"] is None and "exec port failed" in r["message"] for r in runs), (
+        f"{bug}: failed runs with a diagnosis or without 'exec port failed' in the message: {odd}"
+    )
     compared = [(r["case"], r["array"], r["passed"], r["diagnosis"]) for r in rows if r["array"] != "(exec run)"]
     if compared:
         assert_own_diagnosis(compared, bug, NEOCELL_BUGS[bug])
@@ -296,7 +299,10 @@ def test_neocell_mutant_diagnosed_by_the_kit(bug):
     rows = message_rows(message)
     _, unseen = assert_own_diagnosis(rows, bug, NEOCELL_BUGS[bug])
     assert not unseen, unseen
-    assert message.count("consistent with: ") == sum(d != [] and d is not None for *_, d in rows)
+    n_lines, n_rows = message.count("consistent with: "), sum(d != [] and d is not None for *_, d in rows)
+    assert n_lines == n_rows, (
+        f"{bug}: {n_lines} 'consistent with: ' lines in the kit message but {n_rows} diagnosed rows:\n{message}"
+    )
 
 
 def test_drawn_case_failure_is_diagnosed_by_the_kit():
@@ -340,8 +346,12 @@ def test_correct_port_gets_no_diagnosis(golden_set, dtype):
     for op in load_manifest(directory)["operations"]:
         report = verify_golden(directory, op, *correct_port(op))
         assert report.passed, report.table()
-        assert all(r.diagnosis is None for r in report.results)
-        assert "consistent with" not in report.table() and "no known defect" not in report.table()
+        diagnosed = [(r.case, r.array, r.diagnosis) for r in report.results if r.diagnosis is not None]
+        assert all(r.diagnosis is None for r in report.results), f"{dtype} {op}: correct port diagnosed: {diagnosed}"
+        table = report.table()
+        assert "consistent with" not in table and "no known defect" not in table, (
+            f"{dtype} {op}: correct port's report mentions a diagnosis:\n{table}"
+        )
 
 
 @pytest.mark.parametrize("dtype", EXPORT_DTYPES)
@@ -386,8 +396,10 @@ def test_text_and_json_report_formats(golden_set, capsys, tmp_path):
             str(report_file),
         ]
     )
-    out, _ = capsys.readouterr()
-    assert code == 1
+    out, err = capsys.readouterr()
+    assert code == 1, (
+        f"golden verify of the swap_ab mutant: exit status {code}, expected 1; stdout {out!r} stderr {err!r}"
+    )
     lines = out.splitlines()
     swapped = DEFECTS["kernels-swapped"]
     line = next(i for i, l in enumerate(lines) if l.startswith("  FAIL k7_square_14x14: y: worst element"))
@@ -397,9 +409,12 @@ def test_text_and_json_report_formats(golden_set, capsys, tmp_path):
     line = next(i for i, l in enumerate(lines) if l.startswith("  FAIL ka3_kb5_shift1: y: worst element"))
     assert lines[line + 1].strip() == "no known defect matches", lines[line + 1]
     rows = {(r["case"], r["array"]): r for r in json.loads(report_file.read_text())["results"]}
-    assert rows[("k7_square_14x14", "y")]["diagnosis"] == ["kernels-swapped"]
-    assert rows[("ka3_kb5_shift1", "y")]["diagnosis"] == []
-    assert rows[("ka3_kb5_shift1", "(backward call)")]["diagnosis"] is None
+    got = rows[("k7_square_14x14", "y")]["diagnosis"]
+    assert got == ["kernels-swapped"], f"JSON diagnosis of k7_square_14x14/y is {got!r}, expected ['kernels-swapped']"
+    got = rows[("ka3_kb5_shift1", "y")]["diagnosis"]
+    assert got == [], f"JSON diagnosis of ka3_kb5_shift1/y is {got!r}, expected []"
+    got = rows[("ka3_kb5_shift1", "(backward call)")]["diagnosis"]
+    assert got is None, f"JSON diagnosis of ka3_kb5_shift1/(backward call) is {got!r}, expected None"
     passing = [r for r in rows.values() if r["passed"]]
     assert passing and all(r["diagnosis"] is None for r in passing), "passing arrays are never diagnosed"
 
@@ -439,14 +454,21 @@ def test_a_crashing_diagnosis_changes_no_verdict(golden_set, monkeypatch):
     case, arrays = _k7_case(golden_set)
     got = {"y": np.array(arrays["y"]), "grad_x": np.zeros_like(arrays["grad_x"])}
     rows = {r.array: r for r in compare_outputs("neocell", case["name"], case, arrays, got)}
-    assert rows["y"].passed and rows["y"].diagnosis is None
-    assert not rows["grad_x"].passed and rows["grad_x"].diagnosis == []
+    assert rows["y"].passed and rows["y"].diagnosis is None, (
+        f"y: passed {rows['y'].passed} (expected True), diagnosis {rows['y'].diagnosis!r} (expected None)"
+    )
+    assert not rows["grad_x"].passed and rows["grad_x"].diagnosis == [], (
+        f"grad_x: passed {rows['grad_x'].passed} (expected False), diagnosis {rows['grad_x'].diagnosis!r} "
+        "(expected [] when diagnose raises)"
+    )
 
 
 def test_diagnosis_can_be_switched_off(golden_set):
     case, arrays = _k7_case(golden_set)
     (row,) = compare_outputs("neocell", case["name"], case, arrays, {"y": np.zeros_like(arrays["y"])}, diagnose=False)
-    assert not row.passed and row.diagnosis is None
+    assert not row.passed and row.diagnosis is None, (
+        f"diagnose=False: passed {row.passed} (expected False), diagnosis {row.diagnosis!r} (expected None)"
+    )
 
 
 # ======================================================================================
@@ -467,7 +489,8 @@ def test_unbiased_batchnorm_backward_by_finite_differences():
     g = rng.standard_normal(x.shape)
     ours = mp.batchnorm_unbiased_backward(g, x, w, b, training=True)[0]
     biased = layers.batchnorm_backward(g, x, w, b, training=True)[0]
-    assert np.max(np.abs(ours - biased)) > 1e-3
+    gap = np.max(np.abs(ours - biased))
+    assert gap > 1e-3, f"unbiased-variance grad_x within {gap!r} of the biased BatchNorm's (expected > 1e-3)"
 
 
 def test_tanh_gelu_backward_by_finite_differences():
@@ -476,7 +499,8 @@ def test_tanh_gelu_backward_by_finite_differences():
     report = check_gradients(mp.gelu_tanh_forward, mp.gelu_tanh_backward, [x], names=["x"], rng=rng)
     assert report.passed, str(report)
     exact = layers.gelu_backward(np.ones_like(x), x)[0]
-    assert np.max(np.abs(mp.gelu_tanh_backward(np.ones_like(x), x)[0] - exact)) > 1e-4
+    gap = np.max(np.abs(mp.gelu_tanh_backward(np.ones_like(x), x)[0] - exact))
+    assert gap > 1e-4, f"tanh-GELU gradient within {gap!r} of the exact GELU's (expected > 1e-4)"
 
 
 def test_a_port_rounding_differently_where_the_reference_is_exactly_zero(golden_set):
@@ -611,4 +635,5 @@ def test_shifts_ignored_port_is_diagnosed_shifts_ignored(golden_set, dtype):
     assert failing, "a port ignoring shifts passed"
     wrong = [(r.case, r.array, r.diagnosis) for r in failing if r.diagnosis != ["shifts-ignored"]]
     assert not wrong, f"arrays not diagnosed exactly shifts-ignored: {wrong}"
-    assert verify_golden(golden_set(dtype), "neocell", *_emulated_port()).passed
+    clean = verify_golden(golden_set(dtype), "neocell", *_emulated_port())
+    assert clean.passed, f"the {dtype} emulation without the defect fails:\n{clean.table()}"

@@ -96,7 +96,8 @@ def test_correct_port_passes_forward_and_backward(port):
     meta, arrays = golden_case(SMALL)
     got = run_golden_case(port("correct"), "neocell", SMALL, meta, arrays)
     assert sorted(got) == sorted(meta["tolerances"]), f"outputs {sorted(got)}"
-    assert failures(SMALL, got, meta, arrays) == []
+    bad = failures(SMALL, got, meta, arrays)
+    assert bad == [], f"correct port fails {SMALL}: {bad}"
 
 
 def test_forward_only_fortran_order_big_endian(port, tmp_path):
@@ -105,12 +106,16 @@ def test_forward_only_fortran_order_big_endian(port, tmp_path):
     got = run_golden_case(
         port("fortran_bigendian"), "neocell", SMALL, meta, arrays, forward_only=True, keep_dir=tmp_path
     )
-    assert list(got) == ["y"]
-    assert failures(SMALL, got, meta, arrays) == []
+    assert list(got) == ["y"], f"forward-only run returned {list(got)}, expected ['y']"
+    bad = failures(SMALL, got, meta, arrays)
+    assert bad == [], f"Fortran-order big-endian y fails {SMALL}: {bad}"
     (case_dir,) = tmp_path.iterdir()
     files = sorted(p.name for p in (case_dir / "in").iterdir())
     assert files == ["case.json", "weight_a_0.npy", "weight_b_0.npy", "x.npy"], files
-    assert json.loads((case_dir / "in" / "case.json").read_text())["outputs"] == {"y": [1, 7, 15, 13]}
+    outputs = json.loads((case_dir / "in" / "case.json").read_text())["outputs"]
+    assert outputs == {"y": [1, 7, 15, 13]}, (
+        f"forward-only case.json outputs {outputs}, expected {{'y': [1, 7, 15, 13]}}"
+    )
 
 
 def test_case_json_schema(port, tmp_path):
@@ -141,7 +146,8 @@ def test_case_json_schema(port, tmp_path):
         header = raw[10 : 10 + int.from_bytes(raw[8:10], "little")].decode("latin1")
         assert "'descr': '<f4'" in header and "'fortran_order': False" in header, header
         np.testing.assert_array_equal(np.load(case_dir / "in" / f"{name}.npy", allow_pickle=False), arrays[name])
-    assert list((case_dir / "out").iterdir()) == []
+    left = list((case_dir / "out").iterdir())
+    assert left == [], f"{{out}} not empty after a port that writes nothing: {left}"
 
 
 @pytest.mark.parametrize("dtype, descr, field", [("float16", "<f2", "float16"), ("bfloat16", "<f4", "float32")])
@@ -152,7 +158,8 @@ def test_half_sets_write_their_storage_dtype(port, tmp_path, dtype, descr, field
     with pytest.raises(PortFailure, match="missing"):
         run_golden_case(port("nothing"), "neocell", SMALL, meta, arrays, keep_dir=tmp_path)
     (case_dir,) = tmp_path.iterdir()
-    assert json.loads((case_dir / "in" / "case.json").read_text())["dtype"] == field
+    written = json.loads((case_dir / "in" / "case.json").read_text())["dtype"]
+    assert written == field, f"{dtype} case.json dtype {written!r}, expected {field!r}"
     for name in ("x", "weight_a_0", "weight_b_0", "grad_y"):
         raw = (case_dir / "in" / f"{name}.npy").read_bytes()
         header = raw[10 : 10 + int.from_bytes(raw[8:10], "little")].decode("latin1")
@@ -178,7 +185,12 @@ def test_documented_npy_recipe(tmp_path, shape):
     values = np.random.default_rng(3).standard_normal(shape)
     recipe["write_npy"](tmp_path / "a.npy", shape, list(values.ravel()))
     np.save(tmp_path / "b.npy", values)
-    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+    ours, numpys = (tmp_path / "a.npy").read_bytes(), (tmp_path / "b.npy").read_bytes()
+    first = next((i for i, (a, b) in enumerate(zip(ours, numpys)) if a != b), min(len(ours), len(numpys)))
+    assert ours == numpys, (
+        f"shape {shape}: recipe's .npy ({len(ours)} bytes) differs from numpy.save's ({len(numpys)} bytes) "
+        f"from byte {first}: {ours[first : first + 16]!r} vs {numpys[first : first + 16]!r}"
+    )
     for dtype in ("<f8", "<f4", "<f2"):
         np.save(tmp_path / "c.npy", values.astype(dtype))
         got_shape, got = recipe["read_npy"](tmp_path / "c.npy")
@@ -204,7 +216,9 @@ def test_exec_port_adapter_in_the_golden_calling_convention(port):
     meta, arrays = golden_case(SMALL)
     adapter = ExecPort(port("correct"))
     results = run_and_compare("neocell", SMALL, meta, arrays, adapter.forward, adapter.backward)
-    assert sorted(r.array for r in results) == sorted(meta["tolerances"])
+    assert sorted(r.array for r in results) == sorted(meta["tolerances"]), (
+        f"compared arrays {sorted(r.array for r in results)}, expected {sorted(meta['tolerances'])}"
+    )
     assert all(r.passed for r in results), [r.describe() for r in results if not r.passed]
     assert adapter.runs == 2, "forward-only run plus full run"
 
@@ -216,8 +230,9 @@ def test_neocell_outputs_shapes():
         "grad_x": (2, 4, 9, 7),
         "grad_weight_a_0": (4, 1, 2),
         "grad_weight_b_0": (4, 3, 1),
-    }
-    assert neocell_outputs([{"kernel": 3, "channels": 1}], (1, 1, 5, 5), forward_only=True) == {"y": (1, 1, 5, 5)}
+    }, f"output shapes {shapes}"
+    shapes = neocell_outputs([{"kernel": 3, "channels": 1}], (1, 1, 5, 5), forward_only=True)
+    assert shapes == {"y": (1, 1, 5, 5)}, f"forward-only output shapes {shapes}, expected {{'y': (1, 1, 5, 5)}}"
 
 
 # --------------------------------------------------------------------------------------
@@ -239,7 +254,8 @@ def test_unbugged_mutant_port_passes(port, case):
     """The planted-bug port without a bug passes the cases used below (so they fail because of the bug)."""
     meta, arrays = golden_case(case)
     got = run_golden_case(port("mutant:None"), "neocell", case, meta, arrays)
-    assert failures(case, got, meta, arrays) == []
+    bad = failures(case, got, meta, arrays)
+    assert bad == [], f"mutant port without a bug fails {case}: {bad}"
 
 
 @pytest.mark.parametrize("bug", sorted(MUTANT_CASES))
@@ -401,7 +417,8 @@ def test_prepared_outputs_pass_when_correct(port, tmp_path):
     """The copying port itself is sound: with the expected arrays prepared, the case passes."""
     meta, arrays = golden_case(SMALL)
     got = run_small(port("copy", prepare(tmp_path, lambda name, shape: _npy(arrays[name]))))
-    assert failures(SMALL, got, meta, arrays) == []
+    bad = failures(SMALL, got, meta, arrays)
+    assert bad == [], f"copying port with the expected arrays fails {SMALL}: {bad}"
 
 
 def _expected_files(tmp_path):
@@ -464,14 +481,14 @@ def test_unusable_commands_are_refused(command, words):
     with pytest.raises(ExecCommandError) as excinfo:
         check_command(command)
     assert words in str(excinfo.value), str(excinfo.value)
-    assert isinstance(excinfo.value, ValueError)
+    assert isinstance(excinfo.value, ValueError), f"{type(excinfo.value).__mro__} has no ValueError"
 
 
 def test_command_is_split_without_a_shell(tmp_path):
     """Shell syntax reaches the program as plain arguments: nothing is interpreted."""
     marker = tmp_path / "should-not-exist"
     argv = check_command(f"{sys.executable} -c 'import sys' {{in}} {{out}} ; touch {marker}")
-    assert argv[-3:] == [";", "touch", str(marker)]
+    assert argv[-3:] == [";", "touch", str(marker)], f"argv ends {argv[-3:]}, expected [';', 'touch', {str(marker)!r}]"
     with pytest.raises(PortFailure):  # the program runs, writes nothing: missing y
         run_small(argv)
     assert not marker.exists(), "a shell interpreted the command"

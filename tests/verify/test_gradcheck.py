@@ -53,11 +53,11 @@ def _report_inputs(report):
 def test_accepts_the_correct_backward(method):
     specs, x, wa, wb = _case(*SHIFTED)
     report = neocell_gradcheck(x, wa, wb, specs, method=method, max_elements=64)
-    assert isinstance(report, GradcheckReport)
+    assert isinstance(report, GradcheckReport), f"neocell_gradcheck returned a {type(report).__name__}"
     assert report.passed, f"{method}: the correct backward was rejected\n{report}"
     names = [r.name for r in report.inputs]
     assert names == ["x", "weights_a[0]", "weights_a[1]", "weights_b[0]", "weights_b[1]"], names
-    assert "PASSED" in str(report)
+    assert "PASSED" in str(report), f"{method}: no 'PASSED' in the report text\n{report}"
 
 
 def test_accepts_a_medium_layer_with_default_settings():
@@ -83,7 +83,7 @@ def test_generic_checker_on_a_nonlinear_function():
         return [g * np.cos(x) * w**3, g * np.sin(x) * 2 * w**2]
 
     report = assert_gradients(forward, backward, inputs, names=["x", "w"])
-    assert report.passed
+    assert report.passed, f"assert_gradients returned a failed report\n{report}"
     bad = check_gradients(forward, wrong_backward, inputs, names=["x", "w"])
     by_name = _report_inputs(bad)
     assert not bad.passed and by_name["x"].passed and not by_name["w"].fd_passed, f"\n{bad}"
@@ -122,7 +122,7 @@ def test_rejects_gradients_scaled_by_1_001():
     assert not report.passed, f"a 0.1 % scaling error was accepted\n{report}"
     for r in report.inputs:
         assert not r.fd_passed and not r.dot_passed, f"{r.name}: the scaling went unnoticed\n{report}"
-    assert "FAILED" in str(report)
+    assert "FAILED" in str(report), f"no 'FAILED' in the report text\n{report}"
 
 
 def _corner_part_of_a(gy, x, wa, wb, specs):
@@ -218,7 +218,7 @@ def test_report_names_a_single_wrong_element():
     assert not r.fd_passed, f"one element off by 1e-3 was accepted\n{report}"
     assert r.worst_index == index, f"worst element reported at {r.worst_index}, the wrong one is {index}\n{report}"
     assert abs((r.analytic - r.numeric) - 1e-3) < 1e-8, f"reported values {r.analytic}, {r.numeric}"
-    assert report.worst.name == "x"
+    assert report.worst.name == "x", f"worst input reported {report.worst.name!r}, the wrong one is 'x'\n{report}"
     assert "x " in str(report) and str(index) in str(report), f"report does not name x {index}:\n{report}"
 
 
@@ -292,8 +292,10 @@ def test_check_gradients_refuses_complex_gradients_and_outputs():
 
 
 def test_check_gradients_still_passes_and_fails_what_it_should():
-    assert check_gradients(_double, _double_back, [np.ones(3)]).passed
-    assert not check_gradients(_double, lambda g, x: [2.001 * g], [np.ones(3)]).passed
+    report = check_gradients(_double, _double_back, [np.ones(3)])
+    assert report.passed, f"the exact gradient of 2x was rejected\n{report}"
+    report = check_gradients(_double, lambda g, x: [2.001 * g], [np.ones(3)])
+    assert not report.passed, f"a gradient 0.05 % off (2.001 for 2) was accepted\n{report}"
 
 
 def test_a_step_that_rounds_away_is_refused_not_passed():
@@ -344,12 +346,14 @@ def test_neocell_gradcheck_gives_a_port_the_specs_as_official_dicts():
     written = [{"kernel": 4, "channels": 2, "shift": 1}]
     x = rng.standard_normal((1, 2, 6, 6))
     wa, wb = [rng.standard_normal((2, 4, 4))], [rng.standard_normal((2, 4, 4))]
-    assert neocell_gradcheck(x, wa, wb, written, backward=port_backward).passed
+    report = neocell_gradcheck(x, wa, wb, written, backward=port_backward)
+    assert report.passed, f"port backward given dict specs was rejected\n{report}"
     assert seen and all(s == [{"kernel": 4, "channels": 2, "shift": 1}] for s in seen[1:2]), seen[:2]
     assert written == [{"kernel": 4, "channels": 2, "shift": 1}], "the caller's specs were changed"
     (group,) = parse_specs(written)
     seen.clear()
-    assert neocell_gradcheck(x, wa, wb, [group], backward=port_backward).passed
+    report = neocell_gradcheck(x, wa, wb, [group], backward=port_backward)
+    assert report.passed, f"port backward given GroupSpec specs was rejected\n{report}"
     assert seen and seen[0][0] == {**group.to_dict(), "channels": -1}, seen[0]
 
 

@@ -98,7 +98,8 @@ def test_round_bfloat16_is_round_to_nearest_even():
     assert bad.size == 0, (
         f"{bad.size} values rounded wrongly, first {values[bad[0]]!r}: got {got[bad[0]]!r}, want {want[bad[0]]!r}"
     )
-    assert round_bfloat16(values.astype(np.float32)).dtype == np.float32
+    dtype32 = round_bfloat16(values.astype(np.float32)).dtype
+    assert dtype32 == np.float32, f"round_bfloat16 of float32 input returned dtype {dtype32}, expected float32"
 
 
 def test_round_bfloat16_special_values():
@@ -123,13 +124,13 @@ def test_round_bfloat16_special_values():
     for (value, want), g in zip(cases.items(), got):
         assert g == want and math.copysign(1, g) == math.copysign(1, want), f"{value!r} -> {g!r}, expected {want!r}"
     nan = round_bfloat16(np.array([np.nan, -np.nan], dtype=np.float32))
-    assert np.isnan(nan).all() and not not_bfloat16(nan).any()
-    assert not_bfloat16(np.array([1.0, 1.0 + 2.0**-7, 1.0 + 2.0**-8, 1.0 + 2.0**-30])).tolist() == [
-        False,
-        False,
-        True,
-        True,
-    ]
+    assert np.isnan(nan).all() and not not_bfloat16(nan).any(), (
+        f"round_bfloat16([nan, -nan]) -> {nan!r}, not_bfloat16 of it {not_bfloat16(nan)!r} (expected all NaN, all False)"
+    )
+    flags = not_bfloat16(np.array([1.0, 1.0 + 2.0**-7, 1.0 + 2.0**-8, 1.0 + 2.0**-30])).tolist()
+    assert flags == [False, False, True, True], (
+        f"not_bfloat16 of [1, 1+2**-7, 1+2**-8, 1+2**-30] is {flags}, expected [False, False, True, True]"
+    )
     with pytest.raises(TypeError, match="real floating"):
         round_bfloat16(np.arange(3))
 
@@ -138,9 +139,17 @@ def test_round_bfloat16_special_values():
 def test_half_sets_store_half_inputs_and_float64_answers(half_sets):
     for dtype, storage in (("float16", "float16"), ("bfloat16", "float32")):
         manifest = load_manifest(half_sets[dtype])
-        assert manifest["format_version"] == FORMAT_VERSION == 3
-        assert manifest["dtype"] == dtype and manifest["storage_dtype"] == storage
-        assert "model" not in manifest["operations"] and set(manifest["operations"]) == set(OPERATIONS) - {"model"}
+        assert manifest["format_version"] == FORMAT_VERSION == 3, (
+            f"{dtype} set: format_version {manifest['format_version']!r}, FORMAT_VERSION {FORMAT_VERSION!r}, expected 3"
+        )
+        assert manifest["dtype"] == dtype and manifest["storage_dtype"] == storage, (
+            f"{dtype} set: manifest dtype {manifest['dtype']!r} storage_dtype {manifest['storage_dtype']!r}, "
+            f"expected {dtype!r} and {storage!r}"
+        )
+        ops, want_ops = set(manifest["operations"]), set(OPERATIONS) - {"model"}
+        assert "model" not in manifest["operations"] and ops == want_ops, (
+            f"{dtype} set operations: extra {sorted(ops - want_ops)}, missing {sorted(want_ops - ops)}"
+        )
         for case in manifest["cases"]:
             with np.load(half_sets[dtype] / case["file"], allow_pickle=False) as data:
                 for key in case["inputs"]:
@@ -165,7 +174,11 @@ def test_expected_answers_are_float64_results_of_the_stored_inputs(half_sets):
         case["specs_as_written"],
         method="loop",
     )
-    assert np.allclose(y, arrays["y"], rtol=1e-13, atol=1e-13)
+    diff = np.abs(y - arrays["y"])
+    assert np.allclose(y, arrays["y"], rtol=1e-13, atol=1e-13), (
+        f"{case['name']}: float64 forward of the stored inputs differs from stored y by up to {np.max(diff)!r} "
+        f"at {np.unravel_index(np.argmax(diff), diff.shape)} (rtol=atol=1e-13)"
+    )
 
 
 def test_bad_dtype_arguments_are_named_errors(tmp_path):
@@ -174,21 +187,26 @@ def test_bad_dtype_arguments_are_named_errors(tmp_path):
             export_golden(tmp_path / "x", dtype=bad)
         with pytest.raises(ValueError, match="dtype"):
             derive_manifest(dtype=bad)
-    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "x").exists(), f"refused export still created {tmp_path / 'x'}"
     for dtype in HALF:
         with pytest.raises(ValueError, match=f"operation 'model' has no {dtype} golden cases: no sound tolerance"):
             export_golden(tmp_path / "m", dtype=dtype, operations=["neocell", "model"])
         with pytest.raises(ValueError, match="no sound tolerance"):
             make_case("model", OPERATIONS["model"].cases("core")[0], dtype, 0)
-    assert "model" in HALF_EXCLUDED
+    assert "model" in HALF_EXCLUDED, f"'model' missing from HALF_EXCLUDED {sorted(HALF_EXCLUDED)}"
 
 
 def test_cli_exports_half_sets(tmp_path, capsys):
-    assert cli_main(["golden", "export", str(tmp_path / "bf"), "--dtype", "bfloat16"]) == 0
-    assert load_manifest(tmp_path / "bf")["dtype"] == "bfloat16"
+    code = cli_main(["golden", "export", str(tmp_path / "bf"), "--dtype", "bfloat16"])
+    assert code == 0, f"golden export --dtype bfloat16 exit status {code}, expected 0"
+    written = load_manifest(tmp_path / "bf")["dtype"]
+    assert written == "bfloat16", f"exported manifest dtype {written!r}, expected 'bfloat16'"
     with pytest.raises(SystemExit) as exc:
         cli_main(["golden", "export", str(tmp_path / "f8"), "--dtype", "float8"])
-    assert exc.value.code == 2 and "invalid choice: 'float8'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "invalid choice: 'float8'" in err, (
+        f"--dtype float8: exit status {exc.value.code!r} (expected 2), stderr {err!r}"
+    )
 
 
 def test_a_bfloat16_set_with_a_value_that_is_not_bfloat16_is_refused(tmp_path):
@@ -277,7 +295,7 @@ def _shifted(case):
 def test_emulated_port_with_a_planted_defect_fails(half_sets, dtype, defect):
     manifest = load_manifest(half_sets[dtype])
     report = verify_golden(half_sets[dtype], "neocell", *_neocell_port(dtype, **defect))
-    assert not report.passed
+    assert not report.passed, f"{dtype} emulation with defect {defect} passed every case:\n{report.table()}"
     failed = {r.case for r in report.failures}
     if "swap" in defect:  # every case whose kernels differ from their swapped transposes
         must = {c["name"] for c in manifest["cases"] if c["op"] == "neocell" and c["name"] != "k7_input_1x1"}
@@ -314,7 +332,8 @@ def test_emulation_rounds_every_storage_point():
     out = emulate_neocell(arrays, case[1], "float16")
     for key, value in out.items():
         assert np.array_equal(value, round_to(value, "float16")), key
-    assert np.max(np.abs(out["y"] - arrays["y"])) > 1e-4
+    y_err = np.max(np.abs(out["y"] - arrays["y"]))
+    assert y_err > 1e-4, f"float16 emulation of y differs from the float64 answer by only {y_err!r} (expected > 1e-4)"
 
 
 def test_half_precision_accumulation_is_outside_the_model():
@@ -343,7 +362,9 @@ def test_half_precision_accumulation_is_outside_the_model():
     expected, tolerances = neocell_expected(specs, arrays, "float16")
     meta, everything = {"specs_as_written": specs, "tolerances": tolerances}, {**arrays, **expected}
     n_max = max(t["accumulation_length"] for t in tolerances.values())
-    assert n_max == 7 + 16 * 28 * (4 + 1) and n_max <= MAX_RTOL_SCALE
+    assert n_max == 7 + 16 * 28 * (4 + 1) and n_max <= MAX_RTOL_SCALE, (
+        f"largest accumulation_length {n_max}, expected {7 + 16 * 28 * (4 + 1)} and <= MAX_RTOL_SCALE {MAX_RTOL_SCALE}"
+    )
 
     model = run_and_compare("neocell", "positive", meta, everything, *_neocell_port("float16"))
     assert max(r.ratio for r in model) <= 0.5, [(r.array, r.ratio) for r in model]
@@ -362,7 +383,7 @@ def test_half_precision_accumulation_is_outside_the_model():
     expected, tolerances = neocell_expected(specs, arrays, "float16")
     meta, everything = {"specs_as_written": specs, "tolerances": tolerances}, {**arrays, **expected}
     n_max = max(t["accumulation_length"] for t in tolerances.values())
-    assert n_max == 7 + 1 * 28 * (4 + 1)
+    assert n_max == 7 + 1 * 28 * (4 + 1), f"largest accumulation_length {n_max}, expected {7 + 1 * 28 * (4 + 1)}"
     scaled = run_and_compare("neocell", "small", meta, everything, *half_sums, rtol_scale=n_max)
     assert all(r.passed for r in scaled), [(r.array, r.ratio) for r in scaled]
 

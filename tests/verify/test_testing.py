@@ -145,9 +145,16 @@ def test_report_names_array_index_values_and_tolerance():
     case_failures = [r for r in results if not r.passed]
     assert len(case_failures) == 1, results
     failure = case_failures[0]
-    assert (failure.case, failure.array, failure.index) == ("planted", "y", (0, 1, 4, 2))
-    assert failure.got - failure.expected == pytest.approx(1e-6, rel=1e-6)
-    assert failure.allowed < 1e-13 and failure.ratio > 1e6
+    assert (failure.case, failure.array, failure.index) == ("planted", "y", (0, 1, 4, 2)), (
+        f"failure reported at {(failure.case, failure.array, failure.index)}, planted at ('planted', 'y', (0, 1, 4, 2))"
+    )
+    assert failure.got - failure.expected == pytest.approx(1e-6, rel=1e-6), (
+        f"reported got - expected = {failure.got - failure.expected!r} (got {failure.got!r}, expected "
+        f"{failure.expected!r}), planted 1e-6"
+    )
+    assert failure.allowed < 1e-13 and failure.ratio > 1e6, (
+        f"allowed {failure.allowed!r} (expected < 1e-13), ratio {failure.ratio!r} (expected > 1e6)"
+    )
 
 
 def test_drawn_failure_is_shrunk_to_a_small_case():
