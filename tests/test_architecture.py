@@ -94,6 +94,7 @@ def test_config_stores_plain_python_numbers():
         f"drop_path {config.drop_path!r} of type {type(config.drop_path).__name__}"
     )
     plain = NeoNeXtConfig(per_stage_layers=(1, 1, 1, 1), dims=(8, 16, 32, 64), drop_path=0.25)
+    assert config == plain, f"{config!r} differs from {plain!r}"
     assert hash(config) == hash(plain), f"hash {hash(config)} of {config!r} differs from {hash(plain)} of {plain!r}"
 
 

@@ -169,9 +169,15 @@ def test_smoke_run_writes_every_row_after_the_agreement_check(checkout, tmp_path
         )
         worst = max(setting["agreement"], key=lambda a: a["error"] / a["bound"])
         assert worst["error"] < worst["bound"], worst
-    assert "| NeoCell 2x12x16x16" in done.stdout and "met" in done.stdout, (
-        f"stdout lacks the '| NeoCell 2x12x16x16' row or 'met':\n{done.stdout}"
-    )
+    # every printed row carries the JSON's numbers and the verdict its ratio and target give
+    for setting in report["settings"]:
+        for row in setting["rows"] + setting["floor_ratios"]:
+            verdict = "met" if row["ratio"] <= row["target"] else "**missed**"
+            cells = f"| {row['ratio']:.2f} | <= {row['target']} | {verdict} |"
+            lines = [line for line in done.stdout.splitlines() if line.startswith(f"| {row['name']} |")]
+            assert any(cells in line for line in lines), (
+                f"threads {setting['threads']}, {row['name']}: no printed row with {cells!r}; rows printed: {lines}"
+            )
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,8 @@ That the official conformance comparison fails when the expansion rule, its adjo
 the padding geometry is subtly wrong is shown in tests/meta/test_neocell_mutants.py.
 """
 
+import copy
+
 import numpy as np
 import pytest
 from support.hostile import raises_naming
@@ -333,28 +335,30 @@ def test_zero_tolerances_fail_any_error_without_dividing_by_zero():
 def test_neocell_gradcheck_gives_a_port_the_specs_as_official_dicts():
     """A port's backward is called as docs/porting.md section 2 says: specs are the
     official-style dicts as the caller wrote them (a GroupSpec as its explicit dict),
-    fresh each call, never GroupSpec objects."""
+    never GroupSpec objects, and fresh: a port writing into them changes neither the
+    caller's specs nor what a later check gives the port (one backward call per check)."""
     rng = np.random.default_rng(0)
-    seen = []
+    seen = []  # the specs each call received, as received
 
     def port_backward(gy, x, wa, wb, specs):
         assert all(type(s) is dict for s in specs), [type(s).__name__ for s in specs]
-        seen.append(specs)
+        seen.append(copy.deepcopy(specs))
         specs[0]["channels"] = -1  # a port scribbling on its argument changes nothing
         return neocell_backward(gy, x, wa, wb, parse_specs([dict(s, channels=2) for s in specs]))
 
     written = [{"kernel": 4, "channels": 2, "shift": 1}]
     x = rng.standard_normal((1, 2, 6, 6))
     wa, wb = [rng.standard_normal((2, 4, 4))], [rng.standard_normal((2, 4, 4))]
-    report = neocell_gradcheck(x, wa, wb, written, backward=port_backward)
-    assert report.passed, f"port backward given dict specs was rejected\n{report}"
-    assert seen and all(s == [{"kernel": 4, "channels": 2, "shift": 1}] for s in seen[1:2]), seen[:2]
-    assert written == [{"kernel": 4, "channels": 2, "shift": 1}], "the caller's specs were changed"
+    for run in range(2):  # the second run gets fresh dicts although the port wrote into the first's
+        report = neocell_gradcheck(x, wa, wb, written, backward=port_backward)
+        assert report.passed, f"run {run}: port backward given dict specs was rejected\n{report}"
+    assert len(seen) == 2 and all(s == written for s in seen), f"specs as received, call by call: {seen}"
+    assert written == [{"kernel": 4, "channels": 2, "shift": 1}], f"the caller's specs were changed: {written}"
     (group,) = parse_specs(written)
     seen.clear()
     report = neocell_gradcheck(x, wa, wb, [group], backward=port_backward)
     assert report.passed, f"port backward given GroupSpec specs was rejected\n{report}"
-    assert seen and seen[0][0] == {**group.to_dict(), "channels": -1}, seen[0]
+    assert seen and all(s == [group.to_dict()] for s in seen), f"a GroupSpec reached the port as {seen}"
 
 
 def test_neocell_gradcheck_names_a_weight_list_of_the_wrong_length():
