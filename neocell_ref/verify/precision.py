@@ -65,14 +65,17 @@ def dtype_name(dtype, name: str = "dtype") -> str:
     Raises
     ------
     ValueError
-        For anything else (``bool`` and ``None`` included), naming the value.
+        For anything else, naming the value: ``None`` (NumPy reads it as float64) and
+        numbers or arrays (NumPy reads their dtype) included.
     """
     if isinstance(dtype, str) and dtype == "bfloat16":
         return dtype
-    try:
-        text = None if dtype is None or isinstance(dtype, (bool, np.bool_)) else np.dtype(dtype).name
-    except (TypeError, ValueError):
-        text = None
+    text = None
+    if isinstance(dtype, (str, np.dtype, type)):
+        try:
+            text = np.dtype(dtype).name
+        except (TypeError, ValueError):
+            pass
     if text not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
     return text

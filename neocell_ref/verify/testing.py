@@ -60,7 +60,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from ..spec import GroupSpec, _as_written, check_input_size, parse_specs
-from ..validation import as_flag, as_int, check_nbytes
+from ..validation import as_flag, as_int, check_nbytes, floating_dtype
 from .precision import dtype_name
 from .tolerances import DEFAULT_SEED, check_seed
 
@@ -915,12 +915,7 @@ def _check_port_args(port_forward, port_backward, dtype, seed, rtol, atol, rtol_
     """Validate what every ``assert_*_matches`` takes; return ``(dtype, seed)``."""
     from .golden import check_tolerance_overrides
 
-    try:
-        dtype = np.dtype(dtype) if dtype is not None else None
-    except (TypeError, ValueError):
-        dtype = None
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    dtype = floating_dtype(dtype, allowed=(np.float32, np.float64))
     _check_callables(port_forward, port_backward)
     check_tolerance_overrides(rtol, atol, rtol_scale)
     return dtype, check_seed(seed)

@@ -182,7 +182,8 @@ def test_expected_answers_are_float64_results_of_the_stored_inputs(half_sets):
 
 
 def test_bad_dtype_arguments_are_named_errors(tmp_path):
-    for bad in ("float8", "int8", None, True, "bfloat", np.int32, "complex128"):
+    # np.dtype would read None as float64, and a number's or an array's dtype
+    for bad in ("float8", "int8", None, True, "bfloat", np.int32, "complex128", np.float32(2.0), np.zeros(2)):
         with pytest.raises(ValueError, match="dtype must be one of float64, float32, float16, bfloat16"):
             export_golden(tmp_path / "x", dtype=bad)
         with pytest.raises(ValueError, match="dtype"):

@@ -289,6 +289,23 @@ def test_kit_refuses_what_is_not_a_port():
         (lambda: testing.neocell_cases(dtype=np.int32), TypeError, "dtype must be one of float16, float32, float64"),
         (lambda: testing.neocell_cases("bfloat16"), TypeError, "dtype must be one of float16, float32, float64"),
         (lambda: testing.neocell_cases(None), TypeError, "dtype must be one of float16, float32, float64"),
+        (lambda: testing.neocell_cases(np.float32(1)), TypeError, "dtype must be one of .*, got np.float32\\(1.0\\)"),
+        # the assert_*_matches helpers: a number is not read as its dtype, an unknown name is shown as given
+        (
+            lambda: testing.assert_neocell_matches(lambda *a: None, dtype=np.float64(2.0)),
+            TypeError,
+            "dtype must be float32 or float64, got np.float64\\(2.0\\)",
+        ),
+        (
+            lambda: testing.assert_neocell_matches(lambda *a: None, dtype="foo"),
+            TypeError,
+            "dtype must be float32 or float64, got 'foo'",
+        ),
+        (
+            lambda: testing.assert_model_matches(lambda *a: None, dtype=None),
+            TypeError,
+            "dtype must be float32 or float64, got None",
+        ),
         (lambda: testing.neocell_cases(max_batch=0), ValueError, "max_batch must be >= 1, got 0"),
         (lambda: testing.neocell_cases(layers=3), TypeError, "layers must be a hypothesis strategy"),
         # bounded so that a draw cannot take unbounded time (every kernel pair is listed)
