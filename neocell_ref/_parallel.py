@@ -258,6 +258,12 @@ def pool_owns_cores():
     more than one thread (:func:`threads`), so that the pool's tasks are the only
     threads competing for the cores; a no-op otherwise.
 
+    Yields
+    ------
+    None
+        A context manager: the body runs with that BLAS setting, restored on exit
+        (also on an exception).
+
     Why the whole pass and not only around each :func:`run`: after a multi-threaded
     call, OpenBLAS's idle workers keep spinning (up to ``2**28`` cycles, about 0.1 s,
     unless ``OPENBLAS_THREAD_TIMEOUT`` was set before NumPy loaded) and take a core

@@ -128,7 +128,30 @@ RELEASED_CHECKPOINT_OPTIONS = dict(
 
 
 def get_config(name: str, **options) -> NeoNeXtConfig:
-    """The :class:`NeoNeXtConfig` of a named model (``neonext_t`` ... ``neonext_xl``) with options."""
+    """The :class:`NeoNeXtConfig` of a named model (``neonext_t`` ... ``neonext_xl``) with options.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`MODEL_CONFIGS`: ``"neonext_t"``, ``"neonext_s"``, ``"neonext_b"``,
+        ``"neonext_l"`` or ``"neonext_xl"``.
+    **options
+        Any :class:`NeoNeXtConfig` field but ``per_stage_layers`` and ``dims`` (which
+        the name fixes): ``num_classes``, ``kernel_spec``, ``shifts``,
+        ``layer_scale_init_value``, ``linear_bias``, ``drop_path``, ``in_chans``.
+
+    Returns
+    -------
+    NeoNeXtConfig
+
+    Raises
+    ------
+    TypeError
+        ``name`` is not a str, or an option is unknown or is ``per_stage_layers`` or
+        ``dims``; or as :class:`NeoNeXtConfig` for an option's value.
+    ValueError
+        ``name`` is not a known model; or as :class:`NeoNeXtConfig` for an option's value.
+    """
     if not isinstance(name, str):
         raise TypeError(f"model name must be a str (one of {sorted(MODEL_CONFIGS)}), got {_short_repr(name)}")
     if name not in MODEL_CONFIGS:
@@ -140,7 +163,25 @@ def get_config(name: str, **options) -> NeoNeXtConfig:
 
 
 def stage_kernel_codes(kernel_spec: str) -> tuple[str, str, str, str]:
-    """Kernel code per stage: ``"default"`` is ``("4+7", "4+7", "7", "7")``."""
+    """Kernel code per stage: ``"default"`` is ``("4+7", "4+7", "7", "7")``.
+
+    Parameters
+    ----------
+    kernel_spec : str
+        ``"default"``, or a kernel code such as ``"7"`` or ``"4+7"`` used in every stage
+        (:attr:`NeoNeXtConfig.kernel_spec`); the code itself is not checked here
+        (:func:`neocell_ref.spec.parse_kernel_code` does).
+
+    Returns
+    -------
+    tuple of 4 str
+        One kernel code per stage.
+
+    Raises
+    ------
+    TypeError
+        ``kernel_spec`` is not a str.
+    """
     if not isinstance(kernel_spec, str):
         raise TypeError(f"kernel_spec must be a str such as 'default' or '4+7', got {_short_repr(kernel_spec)}")
     if kernel_spec == "default":
@@ -265,7 +306,14 @@ def layer(name, kind, in_shape, out_shape=None, **options) -> LayerDesc:
 
 
 def kinds_table() -> str:
-    """The registered layer kinds with their options, parameters and buffers, one per line."""
+    """The registered layer kinds with their options, parameters and buffers, one per line.
+
+    Returns
+    -------
+    str
+        One line per kind of :func:`neocell_ref.registry.names`, in registration order:
+        the name padded to 12 characters, then the record's ``doc``.
+    """
     return "\n".join(f"{name:<12} {registry.get(name).doc}" for name in registry.names())
 
 
@@ -290,8 +338,21 @@ def _linear(name, shape, c_out, bias):
 def resolution_pair(resolution) -> tuple[int, int]:
     """``resolution`` (an int ``s`` for ``s x s``, or ``(H, W)``) as a pair of Python ints.
 
-    The one check of an input size of the network: the patchify stem needs both sides
-    to be positive multiples of its patch size (SPEC section 7).
+    The one check of the patchify stem's rule: both sides positive multiples of its
+    patch size (SPEC section 7). Whether every later layer can take its input (a
+    non-empty down-sampled map, the shift-size rule of SPEC section 4) is checked by
+    :func:`describe`.
+
+    Parameters
+    ----------
+    resolution : int or (int, int)
+        Input size: an int ``s`` for ``s x s``, or an ordered pair ``(H, W)`` (a
+        sequence or iterable of two integers; a set or a dict is refused).
+
+    Returns
+    -------
+    (H, W) : (int, int)
+        Python ints, each a positive multiple of 4.
 
     Raises
     ------
@@ -314,11 +375,27 @@ def resolution_pair(resolution) -> tuple[int, int]:
 def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
     """Describe a NeoNeXt for an input of ``resolution`` (int or ``(H, W)``) pixels.
 
+    Parameters
+    ----------
+    config : NeoNeXtConfig
+        The network's options.
+    resolution : int or (int, int), default 224
+        Input ``H x W`` as :func:`resolution_pair` reads it.
+
+    Returns
+    -------
+    Architecture
+        The units (stem, the blocks of each stage with the down-sampling layers before
+        stages 2-4, head) in execution order; per-sample shapes start at
+        ``(in_chans, H, W)``.
+
     Raises
     ------
     ValueError
         If the height or width is not a positive multiple of 4, or a stage's shift
-        does not fit its feature map (SPEC section 4).
+        does not fit its feature map (SPEC section 4). Also when a side is below 32 (a
+        down-sampling layer's output would be empty), or the config has more than
+        :data:`MAX_BLOCKS` blocks.
     TypeError
         If ``config`` is not a :class:`NeoNeXtConfig` (a name goes through
         :func:`get_config` first).

@@ -298,6 +298,29 @@ def closed_form_neocell_macs(k: int, c: int, h: int, w: int, batch: int = 1) -> 
 
     Derivation: ``Â`` is ``diag(A, ..., A)`` with ``H/k`` blocks of ``k²`` entries,
     so ``nnz(Â) = k·H`` and ``nnz(Â)·W = k·H·W``; likewise ``H·nnz(B̂) = k·H·W``.
+
+    Parameters
+    ----------
+    k : int
+        Kernel size of ``A`` and ``B`` (>= 1); must divide ``h`` and ``w``.
+    c : int
+        Channels ``C`` (>= 1).
+    h, w : int
+        Input height ``H`` and width ``W`` (>= 1).
+    batch : int, default 1
+        Samples ``N`` (>= 1).
+
+    Returns
+    -------
+    int
+        ``2·k·C·H·W·N``, a Python int.
+
+    Raises
+    ------
+    TypeError
+        An argument is not an integer (or is a bool).
+    ValueError
+        An argument is < 1, or ``k`` does not divide ``h`` or ``w``.
     """
     k, c, h, w, batch = _closed_form_args(k, c, h, w, batch)
     if h % k or w % k:
@@ -306,7 +329,25 @@ def closed_form_neocell_macs(k: int, c: int, h: int, w: int, batch: int = 1) -> 
 
 
 def closed_form_depthwise_macs(k: int, c: int, h: int, w: int, batch: int = 1) -> int:
-    """``k²·C·H·W·N``: a stride-1, same-padded ``k x k`` depthwise convolution, every tap counted."""
+    """``k²·C·H·W·N``: a stride-1, same-padded ``k x k`` depthwise convolution, every tap counted.
+
+    Parameters
+    ----------
+    k, c, h, w, batch : int
+        As in :func:`closed_form_neocell_macs` (each >= 1); ``k`` need not divide ``h`` or ``w``.
+
+    Returns
+    -------
+    int
+        ``k²·C·H·W·N``, a Python int.
+
+    Raises
+    ------
+    TypeError
+        An argument is not an integer (or is a bool).
+    ValueError
+        An argument is < 1.
+    """
     k, c, h, w, batch = _closed_form_args(k, c, h, w, batch)
     return k * k * c * h * w * batch
 
@@ -322,6 +363,25 @@ def depthwise_in_bounds_taps(length: int, k: int) -> int:
 
     Closed form: with ``g(m) = Σ_{d=0}^{m} max(0, L − d) = (m'+1)·L − m'(m'+1)/2``,
     ``m' = min(m, L − 1)``, the count is ``g(pl) + g(pr) − L`` (``d = 0`` is in both).
+
+    Parameters
+    ----------
+    length : int
+        Input length ``L`` (>= 1), equal to the output length.
+    k : int
+        Taps of the kernel (>= 1).
+
+    Returns
+    -------
+    int
+        In-bounds taps summed over the ``L`` output positions (at most ``k·L``).
+
+    Raises
+    ------
+    TypeError
+        ``length`` or ``k`` is not an integer (or is a bool).
+    ValueError
+        ``length`` or ``k`` is < 1.
     """
     length = _check_int(length, "length", 1)
     k = _check_int(k, "k", 1)
@@ -821,6 +881,25 @@ def released_checkpoint_options(resolution=224) -> dict:
     Checkpoints were released at 224 and 384 px only: a rectangle follows its longer
     side, and a resolution whose longer side is neither is refused (ValueError) rather
     than answered with another checkpoint's options.
+
+    Parameters
+    ----------
+    resolution : int or (int, int), default 224
+        Input size ``s`` (for ``s x s``) or ``(H, W)``, as
+        :func:`neocell_ref.architecture.resolution_pair` reads it.
+
+    Returns
+    -------
+    dict
+        A new dict of :class:`NeoNeXtConfig` options (``linear_bias``, ``kernel_spec``,
+        ``layer_scale_init_value``, ``shifts``), ready for ``**`` into
+        :func:`model_complexity` or :func:`neocell_ref.architecture.get_config`.
+
+    Raises
+    ------
+    ValueError
+        ``resolution`` is not a valid input size (:func:`~neocell_ref.architecture.resolution_pair`),
+        or its longer side is neither 224 nor 384.
     """
     options = dict(RELEASED_CHECKPOINT_OPTIONS)
     side = max(resolution_pair(resolution))

@@ -157,6 +157,17 @@ def nnz(p: int, q: int, rows: int, cols: int, shift: int) -> int:
     derived in docs/complexity.md. Integer arithmetic, time independent of the sizes;
     :func:`block_layout` lists the same entries one by one (the tests compare them).
 
+    Parameters
+    ----------
+    p, q, rows, cols, shift : int
+        As in :func:`block_layout`: kernel shape ``p x q`` (>= 1), expanded-matrix shape
+        ``R x S`` (>= 1), block shift ``0 <= s < min(p, q)``.
+
+    Returns
+    -------
+    int
+        The number of filled entries, ``len(block_layout(p, q, rows, cols, shift)[0])``.
+
     Raises
     ------
     TypeError, ValueError
@@ -299,6 +310,24 @@ def padding_view(length: int, k_in: int, k_out: int, shift: int) -> PaddingView:
 
     With a shift, SPEC section 4 makes the kernel square (``k_in == k_out == k``).
     Arguments are trusted (validated specs and sizes); integer arithmetic only.
+
+    Parameters
+    ----------
+    length : int
+        Input length of the axis: ``H`` for the height (kernel ``A``), ``W`` for the
+        width (kernel ``B``).
+    k_in, k_out : int
+        The kernel's input and output size on that axis (``h_in, h_out`` or
+        ``w_in, w_out``).
+    shift : int
+        The channel's shift on that axis (0 = none).
+
+    Returns
+    -------
+    PaddingView
+        ``(front, tiles, crop)``: ``front = crop = 0`` without a shift, else
+        ``front = k_in - shift`` and ``crop = k_out - shift``;
+        ``tiles = ceil((length + front) / k_in)``.
     """
     front = k_in - shift if shift else 0
     return PaddingView(front, -(-(length + front) // k_in), k_out - shift if shift else 0)
@@ -324,6 +353,16 @@ def channel_runs(specs):
 
     Each group is cut by :func:`neocell_ref.spec.shift_segments`; the runs cover
     every channel of the layer once.
+
+    Parameters
+    ----------
+    specs : sequence of GroupSpec
+        The layer's groups, already parsed (:func:`neocell_ref.spec.parse_specs`).
+
+    Yields
+    ------
+    ChannelRun
+        ``(group, local, chans, shift_a, shift_b)``, in channel order.
     """
     start = 0
     for g, spec in enumerate(specs):

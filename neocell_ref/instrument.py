@@ -60,6 +60,13 @@ class MacCounter:
 def count_macs():
     """Record every :func:`matmul` executed inside the block.
 
+    Yields
+    ------
+    MacCounter
+        A new counter; while the block runs it records every call of :func:`matmul`,
+        :func:`stacked_dot` and :func:`outer`, in any thread (nested blocks each record
+        every call). It stops recording when the block exits.
+
     Examples
     --------
     >>> with count_macs() as counter:            # doctest: +SKIP
@@ -82,6 +89,21 @@ def matmul(a, b, tag: str = "", out=None):
     One product ``(..., m, k) @ (..., k, n)`` costs ``prod(out.shape) * k`` MACs
     (broadcast batch dimensions included), recorded under the label ``tag``
     (:meth:`MacCounter.by_tag`); ``out`` is passed to ``np.matmul``.
+
+    Parameters
+    ----------
+    a : array_like, shape (..., m, k)
+    b : array_like, shape (..., k, n)
+        Stack dimensions broadcast as in ``np.matmul``.
+    tag : str, default ""
+        Label recorded with the call (:meth:`MacCounter.by_tag`).
+    out : ndarray, shape (..., m, n), optional
+        Passed to ``np.matmul``.
+
+    Returns
+    -------
+    ndarray, shape (..., m, n)
+        ``np.matmul(a, b, out=out)`` (``out`` itself when given).
     """
     result = np.matmul(a, b, out=out)
     _record(tag, a, b, result)

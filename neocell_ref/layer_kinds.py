@@ -299,7 +299,21 @@ register(
 # --------------------------------------------------------------------------------------
 def neocell_state_names(groups: int) -> tuple:
     """``(["weight_a.0", ...], ["weight_b.0", ...])``: the parameter names of a NeoCell
-    layer with ``groups`` channel groups (SPEC section 7), in state-dict order."""
+    layer with ``groups`` channel groups (SPEC section 7), in state-dict order.
+
+    Parameters
+    ----------
+    groups : int
+        Number of channel groups (``len(specs)``); not validated (0 or less gives two
+        empty lists).
+
+    Returns
+    -------
+    names_a : list of str
+        ``"weight_a.0"`` ... ``"weight_a.{groups - 1}"``, the names of the ``Â`` weights.
+    names_b : list of str
+        ``"weight_b.0"`` ... ``"weight_b.{groups - 1}"``, the names of the ``B̂`` weights.
+    """
     return [f"weight_a.{g}" for g in range(groups)], [f"weight_b.{g}" for g in range(groups)]
 
 

@@ -221,6 +221,13 @@ def linear_backward(grad_y, x, weight, bias=None, *, tag="linear"):
     ``dx = Wᵀ dy`` per sample and position, ``dW = Σ dy xᵀ`` over samples and
     positions, ``db = Σ dy``.
 
+    Parameters
+    ----------
+    grad_y : array_like, shape (N, C_out) or ``(N, C_out, *S)``
+        Gradient of the loss with respect to ``y``.
+    x, weight, bias, tag
+        As in :func:`linear_forward`.
+
     Returns
     -------
     grad_x : ndarray, shape of ``x``
@@ -260,7 +267,20 @@ def conv1x1_forward(x, weight):
 
 def conv1x1_backward(grad_y, x, weight):
     """Backward of :func:`conv1x1_forward`: ``(grad_x, grad_weight)``, the weight gradient
-    in the ``(C_out, C_in, 1, 1)`` layout."""
+    in the ``(C_out, C_in, 1, 1)`` layout.
+
+    Parameters
+    ----------
+    grad_y : array_like, shape (N, C_out, H, W)
+        Gradient of the loss with respect to ``y``.
+    x, weight
+        As in :func:`conv1x1_forward`.
+
+    Returns
+    -------
+    grad_x : ndarray, shape (N, C_in, H, W)
+    grad_weight : ndarray, shape (C_out, C_in, 1, 1)
+    """
     w2, x = _conv_weight(weight, x)
     x, w2, _, grad_y = _linear_prepare(x, w2, None, grad_y)
     grad_x, grad_w, _ = _linear_grads(grad_y, x, w2, None, "conv1x1")
@@ -420,6 +440,14 @@ def batchnorm_backward(grad_y, x, weight, bias, running_mean=None, running_var=N
     * training (``μ``, ``σ²`` functions of ``x``):
       ``dx = weight · r / M · (M·dy - d bias - x̂ · d weight)``.
 
+    Parameters
+    ----------
+    grad_y : array_like, shape (N, C, H, W)
+        Gradient of the loss with respect to ``y``.
+    x, weight, bias, running_mean, running_var, training, eps
+        As in :func:`batchnorm_forward` (``bias`` is checked but does not enter the
+        gradients).
+
     Returns
     -------
     grad_x : ndarray, shape (N, C, H, W)
@@ -452,6 +480,17 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
     ``running_var ← (1 - m)·running_var + m·σ²·M/(M - 1)`` (the *unbiased* batch
     variance, ``M = N·H·W``), ``num_batches_tracked ← num_batches_tracked + 1``.
 
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+        Input of the training-mode forward; ``M = N·H·W`` must be at least 2.
+    running_mean, running_var : array_like, shape (C,)
+        The current running statistics (not modified).
+    num_batches_tracked : int or integer array_like, shape ()
+        The current count of training batches.
+    momentum : float in [0, 1], default 0.1
+        ``m`` of the rule above.
+
     Returns
     -------
     running_mean, running_var : ndarray, shape (C,)
@@ -463,7 +502,11 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
     ValueError
         ``x`` holds NaN or Inf (checked before any statistic is computed), the running
         statistics are not finite or the variance is negative, or
-        ``num_batches_tracked + 1`` would not fit int64.
+        ``num_batches_tracked + 1`` would not fit int64. Also a shape that does not fit,
+        ``N·H·W < 2`` or ``momentum`` outside [0, 1].
+    TypeError
+        An array that is not real numeric, or ``num_batches_tracked`` that is not an
+        integer scalar.
     """
     x = as_real_array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
@@ -511,6 +554,32 @@ def batchnorm_running_from_stats(mean, var, m, running_mean, running_var, num_ba
     ``m = N·H·W >= 2`` values per channel (the fast training path): the same rule, the
     same checks of the running statistics and the count, without a second pass over
     ``x``. Non-finite statistics are refused (``x`` held NaN or Inf).
+
+    Parameters
+    ----------
+    mean, var : array_like, shape (C,)
+        The batch mean and *biased* batch variance (:func:`batchnorm_stats`).
+    m : int
+        Values per channel the statistics were taken over, ``N·H·W >= 2``.
+    running_mean, running_var, num_batches_tracked, momentum
+        As in :func:`batchnorm_update_running`; ``mean``, ``var`` and ``running_var``
+        must have ``running_mean``'s shape.
+
+    Returns
+    -------
+    running_mean, running_var : ndarray, shape (C,)
+        New arrays, as in :func:`batchnorm_update_running`.
+    num_batches_tracked : ndarray, shape (), int64
+
+    Raises
+    ------
+    ValueError
+        Shapes that differ, ``m < 2``, ``momentum`` outside [0, 1], non-finite running
+        statistics or a negative variance, non-finite ``mean`` or ``var``, or
+        ``num_batches_tracked + 1`` that would not fit int64.
+    TypeError
+        An array that is not real numeric, ``m`` not an integer, or
+        ``num_batches_tracked`` not an integer scalar.
     """
     rm = as_real_array(running_mean, "running_mean")
     rv = as_real_array(running_var, "running_var")
@@ -579,6 +648,13 @@ def layernorm_backward(grad_y, x, weight, bias, *, eps=1e-6):
     With ``g = dy·weight`` and means ``⟨·⟩`` over the channel axis:
     ``dx = r·(g - ⟨g⟩ - x̂·⟨g·x̂⟩)``, ``d weight = Σ dy·x̂``, ``d bias = Σ dy`` (sums over
     samples and positions), ``r = 1/sqrt(σ² + eps)``.
+
+    Parameters
+    ----------
+    grad_y : array_like, shape of ``x``
+        Gradient of the loss with respect to ``y``.
+    x, weight, bias, eps
+        As in :func:`layernorm_forward`.
 
     Returns
     -------
@@ -748,6 +824,13 @@ def gelu_backward(grad_y, x):
 
     float32 uses the same fitted ``Φ`` as the forward and ``np.exp`` for ``φ``.
 
+    Parameters
+    ----------
+    grad_y : array_like, shape of ``x``
+        Gradient of the loss with respect to ``y``.
+    x : array_like, any shape
+        Input of the forward.
+
     Returns
     -------
     (grad_x,) : tuple of one ndarray, shape of ``x``
@@ -838,6 +921,15 @@ def patchify_forward(x, *, patch=4):
 def patchify_backward(grad_y, x, *, patch=4):
     """Backward of :func:`patchify_forward`: the inverse permutation of ``grad_y``.
 
+    Parameters
+    ----------
+    grad_y : array_like, shape (N, C·p², H/p, W/p)
+        Gradient of the loss with respect to ``y``.
+    x : array_like, shape (N, C, H, W)
+        Input of the forward; only its shape and dtype are used.
+    patch : int, default 4
+        As in :func:`patchify_forward`.
+
     Returns
     -------
     (grad_x,) : tuple of one ndarray, shape (N, C, H, W)
@@ -855,7 +947,17 @@ def patchify_backward(grad_y, x, *, patch=4):
 # global average pooling
 # --------------------------------------------------------------------------------------
 def avgpool_forward(x):
-    """Global average pooling ``(N, C, H, W) -> (N, C)``: the mean over ``H·W`` pixels."""
+    """Global average pooling ``(N, C, H, W) -> (N, C)``: the mean over ``H·W`` pixels.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+        ``H`` and ``W`` at least 1 (else ``ValueError``).
+
+    Returns
+    -------
+    y : ndarray, shape (N, C)
+    """
     x = as_real_array(x, "x")
     _check_ndim(x, "x", 4, 4, "(N, C, H, W)")
     _check_nonempty(x, "x", (2, 3), "average pooling over H, W")
@@ -864,6 +966,13 @@ def avgpool_forward(x):
 
 def avgpool_backward(grad_y, x):
     """Backward of :func:`avgpool_forward`: every pixel receives ``dy / (H·W)``.
+
+    Parameters
+    ----------
+    grad_y : array_like, shape (N, C)
+        Gradient of the loss with respect to ``y``.
+    x : array_like, shape (N, C, H, W)
+        Input of the forward; only its shape and dtype are used.
 
     Returns
     -------
@@ -907,6 +1016,11 @@ def layer_scale_forward(x, gamma, *, out=None):
     out : ndarray, optional
         An ndarray of ``x``'s shape and the compute dtype (else ``ValueError``); may
         be ``x`` when ``x`` is of the compute dtype (float32 or float64).
+
+    Returns
+    -------
+    y : ndarray, shape of ``x``
+        ``out`` when given.
     """
     x, gamma, _ = _ls_prepare(x, gamma)
     _check_out(out, x.shape, x.dtype)
@@ -914,7 +1028,20 @@ def layer_scale_forward(x, gamma, *, out=None):
 
 
 def layer_scale_backward(grad_y, x, gamma):
-    """Backward of :func:`layer_scale_forward`: ``(dy·gamma, Σ dy·x)`` (sum over all but axis 1)."""
+    """Backward of :func:`layer_scale_forward`: ``(dy·gamma, Σ dy·x)`` (sum over all but axis 1).
+
+    Parameters
+    ----------
+    grad_y : array_like, shape of ``x``
+        Gradient of the loss with respect to ``y``.
+    x, gamma
+        As in :func:`layer_scale_forward`.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x``
+    grad_gamma : ndarray, shape (C,)
+    """
     x, gamma, grad_y = _ls_prepare(x, gamma, grad_y)
     return grad_y * gamma.reshape(_channel_view(x.shape)), (grad_y * x).sum(axis=_reduce_axes(x.ndim))
 
@@ -965,9 +1092,22 @@ def drop_path_forward(x, scale, *, out=None):
     """Drop path with given per-sample factors: ``y[n] = scale[n]·x[n]``.
 
     In inference the layer is the identity (the model does not call it); in training
-    ``scale`` comes from :func:`drop_path_scale`. ``out``, optional, is as in
-    :func:`layer_scale_forward`: an ndarray of ``x``'s shape and the compute dtype; may
-    be ``x``.
+    ``scale`` comes from :func:`drop_path_scale`.
+
+    Parameters
+    ----------
+    x : array_like, shape ``(N, *S)``
+        The residual branch, at least 1-D.
+    scale : array_like, shape (N,)
+        Per-sample factors.
+    out : ndarray, optional
+        As in :func:`layer_scale_forward`: an ndarray of ``x``'s shape and the compute
+        dtype; may be ``x``.
+
+    Returns
+    -------
+    y : ndarray, shape of ``x``
+        ``out`` when given.
     """
     x, scale, _ = _dp_prepare(x, scale)
     _check_out(out, x.shape, x.dtype)
@@ -976,7 +1116,20 @@ def drop_path_forward(x, scale, *, out=None):
 
 def drop_path_backward(grad_y, x, scale):
     """Backward of :func:`drop_path_forward`: ``(dy·scale, None)``; the factors are not
-    differentiated (they are random draws, not parameters)."""
+    differentiated (they are random draws, not parameters).
+
+    Parameters
+    ----------
+    grad_y : array_like, shape of ``x``
+        Gradient of the loss with respect to ``y``.
+    x, scale
+        As in :func:`drop_path_forward`.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x``
+    grad_scale : None
+    """
     x, scale, grad_y = _dp_prepare(x, scale, grad_y)
     return grad_y * scale.reshape((-1,) + (1,) * (x.ndim - 1)), None
 
@@ -985,7 +1138,20 @@ def drop_path_backward(grad_y, x, scale):
 # residual add
 # --------------------------------------------------------------------------------------
 def residual_add_forward(x, branch):
-    """``y = x + branch`` (the block's skip connection)."""
+    """``y = x + branch`` (the block's skip connection).
+
+    Parameters
+    ----------
+    x : array_like, any shape
+        The skip input.
+    branch : array_like, shape of ``x``
+        The residual branch's output (not broadcast: the shapes must be equal).
+
+    Returns
+    -------
+    y : ndarray, shape of ``x``
+        A new array.
+    """
     x, branch = as_real_array(x, "x"), as_real_array(branch, "branch")
     _check_shape(branch, "branch", x.shape)
     x, branch = _cast(compute_dtype(x, branch), x, branch)
@@ -993,7 +1159,20 @@ def residual_add_forward(x, branch):
 
 
 def residual_add_backward(grad_y, x, branch):
-    """Backward of :func:`residual_add_forward`: the gradient reaches both inputs unchanged."""
+    """Backward of :func:`residual_add_forward`: the gradient reaches both inputs unchanged.
+
+    Parameters
+    ----------
+    grad_y : array_like, shape of ``x``
+        Gradient of the loss with respect to ``y``.
+    x, branch
+        As in :func:`residual_add_forward`; only their shapes and dtypes are used.
+
+    Returns
+    -------
+    grad_x, grad_branch : ndarray, shape of ``x``
+        Two separate copies of ``grad_y`` in the compute dtype.
+    """
     x, branch = as_real_array(x, "x"), as_real_array(branch, "branch")
     _check_shape(branch, "branch", x.shape)
     grad_y = _check_grad(grad_y, x.shape)
@@ -1009,10 +1188,29 @@ def check_targets(labels, classes, smoothing, batch=None):
     ``smoothing`` (a float in [0, 1]) of the cross-entropy; ``N`` must equal ``batch``
     when given. Also :func:`neocell_ref.train.train_step`'s check before any work.
 
+    Parameters
+    ----------
+    labels : array_like of int, shape (N,)
+        Class indices.
+    classes : int
+        Number of classes ``K``: every label must be in ``[0, classes)``.
+    smoothing : float in [0, 1]
+        Label-smoothing ``ε``.
+    batch : int, optional
+        The required ``N`` (the logits' batch size); any ``N`` when None.
+
     Returns
     -------
     labels : ndarray of int, shape (N,)
     smoothing : float
+
+    Raises
+    ------
+    TypeError
+        ``labels`` is a masked array or not of an integer dtype.
+    ValueError
+        ``labels`` is not 1-D or its length is not ``batch``, a label is outside
+        ``[0, classes)``, or ``smoothing`` is not a finite real number in [0, 1].
     """
     if isinstance(labels, np.ma.MaskedArray):  # np.asarray would train on the masked labels
         raise TypeError("labels is a masked array; its mask would be ignored: pass the labels to keep")
@@ -1080,6 +1278,11 @@ def cross_entropy_forward(logits, labels, *, smoothing=0.0):
 
 def cross_entropy_backward(logits, labels, *, smoothing=0.0):
     """Gradient of :func:`cross_entropy_forward` with respect to the logits: ``(softmax - q)/N``.
+
+    Parameters
+    ----------
+    logits, labels, smoothing
+        As in :func:`cross_entropy_forward`.
 
     Returns
     -------

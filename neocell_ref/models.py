@@ -616,6 +616,36 @@ def _factory(name):
     the sizes (``num_classes``, ``kernel_spec``, ``shifts``, ``layer_scale_init_value``,
     ``linear_bias``, ``drop_path``, ``in_chans``), plus ``dtype``, ``rng``, ``resolution``
     and ``drop_path_seed`` of :class:`NeoNeXt`.
+
+    Parameters
+    ----------
+    dtype : float32 or float64, default float64
+        Dtype of every parameter and activation.
+    rng : numpy.random.Generator, optional
+        Source of the initial weights (default ``np.random.default_rng(0)``).
+    resolution : int or (int, int), default 224
+        Input size ``H x W`` used to validate the description at construction (the shift
+        rule depends on it); :meth:`NeoNeXt.forward` accepts any other supported size.
+    drop_path_seed : int, default 0
+        Seed of the model's :attr:`~NeoNeXt.drop_path_rng`.
+    **options
+        The options of :class:`~neocell_ref.architecture.NeoNeXtConfig` other than
+        ``per_stage_layers`` and ``dims``, keyword only, with its defaults.
+
+    Returns
+    -------
+    model : NeoNeXt
+        Freshly initialised, with this model's ``per_stage_layers`` and ``dims``.
+
+    Raises
+    ------
+    TypeError
+        An unknown option, ``per_stage_layers`` or ``dims``, a ``dtype`` other than
+        float32 or float64, an ``rng`` that is not a Generator, or an option of the wrong type.
+    ValueError
+        A ``resolution`` whose sides are not positive multiples of 4 or are too small for
+        the shifts, a negative ``drop_path_seed``, or an option value out of range (e.g.
+        ``num_classes`` < 1, ``drop_path`` >= 1, an unreadable ``kernel_spec``).
     """
     return build
 

@@ -447,7 +447,20 @@ def _is_mlp(layers):
 def inference_tail(layers):
     """``(batchnorm or None, fc_1, fc_2, layer_scale or None)`` if ``layers`` (the rest of
     a residual unit) is ``[batchnorm], linear, gelu, linear, [layer_scale], [drop_path]``,
-    else None. Which layers a block has is read from the description, not assumed."""
+    else None. Which layers a block has is read from the description, not assumed.
+
+    Parameters
+    ----------
+    layers : iterable of LayerDesc
+        The layers of a residual unit from some index on, in execution order (not modified).
+
+    Returns
+    -------
+    tail : tuple of 4 LayerDesc or None
+        ``(bn, fc_1, fc_2, scale)``, ``bn`` and ``scale`` None where the block has no such
+        layer; None when ``layers`` is not such a tail. The trailing layer that is skipped
+        may be of any kind whose record has ``inference_identity`` (drop path).
+    """
     layers = list(layers)
     bn = layers.pop(0) if layers and layers[0].kind == "batchnorm" else None
     if [d.kind for d in layers[:3]] != ["linear", "gelu", "linear"]:

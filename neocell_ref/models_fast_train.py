@@ -112,13 +112,25 @@ def _product(a, b, bias=None):
 def train_forward(model, x):
     """Training-mode logits of ``model`` for ``x`` (checked, model dtype) and the tape.
 
+    Parameters
+    ----------
+    model : NeoNeXt
+        The network; its BatchNorm running-statistic updates are staged on it
+        (:meth:`NeoNeXt.stage_buffer`) and its :attr:`NeoNeXt.drop_path_rng` draws the
+        drop-path masks.
+    x : ndarray, shape (N, in_chans, H, W)
+        Input, already checked and in the model dtype.
+
     Returns
     -------
     logits : ndarray, shape (N, num_classes)
     tape : list
         ``(kind, desc, saved)`` entries in execution order, as the plain path records
         them (``"fork"``, ``"layer"``, ``"join"``) plus ``("tail", TailPlan, saved)``
-        for a fused block tail; :meth:`NeoNeXt.backward` walks it backwards.
+        for a fused block tail; :meth:`NeoNeXt.backward` walks it backwards. A 1x1
+        convolution split by samples and a stem or down-sampling BatchNorm are recorded
+        as ``("fast_layer", desc, (backward, inner))``, run as
+        ``backward(model, desc, grad, inner)``.
     """
     tape = []
     for unit in model.describe(x.shape[2:]).units:
@@ -170,7 +182,21 @@ class TailPlan(tuple):
 def train_tail(layers):
     """A :class:`TailPlan` if ``layers`` (the rest of a residual unit) is
     ``[batchnorm], linear, gelu, linear, [layer_scale], [drop_path]``, else None.
-    Which layers a block has is read from the description, not assumed."""
+    Which layers a block has is read from the description, not assumed.
+
+    Parameters
+    ----------
+    layers : sequence of LayerDesc
+        The layers of a residual unit from some index on, in execution order (sliced,
+        not modified).
+
+    Returns
+    -------
+    tail : TailPlan or None
+        ``(bn, fc_1, fc_2, scale, drop)``, a tuple of 5 LayerDesc with ``bn``, ``scale``
+        and ``drop`` None where the block has no such layer; None when ``layers`` is not
+        such a tail.
+    """
     kinds = [d.kind for d in layers]
     bn = None
     if kinds[:1] == ["batchnorm"]:
@@ -229,6 +255,18 @@ def tail_forward(model, tail, x, skip):
     ``x`` (the block's NeoCell output) and ``skip`` are never modified. The BatchNorm
     running-statistic updates are staged on the model (committed after the forward).
 
+    Parameters
+    ----------
+    model : NeoNeXt
+        Holds the parameters; its :attr:`NeoNeXt.drop_path_rng` draws the drop-path
+        factors (one ``random(N)`` when the rate is non-zero).
+    tail : TailPlan
+        The block's tail layers, from :func:`train_tail`.
+    x : ndarray, shape (N, C, H, W)
+        The block's NeoCell output, the tail's input (``P = H·W`` below).
+    skip : ndarray, shape (N, C, H, W)
+        The block's input, added to the branch.
+
     Returns
     -------
     out : ndarray, shape of ``skip``
@@ -237,7 +275,8 @@ def tail_forward(model, tail, x, skip):
         ``(mean, inv_std, scale)``, fc_1's input ``y``, fc_2's input ``a = GELU(h)``
         and the GELU derivative ``d = GELU'(h)`` (both ``(N, 4C, P)`` or, in the flat
         layout, ``(4C, N·P)``, with ``y`` alike), the layer-scale input ``z`` (None
-        without layer scale), the drop-path factors (None when not drawn).
+        without layer scale), the drop-path factors (None when not drawn) and ``flat``
+        (bool: the flat layout ran). ``bn_saved`` is None without BatchNorm.
     """
     bn, fc_1, fc_2, scale_desc, drop_desc = tail
     lap = _stopwatch(model, "forward")
@@ -425,6 +464,25 @@ def tail_backward(model, tail, grad, saved):
     itself, added by the model at the fork); parameter gradients through ``model.set_grad``.
 
     ``grad`` is never modified; every buffer written in place is made here.
+
+    Parameters
+    ----------
+    model : NeoNeXt
+        Holds the parameters; receives the gradients of the tail's BatchNorm ``weight``
+        and ``bias``, ``fc_1`` and ``fc_2`` ``weight`` (and ``bias`` where present) and
+        layer-scale ``gamma``.
+    tail : TailPlan
+        As passed to :func:`tail_forward`.
+    grad : ndarray, shape (N, C, H, W)
+        Gradient of the loss with respect to the tail's output (the block's output).
+    saved : tuple
+        The ``saved`` of the matching :func:`tail_forward`.
+
+    Returns
+    -------
+    grad_x : ndarray, shape (N, C, H, W)
+        Gradient with respect to the tail's input ``x`` (the block's NeoCell output), a
+        new array.
     """
     bn, fc_1, fc_2, scale_desc, drop_desc = tail
     x, bn_saved, y2, a, d, z, drop_scale, flat = saved

@@ -423,6 +423,26 @@ def patchwise_forward(x, weights_a, weights_b, specs, out_size):
     padding included, whatever the chunking. ``T_a = ceil((H + f_a) / h_in)`` with
     ``f_a = h_in - s_a`` for the channel's shift ``s_a > 0`` and 0 otherwise; ``T_b``
     likewise from ``W``, ``w_in`` and ``s_b``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+        Input, already validated and in the compute dtype (:func:`neocell_ref.neocell_forward`
+        checks and casts every operand; nothing is checked here).
+    weights_a : list of ndarray
+        ``weights_a[g]`` has shape ``(channels_g, h_out, h_in)``, in ``x``'s dtype.
+    weights_b : list of ndarray
+        ``weights_b[g]`` has shape ``(channels_g, w_in, w_out)``, in ``x``'s dtype.
+    specs : tuple of GroupSpec
+        Parsed groups (:func:`neocell_ref.spec.parse_specs`); a tuple, since the plan is
+        cached by its arguments.
+    out_size : (int, int)
+        ``(H_out, W_out)``, as :func:`neocell_ref.spec.check_input_size` returns it.
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, H_out, W_out)
+        A new array in ``x``'s dtype.
     """
     n, _, height, width = x.shape
     y = np.empty((n, x.shape[1], *out_size), dtype=x.dtype)
@@ -567,6 +587,24 @@ def patchwise_backward(grad_y, x, weights_a, weights_b, specs, out_size):
     samples are split); the padding zeros in ``X`` and ``G`` make the shift-corner
     and clipped-block contributions come out exactly as the adjoint of the
     expansion. ``dX`` cropped to the input is ``grad_x``.
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape (N, C, H_out, W_out)
+        Gradient of the loss with respect to the output, in ``x``'s dtype.
+    x, weights_a, weights_b, specs, out_size
+        As in :func:`patchwise_forward` (validated and cast by
+        :func:`neocell_ref.neocell_backward`; nothing is checked here).
+
+    Returns
+    -------
+    grad_x : ndarray, shape (N, C, H, W)
+        In ``x``'s dtype.
+    grads_a : list of ndarray
+        Shaped like ``weights_a`` (and of their dtype); includes the shift-corner
+        contributions.
+    grads_b : list of ndarray
+        Shaped like ``weights_b`` (and of their dtype).
     """
     n, _, height, width = x.shape
     grad_x = np.empty_like(x)

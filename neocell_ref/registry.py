@@ -126,7 +126,25 @@ _KINDS: dict = {}
 
 
 def register(kind: LayerKind) -> LayerKind:
-    """Add a layer kind; refuses a name that is already registered."""
+    """Add a layer kind; refuses a name that is already registered.
+
+    Parameters
+    ----------
+    kind : LayerKind
+        The record to register under ``kind.name``.
+
+    Returns
+    -------
+    LayerKind
+        ``kind`` itself.
+
+    Raises
+    ------
+    TypeError
+        ``kind`` is not a :class:`LayerKind`.
+    ValueError
+        A kind of that name is already registered.
+    """
     if not isinstance(kind, LayerKind):
         raise TypeError(f"register expects a LayerKind, got {type(kind).__name__}")
     if kind.name in _KINDS:
@@ -136,7 +154,22 @@ def register(kind: LayerKind) -> LayerKind:
 
 
 def unregister(name: str) -> None:
-    """Remove a layer kind registered with :func:`register`."""
+    """Remove a layer kind registered with :func:`register`.
+
+    Parameters
+    ----------
+    name : str
+        The kind's name (:attr:`LayerKind.name`).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ValueError
+        No kind of that name is registered.
+    """
     if name not in _KINDS:
         raise ValueError(f"layer kind {name!r} is not registered")
     del _KINDS[name]
@@ -144,7 +177,24 @@ def unregister(name: str) -> None:
 
 @contextlib.contextmanager
 def registered(kind: LayerKind):
-    """Register ``kind`` for the duration of a ``with`` block."""
+    """Register ``kind`` for the duration of a ``with`` block.
+
+    Parameters
+    ----------
+    kind : LayerKind
+        The record to register on entry (:func:`register`) and unregister on exit,
+        also when the block raises.
+
+    Yields
+    ------
+    LayerKind
+        ``kind`` itself.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On entry, as :func:`register`.
+    """
     register(kind)
     try:
         yield kind
@@ -154,6 +204,15 @@ def registered(kind: LayerKind):
 
 def get(name: str) -> LayerKind:
     """The record of a layer kind.
+
+    Parameters
+    ----------
+    name : str
+        The kind, as in :attr:`neocell_ref.architecture.LayerDesc.kind`.
+
+    Returns
+    -------
+    LayerKind
 
     Raises
     ------
@@ -167,5 +226,11 @@ def get(name: str) -> LayerKind:
 
 
 def names() -> tuple:
-    """The registered kinds, in registration order."""
+    """The registered kinds, in registration order.
+
+    Returns
+    -------
+    tuple of str
+        The names of the registered kinds.
+    """
     return tuple(_KINDS)

@@ -66,7 +66,22 @@ def _interrupts_held():
 
 
 def default_decay(name: str, value: np.ndarray) -> bool:
-    """Weight decay for matrices and kernels (``ndim >= 2``); none for biases, norms, gammas."""
+    """Weight decay for matrices and kernels (``ndim >= 2``); none for biases, norms, gammas.
+
+    The ``decay`` callback of :class:`SGD` and :class:`AdamW` when none is given.
+
+    Parameters
+    ----------
+    name : str
+        The parameter's state-dict name (not used by this rule).
+    value : ndarray
+        The parameter; only its ``ndim`` is read.
+
+    Returns
+    -------
+    bool
+        True when ``value.ndim >= 2``.
+    """
     return value.ndim >= 2
 
 

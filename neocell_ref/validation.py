@@ -75,6 +75,20 @@ _override = None  # set by set_max_bytes; None means "environment, else default"
 def as_int(value, name: str, minimum: int | None = None) -> int:
     """``value`` as a Python int, refusing bools, floats and values below ``minimum``.
 
+    Parameters
+    ----------
+    value : int
+        Any :class:`numbers.Integral` but a bool (Python or NumPy integers).
+    name : str
+        How messages name the argument.
+    minimum : int, optional
+        Smallest value accepted; None (the default) accepts any integer.
+
+    Returns
+    -------
+    int
+        ``int(value)``.
+
     Raises
     ------
     TypeError
@@ -97,6 +111,18 @@ def as_flag(value, name: str) -> bool:
     ``None`` are refused rather than read by their truth value, so that a misplaced
     positional argument cannot switch a flag silently.
 
+    Parameters
+    ----------
+    value : bool
+        ``True``, ``False``, ``np.True_`` or ``np.False_``.
+    name : str
+        How messages name the argument.
+
+    Returns
+    -------
+    bool
+        ``bool(value)``.
+
     Raises
     ------
     TypeError
@@ -115,6 +141,35 @@ def real_number(value, name, low=None, high=None, low_open=False, high_open=Fals
     ``ValueError`` naming ``name``; with ``type_error=True`` a value that is not a real
     number at all (``bool``, ``None``, a string, a complex number) is a ``TypeError``
     instead, and only NaN, ±Inf and values out of bounds are ``ValueError``.
+
+    Parameters
+    ----------
+    value : real number
+        Any :class:`numbers.Real` but a bool (ints, floats, NumPy scalars, fractions)
+        with a finite float value.
+    name : str
+        How messages name the argument.
+    low, high : float, optional
+        Bounds on ``value`` (after conversion to float); None (the default) for none.
+    low_open, high_open : bool, default False
+        Make ``low`` / ``high`` strict (``value > low`` rather than ``>=``).
+    type_error : bool, default False
+        Raise ``TypeError`` rather than ``ValueError`` for a value that is not a real
+        number at all.
+
+    Returns
+    -------
+    float
+        ``float(value)``, finite and within the bounds.
+
+    Raises
+    ------
+    ValueError
+        ``value`` is not a finite real number (with ``type_error``: is NaN, ±Inf or
+        beyond the float range) or is out of bounds.
+    TypeError
+        Only with ``type_error=True``: ``value`` is not a real number (``bool``,
+        ``None``, a string, a complex number).
     """
     not_real = isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
     if type_error and not_real:
@@ -165,6 +220,19 @@ def _first_items(value, count: int):
 
 def as_real_array(value, name) -> np.ndarray:
     """``value`` as an ndarray of a real numeric dtype (integer or floating).
+
+    Parameters
+    ----------
+    value : array_like
+        Anything ``np.asarray`` converts, of any shape.
+    name : str
+        How messages name the argument.
+
+    Returns
+    -------
+    ndarray
+        ``np.asarray(value)`` (no copy when ``value`` is already an ndarray), of
+        ``value``'s shape and an integer or floating dtype.
 
     Raises
     ------
@@ -314,7 +382,19 @@ def _parse_env(text):
 
 
 def max_bytes() -> int:
-    """The memory budget in bytes now in force (see the module docstring)."""
+    """The memory budget in bytes now in force (see the module docstring).
+
+    Returns
+    -------
+    int
+        The value set by :func:`set_max_bytes`, else the environment variable
+        ``NEOCELL_MAX_BYTES`` (when set and not blank), else :data:`DEFAULT_MAX_BYTES`.
+
+    Raises
+    ------
+    ValueError
+        ``NEOCELL_MAX_BYTES`` is read and is not a positive integer.
+    """
     if _override is not None:
         return _override
     text = os.environ.get(MAX_BYTES_ENV)
@@ -345,7 +425,23 @@ def set_max_bytes(limit) -> int | None:
 
 @contextlib.contextmanager
 def max_bytes_set_to(limit):
-    """Context manager: :func:`set_max_bytes` for the duration of a ``with`` block."""
+    """Context manager: :func:`set_max_bytes` for the duration of a ``with`` block.
+
+    Parameters
+    ----------
+    limit : int or None
+        As in :func:`set_max_bytes`; the previous setting is restored on exit, also when
+        the block raises.
+
+    Yields
+    ------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        On entry, ``limit`` is neither None nor an integer >= 1 (:func:`as_int`).
+    """
     previous = set_max_bytes(limit)
     try:
         yield
