@@ -166,6 +166,13 @@ def subgroup_sizes(channels: int, subgroups: int) -> tuple[int, int]:
     The group is split into ``subgroups`` consecutive sub-groups of
     ``size = channels // subgroups`` channels, the last one taking the remainder.
 
+    Parameters
+    ----------
+    channels : int
+        Channels of the group (>= 1).
+    subgroups : int
+        Number ``n`` of sub-groups (>= 1), such as :attr:`GroupSpec.subgroups_a`.
+
     Returns
     -------
     (size, last) : (int, int)
@@ -173,6 +180,13 @@ def subgroup_sizes(channels: int, subgroups: int) -> tuple[int, int]:
         ``last = channels - (n-1)·size``; when ``channels < n``, ``size = 0`` and the last
         sub-group holds every channel. :func:`channel_shifts` (one shift per channel) and
         :func:`shift_segments` (runs of channels) both follow from it.
+
+    Raises
+    ------
+    TypeError
+        ``channels`` or ``subgroups`` is not an integer (or is a bool).
+    ValueError
+        ``channels`` or ``subgroups`` is < 1.
     """
     channels = as_int(channels, "channels", 1)
     subgroups = as_int(subgroups, "subgroups", 1)
@@ -185,12 +199,31 @@ def channel_shifts(channels: int, shift: int, subgroups: int) -> np.ndarray:
 
     Sub-group ``j`` (sizes from :func:`subgroup_sizes`) uses shift ``j * shift``.
 
+    Parameters
+    ----------
+    channels : int
+        Channels of the group (>= 1).
+    shift : int
+        The group's shift amount ``s`` on one axis (``shift_a`` or ``shift_b``), >= 0.
+    subgroups : int
+        Number ``n`` of sub-groups on that axis (>= 1): :attr:`GroupSpec.subgroups_a` or
+        :attr:`GroupSpec.subgroups_b`.
+
     Returns
     -------
     numpy.ndarray of int, shape (channels,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`subgroup_sizes` for ``channels`` and ``subgroups``, and for a ``shift``
+        that is not an integer >= 0; ValueError also when the array would exceed the
+        memory budget (:func:`neocell_ref.validation.check_nbytes`).
     """
+    shift = as_int(shift, "shift", 0)
+    size, _ = subgroup_sizes(channels, subgroups)  # validates channels and subgroups first
+    channels = as_int(channels, "channels", 1)
     check_nbytes((channels,), np.intp, "channel_shifts")  # one shift per channel
-    size, _ = subgroup_sizes(channels, subgroups)
     index = np.arange(channels)
     # With size == 0 all channels belong to the last sub-group.
     sub = np.full(channels, subgroups - 1) if size == 0 else np.minimum(index // size, subgroups - 1)
@@ -202,6 +235,11 @@ def shift_segments(spec: GroupSpec) -> list[tuple[int, int, int, int]]:
 
     ``A`` and ``B`` are split into sub-groups independently (:func:`subgroup_sizes`),
     so the runs are the intersections of both splits.
+
+    Parameters
+    ----------
+    spec : GroupSpec
+        One parsed group.
 
     Returns
     -------
@@ -238,6 +276,16 @@ def parse_group(group) -> GroupSpec:
     * ``{"kernel_a": ka, "kernel_b": kb}``
     * ``{"h_in": .., "h_out": .., "w_in": .., "w_out": ..}``
 
+    Parameters
+    ----------
+    group : dict or GroupSpec
+        One channel group: a mapping (anything with ``keys()``) in one of the forms
+        above, or a :class:`GroupSpec`, returned as it is.
+
+    Returns
+    -------
+    GroupSpec
+
     Raises
     ------
     TypeError
@@ -245,7 +293,8 @@ def parse_group(group) -> GroupSpec:
     ValueError
         On unknown keys, a mixture of size forms, an incomplete size form, ``shift``
         together with ``shift_a``/``shift_b``, one of ``shift_a``/``shift_b`` without
-        the other, or invalid values.
+        the other, or invalid values. Also when the ``"channels"`` key or every size
+        key is missing.
     """
     if isinstance(group, GroupSpec):
         return group
@@ -314,6 +363,17 @@ def parse_specs(specs) -> tuple[GroupSpec, ...]:
     :data:`MAX_GROUPS` of them: a longer or endless one (``itertools.repeat(group)``) is
     refused after reading ``MAX_GROUPS + 1`` items, and a set or a dict (no group order)
     is refused at once.
+
+    Parameters
+    ----------
+    specs : list of dict or GroupSpec
+        The layer's channel groups in order, each as :func:`parse_group` reads it; any
+        ordered iterable of them.
+
+    Returns
+    -------
+    tuple of GroupSpec
+        One per group, in order.
 
     Raises
     ------
@@ -414,10 +474,25 @@ def parse_kernel_code(code: str, channels: int, shift: int = 0) -> list[GroupSpe
 def output_size(specs: Sequence[GroupSpec], height: int, width: int) -> tuple[int, int]:
     """Common output size ``(H_out, W_out)`` of all groups, validated (SPEC 2).
 
+    Parameters
+    ----------
+    specs : list of dict or GroupSpec
+        The layer's groups, in any form :func:`parse_specs` reads.
+    height, width : int
+        Input size ``H x W`` (each >= 1).
+
+    Returns
+    -------
+    (H_out, W_out) : (int, int)
+
     Raises
     ------
     ValueError
-        If groups disagree or the output would be empty.
+        If groups disagree or the output would be empty. Also when ``height`` or
+        ``width`` is < 1, or a group is invalid (:func:`parse_specs`).
+    TypeError
+        ``height`` or ``width`` is not an integer, or ``specs`` is not a list of groups
+        (:func:`parse_specs`).
     """
     specs = parse_specs(specs)
     height = as_int(height, "input height H", 1)
@@ -443,7 +518,30 @@ def check_input_size(specs: Sequence[GroupSpec], height: int, width: int) -> tup
 
     Checks positive sizes, the output-size rule and the shift-size rule of
     SPEC section 4 (the largest used shift may equal but not exceed the size).
+
+    Parameters
+    ----------
+    specs : list of dict or GroupSpec
+        The layer's groups, in any form :func:`parse_specs` reads.
+    height, width : int
+        Input size ``H x W`` (each >= 1).
+
+    Returns
+    -------
+    (H_out, W_out) : (int, int)
+        As :func:`output_size`.
+
+    Raises
+    ------
+    TypeError
+        ``height`` or ``width`` is not an integer (or is a bool), or ``specs`` is not a
+        list of groups (:func:`parse_specs`).
+    ValueError
+        ``height`` or ``width`` is < 1, a group is invalid (:func:`parse_specs`), a
+        group's largest used shift exceeds the input height (``A``) or width (``B``), or
+        as :func:`output_size`.
     """
+    specs = parse_specs(specs)  # GroupSpecs pass through; a dict had no max_shift_a (AttributeError)
     height = as_int(height, "input height H", 1)
     width = as_int(width, "input width W", 1)
     for i, g in enumerate(specs):

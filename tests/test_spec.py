@@ -7,12 +7,14 @@ matrix products executed while the error is raised).
 """
 
 import itertools
+import math
 from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.hostile import raises_naming
 
 from neocell_ref import neocell_backward, neocell_forward
 from neocell_ref.expansion import expand
@@ -375,6 +377,51 @@ def test_output_size_floor_rule(group, size, expected):
     assert got == expected, f"{group!r} on {size}: output {got}, expected {expected}"
     y = neocell_forward(np.ones((1, 1) + size), *_weights([group]), [group])
     assert y.shape[2:] == expected, f"forward output shape {y.shape} does not end with {expected}"
+
+
+@pytest.mark.parametrize(
+    "size, h_in, h_out, expected",
+    [
+        (41, 5, 15, 123),  # 41·15/5 = 123 exactly; (41/5)·15 = 122.999... in float64
+        (49, 3, 15, 245),  # 49·5 = 245
+        (61, 7, 14, 122),  # 61·2 = 122
+        (82, 10, 15, 123),  # 82·3/2 = 123
+    ],
+)
+def test_output_size_is_exact_where_floating_point_falls_short(size, h_in, h_out, expected):
+    """SPEC 2.4: floor(H·h_out/h_in) in exact arithmetic. The official code's
+    floor((H/h_in)·h_out) in float64 is one short at these sizes (checked here, so that
+    each case really separates the two), and a port copying it would fail."""
+    assert math.floor((size / float(h_in)) * h_out) == expected - 1, "not a case where float64 falls short"
+    group = GroupSpec(1, h_in, h_out, h_in, h_out)
+    got = check_input_size([group], size, size)
+    assert got == (expected, expected), f"{h_in}->{h_out} on {size}x{size}: output {got}, expected {expected}"
+
+
+def test_check_input_size_reads_specs_as_written():
+    """Dicts as well as GroupSpecs (an official dict gave AttributeError: no max_shift_a);
+    the shift rule is applied to the dict's sub-groups: shift 1 of kernel 7 uses 6."""
+    written = [{"kernel": 7, "channels": 4, "shift": 1}]
+    got = check_input_size(written, 6, 9)
+    assert got == (6, 9), f"check_input_size(dicts) on 6x9 gave {got}, expected (6, 9)"
+    with raises_naming(ValueError, "group 0", "largest used shift_a 6", "H=5"):
+        check_input_size(written, 5, 9)
+    with raises_naming(TypeError, "specs must be a list of group specs", "'7'"):
+        check_input_size("7", 8, 8)
+
+
+@pytest.mark.parametrize(
+    "args, error, words",
+    [
+        (("x", 1, 2), TypeError, ["channels must be an integer", "'x'"]),  # was int()'s unnamed ValueError
+        ((4, -1, 2), ValueError, ["shift must be >= 0", "-1"]),  # was used as given: shifts 0, -1
+        ((4, 2.5, 2), TypeError, ["shift must be an integer", "2.5"]),  # was float shifts 0.0, 2.5
+        ((4, 1, 0), ValueError, ["subgroups must be >= 1", "0"]),
+    ],
+)
+def test_channel_shifts_refuses_bad_arguments_by_name(args, error, words):
+    with raises_naming(error, *words):
+        channel_shifts(*args)
 
 
 def test_groups_with_different_ratios_that_agree_are_accepted():
