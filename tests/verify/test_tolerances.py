@@ -192,3 +192,16 @@ def test_tolerance_functions_accept_numpy_scalars_and_zero():
     assert allowed.tolist() == [0.5, 0.5], allowed
     allowed = allowed_error([1.0, -2.0], rtol=0.25, bound=[4.0, 8.0])
     assert allowed.tolist() == [1.0, 2.0], allowed
+
+
+def test_the_documented_constants_are_the_ones_used():
+    """The numbers docs/spec.md and docs/porting.md state, written here by hand: the
+    model tolerances (spec section 9, porting section on the model) and the group limit
+    (spec section 2). Tests elsewhere read these constants from the package, so a
+    loosened or changed value would otherwise pass them."""
+    from neocell_ref.spec import MAX_GROUPS
+    from neocell_ref.verify.tolerances import MODEL_RTOL
+
+    documented = {"float64": {"logits": 1e-10, "grad": 1e-10}, "float32": {"logits": 1e-5, "grad": 1e-4}}
+    assert MODEL_RTOL == documented, f"MODEL_RTOL is {MODEL_RTOL}, the documentation states {documented}"
+    assert MAX_GROUPS == 65_536, f"MAX_GROUPS is {MAX_GROUPS:,}, docs/spec.md section 2 states 65,536"
