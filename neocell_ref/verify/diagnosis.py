@@ -55,8 +55,10 @@ class Defect:
         list where the defect cannot occur in this case (an unshifted layer cannot
         drop a shift corner).
     precision : str or None
-        For a precision defect, the dtype whose unit roundoff sets the tolerance
-        of the match (a float32 computation cannot match to float64 accuracy).
+        Set (to ``"reduced"``) for a precision defect: its match is judged with the
+        unit roundoff of the dtype below the set's (:data:`_REDUCED`: a float32
+        computation cannot match to float64 accuracy), and it is tried after the
+        others. None for every other defect.
     """
 
     id: str
@@ -402,10 +404,29 @@ DEFECTS = {
 def variant_outputs(defect_id, op, meta, arrays, dtype=np.float64):
     """Outputs of every variant of one defect on one golden case (for tests and docs).
 
+    Parameters
+    ----------
+    defect_id : str
+        A key of :data:`DEFECTS`, e.g. ``"shift-corner-dropped"``.
+    op, meta, arrays
+        As in :func:`diagnose`: the golden operation, the case's manifest entry and
+        the case's arrays (inputs, expected outputs, bounds).
+    dtype : str or numpy dtype, default numpy.float64
+        As in :func:`diagnose`: the golden set's dtype.
+
     Returns
     -------
     list of dict
         ``{array name: float64 output}`` per variant; empty where the defect cannot occur.
+        A NeoCell variant also holds ``bound/NAME``, its own magnitude bound of each output.
+
+    Raises
+    ------
+    KeyError
+        ``defect_id`` is not in :data:`DEFECTS`.
+    ValueError
+        ``dtype`` is not float64, float32, float16 or bfloat16 (checked only when ``op``
+        is one of the defect's ``ops``).
     """
     defect = DEFECTS[defect_id]
     if op not in defect.ops:

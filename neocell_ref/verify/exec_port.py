@@ -177,6 +177,16 @@ def file_name(name: str) -> str:
     Names are identifiers (letters, digits, ``_``, not starting with a digit), so a
     member name can never reach outside the folder.
 
+    Parameters
+    ----------
+    name : str
+        A golden member name, such as ``"x"`` or ``"grad_weight_a_0"``.
+
+    Returns
+    -------
+    str
+        ``name + ".npy"``.
+
     Raises
     ------
     ValueError
@@ -518,11 +528,28 @@ def run_golden_case(command, op, name, meta, arrays, *, forward_only=False, time
 def neocell_outputs(specs, x_shape, forward_only=False) -> dict:
     """Names and shapes of the outputs a NeoCell case expects.
 
+    Parameters
+    ----------
+    specs : list of dict or GroupSpec
+        One entry per channel group, in any official dict form (SPEC section 2).
+    x_shape : tuple of int
+        Shape ``(N, C, H, W)`` of the input ``x``. ``C`` is copied into the output
+        shapes, not checked against the groups' channels.
+    forward_only : bool, default False
+        Only ``y`` (the forward-only mode of the protocol).
+
     Returns
     -------
     dict of str -> tuple
         ``y`` (N, C, H_out, W_out); unless ``forward_only`` also ``grad_x`` (N, C, H, W),
         ``grad_weight_a_G`` and ``grad_weight_b_G`` shaped like the group's weights.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Invalid ``specs`` (:func:`neocell_ref.spec.parse_specs`); ``x_shape`` not four
+        values, or an ``H x W`` the groups do not accept (SPEC section 4,
+        :func:`neocell_ref.spec.check_input_size`).
     """
     from ..spec import check_input_size, parse_specs
 

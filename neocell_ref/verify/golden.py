@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..validation import MAX_NPY_HEADER, as_flag, read_npy_member, real_number
+from ..validation import MAX_NPY_HEADER, _short_repr, as_flag, read_npy_member, real_number
 from .golden_ops import HALF_EXCLUDED, OPERATIONS, make_case, neocell_expected
 from .precision import HALF_DTYPES, STORAGE_DTYPE, dtype_name, not_bfloat16
 from .tolerances import DEFAULT_SEED, allowed_error, check_seed, tolerance_policy
@@ -113,6 +113,26 @@ def write_npz(path, arrays: dict) -> bytes:
     ``numpy.savez`` stamps each member with the current time, so two exports differ;
     this writer fixes the date and the member order (sorted by name) so that equal
     arrays give equal bytes. The file loads with ``np.load(path, allow_pickle=False)``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write (replaced if it exists).
+    arrays : dict of str -> array_like
+        The members, keyed by name (the member is ``NAME.npy``), any shapes and dtypes
+        but object; written in C order.
+
+    Returns
+    -------
+    bytes
+        The file's contents (their SHA-256 is what a manifest records as ``sha256``).
+
+    Raises
+    ------
+    ValueError
+        An object array (it would need pickling); nothing is written then.
+    OSError
+        The file cannot be written.
     """
     data = _npz_bytes(arrays)
     Path(path).write_bytes(data)
@@ -246,6 +266,36 @@ def compare_arrays(case, array, got, expected, *, rtol, atol=0.0, bound=None) ->
     Where the expected value itself is NaN or ±Inf (never in an exported set, which
     refuses them; possible in a hand-made kit case), only the same value passes: NaN
     for NaN, the same infinity for an infinity.
+
+    Parameters
+    ----------
+    case : str
+        The case's name (recorded in the result, for messages).
+    array : str
+        The name of the compared array (recorded in the result).
+    got : object
+        What the port returned; a real floating array of ``expected``'s shape to pass.
+    expected : array_like of real numbers, any shape
+        The expected values, compared in float64.
+    rtol : float
+        Relative tolerance, finite and ``>= 0``; keyword only, required.
+    atol : float, default 0.0
+        Absolute tolerance, finite and ``>= 0``.
+    bound : array_like, optional
+        Magnitudes ``>= 0`` that broadcast to ``expected``'s shape.
+
+    Returns
+    -------
+    ArrayComparison
+        ``passed`` when every element is within the tolerance (an empty array passes,
+        ``ratio`` 0); the worst element's fields, or ``message`` when ``got`` is unusable.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad tolerance or ``bound`` (:func:`~neocell_ref.verify.tolerances.allowed_error`),
+        or an ``expected`` that NumPy cannot convert to float64. Never for ``got``: a bad
+        ``got`` fails.
     """
     expected = np.asarray(expected, dtype=np.float64)
     got, reason = _port_array(got)
@@ -429,23 +479,49 @@ def _case_overrides(op, name, meta, arrays, rtol, atol, rtol_scale):
 def run_and_compare(op, name, meta, arrays, forward, backward, *, rtol=None, atol=None, rtol_scale=1.0, diagnose=True):
     """Run a port on one case and compare every output; return a list of :class:`ArrayComparison`.
 
-    ``meta`` needs what the operation's ``run_port`` reads (for NeoCell
-    ``specs_as_written``) and ``tolerances``; ``arrays`` holds inputs, expected
-    outputs and bounds. Forward and backward run separately, so that one failing
-    does not hide the other. A callable that raises anything (``SystemExit``
-    included; only ``KeyboardInterrupt`` propagates) fails the case with one row
-    ``(forward call)`` or ``(backward call)`` whose message holds the exception's type
-    and text (its tail when long): a wrapper around a port outside Python can raise
-    with the port's stderr tail as its message and it appears in the report. Every
-    output must be a real floating array of exactly the expected shape
-    (:func:`compare_arrays`). Failing arrays are diagnosed (:func:`compare_outputs`)
-    unless ``diagnose`` is False.
+    Forward and backward run separately, so that one failing does not hide the other.
+    A callable that raises anything (``SystemExit`` included; only ``KeyboardInterrupt``
+    propagates) fails the case with one row ``(forward call)`` or ``(backward call)``
+    whose message holds the exception's type and text (its tail when long): a wrapper
+    around a port outside Python can raise with the port's stderr tail as its message
+    and it appears in the report. Every output must be a real floating array of exactly
+    the expected shape (:func:`compare_arrays`). Failing arrays are diagnosed
+    (:func:`compare_outputs`) unless ``diagnose`` is False.
+
+    Parameters
+    ----------
+    op : str
+        The operation, a key of :data:`OPERATIONS`.
+    name : str
+        The case's name (in the rows and messages).
+    meta : dict
+        The case's manifest entry. ``meta`` needs what the operation's ``run_port``
+        reads (for NeoCell ``specs_as_written``) and ``tolerances``.
+    arrays : dict of str -> ndarray
+        ``arrays`` holds inputs, expected outputs and bounds. The port gets fresh
+        copies of the inputs only.
+    forward, backward : callable or None
+        The port's functions in the operation's calling convention (manifest
+        ``conventions``); None leaves that half out (both None: nothing is compared).
+    rtol, atol : float, optional
+        Overrides of the stored tolerances (None: stored).
+    rtol_scale : float, default 1.0
+        Factor on every ``rtol``, at most :data:`MAX_RTOL_SCALE`.
+    diagnose : bool, default True
+        Diagnose the failing arrays.
+
+    Returns
+    -------
+    list of ArrayComparison
+        A ``(forward call)`` or ``(backward call)`` row per call that raised, then one
+        row per array the port returned (forward outputs first).
 
     Raises
     ------
     TypeError, ValueError
         Invalid tolerance overrides (:func:`check_tolerance_overrides`) or overrides
-        loosening an array beyond :data:`MAX_RTOL_SCALE`, before the port runs.
+        loosening an array beyond :data:`MAX_RTOL_SCALE`, before the port runs; an
+        ``op`` that is not in :data:`OPERATIONS` (ValueError).
     """
     rtol, atol, rtol_scale = _case_overrides(op, name, meta, arrays, rtol, atol, rtol_scale)
     results, got = [], {}
@@ -496,8 +572,35 @@ def run_exec_and_compare(
     whose message carries the tail of the port's stderr. The outputs are compared by
     :func:`compare_outputs`, exactly as a Python port's.
 
-    ``meta`` is the case's manifest entry (``inputs``, ``tolerances``, and the fields
-    the protocol copies into ``case.json``).
+    Parameters
+    ----------
+    command : str or sequence of str
+        The port, with ``{in}`` and ``{out}`` placeholders
+        (:func:`neocell_ref.verify.exec_port.check_command`).
+    op : str
+        The operation, one the protocol supports
+        (:data:`neocell_ref.verify.exec_port.CASE_FIELDS`: ``"neocell"``).
+    name : str
+        The case's name (in the rows, messages and ``case.json``).
+    meta : dict
+        ``meta`` is the case's manifest entry (``inputs``, ``tolerances``, and the fields
+        the protocol copies into ``case.json``).
+    arrays : dict of str -> ndarray
+        The case's arrays: inputs, expected outputs (their shapes are the expected
+        shapes) and bounds.
+    forward_only : bool, default False
+        Expect only the forward outputs (names not starting with ``grad``); ``grad_y``
+        is not given to the port.
+    timeout : float, optional
+        Seconds per run before the port's process group is killed (default
+        :data:`neocell_ref.verify.exec_port.DEFAULT_TIMEOUT`).
+    rtol, atol, rtol_scale, diagnose
+        As in :func:`run_and_compare`.
+
+    Returns
+    -------
+    list of ArrayComparison
+        One ``(exec run)`` row when the run fails, else one row per expected output.
 
     Raises
     ------
@@ -741,7 +844,18 @@ def _manifest_text(manifest) -> str:
 
 def manifest_digest(manifest: dict) -> str:
     """The set digest (SHA-256 of ``manifest.json``) of a manifest as
-    :func:`export_golden` writes and returns it."""
+    :func:`export_golden` writes and returns it.
+
+    Parameters
+    ----------
+    manifest : dict
+        A manifest as :func:`export_golden` returns it.
+
+    Returns
+    -------
+    str
+        64 lowercase hex digits.
+    """
     return _sha256(_manifest_text(manifest).encode("utf-8"))
 
 
@@ -761,10 +875,25 @@ def derive_manifest(suite="core", dtype="float64", seed=DEFAULT_SEED, operations
     by building the set in memory (about a second for the full suite), cached per
     arguments within a process.
 
+    Parameters
+    ----------
+    suite : {"core", "full"}, default "core"
+    dtype : {"float64", "float32", "float16", "bfloat16"}, default "float64"
+        Dtype of the set's inputs (a NumPy dtype of the first three is read too).
+    seed : int, default DEFAULT_SEED
+        In ``[0, 2**63 - 1]``.
+    operations : list of str, optional
+        Subset of :data:`OPERATIONS` (default all those the dtype has cases for).
+
     Returns
     -------
     dict
         A fresh copy, as ``json.loads`` of ``manifest.json`` gives it.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad argument, as in :func:`export_golden`.
     """
     suite, dtype, seed, ops = _check_set_args(suite, dtype, seed, operations)
     return json.loads(_derived(suite, dtype, seed, tuple(ops))[0])
@@ -1148,11 +1277,29 @@ def _read_case(directory: Path, case: dict) -> dict:
 
 def check_digest(digest):
     """``digest`` normalised (lower case, stripped), ``None`` for ``None``; a value that is
-    not 64 hex digits is a TypeError/ValueError naming it."""
+    not 64 hex digits is a TypeError/ValueError naming it.
+
+    Parameters
+    ----------
+    digest : str or None
+        A set digest (SHA-256 hex), as :func:`set_digest` returns it.
+
+    Returns
+    -------
+    str or None
+        64 lowercase hex digits, or None.
+
+    Raises
+    ------
+    TypeError
+        ``digest`` is neither a string nor None.
+    ValueError
+        ``digest`` is not 64 hex digits (after stripping whitespace).
+    """
     if digest is None:
         return None
     if not isinstance(digest, str):
-        raise TypeError(f"digest must be a SHA-256 hex string, got {type(digest).__name__}")
+        raise TypeError(f"digest must be a SHA-256 hex string, got {type(digest).__name__} {_short_repr(digest)}")
     text = digest.strip().lower()
     if len(text) != 64 or not set(text) <= set("0123456789abcdef"):
         raise ValueError(f"digest must be 64 hex digits (a SHA-256), got {digest!r}")
@@ -1207,6 +1354,23 @@ def set_digest(directory) -> str:
     The manifest holds every case file's SHA-256, and the verifier checks every file
     against it, so this one value pins every byte of the set. The set is verified
     as a whole first (:class:`GoldenError` if unusable).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The golden set's folder.
+
+    Returns
+    -------
+    str
+        64 lowercase hex digits.
+
+    Raises
+    ------
+    GoldenError
+        The set is unusable (:func:`load_manifest`).
+    TypeError, ValueError
+        ``directory`` is not a path (str or os.PathLike), is empty or holds a NUL.
     """
     return _load_set(directory)[1]
 
@@ -1239,7 +1403,30 @@ def load_manifest(directory, *, digest=None) -> dict:
 
 
 def load_case(directory, case: dict) -> dict:
-    """Arrays of one case of a verified manifest (file hash, members and headers checked again)."""
+    """Arrays of one case of a verified manifest (file hash, members and headers checked again).
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The golden set's folder.
+    case : dict
+        One entry of the manifest's ``cases`` (:func:`load_manifest`): its ``file``,
+        ``sha256`` and ``arrays`` are read (``name`` and ``op`` for messages).
+
+    Returns
+    -------
+    dict of str -> ndarray
+        Every member of the case file, keyed by array name, of the manifest's shape
+        and dtype.
+
+    Raises
+    ------
+    GoldenError
+        The file is missing, not a regular file, too large, of another SHA-256, or its
+        members or their headers differ from the manifest, or hold non-finite values.
+    TypeError, ValueError
+        ``directory`` is not a path (str or os.PathLike), is empty or holds a NUL.
+    """
     return _read_case(_folder_arg(directory), case)
 
 
@@ -1516,7 +1703,31 @@ def verify_golden(
 # ports named by "package.module:function" (the command line's --forward/--backward)
 # --------------------------------------------------------------------------------------
 def load_callable(target: str):
-    """Import ``"package.module:function"`` (the current directory is importable)."""
+    """Import ``"package.module:function"`` (the current directory is importable).
+
+    Parameters
+    ----------
+    target : str
+        ``"package.module:function"``; the part after the colon may be a dotted path
+        of attributes (``"module:Class.method"``). The current directory is put first
+        on ``sys.path`` when it is not on it.
+
+    Returns
+    -------
+    callable
+
+    Raises
+    ------
+    ValueError
+        ``target`` is not a string with exactly one colon.
+    ImportError
+        The module cannot be imported (whatever the module raises while importing
+        propagates too).
+    AttributeError
+        The module has no such attribute.
+    TypeError
+        The object found is not callable.
+    """
     import importlib
     import sys
 
@@ -1537,7 +1748,24 @@ def load_callable(target: str):
 def load_port(target, option):
     """:func:`load_callable`, any failure (import error, SystemExit at import, not
     callable) turned into a one-line ValueError naming ``option`` and the target;
-    ``None`` for no target."""
+    ``None`` for no target.
+
+    Parameters
+    ----------
+    target : str or None
+        ``"package.module:function"`` (:func:`load_callable`), or None.
+    option : str
+        How the message names the argument (the command line's ``"--forward"``).
+
+    Returns
+    -------
+    callable or None
+
+    Raises
+    ------
+    ValueError
+        The port cannot be loaded (only ``KeyboardInterrupt`` propagates unchanged).
+    """
     if target is None:
         return None
     try:

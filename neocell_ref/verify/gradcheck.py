@@ -141,7 +141,9 @@ def check_gradients(
         Element check passes where ``|analytic - numeric| <= atol + rtol * |numeric|``.
     dot_rtol : float
         Dot-product check passes where
-        ``|a - n| <= dot_rtol * max(|a|, |n|, scale)`` with ``scale`` the product of norms.
+        ``|a - n| <= dot_rtol * max(|a|, |n|, 1e-3 * scale) + atol`` with ``a`` and ``n``
+        the analytic and numerical directional derivatives and ``scale`` the product of
+        the norms of the gradient and the direction.
     max_elements : int
         Check at most this many elements per input (sampled without replacement).
     wrt : sequence of int, optional
@@ -306,7 +308,28 @@ def _taken_step(step, eps, name, where, value) -> float:
 
 
 def assert_gradients(forward, backward, inputs, **kwargs) -> GradcheckReport:
-    """:func:`check_gradients`, raising ``AssertionError`` with the report on failure."""
+    """:func:`check_gradients`, raising ``AssertionError`` with the report on failure.
+
+    Parameters
+    ----------
+    forward, backward, inputs
+        As in :func:`check_gradients`.
+    **kwargs
+        Passed to :func:`check_gradients` (``names``, ``rng``, ``eps``, ``rtol``,
+        ``atol``, ``dot_rtol``, ``max_elements``, ``wrt``).
+
+    Returns
+    -------
+    GradcheckReport
+        The passing report.
+
+    Raises
+    ------
+    AssertionError
+        An input fails either check; the message is ``str(report)``.
+    TypeError, ValueError
+        As :func:`check_gradients` raises them (bad arguments, nothing to check).
+    """
     report = check_gradients(forward, backward, inputs, **kwargs)
     if not report.passed:
         raise AssertionError(str(report))

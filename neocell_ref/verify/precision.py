@@ -62,6 +62,19 @@ ACCUMULATION_DTYPE = "float32"
 def dtype_name(dtype, name: str = "dtype") -> str:
     """The name in :data:`FLOAT_DTYPES` of ``dtype`` (a NumPy dtype, type or name).
 
+    Parameters
+    ----------
+    dtype : str, numpy.dtype or type
+        ``"float64"``, ``"float32"``, ``"float16"`` or ``"bfloat16"``, or another NumPy
+        dtype, type or name of one of the first three (``np.float32``, ``"f4"``).
+    name : str, default "dtype"
+        How the message names the argument.
+
+    Returns
+    -------
+    str
+        One of :data:`FLOAT_DTYPES`.
+
     Raises
     ------
     ValueError
@@ -126,6 +139,20 @@ def not_bfloat16(values) -> np.ndarray:
 
     NaN counts as bfloat16 (it has a bfloat16 encoding); a float64 value that is not
     even a float32 number does not.
+
+    Parameters
+    ----------
+    values : array_like of real floats, any shape
+
+    Returns
+    -------
+    ndarray of bool, the shape of ``values``
+        True where the element is not a bfloat16 number.
+
+    Raises
+    ------
+    TypeError
+        ``values`` is not a floating array (integers included).
     """
     source = np.asarray(values)
     if source.dtype.kind != "f":
@@ -140,12 +167,25 @@ def not_bfloat16(values) -> np.ndarray:
 def round_to(values, dtype) -> np.ndarray:
     """``values`` rounded (to nearest, ties to even) to ``dtype``, returned as float64.
 
-    ``dtype`` is a name of :data:`FLOAT_DTYPES`; float64 returns a copy.
+    Parameters
+    ----------
+    values : array_like of real numbers, any shape
+        Integer or floating.
+    dtype : str or numpy.dtype
+        ``dtype`` is a name of :data:`FLOAT_DTYPES` (or a dtype :func:`dtype_name`
+        reads); float64 returns a copy.
+
+    Returns
+    -------
+    ndarray of float64, the shape of ``values``
+        Values beyond the range of ``dtype`` become infinite.
 
     Raises
     ------
     TypeError
         ``values`` is not a real numeric array (complex, bool, strings, None).
+    ValueError
+        ``dtype`` is not one of :data:`FLOAT_DTYPES`.
     """
     dtype = dtype_name(dtype)
     array = as_real_array(values, "values")
@@ -161,10 +201,24 @@ def store(values, dtype) -> np.ndarray:
     float64, float32 and float16 sets store ``values.astype(dtype)``; a bfloat16 set
     stores float32 arrays holding ``round_bfloat16(values)``.
 
+    Parameters
+    ----------
+    values : array_like of real numbers, any shape
+        Integer or floating.
+    dtype : str or numpy.dtype
+        The set's dtype, one of :data:`FLOAT_DTYPES` (see :func:`dtype_name`).
+
+    Returns
+    -------
+    ndarray, the shape of ``values``
+        Of dtype ``STORAGE_DTYPE[dtype]`` (:data:`STORAGE_DTYPE`).
+
     Raises
     ------
     TypeError
         ``values`` is not a real numeric array (complex, bool, strings, None).
+    ValueError
+        ``dtype`` is not one of :data:`FLOAT_DTYPES`.
     """
     dtype = dtype_name(dtype)
     values = as_real_array(values, "values")
@@ -280,13 +334,14 @@ def emulate_neocell(
     specs : list of dict
         The case's specs as written.
     dtype : str
-        The golden set's dtype: inputs are rounded to it (a no-op on its own inputs).
+        The golden set's dtype, and the default of ``storage``.
     accumulate : str
         Accumulation dtype: ``"float32"`` in the model, ``"float64"``, or
         ``"float16"`` (every partial sum rounded to float16: a port that accumulates
         in half precision, outside the model).
     storage : str, optional
-        The type intermediates and results are rounded to; default ``dtype``.
+        The type inputs, intermediates and results are rounded to (inputs: a no-op on a
+        set's own inputs when it is the set's dtype); default ``dtype``.
         (``storage="bfloat16"`` on a float16 set emulates a port of lower precision.)
     corner, swap, shifts, split_rounded_up, size_rounded : bool
         Planted defects (the tests' mutants and :mod:`neocell_ref.verify.diagnosis`'s
@@ -402,10 +457,37 @@ def emulate_layer(kind, arrays, order, options, dtype, *, storage=None):
     float32 on the half-precision inputs (sums, statistics and elementary functions
     in float32), every result rounded once to ``storage`` (default ``dtype``).
 
+    Parameters
+    ----------
+    kind : str
+        A layer kind of :mod:`neocell_ref.registry` with a forward/backward pair
+        (``"linear"``, ``"batchnorm"``, ``"gelu"``, ...).
+    arrays : dict of str -> array_like
+        The layer's inputs, keyed by the names in ``order``, and ``grad_y`` (the shape
+        of the layer's output): the inputs of a golden layer case. They are rounded
+        to ``storage`` before use.
+    order : sequence of str
+        Names of the inputs in the order of the layer's positional arguments (the
+        manifest's ``input_order``).
+    options : dict
+        Keyword options of the layer's forward and backward (the manifest's ``options``).
+    dtype : str or numpy.dtype
+        The golden set's dtype, one of :data:`FLOAT_DTYPES`.
+    storage : str or numpy.dtype, optional
+        The type the inputs and results are rounded to; default ``dtype``.
+
     Returns
     -------
     dict
         ``y`` and ``grad_<input>`` for every differentiated input, float64 arrays.
+
+    Raises
+    ------
+    ValueError
+        ``kind`` names no layer with a forward/backward pair; ``dtype`` or ``storage``
+        is not one of :data:`FLOAT_DTYPES`.
+    KeyError
+        ``arrays`` lacks an input named in ``order`` or ``grad_y``.
     """
     from .. import registry
 

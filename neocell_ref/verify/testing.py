@@ -123,6 +123,15 @@ def _edge_biased(edges, low: int, high: int) -> st.SearchStrategy[int]:
 def spatial_sizes(max_size: int = 10) -> st.SearchStrategy[int]:
     """Input heights or widths in ``[1, max_size]``, biased towards :data:`EDGE_SIZES`.
 
+    Parameters
+    ----------
+    max_size : int, default 10
+        Largest size drawn, ``>= 1``.
+
+    Returns
+    -------
+    SearchStrategy[int]
+
     Raises
     ------
     TypeError, ValueError
@@ -142,6 +151,15 @@ def _bounded(value, name: str, cap: int) -> int:
 def kernel_sizes(max_kernel: int = 7) -> st.SearchStrategy[int]:
     """Kernel sizes in ``[1, max_kernel]``, biased towards :data:`EDGE_KERNELS`.
 
+    Parameters
+    ----------
+    max_kernel : int, default 7
+        Largest kernel size drawn (at most :data:`MAX_KERNEL_OPTION`).
+
+    Returns
+    -------
+    SearchStrategy[int]
+
     Raises
     ------
     TypeError, ValueError
@@ -156,6 +174,15 @@ def channel_counts(max_channels: int = 8) -> st.SearchStrategy[int]:
     Small counts make "fewer channels than shifted sub-groups" (all channels in the
     last sub-group) frequent; the full range gives uneven sub-group splits.
 
+    Parameters
+    ----------
+    max_channels : int, default 8
+        Largest channel count drawn, ``>= 1``.
+
+    Returns
+    -------
+    SearchStrategy[int]
+
     Raises
     ------
     TypeError, ValueError
@@ -167,9 +194,22 @@ def channel_counts(max_channels: int = 8) -> st.SearchStrategy[int]:
 def kernel_codes(max_kernel: int = 7, max_parts: int = 3) -> st.SearchStrategy[str]:
     """NeoNeXt kernel codes such as ``"7"`` or ``"4+7"`` (SPEC 2), always well-formed.
 
-    Half of the draws come from the official codes ``"7"``, ``"4+7"``, ``"4"`` and
-    their relatives; the rest join 1 to ``max_parts`` sizes in ``[1, max_kernel]``
-    (repeats allowed, e.g. ``"3+3"``).
+    About half of the draws come from the official codes ``"7"``, ``"4+7"``, ``"4"``
+    and their relatives that fit ``max_kernel`` and ``max_parts``; the rest (all of
+    them when none fits, e.g. ``max_kernel < 4``) join 1 to ``max_parts`` sizes in
+    ``[1, max_kernel]`` (repeats allowed, e.g. ``"3+3"``).
+
+    Parameters
+    ----------
+    max_kernel : int, default 7
+        Largest size in a code (at most :data:`MAX_KERNEL_OPTION`); official codes with
+        a larger size are left out.
+    max_parts : int, default 3
+        Largest number of ``+``-joined sizes in a code, ``>= 1``.
+
+    Returns
+    -------
+    SearchStrategy[str]
 
     Raises
     ------

@@ -96,7 +96,23 @@ MODEL_RTOL = {"float64": {"logits": 1e-10, "grad": 1e-10}, "float32": {"logits":
 
 def unit_roundoff(dtype) -> float:
     """``u = eps / 2`` of a floating dtype (2**-53 for float64, 2**-24 for float32,
-    2**-11 for float16, 2**-8 for ``"bfloat16"``)."""
+    2**-11 for float16, 2**-8 for ``"bfloat16"``).
+
+    Parameters
+    ----------
+    dtype : str or numpy.dtype
+        One of :data:`~neocell_ref.verify.precision.FLOAT_DTYPES` (see
+        :func:`~neocell_ref.verify.precision.dtype_name`).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        ``dtype`` is not one of those four.
+    """
     return UNIT_ROUNDOFF[dtype_name(dtype)]
 
 
@@ -143,6 +159,23 @@ def half_tolerance(dtype, n: int, roundings: int, propagation: float = 0.0) -> d
     error of a rounding that underflows) and ``propagation`` the largest factor by
     which the second product multiplies an absolute error of a stored intermediate.
 
+    Parameters
+    ----------
+    dtype : str or numpy.dtype
+        dtype of the set: ``"float16"`` or ``"bfloat16"``.
+    n : int
+        Accumulation length of the array, ``>= 0``.
+    roundings : int
+        ``k``, the roundings to the half type on the array's path, ``>= 0``.
+    propagation : float, default 0.0
+        Factor on the absolute error of a stored intermediate, finite and ``>= 0``.
+
+    Returns
+    -------
+    dict
+        ``{"rtol", "atol", "accumulation_length" (n), "half_roundings" (k)}``, in that
+        order.
+
     Raises
     ------
     TypeError, ValueError
@@ -164,11 +197,29 @@ def allowed_error(expected, *, rtol, atol=0.0, bound=None) -> np.ndarray:
     """Elementwise allowed ``|got - expected|``: ``rtol · scale + atol``, ``scale`` the
     magnitude ``bound`` when given and ``|expected|`` otherwise (float64, ``expected``'s shape).
 
+    Parameters
+    ----------
+    expected : array_like of real numbers, any shape
+        The expected values (computed in float64).
+    rtol : float
+        Relative tolerance, finite and ``>= 0``; keyword only, required.
+    atol : float, default 0.0
+        Absolute tolerance, finite and ``>= 0``.
+    bound : array_like of real numbers, optional
+        Magnitudes ``>= 0`` that broadcast to ``expected``'s shape (the magnitude bound
+        of the tolerance policy, or a normwise scale).
+
+    Returns
+    -------
+    ndarray of float64, the shape of ``expected``
+        Read-only (a :func:`numpy.broadcast_to` view).
+
     Raises
     ------
     TypeError, ValueError
         A tolerance that is not a finite real ``>= 0``; a ``bound`` that is negative or
-        does not broadcast to ``expected``.
+        does not broadcast to ``expected``; ``expected`` or ``bound`` not a real numeric
+        array (TypeError).
     """
     rtol = real_number(rtol, "rtol", 0.0, type_error=True)
     atol = real_number(atol, "atol", 0.0, type_error=True)
@@ -192,7 +243,25 @@ def allowed_error(expected, *, rtol, atol=0.0, bound=None) -> np.ndarray:
 
 def tolerance_policy(dtype) -> dict:
     """The manifest's ``tolerance_policy`` of a set of ``dtype``: the rule above, in words
-    and with its constants (the golden oracle adds the operations a half set leaves out)."""
+    and with its constants (the golden oracle adds the operations a half set leaves out).
+
+    Parameters
+    ----------
+    dtype : str or numpy.dtype
+        dtype of the set, one of :data:`~neocell_ref.verify.precision.FLOAT_DTYPES`.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``rule``, ``rtol``, ``safety``, ``unit_roundoff``, ``bound``;
+        a half set also ``atol``, ``arithmetic``, ``accumulation_roundoff`` and
+        ``underflow``.
+
+    Raises
+    ------
+    ValueError
+        ``dtype`` is not one of those dtypes.
+    """
     dtype = dtype_name(dtype)
     if dtype in HALF_DTYPES:
         return {
@@ -268,6 +337,16 @@ MAX_SEED = 2**63 - 1
 
 def check_seed(seed, name: str = "seed") -> int:
     """Return ``seed`` as an int after checking it is an integer in ``[0, MAX_SEED]``.
+
+    Parameters
+    ----------
+    seed : int or numpy.integer
+    name : str, default "seed"
+        How messages name the argument.
+
+    Returns
+    -------
+    int
 
     Raises
     ------

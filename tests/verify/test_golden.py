@@ -28,6 +28,7 @@ import zipfile
 import numpy as np
 import pytest
 from support import mutant_ports
+from support.hostile import raises_naming
 
 import neocell_ref as nr
 from neocell_ref import cli, layers
@@ -1802,3 +1803,18 @@ def test_verify_golden_exec_arguments(sets):
         verify_golden(sets["float64"], "neocell", forward=np.zeros_like, forward_only=True)
     with pytest.raises(TypeError, match="forward_only"):
         verify_golden(sets["float64"], "neocell", command="true {in} {out}", forward_only="yes")
+
+
+def test_check_digest_normalises_and_refuses_by_value():
+    from neocell_ref.verify.golden import check_digest
+
+    digest = "ab" * 32
+    got = check_digest(f"  {digest.upper()}\n")
+    assert got == digest, f"check_digest kept case or whitespace: {got!r}"
+    assert check_digest(None) is None, "no digest given is no digest to check"
+    with raises_naming(TypeError, "digest must be a SHA-256 hex string", "int 12345"):
+        check_digest(12345)
+    with raises_naming(ValueError, "64 hex digits", "'abc'"):
+        check_digest("abc")
+    with raises_naming(ValueError, "64 hex digits", "'" + "g" * 64 + "'"):
+        check_digest("g" * 64)
