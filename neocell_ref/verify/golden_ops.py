@@ -31,7 +31,7 @@ from ..expansion import expand_kernel
 from ..neocell import neocell_backward, neocell_forward
 from ..spec import check_input_size, parse_specs
 from .precision import HALF_DTYPES, dtype_name, store
-from .tolerances import ELEMENTARY_ULPS, MODEL_RTOL, case_rng, half_tolerance, sum_tolerance
+from .tolerances import ELEMENTARY_ULPS, MODEL_RTOL, case_rng, gradient_peers, half_tolerance, sum_tolerance
 
 
 def make_case(op_name: str, case, dtype, seed: int):
@@ -601,23 +601,18 @@ def _model_make(name, config, x_shape, dtype, rng):
         expected[f"grad/{key}"] = grad
     inputs = sorted(arrays)
     rtol = MODEL_RTOL[np.dtype(dtype).name]
-    # Parameter gradients are compared normwise per layer: relative to the largest
-    # gradient among the parameters of the same layer. A parameter whose gradient
-    # vanishes mathematically (fc_2.bias in front of a training-mode BatchNorm, which
-    # removes any constant shift) is then held to its layer's rounding noise, not to 0.
-    layer_of = {f"grad/{key}": desc.name for key, desc, _, _, _ in model.architecture.entries()}.get
+    # Parameter gradients are compared normwise per layer (gradient_peers): relative to
+    # the largest gradient among the parameters of the same layer.
+    peers = gradient_peers(expected, model.architecture)
     tolerances = {}
     for key in expected:
-        peers = [key]
-        if key.startswith("grad/"):
-            peers = sorted(k for k in expected if k.startswith("grad/") and layer_of(k) == layer_of(key))
         tolerances[key] = {
             "rtol": rtol["logits" if key.startswith("logits") else "grad"],
             "atol": 0.0,
             "accumulation_length": None,
             "bound": None,
             "norm": "max",
-            "scale_with": peers,
+            "scale_with": peers.get(key, [key]),
         }
     arrays.update(expected)
     meta = {"config": dict(config), "x_shape": list(x_shape)}

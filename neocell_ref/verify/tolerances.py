@@ -65,6 +65,8 @@ __all__ = [
     "allowed_error",
     "tolerance_policy",
     "relative_error",
+    "gradient_peers",
+    "model_errors",
     "DEFAULT_SEED",
     "MAX_SEED",
     "check_seed",
@@ -324,6 +326,76 @@ def relative_error(got, ref) -> float:
         if scale == 0.0:
             return 0.0 if diff == 0.0 else float("inf")
         return diff / scale
+
+
+def gradient_peers(keys, architecture) -> dict:
+    """The layer of every parameter gradient: for each ``"grad/KEY"`` in ``keys``, the
+    sorted ``"grad/..."`` keys of ``keys`` that belong to the same layer.
+
+    Whole-network gradients are compared normwise *per layer* (docs/porting.md): a
+    parameter whose gradient vanishes mathematically (``fc_2.bias`` in front of a
+    training-mode BatchNorm, which removes any constant shift) is held to its layer's
+    rounding noise, not to 0.
+
+    Parameters
+    ----------
+    keys : iterable of str
+        Array names; those starting with ``"grad/"`` are parameter gradients named by
+        their state-dict key.
+    architecture : neocell_ref.architecture.Architecture
+        The network's description, whose entries say which layer holds each key.
+
+    Returns
+    -------
+    dict of str to list of str
+        ``{"grad/KEY": peers}``; a key the description does not know is its own only peer.
+    """
+    layer_of = {f"grad/{key}": layer.name for key, layer, _, _, _ in architecture.entries()}
+    grads = sorted(k for k in keys if k.startswith("grad/"))
+    return {key: [k for k in grads if layer_of.get(k) == layer_of[key]] if key in layer_of else [key] for key in grads}
+
+
+def model_errors(got, ref, architecture) -> dict:
+    """Relative error of every array of a whole-network result ``got`` against ``ref``.
+
+    Arrays named ``"grad/KEY"`` get ``max|got - ref| / max|ref over the layer|``, the
+    largest reference value among the layer's parameter gradients
+    (:func:`gradient_peers`); integer arrays must be equal (0 or inf); every other array
+    gets :func:`relative_error`. An array of ``ref`` missing from ``got``, or of another
+    shape, is an infinite error.
+
+    Parameters
+    ----------
+    got, ref : dict of str to array_like
+        Computed and reference arrays by name (``logits_eval``, ``grad_x``,
+        ``grad/KEY``, ``buffers_after_train/KEY``, ...); every key of ``ref`` is compared.
+    architecture : neocell_ref.architecture.Architecture
+        The network's description (:func:`gradient_peers`).
+
+    Returns
+    -------
+    dict of str to float
+    """
+    peers = gradient_peers(ref, architecture)
+    errors = {}
+    for key, expected in ref.items():
+        expected = np.asarray(expected)
+        value = got.get(key)
+        if value is None or np.shape(value) != expected.shape:
+            errors[key] = float("inf")
+        elif expected.dtype.kind in "iub":
+            errors[key] = 0.0 if np.array_equal(value, expected) else float("inf")
+        elif key in peers:
+            value = as_real_array(value, key).astype(np.float64, copy=False)
+            if not (np.isfinite(value).all() and np.isfinite(expected).all()):
+                errors[key] = float("inf")
+                continue
+            diff = float(np.max(np.abs(value - expected), initial=0.0))
+            scale = max((float(np.max(np.abs(ref[k]), initial=0.0)) for k in peers[key]), default=0.0)
+            errors[key] = diff / scale if scale else (0.0 if diff == 0.0 else float("inf"))
+        else:
+            errors[key] = relative_error(value, expected)
+    return errors
 
 
 # --------------------------------------------------------------------------------------

@@ -205,3 +205,45 @@ def test_the_documented_constants_are_the_ones_used():
     documented = {"float64": {"logits": 1e-10, "grad": 1e-10}, "float32": {"logits": 1e-5, "grad": 1e-4}}
     assert MODEL_RTOL == documented, f"MODEL_RTOL is {MODEL_RTOL}, the documentation states {documented}"
     assert MAX_GROUPS == 65_536, f"MAX_GROUPS is {MAX_GROUPS:,}, docs/spec.md section 2 states 65,536"
+
+
+def test_model_errors_compare_parameter_gradients_per_layer():
+    """Hand-made arrays on a tiny network: a vanishing bias gradient is judged against its
+    layer's largest gradient, every other array on its own; missing, reshaped, NaN and
+    changed-integer results are infinite errors."""
+    from neocell_ref.architecture import NeoNeXtConfig, describe
+    from neocell_ref.verify.tolerances import gradient_peers, model_errors
+
+    arch = describe(NeoNeXtConfig(per_stage_layers=(1, 1, 1, 1), dims=(8, 16, 24, 32), linear_bias=True), 96)
+    weight, bias = "grad/stage_1.0.ops.content.fc_2.weight", "grad/stage_1.0.ops.content.fc_2.bias"
+    peers = gradient_peers([weight, bias, "logits_eval", "grad/not_a_parameter"], arch)
+    assert peers[bias] == [bias, weight] and peers[weight] == [bias, weight], f"fc_2's peers: {peers}"
+    assert peers["grad/not_a_parameter"] == ["grad/not_a_parameter"], f"an unknown key's peers: {peers}"
+    assert "logits_eval" not in peers, "only parameter gradients have peers"
+
+    ref = {
+        weight: np.array([[4.0, -2.0]]),
+        bias: np.array([1e-16, -1e-16]),  # rounding noise of an exact zero
+        "logits_eval": np.array([2.0, -8.0]),
+        "buffers_after_train/stem.norm.num_batches_tracked": np.array(1),
+    }
+    got = {
+        weight: np.array([[4.0, -1.0]]),  # off by 1 where the layer's largest is 4: 1/4
+        bias: np.array([3e-16, -1e-16]),  # off by 2e-16: 5e-17 of the layer, 2.0 of its own size
+        "logits_eval": np.array([2.0, -6.0]),  # 2 / 8
+        "buffers_after_train/stem.norm.num_batches_tracked": np.array(1),
+    }
+    errors = model_errors(got, ref, arch)
+    expected = {weight: 0.25, bias: 5e-17, "logits_eval": 0.25, "buffers_after_train/stem.norm.num_batches_tracked": 0}
+    for key, value in expected.items():
+        assert errors[key] == pytest.approx(value, rel=1e-12, abs=0), f"{key}: error {errors[key]!r}, by hand {value}"
+    for name, change in [
+        ("missing", lambda d: d.pop(bias)),
+        ("reshaped", lambda d: d.__setitem__(bias, np.zeros(3))),
+        ("NaN", lambda d: d.__setitem__(bias, np.array([np.nan, 0.0]))),
+        ("count changed", lambda d: d.__setitem__("buffers_after_train/stem.norm.num_batches_tracked", np.array(2))),
+    ]:
+        bad = dict(got)
+        change(bad)
+        worst = max(model_errors(bad, ref, arch).values())
+        assert worst == math.inf, f"a {name} result gave a finite worst error {worst}"
