@@ -28,6 +28,15 @@ Commands
     low-precision cases print their error against the float64 reference for
     information.
 
+``generate-model --official PATH --out DIR --stem NAME --config JSON [--shape N C H W] [--seed S]``
+    Write ``DIR/NAME.npz`` and ``DIR/NAME.json`` in the format of
+    ``official_tiny_model.{npz,json}``: their ``NeoNeXt(**config)`` in float64 with
+    every state-dict entry drawn from ``numpy.random.default_rng(S)`` (see
+    :func:`draw_model_state`), an input of shape ``N C H W`` (default ``2 3 112 112``)
+    and an upstream gradient; their inference forward, training forward and backward.
+    The results are cross-checked against this package's model, which must agree
+    within the verifier's float64 model tolerance (``MODEL_RTOL``, 1e-10).
+
 float16 autocast on the CPU: their forward runs under ``torch.autocast("cpu",
 dtype=torch.float16)`` (the block-diagonal products run in float16, ``y`` is float16).
 Their backward is decorated with ``torch.cuda.amp.custom_bwd``, which on a GPU replays
@@ -273,6 +282,8 @@ def run_model_case(impl, config, state, x, grad_logits):
 
 def check_model_file(impl, meta, arrays, report):
     """Re-derive every result of a whole-model file (``official_tiny_model`` format)."""
+    from neocell_ref.verify.tolerances import model_errors
+
     state = {key[len("state/") :]: value for key, value in arrays.items() if key.startswith("state/")}
     needed = ["x", "grad_logits"]
     missing = [key for key in needed if key not in arrays]
@@ -285,10 +296,26 @@ def check_model_file(impl, meta, arrays, report):
     except (RuntimeError, TypeError, ValueError) as exc:  # e.g. a state dict that does not fit
         report.append((f"model (not re-derived: {_first_line(exc)})", math.inf, TOLERANCES["float64"]))
         return set(arrays)
+    # parameter gradients normwise per layer, as the verifier compares them (a gradient
+    # that vanishes mathematically is rounding noise on both sides)
+    try:
+        layered = model_errors(got, {key: arrays[key] for key in got if key in arrays}, _architecture(meta))
+    except (TypeError, ValueError) as exc:  # neocell_ref refuses the configuration: plain errors
+        print(f"note: per-layer gradient errors unavailable ({_first_line(exc)}); every array on its own")
+        layered = {}
     for key in sorted(got):  # every result their model produces must be stored
         used.add(key)
-        report.append(result_row(key, got[key], arrays, TOLERANCES["float64"]))
+        label, error, tolerance = result_row(key, got[key], arrays, TOLERANCES["float64"])
+        report.append((label, layered.get(key, error) if label == key else error, tolerance))
     return used
+
+
+def _architecture(meta):
+    """This package's description of a model file's network (it names each parameter's layer)."""
+    from neocell_ref.architecture import NeoNeXtConfig, describe
+
+    options = {key: tuple(value) if isinstance(value, list) else value for key, value in meta["config"].items()}
+    return describe(NeoNeXtConfig(**options), tuple(meta["input_shape"][2:]))
 
 
 def cmd_check(args) -> int:
@@ -535,6 +562,139 @@ def cmd_generate(args) -> int:
     return 0
 
 
+MODEL_ARRAYS_NOTE = {
+    "state/KEY": "every entry of the official state_dict before any forward pass, drawn at random "
+    "(BatchNorm running statistics as drawn, num_batches_tracked 0), official key names and PyTorch "
+    "layouts (Linear weight is (out, in); 1x1 Conv weight is (out, in, 1, 1))",
+    "x": "input batch (N, in_chans, H, W)",
+    "logits_eval": "model output in inference mode, computed first, with the state above",
+    "logits_train": "model output in training mode, computed second from the same state (drop_path 0)",
+    "grad_logits": "upstream gradient fed to backward of logits_train",
+    "grad_x": "gradient of sum(logits_train * grad_logits) with respect to x",
+    "grad/KEY": "the same gradient with respect to each trainable parameter KEY",
+    "buffers_after_train/KEY": "BatchNorm buffers after that one training forward",
+}
+
+
+def draw_model_state(shapes, rng):
+    """A random float64 state dict for ``{key: shape}`` (in order), from ``rng``.
+
+    ``num_batches_tracked`` is 0 (int64); ``running_var`` uniform in [0.5, 2);
+    every other entry standard normal, scaled by ``1/sqrt(prod(shape[1:]))`` when it
+    has two or more axes (weights keep the activations of order 1) and by 0.5 when it
+    has one (biases, norms' affine parameters, layer scales, running means).
+    """
+    state = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = np.zeros(shape, dtype=np.int64)
+        elif key.endswith("running_var"):
+            state[key] = rng.uniform(0.5, 2.0, shape)
+        else:
+            scale = 1.0 / math.sqrt(math.prod(shape[1:])) if len(shape) >= 2 else 0.5
+            state[key] = rng.standard_normal(shape) * scale
+    return state
+
+
+def reference_model_errors(config, input_shape, arrays):
+    """Relative error of every stored result of a model file against ``neocell_ref``'s
+    NeoNeXt (float64, the same sequence: load, eval forward, train forward, backward),
+    parameter gradients normwise per layer (``model_errors``)."""
+    from neocell_ref.models import NeoNeXt
+    from neocell_ref.verify.tolerances import model_errors
+
+    architecture = _architecture({"config": config, "input_shape": list(input_shape)})
+    model = NeoNeXt.from_architecture(architecture, dtype=np.float64)
+    model.load_state_dict({k[len("state/") :]: v for k, v in arrays.items() if k.startswith("state/")})
+    ours = {"logits_eval": model.forward(arrays["x"], training=False)}
+    ours["logits_train"] = model.forward(arrays["x"], training=True)
+    ours["grad_x"] = model.backward(arrays["grad_logits"])
+    ours.update({f"grad/{key}": value for key, value in model.grads.items()})
+    state = model.state_dict()
+    ours.update({f"buffers_after_train/{key}": value for key, value in state.items()})
+    results = {key: value for key, value in arrays.items() if key.split("/")[0] in RESULT_PREFIXES}
+    return model_errors(ours, results, architecture)
+
+
+#: The keys (or key prefixes) of a model file's results.
+RESULT_PREFIXES = ("logits_eval", "logits_train", "grad_x", "grad", "buffers_after_train")
+
+
+def cmd_generate_model(args) -> int:
+    from neocell_ref.verify.tolerances import MODEL_RTOL
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {args.out!r}: exists and is not a folder")
+    if not args.stem or Path(args.stem).name != args.stem or args.stem.startswith("."):
+        raise UsageError(f"--stem {args.stem!r}: must be a plain file name without folders")
+    targets = [out / f"{args.stem}.npz", out / f"{args.stem}.json"]
+    if not args.force and any(path.exists() for path in targets):
+        raise UsageError(f"{targets[0].name}/{targets[1].name} already exist in {args.out!r}; pass --force to replace")
+    try:
+        config = json.loads(args.config)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--config: not JSON ({exc})") from None
+    if not isinstance(config, dict) or not all(isinstance(key, str) for key in config):
+        raise UsageError(f"--config: expected a JSON object of NeoNeXt options, got {args.config!r}")
+    shape = tuple(args.shape)
+    if any(n < 1 for n in shape):
+        raise UsageError(f"--shape {shape}: every size must be >= 1")
+    impl = _load(args)
+    import torch
+
+    options = {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
+    try:
+        model = impl.build_model(**options)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        print(f"FAILED: their NeoNeXt rejects the configuration ({_first_line(exc)}); nothing written")
+        return 1
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    rng = np.random.default_rng(args.seed)
+    state = draw_model_state(shapes, rng)
+    x = rng.standard_normal(shape)
+    num_classes = shapes[[key for key in shapes if key.startswith("head.") and key.endswith(".weight")][-1]][0]
+    grad_logits = rng.standard_normal((shape[0], num_classes))
+    try:
+        got = run_model_case(impl, config, state, x, grad_logits)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        print(f"FAILED: their implementation rejects the case ({_first_line(exc)}); nothing written")
+        return 1
+    arrays = {f"state/{key}": value for key, value in state.items()}
+    arrays.update(x=x, grad_logits=grad_logits)
+    arrays.update(got)
+    tolerance = MODEL_RTOL["float64"]["logits"]
+    try:
+        errors = reference_model_errors(config, shape, arrays)
+    except (TypeError, ValueError) as exc:  # their code accepted what the reference rejects
+        errors = {f"(neocell_ref rejects the case: {_first_line(exc)})": math.inf}
+    worst = max(errors, key=errors.get)
+    bad = errors[worst] > tolerance
+    print(
+        f"{args.stem}: {len(got)} results, logits {tuple(got['logits_eval'].shape)}; worst error against "
+        f"neocell_ref (float64): {errors[worst]:.3e} in {worst} -- {'FAIL' if bad else 'ok'}"
+    )
+    meta = {
+        "source": "outputs of the official NeoNeXt PyTorch implementation (class NeoNeXt, CPU, float64), "
+        "every parameter and BatchNorm buffer drawn at random (scripts/official_data.py draw_model_state)",
+        "config": config,
+        "input_shape": list(shape),
+        "arrays": MODEL_ARRAYS_NOTE,
+        "keys": list(shapes),
+        "official_commit": impl.commit,
+        "generator": "scripts/official_data.py generate-model",
+        "seed": args.seed,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(targets[0], **arrays)
+    targets[1].write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"wrote {targets[0]} and {targets[1].name}; torch {torch.__version__}")
+    if bad:
+        print(f"FAILED: the model disagrees with neocell_ref beyond {tolerance:g}")
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------
@@ -613,6 +773,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--force", action="store_true", help="replace existing output files")
     gen.set_defaults(run=cmd_generate)
+
+    model = sub.add_parser(
+        "generate-model", help="write a whole-model file in the format of official_tiny_model.{npz,json}"
+    )
+    common(model)
+    model.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    model.add_argument("--stem", required=True, help="file name stem of the .npz/.json pair")
+    model.add_argument(
+        "--config",
+        required=True,
+        metavar="JSON",
+        help='their NeoNeXt options, e.g. \'{"per_stage_layers": [1, 1, 2, 1], "dims": [8, 16, 32, 64]}\'',
+    )
+    model.add_argument(
+        "--shape", type=int, nargs=4, default=[2, 3, 112, 112], metavar=("N", "C", "H", "W"), help="input shape"
+    )
+    model.add_argument("--seed", type=int, default=0, help="seed of numpy.random.default_rng for state, x, grad")
+    model.add_argument("--force", action="store_true", help="replace existing output files")
+    model.set_defaults(run=cmd_generate_model)
     return parser
 
 

@@ -33,7 +33,8 @@ settings.register_profile(
 settings.load_profile(os.environ.get("NEOCELL_HYPOTHESIS_PROFILE", "default"))
 
 
-@pytest.fixture(scope="module")
-def official():
-    """``(arrays, meta)`` of the official tiny-model data (``support.official_model``)."""
-    return official_model.load_official()
+@pytest.fixture(scope="module", params=official_model.STEMS)
+def official(request):
+    """``(arrays, meta)`` of each official tiny-model data file (``support.official_model``):
+    every test using it runs once per file."""
+    return official_model.load_official(request.param)

@@ -816,9 +816,9 @@ def test_params_equal_hand_count(name, options):
     assert got == expected, f"{name} {options}: params {got} != hand count {expected} (diff {got - expected})"
 
 
-def _official_tiny():
-    meta = json.loads((DATA / "official_tiny_model.json").read_text())
-    arrays = np.load(DATA / "official_tiny_model.npz", allow_pickle=False)
+def _official_tiny(stem):
+    meta = json.loads((DATA / f"{stem}.json").read_text())
+    arrays = np.load(DATA / f"{stem}.npz", allow_pickle=False)
     cfg = meta["config"]
     config = NeoNeXtConfig(
         per_stage_layers=tuple(cfg["per_stage_layers"]),
@@ -834,8 +834,10 @@ def _official_tiny():
     return config, tuple(meta["input_shape"][2:]), trainable
 
 
-def test_params_equal_official_tiny_model_state_dict():
-    config, resolution, trainable = _official_tiny()
+@pytest.mark.parametrize("stem", ["official_tiny_model", "official_tiny_model_options"])
+def test_params_equal_official_tiny_model_state_dict(stem):
+    """Default options, and linear biases with layer scale and kernel code "3+5"."""
+    config, resolution, trainable = _official_tiny(stem)
     result = model_complexity(config, resolution)
     assert result.name == "custom", f"a custom config should be called 'custom', got {result.name!r}"
     total = sum(trainable.values())
@@ -861,7 +863,7 @@ def test_macs_equal_hand_count(name, options, res):
 
 def test_executed_neocell_macs_equal_instrumented_forward():
     """Every NeoCell row's executed MACs are what ``neocell_forward`` multiplies on that input."""
-    config, resolution, _ = _official_tiny()
+    config, resolution, _ = _official_tiny("official_tiny_model")
     result = model_complexity(config, resolution)
     rows = {r.name: r for r in result.layers}
     rng = np.random.default_rng(0)
@@ -885,7 +887,7 @@ def test_executed_neocell_macs_equal_instrumented_forward():
 def test_executed_macs_and_params_equal_the_running_model(which):
     """A built NeoNeXt: its parameter arrays and the MACs its forward executes."""
     if which == "official_tiny":
-        config, resolution, _ = _official_tiny()
+        config, resolution, _ = _official_tiny("official_tiny_model")
     else:
         config, resolution = CUSTOM, (96, 96)
     model = NeoNeXt.from_config(config, dtype=np.float32, resolution=resolution, rng=np.random.default_rng(1))

@@ -2,11 +2,14 @@
 
 - ``test_mutants_fail_conformance``: the official whole-network comparison of
   tests/test_models.py (``support.official_model.conformance_errors`` against
-  ``tests/data/official_tiny_model``) fails for each of five plausible layer slips
+  each file of ``support.official_model.STEMS``) fails for each of five plausible layer slips
   (biased running variance, patchify with the patch axes swapped, tanh GELU,
   LayerNorm eps 1e-5, training BatchNorm with the unbiased variance). The BatchNorm
   mutants replace the rules every training BatchNorm uses, plain and fast
   (``layers._bn_running``, ``layers._bn_stats``).
+- ``test_the_options_file_notices_an_ignored_option``: the options file
+  (``official_tiny_model_options``) fails the comparison for a model that ignores its
+  linear biases or its layer scale.
 - ``test_a_broken_layer_backward_fails_the_model_check``: the whole-model gradient
   check of tests/test_models.py (``support.models.model_gradcheck``) notices a 1 %
   error in the layer-scale gradient.
@@ -14,6 +17,7 @@
 
 import numpy as np
 import pytest
+from support import official_model
 from support.models import model_gradcheck, tiny
 from support.official_model import TOLERANCE, conformance_errors, run_sequence
 
@@ -76,9 +80,35 @@ def test_mutants_fail_conformance(official, monkeypatch, mutant):
     name, replacement = MUTANTS[mutant]
     monkeypatch.setattr(L, name, replacement)
     result, _ = run_sequence(arrays, meta)
-    errors = conformance_errors(result, arrays)
+    errors = conformance_errors(result, arrays, meta)
     failing = {k: e for k, e in errors.items() if not e <= TOLERANCE}
     assert failing, f"mutant '{mutant}' passed the conformance comparison (worst {max(errors.values()):.3e})"
+
+
+#: What the options file (linear biases, layer scale) must notice: a model that ignores
+#: the option is simulated by loading the official state with that option neutralised.
+IGNORED_OPTIONS = {
+    "linear biases ignored": (".fc_1.bias", ".fc_2.bias"),
+    "layer scale ignored (gamma taken as 1)": (".layer_scale.gamma",),
+}
+
+
+@pytest.mark.parametrize("ignored", sorted(IGNORED_OPTIONS))
+def test_the_options_file_notices_an_ignored_option(ignored):
+    arrays, meta = official_model.load_official("official_tiny_model_options")
+    suffixes = IGNORED_OPTIONS[ignored]
+    neutral = 1.0 if "gamma" in suffixes[0] else 0.0
+    changed = {
+        k: np.full_like(v, neutral) for k, v in arrays.items() if k.startswith("state/") and k.endswith(suffixes)
+    }
+    assert changed, f"the options file has no {suffixes} parameters to neutralise"
+    result, _ = run_sequence({**arrays, **changed}, meta)
+    errors = conformance_errors(result, arrays, meta)
+    failing = {k: e for k, e in errors.items() if not e <= TOLERANCE}
+    assert {"logits_eval", "logits_train"} <= set(failing), (
+        f"'{ignored}' ({len(changed)} arrays) left the logits within {TOLERANCE:g}: "
+        f"{ {k: errors[k] for k in ('logits_eval', 'logits_train')} }"
+    )
 
 
 def test_a_broken_layer_backward_fails_the_model_check(monkeypatch):

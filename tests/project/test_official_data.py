@@ -88,7 +88,14 @@ def fake_checkout(folder: Path) -> Path:
 # --------------------------------------------------------------------------------------
 # without the checkout: argument handling (no PyTorch needed)
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", [["check"], ["generate", "--out", "unused"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["check"],
+        ["generate", "--out", "unused"],
+        ["generate-model", "--out", "unused", "--stem", "m", "--config", "{}"],
+    ],
+)
 def test_missing_checkout_path_exits_2_without_torch(tmp_path, command):
     missing = tmp_path / "no-such-checkout"
     done = run_cli(*command, "--official", missing, block_torch=True)
@@ -214,6 +221,17 @@ def test_missing_official_option_is_a_usage_error():
             ],
             "--stem",
         ),
+        (["generate-model", "--out", "{tmp}/o", "--stem", "m", "--config", "{dims: 1}"], "--config: not JSON"),
+        (["generate-model", "--out", "{tmp}/o", "--stem", "m", "--config", "[1, 2]"], "expected a JSON object"),
+        (
+            ["generate-model", "--out", "{tmp}/o", "--stem", "m", "--config", "{}", "--shape", "2", "3", "0", "64"],
+            "every size must be >= 1",
+        ),
+        (["generate-model", "--out", "{tmp}/o", "--stem", "../m", "--config", "{}"], "--stem"),
+        (
+            ["generate-model", "--out", "{data}", "--stem", "official_tiny_model_options", "--config", "{}"],
+            "already exist",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
@@ -244,7 +262,7 @@ def checkout():
 def expected_results(data_dir: Path) -> set[str]:
     """Names of every stored *result* (not input) in the official files, found independently."""
     names = set()
-    for stem in ("official_neocell", "official_tiny_model"):
+    for stem in ("official_neocell", "official_tiny_model", "official_tiny_model_options"):
         with np.load(data_dir / f"{stem}.npz", allow_pickle=False) as archive:
             keys = archive.files
         if stem == "official_neocell":
@@ -337,6 +355,12 @@ def nudge(array):
         ),
         ("official_tiny_model", "logits_eval", lambda a: None, {"logits_eval"}),
         ("official_tiny_model", "grad/head.fc.bias", lambda a: a.astype(np.float32), {"grad/head.fc.bias"}),
+        (
+            "official_tiny_model_options",
+            "grad/stage_1.0.ops.content.layer_scale.gamma",
+            nudge,
+            {"grad/stage_1.0.ops.content.layer_scale.gamma"},
+        ),
     ],
     ids=[
         "result-nudged",
@@ -348,6 +372,7 @@ def nudge(array):
         "model-counter-changed",
         "model-result-removed",
         "model-dtype-changed",
+        "options-gradient-nudged",
     ],
 )
 def test_check_fails_on_tampered_data(checkout, tmp_path, capsys, stem, key, change, flagged):
@@ -414,6 +439,46 @@ def test_generate_reproduces_the_stored_cases(checkout, tmp_path, capsys):
     # and the generated pair is itself a valid input of check
     status, out, err = run_main(capsys, "check", "--official", checkout, "--data", tmp_path)
     assert status == 0, f"check of generated data: exit {status}\n{out}"
+
+
+def test_generate_model_reproduces_the_options_file(checkout, tmp_path, capsys):
+    """Round trip: generate-model with the stored configuration, seed and shape writes the
+    stored options file again (the data are what the script says they are)."""
+    stem = "official_tiny_model_options"
+    meta = json.loads((DATA / f"{stem}.json").read_text())
+    status, out, err = run_main(
+        capsys,
+        "generate-model",
+        "--official",
+        checkout,
+        "--out",
+        tmp_path,
+        "--stem",
+        stem,
+        "--config",
+        json.dumps(meta["config"]),
+        "--seed",
+        meta["seed"],
+        "--shape",
+        *meta["input_shape"],
+    )
+    assert status == 0, f"exit {status}\n{out}\n{err}"
+    with np.load(DATA / f"{stem}.npz", allow_pickle=False) as archive:
+        stored = {k: archive[k] for k in archive.files}
+    with np.load(tmp_path / f"{stem}.npz", allow_pickle=False) as archive:
+        fresh = {k: archive[k] for k in archive.files}
+    assert set(fresh) == set(stored), f"keys differ: {sorted(set(fresh) ^ set(stored))}"
+    for key, ref in stored.items():
+        assert fresh[key].dtype == ref.dtype and fresh[key].shape == ref.shape, (
+            f"{key}: generated {fresh[key].dtype}{fresh[key].shape}, stored {ref.dtype}{ref.shape}"
+        )
+        if key.startswith("state/") or key in ("x", "grad_logits"):  # drawn: bit for bit
+            assert np.array_equal(fresh[key], ref), f"{key}: the drawn input differs from the stored one"
+    new_meta = json.loads((tmp_path / f"{stem}.json").read_text())
+    for field in ("config", "input_shape", "keys", "arrays", "seed", "generator"):
+        assert new_meta[field] == meta[field], f"JSON field {field!r}: stored {meta[field]!r}, now {new_meta[field]!r}"
+    status, out, err = run_main(capsys, "check", "--official", checkout, "--data", tmp_path)
+    assert status == 0, f"check of the generated file: exit {status}\n{out}"
 
 
 def reference_errors(npz_path, case):
