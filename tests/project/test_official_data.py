@@ -9,7 +9,11 @@ Two kinds of tests:
   re-derives every stored array within 1e-12 (exit 0) and fails on tampered copies of
   the data (exit 1, naming what was tampered with); ``generate`` reproduces the stored
   cases from their inputs, writes the same format, and its new cases agree with this
-  package's reference; the loader leaves no trace in ``sys.modules`` or in the checkout.
+  package's reference; ``generate-model`` reproduces the options file from its seed;
+  the loader leaves no trace in ``sys.modules`` or in the checkout; and every official
+  corner case that docs/spec.md states (mixed dict forms, empty groups, floating-point
+  output sizes, disagreeing groups, a shift larger than the plane, NeoInit's NaN
+  column, a negative layer scale) is what their code does.
 
 The checkout cannot be installed from a package registry, so these tests skip without
 the variable *also under CI*: a documented exception to "no skips in CI" (the other,
@@ -32,6 +36,7 @@ from support.optional import require
 from support.paths import DATA, REPO
 
 import neocell_ref as nr
+from neocell_ref.expansion import expand_kernel
 from neocell_ref.verify.tolerances import relative_error
 
 SCRIPT = REPO / "scripts" / "official_data.py"
@@ -600,3 +605,117 @@ def test_loader_leaves_no_trace_and_serves_the_benchmark_api(checkout):
         f"benchmark API: NeoCellMatrices is{'' if impl.NeoCellMatrices is impl.utils.NeoCellMatrices else ' not'}"
         f" utils.NeoCellMatrices, NeoNeXt is a {type(impl.NeoNeXt).__name__} (expected a class)"
     )
+
+
+# --------------------------------------------------------------------------------------
+# the official corner cases docs/spec.md states, run on the official code
+# --------------------------------------------------------------------------------------
+# docs/spec.md describes what the official code does where this package refuses or
+# decides otherwise. Each statement is checked here against their code, with expected
+# values from the statement itself (hand sizes) or from this package's plain expansion
+# where the statement says the official code follows section 3.
+@pytest.fixture(scope="module")
+def impl(checkout):
+    return official_loader.load_official(checkout)
+
+
+def _official_y(impl, specs, x):
+    """Their NeoCell module (random weights) on ``x``: ``(y, layer)`` as numpy / torch."""
+    import torch
+
+    layer = impl.neocell_layer(specs, dtype=torch.float64)
+    with torch.no_grad():
+        y = layer(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)))
+    return y.numpy(), layer
+
+
+def _kernels(layer):
+    return [w.detach().numpy() for w in layer.weight_a], [w.detach().numpy() for w in layer.weight_b]
+
+
+@pytest.mark.parametrize(
+    "written, meant",
+    [  # the dict their code gets, the one-form dict it is read as (spec section 2.2)
+        ({"kernel": 3, "kernel_a": 5, "kernel_b": 4, "channels": 2}, {"kernel_a": 5, "kernel_b": 4, "channels": 2}),
+        (
+            {"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "kernel": 7, "channels": 2},
+            {"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 2},
+        ),
+        (
+            {"kernel": 4, "channels": 4, "shift": 1, "shift_a": 2, "shift_b": 3},
+            {"kernel": 4, "channels": 4, "shift_a": 2, "shift_b": 3},
+        ),
+        ({"kernel": 4, "channels": 4, "shift_a": 1}, {"kernel": 4, "channels": 4, "shift_a": 1, "shift_b": 0}),
+        ({"kernel": 4, "channels": 4, "shift_b": 1}, {"kernel": 4, "channels": 4}),
+    ],
+    ids=["kernel_a-over-kernel", "general-over-kernel", "shift_a-over-shift", "lone-shift_a", "lone-shift_b"],
+)
+def test_official_mixed_forms_resolve_by_the_stated_precedence(impl, written, meant):
+    x = np.random.default_rng(0).standard_normal((2, written["channels"], 9, 8))
+    y, layer = _official_y(impl, [written], x)
+    wa, wb = _kernels(layer)
+    ours = nr.neocell_forward(x, wa, wb, [meant], method="loop")
+    assert y.shape == ours.shape, f"{written}: official output {y.shape}, read as {meant}: {ours.shape}"
+    err = relative_error(y, ours)
+    assert err <= TOLERANCE, f"{written} is not read as {meant}: relative error {err:.3e}"
+
+
+def test_official_kernel_code_with_too_many_sizes_gives_an_empty_group(impl):
+    specs = impl.utils.get_kernel_spec("4+7", 1, 1)  # one channel, two sizes
+    channels = [group["channels"] for group in specs]
+    assert channels == [0, 1], f"official groups of '4+7' at 1 channel: {specs}"
+    with pytest.raises(ValueError, match="4\\+7"):
+        nr.parse_kernel_code("4+7", 1, 1)
+
+
+def test_official_output_size_is_floating_point(impl):
+    """41 rows through 5 -> 15: their floor((41 / 5) * 15) is 122, the exact value 123."""
+    spec = {"h_in": 5, "h_out": 15, "w_in": 5, "w_out": 15, "channels": 1}
+    y, _ = _official_y(impl, [spec], np.ones((1, 1, 41, 41)))
+    assert y.shape[2:] == (122, 122), f"official output {y.shape[2:]}, spec says 122 x 122 (one short)"
+    assert nr.spec.output_size([spec], 41, 41) == (123, 123), "the exact size is 123"
+
+
+@pytest.mark.parametrize("height", [5, 6])
+def test_official_disagreeing_groups_expand_to_the_largest_size(impl, height):
+    """3 -> 2 beside 2 -> 1: their output has the 3 -> 2 group's rows, and the 2 -> 1
+    group's kernels are expanded to that size by section 3 (clipped block or zero row)."""
+    specs = [
+        {"h_in": 3, "h_out": 2, "w_in": 1, "w_out": 1, "channels": 1},
+        {"h_in": 2, "h_out": 1, "w_in": 1, "w_out": 1, "channels": 1},
+    ]
+    x = np.random.default_rng(height).standard_normal((1, 2, height, 3))
+    y, layer = _official_y(impl, specs, x)
+    rows = (2 * height) // 3
+    assert y.shape == (1, 2, rows, 3), f"official output {y.shape}, expected the 3 -> 2 group's {rows} rows"
+    wa, wb = _kernels(layer)
+    expected = expand_kernel(wa[1], rows, height, 0)[0] @ x[0, 1] @ expand_kernel(wb[1], 3, 3, 0)[0]
+    err = relative_error(y[0, 1], expected)
+    assert err <= TOLERANCE, f"H={height}: the 2 -> 1 group is not its section-3 expansion: {err:.3e}"
+    with pytest.raises(ValueError, match="disagree"):
+        nr.spec.check_input_size(specs, height, 3)
+
+
+def test_official_shift_larger_than_the_plane_fails_deep_inside(impl):
+    spec = {"kernel": 7, "channels": 7, "shift": 1}  # largest used shift 6 > H = W = 5
+    with pytest.raises(RuntimeError):
+        _official_y(impl, [spec], np.ones((1, 7, 5, 5)))
+    with pytest.raises(ValueError, match="largest used shift_a 6"):
+        nr.spec.check_input_size([spec], 5, 5)
+
+
+def test_official_neo_init_leaves_a_nan_column_where_the_rule_gives_none(impl):
+    import torch
+
+    got = impl.utils.skewed_identity(torch.zeros(1, 6, 4, dtype=torch.float64)).numpy()[0]
+    assert np.isnan(got[:, 3]).all() and not np.isnan(got[:, :3]).any(), f"official S(6, 4):\n{got}"
+    ours = nr.init.skewed_identity(6, 4)
+    assert np.all(ours[:, 3] == 0) and np.array_equal(ours[:, :3], got[:, :3]), f"ours S(6, 4):\n{ours}"
+
+
+def test_official_negative_layer_scale_means_none(impl):
+    sizes = dict(per_stage_layers=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_classes=4)
+    keys = list(impl.build_model(**sizes, layer_scale_init_value=-1.0).state_dict())
+    assert not [k for k in keys if "layer_scale" in k], f"official layer scale at -1: {keys}"
+    with pytest.raises(ValueError, match="layer_scale_init_value"):
+        nr.architecture.NeoNeXtConfig(**sizes, layer_scale_init_value=-1.0)
