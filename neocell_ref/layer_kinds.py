@@ -22,6 +22,7 @@ from . import layers as L
 from .init import neo_init
 from .neocell import neocell_backward, neocell_forward
 from .registry import LayerKind, register
+from .validation import as_int
 
 # The calculator's constants and neocell_counts are read at call time (``_cx.NAME``), so
 # that a test that patches one of them (a mutant of the calculator) reaches every count.
@@ -304,8 +305,7 @@ def neocell_state_names(groups: int) -> tuple:
     Parameters
     ----------
     groups : int
-        Number of channel groups (``len(specs)``); not validated (0 or less gives two
-        empty lists).
+        Number of channel groups (``len(specs)``), >= 1.
 
     Returns
     -------
@@ -314,6 +314,7 @@ def neocell_state_names(groups: int) -> tuple:
     names_b : list of str
         ``"weight_b.0"`` ... ``"weight_b.{groups - 1}"``, the names of the ``B̂`` weights.
     """
+    groups = as_int(groups, "groups", 1)
     return [f"weight_a.{g}" for g in range(groups)], [f"weight_b.{g}" for g in range(groups)]
 
 

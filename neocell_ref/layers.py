@@ -494,7 +494,9 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
     Returns
     -------
     running_mean, running_var : ndarray, shape (C,)
-        New arrays in the dtype of ``running_mean``/``running_var``'s common float type.
+        New arrays in the compute dtype of ``running_mean`` and ``running_var``
+        (:func:`neocell_ref.validation.compute_dtype`: float32 when both are float16 or
+        float32, else float64).
     num_batches_tracked : ndarray, shape (), int64
 
     Raises
@@ -582,6 +584,7 @@ def batchnorm_running_from_stats(mean, var, m, running_mean, running_var, num_ba
         ``num_batches_tracked`` not an integer scalar.
     """
     rm = as_real_array(running_mean, "running_mean")
+    _check_ndim(rm, "running_mean", 1, 1, "(C,)")
     rv = as_real_array(running_var, "running_var")
     mean, var = as_real_array(mean, "mean"), as_real_array(var, "var")
     for arr, name in ((rv, "running_var"), (mean, "mean"), (var, "var")):

@@ -13,6 +13,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from support.hostile import raises_naming
 
 import neocell_ref  # noqa: F401  (registers the built-in kinds)
 from neocell_ref import calculator as CX
@@ -258,3 +259,14 @@ def test_model_options_default_to_the_config():
         NeoNeXt(widths=(8, 16, 24, 32))
     with pytest.raises(TypeError, match="multiple values for dims"):
         NeoNeXt((1, 1, 1, 1), (8, 16, 24, 32), dims=(8, 16, 24, 32))
+
+
+def test_neocell_state_names_by_hand_and_refusals():
+    from neocell_ref.layer_kinds import neocell_state_names
+
+    names = neocell_state_names(2)
+    assert names == (["weight_a.0", "weight_a.1"], ["weight_b.0", "weight_b.1"]), f"names of 2 groups: {names}"
+    with raises_naming(ValueError, "groups must be >= 1", "0"):  # a NeoCell layer has a group
+        neocell_state_names(0)
+    with raises_naming(TypeError, "groups must be an integer", "1.5"):
+        neocell_state_names(1.5)
