@@ -8,6 +8,7 @@ extra); without it the test skips locally with the install command and fails in 
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import pkgutil
@@ -80,3 +81,19 @@ def test_public_functions_have_numpydoc_sections():
         if not any(_section(doc, title) is not None for title in ("Returns", "Yields", "Raises")):
             problems.append(f"{where}: no 'Returns', 'Yields' or 'Raises' section")
     assert not problems, f"{len(problems)} public functions lack numpydoc sections:\n" + "\n".join(problems)
+
+
+def test_every_test_assertion_says_what_differed():
+    """array-api-tests' rule: an ``assert`` carries a message (values, where, by how much),
+    so that a failure in a port's CI is readable without a debugger."""
+    bare = []
+    files = sorted((ROOT / "tests").rglob("*.py"))
+    assert len(files) > 50, f"found only {len(files)} test files: the walk is broken"
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        bare += [
+            f"{path.relative_to(ROOT)}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assert) and node.msg is None
+        ]
+    assert not bare, f"{len(bare)} assertions without a message:\n" + "\n".join(bare[:50])
