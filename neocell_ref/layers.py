@@ -577,7 +577,8 @@ def batchnorm_running_from_stats(mean, var, m, running_mean, running_var, num_ba
     ------
     ValueError
         Shapes that differ, ``m < 2``, ``momentum`` outside [0, 1], non-finite running
-        statistics or a negative variance, non-finite ``mean`` or ``var``, or
+        statistics or a negative variance, non-finite ``mean`` or ``var``, a negative
+        ``var``, or
         ``num_batches_tracked + 1`` that would not fit int64.
     TypeError
         An array that is not real numeric, ``m`` not an integer, or
@@ -595,6 +596,8 @@ def batchnorm_running_from_stats(mean, var, m, running_mean, running_var, num_ba
     _check_running(rm, rv)
     if not (np.isfinite(mean).all() and np.isfinite(var).all()):
         raise ValueError("the batch statistics contain NaN or Inf (x held NaN or Inf); running statistics unchanged")
+    if (var < 0).any():  # not a variance: it would make running_var negative for good
+        raise ValueError(f"var must be >= 0 (a batch variance), got minimum {float(var.min())!r}")
     return _bn_running(mean, var, m, rm, rv, count, momentum)
 
 

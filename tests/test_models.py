@@ -572,8 +572,8 @@ def test_complexity_calculator_reads_the_model():
 #
 # The data are outputs of the authors' PyTorch NeoNeXt (float64, CPU; provenance in
 # tests/data/PROVENANCE.md). With its state dict loaded, the reference must reproduce, in
-# float64 with relative error ``max|got - ref| / max|ref| <= 1e-10`` (parameter
-# gradients relative to the largest gradient of their layer):
+# float64 with relative error ``max|got - ref| / max|ref| <= 1e-10`` (a vanishing
+# parameter gradient relative to the largest gradient of its layer, model_errors):
 #
 # 1. ``logits_eval`` (inference mode, computed first),
 # 2. ``logits_train`` (training mode, batch statistics, computed second),
@@ -621,8 +621,9 @@ def test_outputs_and_input_gradient(official, result64, which):
 
 
 def test_every_parameter_gradient(official, result64):
-    """Normwise per layer (conformance_errors): fc_2.bias in front of a training-mode
-    BatchNorm has an exact gradient of 0, rounding noise in both implementations."""
+    """Each on its own size, except a vanishing one (conformance_errors): fc_2.bias in
+    front of a training-mode BatchNorm has an exact gradient of 0, rounding noise in both
+    implementations, judged against its layer's largest gradient."""
     arrays, meta = official
     result, model = result64
     expected = sorted(k[len("grad/") :] for k in arrays if k.startswith("grad/"))

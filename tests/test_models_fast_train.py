@@ -343,6 +343,8 @@ def test_running_update_from_statistics_is_the_update_from_x():
         L.batchnorm_running_from_stats(mean, var, 1, mean, var, 0)
     with pytest.raises(ValueError, match="shape"):
         L.batchnorm_running_from_stats(np.zeros(3), var, 90, mean, var, 0)
+    with pytest.raises(ValueError, match="var must be >= 0 \\(a batch variance\\), got minimum -50.0"):
+        L.batchnorm_running_from_stats(mean, np.array([-50.0, 1, 1, 1]), 90, mean, var, 0)
     column = np.zeros((4, 1))  # one value per channel, but not the (C,) layout of the rule
     with pytest.raises(ValueError, match="running_mean must be 1-D \\(C,\\), got shape \\(4, 1\\)"):
         L.batchnorm_running_from_stats(column, column + 1, 90, column, column + 1, 0)

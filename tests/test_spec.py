@@ -417,6 +417,7 @@ def test_check_input_size_reads_specs_as_written():
         ((4, -1, 2), ValueError, ["shift must be >= 0", "-1"]),  # was used as given: shifts 0, -1
         ((4, 2.5, 2), TypeError, ["shift must be an integer", "2.5"]),  # was float shifts 0.0, 2.5
         ((4, 1, 0), ValueError, ["subgroups must be >= 1", "0"]),
+        ((5, 2**62, 3), ValueError, ["shift 4611686018427387904 with 3 sub-groups", "does not fit"]),  # wrapped
     ],
 )
 def test_channel_shifts_refuses_bad_arguments_by_name(args, error, words):

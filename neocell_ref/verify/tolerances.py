@@ -48,6 +48,7 @@ case never reseeds the others.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -67,6 +68,7 @@ __all__ = [
     "relative_error",
     "gradient_peers",
     "model_errors",
+    "VANISHING_GRADIENT",
     "DEFAULT_SEED",
     "MAX_SEED",
     "check_seed",
@@ -332,10 +334,11 @@ def gradient_peers(keys, architecture) -> dict:
     """The layer of every parameter gradient: for each ``"grad/KEY"`` in ``keys``, the
     sorted ``"grad/..."`` keys of ``keys`` that belong to the same layer.
 
-    Whole-network gradients are compared normwise *per layer* (docs/porting.md): a
-    parameter whose gradient vanishes mathematically (``fc_2.bias`` in front of a
-    training-mode BatchNorm, which removes any constant shift) is held to its layer's
-    rounding noise, not to 0.
+    The verifier compares whole-network gradients normwise *per layer* (docs/porting.md;
+    the ``scale_with`` of a golden model case), and :func:`model_errors` falls back to
+    the layer for a vanishing gradient: a parameter whose gradient is 0 mathematically
+    (``fc_2.bias`` in front of a training-mode BatchNorm, which removes any constant
+    shift) is held to its layer's rounding noise, not to 0.
 
     Parameters
     ----------
@@ -355,44 +358,80 @@ def gradient_peers(keys, architecture) -> dict:
     return {key: [k for k in grads if layer_of.get(k) == layer_of[key]] if key in layer_of else [key] for key in grads}
 
 
+#: A parameter gradient whose largest reference value is at most this fraction of its
+#: layer's largest gradient is taken as vanishing (:func:`model_errors`): an exact zero
+#: left with rounding noise (about ``1e-15`` of the layer in float64), which has no
+#: relative precision of its own.
+VANISHING_GRADIENT = 1e-10
+
+
 def model_errors(got, ref, architecture) -> dict:
     """Relative error of every array of a whole-network result ``got`` against ``ref``.
 
-    Arrays named ``"grad/KEY"`` get ``max|got - ref| / max|ref over the layer|``, the
-    largest reference value among the layer's parameter gradients
-    (:func:`gradient_peers`); integer arrays must be equal (0 or inf); every other array
-    gets :func:`relative_error`. An array of ``ref`` missing from ``got``, or of another
-    shape, is an infinite error.
+    Every array gets :func:`relative_error`, ``max|got - ref| / max|ref|``, except two
+    kinds: integer arrays (``num_batches_tracked``) must be equal (0 or inf), and a
+    *vanishing* parameter gradient ``"grad/KEY"`` (its ``max|ref|`` at most
+    :data:`VANISHING_GRADIENT` times the largest reference gradient of its layer,
+    :func:`gradient_peers`) is divided by that layer maximum instead: ``fc_2.bias`` in
+    front of a training-mode BatchNorm has an exact gradient of 0, and both sides hold
+    only rounding noise. Every other gradient is judged on its own size, so a small but
+    real gradient is not loosened by its layer's larger ones.
 
     Parameters
     ----------
-    got, ref : dict of str to array_like
-        Computed and reference arrays by name (``logits_eval``, ``grad_x``,
-        ``grad/KEY``, ``buffers_after_train/KEY``, ...); every key of ``ref`` is compared.
+    got : mapping of str to array_like
+        Computed arrays by name. A missing array, one of another shape, or one that is
+        not real numbers (complex, bool, strings, ragged) is an infinite error.
+    ref : mapping of str to array_like of real numbers
+        Reference arrays by name (``logits_eval``, ``grad_x``, ``grad/KEY``,
+        ``buffers_after_train/KEY``, ...); every key is compared.
     architecture : neocell_ref.architecture.Architecture
         The network's description (:func:`gradient_peers`).
 
     Returns
     -------
     dict of str to float
+        Non-negative, ``inf`` where the answer is missing, unusable, non-finite, or
+        nonzero where the reference is all zeros; ``inf`` for every gradient of a layer
+        whose reference holds NaN or Inf (no scale can be trusted there).
+
+    Raises
+    ------
+    TypeError
+        ``got`` or ``ref`` is not a mapping, or a reference array is not real numbers.
     """
-    peers = gradient_peers(ref, architecture)
+    if not isinstance(got, Mapping) or not isinstance(ref, Mapping):
+        raise TypeError(f"got and ref must be mappings of arrays, got {type(got).__name__} and {type(ref).__name__}")
+    refs = {key: as_real_array(value, f"ref[{key!r}]") for key, value in ref.items()}
+    peers = gradient_peers(refs, architecture)
+
+    def largest(array):
+        return float(np.max(np.abs(array), initial=0.0))
+
     errors = {}
-    for key, expected in ref.items():
-        expected = np.asarray(expected)
+    for key, expected in refs.items():
         value = got.get(key)
-        if value is None or np.shape(value) != expected.shape:
+        try:
+            value = None if value is None else as_real_array(value, key)
+        except (TypeError, ValueError):  # complex, bool, strings, ragged: not an answer
+            value = None
+        if value is None or value.shape != expected.shape:
             errors[key] = float("inf")
-        elif expected.dtype.kind in "iub":
+        elif expected.dtype.kind in "iu":
             errors[key] = 0.0 if np.array_equal(value, expected) else float("inf")
         elif key in peers:
-            value = as_real_array(value, key).astype(np.float64, copy=False)
-            if not (np.isfinite(value).all() and np.isfinite(expected).all()):
+            layer = [refs[k] for k in peers[key]]
+            if not (np.isfinite(value).all() and all(np.isfinite(a).all() for a in layer)):
                 errors[key] = float("inf")
                 continue
-            diff = float(np.max(np.abs(value - expected), initial=0.0))
-            scale = max((float(np.max(np.abs(ref[k]), initial=0.0)) for k in peers[key]), default=0.0)
-            errors[key] = diff / scale if scale else (0.0 if diff == 0.0 else float("inf"))
+            widest = max(largest(a) for a in layer)
+            own = largest(expected)
+            if own > VANISHING_GRADIENT * widest:
+                errors[key] = relative_error(value, expected)
+                continue
+            with np.errstate(all="ignore"):  # an overflowing difference is inf, the answer
+                diff = largest(value.astype(np.float64) - expected.astype(np.float64))
+            errors[key] = diff / widest if widest else (0.0 if diff == 0.0 else float("inf"))
         else:
             errors[key] = relative_error(value, expected)
     return errors

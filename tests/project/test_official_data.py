@@ -233,6 +233,16 @@ def test_missing_official_option_is_a_usage_error():
             "every size must be >= 1",
         ),
         (["generate-model", "--out", "{tmp}/o", "--stem", "../m", "--config", "{}"], "--stem"),
+        (["generate-model", "--out", "{tmp}/o", "--stem", "m\nx", "--config", "{}"], "--stem"),
+        (["generate-model", "--out", "{tmp}/o", "--stem", "m", "--config", "{}", "--seed", "-1"], "--seed -1"),
+        (
+            ["generate-model", "--out", "{tmp}/o", "--stem", "m", "--config", "{}", "--shape", "64", "3", "512", "512"],
+            "more than 2**24",
+        ),
+        (
+            ["generate-model", "--out", "{tmp}/o", "--stem", "m", "--config", '{"drop_path": 0.1}'],
+            "drop_path must be 0",
+        ),
         (
             ["generate-model", "--out", "{data}", "--stem", "official_tiny_model_options", "--config", "{}"],
             "already exist",
@@ -366,6 +376,12 @@ def nudge(array):
             nudge,
             {"grad/stage_1.0.ops.content.layer_scale.gamma"},
         ),
+        (  # a small but real gradient (1/17 of its layer's largest) is judged on its own size
+            "official_tiny_model_options",
+            "grad/downsample_1.norm_1.bias",
+            lambda a: a + 1.5e-11 * np.abs(a).max(),
+            {"grad/downsample_1.norm_1.bias"},
+        ),
     ],
     ids=[
         "result-nudged",
@@ -378,6 +394,7 @@ def nudge(array):
         "model-result-removed",
         "model-dtype-changed",
         "options-gradient-nudged",
+        "options-small-gradient-shifted",
     ],
 )
 def test_check_fails_on_tampered_data(checkout, tmp_path, capsys, stem, key, change, flagged):

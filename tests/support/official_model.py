@@ -68,11 +68,10 @@ def run_sequence(arrays, meta, dtype=np.float64):
 
 
 def conformance_errors(result, arrays, meta):
-    """Relative error of every compared array (missing results count as infinite),
-    parameter gradients normwise per layer as the verifier compares them
-    (:func:`neocell_ref.verify.tolerances.model_errors`: a gradient that vanishes
-    mathematically, such as ``fc_2.bias`` before a training-mode BatchNorm, is rounding
-    noise on both sides)."""
+    """Relative error of every compared array (missing results count as infinite), by
+    :func:`neocell_ref.verify.tolerances.model_errors`: each array on its own size, except
+    a gradient that vanishes mathematically (``fc_2.bias`` before a training-mode
+    BatchNorm: rounding noise on both sides), judged against its layer's largest."""
     refs = {k: v for k, v in arrays.items() if not (k.startswith(("state/", "x")) or k == "grad_logits")}
     architecture = nr.architecture.describe(config(meta), tuple(meta["input_shape"][2:]))
     return model_errors(result, refs, architecture)

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+from support.hostile import raises_naming
 
 from neocell_ref.verify.golden_ops import NEOCELL_CASES_CORE, OPERATIONS, case_rng, half_tolerance, make_case
 from neocell_ref.verify.tolerances import allowed_error, relative_error, sum_tolerance
@@ -208,9 +209,10 @@ def test_the_documented_constants_are_the_ones_used():
 
 
 def test_model_errors_compare_parameter_gradients_per_layer():
-    """Hand-made arrays on a tiny network: a vanishing bias gradient is judged against its
-    layer's largest gradient, every other array on its own; missing, reshaped, NaN and
-    changed-integer results are infinite errors."""
+    """Hand-made arrays on a tiny network: a vanishing bias gradient (at most
+    VANISHING_GRADIENT of its layer) is judged against its layer's largest gradient, every
+    other array on its own; missing, reshaped, non-real, NaN and changed-integer results
+    are infinite errors."""
     from neocell_ref.architecture import NeoNeXtConfig, describe
     from neocell_ref.verify.tolerances import gradient_peers, model_errors
 
@@ -247,3 +249,23 @@ def test_model_errors_compare_parameter_gradients_per_layer():
         change(bad)
         worst = max(model_errors(bad, ref, arch).values())
         assert worst == math.inf, f"a {name} result gave a finite worst error {worst}"
+    for name, answer in [
+        ("complex", np.array([1e-16 + 1j, 0])),
+        ("bool", np.array([True, False])),
+        ("ragged", [[1], []]),
+    ]:
+        error = model_errors({**got, bias: answer}, ref, arch)[bias]
+        assert error == math.inf, f"a {name} answer for {bias} gave error {error}"
+
+    # a small but real gradient is judged on its own size, not loosened by its layer's
+    small = {weight: np.array([[4.0, -2.0]]), bias: np.array([0.01, -0.01])}  # 0.0025 of the layer
+    errors = model_errors({weight: small[weight], bias: np.array([0.011, -0.01])}, small, arch)
+    assert errors[bias] == pytest.approx(0.1, rel=1e-12), f"0.001 off a bias of 0.01: {errors[bias]!r}, by hand 0.1"
+    # a reference layer holding Inf leaves no scale to trust: every gradient of the layer fails
+    broken = {weight: np.array([[np.inf, -2.0]]), bias: np.array([1.0, -1.0])}
+    errors = model_errors({weight: np.array([[np.inf, -2.0]]), bias: np.array([100.0, -1.0])}, broken, arch)
+    assert errors[bias] == math.inf and errors[weight] == math.inf, f"errors with an Inf in the layer: {errors}"
+    with raises_naming(TypeError, "must be mappings"):
+        model_errors([1.0], ref, arch)
+    with raises_naming(TypeError, "ref['logits_eval']"):
+        model_errors(got, {"logits_eval": np.array([1j])}, arch)
