@@ -471,6 +471,14 @@ def output_targets(args):
     return targets
 
 
+def write_pair(targets, arrays, meta):
+    """Write ``arrays`` to the ``.npz`` and ``meta`` to the ``.json`` of ``targets``
+    (:func:`output_targets`), creating the folder."""
+    targets[0].parent.mkdir(parents=True, exist_ok=True)
+    np.savez(targets[0], **arrays)
+    targets[1].write_text(json.dumps(meta, indent=1) + "\n")
+
+
 def draw_inputs(specs, shape, seed):
     """Standard-normal ``x`` and weights from ``default_rng(seed)`` (x, then A per group, then B per group)."""
     from neocell_ref.spec import parse_specs
@@ -501,7 +509,6 @@ def reference_errors(specs, arrays, groups):
 
 def cmd_generate(args) -> int:
     targets = output_targets(args)
-    out = targets[0].parent
     planned = planned_cases(args)
     names = [name for name, *_ in planned]
     if len(set(names)) != len(names):
@@ -575,9 +582,7 @@ def cmd_generate(args) -> int:
         "generator": "scripts/official_data.py generate",
         "cases": cases,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(targets[0], **npz)
-    targets[1].write_text(json.dumps(meta, indent=1) + "\n")
+    write_pair(targets, npz, meta)
     print(f"wrote {len(cases)} case(s) to {targets[0]} and {targets[1].name}")
     if failures:
         print(f"FAILED: {failures} float64 case(s) disagree with neocell_ref beyond {REFERENCE_TOLERANCE:g}")
@@ -647,7 +652,6 @@ def cmd_generate_model(args) -> int:
     from neocell_ref.verify.tolerances import MODEL_RTOL
 
     targets = output_targets(args)
-    out = targets[0].parent
     try:
         config = json.loads(args.config)
     except json.JSONDecodeError as exc:
@@ -705,9 +709,7 @@ def cmd_generate_model(args) -> int:
         "generator": "scripts/official_data.py generate-model",
         "seed": args.seed,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(targets[0], **arrays)
-    targets[1].write_text(json.dumps(meta, indent=1) + "\n")
+    write_pair(targets, arrays, meta)
     print(f"wrote {targets[0]} and {targets[1].name}; torch {torch.__version__}")
     if bad:
         print(f"FAILED: the model disagrees with neocell_ref beyond {tolerance:g}")
