@@ -314,7 +314,10 @@ def floating_dtype(dtype, name: str = "dtype", allowed=None) -> np.dtype:
     if result is None:
         raise TypeError(f"{name} must be {wanted}, got {_short_repr(dtype)}")
     if result.kind != "f" or (allowed is not None and result not in allowed):
-        raise TypeError(f"{name} must be {wanted}, got {result}")
+        # a class NumPy reads as another dtype (np.ndarray -> object) is shown as given too
+        plain = isinstance(dtype, np.dtype) or result.name in (dtype, getattr(dtype, "__name__", None))
+        given = "" if plain else f" (from {_short_repr(dtype)})"
+        raise TypeError(f"{name} must be {wanted}, got {result}{given}")
     return result
 
 

@@ -290,6 +290,7 @@ def test_as_flag_accepts_numpy_bools_and_returns_python_bools():
         (np.dtype([("a", "f8")]), ["precision", "('a', '<f8')"]),  # a structured dtype of floats is not floating
         ([("a", "f8")], ["precision", "[('a', 'f8')]"]),  # nor is its list spec read
         (np.float64(7.0), ["precision", "np.float64(7.0)"]),  # np.dtype reads a number's dtype: float64
+        (np.ndarray, ["precision", "got object (from <class 'numpy.ndarray'>)"]),  # what was passed, too
         (np.zeros(3, np.float32), ["precision", "array("]),  # and an array's
     ],
 )
