@@ -619,8 +619,12 @@ class NeoCellCase:
         )
 
     def __repr__(self) -> str:
+        try:  # the specs as a port receives them: official-style dicts (docs/porting.md)
+            specs = _as_written(self.specs)[1]
+        except (TypeError, ValueError):
+            specs = self.specs
         return (
-            f"NeoCellCase(specs={self.specs!r}, x.shape={self.x.shape}, "
+            f"NeoCellCase(specs={specs!r}, x.shape={self.x.shape}, "
             f"out_size={self.out_size}, dtype={self.dtype}, seed={self.seed})"
         )
 

@@ -449,3 +449,17 @@ def test_falsifying_example_of_a_drawn_case_is_short_and_names_the_seed():
     assert "array(" not in notes, notes[:3000]
     large = [str(w.message) for w in caught if "overly large repr" in str(w.message)]
     assert not large, large
+
+
+def test_a_case_prints_its_specs_as_the_port_receives_them():
+    """The repr a failure shows reproduces the case in the form a port is called with:
+    official-style dicts (a GroupSpec as its explicit dict), not GroupSpec objects."""
+    from neocell_ref.spec import parse_specs
+
+    (group,) = parse_specs([{"kernel": 4, "channels": 2, "shift": 1}])
+    case = testing.NeoCellCase(
+        [group], np.zeros((1, 2, 5, 5)), [np.zeros((2, 4, 4))], [np.zeros((2, 4, 4))], np.zeros((1, 2, 5, 5)), seed=3
+    )
+    text = repr(case)
+    written = "[{'h_in': 4, 'h_out': 4, 'w_in': 4, 'w_out': 4, 'channels': 2, 'shift_a': 1, 'shift_b': 1}]"
+    assert f"specs={written}" in text and "GroupSpec" not in text and "seed=3" in text, text
