@@ -245,6 +245,15 @@ def allowed_error(expected, *, rtol, atol=0.0, bound=None) -> np.ndarray:
         return np.broadcast_to(rtol * scale + atol, expected.shape)
 
 
+#: The comparison rule in the words of the manifest (every dtype): an array's entry in
+#: ``tolerances`` says which form applies (``norm``, ``bound``, ``scale_with``).
+COMPARISON_RULE = (
+    "norm 'elementwise': |got - expected| <= rtol * bound + atol element by element (bound: the array "
+    "'bound/NAME', or |expected| where bound is null); norm 'max': max|got - expected| <= rtol * "
+    "max|expected| + atol, the max|expected| taken over the array and the arrays listed in scale_with"
+)
+
+
 def tolerance_policy(dtype) -> dict:
     """The manifest's ``tolerance_policy`` of a set of ``dtype``: the rule above, in words
     and with its constants (the golden oracle adds the operations a half set leaves out).
@@ -269,7 +278,7 @@ def tolerance_policy(dtype) -> dict:
     dtype = dtype_name(dtype)
     if dtype in HALF_DTYPES:
         return {
-            "rule": "|got - expected| <= rtol * bound + atol, elementwise (max|expected| for norm 'max')",
+            "rule": COMPARISON_RULE,
             "rtol": "safety * (half_roundings * unit_roundoff(dtype) + (accumulation_length + 1) "
             "* accumulation_roundoff)",
             "atol": "safety * (underflow(dtype) + (accumulation_length + 1) * underflow(float32)) * "
@@ -283,7 +292,7 @@ def tolerance_policy(dtype) -> dict:
             "bound": "the same computation on absolute values of all inputs (array 'bound/NAME')",
         }
     return {
-        "rule": "|got - expected| <= rtol * bound + atol, elementwise",
+        "rule": COMPARISON_RULE,
         "rtol": "safety * (accumulation_length + 1) * unit_roundoff(dtype)",
         "safety": SAFETY,
         "unit_roundoff": unit_roundoff(dtype),
