@@ -109,8 +109,11 @@ class NeoNeXtConfig:
         object.__setattr__(self, "layer_scale_init_value", scale)
         object.__setattr__(self, "linear_bias", as_flag(self.linear_bias, "linear_bias"))
         # Kernel codes are validated per stage here so that a bad code fails early.
-        for code, dim, shift in zip(stage_kernel_codes(self.kernel_spec), self.dims, self.shifts):
-            parse_kernel_code(code, dim, shift)
+        for stage, (code, dim, shift) in enumerate(zip(stage_kernel_codes(self.kernel_spec), self.dims, self.shifts)):
+            try:
+                parse_kernel_code(code, dim, shift)
+            except ValueError as exc:  # name the stage: several stages may share a code
+                raise ValueError(f"stage {stage + 1} (dims[{stage}]={dim}, shifts[{stage}]={shift}): {exc}") from None
 
 
 MODEL_CONFIGS = {
@@ -437,7 +440,10 @@ def describe(config: NeoNeXtConfig, resolution=224) -> Architecture:
             down = [_conv1x1(f"{prefix}.conv", shape, dims[stage])]
             shape = down[-1].out_shape
             down_spec = GroupSpec(channels=dims[stage], h_in=2, h_out=1, w_in=2, w_out=1)
-            down.append(_neocell(f"{prefix}.neocell", shape, [down_spec]))
+            try:
+                down.append(_neocell(f"{prefix}.neocell", shape, [down_spec]))
+            except ValueError as exc:
+                raise ValueError(f"{prefix} at {shape[1]}x{shape[2]}: {exc}") from None
             shape = down[-1].out_shape
             down.append(_batchnorm(f"{prefix}.norm_1", shape))
             units.append(Unit(prefix, "sequential", tuple(down)))

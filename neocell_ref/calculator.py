@@ -399,11 +399,18 @@ def depthwise_in_bounds_taps(length: int, k: int) -> int:
 # formatting helpers
 # --------------------------------------------------------------------------------------
 def _human(n: float, unit: str = "") -> str:
-    """``12_345_678`` -> ``"12.35 M"``."""
+    """``12_345_678`` -> ``"12.35 M"``; from 10**15 on, scientific (``"4.390e+302 MACs"``)."""
+    if abs(n) >= 1e15:  # no prefix: T with hundreds of digits would print float noise
+        return f"{float(n):.3e} {unit}".rstrip()
     for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= scale:
             return f"{n / scale:.2f} {prefix}{unit}"
     return f"{n:g} {unit}".rstrip()
+
+
+def _gmacs(n: int) -> str:
+    """MACs in GMACs to 3 decimals (the papers' GFLOPs), scientific beyond 10**15."""
+    return f"{n / 1e9:9.3f} GMACs" if n < 1e15 else f"{float(n):.3e} MACs"
 
 
 def _fmt_int(n: int) -> str:
@@ -503,18 +510,24 @@ class LayerComplexity:
         return json.dumps(self.to_dict(), **kwargs)
 
     def _mb(self, elements: int) -> str:
-        return f"{elements * np.dtype(self.dtype).itemsize / 1e6:.2f} MB"
+        nbytes = elements * np.dtype(self.dtype).itemsize
+        return f"{nbytes / 1e6:.2f} MB" if nbytes < 1e15 else f"{float(nbytes):.3e} bytes"
 
     def __str__(self) -> str:
         kh, kw = self.dw_kernel
         lines = [
             f"NeoCell layer vs {kh}x{kw} depthwise convolution (stride 1, same padding)",
-            f"  input N={self.batch}, C={self.channels}, {self.height}x{self.width} -> "
+            f"  input N={_fmt_int(self.batch)}, C={_fmt_int(self.channels)}, {self.height}x{self.width} -> "
             f"NeoCell output {self.height_out}x{self.width_out}",
         ]
+        if (self.height_out, self.width_out) != (self.height, self.width):
+            lines.append(
+                "  note: NeoCell resamples here, the depthwise convolution (stride 1) keeps the size: "
+                "the depthwise figures and ratios compare layers with different outputs"
+            )
         for i, g in enumerate(self.specs):
             lines.append(
-                f"  group {i}: {g.channels} channels, A {g.h_out}x{g.h_in}, B {g.w_in}x{g.w_out}, "
+                f"  group {i}: {_fmt_int(g.channels)} channels, A {g.h_out}x{g.h_in}, B {g.w_in}x{g.w_out}, "
                 f"shift {g.shift_a}/{g.shift_b}"
             )
         rows = [
@@ -834,13 +847,16 @@ class ModelComplexity:
             f"  blocks {cfg.per_stage_layers}, widths {cfg.dims}, kernel_spec={cfg.kernel_spec!r}, "
             f"shifts={cfg.shifts},",
             f"  layer_scale_init_value={cfg.layer_scale_init_value}, linear_bias={cfg.linear_bias}, "
-            f"num_classes={cfg.num_classes}",
-            f"  parameters: {_fmt_int(self.params)} ({self.params / 1e6:.2f} M)",
-            "  MACs per convention (GFLOPs as in the papers = GMACs):",
+            f"num_classes={cfg.num_classes}, in_chans={cfg.in_chans}",
+            f"  parameters: {_fmt_int(self.params)} ({_human(self.params)})",
+            "  MACs per convention, exact (GFLOPs as in the papers = GMACs):",
         ]
+        width = max(len(_fmt_int(m)) for m in self.macs.values())
         for conv in CONVENTIONS:
-            lines.append(f"    {conv:<24} {self.macs[conv] / 1e9:9.3f} GMACs  {_CONVENTION_NOTES[conv]}")
-        lines.append(f"  element-wise ops of the executed forward (not MACs): {self.elementwise_ops / 1e9:.3f} G")
+            m = self.macs[conv]
+            lines.append(f"    {conv:<24} {_fmt_int(m):>{width}} = {_gmacs(m)}  {_CONVENTION_NOTES[conv]}")
+        ops = self.elementwise_ops
+        lines.append(f"  element-wise ops of the executed forward (not MACs): {_fmt_int(ops)} ({_human(ops)})")
         return "\n".join(lines)
 
     def table(self) -> str:

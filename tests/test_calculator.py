@@ -1065,6 +1065,37 @@ def test_summary_and_table_are_readable():
     assert table.splitlines()[-1].startswith("total"), "the table ends with a total row"
 
 
+def test_printed_counts_are_exact_and_never_float_noise():
+    """The summary prints every convention's MACs as the exact integer beside its GMACs
+    (a tiny network is not '0.000 GMACs' four times), names in_chans, and sizes far beyond
+    float precision print in scientific notation, not as hundreds of noisy digits."""
+    tiny = NeoNeXtConfig(dims=(1, 1, 1, 1), per_stage_layers=(1, 1, 1, 1), shifts=(0, 0, 0, 0), kernel_spec="7")
+    result = neocell_ref.model_complexity(tiny, 32)
+    text = str(result)
+    for conv in CONVENTIONS:
+        exact = f"{result.macs[conv]:,} ="
+        assert exact in text, f"{conv}: exact count {exact!r} missing from the summary:\n{text}"
+    assert "in_chans=3" in text, f"in_chans missing from the summary:\n{text}"
+    huge = str(complexity(k=7, c=10**300))
+    noisy = [token for token in huge.split() if len(token) > 40 and "," not in token]
+    assert not noisy, f"float digits printed at 1e300 channels: {[t[:60] for t in noisy]}"
+    assert "e+" in huge, f"no scientific notation for sizes beyond 1e15:\n{huge[-600:]}"
+
+
+def test_a_resampling_layer_warns_that_the_depthwise_comparison_is_not_like_for_like():
+    down = str(complexity(specs=[{"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 192}], h=56))
+    assert "note: NeoCell resamples here" in down, f"no note for a 56 -> 28 layer:\n{down}"
+    same = str(complexity(k=7, c=96))
+    assert "note:" not in same, f"a note for a size-keeping layer:\n{same}"
+
+
+def test_a_bad_stage_or_down_sampling_is_named():
+    with pytest.raises(ValueError, match=r"^stage 2 \(dims\[1\]=192, shifts\[1\]=9\): shift=9"):
+        neocell_ref.model_complexity("neonext_t", 224, shifts=(1, 9, 1, 0))
+    with pytest.raises(ValueError, match=r"^downsample_3 at 1x1: output size would be 0x0"):
+        neocell_ref.model_complexity("neonext_t", 24, shifts=(0, 0, 0, 0))
+
+
 def test_an_architecture_or_a_model_is_counted_at_its_own_resolution():
     """An Architecture described at 112 px (and a model built from it, or built at 128 px)
     is counted at that resolution, not at the default 224; asking for another one is
