@@ -819,6 +819,30 @@ class ModelComplexity:
                 out.extend(dataclasses.replace(r, name=f"{stage}.{b}" + r.name[len(template) :]) for r in rows)
         return tuple(out)
 
+    @functools.cached_property
+    def parts(self) -> dict:
+        """Subtotals per part of the network, in execution order: ``"stem"``,
+        ``"stage_1"``, ``"downsample_1"``, ``"stage_2"``, ... ``"head"`` (a stage with
+        all its blocks, residual additions included).
+
+        Returns
+        -------
+        dict of str to dict
+            ``{part: {"params": int, "macs": {convention: int}, "elementwise_ops": int}}``;
+            the parts add up to :attr:`params`, :attr:`macs` and :attr:`elementwise_ops`.
+            Built from the runs, so also for networks too deep for :attr:`layers`.
+        """
+        out = {}
+        for stage, rows, copies in self.runs:
+            for row in rows:
+                part = stage if stage is not None else row.name.split(".")[0]
+                entry = out.setdefault(part, {"params": 0, "macs": dict.fromkeys(CONVENTIONS, 0), "elementwise_ops": 0})
+                entry["params"] += row.params * copies
+                for conv in CONVENTIONS:
+                    entry["macs"][conv] += row.macs[conv] * copies
+                entry["elementwise_ops"] += row.elementwise_ops * copies
+        return out
+
     def to_list(self) -> list:
         """The per-layer table as a list of dicts."""
         return [row.to_dict() for row in self.layers]
@@ -828,9 +852,16 @@ class ModelComplexity:
             "name": self.name,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.config).items()},
             "resolution": list(self.resolution),
+            "units": {
+                "params": "trainable scalars",
+                "macs": "multiply-accumulates per image, per counting convention",
+                "elementwise_ops": "element-wise operations per image (not MACs)",
+            },
             "params": self.params,
             "macs": dict(self.macs),
             "elementwise_ops": self.elementwise_ops,
+            "conventions": dict(_CONVENTION_NOTES),
+            "parts": {name: {**v, "macs": dict(v["macs"])} for name, v in self.parts.items()},
         }
         if per_layer:
             out["layers"] = self.to_list()
@@ -857,6 +888,13 @@ class ModelComplexity:
             lines.append(f"    {conv:<24} {_fmt_int(m):>{width}} = {_gmacs(m)}  {_CONVENTION_NOTES[conv]}")
         ops = self.elementwise_ops
         lines.append(f"  element-wise ops of the executed forward (not MACs): {_fmt_int(ops)} ({_human(ops)})")
+        lines.append("  per part: parameters, fvcore_patchwise MACs")
+        parts = self.parts
+        pw = max(len(_fmt_int(v["params"])) for v in parts.values())
+        mw = max(len(_fmt_int(v["macs"]["fvcore_patchwise"])) for v in parts.values())
+        for name, v in parts.items():
+            m = v["macs"]["fvcore_patchwise"]
+            lines.append(f"    {name:<14} {_fmt_int(v['params']):>{pw}}  {_fmt_int(m):>{mw}} = {_gmacs(m)}")
         return "\n".join(lines)
 
     def table(self) -> str:

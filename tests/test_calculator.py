@@ -1082,6 +1082,38 @@ def test_printed_counts_are_exact_and_never_float_noise():
     assert "e+" in huge, f"no scientific notation for sizes beyond 1e15:\n{huge[-600:]}"
 
 
+def test_parts_add_up_and_match_hand_counts():
+    """Per-part subtotals: NeoNeXt-T's stem (1x1 convolution 48 -> 96 without bias, and
+    BatchNorm's 2 x 96) and stage 1 (three blocks of 80,160: SPEC 8's example) by hand;
+    every part equals its rows of the per-layer table; the parts add up to the totals."""
+    result = neocell_ref.model_complexity("neonext_t", 224)
+    parts = result.parts
+    assert list(parts) == [
+        "stem",
+        "stage_1",
+        "downsample_1",
+        "stage_2",
+        "downsample_2",
+        "stage_3",
+        "downsample_3",
+        "stage_4",
+        "head",
+    ], f"parts in order: {list(parts)}"
+    assert parts["stem"]["params"] == 48 * 96 + 2 * 96, f"stem params {parts['stem']['params']}"
+    assert parts["stage_1"]["params"] == 3 * 80_160, f"stage_1 params {parts['stage_1']['params']}"
+    for name, part in parts.items():
+        rows = [r for r in result.layers if r.name.split(".")[0] == name]
+        by_rows = (sum(r.params for r in rows), {c: sum(r.macs[c] for r in rows) for c in CONVENTIONS})
+        assert (part["params"], part["macs"]) == by_rows, f"{name}: part {part}, its table rows {by_rows}"
+    assert sum(p["params"] for p in parts.values()) == result.params, "parts do not add up to the parameters"
+    for conv in CONVENTIONS:
+        total = sum(p["macs"][conv] for p in parts.values())
+        assert total == result.macs[conv], f"{conv}: parts add up to {total}, total {result.macs[conv]}"
+    assert sum(p["elementwise_ops"] for p in parts.values()) == result.elementwise_ops, "element-wise ops"
+    data = json.loads(result.to_json(per_layer=False))
+    assert data["parts"]["stage_1"]["params"] == 240_480 and "macs" in data["units"], f"JSON: {list(data)}"
+
+
 def test_a_resampling_layer_warns_that_the_depthwise_comparison_is_not_like_for_like():
     down = str(complexity(specs=[{"h_in": 2, "h_out": 1, "w_in": 2, "w_out": 1, "channels": 192}], h=56))
     assert "note: NeoCell resamples here" in down, f"no note for a 56 -> 28 layer:\n{down}"
