@@ -29,6 +29,7 @@ tool that signal ended): the output is incomplete and claims nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,7 @@ import sys
 from pathlib import Path
 
 from . import calculator, demo
+from .architecture import get_config
 from .verify import exec_port, golden, precision, tolerances
 
 #: Exit status when standard output closed before the output was complete (128 + SIGPIPE).
@@ -281,7 +283,15 @@ def _model_complexity(args) -> int:
             options[key] = value
     if args.shifts is not None:
         options["shifts"] = tuple(args.shifts)
-    result = calculator.model_complexity(args.model, resolution, **options)
+    sizes = {"per_stage_layers": args.depths, "dims": args.dims, "in_chans": args.in_chans}
+    sizes = {
+        key: tuple(value) if isinstance(value, list) else value for key, value in sizes.items() if value is not None
+    }
+    model = args.model
+    if sizes:  # a custom network: the named one with other sizes
+        model = dataclasses.replace(get_config(args.model, **options), **sizes)
+        options = {}
+    result = calculator.model_complexity(model, resolution, **options)
     if args.json:
         text = result.to_json(per_layer=args.per_layer, indent=2)
     else:
@@ -344,6 +354,11 @@ def _add_complexity(subparsers) -> None:
     q.add_argument("--shifts", type=_cli_int(0), nargs=4, default=None, metavar="S")
     q.add_argument("--layer-scale-init-value", type=float, default=None)
     q.add_argument("--linear-bias", action=argparse.BooleanOptionalAction, default=None)
+    q.add_argument(
+        "--depths", type=_cli_int(1), nargs=4, default=None, metavar="D", help="blocks per stage (a custom network)"
+    )
+    q.add_argument("--dims", type=_cli_int(1), nargs=4, default=None, metavar="W", help="widths per stage (custom)")
+    q.add_argument("--in-chans", type=_cli_int(1), default=None, help="input channels (default 3; custom)")
     q.add_argument("--per-layer", action="store_true", help="also print the per-layer table")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_model_complexity)

@@ -279,6 +279,22 @@ def test_cli_complexity_table_and_json():
     assert status == 0 and json.loads(text) == expected, f"JSON differs: {text[:300]}"
 
 
+def test_cli_model_complexity_of_a_custom_network():
+    """--depths/--dims/--in-chans count the named network with other sizes: the same
+    numbers as model_complexity of that NeoNeXtConfig in Python."""
+    from neocell_ref.architecture import NeoNeXtConfig
+
+    argv = ["model-complexity", "neonext_t", "--depths", "1", "2", "1", "3", "--dims", "13", "21", "37", "45"]
+    argv += ["--in-chans", "5", "--kernel-spec", "3+5", "--resolution", "96", "128", "--json"]
+    status, text = run_cli_stdout(argv)
+    config = NeoNeXtConfig(per_stage_layers=(1, 2, 1, 3), dims=(13, 21, 37, 45), in_chans=5, kernel_spec="3+5")
+    expected = model_complexity(config, (96, 128)).to_dict(per_layer=False)
+    assert status == 0, f"exit status {status}: {text[:300]}"
+    got = json.loads(text)
+    assert got == expected, f"JSON differs from Python's in {[k for k in expected if got.get(k) != expected[k]]}"
+    assert got["name"] == "custom" and got["config"]["in_chans"] == 5, f"name {got['name']!r}, {got['config']}"
+
+
 def test_cli_complexity_reports_bad_input():
     err = io.StringIO()
     with redirect_stderr(err):
