@@ -439,6 +439,8 @@ def parse_kernel_code(code: str, channels: int, shift: int = 0) -> list[GroupSpe
         raise TypeError(f"kernel code must be a str such as '4+7', got {_short_repr(code)}")
     channels = as_int(channels, "channels", 1)
     shift = as_int(shift, "shift", 0)
+    if code.count("+") >= MAX_GROUPS:  # before any group is built (a million took seconds)
+        raise ValueError(f"kernel code has {code.count('+') + 1:,} kernel sizes, more than MAX_GROUPS = {MAX_GROUPS:,}")
     parts = [p.strip() for p in code.split("+")]
     # ASCII digits only: int() would also read "4_7" as 47 and accept non-ASCII digits.
     if not all(p and p.isascii() and p.isdigit() for p in parts):

@@ -8,6 +8,7 @@ matrix products executed while the error is raised).
 
 import itertools
 import math
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from support.hostile import raises_naming
+from support.layer_counts import FAST_SECONDS
 
 from neocell_ref import neocell_backward, neocell_forward
 from neocell_ref.expansion import expand
@@ -258,6 +260,18 @@ def test_parse_kernel_code_split_rule(data):
 def test_parse_kernel_code_errors(code, channels, fragments):
     with raises_before_arithmetic(ValueError, *fragments):
         parse_kernel_code(code, channels)
+
+
+def test_a_kernel_code_longer_than_max_groups_is_refused_before_building_groups():
+    code = "+".join(["7"] * (MAX_GROUPS + 1))
+    start = time.perf_counter()
+    with raises_naming(ValueError, f"{MAX_GROUPS + 1:,} kernel sizes", f"MAX_GROUPS = {MAX_GROUPS:,}"):
+        parse_kernel_code(code, 10 * MAX_GROUPS, 0)
+    elapsed = time.perf_counter() - start
+    assert elapsed < FAST_SECONDS, f"refusing took {elapsed:.2f} s: the groups were built first"
+    assert len(parse_kernel_code("+".join(["7"] * MAX_GROUPS), MAX_GROUPS, 0)) == MAX_GROUPS, (
+        "the limit itself is allowed"
+    )
 
 
 @pytest.mark.parametrize("size", [9 * 10**18, 2**63, 10**30, int("9" * 4300)])
