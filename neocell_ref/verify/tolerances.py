@@ -361,9 +361,18 @@ def gradient_peers(keys, architecture) -> dict:
     -------
     dict of str to list of str
         ``{"grad/KEY": peers}``; a key the description does not know is its own only peer.
+
+    Raises
+    ------
+    TypeError
+        ``architecture`` is not a description (it has no ``entries``).
     """
+    if not callable(getattr(architecture, "entries", None)):
+        raise TypeError(
+            f"architecture must be an Architecture (neocell_ref.architecture), got {type(architecture).__name__}"
+        )
     layer_of = {f"grad/{key}": layer.name for key, layer, _, _, _ in architecture.entries()}
-    grads = sorted(k for k in keys if k.startswith("grad/"))
+    grads = sorted(k for k in keys if isinstance(k, str) and k.startswith("grad/"))
     return {key: [k for k in grads if layer_of.get(k) == layer_of[key]] if key in layer_of else [key] for key in grads}
 
 
@@ -407,7 +416,8 @@ def model_errors(got, ref, architecture) -> dict:
     Raises
     ------
     TypeError
-        ``got`` or ``ref`` is not a mapping, or a reference array is not real numbers.
+        ``got`` or ``ref`` is not a mapping, a reference array is not real numbers, or
+        ``architecture`` is not a description.
     """
     if not isinstance(got, Mapping) or not isinstance(ref, Mapping):
         raise TypeError(f"got and ref must be mappings of arrays, got {type(got).__name__} and {type(ref).__name__}")

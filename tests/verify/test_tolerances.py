@@ -267,5 +267,8 @@ def test_model_errors_compare_parameter_gradients_per_layer():
     assert errors[bias] == math.inf and errors[weight] == math.inf, f"errors with an Inf in the layer: {errors}"
     with raises_naming(TypeError, "must be mappings"):
         model_errors([1.0], ref, arch)
+    with raises_naming(TypeError, "architecture must be an Architecture", "NoneType"):
+        model_errors(got, ref, None)
+    assert gradient_peers([weight, 7], arch)[weight] == [weight], "a non-str key is not a gradient name"
     with raises_naming(TypeError, "ref['logits_eval']"):
         model_errors(got, {"logits_eval": np.array([1j])}, arch)
