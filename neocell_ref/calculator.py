@@ -510,7 +510,7 @@ class LayerComplexity:
         return json.dumps(self.to_dict(), **kwargs)
 
     def _mb(self, elements: int) -> str:
-        nbytes = elements * np.dtype(self.dtype).itemsize
+        nbytes = elements * (2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize)
         return f"{nbytes / 1e6:.2f} MB" if nbytes < 1e15 else f"{float(nbytes):.3e} bytes"
 
     def __str__(self) -> str:
@@ -611,8 +611,9 @@ def complexity(
     dw_kernel : int or (int, int), optional
         The compared depthwise kernel. Default: the largest ``h_in`` and the largest
         ``w_in`` over the groups (7x7 for ``"4+7"``).
-    dtype : str, default "float32"
-        Dtype for the memory figures in bytes.
+    dtype : str, numpy.dtype or type, default "float32"
+        Floating dtype for the memory figures in bytes; also ``"bfloat16"`` (2 bytes),
+        which NumPy has no dtype for.
 
     Returns
     -------
@@ -633,7 +634,9 @@ def complexity(
     height = _check_int(h, "h", 1)
     width = height if w is None else _check_int(w, "w", 1)
     batch = _check_int(batch, "batch", 1)
-    dt = floating_dtype(dtype)  # memory is reported in it
+    # memory is reported in dt; bfloat16 (2 bytes) has no NumPy dtype
+    dt = "bfloat16" if isinstance(dtype, str) and dtype == "bfloat16" else floating_dtype(dtype)
+    itemsize = 2 if dt == "bfloat16" else dt.itemsize
     if dw_kernel is None:
         dw = (max(g.h_in for g in layer), max(g.w_in for g in layer))
     else:
@@ -662,7 +665,7 @@ def complexity(
     _check_representable(counted, "the layer")
     _check_representable(
         {
-            f"{key} in bytes": counted[key] * dt.itemsize
+            f"{key} in bytes": counted[key] * itemsize
             for key in ("neocell_extra_memory", "blockdiag_extra_memory", "im2col_elements")
         },
         "the layer",

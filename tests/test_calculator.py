@@ -1082,6 +1082,15 @@ def test_printed_counts_are_exact_and_never_float_noise():
     assert "e+" in huge, f"no scientific notation for sizes beyond 1e15:\n{huge[-600:]}"
 
 
+def test_memory_in_bfloat16_is_two_bytes_per_value():
+    """NumPy has no bfloat16 dtype; the calculator still reports memory in it: z = A·x of
+    7x7 on 1 x 96 x 56 x 56 holds 96·56·56 = 301,056 values, 602,112 bytes = 0.60 MB."""
+    result = complexity(k=7, c=96, dtype="bfloat16")
+    line = next(line for line in str(result).splitlines() if "NeoCell extra memory" in line)
+    assert "301,056" in line and "0.60 MB bfloat16" in line, f"bfloat16 memory line: {line!r}"
+    assert result.to_dict()["dtype"] == "bfloat16", f"dtype in the dict: {result.to_dict()['dtype']!r}"
+
+
 def test_parts_add_up_and_match_hand_counts():
     """Per-part subtotals: NeoNeXt-T's stem (1x1 convolution 48 -> 96 without bias, and
     BatchNorm's 2 x 96) and stage 1 (three blocks of 80,160: SPEC 8's example) by hand;
