@@ -309,12 +309,13 @@ def _add_complexity(subparsers) -> None:
         "convolution on the same input, counted in closed form, in exact integers. Integers may "
         "be written as powers, e.g. -c 10**12. Counting rules: docs/complexity.md.",
     )
-    p.add_argument("-k", "--kernel", type=_cli_int(1), default=None, help="square kernel size (default 7)")
+    sizes = p.add_mutually_exclusive_group()  # argparse names the options, as typed
+    sizes.add_argument("-k", "--kernel", type=_cli_int(1), default=None, help="square kernel size (default 7)")
+    sizes.add_argument("--code", default=None, help="kernel code such as 4+7 (instead of -k)")
     p.add_argument("-c", "--channels", type=_cli_int(1), default=None, help="channels (default 96)")
     p.add_argument(
         "--hw", type=_cli_int(1), nargs=2, default=(56, 56), metavar=("H", "W"), help="input size (default 56 56)"
     )
-    p.add_argument("--code", default=None, help="kernel code such as 4+7 (instead of -k)")
     p.add_argument("--shift", type=_cli_int(0), default=0, help="shift amount of every group (default 0)")
     p.add_argument("--batch", type=_cli_int(1), default=1, help="samples N (default 1)")
     p.add_argument(
@@ -323,7 +324,9 @@ def _add_complexity(subparsers) -> None:
         default=None,
         help="depthwise kernel compared (default: largest NeoCell kernel)",
     )
-    p.add_argument("--dtype", default="float32", help="dtype for memory in bytes (default float32)")
+    p.add_argument(
+        "--dtype", default="float32", help="dtype for memory in bytes: float16/32/64 or bfloat16 (default float32)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_complexity)
 

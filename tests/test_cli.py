@@ -251,6 +251,7 @@ def test_cli_prints_exact_integers_at_huge_sizes():
         (["model-complexity", "neonext_t", "--shifts", "1", "1", "1", "-1"], "must be >= 0"),
         (["model-complexity", "neonext_t", "--layer-scale-init-value", "nan"], "finite"),
         (["model-complexity", "neonext_t", "--kernel-spec", "4+0"], "kernel size < 1"),
+        (["complexity", "-k", "7", "--code", "4+7"], "argument --code: not allowed with argument -k/--kernel"),
     ],
 )
 def test_cli_refuses_unusable_arguments_with_status_2(argv, needle):
@@ -298,11 +299,11 @@ def test_cli_model_complexity_of_a_custom_network():
 def test_cli_complexity_reports_bad_input():
     err = io.StringIO()
     with redirect_stderr(err):
-        status, text = run_cli_stdout(["complexity", "-k", "7", "--code", "4+7"])
+        status, text = run_cli_stdout(["complexity", "--code", "4+7", "--shift", "4"])
     message = err.getvalue()
     assert status == 2 and text == "", f"status {status}, stdout {text!r}"
     assert message.startswith("neocell-ref: error: ") and message.count("\n") == 1, message
-    assert "either k=7 or code='4+7'" in message, message
+    assert "shift=4 must be smaller than every kernel size of code '4+7'" in message, message
 
 
 def test_cli_model_complexity():
