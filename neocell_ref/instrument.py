@@ -58,7 +58,7 @@ class MacCounter:
 
 @contextmanager
 def count_macs():
-    """Record every :func:`matmul` executed inside the block.
+    """Record every instrumented product (:func:`matmul`, :func:`stacked_dot`, :func:`outer`) run inside the block.
 
     Yields
     ------
