@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
+import os
 import time
+import uuid
 from collections import namedtuple
 
 import numpy as np
@@ -35,7 +38,7 @@ from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, 
 from .layer_kinds import INIT_STD, trunc_normal
 from .models_fast import fast_forward
 from .models_fast_train import tail_backward, train_forward, train_scope
-from .validation import as_flag, as_int, as_real_array, check_nbytes, floating_dtype, read_npz
+from .validation import _short_repr, as_flag, as_int, as_real_array, check_nbytes, floating_dtype, read_npz
 
 __all__ = [
     "NeoNeXt",
@@ -216,8 +219,10 @@ class NeoNeXt:
         Every entry is validated before anything is assigned, so a failed load leaves the
         model unchanged. Accepted values: real floating arrays of the exact shape (cast
         to the model dtype, so a float64 checkpoint loads into a float32 model with
-        rounding) and, for ``num_batches_tracked``, an integer scalar (Python int, NumPy
-        integer or 0-d integer array). Values must be finite; running variances >= 0.
+        rounding, and stored as new C-contiguous arrays whatever the source's memory
+        order) and, for ``num_batches_tracked``, an integer scalar in [0, 2**63 - 1]
+        (Python int, NumPy integer, or integer array of shape ``()`` or ``(1,)``).
+        Values must be finite; running variances >= 0.
 
         Parameters
         ----------
@@ -237,8 +242,9 @@ class NeoNeXt:
         ValueError
             Missing/unexpected keys (strict), a value that cannot be read from ``state``
             (an object member of ``np.load(path)``, which refuses to unpickle it; the key
-            named), a shape mismatch (key, expected, got), a non-finite value or a
-            negative running variance; all problems in one message.
+            named), a shape mismatch (key, expected, got), a non-finite value, a
+            negative running variance or a ``num_batches_tracked`` outside int64 or
+            negative (key and value named); all problems in one message.
         TypeError
             ``state`` is not a mapping, a key is not a str, or a value has a wrong dtype
             (key and dtype named).
@@ -291,12 +297,20 @@ class NeoNeXt:
         if isinstance(value, np.ma.MaskedArray):  # np.asarray would load the masked values
             raise TypeError(f"{key}: a masked array; its mask would be ignored")
         if role == "count":
-            arr = np.asarray(value)
-            if arr.dtype.kind not in "iu" or arr.shape not in ((), (1,)):
+            try:
+                arr = np.asarray(value)
+            except Exception as exc:
+                raise TypeError(f"{key}: could not be converted to an array ({exc})") from None
+            # An int beyond int64 and uint64 (2**64, -2**63 - 1) becomes an object array:
+            # read the int it holds, so that the range check below names it.
+            item = arr.reshape(())[()] if arr.shape in ((), (1,)) else None
+            if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Integral):
                 raise TypeError(f"{key}: expected an integer scalar, got dtype {arr.dtype} shape {arr.shape}")
-            count = int(arr.reshape(()))
-            if not 0 <= count <= np.iinfo(np.int64).max:
-                raise ValueError(f"{key}: must be in [0, 2**63 - 1] (int64), got {count}")
+            count = int(item)
+            if not -(2**63) <= count < 2**63:
+                raise ValueError(f"{key}: {_short_repr(count)} is outside the int64 range [-2**63, 2**63 - 1]")
+            if count < 0:
+                raise ValueError(f"{key}: must be in [0, 2**63 - 1] (a count of batches, int64), got {count}")
             return np.asarray(count, dtype=np.int64)
         try:
             arr = np.asarray(value)
@@ -307,8 +321,10 @@ class NeoNeXt:
         if arr.shape != shape:
             raise ValueError(f"{key}: shape mismatch, expected {shape}, got {arr.shape}")
         # Cast first, then check: 1e300 is finite in float64 but Inf in a float32 model.
+        # Always a new C-ordered array: astype keeps a Fortran source's order, and the
+        # layers' products then round differently from those of the same values in C order.
         with np.errstate(over="ignore"):
-            cast = arr.astype(self.dtype, copy=True)
+            cast = arr.astype(self.dtype, order="C", copy=True)
         if not np.isfinite(cast).all():
             detail = f" after the cast to {self.dtype}" if np.isfinite(arr).all() else ""
             raise ValueError(f"{key}: contains NaN or Inf{detail}")
@@ -317,8 +333,48 @@ class NeoNeXt:
         return cast
 
     def save_npz(self, path):
-        """Write :meth:`state_dict` to an uncompressed ``.npz`` (no pickled objects)."""
-        np.savez(path, **self.state_dict())
+        """Write :meth:`state_dict` to an uncompressed ``.npz`` (no pickled objects).
+
+        The file is written exactly at ``path`` (``np.savez`` alone would add ``.npz`` to
+        a path without that suffix), and atomically: into a temporary file of the same
+        folder, then renamed over ``path``, so an interrupted save leaves an existing
+        checkpoint intact (the temporary file is removed).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Any name, ``.npz`` suffix or not; not empty.
+
+        Raises
+        ------
+        TypeError
+            ``path`` is not a str or ``os.PathLike`` of a str (``path`` and the value named).
+        ValueError
+            ``path`` is empty.
+        OSError
+            The folder cannot be written, or ``path`` is a folder.
+        """
+        target = os.fspath(path) if isinstance(path, os.PathLike) else path
+        if not isinstance(target, str):
+            raise TypeError(
+                f"path must be a str or an os.PathLike, got {_short_repr(path)} of type {type(path).__name__}"
+            )
+        if not target:
+            raise ValueError("path must not be empty ('' would be written as '.npz' by np.savez)")
+        state = self.state_dict()
+        folder, name = os.path.split(target)
+        # Same folder: os.replace is atomic only within one file system.
+        temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            with open(temporary, "xb") as file:  # a file object: np.savez adds no suffix
+                np.savez(file, **state)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+        except BaseException:  # KeyboardInterrupt too: no stray temporary file
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+            raise
 
     def load_npz(self, path, strict=True):
         """Load a ``.npz`` written by :meth:`save_npz` (or any archive of official names).
@@ -331,7 +387,8 @@ class NeoNeXt:
 
         Parameters
         ----------
-        path : path-like
+        path : str, os.PathLike or binary file object
+            The archive, by path or opened for binary reading (``io.BytesIO(data)``).
         strict : bool, default True
             As :meth:`load_state_dict`. With False, members of unknown names are not
             read and are reported in ``unexpected_keys`` (in archive order), as
@@ -340,6 +397,15 @@ class NeoNeXt:
         Returns
         -------
         IncompatibleKeys
+
+        Raises
+        ------
+        TypeError
+            ``path`` is neither a str, an ``os.PathLike`` nor a binary file object
+            (``path`` and the value named), or as :meth:`load_state_dict`.
+        ValueError
+            The archive or a member is unreadable or refused (named), or as
+            :meth:`load_state_dict`.
         """
         strict = as_flag(strict, "strict")
         # A batch count may be stored as shape () or (1,), as load_state_dict accepts it.

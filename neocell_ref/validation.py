@@ -494,13 +494,66 @@ def check_nbytes(shape, dtype, what: str) -> int:
 #: Largest ``.npy`` header read.
 MAX_NPY_HEADER = 4096
 
+# The header-length field of each .npy format version read (little-endian unsigned).
+_NPY_LENGTH_FIELD = {(1, 0): "<H", (2, 0): "<I"}
+# Magic string, version and the widest length field: what precedes the header text.
+_NPY_PREFIX_MAX = len(np.lib.format.MAGIC_PREFIX) + 2 + 4
+# The widest real numeric dtype (long double): bounds a member whose dtype is not fixed.
+_MAX_REAL_ITEMSIZE = max(np.dtype(c).itemsize for c in np.typecodes["AllInteger"] + np.typecodes["Float"])
+
+
+def _read_exactly(fp, size: int, what: str, where: str) -> bytes:
+    data = fp.read(size)
+    if len(data) != size:
+        raise ValueError(f"{where}: ends inside its {what} ({len(data)} of {size} bytes)")
+    return data
+
+
+def _read_npy_header(fp, where: str):
+    """``((shape, fortran_order, dtype), length)`` of the ``.npy`` at ``fp``, ``length``
+    counting every byte up to the data; ``fp`` is left at the data.
+
+    The header length is read and checked here, before NumPy's reader sees it: NumPy
+    reads the whole declared length (up to 4 GiB in format 2.0) before comparing it
+    with ``max_header_size``. NumPy's own errors name no member: they are re-raised
+    as ``ValueError`` starting with ``where``.
+    """
+    import io
+    import struct
+
+    try:
+        version = np.lib.format.read_magic(fp)
+    except ValueError as exc:  # too short, or "the magic string is not correct"
+        raise ValueError(f"{where}: not a .npy array: {exc}") from None
+    if version not in _NPY_LENGTH_FIELD:
+        raise ValueError(f"{where}: .npy format version {version} (this package reads 1.0 and 2.0)")
+    field = _NPY_LENGTH_FIELD[version]
+    raw_length = _read_exactly(fp, struct.calcsize(field), ".npy header length", where)
+    (length,) = struct.unpack(field, raw_length)
+    if length > MAX_NPY_HEADER:
+        raise ValueError(
+            f"{where}: its .npy header declares {length:,} bytes of header text, more than the "
+            f"{MAX_NPY_HEADER} read (MAX_NPY_HEADER)"
+        )
+    text = _read_exactly(fp, length, ".npy header", where)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:  # from the bounded bytes already read, never from fp
+        header = reader(io.BytesIO(raw_length + text), max_header_size=MAX_NPY_HEADER)
+    except (ValueError, TypeError, SyntaxError, RecursionError) as exc:
+        # "Header does not contain the correct keys", "malformed node or string", a
+        # header nested too deep for the parser, "descr is not a valid dtype descriptor"
+        raise ValueError(f"{where}: malformed .npy header: {exc}") from None
+    return header, len(np.lib.format.MAGIC_PREFIX) + 2 + len(raw_length) + length
+
 
 def read_npy_member(archive, info, shape, where: str, dtype=None, *, fortran_order: bool = False) -> np.ndarray:
     """One ``.npy`` member of a zip archive, its header checked before any data is read.
 
-    The member must be unencrypted, stored or deflated; its header (format 1.0 or 2.0,
-    at most :data:`MAX_NPY_HEADER` bytes) must declare C order (or Fortran order, when
-    ``fortran_order``), exactly ``shape`` and
+    The member must be unencrypted, stored or deflated, and no larger in the zip
+    directory than a valid member of the expected shape and dtype can be (checked
+    before anything is read); its header (format 1.0 or 2.0, at most
+    :data:`MAX_NPY_HEADER` bytes, a length checked before the header is read) must
+    declare C order (or Fortran order, when ``fortran_order``), exactly ``shape`` and
     either exactly ``dtype`` or, when ``dtype`` is None, a real numeric dtype (never
     Python objects); the zip directory's size must be the header plus exactly that
     many bytes. Only then are those bytes read (bounded; reading to the end checks the
@@ -522,33 +575,36 @@ def read_npy_member(archive, info, shape, where: str, dtype=None, *, fortran_ord
     Raises
     ------
     ValueError
-        Starting with ``where``, saying what is wrong.
+        Starting with ``where``, saying what is wrong (NumPy's errors on a malformed
+        header included).
     """
     import zipfile
+    import zlib
 
     if info.flag_bits & 0x1:
         raise ValueError(f"{where}: the member is encrypted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise ValueError(f"{where}: unsupported zip compression method {info.compress_type}")
     accepted = {tuple(s) for s in shape} if isinstance(shape, (set, frozenset)) else {tuple(shape)}
+    # zipfile decompresses at most the directory's size: bounding it first bounds every
+    # read below, whatever the member's header claims.
+    itemsize = _MAX_REAL_ITEMSIZE if dtype is None else np.dtype(dtype).itemsize
+    largest = _NPY_PREFIX_MAX + MAX_NPY_HEADER + max(math.prod(s) for s in accepted) * itemsize
+    if info.file_size > largest:
+        raise ValueError(
+            f"{where}: the zip directory says {info.file_size} bytes uncompressed, more than the "
+            f"{largest} a .npy of the expected shape and dtype can take"
+        )
     try:
         with archive.open(info) as fp:
-            version = np.lib.format.read_magic(fp)
-            if version == (1, 0):
-                header = np.lib.format.read_array_header_1_0(fp, max_header_size=MAX_NPY_HEADER)
-            elif version == (2, 0):
-                header = np.lib.format.read_array_header_2_0(fp, max_header_size=MAX_NPY_HEADER)
-            else:
-                raise ValueError(f"{where}: .npy format version {version} (this package reads 1.0 and 2.0)")
-            header_length = fp.tell()
-            got_shape, fortran, got_dtype = header
+            (got_shape, fortran, got_dtype), header_length = _read_npy_header(fp, where)
             if got_dtype.hasobject or (dtype is None and got_dtype.kind not in "fiu"):
                 raise ValueError(
                     f"{where}: its header declares dtype {got_dtype}; only real numbers are read, never Python objects"
                 )
             if dtype is not None and got_dtype != dtype:
                 raise ValueError(f"{where}: its header declares dtype {got_dtype.str}, expected {np.dtype(dtype).str}")
-            shape = tuple(got_shape)
+            shape = tuple(int(s) for s in got_shape)  # NumPy lets True pass as a dimension
             if shape not in accepted:
                 wanted = next(iter(accepted)) if len(accepted) == 1 else " or ".join(map(str, sorted(accepted)))
                 raise ValueError(f"{where}: its header declares shape {shape}, expected {wanted}")
@@ -563,7 +619,7 @@ def read_npy_member(archive, info, shape, where: str, dtype=None, *, fortran_ord
             if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
                 raise ValueError(f"{where}: stored (uncompressed) with {info.compress_size} bytes for {info.file_size}")
             raw = fp.read(nbytes + 1)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
         raise ValueError(f"{where}: unreadable: {exc}") from None
     if len(raw) != nbytes:
         raise ValueError(f"{where}: {len(raw)} bytes of data, expected {nbytes}")
@@ -583,7 +639,9 @@ def read_npz(path, shapes: dict, *, what: str = "archive", strict: bool = True, 
 
     Parameters
     ----------
-    path : path-like
+    path : str, os.PathLike or binary file object
+        The archive's path, or a file object opened for binary reading (seekable),
+        such as ``open(p, "rb")`` or ``io.BytesIO(data)``.
     shapes : dict
         ``{array name: expected shape}`` (a frozenset of shapes accepts any of them).
     what : str
@@ -600,16 +658,34 @@ def read_npz(path, shapes: dict, *, what: str = "archive", strict: bool = True, 
 
     Raises
     ------
+    TypeError
+        ``path`` is neither a str, an ``os.PathLike`` nor a binary file object
+        (``bytes``, ``None``, a number, a text file); ``path`` and the value named.
     ValueError
         Naming the archive, the member and what is wrong.
     """
+    import io
     import zipfile
 
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)  # may be bytes, refused below as bytes are
+    if isinstance(path, str):
+        label = repr(path)
+    elif hasattr(path, "read") and hasattr(path, "seek") and not isinstance(path, io.TextIOBase):
+        label = "<file object>"  # os.fspath would raise TypeError in the error message itself
+    else:
+        # bytes too: zipfile would take them for a file object; and are they a path or the contents?
+        hint = ": pass a str path, or io.BytesIO(data) for an archive's contents" if isinstance(path, bytes) else ""
+        raise TypeError(
+            f"path must be a str, an os.PathLike or a binary file object, got {_short_repr(path)} "
+            f"of type {type(path).__name__}{hint}"
+        )
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise ValueError(f"{what} {os.fspath(path)!r} is not a readable .npz: {exc}") from None
+        raise ValueError(f"{what} {label} is not a readable .npz: {exc}") from None
     arrays = {}
+    skipped_names = set()  # a set: a list's `in` made many unknown members quadratic
     with archive:
         for info in archive.infolist():
             where = f"{what}: member {info.filename!r}"
@@ -619,7 +695,8 @@ def read_npz(path, shapes: dict, *, what: str = "archive", strict: bool = True, 
             if name not in shapes:
                 if strict:
                     raise ValueError(f"{where}: no array of that name is expected (known: {len(shapes)} names)")
-                if skipped is not None and name not in skipped:
+                if skipped is not None and name not in skipped_names:
+                    skipped_names.add(name)
                     skipped.append(name)
                 continue
             if name in arrays:

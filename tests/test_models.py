@@ -844,3 +844,169 @@ def test_forward_refuses_a_batch_over_the_memory_budget_before_allocating(traini
         )
         logits = model.forward(np.ones((2, 3, 32, 32)), training=training, cache=cache)
     assert logits.shape == (2, 4), f"a batch under the budget: logits of shape {logits.shape}"
+
+
+# --------------------------------------------------------------------------------------
+# archives and state dicts: the second hostile review
+# --------------------------------------------------------------------------------------
+def test_load_npz_refuses_a_header_bomb_by_name_before_reading_it(tmp_path, tiny32):
+    """A 100 KB archive whose member declares 10**8 bytes of .npy header text (and holds
+    them): NumPy's reader read them all (10**9 cost 2 GB). Refused unread, by name."""
+    import struct
+    import zipfile
+
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("stem.conv.weight.npy", "w", force_zip64=True) as member:
+            member.write(b"\x93NUMPY\x02\x00" + struct.pack("<I", 10**8))
+            for _ in range(100):
+                member.write(b" " * 10**6)
+    assert path.stat().st_size < 2**20, f"the test archive is {path.stat().st_size} bytes"
+    tracemalloc.start()
+    try:
+        with raises_naming(ValueError, "state archive: member 'stem.conv.weight.npy'", "says 100000012 bytes"):
+            tiny32.load_npz(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"{peak:,} bytes allocated before the refusal"
+
+
+def test_non_strict_load_npz_reports_each_unknown_member_once_in_archive_order(tmp_path):
+    import warnings
+    import zipfile
+
+    state = tiny(seed=1).state_dict()
+    path = tmp_path / "extra.npz"
+    np.savez(path, **state)
+    with zipfile.ZipFile(path, "a") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name": the point here
+        for name in ("zz", "aa", "zz", "mm", "aa"):
+            zf.writestr(f"{name}.npy", b"")  # never read: no header needed
+    got = tiny().load_npz(path, strict=False)
+    assert got == models.IncompatibleKeys([], ["zz", "aa", "mm"]), got
+
+
+def test_fortran_ordered_state_loads_c_contiguous_and_gives_bitwise_the_same_outputs():
+    """astype(copy=True) kept a Fortran source's order: the same values then gave logits
+    differing in the last bits from those of a C-ordered load (or of load_npz)."""
+    state = tiny(seed=1).state_dict()
+    fortran = {k: np.asfortranarray(v) for k, v in state.items()}
+    assert not fortran["head.fc.weight"].flags.c_contiguous, "the Fortran-ordered source is C-contiguous"
+    from_f, from_c = tiny(seed=2), tiny(seed=3)
+    from_f.load_state_dict(fortran)
+    from_c.load_state_dict({k: np.ascontiguousarray(v) for k, v in state.items()})
+    for key, value in {**from_f.params, **from_f.buffers}.items():
+        flags = value.flags
+        assert flags.c_contiguous and flags.owndata and flags.writeable, f"{key} stored with\n{flags}"
+        assert not np.shares_memory(value, fortran[key]), f"{key} is a view of the loaded array"
+    x = tiny_input()
+    for cache in (False, True):
+        got, want = from_f.forward(x, cache=cache), from_c.forward(x, cache=cache)
+        assert np.array_equal(got, want), (
+            f"cache={cache}: logits differ by {np.abs(got - want).max()} between Fortran and C order"
+        )
+
+
+def test_save_npz_writes_exactly_the_path_given(tmp_path):
+    """np.savez added .npz to a path without it, so load_npz(path) found no file."""
+    model = tiny(seed=1)
+    for name in ("checkpoint", "weights.bin", "w.npz"):
+        path = tmp_path / name
+        model.save_npz(path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [name], (
+            f"save_npz({name!r}) left {list(tmp_path.iterdir())}"
+        )
+        other = tiny(seed=2)
+        other.load_npz(str(path))
+        assert np.array_equal(other.params["head.fc.weight"], model.params["head.fc.weight"]), f"{name}: not loaded"
+        path.unlink()
+
+
+@pytest.mark.parametrize(
+    "path, error, words",
+    [
+        ("", ValueError, ["path must not be empty"]),  # np.savez wrote '.npz'
+        (12345, TypeError, ["path must be a str or an os.PathLike", "12345", "int"]),
+        (None, TypeError, ["path must be a str or an os.PathLike", "None"]),
+        (b"w.npz", TypeError, ["path must be a str or an os.PathLike", "b'w.npz'", "bytes"]),
+    ],
+    ids=repr,
+)
+def test_save_npz_refuses_a_bad_path_naming_it(tmp_path, monkeypatch, path, error, words):
+    monkeypatch.chdir(tmp_path)
+    with raises_naming(error, *words):
+        tiny().save_npz(path)
+    assert list(tmp_path.iterdir()) == [], f"a refused save wrote {list(tmp_path.iterdir())}"
+
+
+def test_an_interrupted_save_npz_leaves_the_existing_checkpoint_intact(tmp_path, monkeypatch):
+    """The save goes to a temporary file of the same folder, renamed over the target
+    only once complete; an interrupted one is removed."""
+    path = tmp_path / "w.npz"
+    tiny(seed=1).save_npz(path)
+    before = path.read_bytes()
+
+    def interrupted(file, **arrays):
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny(seed=2).save_npz(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before, "the interrupted save changed the existing checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["w.npz"], f"left behind: {list(tmp_path.iterdir())}"
+    tiny(seed=3).load_npz(path)
+
+
+@pytest.mark.parametrize("path", [12345, None, b"w.npz", 2.5], ids=repr)
+def test_load_npz_refuses_a_path_of_the_wrong_type_naming_it(path):
+    """They gave AttributeError ('int' object has no attribute 'seek')."""
+    with raises_naming(TypeError, "path must be a str, an os.PathLike or a binary file object", repr(path)):
+        tiny().load_npz(path)
+
+
+def test_load_npz_reads_and_names_file_objects(tmp_path):
+    """A BytesIO of junk made the error handler itself raise TypeError (os.fspath)."""
+    import io
+
+    with raises_naming(ValueError, "state archive <file object> is not a readable .npz"):
+        tiny().load_npz(io.BytesIO(b"not a zip"))
+    source = tiny(seed=1)
+    source.save_npz(tmp_path / "w.npz")
+    model = tiny(seed=2)
+    with open(tmp_path / "w.npz", "rb") as file:
+        model.load_npz(file)
+    model.load_npz(io.BytesIO((tmp_path / "w.npz").read_bytes()))
+    assert np.array_equal(model.params["head.fc.weight"], source.params["head.fc.weight"]), "file object not loaded"
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        (2**64, "18446744073709551616"),
+        (-(2**63) - 1, "-9223372036854775809"),
+        (10**30, "1000000000000000000000000000000"),
+        (np.array(10**30, dtype=object), "1000000000000000000000000000000"),
+        (np.array([2**64], dtype=object), "18446744073709551616"),
+    ],
+    ids=repr,
+)
+def test_num_batches_tracked_beyond_int64_is_a_value_error_naming_key_and_value(tiny32, value, shown):
+    """Python ints beyond int64 and uint64 make object arrays: 'TypeError: expected an
+    integer scalar, got dtype object shape ()'."""
+    state = tiny32.state_dict()
+    key = "stem.norm.num_batches_tracked"
+    _expect(ValueError, [key, shown, "outside the int64 range"], tiny32, {**state, key: value})
+
+
+def test_num_batches_tracked_object_scalars_in_range_load_and_others_are_refused(tiny32):
+    state = tiny32.state_dict()
+    key = "stem.norm.num_batches_tracked"
+    tiny32.load_state_dict({**state, key: np.array(7, dtype=object)})
+    got = tiny32.buffers[key]
+    assert got.dtype == np.int64 and got.shape == () and int(got) == 7, f"object 7 loaded as {got!r}"
+    _expect(ValueError, [key, "[0, 2**63 - 1]", "-1"], tiny32, {**state, key: -1})
+    for bad in (np.array(3.0, dtype=object), np.array(True, dtype=object), True, "7", np.ones((1, 1), np.int64)):
+        _expect(TypeError, [key, "integer scalar"], tiny32, {**state, key: bad})

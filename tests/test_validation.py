@@ -310,3 +310,186 @@ def test_floating_dtype_reads_what_numpy_reads_and_restricts_to_allowed():
     assert got == np.float32, f"floating_dtype(np.float32, allowed=(float32, float64)) is {got!r}, expected float32"
     with raises_naming(TypeError, "dtype must be float32 or float64", "float16"):
         validation.floating_dtype(np.float16, allowed=(np.float32, np.float64))
+
+
+# --------------------------------------------------------------------------------------
+# reading .npz archives without trusting them (validation.read_npy_member, read_npz)
+# --------------------------------------------------------------------------------------
+def _zip_of(path, members, compression=None):
+    """A zip at ``path`` of ``{name: bytes}`` members, deflated unless ``compression``."""
+    import warnings
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compression is None else compression) as zf:
+        for name, data in members:
+            with warnings.catch_warnings():  # a duplicate name is the point of some tests
+                warnings.simplefilter("ignore", UserWarning)
+                zf.writestr(name, data)
+    return path
+
+
+def _npy_bomb(path, name, declared, spaces):
+    """A deflated member ``name``: a format-2.0 .npy prefix declaring ``declared`` bytes
+    of header text, then ``spaces`` spaces (written in chunks: the test stays small)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open(name, "w", force_zip64=True) as member:
+        member.write(b"\x93NUMPY\x02\x00" + struct.pack("<I", declared))
+        chunk = b" " * 2**20
+        for start in range(0, spaces, len(chunk)):
+            member.write(chunk[: spaces - start])
+    return path
+
+
+def _peak_of(call):
+    """``(exception raised by call(), peak traced bytes)``."""
+    tracemalloc.start()
+    try:
+        try:
+            call()
+        except Exception as exc:
+            error = exc
+        else:
+            error = None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return error, peak
+
+
+def test_a_member_larger_than_any_valid_one_is_refused_before_anything_is_read(tmp_path):
+    """A 100 KB deflated member holding a format-2.0 header that declares 10**8 bytes of
+    header text (followed by them): NumPy's reader read them all before comparing the
+    length with max_header_size (10**9 made a 1 MB file cost 2 GB). The zip directory's
+    size is over what a .npy of the expected shape can be: refused by name, unread."""
+    import zipfile
+
+    path = _npy_bomb(tmp_path / "bomb.npz", "w.npy", 10**8, 10**8)
+    assert path.stat().st_size < 2**20, f"the test archive is {path.stat().st_size} bytes"
+    with zipfile.ZipFile(path) as zf:
+        info = zf.infolist()[0]
+        error, peak = _peak_of(lambda: validation.read_npy_member(zf, info, (3, 4), "bomb: member 'w.npy'"))
+    assert isinstance(error, ValueError), f"expected a ValueError, got {error!r}"
+    message = str(error)
+    assert message.startswith("bomb: member 'w.npy': the zip directory says 100000012 bytes"), message
+    # largest valid member: 12 bytes of prefix, the header limit, 12 values of <= 16 bytes
+    assert f"more than the {12 + 4096 + 12 * 16} a .npy" in message, message
+    assert peak < 2**20, f"{peak:,} bytes allocated before the refusal"
+
+
+def test_a_declared_header_length_is_checked_before_the_header_is_read(tmp_path):
+    """Same member, but an expected array large enough for the directory's size to pass:
+    the declared header length (10**8) is refused before NumPy reads those bytes."""
+    path = _npy_bomb(tmp_path / "bomb.npz", "w.npy", 10**8, 10**8)
+    error, peak = _peak_of(lambda: validation.read_npz(path, {"w": (10**8 // 8,)}, what="bomb"))
+    assert peak < 2**20, f"{peak:,} bytes allocated before the refusal ({error!r})"
+    assert isinstance(error, ValueError), f"expected a ValueError, got {error!r}"
+    message = str(error)
+    assert message.startswith("bomb: member 'w.npy': its .npy header declares 100,000,000 bytes"), message
+    assert "MAX_NPY_HEADER" in message, message
+
+
+def _npy(header: bytes, version=b"\x01\x00", data=b""):
+    """A .npy of the given header text (any bytes), length field of ``version``."""
+    import struct
+
+    field = "<H" if version == b"\x01\x00" else "<I"
+    return b"\x93NUMPY" + version + struct.pack(field, len(header)) + header + data
+
+
+GOOD_DICT = b"{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }"
+
+
+@pytest.mark.parametrize(
+    "member, words",
+    [
+        (_npy(b" " * 5000), ["declares 5,000 bytes of header text"]),  # NumPy: "Header info length"
+        (_npy(b" " * 5000, b"\x02\x00"), ["declares 5,000 bytes of header text"]),
+        (_npy(b"{'descr': '<f8', 'shape': (2,)}"), ["malformed .npy header", "correct keys"]),
+        (_npy(b"{'descr': '<f8', 'fortran_order': f(), 'shape': (2,)}"), ["malformed .npy header", "malformed node"]),
+        (_npy(b"-" * 4000 + b"1"), ["malformed .npy header"]),  # RecursionError in the parser
+        (_npy(b"{'descr': 'foo', 'fortran_order': False, 'shape': (2,)}"), ["not a valid dtype descriptor"]),
+        (_npy(b"[1, 2]"), ["malformed .npy header", "not a dictionary"]),
+        (b"NOTNUMPY" + b" " * 40, ["not a .npy array", "magic string is not correct"]),
+        (b"\x93NUM", ["not a .npy array", "EOF"]),
+        (_npy(b"", b"\x03\x00"), [".npy format version (3, 0)"]),
+        (b"\x93NUMPY\x01\x00\x10", ["ends inside its .npy header length"]),
+        (_npy(GOOD_DICT)[:-5], ["ends inside its .npy header"]),
+    ],
+    ids=[
+        "long-1.0",
+        "long-2.0",
+        "keys",
+        "call",
+        "deep",
+        "descr",
+        "list",
+        "magic",
+        "short-magic",
+        "version",
+        "short-length",
+        "short-header",
+    ],
+)
+def test_a_malformed_header_is_a_value_error_starting_with_where(tmp_path, member, words):
+    """NumPy's header errors named no member; each now starts with ``where``. (An
+    expected shape of 1000 values lets the 5,000-byte headers past the size bound.)"""
+    path = _zip_of(tmp_path / "bad.npz", [("w.npy", member)])
+    with pytest.raises(ValueError) as info:
+        validation.read_npz(path, {"w": (1000,)}, what="bad archive")
+    message = str(info.value)
+    assert message.startswith("bad archive: member 'w.npy': "), f"message does not start with where: {message!r}"
+    for word in words:
+        assert word in message, f"message {message!r} does not mention {word!r}"
+
+
+def test_a_well_formed_member_still_reads_in_both_formats(tmp_path):
+    values = np.array([1.5, -2.0])
+    for version in (b"\x01\x00", b"\x02\x00"):
+        path = _zip_of(tmp_path / "good.npz", [("w.npy", _npy(GOOD_DICT, version, values.tobytes()))])
+        got = validation.read_npz(path, {"w": (2,)})["w"]
+        assert np.array_equal(got, values) and got.flags.c_contiguous, f"format {version!r} read as {got!r}"
+
+
+def test_skipped_members_are_kept_in_a_set_and_reported_once_in_archive_order(tmp_path):
+    """The caller's list was searched once per unknown member: 20,000 of them took 1.8 s,
+    quadratic in their number. The list is now only appended to."""
+
+    class CountingList(list):
+        searches = 0
+
+        def __contains__(self, item):
+            CountingList.searches += 1
+            return super().__contains__(item)
+
+    members = [(f"{name}.npy", _npy(GOOD_DICT, data=bytes(16))) for name in ("b", "w", "a", "b", "c", "a")]
+    path = _zip_of(tmp_path / "extra.npz", members)
+    skipped = CountingList()
+    arrays = validation.read_npz(path, {"w": (2,)}, strict=False, skipped=skipped)
+    assert list(skipped) == ["b", "a", "c"], f"skipped reported as {list(skipped)}"
+    assert list(arrays) == ["w"], f"read {list(arrays)}"
+    assert CountingList.searches == 0, f"the caller's list was searched {CountingList.searches} times"
+
+
+@pytest.mark.parametrize("path", [12345, None, b"x.npz", 1.5, "a text file"], ids=repr)
+def test_read_npz_refuses_a_path_of_the_wrong_type_naming_it(path):
+    """They gave AttributeError ('int' object has no attribute 'seek') or TypeError from
+    inside zipfile, naming no argument."""
+    import io
+
+    value = io.StringIO("PK") if path == "a text file" else path
+    shown = "<_io.StringIO" if path == "a text file" else repr(path)
+    with raises_naming(TypeError, "path must be a str, an os.PathLike or a binary file object", shown):
+        validation.read_npz(value, {"w": (2,)})
+
+
+def test_read_npz_names_a_file_object_in_its_errors(tmp_path):
+    """os.fspath(BytesIO) raised TypeError inside the error handler itself."""
+    import io
+
+    with raises_naming(ValueError, "state archive <file object> is not a readable .npz"):
+        validation.read_npz(io.BytesIO(b"junk"), {"w": (2,)}, what="state archive")
+    data = _zip_of(tmp_path / "good.npz", [("w.npy", _npy(GOOD_DICT, data=bytes(16)))]).read_bytes()
+    got = validation.read_npz(io.BytesIO(data), {"w": (2,)})["w"]
+    assert np.array_equal(got, np.zeros(2)), f"read {got!r} from a BytesIO"
