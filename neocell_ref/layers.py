@@ -555,7 +555,8 @@ def batchnorm_running_from_stats(mean, var, m, running_mean, running_var, num_ba
     For a caller that has already computed ``mean, var = batchnorm_stats(x)`` over
     ``m = N·H·W >= 2`` values per channel (the fast training path): the same rule, the
     same checks of the running statistics and the count, without a second pass over
-    ``x``. Non-finite statistics are refused (``x`` held NaN or Inf).
+    ``x``. Non-finite statistics are refused: ``x`` held NaN or Inf, or its variance
+    overflowed (finite values of ``x`` near the dtype's limit).
 
     Parameters
     ----------
@@ -595,7 +596,11 @@ def batchnorm_running_from_stats(mean, var, m, running_mean, running_var, num_ba
     count = _check_count(num_batches_tracked)
     _check_running(rm, rv)
     if not (np.isfinite(mean).all() and np.isfinite(var).all()):
-        raise ValueError("the batch statistics contain NaN or Inf (x held NaN or Inf); running statistics unchanged")
+        # Not only NaN/Inf in x: the variance of finite values near the dtype's limit overflows.
+        raise ValueError(
+            "the batch mean or variance is not finite (x held NaN or Inf, or the statistics overflowed); "
+            "running statistics unchanged"
+        )
     if (var < 0).any():  # not a variance: it would make running_var negative for good
         raise ValueError(f"var must be >= 0 (a batch variance), got minimum {float(var.min())!r}")
     return _bn_running(mean, var, m, rm, rv, count, momentum)
@@ -1249,9 +1254,46 @@ def _ce_prepare(logits, labels, smoothing):
     return logits, labels, smoothing
 
 
-def _log_softmax(z):
-    shifted = z - z.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+def _ce_terms(logits, labels, smoothing):
+    """``(loss, softmax)`` of checked logits, both from float64, whatever their dtype.
+
+    With ``d = max(z) - z >= 0`` per sample, the loss of sample ``n`` is
+    ``log(1 + Σ_{k≠top} exp(-d_k)) + (1-ε)·d_label + ε·mean_k d_k``: a sum of terms >= 0,
+    so no cancellation, and no ``0·(-Inf)`` however large ``d`` (``q·log softmax`` gave
+    NaN at ``ε = 0`` once ``max - z`` overflowed, and float32 gave Inf for losses as
+    small as 2e37). ``max - z`` of float32 logits cannot overflow in float64; of float64
+    ones it can (up to twice the largest float64), so the linear terms use ``d/2``,
+    always finite, and a loss whose exact value exceeds float64 is refused rather than
+    returned as Inf.
+    """
+    z = logits.astype(np.float64)
+    n, k = z.shape
+    rows = np.arange(n)
+    top = z.argmax(axis=1)
+    high = z[rows, top][:, None]
+    with np.errstate(over="ignore"):
+        d = high - z  # +Inf where the exact difference exceeds float64; exp(-Inf) = 0 is exact
+    e = np.exp(-d)
+    e[rows, top] = 0.0
+    rest = e.sum(axis=1)  # Σ over the other classes, in [0, K-1]
+    softmax = e / (1.0 + rest)[:, None]
+    softmax[rows, top] = 1.0 / (1.0 + rest)
+    half_d = 0.5 * high - 0.5 * z  # d/2, finite for every finite z (halving is exact but for subnormals)
+    linear = (1.0 - smoothing) * half_d[rows, labels]
+    if smoothing:  # mean of K values up to the largest float64: divide before summing
+        linear = linear + smoothing * (half_d / k).sum(axis=1)
+    half_loss = 0.5 * np.log1p(rest) + linear  # log1p keeps a loss of 1e-300, log(1 + x) made it 0
+    with np.errstate(over="ignore"):
+        total = half_loss.sum()
+        mean = total / n if np.isfinite(total) else (half_loss / n).sum()
+        loss = float(2.0 * mean)
+    if not math.isfinite(loss):
+        i = int(np.argmax(half_loss))
+        raise ValueError(
+            f"the cross-entropy is too large for float64 (sample {i}: logits from {float(z[i].min())!r} "
+            f"to {float(z[i].max())!r}, label {int(labels[i])}); refused rather than returned as Inf"
+        )
+    return loss, softmax
 
 
 def _smoothed_targets(labels, k, smoothing, dtype):
@@ -1264,7 +1306,9 @@ def cross_entropy_forward(logits, labels, *, smoothing=0.0):
     """Mean cross-entropy with label smoothing (PyTorch's ``label_smoothing`` rule).
 
     The target distribution of sample ``n`` is ``q = (1 - ε)·onehot(labels[n]) + ε/K``;
-    the loss is ``-(1/N) Σ_n Σ_k q[n, k]·log softmax(logits[n])[k]``.
+    the loss is ``-(1/N) Σ_n Σ_k q[n, k]·log softmax(logits[n])[k]``, computed in
+    float64 whatever the logits' dtype (float32 logits have a finite loss however far
+    apart), in a form that holds no ``0·(-Inf)`` or ``Inf - Inf``.
 
     Parameters
     ----------
@@ -1276,14 +1320,26 @@ def cross_entropy_forward(logits, labels, *, smoothing=0.0):
     Returns
     -------
     loss : float
+
+    Raises
+    ------
+    ValueError
+        Logits holding NaN or ±Inf, labels or ``smoothing`` refused by
+        :func:`check_targets`, or finite float64 logits so far apart that the exact
+        loss exceeds the largest float64 (it is refused, never returned as Inf).
+    TypeError
+        As in :func:`check_targets`, or logits that are not real numeric.
     """
     logits, labels, smoothing = _ce_prepare(logits, labels, smoothing)
-    q = _smoothed_targets(labels, logits.shape[1], smoothing, logits.dtype)
-    return float(-(q * _log_softmax(logits)).sum() / logits.shape[0])
+    return _ce_terms(logits, labels, smoothing)[0]
 
 
 def cross_entropy_backward(logits, labels, *, smoothing=0.0):
     """Gradient of :func:`cross_entropy_forward` with respect to the logits: ``(softmax - q)/N``.
+
+    The softmax is computed in float64 (as the loss) and the gradient returned in the
+    logits' compute dtype. Refuses exactly what the forward refuses, a loss that
+    overflows float64 included, although the gradient itself is bounded by ``1/N``.
 
     Parameters
     ----------
@@ -1293,7 +1349,13 @@ def cross_entropy_backward(logits, labels, *, smoothing=0.0):
     Returns
     -------
     grad_logits : ndarray, shape (N, K)
+
+    Raises
+    ------
+    ValueError, TypeError
+        As in :func:`cross_entropy_forward`.
     """
     logits, labels, smoothing = _ce_prepare(logits, labels, smoothing)
-    q = _smoothed_targets(labels, logits.shape[1], smoothing, logits.dtype)
-    return (np.exp(_log_softmax(logits)) - q) / logits.shape[0]
+    softmax = _ce_terms(logits, labels, smoothing)[1]
+    q = _smoothed_targets(labels, logits.shape[1], smoothing, np.float64)
+    return ((softmax - q) / logits.shape[0]).astype(logits.dtype, copy=False)

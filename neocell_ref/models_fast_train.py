@@ -381,7 +381,8 @@ def _bn_train_forward(model, desc, x):
     """Training-mode BatchNorm with the statistics computed once (the plain two-pass rule).
 
     Returns ``y`` (a new array) and ``(mean, inv_std, scale)`` for backward; stages the
-    running-statistic updates. With threads, each computes the statistics of its own
+    running-statistic updates (a refused update is re-raised naming the layer, as the
+    plain path names it). With threads, each computes the statistics of its own
     channels (:func:`_channel_shares`) and normalises them, block by block of channels
     (:func:`_channel_blocks`): per channel the same operations in the same order, so
     the same bits.
@@ -401,15 +402,18 @@ def _bn_train_forward(model, desc, x):
             y[:, lo:hi] += shift[:, None, None]
 
     parallel.run_each(_channel_shares(x), normalise)
-    running = L.batchnorm_running_from_stats(
-        mean,
-        var,
-        count,
-        model.buffer(desc, "running_mean"),
-        model.buffer(desc, "running_var"),
-        model.buffer(desc, "num_batches_tracked"),
-        momentum=desc.options["momentum"],
-    )
+    try:
+        running = L.batchnorm_running_from_stats(
+            mean,
+            var,
+            count,
+            model.buffer(desc, "running_mean"),
+            model.buffer(desc, "running_var"),
+            model.buffer(desc, "num_batches_tracked"),
+            momentum=desc.options["momentum"],
+        )
+    except ValueError as exc:  # the layers function cannot know which layer it serves
+        raise ValueError(f"{desc.name}: {exc}") from exc
     for entry, value in zip(("running_mean", "running_var", "num_batches_tracked"), running):
         model.stage_buffer(desc, entry, value)
     return y, (mean, inv_std, scale)

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -338,9 +339,11 @@ def train_step(model, optimizer, images, labels, smoothing=0.0):
 
     A step happens whole or not at all. ``optimizer``, ``labels`` and ``smoothing`` are
     checked before any work, ``images`` by the forward; a step that fails later (logits
-    or gradients not finite, which the loss and the optimizer refuse) puts back the
+    or gradients not finite, which the loss and the optimizer refuse, or a loss that is
+    not finite: finite logits so far apart that it overflows float64) puts back the
     model's running statistics, drop-path generator and gradients as they were before
-    the call, and no parameter or optimizer state has changed. Ctrl-C while the
+    the call, and no parameter or optimizer state has changed nor is the step counted:
+    the loss returned is always finite. Ctrl-C while the
     optimizer writes the new values is held until they are all written (the step has
     then happened; nothing is put back) and raised after.
 
@@ -357,7 +360,12 @@ def train_step(model, optimizer, images, labels, smoothing=0.0):
     Returns
     -------
     loss : float
-        The loss before the update.
+        The loss before the update, finite.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A refused step (see above), the loss's refusals included.
     """
     if not isinstance(optimizer, _Optimizer):
         raise TypeError(f"optimizer must be an SGD or AdamW of neocell_ref.train, got {type(optimizer).__name__}")
@@ -378,6 +386,8 @@ def train_step(model, optimizer, images, labels, smoothing=0.0):
     try:
         logits = model.forward(images, training=True)
         loss = cross_entropy_forward(logits, labels, smoothing=smoothing)
+        if not math.isfinite(loss):  # the loss refuses one it cannot represent; never count one
+            raise ValueError(f"the loss is {loss!r}, not finite; the step was refused and nothing changed")
         model.backward(cross_entropy_backward(logits, labels, smoothing=smoothing))
         optimizer.step(model.grads)  # whole or not at all (_Optimizer.step)
     except BaseException:  # KeyboardInterrupt too: an interrupted step leaves no trace

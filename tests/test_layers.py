@@ -489,6 +489,73 @@ def test_cross_entropy_by_hand():
     assert math.isfinite(loss), f"logits (1000, -1000): loss {loss!r}"
 
 
+def _cross_entropy_decimal(logits, labels, smoothing):
+    """Loss and gradient by PyTorch's rule in 400-digit decimal arithmetic (an exponent
+    range far beyond float64's, so no overflow, and digits enough to hold every float64
+    difference and 1 + 1e-304 exactly): the independent formulation of the
+    extreme-logit test. Each float is converted exactly."""
+    import decimal
+
+    with decimal.localcontext() as ctx:
+        ctx.prec = 400
+        eps = decimal.Decimal(float(smoothing))
+        n, k = logits.shape
+        losses, grad = [], []
+        for row, label in zip(logits.tolist(), labels.tolist()):
+            z = [decimal.Decimal(float(v)) for v in row]
+            top = max(z)
+            tail = sum((v - top).exp() for v in z).ln()  # log Σ exp(z) - max z
+            nll = [(top - v) + tail for v in z]  # -log p_k
+            losses.append((1 - eps) * nll[label] + eps * sum(nll) / k)
+            q = [eps / k + (1 - eps if j == label else 0) for j in range(k)]
+            grad.append([float(((-x).exp() - q[j]) / n) for j, x in enumerate(nll)])
+        return float(sum(losses) / n), np.array(grad)
+
+
+@pytest.mark.parametrize(
+    "logits, labels, smoothing",
+    [
+        # z - max overflowed to -Inf: 0·(-Inf) = NaN at ε = 0, the exact loss is 0
+        (np.array([[1e308, -1e308]]), [0], 0.0),
+        # ε/K·(2e308) = 1e307 at ε = 0.1: finite, though max - z is not
+        (np.array([[1e308, -1e308]]), [0], 0.1),
+        (np.array([[1e308, -1e308, 1e308], [-1e308, 5.0, -1e308]]), [2, 1], 0.3),
+        # float32: 0.1·(4e38)/2 = 2e37 fits float32, but 4e38 did not (Inf before)
+        (np.float32([[2e38, -2e38]]), [0], 0.1),
+        (np.float32([[3e38, -3e38, 0.0, 0.0]]), [1], 0.0),  # 6e38: finite as a float
+        # a tiny loss (e^-700 ≈ 1e-304): log(1 + e^-700) rounds to 0, log1p does not
+        (np.array([[0.0, -700.0]]), [0], 0.0),
+    ],
+    ids=["f64 eps=0", "f64 eps=0.1", "f64 ties", "f32 eps=0.1", "f32 6e38", "tiny loss"],
+)
+def test_cross_entropy_of_extreme_finite_logits_is_exact(logits, labels, smoothing):
+    labels = np.array(labels)
+    want_loss, want_grad = _cross_entropy_decimal(logits, labels, smoothing)
+    loss = L.cross_entropy_forward(logits, labels, smoothing=smoothing)
+    assert math.isfinite(loss) and math.isclose(loss, want_loss, rel_tol=1e-14, abs_tol=0.0), (
+        f"loss {loss!r}, exact {want_loss!r}"
+    )
+    grad = L.cross_entropy_backward(logits, labels, smoothing=smoothing)
+    tol = 4 * float(np.finfo(grad.dtype).eps)
+    assert grad.dtype == logits.dtype and np.allclose(grad, want_grad, rtol=tol, atol=tol), (
+        f"grad {grad} ({grad.dtype}), exact {want_grad} (in {logits.dtype})"
+    )
+
+
+def test_cross_entropy_beyond_float64_is_refused_by_forward_and_backward():
+    """The exact loss of logits (1e308, -1e308) with label 1 is 2e308 > the largest
+    float64: refused, never returned as Inf; the backward refuses it too (the two agree
+    on what is valid), although its gradient would be finite."""
+    logits, labels = np.array([[1e308, -1e308]]), np.array([1])
+    for name, function in (("forward", L.cross_entropy_forward), ("backward", L.cross_entropy_backward)):
+        with raises_naming(ValueError, "too large for float64", "sample 0", "label 1"):
+            function(logits, labels, smoothing=0.0)
+    # A batch mean that fits: (2e308 + 0)/2 = 1e308 is representable, and returned.
+    logits2, labels2 = np.array([[1e308, -1e308], [0.0, -1000.0]]), np.array([1, 0])
+    loss = L.cross_entropy_forward(logits2, labels2)
+    assert math.isclose(loss, 1e308, rel_tol=1e-15), f"mean of losses 2e308 and ~0: {loss!r}, expected 1e308"
+
+
 def test_drop_path_scale_statistics_and_determinism():
     rate = 0.3
     scale = L.drop_path_scale(np.random.default_rng(8), 20_000, rate)

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.hostile import raises_naming
 from support.models_fast_train import bn_split_step, both, build, mismatches, no_flat_layout, training_step
 
 from neocell_ref import layers as L
@@ -236,6 +237,26 @@ def test_non_finite_statistics_are_refused_and_buffers_unchanged():
             model.forward(np.ones((2, 3, 32, 32), np.float32), training=True)
         for key, value in before.items():
             assert np.array_equal(model.buffers[key], value), f"fast={fast}: a refused forward changed {key}"
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float64, 1e200), (np.float32, 1e20)], ids=["float64", "float32"])
+@pytest.mark.parametrize(
+    "cache, fast", [(False, True), (True, False), (True, True)], ids=["no cache", "plain tape", "fast path"]
+)
+def test_statistics_that_overflow_from_a_finite_input_name_the_layer(dtype, scale, cache, fast):
+    """A finite input near the dtype's limit: the stem's batch variance overflows. Every
+    path refuses it naming the BatchNorm (the fast one said "x held NaN or Inf", blaming
+    an input that held none, and named no layer), and the buffers stay as they were."""
+    model = build(dtype)
+    model.fast_training = fast
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(dtype) * dtype(scale)
+    assert np.isfinite(x).all(), "the input must be finite for this test"
+    before = {k: v.copy() for k, v in model.buffers.items()}
+    words = ["stem.norm", "overflowed"] if cache and fast else ["stem.norm"]
+    with raises_naming(ValueError, *words), np.errstate(all="ignore"):
+        model.forward(x, training=True, cache=cache)
+    changed = [k for k, v in before.items() if not np.array_equal(model.buffers[k], v)]
+    assert not changed, f"the refused forward changed {changed[:4]}"
 
 
 # --------------------------------------------------------------------------------------

@@ -374,3 +374,72 @@ def test_an_adamw_step_whose_second_moment_overflows_is_refused():
     assert np.array_equal(p, np.ones(4)) and not opt.v["p"].any() and opt.steps == 0, (
         f"after the refused step: p {p}, v['p'] {opt.v['p']}, steps {opt.steps}; expected ones, zeros, 0"
     )
+
+
+def _whole_state(model, opt):
+    """Parameters, buffers, every optimizer state (momentum, moments) and the step count,
+    as copies, and the drop-path generator's state."""
+    arrays = {**{f"p:{k}": v for k, v in model.params.items()}, **{f"b:{k}": v for k, v in model.buffers.items()}}
+    for name in ("velocity", "m", "v"):
+        arrays.update({f"{name}:{k}": v for k, v in getattr(opt, name, {}).items()})
+    return {k: np.array(v, copy=True) for k, v in arrays.items()}, model.drop_path_rng.bit_generator.state, opt.steps
+
+
+def _with_head_bias(model, bias):
+    """``model`` with ``head.fc.bias`` loaded (the validated route a checkpoint takes)."""
+    model.load_state_dict({**model.state_dict(), "head.fc.bias": np.asarray(bias, dtype=model.dtype)})
+    return model
+
+
+def test_a_step_with_extreme_but_representable_logits_reports_the_exact_loss():
+    """float32 logits about (3e38, -3e38, small, small): max - z overflowed float32 and the
+    step reported an Inf loss. The exact loss fits a float: by hand, the log-sum-exp of
+    each sample is its logit 0 (the others are at least 2.9e38 below, exp of that is 0),
+    so -log p_k = z_0 - z_k and the loss is the batch mean of
+    0.9·(z_0 - z_label) + 0.1·mean_k(z_0 - z_k). The step happens and is counted."""
+    images, labels = synthetic_patterns(np.random.default_rng(0), 4, dtype=np.float32)
+    labels = np.array([0, 1, 2, 3])
+    bias = [3e38, -3e38, 0.0, 0.0]
+    twin = _with_head_bias(nr.models.NeoNeXt(**TINY_MODEL, dtype=np.float32, rng=np.random.default_rng(0)), bias)
+    z = twin.forward(images, training=True).astype(np.float64)
+    assert (z[:, 0] - z[:, 1:].max(axis=1) > 2.9e38).all(), f"logit 0 does not dominate: {z}"
+    nll = z[:, :1] - z  # -log p_k, by hand
+    expected = float(np.mean(0.9 * nll[np.arange(4), labels] + 0.1 * nll.mean(axis=1)))
+    model = _with_head_bias(nr.models.NeoNeXt(**TINY_MODEL, dtype=np.float32, rng=np.random.default_rng(0)), bias)
+    opt = SGD(model.params, lr=1e-3)
+    loss = train_step(model, opt, images, labels, smoothing=0.1)
+    assert math.isfinite(loss) and math.isclose(loss, expected, rel_tol=1e-12), (
+        f"loss {loss!r}, expected {expected!r} by hand"
+    )
+    assert opt.steps == 1, f"the step was not counted: steps {opt.steps}"
+
+
+@pytest.mark.parametrize("how", ["overflow", "NaN from the loss"])
+def test_a_step_whose_loss_is_not_finite_is_refused_and_changes_nothing(monkeypatch, how):
+    """float64 logits about (1.7e308, -1.7e308, ...) with every label 1: the exact loss,
+    about 3.4e308, exceeds float64. The step used to report Inf and count itself (with
+    a finite gradient the optimizer took it); now it is refused and the parameters, the
+    momentum, the running statistics, the step count and the generator are those of
+    before the call. "NaN from the loss": should a loss ever come back NaN, train_step
+    refuses it itself rather than report it."""
+    model = nr.models.NeoNeXt(**TINY_MODEL, dtype=np.float64, drop_path=0.2, rng=np.random.default_rng(0))
+    opt = SGD(model.params, lr=1e-3, momentum=0.9)
+    images, _ = synthetic_patterns(np.random.default_rng(0), 4)
+    labels = np.array([1, 1, 1, 1])
+    train_step(model, opt, images, labels)  # a real step first: the momentum state exists
+    _with_head_bias(model, [1.7e308, -1.7e308, 0.0, 0.0])
+    if how == "overflow":
+        words = ["too large for float64", "label 1"]
+    else:
+        monkeypatch.setattr(nr.train, "cross_entropy_forward", lambda *args, **kwargs: math.nan)
+        words = ["the loss is nan", "not finite"]
+    before, rng_before, steps_before = _whole_state(model, opt)
+    assert steps_before == 1 and any(k.startswith("velocity:") for k in before), "no momentum state to check"
+    with raises_naming(ValueError, *words):
+        train_step(model, opt, images, labels)
+    after, rng_after, steps_after = _whole_state(model, opt)
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert not changed and rng_after == rng_before and steps_after == steps_before, (
+        f"the refused step changed {changed[:4]} (generator moved: {rng_after != rng_before}, "
+        f"optimizer steps {steps_before} -> {steps_after})"
+    )
