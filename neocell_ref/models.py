@@ -483,8 +483,12 @@ class NeoNeXt:
             anything runs); in training mode also when ``x`` holds NaN
             or Inf, or a batch statistic is not finite. A training forward that raises
             leaves the running statistics and ``num_batches_tracked`` unchanged: the
-            updates are committed only after the whole forward succeeded.
+            updates are committed only after the whole forward succeeded. Any refused
+            forward drops the previous forward's cache: :meth:`backward` then raises.
         """
+        # Dropped first: after a refused forward, backward must not differentiate an
+        # earlier one (it raises instead, as after cache=False).
+        self._tape = None
         training, cache = as_flag(training, "training"), as_flag(cache, "cache")
         x = self._check_input(x)
         self._check_activations(x.shape)
@@ -497,7 +501,6 @@ class NeoNeXt:
             )
         if training:
             self._check_batch_statistics(x.shape)
-        self._tape = None
         self._running_updates = {} if training else None
         try:
             logits = self._forward(x, training, cache)

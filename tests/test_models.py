@@ -399,6 +399,13 @@ def test_backward_needs_a_cached_forward():
     model.load_state_dict(model.state_dict())
     with pytest.raises(RuntimeError, match="state dict"):
         model.backward(np.zeros((2, 5)))
+    # a refused forward (bad channels; NaN in training) leaves no earlier cache to differentiate
+    for bad, training in [(np.zeros((2, 4, 32, 32)), False), (np.full((2, 3, 32, 32), np.nan), True)]:
+        model.forward(tiny_input())
+        with pytest.raises(ValueError):
+            model.forward(bad, training=training)
+        with pytest.raises(RuntimeError, match="forward"):
+            model.backward(np.zeros((2, 5)))
 
 
 def test_cache_semantics():
