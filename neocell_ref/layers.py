@@ -826,8 +826,10 @@ def gelu_forward(x, *, out=None):
             return out
         return _gelu32_forward(x, out)
     cdf = special.ndtr(x)
-    with np.errstate(under="ignore"):  # x·Φ(x) is subnormal or 0 far left on purpose
-        return np.multiply(x, cdf, out=out)
+    with np.errstate(under="ignore", invalid="ignore"):  # x·Φ(x) is subnormal or 0 far left on purpose
+        y = np.multiply(x, cdf, out=out)
+    y[np.isneginf(x)] = 0.0  # the limit, as in float32 (-inf·0 gave NaN)
+    return y
 
 
 def gelu_backward(grad_y, x):
@@ -850,12 +852,16 @@ def gelu_backward(grad_y, x):
     grad_y = _check_grad(grad_y, x.shape)
     dtype = compute_dtype(x, grad_y)
     x, grad_y = _cast(dtype, x, grad_y)
-    if dtype == np.float32:
+    if dtype == np.float32:  # ±inf: _gelu32_derivative takes the limits
         return (_gelu32_backward(np.ascontiguousarray(grad_y), np.ascontiguousarray(x)),)
     cdf = special.ndtr(x)
-    with np.errstate(under="ignore"):  # φ(x) is 0 beyond |x| ≈ 38 on purpose, whatever np.seterr says
+    with np.errstate(under="ignore", invalid="ignore"):  # φ(x) is 0 beyond |x| ≈ 38 on purpose
         pdf = np.exp(np.square(x) * -0.5) * _INV_SQRT_2PI
-        return (grad_y * (cdf + x * pdf),)
+        derivative = cdf + x * pdf
+    infinite = np.isinf(x)
+    if infinite.any():  # the derivative's limits, 0 at -inf and 1 at +inf (x·φ(x) gave inf·0 = NaN)
+        derivative[infinite] = x[infinite] > 0
+    return (grad_y * derivative,)
 
 
 def _gelu32_backward(grad_y, x):
@@ -865,7 +871,7 @@ def _gelu32_backward(grad_y, x):
     chunk = _gelu_chunk()
     size = min(chunk, flat_x.size)
     t_buf, w_buf, p_buf = (np.empty(size, dtype=np.float32) for _ in range(3))
-    with np.errstate(under="ignore"):
+    with np.errstate(under="ignore", over="ignore", invalid="ignore"):  # x² overflows far out; ±inf fixed by the caller
         for start in range(0, flat_x.size, chunk):
             xs = flat_x[start : start + chunk]
             k = xs.size
@@ -892,8 +898,14 @@ def _gelu32_derivative(xs, tail, out, scratch):
     pdf *= np.float32(-0.5)
     np.exp(pdf, out=pdf)
     pdf *= np.float32(_INV_SQRT_2PI)  # φ(x)
-    pdf *= xs
+    with np.errstate(invalid="ignore"):  # ±inf·0 at x = ±inf, replaced below
+        pdf *= xs
     out += pdf
+    # ±inf·φ(±inf) made NaN there: take the derivative's limits, 0 at -inf and 1 at +inf.
+    # The values are bounded (|out| < 1.2), so a NaN sum is the cheap test for it.
+    if np.isnan(np.add.reduce(out)):
+        infinite = np.isinf(xs)
+        out[infinite] = xs[infinite] > 0
     return out
 
 

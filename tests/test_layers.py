@@ -806,3 +806,18 @@ def test_linear_of_an_empty_batch_is_empty_and_its_weight_gradient_zero(shape):
         assert y.shape == (0, 3, *shape[2:]), y.shape
         grad_x, grad_w = L.conv1x1_backward(np.zeros(y.shape), x, weight[:, :, None, None])
         assert grad_x.shape == shape and np.array_equal(grad_w, np.zeros((3, c_in, 1, 1))), (grad_x.shape, grad_w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_at_infinity_takes_its_limits_in_both_dtypes(dtype):
+    """GELU(-inf) = 0 and GELU(+inf) = +inf; the derivative tends to 0 and 1 (float64 gave
+    NaN for -inf·Φ(-inf), both dtypes NaN for ±inf·φ(±inf)), without warnings; NaN stays NaN."""
+    import warnings
+
+    x = np.array([-np.inf, np.inf, np.nan], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = L.gelu_forward(x)
+        (g,) = L.gelu_backward(np.array([3.0, 3.0, 3.0], dtype=dtype), x)
+    assert y[0] == 0 and y[1] == np.inf and np.isnan(y[2]), f"{dtype.__name__} GELU(-inf, inf, nan) = {y}"
+    assert g[0] == 0 and g[1] == 3 and np.isnan(g[2]), f"{dtype.__name__} dGELU at (-inf, inf, nan), dy 3: {g}"
