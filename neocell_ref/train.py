@@ -86,6 +86,25 @@ def default_decay(name: str, value: np.ndarray) -> bool:
     return value.ndim >= 2
 
 
+def _check_no_shared_memory(params):
+    """Refuse parameters that overlap in memory: the same array twice, or two views of
+    one array (``w`` and ``w[:]``), would be updated twice per step, the second update
+    reading the first's result. A sweep over the arrays' byte ranges, so only arrays
+    whose ranges overlap are compared (exactly, by :func:`numpy.shares_memory`)."""
+    spans = sorted(
+        (*np.lib.array_utils.byte_bounds(value), index, key)
+        for index, (key, value) in enumerate(params.items())
+        if value.size
+    )
+    active = []  # (end, key) of the ranges still open
+    for start, end, _, key in spans:
+        active = [(e, k) for e, k in active if e > start]
+        for _, other in active:
+            if np.shares_memory(params[key], params[other]):
+                raise ValueError(f"params[{key!r}] shares memory with params[{other!r}] (one would be updated twice)")
+        active.append((end, key))
+
+
 class _Optimizer:
     def __init__(self, params, weight_decay, decay):
         if not hasattr(params, "items"):
@@ -95,11 +114,7 @@ class _Optimizer:
                 raise TypeError(
                     f"params[{key!r}] must be a floating ndarray (updated in place), got {type(value).__name__}"
                 )
-        seen = {}
-        for key, value in params.items():
-            if id(value) in seen:  # one array updated twice per step (or once, last write wins)
-                raise ValueError(f"params[{key!r}] is the same array as params[{seen[id(value)]!r}]")
-            seen[id(value)] = key
+        _check_no_shared_memory(params)
         self.params = params
         self.weight_decay = real_number(weight_decay, "weight_decay", 0.0)
         self.decay = default_decay if decay is None else decay

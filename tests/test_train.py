@@ -350,9 +350,15 @@ def test_a_refused_training_step_changes_nothing():
 
 
 def test_optimizers_refuse_tied_and_read_only_params():
-    shared = np.ones(3)
-    with raises_naming(ValueError, "params['b'] is the same array as params['a']"):
+    shared = np.ones((4, 3))
+    with raises_naming(ValueError, "params['b'] shares memory with params['a']"):
         SGD({"a": shared, "b": shared}, lr=0.1)
+    # a view is as tied as the array itself (it was accepted: identity was the only test)
+    for tied in (shared[:], shared[1:3], shared.T):
+        with raises_naming(ValueError, "params['b'] shares memory with params['a']"):
+            SGD({"a": shared, "b": tied}, lr=0.1)
+    disjoint = {"a": shared[::2], "b": shared[1::2]}  # interleaved rows, no element in common
+    assert SGD(disjoint, lr=0.1).params is disjoint, "interleaved but disjoint views were refused"
     frozen = np.ones(3)
     frozen.setflags(write=False)
     live = np.ones(3)
