@@ -91,11 +91,8 @@ def _check_no_shared_memory(params):
     one array (``w`` and ``w[:]``), would be updated twice per step, the second update
     reading the first's result. A sweep over the arrays' byte ranges, so only arrays
     whose ranges overlap are compared (exactly, by :func:`numpy.shares_memory`)."""
-    spans = sorted(
-        (*np.lib.array_utils.byte_bounds(value), index, key)
-        for index, (key, value) in enumerate(params.items())
-        if value.size
-    )
+    byte_bounds = getattr(np.lib, "array_utils", np).byte_bounds  # np.byte_bounds before NumPy 2
+    spans = sorted((*byte_bounds(value), index, key) for index, (key, value) in enumerate(params.items()) if value.size)
     active = []  # (end, key) of the ranges still open
     for start, end, _, key in spans:
         active = [(e, k) for e, k in active if e > start]
