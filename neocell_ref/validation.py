@@ -60,6 +60,7 @@ __all__ = [
     "as_real_array",
     "compute_dtype",
     "floating_dtype",
+    "read_npy_header",
     "check_weights",
 ]
 
@@ -502,21 +503,38 @@ _NPY_PREFIX_MAX = len(np.lib.format.MAGIC_PREFIX) + 2 + 4
 _MAX_REAL_ITEMSIZE = max(np.dtype(c).itemsize for c in np.typecodes["AllInteger"] + np.typecodes["Float"])
 
 
-def _read_exactly(fp, size: int, what: str, where: str) -> bytes:
+def _read_exactly(fp, size: int, what: str) -> bytes:
     data = fp.read(size)
     if len(data) != size:
-        raise ValueError(f"{where}: ends inside its {what} ({len(data)} of {size} bytes)")
+        raise ValueError(f"the file ends inside its {what} ({len(data)} of {size} bytes)")
     return data
 
 
-def _read_npy_header(fp, where: str):
+def read_npy_header(fp):
     """``((shape, fortran_order, dtype), length)`` of the ``.npy`` at ``fp``, ``length``
-    counting every byte up to the data; ``fp`` is left at the data.
+    counting every byte up to the data; ``fp`` is left at the data. The one reader of
+    ``.npy`` headers from outside: archive members here, a port's output files in
+    :mod:`neocell_ref.verify.exec_port`.
 
     The header length is read and checked here, before NumPy's reader sees it: NumPy
     reads the whole declared length (up to 4 GiB in format 2.0) before comparing it
-    with ``max_header_size``. NumPy's own errors name no member: they are re-raised
-    as ``ValueError`` starting with ``where``.
+    with ``max_header_size``.
+
+    Parameters
+    ----------
+    fp : binary file object
+        At the start of the ``.npy``.
+
+    Returns
+    -------
+    ((tuple, bool, numpy.dtype), int)
+
+    Raises
+    ------
+    ValueError
+        What is wrong, without naming the file (callers say which): no ``.npy`` magic,
+        a format other than 1.0 and 2.0, a header longer than :data:`MAX_NPY_HEADER`, a
+        truncated header, or one NumPy cannot parse (its own error, whatever its type).
     """
     import io
     import struct
@@ -524,25 +542,25 @@ def _read_npy_header(fp, where: str):
     try:
         version = np.lib.format.read_magic(fp)
     except ValueError as exc:  # too short, or "the magic string is not correct"
-        raise ValueError(f"{where}: not a .npy array: {exc}") from None
+        raise ValueError(f"not a .npy array: {exc}") from None
     if version not in _NPY_LENGTH_FIELD:
-        raise ValueError(f"{where}: .npy format version {version} (this package reads 1.0 and 2.0)")
+        raise ValueError(f".npy format version {version} (this package reads 1.0 and 2.0)")
     field = _NPY_LENGTH_FIELD[version]
-    raw_length = _read_exactly(fp, struct.calcsize(field), ".npy header length", where)
+    raw_length = _read_exactly(fp, struct.calcsize(field), ".npy header length")
     (length,) = struct.unpack(field, raw_length)
     if length > MAX_NPY_HEADER:
         raise ValueError(
-            f"{where}: its .npy header declares {length:,} bytes of header text, more than the "
+            f"its .npy header declares {length:,} bytes of header text, more than the "
             f"{MAX_NPY_HEADER} read (MAX_NPY_HEADER)"
         )
-    text = _read_exactly(fp, length, ".npy header", where)
+    text = _read_exactly(fp, length, ".npy header")
     reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     try:  # from the bounded bytes already read, never from fp
         header = reader(io.BytesIO(raw_length + text), max_header_size=MAX_NPY_HEADER)
-    except (ValueError, TypeError, SyntaxError, RecursionError) as exc:
+    except Exception as exc:  # noqa: BLE001 - NumPy parses untrusted text: whatever it raises
         # "Header does not contain the correct keys", "malformed node or string", a
-        # header nested too deep for the parser, "descr is not a valid dtype descriptor"
-        raise ValueError(f"{where}: malformed .npy header: {exc}") from None
+        # header nested too deep (RecursionError, or tokenize's TokenError), a bad descr
+        raise ValueError(f"malformed .npy header: {type(exc).__name__}: {exc}") from None
     return header, len(np.lib.format.MAGIC_PREFIX) + 2 + len(raw_length) + length
 
 
@@ -597,7 +615,10 @@ def read_npy_member(archive, info, shape, where: str, dtype=None, *, fortran_ord
         )
     try:
         with archive.open(info) as fp:
-            (got_shape, fortran, got_dtype), header_length = _read_npy_header(fp, where)
+            try:
+                (got_shape, fortran, got_dtype), header_length = read_npy_header(fp)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
             if got_dtype.hasobject or (dtype is None and got_dtype.kind not in "fiu"):
                 raise ValueError(
                     f"{where}: its header declares dtype {got_dtype}; only real numbers are read, never Python objects"

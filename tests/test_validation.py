@@ -409,6 +409,7 @@ GOOD_DICT = b"{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }"
         (_npy(b"{'descr': '<f8', 'shape': (2,)}"), ["malformed .npy header", "correct keys"]),
         (_npy(b"{'descr': '<f8', 'fortran_order': f(), 'shape': (2,)}"), ["malformed .npy header", "malformed node"]),
         (_npy(b"-" * 4000 + b"1"), ["malformed .npy header"]),  # RecursionError in the parser
+        (_npy(b"(" * 3999 + b"\n"), ["malformed .npy header", "TokenError"]),  # escaped as TokenError
         (_npy(b"{'descr': 'foo', 'fortran_order': False, 'shape': (2,)}"), ["not a valid dtype descriptor"]),
         (_npy(b"[1, 2]"), ["malformed .npy header", "not a dictionary"]),
         (b"NOTNUMPY" + b" " * 40, ["not a .npy array", "magic string is not correct"]),
@@ -423,6 +424,7 @@ GOOD_DICT = b"{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }"
         "keys",
         "call",
         "deep",
+        "nested",
         "descr",
         "list",
         "magic",

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..validation import real_number
+from ..validation import MAX_NPY_HEADER, read_npy_header, real_number
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -80,8 +80,9 @@ PROTOCOL_VERSION = 1
 DEFAULT_TIMEOUT = 60.0
 #: Bytes of stdout and of stderr kept (the tail) for the failure message.
 TAIL_BYTES = 4096
-#: Largest ``.npy`` header the runner reads from a port (a header is ~128 bytes).
-MAX_HEADER_BYTES = 4096
+#: Largest ``.npy`` header the runner reads from a port (a header is ~128 bytes): the
+#: limit of every ``.npy`` header this package reads.
+MAX_HEADER_BYTES = MAX_NPY_HEADER
 #: Manifest fields copied into ``case.json`` per operation: ``{case.json key: manifest key}``.
 CASE_FIELDS = {"neocell": {"specs": "specs_as_written"}}
 
@@ -333,16 +334,10 @@ def _read_output(dir_fd: int, name: str, shape: tuple, case: str, stderr: str) -
         limit = 16 + MAX_HEADER_BYTES + 16 * count
         if info.st_size > limit:
             raise fail(f"is {info.st_size} bytes, more than any .npy of shape {shape} can be ({limit})")
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                got_shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=MAX_HEADER_BYTES)
-            elif version == (2, 0):
-                got_shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=MAX_HEADER_BYTES)
-            else:
-                raise ValueError(f".npy format version {version[0]}.{version[1]} (1.0 or 2.0 expected)")
-        except Exception as exc:  # numpy raises ValueError, SyntaxError, EOFError...
-            raise fail(f"is not a readable .npy file: {type(exc).__name__}: {exc}") from None
+        try:  # the header reader of the golden and weight files (header length checked first)
+            (got_shape, fortran, dtype), header_length = read_npy_header(f)
+        except ValueError as exc:
+            raise fail(f"is not a readable .npy file: {exc}") from None
         if dtype.hasobject:
             raise fail(f"holds Python objects (dtype {dtype}); it would need unpickling, which is refused")
         if dtype.kind != "f" or dtype.fields is not None or dtype.subdtype is not None:
@@ -350,10 +345,10 @@ def _read_output(dir_fd: int, name: str, shape: tuple, case: str, stderr: str) -
         if tuple(got_shape) != tuple(shape):
             raise fail(f"has shape {tuple(got_shape)}, expected {tuple(shape)}")
         nbytes = count * dtype.itemsize
-        if info.st_size != f.tell() + nbytes:
+        if info.st_size != header_length + nbytes:
             raise fail(
                 f"is {info.st_size} bytes, but its header ({dtype.str}, shape {tuple(shape)}) "
-                f"needs exactly {f.tell() + nbytes}: truncated or trailing data"
+                f"needs exactly {header_length + nbytes}: truncated or trailing data"
             )
         data = f.read(nbytes)
     if len(data) != nbytes:

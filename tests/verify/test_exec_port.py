@@ -385,7 +385,7 @@ BAD_OUTPUTS = {
     "garbage": (lambda name, shape: b"this is not a .npy file at all", ["not a readable .npy file"]),
     "format 3.0": (
         lambda name, shape: b"\x93NUMPY\x03\x00" + _npy(np.zeros(shape))[8:],
-        ["not a readable .npy file", "format version 3.0"],
+        ["not a readable .npy file", "format version (3, 0)"],
     ),
     "nested header": (
         lambda name, shape: b"\x93NUMPY\x01\x00" + (4000).to_bytes(2, "little") + b"(" * 3999 + b"\n",
