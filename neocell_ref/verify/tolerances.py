@@ -48,6 +48,7 @@ case never reseeds the others.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -427,6 +428,8 @@ def model_errors(got, ref, architecture) -> dict:
     def largest(array):
         return float(np.max(np.abs(array), initial=0.0))
 
+    # max|ref| of every gradient once (NaN or inf where the reference is not finite)
+    size = {key: largest(refs[key]) for key in peers}
     errors = {}
     for key, expected in refs.items():
         value = got.get(key)
@@ -439,13 +442,12 @@ def model_errors(got, ref, architecture) -> dict:
         elif expected.dtype.kind in "iu":
             errors[key] = 0.0 if np.array_equal(value, expected) else float("inf")
         elif key in peers:
-            layer = [refs[k] for k in peers[key]]
-            if not (np.isfinite(value).all() and all(np.isfinite(a).all() for a in layer)):
+            layer = [size[k] for k in peers[key]]
+            if not (np.isfinite(value).all() and all(math.isfinite(v) for v in layer)):
                 errors[key] = float("inf")
                 continue
-            widest = max(largest(a) for a in layer)
-            own = largest(expected)
-            if own > VANISHING_GRADIENT * widest:
+            widest = max(layer)
+            if size[key] > VANISHING_GRADIENT * widest:
                 errors[key] = relative_error(value, expected)
                 continue
             with np.errstate(all="ignore"):  # an overflowing difference is inf, the answer
