@@ -398,9 +398,14 @@ def depthwise_in_bounds_taps(length: int, k: int) -> int:
 # --------------------------------------------------------------------------------------
 # formatting helpers
 # --------------------------------------------------------------------------------------
+#: From this size on, printed figures are in scientific notation: a fixed prefix (T, G,
+#: MB) would print hundreds of digits of float noise.
+_SCIENTIFIC_FROM = 1e15
+
+
 def _human(n: float, unit: str = "") -> str:
     """``12_345_678`` -> ``"12.35 M"``; from 10**15 on, scientific (``"4.390e+302 MACs"``)."""
-    if abs(n) >= 1e15:  # no prefix: T with hundreds of digits would print float noise
+    if abs(n) >= _SCIENTIFIC_FROM:
         return f"{float(n):.3e} {unit}".rstrip()
     for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= scale:
@@ -410,7 +415,7 @@ def _human(n: float, unit: str = "") -> str:
 
 def _gmacs(n: int) -> str:
     """MACs in GMACs to 3 decimals (the papers' GFLOPs), scientific beyond 10**15."""
-    return f"{n / 1e9:9.3f} GMACs" if n < 1e15 else f"{float(n):.3e} MACs"
+    return f"{n / 1e9:9.3f} GMACs" if n < _SCIENTIFIC_FROM else f"{float(n):.3e} MACs"
 
 
 def _fmt_int(n: int) -> str:
@@ -511,7 +516,7 @@ class LayerComplexity:
 
     def _mb(self, elements: int) -> str:
         nbytes = elements * (2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize)
-        return f"{nbytes / 1e6:.2f} MB" if nbytes < 1e15 else f"{float(nbytes):.3e} bytes"
+        return f"{nbytes / 1e6:.2f} MB" if nbytes < _SCIENTIFIC_FROM else f"{float(nbytes):.3e} bytes"
 
     def __str__(self) -> str:
         kh, kw = self.dw_kernel
