@@ -221,9 +221,10 @@ def channel_shifts(channels: int, shift: int, subgroups: int) -> np.ndarray:
         memory budget (:func:`neocell_ref.validation.check_nbytes`).
     """
     shift = as_int(shift, "shift", 0)
-    size, _ = subgroup_sizes(channels, subgroups)  # validates channels and subgroups first
     channels = as_int(channels, "channels", 1)
-    if (as_int(subgroups, "subgroups", 1) - 1) * shift > np.iinfo(np.intp).max:
+    subgroups = as_int(subgroups, "subgroups", 1)
+    size, _ = subgroup_sizes(channels, subgroups)
+    if (subgroups - 1) * shift > np.iinfo(np.intp).max:
         raise ValueError(f"shift {shift} with {subgroups} sub-groups: the largest shift does not fit a NumPy integer")
     check_nbytes((channels,), np.intp, "channel_shifts")  # one shift per channel
     index = np.arange(channels)
