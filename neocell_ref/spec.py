@@ -502,6 +502,11 @@ def output_size(specs: Sequence[GroupSpec], height: int, width: int) -> tuple[in
     specs = parse_specs(specs)
     height = as_int(height, "input height H", 1)
     width = as_int(width, "input width W", 1)
+    return _output_size(specs, height, width)
+
+
+def _output_size(specs, height: int, width: int) -> tuple[int, int]:
+    """:func:`output_size` of parsed ``specs`` and validated sizes (its checks not repeated)."""
     sizes = {g.output_size(height, width) for g in specs}
     if len(sizes) > 1:
         detail = ", ".join(
@@ -560,4 +565,4 @@ def check_input_size(specs: Sequence[GroupSpec], height: int, width: int) -> tup
                 f"group {i}: largest used shift_b {g.max_shift_b} (= ({g.subgroups_b} - 1) * "
                 f"{g.shift_b}) exceeds the input width W={width}"
             )
-    return output_size(specs, height, width)
+    return _output_size(specs, height, width)  # parsed and checked above
