@@ -251,6 +251,11 @@ def _tensor_state(state_arrays):
     return {key: torch.from_numpy(np.array(value)) for key, value in state_arrays.items()}
 
 
+def model_options(config):
+    """A model file's JSON ``config`` as keyword options: its lists (per-stage values) as tuples."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
+
+
 def run_model_case(impl, config, state, x, grad_logits):
     """Their NeoNeXt: load ``state``, inference forward, training forward, backward (float64).
 
@@ -262,8 +267,7 @@ def run_model_case(impl, config, state, x, grad_logits):
     """
     import torch
 
-    options = {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
-    model = impl.build_model(**options).to(torch.float64)
+    model = impl.build_model(**model_options(config)).to(torch.float64)
     model.load_state_dict(_tensor_state(state), strict=True)
     xt = torch.from_numpy(np.ascontiguousarray(x))
     model.eval()
@@ -317,8 +321,7 @@ def _architecture(meta):
     """This package's description of a model file's network (it names each parameter's layer)."""
     from neocell_ref.architecture import NeoNeXtConfig, describe
 
-    options = {key: tuple(value) if isinstance(value, list) else value for key, value in meta["config"].items()}
-    return describe(NeoNeXtConfig(**options), tuple(meta["input_shape"][2:]))
+    return describe(NeoNeXtConfig(**model_options(meta["config"])), tuple(meta["input_shape"][2:]))
 
 
 def cmd_check(args) -> int:
@@ -667,9 +670,8 @@ def cmd_generate_model(args) -> int:
     impl = _load(args)
     import torch
 
-    options = {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
     try:
-        model = impl.build_model(**options)
+        model = impl.build_model(**model_options(config))
     except (RuntimeError, TypeError, ValueError) as exc:
         print(f"FAILED: their NeoNeXt rejects the configuration ({_first_line(exc)}); nothing written")
         return 1
