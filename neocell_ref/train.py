@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import math
-import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -63,7 +62,7 @@ def _interrupts_held():
             if callable(previous):
                 previous(signal.SIGINT, received[0])
             else:  # SIG_DFL: what the signal would have done (end the process)
-                os.kill(os.getpid(), signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)
 
 
 def default_decay(name: str, value: np.ndarray) -> bool:

@@ -8,7 +8,6 @@
 """
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -254,7 +253,9 @@ def test_ctrl_c_while_the_update_is_written_is_held_until_it_is_whole(monkeypatc
     def commit_with_ctrl_c(key, state):
         commits.append(key)
         if len(commits) == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode boundary
+            # raise_signal delivers to this thread before it returns; os.kill(getpid())
+            # may go to a BLAS or pool thread and be noted only after the block ended.
+            signal.raise_signal(signal.SIGINT)  # handled at the next bytecode boundary
         real_commit(key, state)
 
     monkeypatch.setattr(opt, "_commit", commit_with_ctrl_c)
@@ -268,6 +269,39 @@ def test_ctrl_c_while_the_update_is_written_is_held_until_it_is_whole(monkeypatc
     want, _, _ = _state(reference, ref_opt)
     differ = [k for k in want if not np.array_equal(got[k], want[k])]
     assert not differ, f"after the held Ctrl-C these differ from an uninterrupted step: {differ[:5]}"
+
+
+def test_ctrl_c_under_the_default_disposition_ends_the_process_after_the_update():
+    """With SIGINT at SIG_DFL (no Python handler: a process that asked for the system's
+    behaviour), a Ctrl-C between two parameter writes is held too, then delivered as the
+    system would have: the process ends by SIGINT, after the last parameter is written."""
+    import signal
+    import subprocess
+    import sys
+
+    program = """
+import signal, sys
+import numpy as np
+from neocell_ref.train import SGD
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+params = {name: np.zeros(3) for name in "abcd"}
+opt = SGD(params, lr=0.1)
+real_commit = opt._commit
+def commit(key, state):
+    if key == "a":
+        signal.raise_signal(signal.SIGINT)
+    real_commit(key, state)
+    print("written", key, flush=True)
+opt._commit = commit
+opt.step({name: np.ones(3) for name in "abcd"})
+print("returned", flush=True)
+"""
+    run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert run.returncode == -signal.SIGINT, f"status {run.returncode}, stderr {run.stderr[-500:]!r}"
+    lines = run.stdout.split()
+    assert lines == ["written", "a", "written", "b", "written", "c", "written", "d"], (
+        f"the process should end after writing all four parameters and before returning: {run.stdout!r}"
+    )
 
 
 def test_no_signal_no_change_to_the_sigint_handler():
