@@ -284,9 +284,7 @@ def _model_complexity(args) -> int:
     if args.shifts is not None:
         options["shifts"] = tuple(args.shifts)
     sizes = {"per_stage_layers": args.depths, "dims": args.dims, "in_chans": args.in_chans}
-    sizes = {
-        key: tuple(value) if isinstance(value, list) else value for key, value in sizes.items() if value is not None
-    }
+    sizes = {key: value for key, value in sizes.items() if value is not None}  # lists: NeoNeXtConfig makes tuples
     model = args.model
     if sizes:  # a custom network: the named one with other sizes
         model = dataclasses.replace(get_config(args.model, **options), **sizes)

@@ -39,9 +39,9 @@ def load_official(stem="official_tiny_model"):
 
 
 def config(meta):
-    """The file's configuration as :class:`neocell_ref.architecture.NeoNeXtConfig`."""
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
-    return nr.architecture.NeoNeXtConfig(**options)
+    """The file's configuration as :class:`neocell_ref.architecture.NeoNeXtConfig` (which
+    takes the JSON lists of per-stage values as they are)."""
+    return nr.architecture.NeoNeXtConfig(**meta["config"])
 
 
 def build(meta, dtype=np.float64):
