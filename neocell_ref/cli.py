@@ -37,7 +37,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import calculator, demo
+from . import calculator, demo, validation
 from .architecture import get_config
 from .verify import exec_port, golden, precision, tolerances
 
@@ -142,7 +142,12 @@ def _golden_verify(args) -> int:
     )
     print(report.table())
     if args.json is not None:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n")
+        text = json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n"
+        try:  # whole or not at all: a CI that requires the report never reads a truncated one
+            with validation.atomic_file(args.json) as file:
+                file.write(text.encode())
+        except OSError as exc:
+            raise OSError(f"--json {args.json}: the report could not be written ({exc}); no report was left") from None
     return 0 if report.passed else 1
 
 

@@ -28,7 +28,6 @@ import math
 import numbers
 import os
 import time
-import uuid
 from collections import namedtuple
 
 import numpy as np
@@ -38,7 +37,7 @@ from .architecture import MODEL_CONFIGS, Architecture, NeoNeXtConfig, describe, 
 from .layer_kinds import INIT_STD, trunc_normal
 from .models_fast import fast_forward
 from .models_fast_train import tail_backward, train_forward, train_scope
-from .validation import _short_repr, as_flag, as_int, as_real_array, check_nbytes, floating_dtype, read_npz
+from .validation import _short_repr, as_flag, as_int, as_real_array, atomic_file, check_nbytes, floating_dtype, read_npz
 
 __all__ = [
     "NeoNeXt",
@@ -362,19 +361,8 @@ class NeoNeXt:
         if not target:
             raise ValueError("path must not be empty ('' would be written as '.npz' by np.savez)")
         state = self.state_dict()
-        folder, name = os.path.split(target)
-        # Same folder: os.replace is atomic only within one file system.
-        temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
-            with open(temporary, "xb") as file:  # a file object: np.savez adds no suffix
-                np.savez(file, **state)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, target)
-        except BaseException:  # KeyboardInterrupt too: no stray temporary file
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)
-            raise
+        with atomic_file(target) as file:  # a file object: np.savez adds no suffix
+            np.savez(file, **state)
 
     def load_npz(self, path, strict=True):
         """Load a ``.npz`` written by :meth:`save_npz` (or any archive of official names).

@@ -62,6 +62,7 @@ __all__ = [
     "floating_dtype",
     "read_npy_header",
     "check_weights",
+    "atomic_file",
 ]
 
 #: Default memory budget: the largest single array a builder may allocate, in bytes.
@@ -724,3 +725,44 @@ def read_npz(path, shapes: dict, *, what: str = "archive", strict: bool = True, 
                 raise ValueError(f"{where} appears twice")
             arrays[name] = read_npy_member(archive, info, shapes[name], where, fortran_order=True)
     return arrays
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """A binary file that replaces ``path`` whole when the block ends, or not at all.
+
+    The block writes into a temporary file in ``path``'s folder (``os.replace`` is atomic
+    only within one file system); on a normal exit the file is flushed, synced and
+    renamed over ``path``. On any exception (a full disk, ``KeyboardInterrupt``) the
+    temporary file is removed and ``path`` is left as it was: a reader finds the old
+    file, or none, never a truncated one.
+
+    Parameters
+    ----------
+    path : str
+        The file to write (its folder must exist).
+
+    Yields
+    ------
+    file object
+        Opened for binary writing.
+
+    Raises
+    ------
+    OSError
+        The folder cannot be written, or writing failed; ``path`` is unchanged.
+    """
+    import uuid
+
+    folder, name = os.path.split(path)
+    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(temporary, "xb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:  # KeyboardInterrupt too: no stray temporary file
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise

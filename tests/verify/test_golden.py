@@ -965,19 +965,24 @@ def test_run_and_compare_rejects_loose_overrides_before_the_port_runs():
 
 
 def test_json_write_failing_after_the_run_is_exit_2_without_traceback(golden, tmp_path, capsys, monkeypatch):
-    """If the --json file still cannot be written after the checks (a full disk, a
-    permission changed meanwhile), the status is 2 with one line, never a traceback."""
-    from pathlib import Path
+    """If the --json file still cannot be written after the checks (here the disk fills
+    up once the report's bytes are written, before they reach the disk), the status is
+    2 with one line, never a traceback, and neither the report nor a part of it is left
+    (a CI requiring the report must not read a truncated one)."""
+    import errno
+    import os
 
-    def refuse(self, *args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(self))
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(Path, "write_text", refuse)
-    code, out, err = verify_cli(capsys, golden, "--json", str(tmp_path / "r.json"))
+    monkeypatch.setattr(os, "fsync", disk_full)
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    code, out, err = verify_cli(capsys, golden, "--json", str(folder / "r.json"))
     assert code == 2 and "PASSED" in out, (out, err)
-    assert err.startswith("neocell-ref: error: ") and "Permission denied" in err and err.count("\n") == 1, (
-        f"stderr {err!r}"
-    )
+    assert err.startswith("neocell-ref: error: --json ") and os.strerror(errno.ENOSPC) in err, f"stderr {err!r}"
+    assert err.count("\n") == 1, f"stderr is not one line: {err!r}"
+    assert not any(folder.iterdir()), f"left behind: {sorted(p.name for p in folder.iterdir())}"
 
 
 def test_export_prints_the_set_digest(tmp_path, capsys):
