@@ -708,7 +708,14 @@ GELU_FLOAT32_COEFFICIENTS = (
 #: ``±inf``. Between 8 (the end of the fit) and 12, ``P`` keeps decreasing and the tail
 #: stays below ``Φ(-8) ≈ 6e-16``, far under float32 resolution relative to ``|x|``.
 GELU_FLOAT32_CLIP = 12.0
-_GELU_CHUNK = 32768  # elements per block of the float32 path: the temporaries stay in L2
+#: Elements per block of the float32 path, so that its two temporaries stay in L2. Each
+#: block makes about 20 NumPy calls, whose fixed cost per call counts at small blocks.
+#: 2**15 until 2026-12-02; then, on a 2-core AMD EPYC (1 MiB of L2 per core), a block
+#: of 2**18 values in cache took 2.98 ns per value at 2**15 and 2.31 at 2**16 forward,
+#: 4.92 and 4.38 backward (best of 9 runs of 20 calls); inside NeoNeXt-T's batch-8
+#: forward the GELU's share fell from 218 to 187 ms (best of 6, one thread). 2**17
+#: was no better in the model (its temporaries no longer fit in L2 beside the block).
+_GELU_CHUNK = 1 << 16
 #: Elements per block while other tasks of the fast paths' worker pool run
 #: (:func:`neocell_ref._parallel.in_task`). Every NumPy call takes the GIL to start and
 #: to finish; with two threads making ~20 short calls per block, each waits for the
