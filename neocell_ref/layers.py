@@ -745,15 +745,22 @@ _GELU_CLIP_ROW = _constant_row(GELU_FLOAT32_CLIP)
 _ZERO_ROW = _constant_row(0.0)
 
 
+# float32 scalars made once: building ``np.float32(c)`` costs about as much as a NumPy
+# call on a short block, and the float32 GELU makes about 20 such operations per block.
+_GELU32_COEFFICIENTS = tuple(np.float32(c) for c in GELU_FLOAT32_COEFFICIENTS)
+_HALF32, _MINUS_HALF32 = np.float32(0.5), np.float32(-0.5)
+_INV_SQRT_2PI32 = np.float32(_INV_SQRT_2PI)
+
+
 def _gelu32_tail(t, work):
     """``Φ(-t)`` in float32, overwriting ``t``'s clipped copy in ``work`` (same shape)."""
-    c = GELU_FLOAT32_COEFFICIENTS
+    c = _GELU32_COEFFICIENTS
     np.minimum(t, _GELU_CLIP_ROW[: t.size], out=t)
-    np.multiply(t, np.float32(c[-1]), out=work)
+    np.multiply(t, c[-1], out=work)
     for ck in c[-2:0:-1]:  # Horner: P(t) = (...(c8 t + c7) t + ...) t + c0
-        work += np.float32(ck)
+        work += ck
         work *= t
-    work += np.float32(c[0])
+    work += c[0]
     return np.exp(work, out=work)
 
 
@@ -898,13 +905,13 @@ def _gelu32_derivative(xs, tail, out, scratch):
     """
     # Φ(x) = 1/2 + sign(x)·(1/2 - Φ(-|x|)): absolute accuracy ε, which is what a
     # derivative of size O(1) needs (a masked ``where=`` update is 50x slower)
-    np.subtract(np.float32(0.5), tail, out=out)
+    np.subtract(_HALF32, tail, out=out)
     np.copysign(out, xs, out=out)
-    out += np.float32(0.5)
+    out += _HALF32
     pdf = np.square(xs, out=scratch)
-    pdf *= np.float32(-0.5)
+    pdf *= _MINUS_HALF32
     np.exp(pdf, out=pdf)
-    pdf *= np.float32(_INV_SQRT_2PI)  # φ(x)
+    pdf *= _INV_SQRT_2PI32  # φ(x)
     with np.errstate(invalid="ignore"):  # ±inf·0 at x = ±inf, replaced below
         pdf *= xs
     out += pdf
