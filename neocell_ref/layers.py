@@ -106,6 +106,15 @@ def _check_grad(grad_y, expected_shape):
     return grad_y
 
 
+def _same_view(a, b):
+    """True when ``a`` and ``b`` are the same values in the same places (in-place use)."""
+    return (
+        a.shape == b.shape
+        and a.strides == b.strides
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
+
+
 def _check_out(out, shape, dtype):
     """An ``out=`` argument: None, or a writeable ndarray of exactly the result's ``shape``
     and compute ``dtype``. NumPy itself would broadcast the result into a larger ``out``
@@ -831,19 +840,23 @@ def gelu_forward(x, *, out=None):
     dtype = compute_dtype(x)
     x = x.astype(dtype, copy=False)
     _check_out(out, x.shape, dtype)
+    if out is None:
+        out = np.empty(x.shape, dtype)
+    elif np.shares_memory(x, out) and not _same_view(x, out):
+        # Block by block (float32) or after the first write (float64's -inf fix), a
+        # partial overlap would read values already overwritten: work from a copy.
+        x = x.copy()
     if dtype == np.float32:
-        if out is None:
-            out = np.empty_like(x, order="C")
         if not (x.flags.c_contiguous and out.flags.c_contiguous):
-            tmp = _gelu32_forward(np.ascontiguousarray(x), np.empty(x.shape, np.float32))
-            out[...] = tmp
+            out[...] = _gelu32_forward(np.ascontiguousarray(x), np.empty(x.shape, np.float32))
             return out
         return _gelu32_forward(x, out)
+    negative_infinity = np.isneginf(x)  # read before out (which may be x) is written
     cdf = special.ndtr(x)
     with np.errstate(under="ignore", invalid="ignore"):  # x·Φ(x) is subnormal or 0 far left on purpose
-        y = np.multiply(x, cdf, out=out)
-    y[np.isneginf(x)] = 0.0  # the limit, as in float32 (-inf·0 gave NaN)
-    return y
+        np.multiply(x, cdf, out=out)
+    out[negative_infinity] = 0.0  # the limit, as in float32 (-inf·0 gave NaN)
+    return out
 
 
 def gelu_backward(grad_y, x):
@@ -867,11 +880,12 @@ def gelu_backward(grad_y, x):
     dtype = compute_dtype(x, grad_y)
     x, grad_y = _cast(dtype, x, grad_y)
     if dtype == np.float32:  # ±inf: _gelu32_derivative takes the limits
-        return (_gelu32_backward(np.ascontiguousarray(grad_y), np.ascontiguousarray(x)),)
+        grad_x = _gelu32_backward(np.ascontiguousarray(grad_y), np.ascontiguousarray(x))
+        return (grad_x.reshape(x.shape),)  # ascontiguousarray makes a 0-d array 1-d
     cdf = special.ndtr(x)
     with np.errstate(under="ignore", invalid="ignore"):  # φ(x) is 0 beyond |x| ≈ 38 on purpose
         pdf = np.exp(np.square(x) * -0.5) * _INV_SQRT_2PI
-        derivative = cdf + x * pdf
+        derivative = np.asarray(cdf + x * pdf)  # an array also for 0-d x (a scalar otherwise)
     infinite = np.isinf(x)
     if infinite.any():  # the derivative's limits, 0 at -inf and 1 at +inf (x·φ(x) gave inf·0 = NaN)
         derivative[infinite] = x[infinite] > 0

@@ -821,3 +821,35 @@ def test_gelu_at_infinity_takes_its_limits_in_both_dtypes(dtype):
         (g,) = L.gelu_backward(np.array([3.0, 3.0, 3.0], dtype=dtype), x)
     assert y[0] == 0 and y[1] == np.inf and np.isnan(y[2]), f"{dtype.__name__} GELU(-inf, inf, nan) = {y}"
     assert g[0] == 0 and g[1] == 3 and np.isnan(g[2]), f"{dtype.__name__} dGELU at (-inf, inf, nan), dy 3: {g}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_in_place_at_minus_infinity_and_on_zero_d_input(dtype):
+    """In place, GELU(-inf) is still 0 (float64 read -inf back from the overwritten array
+    and wrote NaN); 0-d input keeps its shape both ways (float64 raised TypeError, the
+    float32 backward returned shape (1,))."""
+    x = np.array([-np.inf, -1.0, np.inf], dtype=dtype)
+    expected = L.gelu_forward(x.copy())
+    got = L.gelu_forward(x, out=x)
+    assert got is x and np.array_equal(x, expected), f"{dtype.__name__} in place: {x}, out of place {expected}"
+    for value in (dtype(1.5), np.array(-np.inf, dtype=dtype)):
+        y = L.gelu_forward(value)
+        (g,) = L.gelu_backward(np.ones((), dtype=dtype), value)
+        want_y = L.gelu_forward(np.reshape(value, 1))[0]
+        want_g = L.gelu_backward(np.ones(1, dtype=dtype), np.reshape(value, 1))[0][0]
+        assert y.shape == () and g.shape == (), f"{dtype.__name__} 0-d: shapes {y.shape}, {g.shape}"
+        assert y == want_y and g == want_g, f"{dtype.__name__} 0-d at {value}: {y}, {g} against {want_y}, {want_g}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_into_an_out_that_partly_overlaps_x(dtype):
+    """``out`` shifted one value against ``x`` in the same buffer: the result is that of
+    a separate ``out`` (the float32 path works block by block and read values an earlier
+    block had overwritten: 1.7e-4 off beyond the first block)."""
+    size = 3 * L._GELU_CHUNK + 7
+    for x_part, out_part in ((np.s_[:-1], np.s_[1:]), (np.s_[1:], np.s_[:-1])):
+        buffer = np.linspace(-5, 5, size).astype(dtype)
+        expected = L.gelu_forward(buffer[x_part].copy())
+        got = L.gelu_forward(buffer[x_part], out=buffer[out_part])
+        worst = np.max(np.abs(got - expected))
+        assert np.array_equal(got, expected), f"{dtype.__name__}, x {x_part}: worst difference {worst:.3g}"
