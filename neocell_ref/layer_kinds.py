@@ -226,15 +226,18 @@ def _fwd_batchnorm(model, desc, x, training, inplace):
     w, b = model.param(desc, "weight"), model.param(desc, "bias")
     eps = desc.options["eps"]
     running = (model.buffer(desc, "running_mean"), model.buffer(desc, "running_var"))
-    if training:
-        new_mean, new_var, nbt = L.batchnorm_update_running(
-            x, *running, model.buffer(desc, "num_batches_tracked"), momentum=desc.options["momentum"]
-        )
-        # Committed by the model once the whole forward has succeeded.
-        model.stage_buffer(desc, "running_mean", new_mean)
-        model.stage_buffer(desc, "running_var", new_var)
-        model.stage_buffer(desc, "num_batches_tracked", nbt)
-    y = L.batchnorm_forward(x, w, b, *running, training=training, eps=eps, out=x if inplace else None)
+    try:  # a batch whose statistics overflow is refused by the layer functions: name the layer
+        if training:
+            new_mean, new_var, nbt = L.batchnorm_update_running(
+                x, *running, model.buffer(desc, "num_batches_tracked"), momentum=desc.options["momentum"]
+            )
+            # Committed by the model once the whole forward has succeeded.
+            model.stage_buffer(desc, "running_mean", new_mean)
+            model.stage_buffer(desc, "running_var", new_var)
+            model.stage_buffer(desc, "num_batches_tracked", nbt)
+        y = L.batchnorm_forward(x, w, b, *running, training=training, eps=eps, out=x if inplace else None)
+    except ValueError as exc:
+        raise ValueError(f"{desc.name}: {exc}") from None
     # Inference backward needs the running statistics used here (later training forwards
     # replace the arrays, they never modify them, so keeping the references is a snapshot).
     return y, (x, running, training), not inplace
@@ -505,7 +508,10 @@ register(
 
 
 def _fwd_layernorm(model, desc, x, training, inplace):
-    y = L.layernorm_forward(x, model.param(desc, "weight"), model.param(desc, "bias"), eps=desc.options["eps"])
+    try:  # activations whose variance overflows are refused by the layer function: name the layer
+        y = L.layernorm_forward(x, model.param(desc, "weight"), model.param(desc, "bias"), eps=desc.options["eps"])
+    except ValueError as exc:
+        raise ValueError(f"{desc.name}: {exc}") from None
     return y, x, True
 
 

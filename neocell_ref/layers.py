@@ -336,7 +336,27 @@ def _check_running(running_mean, running_var, names=("running_mean", "running_va
 def _bn_stats(x):
     # Two-pass (mean, then mean of squared deviations): no cancellation in float32.
     mean = x.mean(axis=(0, 2, 3))
-    var = np.square(x - mean[:, None, None]).mean(axis=(0, 2, 3))
+    with np.errstate(over="ignore"):  # an overflowed variance is refused by the callers, with a message
+        var = np.square(x - mean[:, None, None]).mean(axis=(0, 2, 3))
+    return mean, var
+
+
+def _check_spread(x, var, what):
+    """Refuse a variance that overflowed although ``x`` is finite: normalising by it would
+    silently give zeros (``1/sqrt(inf) = 0``). NaN or Inf in ``x`` itself propagates to
+    the output as usual; ``what`` names the statistic."""
+    if not np.isfinite(var).all() and np.isfinite(x).all():
+        raise ValueError(
+            f"the {what} of x overflowed {x.dtype} (finite values up to {float(np.max(np.abs(x))):.3g} in "
+            "magnitude; their squares do not fit): the normalised output would be 0, not the "
+            "normalised values; rescale x or compute in float64"
+        )
+
+
+def _bn_batch_stats(x):
+    """:func:`_bn_stats` of a training-mode BatchNorm, refusing an overflowed variance."""
+    mean, var = _bn_stats(x)
+    _check_spread(x, var, "batch variance")
     return mean, var
 
 
@@ -425,6 +445,13 @@ def batchnorm_forward(x, weight, bias, running_mean=None, running_var=None, *, t
     -------
     y : ndarray, shape (N, C, H, W)
 
+    Raises
+    ------
+    ValueError
+        Besides shapes and running statistics that do not fit: in training mode, a
+        batch variance that overflows the dtype although ``x`` is finite (the output
+        would be 0). NaN or Inf in ``x`` is not refused; it propagates to the output.
+
     Notes
     -----
     The running statistics are not updated here (a forward is a pure function); see
@@ -432,7 +459,7 @@ def batchnorm_forward(x, weight, bias, running_mean=None, running_var=None, *, t
     """
     x, weight, bias, rm, rv, _, eps = _bn_prepare(x, weight, bias, running_mean, running_var, training, eps)
     _check_out(out, x.shape, x.dtype)
-    mean, var = _bn_stats(x) if training else (rm, rv)
+    mean, var = _bn_batch_stats(x) if training else (rm, rv)
     _, scale, shift = _bn_scale_shift(weight, bias, mean, var, eps)
     y = np.multiply(x, scale[:, None, None], out=out)
     y += shift[:, None, None]
@@ -467,7 +494,7 @@ def batchnorm_backward(grad_y, x, weight, bias, running_mean=None, running_var=N
     x, weight, bias, rm, rv, grad_y, eps = _bn_prepare(
         x, weight, bias, running_mean, running_var, training, eps, grad_y
     )
-    mean, var = _bn_stats(x) if training else (rm, rv)
+    mean, var = _bn_batch_stats(x) if training else (rm, rv)
     inv_std, scale, _ = _bn_scale_shift(weight, bias, mean, var, eps)
     x_hat = (x - mean[:, None, None]) * inv_std[:, None, None]
     grad_b = grad_y.sum(axis=(0, 2, 3))
@@ -511,7 +538,8 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
     Raises
     ------
     ValueError
-        ``x`` holds NaN or Inf (checked before any statistic is computed), the running
+        ``x`` holds NaN or Inf (checked before any statistic is computed), its batch
+        variance or the new running statistics overflow the dtype, the running
         statistics are not finite or the variance is negative, or
         ``num_batches_tracked + 1`` would not fit int64. Also a shape that does not fit,
         ``N·H·W < 2`` or ``momentum`` outside [0, 1].
@@ -534,7 +562,7 @@ def batchnorm_update_running(x, running_mean, running_var, num_batches_tracked, 
     if not np.isfinite(x).all():
         raise ValueError("x contains NaN or Inf; a training forward would write them into the running statistics")
     m = x.shape[0] * x.shape[2] * x.shape[3]
-    mean, var = _bn_stats(x.astype(compute_dtype(x), copy=False))
+    mean, var = _bn_batch_stats(x.astype(compute_dtype(x), copy=False))
     return _bn_running(mean, var, m, rm, rv, count, momentum)
 
 
@@ -553,8 +581,14 @@ def _bn_running(mean, var, m, rm, rv, count, momentum):
     """The update rule of :func:`batchnorm_update_running` from the batch statistics of
     ``m`` values per channel (operands already validated)."""
     dtype = compute_dtype(rm, rv)
-    new_mean = ((1.0 - momentum) * rm + momentum * mean).astype(dtype, copy=False)
-    new_var = ((1.0 - momentum) * rv + momentum * var * (m / (m - 1))).astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # refused below, with a message
+        new_mean = ((1.0 - momentum) * rm + momentum * mean).astype(dtype, copy=False)
+        new_var = ((1.0 - momentum) * rv + momentum * var * (m / (m - 1))).astype(dtype, copy=False)
+    if not (np.isfinite(new_mean).all() and np.isfinite(new_var).all()):
+        raise ValueError(
+            f"the new running statistics overflow {dtype} (batch variance up to {float(np.max(var)):.3g}); "
+            "running statistics unchanged"
+        )
     return new_mean, new_var, np.asarray(count + 1, dtype=np.int64)
 
 
@@ -588,7 +622,7 @@ def batchnorm_running_from_stats(mean, var, m, running_mean, running_var, num_ba
     ValueError
         Shapes that differ, ``m < 2``, ``momentum`` outside [0, 1], non-finite running
         statistics or a negative variance, non-finite ``mean`` or ``var``, a negative
-        ``var``, or
+        ``var``, new running statistics that overflow the dtype, or
         ``num_batches_tracked + 1`` that would not fit int64.
     TypeError
         An array that is not real numeric, ``m`` not an integer, or
@@ -636,7 +670,10 @@ def _ln_prepare(x, weight, bias, eps, grad_y=None):
 def _ln_normalise(x, eps):
     mean = x.mean(axis=1, keepdims=True)
     centred = x - mean
-    inv_std = 1.0 / np.sqrt(np.square(centred).mean(axis=1, keepdims=True) + eps)
+    with np.errstate(over="ignore"):  # refused just below, with a message
+        var = np.square(centred).mean(axis=1, keepdims=True)
+    _check_spread(x, var, "variance over the channels")
+    inv_std = 1.0 / np.sqrt(var + eps)
     return centred * inv_std, inv_std
 
 
@@ -655,6 +692,12 @@ def layernorm_forward(x, weight, bias, *, eps=1e-6):
     Returns
     -------
     y : ndarray, shape of ``x``
+
+    Raises
+    ------
+    ValueError
+        Besides shapes that do not fit: a variance that overflows the dtype although
+        ``x`` is finite (the output would be 0). NaN or Inf in ``x`` propagates.
     """
     x, weight, bias, _, eps = _ln_prepare(x, weight, bias, eps)
     x_hat, _ = _ln_normalise(x, eps)

@@ -469,7 +469,8 @@ class NeoNeXt:
             ``x`` has a wrong shape or size, or the batch's largest activation would
             exceed the memory budget (:mod:`neocell_ref.validation`; refused before
             anything runs); in training mode also when ``x`` holds NaN
-            or Inf, or a batch statistic is not finite. A training forward that raises
+            or Inf, or a batch statistic is not finite; in either mode when the
+            variance of a normalisation overflows from finite values (naming the layer). A training forward that raises
             leaves the running statistics and ``num_batches_tracked`` unchanged: the
             updates are committed only after the whole forward succeeded. Any refused
             forward drops the previous forward's cache: :meth:`backward` then raises.

@@ -853,3 +853,48 @@ def test_gelu_into_an_out_that_partly_overlaps_x(dtype):
         got = L.gelu_forward(buffer[x_part], out=buffer[out_part])
         worst = np.max(np.abs(got - expected))
         assert np.array_equal(got, expected), f"{dtype.__name__}, x {x_part}: worst difference {worst:.3g}"
+
+
+@pytest.mark.parametrize("dtype, big", [(np.float32, 1e20), (np.float64, 1e160)])
+def test_a_variance_that_overflows_from_finite_x_is_refused_not_zeroed(dtype, big):
+    """Finite x whose squared deviations overflow: BatchNorm (training) and LayerNorm
+    returned all zeros (1/sqrt(inf)) and the running update an infinite variance, each
+    silently. Now a ValueError naming the overflow, without a RuntimeWarning first;
+    NaN in x still propagates as in every layer."""
+    import warnings
+
+    x = np.array([big, -big, 0.0, big / 2], dtype=dtype).reshape(4, 1, 1, 1)
+    one, zero = np.ones(1, dtype), np.zeros(1, dtype)
+    calls = {
+        "batchnorm_forward": lambda: L.batchnorm_forward(x, one, zero, training=True),
+        "batchnorm_backward": lambda: L.batchnorm_backward(np.ones_like(x), x, one, zero, training=True),
+        "batchnorm_update_running": lambda: L.batchnorm_update_running(x, zero, one, 0),
+        "layernorm_forward": lambda: L.layernorm_forward(x.reshape(1, 4), np.ones(4, dtype), np.zeros(4, dtype)),
+        "layernorm_backward": lambda: L.layernorm_backward(
+            np.ones((1, 4), dtype), x.reshape(1, 4), np.ones(4, dtype), np.zeros(4, dtype)
+        ),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name, call in calls.items():
+            with pytest.raises(ValueError, match="overflowed") as info:
+                call()
+            assert dtype.__name__ in str(info.value), (
+                f"{name}: the message does not name {dtype.__name__}: {info.value}"
+            )
+        finite = x / big  # the same shape of data, well inside the range: normalised as usual
+        y = L.batchnorm_forward(finite, one, zero, training=True)
+        assert np.all(np.isfinite(y)) and np.any(y != 0), f"{dtype.__name__}: ordinary input gave {y.ravel()}"
+    with_nan = np.array([np.nan, 1.0, 2.0, 3.0], dtype=dtype).reshape(4, 1, 1, 1)
+    with np.errstate(invalid="ignore"):
+        y = L.batchnorm_forward(with_nan, one, zero, training=True)
+    assert np.isnan(y).all(), f"NaN in x should propagate, got {y.ravel()}"
+
+
+def test_a_running_update_that_overflows_is_refused():
+    """Batch and running variance each finite, their update beyond float32 (from ``x`` the
+    sum of squares overflows first: only given statistics get this far)."""
+    big = np.full(1, 3.0e38, dtype=np.float32)
+    zero = np.zeros(1, np.float32)
+    with pytest.raises(ValueError, match="running statistics overflow float32"):
+        L.batchnorm_running_from_stats(zero, big, 2, zero, big, 0, momentum=0.5)
