@@ -194,6 +194,9 @@ def _check_intermediates(method, backward, x_shape, specs, out_size, dtype):
     * ``"loop"``: per group, one channel's padded input plane (N, T_a·h_in, T_b·w_in),
       its output plane (N, T_a·h_out, T_b·w_out) and one tile's ``A P``
       (N, h_out, w_in), with ``T_a``, ``T_b`` the tile counts of SPEC 3's padding view;
+      backward also one tile's per-sample kernel-gradient terms (N, h_out, h_in) and
+      (N, w_in, w_out) and its ``Aᵀ dY`` (N, h_in, w_out), which none of the planes
+      bounds when a kernel side is much longer than the plane's other side;
     * ``"patchwise"``: per group, the tiled input, ``Z`` and output of one sample of one
       channel, (T_a·h_in, T_b·w_in), (T_a·h_out, T_b·w_in) and (T_a·h_out, T_b·w_out):
       its chunks never hold less, and hold more only within their fixed byte size.
@@ -213,6 +216,8 @@ def _check_intermediates(method, backward, x_shape, specs, out_size, dtype):
             cols_in, cols_out = tiles_b * spec.w_in, tiles_b * spec.w_out
             if method == "loop":
                 shapes += [(n, rows_in, cols_in), (n, rows_out, cols_out), (n, spec.h_out, spec.w_in)]
+                if backward:
+                    shapes += [(n, spec.h_out, spec.h_in), (n, spec.w_in, spec.w_out), (n, spec.h_in, spec.w_out)]
             else:
                 shapes += [(rows_in, cols_in), (rows_out, cols_in), (rows_out, cols_out)]
     for shape in shapes:

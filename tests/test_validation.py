@@ -79,6 +79,19 @@ HUGE = [
         ]
         for direction in ("forward", "backward")
     ],
+    (  # a 500x500 kernel on 500x1 planes: the planes are 4 MB, one tile's per-sample
+        # kernel-gradient terms of the loop backward (N, 500, 500) 2.2 GB (NumPy's MemoryError before)
+        "neocell loop backward, per-sample kernel gradients",
+        lambda: nr.neocell_backward(
+            np.ones((1100, 1, 500, 1)),
+            np.ones((1100, 1, 500, 1)),
+            [np.eye(500)[None]],
+            [np.ones((1, 1, 1))],
+            [{"kernel_a": 500, "kernel_b": 1, "channels": 1}],
+            method="loop",
+        ),
+        ("neocell (loop): intermediate", "(1100, 500, 500)"),
+    ),
     (  # a broadcast view of one byte, cast to float64 for the computation: 32 GiB
         "neocell cast of x",
         lambda: nr.neocell_forward(
