@@ -1301,11 +1301,16 @@ def check_targets(labels, classes, smoothing, batch=None):
     Raises
     ------
     TypeError
-        ``labels`` is a masked array or not of an integer dtype.
+        ``labels`` is a masked array or not of an integer dtype; ``classes`` or
+        ``batch`` is not an integer.
     ValueError
         ``labels`` is not 1-D or its length is not ``batch``, a label is outside
-        ``[0, classes)``, or ``smoothing`` is not a finite real number in [0, 1].
+        ``[0, classes)``, ``classes < 1`` or ``batch < 0``, or ``smoothing`` is not a
+        finite real number in [0, 1].
     """
+    classes = as_int(classes, "classes", 1)
+    if batch is not None:
+        batch = as_int(batch, "batch", 0)
     if isinstance(labels, np.ma.MaskedArray):  # np.asarray would train on the masked labels
         raise TypeError("labels is a masked array; its mask would be ignored: pass the labels to keep")
     labels = np.asarray(labels)

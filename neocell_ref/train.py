@@ -167,6 +167,8 @@ class _Optimizer:
         return views
 
     def _check_grads(self, grads):
+        if not hasattr(grads, "items"):  # the rule of params (__init__)
+            raise TypeError(f"grads must be a dict of name -> ndarray keyed like params, got {type(grads).__name__}")
         missing = [k for k in self.params if k not in grads]
         unknown = [k for k in grads if k not in self.params]
         if missing or unknown:

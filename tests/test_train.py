@@ -483,3 +483,34 @@ def test_a_step_whose_loss_is_not_finite_is_refused_and_changes_nothing(monkeypa
         f"the refused step changed {changed[:4]} (generator moved: {rng_after != rng_before}, "
         f"optimizer steps {steps_before} -> {steps_after})"
     )
+
+
+@pytest.mark.parametrize("grads", [[np.ones(2)], None, "w", 3.0], ids=["list", "None", "str", "float"])
+def test_grads_that_are_not_a_dict_are_refused_by_name(grads):
+    """A list, None or a string for ``grads`` raised NumPy's ambiguous-truth ValueError, a
+    bare "not iterable" TypeError or an AttributeError; now a TypeError naming grads,
+    and nothing changes."""
+    params = {"w": np.zeros(2)}
+    opt = SGD(params, lr=0.1)
+    with raises_naming(TypeError, "grads must be a dict", type(grads).__name__):
+        opt.step(grads)
+    assert np.array_equal(params["w"], np.zeros(2)) and opt.steps == 0, f"{params['w']}, steps {opt.steps}"
+
+
+@pytest.mark.parametrize(
+    "classes, batch, error, words",
+    [
+        (None, None, TypeError, ["classes must be an integer", "NoneType"]),
+        ("3", None, TypeError, ["classes must be an integer", "'3'"]),
+        (2.5, None, TypeError, ["classes must be an integer", "2.5"]),
+        (True, None, TypeError, ["classes must be an integer", "True"]),
+        (0, None, ValueError, ["classes must be >= 1", "0"]),
+        (3, "2", TypeError, ["batch must be an integer", "'2'"]),
+        (3, -1, ValueError, ["batch must be >= 0", "-1"]),
+    ],
+)
+def test_check_targets_checks_classes_and_batch(classes, batch, error, words):
+    """``classes=None`` raised a bare comparison TypeError, ``"3"`` NumPy's UFuncTypeError,
+    2.5 and True were accepted, and ``batch="2"`` said "shape (2,), expected (2,)"."""
+    with raises_naming(error, *words):
+        nr.layers.check_targets(np.array([0, 1]), classes, 0.0, batch)
