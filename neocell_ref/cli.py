@@ -72,21 +72,38 @@ def _parse_exclusions(items):
 
 
 def _check_output_file(name, option):
-    """Refuse, before anything runs, an output file that cannot be written."""
+    """Refuse, before anything runs, an output file that cannot be written whole; return
+    the path to write (symbolic links followed, so a link to a report is written through).
+
+    The file is replaced by renaming a temporary file over it
+    (:func:`neocell_ref.validation.atomic_file`), so it must be a regular file or not
+    exist yet: a device, FIFO or socket (``/dev/full``, ``/dev/stdout``) would be
+    replaced, not written to. The folder is probed by creating and removing a file in
+    it: permission bits say nothing to root or on a read-only or virtual file system.
+    """
     if name == "":
         raise ValueError(f"{option} is empty: give a file path")
-    path = Path(name)
+    if name.endswith(("/", os.sep)) or os.path.basename(name) in (".", ".."):
+        raise ValueError(f"{option} {name}: names a folder; give a file path")
+    path = Path(os.path.realpath(name))
     if path.is_dir():
         raise ValueError(f"{option} {name}: is a folder, not a file")
-    if path.exists():
-        if not os.access(path, os.W_OK):
-            raise ValueError(f"{option} {name}: the file is not writable")
-        return
-    parent = path.parent
-    if not parent.is_dir():
-        raise ValueError(f"{option} {name}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {name}: the folder {parent} is not writable")
+    if path.exists() and not path.is_file():
+        raise ValueError(
+            f"{option} {name}: is not a regular file (a device, FIFO or socket); the report replaces "
+            "the file whole, so give a file path"
+        )
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{option} {name}: the file is not writable")
+    if not path.parent.is_dir():
+        raise ValueError(f"{option} {name}: the folder {path.parent} does not exist")
+    probe = path.parent / f".{path.name}.probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.remove(probe)
+    except OSError as exc:
+        raise ValueError(f"{option} {name}: cannot create a file in {path.parent} ({exc.strerror})") from None
+    return path
 
 
 def _golden_export(args) -> int:
@@ -100,16 +117,17 @@ def _golden_export(args) -> int:
 
 
 def _golden_verify(args) -> int:
+    report_path = None
     if args.json is not None:
-        _check_output_file(args.json, "--json")
-        if Path(args.json).resolve().parent == Path(args.directory).resolve():
+        report_path = _check_output_file(args.json, "--json")
+        if report_path.is_relative_to(Path(args.directory).resolve()):
             raise ValueError(
                 f"--json {args.json}: is inside the golden set {args.directory}; write the report elsewhere"
             )
         # A report left by an earlier run must not outlive this one: removed before any
         # other check can fail or anything can end the process (a port's import
         # included), so only a run that reaches its verdict leaves a report.
-        Path(args.json).unlink(missing_ok=True)
+        report_path.unlink(missing_ok=True)
     exclude = _parse_exclusions(args.exclude)
     golden.check_tolerance_overrides(None, None, args.rtol_scale)
     golden.check_digest(args.digest)
@@ -141,10 +159,10 @@ def _golden_verify(args) -> int:
         timeout=args.timeout,
     )
     print(report.table())
-    if args.json is not None:
+    if report_path is not None:
         text = json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n"
         try:  # whole or not at all: a CI that requires the report never reads a truncated one
-            with validation.atomic_file(args.json) as file:
+            with validation.atomic_file(str(report_path)) as file:
                 file.write(text.encode())
         except OSError as exc:
             raise OSError(f"--json {args.json}: the report could not be written ({exc}); no report was left") from None

@@ -791,12 +791,42 @@ def test_unwritable_json_path_is_refused_before_running(golden, tmp_path, capsys
     for path, words in [(tmp_path / "missing" / "r.json", "does not exist"), (tmp_path, "is a folder")]:
         assert_unusable(*verify_cli(capsys, golden, "--json", str(path)), "--json", words)
     assert_unusable(*verify_cli(capsys, golden, "--json", ""), "--json is empty")
+    # A path ending in a separator was accepted and failed only after the port had run.
+    assert_unusable(*verify_cli(capsys, golden, "--json", str(tmp_path / "new") + os.sep), "names a folder")
+
+
+def test_json_path_that_is_not_a_regular_file_is_left_alone(golden, tmp_path, capsys):
+    """A FIFO (or a device such as /dev/full, or a link to one such as /dev/stdout) was
+    unlinked at the start and replaced by the report: refused, and left where it was."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to(fifo)
+    for path in (fifo, link):
+        assert_unusable(*verify_cli(capsys, golden, "--json", str(path)), "--json", "not a regular file")
+        assert fifo.exists() and not fifo.is_file(), f"{path}: the FIFO was removed or replaced"
+    assert link.is_symlink(), "the link was replaced"
+
+
+def test_json_report_through_a_link_replaces_the_link_target(golden, tmp_path, capsys):
+    target = tmp_path / "reports" / "r.json"
+    target.parent.mkdir()
+    link = tmp_path / "r.json"
+    link.symlink_to(target)
+    code, out, err = verify_cli(capsys, golden, "--json", str(link))
+    assert code == 0 and link.is_symlink(), f"status {code}, link kept {link.is_symlink()}, stderr {err!r}"
+    assert json.loads(target.read_text())["passed"] is True, "the report did not reach the link's target"
 
 
 def test_json_report_may_not_be_written_into_the_set(golden, capsys):
     manifest = (golden / "manifest.json").read_bytes()
     assert_unusable(*verify_cli(capsys, golden, "--json", str(golden / "manifest.json")), "inside the golden set")
     assert_unusable(*verify_cli(capsys, golden, "--json", str(golden / "report.json")), "inside the golden set")
+    (golden / "sub").mkdir()  # any depth inside the set (only the immediate folder was refused)
+    try:
+        assert_unusable(*verify_cli(capsys, golden, "--json", str(golden / "sub" / "r.json")), "inside the golden set")
+    finally:
+        (golden / "sub").rmdir()
     assert (golden / "manifest.json").read_bytes() == manifest and not (golden / "report.json").exists(), (
         f"manifest.json changed: {(golden / 'manifest.json').read_bytes() != manifest}, "
         f"report.json written: {(golden / 'report.json').exists()}"
