@@ -32,6 +32,7 @@ from support.hostile import raises_naming
 
 import neocell_ref as nr
 from neocell_ref import cli, layers
+from neocell_ref.verify import golden as golden_module
 from neocell_ref.verify.golden import (
     FORMAT_VERSION,
     MAX_MANIFEST_BYTES,
@@ -374,6 +375,36 @@ def test_all_zero_port_fails_at_the_loosest_allowed_override(golden):
     assert not report.passed and len(report.failures) == len(NEOCELL_CASES_CORE), report.table()
     with pytest.raises(AssertionError):
         assert_neocell_matches(mutant_ports.zero_forward, rtol_scale=MAX_RTOL_SCALE, max_examples=0)
+
+
+def _zero_weight_gradients_beyond_128(grad_y, x, weights_a, weights_b, specs):
+    """Right ``grad_x``; every weight gradient zero on planes of more than 128 rows."""
+    grad_x, grads_a, grads_b = mutant_ports.correct_backward(grad_y, x, weights_a, weights_b, specs)
+    if x.shape[2] > 128:
+        grads_a, grads_b = [np.zeros_like(g) for g in grads_a], [np.zeros_like(g) for g in grads_b]
+    return grad_x, grads_a, grads_b
+
+
+def test_the_override_guard_works_array_by_array(tmp_path, monkeypatch):
+    """Found in a review: guarded only on the backward as a whole (half of grad_x still
+    failed), --rtol-scale 4 let a bfloat16 port with all-zero weight gradients on the
+    131x134 case pass. Array by array the override is refused; without the guard the
+    same port passes, so the guard is what refuses it; at the stored tolerances it fails."""
+    directory = tmp_path / "bf16"
+    export_golden(directory, dtype="bfloat16", operations=["neocell"])
+    only = {"exclude": {name: "not this case" for name, _, _ in NEOCELL_CASES_CORE if "131x134" not in name}}
+    port = (mutant_ports.correct_forward, _zero_weight_gradients_beyond_128)
+    with pytest.raises(
+        ValueError, match=r"too loose for mixed_4p7_shift1_131x134: grad_weight_\w+ off by a factor of 2"
+    ):
+        verify_golden(directory, "neocell", *port, rtol_scale=4.0, **only)
+    report = verify_golden(directory, "neocell", *port, **only)
+    assert not report.passed, f"all-zero weight gradients passed at the stored tolerances:\n{report.table()}"
+    monkeypatch.setattr(golden_module, "_check_loosening", lambda *args: None)
+    report = verify_golden(directory, "neocell", *port, rtol_scale=4.0, **only)
+    assert report.passed, (
+        f"without the guard the port should pass at 4x (else this test proves nothing):\n{report.table()}"
+    )
 
 
 def test_loosening_is_printed_and_recorded(golden, capsys, tmp_path):
